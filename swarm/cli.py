@@ -1,0 +1,497 @@
+"""The `swarm` command line.
+
+Exit codes: 0 success; 1 some task failed or could not run; 2 bad input (task file, flags);
+3 no daemon runs where one is needed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from swarm import control, db, export, resources, snapshot, statedir, status, taskfile
+from swarm.control import Client
+from swarm.errors import NotRunningError, SwarmError, UserInputError
+from swarm.node import Node, NodeConfig, wall_ms
+from swarm.spec import NO_RESOURCES
+from swarm.store import BlobStore
+
+POLL_S = 0.2  # how often `run` and `submit --wait` ask the daemon for progress
+STATUS_REFRESH_S = 1.0
+JOB_NAME_CHARS_MAX = 200
+FAILED_LISTED_MAX = 10
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+        return code
+    except UserInputError as exc:
+        err.print(f"[red]swarm:[/] {exc}", markup=True, highlight=False)
+        return 2
+    except NotRunningError as exc:
+        err.print(f"swarm: {exc}")
+        return 3
+    except SwarmError as exc:
+        err.print(f"swarm: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swarm",
+        description="Share batch work across machines with no master.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        help="this node's state dir (default: $SWARM_HOME, else $XDG_DATA_HOME/swarm)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    node_opts = argparse.ArgumentParser(add_help=False)
+    node_opts.add_argument("--cpus", type=float, help="CPUs to offer (default: all this may use)")
+    node_opts.add_argument("--memory", help="memory to offer, like 8G (default: all)")
+    node_opts.add_argument("--gpus", type=int, help="GPUs to offer (default: all found)")
+    node_opts.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="a node label (repeatable)"
+    )
+    node_opts.add_argument(
+        "--sync",
+        choices=db.SYNC_MODES,
+        default="full",
+        help="ledger durability: full survives power loss, normal only process death",
+    )
+    task_opts = argparse.ArgumentParser(add_help=False)
+    task_opts.add_argument("file", help="a JSON Lines task file, or - for stdin")
+    task_opts.add_argument("--job", help="job name (default: the file's name without extension)")
+    task_opts.add_argument(
+        "--lines", action="store_true", help="the file is plain shell commands, one per line"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, help_text: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, parents=[common, *parents]
+        )
+
+    p = add(
+        "run", "run every task of FILE to completion, then write the results", task_opts, node_opts
+    )
+    p.add_argument("--out", help="results dir (default: swarm-out/JOB)")
+    p.set_defaults(func=cmd_run)
+
+    p = add("init", "create this node's state dir (identity key, swarm key)")
+    p.add_argument("--key-file", type=Path, help="adopt this swarm key instead of making one")
+    p.set_defaults(func=cmd_init)
+
+    p = add("start", "run this node's daemon in the foreground", node_opts)
+    p.set_defaults(func=cmd_start)
+
+    p = add("submit", "validate every line of FILE, then add its tasks", task_opts)
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    p.set_defaults(func=cmd_submit)
+
+    p = add("status", "show nodes, jobs and running tasks (live until Ctrl-C)")
+    p.add_argument("--once", action="store_true", help="print once and exit")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
+    p.add_argument("--job", action="append", help="only this job (repeatable)")
+    p.set_defaults(func=cmd_status)
+
+    p = add("results", "write each task's stdout, stderr and output files to --out DIR")
+    p.add_argument("job")
+    p.add_argument("--out", required=True, help="directory to write into")
+    p.set_defaults(func=cmd_results)
+
+    p = add("export", "the ledger as CSV")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--job", help="only this job")
+    p.add_argument("--attempts", action="store_true", help="a row per attempt, not per task")
+    p.set_defaults(func=cmd_export)
+
+    p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")
+    p.add_argument("target", metavar="JOB|TASK")
+    p.set_defaults(func=cmd_cancel)
+
+    p = add("retry", "re-queue the failed tasks of a job")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_retry)
+
+    p = add("stop", "stop the local daemon (running attempts are interrupted and re-queued)")
+    p.set_defaults(func=cmd_stop)
+    return parser
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    labels = dict(resources.parse_label(text) for text in args.label)
+    memory = resources.parse_size(args.memory, field="--memory") if args.memory else None
+    return NodeConfig(
+        cpus=args.cpus, memory_bytes=memory, gpus=args.gpus, labels=labels, sync=args.sync
+    )
+
+
+def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask]]:
+    """Validate the whole file before anything is sent: a bad line adds nothing."""
+    if args.file == "-":
+        data, source, base_dir, default_job = (
+            sys.stdin.buffer.read(),
+            "<stdin>",
+            Path.cwd(),
+            "stdin",
+        )
+    else:
+        path = Path(args.file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserInputError(f"cannot read {path}: {exc.strerror}") from exc
+        source, base_dir, default_job = str(path), path.resolve().parent, path.stem
+    job = args.job or default_job
+    if (
+        not job
+        or "/" in job
+        or "\x00" in job
+        or len(job) > JOB_NAME_CHARS_MAX
+        or job in (".", "..")
+    ):
+        raise UserInputError(f"job name {job!r}: 1 to {JOB_NAME_CHARS_MAX} characters, no '/'")
+    if args.lines:
+        return job, taskfile.parse_lines(data, source, job)
+    return job, taskfile.parse_jsonl(data, source, job, base_dir)
+
+
+async def send_tasks(client: Client, job: str, tasks: list[taskfile.NewTask]) -> dict[str, Any]:
+    await client.send({"op": "submit", "job": job})
+    for start in range(0, len(tasks), control.SUBMIT_CHUNK_TASKS):
+        chunk = tasks[start : start + control.SUBMIT_CHUNK_TASKS]
+        await client.send(
+            {
+                "tasks": [
+                    {
+                        "task_id": t.task_id,
+                        "name": t.name,
+                        "explicit_name": t.explicit_name,
+                        "spec": t.spec.to_wire(),
+                        "line": t.line,
+                    }
+                    for t in chunk
+                ]
+            }
+        )
+    await client.send({"end": True})
+    return await client.reply()
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    job, tasks = read_task_file(args)
+    config = node_config(args)
+    statedir.init(state)
+    out_dir = Path(args.out) if args.out else Path("swarm-out") / job
+    started = time.monotonic()
+    snap = asyncio.run(_run(state, config, job, tasks))
+    elapsed = time.monotonic() - started
+    return finish_run(state, job, snap, out_dir, elapsed)
+
+
+async def _run(
+    state: statedir.StateDir, config: NodeConfig, job: str, tasks: list[taskfile.NewTask]
+) -> dict[str, Any]:
+    if await control.is_running(state):
+        err.print(f"using the running node of {state.root}")
+        return await _submit_and_watch(state, job, tasks, embedded=False)
+    node = Node(state, config)
+    async with asyncio.TaskGroup() as tg:
+        node_task = tg.create_task(node.run())
+        ready = tg.create_task(node.wait_ready())
+        await asyncio.wait([node_task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if node_task.done():  # it failed to start; the TaskGroup re-raises its error
+            ready.cancel()
+            return {}
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        try:
+            watch = tg.create_task(_submit_and_watch(state, job, tasks, embedded=True))
+            await asyncio.wait([watch, node_task], return_when=asyncio.FIRST_COMPLETED)
+            if not watch.done():
+                watch.cancel()
+                raise SwarmError("interrupted: running attempts were stopped and re-queued")
+            return watch.result()
+        finally:
+            node.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+async def _submit_and_watch(
+    state: statedir.StateDir, job: str, tasks: list[taskfile.NewTask], embedded: bool
+) -> dict[str, Any]:
+    client = await Client.connect(state)
+    try:
+        reply = await send_tasks(client, job, tasks)
+        err.print(
+            f"job [bold]{job}[/]: {len(tasks):,} tasks "
+            f"({reply['added']:,} new, {reply['existing']:,} already in the ledger)"
+        )
+        return await watch_job(client, job, embedded)
+    finally:
+        await client.close()
+
+
+async def watch_job(client: Client, job: str, embedded: bool) -> dict[str, Any]:
+    """Show a progress bar until the job is finished (or, on an embedded node, until nothing
+    left can run here)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task(job, total=None, detail="")
+        while True:
+            snap: dict[str, Any] = (await client.call("status", jobs=[job]))["snapshot"]
+            row = snap["jobs"][0] if snap["jobs"] else None
+            if row is not None:
+                finished = row["done"] + row["failed"] + row["cancelled"]
+                detail = f"{row['running']} running, {row['failed']} failed"
+                progress.update(bar, completed=finished, total=row["total"], detail=detail)
+                if row["pending"] + row["running"] == 0:
+                    return snap
+                stuck = len(snap["infeasible"])
+                if embedded and row["running"] == 0 and stuck >= row["pending"]:
+                    return snap
+            await asyncio.sleep(POLL_S)
+
+
+def finish_run(
+    state: statedir.StateDir, job: str, snap: dict[str, Any], out_dir: Path, elapsed: float
+) -> int:
+    ledger, _ = db.load_ledger(state.db_path)
+    written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
+    row = snapshot.job_row(ledger, job, wall_ms())
+    rate = row["done"] / elapsed if elapsed > 0 else 0.0
+    err.print(
+        f"{job}: {row['total']:,} tasks: [green]{row['done']:,} done[/], "
+        f"{'[red]' if row['failed'] else ''}{row['failed']:,} failed{'[/]' if row['failed'] else ''}"
+        f", {row['cancelled']:,} cancelled, {row['pending']:,} not run, "
+        f"in {status.format_duration(elapsed)} ({rate:,.1f} tasks/s)"
+    )
+    err.print(f"results: {out_dir}/<task name>/ (stdout, stderr and output files)")
+    for problem in written.missing[:FAILED_LISTED_MAX]:
+        err.print(f"  [yellow]missing result:[/] {problem}")
+    failed = [v for v in ledger.job_tasks(job) if v.state is not None and v.state.value == "failed"]
+    for view in failed[:FAILED_LISTED_MAX]:
+        last = view.ordered_attempts()[-1].result if view.attempts else None
+        why = last.reason if last is not None else "?"
+        err.print(f"  [red]failed[/] {view.name}: {why} (see {out_dir / view.name / 'stderr'})")
+    if len(failed) > FAILED_LISTED_MAX:
+        err.print(f"  ... and {len(failed) - FAILED_LISTED_MAX} more failed tasks")
+    infeasible = snap.get("infeasible", [])
+    if infeasible:
+        err.print(
+            f"  [yellow]{len(infeasible)} task(s) cannot run on this node[/] (they need more "
+            "CPUs, memory or GPUs, or labels it does not have); they stay pending for other nodes"
+        )
+    return 0 if row["total"] and row["done"] == row["total"] else 1
+
+
+# -- the other commands -------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    created = statedir.init(state, args.key_file)
+    word = "created" if created else "already exists:"
+    out.print(f"state dir {word} {state.root}")
+    out.print(f"node id:   {statedir.node_id(state)}")
+    out.print(f"swarm key: {state.swarm_key_path} (secret: whoever holds it can run commands here)")
+    out.print("start the daemon with `swarm start`, or run a task file with `swarm run FILE`")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    config = node_config(args)
+    statedir.init(state)
+
+    async def serve() -> None:
+        node = Node(state, config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    job, tasks = read_task_file(args)
+
+    async def submit() -> int:
+        client = await Client.connect(state)
+        try:
+            reply = await send_tasks(client, job, tasks)
+            out.print(job)
+            err.print(
+                f"{reply['added']:,} tasks added, {reply['existing']:,} already in the ledger"
+            )
+            if not args.wait:
+                return 0
+            snap = await watch_job(client, job, embedded=False)
+            row = snap["jobs"][0]
+            return 0 if row["done"] == row["total"] else 1
+        finally:
+            await client.close()
+
+    return asyncio.run(submit())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    jobs = args.job
+
+    async def fetch() -> dict[str, Any]:
+        try:
+            client = await Client.connect(state)
+        except NotRunningError:
+            return offline_snapshot(state, jobs)
+        try:
+            snap: dict[str, Any] = (await client.call("status", jobs=jobs))["snapshot"]
+            return snap
+        finally:
+            await client.close()
+
+    if args.json:
+        out.print_json(json.dumps(asyncio.run(fetch())))
+        return 0
+    if args.once:
+        out.print(status.render(asyncio.run(fetch())))
+        return 0
+
+    async def live() -> None:
+        with Live(status.render(await fetch()), console=out, auto_refresh=False) as view:
+            while True:
+                await asyncio.sleep(STATUS_REFRESH_S)
+                view.update(status.render(await fetch()), refresh=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(live())
+    return 0
+
+
+def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> dict[str, Any]:
+    """The snapshot of a node whose daemon is not running, read from its ledger file."""
+    ledger, _ = db.load_ledger(state.db_path)
+    meta = db.read_meta(state.db_path)
+    node = {
+        "id": str(meta.get("node_id", "")),
+        "state": "stopped",
+        "pid": None,
+        "data_dir": str(state.root),
+        "labels": {},
+        "capacity": snapshot.resources_dict(resources.probe()),
+        "used": snapshot.resources_dict(NO_RESOURCES),
+        "running": 0,
+    }
+    return snapshot.build(ledger, wall_ms(), [node], jobs)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    ledger, _ = db.load_ledger(state.db_path)
+    written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
+    err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
+    for problem in written.missing:
+        err.print(f"  [yellow]missing:[/] {problem}")
+    return 1 if written.missing else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    ledger, _ = db.load_ledger(state.db_path)
+    if args.job and args.job not in ledger.jobs:
+        raise UserInputError(
+            f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"
+        )
+    if args.output:
+        target = Path(args.output)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            rows = export.write_csv(ledger, handle, job=args.job, attempts=args.attempts)
+        tmp.replace(target)
+        err.print(f"{rows:,} rows written to {target}")
+    else:
+        export.write_csv(ledger, sys.stdout, job=args.job, attempts=args.attempts)
+    return 0
+
+
+def _call(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
+    state = statedir.resolve(args.data_dir)
+
+    async def call() -> dict[str, Any]:
+        client = await Client.connect(state)
+        try:
+            return await client.call(op, **fields)
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    reply = _call(args, "cancel", target=args.target)
+    out.print(f"cancelled {reply['cancelled']} {reply['target']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    reply = _call(args, "retry", job=args.job)
+    out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    _call(args, "shutdown")
+    out.print("the daemon is stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

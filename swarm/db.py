@@ -1,0 +1,228 @@
+"""Persistence of the ledger in one SQLite file per node (WAL, group commit).
+
+Theory of operation: the table `records` holds every record this node has seen, keyed by its version,
+with the body as msgpack. Writers hand rows to `LedgerWriter.write()` and wait; one loop commits
+whatever has queued up meanwhile in a single transaction (group commit), so a burst of claims and
+results costs one commit, not one each, and nobody waits longer than one commit. A record is applied
+to the in-memory ledger only after its commit returns: what the node acts on is always on disk.
+
+Durability: WAL with synchronous=FULL by default (a commit survives power loss). `--sync normal`
+keeps WAL's guarantee against process death (SIGKILL) and never corrupts the file, but the last
+commits may be lost to a power cut; the tasks they recorded then run again.
+
+Readers (the CLI's `status --once`, `export`, `results`) open the same file read-only while the
+daemon writes; WAL lets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+import msgpack
+
+from swarm.errors import BadRecordError, StorageFullError, SwarmError
+from swarm.ledger import KIND_OF, Body, Kind, Ledger, Version, body_from_plain, body_to_plain
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    origin TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (origin, generation, seq)
+) WITHOUT ROWID;
+"""
+BATCH_ROWS_MAX = 20_000  # rows in one transaction; a bigger burst is split over several
+READ_CHUNK_ROWS = 50_000
+SYNC_MODES = ("full", "normal")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    version: Version
+    body: Body
+
+
+def encode(body: Body) -> bytes:
+    packed: bytes = msgpack.packb(body_to_plain(body), use_bin_type=True)
+    return packed
+
+
+def decode(blob: bytes) -> Body:
+    try:
+        raw = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise BadRecordError(f"undecodable record body: {exc}") from exc
+    return body_from_plain(raw)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+class LedgerWriter:
+    """Group commit: many writers, one committing loop. Owned by the node's TaskGroup."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+        self._queue: deque[tuple[list[Row], dict[str, int], asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.commits = 0
+        self.rows_written = 0
+
+    async def write(self, rows: list[Row], meta: dict[str, int] | None = None) -> None:
+        """Return once `rows` (and `meta`) are committed; raise StorageFullError on a full disk."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, meta or {}, future))
+        self._wake.set()
+        await future
+
+    async def run(self) -> None:
+        """Commit until `close()` is called and the queue is empty."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._commit_batch()
+            if self._closing:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def _commit_batch(self) -> None:
+        batch: list[tuple[list[Row], dict[str, int], asyncio.Future[None]]] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0][0]) <= BATCH_ROWS_MAX):
+            item = self._queue.popleft()
+            batch.append(item)
+            count += len(item[0])
+        rows = [r for item in batch for r in item[0]]
+        meta: dict[str, int] = {}
+        for _, m, _ in batch:
+            meta.update(m)
+        try:
+            await self._commit(rows, meta)
+        except (sqlite3.Error, OSError) as exc:
+            await self._rollback()
+            error: SwarmError = (
+                StorageFullError(f"disk full: cannot write the ledger {self._path}")
+                if _is_disk_full(exc)
+                else SwarmError(f"cannot write the ledger {self._path}: {exc}")
+            )
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.commits += 1
+        self.rows_written += len(rows)
+        for _, _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _commit(self, rows: list[Row], meta: dict[str, int]) -> None:
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO records (origin, generation, seq, kind, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (r.version.origin, r.version.generation, r.version.seq, KIND_OF[type(r.body)],
+                 encode(r.body))
+                for r in rows
+            ],
+        )  # fmt: skip
+        # Only the newest heartbeat of a node matters; older ones would only grow the file.
+        for r in rows:
+            if KIND_OF[type(r.body)] is Kind.HEARTBEAT:
+                await self._conn.execute(
+                    "DELETE FROM records WHERE origin = ? AND kind = ? AND seq < ?",
+                    (r.version.origin, int(Kind.HEARTBEAT), r.version.seq),
+                )
+        if meta:
+            await self._conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
+            )
+        await self._conn.commit()
+
+    async def _rollback(self) -> None:
+        # If even this fails the connection is unusable; the next write fails again, and says so.
+        with contextlib.suppress(sqlite3.Error):
+            await self._conn.rollback()
+
+
+async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connection, LedgerWriter]:
+    assert sync in SYNC_MODES
+    conn = await aiosqlite.connect(path)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={sync.upper()}")
+    await conn.executescript(SCHEMA)
+    await conn.commit()
+    return conn, LedgerWriter(conn, path)
+
+
+def create(path: Path, meta: dict[str, int | str]) -> None:
+    """Create the database of a new state dir (synchronously: `swarm init` runs no event loop)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        conn.executemany(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
+        )
+    conn.close()
+
+
+def read_meta(path: Path) -> dict[str, int | str]:
+    with _read_only(path) as conn:
+        return {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
+    """Every stored record. Undecodable rows are skipped and described in `bad`."""
+    with _read_only(path) as conn:
+        cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
+        while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
+            for origin, generation, seq, blob in chunk:
+                version = Version(origin, generation, seq)
+                try:
+                    yield Row(version, decode(blob))
+                except BadRecordError as exc:
+                    if bad is not None:
+                        bad.append(f"{version}: {exc}")
+
+
+def load_ledger(path: Path) -> tuple[Ledger, list[str]]:
+    """The ledger as stored in `path`, and a description of any rows that could not be read."""
+    ledger = Ledger()
+    bad: list[str] = []
+    for row in iter_rows(path, bad):
+        ledger.apply(row.version, row.body)
+    return ledger, bad
+
+
+class _read_only:
+    """A read-only connection, closed on exit (sqlite3's own context manager only commits)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise SwarmError(f"no ledger at {path}: run `swarm init` or `swarm start` first")
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._conn
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()

@@ -1,0 +1,55 @@
+"""The one exception hierarchy of swarm.
+
+Two families, as h11 splits them: errors in what a user gave us (a task file, a flag, a config),
+which carry a message naming where the problem is; and errors in what arrived from elsewhere (a
+blob on disk, a peer's bytes), which are counted and contained. Programmer errors are assertions.
+"""
+
+from __future__ import annotations
+
+
+class SwarmError(Exception):
+    """Base of every error swarm raises on purpose."""
+
+
+class UserInputError(SwarmError):
+    """Something the user supplied is wrong; the message says what and where."""
+
+
+class TaskFileError(UserInputError):
+    """One or more lines of a task file are invalid; nothing of the file was added."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:20]
+        more = len(problems) - len(shown)
+        text = "\n".join(shown) + (f"\n... and {more} more" if more else "")
+        super().__init__(text)
+
+
+class ConfigError(UserInputError):
+    """A flag, environment variable or state directory is unusable."""
+
+
+class NotRunningError(SwarmError):
+    """No daemon answers on the control socket of this data directory."""
+
+
+class ControlError(SwarmError):
+    """The daemon refused or failed a control request."""
+
+
+class CorruptBlobError(SwarmError):
+    """A stored blob no longer hashes to its name."""
+
+
+class MissingBlobError(SwarmError):
+    """A blob named by a result is not held here."""
+
+
+class StorageFullError(SwarmError):
+    """The state directory's disk is full; nothing was half-written."""
+
+
+class BadRecordError(SwarmError):
+    """A ledger record could not be decoded; it is dropped and counted, never applied."""

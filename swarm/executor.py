@@ -1,0 +1,292 @@
+"""Running one attempt of a task as a subprocess, and collecting what it left behind.
+
+Theory of operation
+-------------------
+Each attempt gets a run dir `<data>/run/<task>-<epoch>/` holding its stdout and stderr files and a
+`pid` file; unless the task names a `cwd`, it also runs in a fresh empty `work/` dir there, so
+attempts never see each other's files. The process leads its own session and process group, so a
+timeout, a cancel or a shutdown can kill the whole tree it started. stdout and stderr go straight to
+files, never through our memory. The exit is awaited through a pidfd (no thread, no SIGCHLD
+handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the kernel.
+
+If the daemon itself is killed, its attempts keep running as orphans; the `pid` files let the next
+start find and kill them (`kill_orphans`) before the tasks run again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swarm.ledger import Outcome
+from swarm.spec import TaskSpec
+
+KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
+OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
+SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What the executor needs to start one attempt."""
+
+    task_id: str
+    job: str
+    name: str
+    spec: TaskSpec
+    epoch: int
+    attempt: int
+    run_dir: Path
+    gpu_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Finished:
+    """What an attempt left behind; files still in place, for the store to take in."""
+
+    outcome: Outcome
+    exit_code: int | None
+    started_ms: int
+    ended_ms: int
+    wall_s: float
+    cpu_s: float
+    max_rss_kb: int
+    stdout: Path
+    stderr: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    outputs_movable: bool = False  # True when they live in our scratch dir and may be moved
+    reason: str = ""
+
+
+def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.update(launch.spec.env)
+    env.update(
+        SWARM_TASK_ID=launch.task_id,
+        SWARM_TASK_NAME=launch.name,
+        SWARM_JOB=launch.job,
+        SWARM_ATTEMPT=str(launch.attempt),
+        SWARM_EPOCH=str(launch.epoch),
+    )
+    if launch.spec.need.gpus or "CUDA_VISIBLE_DEVICES" in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpu_ids)
+    return env
+
+
+class Attempt:
+    """A started attempt. `finished()` waits for it; `stop()` ends it early."""
+
+    def __init__(
+        self, launch: Launch, base_env: Mapping[str, str], inherited_rss_kb: int = 0
+    ) -> None:
+        self.launch = launch
+        # Peak memory: the kernel's ru_maxrss counts the daemon's own peak for any child forked
+        # from it, so below `inherited_rss_kb` only the sampled figure (`peak_rss_kb`, kept up to
+        # date by the node from /proc) says anything about the task.
+        self.inherited_rss_kb = inherited_rss_kb
+        self.peak_rss_kb = 0
+        self._stop_outcome: Outcome | None = None
+        self._stop_reason = ""
+        self._kill_timer: asyncio.TimerHandle | None = None
+        launch.run_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout = launch.run_dir / "stdout"
+        self.stderr = launch.run_dir / "stderr"
+        scratch = launch.spec.cwd is None
+        self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
+        if scratch:
+            self.cwd.mkdir(exist_ok=True)
+        argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
+        self.started_ms = time.time_ns() // 1_000_000
+        self._t0 = time.monotonic()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawn_error = ""
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=self.cwd,
+                    env=attempt_env(launch, base_env),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                # The program or the cwd is missing or not executable: a failed attempt, like a
+                # shell's exit 127, with the reason where the user looks first.
+                self.spawn_error = f"cannot start {argv[0]!r} in {self.cwd}: {exc.strerror}"
+                err.write(f"swarm: {self.spawn_error}\n".encode())
+        if self.proc is not None:
+            _write_pid_file(launch.run_dir / "pid", self.proc.pid, launch.task_id)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def finished(self) -> Finished:
+        if self.proc is None:
+            return self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error)
+        status, usage = await _wait_exit(self.proc)
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        code = os.waitstatus_to_exitcode(status)
+        cpu_s = usage.ru_utime + usage.ru_stime
+        own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > self.inherited_rss_kb else 0
+        if self._stop_outcome is not None:
+            outcome, reason = self._stop_outcome, self._stop_reason
+        elif code == 0:
+            outcome, reason = Outcome.OK, ""
+        else:
+            outcome = Outcome.FAILED
+            reason = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
+        return self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
+
+    def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
+        """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
+        if self.proc is None or self.proc.returncode is not None or self._stop_outcome is not None:
+            return  # not started, already reaped (its pid may be reused), or already stopping
+        self._stop_outcome, self._stop_reason = outcome, reason
+        _kill_group(self.proc.pid, signal.SIGTERM)
+        pid = self.proc.pid
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(grace_s, _kill_group, pid, signal.SIGKILL)
+
+    def _result(
+        self, outcome: Outcome, code: int | None, cpu_s: float, rss_kb: int, reason: str
+    ) -> Finished:
+        wall_s = time.monotonic() - self._t0
+        scratch = self.launch.spec.cwd is None
+        outputs = {} if outcome is Outcome.INTERRUPTED else collect_outputs(self.cwd, self.launch)
+        return Finished(
+            outcome=outcome,
+            exit_code=code,
+            started_ms=self.started_ms,
+            ended_ms=self.started_ms + int(wall_s * 1000),
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            max_rss_kb=rss_kb,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            outputs=outputs,
+            outputs_movable=scratch,
+            reason=reason,
+        )
+
+
+def collect_outputs(cwd: Path, launch: Launch) -> dict[str, Path]:
+    """Regular files matching the task's `outputs` globs, by path relative to the working dir."""
+    found: dict[str, Path] = {}
+    real_cwd = os.path.realpath(cwd)
+    for pattern in launch.spec.outputs:
+        for rel in sorted(glob.glob(pattern, root_dir=cwd, recursive=True)):
+            rel = os.path.normpath(rel)
+            path = cwd / rel
+            # No symlink anywhere on the path: a link must not pull in (or, once the file is moved
+            # into the store, take away) a file from outside the working dir.
+            if os.path.realpath(path) != os.path.join(real_cwd, rel) or not path.is_file():
+                continue
+            found[rel] = path
+            if len(found) >= OUTPUT_FILES_MAX:
+                return found
+    return found
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+    """Wait for the process to exit without blocking the loop, and reap it with its rusage."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    # We reaped it ourselves: tell Popen, so it never waits on a pid that may be reused.
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, usage
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time signals have no name in the enum
+        return f"signal {number}"
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _write_pid_file(path: Path, pid: int, task_id: str) -> None:
+    # With the start time and the task id, a live orphan is told from a process that reused the pid.
+    path.write_text(f"{pid} {_start_time(pid)} {task_id}\n")
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def kill_orphans(run_root: Path) -> int:
+    """Kill the process groups of attempts left running by a previous daemon, and remove their run
+    dirs. Returns how many groups were still alive."""
+    killed = 0
+    if not run_root.is_dir():
+        return 0
+    for run_dir in run_root.iterdir():
+        pid_file = run_dir / "pid"
+        try:
+            pid_text, start_text, task_id = pid_file.read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            pid, start, task_id = 0, 0, ""
+        if pid and _group_members(pid, start, task_id):
+            _kill_group(pid, signal.SIGKILL)
+            killed += 1
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return killed
+
+
+def _group_members(pgid: int, leader_start: int, task_id: str) -> list[int]:
+    """Processes still in the process group `pgid`, started no earlier than its leader was, at
+    least one of which still carries the attempt's SWARM_TASK_ID."""
+    members = []
+    tagged = False
+    tag = f"SWARM_TASK_ID={task_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[2] is the process group, fields[19] the start time (clock ticks since boot).
+        if int(fields[2]) == pgid and int(fields[19]) >= leader_start:
+            members.append(int(entry.name))
+            with contextlib.suppress(OSError):
+                tagged = tagged or tag in (entry / "environ").read_bytes().split(b"\0")
+    return members if tagged else []

@@ -1,0 +1,437 @@
+"""Getting results out of the ledger and the blob store: CSV tables and result files on disk.
+
+Theory of operation
+-------------------
+A result's `digest` names a *manifest* blob, canonical UTF-8 JSON with sorted keys:
+
+    {"files": {"<relative path>": <digest>, ...}, "stderr": <digest>, "stdout": <digest>}
+
+`manifest_bytes` writes one; `parse_manifest` reads one and validates it strictly. A manifest may
+have been written by any node of the swarm, so it is untrusted input: every digest must be a sha256
+name and every file path must be relative, normalized and free of `..`, so that laying the files
+out under an output directory can never write outside it. `write_results` checks once more, on the
+final resolved path, before each write (defence in depth against symlinks already on disk).
+
+`write_csv` renders the ledger as one row per task, or one row per attempt (plus a `running` row
+for each task being run right now), with the csv module so any command text survives quoting.
+
+Reads the ledger, never changes it; the only writes are to the caller's stream and output dir.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from swarm.clock import wall_ms_of
+from swarm.errors import CorruptBlobError, MissingBlobError, UserInputError
+from swarm.ledger import Attempt, Ledger, TaskView
+from swarm.spec import TaskSpec
+from swarm.store import BlobStore
+
+TASK_COLUMNS: tuple[str, ...] = (
+    "task_id",
+    "job",
+    "name",
+    "state",
+    "attempts",
+    "node",
+    "started",
+    "ended",
+    "wall_s",
+    "cpu_s",
+    "max_rss_mb",
+    "exit_code",
+    "outcome",
+    "digest",
+    "command",
+    "cpus",
+    "memory_mb",
+    "gpus",
+    "priority",
+    "node_cpus",
+    "node_memory_mb",
+    "reason",
+)
+
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "task_id",
+    "job",
+    "name",
+    "attempt",
+    "epoch",
+    "outcome",
+    "node",
+    "started",
+    "ended",
+    "wall_s",
+    "cpu_s",
+    "max_rss_mb",
+    "exit_code",
+    "digest",
+    "command",
+    "node_cpus",
+    "node_memory_mb",
+    "reason",
+)
+
+RUNNING = "running"  # the outcome shown for an attempt still in progress
+STREAMS = ("stdout", "stderr")  # file names the streams take in a task's output dir
+MANIFEST_BYTES_MAX = 64 << 20  # a manifest bigger than this is refused, not read into memory
+JOBS_LISTED_MAX = 10  # known jobs named in the error for an unknown one
+NAME_BYTES_MAX = 255  # NAME_MAX of Linux and macOS: a longer path component cannot be created
+
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_MANIFEST_KEYS = frozenset({"stdout", "stderr", "files"})
+_MIB = 1024 * 1024
+# The columns `_attempt_cells` fills, in both tables.
+_ATTEMPT_CELLS = (
+    "node", "started", "ended", "wall_s", "cpu_s", "max_rss_mb", "exit_code", "outcome",
+    "digest", "node_cpus", "node_memory_mb", "reason",
+)  # fmt: skip
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# -- manifests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated result manifest: the digests of stdout, stderr and each output file."""
+
+    stdout: str
+    stderr: str
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> digest
+
+
+def manifest_bytes(stdout: str, stderr: str, files: dict[str, str]) -> bytes:
+    """The canonical encoding of a manifest (so equal manifests are one blob)."""
+    body = {"stdout": stdout, "stderr": stderr, "files": dict(files)}
+    # ASCII JSON (non-ASCII paths as \u escapes): one encoding, whoever writes the manifest.
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Decode and strictly validate a manifest; CorruptBlobError naming the problem otherwise."""
+    try:
+        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptBlobError(f"manifest is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CorruptBlobError(f"manifest is not a JSON object but {type(raw).__name__}")
+    if set(raw) != _MANIFEST_KEYS:
+        raise CorruptBlobError(
+            f"manifest keys are {sorted(raw)}, expected exactly {sorted(_MANIFEST_KEYS)}"
+        )
+    stdout = _manifest_digest("stdout", raw["stdout"])
+    stderr = _manifest_digest("stderr", raw["stderr"])
+    files = raw["files"]
+    if not isinstance(files, dict):
+        raise CorruptBlobError(f"manifest 'files' is not an object but {type(files).__name__}")
+    checked: dict[str, str] = {}
+    for path, digest in files.items():
+        _check_relative_path(path)
+        checked[path] = _manifest_digest(f"file {path!r}", digest)
+    # "a" and "a/b" cannot both be files: one of them would have to be a directory.
+    for path in checked:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in checked:
+                raise CorruptBlobError(
+                    f"manifest file {prefix!r} is also a directory of file {path!r}"
+                )
+    return Manifest(stdout, stderr, checked)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would silently keep the last of two equal keys; a canonical manifest has none.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CorruptBlobError(f"manifest repeats the key {key!r}")
+        out[key] = value
+    return out
+
+
+def _manifest_digest(what: str, value: Any) -> str:
+    if not isinstance(value, str) or _DIGEST_RE.fullmatch(value) is None:
+        raise CorruptBlobError(
+            f"manifest {what}: not a sha256 digest (64 lowercase hex digits): {value!r:.100}"
+        )
+    return value
+
+
+def _check_relative_path(path: Any) -> None:
+    """Refuse any file path that could name something outside the directory it is joined to."""
+    if not isinstance(path, str) or not path:
+        raise CorruptBlobError(f"manifest file path is not a non-empty string: {path!r:.100}")
+    if "\x00" in path:
+        raise CorruptBlobError(f"manifest file path contains NUL: {path!r:.100}")
+    if path.startswith("/"):
+        raise CorruptBlobError(f"manifest file path is absolute: {path!r:.100}")
+    parts = path.split("/")
+    if "" in parts:
+        raise CorruptBlobError(f"manifest file path has an empty component: {path!r:.100}")
+    if ".." in parts:
+        raise CorruptBlobError(f"manifest file path goes up with '..': {path!r:.100}")
+    if posixpath.normpath(path) != path or "." in parts:
+        raise CorruptBlobError(f"manifest file path is not normalized: {path!r:.100}")
+    try:
+        encoded = [part.encode("utf-8") for part in parts]
+    except UnicodeEncodeError:
+        # A lone surrogate (valid in JSON's \u escapes) cannot be a file name.
+        raise CorruptBlobError(f"manifest file path is not valid UTF-8: {path!r:.100}") from None
+    if any(len(part) > NAME_BYTES_MAX for part in encoded):
+        raise CorruptBlobError(
+            f"manifest file path has a component over {NAME_BYTES_MAX} bytes: {path!r:.100}"
+        )
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+
+def write_csv(
+    ledger: Ledger, out: TextIO, *, job: str | None = None, attempts: bool = False
+) -> int:
+    """Write the tasks (or, with attempts=True, their attempts) as CSV; return the data rows.
+
+    `out` should be opened with newline="" (as the csv module asks), so that newlines inside a
+    quoted command are written as they are. Jobs are sorted by name, tasks keep the order their
+    job first saw them. UserInputError if `job` is given and unknown.
+    """
+    jobs = [_known_job(ledger, job)] if job is not None else sorted(ledger.jobs)
+    columns = ATTEMPT_COLUMNS if attempts else TASK_COLUMNS
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise")
+    writer.writeheader()
+    rows = 0
+    for name in jobs:
+        for view in ledger.job_tasks(name):
+            if view.spec is None:
+                continue  # its TASK record has not arrived: nothing to describe it by
+            task_rows = _attempt_rows(view, view.spec) if attempts else [_task_row(view, view.spec)]
+            writer.writerows(task_rows)
+            rows += len(task_rows)
+    return rows
+
+
+def _task_row(view: TaskView, spec: TaskSpec) -> dict[str, str]:
+    ordered = view.ordered_attempts()
+    shown = view.ok_attempt() or (ordered[-1] if ordered else None)
+    row = {
+        "task_id": view.task_id,
+        "job": view.job,
+        "name": view.name,
+        "state": str(view.state) if view.state is not None else "",
+        "attempts": str(len(view.attempts)),
+        "command": spec.command_text(),
+        "cpus": _number(spec.need.cpus),
+        "memory_mb": _mib(spec.need.memory_bytes),
+        "gpus": str(spec.need.gpus),
+        "priority": str(spec.priority),
+    }
+    row.update(_attempt_cells(shown))
+    return row
+
+
+def _attempt_rows(view: TaskView, spec: TaskSpec) -> list[dict[str, str]]:
+    command = spec.command_text()
+    base = {"task_id": view.task_id, "job": view.job, "name": view.name, "command": command}
+    rows = []
+    # Origin as the last key: two nodes may both report an epoch (a split claim), keep it stable.
+    ordered = sorted(
+        view.attempts.values(),
+        key=lambda a: (a.result.epoch, a.result.started_ms, a.version.origin),
+    )
+    for attempt in ordered:
+        row = dict(base)
+        row.update(_attempt_cells(attempt))
+        row["attempt"] = str(attempt.result.attempt)
+        row["epoch"] = str(attempt.result.epoch)
+        rows.append(row)
+    claim = view.active_claim()
+    if claim is not None:
+        epoch, node = claim
+        row = dict(base)
+        row.update(_attempt_cells(None))
+        # The attempt number is only known from the RESULT; the claim gives epoch, node, start.
+        row.update(
+            attempt="",
+            epoch=str(epoch),
+            outcome=RUNNING,
+            node=node,
+            started=_iso_ms(wall_ms_of(view.claims[claim].stamp)),
+        )
+        rows.append(row)
+    return rows
+
+
+def _attempt_cells(attempt: Attempt | None) -> dict[str, str]:
+    """The columns both tables take from one attempt; all empty when there is none."""
+    if attempt is None:
+        return dict.fromkeys(_ATTEMPT_CELLS, "")
+    r = attempt.result
+    return {
+        "node": attempt.version.origin,
+        "started": _iso_ms(r.started_ms),
+        "ended": _iso_ms(r.ended_ms),
+        "wall_s": f"{r.wall_s:.3f}",
+        "cpu_s": f"{r.cpu_s:.3f}",
+        "max_rss_mb": f"{r.max_rss_kb / 1024:.1f}",
+        "exit_code": "" if r.exit_code is None else str(r.exit_code),
+        "outcome": str(r.outcome),
+        "digest": r.digest or "",
+        "node_cpus": _number(r.node_capacity.cpus),
+        "node_memory_mb": _mib(r.node_capacity.memory_bytes),
+        "reason": r.reason,
+    }
+
+
+def _iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO-8601 UTC, e.g. 2024-05-01T12:00:00.123Z."""
+    try:
+        # timedelta, not fromtimestamp(ms / 1000): no float rounding of the milliseconds.
+        when = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        return ""  # a wildly wrong clock on some node; a blank beats a failed export
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _number(value: float) -> str:
+    # 2.0 cores reads better as "2"; fractions keep their exact repr.
+    value = float(value)  # an int slipped in would lack is_integer() before Python 3.12
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _mib(n_bytes: int) -> str:
+    return str(n_bytes // _MIB) if n_bytes % _MIB == 0 else f"{n_bytes / _MIB:.1f}"
+
+
+def _known_job(ledger: Ledger, job: str) -> str:
+    if job in ledger.jobs:
+        return job
+    known = sorted(ledger.jobs)
+    if not known:
+        raise UserInputError(f"unknown job {job!r}: no jobs are known here")
+    listed = ", ".join(repr(j) for j in known[:JOBS_LISTED_MAX])
+    more = len(known) - JOBS_LISTED_MAX
+    suffix = f" and {more} more" if more > 0 else ""
+    raise UserInputError(f"unknown job {job!r}; known jobs: {listed}{suffix}")
+
+
+# -- result files ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ResultsWritten:
+    """What `write_results` did. `missing` has one "name: why" line per problem."""
+
+    tasks_written: int = 0  # tasks all of whose files were written
+    files_written: int = 0  # files written, stdout and stderr included
+    missing: list[str] = field(default_factory=list)
+
+
+def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> ResultsWritten:
+    """Write each task's stdout, stderr and output files under `out_dir/<task name>/`.
+
+    A task's files come from its ok attempt, or else from its latest attempt that has a result
+    digest (so a failed task's stderr can be read). A blob not held here or found corrupt, an
+    invalid manifest, or a name that cannot be laid out safely is noted in `missing` and the
+    rest goes on. Every file is copied verified and atomically by `BlobStore.copy_to`.
+    UserInputError if the job is unknown; other OS errors (permissions, disk full) propagate.
+    """
+    _known_job(ledger, job)
+    out_dir = Path(out_dir)
+    root = out_dir.resolve()
+    done = ResultsWritten()
+    seen_names: dict[str, str] = {}  # task name -> id of the task written under it
+    for view in ledger.job_tasks(job):
+        if view.spec is None:
+            continue
+        attempt = _results_attempt(view)
+        if attempt is None or attempt.result.digest is None:
+            continue  # nothing ran to completion yet: nothing to export, nothing missing
+        name = view.name
+        if not _safe_dir_name(name):
+            # Names are checked at submission, but the TASK record may come from another node.
+            done.missing.append(f"{name!r}: task name is not usable as a directory name")
+            continue
+        clash = seen_names.get(name)
+        if clash is not None:
+            # Two submissions may give one name to different tasks; one directory each, first wins.
+            done.missing.append(
+                f"{name}: task {view.task_id[:12]} has the same name as task {clash[:12]}, "
+                "whose files were written instead"
+            )
+            continue
+        seen_names[name] = view.task_id
+        if _write_task(store, attempt.result.digest, name, out_dir / name, root, done):
+            done.tasks_written += 1
+    return done
+
+
+def _results_attempt(view: TaskView) -> Attempt | None:
+    ok = view.ok_attempt()
+    if ok is not None:
+        return ok
+    with_digest = [a for a in view.ordered_attempts() if a.result.digest is not None]
+    return with_digest[-1] if with_digest else None
+
+
+def _safe_dir_name(name: str) -> bool:
+    return (
+        bool(name)
+        and "/" not in name
+        and "\x00" not in name
+        and name not in (".", "..")
+        and len(name.encode("utf-8", "surrogateescape")) <= NAME_BYTES_MAX
+    )
+
+
+def _write_task(
+    store: BlobStore, digest: str, name: str, task_dir: Path, root: Path, done: ResultsWritten
+) -> bool:
+    """Write one task's files; True if all of them were written."""
+    try:
+        manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX))
+    except (MissingBlobError, CorruptBlobError) as exc:
+        done.missing.append(f"{name}: manifest {digest[:12]}: {exc}")
+        return False
+    except ValueError as exc:
+        # A malformed digest in the RESULT record, or a manifest too big to be one.
+        done.missing.append(f"{name}: manifest: {exc}")
+        return False
+    task_root = task_dir.resolve()
+    if not task_root.is_relative_to(root) or task_root == root:
+        done.missing.append(f"{name}: {task_dir} resolves to {task_root}, outside {root}")
+        return False
+    wanted = list(zip(STREAMS, (manifest.stdout, manifest.stderr), strict=True))
+    complete = True
+    for rel, file_digest in sorted(manifest.files.items()):
+        if rel.split("/")[0] in STREAMS:
+            done.missing.append(f"{name}: output file {rel!r} clashes with the stdout/stderr files")
+            complete = False
+            continue
+        wanted.append((rel, file_digest))
+    for rel, file_digest in wanted:
+        dest = task_dir / rel
+        # Defence in depth: the manifest's paths were validated, but a symlink already in the
+        # output dir (say task_dir/sub -> /etc) must not carry a write outside it.
+        if not dest.resolve().is_relative_to(task_root):
+            done.missing.append(f"{name}: {rel!r} resolves to {dest.resolve()}, outside {task_dir}")
+            complete = False
+            continue
+        try:
+            store.copy_to(file_digest, dest)
+        except (MissingBlobError, CorruptBlobError) as exc:
+            done.missing.append(f"{name}: {rel} ({file_digest[:12]}): {exc}")
+            complete = False
+            continue
+        done.files_written += 1
+    return complete

@@ -1,0 +1,474 @@
+"""The replicated ledger: records, their merge, and the task states derived from them.
+
+Theory of operation
+-------------------
+Every record is written by exactly one node (its origin) and carries a `Version(origin, generation,
+seq)`; a node's seq grows by one per record it writes within one generation of its state dir. The
+ledger is the union of all records seen; each record kind is folded into a per-task aggregate that is
+a join-semilattice (sets keyed by (epoch, node), OR of flags, max of counters, min of stamps), so
+applying records in any order, any number of times, gives the same aggregates. A task's state is a
+pure function of its aggregate (`derive_state`), hence every replica that saw the same records derives
+the same states.
+
+Invariants:
+- applying a record twice changes nothing (idempotent); order does not matter (commutative);
+- a task is `done` as soon as any attempt ended `ok`, whatever else arrives later;
+- the running claim of a task is the winner among its claims (highest epoch, then earliest claim
+  stamp, then lowest node id) that has been neither released nor answered by a result.
+
+Pure: no I/O, no clock reads. Time arrives as HLC stamps inside records.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm.errors import BadRecordError
+from swarm.spec import Resources, TaskSpec
+
+# How many interrupted attempts (node died, lease lost, drained, evicted) a task may have before it is
+# failed: interruptions do not use up `retries`, but a task that kills its node must not loop forever.
+INTERRUPTION_CAP = 5
+FINISH_SAMPLES_MAX = 4096  # per job: recent finish times kept for rates and ETAs
+
+
+class Kind(enum.IntEnum):
+    """Record kinds. Append-only: the numbers are stored on disk and sent on the wire."""
+
+    TASK = 1
+    CLAIM = 2
+    HEARTBEAT = 3
+    RESULT = 4
+    REPLICA = 5
+    CANCEL = 6
+    RETRY = 7
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Version:
+    origin: str
+    generation: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    task_id: str
+    job: str
+    name: str
+    spec: TaskSpec
+    stamp: int  # HLC at submission
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRecord:
+    task_id: str
+    epoch: int
+    stamp: int  # HLC at claim time: the tie-breaker between competing claims of one epoch
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRecord:
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    task_id: str
+    epoch: int
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None
+    started_ms: int  # the executing node's wall clock, for people; never used for expiry
+    ended_ms: int
+    wall_s: float  # measured on the node's monotonic clock
+    cpu_s: float
+    max_rss_kb: int
+    digest: str | None  # sha256 of the result manifest (stdout, stderr, output files)
+    node_capacity: Resources  # so runtimes can be compared across machine shapes
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRecord:
+    job: str
+    task_id: str | None = None  # None cancels the whole job
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRecord:
+    """Re-queue a failed task: failures and interruptions up to these counts are forgiven."""
+
+    task_id: str
+    failures: int
+    interruptions: int
+
+
+Body = (
+    TaskRecord
+    | ClaimRecord
+    | HeartbeatRecord
+    | ResultRecord
+    | ReplicaRecord
+    | CancelRecord
+    | RetryRecord
+)
+
+KIND_OF: dict[type[Any], Kind] = {
+    TaskRecord: Kind.TASK,
+    ClaimRecord: Kind.CLAIM,
+    HeartbeatRecord: Kind.HEARTBEAT,
+    ResultRecord: Kind.RESULT,
+    ReplicaRecord: Kind.REPLICA,
+    CancelRecord: Kind.CANCEL,
+    RetryRecord: Kind.RETRY,
+}
+
+
+@dataclass(slots=True)
+class ClaimInfo:
+    stamp: int
+    released: bool
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One RESULT with the version that wrote it (needed to join two results of one claim)."""
+
+    version: Version
+    result: ResultRecord
+
+
+@dataclass(slots=True)
+class TaskView:
+    """Everything known about one task: the join of all records that name it."""
+
+    task_id: str
+    job: str = ""
+    name: str = ""
+    spec: TaskSpec | None = None  # None until the TASK record arrives (others may come first)
+    submitted: tuple[int, str] = (0, "")  # (stamp, origin) of the TASK record kept
+    claims: dict[tuple[int, str], ClaimInfo] = field(default_factory=dict)
+    attempts: dict[tuple[int, str], Attempt] = field(default_factory=dict)
+    forgiven_failures: int = 0
+    forgiven_interruptions: int = 0
+    cancelled: bool = False
+    state: State | None = None  # cached derive_state(); None while the spec is unknown
+
+    def next_epoch(self) -> int:
+        highest = max((epoch for epoch, _ in self.claims), default=0)
+        return highest + 1
+
+    def winning_claim(self) -> tuple[int, str] | None:
+        if not self.claims:
+            return None
+        return min(self.claims, key=lambda k: (-k[0], self.claims[k].stamp, k[1]))
+
+    def active_claim(self) -> tuple[int, str] | None:
+        key = self.winning_claim()
+        if key is None or self.claims[key].released or key in self.attempts:
+            return None
+        return key
+
+    def ordered_attempts(self) -> list[Attempt]:
+        return sorted(self.attempts.values(), key=lambda a: (a.result.epoch, a.result.started_ms))
+
+    def ok_attempt(self) -> Attempt | None:
+        oks = [a for a in self.attempts.values() if a.result.outcome is Outcome.OK]
+        return min(oks, key=lambda a: (a.result.epoch, a.version)) if oks else None
+
+    def count(self, *outcomes: Outcome) -> int:
+        return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
+
+
+def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
+    """The task's state as a pure function of its records."""
+    if view.spec is None:
+        return None
+    if view.ok_attempt() is not None:
+        return State.DONE
+    if view.cancelled or job_cancelled:
+        return State.CANCELLED
+    if view.active_claim() is not None:
+        return State.RUNNING
+    failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
+    interruptions = view.count(Outcome.INTERRUPTED) - view.forgiven_interruptions
+    if failures > view.spec.retries or interruptions > INTERRUPTION_CAP:
+        return State.FAILED
+    return State.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """A task's derived state moved (None = not yet known) as a record was applied."""
+
+    task_id: str
+    old: State | None
+    new: State | None
+
+
+class Ledger:
+    """All records seen, folded into per-task views, with per-job state counts kept current."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskView] = {}
+        self.jobs: dict[str, list[str]] = {}  # job -> task ids, in the order first seen
+        self.job_counts: dict[str, Counter[State]] = {}
+        self.cancelled_jobs: set[str] = set()
+        self.heartbeats: dict[str, int] = {}
+        self.holders: dict[str, set[str]] = {}  # blob digest -> nodes holding it
+        self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
+        self.running: set[str] = set()  # ids of tasks whose state is running
+        self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
+        self.records_applied = 0
+
+    # -- applying records --------------------------------------------------------------------
+
+    def apply(self, version: Version, body: Body) -> list[StateChanged]:
+        """Fold one record in. Returns the tasks whose derived state changed."""
+        self.records_applied += 1
+        key = (version.origin, version.generation)
+        if version.seq > self.high_seq.get(key, 0):
+            self.high_seq[key] = version.seq
+        match body:
+            case TaskRecord():
+                return self._apply_task(version, body)
+            case ClaimRecord():
+                view = self._view(body.task_id)
+                info = view.claims.get((body.epoch, version.origin))
+                if info is None:
+                    view.claims[(body.epoch, version.origin)] = ClaimInfo(body.stamp, body.released)
+                else:
+                    info.stamp = min(info.stamp, body.stamp)
+                    info.released = info.released or body.released
+                return self._refresh(view)
+            case ResultRecord():
+                view = self._view(body.task_id)
+                slot = (body.epoch, version.origin)
+                held = view.attempts.get(slot)
+                if held is None or held.version < version:
+                    view.attempts[slot] = Attempt(version, body)
+                return self._refresh(view)
+            case HeartbeatRecord():
+                if body.counter > self.heartbeats.get(version.origin, -1):
+                    self.heartbeats[version.origin] = body.counter
+                return []
+            case ReplicaRecord():
+                self.holders.setdefault(body.digest, set()).add(version.origin)
+                return []
+            case CancelRecord():
+                return self._apply_cancel(body)
+            case RetryRecord():
+                view = self._view(body.task_id)
+                view.forgiven_failures = max(view.forgiven_failures, body.failures)
+                view.forgiven_interruptions = max(view.forgiven_interruptions, body.interruptions)
+                return self._refresh(view)
+        raise AssertionError(f"unknown record body {body!r}")
+
+    def _apply_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
+        view = self._view(body.task_id)
+        submitted = (body.stamp, version.origin)
+        if view.spec is None or submitted < view.submitted:
+            if view.spec is None:
+                self.jobs.setdefault(body.job, []).append(body.task_id)
+            view.job, view.name, view.spec, view.submitted = (
+                body.job,
+                body.name,
+                body.spec,
+                submitted,
+            )
+        return self._refresh(view)
+
+    def _apply_cancel(self, body: CancelRecord) -> list[StateChanged]:
+        if body.task_id is not None:
+            view = self._view(body.task_id)
+            view.cancelled = True
+            return self._refresh(view)
+        if body.job in self.cancelled_jobs:
+            return []
+        self.cancelled_jobs.add(body.job)
+        changes: list[StateChanged] = []
+        for task_id in self.jobs.get(body.job, []):
+            changes.extend(self._refresh(self.tasks[task_id]))
+        return changes
+
+    def _view(self, task_id: str) -> TaskView:
+        view = self.tasks.get(task_id)
+        if view is None:
+            view = self.tasks[task_id] = TaskView(task_id)
+        return view
+
+    def _refresh(self, view: TaskView) -> list[StateChanged]:
+        old = view.state
+        new = derive_state(view, view.job in self.cancelled_jobs)
+        if new == old:
+            return []
+        view.state = new
+        counts = self.job_counts.setdefault(view.job, Counter())
+        if old is not None:
+            counts[old] -= 1
+        if new is not None:
+            counts[new] += 1
+        if new is State.RUNNING:
+            self.running.add(view.task_id)
+        else:
+            self.running.discard(view.task_id)
+        if new in (State.DONE, State.FAILED) and old not in TERMINAL_STATES and view.attempts:
+            ended = max(a.result.ended_ms for a in view.attempts.values())
+            samples = self.finished_ms.setdefault(view.job, deque(maxlen=FINISH_SAMPLES_MAX))
+            samples.append(ended)
+        return [StateChanged(view.task_id, old, new)]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def job_tasks(self, job: str) -> list[TaskView]:
+        return [self.tasks[t] for t in self.jobs.get(job, [])]
+
+    def job_finished(self, job: str) -> bool:
+        """True when the job exists and none of its tasks is pending or running."""
+        counts = self.job_counts.get(job)
+        if not counts or sum(counts.values()) == 0:
+            return False
+        return counts[State.PENDING] == 0 and counts[State.RUNNING] == 0
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """A canonical summary of everything derived, for comparing replicas in tests."""
+        tasks = tuple(
+            sorted(
+                (
+                    v.task_id,
+                    v.name,
+                    v.state,
+                    tuple(sorted((k, c.stamp, c.released) for k, c in v.claims.items())),
+                    tuple(sorted((k, a.version) for k, a in v.attempts.items())),
+                    v.forgiven_failures,
+                    v.forgiven_interruptions,
+                    v.cancelled,
+                )
+                for v in self.tasks.values()
+            )
+        )
+        holders = tuple(sorted((d, tuple(sorted(h))) for d, h in self.holders.items()))
+        return (
+            tasks,
+            holders,
+            tuple(sorted(self.heartbeats.items())),
+            tuple(sorted(self.cancelled_jobs)),
+            tuple(sorted(self.high_seq.items())),
+        )
+
+
+# -- plain encoding (for the database and, later, the wire) ------------------------------------
+
+
+def body_to_plain(body: Body) -> list[Any]:
+    """A record body as msgpack-friendly lists: [kind, field, ...]."""
+    match body:
+        case TaskRecord():
+            return [Kind.TASK, body.task_id, body.job, body.name, body.spec.to_wire(), body.stamp]
+        case ClaimRecord():
+            return [Kind.CLAIM, body.task_id, body.epoch, body.stamp, body.released]
+        case HeartbeatRecord():
+            return [Kind.HEARTBEAT, body.counter]
+        case ResultRecord():
+            return [
+                Kind.RESULT,
+                body.task_id,
+                body.epoch,
+                body.attempt,
+                str(body.outcome),
+                body.exit_code,
+                body.started_ms,
+                body.ended_ms,
+                body.wall_s,
+                body.cpu_s,
+                body.max_rss_kb,
+                body.digest,
+                body.node_capacity.to_wire(),
+                body.reason,
+            ]
+        case ReplicaRecord():
+            return [Kind.REPLICA, body.digest]
+        case CancelRecord():
+            return [Kind.CANCEL, body.job, body.task_id]
+        case RetryRecord():
+            return [Kind.RETRY, body.task_id, body.failures, body.interruptions]
+    raise AssertionError(f"unknown record body {body!r}")
+
+
+def body_from_plain(raw: Any) -> Body:
+    """Inverse of body_to_plain; anything malformed raises BadRecordError, never anything else."""
+    try:
+        kind = Kind(raw[0])
+        f = raw[1:]
+        match kind:
+            case Kind.TASK:
+                return TaskRecord(_s(f[0]), _s(f[1]), _s(f[2]), TaskSpec.from_wire(f[3]), _i(f[4]))
+            case Kind.CLAIM:
+                return ClaimRecord(_s(f[0]), _i(f[1]), _i(f[2]), bool(f[3]))
+            case Kind.HEARTBEAT:
+                return HeartbeatRecord(_i(f[0]))
+            case Kind.RESULT:
+                return ResultRecord(
+                    task_id=_s(f[0]),
+                    epoch=_i(f[1]),
+                    attempt=_i(f[2]),
+                    outcome=Outcome(f[3]),
+                    exit_code=None if f[4] is None else _i(f[4]),
+                    started_ms=_i(f[5]),
+                    ended_ms=_i(f[6]),
+                    wall_s=float(f[7]),
+                    cpu_s=float(f[8]),
+                    max_rss_kb=_i(f[9]),
+                    digest=None if f[10] is None else _s(f[10]),
+                    node_capacity=Resources.from_wire(f[11]),
+                    reason=_s(f[12]),
+                )
+            case Kind.REPLICA:
+                return ReplicaRecord(_s(f[0]))
+            case Kind.CANCEL:
+                return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]))
+            case Kind.RETRY:
+                return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]))
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadRecordError(f"malformed record {raw!r:.200}: {exc}") from exc
+    raise BadRecordError(f"unknown record kind in {raw!r:.200}")
+
+
+def _s(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _i(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value

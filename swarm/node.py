@@ -1,0 +1,602 @@
+"""The daemon: the one asyncio adapter between the pure cores and the world.
+
+Theory of operation
+-------------------
+One `asyncio.TaskGroup` holds everything the node runs: the ledger writer (group commit), the
+scheduler, the heartbeat, and one task per running attempt. The control socket's connections are
+tracked and closed at shutdown, so nothing outlives `run()`.
+
+Every change the node makes is a record: it gets the next version, is committed by the writer, and
+only then applied to the in-memory ledger. State changes coming out of the ledger drive the rest:
+a task that becomes pending is queued for the scheduler; a task that becomes cancelled has its
+attempt stopped. The scheduler claims what fits the free capacity (policy.py), starts each attempt
+at once, and the claim's commit runs while the process starts; the attempt's result is written only
+after its claim is on disk, and its blobs are in the store (fsynced) before its RESULT is written.
+
+On start the node kills orphans of attempts a killed daemon left running, then closes every claim
+it still held in the ledger with an `interrupted` result, so those tasks run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm import db, resources, snapshot
+from swarm.clock import HybridClock, wall_ms_of
+from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
+from swarm.errors import ControlError, StorageFullError, SwarmError, UserInputError
+from swarm.executor import KILL_GRACE_S, Attempt, Finished, Launch, kill_orphans
+from swarm.export import manifest_bytes
+from swarm.ledger import (
+    Body,
+    CancelRecord,
+    ClaimRecord,
+    HeartbeatRecord,
+    Ledger,
+    Outcome,
+    ReplicaRecord,
+    ResultRecord,
+    RetryRecord,
+    State,
+    StateChanged,
+    TaskRecord,
+    TaskView,
+    Version,
+)
+from swarm.policy import PendingQueue
+from swarm.spec import Resources, TaskSpec, task_id
+from swarm.statedir import StateDir
+from swarm.store import EMPTY_DIGEST, BlobStore
+
+log = logging.getLogger("swarm.node")
+
+SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
+STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
+MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    cpus: float | None = None  # None: probe (cgroup-aware)
+    memory_bytes: int | None = None
+    gpus: int | None = None
+    labels: dict[str, str | int | float] = field(default_factory=dict)
+    sync: str = "full"  # SQLite synchronous mode; see db.py
+    heartbeat_interval_s: float = 1.0
+    claim_batch_max: int = 256  # claims made in one scheduler pass
+    kill_grace_s: float = KILL_GRACE_S
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Lock:
+    """An exclusive lock on the state dir: one daemon per data dir."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.path = state.root / "daemon.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            other = os.read(self.fd, 32).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise UserInputError(
+                f"a swarm daemon already runs for {state.root} (pid {other or '?'})"
+            ) from exc
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Node:
+    def __init__(self, state: StateDir, config: NodeConfig) -> None:
+        self.state = state
+        self.config = config
+        self.capacity = resources.probe(config.cpus, config.memory_bytes, config.gpus)
+        self.labels: dict[str, str | int | float] = {
+            **resources.builtin_labels(self.capacity),
+            **config.labels,
+        }
+        self.store = BlobStore(state.blobs)
+        self.ledger = Ledger()
+        self.writer: db.LedgerWriter | None = None
+        self.queue = PendingQueue()
+        self.clock = HybridClock()
+        self.used = Resources(0.0, 0, 0)
+        self.attempts: dict[str, Attempt] = {}
+        self.started_ms = wall_ms()
+        self._free_gpus = list(range(self.capacity.gpus))
+        self._claiming: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._claims_paused_until = 0.0
+        self._base_env = dict(os.environ)
+        self._own_rss_kb = resources.own_peak_rss_kb()
+        self.node_id = ""
+        self.generation = 0
+        self._seq = 0
+        self._heartbeat = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stop()`; then interrupt running attempts, record them, and return."""
+        lock = _Lock(self.state)
+        conn = None
+        try:
+            killed = await asyncio.to_thread(kill_orphans, self.state.runs)
+            if killed:
+                log.warning("killed %d attempt(s) left running by a previous daemon", killed)
+            self.store.sweep_temp()
+            meta = db.read_meta(self.state.db_path)
+            self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
+            self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
+            for problem in bad:
+                log.warning("skipped an unreadable ledger row: %s", problem)
+            self.clock = HybridClock(int(meta.get("hlc", 0)))
+            self._seq = self.ledger.high_seq.get((self.node_id, self.generation), 0)
+            self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
+            for view in self.ledger.tasks.values():
+                if view.state is State.PENDING and view.spec is not None:
+                    self.queue.push(view.task_id, view.spec, view.submitted[0])
+            conn, writer = await db.open_writer(self.state.db_path, self.config.sync)
+            await self._serve(writer)
+        finally:
+            if conn is not None:
+                await conn.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.state.socket_path.unlink()
+            lock.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def _serve(self, writer: db.LedgerWriter) -> None:
+        self.writer = writer
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            writer_task = tg.create_task(writer.run())
+            await self._release_stale_claims()
+            with contextlib.suppress(FileNotFoundError):
+                self.state.socket_path.unlink()
+            old_umask = os.umask(0o177)  # the socket is born 0600: owner only
+            try:
+                server = await asyncio.start_unix_server(
+                    self._handle_client, path=self.state.socket_path, limit=FRAME_BYTES_MAX
+                )
+            finally:
+                os.umask(old_umask)
+            loops = [
+                tg.create_task(self._schedule_loop()),
+                tg.create_task(self._heartbeat_loop()),
+                tg.create_task(self._memory_loop()),
+            ]
+            self._ready.set()
+            self._wake.set()
+            log.info(
+                "node %s ready: %s cpus, %.1f GiB, %d gpus, data dir %s",
+                self.node_id[:8],
+                f"{self.capacity.cpus:g}",
+                self.capacity.memory_bytes / 2**30,
+                self.capacity.gpus,
+                self.state.root,
+            )
+            await self._stop.wait()
+            log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
+            server.close()
+            for client in list(self._clients):
+                client.close()
+            for loop_task in loops:
+                loop_task.cancel()
+            for attempt in list(self.attempts.values()):
+                attempt.stop(Outcome.INTERRUPTED, "node stopped", self.config.kill_grace_s)
+            while self.attempts or self._claiming:
+                await asyncio.sleep(0.01)
+            writer.close()
+            await writer_task
+
+    # -- writing records --------------------------------------------------------------------
+
+    def _versioned(self, bodies: list[Body]) -> list[db.Row]:
+        rows = []
+        for body in bodies:
+            self._seq += 1
+            rows.append(db.Row(Version(self.node_id, self.generation, self._seq), body))
+        return rows
+
+    async def _append(self, bodies: list[Body]) -> None:
+        """Commit records, then apply them. Raises StorageFullError with nothing applied."""
+        assert self.writer is not None
+        rows = self._versioned(bodies)
+        await self.writer.write(rows, {"hlc": self.clock.last})
+        for row in rows:
+            for change in self.ledger.apply(row.version, row.body):
+                self._on_state_changed(change)
+
+    def _on_state_changed(self, change: StateChanged) -> None:
+        view = self.ledger.tasks[change.task_id]
+        if change.new is State.PENDING and view.spec is not None:
+            self.queue.push(view.task_id, view.spec, view.submitted[0])
+            self._wake.set()
+        elif change.new is State.CANCELLED:
+            attempt = self.attempts.get(change.task_id)
+            if attempt is not None:
+                attempt.stop(Outcome.INTERRUPTED, "cancelled", self.config.kill_grace_s)
+
+    async def _release_stale_claims(self) -> None:
+        """Close the claims this node held when it last stopped: those attempts are gone."""
+        now = wall_ms()
+        bodies: list[Body] = []
+        for view in self.ledger.tasks.values():
+            for (epoch, node), info in view.claims.items():
+                if node != self.node_id or info.released or (epoch, node) in view.attempts:
+                    continue
+                bodies.append(
+                    ResultRecord(
+                        task_id=view.task_id,
+                        epoch=epoch,
+                        attempt=len(view.attempts) + 1,
+                        outcome=Outcome.INTERRUPTED,
+                        exit_code=None,
+                        started_ms=wall_ms_of(info.stamp),
+                        ended_ms=now,
+                        wall_s=0.0,
+                        cpu_s=0.0,
+                        max_rss_kb=0,
+                        digest=None,
+                        node_capacity=self.capacity,
+                        reason="the node stopped while it ran",
+                    )
+                )
+        if bodies:
+            log.warning("%d attempt(s) were cut off when the node stopped; re-queued", len(bodies))
+            await self._append(bodies)
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _is_pending(self, task: str) -> bool:
+        view = self.ledger.tasks.get(task)
+        return (
+            view is not None
+            and view.state is State.PENDING
+            and task not in self.attempts
+            and task not in self._claiming
+        )
+
+    async def _schedule_loop(self) -> None:
+        assert self._tg is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pause = self._claims_paused_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            free = self.capacity - self.used
+            picks = self.queue.select(
+                self._is_pending, free, self.labels, self.config.claim_batch_max
+            )
+            if picks:
+                self._own_rss_kb = resources.own_peak_rss_kb()
+            for task in picks:
+                view = self.ledger.tasks[task]
+                assert view.spec is not None
+                self.used = self.used + view.spec.need
+                gpu_ids = tuple(self._free_gpus[: view.spec.need.gpus])
+                del self._free_gpus[: view.spec.need.gpus]
+                self._claiming.add(task)
+                self._tg.create_task(self._run_attempt(view, gpu_ids))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self._heartbeat += 1
+            with contextlib.suppress(StorageFullError):
+                await self._append([HeartbeatRecord(self._heartbeat)])
+
+    async def _memory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MEMORY_SAMPLE_S)
+            self._own_rss_kb = resources.own_peak_rss_kb()
+            running = {a.pid: a for a in self.attempts.values() if a.pid is not None}
+            if not running:
+                continue
+            sizes = await asyncio.to_thread(resources.group_rss_kb, set(running))
+            for pid, rss_kb in sizes.items():
+                attempt = running[pid]
+                attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    async def _run_attempt(self, view: TaskView, gpu_ids: tuple[int, ...]) -> None:
+        spec = view.spec
+        assert spec is not None
+        epoch = view.next_epoch()
+        claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
+        launch = Launch(
+            task_id=view.task_id,
+            job=view.job,
+            name=view.name,
+            spec=spec,
+            epoch=epoch,
+            attempt=len(view.attempts) + 1,
+            run_dir=self.state.runs / f"{view.task_id[:16]}-{epoch}",
+            gpu_ids=gpu_ids,
+        )
+        try:
+            attempt = await self._start(launch, claim)
+            if attempt is None:
+                return
+            timer = None
+            if spec.timeout_s is not None:
+                timer = asyncio.get_running_loop().call_later(
+                    spec.timeout_s,
+                    attempt.stop,
+                    Outcome.TIMEOUT,
+                    f"timed out after {spec.timeout_s:g}s",
+                    self.config.kill_grace_s,
+                )
+            finished = await attempt.finished()
+            if timer is not None:
+                timer.cancel()
+            await self._record(launch, finished)
+        finally:
+            self.attempts.pop(view.task_id, None)
+            self._claiming.discard(view.task_id)
+            self.used = self.used - spec.need
+            self._free_gpus.extend(gpu_ids)
+            shutil.rmtree(launch.run_dir, ignore_errors=True)
+            self._wake.set()
+
+    async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:
+        """Spawn the process and commit its claim meanwhile; None if the node is stopping or the
+        claim could not be written (the process is then stopped and nothing is recorded)."""
+        if self._stop.is_set():
+            return None
+        try:
+            attempt = Attempt(launch, self._base_env, self._own_rss_kb)
+        except OSError as exc:  # the run dir could not be made: a full or broken disk
+            self._pause_claims(f"cannot prepare {launch.run_dir}: {exc}")
+            return None
+        self.attempts[launch.task_id] = attempt
+        self._claiming.discard(launch.task_id)
+        try:
+            await self._append([claim])
+        except SwarmError as exc:
+            attempt.stop(Outcome.INTERRUPTED, "claim not written", grace_s=0.0)
+            await attempt.finished()
+            self._pause_claims(str(exc))
+            return None
+        view = self.ledger.tasks[launch.task_id]
+        if view.state is State.CANCELLED:
+            attempt.stop(Outcome.INTERRUPTED, "cancelled", self.config.kill_grace_s)
+        return attempt
+
+    def _pause_claims(self, why: str) -> None:
+        log.error("not claiming new tasks for %.0fs: %s", STORAGE_RETRY_S, why)
+        self._claims_paused_until = time.monotonic() + STORAGE_RETRY_S
+
+    async def _record(self, launch: Launch, finished: Finished) -> None:
+        """Store the attempt's blobs, then write its RESULT (and REPLICA); retry on a full disk
+        until the node stops (the claim then stays open and the restart re-queues the task)."""
+        while True:
+            try:
+                digest, new_manifest = await self._store_outputs(finished)
+                bodies: list[Body] = [self._result_record(launch, finished, digest)]
+                if new_manifest or self.node_id not in self.ledger.holders.get(digest, ()):
+                    bodies.append(ReplicaRecord(digest))
+                await self._append(bodies)
+                return
+            except SwarmError as exc:
+                self._pause_claims(f"cannot record the result of {launch.name}: {exc}")
+                if self._stop.is_set():
+                    return
+                await asyncio.sleep(STORAGE_RETRY_S)
+
+    async def _store_outputs(self, finished: Finished) -> tuple[str, bool]:
+        if finished.outputs or _size(finished.stdout) or _size(finished.stderr):
+            return await asyncio.to_thread(self._store_outputs_sync, finished)
+        return self._store_outputs_sync(finished)  # nothing to write but a known manifest
+
+    def _store_outputs_sync(self, finished: Finished) -> tuple[str, bool]:
+        out = (
+            self.store.put_file(finished.stdout, move=True)[0]
+            if _size(finished.stdout)
+            else (EMPTY_DIGEST)
+        )
+        err = (
+            self.store.put_file(finished.stderr, move=True)[0]
+            if _size(finished.stderr)
+            else (EMPTY_DIGEST)
+        )
+        files = {
+            rel: self.store.put_file(path, move=finished.outputs_movable)[0]
+            for rel, path in finished.outputs.items()
+        }
+        return self.store.put_bytes(manifest_bytes(out, err, files))
+
+    def _result_record(self, launch: Launch, finished: Finished, digest: str) -> ResultRecord:
+        return ResultRecord(
+            task_id=launch.task_id,
+            epoch=launch.epoch,
+            attempt=launch.attempt,
+            outcome=finished.outcome,
+            exit_code=finished.exit_code,
+            started_ms=finished.started_ms,
+            ended_ms=finished.ended_ms,
+            wall_s=round(finished.wall_s, 6),
+            cpu_s=round(finished.cpu_s, 6),
+            max_rss_kb=finished.max_rss_kb,
+            digest=digest,
+            node_capacity=self.capacity,
+            reason=finished.reason,
+        )
+
+    # -- control socket ---------------------------------------------------------------------
+
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._clients.add(writer)
+        try:
+            while (request := await read_frame(reader)) is not None:
+                try:
+                    reply = await self._dispatch(request, reader)
+                except UserInputError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                except SwarmError as exc:
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                writer.write(encode_frame(reply))
+                await writer.drain()
+        except (ControlError, ConnectionError) as exc:
+            log.debug("control connection dropped: %s", exc)
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    async def _dispatch(
+        self, request: dict[str, Any], reader: asyncio.StreamReader
+    ) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"ok": True, "node_id": self.node_id, "pid": os.getpid()}
+        if op == "submit":
+            return await self._submit(str(request.get("job", "")), reader)
+        if op == "status":
+            jobs = request.get("jobs")
+            return {"ok": True, "snapshot": self.snapshot(jobs if isinstance(jobs, list) else None)}
+        if op == "cancel":
+            return await self._cancel(str(request.get("target", "")))
+        if op == "retry":
+            return await self._retry(str(request.get("job", "")))
+        if op == "shutdown":
+            self.stop()
+            return {"ok": True}
+        raise UserInputError(f"unknown request {op!r}")
+
+    async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
+        if not job:
+            raise UserInputError("a submission needs a job name")
+        incoming: list[dict[str, Any]] = []
+        while True:
+            frame = await read_frame(reader)
+            if frame is None:
+                raise ControlError("the client went away mid-submission; nothing was added")
+            if frame.get("end"):
+                break
+            if len(incoming) <= SUBMIT_TASKS_MAX:  # past the bound, read on but keep nothing
+                incoming.extend(frame.get("tasks", []))
+        if len(incoming) > SUBMIT_TASKS_MAX:
+            raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
+        names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
+        stamp = self.clock.now(wall_ms())
+        bodies: list[Body] = []
+        for raw in incoming:
+            record = _task_record(job, raw, stamp)
+            if record.task_id in self.ledger.tasks and self.ledger.tasks[record.task_id].spec:
+                continue
+            holder = names.get(record.name)
+            if holder is not None and holder != record.task_id:
+                raise UserInputError(
+                    f"line {raw.get('line', '?')}: name {record.name!r} is already used in job "
+                    f"{job!r} by a different task; nothing was added"
+                )
+            names[record.name] = record.task_id
+            bodies.append(record)
+        if bodies:
+            await self._append(bodies)
+        return {
+            "ok": True,
+            "job": job,
+            "added": len(bodies),
+            "existing": len(incoming) - len(bodies),
+        }
+
+    async def _cancel(self, target: str) -> dict[str, Any]:
+        if target in self.ledger.jobs:
+            await self._append([CancelRecord(target)])
+            return {"ok": True, "cancelled": "job", "target": target}
+        matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
+        if len(matches) != 1:
+            raise UserInputError(
+                f"{target!r} is neither a job nor a unique task id prefix (6+ characters); "
+                f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
+            )
+        view = self.ledger.tasks[matches[0]]
+        await self._append([CancelRecord(view.job, view.task_id)])
+        return {"ok": True, "cancelled": "task", "target": view.task_id}
+
+    async def _retry(self, job: str) -> dict[str, Any]:
+        if job not in self.ledger.jobs:
+            raise UserInputError(f"no job {job!r}")
+        bodies: list[Body] = [
+            RetryRecord(
+                v.task_id,
+                v.count(Outcome.FAILED, Outcome.TIMEOUT),
+                v.count(Outcome.INTERRUPTED),
+            )
+            for v in self.ledger.job_tasks(job)
+            if v.state is State.FAILED
+        ]
+        if bodies:
+            await self._append(bodies)
+        return {"ok": True, "job": job, "requeued": len(bodies)}
+
+    # -- status -----------------------------------------------------------------------------
+
+    def node_info(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id,
+            "state": "alive",
+            "pid": os.getpid(),
+            "data_dir": str(self.state.root),
+            "labels": self.labels,
+            "capacity": snapshot.resources_dict(self.capacity),
+            "used": snapshot.resources_dict(self.used),
+            "running": len(self.attempts),
+            "started_ms": self.started_ms,
+        }
+
+    def snapshot(self, jobs: list[str] | None = None) -> dict[str, Any]:
+        infeasible = self.queue.infeasible(self.capacity, self.labels, self._is_pending)
+        if jobs is not None:
+            infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
+        return snapshot.build(self.ledger, wall_ms(), [self.node_info()], jobs, infeasible)
+
+
+def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
+    """A submitted task, its id checked against its content (a client cannot mislabel one)."""
+    try:
+        spec = TaskSpec.from_wire(raw["spec"])
+        name = str(raw["name"])
+        explicit = bool(raw.get("explicit_name"))
+        expected = task_id(job, spec, name if explicit else None)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserInputError(f"malformed task in submission: {exc}") from exc
+    if raw.get("task_id") != expected:
+        raise UserInputError(f"task {name!r}: its id does not match its content")
+    return TaskRecord(expected, job, name, spec, stamp)
+
+
+def _size(path: os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,117 @@
+"""Which pending tasks this node claims, given its free resources and labels.
+
+Theory of operation: pending tasks are grouped by shape (what they need, which labels they
+require); each group is a heap ordered by (-priority, submission stamp, task id). To fill free
+capacity, the best head among the groups that fit is taken, again and again, so a large task that
+does not fit never blocks smaller ones behind it (backfill), and among tasks that fit the highest
+priority runs first. Entries are removed lazily: a popped task that is no longer pending is skipped,
+so the queue never has to be told about claims, results or cancels.
+
+Pure: the caller passes in what is pending and what is free.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from swarm.spec import LabelValue, Resources, TaskSpec
+
+Labels = Mapping[str, str | int | float | bool]
+Requires = tuple[tuple[str, LabelValue], ...]
+_COMPARATORS = (">=", "<=", "!=", ">", "<")
+
+
+def labels_match(requires: Requires, labels: Labels) -> bool:
+    """Every required label must match; a list means any one of its values."""
+    for key, wanted in requires:
+        have = labels.get(key)
+        if have is None:
+            return False
+        choices = wanted if isinstance(wanted, tuple) else (wanted,)
+        if not any(_value_matches(want, have) for want in choices):
+            return False
+    return True
+
+
+def _value_matches(want: str | int | float | bool, have: str | int | float | bool) -> bool:
+    if isinstance(want, bool) or isinstance(have, bool):
+        return want == have
+    if isinstance(want, str):
+        for op in _COMPARATORS:
+            if want.startswith(op):
+                return _compare(op, want[len(op) :].strip(), have)
+        return want == str(have)
+    if isinstance(want, int | float) and isinstance(have, int | float):
+        return float(want) == float(have)
+    return False
+
+
+def _compare(op: str, bound_text: str, have: str | int | float) -> bool:
+    try:
+        bound, value = float(bound_text), float(have)
+    except ValueError:
+        return False
+    return {
+        ">=": value >= bound,
+        "<=": value <= bound,
+        ">": value > bound,
+        "<": value < bound,
+        "!=": value != bound,
+    }[op]
+
+
+ShapeKey = tuple[Resources, Requires]
+
+
+@dataclass(slots=True)
+class PendingQueue:
+    groups: dict[ShapeKey, list[tuple[int, int, str]]] = field(default_factory=dict)
+
+    def push(self, task_id: str, spec: TaskSpec, stamp: int) -> None:
+        heap = self.groups.setdefault((spec.need, spec.requires), [])
+        heapq.heappush(heap, (-spec.priority, stamp, task_id))
+
+    def select(
+        self,
+        is_pending: Callable[[str], bool],
+        free: Resources,
+        labels: Labels,
+        limit: int,
+    ) -> list[str]:
+        """Pop up to `limit` pending tasks that fit in `free`, best first."""
+        chosen: list[str] = []
+        taken: set[str] = set()
+        while len(chosen) < limit:
+            best_key: ShapeKey | None = None
+            for key in list(self.groups):
+                need, requires = key
+                if not need.fits_in(free) or not labels_match(requires, labels):
+                    continue
+                heap = self.groups[key]
+                while heap and (heap[0][2] in taken or not is_pending(heap[0][2])):
+                    heapq.heappop(heap)
+                if not heap:
+                    del self.groups[key]
+                    continue
+                if best_key is None or heap[0] < self.groups[best_key][0]:
+                    best_key = key
+            if best_key is None:
+                break
+            _, _, task_id = heapq.heappop(self.groups[best_key])
+            chosen.append(task_id)
+            taken.add(task_id)
+            free = free - best_key[0]
+        return chosen
+
+    def infeasible(
+        self, capacity: Resources, labels: Labels, is_pending: Callable[[str], bool]
+    ) -> list[str]:
+        """Pending tasks this node could never run, even when idle (too big, or labels differ)."""
+        out: list[str] = []
+        for (need, requires), heap in self.groups.items():
+            if need.fits_in(capacity) and labels_match(requires, labels):
+                continue
+            out.extend(task_id for _, _, task_id in heap if is_pending(task_id))
+        return sorted(set(out))

@@ -1,0 +1,87 @@
+"""The status snapshot: one plain dict (JSON-ready) that `swarm status`, `--json` and `swarm run`'s
+progress all read. Built by a pure function from the ledger and what the node knows of itself, so the
+daemon and the CLI reading a stopped node's ledger produce the same thing.
+
+Shape (keys are part of the `--json` contract; add, never rename):
+    {"generated_ms": int,
+     "nodes": [{"id", "state", "pid", "data_dir", "labels": {...},
+                "capacity": {"cpus", "memory_bytes", "gpus"}, "used": {...}, "running": int}],
+     "jobs": [{"job", "total", "pending", "running", "done", "failed", "cancelled",
+               "rate_per_s", "eta_s"}],
+     "running": [{"task_id", "job", "name", "node", "epoch", "started_ms"}],
+     "infeasible": [task_id, ...]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from swarm.ledger import Ledger, State
+from swarm.spec import Resources
+
+RATE_WINDOW_MS = 60_000
+RUNNING_LISTED_MAX = 200
+
+
+def resources_dict(res: Resources) -> dict[str, Any]:
+    return {"cpus": res.cpus, "memory_bytes": res.memory_bytes, "gpus": res.gpus}
+
+
+def job_row(ledger: Ledger, job: str, now_ms: int) -> dict[str, Any]:
+    counts: Mapping[State, int] = ledger.job_counts.get(job, {})
+    row: dict[str, Any] = {"job": job, "total": sum(counts.values())}
+    for state in State:
+        row[str(state)] = counts.get(state, 0)
+    rate = finish_rate(ledger, job, now_ms)
+    remaining = row["pending"] + row["running"]
+    row["rate_per_s"] = round(rate, 3)
+    row["eta_s"] = round(remaining / rate, 1) if rate > 0 and remaining else None
+    return row
+
+
+def finish_rate(ledger: Ledger, job: str, now_ms: int) -> float:
+    """Tasks finished per second over the last minute (or since the first finish, if sooner)."""
+    samples = ledger.finished_ms.get(job)
+    if not samples:
+        return 0.0
+    recent = [t for t in samples if t > now_ms - RATE_WINDOW_MS]
+    if not recent:
+        return 0.0
+    span_ms = max(now_ms - min(recent), 1000)
+    return len(recent) * 1000 / span_ms
+
+
+def build(
+    ledger: Ledger,
+    now_ms: int,
+    nodes: list[dict[str, Any]],
+    jobs: list[str] | None = None,
+    infeasible: list[str] | None = None,
+) -> dict[str, Any]:
+    names = jobs if jobs is not None else sorted(ledger.job_counts)
+    running = []
+    for task_id in sorted(ledger.running)[:RUNNING_LISTED_MAX]:
+        view = ledger.tasks[task_id]
+        if jobs is not None and view.job not in jobs:
+            continue
+        claim = view.active_claim()
+        if claim is None:
+            continue
+        running.append(
+            {
+                "task_id": task_id,
+                "job": view.job,
+                "name": view.name,
+                "node": claim[1],
+                "epoch": claim[0],
+                "started_ms": view.claims[claim].stamp >> 16,
+            }
+        )
+    return {
+        "generated_ms": now_ms,
+        "nodes": nodes,
+        "jobs": [job_row(ledger, job, now_ms) for job in names if job in ledger.job_counts],
+        "running": running,
+        "infeasible": infeasible or [],
+    }

@@ -1,0 +1,147 @@
+"""A node's state directory: where it is, what is in it, and creating it (`swarm init`).
+
+Layout (all owner-only):
+    identity.key   Ed25519 private key (PEM); the node id is the sha256 of its public key
+    swarm.key      the 32-byte swarm key, hex; whoever holds it may run commands on every node
+    ledger.db      the SQLite ledger (+ -wal, -shm)
+    blobs/         content-addressed results
+    run/           one dir per running attempt (stdout, stderr, pid, scratch work dir)
+    control.sock   the CLI's Unix socket to the daemon (mode 0600)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from swarm import db
+from swarm.errors import ConfigError
+
+SWARM_KEY_BYTES = 32
+SOCKET_PATH_CHARS_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    root: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "ledger.db"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.root / "identity.key"
+
+    @property
+    def swarm_key_path(self) -> Path:
+        return self.root / "swarm.key"
+
+    @property
+    def socket_path(self) -> Path:
+        path = self.root / "control.sock"
+        if len(str(path)) <= SOCKET_PATH_CHARS_MAX:
+            return path
+        # A deep data dir: the socket goes to a short, per-user, per-dir name in the temp dir.
+        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"swarm-{os.getuid()}-{tag}.sock"
+
+    def exists(self) -> bool:
+        return self.db_path.exists() and self.identity_path.exists()
+
+
+def resolve(flag: str | None) -> StateDir:
+    """--data-dir, else $SWARM_HOME, else the XDG data dir."""
+    if flag:
+        return StateDir(Path(flag).expanduser().resolve())
+    env = os.environ.get("SWARM_HOME")
+    if env:
+        return StateDir(Path(env).expanduser().resolve())
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return StateDir(Path(xdg) / "swarm")
+
+
+def init(state: StateDir, key_file: Path | None = None) -> bool:
+    """Create the state dir if needed. Returns True if it was created now."""
+    if state.exists():
+        if key_file is not None:
+            _adopt_key(state, key_file)
+        return False
+    try:
+        state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state.root, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the state dir {state.root}: {exc.strerror}") from exc
+    if not state.identity_path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_private(state.identity_path, pem)
+    if key_file is not None:
+        _adopt_key(state, key_file)
+    elif not state.swarm_key_path.exists():
+        _write_private(state.swarm_key_path, secrets.token_hex(SWARM_KEY_BYTES).encode() + b"\n")
+    # The generation tells this incarnation of the state dir from an earlier, wiped one.
+    db.create(state.db_path, {"node_id": node_id(state), "generation": time.time_ns() // 1000})
+    return True
+
+
+def node_id(state: StateDir) -> str:
+    """The sha256 of this node's Ed25519 public key, as 32 hex characters."""
+    try:
+        key = serialization.load_pem_private_key(state.identity_path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the identity key {state.identity_path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{state.identity_path} is not an Ed25519 key")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return hashlib.sha256(public).hexdigest()[:32]
+
+
+def read_swarm_key(path: Path) -> bytes:
+    try:
+        text = path.read_text().strip()
+        key = bytes.fromhex(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a swarm key (64 hex characters): {exc}") from exc
+    if len(key) != SWARM_KEY_BYTES:
+        raise ConfigError(f"{path}: a swarm key is {SWARM_KEY_BYTES} bytes, found {len(key)}")
+    return key
+
+
+def _adopt_key(state: StateDir, key_file: Path) -> None:
+    key = read_swarm_key(key_file)
+    _write_private(state.swarm_key_path, key.hex().encode() + b"\n")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, readable by its owner only from the first byte on."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,373 @@
+"""Draw the `swarm status` view from a status snapshot (see `swarm.snapshot` for its shape).
+
+`render` is pure: it reads only the snapshot dict and the optional `now_ms`, never the clock,
+the network or the disk, so the live view, a stopped node's ledger and a saved `--json` dump all
+draw the same way and tests can pin the exact output. The view is, top to bottom:
+
+* a header line: nodes, task totals across jobs, overall rate and ETA;
+* a Nodes table (capacity used per node, hostname, user labels);
+* a Jobs table (progress bar, counts, rate and ETA per job);
+* a Running table (the oldest claims first, capped at `RUNNING_SHOWN_MAX` rows);
+* a warning if pending tasks fit on no live node.
+
+The snapshot is read defensively (`.get` with defaults) because it may come from a `--json`
+dump written by an older or newer version: keys are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "RUNNING_SHOWN_MAX",
+    "format_bytes",
+    "format_count",
+    "format_duration",
+    "format_rate",
+    "render",
+]
+
+RUNNING_SHOWN_MAX = 20
+PROGRESS_BAR_WIDTH = 16
+SHORT_ID_LEN = 8
+
+# Labels every node gets from `resources.builtin_labels`: their values already have their own
+# columns, so repeating them in the labels column would only crowd out the user's own labels.
+BUILTIN_LABELS = frozenset({"cpus", "memory_gb", "gpus", "arch", "hostname"})
+
+# Node states that mean "not taking work". Anything else (alive, suspect, draining, ...) counts as
+# alive, so a state added later shows up as alive rather than silently vanishing from the count.
+DOWN_STATES = frozenset({"dead", "down", "stopped", "left", "gone", "lost", "unreachable"})
+_STATE_STYLES = {"alive": "green", "suspect": "yellow", "draining": "yellow"}
+
+_UNKNOWN = "—"
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_duration(seconds: float | None) -> str:
+    """`45s`, `3m 20s`, `1h 05m`, `2d 03h`; `—` when unknown. Negative durations read as 0s."""
+    if seconds is None or not math.isfinite(seconds):
+        return _UNKNOWN
+    # Round once up front so 59.6s reads "1m 00s", not "60s".
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    """Binary units with one decimal: `512 B`, `1.5 KiB`, `512.0 MiB`, `15.6 GiB`."""
+    sign = "-" if n < 0 else ""
+    size = abs(n)
+    if size < 1024:
+        return f"{sign}{size} B"
+    value = float(size)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        # Move up a unit if rounding would print e.g. "1024.0 MiB" instead of "1.0 GiB".
+        if round(value, 1) < 1024 or unit == _BYTE_UNITS[-1]:
+            return f"{sign}{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_count(n: int) -> str:
+    """Thousands separators: `12,345`."""
+    return f"{n:,}"
+
+
+def format_rate(per_s: float) -> str:
+    """Tasks per second: `12.3/s`; two decimals below 0.1/s so slow jobs don't read as 0.0/s."""
+    if not math.isfinite(per_s) or per_s <= 0:
+        return "0/s"
+    if per_s < 0.1:
+        return f"{per_s:.2f}/s"
+    return f"{per_s:.1f}/s"
+
+
+def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> RenderableType:
+    """The whole `swarm status` view for `snapshot`.
+
+    Elapsed times are measured to `now_ms`, which defaults to the snapshot's `generated_ms` so
+    that rendering the same snapshot twice gives the same picture.
+    """
+    if now_ms is None:
+        generated = snapshot.get("generated_ms")
+        now_ms = generated if isinstance(generated, int) else None
+    nodes = _dicts(snapshot.get("nodes"))
+    jobs = _dicts(snapshot.get("jobs"))
+    running = _dicts(snapshot.get("running"))
+    infeasible = snapshot.get("infeasible") or []
+
+    parts: list[RenderableType] = [_header(nodes, jobs), Text()]
+    parts += [_nodes_table(nodes), Text()] if nodes else [_note("no live nodes"), Text()]
+    if jobs:
+        parts += [_jobs_table(jobs), Text()]
+    else:
+        parts += [_note("no jobs yet — submit one with `swarm submit FILE`"), Text()]
+    # The running list in the snapshot is itself capped, so the jobs' counts are the better total.
+    running_total = max(len(running), sum(_int(job, "running") for job in jobs))
+    if running_total:
+        parts += [_running_table(running, running_total, now_ms), Text()]
+    if infeasible:
+        parts.append(_infeasible_line(len(infeasible)))
+    while parts and isinstance(parts[-1], Text) and not parts[-1].plain:
+        parts.pop()  # no trailing blank line
+    return Group(*parts)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _header(nodes: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Text:
+    alive = sum(1 for node in nodes if _is_alive(node))
+    text = Text()
+    text.append(f"{_plural(len(nodes), 'node')} ({format_count(alive)} alive)", style="bold")
+    text.append(" · ")
+    totals = {key: sum(_int(job, key) for job in jobs) for key in _COUNT_KEYS}
+    text.append(f"{_plural(sum(_int(job, 'total') for job in jobs), 'task')}: ", style="bold")
+    for i, key in enumerate(_COUNT_KEYS):
+        if i:
+            text.append(", ")
+        style = "red" if key == "failed" and totals[key] else ""
+        text.append(f"{format_count(totals[key])} {key}", style=style)
+    text.append(" · ")
+    text.append(format_rate(sum(_float(job, "rate_per_s") for job in jobs)))
+    text.append(" · ETA ")
+    text.append(format_duration(_overall_eta(jobs)), style="bold")
+    return text
+
+
+_COUNT_KEYS = ("done", "running", "pending", "failed", "cancelled")
+
+
+def _overall_eta(jobs: Iterable[dict[str, Any]]) -> float | None:
+    """The slowest unfinished job's ETA, or None if any unfinished job has no estimate yet.
+
+    Taking the max over only the known ETAs would claim "done in 1m" while a job that has not
+    finished a single task yet (so has no rate) is still queued behind it.
+    """
+    longest = None
+    for job in jobs:
+        if _int(job, "pending") + _int(job, "running") == 0:
+            continue
+        eta = job.get("eta_s")
+        if not isinstance(eta, int | float):
+            return None
+        longest = eta if longest is None else max(longest, eta)
+    return longest
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    with_gpus = any(
+        _int(_mapping(node.get("capacity")), "gpus") or _int(_mapping(node.get("used")), "gpus")
+        for node in nodes
+    )
+    table = _table("Nodes")
+    table.add_column("node", no_wrap=True)
+    table.add_column("host", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("state", no_wrap=True)
+    table.add_column("cpus", justify="right", no_wrap=True)
+    table.add_column("memory", justify="right", no_wrap=True)
+    if with_gpus:
+        table.add_column("gpus", justify="right", no_wrap=True)
+    table.add_column("running", justify="right", no_wrap=True)
+    table.add_column("labels", overflow="fold")
+    for node in nodes:
+        capacity = _mapping(node.get("capacity"))
+        used = _mapping(node.get("used"))
+        labels = _mapping(node.get("labels"))
+        state = str(node.get("state", "?"))
+        row: list[RenderableType] = [
+            Text(_short(node.get("id"))),
+            Text(str(labels.get("hostname", ""))),
+            Text(state, style=_state_style(state)),
+            Text(f"{_num(used.get('cpus', 0))}/{_num(capacity.get('cpus', 0))}"),
+            Text(
+                f"{format_bytes(_int(used, 'memory_bytes'))}"
+                f" / {format_bytes(_int(capacity, 'memory_bytes'))}"
+            ),
+        ]
+        if with_gpus:
+            row.append(Text(f"{_int(used, 'gpus')}/{_int(capacity, 'gpus')}"))
+        row.append(Text(format_count(_int(node, "running"))))
+        user_labels = sorted((k, v) for k, v in labels.items() if k not in BUILTIN_LABELS)
+        row.append(Text(" ".join(f"{k}={v}" for k, v in user_labels), style="cyan"))
+        table.add_row(*row)
+    return table
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = _table("Jobs")
+    table.add_column("job", overflow="fold", min_width=12)
+    table.add_column("progress", no_wrap=True, width=PROGRESS_BAR_WIDTH)
+    table.add_column("done/total", justify="right", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    for name in ("running", "pending", "failed", "cancelled", "rate", "ETA"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for job in jobs:
+        total = _int(job, "total")
+        failed = _int(job, "failed")
+        # Failed and cancelled tasks are finished too: the bar shows how much is left to run.
+        finished = _int(job, "done") + failed + _int(job, "cancelled")
+        table.add_row(
+            Text(str(job.get("job", "?")), style="bold"),
+            _progress_bar(finished, total, failed),
+            Text(f"{format_count(_int(job, 'done'))}/{format_count(total)}"),
+            Text(_percent(finished, total)),
+            Text(format_count(_int(job, "running"))),
+            Text(format_count(_int(job, "pending"))),
+            Text(format_count(failed), style="bold red" if failed else ""),
+            Text(format_count(_int(job, "cancelled"))),
+            Text(format_rate(_float(job, "rate_per_s"))),
+            Text(format_duration(_opt_float(job.get("eta_s")))),
+        )
+    return table
+
+
+def _running_table(running: list[dict[str, Any]], running_total: int, now_ms: int | None) -> Table:
+    # Oldest first: a straggler holding a job up is what one looks for here.
+    ordered = sorted(
+        running,
+        key=lambda task: (_opt_float(task.get("started_ms")) or 0.0, str(task.get("task_id"))),
+    )
+    shown = ordered[:RUNNING_SHOWN_MAX]
+    hidden = running_total - len(shown)
+    table = _table(f"Running ({format_count(running_total)})")
+    if hidden > 0:
+        table.caption = f"… and {format_count(hidden)} more"
+        table.caption_justify = "left"
+    table.add_column("job", overflow="fold")
+    table.add_column("task", overflow="fold")
+    table.add_column("node", no_wrap=True)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    for task in shown:
+        started = _opt_float(task.get("started_ms"))
+        elapsed = None if started is None or now_ms is None else (now_ms - started) / 1000
+        table.add_row(
+            Text(str(task.get("job", "?"))),
+            Text(str(task.get("name", task.get("task_id", "?")))),
+            Text(_short(task.get("node"))),
+            Text(str(task.get("epoch", ""))),
+            Text(format_duration(elapsed)),
+        )
+    return table
+
+
+def _infeasible_line(count: int) -> Text:
+    if count == 1:
+        message = (
+            "1 pending task cannot run on any live node "
+            "(it needs more CPU/memory/GPUs or labels than any node has)"
+        )
+    else:
+        message = (
+            f"{format_count(count)} pending tasks cannot run on any live node "
+            "(they need more CPU/memory/GPUs or labels than any node has)"
+        )
+    return Text(message, style="yellow")
+
+
+# --- small pieces --------------------------------------------------------------------------------
+
+
+def _table(title: str) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        header_style="bold dim",
+        caption_style="dim",
+        pad_edge=False,
+    )
+
+
+def _note(message: str) -> Text:
+    return Text(message, style="dim italic")
+
+
+def _progress_bar(finished: int, total: int, failed: int) -> RenderableType:
+    if total <= 0:
+        # ProgressBar draws total=0 as full, and total=None pulses off the clock: show nothing.
+        return Text("")
+    return ProgressBar(
+        total=total,
+        completed=finished,
+        width=PROGRESS_BAR_WIDTH,
+        complete_style="red" if failed else "bar.complete",
+        finished_style="red" if failed else "bar.finished",
+    )
+
+
+def _percent(finished: int, total: int) -> str:
+    if total <= 0:
+        return _UNKNOWN
+    # Floor, not round, so a job with one task left never reads 100.0%.
+    tenths = finished * 1000 // total
+    return f"{tenths // 10}.{tenths % 10}%"
+
+
+def _is_alive(node: Mapping[str, Any]) -> bool:
+    return str(node.get("state", "")).lower() not in DOWN_STATES
+
+
+def _state_style(state: str) -> str:
+    if state.lower() in DOWN_STATES:
+        return "red"
+    return _STATE_STYLES.get(state.lower(), "")
+
+
+def _short(node_id: Any) -> str:
+    return str(node_id or "?")[:SHORT_ID_LEN]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{format_count(n)} {noun}{'' if n == 1 else 's'}"
+
+
+def _num(value: Any) -> str:
+    """A CPU amount: whole numbers without `.0`, fractions with up to two decimals."""
+    number = _opt_float(value) or 0.0
+    if number.is_integer():
+        return str(int(number))
+    return f"{number:.2f}".rstrip("0")
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value or [] if isinstance(item, dict)]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _opt_float(value: Any) -> float | None:
+    # bool is an int subclass, but True is not a duration.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _float(row: Mapping[str, Any], key: str) -> float:
+    return _opt_float(row.get(key)) or 0.0
+
+
+def _int(row: Mapping[str, Any], key: str) -> int:
+    value = _opt_float(row.get(key))
+    return int(value) if value is not None and math.isfinite(value) else 0

@@ -1,0 +1,282 @@
+"""Reading a task file: JSON Lines (DESIGN.md 2.2) or plain lines of shell commands (`--lines`).
+
+Every line is checked before anything is returned; all problems are collected, each naming the file,
+the line and the field, and raised together as one TaskFileError, so a file with any bad line adds
+nothing. Identical lines collapse into one task (ids are content hashes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarm.errors import ConfigError, TaskFileError
+from swarm.resources import parse_size
+from swarm.spec import (
+    DEFAULT_CPUS,
+    DEFAULT_GPUS,
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_PRIORITY,
+    DEFAULT_RETRIES,
+    LabelValue,
+    Resources,
+    TaskSpec,
+    normalize_requires,
+    task_id,
+)
+
+KEYS = (
+    "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",
+    "env", "cwd", "requires", "outputs",
+)  # fmt: skip
+NAME_CHARS_MAX = 200
+CPUS_MAX = 4096.0
+RETRIES_MAX = 1000
+PROBLEMS_MAX = 1000  # stop collecting after this many; the file is rejected anyway
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    task_id: str
+    name: str
+    spec: TaskSpec
+    line: int
+    explicit_name: bool
+
+
+class _Bad(Exception):
+    """One field of one line is wrong; caught per line and turned into a located message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def parse_jsonl(data: bytes, source: str, job: str, base_dir: Path) -> list[NewTask]:
+    """Parse JSON Lines. Relative `cwd` values are taken relative to `base_dir` (the file's dir)."""
+    return _parse(data, source, job, lambda text: _spec_from_json(text, base_dir))
+
+
+def parse_lines(data: bytes, source: str, job: str) -> list[NewTask]:
+    """Parse a plain file of one shell command per line, as GNU parallel and xargs read them."""
+
+    def one(text: str) -> tuple[TaskSpec, str | None]:
+        if "\x00" in text:
+            raise _Bad("cmd", "contains a NUL byte")
+        return TaskSpec(
+            cmd=text, argv=None, need=Resources(DEFAULT_CPUS, DEFAULT_MEMORY_BYTES)
+        ), None
+
+    return _parse(data, source, job, one)
+
+
+def _parse(
+    data: bytes, source: str, job: str, make: Callable[[str], tuple[TaskSpec, str | None]]
+) -> list[NewTask]:
+    problems: list[str] = []
+    tasks: dict[str, NewTask] = {}
+    names: dict[str, NewTask] = {}
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")
+        if not raw.strip():
+            continue
+        where = f"{source}:{number}"
+        try:
+            text = raw.decode("utf-8")
+            spec, explicit_name = make(text)
+        except UnicodeDecodeError as exc:
+            problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
+            continue
+        except _Bad as bad:
+            problems.append(f"{where}: {bad.field}: {bad.message}")
+            continue
+        if len(problems) >= PROBLEMS_MAX:
+            break
+        tid = task_id(job, spec, explicit_name)
+        if tid in tasks:
+            continue  # an identical line: one task
+        name = explicit_name if explicit_name is not None else str(number)
+        task = NewTask(tid, name, spec, number, explicit_name is not None)
+        clash = names.get(task.name)
+        if clash is not None:
+            problems.append(
+                f"{where}: name: {task.name!r} is already the name of line {clash.line}, "
+                "a different task"
+            )
+            continue
+        tasks[tid] = names[task.name] = task
+    if problems:
+        raise TaskFileError(problems)
+    if not tasks:
+        raise TaskFileError([f"{source}: no tasks (the file is empty)"])
+    return list(tasks.values())
+
+
+def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise _Bad("json", f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    except _Bad:
+        raise
+    if not isinstance(obj, dict):
+        raise _Bad("json", f"expected an object {{...}}, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(KEYS))
+    if unknown:
+        raise _Bad(unknown[0], f"unknown key (known keys: {', '.join(KEYS)})")
+    has_cmd, has_argv = "cmd" in obj, "argv" in obj
+    if has_cmd == has_argv:
+        raise _Bad("cmd", "exactly one of 'cmd' and 'argv' is required")
+    spec = TaskSpec(
+        cmd=_command(obj["cmd"]) if has_cmd else None,
+        argv=_argv(obj["argv"]) if has_argv else None,
+        need=Resources(
+            _cpus(obj.get("cpus", DEFAULT_CPUS)),
+            _memory(obj["memory"]) if "memory" in obj else DEFAULT_MEMORY_BYTES,
+            _count("gpus", obj.get("gpus", DEFAULT_GPUS), 0, 1024),
+        ),
+        priority=_count("priority", obj.get("priority", DEFAULT_PRIORITY), -(2**31), 2**31 - 1),
+        timeout_s=_timeout(obj["timeout"]) if obj.get("timeout") is not None else None,
+        retries=_count("retries", obj.get("retries", DEFAULT_RETRIES), 0, RETRIES_MAX),
+        env=_env(obj.get("env", {})),
+        cwd=_cwd(obj["cwd"], base_dir) if obj.get("cwd") is not None else None,
+        requires=_requires(obj.get("requires", {})),
+        outputs=_outputs(obj.get("outputs", [])),
+    )
+    name = _name(obj["name"]) if "name" in obj else None
+    return spec, name
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Bad(key, "given twice on one line")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise _Bad("json", f"{name} is not a number JSON allows")
+
+
+def _command(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad("cmd", "must be a non-empty string")
+    if "\x00" in value:
+        raise _Bad("cmd", "contains a NUL byte")
+    return value
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Bad("argv", "must be a non-empty list of strings")
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise _Bad("argv", f"item {i} must be a string, got {type(arg).__name__}")
+        if "\x00" in arg:
+            raise _Bad("argv", f"item {i} contains a NUL byte")
+    if not value[0]:
+        raise _Bad("argv", "the program (item 0) is empty")
+    return tuple(value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad("name", "must be a non-empty string")
+    if len(value) > NAME_CHARS_MAX:
+        raise _Bad("name", f"longer than {NAME_CHARS_MAX} characters")
+    if "/" in value or "\x00" in value or value in (".", ".."):
+        raise _Bad("name", "is used as a directory name: no '/', NUL, '.' or '..'")
+    return value
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(field, f"must be a number, got {json.dumps(value)}")
+    return float(value)
+
+
+def _cpus(value: Any) -> float:
+    cpus = _number("cpus", value)
+    if not 0 < cpus <= CPUS_MAX:
+        raise _Bad("cpus", f"must be more than 0 and at most {CPUS_MAX:g}, got {value}")
+    return cpus
+
+
+def _memory(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _Bad("memory", f'must be a size like "2G" or a number of MiB, got {value!r}')
+    try:
+        size = parse_size(value, field="memory")
+    except ConfigError as exc:
+        raise _Bad("memory", str(exc).removeprefix("memory: ")) from exc
+    if size <= 0:
+        raise _Bad("memory", "must be more than 0")
+    return size
+
+
+def _count(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(field, f"must be a whole number, got {json.dumps(value)}")
+    if not low <= value <= high:
+        raise _Bad(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _timeout(value: Any) -> float:
+    seconds = _number("timeout", value)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise _Bad("timeout", f"must be a number of seconds above 0, got {value}")
+    return seconds
+
+
+def _env(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _Bad("env", 'must be an object of strings, like {"OMP_NUM_THREADS": "1"}')
+    for key, item in value.items():
+        if not key or "=" in key or "\x00" in key:
+            raise _Bad("env", f"{key!r} is not a valid variable name")
+        if not isinstance(item, str):
+            raise _Bad("env", f"{key}: value must be a string, got {json.dumps(item)}")
+        if "\x00" in item:
+            raise _Bad("env", f"{key}: value contains a NUL byte")
+    return tuple(sorted(value.items()))
+
+
+def _cwd(value: Any, base_dir: Path) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _Bad("cwd", "must be a non-empty path")
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def _requires(value: Any) -> tuple[tuple[str, LabelValue], ...]:
+    if not isinstance(value, dict):
+        raise _Bad("requires", 'must be an object of labels, like {"zone": "eu"}')
+    for key, item in value.items():
+        if not key:
+            raise _Bad("requires", "a label name is empty")
+        items = item if isinstance(item, list) else [item]
+        if not items or not all(isinstance(i, str | int | float | bool) for i in items):
+            raise _Bad(
+                "requires", f"{key}: must be a string, number, or list of them, got {item!r}"
+            )
+        if any(isinstance(i, float) and not math.isfinite(i) for i in items):
+            raise _Bad("requires", f"{key}: must be finite")
+    return normalize_requires(value)
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise _Bad("outputs", 'must be a list of glob patterns, like ["out/*.csv"]')
+    for pattern in value:
+        parts = pattern.replace("\\", "/").split("/")
+        if pattern.startswith("/") or ".." in parts or "\x00" in pattern:
+            raise _Bad("outputs", f"{pattern!r}: must be relative to the working dir, without '..'")
+    return tuple(value)

@@ -1,0 +1,286 @@
+"""One node, end to end: the real daemon and CLI as separate processes, real SQLite, real tasks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from swarm import statedir
+
+from .conftest import REPO, Cli, Daemon, write_tasks
+
+pytestmark = pytest.mark.integration
+
+
+def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# -- swarm run: the main job -----------------------------------------------------------------
+
+
+def test_run_hello_on_an_embedded_node(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = cli("run", str(REPO / "examples/hello.jsonl"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "5 done" in done.stderr
+    assert (out / "hello/stdout").read_text().startswith("hello from hello on ")
+    assert (out / "stderr/stderr").read_text() == "this goes to stderr\n"
+    assert (out / "argv/stdout").read_text() == (
+        "an argument vector: no shell, quotes stay 'as is'\n"
+    )
+    assert (out / "file/out/when.txt").read_text().startswith("20")
+    rows = export_rows(cli)
+    assert sorted(r["name"] for r in rows) == ["argv", "busy", "file", "hello", "stderr"]
+    assert {r["state"] for r in rows} == {"done"}
+    assert all(r["exit_code"] == "0" and r["outcome"] == "ok" for r in rows)
+    # The embedded node has gone: the socket is removed, the ledger stays readable.
+    assert not statedir.StateDir(cli.home).socket_path.exists()
+
+
+def test_run_is_resumable_a_second_run_adds_nothing(cli: Cli, tmp_path: Path) -> None:
+    tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": f"echo {i}"} for i in range(3)])
+    cli.ok("run", str(tasks), "--out", str(tmp_path / "a"))
+    again = cli.ok("run", str(tasks), "--out", str(tmp_path / "b"))
+    assert "0 new, 3 already in the ledger" in again.stderr
+    assert (tmp_path / "b/2/stdout").read_text() == "1\n"
+    assert len(export_rows(cli, "--attempts")) == 3  # nothing ran twice
+
+
+def test_run_exits_1_when_a_task_fails_and_keeps_its_stderr(cli: Cli, tmp_path: Path) -> None:
+    tasks = write_tasks(
+        cli.cwd / "mixed.jsonl",
+        [
+            {"name": "good", "cmd": "echo fine"},
+            {"name": "bad", "cmd": "echo broken >&2; exit 3", "retries": 1},
+        ],
+    )
+    done = cli("run", str(tasks), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "1 failed" in done.stderr and "bad: exit 3" in done.stderr
+    assert (tmp_path / "out/bad/stderr").read_text() == "broken\n"
+    attempts = [r for r in export_rows(cli, "--attempts") if r["name"] == "bad"]
+    assert [(r["outcome"], r["exit_code"]) for r in attempts] == [("failed", "3")] * 2
+
+
+def test_run_stops_when_the_rest_can_never_run_here(cli: Cli, tmp_path: Path) -> None:
+    tasks = write_tasks(
+        cli.cwd / "shapes.jsonl",
+        [
+            {"name": "fits", "cmd": "true", "requires": {"zone": "eu"}},
+            {"name": "elsewhere", "cmd": "true", "requires": {"zone": "us"}},
+            {"name": "huge", "cmd": "true", "cpus": 64},
+        ],
+    )
+    done = cli("run", str(tasks), "--label", "zone=eu", "--cpus", "2", timeout=30)
+    assert done.returncode == 1
+    assert "2 task(s) cannot run on this node" in done.stderr
+    states = {r["name"]: r["state"] for r in export_rows(cli)}
+    assert states == {"fits": "done", "elsewhere": "pending", "huge": "pending"}
+
+
+def test_sweep_example_collects_output_files(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = cli("run", str(REPO / "examples/sweep.jsonl"), "--out", str(out), timeout=120)
+    assert done.returncode == 0, done.stderr
+    for seed in (1, 20):
+        text = (out / f"seed-{seed}/results/seed-{seed}.json").read_text()
+        assert f'"seed": {seed}' in text
+        assert (out / f"seed-{seed}/stdout").read_text().startswith(f"seed {seed}: pi ~ 3.1")
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_task_file_names_file_line_and_field_and_adds_nothing(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    daemon()
+    bad = cli.cwd / "bad.jsonl"
+    bad.write_text(
+        '{"cmd": "echo ok"}\n'
+        '{"cmd": "echo two", "memory": "lots"}\n'
+        '{"cmd": "echo three", "colour": "red"}\n'
+        "not json\n"
+    )
+    done = cli("submit", str(bad))
+    assert done.returncode == 2
+    assert f"{bad}:2: memory:" in done.stderr
+    assert f"{bad}:3: colour: unknown key" in done.stderr
+    assert f"{bad}:4: json: not valid JSON" in done.stderr
+    assert cli.status()["jobs"] == []
+
+
+def test_submit_without_a_daemon_says_how_to_start_one(cli: Cli) -> None:
+    tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": "true"}])
+    cli.ok("init")
+    done = cli("submit", str(tasks))
+    assert done.returncode == 3
+    assert "no swarm daemon is running" in done.stderr and "swarm start" in done.stderr
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    daemon()
+    done = cli("start")
+    assert done.returncode == 2
+    assert "already runs" in done.stderr
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+def test_submit_status_results_export_with_a_daemon(
+    cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon("--cpus", "2")
+    state = statedir.StateDir(cli.home)
+    assert stat.S_IMODE(state.socket_path.stat().st_mode) == 0o600
+    tasks = write_tasks(
+        cli.cwd / "jobfile.jsonl",
+        [{"name": f"t{i}", "cmd": f"printf 'line %s' {i}"} for i in range(6)],
+    )
+    done = cli.ok("submit", str(tasks), "--wait")
+    assert done.stdout.strip() == "jobfile"
+    assert "6 tasks added" in done.stderr
+    again = cli.ok("submit", str(tasks))
+    assert "0 tasks added, 6 already in the ledger" in again.stderr
+    job = cli.job("jobfile")
+    assert (job["total"], job["done"], job["pending"], job["running"]) == (6, 6, 0, 0)
+    node = cli.status()["nodes"][0]
+    assert node["capacity"]["cpus"] == 2.0 and node["state"] == "alive"
+    cli.ok("results", "jobfile", "--out", str(tmp_path / "res"))
+    assert (tmp_path / "res/t4/stdout").read_text() == "line 4"
+    rows = export_rows(cli, "--job", "jobfile", "--attempts")
+    assert len(rows) == 6 and {r["outcome"] for r in rows} == {"ok"}
+    csv_file = tmp_path / "ledger.csv"
+    cli.ok("export", "-o", str(csv_file))
+    assert csv_file.read_text().startswith("task_id,job,name,state,attempts,node,")
+
+
+def test_priority_decides_the_order_on_a_busy_node(cli: Cli, daemon: Callable[..., Daemon]) -> None:
+    daemon("--cpus", "1")
+    tasks = write_tasks(
+        cli.cwd / "prio.jsonl",
+        [{"name": "blocker", "cmd": "sleep 0.5", "priority": 100}]
+        + [{"name": f"p{p}", "cmd": "true", "priority": p} for p in (1, 5, 3, 9, 7)],
+    )
+    cli.ok("submit", str(tasks), "--wait")
+    rows = [r for r in export_rows(cli) if r["name"] != "blocker"]
+    order = [r["name"] for r in sorted(rows, key=lambda r: r["started"])]
+    assert order == ["p9", "p7", "p5", "p3", "p1"]
+
+
+def test_timeout_kills_the_task_and_counts_as_a_failed_attempt(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    daemon()
+    tasks = write_tasks(
+        cli.cwd / "slow.jsonl", [{"name": "slow", "cmd": "sleep 30", "timeout": 0.5, "retries": 0}]
+    )
+    started = time.monotonic()
+    done = cli("submit", str(tasks), "--wait")
+    assert done.returncode == 1
+    assert time.monotonic() - started < 20
+    (row,) = export_rows(cli, "--attempts")
+    assert (row["outcome"], row["reason"]) == ("timeout", "timed out after 0.5s")
+
+
+def test_cancel_stops_a_running_job_and_retry_requeues_failures(
+    cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon("--cpus", "2")
+    marker = tmp_path / "now-it-works"
+    slow = write_tasks(cli.cwd / "slow.jsonl", [{"cmd": "sleep 60"}, {"cmd": "sleep 61"}])
+    cli.ok("submit", str(slow))
+    cli.wait_for("two running tasks", lambda: cli.job("slow")["running"] == 2)
+    cli.ok("cancel", "slow")
+    cli.wait_for("the job to be cancelled", lambda: cli.job("slow")["cancelled"] == 2)
+    cli.wait_for("its attempts to end", lambda: cli.status()["nodes"][0]["running"] == 0, 15)
+    assert {r["outcome"] for r in export_rows(cli, "--attempts", "--job", "slow")} == {
+        "interrupted"
+    }
+
+    flaky = write_tasks(cli.cwd / "flaky.jsonl", [{"cmd": f"test -e {marker}", "retries": 0}])
+    assert cli("submit", str(flaky), "--wait").returncode == 1
+    marker.touch()
+    assert "1 failed tasks of flaky re-queued" in cli.ok("retry", "flaky").stdout
+    cli.wait_for("the retried task to succeed", lambda: cli.job("flaky")["done"] == 1)
+
+
+def test_sigkill_and_restart_loses_nothing_and_reruns_what_was_running(
+    cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # Each attempt records its pid, so we can see the orphans of the killed daemon die.
+    tasks = write_tasks(
+        cli.cwd / "crash.jsonl",
+        [{"name": f"quick{i}", "cmd": f"echo {i}"} for i in range(4)]
+        + [
+            {"name": f"slow{i}", "cmd": f"echo $$ >> {pids}/slow{i}; sleep 3; echo slept"}
+            for i in range(2)
+        ],
+    )
+    first = daemon("--cpus", "2")
+    cli.ok("submit", str(tasks))
+    cli.wait_for(
+        "both slow tasks running",
+        lambda: all((pids / f"slow{i}").exists() for i in range(2)),
+    )
+    first.kill(signal.SIGKILL)
+    orphans = [int((pids / f"slow{i}").read_text().split()[0]) for i in range(2)]
+    assert all(pid_alive(pid) for pid in orphans)  # the tasks outlived their daemon
+
+    offline = cli.job("crash")  # read from the ledger file, no daemon
+    assert offline["total"] == 6 and offline["running"] == 2
+
+    daemon("--cpus", "2")
+    assert not any(pid_alive(pid) for pid in orphans)  # the restart killed them
+    cli.wait_for("the job to finish", lambda: cli.job("crash")["done"] == 6)
+    rows = export_rows(cli, "--attempts")
+    slow = [r for r in rows if r["name"].startswith("slow")]
+    assert sorted(r["outcome"] for r in slow) == ["interrupted"] * 2 + ["ok"] * 2
+    tasks_rows = export_rows(cli)
+    assert len(tasks_rows) == 6 and {r["state"] for r in tasks_rows} == {"done"}
+    assert all(r["attempts"] == "2" for r in tasks_rows if r["name"].startswith("slow"))
+    cli.ok("results", "crash", "--out", str(tmp_path / "res"))
+    assert (tmp_path / "res/slow1/stdout").read_text() == "slept\n"
+
+
+def test_status_once_and_json_read_a_stopped_nodes_ledger(cli: Cli) -> None:
+    tasks = write_tasks(cli.cwd / "few.jsonl", [{"cmd": "true"}, {"cmd": "false", "retries": 0}])
+    cli("run", str(tasks))
+    job = cli.job("few")
+    assert (job["done"], job["failed"]) == (1, 1)
+    assert cli.status()["nodes"][0]["state"] == "stopped"
+    text = cli.ok("status", "--once").stdout
+    assert "few" in text and "1 failed" in text
+
+
+def test_lines_mode_and_stdin(cli: Cli, tmp_path: Path) -> None:
+    done = cli(
+        "run", "-", "--lines", "--job", "piped", "--out", str(tmp_path / "o"),
+        input=b"echo 'it''s' \"quoted\" $((6*7))\n\nprintf '%s' caf\xc3\xa9\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o/1/stdout").read_text() == "its quoted 42\n"
+    assert (tmp_path / "o/3/stdout").read_text() == "café"
+    assert sorted(os.listdir(tmp_path / "o")) == ["1", "3"]  # the blank line is no task

@@ -1,0 +1,680 @@
+"""Tests of swarm.executor with real subprocesses: outcomes, captured bytes, environment, working
+dirs, stopping whole process groups, resource figures, declared outputs and orphan killing.
+
+Every async test drives the executor through `asyncio.run(...)` inside a plain test function.
+Every process a test starts is reaped (by the executor's wait4, or by Popen.wait) and, on failure
+paths, its whole process group is SIGKILLed in a `finally`, so nothing outlives the test.
+
+"No process of the group remains" is checked by scanning /proc/*/stat for processes whose pgrp is
+the group and whose state is not Z: killed grandchildren are reparented to PID 1 (or a subreaper),
+which reaps them on its own schedule, so a zombie there is a dead process, not a leftover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.executor import (
+    Attempt,
+    Finished,
+    Launch,
+    attempt_env,
+    collect_outputs,
+    kill_orphans,
+)
+from swarm.ledger import Outcome
+from swarm.spec import Resources, TaskSpec
+
+BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
+PY = sys.executable
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_launch(
+    tmp_path: Path,
+    cmd: str | None = None,
+    argv: list[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    outputs: tuple[str, ...] = (),
+    gpus: int = 0,
+    gpu_ids: tuple[int, ...] = (),
+    run_root: Path | None = None,
+    task_id: str | None = None,
+) -> Launch:
+    assert (cmd is None) != (argv is None)
+    spec = TaskSpec(
+        cmd=cmd,
+        argv=tuple(argv) if argv is not None else None,
+        need=Resources(1.0, 64 * 1024 * 1024, gpus),
+        env=tuple(sorted((env or {}).items())),
+        cwd=cwd,
+        outputs=outputs,
+    )
+    tid = task_id or uuid.uuid4().hex
+    root = run_root if run_root is not None else tmp_path / "run"
+    return Launch(
+        task_id=tid,
+        job="job-1",
+        name="my task",
+        spec=spec,
+        epoch=7,
+        attempt=2,
+        run_dir=root / f"{tid[:16]}-7",
+        gpu_ids=gpu_ids,
+    )
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [0] state, [2] pgrp, [19] start time."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes in group `pgid` that are not zombies."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = proc_stat(entry.name)
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float = 3.0) -> list[int]:
+    """Poll until no live member of the group is left (signals land asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = live_group_members(pgid)
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.02)
+
+
+def wait_for_file_text(path: Path, text: bytes, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if text in path.read_bytes():
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+async def await_file_text(path: Path, text: bytes, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if text in path.read_bytes():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def cleanup(attempt: Attempt | None) -> None:
+    """Kill the attempt's group and reap its leader, if a failing test left them behind."""
+    if attempt is None or attempt.proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(attempt.proc.pid, signal.SIGKILL)
+    if attempt.proc.returncode is None:
+        with contextlib.suppress(ChildProcessError):
+            attempt.proc.wait(timeout=5)
+
+
+def run_attempt(
+    launch: Launch,
+    during: Callable[[Attempt], Awaitable[None]] | None = None,
+    inherited_rss_kb: int = 0,
+) -> tuple[Attempt, Finished]:
+    """Start the attempt in a fresh event loop, run `during` while it runs, await its end."""
+    holder: list[Attempt] = []
+
+    async def main() -> Finished:
+        attempt = Attempt(launch, BASE_ENV, inherited_rss_kb)
+        holder.append(attempt)
+        if during is not None:
+            await during(attempt)
+        return await attempt.finished()
+
+    try:
+        finished = asyncio.run(main())
+    finally:
+        if holder:
+            cleanup(holder[0])
+    return holder[0], finished
+
+
+def start_time(pid: int) -> int:
+    fields = proc_stat(pid)
+    assert fields is not None
+    return int(fields[19])
+
+
+@pytest.fixture
+def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `sleep 30` processes in their own sessions; always killed and reaped afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(
+            ["sleep", "30"],
+            env=env if env is not None else {"PATH": BASE_ENV["PATH"]},
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# ok / failed
+
+
+def test_ok_captures_raw_bytes_and_writes_pid_file(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, r"printf 'out\377\376\n'; printf 'err\376\000x' >&2")
+    attempt, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert f.exit_code == 0
+    assert f.reason == ""
+    assert f.stdout == launch.run_dir / "stdout"
+    assert f.stderr == launch.run_dir / "stderr"
+    assert f.stdout.read_bytes() == b"out\xff\xfe\n"
+    assert f.stderr.read_bytes() == b"err\xfe\x00x"
+    assert f.wall_s >= 0
+    assert f.started_ms <= f.ended_ms
+    assert abs(f.started_ms - time.time() * 1000) < 60_000
+    assert f.outputs == {}
+    assert f.outputs_movable is True
+    # The pid file: "<pid> <start time> <task id>".
+    pid_text, start, tid = (launch.run_dir / "pid").read_text().split()
+    assert int(pid_text) == attempt.pid
+    assert int(start) > 0
+    assert tid == launch.task_id
+    assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
+
+
+def test_large_output_goes_to_file_with_exact_size(tmp_path: Path) -> None:
+    size = 20 * 1000 * 1000
+    launch = make_launch(tmp_path, f"printf 'AB'; head -c {size} /dev/zero; echo e >&2")
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert f.stdout.stat().st_size == size + 2
+    with open(f.stdout, "rb") as fh:
+        assert fh.read(4) == b"AB\0\0"
+    assert f.stderr.read_bytes() == b"e\n"
+
+
+def test_exit_code_3_is_failed(tmp_path: Path) -> None:
+    _, f = run_attempt(make_launch(tmp_path, "echo partial; exit 3"))
+    assert f.outcome is Outcome.FAILED
+    assert f.exit_code == 3
+    assert "exit 3" in f.reason
+    assert f.stdout.read_bytes() == b"partial\n"
+
+
+def test_killed_by_signal_is_failed_with_signal_name(tmp_path: Path) -> None:
+    _, f = run_attempt(make_launch(tmp_path, "kill -9 $$; sleep 5"))
+    assert f.outcome is Outcome.FAILED
+    assert f.exit_code == -9
+    assert f.reason == "killed by SIGKILL"
+
+
+def test_killed_by_realtime_signal_is_failed(tmp_path: Path) -> None:
+    sig = int(signal.SIGRTMIN) + 1
+    code = f"import os; os.kill(os.getpid(), {sig})"
+    _, f = run_attempt(make_launch(tmp_path, argv=[PY, "-c", code]))
+    assert f.outcome is Outcome.FAILED
+    assert f.exit_code == -sig
+    assert str(sig) in f.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# environment and argv
+
+DUMP_ENV = "import json, os, sys; sys.stdout.write(json.dumps(dict(os.environ)))"
+
+
+def test_env_has_swarm_variables_and_task_env(tmp_path: Path) -> None:
+    launch = make_launch(
+        tmp_path,
+        argv=[PY, "-c", DUMP_ENV],
+        env={"FOO": "bar baz", "BASE_ONLY": "overridden", "SWARM_JOB": "spoofed"},
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK, f.stderr.read_bytes()
+    env = json.loads(f.stdout.read_bytes())
+    assert env["SWARM_TASK_ID"] == launch.task_id
+    assert env["SWARM_TASK_NAME"] == "my task"
+    assert env["SWARM_JOB"] == "job-1"  # the task's env cannot override the swarm variables
+    assert env["SWARM_ATTEMPT"] == "2"
+    assert env["SWARM_EPOCH"] == "7"
+    assert env["FOO"] == "bar baz"
+    assert env["BASE_ONLY"] == "overridden"  # the task env wins over the daemon's
+    assert env["PATH"] == BASE_ENV["PATH"]
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_cuda_visible_devices_from_gpu_ids(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, argv=[PY, "-c", DUMP_ENV], gpus=2, gpu_ids=(0, 3))
+    _, f = run_attempt(launch)
+    env = json.loads(f.stdout.read_bytes())
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,3"
+
+
+def test_attempt_env_hides_gpus_from_tasks_that_need_none(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "true")
+    env = attempt_env(launch, {"CUDA_VISIBLE_DEVICES": "0,1", "X": "1"})
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["X"] == "1"
+    gpu = make_launch(tmp_path, "true", gpus=1, gpu_ids=(5,), env={"CUDA_VISIBLE_DEVICES": "9"})
+    assert attempt_env(gpu, {})["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_argv_runs_without_a_shell(tmp_path: Path) -> None:
+    args = ["a b", 'it\'s "quoted"', "$HOME", "*", "; echo no", ""]
+    code = "import json, sys; sys.stdout.write(json.dumps(sys.argv[1:]))"
+    _, f = run_attempt(make_launch(tmp_path, argv=[PY, "-c", code, *args]))
+    assert f.outcome is Outcome.OK, f.stderr.read_bytes()
+    assert json.loads(f.stdout.read_bytes()) == args
+
+
+# ------------------------------------------------------------------------------------------------
+# working dir and spawn failures
+
+
+def test_default_cwd_is_fresh_empty_work_dir(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "pwd -P; ls -A; echo end")
+    attempt, f = run_attempt(launch)
+    assert attempt.cwd == launch.run_dir / "work"
+    lines = f.stdout.read_bytes().decode().splitlines()
+    assert lines == [os.path.realpath(launch.run_dir / "work"), "end"]
+    assert f.outputs_movable is True
+
+
+def test_explicit_cwd_is_used(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "input.txt").write_text("hello\n")
+    launch = make_launch(
+        tmp_path, "pwd -P; cat input.txt; echo r > result.txt", cwd=str(wd), outputs=("*.txt",)
+    )
+    attempt, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert attempt.cwd == wd
+    assert f.stdout.read_bytes().decode().splitlines() == [os.path.realpath(wd), "hello"]
+    assert not (launch.run_dir / "work").exists()
+    assert f.outputs == {"input.txt": wd / "input.txt", "result.txt": wd / "result.txt"}
+    assert f.outputs_movable is False  # the user's own files: to be copied, never moved
+
+
+@pytest.mark.parametrize("case", ["missing_cwd", "missing_abs_program", "missing_path_program"])
+def test_spawn_failure_is_failed_127(tmp_path: Path, case: str) -> None:
+    if case == "missing_cwd":
+        launch = make_launch(tmp_path, "true", cwd=str(tmp_path / "no-such-dir"))
+        needle = "no-such-dir"
+    elif case == "missing_abs_program":
+        launch = make_launch(tmp_path, argv=[str(tmp_path / "no-such-prog"), "x"])
+        needle = "no-such-prog"
+    else:
+        launch = make_launch(tmp_path, argv=["swarm-no-such-program-xyz"])
+        needle = "swarm-no-such-program-xyz"
+
+    async def stop_is_harmless(attempt: Attempt) -> None:
+        assert attempt.pid is None
+        attempt.stop(Outcome.TIMEOUT, "ignored")
+
+    attempt, f = run_attempt(launch, stop_is_harmless)
+    assert attempt.proc is None
+    assert f.outcome is Outcome.FAILED
+    assert f.exit_code == 127
+    assert needle in f.reason
+    err = f.stderr.read_bytes()
+    assert err.startswith(b"swarm: ")
+    assert needle.encode() in err
+    assert f.stdout.read_bytes() == b""
+    assert not (launch.run_dir / "pid").exists()
+    assert f.outputs == {}
+
+
+def test_non_executable_program_is_failed_127(tmp_path: Path) -> None:
+    prog = tmp_path / "script.sh"
+    prog.write_text("#!/bin/sh\necho hi\n")
+    prog.chmod(0o644)
+    _, f = run_attempt(make_launch(tmp_path, argv=[str(prog)]))
+    assert f.outcome is Outcome.FAILED
+    assert f.exit_code == 127
+    assert f.stderr.read_bytes().startswith(b"swarm: ")
+
+
+# ------------------------------------------------------------------------------------------------
+# stop()
+
+
+def test_stop_with_timeout_ends_quickly(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "echo ready; sleep 30")
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        attempt.stop(Outcome.TIMEOUT, "timed out after 1s")
+        attempt.stop(Outcome.INTERRUPTED, "second stop is ignored")
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    assert time.monotonic() - t0 < 2.5
+    assert f.outcome is Outcome.TIMEOUT
+    assert f.reason == "timed out after 1s"
+    assert f.exit_code is not None and f.exit_code < 0  # SIGTERM, not the grace's SIGKILL
+    assert f.exit_code == -signal.SIGTERM
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "sleep 30 & sleep 30 & echo ready; wait")
+    seen: list[int] = []
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        assert attempt.pid is not None
+        seen.extend(live_group_members(attempt.pid))
+        attempt.stop(Outcome.TIMEOUT, "timeout")
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    assert time.monotonic() - t0 < 2.5
+    assert f.outcome is Outcome.TIMEOUT
+    assert attempt.pid is not None
+    assert attempt.pid in seen and len(seen) >= 3  # the shell and its two sleeps
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, 'trap "" TERM; echo ready; sleep 30 & wait; sleep 30')
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        await asyncio.sleep(0.05)  # let the shell fork its sleep
+        attempt.stop(Outcome.TIMEOUT, "timeout", grace_s=0.3)
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    elapsed = time.monotonic() - t0
+    assert 0.3 <= elapsed < 2.5
+    assert f.outcome is Outcome.TIMEOUT
+    assert f.exit_code == -signal.SIGKILL
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_background_leftovers_are_killed_when_the_leader_exits(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "sleep 30 & echo done")
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch)
+    assert time.monotonic() - t0 < 5
+    assert f.outcome is Outcome.OK
+    assert f.stdout.read_bytes() == b"done\n"
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# resource figures
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
+
+
+def test_cpu_time_of_a_busy_task(tmp_path: Path) -> None:
+    _, f = run_attempt(make_launch(tmp_path, argv=[PY, "-c", BURN]))
+    assert f.outcome is Outcome.OK
+    assert f.cpu_s >= 0.25
+    assert f.cpu_s <= f.wall_s + 0.1
+
+
+def test_max_rss_from_the_kernel_when_above_inherited(tmp_path: Path) -> None:
+    # 80 MB written byte by byte: the child's own ru_maxrss is at least that.
+    code = "b = b'x' * (80 << 20)"
+    _, f = run_attempt(make_launch(tmp_path, argv=[PY, "-c", code]), inherited_rss_kb=0)
+    assert f.outcome is Outcome.OK
+    assert f.max_rss_kb >= 80 * 1024
+
+
+def test_max_rss_falls_back_to_sampled_peak_below_inherited(tmp_path: Path) -> None:
+    """With `inherited_rss_kb` above anything the kernel can report, ru_maxrss is discarded and
+    `max_rss_kb` is exactly the sampled `peak_rss_kb`, set here while the task still runs."""
+    launch = make_launch(tmp_path, "echo ready; sleep 0.3")
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        assert attempt.proc is not None and attempt.proc.poll() is None  # still running
+        attempt.peak_rss_kb = 4242
+
+    _, f = run_attempt(launch, during, inherited_rss_kb=10**12)
+    assert f.outcome is Outcome.OK
+    assert f.max_rss_kb == 4242
+
+    # And with no sample at all, nothing is claimed.
+    _, f = run_attempt(make_launch(tmp_path, "true"), inherited_rss_kb=10**12)
+    assert f.max_rss_kb == 0
+
+
+def test_max_rss_takes_the_larger_of_kernel_and_sample(tmp_path: Path) -> None:
+    async def during(attempt: Attempt) -> None:
+        attempt.peak_rss_kb = 10**9
+
+    _, f = run_attempt(make_launch(tmp_path, "sleep 0.05"), during, inherited_rss_kb=0)
+    assert f.max_rss_kb == 10**9
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+MAKE_FILES = """
+mkdir -p out/sub/deep dir.csv
+echo a > out/a.csv
+echo b > out/sub/b.csv
+echo c > out/sub/deep/c.csv
+echo n > out/notes.log
+echo t > top.txt
+echo h > .hidden.txt
+ln -s top.txt link.txt
+ln -s a.csv out/link.csv
+ln -s /nonexistent/target out/dangling.csv
+mkfifo out/pipe.csv
+"""
+
+
+def test_outputs_are_regular_files_with_normalized_relative_paths(tmp_path: Path) -> None:
+    launch = make_launch(
+        tmp_path, MAKE_FILES, outputs=("out/**/*.csv", "*.txt", "./top.txt", "dir.csv", "*.nope")
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK, f.stderr.read_bytes()
+    work = launch.run_dir / "work"
+    assert f.outputs == {
+        "out/a.csv": work / "out/a.csv",
+        "out/sub/b.csv": work / "out/sub/b.csv",
+        "out/sub/deep/c.csv": work / "out/sub/deep/c.csv",
+        "top.txt": work / "top.txt",
+    }
+    assert all(p.is_file() for p in f.outputs.values())
+    assert f.outputs_movable is True
+
+
+def test_collect_outputs_directly(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    (wd / "a" / "b").mkdir(parents=True)
+    (wd / "a" / "b" / "x.bin").write_bytes(b"x")
+    (wd / "y.bin").write_bytes(b"y")
+    (wd / "z.bin").symlink_to(wd / "y.bin")
+    launch = make_launch(
+        tmp_path, "true", cwd=str(wd), outputs=("**/*.bin", "a//b/x.bin", "./y.bin")
+    )
+    assert collect_outputs(wd, launch) == {"a/b/x.bin": wd / "a/b/x.bin", "y.bin": wd / "y.bin"}
+
+
+def test_outputs_do_not_follow_symlinked_dirs(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me\n")
+    launch = make_launch(
+        tmp_path, f"echo r > mine.txt; ln -s '{outside}' link", outputs=("**/*.txt",)
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert set(f.outputs) == {"mine.txt"}
+
+
+def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "echo x > out.txt; echo ready; sleep 30", outputs=("*.txt",))
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        attempt.stop(Outcome.INTERRUPTED, "node shutting down")
+
+    _, f = run_attempt(launch, during)
+    assert f.outcome is Outcome.INTERRUPTED
+    assert f.reason == "node shutting down"
+    assert (launch.run_dir / "work" / "out.txt").is_file()
+    assert f.outputs == {}
+
+
+# ------------------------------------------------------------------------------------------------
+# kill_orphans
+
+
+def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    launch = make_launch(tmp_path, "sleep 30 & sleep 30 & echo ready; wait", run_root=run_root)
+    attempt = Attempt(launch, BASE_ENV)  # as if left by a killed daemon: never awaited
+    try:
+        assert attempt.proc is not None
+        pgid = attempt.proc.pid
+        wait_for_file_text(attempt.stdout, b"ready")
+        assert len(live_group_members(pgid)) >= 3
+        assert kill_orphans(run_root) == 1
+        assert wait_group_gone(pgid) == []
+        assert not launch.run_dir.exists()
+        assert list(run_root.iterdir()) == []
+        assert attempt.proc.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        cleanup(attempt)
+
+
+def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    launch = make_launch(tmp_path, "sleep 30 & echo ready", run_root=run_root)
+    attempt = Attempt(launch, BASE_ENV)
+    try:
+        assert attempt.proc is not None
+        pgid = attempt.proc.pid
+        assert attempt.proc.wait(timeout=5) == 0  # the leader exited and is reaped
+        assert len(live_group_members(pgid)) == 1  # its background sleep still runs
+        assert kill_orphans(run_root) == 1
+        assert wait_group_gone(pgid) == []
+        assert not launch.run_dir.exists()
+    finally:
+        cleanup(attempt)
+
+
+def write_pid_file(run_root: Path, name: str, content: str | bytes) -> Path:
+    run_dir = run_root / name
+    run_dir.mkdir(parents=True)
+    data = content.encode() if isinstance(content, str) else content
+    (run_dir / "pid").write_bytes(data)
+    return run_dir
+
+
+def test_kill_orphans_spares_an_untagged_process_with_the_recorded_pid(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    run_root = tmp_path / "run"
+    p = sleeper()  # own session, no SWARM_TASK_ID: the pid was reused by someone else
+    run_dir = write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} {'ab' * 32}\n")
+    assert kill_orphans(run_root) == 0
+    time.sleep(0.05)
+    assert p.poll() is None
+    assert live_group_members(p.pid) == [p.pid]
+    assert not run_dir.exists()
+
+
+def test_kill_orphans_spares_a_process_of_another_task(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    run_root = tmp_path / "run"
+    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "other"})
+    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} mine\n")
+    assert kill_orphans(run_root) == 0
+    time.sleep(0.05)
+    assert p.poll() is None
+
+
+def test_kill_orphans_spares_a_group_older_than_the_recorded_start(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    # Same pid and task id, but it started before the recorded leader did: not that attempt.
+    run_root = tmp_path / "run"
+    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "mine"})
+    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid) + 10**6} mine\n")
+    assert kill_orphans(run_root) == 0
+    time.sleep(0.05)
+    assert p.poll() is None
+
+
+def test_kill_orphans_kills_a_tagged_process_with_the_recorded_pid(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    run_root = tmp_path / "run"
+    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "mine"})
+    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} mine\n")
+    assert kill_orphans(run_root) == 1
+    assert p.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_kill_orphans_tolerates_garbage_and_missing_pid_files(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    assert kill_orphans(run_root) == 0  # no run root at all
+    garbage: list[str | bytes] = ["", "garbage", "1 2", "1 2 3 4", "\n\n", b"\xff\xfe\x00 1 x"]
+    for i, content in enumerate(garbage):
+        write_pid_file(run_root, f"g{i}-1", content)
+    (run_root / "nopid-1").mkdir()
+    assert kill_orphans(run_root) == 0
+    assert list(run_root.iterdir()) == []
+
+
+def test_kill_orphans_tolerates_a_non_numeric_start_time(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    run_dir = write_pid_file(run_root, "g-1", "999999999 garbage deadbeef\n")
+    assert kill_orphans(run_root) == 0
+    assert not run_dir.exists()

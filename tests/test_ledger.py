@@ -1,0 +1,341 @@
+"""The ledger's records, their merge, and the states derived from them."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarm import db
+from swarm.errors import BadRecordError
+from swarm.ledger import (
+    INTERRUPTION_CAP,
+    Body,
+    CancelRecord,
+    ClaimRecord,
+    HeartbeatRecord,
+    Ledger,
+    Outcome,
+    ReplicaRecord,
+    ResultRecord,
+    RetryRecord,
+    State,
+    TaskRecord,
+    Version,
+    body_from_plain,
+    body_to_plain,
+)
+from swarm.spec import Resources, TaskSpec
+
+SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 512 << 20), retries=1)
+CAP = Resources(2.0, 4 << 30)
+
+
+def result(task: str, epoch: int, outcome: Outcome, ended_ms: int = 2000) -> ResultRecord:
+    return ResultRecord(
+        task_id=task,
+        epoch=epoch,
+        attempt=epoch,
+        outcome=outcome,
+        exit_code=0 if outcome is Outcome.OK else 1,
+        started_ms=1000,
+        ended_ms=ended_ms,
+        wall_s=1.0,
+        cpu_s=0.5,
+        max_rss_kb=1024,
+        digest="ab" * 32,
+        node_capacity=CAP,
+        reason="",
+    )
+
+
+class Writer:
+    """Writes records as one node would: its own origin, consecutive seqs."""
+
+    def __init__(self, ledger: Ledger, origin: str) -> None:
+        self.ledger, self.origin, self.seq = ledger, origin, 0
+
+    def __call__(self, body: Body) -> None:
+        self.seq += 1
+        self.ledger.apply(Version(self.origin, 1, self.seq), body)
+
+
+def fresh(task: str = "t1", job: str = "job") -> tuple[Ledger, Writer, Writer]:
+    ledger = Ledger()
+    a, b = Writer(ledger, "node-a"), Writer(ledger, "node-b")
+    a(TaskRecord(task, job, "one", SPEC, stamp=10))
+    return ledger, a, b
+
+
+# -- derived state ---------------------------------------------------------------------------
+
+
+def test_a_new_task_is_pending() -> None:
+    ledger, _, _ = fresh()
+    assert ledger.tasks["t1"].state is State.PENDING
+    assert ledger.job_counts["job"][State.PENDING] == 1
+
+
+def test_claim_makes_it_running_and_an_ok_result_done() -> None:
+    ledger, a, _ = fresh()
+    a(ClaimRecord("t1", 1, stamp=20))
+    assert ledger.tasks["t1"].state is State.RUNNING
+    assert ledger.running == {"t1"}
+    a(result("t1", 1, Outcome.OK))
+    assert ledger.tasks["t1"].state is State.DONE
+    assert ledger.running == set()
+    assert ledger.job_finished("job")
+
+
+def test_failures_up_to_retries_requeue_then_fail() -> None:
+    ledger, a, _ = fresh()  # retries=1: two failed attempts allowed in all
+    a(ClaimRecord("t1", 1, stamp=20))
+    a(result("t1", 1, Outcome.FAILED))
+    assert ledger.tasks["t1"].state is State.PENDING
+    a(ClaimRecord("t1", 2, stamp=30))
+    a(result("t1", 2, Outcome.TIMEOUT))
+    assert ledger.tasks["t1"].state is State.FAILED
+
+
+def test_interruptions_do_not_use_up_retries_but_are_capped() -> None:
+    ledger, a, _ = fresh()
+    for epoch in range(1, INTERRUPTION_CAP + 1):
+        a(ClaimRecord("t1", epoch, stamp=epoch))
+        a(result("t1", epoch, Outcome.INTERRUPTED))
+        assert ledger.tasks["t1"].state is State.PENDING
+    a(ClaimRecord("t1", INTERRUPTION_CAP + 1, stamp=99))
+    a(result("t1", INTERRUPTION_CAP + 1, Outcome.INTERRUPTED))
+    assert ledger.tasks["t1"].state is State.FAILED
+
+
+def test_retry_record_requeues_a_failed_task() -> None:
+    ledger, a, _ = fresh()
+    for epoch in (1, 2):
+        a(ClaimRecord("t1", epoch, stamp=epoch))
+        a(result("t1", epoch, Outcome.FAILED))
+    assert ledger.tasks["t1"].state is State.FAILED
+    a(RetryRecord("t1", failures=2, interruptions=0))
+    assert ledger.tasks["t1"].state is State.PENDING
+    assert ledger.tasks["t1"].next_epoch() == 3
+
+
+def test_released_claim_returns_the_task_to_pending() -> None:
+    ledger, a, _ = fresh()
+    a(ClaimRecord("t1", 1, stamp=20))
+    a(ClaimRecord("t1", 1, stamp=20, released=True))
+    assert ledger.tasks["t1"].state is State.PENDING
+
+
+def test_claim_winner_highest_epoch_then_earliest_stamp_then_lowest_node() -> None:
+    ledger, a, b = fresh()
+    b(ClaimRecord("t1", 1, stamp=5))
+    a(ClaimRecord("t1", 1, stamp=7))
+    assert ledger.tasks["t1"].winning_claim() == (1, "node-b")  # earlier stamp
+    a(ClaimRecord("t1", 2, stamp=50))
+    assert ledger.tasks["t1"].winning_claim() == (2, "node-a")  # higher epoch
+    b(ClaimRecord("t1", 2, stamp=50))
+    assert ledger.tasks["t1"].winning_claim() == (2, "node-a")  # same stamp: lower node id
+
+
+def test_a_losing_claims_result_does_not_hide_the_winner() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=5))
+    b(ClaimRecord("t1", 1, stamp=9))
+    b(result("t1", 1, Outcome.INTERRUPTED))
+    assert ledger.tasks["t1"].active_claim() == (1, "node-a")
+    assert ledger.tasks["t1"].state is State.RUNNING
+
+
+def test_done_wins_over_cancel_and_cancel_over_running() -> None:
+    ledger, a, _ = fresh()
+    a(TaskRecord("t2", "job", "two", SPEC, stamp=11))
+    a(ClaimRecord("t1", 1, stamp=20))
+    a(result("t1", 1, Outcome.OK))
+    a(ClaimRecord("t2", 1, stamp=21))
+    a(CancelRecord("job"))
+    assert ledger.tasks["t1"].state is State.DONE
+    assert ledger.tasks["t2"].state is State.CANCELLED
+    a(result("t2", 1, Outcome.INTERRUPTED))
+    assert ledger.tasks["t2"].state is State.CANCELLED
+
+
+def test_records_before_their_task_are_kept_and_count_once_it_arrives() -> None:
+    ledger = Ledger()
+    w = Writer(ledger, "n")
+    w(ClaimRecord("t9", 1, stamp=3))
+    w(result("t9", 1, Outcome.OK))
+    assert ledger.tasks["t9"].state is None
+    assert "job" not in ledger.job_counts
+    w(TaskRecord("t9", "job", "late", SPEC, stamp=1))
+    assert ledger.tasks["t9"].state is State.DONE
+    assert ledger.job_counts["job"][State.DONE] == 1
+
+
+def test_the_earliest_submission_names_the_task() -> None:
+    ledger = Ledger()
+    Writer(ledger, "b")(TaskRecord("t", "job", "7", SPEC, stamp=20))
+    Writer(ledger, "a")(TaskRecord("t", "job", "3", SPEC, stamp=10))
+    assert ledger.tasks["t"].name == "3"
+    assert ledger.jobs["job"] == ["t"]
+
+
+def test_heartbeat_and_replica_records() -> None:
+    ledger, a, b = fresh()
+    a(HeartbeatRecord(3))
+    a(HeartbeatRecord(2))
+    b(ReplicaRecord("cd" * 32))
+    a(ReplicaRecord("cd" * 32))
+    assert ledger.heartbeats == {"node-a": 3}
+    assert ledger.holders["cd" * 32] == {"node-a", "node-b"}
+
+
+# -- merge properties ------------------------------------------------------------------------
+
+TASKS = ["t0", "t1", "t2"]
+NODES = ["n0", "n1", "n2"]
+
+
+@st.composite
+def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
+    """Records as a small swarm could write them: each node numbers its own records."""
+    bodies: list[tuple[str, Body]] = []
+    for task in TASKS:
+        for origin in draw(st.lists(st.sampled_from(NODES), min_size=0, max_size=2, unique=True)):
+            name = draw(st.sampled_from(["a", "b"]))
+            bodies.append((origin, TaskRecord(task, "job", name, SPEC, draw(st.integers(0, 3)))))
+    body_strategy = st.one_of(
+        st.builds(
+            ClaimRecord,
+            st.sampled_from(TASKS),
+            st.integers(1, 3),
+            st.integers(0, 5),
+            st.booleans(),
+        ),
+        st.builds(
+            result,
+            st.sampled_from(TASKS),
+            st.integers(1, 3),
+            st.sampled_from(list(Outcome)),
+            st.integers(0, 9),
+        ),
+        st.builds(HeartbeatRecord, st.integers(0, 5)),
+        st.builds(ReplicaRecord, st.sampled_from(["aa" * 32, "bb" * 32])),
+        st.builds(CancelRecord, st.just("job"), st.one_of(st.none(), st.sampled_from(TASKS))),
+        st.builds(RetryRecord, st.sampled_from(TASKS), st.integers(0, 3), st.integers(0, 3)),
+    )
+    for _ in range(draw(st.integers(0, 25))):
+        bodies.append((draw(st.sampled_from(NODES)), draw(body_strategy)))
+    seqs: dict[str, int] = {}
+    out = []
+    for origin, body in bodies:
+        seqs[origin] = seqs.get(origin, 0) + 1
+        out.append((Version(origin, 1, seqs[origin]), body))
+    return out
+
+
+def replay(records: list[tuple[Version, Body]]) -> Ledger:
+    ledger = Ledger()
+    for version, body in records:
+        ledger.apply(version, body)
+    return ledger
+
+
+@settings(max_examples=300, deadline=None)
+@given(record_sets(), st.randoms(use_true_random=False))
+def test_any_order_gives_the_same_state(
+    records: list[tuple[Version, Body]], rng: random.Random
+) -> None:
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    assert replay(records).fingerprint() == replay(shuffled).fingerprint()
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets())
+def test_merge_is_idempotent(records: list[tuple[Version, Body]]) -> None:
+    assert replay(records + records).fingerprint() == replay(records).fingerprint()
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets(), st.data())
+def test_merge_is_commutative_and_associative(
+    records: list[tuple[Version, Body]], data: st.DataObject
+) -> None:
+    # Three replicas that each saw an overlapping part of the records, merged in every grouping.
+    parts = [[r for r in records if data.draw(st.booleans())] for _ in range(3)]
+    a, b, c = parts
+    assert replay(a + b).fingerprint() == replay(b + a).fingerprint()
+    assert replay((a + b) + c).fingerprint() == replay(a + (b + c)).fingerprint()
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets())
+def test_job_counts_match_a_recount(records: list[tuple[Version, Body]]) -> None:
+    ledger = replay(records)
+    recount: dict[State, int] = {}
+    for view in ledger.tasks.values():
+        if view.state is not None:
+            recount[view.state] = recount.get(view.state, 0) + 1
+    kept = {s: n for s, n in ledger.job_counts.get("job", {}).items() if n}
+    assert kept == recount
+    assert ledger.running == {t for t, v in ledger.tasks.items() if v.state is State.RUNNING}
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets())
+def test_records_round_trip_through_the_stored_encoding(
+    records: list[tuple[Version, Body]],
+) -> None:
+    for _, body in records:
+        assert db.decode(db.encode(body)) == body
+
+
+def test_a_full_spec_round_trips() -> None:
+    spec = TaskSpec(
+        cmd=None,
+        argv=("python3", "-c", "print('hi')"),
+        need=Resources(0.5, 2 << 30, 1),
+        priority=-3,
+        timeout_s=1.5,
+        retries=0,
+        env=(("A", "1"), ("B", "x y")),
+        cwd="/tmp",
+        requires=(("cpus", ">=4"), ("zone", ("eu", "us"))),
+        outputs=("out/*.csv",),
+    )
+    body = TaskRecord("t", "j", "n", spec, 5)
+    assert db.decode(db.encode(body)) == body
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        [99, "x"],
+        [1],
+        [2, "t", "one", 3, False],
+        [4, "t", 1, 1, "maybe", 0, 0, 0, 0.0, 0.0, 0, None, [1, 1, 0], ""],
+        [1, "t", "j", "n", {"cpus": "lots"}, 1],
+        "not a list",
+    ],
+)
+def test_malformed_records_raise_bad_record_error(raw: object) -> None:
+    with pytest.raises(BadRecordError):
+        body_from_plain(raw)
+
+
+@given(st.binary(max_size=200))
+def test_junk_bytes_never_decode_to_anything_but_bad_record_error(junk: bytes) -> None:
+    try:
+        body = db.decode(junk)
+    except BadRecordError:
+        return
+    # The rare junk that is a valid record must round-trip like one.
+    assert body_from_plain(msgpack.unpackb(junk)) == body
+    assert body_to_plain(body)

@@ -1,0 +1,54 @@
+"""The protocol cores are pure: no sockets, clocks, files, processes or global randomness.
+
+Walks the import graph of each pure module (transitively, within the package) and fails on a
+banned module. This is what keeps them runnable in the simulator and their tests deterministic.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "swarm"
+PURE = ["clock", "ledger", "policy", "spec", "snapshot", "status", "errors"]
+BANNED = {
+    "asyncio", "socket", "time", "random", "subprocess", "sqlite3", "aiosqlite", "os",
+    "threading", "selectors", "signal", "shutil", "tempfile", "datetime", "asyncio_dgram",
+}  # fmt: skip
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def closure(module: str) -> dict[str, str]:
+    """Every module reachable from `module`, mapped to the package module that imports it."""
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        for name in imports_of(current):
+            if name in seen:
+                continue
+            seen[name] = current
+            if name.startswith("swarm."):
+                todo.append(name.removeprefix("swarm."))
+    return seen
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports_no_io(module: str) -> None:
+    reached = closure(module)
+    banned = {name: by for name, by in reached.items() if name.split(".")[0] in BANNED}
+    assert not banned, f"{module} reaches I/O modules: {banned}"
+
+
+def test_the_check_itself_catches_an_io_module() -> None:
+    assert "asyncio" in closure("node")
