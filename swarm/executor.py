@@ -239,16 +239,9 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _write_pid_file(path: Path, pid: int, task_id: str) -> None:
-    # With the start time and the task id, a live orphan is told from a process that reused the pid.
-    path.write_text(f"{pid} {_start_time(pid)} {task_id}\n")
-
-
-def _start_time(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "0"
-    return stat.rsplit(")", 1)[1].split()[19]
+    # The task id tells a live orphan from a process that reused the pid: it is in the
+    # environment of every process of the attempt.
+    path.write_text(f"{pid} {task_id}\n")
 
 
 def kill_orphans(run_root: Path) -> int:
@@ -260,20 +253,20 @@ def kill_orphans(run_root: Path) -> int:
     for run_dir in run_root.iterdir():
         pid_file = run_dir / "pid"
         try:
-            pid_text, start_text, task_id = pid_file.read_text().split()
-            pid, start = int(pid_text), int(start_text)
+            pid_text, task_id = pid_file.read_text().split()
+            pid = int(pid_text)
         except (OSError, ValueError):
-            pid, start, task_id = 0, 0, ""
-        if pid and _group_members(pid, start, task_id):
+            pid, task_id = 0, ""
+        if pid and _group_members(pid, task_id):
             _kill_group(pid, signal.SIGKILL)
             killed += 1
         shutil.rmtree(run_dir, ignore_errors=True)
     return killed
 
 
-def _group_members(pgid: int, leader_start: int, task_id: str) -> list[int]:
-    """Processes still in the process group `pgid`, started no earlier than its leader was, at
-    least one of which still carries the attempt's SWARM_TASK_ID."""
+def _group_members(pgid: int, task_id: str) -> list[int]:
+    """Processes still in the process group `pgid`, if at least one of them carries the
+    attempt's SWARM_TASK_ID in its environment (else the group is not ours)."""
     members = []
     tagged = False
     tag = f"SWARM_TASK_ID={task_id}".encode()
@@ -284,8 +277,7 @@ def _group_members(pgid: int, leader_start: int, task_id: str) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # fields[2] is the process group, fields[19] the start time (clock ticks since boot).
-        if int(fields[2]) == pgid and int(fields[19]) >= leader_start:
+        if int(fields[2]) == pgid:  # fields[2]: the process group
             members.append(int(entry.name))
             with contextlib.suppress(OSError):
                 tagged = tagged or tag in (entry / "environ").read_bytes().split(b"\0")

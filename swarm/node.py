@@ -189,6 +189,7 @@ class Node:
                 tg.create_task(self._heartbeat_loop()),
                 tg.create_task(self._memory_loop()),
             ]
+            self._own_rss_kb = resources.own_peak_rss_kb()  # after loading: close to its peak
             self._ready.set()
             self._wake.set()
             log.info(
@@ -293,8 +294,6 @@ class Node:
             picks = self.queue.select(
                 self._is_pending, free, self.labels, self.config.claim_batch_max
             )
-            if picks:
-                self._own_rss_kb = resources.own_peak_rss_kb()
             for task in picks:
                 view = self.ledger.tasks[task]
                 assert view.spec is not None

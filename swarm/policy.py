@@ -37,23 +37,37 @@ def labels_match(requires: Requires, labels: Labels) -> bool:
 
 def _value_matches(want: str | int | float | bool, have: str | int | float | bool) -> bool:
     if isinstance(want, bool) or isinstance(have, bool):
-        return want == have
+        return type(want) is type(have) and want == have  # True is not 1 here
     if isinstance(want, str):
         for op in _COMPARATORS:
             if want.startswith(op):
                 return _compare(op, want[len(op) :].strip(), have)
-        return want == str(have)
-    if isinstance(want, int | float) and isinstance(have, int | float):
-        return float(want) == float(have)
-    return False
+        if isinstance(have, str):
+            return want == have
+        return _compare("==", want, have)  # "16" matches memory_gb 16.0
+    if isinstance(have, str):
+        return str(want) == have
+    return want == have  # Python compares ints and floats exactly, however large
+
+
+def _number(text: str | int | float) -> int | float:
+    if isinstance(text, int | float):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _compare(op: str, bound_text: str, have: str | int | float) -> bool:
     try:
-        bound, value = float(bound_text), float(have)
-    except ValueError:
-        return False
+        # Ints stay ints: Python compares ints and floats exactly, with no overflow.
+        bound, value = _number(bound_text), _number(have)
+    except (ValueError, OverflowError):
+        # Not numbers: only (in)equality of the text means anything.
+        return {"==": bound_text == str(have), "!=": bound_text != str(have)}.get(op, False)
     return {
+        "==": value == bound,
         ">=": value >= bound,
         "<=": value <= bound,
         ">": value > bound,

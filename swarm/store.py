@@ -270,9 +270,10 @@ class BlobStore:
             raise self._quarantine_blob(digest, st)
         return data
 
-    def copy_to(self, digest: str, dest: Path) -> None:
+    def copy_to(self, digest: str, dest: Path, *, durable: bool = False) -> None:
         """Write the verified content of a blob to `dest`, atomically: afterwards `dest` is
-        either complete or as it was before. Creates dest's parent directories."""
+        either complete or as it was before. Creates dest's parent directories. With `durable`,
+        also fsync it; an export that can be made again from the store does not need that."""
         _check_digest(digest)
         dest = Path(dest)
         with contextlib.ExitStack() as stack:
@@ -293,7 +294,8 @@ class BlobStore:
                             h.update(chunk)
                             out.write(chunk)
                         out.flush()
-                        os.fsync(out.fileno())
+                        if durable:
+                            os.fsync(out.fileno())
                     if h.hexdigest() != digest:
                         assert src is not None  # the empty blob is not read from disk
                         raise self._quarantine_blob(digest, os.fstat(src.fileno()))
@@ -301,7 +303,8 @@ class BlobStore:
                 except BaseException:
                     _unlink_quiet(tmp)
                     raise
-                _fsync_dir(dest.parent)
+                if durable:
+                    _fsync_dir(dest.parent)
 
     def size(self, digest: str) -> int:
         """The size in bytes of a held blob (not verified)."""

@@ -82,7 +82,11 @@ def _parse(
     problems: list[str] = []
     tasks: dict[str, NewTask] = {}
     names: dict[str, NewTask] = {}
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors write
     for number, raw in enumerate(data.split(b"\n"), start=1):
+        if len(problems) >= PROBLEMS_MAX - 1:
+            problems.append(f"{source}: stopped reading after {PROBLEMS_MAX - 1} problems")
+            break
         raw = raw.removesuffix(b"\r")
         if not raw.strip():
             continue
@@ -90,15 +94,16 @@ def _parse(
         try:
             text = raw.decode("utf-8")
             spec, explicit_name = make(text)
+            tid = task_id(job, spec, explicit_name)
         except UnicodeDecodeError as exc:
             problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
+            continue
+        except UnicodeEncodeError:
+            problems.append(f"{where}: json: a string holds a lone surrogate escape (\\udXXX)")
             continue
         except _Bad as bad:
             problems.append(f"{where}: {bad.field}: {bad.message}")
             continue
-        if len(problems) >= PROBLEMS_MAX:
-            break
-        tid = task_id(job, spec, explicit_name)
         if tid in tasks:
             continue  # an identical line: one task
         name = explicit_name if explicit_name is not None else str(number)
@@ -122,11 +127,20 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise _Bad("json", f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
-    except _Bad:
-        raise
+        raise _Bad("json", f"not valid JSON: {exc.msg} (column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise _Bad("json", "nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        raise _Bad("json", f"not valid JSON: {exc}") from exc
+    if isinstance(obj, _DuplicateKeys):
+        raise _Bad(obj.duplicate, "given twice on one line")
     if not isinstance(obj, dict):
         raise _Bad("json", f"expected an object {{...}}, got {type(obj).__name__}")
+    for key, value in obj.items():
+        if isinstance(value, _DuplicateKeys):
+            raise _Bad(key, f"{value.duplicate!r} is given twice")
+        if not _is_text(key) or not _is_text(value):
+            raise _Bad(key, "holds a lone surrogate escape (\\udXXX), which is not text")
     unknown = sorted(set(obj) - set(KEYS))
     if unknown:
         raise _Bad(unknown[0], f"unknown key (known keys: {', '.join(KEYS)})")
@@ -153,11 +167,34 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
     return spec, name
 
 
+def _is_text(value: Any) -> bool:
+    """False if a string in `value` cannot be UTF-8 (a lone surrogate from a \\udXXX escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_text(k) and _is_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_text(v) for v in value)
+    return True
+
+
+class _DuplicateKeys(dict[str, Any]):
+    """An object in which a key was repeated; reported under the field that holds it."""
+
+    duplicate = ""
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _Bad(key, "given twice on one line")
+            marked = _DuplicateKeys(out)
+            marked.duplicate = key
+            return marked
         out[key] = value
     return out
 
@@ -199,8 +236,11 @@ def _name(value: Any) -> str:
 
 def _number(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(field, f"must be a number, got {json.dumps(value)}")
-    return float(value)
+        raise _Bad(field, f"must be a number, got {json.dumps(value)[:50]}")
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise _Bad(field, "is far too large") from exc
 
 
 def _cpus(value: Any) -> float:

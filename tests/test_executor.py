@@ -166,12 +166,6 @@ def run_attempt(
     return holder[0], finished
 
 
-def start_time(pid: int) -> int:
-    fields = proc_stat(pid)
-    assert fields is not None
-    return int(fields[19])
-
-
 @pytest.fixture
 def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start `sleep 30` processes in their own sessions; always killed and reaped afterwards."""
@@ -217,10 +211,9 @@ def test_ok_captures_raw_bytes_and_writes_pid_file(tmp_path: Path) -> None:
     assert abs(f.started_ms - time.time() * 1000) < 60_000
     assert f.outputs == {}
     assert f.outputs_movable is True
-    # The pid file: "<pid> <start time> <task id>".
-    pid_text, start, tid = (launch.run_dir / "pid").read_text().split()
+    # The pid file: "<pid> <task id>".
+    pid_text, tid = (launch.run_dir / "pid").read_text().split()
     assert int(pid_text) == attempt.pid
-    assert int(start) > 0
     assert tid == launch.task_id
     assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
 
@@ -621,7 +614,7 @@ def test_kill_orphans_spares_an_untagged_process_with_the_recorded_pid(
 ) -> None:
     run_root = tmp_path / "run"
     p = sleeper()  # own session, no SWARM_TASK_ID: the pid was reused by someone else
-    run_dir = write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} {'ab' * 32}\n")
+    run_dir = write_pid_file(run_root, "a-1", f"{p.pid} {'ab' * 32}\n")
     assert kill_orphans(run_root) == 0
     time.sleep(0.05)
     assert p.poll() is None
@@ -634,19 +627,7 @@ def test_kill_orphans_spares_a_process_of_another_task(
 ) -> None:
     run_root = tmp_path / "run"
     p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "other"})
-    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} mine\n")
-    assert kill_orphans(run_root) == 0
-    time.sleep(0.05)
-    assert p.poll() is None
-
-
-def test_kill_orphans_spares_a_group_older_than_the_recorded_start(
-    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
-) -> None:
-    # Same pid and task id, but it started before the recorded leader did: not that attempt.
-    run_root = tmp_path / "run"
-    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "mine"})
-    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid) + 10**6} mine\n")
+    write_pid_file(run_root, "a-1", f"{p.pid} mine\n")
     assert kill_orphans(run_root) == 0
     time.sleep(0.05)
     assert p.poll() is None
@@ -657,7 +638,7 @@ def test_kill_orphans_kills_a_tagged_process_with_the_recorded_pid(
 ) -> None:
     run_root = tmp_path / "run"
     p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "mine"})
-    write_pid_file(run_root, "a-1", f"{p.pid} {start_time(p.pid)} mine\n")
+    write_pid_file(run_root, "a-1", f"{p.pid} mine\n")
     assert kill_orphans(run_root) == 1
     assert p.wait(timeout=5) == -signal.SIGKILL
 
@@ -665,7 +646,7 @@ def test_kill_orphans_kills_a_tagged_process_with_the_recorded_pid(
 def test_kill_orphans_tolerates_garbage_and_missing_pid_files(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
     assert kill_orphans(run_root) == 0  # no run root at all
-    garbage: list[str | bytes] = ["", "garbage", "1 2", "1 2 3 4", "\n\n", b"\xff\xfe\x00 1 x"]
+    garbage: list[str | bytes] = ["", "garbage", "1", "1 2 3", "\n\n", b"\xff\xfe\x00 1 x"]
     for i, content in enumerate(garbage):
         write_pid_file(run_root, f"g{i}-1", content)
     (run_root / "nopid-1").mkdir()
@@ -673,8 +654,8 @@ def test_kill_orphans_tolerates_garbage_and_missing_pid_files(tmp_path: Path) ->
     assert list(run_root.iterdir()) == []
 
 
-def test_kill_orphans_tolerates_a_non_numeric_start_time(tmp_path: Path) -> None:
+def test_kill_orphans_tolerates_a_non_numeric_pid(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
-    run_dir = write_pid_file(run_root, "g-1", "999999999 garbage deadbeef\n")
+    run_dir = write_pid_file(run_root, "g-1", "garbage deadbeef\n")
     assert kill_orphans(run_root) == 0
     assert not run_dir.exists()

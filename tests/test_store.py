@@ -451,7 +451,7 @@ def test_disk_full_simulated(
     monkeypatch.setattr(os, "fsync", full)
     dest = tmp_path / "out" / "dest"
     with pytest.raises(StorageFullError, match=re.escape(str(dest))):
-        store.copy_to(digest, dest)
+        store.copy_to(digest, dest, durable=True)
     assert sorted(dest.parent.iterdir()) == []
     monkeypatch.undo()
     assert blob_files(store.root) == [store.path(digest)]
