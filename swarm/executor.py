@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Each attempt gets a run dir `<data>/run/<task>-<epoch>/` holding its stdout and stderr files and a
-`pid` file; unless the task names a `cwd`, it also runs in a fresh empty `work/` dir there, so
-attempts never see each other's files. The process leads its own session and process group, so a
+Each attempt gets a run dir under `<data>/run/` holding its stdout and stderr files and a `pid`
+file; unless the task names a `cwd`, it also runs in the empty `work/` dir there, so attempts never
+see each other's files. Run dirs are recycled (`RunDirs`): creating files is the dearest part of a
+short task on most filesystems, and an attempt that wrote nothing leaves its dir ready for the next. The process leads its own session and process group, so a
 timeout, a cancel or a shutdown can kill the whole tree it started. stdout and stderr go straight to
 files, never through our memory. The exit is awaited through a pidfd (no thread, no SIGCHLD
 handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the kernel.
@@ -98,13 +99,10 @@ class Attempt:
         self._stop_outcome: Outcome | None = None
         self._stop_reason = ""
         self._kill_timer: asyncio.TimerHandle | None = None
-        launch.run_dir.mkdir(parents=True, exist_ok=True)
         self.stdout = launch.run_dir / "stdout"
         self.stderr = launch.run_dir / "stderr"
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
-        if scratch:
-            self.cwd.mkdir(exist_ok=True)
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
@@ -182,6 +180,50 @@ class Attempt:
             outputs_movable=scratch,
             reason=reason,
         )
+
+
+class RunDirs:
+    """A pool of run dirs, so that back-to-back attempts reuse their files instead of creating
+    new ones. A recycled dir holds an empty `work/` and no output of an earlier attempt."""
+
+    def __init__(self, root: Path, spare_max: int) -> None:
+        self.root = root
+        self.spare_max = spare_max
+        self._spare: list[Path] = []
+        self._made = 0
+
+    def take(self) -> Path:
+        """A run dir with an empty `work/` in it. Raises OSError if it cannot be made."""
+        if self._spare:
+            return self._spare.pop()
+        self._made += 1
+        run_dir = self.root / f"r{os.getpid()}-{self._made}"
+        (run_dir / "work").mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def give_back(self, run_dir: Path) -> None:
+        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it."""
+        work = run_dir / "work"
+        try:
+            with open(run_dir / "pid", "wb"):
+                pass  # the attempt is over: its pid names nothing of ours any more
+            for leftover in ("stdout", "stderr"):
+                if (run_dir / leftover).stat().st_size:  # not taken by the store (e.g. a kill)
+                    (run_dir / leftover).unlink()
+            with os.scandir(work) as entries:
+                dirty = any(entries)
+            if dirty:
+                shutil.rmtree(work)
+                work.mkdir()
+        except FileNotFoundError:
+            pass  # already gone: nothing left to clean
+        except OSError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return
+        if len(self._spare) < self.spare_max:
+            self._spare.append(run_dir)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def collect_outputs(cwd: Path, launch: Launch) -> dict[str, Path]:

@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from swarm import db, resources, snapshot
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
 from swarm.errors import ControlError, StorageFullError, SwarmError, UserInputError
-from swarm.executor import KILL_GRACE_S, Attempt, Finished, Launch, kill_orphans
+from swarm.executor import KILL_GRACE_S, Attempt, Finished, Launch, RunDirs, kill_orphans
 from swarm.export import manifest_bytes
 from swarm.ledger import (
     Body,
@@ -60,6 +59,7 @@ log = logging.getLogger("swarm.node")
 
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
+RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
 
 
@@ -110,6 +110,7 @@ class Node:
             **config.labels,
         }
         self.store = BlobStore(state.blobs)
+        self.run_dirs = RunDirs(state.runs, RUN_DIRS_SPARE_MAX)
         self.ledger = Ledger()
         self.writer: db.LedgerWriter | None = None
         self.queue = PendingQueue()
@@ -327,20 +328,23 @@ class Node:
     async def _run_attempt(self, view: TaskView, gpu_ids: tuple[int, ...]) -> None:
         spec = view.spec
         assert spec is not None
-        epoch = view.next_epoch()
-        claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-        launch = Launch(
-            task_id=view.task_id,
-            job=view.job,
-            name=view.name,
-            spec=spec,
-            epoch=epoch,
-            attempt=len(view.attempts) + 1,
-            run_dir=self.state.runs / f"{view.task_id[:16]}-{epoch}",
-            gpu_ids=gpu_ids,
-        )
+        run_dir = None
         try:
-            attempt = await self._start(launch, claim)
+            run_dir = self.run_dirs.take()
+            epoch = view.next_epoch()
+            launch = Launch(
+                task_id=view.task_id,
+                job=view.job,
+                name=view.name,
+                spec=spec,
+                epoch=epoch,
+                attempt=len(view.attempts) + 1,
+                run_dir=run_dir,
+                gpu_ids=gpu_ids,
+            )
+            attempt = await self._start(
+                launch, ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
+            )
             if attempt is None:
                 return
             timer = None
@@ -356,12 +360,15 @@ class Node:
             if timer is not None:
                 timer.cancel()
             await self._record(launch, finished)
+        except OSError as exc:  # the run dir could not be made or used: a full or broken disk
+            self._pause_claims(f"cannot prepare a run dir in {self.state.runs}: {exc}")
         finally:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
             self.used = self.used - spec.need
             self._free_gpus.extend(gpu_ids)
-            shutil.rmtree(launch.run_dir, ignore_errors=True)
+            if run_dir is not None:
+                self.run_dirs.give_back(run_dir)
             self._wake.set()
 
     async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:
@@ -369,11 +376,7 @@ class Node:
         claim could not be written (the process is then stopped and nothing is recorded)."""
         if self._stop.is_set():
             return None
-        try:
-            attempt = Attempt(launch, self._base_env, self._own_rss_kb)
-        except OSError as exc:  # the run dir could not be made: a full or broken disk
-            self._pause_claims(f"cannot prepare {launch.run_dir}: {exc}")
-            return None
+        attempt = Attempt(launch, self._base_env, self._own_rss_kb)
         self.attempts[launch.task_id] = attempt
         self._claiming.discard(launch.task_id)
         try:

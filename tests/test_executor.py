@@ -30,6 +30,7 @@ from swarm.executor import (
     Attempt,
     Finished,
     Launch,
+    RunDirs,
     attempt_env,
     collect_outputs,
     kill_orphans,
@@ -76,7 +77,7 @@ def make_launch(
         spec=spec,
         epoch=7,
         attempt=2,
-        run_dir=root / f"{tid[:16]}-7",
+        run_dir=RunDirs(root, spare_max=4).take(),
         gpu_ids=gpu_ids,
     )
 
@@ -327,7 +328,7 @@ def test_explicit_cwd_is_used(tmp_path: Path) -> None:
     assert f.outcome is Outcome.OK
     assert attempt.cwd == wd
     assert f.stdout.read_bytes().decode().splitlines() == [os.path.realpath(wd), "hello"]
-    assert not (launch.run_dir / "work").exists()
+    assert list((launch.run_dir / "work").iterdir()) == []  # the scratch dir is unused
     assert f.outputs == {"input.txt": wd / "input.txt", "result.txt": wd / "result.txt"}
     assert f.outputs_movable is False  # the user's own files: to be copied, never moved
 
@@ -659,3 +660,25 @@ def test_kill_orphans_tolerates_a_non_numeric_pid(tmp_path: Path) -> None:
     run_dir = write_pid_file(run_root, "g-1", "garbage deadbeef\n")
     assert kill_orphans(run_root) == 0
     assert not run_dir.exists()
+
+
+def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
+    pool = RunDirs(tmp_path / "run", spare_max=1)
+    first = pool.take()
+    (first / "stdout").write_bytes(b"left by a killed attempt")
+    (first / "stderr").write_bytes(b"")
+    (first / "work" / "sub").mkdir()
+    (first / "work" / "sub" / "f").write_text("x")
+    (first / "pid").write_text("123 abc\n")
+    pool.give_back(first)
+    again = pool.take()
+    assert again == first
+    assert list((again / "work").iterdir()) == []
+    assert not (again / "stdout").exists()
+    assert (again / "stderr").read_bytes() == b""  # empty: kept, to be truncated and reused
+    assert (again / "pid").read_bytes() == b""
+    second = pool.take()
+    assert second != first and (second / "work").is_dir()
+    pool.give_back(again)
+    pool.give_back(second)  # over spare_max: removed
+    assert not second.exists() and first.exists()
