@@ -78,16 +78,16 @@ class LedgerWriter:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
-        self._queue: deque[tuple[list[Row], dict[str, int], asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[list[Row], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self.commits = 0
         self.rows_written = 0
 
-    async def write(self, rows: list[Row], meta: dict[str, int] | None = None) -> None:
-        """Return once `rows` (and `meta`) are committed; raise StorageFullError on a full disk."""
+    async def write(self, rows: list[Row]) -> None:
+        """Return once `rows` are committed; raise StorageFullError on a full disk."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, meta or {}, future))
+        self._queue.append((rows, future))
         self._wake.set()
         await future
 
@@ -106,18 +106,15 @@ class LedgerWriter:
         self._wake.set()
 
     async def _commit_batch(self) -> None:
-        batch: list[tuple[list[Row], dict[str, int], asyncio.Future[None]]] = []
+        batch: list[tuple[list[Row], asyncio.Future[None]]] = []
         count = 0
         while self._queue and (not batch or count + len(self._queue[0][0]) <= BATCH_ROWS_MAX):
             item = self._queue.popleft()
             batch.append(item)
             count += len(item[0])
         rows = [r for item in batch for r in item[0]]
-        meta: dict[str, int] = {}
-        for _, m, _ in batch:
-            meta.update(m)
         try:
-            await self._commit(rows, meta)
+            await self._commit(rows)
         except (sqlite3.Error, OSError) as exc:
             await self._rollback()
             error: SwarmError = (
@@ -125,17 +122,17 @@ class LedgerWriter:
                 if _is_disk_full(exc)
                 else SwarmError(f"cannot write the ledger {self._path}: {exc}")
             )
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
         self.commits += 1
         self.rows_written += len(rows)
-        for _, _, future in batch:
+        for _, future in batch:
             if not future.done():
                 future.set_result(None)
 
-    async def _commit(self, rows: list[Row], meta: dict[str, int]) -> None:
+    async def _commit(self, rows: list[Row]) -> None:
         await self._conn.executemany(
             "INSERT OR IGNORE INTO records (origin, generation, seq, kind, body)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -152,10 +149,6 @@ class LedgerWriter:
                     "DELETE FROM records WHERE origin = ? AND kind = ? AND seq < ?",
                     (r.version.origin, int(Kind.HEARTBEAT), r.version.seq),
                 )
-        if meta:
-            await self._conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
-            )
         await self._conn.commit()
 
     async def _rollback(self) -> None:

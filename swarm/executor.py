@@ -2,16 +2,16 @@
 
 Theory of operation
 -------------------
-Each attempt gets a run dir under `<data>/run/` holding its stdout and stderr files and a `pid`
-file; unless the task names a `cwd`, it also runs in the empty `work/` dir there, so attempts never
+Each attempt gets a run dir under `<data>/run/` holding its stdout and stderr files; unless the task names a `cwd`, it also runs in the empty `work/` dir there, so attempts never
 see each other's files. Run dirs are recycled (`RunDirs`): creating files is the dearest part of a
 short task on most filesystems, and an attempt that wrote nothing leaves its dir ready for the next. The process leads its own session and process group, so a
 timeout, a cancel or a shutdown can kill the whole tree it started. stdout and stderr go straight to
 files, never through our memory. The exit is awaited through a pidfd (no thread, no SIGCHLD
 handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the kernel.
 
-If the daemon itself is killed, its attempts keep running as orphans; the `pid` files let the next
-start find and kill them (`kill_orphans`) before the tasks run again elsewhere.
+If the daemon itself is killed, its attempts keep running as orphans. Every attempt carries
+`SWARM_NODE=<node id>` in its environment, so the next start finds them in /proc and kills their
+process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 from swarm.ledger import Outcome
 from swarm.spec import TaskSpec
 
+NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
 SHELL = "/bin/sh"
@@ -72,6 +73,8 @@ class Finished:
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(launch.spec.env)
+    if NODE_TAG in base:
+        env[NODE_TAG] = base[NODE_TAG]  # the task's own env must not hide it from kill_orphans
     env.update(
         SWARM_TASK_ID=launch.task_id,
         SWARM_TASK_NAME=launch.name,
@@ -124,8 +127,6 @@ class Attempt:
                 # shell's exit 127, with the reason where the user looks first.
                 self.spawn_error = f"cannot start {argv[0]!r} in {self.cwd}: {exc.strerror}"
                 err.write(f"swarm: {self.spawn_error}\n".encode())
-        if self.proc is not None:
-            _write_pid_file(launch.run_dir / "pid", self.proc.pid, launch.task_id)
 
     @property
     def pid(self) -> int | None:
@@ -205,8 +206,6 @@ class RunDirs:
         """Keep the dir for the next attempt if it can be made clean cheaply, else remove it."""
         work = run_dir / "work"
         try:
-            with open(run_dir / "pid", "wb"):
-                pass  # the attempt is over: its pid names nothing of ours any more
             for leftover in ("stdout", "stderr"):
                 if (run_dir / leftover).stat().st_size:  # not taken by the store (e.g. a kill)
                     (run_dir / leftover).unlink()
@@ -229,6 +228,8 @@ class RunDirs:
 def collect_outputs(cwd: Path, launch: Launch) -> dict[str, Path]:
     """Regular files matching the task's `outputs` globs, by path relative to the working dir."""
     found: dict[str, Path] = {}
+    if not launch.spec.outputs:
+        return found
     real_cwd = os.path.realpath(cwd)
     for pattern in launch.spec.outputs:
         for rel in sorted(glob.glob(pattern, root_dir=cwd, recursive=True)):
@@ -280,47 +281,24 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _write_pid_file(path: Path, pid: int, task_id: str) -> None:
-    # The task id tells a live orphan from a process that reused the pid: it is in the
-    # environment of every process of the attempt.
-    path.write_text(f"{pid} {task_id}\n")
-
-
-def kill_orphans(run_root: Path) -> int:
-    """Kill the process groups of attempts left running by a previous daemon, and remove their run
-    dirs. Returns how many groups were still alive."""
-    killed = 0
-    if not run_root.is_dir():
-        return 0
-    for run_dir in run_root.iterdir():
-        pid_file = run_dir / "pid"
-        try:
-            pid_text, task_id = pid_file.read_text().split()
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            pid, task_id = 0, ""
-        if pid and _group_members(pid, task_id):
-            _kill_group(pid, signal.SIGKILL)
-            killed += 1
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return killed
-
-
-def _group_members(pgid: int, task_id: str) -> list[int]:
-    """Processes still in the process group `pgid`, if at least one of them carries the
-    attempt's SWARM_TASK_ID in its environment (else the group is not ours)."""
-    members = []
-    tagged = False
-    tag = f"SWARM_TASK_ID={task_id}".encode()
-    for entry in Path("/proc").iterdir():
+def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> int:
+    """Kill the process groups of attempts a previous daemon of this node left running (found by
+    their SWARM_NODE tag), and remove the run dirs. Returns how many groups were killed."""
+    tag = f"{NODE_TAG}={node_id}".encode()
+    groups: set[int] = set()
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            environ = (entry / "environ").read_bytes()
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields[2]: the process group
-            members.append(int(entry.name))
-            with contextlib.suppress(OSError):
-                tagged = tagged or tag in (entry / "environ").read_bytes().split(b"\0")
-    return members if tagged else []
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if tag in environ.split(b"\0"):
+            groups.add(int(fields[2]))  # fields[2]: the process group
+    for pgid in groups:
+        _kill_group(pgid, signal.SIGKILL)
+    if run_root.is_dir():
+        for run_dir in run_root.iterdir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return len(groups)

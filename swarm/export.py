@@ -351,6 +351,7 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
     root = out_dir.resolve()
     done = ResultsWritten()
     seen_names: dict[str, str] = {}  # task name -> id of the task written under it
+    manifests: dict[str, Manifest] = {}  # identical results (say, empty output) are read once
     for view in ledger.job_tasks(job):
         if view.spec is None:
             continue
@@ -371,7 +372,7 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
             )
             continue
         seen_names[name] = view.task_id
-        if _write_task(store, attempt.result.digest, name, out_dir / name, root, done):
+        if _write_task(store, attempt.result.digest, name, root / name, done, manifests):
             done.tasks_written += 1
     return done
 
@@ -395,22 +396,36 @@ def _safe_dir_name(name: str) -> bool:
 
 
 def _write_task(
-    store: BlobStore, digest: str, name: str, task_dir: Path, root: Path, done: ResultsWritten
+    store: BlobStore,
+    digest: str,
+    name: str,
+    task_dir: Path,
+    done: ResultsWritten,
+    manifests: dict[str, Manifest],
 ) -> bool:
-    """Write one task's files; True if all of them were written."""
-    try:
-        manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX))
-    except (MissingBlobError, CorruptBlobError) as exc:
-        done.missing.append(f"{name}: manifest {digest[:12]}: {exc}")
+    """Write one task's files; True if all of them were written.
+
+    Syscalls are few on purpose (one lstat, one mkdir, one open per file in the common case):
+    on some filesystems each metadata operation costs a good fraction of a millisecond."""
+    manifest = manifests.get(digest)
+    if manifest is None:
+        try:
+            manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX))
+        except (MissingBlobError, CorruptBlobError) as exc:
+            done.missing.append(f"{name}: manifest {digest[:12]}: {exc}")
+            return False
+        except ValueError as exc:
+            # A malformed digest in the RESULT record, or a manifest too big to be one.
+            done.missing.append(f"{name}: manifest: {exc}")
+            return False
+        manifests[digest] = manifest
+    # `task_dir` is the resolved output dir joined with a name without '/': only a symlink put
+    # there beforehand could lead a write elsewhere.
+    if task_dir.is_symlink():
+        done.missing.append(f"{name}: {task_dir} is a symlink, to {task_dir.resolve()}")
         return False
-    except ValueError as exc:
-        # A malformed digest in the RESULT record, or a manifest too big to be one.
-        done.missing.append(f"{name}: manifest: {exc}")
-        return False
-    task_root = task_dir.resolve()
-    if not task_root.is_relative_to(root) or task_root == root:
-        done.missing.append(f"{name}: {task_dir} resolves to {task_root}, outside {root}")
-        return False
+    task_dir.mkdir(parents=True, exist_ok=True)
+    task_root = task_dir
     wanted = list(zip(STREAMS, (manifest.stdout, manifest.stderr), strict=True))
     complete = True
     for rel, file_digest in sorted(manifest.files.items()):
@@ -421,14 +436,16 @@ def _write_task(
         wanted.append((rel, file_digest))
     for rel, file_digest in wanted:
         dest = task_dir / rel
+        nested = "/" in rel
         # Defence in depth: the manifest's paths were validated, but a symlink already in the
-        # output dir (say task_dir/sub -> /etc) must not carry a write outside it.
-        if not dest.resolve().is_relative_to(task_root):
+        # output dir (say task_dir/sub -> /etc) must not carry a write outside it. A top-level
+        # file is written without following links, so only nested paths need resolving.
+        if nested and not dest.resolve().is_relative_to(task_root):
             done.missing.append(f"{name}: {rel!r} resolves to {dest.resolve()}, outside {task_dir}")
             complete = False
             continue
         try:
-            store.copy_to(file_digest, dest)
+            store.copy_to(file_digest, dest, make_parents=nested)
         except (MissingBlobError, CorruptBlobError) as exc:
             done.missing.append(f"{name}: {rel} ({file_digest[:12]}): {exc}")
             complete = False

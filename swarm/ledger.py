@@ -248,6 +248,7 @@ class Ledger:
         self.running: set[str] = set()  # ids of tasks whose state is running
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         self.records_applied = 0
+        self.max_stamp = 0  # highest HLC stamp seen: a restarted node's clock starts above it
 
     # -- applying records --------------------------------------------------------------------
 
@@ -259,8 +260,10 @@ class Ledger:
             self.high_seq[key] = version.seq
         match body:
             case TaskRecord():
+                self.max_stamp = max(self.max_stamp, body.stamp)
                 return self._apply_task(version, body)
             case ClaimRecord():
+                self.max_stamp = max(self.max_stamp, body.stamp)
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:

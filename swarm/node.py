@@ -32,7 +32,15 @@ from swarm import db, resources, snapshot
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
 from swarm.errors import ControlError, StorageFullError, SwarmError, UserInputError
-from swarm.executor import KILL_GRACE_S, Attempt, Finished, Launch, RunDirs, kill_orphans
+from swarm.executor import (
+    KILL_GRACE_S,
+    NODE_TAG,
+    Attempt,
+    Finished,
+    Launch,
+    RunDirs,
+    kill_orphans,
+)
 from swarm.export import manifest_bytes
 from swarm.ledger import (
     Body,
@@ -140,16 +148,17 @@ class Node:
         lock = _Lock(self.state)
         conn = None
         try:
-            killed = await asyncio.to_thread(kill_orphans, self.state.runs)
+            meta = db.read_meta(self.state.db_path)
+            self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
+            self._base_env[NODE_TAG] = self.node_id
+            killed = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if killed:
                 log.warning("killed %d attempt(s) left running by a previous daemon", killed)
             self.store.sweep_temp()
-            meta = db.read_meta(self.state.db_path)
-            self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
             self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             for problem in bad:
                 log.warning("skipped an unreadable ledger row: %s", problem)
-            self.clock = HybridClock(int(meta.get("hlc", 0)))
+            self.clock = HybridClock(self.ledger.max_stamp)
             self._seq = self.ledger.high_seq.get((self.node_id, self.generation), 0)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -228,7 +237,7 @@ class Node:
         """Commit records, then apply them. Raises StorageFullError with nothing applied."""
         assert self.writer is not None
         rows = self._versioned(bodies)
-        await self.writer.write(rows, {"hlc": self.clock.last})
+        await self.writer.write(rows)
         for row in rows:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)

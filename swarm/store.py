@@ -270,24 +270,36 @@ class BlobStore:
             raise self._quarantine_blob(digest, st)
         return data
 
-    def copy_to(self, digest: str, dest: Path, *, durable: bool = False) -> None:
+    def copy_to(
+        self, digest: str, dest: Path, *, durable: bool = False, make_parents: bool = True
+    ) -> None:
         """Write the verified content of a blob to `dest`, atomically: afterwards `dest` is
-        either complete or as it was before. Creates dest's parent directories. With `durable`,
-        also fsync it; an export that can be made again from the store does not need that."""
+        either complete or as it was before; a symlink at `dest` is replaced, never followed.
+        Creates dest's parent directories unless told they exist. With `durable`, also fsync
+        it; an export that can be made again from the store does not need that."""
         _check_digest(digest)
         dest = Path(dest)
         if digest == EMPTY_DIGEST and not durable:
             # Nothing to verify and nothing to tear: an empty file is whole the moment it exists.
             with self._disk_full_guard(dest):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+                if make_parents:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                try:
+                    os.close(os.open(dest, flags, 0o666))
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    os.unlink(dest)  # a symlink was there: replace it, as os.replace would
+                    os.close(os.open(dest, flags, 0o666))
             return
         with contextlib.ExitStack() as stack:
             src: IO[bytes] | None = None
             if digest != EMPTY_DIGEST:
                 src = stack.enter_context(self._open_blob(digest))
             with self._disk_full_guard(dest):
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if make_parents:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                 # Beside dest, so the final rename stays on one filesystem; O_EXCL with a random
                 # name so concurrent copies never share a temp file; mode 0o666 so the umask,
                 # not this store, decides dest's permissions.

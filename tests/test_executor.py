@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from swarm.executor import (
+    NODE_TAG,
     Attempt,
     Finished,
     Launch,
@@ -197,7 +198,7 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 # ok / failed
 
 
-def test_ok_captures_raw_bytes_and_writes_pid_file(tmp_path: Path) -> None:
+def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, r"printf 'out\377\376\n'; printf 'err\376\000x' >&2")
     attempt, f = run_attempt(launch)
     assert f.outcome is Outcome.OK
@@ -212,10 +213,6 @@ def test_ok_captures_raw_bytes_and_writes_pid_file(tmp_path: Path) -> None:
     assert abs(f.started_ms - time.time() * 1000) < 60_000
     assert f.outputs == {}
     assert f.outputs_movable is True
-    # The pid file: "<pid> <task id>".
-    pid_text, tid = (launch.run_dir / "pid").read_text().split()
-    assert int(pid_text) == attempt.pid
-    assert tid == launch.task_id
     assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
 
 
@@ -568,16 +565,19 @@ def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
 # kill_orphans
 
 
+NODE_ENV = {**BASE_ENV, NODE_TAG: "node-under-test"}
+
+
 def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
     launch = make_launch(tmp_path, "sleep 30 & sleep 30 & echo ready; wait", run_root=run_root)
-    attempt = Attempt(launch, BASE_ENV)  # as if left by a killed daemon: never awaited
+    attempt = Attempt(launch, NODE_ENV)  # as if left by a killed daemon: never awaited
     try:
         assert attempt.proc is not None
         pgid = attempt.proc.pid
         wait_for_file_text(attempt.stdout, b"ready")
         assert len(live_group_members(pgid)) >= 3
-        assert kill_orphans(run_root) == 1
+        assert kill_orphans(run_root, "node-under-test") == 1
         assert wait_group_gone(pgid) == []
         assert not launch.run_dir.exists()
         assert list(run_root.iterdir()) == []
@@ -589,77 +589,48 @@ def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: P
 def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
     launch = make_launch(tmp_path, "sleep 30 & echo ready", run_root=run_root)
-    attempt = Attempt(launch, BASE_ENV)
+    attempt = Attempt(launch, NODE_ENV)
     try:
         assert attempt.proc is not None
         pgid = attempt.proc.pid
         assert attempt.proc.wait(timeout=5) == 0  # the leader exited and is reaped
         assert len(live_group_members(pgid)) == 1  # its background sleep still runs
-        assert kill_orphans(run_root) == 1
+        assert kill_orphans(run_root, "node-under-test") == 1
         assert wait_group_gone(pgid) == []
-        assert not launch.run_dir.exists()
     finally:
         cleanup(attempt)
 
 
-def write_pid_file(run_root: Path, name: str, content: str | bytes) -> Path:
-    run_dir = run_root / name
-    run_dir.mkdir(parents=True)
-    data = content.encode() if isinstance(content, str) else content
-    (run_dir / "pid").write_bytes(data)
-    return run_dir
+def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
+    assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"
 
 
-def test_kill_orphans_spares_an_untagged_process_with_the_recorded_pid(
-    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PATH": BASE_ENV["PATH"]},  # untagged: not an attempt at all
+        {"PATH": BASE_ENV["PATH"], NODE_TAG: "another-node"},  # another node's attempt
+    ],
+    ids=["untagged", "other-node"],
+)
+def test_kill_orphans_spares_processes_not_of_this_node(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
-    run_root = tmp_path / "run"
-    p = sleeper()  # own session, no SWARM_TASK_ID: the pid was reused by someone else
-    run_dir = write_pid_file(run_root, "a-1", f"{p.pid} {'ab' * 32}\n")
-    assert kill_orphans(run_root) == 0
+    p = sleeper(env)
+    assert kill_orphans(tmp_path / "run", "node-under-test") == 0
     time.sleep(0.05)
     assert p.poll() is None
     assert live_group_members(p.pid) == [p.pid]
-    assert not run_dir.exists()
 
 
-def test_kill_orphans_spares_a_process_of_another_task(
-    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
-) -> None:
+def test_kill_orphans_removes_leftover_run_dirs(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
-    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "other"})
-    write_pid_file(run_root, "a-1", f"{p.pid} mine\n")
-    assert kill_orphans(run_root) == 0
-    time.sleep(0.05)
-    assert p.poll() is None
-
-
-def test_kill_orphans_kills_a_tagged_process_with_the_recorded_pid(
-    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
-) -> None:
-    run_root = tmp_path / "run"
-    p = sleeper({"PATH": BASE_ENV["PATH"], "SWARM_TASK_ID": "mine"})
-    write_pid_file(run_root, "a-1", f"{p.pid} mine\n")
-    assert kill_orphans(run_root) == 1
-    assert p.wait(timeout=5) == -signal.SIGKILL
-
-
-def test_kill_orphans_tolerates_garbage_and_missing_pid_files(tmp_path: Path) -> None:
-    run_root = tmp_path / "run"
-    assert kill_orphans(run_root) == 0  # no run root at all
-    garbage: list[str | bytes] = ["", "garbage", "1", "1 2 3", "\n\n", b"\xff\xfe\x00 1 x"]
-    for i, content in enumerate(garbage):
-        write_pid_file(run_root, f"g{i}-1", content)
-    (run_root / "nopid-1").mkdir()
-    assert kill_orphans(run_root) == 0
+    assert kill_orphans(run_root, "node-under-test") == 0  # no run root at all
+    (run_root / "r1-1" / "work").mkdir(parents=True)
+    (run_root / "r1-1" / "stdout").write_bytes(b"\xff partial")
+    assert kill_orphans(run_root, "node-under-test") == 0
     assert list(run_root.iterdir()) == []
-
-
-def test_kill_orphans_tolerates_a_non_numeric_pid(tmp_path: Path) -> None:
-    run_root = tmp_path / "run"
-    run_dir = write_pid_file(run_root, "g-1", "garbage deadbeef\n")
-    assert kill_orphans(run_root) == 0
-    assert not run_dir.exists()
 
 
 def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
@@ -669,14 +640,12 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     (first / "stderr").write_bytes(b"")
     (first / "work" / "sub").mkdir()
     (first / "work" / "sub" / "f").write_text("x")
-    (first / "pid").write_text("123 abc\n")
     pool.give_back(first)
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []
     assert not (again / "stdout").exists()
     assert (again / "stderr").read_bytes() == b""  # empty: kept, to be truncated and reused
-    assert (again / "pid").read_bytes() == b""
     second = pool.take()
     assert second != first and (second / "work").is_dir()
     pool.give_back(again)
