@@ -28,7 +28,8 @@ from swarm.node import Node, NodeConfig, wall_ms
 from swarm.spec import NO_RESOURCES
 from swarm.store import BlobStore
 
-POLL_S = 0.2  # how often `run` and `submit --wait` ask the daemon for progress
+POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
+POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
 STATUS_REFRESH_S = 1.0
 JOB_NAME_CHARS_MAX = 200
 FAILED_LISTED_MAX = 10
@@ -283,8 +284,12 @@ async def watch_job(client: Client, job: str, embedded: bool) -> dict[str, Any]:
     )
     with progress:
         bar = progress.add_task(job, total=None, detail="")
+        wait_ms = 0
         while True:
-            snap: dict[str, Any] = (await client.call("status", jobs=[job]))["snapshot"]
+            asked = time.monotonic()
+            reply = await client.call("status", jobs=[job], wait_ms=wait_ms)
+            snap: dict[str, Any] = reply["snapshot"]
+            wait_ms = POLL_WAIT_MS
             row = snap["jobs"][0] if snap["jobs"] else None
             if row is not None:
                 finished = row["done"] + row["failed"] + row["cancelled"]
@@ -295,7 +300,7 @@ async def watch_job(client: Client, job: str, embedded: bool) -> dict[str, Any]:
                 stuck = len(snap["infeasible"])
                 if embedded and row["running"] == 0 and stuck >= row["pending"]:
                     return snap
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(max(0.0, POLL_MIN_S - (time.monotonic() - asked)))
 
 
 def finish_run(

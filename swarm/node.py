@@ -68,7 +68,8 @@ log = logging.getLogger("swarm.node")
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
+MEMORY_SAMPLE_S = 0.5
+STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change  # how often running attempts' memory is read from /proc
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +132,13 @@ class Node:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
+        self._progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._claims_paused_until = 0.0
         self._base_env = dict(os.environ)
         self._own_rss_kb = resources.own_peak_rss_kb()
+        self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.generation = 0
         self._seq = 0
@@ -238,9 +241,14 @@ class Node:
         assert self.writer is not None
         rows = self._versioned(bodies)
         await self.writer.write(rows)
+        changed = False
         for row in rows:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
+                changed = True
+        if changed:
+            self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
+            self._progress = asyncio.Event()
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
@@ -338,6 +346,16 @@ class Node:
         spec = view.spec
         assert spec is not None
         run_dir = None
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.used = self.used - spec.need
+                self._free_gpus.extend(gpu_ids)
+                self._wake.set()
+
         try:
             run_dir = self.run_dirs.take()
             epoch = view.next_epoch()
@@ -368,17 +386,16 @@ class Node:
             finished = await attempt.finished()
             if timer is not None:
                 timer.cancel()
+            release()  # the process is gone: the next task may start while this one is recorded
             await self._record(launch, finished)
         except OSError as exc:  # the run dir could not be made or used: a full or broken disk
             self._pause_claims(f"cannot prepare a run dir in {self.state.runs}: {exc}")
         finally:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
-            self.used = self.used - spec.need
-            self._free_gpus.extend(gpu_ids)
             if run_dir is not None:
                 self.run_dirs.give_back(run_dir)
-            self._wake.set()
+            release()
 
     async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:
         """Spawn the process and commit its claim meanwhile; None if the node is stopping or the
@@ -422,21 +439,22 @@ class Node:
                 await asyncio.sleep(STORAGE_RETRY_S)
 
     async def _store_outputs(self, finished: Finished) -> tuple[str, bool]:
-        if finished.outputs or _size(finished.stdout) or _size(finished.stderr):
-            return await asyncio.to_thread(self._store_outputs_sync, finished)
-        return self._store_outputs_sync(finished)  # nothing to write but a known manifest
+        """Move the attempt's files into the store; return its manifest's digest and whether
+        the manifest is new here. Nothing to store (say, a silent task) costs two stats."""
+        out_size, err_size = _size(finished.stdout), _size(finished.stderr)
+        if not (finished.outputs or out_size or err_size):
+            if self._silent_manifest is None:
+                digest, new = self.store.put_bytes(manifest_bytes(EMPTY_DIGEST, EMPTY_DIGEST, {}))
+                self._silent_manifest = digest
+                return digest, new
+            return self._silent_manifest, False
+        return await asyncio.to_thread(self._store_outputs_sync, finished, out_size, err_size)
 
-    def _store_outputs_sync(self, finished: Finished) -> tuple[str, bool]:
-        out = (
-            self.store.put_file(finished.stdout, move=True)[0]
-            if _size(finished.stdout)
-            else (EMPTY_DIGEST)
-        )
-        err = (
-            self.store.put_file(finished.stderr, move=True)[0]
-            if _size(finished.stderr)
-            else (EMPTY_DIGEST)
-        )
+    def _store_outputs_sync(
+        self, finished: Finished, out_size: int, err_size: int
+    ) -> tuple[str, bool]:
+        out = self.store.put_file(finished.stdout, move=True)[0] if out_size else EMPTY_DIGEST
+        err = self.store.put_file(finished.stderr, move=True)[0] if err_size else EMPTY_DIGEST
         files = {
             rel: self.store.put_file(path, move=finished.outputs_movable)[0]
             for rel, path in finished.outputs.items()
@@ -492,6 +510,13 @@ class Node:
             return await self._submit(str(request.get("job", "")), reader)
         if op == "status":
             jobs = request.get("jobs")
+            wait_ms = request.get("wait_ms")
+            if isinstance(wait_ms, int) and wait_ms > 0:
+                # A long poll: answer at the next change of any task's state, or at the deadline.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._progress.wait(), min(wait_ms, STATUS_WAIT_MS_MAX) / 1000
+                    )
             return {"ok": True, "snapshot": self.snapshot(jobs if isinstance(jobs, list) else None)}
         if op == "cancel":
             return await self._cancel(str(request.get("target", "")))

@@ -45,11 +45,17 @@ def finish_rate(ledger: Ledger, job: str, now_ms: int) -> float:
     samples = ledger.finished_ms.get(job)
     if not samples:
         return 0.0
-    recent = [t for t in samples if t > now_ms - RATE_WINDOW_MS]
+    # Mostly in finishing order: count back from the newest and stop at the window's edge.
+    recent, oldest = 0, now_ms
+    for ended in reversed(samples):
+        if ended <= now_ms - RATE_WINDOW_MS:
+            break
+        recent += 1
+        oldest = min(oldest, ended)
     if not recent:
         return 0.0
-    span_ms = max(now_ms - min(recent), 1000)
-    return len(recent) * 1000 / span_ms
+    span_ms = max(now_ms - oldest, 1000)
+    return recent * 1000 / span_ms
 
 
 def build(
