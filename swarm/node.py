@@ -395,6 +395,10 @@ class Node:
             self._claiming.discard(view.task_id)
             if run_dir is not None:
                 self.run_dirs.give_back(run_dir)
+            if view.state is State.PENDING:
+                # Its claim never made it to disk (or it ended without a result): it was taken
+                # off the queue when chosen, so it must go back on, or it would wait forever.
+                self.queue.push(view.task_id, spec, view.submitted[0])
             release()
 
     async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:

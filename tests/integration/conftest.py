@@ -82,7 +82,7 @@ class Daemon:
     log: Path = field(default=Path("/dev/null"))
 
     def start(self) -> Daemon:
-        self.log = self.cli.home.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log = self.cli.cwd.parent / f"daemon-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 swarm_cmd("start", *self.args),
