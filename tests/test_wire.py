@@ -1,0 +1,203 @@
+"""The sealed envelope and message codec: what passes, and everything that must not."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarm.wire import (
+    DATAGRAM_BYTES_MAX,
+    HEADER_BYTES,
+    KEYS_MAX,
+    REPLAY_WINDOW,
+    BadPacket,
+    KeyRing,
+    Opener,
+    Sealer,
+    decode,
+    encode,
+    key_id,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+ALICE = b"a" * 16
+BOB = b"b" * 16
+
+
+def pair(counter: int = 0) -> tuple[Sealer, Opener]:
+    return Sealer(ALICE, KeyRing.of(KEY), counter), Opener(KeyRing.of(KEY))
+
+
+def test_round_trip() -> None:
+    sealer, opener = pair()
+    packet = sealer.seal(encode([1, "hello", b"\x00\xff", {"k": 2}]))
+    sender, body = opener.open(packet)
+    assert sender == ALICE
+    assert decode(body) == [1, "hello", b"\x00\xff", {"k": 2}]
+
+
+def test_the_body_is_not_readable_on_the_wire() -> None:
+    sealer, _ = pair()
+    secret = b"run rm -rf / on every node"
+    assert secret not in sealer.seal(secret)
+
+
+def test_a_wrong_key_is_dropped() -> None:
+    packet = Sealer(ALICE, KeyRing.of(OTHER_KEY), 0).seal(b"x")
+    with pytest.raises(BadPacket, match="not in the ring"):
+        Opener(KeyRing.of(KEY)).open(packet)
+
+
+def test_a_forged_key_id_is_dropped() -> None:
+    # Same key id as ours, but sealed under another key: authentication fails.
+    ring = KeyRing.of(OTHER_KEY)
+    ring.keys = {key_id(KEY): OTHER_KEY}
+    ring.in_use = key_id(KEY)
+    packet = Sealer(ALICE, ring, 0).seal(b"x")
+    with pytest.raises(BadPacket, match="authentication failed"):
+        Opener(KeyRing.of(KEY)).open(packet)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=200), st.data())
+def test_any_flipped_bit_is_dropped(body: bytes, data: st.DataObject) -> None:
+    sealer, opener = pair()
+    packet = bytearray(sealer.seal(body))
+    bit = data.draw(st.integers(0, len(packet) * 8 - 1))
+    packet[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(BadPacket):
+        opener.open(bytes(packet))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=1, max_size=100), st.data())
+def test_any_truncation_is_dropped(body: bytes, data: st.DataObject) -> None:
+    sealer, opener = pair()
+    packet = sealer.seal(body)
+    cut = data.draw(st.integers(0, len(packet) - 1))
+    with pytest.raises(BadPacket):
+        opener.open(packet[:cut])
+
+
+@given(st.binary(max_size=300))
+def test_junk_is_dropped(junk: bytes) -> None:
+    _, opener = pair()
+    with pytest.raises(BadPacket):
+        opener.open(junk)
+
+
+def test_oversized_packets_are_dropped_before_any_work() -> None:
+    sealer, opener = pair()
+    packet = sealer.seal(b"x" * DATAGRAM_BYTES_MAX)
+    with pytest.raises(BadPacket, match="over the"):
+        opener.open(packet)
+    assert opener.open(packet, size_max=len(packet))[1] == b"x" * DATAGRAM_BYTES_MAX
+
+
+def test_a_replayed_packet_is_dropped() -> None:
+    sealer, opener = pair()
+    packet = sealer.seal(b"once")
+    opener.open(packet)
+    with pytest.raises(BadPacket, match="replayed"):
+        opener.open(packet)
+
+
+def test_reordered_packets_within_the_window_pass_once_each() -> None:
+    sealer, opener = pair()
+    packets = [sealer.seal(str(i).encode()) for i in range(10)]
+    for i in [3, 0, 9, 1, 2, 8, 4, 7, 5, 6]:
+        assert opener.open(packets[i])[1] == str(i).encode()
+    for packet in packets:
+        with pytest.raises(BadPacket):
+            opener.open(packet)
+
+
+def test_packets_older_than_the_window_are_dropped() -> None:
+    sealer, opener = pair()
+    old = sealer.seal(b"old")
+    for _ in range(REPLAY_WINDOW):
+        opener.open(sealer.seal(b"new"))
+    with pytest.raises(BadPacket, match="too old"):
+        opener.open(old)
+
+
+def test_a_forgery_cannot_move_the_window() -> None:
+    sealer, opener = pair()
+    genuine = sealer.seal(b"genuine")
+    forged = bytearray(sealer.seal(b"forged, far ahead"))
+    forged[HEADER_BYTES - 8 : HEADER_BYTES] = (2**63).to_bytes(8, "big")
+    with pytest.raises(BadPacket):
+        opener.open(bytes(forged))
+    assert opener.open(genuine)[1] == b"genuine"
+
+
+def test_senders_have_their_own_windows_and_keys() -> None:
+    ring = KeyRing.of(KEY)
+    alice, bob = Sealer(ALICE, ring, 0), Sealer(BOB, ring, 0)
+    a, b = alice.seal(b"same counter"), bob.seal(b"same counter")
+    assert a[HEADER_BYTES:] != b[HEADER_BYTES:]  # per-sender keys: no shared nonce stream
+    opener = Opener(KeyRing.of(KEY))
+    assert opener.open(a)[0] == ALICE
+    assert opener.open(b)[0] == BOB
+
+
+def test_a_restarted_sender_with_a_higher_counter_is_heard() -> None:
+    first, opener = pair(counter=0)
+    opener.open(first.seal(b"before"))
+    again = Sealer(ALICE, KeyRing.of(KEY), counter=10**9)
+    assert opener.open(again.seal(b"after restart"))[1] == b"after restart"
+
+
+def test_key_rotation_loses_no_packet_once_each_step_has_spread() -> None:
+    sender_ring, receiver_ring = KeyRing.of(KEY), KeyRing.of(KEY)
+    sealer, opener = Sealer(ALICE, sender_ring, 0), Opener(receiver_ring)
+    # 1. install the new key everywhere; still sealing with the old one
+    new_id = receiver_ring.install(OTHER_KEY)
+    sender_ring.install(OTHER_KEY)
+    assert opener.open(sealer.seal(b"old key"))[1] == b"old key"
+    # 2. use the new key everywhere: packets under either key still open
+    in_flight = sealer.seal(b"sealed just before the switch")
+    sender_ring.use(new_id)
+    receiver_ring.use(new_id)
+    assert opener.open(sealer.seal(b"new key"))[1] == b"new key"
+    assert opener.open(in_flight)[1] == b"sealed just before the switch"
+    # 3. remove the old key: only then are old-key packets refused
+    late = Sealer(BOB, KeyRing.of(KEY), 0).seal(b"late, old key")
+    receiver_ring.remove(key_id(KEY))
+    with pytest.raises(BadPacket, match="not in the ring"):
+        opener.open(late)
+
+
+def test_key_ring_rules() -> None:
+    ring = KeyRing.of(KEY)
+    with pytest.raises(ValueError, match="in use"):
+        ring.remove(key_id(KEY))
+    with pytest.raises(ValueError, match="32 bytes"):
+        ring.install(b"short")
+    with pytest.raises(ValueError, match="not installed"):
+        ring.use(b"nope")
+    for _ in range(KEYS_MAX - 1):
+        ring.install(os.urandom(32))
+    with pytest.raises(ValueError, match="at most"):
+        ring.install(os.urandom(32))
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"\xc1", encode([]), b"\x92\x01", encode(["type first"]), encode({"a": 1})]
+)
+def test_undecodable_messages_are_bad_packets(body: bytes) -> None:
+    with pytest.raises(BadPacket):
+        decode(body)
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_but_bad_packet(junk: bytes) -> None:
+    try:
+        message = decode(junk)
+    except BadPacket:
+        return
+    assert isinstance(message, list) and isinstance(message[0], int)
