@@ -17,20 +17,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from swarm import control, db, export, resources, snapshot, statedir, status, taskfile
 from swarm.control import Client
 from swarm.errors import NotRunningError, SwarmError, UserInputError
-from swarm.node import Node, NodeConfig, wall_ms
-from swarm.spec import NO_RESOURCES
+from swarm.ledger import State
+from swarm.node import Node, NodeConfig, lock_held, wall_ms
+from swarm.policy import why_infeasible
+from swarm.spec import NO_RESOURCES, Resources
 from swarm.store import BlobStore
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
 STATUS_REFRESH_S = 1.0
+STOP_WAIT_S = 30.0
 JOB_NAME_CHARS_MAX = 200
 FAILED_LISTED_MAX = 10
 
@@ -40,8 +43,10 @@ out = Console(highlight=False)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A daemon reports what it does; a one-off `swarm run` only what goes wrong, unless asked.
+    quiet = args.command == "run" and not args.verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -127,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = add("results", "write each task's stdout, stderr and output files to --out DIR")
-    p.add_argument("job")
+    p.add_argument("job", help="the job whose results to write")
     p.add_argument("--out", required=True, help="directory to write into")
     p.set_defaults(func=cmd_results)
 
@@ -142,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     p = add("retry", "re-queue the failed tasks of a job")
-    p.add_argument("job")
+    p.add_argument("job", help="the job whose failed tasks to run again")
     p.set_defaults(func=cmd_retry)
 
     p = add("stop", "stop the local daemon (running attempts are interrupted and re-queued)")
@@ -220,14 +225,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     statedir.init(state)
     out_dir = Path(args.out) if args.out else Path("swarm-out") / job
     started = time.monotonic()
-    snap = asyncio.run(_run(state, config, job, tasks))
+    snap, finished_before = asyncio.run(_run(state, config, job, tasks))
     elapsed = time.monotonic() - started
-    return finish_run(state, job, snap, out_dir, elapsed)
+    return finish_run(state, job, snap, out_dir, elapsed, finished_before)
+
+
+Watched = tuple[dict[str, Any], int]  # the last snapshot, and how many tasks had finished at first
 
 
 async def _run(
     state: statedir.StateDir, config: NodeConfig, job: str, tasks: list[taskfile.NewTask]
-) -> dict[str, Any]:
+) -> Watched:
     if await control.is_running(state):
         err.print(f"using the running node of {state.root}")
         return await _submit_and_watch(state, job, tasks, embedded=False)
@@ -238,7 +246,7 @@ async def _run(
         await asyncio.wait([node_task, ready], return_when=asyncio.FIRST_COMPLETED)
         if node_task.done():  # it failed to start; the TaskGroup re-raises its error
             ready.cancel()
-            return {}
+            return {}, 0
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
@@ -257,12 +265,12 @@ async def _run(
 
 async def _submit_and_watch(
     state: statedir.StateDir, job: str, tasks: list[taskfile.NewTask], embedded: bool
-) -> dict[str, Any]:
+) -> Watched:
     client = await Client.connect(state)
     try:
         reply = await send_tasks(client, job, tasks)
         err.print(
-            f"job [bold]{job}[/]: {len(tasks):,} tasks "
+            f"job [bold]{job}[/]: {plural(len(tasks), 'task')} "
             f"({reply['added']:,} new, {reply['existing']:,} already in the ledger)"
         )
         return await watch_job(client, job, embedded)
@@ -270,9 +278,10 @@ async def _submit_and_watch(
         await client.close()
 
 
-async def watch_job(client: Client, job: str, embedded: bool) -> dict[str, Any]:
+async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
     """Show a progress bar until the job is finished (or, on an embedded node, until nothing
     left can run here)."""
+    finished_at_start: int | None = None
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -293,45 +302,69 @@ async def watch_job(client: Client, job: str, embedded: bool) -> dict[str, Any]:
             row = snap["jobs"][0] if snap["jobs"] else None
             if row is not None:
                 finished = row["done"] + row["failed"] + row["cancelled"]
+                if finished_at_start is None:
+                    finished_at_start = finished
                 detail = f"{row['running']} running, {row['failed']} failed"
                 progress.update(bar, completed=finished, total=row["total"], detail=detail)
                 if row["pending"] + row["running"] == 0:
-                    return snap
+                    return snap, finished_at_start
                 stuck = len(snap["infeasible"])
                 if embedded and row["running"] == 0 and stuck >= row["pending"]:
-                    return snap
+                    return snap, finished_at_start
             await asyncio.sleep(max(0.0, POLL_MIN_S - (time.monotonic() - asked)))
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
+def summary_line(row: dict[str, Any], elapsed: float, ran: int | None) -> str:
+    """One line on how a job ended; `ran`: how many of its tasks finished during this command."""
+    failed = f"[red]{row['failed']:,} failed[/]" if row["failed"] else "0 failed"
+    line = (
+        f"{row['job']}: {plural(row['total'], 'task')}: [green]{row['done']:,} done[/], {failed}, "
+        f"{row['cancelled']:,} cancelled, {row['pending'] + row['running']:,} not run, "
+        f"in {status.format_duration(elapsed)}"
+    )
+    if ran and elapsed > 0:
+        line += f" ({ran / elapsed:,.1f} tasks/s)"
+    return line
+
+
 def finish_run(
-    state: statedir.StateDir, job: str, snap: dict[str, Any], out_dir: Path, elapsed: float
+    state: statedir.StateDir,
+    job: str,
+    snap: dict[str, Any],
+    out_dir: Path,
+    elapsed: float,
+    finished_before: int,
 ) -> int:
     ledger, _ = db.load_ledger(state.db_path)
     written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
     row = snapshot.job_row(ledger, job, wall_ms())
-    rate = row["done"] / elapsed if elapsed > 0 else 0.0
-    err.print(
-        f"{job}: {row['total']:,} tasks: [green]{row['done']:,} done[/], "
-        f"{'[red]' if row['failed'] else ''}{row['failed']:,} failed{'[/]' if row['failed'] else ''}"
-        f", {row['cancelled']:,} cancelled, {row['pending']:,} not run, "
-        f"in {status.format_duration(elapsed)} ({rate:,.1f} tasks/s)"
-    )
+    finished_now = row["done"] + row["failed"] + row["cancelled"]
+    err.print(summary_line(row, elapsed, ran=finished_now - finished_before))
     err.print(f"results: {out_dir}/<task name>/ (stdout, stderr and output files)")
     for problem in written.missing[:FAILED_LISTED_MAX]:
         err.print(f"  [yellow]missing result:[/] {problem}")
-    failed = [v for v in ledger.job_tasks(job) if v.state is not None and v.state.value == "failed"]
+    failed = [v for v in ledger.job_tasks(job) if v.state is State.FAILED]
     for view in failed[:FAILED_LISTED_MAX]:
         last = view.ordered_attempts()[-1].result if view.attempts else None
         why = last.reason if last is not None else "?"
         err.print(f"  [red]failed[/] {view.name}: {why} (see {out_dir / view.name / 'stderr'})")
     if len(failed) > FAILED_LISTED_MAX:
         err.print(f"  ... and {len(failed) - FAILED_LISTED_MAX} more failed tasks")
-    infeasible = snap.get("infeasible", [])
-    if infeasible:
-        err.print(
-            f"  [yellow]{len(infeasible)} task(s) cannot run on this node[/] (they need more "
-            "CPUs, memory or GPUs, or labels it does not have); they stay pending for other nodes"
-        )
+    stuck = [ledger.tasks[t] for t in snap.get("infeasible", []) if t in ledger.tasks]
+    if stuck:
+        node = snap["nodes"][0] if snap.get("nodes") else {}
+        capacity = Resources(**node["capacity"]) if "capacity" in node else None
+        labels = node.get("labels", {})
+        err.print(f"  [yellow]{plural(len(stuck), 'task')} cannot run on this node[/]:")
+        for view in stuck[:FAILED_LISTED_MAX]:
+            assert view.spec is not None
+            why = why_infeasible(view.spec, capacity, labels) if capacity else "?"
+            err.print(f"    {view.name}: {why}")
+        err.print("  they stay pending, for a node that has what they need")
     return 0 if row["total"] and row["done"] == row["total"] else 1
 
 
@@ -375,12 +408,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             reply = await send_tasks(client, job, tasks)
             out.print(job)
             err.print(
-                f"{reply['added']:,} tasks added, {reply['existing']:,} already in the ledger"
+                f"{plural(reply['added'], 'task')} added, "
+                f"{reply['existing']:,} already in the ledger"
             )
             if not args.wait:
                 return 0
-            snap = await watch_job(client, job, embedded=False)
+            started = time.monotonic()
+            snap, finished_before = await watch_job(client, job, embedded=False)
             row = snap["jobs"][0]
+            ran = row["done"] + row["failed"] + row["cancelled"] - finished_before
+            err.print(summary_line(row, time.monotonic() - started, ran))
             return 0 if row["done"] == row["total"] else 1
         finally:
             await client.close()
@@ -403,18 +440,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
+    first = asyncio.run(fetch())
+    missing = sorted(set(jobs or []) - {row["job"] for row in first["jobs"]})
+    if missing:
+        raise UserInputError(f"no job {', '.join(map(repr, missing))} on this node")
     if args.json:
-        out.print_json(json.dumps(asyncio.run(fetch())))
+        out.print_json(json.dumps(first))
         return 0
-    if args.once:
-        out.print(status.render(asyncio.run(fetch())))
+
+    def view(snap: dict[str, Any]) -> RenderableType:
+        rows = max(3, out.height - 20)  # room for the header, nodes and jobs on one screen
+        return status.render(snap, width=out.width, running_rows_max=rows)
+
+    if args.once or not out.is_terminal:
+        out.print(view(first))  # not a terminal: one frame, as a file or pipe wants
         return 0
 
     async def live() -> None:
-        with Live(status.render(await fetch()), console=out, auto_refresh=False) as view:
+        with Live(view(first), console=out, auto_refresh=False) as screen:
             while True:
                 await asyncio.sleep(STATUS_REFRESH_S)
-                view.update(status.render(await fetch()), refresh=True)
+                screen.update(view(await fetch()), refresh=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(live())
@@ -493,9 +539,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    if not asyncio.run(control.is_running(state)):
+        out.print(f"no swarm daemon is running for {state.root}")
+        return 0
     _call(args, "shutdown")
-    out.print("the daemon is stopping")
-    return 0
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:  # it interrupts and records its attempts, then exits
+        if not lock_held(state):
+            out.print("the daemon has stopped")
+            return 0
+        time.sleep(0.05)
+    out.print(f"the daemon is still stopping after {STOP_WAIT_S:g}s")
+    return 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from swarm.spec import TaskSpec
 
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
+MTIME_SLACK_NS = 10_000_000  # 10 ms
 OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
 SHELL = "/bin/sh"
 
@@ -107,6 +108,8 @@ class Attempt:
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
+        # Coarse filesystem timestamps may round down: allow a file stamped just before the start.
+        self._started_ns = time.time_ns() - MTIME_SLACK_NS
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -166,7 +169,11 @@ class Attempt:
     ) -> Finished:
         wall_s = time.monotonic() - self._t0
         scratch = self.launch.spec.cwd is None
-        outputs = {} if outcome is Outcome.INTERRUPTED else collect_outputs(self.cwd, self.launch)
+        outputs = (
+            {}
+            if outcome is Outcome.INTERRUPTED
+            else collect_outputs(self.cwd, self.launch, self._started_ns)
+        )
         return Finished(
             outcome=outcome,
             exit_code=code,
@@ -225,8 +232,9 @@ class RunDirs:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def collect_outputs(cwd: Path, launch: Launch) -> dict[str, Path]:
-    """Regular files matching the task's `outputs` globs, by path relative to the working dir."""
+def collect_outputs(cwd: Path, launch: Launch, not_before_ns: int = 0) -> dict[str, Path]:
+    """Regular files matching the task's `outputs` globs, by path relative to the working dir,
+    last modified at or after `not_before_ns` (wall clock)."""
     found: dict[str, Path] = {}
     if not launch.spec.outputs:
         return found
@@ -238,6 +246,10 @@ def collect_outputs(cwd: Path, launch: Launch) -> dict[str, Path]:
             # No symlink anywhere on the path: a link must not pull in (or, once the file is moved
             # into the store, take away) a file from outside the working dir.
             if os.path.realpath(path) != os.path.join(real_cwd, rel) or not path.is_file():
+                continue
+            # In a shared working dir, only what this attempt wrote is its output (as HTCondor
+            # takes back only new or changed files), not a file an earlier run left there.
+            if path.stat().st_mtime_ns < not_before_ns:
                 continue
             found[rel] = path
             if len(found) >= OUTPUT_FILES_MAX:

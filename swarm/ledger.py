@@ -214,15 +214,18 @@ def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
         return None
     if view.ok_attempt() is not None:
         return State.DONE
+    # A cancel stops what is still to run; a task that already failed stays failed (and can be
+    # retried), as a done one stays done.
+    failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
+    interruptions = view.count(Outcome.INTERRUPTED) - view.forgiven_interruptions
+    exhausted = failures > view.spec.retries or interruptions > INTERRUPTION_CAP
+    if exhausted and view.active_claim() is None:
+        return State.FAILED
     if view.cancelled or job_cancelled:
         return State.CANCELLED
     if view.active_claim() is not None:
         return State.RUNNING
-    failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
-    interruptions = view.count(Outcome.INTERRUPTED) - view.forgiven_interruptions
-    if failures > view.spec.retries or interruptions > INTERRUPTION_CAP:
-        return State.FAILED
-    return State.PENDING
+    return State.FAILED if exhausted else State.PENDING
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,21 @@ class _Lock:
         os.close(self.fd)
 
 
+def lock_held(state: StateDir) -> bool:
+    """True while a daemon holds this state dir (it has not finished stopping)."""
+    try:
+        fd = os.open(state.root / "daemon.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have just taken
+    return False
+
+
 class Node:
     def __init__(self, state: StateDir, config: NodeConfig) -> None:
         self.state = state
@@ -556,7 +571,8 @@ class Node:
             if holder is not None and holder != record.task_id:
                 raise UserInputError(
                     f"line {raw.get('line', '?')}: name {record.name!r} is already used in job "
-                    f"{job!r} by a different task; nothing was added"
+                    f"{job!r} by a different task; nothing was added (another file under the "
+                    "same job name? give it its own with --job NAME)"
                 )
             names[record.name] = record.task_id
             bodies.append(record)

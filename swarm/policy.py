@@ -129,3 +129,30 @@ class PendingQueue:
                 continue
             out.extend(task_id for _, _, task_id in heap if is_pending(task_id))
         return sorted(set(out))
+
+
+def why_infeasible(spec: TaskSpec, capacity: Resources, labels: Labels) -> str:
+    """Why a task can never run on a node of this capacity and these labels, in words."""
+    reasons = []
+    need = spec.need
+    if need.cpus > capacity.cpus + 1e-9:
+        reasons.append(f"needs {need.cpus:g} cpus, the node has {capacity.cpus:g}")
+    if need.memory_bytes > capacity.memory_bytes:
+        reasons.append(
+            f"needs {need.memory_bytes / 2**30:.1f} GiB of memory, "
+            f"the node has {capacity.memory_bytes / 2**30:.1f}"
+        )
+    if need.gpus > capacity.gpus:
+        reasons.append(f"needs {need.gpus} gpus, the node has {capacity.gpus}")
+    for key, wanted in spec.requires:
+        if not labels_match(((key, wanted),), labels):
+            have = labels.get(key)
+            shown = "no such label" if have is None else f"it has {key}={have}"
+            reasons.append(f"requires {key}={_label_text(wanted)}, {shown}")
+    return "; ".join(reasons) or "fits (it can run here)"
+
+
+def _label_text(wanted: LabelValue) -> str:
+    if isinstance(wanted, tuple):
+        return "|".join(str(w) for w in wanted)
+    return str(wanted)

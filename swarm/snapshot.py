@@ -28,15 +28,17 @@ def resources_dict(res: Resources) -> dict[str, Any]:
     return {"cpus": res.cpus, "memory_bytes": res.memory_bytes, "gpus": res.gpus}
 
 
-def job_row(ledger: Ledger, job: str, now_ms: int) -> dict[str, Any]:
+def job_row(ledger: Ledger, job: str, now_ms: int, stuck: int = 0) -> dict[str, Any]:
+    """Counts per state, the finish rate over the last minute, and an ETA for what can still
+    run (`stuck`: pending tasks that fit no live node). A finished job has neither."""
     counts: Mapping[State, int] = ledger.job_counts.get(job, {})
     row: dict[str, Any] = {"job": job, "total": sum(counts.values())}
     for state in State:
         row[str(state)] = counts.get(state, 0)
-    rate = finish_rate(ledger, job, now_ms)
-    remaining = row["pending"] + row["running"]
+    remaining = row["pending"] + row["running"] - stuck
+    rate = finish_rate(ledger, job, now_ms) if remaining > 0 else 0.0
     row["rate_per_s"] = round(rate, 3)
-    row["eta_s"] = round(remaining / rate, 1) if rate > 0 and remaining else None
+    row["eta_s"] = round(remaining / rate, 1) if rate > 0 else None
     return row
 
 
@@ -84,10 +86,18 @@ def build(
                 "started_ms": view.claims[claim].stamp >> 16,
             }
         )
+    stuck: dict[str, int] = {}
+    for task_id in infeasible or []:
+        job = ledger.tasks[task_id].job
+        stuck[job] = stuck.get(job, 0) + 1
     return {
         "generated_ms": now_ms,
         "nodes": nodes,
-        "jobs": [job_row(ledger, job, now_ms) for job in names if job in ledger.job_counts],
+        "jobs": [
+            job_row(ledger, job, now_ms, stuck.get(job, 0))
+            for job in names
+            if job in ledger.job_counts
+        ],
         "running": running,
         "infeasible": infeasible or [],
     }

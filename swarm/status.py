@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "COMPACT_WIDTH",
     "RUNNING_SHOWN_MAX",
     "format_bytes",
     "format_count",
@@ -37,6 +38,7 @@ __all__ = [
 
 RUNNING_SHOWN_MAX = 20
 PROGRESS_BAR_WIDTH = 16
+COMPACT_WIDTH = 110  # below this many columns the Jobs table has no progress bar
 SHORT_ID_LEN = 8
 
 # Labels every node gets from `resources.builtin_labels`: their values already have their own
@@ -99,11 +101,19 @@ def format_rate(per_s: float) -> str:
     return f"{per_s:.1f}/s"
 
 
-def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> RenderableType:
+def render(
+    snapshot: dict[str, Any],
+    *,
+    now_ms: int | None = None,
+    width: int = 120,
+    running_rows_max: int = RUNNING_SHOWN_MAX,
+) -> RenderableType:
     """The whole `swarm status` view for `snapshot`.
 
     Elapsed times are measured to `now_ms`, which defaults to the snapshot's `generated_ms` so
-    that rendering the same snapshot twice gives the same picture.
+    that rendering the same snapshot twice gives the same picture. Below COMPACT_WIDTH columns
+    the Jobs table leaves out its progress bar (the percentage stays), so a job's name always
+    fits; `running_rows_max` lets a short terminal show fewer running tasks.
     """
     if now_ms is None:
         generated = snapshot.get("generated_ms")
@@ -116,13 +126,14 @@ def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> Renderable
     parts: list[RenderableType] = [_header(nodes, jobs), Text()]
     parts += [_nodes_table(nodes), Text()] if nodes else [_note("no live nodes"), Text()]
     if jobs:
-        parts += [_jobs_table(jobs), Text()]
+        parts += [_jobs_table(jobs, compact=width < COMPACT_WIDTH), Text()]
     else:
         parts += [_note("no jobs yet — submit one with `swarm submit FILE`"), Text()]
     # The running list in the snapshot is itself capped, so the jobs' counts are the better total.
     running_total = max(len(running), sum(_int(job, "running") for job in jobs))
     if running_total:
-        parts += [_running_table(running, running_total, now_ms), Text()]
+        rows = max(1, min(running_rows_max, RUNNING_SHOWN_MAX))
+        parts += [_running_table(running, running_total, now_ms, rows), Text()]
     if infeasible:
         parts.append(_infeasible_line(len(infeasible)))
     while parts and isinstance(parts[-1], Text) and not parts[-1].plain:
@@ -211,41 +222,52 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
+def _jobs_table(jobs: list[dict[str, Any]], *, compact: bool = False) -> Table:
     table = _table("Jobs")
     table.add_column("job", overflow="fold", min_width=12)
-    table.add_column("progress", no_wrap=True, width=PROGRESS_BAR_WIDTH)
+    if not compact:
+        table.add_column("progress", no_wrap=True, width=PROGRESS_BAR_WIDTH)
     table.add_column("done/total", justify="right", no_wrap=True)
     table.add_column("%", justify="right", no_wrap=True)
-    for name in ("running", "pending", "failed", "cancelled", "rate", "ETA"):
+    # Narrow: short headings, and no cancelled column while nothing is cancelled.
+    show_cancelled = not compact or any(_int(job, "cancelled") for job in jobs)
+    names = (
+        ["run", "pend", "fail", "canc"]
+        if compact
+        else ["running", "pending", "failed", "cancelled"]
+    )
+    for name in (names if show_cancelled else names[:3]) + ["rate", "ETA"]:
         table.add_column(name, justify="right", no_wrap=True)
     for job in jobs:
         total = _int(job, "total")
         failed = _int(job, "failed")
         # Failed and cancelled tasks are finished too: the bar shows how much is left to run.
         finished = _int(job, "done") + failed + _int(job, "cancelled")
+        bar = [] if compact else [_progress_bar(finished, total, failed)]
         table.add_row(
             Text(str(job.get("job", "?")), style="bold"),
-            _progress_bar(finished, total, failed),
+            *bar,
             Text(f"{format_count(_int(job, 'done'))}/{format_count(total)}"),
             Text(_percent(finished, total)),
             Text(format_count(_int(job, "running"))),
             Text(format_count(_int(job, "pending"))),
             Text(format_count(failed), style="bold red" if failed else ""),
-            Text(format_count(_int(job, "cancelled"))),
+            *([Text(format_count(_int(job, "cancelled")))] if show_cancelled else []),
             Text(format_rate(_float(job, "rate_per_s"))),
             Text(format_duration(_opt_float(job.get("eta_s")))),
         )
     return table
 
 
-def _running_table(running: list[dict[str, Any]], running_total: int, now_ms: int | None) -> Table:
+def _running_table(
+    running: list[dict[str, Any]], running_total: int, now_ms: int | None, rows_max: int
+) -> Table:
     # Oldest first: a straggler holding a job up is what one looks for here.
     ordered = sorted(
         running,
         key=lambda task: (_opt_float(task.get("started_ms")) or 0.0, str(task.get("task_id"))),
     )
-    shown = ordered[:RUNNING_SHOWN_MAX]
+    shown = ordered[:rows_max]
     hidden = running_total - len(shown)
     table = _table(f"Running ({format_count(running_total)})")
     if hidden > 0:

@@ -651,3 +651,18 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     pool.give_back(again)
     pool.give_back(second)  # over spare_max: removed
     assert not second.exists() and first.exists()
+
+
+def test_outputs_in_a_shared_cwd_are_only_what_this_attempt_wrote(tmp_path: Path) -> None:
+    wd = tmp_path / "shared"
+    (wd / "results").mkdir(parents=True)
+    stale = wd / "results" / "old.json"
+    stale.write_text("from an earlier run")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    launch = make_launch(
+        tmp_path, "echo new > results/new.json", cwd=str(wd), outputs=("results/*.json",)
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert sorted(f.outputs) == ["results/new.json"]

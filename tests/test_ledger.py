@@ -339,3 +339,16 @@ def test_junk_bytes_never_decode_to_anything_but_bad_record_error(junk: bytes) -
     # The rare junk that is a valid record must round-trip like one.
     assert body_from_plain(msgpack.unpackb(junk)) == body
     assert body_to_plain(body)
+
+
+def test_cancelling_a_job_leaves_its_failed_tasks_failed_and_retryable() -> None:
+    ledger, a, _ = fresh()
+    for epoch in (1, 2):
+        a(ClaimRecord("t1", epoch, stamp=epoch))
+        a(result("t1", epoch, Outcome.FAILED))
+    a(TaskRecord("t2", "job", "two", SPEC, stamp=11))
+    a(CancelRecord("job"))
+    assert ledger.tasks["t1"].state is State.FAILED
+    assert ledger.tasks["t2"].state is State.CANCELLED
+    a(RetryRecord("t1", failures=2, interruptions=0))
+    assert ledger.tasks["t1"].state is State.CANCELLED  # re-queued into a cancelled job: no run

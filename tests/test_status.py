@@ -433,3 +433,31 @@ def test_format_count(n: int, expected: str) -> None:
 )
 def test_format_rate(per_s: float, expected: str) -> None:
     assert format_rate(per_s) == expected
+
+
+def test_an_80_column_terminal_keeps_job_names_and_etas() -> None:
+    snap = {
+        "generated_ms": 10_000,
+        "nodes": [],
+        "jobs": [
+            {
+                "job": "sweep-2026-a",
+                "total": 40_000,
+                "pending": 30_000,
+                "running": 2,
+                "done": 8_000,
+                "failed": 1_000,
+                "cancelled": 0,
+                "rate_per_s": 1.2,
+                "eta_s": 2_500,
+            }
+        ],
+        "running": [],
+        "infeasible": [],
+    }
+    console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+    console.print(render(snap, width=80))
+    text = console.export_text()
+    assert "sweep-2026-a" in text
+    assert "41m 40s" in text
+    assert "progress" not in text  # the bar goes first when space is short

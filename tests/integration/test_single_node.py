@@ -90,7 +90,9 @@ def test_run_stops_when_the_rest_can_never_run_here(cli: Cli, tmp_path: Path) ->
     )
     done = cli("run", str(tasks), "--label", "zone=eu", "--cpus", "2", timeout=30)
     assert done.returncode == 1
-    assert "2 task(s) cannot run on this node" in done.stderr
+    assert "2 tasks cannot run on this node" in done.stderr
+    assert "elsewhere: requires zone=us, it has zone=eu" in done.stderr
+    assert "huge: needs 64 cpus, the node has 2" in done.stderr
     states = {r["name"]: r["state"] for r in export_rows(cli)}
     assert states == {"fits": "done", "elsewhere": "pending", "huge": "pending"}
 
