@@ -27,14 +27,13 @@ from swarm.errors import NotRunningError, SwarmError, UserInputError
 from swarm.ledger import State
 from swarm.node import Node, NodeConfig, lock_held, wall_ms
 from swarm.policy import why_infeasible
-from swarm.spec import NO_RESOURCES, Resources
+from swarm.spec import NO_RESOURCES, Resources, name_problem
 from swarm.store import BlobStore
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
 STATUS_REFRESH_S = 1.0
 STOP_WAIT_S = 30.0
-JOB_NAME_CHARS_MAX = 200
 FAILED_LISTED_MAX = 10
 
 err = Console(stderr=True, highlight=False)
@@ -53,17 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except UserInputError as exc:
-        err.print(f"[red]swarm:[/] {exc}", markup=True, highlight=False)
-        return 2
-    except NotRunningError as exc:
-        err.print(f"swarm: {exc}")
-        return 3
-    except SwarmError as exc:
-        err.print(f"swarm: {exc}")
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # asyncio.TaskGroup wraps what its tasks raised; show the first of ours plainly.
+        ours = [e for e in group.exceptions if isinstance(e, SwarmError | OSError)]
+        if not ours:
+            raise
+        return report(ours[0])
+    except (SwarmError, OSError) as exc:
+        return report(exc)
+
+
+def report(exc: BaseException) -> int:
+    """Say what went wrong, without a traceback, and return the exit code for it."""
+    if isinstance(exc, UserInputError):
+        err.print("swarm: ", style="red", end="")
+        err.print(str(exc), markup=False, highlight=False)
+        return 2
+    err.print(f"swarm: {exc}", markup=False, highlight=False)
+    return 3 if isinstance(exc, NotRunningError) else 1
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -180,14 +188,9 @@ def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask
             raise UserInputError(f"cannot read {path}: {exc.strerror}") from exc
         source, base_dir, default_job = str(path), path.resolve().parent, path.stem
     job = args.job or default_job
-    if (
-        not job
-        or "/" in job
-        or "\x00" in job
-        or len(job) > JOB_NAME_CHARS_MAX
-        or job in (".", "..")
-    ):
-        raise UserInputError(f"job name {job!r}: 1 to {JOB_NAME_CHARS_MAX} characters, no '/'")
+    problem = name_problem(job)
+    if problem is not None:
+        raise UserInputError(f"job name {job!r} {problem}")
     if args.lines:
         return job, taskfile.parse_lines(data, source, job)
     return job, taskfile.parse_jsonl(data, source, job, base_dir)
@@ -240,27 +243,35 @@ async def _run(
         err.print(f"using the running node of {state.root}")
         return await _submit_and_watch(state, job, tasks, embedded=False)
     node = Node(state, config)
+    failure: BaseException | None = None
+    watched: Watched = ({}, 0)
     async with asyncio.TaskGroup() as tg:
         node_task = tg.create_task(node.run())
         ready = tg.create_task(node.wait_ready())
         await asyncio.wait([node_task, ready], return_when=asyncio.FIRST_COMPLETED)
         if node_task.done():  # it failed to start; the TaskGroup re-raises its error
             ready.cancel()
-            return {}, 0
+            return watched
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
+        # Errors of the watcher are kept and raised after the TaskGroup, never inside it: the
+        # group would cancel the node mid-stop (attempts unrecorded) and wrap the error.
         try:
-            watch = tg.create_task(_submit_and_watch(state, job, tasks, embedded=True))
-            await asyncio.wait([watch, node_task], return_when=asyncio.FIRST_COMPLETED)
-            if not watch.done():
-                watch.cancel()
-                raise SwarmError("interrupted: running attempts were stopped and re-queued")
-            return watch.result()
+            watched = await _submit_and_watch(state, job, tasks, embedded=True)
+        except (SwarmError, OSError) as exc:
+            failure = exc
         finally:
+            stopped_by_user = node.stopping
             node.stop()
+            await asyncio.wait([node_task])  # its graceful stop: attempts recorded, claims closed
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+    if stopped_by_user:
+        raise SwarmError("interrupted: the running attempts were stopped and re-queued")
+    if failure is not None:
+        raise failure
+    return watched
 
 
 async def _submit_and_watch(
@@ -308,7 +319,7 @@ async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
                 progress.update(bar, completed=finished, total=row["total"], detail=detail)
                 if row["pending"] + row["running"] == 0:
                     return snap, finished_at_start
-                stuck = len(snap["infeasible"])
+                stuck = snap.get("infeasible_count", len(snap["infeasible"]))
                 if embedded and row["running"] == 0 and stuck >= row["pending"]:
                     return snap, finished_at_start
             await asyncio.sleep(max(0.0, POLL_MIN_S - (time.monotonic() - asked)))
@@ -359,7 +370,8 @@ def finish_run(
         node = snap["nodes"][0] if snap.get("nodes") else {}
         capacity = Resources(**node["capacity"]) if "capacity" in node else None
         labels = node.get("labels", {})
-        err.print(f"  [yellow]{plural(len(stuck), 'task')} cannot run on this node[/]:")
+        count = snap.get("infeasible_count", len(stuck))
+        err.print(f"  [yellow]{plural(count, 'task')} cannot run on this node[/]:")
         for view in stuck[:FAILED_LISTED_MAX]:
             assert view.spec is not None
             why = why_infeasible(view.spec, capacity, labels) if capacity else "?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
 from typing import Any
 
@@ -41,7 +42,13 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         raise ControlError("connection closed inside a frame") from exc
     try:
         message = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise ControlError(f"undecodable frame: {exc}") from exc
     if not isinstance(message, dict):
         raise ControlError("a frame must be a map")
@@ -65,6 +72,10 @@ class Client:
     @classmethod
     async def connect(cls, state: StateDir) -> Client:
         path = state.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_uid != os.getuid():
+                # Someone else's socket where ours should be: never send it our tasks.
+                raise ControlError(f"{path} belongs to another user; refusing to use it")
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=FRAME_BYTES_MAX), CONNECT_TIMEOUT_S

@@ -51,6 +51,7 @@ SYNC_MODES = ("full", "normal")
 class Row:
     version: Version
     body: Body
+    replaces: Version | None = None  # an older record of the writer's that this one supersedes
 
 
 def encode(body: Body) -> bytes:
@@ -61,7 +62,13 @@ def encode(body: Body) -> bytes:
 def decode(blob: bytes) -> Body:
     try:
         raw = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise BadRecordError(f"undecodable record body: {exc}") from exc
     return body_from_plain(raw)
 
@@ -72,22 +79,44 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
+# A row ready for SQLite: (origin, generation, seq, kind, body), and the version it replaces.
+_Encoded = tuple[tuple[str, int, int, int, bytes], Version | None]
+
+
+def _encode_row(row: Row) -> _Encoded:
+    v = row.version
+    return (
+        v.origin,
+        v.generation,
+        v.seq,
+        int(KIND_OF[type(row.body)]),
+        encode(row.body),
+    ), row.replaces
+
+
 class LedgerWriter:
     """Group commit: many writers, one committing loop. Owned by the node's TaskGroup."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
-        self._queue: deque[tuple[list[Row], asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[list[_Encoded], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self.commits = 0
         self.rows_written = 0
 
     async def write(self, rows: list[Row]) -> None:
-        """Return once `rows` are committed; raise StorageFullError on a full disk."""
+        """Return once `rows` are committed; raise StorageFullError on a full disk.
+
+        Rows are encoded here, before they join a batch: a record that cannot be encoded fails
+        its own writer only, never the others committed with it."""
+        try:
+            encoded = [_encode_row(r) for r in rows]
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise SwarmError(f"cannot encode a ledger record: {exc}") from exc
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, future))
+        self._queue.append((encoded, future))
         self._wake.set()
         await future
 
@@ -106,7 +135,7 @@ class LedgerWriter:
         self._wake.set()
 
     async def _commit_batch(self) -> None:
-        batch: list[tuple[list[Row], asyncio.Future[None]]] = []
+        batch: list[tuple[list[_Encoded], asyncio.Future[None]]] = []
         count = 0
         while self._queue and (not batch or count + len(self._queue[0][0]) <= BATCH_ROWS_MAX):
             item = self._queue.popleft()
@@ -132,23 +161,18 @@ class LedgerWriter:
             if not future.done():
                 future.set_result(None)
 
-    async def _commit(self, rows: list[Row]) -> None:
+    async def _commit(self, rows: list[_Encoded]) -> None:
         await self._conn.executemany(
-            "INSERT OR IGNORE INTO records (origin, generation, seq, kind, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [
-                (r.version.origin, r.version.generation, r.version.seq, KIND_OF[type(r.body)],
-                 encode(r.body))
-                for r in rows
-            ],
-        )  # fmt: skip
-        # Only the newest heartbeat of a node matters; older ones would only grow the file.
-        for r in rows:
-            if KIND_OF[type(r.body)] is Kind.HEARTBEAT:
-                await self._conn.execute(
-                    "DELETE FROM records WHERE origin = ? AND kind = ? AND seq < ?",
-                    (r.version.origin, int(Kind.HEARTBEAT), r.version.seq),
-                )
+            # Only this node's own records are written here: a clash is a bug, never ignored.
+            "INSERT INTO records (origin, generation, seq, kind, body) VALUES (?, ?, ?, ?, ?)",
+            [params for params, _ in rows],
+        )
+        # A superseded record (an older heartbeat) would only grow the file: drop it by its key.
+        gone = [(v.origin, v.generation, v.seq) for _, v in rows if v is not None]
+        if gone:
+            await self._conn.executemany(
+                "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?", gone
+            )
         await self._conn.commit()
 
     async def _rollback(self) -> None:
@@ -176,6 +200,26 @@ def create(path: Path, meta: dict[str, int | str]) -> None:
             "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
         )
     conn.close()
+
+
+async def prune_heartbeats(conn: aiosqlite.Connection, origin: str) -> None:
+    """Keep only the newest stored heartbeat of `origin` (older ones are left by restarts)."""
+    await conn.execute(
+        "DELETE FROM records WHERE origin = ? AND kind = ? AND seq < "
+        "(SELECT MAX(seq) FROM records WHERE origin = ? AND kind = ?)",
+        (origin, int(Kind.HEARTBEAT), origin, int(Kind.HEARTBEAT)),
+    )
+    await conn.commit()
+
+
+def highest_seq(path: Path, origin: str, generation: int) -> int:
+    """The highest seq stored for (origin, generation), whether or not its row decodes."""
+    with _read_only(path) as conn:
+        row = conn.execute(
+            "SELECT MAX(seq) FROM records WHERE origin = ? AND generation = ?",
+            (origin, generation),
+        ).fetchone()
+    return int(row[0] or 0)
 
 
 def read_meta(path: Path) -> dict[str, int | str]:

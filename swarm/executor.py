@@ -154,6 +154,12 @@ class Attempt:
             reason = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
         return self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
 
+    async def reap(self) -> None:
+        """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
+        if self.proc is not None and self.proc.returncode is None:
+            await _wait_exit(self.proc)
+            _kill_group(self.proc.pid, signal.SIGKILL)
+
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
         if self.proc is None or self.proc.returncode is not None or self._stop_outcome is not None:
@@ -214,16 +220,16 @@ class RunDirs:
         work = run_dir / "work"
         try:
             for leftover in ("stdout", "stderr"):
-                if (run_dir / leftover).stat().st_size:  # not taken by the store (e.g. a kill)
-                    (run_dir / leftover).unlink()
+                # Usually moved into the store already; if not (a kill, an error), not reused.
+                with contextlib.suppress(FileNotFoundError):
+                    if (run_dir / leftover).stat().st_size:
+                        (run_dir / leftover).unlink()
             with os.scandir(work) as entries:
                 dirty = any(entries)
             if dirty:
                 shutil.rmtree(work)
                 work.mkdir()
-        except FileNotFoundError:
-            pass  # already gone: nothing left to clean
-        except OSError:
+        except OSError:  # the dir is gone or broken: make a new one next time
             shutil.rmtree(run_dir, ignore_errors=True)
             return
         if len(self._spare) < self.spare_max:

@@ -118,8 +118,12 @@ class ReplicaRecord:
 
 @dataclass(frozen=True, slots=True)
 class CancelRecord:
+    """Cancel one task, or (task_id None) every task of the job submitted up to `stamp`: tasks
+    added to the job later are not cancelled by it."""
+
     job: str
-    task_id: str | None = None  # None cancels the whole job
+    task_id: str | None = None
+    stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +248,7 @@ class Ledger:
         self.tasks: dict[str, TaskView] = {}
         self.jobs: dict[str, list[str]] = {}  # job -> task ids, in the order first seen
         self.job_counts: dict[str, Counter[State]] = {}
-        self.cancelled_jobs: set[str] = set()
+        self.cancelled_jobs: dict[str, int] = {}  # job -> stamp of its latest cancel
         self.heartbeats: dict[str, int] = {}
         self.holders: dict[str, set[str]] = {}  # blob digest -> nodes holding it
         self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
@@ -317,9 +321,9 @@ class Ledger:
             view = self._view(body.task_id)
             view.cancelled = True
             return self._refresh(view)
-        if body.job in self.cancelled_jobs:
+        if body.stamp <= self.cancelled_jobs.get(body.job, -1):
             return []
-        self.cancelled_jobs.add(body.job)
+        self.cancelled_jobs[body.job] = body.stamp
         changes: list[StateChanged] = []
         for task_id in self.jobs.get(body.job, []):
             changes.extend(self._refresh(self.tasks[task_id]))
@@ -333,7 +337,8 @@ class Ledger:
 
     def _refresh(self, view: TaskView) -> list[StateChanged]:
         old = view.state
-        new = derive_state(view, view.job in self.cancelled_jobs)
+        job_cancelled = view.submitted[0] <= self.cancelled_jobs.get(view.job, -1)
+        new = derive_state(view, job_cancelled)
         if new == old:
             return []
         view.state = new
@@ -386,7 +391,7 @@ class Ledger:
             tasks,
             holders,
             tuple(sorted(self.heartbeats.items())),
-            tuple(sorted(self.cancelled_jobs)),
+            tuple(sorted(self.cancelled_jobs.items())),
             tuple(sorted(self.high_seq.items())),
         )
 
@@ -423,7 +428,7 @@ def body_to_plain(body: Body) -> list[Any]:
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
         case CancelRecord():
-            return [Kind.CANCEL, body.job, body.task_id]
+            return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
             return [Kind.RETRY, body.task_id, body.failures, body.interruptions]
     raise AssertionError(f"unknown record body {body!r}")
@@ -460,10 +465,10 @@ def body_from_plain(raw: Any) -> Body:
             case Kind.REPLICA:
                 return ReplicaRecord(_s(f[0]))
             case Kind.CANCEL:
-                return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]))
+                return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
                 return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]))
-    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise BadRecordError(f"malformed record {raw!r:.200}: {exc}") from exc
     raise BadRecordError(f"unknown record kind in {raw!r:.200}")
 

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swarm import db, resources, snapshot
@@ -59,7 +60,7 @@ from swarm.ledger import (
     Version,
 )
 from swarm.policy import PendingQueue
-from swarm.spec import Resources, TaskSpec, task_id
+from swarm.spec import Resources, TaskSpec, name_problem, task_id
 from swarm.statedir import StateDir
 from swarm.store import EMPTY_DIGEST, BlobStore
 
@@ -177,12 +178,13 @@ class Node:
             for problem in bad:
                 log.warning("skipped an unreadable ledger row: %s", problem)
             self.clock = HybridClock(self.ledger.max_stamp)
-            self._seq = self.ledger.high_seq.get((self.node_id, self.generation), 0)
+            self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
                 if view.state is State.PENDING and view.spec is not None:
                     self.queue.push(view.task_id, view.spec, view.submitted[0])
             conn, writer = await db.open_writer(self.state.db_path, self.config.sync)
+            await db.prune_heartbeats(conn, self.node_id)
             await self._serve(writer)
         finally:
             if conn is not None:
@@ -194,6 +196,10 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -203,6 +209,7 @@ class Node:
             self._tg = tg
             writer_task = tg.create_task(writer.run())
             await self._release_stale_claims()
+            self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
@@ -244,17 +251,18 @@ class Node:
 
     # -- writing records --------------------------------------------------------------------
 
-    def _versioned(self, bodies: list[Body]) -> list[db.Row]:
+    def _versioned(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
         rows = []
         for body in bodies:
             self._seq += 1
-            rows.append(db.Row(Version(self.node_id, self.generation, self._seq), body))
+            version = Version(self.node_id, self.generation, self._seq)
+            rows.append(db.Row(version, body, replaces))
         return rows
 
-    async def _append(self, bodies: list[Body]) -> None:
+    async def _append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
         """Commit records, then apply them. Raises StorageFullError with nothing applied."""
         assert self.writer is not None
-        rows = self._versioned(bodies)
+        rows = self._versioned(bodies, replaces)
         await self.writer.write(rows)
         changed = False
         for row in rows:
@@ -264,6 +272,7 @@ class Node:
         if changed:
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
+        return rows
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
@@ -335,13 +344,19 @@ class Node:
                 del self._free_gpus[: view.spec.need.gpus]
                 self._claiming.add(task)
                 self._tg.create_task(self._run_attempt(view, gpu_ids))
+            if len(picks) == self.config.claim_batch_max:
+                self._wake.set()  # the batch was full: more may fit, after a turn of the loop
 
     async def _heartbeat_loop(self) -> None:
+        previous: Version | None = None
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             self._heartbeat += 1
-            with contextlib.suppress(StorageFullError):
-                await self._append([HeartbeatRecord(self._heartbeat)])
+            try:
+                (row,) = await self._append([HeartbeatRecord(self._heartbeat)], previous)
+                previous = row.version
+            except SwarmError as exc:  # a full or failing disk: the next beat tries again
+                log.warning("heartbeat not written: %s", exc)
 
     async def _memory_loop(self) -> None:
         while True:
@@ -358,9 +373,13 @@ class Node:
     # -- one attempt ------------------------------------------------------------------------
 
     async def _run_attempt(self, view: TaskView, gpu_ids: tuple[int, ...]) -> None:
+        """One attempt, start to record. Nothing it raises may reach the TaskGroup: that would
+        stop the whole node and leave every other attempt unrecorded."""
         spec = view.spec
         assert spec is not None
-        run_dir = None
+        run_dir: Path | None = None
+        attempt: Attempt | None = None
+        launch: Launch | None = None
         released = False
 
         def release() -> None:
@@ -384,27 +403,22 @@ class Node:
                 run_dir=run_dir,
                 gpu_ids=gpu_ids,
             )
-            attempt = await self._start(
-                launch, ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-            )
+            claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
+            attempt = await self._start(launch, claim)
             if attempt is None:
                 return
-            timer = None
-            if spec.timeout_s is not None:
-                timer = asyncio.get_running_loop().call_later(
-                    spec.timeout_s,
-                    attempt.stop,
-                    Outcome.TIMEOUT,
-                    f"timed out after {spec.timeout_s:g}s",
-                    self.config.kill_grace_s,
-                )
-            finished = await attempt.finished()
-            if timer is not None:
-                timer.cancel()
+            finished = await self._wait(attempt, spec)
             release()  # the process is gone: the next task may start while this one is recorded
             await self._record(launch, finished)
-        except OSError as exc:  # the run dir could not be made or used: a full or broken disk
-            self._pause_claims(f"cannot prepare a run dir in {self.state.runs}: {exc}")
+        except Exception as exc:
+            if isinstance(exc, OSError) and attempt is None:
+                # The run dir or the attempt's files could not be made: a full or broken disk.
+                self._pause_claims(f"cannot prepare a run dir in {self.state.runs}: {exc}")
+            else:  # a bug: contain it to this task, and say so in its record
+                log.exception("the attempt of %s failed inside swarm", view.name)
+                if attempt is not None and launch is not None:
+                    reason = f"swarm error: {type(exc).__name__}: {exc}"
+                    await self._give_up(attempt, launch, reason)
         finally:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
@@ -415,6 +429,51 @@ class Node:
                 # off the queue when chosen, so it must go back on, or it would wait forever.
                 self.queue.push(view.task_id, spec, view.submitted[0])
             release()
+
+    async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
+        timer = None
+        if spec.timeout_s is not None:
+            timer = asyncio.get_running_loop().call_later(
+                spec.timeout_s,
+                attempt.stop,
+                Outcome.TIMEOUT,
+                f"timed out after {spec.timeout_s:g}s",
+                self.config.kill_grace_s,
+            )
+        try:
+            return await attempt.finished()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _give_up(self, attempt: Attempt, launch: Launch, reason: str) -> None:
+        """Kill what is left of an attempt that swarm itself failed, and record it as failed
+        (if its claim is on disk); if even that fails, the restart will close the claim."""
+        attempt.stop(Outcome.FAILED, reason, grace_s=0.0)
+        with contextlib.suppress(OSError):
+            await attempt.reap()
+        if (launch.epoch, self.node_id) not in self.ledger.tasks[launch.task_id].claims:
+            return
+        now = wall_ms()
+        record = ResultRecord(
+            task_id=launch.task_id,
+            epoch=launch.epoch,
+            attempt=launch.attempt,
+            outcome=Outcome.FAILED,
+            exit_code=None,
+            started_ms=attempt.started_ms,
+            ended_ms=now,
+            wall_s=max(0.0, (now - attempt.started_ms) / 1000),
+            cpu_s=0.0,
+            max_rss_kb=attempt.peak_rss_kb,
+            digest=None,
+            node_capacity=self.capacity,
+            reason=reason,
+        )
+        try:
+            await self._append([record])
+        except SwarmError as exc:
+            log.error("could not record that %s failed: %s", launch.name, exc)
 
     async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:
         """Spawn the process and commit its claim meanwhile; None if the node is stopping or the
@@ -441,14 +500,31 @@ class Node:
         self._claims_paused_until = time.monotonic() + STORAGE_RETRY_S
 
     async def _record(self, launch: Launch, finished: Finished) -> None:
-        """Store the attempt's blobs, then write its RESULT (and REPLICA); retry on a full disk
-        until the node stops (the claim then stays open and the restart re-queues the task)."""
+        """Store the attempt's files, then write its RESULT (and REPLICA). A full disk is waited
+        out (until the node stops: the claim then stays open and the restart re-queues the
+        task); files stored before a failure are not stored again, since they have moved."""
+        stored: dict[str, str] = {}
+        digest: str | None = None
+        reason = finished.reason
+        while digest is None:
+            try:
+                digest, new_manifest = await self._store_outputs(finished, stored)
+            except StorageFullError as exc:
+                self._pause_claims(f"cannot store the result of {launch.name}: {exc}")
+                if self._stop.is_set():
+                    return
+                await asyncio.sleep(STORAGE_RETRY_S)
+            except OSError as exc:  # say, an output file removed under us: the attempt failed
+                finished.outcome = Outcome.FAILED
+                reason = f"cannot store its outputs: {exc}"
+                break
+        bodies: list[Body] = [self._result_record(launch, finished, digest, reason)]
+        if digest is not None and (
+            new_manifest or self.node_id not in self.ledger.holders.get(digest, ())
+        ):
+            bodies.append(ReplicaRecord(digest))
         while True:
             try:
-                digest, new_manifest = await self._store_outputs(finished)
-                bodies: list[Body] = [self._result_record(launch, finished, digest)]
-                if new_manifest or self.node_id not in self.ledger.holders.get(digest, ()):
-                    bodies.append(ReplicaRecord(digest))
                 await self._append(bodies)
                 return
             except SwarmError as exc:
@@ -457,30 +533,34 @@ class Node:
                     return
                 await asyncio.sleep(STORAGE_RETRY_S)
 
-    async def _store_outputs(self, finished: Finished) -> tuple[str, bool]:
+    async def _store_outputs(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
         """Move the attempt's files into the store; return its manifest's digest and whether
         the manifest is new here. Nothing to store (say, a silent task) costs two stats."""
         out_size, err_size = _size(finished.stdout), _size(finished.stderr)
-        if not (finished.outputs or out_size or err_size):
+        if not (finished.outputs or out_size or err_size or stored):
             if self._silent_manifest is None:
                 digest, new = self.store.put_bytes(manifest_bytes(EMPTY_DIGEST, EMPTY_DIGEST, {}))
                 self._silent_manifest = digest
                 return digest, new
             return self._silent_manifest, False
-        return await asyncio.to_thread(self._store_outputs_sync, finished, out_size, err_size)
+        return await asyncio.to_thread(self._store_outputs_sync, finished, stored)
 
-    def _store_outputs_sync(
-        self, finished: Finished, out_size: int, err_size: int
-    ) -> tuple[str, bool]:
-        out = self.store.put_file(finished.stdout, move=True)[0] if out_size else EMPTY_DIGEST
-        err = self.store.put_file(finished.stderr, move=True)[0] if err_size else EMPTY_DIGEST
-        files = {
-            rel: self.store.put_file(path, move=finished.outputs_movable)[0]
-            for rel, path in finished.outputs.items()
+    def _store_outputs_sync(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
+        """`stored` remembers what a previous try already moved into the store."""
+        wanted = {"stdout": (finished.stdout, True), "stderr": (finished.stderr, True)}
+        wanted |= {
+            f"file:{rel}": (p, finished.outputs_movable) for rel, p in finished.outputs.items()
         }
-        return self.store.put_bytes(manifest_bytes(out, err, files))
+        for key, (path, movable) in wanted.items():
+            if key not in stored:
+                empty = key in ("stdout", "stderr") and not _size(path)
+                stored[key] = EMPTY_DIGEST if empty else self.store.put_file(path, move=movable)[0]
+        files = {rel: stored[f"file:{rel}"] for rel in finished.outputs}
+        return self.store.put_bytes(manifest_bytes(stored["stdout"], stored["stderr"], files))
 
-    def _result_record(self, launch: Launch, finished: Finished, digest: str) -> ResultRecord:
+    def _result_record(
+        self, launch: Launch, finished: Finished, digest: str | None, reason: str
+    ) -> ResultRecord:
         return ResultRecord(
             task_id=launch.task_id,
             epoch=launch.epoch,
@@ -494,7 +574,7 @@ class Node:
             max_rss_kb=finished.max_rss_kb,
             digest=digest,
             node_capacity=self.capacity,
-            reason=finished.reason,
+            reason=reason,
         )
 
     # -- control socket ---------------------------------------------------------------------
@@ -547,8 +627,7 @@ class Node:
         raise UserInputError(f"unknown request {op!r}")
 
     async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
-        if not job:
-            raise UserInputError("a submission needs a job name")
+        problem = name_problem(job)
         incoming: list[dict[str, Any]] = []
         while True:
             frame = await read_frame(reader)
@@ -558,6 +637,8 @@ class Node:
                 break
             if len(incoming) <= SUBMIT_TASKS_MAX:  # past the bound, read on but keep nothing
                 incoming.extend(frame.get("tasks", []))
+        if problem is not None:  # checked after the stream is read, so the reply is in step
+            raise UserInputError(f"job name {job!r} {problem}")
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
@@ -587,7 +668,7 @@ class Node:
 
     async def _cancel(self, target: str) -> dict[str, Any]:
         if target in self.ledger.jobs:
-            await self._append([CancelRecord(target)])
+            await self._append([CancelRecord(target, None, self.clock.now(wall_ms()))])
             return {"ok": True, "cancelled": "job", "target": target}
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
@@ -596,7 +677,7 @@ class Node:
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
-        await self._append([CancelRecord(view.job, view.task_id)])
+        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(wall_ms()))])
         return {"ok": True, "cancelled": "task", "target": view.task_id}
 
     async def _retry(self, job: str) -> dict[str, Any]:
@@ -641,10 +722,13 @@ def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
     """A submitted task, its id checked against its content (a client cannot mislabel one)."""
     try:
         spec = TaskSpec.from_wire(raw["spec"])
-        name = str(raw["name"])
+        name = raw["name"]
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"task name {name!r} {problem}")
         explicit = bool(raw.get("explicit_name"))
         expected = task_id(job, spec, name if explicit else None)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise UserInputError(f"malformed task in submission: {exc}") from exc
     if raw.get("task_id") != expected:
         raise UserInputError(f"task {name!r}: its id does not match its content")

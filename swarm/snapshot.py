@@ -9,7 +9,8 @@ Shape (keys are part of the `--json` contract; add, never rename):
      "jobs": [{"job", "total", "pending", "running", "done", "failed", "cancelled",
                "rate_per_s", "eta_s"}],
      "running": [{"task_id", "job", "name", "node", "epoch", "started_ms"}],
-     "infeasible": [task_id, ...]}
+     "infeasible": [task_id, ...],   # the first INFEASIBLE_LISTED_MAX of them
+     "infeasible_count": int}        # pending tasks that fit no live node
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from swarm.spec import Resources
 
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200
+INFEASIBLE_LISTED_MAX = 100  # ids listed; the count says how many there are in all
 
 
 def resources_dict(res: Resources) -> dict[str, Any]:
@@ -43,7 +45,10 @@ def job_row(ledger: Ledger, job: str, now_ms: int, stuck: int = 0) -> dict[str, 
 
 
 def finish_rate(ledger: Ledger, job: str, now_ms: int) -> float:
-    """Tasks finished per second over the last minute (or since the first finish, if sooner)."""
+    """Tasks finished per second over the last minute (or since the first finish, if sooner).
+
+    An observation of this node (from the order in which it saw tasks finish), not replicated
+    state: two nodes may show slightly different rates and ETAs for the same job."""
     samples = ledger.finished_ms.get(job)
     if not samples:
         return 0.0
@@ -99,5 +104,6 @@ def build(
             if job in ledger.job_counts
         ],
         "running": running,
-        "infeasible": infeasible or [],
+        "infeasible": (infeasible or [])[:INFEASIBLE_LISTED_MAX],
+        "infeasible_count": len(infeasible or []),
     }

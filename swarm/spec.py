@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,26 +112,154 @@ class TaskSpec:
         return out
 
     @staticmethod
-    def from_wire(raw: dict[str, Any]) -> TaskSpec:
-        argv = raw.get("argv")
-        timeout = raw.get("timeout")
-        return TaskSpec(
+    def from_wire(raw: Any) -> TaskSpec:
+        """A spec from the database, a peer or a client: checked as strictly as a task file
+        line, since a bad one reaching the executor could take the daemon down. ValueError."""
+        if not isinstance(raw, dict):
+            raise ValueError("a task spec is a map")
+        unknown = set(raw) - _WIRE_KEYS
+        if unknown:
+            raise ValueError(f"unknown spec keys {sorted(unknown)}")
+        argv, timeout, env, requires = (
+            raw.get("argv"),
+            raw.get("timeout"),
+            raw.get("env", {}),
+            raw.get("requires", {}),
+        )
+        if argv is not None and not isinstance(argv, list):
+            raise ValueError("argv: must be a list")
+        if not isinstance(env, dict) or not isinstance(requires, dict):
+            raise ValueError("env and requires must be maps")
+        outputs = raw.get("outputs", [])
+        if not isinstance(outputs, list):
+            raise ValueError("outputs: must be a list")
+        spec = TaskSpec(
             cmd=raw.get("cmd"),
             argv=tuple(argv) if argv is not None else None,
-            need=Resources(float(raw["cpus"]), int(raw["memory"]), int(raw.get("gpus", 0))),
-            priority=int(raw.get("priority", DEFAULT_PRIORITY)),
-            timeout_s=float(timeout) if timeout is not None else None,
-            retries=int(raw.get("retries", DEFAULT_RETRIES)),
-            env=tuple(sorted(raw.get("env", {}).items())),
+            need=Resources(_num(raw["cpus"]), _whole(raw["memory"]), _whole(raw.get("gpus", 0))),
+            priority=_whole(raw.get("priority", DEFAULT_PRIORITY)),
+            timeout_s=_num(timeout) if timeout is not None else None,
+            retries=_whole(raw.get("retries", DEFAULT_RETRIES)),
+            env=tuple(sorted(env.items())),
             cwd=raw.get("cwd"),
-            requires=normalize_requires(raw.get("requires", {})),
-            outputs=tuple(raw.get("outputs", ())),
+            requires=normalize_requires(requires),
+            outputs=tuple(outputs),
         )
+        check(spec)
+        return spec
+
+
+_WIRE_KEYS = frozenset(
+    {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
+     "requires", "outputs"}
+)  # fmt: skip
+CPUS_MAX = 4096.0
+MEMORY_BYTES_MAX = 2**63 - 1
+GPUS_MAX = 1024
+PRIORITY_ABS_MAX = 2**31
+RETRIES_MAX = 1000
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    number = float(value)  # OverflowError for a huge int is a ValueError's cousin: let it say so
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {type(value).__name__}")
+    return value
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _is_label_value(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int | bool)
+
+
+NAME_CHARS_MAX = 200
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a task or a job (it becomes a directory name), or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > NAME_CHARS_MAX:
+        return f"longer than {NAME_CHARS_MAX} characters"
+    if "/" in name or "\x00" in name or name in (".", ".."):
+        return "is used as a directory name: no '/', NUL, '.' or '..'"
+    if not _is_text(name):
+        return "holds a lone surrogate escape, which is not text"
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check(spec: TaskSpec) -> None:
+    """The invariants every spec holds, whatever it came from. ValueError naming the field."""
+    if (spec.cmd is None) == (spec.argv is None):
+        raise ValueError("cmd: exactly one of cmd and argv")
+    if spec.cmd is not None and not (_is_str(spec.cmd) and spec.cmd.strip()):
+        raise ValueError("cmd: must be a non-empty string without NUL")
+    if spec.argv is not None and not (
+        spec.argv and all(_is_str(a) for a in spec.argv) and spec.argv[0]
+    ):
+        raise ValueError("argv: must be a non-empty list of strings without NUL")
+    need = spec.need
+    if not (0 < need.cpus <= CPUS_MAX and math.isfinite(need.cpus)):
+        raise ValueError(f"cpus: must be above 0 and at most {CPUS_MAX:g}")
+    if not 0 < need.memory_bytes <= MEMORY_BYTES_MAX:
+        raise ValueError("memory: must be above 0 and fit in 63 bits")
+    if not 0 <= need.gpus <= GPUS_MAX:
+        raise ValueError(f"gpus: must be between 0 and {GPUS_MAX}")
+    if not -PRIORITY_ABS_MAX <= spec.priority < PRIORITY_ABS_MAX:
+        raise ValueError("priority: out of range")
+    if spec.timeout_s is not None and not (spec.timeout_s > 0 and math.isfinite(spec.timeout_s)):
+        raise ValueError("timeout: must be a number of seconds above 0")
+    if not 0 <= spec.retries <= RETRIES_MAX:
+        raise ValueError(f"retries: must be between 0 and {RETRIES_MAX}")
+    for key, value in spec.env:
+        if not (_is_str(key) and key and "=" not in key and _is_str(value)):
+            raise ValueError(f"env: {key!r} is not a valid variable and string value")
+    if spec.cwd is not None and not (_is_str(spec.cwd) and spec.cwd.startswith("/")):
+        raise ValueError("cwd: must be an absolute path")
+    for key, wanted in spec.requires:
+        values = wanted if isinstance(wanted, tuple) else (wanted,)
+        if not (_is_str(key) and key and values and all(_is_label_value(v) for v in values)):
+            raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+    for pattern in spec.outputs:
+        if not (_is_str(pattern) and pattern) or pattern.startswith("/"):
+            raise ValueError("outputs: must be relative glob patterns")
+        if ".." in pattern.replace("\\", "/").split("/"):
+            raise ValueError("outputs: must not contain '..'")
 
 
 def normalize_requires(raw: dict[str, Any]) -> tuple[tuple[str, LabelValue], ...]:
-    """Sorted pairs, lists as tuples: hashable, and equal for equal meanings."""
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()))
+    """Sorted pairs, lists as tuples: hashable, and equal for equal meanings. A value that is
+    neither a label value nor a list of them raises ValueError (a map would be unhashable)."""
+    pairs = []
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        values = value if isinstance(value, tuple) else (value,)
+        if not isinstance(key, str) or not all(_is_label_value(v) for v in values):
+            raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+        pairs.append((key, value))
+    return tuple(sorted(pairs))
 
 
 def task_id(job: str, spec: TaskSpec, explicit_name: str | None) -> str:

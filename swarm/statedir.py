@@ -11,9 +11,11 @@ Layout (all owner-only):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from swarm import db
 from swarm.errors import ConfigError
 
 SWARM_KEY_BYTES = 32
-SOCKET_PATH_CHARS_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
+SOCKET_PATH_BYTES_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +58,25 @@ class StateDir:
     @property
     def socket_path(self) -> Path:
         path = self.root / "control.sock"
-        if len(str(path)) <= SOCKET_PATH_CHARS_MAX:
+        if len(os.fsencode(path)) <= SOCKET_PATH_BYTES_MAX:
             return path
-        # A deep data dir: the socket goes to a short, per-user, per-dir name in the temp dir.
-        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"swarm-{os.getuid()}-{tag}.sock"
+        # A deep data dir: the socket goes to a short name in a per-user dir of the temp dir,
+        # which `prepare_socket_dir` makes (or checks to be) ours alone.
+        tag = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"swarm-{os.getuid()}" / f"{tag}.sock"
+
+    def prepare_socket_dir(self) -> None:
+        """Make sure the socket's directory exists and nobody else can put anything in it."""
+        folder = self.socket_path.parent
+        if folder == self.root:
+            return
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ConfigError(
+                f"{folder} must be a directory of yours that only you can use (mode 0700)"
+            )
 
     def exists(self) -> bool:
         return self.db_path.exists() and self.identity_path.exists()

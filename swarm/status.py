@@ -122,6 +122,9 @@ def render(
     jobs = _dicts(snapshot.get("jobs"))
     running = _dicts(snapshot.get("running"))
     infeasible = snapshot.get("infeasible") or []
+    infeasible_count = snapshot.get("infeasible_count")
+    if not isinstance(infeasible_count, int):
+        infeasible_count = len(infeasible)
 
     parts: list[RenderableType] = [_header(nodes, jobs), Text()]
     parts += [_nodes_table(nodes), Text()] if nodes else [_note("no live nodes"), Text()]
@@ -134,8 +137,8 @@ def render(
     if running_total:
         rows = max(1, min(running_rows_max, RUNNING_SHOWN_MAX))
         parts += [_running_table(running, running_total, now_ms, rows), Text()]
-    if infeasible:
-        parts.append(_infeasible_line(len(infeasible)))
+    if infeasible_count:
+        parts.append(_infeasible_line(infeasible_count))
     while parts and isinstance(parts[-1], Text) and not parts[-1].plain:
         parts.pop()  # no trailing blank line
     return Group(*parts)

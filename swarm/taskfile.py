@@ -26,6 +26,8 @@ from swarm.spec import (
     LabelValue,
     Resources,
     TaskSpec,
+    check,
+    name_problem,
     normalize_requires,
     task_id,
 )
@@ -34,7 +36,6 @@ KEYS = (
     "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",
     "env", "cwd", "requires", "outputs",
 )  # fmt: skip
-NAME_CHARS_MAX = 200
 CPUS_MAX = 4096.0
 RETRIES_MAX = 1000
 PROBLEMS_MAX = 1000  # stop collecting after this many; the file is rejected anyway
@@ -139,7 +140,11 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
     for key, value in obj.items():
         if isinstance(value, _DuplicateKeys):
             raise _Bad(key, f"{value.duplicate!r} is given twice")
-        if not _is_text(key) or not _is_text(value):
+        try:
+            is_text = _is_text(key) and _is_text(value)
+        except RecursionError as exc:
+            raise _Bad(key, "nested too deeply") from exc
+        if not is_text:
             raise _Bad(key, "holds a lone surrogate escape (\\udXXX), which is not text")
     unknown = sorted(set(obj) - set(KEYS))
     if unknown:
@@ -164,6 +169,11 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
         outputs=_outputs(obj.get("outputs", [])),
     )
     name = _name(obj["name"]) if "name" in obj else None
+    try:
+        check(spec)  # the invariants every spec holds, whatever it came from
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise _Bad(field, message) from exc
     return spec, name
 
 
@@ -225,12 +235,10 @@ def _argv(value: Any) -> tuple[str, ...]:
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Bad("name", "must be a non-empty string")
-    if len(value) > NAME_CHARS_MAX:
-        raise _Bad("name", f"longer than {NAME_CHARS_MAX} characters")
-    if "/" in value or "\x00" in value or value in (".", ".."):
-        raise _Bad("name", "is used as a directory name: no '/', NUL, '.' or '..'")
+    problem = name_problem(value)
+    if problem is not None:
+        raise _Bad("name", problem)
+    assert isinstance(value, str)
     return value
 
 

@@ -204,7 +204,13 @@ def encode(message: list[Any]) -> bytes:
 def decode(body: bytes) -> list[Any]:
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise BadPacket(f"undecodable body: {exc}") from exc
     if not isinstance(message, list) or not message or not isinstance(message[0], int):
         raise BadPacket("a message is a list that starts with its type")

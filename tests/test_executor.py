@@ -666,3 +666,14 @@ def test_outputs_in_a_shared_cwd_are_only_what_this_attempt_wrote(tmp_path: Path
     _, f = run_attempt(launch)
     assert f.outcome is Outcome.OK
     assert sorted(f.outputs) == ["results/new.json"]
+
+
+def test_a_recycled_run_dir_is_clean_even_when_stdout_was_moved_away(tmp_path: Path) -> None:
+    pool = RunDirs(tmp_path / "run", spare_max=1)
+    first = pool.take()
+    (first / "stderr").write_bytes(b"")  # stdout is absent: the store took it
+    (first / "work" / "leftover.txt").write_text("secret of the previous task")
+    pool.give_back(first)
+    again = pool.take()
+    assert again == first
+    assert list((again / "work").iterdir()) == []

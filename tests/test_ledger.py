@@ -155,7 +155,7 @@ def test_done_wins_over_cancel_and_cancel_over_running() -> None:
     a(ClaimRecord("t1", 1, stamp=20))
     a(result("t1", 1, Outcome.OK))
     a(ClaimRecord("t2", 1, stamp=21))
-    a(CancelRecord("job"))
+    a(CancelRecord("job", None, stamp=30))
     assert ledger.tasks["t1"].state is State.DONE
     assert ledger.tasks["t2"].state is State.CANCELLED
     a(result("t2", 1, Outcome.INTERRUPTED))
@@ -223,7 +223,12 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
         ),
         st.builds(HeartbeatRecord, st.integers(0, 5)),
         st.builds(ReplicaRecord, st.sampled_from(["aa" * 32, "bb" * 32])),
-        st.builds(CancelRecord, st.just("job"), st.one_of(st.none(), st.sampled_from(TASKS))),
+        st.builds(
+            CancelRecord,
+            st.just("job"),
+            st.one_of(st.none(), st.sampled_from(TASKS)),
+            st.integers(0, 5),
+        ),
         st.builds(RetryRecord, st.sampled_from(TASKS), st.integers(0, 3), st.integers(0, 3)),
     )
     for _ in range(draw(st.integers(0, 25))):
@@ -347,8 +352,16 @@ def test_cancelling_a_job_leaves_its_failed_tasks_failed_and_retryable() -> None
         a(ClaimRecord("t1", epoch, stamp=epoch))
         a(result("t1", epoch, Outcome.FAILED))
     a(TaskRecord("t2", "job", "two", SPEC, stamp=11))
-    a(CancelRecord("job"))
+    a(CancelRecord("job", None, stamp=12))
     assert ledger.tasks["t1"].state is State.FAILED
     assert ledger.tasks["t2"].state is State.CANCELLED
     a(RetryRecord("t1", failures=2, interruptions=0))
     assert ledger.tasks["t1"].state is State.CANCELLED  # re-queued into a cancelled job: no run
+
+
+def test_a_job_cancel_does_not_reach_tasks_added_after_it() -> None:
+    ledger, a, _ = fresh()  # t1 submitted at stamp 10
+    a(CancelRecord("job", None, stamp=15))
+    a(TaskRecord("t3", "job", "later", SPEC, stamp=20))
+    assert ledger.tasks["t1"].state is State.CANCELLED
+    assert ledger.tasks["t3"].state is State.PENDING

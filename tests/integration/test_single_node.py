@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm import statedir
+from swarm import control, statedir
+from swarm.errors import ControlError
 
 from .conftest import REPO, Cli, Daemon, write_tasks
 
@@ -286,3 +288,40 @@ def test_lines_mode_and_stdin(cli: Cli, tmp_path: Path) -> None:
     assert (tmp_path / "o/1/stdout").read_text() == "its quoted 42\n"
     assert (tmp_path / "o/3/stdout").read_text() == "café"
     assert sorted(os.listdir(tmp_path / "o")) == ["1", "3"]  # the blank line is no task
+
+
+@pytest.mark.parametrize(
+    ("job", "spec"),
+    [
+        ("evil", {"cmd": "true", "cpus": 1.0, "memory": 1, "env": {"A": 1}}),
+        ("evil", {"cmd": "true", "cpus": 1.0, "memory": 1, "outputs": [5]}),
+        ("evil", {"cmd": "true", "cpus": 1.0, "memory": 1, "requires": {"zone": {"x": 1}}}),
+        ("evil", {"cmd": "true", "cpus": -1.0, "memory": 1}),
+        ("evil", {"cmd": "true", "cpus": 1.0, "memory": 2**64 - 1}),
+        ("evil", {"cmd": "true", "cpus": 1.0, "memory": 1, "timeout": float("nan")}),
+        ("../escape", {"cmd": "true", "cpus": 1.0, "memory": 1}),
+    ],
+)
+def test_a_malformed_submission_on_the_socket_is_refused_and_the_daemon_lives(
+    cli: Cli, daemon: Callable[..., Daemon], job: str, spec: dict[str, object]
+) -> None:
+    node = daemon()
+    state = statedir.StateDir(cli.home)
+
+    async def submit() -> str:
+        client = await control.Client.connect(state)
+        try:
+            await client.send({"op": "submit", "job": job})
+            await client.send({"tasks": [{"task_id": "0" * 64, "name": "n", "spec": spec}]})
+            await client.send({"end": True})
+            with pytest.raises(ControlError) as refused:
+                await client.reply()
+            await client.call("ping")  # the same connection still works
+            return str(refused.value)
+        finally:
+            await client.close()
+
+    message = asyncio.run(submit())
+    assert "malformed task" in message or "job name" in message
+    assert node.proc is not None and node.proc.poll() is None
+    assert cli.status()["jobs"] == []
