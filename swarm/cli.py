@@ -304,12 +304,12 @@ async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
     )
     with progress:
         bar = progress.add_task(job, total=None, detail="")
-        wait_ms = 0
+        wait_ms, changes = 0, None
         while True:
             asked = time.monotonic()
-            reply = await client.call("status", jobs=[job], wait_ms=wait_ms)
+            reply = await client.call("status", jobs=[job], wait_ms=wait_ms, changes=changes)
             snap: dict[str, Any] = reply["snapshot"]
-            wait_ms = POLL_WAIT_MS
+            wait_ms, changes = POLL_WAIT_MS, reply.get("changes")
             row = snap["jobs"][0] if snap["jobs"] else None
             if row is not None:
                 finished = row["done"] + row["failed"] + row["cancelled"]

@@ -149,6 +149,7 @@ class Node:
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         self._progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
+        self._changes = 0  # how many times it was set: a client's "changes" says what it saw
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._claims_paused_until = 0.0
@@ -270,6 +271,7 @@ class Node:
                 self._on_state_changed(change)
                 changed = True
         if changed:
+            self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
         return rows
@@ -609,14 +611,16 @@ class Node:
             return await self._submit(str(request.get("job", "")), reader)
         if op == "status":
             jobs = request.get("jobs")
-            wait_ms = request.get("wait_ms")
-            if isinstance(wait_ms, int) and wait_ms > 0:
-                # A long poll: answer at the next change of any task's state, or at the deadline.
+            wait_ms, seen = request.get("wait_ms"), request.get("changes")
+            if isinstance(wait_ms, int) and wait_ms > 0 and seen == self._changes:
+                # A long poll: answer at the next change of any task's state, or at the deadline
+                # (at once if something changed since the client's last snapshot).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._progress.wait(), min(wait_ms, STATUS_WAIT_MS_MAX) / 1000
                     )
-            return {"ok": True, "snapshot": self.snapshot(jobs if isinstance(jobs, list) else None)}
+            snap = self.snapshot(jobs if isinstance(jobs, list) else None)
+            return {"ok": True, "snapshot": snap, "changes": self._changes}
         if op == "cancel":
             return await self._cancel(str(request.get("target", "")))
         if op == "retry":
