@@ -18,6 +18,7 @@ import msgpack
 
 from swarm.errors import ControlError, NotRunningError
 from swarm.statedir import StateDir
+from swarm.wire import unpack
 
 FRAME_BYTES_MAX = 64 << 20
 SUBMIT_CHUNK_TASKS = 5_000
@@ -40,16 +41,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise ControlError("connection closed inside a frame") from exc
-    try:
-        message = msgpack.unpackb(body, raw=False)
-    except (
-        ValueError,
-        TypeError,
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise ControlError(f"undecodable frame: {exc}") from exc
+    message = unpack(body, ControlError, "frame")
     if not isinstance(message, dict):
         raise ControlError("a frame must be a map")
     return message

@@ -30,6 +30,7 @@ import msgpack
 
 from swarm.errors import BadRecordError, StorageFullError, SwarmError
 from swarm.ledger import KIND_OF, Body, Kind, Ledger, Version, body_from_plain, body_to_plain
+from swarm.wire import unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -60,16 +61,7 @@ def encode(body: Body) -> bytes:
 
 
 def decode(blob: bytes) -> Body:
-    try:
-        raw = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (
-        ValueError,
-        TypeError,
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise BadRecordError(f"undecodable record body: {exc}") from exc
+    raw = unpack(blob, BadRecordError, "record body")
     return body_from_plain(raw)
 
 

@@ -406,12 +406,14 @@ class Node:
                 gpu_ids=gpu_ids,
             )
             claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-            attempt = await self._start(launch, claim)
-            if attempt is None:
+            started = self._start(launch, claim)
+            if started is None:
                 return
+            attempt, claimed = started
             finished = await self._wait(attempt, spec)
             release()  # the process is gone: the next task may start while this one is recorded
-            await self._record(launch, finished)
+            if await claimed:  # a result is written only after its claim is on disk
+                await self._record(launch, finished)
         except Exception as exc:
             if isinstance(exc, OSError) and attempt is None:
                 # The run dir or the attempt's files could not be made: a full or broken disk.
@@ -477,25 +479,33 @@ class Node:
         except SwarmError as exc:
             log.error("could not record that %s failed: %s", launch.name, exc)
 
-    async def _start(self, launch: Launch, claim: ClaimRecord) -> Attempt | None:
-        """Spawn the process and commit its claim meanwhile; None if the node is stopping or the
-        claim could not be written (the process is then stopped and nothing is recorded)."""
+    def _start(
+        self, launch: Launch, claim: ClaimRecord
+    ) -> tuple[Attempt, asyncio.Task[bool]] | None:
+        """Spawn the process and commit its claim meanwhile (off the task's critical path: a
+        commit's fsync may take longer than a short task). None if the node is stopping."""
         if self._stop.is_set():
             return None
         attempt = Attempt(launch, self._base_env, self._own_rss_kb)
         self.attempts[launch.task_id] = attempt
         self._claiming.discard(launch.task_id)
+        assert self._tg is not None
+        return attempt, self._tg.create_task(self._commit_claim(attempt, claim))
+
+    async def _commit_claim(self, attempt: Attempt, claim: ClaimRecord) -> bool:
+        """False if the claim could not be written: the attempt is then stopped, and nothing
+        of it will be recorded (the task stays pending)."""
         try:
             await self._append([claim])
-        except SwarmError as exc:
+        except Exception as exc:  # runs in the node's TaskGroup: must never raise
+            if not isinstance(exc, SwarmError):
+                log.exception("writing the claim of %s failed inside swarm", claim.task_id[:12])
             attempt.stop(Outcome.INTERRUPTED, "claim not written", grace_s=0.0)
-            await attempt.finished()
             self._pause_claims(str(exc))
-            return None
-        view = self.ledger.tasks[launch.task_id]
-        if view.state is State.CANCELLED:
+            return False
+        if self.ledger.tasks[claim.task_id].state is State.CANCELLED:
             attempt.stop(Outcome.INTERRUPTED, "cancelled", self.config.kill_grace_s)
-        return attempt
+        return True
 
     def _pause_claims(self, why: str) -> None:
         log.error("not claiming new tasks for %.0fs: %s", STORAGE_RETRY_S, why)

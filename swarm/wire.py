@@ -201,17 +201,22 @@ def encode(message: list[Any]) -> bytes:
     return packed
 
 
-def decode(body: bytes) -> list[Any]:
+def unpack(data: bytes, error: type[SwarmError], what: str) -> Any:
+    """msgpack-decode bytes from outside (peer, disk, socket); anything wrong raises `error`."""
     try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (
-        ValueError,
-        TypeError,
+        ValueError,  # msgpack's own errors derive from it
+        TypeError,  # an unhashable map key
         msgpack.ExtraData,
         msgpack.FormatError,
         msgpack.StackError,
     ) as exc:
-        raise BadPacket(f"undecodable body: {exc}") from exc
+        raise error(f"undecodable {what}: {exc}") from exc
+
+
+def decode(body: bytes) -> list[Any]:
+    message = unpack(body, BadPacket, "body")
     if not isinstance(message, list) or not message or not isinstance(message[0], int):
         raise BadPacket("a message is a list that starts with its type")
     return message
