@@ -10,17 +10,25 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "swarm"
-PURE = ["clock", "ledger", "policy", "spec", "snapshot", "status", "errors", "wire"]
+PURE = ["clock", "ledger", "policy", "spec", "snapshot", "status", "errors", "wire", "gossip"]
 BANNED = {
     "asyncio", "socket", "time", "random", "subprocess", "sqlite3", "aiosqlite", "os",
     "threading", "selectors", "signal", "shutil", "tempfile", "datetime", "asyncio_dgram",
 }  # fmt: skip
 
 
-def imports_of(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def imports_of(module: str, package: Path = PACKAGE) -> set[str]:
+    """Modules imported at run time: an import under `if TYPE_CHECKING:` (a type, such as the
+    injected random.Random) is not counted."""
+    tree = ast.parse((package / f"{module}.py").read_text())
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     names: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -52,3 +60,10 @@ def test_pure_module_imports_no_io(module: str) -> None:
 
 def test_the_check_itself_catches_an_io_module() -> None:
     assert "asyncio" in closure("node")
+
+
+def test_a_type_only_import_is_not_counted(tmp_path: Path) -> None:
+    (tmp_path / "probe.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import random\nimport os\n"
+    )
+    assert imports_of("probe", tmp_path) == {"typing", "os"}

@@ -1,0 +1,655 @@
+"""Membership: SWIM with the Lifeguard refinements, as hashicorp/memberlist does it.
+
+Theory of operation
+-------------------
+Each node probes one member per probe interval (round robin over a shuffled list): a direct ping,
+then, if no ack comes within the probe timeout, indirect pings through `indirect_checks` other
+members, which answer with a nack if they could not reach the target either. A member that does
+not answer by the end of the interval is *suspected*; a suspicion becomes *dead* after a timeout
+that shrinks as independent members confirm it (Lifeguard's dynamic suspicion), unless the member
+refutes it by raising its incarnation number. A node's own health (missed acks and nacks) scales
+its probe timeouts (Lifeguard's local health multiplier), so a slow node does not accuse healthy
+ones. Every change is a rumour (Alive, Suspect, Dead) piggybacked on probes and gossip packets a
+limited number of times (`retransmit_mult * ceil(log10(N+1))`); a newer rumour about a member
+replaces an older one. A full state exchange (push-pull, over a stream) runs at join,
+periodically, and towards dead members now and then, so a healed partition merges again.
+
+Invariants: a member's incarnation never decreases; only the member itself raises it; a
+rumour older (lower incarnation) than what is known changes nothing; a dead or left member comes
+back only with a higher incarnation.
+
+Pure (sans-IO, as aioquic): every entry point takes `now` (seconds, monotonic); randomness comes
+from the injected `random.Random`; packets to send and events pile up in `outbox` and `events` for
+the adapter to take.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import random  # only the type: randomness is injected, never the global generator
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Timers and fanouts; the defaults are memberlist's LAN profile."""
+
+    probe_interval_s: float = 1.0  # one member probed per interval
+    probe_timeout_s: float = 0.5  # wait for a direct ack before asking others
+    indirect_checks: int = 3  # members asked to probe for us
+    suspicion_mult: int = 4  # suspicion timeout = mult * log10(N) * probe interval ...
+    suspicion_max_timeout_mult: int = 6  # ... up to this many times that, few confirmations
+    retransmit_mult: int = 4  # a rumour is sent mult * ceil(log10(N+1)) times
+    gossip_interval_s: float = 0.2
+    gossip_nodes: int = 3  # members a gossip packet goes to
+    gossip_to_the_dead_s: float = 30.0  # dead members still get gossip this long
+    push_pull_interval_s: float = 30.0  # full state exchange with a random member
+    reconnect_interval_s: float = 10.0  # full state exchange attempted with a dead member
+    awareness_max: int = 8  # the local health multiplier goes up to this
+    piggyback_max: int = 8  # rumours carried by one packet
+
+    @staticmethod
+    def lan() -> Config:
+        return Config()
+
+    @staticmethod
+    def test() -> Config:
+        """Ten times faster than LAN, for tests and local clusters."""
+        return Config(
+            probe_interval_s=0.1,
+            probe_timeout_s=0.05,
+            gossip_interval_s=0.02,
+            gossip_to_the_dead_s=3.0,
+            push_pull_interval_s=3.0,
+            reconnect_interval_s=1.0,
+        )
+
+
+class MemberState(enum.StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+GONE = frozenset({MemberState.DEAD, MemberState.LEFT})
+
+
+@dataclass(slots=True)
+class Member:
+    node: str
+    addr: Addr
+    incarnation: int
+    state: MemberState
+    meta: dict[str, Any]
+    changed_at: float
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    node: str
+    incarnation: int
+    addr: Addr
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    node: str
+    incarnation: int
+    accuser: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    node: str
+    incarnation: int
+    accuser: str  # the node itself: it left
+
+
+Rumour = Alive | Suspect | Dead
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+    target: str
+    sender: str
+    sender_addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class IndirectPing:
+    seq: int
+    target: str
+    target_addr: Addr
+    sender: str
+    sender_addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    seq: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Nothing but the piggybacked rumours."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """A full state exchange, sent over a stream; `reply` marks the answer to one."""
+
+    states: tuple[Rumour, ...]
+    sender_addr: Addr
+    reply: bool = False
+
+
+Message = Ping | IndirectPing | Ack | Nack | Gossip | PushPull
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    message: Message
+    rumours: tuple[Rumour, ...] = ()
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSuspected:
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecovered:
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDied:
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    member: str
+
+
+Event = MemberJoined | MemberSuspected | MemberRecovered | MemberDied | MemberLeft
+
+
+# -- the math (table-tested, as memberlist's util.go) -----------------------------------------
+
+
+def suspicion_timeout_s(mult: int, members: int, interval_s: float) -> float:
+    """The least time a suspicion lasts: grows with log10 of the swarm's size."""
+    node_scale = max(1.0, math.log10(max(1.0, members)))
+    return mult * node_scale * interval_s
+
+
+def retransmit_limit(mult: int, members: int) -> int:
+    return mult * math.ceil(math.log10(members + 1))
+
+
+def remaining_suspicion_s(
+    confirmations: int, expected: int, elapsed_s: float, min_s: float, max_s: float
+) -> float:
+    """Lifeguard: the timeout falls from max towards min as independent confirmations come."""
+    if expected <= 0:
+        return min_s - elapsed_s
+    fraction = math.log(confirmations + 1) / math.log(expected + 1)
+    timeout = max(min_s, max_s - fraction * (max_s - min_s))
+    return timeout - elapsed_s
+
+
+# -- internals ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    started: float
+    deadline: float  # the direct timeout, then the end of the interval
+    indirect: bool = False
+    nacks_expected: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    """An indirect ping we make for someone else: ack or nack them by `deadline`."""
+
+    requester: Addr
+    requester_seq: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Suspicion:
+    incarnation: int
+    started: float
+    min_s: float
+    max_s: float
+    expected: int
+    confirmers: set[str] = field(default_factory=set)
+
+    def deadline(self) -> float:
+        remaining = remaining_suspicion_s(
+            len(self.confirmers), self.expected, 0.0, self.min_s, self.max_s
+        )
+        return self.started + remaining
+
+
+@dataclass(slots=True)
+class _Broadcast:
+    rumour: Rumour
+    transmits: int = 0
+
+
+class Membership:
+    """The SWIM state of one node."""
+
+    def __init__(
+        self,
+        node: str,
+        addr: Addr,
+        meta: dict[str, Any],
+        config: Config,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 1,
+    ) -> None:
+        self.node = node
+        self.config = config
+        self.rng = rng
+        self.members: dict[str, Member] = {
+            node: Member(node, addr, incarnation, MemberState.ALIVE, meta, now)
+        }
+        self.outbox: list[tuple[Addr, Packet]] = []
+        self.events: list[Event] = []
+        self.awareness = 0
+        self.leaving = False
+        self._seq = 0
+        self._probes: dict[int, _Probe] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, _Suspicion] = {}
+        self._broadcasts: dict[str, _Broadcast] = {}
+        self._probe_order: list[str] = []
+        self._next_probe = now
+        self._next_gossip = now
+        self._next_push_pull = now + config.push_pull_interval_s
+        self._next_reconnect = now + config.reconnect_interval_s
+        self._queue(Alive(node, incarnation, addr, meta))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def me(self) -> Member:
+        return self.members[self.node]
+
+    def live_members(self) -> list[Member]:
+        return [m for m in self.members.values() if m.state not in GONE]
+
+    def state(self) -> tuple[Rumour, ...]:
+        """Everything known, as rumours: what a push-pull sends."""
+        out: list[Rumour] = []
+        for m in self.members.values():
+            if m.state is MemberState.ALIVE:
+                out.append(Alive(m.node, m.incarnation, m.addr, m.meta))
+            elif m.state is MemberState.SUSPECT:
+                out.append(Suspect(m.node, m.incarnation, self.node))
+            else:
+                accuser = m.node if m.state is MemberState.LEFT else self.node
+                out.append(Dead(m.node, m.incarnation, accuser))
+        return tuple(out)
+
+    def next_deadline(self) -> float:
+        times = [self._next_probe, self._next_gossip, self._next_push_pull, self._next_reconnect]
+        times += [p.deadline for p in self._probes.values()]
+        times += [r.deadline for r in self._relays.values()]
+        times += [s.deadline() for s in self._suspicions.values()]
+        return min(times)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def join(self, now: float, seeds: list[Addr]) -> None:
+        """Ask each seed for a full state exchange."""
+        for addr in seeds:
+            self.outbox.append((addr, Packet(PushPull(self.state(), self.me.addr))))
+
+    def leave(self, now: float) -> None:
+        """A graceful leave: a dead rumour about ourselves, accused by ourselves."""
+        self.leaving = True
+        self._on_dead(now, Dead(self.node, self.me.incarnation, self.node))
+
+    def update_meta(self, now: float, meta: dict[str, Any]) -> None:
+        me = self.me
+        me.meta = meta
+        me.incarnation += 1
+        self._queue(Alive(self.node, me.incarnation, me.addr, meta))
+
+    # -- input -------------------------------------------------------------------------------
+
+    def receive(self, now: float, packet: Packet) -> None:
+        for rumour in packet.rumours:
+            self._on_rumour(now, rumour)
+        match packet.message:
+            case Ping():
+                self._on_ping(packet.message)
+            case IndirectPing():
+                self._on_indirect_ping(now, packet.message)
+            case Ack():
+                self._on_ack(now, packet.message)
+            case Nack():
+                probe = self._probes.get(packet.message.seq)
+                if probe is not None:
+                    probe.nacks += 1
+            case PushPull():
+                self._on_push_pull(now, packet.message)
+            case Gossip():
+                pass
+
+    def tick(self, now: float) -> None:
+        """Run every timer that is due."""
+        for seq, probe in list(self._probes.items()):
+            if probe.deadline <= now:
+                self._probe_timed_out(now, seq, probe)
+        for seq, relay in list(self._relays.items()):
+            if relay.deadline <= now:
+                del self._relays[seq]
+                self._send(relay.requester, Nack(relay.requester_seq, self.node))
+        for node, suspicion in list(self._suspicions.items()):
+            if suspicion.deadline() <= now:
+                del self._suspicions[node]
+                self._on_dead(now, Dead(node, suspicion.incarnation, self.node))
+        if now >= self._next_probe:
+            self._next_probe = now + self.config.probe_interval_s * (self.awareness + 1)
+            self._probe_next(now)
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.config.gossip_interval_s
+            self._gossip(now)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + self.config.push_pull_interval_s
+            self._push_pull_with(self._random_members(1, live=True))
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval_s
+            dead = [m for m in self.members.values() if m.state is MemberState.DEAD]
+            self._push_pull_with(self.rng.sample(dead, 1) if dead else [])
+
+    # -- probing -----------------------------------------------------------------------------
+
+    def _probe_next(self, now: float) -> None:
+        for _ in range(2):  # at most one refill of the order per tick
+            while self._probe_order:
+                target = self.members.get(self._probe_order.pop())
+                if target is not None and target.node != self.node and target.state not in GONE:
+                    self._probe(now, target)
+                    return
+            self._probe_order = [n for n in self.members if n != self.node]
+            self.rng.shuffle(self._probe_order)
+
+    def _probe(self, now: float, target: Member) -> None:
+        self._seq += 1
+        timeout = self.config.probe_timeout_s * (self.awareness + 1)
+        self._probes[self._seq] = _Probe(target.node, now, now + timeout)
+        self._send(target.addr, Ping(self._seq, target.node, self.node, self.me.addr), target)
+
+    def _probe_timed_out(self, now: float, seq: int, probe: _Probe) -> None:
+        target = self.members.get(probe.target)
+        if target is None or target.state in GONE:
+            del self._probes[seq]
+            return
+        if not probe.indirect:
+            helpers = [
+                m
+                for m in self._random_members(self.config.indirect_checks, live=True)
+                if m.node != probe.target
+            ]
+            probe.indirect = True
+            probe.nacks_expected = len(helpers)
+            probe.deadline = probe.started + self.config.probe_interval_s * (self.awareness + 1)
+            for helper in helpers:
+                message = IndirectPing(seq, target.node, target.addr, self.node, self.me.addr)
+                self._send(helper.addr, message)
+            return
+        del self._probes[seq]
+        # Lifeguard: missed nacks mean *we* may be the slow one; so does no helper at all.
+        missed = probe.nacks_expected - probe.nacks if probe.nacks_expected else 1
+        self._adjust_awareness(missed)
+        self._on_suspect(now, Suspect(target.node, target.incarnation, self.node))
+
+    def _on_ping(self, ping: Ping) -> None:
+        if ping.target == self.node:  # a ping for an earlier owner of this address is ignored
+            self._send(ping.sender_addr, Ack(ping.seq, self.node))
+
+    def _on_indirect_ping(self, now: float, request: IndirectPing) -> None:
+        self._seq += 1
+        deadline = now + self.config.probe_timeout_s * (self.awareness + 1)
+        self._relays[self._seq] = _Relay(request.sender_addr, request.seq, deadline)
+        ping = Ping(self._seq, request.target, self.node, self.me.addr)
+        self._send(request.target_addr, ping)
+
+    def _on_ack(self, now: float, ack: Ack) -> None:
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:
+            self._send(relay.requester, Ack(relay.requester_seq, self.node))
+            return
+        probe = self._probes.pop(ack.seq, None)
+        if probe is not None:
+            self._adjust_awareness(-1)
+
+    def _adjust_awareness(self, delta: int) -> None:
+        self.awareness = min(max(self.awareness + delta, 0), self.config.awareness_max - 1)
+
+    # -- rumours -----------------------------------------------------------------------------
+
+    def _on_rumour(self, now: float, rumour: Rumour) -> None:
+        match rumour:
+            case Alive():
+                self._on_alive(now, rumour)
+            case Suspect():
+                self._on_suspect(now, rumour)
+            case Dead():
+                self._on_dead(now, rumour)
+
+    def _on_alive(self, now: float, alive: Alive) -> None:
+        if alive.node == self.node:
+            if alive.incarnation > self.me.incarnation or (
+                alive.incarnation == self.me.incarnation and alive.addr != self.me.addr
+            ):
+                self._refute(alive.incarnation)  # someone speaks for us: outrank them
+            return
+        member = self.members.get(alive.node)
+        if member is None:
+            self.members[alive.node] = Member(
+                alive.node, alive.addr, alive.incarnation, MemberState.ALIVE, alive.meta, now
+            )
+            self.events.append(MemberJoined(alive.node))
+            self._queue(alive)
+            return
+        if alive.incarnation <= member.incarnation:
+            return
+        was = member.state
+        member.incarnation, member.addr, member.meta = alive.incarnation, alive.addr, alive.meta
+        self._suspicions.pop(alive.node, None)
+        if was is not MemberState.ALIVE:
+            member.state, member.changed_at = MemberState.ALIVE, now
+            self.events.append(
+                MemberRecovered(alive.node)
+                if was is MemberState.SUSPECT
+                else MemberJoined(alive.node)
+            )
+        self._queue(alive)
+
+    def _on_suspect(self, now: float, suspect: Suspect) -> None:
+        member = self.members.get(suspect.node)
+        if suspect.node == self.node and suspect.incarnation < self.me.incarnation:
+            self._reassert()  # someone missed our refutation: say it again
+            return
+        if member is None or member.state in GONE:
+            return
+        if suspect.incarnation < member.incarnation:
+            self._correct(member)
+            return
+        if suspect.node == self.node:
+            if not self.leaving:
+                self._refute(suspect.incarnation)
+                self._adjust_awareness(1)  # others cannot hear us well: we may be the problem
+            return
+        if member.state is MemberState.SUSPECT:
+            suspicion = self._suspicions.get(suspect.node)
+            if (
+                suspicion is not None
+                and suspect.accuser != self.node
+                and suspect.accuser not in suspicion.confirmers
+            ):
+                suspicion.confirmers.add(suspect.accuser)
+                self._queue(suspect)  # a new confirmation is news: pass it on
+            return
+        member.state, member.incarnation, member.changed_at = (
+            MemberState.SUSPECT,
+            suspect.incarnation,
+            now,
+        )
+        live = len(self.live_members())
+        min_s = suspicion_timeout_s(self.config.suspicion_mult, live, self.config.probe_interval_s)
+        expected = self.config.suspicion_mult - 2
+        if live - 2 < expected:
+            expected = 0
+        self._suspicions[suspect.node] = _Suspicion(
+            suspect.incarnation,
+            now,
+            min_s,
+            min_s * self.config.suspicion_max_timeout_mult,
+            expected,
+        )
+        self.events.append(MemberSuspected(suspect.node))
+        self._queue(suspect)
+
+    def _on_dead(self, now: float, dead: Dead) -> None:
+        member = self.members.get(dead.node)
+        if dead.node == self.node and dead.incarnation < self.me.incarnation and not self.leaving:
+            self._reassert()
+            return
+        if member is None or member.state in GONE:
+            return
+        if dead.incarnation < member.incarnation:
+            self._correct(member)
+            return
+        if dead.node == self.node and not self.leaving:
+            self._refute(dead.incarnation)
+            return
+        left = dead.accuser == dead.node
+        member.state = MemberState.LEFT if left else MemberState.DEAD
+        member.incarnation, member.changed_at = dead.incarnation, now
+        self._suspicions.pop(dead.node, None)
+        if dead.node != self.node:
+            self.events.append(MemberLeft(dead.node) if left else MemberDied(dead.node))
+        self._queue(dead)
+
+    def _correct(self, member: Member) -> None:
+        """A stale accusation is going round (someone missed a refutation): spread what we know
+        of the member again, so the correction travels where the accusation does."""
+        if member.state is MemberState.ALIVE and member.node not in self._broadcasts:
+            self._queue(Alive(member.node, member.incarnation, member.addr, member.meta))
+
+    def _reassert(self) -> None:
+        """Spread our current Alive again, unless it is still being spread."""
+        if self.node not in self._broadcasts:
+            me = self.me
+            self._queue(Alive(self.node, me.incarnation, me.addr, me.meta))
+
+    def _refute(self, incarnation: int) -> None:
+        me = self.me
+        me.incarnation = max(me.incarnation, incarnation) + 1
+        self._queue(Alive(self.node, me.incarnation, me.addr, me.meta))
+
+    # -- push-pull ---------------------------------------------------------------------------
+
+    def _push_pull_with(self, members: list[Member]) -> None:
+        for member in members:
+            self.outbox.append((member.addr, Packet(PushPull(self.state(), self.me.addr))))
+
+    def _on_push_pull(self, now: float, push: PushPull) -> None:
+        if not push.reply:
+            self.outbox.append(
+                (push.sender_addr, Packet(PushPull(self.state(), self.me.addr, reply=True)))
+            )
+        for rumour in push.states:
+            if isinstance(rumour, Dead) and rumour.accuser != rumour.node:
+                # As memberlist: a dead member in someone's full state is only a suspect to us,
+                # so that it gets the chance to refute (and a healed partition merges).
+                self._on_suspect(now, Suspect(rumour.node, rumour.incarnation, rumour.accuser))
+            else:
+                self._on_rumour(now, rumour)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _queue(self, rumour: Rumour) -> None:
+        """A rumour to spread; it replaces an older one about the same member."""
+        self._broadcasts[rumour.node] = _Broadcast(rumour)
+
+    def _piggyback(self) -> tuple[Rumour, ...]:
+        limit = retransmit_limit(self.config.retransmit_mult, len(self.members))
+        chosen = sorted(self._broadcasts.items(), key=lambda item: item[1].transmits)
+        out = []
+        for node, broadcast in chosen[: self.config.piggyback_max]:
+            out.append(broadcast.rumour)
+            broadcast.transmits += 1
+            if broadcast.transmits >= limit:
+                del self._broadcasts[node]
+        return tuple(out)
+
+    def _send(self, addr: Addr, message: Message, target: Member | None = None) -> None:
+        rumours = self._piggyback()
+        if target is not None and target.state is MemberState.SUSPECT:
+            # Lifeguard's buddy system: tell a suspect it is suspected, so it can refute at once.
+            buddy = Suspect(target.node, target.incarnation, self.node)
+            rumours = (buddy, *(r for r in rumours if r.node != target.node))
+        self.outbox.append((addr, Packet(message, rumours)))
+
+    def _gossip(self, now: float) -> None:
+        if not self._broadcasts:
+            return
+        recent_dead = [
+            m
+            for m in self.members.values()
+            if m.state is MemberState.DEAD and now - m.changed_at < self.config.gossip_to_the_dead_s
+        ]
+        candidates = [m for m in self.live_members() if m.node != self.node] + recent_dead
+        for member in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
+            self._send(member.addr, Gossip())
+            if not self._broadcasts:
+                return
+
+    def _random_members(self, count: int, live: bool) -> list[Member]:
+        pool = [
+            m
+            for m in self.members.values()
+            if m.node != self.node and (m.state is MemberState.ALIVE or not live)
+        ]
+        return self.rng.sample(pool, min(count, len(pool)))
