@@ -24,6 +24,7 @@ it sealed before (see `Sealer`). Pure: no I/O, no clock; the cryptography is com
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from swarm import gossip
 from swarm.errors import SwarmError
 
 VERSION = 1
@@ -220,3 +222,200 @@ def decode(body: bytes) -> list[Any]:
     if not isinstance(message, list) or not message or not isinstance(message[0], int):
         raise BadPacket("a message is a list that starts with its type")
     return message
+
+
+# -- membership packets (gossip.py) ----------------------------------------------------------
+
+
+class MessageType(enum.IntEnum):
+    """Membership message types. Append-only: the numbers are part of the protocol."""
+
+    PING = 1
+    INDIRECT_PING = 2
+    ACK = 3
+    NACK = 4
+    GOSSIP = 5
+    PUSH_PULL = 6
+
+
+class RumourType(enum.IntEnum):
+    """Append-only, as MessageType."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+
+
+NODE_ID_CHARS_MAX = 64
+HOST_CHARS_MAX = 255
+META_KEYS_MAX = 64
+META_TEXT_CHARS_MAX = 256
+PUSH_PULL_STATES_MAX = 100_000
+PACKET_BODY_BYTES_MAX = DATAGRAM_BYTES_MAX - HEADER_BYTES - TAG_BYTES
+
+
+def packet_to_plain(packet: gossip.Packet) -> list[Any]:
+    message = packet.message
+    match message:
+        case gossip.Ping():
+            head = [
+                MessageType.PING,
+                message.seq,
+                message.target,
+                message.sender,
+                list(message.sender_addr),
+            ]
+        case gossip.IndirectPing():
+            head = [
+                MessageType.INDIRECT_PING,
+                message.seq,
+                message.target,
+                list(message.target_addr),
+                message.sender,
+                list(message.sender_addr),
+            ]
+        case gossip.Ack():
+            head = [MessageType.ACK, message.seq, message.sender]
+        case gossip.Nack():
+            head = [MessageType.NACK, message.seq, message.sender]
+        case gossip.Gossip():
+            head = [MessageType.GOSSIP]
+        case gossip.PushPull():
+            states = [_rumour_to_plain(r) for r in message.states]
+            head = [MessageType.PUSH_PULL, states, list(message.sender_addr), message.reply]
+    return [head, [_rumour_to_plain(r) for r in packet.rumours]]
+
+
+def _rumour_to_plain(rumour: gossip.Rumour) -> list[Any]:
+    match rumour:
+        case gossip.Alive():
+            return [
+                RumourType.ALIVE,
+                rumour.node,
+                rumour.incarnation,
+                list(rumour.addr),
+                rumour.meta,
+            ]
+        case gossip.Suspect():
+            return [RumourType.SUSPECT, rumour.node, rumour.incarnation, rumour.accuser]
+        case gossip.Dead():
+            return [RumourType.DEAD, rumour.node, rumour.incarnation, rumour.accuser]
+
+
+def packet_from_plain(raw: Any) -> gossip.Packet:
+    """Inverse of packet_to_plain, checking every field; BadPacket for anything else."""
+    try:
+        head, rumours = raw
+        kind = MessageType(head[0])
+        f = head[1:]
+        message: gossip.Message
+        match kind:
+            case MessageType.PING:
+                _arity(f, 4)
+                message = gossip.Ping(_seq(f[0]), _node(f[1]), _node(f[2]), _addr(f[3]))
+            case MessageType.INDIRECT_PING:
+                _arity(f, 5)
+                message = gossip.IndirectPing(
+                    _seq(f[0]), _node(f[1]), _addr(f[2]), _node(f[3]), _addr(f[4])
+                )
+            case MessageType.ACK:
+                _arity(f, 2)
+                message = gossip.Ack(_seq(f[0]), _node(f[1]))
+            case MessageType.NACK:
+                _arity(f, 2)
+                message = gossip.Nack(_seq(f[0]), _node(f[1]))
+            case MessageType.GOSSIP:
+                _arity(f, 0)
+                message = gossip.Gossip()
+            case MessageType.PUSH_PULL:
+                _arity(f, 3)
+                if not isinstance(f[0], list) or len(f[0]) > PUSH_PULL_STATES_MAX:
+                    raise ValueError("push-pull states must be a bounded list")
+                states = tuple(_rumour_from_plain(r) for r in f[0])
+                message = gossip.PushPull(states, _addr(f[1]), _bool(f[2]))
+        if not isinstance(rumours, list):
+            raise ValueError("rumours must be a list")
+        return gossip.Packet(message, tuple(_rumour_from_plain(r) for r in rumours))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise BadPacket(f"malformed packet: {exc}") from exc
+
+
+def _rumour_from_plain(raw: Any) -> gossip.Rumour:
+    kind = RumourType(raw[0])
+    f = raw[1:]
+    match kind:
+        case RumourType.ALIVE:
+            _arity(f, 4)
+            return gossip.Alive(_node(f[0]), _seq(f[1]), _addr(f[2]), _meta(f[3]))
+        case RumourType.SUSPECT:
+            _arity(f, 3)
+            return gossip.Suspect(_node(f[0]), _seq(f[1]), _node(f[2]))
+        case RumourType.DEAD:
+            _arity(f, 3)
+            return gossip.Dead(_node(f[0]), _seq(f[1]), _node(f[2]))
+
+
+def _arity(fields: Any, count: int) -> None:
+    if not isinstance(fields, list) or len(fields) != count:
+        raise ValueError(f"expected {count} fields")
+
+
+def _seq(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError("expected a counter")
+    return value
+
+
+def _node(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= NODE_ID_CHARS_MAX:
+        raise ValueError("expected a node id")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _addr(value: Any) -> gossip.Addr:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError("expected [host, port]")
+    host, port = value
+    if not isinstance(host, str) or not 0 < len(host) <= HOST_CHARS_MAX:
+        raise ValueError("expected a host")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError("expected a port")
+    return (host, port)
+
+
+def _meta(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or len(value) > META_KEYS_MAX:
+        raise ValueError("meta must be a small map")
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > META_TEXT_CHARS_MAX:
+            raise ValueError("meta keys must be short strings")
+        if isinstance(item, str) and len(item) > META_TEXT_CHARS_MAX:
+            raise ValueError("meta values must be short")
+        if not isinstance(item, str | int | float | bool | dict):
+            raise ValueError("meta values must be scalars or maps of them")
+        if isinstance(item, dict):
+            _meta(item)
+    return value
+
+
+def encode_datagram(packet: gossip.Packet, limit: int = PACKET_BODY_BYTES_MAX) -> tuple[bytes, int]:
+    """The packet's body, with as many of its rumours as fit in `limit` bytes (the rest are
+    left out: they are sent again later anyway). Returns the body and how many rumours it has."""
+    plain = packet_to_plain(packet)
+    kept = len(packet.rumours)
+    body = encode(plain)
+    while len(body) > limit and kept > 0:
+        kept -= 1
+        plain[1] = plain[1][:kept]
+        body = encode(plain)
+    return body, kept
+
+
+def decode_packet(body: bytes) -> gossip.Packet:
+    return packet_from_plain(unpack(body, BadPacket, "packet"))

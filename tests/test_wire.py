@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarm import gossip
 from swarm.wire import (
     DATAGRAM_BYTES_MAX,
     HEADER_BYTES,
@@ -18,7 +20,9 @@ from swarm.wire import (
     Opener,
     Sealer,
     decode,
+    decode_packet,
     encode,
+    encode_datagram,
     key_id,
 )
 
@@ -201,3 +205,71 @@ def test_decode_never_raises_anything_but_bad_packet(junk: bytes) -> None:
     except BadPacket:
         return
     assert isinstance(message, list) and isinstance(message[0], int)
+
+
+# -- membership packets ----------------------------------------------------------------------
+
+nodes = st.text(min_size=1, max_size=16)
+addrs = st.tuples(st.text(min_size=1, max_size=20), st.integers(1, 65535))
+counters = st.integers(0, 2**63 - 1)
+metas = st.dictionaries(
+    st.text(max_size=10), st.one_of(st.integers(-(2**31), 2**31), st.text(max_size=10)), max_size=5
+)
+rumours = st.one_of(
+    st.builds(gossip.Alive, nodes, counters, addrs, metas),
+    st.builds(gossip.Suspect, nodes, counters, nodes),
+    st.builds(gossip.Dead, nodes, counters, nodes),
+)
+messages = st.one_of(
+    st.builds(gossip.Ping, counters, nodes, nodes, addrs),
+    st.builds(gossip.IndirectPing, counters, nodes, addrs, nodes, addrs),
+    st.builds(gossip.Ack, counters, nodes),
+    st.builds(gossip.Nack, counters, nodes),
+    st.just(gossip.Gossip()),
+    st.builds(gossip.PushPull, st.lists(rumours, max_size=5).map(tuple), addrs, st.booleans()),
+)
+packets = st.builds(gossip.Packet, messages, st.lists(rumours, max_size=6).map(tuple))
+
+
+@settings(max_examples=300, deadline=None)
+@given(packets)
+def test_membership_packets_round_trip(packet: gossip.Packet) -> None:
+    body, kept = encode_datagram(packet, limit=10**9)
+    assert kept == len(packet.rumours)
+    assert decode_packet(body) == packet
+
+
+@settings(max_examples=100, deadline=None)
+@given(packets)
+def test_a_datagram_sheds_rumours_to_fit(packet: gossip.Packet) -> None:
+    body, kept = encode_datagram(packet, limit=120)
+    decoded = decode_packet(body)
+    assert decoded.message == packet.message
+    assert decoded.rumours == packet.rumours[:kept]
+    assert len(body) <= 120 or kept == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        [[99], []],
+        [[1, 1, "a", "b"], []],  # a ping without the sender's address
+        [[1, -1, "a", "b", ["h", 1]], []],  # negative counter
+        [[1, 1, "a", "b", ["h", 70000]], []],  # no such port
+        [[1, 1, "", "b", ["h", 1]], []],  # empty node id
+        [[3, 1, "a"], [[9, "x"]]],  # unknown rumour type
+        [[3, 1, "a"], [[1, "x", 1, ["h", 1], {"k": [1, 2]}]]],  # meta value of the wrong kind
+        [[6, "not a list", ["h", 1], False], []],
+        [[5], "not a list"],
+    ],
+)
+def test_malformed_membership_packets_are_bad_packets(raw: object) -> None:
+    with pytest.raises(BadPacket):
+        decode_packet(encode(raw))  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=300))
+def test_decode_packet_never_raises_anything_but_bad_packet(junk: bytes) -> None:
+    with contextlib.suppress(BadPacket):
+        decode_packet(junk)
