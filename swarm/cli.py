@@ -20,12 +20,13 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from swarm import control, db, export, resources, snapshot, statedir, status, taskfile
+from swarm import control, db, export, gossip, resources, snapshot, statedir, status, taskfile
 from swarm.control import Client
 from swarm.errors import NotRunningError, SwarmError, UserInputError
 from swarm.ledger import State
-from swarm.node import Node, NodeConfig, lock_held, wall_ms
+from swarm.node import DEFAULT_PORT, Node, NodeConfig, lock_held, parse_addr, wall_ms
 from swarm.policy import why_infeasible
 from swarm.spec import NO_RESOURCES, Resources, name_problem
 from swarm.store import BlobStore
@@ -96,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--label", action="append", default=[], metavar="K=V", help="a node label (repeatable)"
     )
     node_opts.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        help=f"gossip with other nodes on this address (UDP and TCP; port {DEFAULT_PORT} if left out)",
+    )
+    node_opts.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="PEER",
+        help="join the swarm through this member's HOST:PORT (repeatable; needs --bind)",
+    )
+    node_opts.add_argument(
+        "--profile",
+        choices=("lan", "test"),
+        default="lan",
+        help="gossip timers: lan (memberlist's defaults) or test (ten times faster)",
+    )
+    node_opts.add_argument(
         "--sync",
         choices=db.SYNC_MODES,
         default="full",
@@ -160,14 +179,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("stop", "stop the local daemon (running attempts are interrupted and re-queued)")
     p.set_defaults(func=cmd_stop)
+
+    p = add("leave", "leave the swarm now and stop (other members see it as left, not dead)")
+    p.set_defaults(func=cmd_stop)
+
+    p = add("join", "tell the running daemon to join the swarm at PEER", node_opts)
+    p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
+    p.set_defaults(func=cmd_join)
+
+    p = add("members", "list the swarm's members as this node sees them")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p.set_defaults(func=cmd_members)
     return parser
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
     labels = dict(resources.parse_label(text) for text in args.label)
     memory = resources.parse_size(args.memory, field="--memory") if args.memory else None
+    joins = tuple(parse_addr(peer) for peer in args.join)
+    bind = parse_addr(args.bind) if args.bind else None
+    if joins and bind is None:
+        bind = ("0.0.0.0", DEFAULT_PORT)
+    if bind is not None and bind[0] in ("0.0.0.0", "::"):
+        raise UserInputError(
+            "--bind needs the address other nodes reach this one at, such as 10.0.0.5:7946"
+        )
+    profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
     return NodeConfig(
-        cpus=args.cpus, memory_bytes=memory, gpus=args.gpus, labels=labels, sync=args.sync
+        cpus=args.cpus,
+        memory_bytes=memory,
+        gpus=args.gpus,
+        labels=labels,
+        sync=args.sync,
+        bind=bind,
+        join=joins,
+        gossip=profile,
     )
 
 
@@ -390,7 +436,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     out.print(f"state dir {word} {state.root}")
     out.print(f"node id:   {statedir.node_id(state)}")
     out.print(f"swarm key: {state.swarm_key_path} (secret: whoever holds it can run commands here)")
-    out.print("start the daemon with `swarm start`, or run a task file with `swarm run FILE`")
+    out.print("run a task file here with `swarm run FILE`, or start this node's daemon:")
+    out.print(f"  swarm start --bind THIS_HOST:{DEFAULT_PORT}")
+    out.print("and on each other machine, with this swarm.key copied over:")
+    out.print(f"  swarm init --key-file swarm.key && swarm join THIS_HOST:{DEFAULT_PORT} --bind ITS_HOST:{DEFAULT_PORT}")
     return 0
 
 
@@ -547,6 +596,41 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     reply = _call(args, "retry", job=args.job)
     out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Join through the running daemon; with none running, start one in the foreground, joined."""
+    state = statedir.resolve(args.data_dir)
+    if asyncio.run(control.is_running(state)):
+        _call(args, "join", peers=args.peer)
+        out.print(f"joining the swarm through {', '.join(args.peer)}")
+        return 0
+    args.join = list(args.join) + list(args.peer)
+    return cmd_start(args)
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    reply = _call(args, "members")
+    if args.json:
+        out.print_json(json.dumps({"members": reply["members"], "net": reply["net"]}))
+        return 0
+    table = Table(box=None, header_style="bold dim", pad_edge=False)
+    for column in ("id", "address", "state", "incarnation", "cpus", "memory", "labels"):
+        table.add_column(column)
+    for m in reply["members"]:
+        capacity = m.get("capacity", {})
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(m.get("labels", {}).items()))
+        table.add_row(
+            str(m["id"])[:8],
+            str(m.get("address", "")),
+            str(m["state"]),
+            str(m.get("incarnation", "")),
+            f"{capacity.get('cpus', '')}",
+            status.format_bytes(int(capacity.get("memory_bytes", 0))),
+            labels,
+        )
+    out.print(table)
     return 0
 
 

@@ -24,12 +24,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swarm import db, resources, snapshot
+from swarm import db, gossip, net, resources, snapshot, statedir, wire
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
 from swarm.errors import ControlError, StorageFullError, SwarmError, UserInputError
@@ -70,7 +71,8 @@ SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for 
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 MEMORY_SAMPLE_S = 0.5
-STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change  # how often running attempts' memory is read from /proc
+STATUS_WAIT_MS_MAX = 10_000
+LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close  # longest a status long poll may wait for a change  # how often running attempts' memory is read from /proc
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +82,33 @@ class NodeConfig:
     gpus: int | None = None
     labels: dict[str, str | int | float] = field(default_factory=dict)
     sync: str = "full"  # SQLite synchronous mode; see db.py
+    bind: tuple[str, int] | None = None  # the gossip address; None: a single node, no network
+    join: tuple[tuple[str, int], ...] = ()  # members to join at start
+    gossip: gossip.Config = field(default_factory=gossip.Config.lan)
     heartbeat_interval_s: float = 1.0
     claim_batch_max: int = 256  # claims made in one scheduler pass
     kill_grace_s: float = KILL_GRACE_S
 
 
+DEFAULT_PORT = 7946
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """HOST:PORT (or HOST, on the default port) as a (host, port) pair; UserInputError if not."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(default_port)
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not host or not 0 < port < 65536:
+        raise UserInputError(f"{text!r} is not HOST:PORT")
+    return host, port
 
 
 class _Lock:
@@ -157,6 +179,8 @@ class Node:
         self._own_rss_kb = resources.own_peak_rss_kb()
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
+        self.membership: gossip.Membership | None = None
+        self.net: net.GossipNet | None = None
         self.generation = 0
         self._seq = 0
         self._heartbeat = 0
@@ -225,6 +249,8 @@ class Node:
                 tg.create_task(self._heartbeat_loop()),
                 tg.create_task(self._memory_loop()),
             ]
+            if self.config.bind is not None:
+                loops += await self._start_gossip(tg, self.config.bind)
             self._own_rss_kb = resources.own_peak_rss_kb()  # after loading: close to its peak
             self._ready.set()
             self._wake.set()
@@ -238,6 +264,7 @@ class Node:
             )
             await self._stop.wait()
             log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
+            await self._leave_swarm()
             server.close()
             for client in list(self._clients):
                 client.close()
@@ -249,6 +276,72 @@ class Node:
                 await asyncio.sleep(0.01)
             writer.close()
             await writer_task
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def _start_gossip(
+        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
+    ) -> list[asyncio.Task[None]]:
+        ring = wire.KeyRing.of(statedir.read_swarm_key(self.state.swarm_key_path))
+        sender = bytes.fromhex(self.node_id)
+        # Counters must never repeat for this sender, across restarts too: start at the clock.
+        sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
+        self.membership = gossip.Membership(
+            self.node_id, bind, self._meta(), self.config.gossip, random.Random(), time.monotonic()
+        )
+        self.net = net.GossipNet(self.membership, bind, sealer, wire.Opener(ring), self._on_members)
+        loops = await self.net.start(tg)
+        if self.config.join:
+            self.join(list(self.config.join))
+        log.info("gossip on %s:%d", *bind)
+        return loops
+
+    def _meta(self) -> dict[str, Any]:
+        """What other members learn of this node with its Alive rumour."""
+        return {
+            "capacity": snapshot.resources_dict(self.capacity),
+            "labels": dict(self.labels),
+        }
+
+    def join(self, peers: list[tuple[str, int]]) -> None:
+        if self.membership is None or self.net is None:
+            raise UserInputError("this node has no gossip address: start it with --bind HOST:PORT")
+        self.membership.join(time.monotonic(), peers)
+        self.net.poke()
+
+    def _on_members(self, events: list[gossip.Event]) -> None:
+        for event in events:
+            log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
+
+    async def _leave_swarm(self) -> None:
+        """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
+        if self.membership is None or self.net is None:
+            return
+        self.membership.leave(time.monotonic())
+        self.net.poke()
+        await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * self.config.gossip.gossip_interval_s))
+        self.net.close()
+
+    def members(self) -> list[dict[str, Any]]:
+        if self.membership is None:
+            return [self.node_info()]
+        out = []
+        for m in self.membership.members.values():
+            if m.node == self.node_id:
+                out.append({**self.node_info(), "address": f"{m.addr[0]}:{m.addr[1]}"})
+                continue
+            out.append(
+                {
+                    "id": m.node,
+                    "state": str(m.state),
+                    "address": f"{m.addr[0]}:{m.addr[1]}",
+                    "incarnation": m.incarnation,
+                    "labels": m.meta.get("labels", {}),
+                    "capacity": m.meta.get("capacity", {}),
+                    "last_change_s": round(time.monotonic() - m.changed_at, 1),
+                }
+            )
+        return sorted(out, key=lambda member: str(member["id"]))
 
     # -- writing records --------------------------------------------------------------------
 
@@ -635,6 +728,23 @@ class Node:
             return await self._cancel(str(request.get("target", "")))
         if op == "retry":
             return await self._retry(str(request.get("job", "")))
+        if op == "members":
+            stats = {}
+            if self.net is not None:
+                stats = {
+                    "dropped": self.net.dropped,
+                    "sent": self.net.sent,
+                    "received": self.net.received,
+                    "bytes_sent": self.net.bytes_sent,
+                    "bytes_received": self.net.bytes_received,
+                }
+            return {"ok": True, "members": self.members(), "net": stats}
+        if op == "join":
+            peers = request.get("peers")
+            if not isinstance(peers, list) or not peers:
+                raise UserInputError("join needs at least one HOST:PORT")
+            self.join([parse_addr(str(p)) for p in peers])
+            return {"ok": True}
         if op == "shutdown":
             self.stop()
             return {"ok": True}
@@ -729,7 +839,7 @@ class Node:
         infeasible = self.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
-        return snapshot.build(self.ledger, wall_ms(), [self.node_info()], jobs, infeasible)
+        return snapshot.build(self.ledger, wall_ms(), self.members(), jobs, infeasible)
 
 
 def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:

@@ -1,0 +1,211 @@
+"""Membership on real sockets: the asyncio side of gossip.py.
+
+Theory of operation: one UDP socket carries probes, acks and rumours; one TCP listener on the
+same port takes full state exchanges (push-pull), one sealed frame each way per connection. Every
+datagram and frame is sealed (wire.Sealer) and opened (wire.Opener) here, so nothing that fails to
+authenticate or decode reaches the core: it is counted in `dropped` and forgotten. The core is
+driven by a receive loop and one re-armed timer; after each input its outbox is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable
+
+import asyncio_dgram
+
+from swarm import gossip, wire
+
+log = logging.getLogger("swarm.net")
+
+PUSH_PULL_TIMEOUT_S = 5.0  # one whole exchange over TCP
+PUSH_PULLS_MAX = 8  # exchanges in flight at once; more are skipped (they are periodic anyway)
+SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are dropped (and counted)
+_LENGTH = struct.Struct(">I")
+
+
+class GossipNet:
+    def __init__(
+        self,
+        membership: gossip.Membership,
+        bind: gossip.Addr,
+        sealer: wire.Sealer,
+        opener: wire.Opener,
+        on_events: Callable[[list[gossip.Event]], None],
+    ) -> None:
+        self.membership = membership
+        self.bind = bind
+        self.sealer = sealer
+        self.opener = opener
+        self.on_events = on_events
+        self.dropped = 0  # packets that failed to open or decode
+        self.sent = 0
+        self.received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._wake = asyncio.Event()
+        self._outgoing: asyncio.Queue[tuple[bytes, gossip.Addr]] = asyncio.Queue(SEND_QUEUE_MAX)
+        self.send_dropped = 0
+        self._push_pulls = 0
+        self._tg: asyncio.TaskGroup | None = None
+        self._udp: asyncio_dgram.aio.DatagramServer | None = None
+        self._tcp: asyncio.Server | None = None
+
+    async def start(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """Bind both sockets and start the loops; returns the loops, for the owner to cancel."""
+        self._tg = tg
+        self._udp = await asyncio_dgram.bind(self.bind)
+        self._tcp = await asyncio.start_server(
+            self._on_stream, self.bind[0], self.bind[1], reuse_address=True
+        )
+        return [
+            tg.create_task(self._receive_loop()),
+            tg.create_task(self._timer_loop()),
+            tg.create_task(self._send_loop()),
+        ]
+
+    def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+
+    def poke(self) -> None:
+        """Something changed outside (a join, a leave): flush and re-arm the timer."""
+        self._flush()
+        self._wake.set()
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._udp is not None
+        while True:
+            try:
+                data, _ = await self._udp.recv()
+            except asyncio_dgram.TransportClosed:
+                return
+            self.received += 1
+            self.bytes_received += len(data)
+            packet = self._open(data, wire.DATAGRAM_BYTES_MAX)
+            if packet is not None:
+                self.membership.receive(time.monotonic(), packet)
+                self._flush()
+                self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            delay = self.membership.next_deadline() - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            self.membership.tick(time.monotonic())
+            self._flush()
+
+    async def _send_loop(self) -> None:
+        assert self._udp is not None
+        while True:
+            data, addr = await self._outgoing.get()
+            # Unreachable now: probing will find out.
+            with contextlib.suppress(OSError, asyncio_dgram.TransportClosed):
+                await self._udp.send(data, addr)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        outbox, self.membership.outbox = self.membership.outbox, []
+        for addr, packet in outbox:
+            if isinstance(packet.message, gossip.PushPull):
+                self._start_push_pull(addr, packet)
+                continue
+            body, _ = wire.encode_datagram(packet)
+            data = self.sealer.seal(body)
+            try:
+                self._outgoing.put_nowait((data, addr))
+            except asyncio.QueueFull:
+                self.send_dropped += 1
+                continue
+            self.sent += 1
+            self.bytes_sent += len(data)
+        events, self.membership.events = self.membership.events, []
+        if events:
+            self.on_events(events)
+
+    def _start_push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
+        if self._push_pulls >= PUSH_PULLS_MAX or self._tg is None:
+            return
+        self._push_pulls += 1
+        self._tg.create_task(self._push_pull(addr, packet))
+
+    async def _push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
+        try:
+            async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                try:
+                    await self._write_frame(writer, packet)
+                    reply = await self._read_frame(reader)
+                finally:
+                    writer.close()
+            if reply is not None and isinstance(reply.message, gossip.PushPull):
+                self.membership.receive(time.monotonic(), reply)
+                self._flush()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.debug("push-pull with %s:%d failed: %s", addr[0], addr[1], exc)
+        finally:
+            self._push_pulls -= 1
+
+    async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
+                packet = await self._read_frame(reader)
+                if packet is None or not isinstance(packet.message, gossip.PushPull):
+                    return
+                self.membership.receive(time.monotonic(), packet)
+                # The core addressed its reply to the sender; it goes back on this stream.
+                reply = next(
+                    (
+                        p
+                        for a, p in self.membership.outbox
+                        if isinstance(p.message, gossip.PushPull) and p.message.reply
+                    ),
+                    None,
+                )
+                if reply is not None:
+                    self.membership.outbox.remove((packet.message.sender_addr, reply))
+                    await self._write_frame(writer, reply)
+                self._flush()
+                self._wake.set()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.debug("a push-pull stream failed: %s", exc)
+        finally:
+            writer.close()
+
+    async def _write_frame(self, writer: asyncio.StreamWriter, packet: gossip.Packet) -> None:
+        data = self.sealer.seal(wire.encode(wire.packet_to_plain(packet)))
+        writer.write(_LENGTH.pack(len(data)) + data)
+        self.sent += 1
+        self.bytes_sent += len(data) + _LENGTH.size
+        await writer.drain()
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> gossip.Packet | None:
+        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+        if length > wire.FRAME_BYTES_MAX:
+            self.dropped += 1
+            return None
+        data = await reader.readexactly(length)
+        self.received += 1
+        self.bytes_received += length + _LENGTH.size
+        return self._open(data, wire.FRAME_BYTES_MAX)
+
+    def _open(self, data: bytes, size_max: int) -> gossip.Packet | None:
+        try:
+            _, body = self.opener.open(data, size_max)
+            return wire.decode_packet(body)
+        except wire.BadPacket as exc:
+            self.dropped += 1
+            log.debug("dropped a packet: %s", exc)
+            return None

@@ -1,0 +1,123 @@
+"""Several real daemons on 127.0.0.1 form one swarm: membership over real UDP and TCP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Cli, Daemon
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no free port")
+
+
+class Swarm:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.nodes: list[tuple[Cli, Daemon, int]] = []
+
+    def start(
+        self, i: int, join: int | None = None, key_from: int | None = 0
+    ) -> tuple[Cli, Daemon]:
+        work = self.tmp_path / f"work{i}"
+        work.mkdir(exist_ok=True)
+        cli = Cli(home=self.tmp_path / f"home{i}", cwd=work)
+        if key_from is not None and self.nodes:
+            cli.ok("init", "--key-file", str(self.nodes[key_from][0].home / "swarm.key"))
+        port = free_port()
+        args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", "1"]
+        if join is not None:
+            args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
+        daemon = Daemon(cli, tuple(args)).start()
+        self.nodes.append((cli, daemon, port))
+        return cli, daemon
+
+    def members(self, i: int) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(self.nodes[i][0].ok("members", "--json").stdout)
+        return reply
+
+    def states(self, i: int) -> dict[str, str]:
+        return {m["id"]: m["state"] for m in self.members(i)["members"]}
+
+    def node_id(self, i: int) -> str:
+        own = [m for m in self.members(i)["members"] if m.get("pid")]
+        return str(own[0]["id"])
+
+    def stop_all(self) -> None:
+        for _, daemon, _ in self.nodes:
+            daemon.stop()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Any:
+    s = Swarm(tmp_path)
+    yield s
+    s.stop_all()
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_three_daemons_form_a_swarm_and_a_killed_one_is_declared_dead(swarm: Swarm) -> None:
+    swarm.start(0)
+    swarm.start(1, join=0)
+    swarm.start(2, join=0)
+    ids = [swarm.node_id(i) for i in range(3)]
+    for i in range(3):
+        wait_for(
+            f"node {i} to see all three", lambda i=i: swarm.states(i) == dict.fromkeys(ids, "alive")
+        )
+    swarm.nodes[2][1].kill(signal.SIGKILL)
+    for i in range(2):
+        wait_for(
+            f"node {i} to declare the killed node dead",
+            lambda i=i: swarm.states(i).get(ids[2]) == "dead",
+        )
+    status = json.loads(swarm.nodes[0][0].ok("status", "--json").stdout)
+    assert {n["id"] for n in status["nodes"]} == set(ids)  # status shows every member
+
+
+def test_a_stopped_node_is_seen_as_left(swarm: Swarm) -> None:
+    swarm.start(0)
+    swarm.start(1, join=0)
+    ids = [swarm.node_id(i) for i in range(2)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    swarm.nodes[1][0].ok("leave")
+    wait_for("the leave to be seen", lambda: swarm.states(0).get(ids[1]) == "left")
+
+
+def test_a_node_with_the_wrong_key_never_joins_and_its_packets_are_dropped(
+    swarm: Swarm,
+) -> None:
+    swarm.start(0)
+    swarm.start(1, join=0, key_from=None)  # a swarm key of its own
+    time.sleep(2)
+    assert len(swarm.states(0)) == 1
+    assert len(swarm.states(1)) == 1
+    assert swarm.members(0)["net"]["dropped"] > 0
