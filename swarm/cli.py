@@ -439,7 +439,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     out.print("run a task file here with `swarm run FILE`, or start this node's daemon:")
     out.print(f"  swarm start --bind THIS_HOST:{DEFAULT_PORT}")
     out.print("and on each other machine, with this swarm.key copied over:")
-    out.print(f"  swarm init --key-file swarm.key && swarm join THIS_HOST:{DEFAULT_PORT} --bind ITS_HOST:{DEFAULT_PORT}")
+    out.print(
+        f"  swarm init --key-file swarm.key && swarm join THIS_HOST:{DEFAULT_PORT} --bind ITS_HOST:{DEFAULT_PORT}"
+    )
     return 0
 
 

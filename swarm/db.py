@@ -52,7 +52,9 @@ SYNC_MODES = ("full", "normal")
 class Row:
     version: Version
     body: Body
-    replaces: Version | None = None  # an older record of the writer's that this one supersedes
+    replaces: Version | None = None  # an older record (a heartbeat) that this one supersedes
+    raw: bytes | None = None  # the body as a peer sent it (already checked): stored as it came
+    remote: bool = False  # another node's record: a copy we hold may already be stored
 
 
 def encode(body: Body) -> bytes:
@@ -72,18 +74,15 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 # A row ready for SQLite: (origin, generation, seq, kind, body), and the version it replaces.
-_Encoded = tuple[tuple[str, int, int, int, bytes], Version | None]
+_Encoded = tuple[tuple[str, int, int, int, bytes], Version | None, bool]
 
 
 def _encode_row(row: Row) -> _Encoded:
+    """A row for SQLite: its columns, the version it replaces, and whether it is a peer's."""
     v = row.version
-    return (
-        v.origin,
-        v.generation,
-        v.seq,
-        int(KIND_OF[type(row.body)]),
-        encode(row.body),
-    ), row.replaces
+    body = row.raw if row.raw is not None else encode(row.body)
+    columns = (v.origin, v.generation, v.seq, int(KIND_OF[type(row.body)]), body)
+    return columns, row.replaces, row.remote
 
 
 class LedgerWriter:
@@ -154,13 +153,23 @@ class LedgerWriter:
                 future.set_result(None)
 
     async def _commit(self, rows: list[_Encoded]) -> None:
-        await self._conn.executemany(
-            # Only this node's own records are written here: a clash is a bug, never ignored.
-            "INSERT INTO records (origin, generation, seq, kind, body) VALUES (?, ?, ?, ?, ?)",
-            [params for params, _ in rows],
-        )
+        # A clash of one of our own records is a bug, never ignored; a peer's record we already
+        # hold (it came by two paths) is simply kept once.
+        own = [columns for columns, _, remote in rows if not remote]
+        copies = [columns for columns, _, remote in rows if remote]
+        if own:
+            await self._conn.executemany(
+                "INSERT INTO records (origin, generation, seq, kind, body) VALUES (?, ?, ?, ?, ?)",
+                own,
+            )
+        if copies:
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO records (origin, generation, seq, kind, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                copies,
+            )
         # A superseded record (an older heartbeat) would only grow the file: drop it by its key.
-        gone = [(v.origin, v.generation, v.seq) for _, v in rows if v is not None]
+        gone = [(v.origin, v.generation, v.seq) for _, v, _ in rows if v is not None]
         if gone:
             await self._conn.executemany(
                 "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?", gone
@@ -194,14 +203,37 @@ def create(path: Path, meta: dict[str, int | str]) -> None:
     conn.close()
 
 
-async def prune_heartbeats(conn: aiosqlite.Connection, origin: str) -> None:
-    """Keep only the newest stored heartbeat of `origin` (older ones are left by restarts)."""
+async def prune_heartbeats(conn: aiosqlite.Connection) -> None:
+    """Keep only the newest stored heartbeat of each node (older ones are left by restarts)."""
     await conn.execute(
-        "DELETE FROM records WHERE origin = ? AND kind = ? AND seq < "
-        "(SELECT MAX(seq) FROM records WHERE origin = ? AND kind = ?)",
-        (origin, int(Kind.HEARTBEAT), origin, int(Kind.HEARTBEAT)),
+        "DELETE FROM records WHERE kind = ? AND seq < "
+        "(SELECT MAX(r.seq) FROM records r WHERE r.origin = records.origin"
+        " AND r.generation = records.generation AND r.kind = ?)",
+        (int(Kind.HEARTBEAT), int(Kind.HEARTBEAT)),
     )
     await conn.commit()
+
+
+SYNC_ROWS_MAX = 2_000  # rows in one frame of an anti-entropy answer
+
+
+async def rows_after(
+    conn: aiosqlite.Connection, origin: str, generation: int, after: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """(seq, body) of the stored records of (origin, generation) past `after`, in seq order."""
+    cursor = await conn.execute(
+        "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (origin, generation, after, limit),
+    )
+    rows = await cursor.fetchall()
+    await cursor.close()
+    return [(int(seq), bytes(body)) for seq, body in rows]
+
+
+async def open_reader(path: Path) -> aiosqlite.Connection:
+    """A read-only connection: what it reads is committed, never a batch still being written."""
+    return await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def highest_seq(path: Path, origin: str, generation: int) -> int:

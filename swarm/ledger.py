@@ -211,6 +211,19 @@ class TaskView:
     def count(self, *outcomes: Outcome) -> int:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
 
+    def interruptions(self) -> int:
+        """Interrupted attempts that held their epoch's winning claim. An attempt that lost a
+        claim race was never the task's attempt: it does not count towards the cap."""
+        count = 0
+        for (epoch, node), attempt in self.attempts.items():
+            if attempt.result.outcome is not Outcome.INTERRUPTED:
+                continue
+            rivals = [k for k in self.claims if k[0] == epoch]
+            winner = min(rivals, key=lambda k: (self.claims[k].stamp, k[1])) if rivals else None
+            if winner is None or winner == (epoch, node):
+                count += 1
+        return count
+
 
 def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     """The task's state as a pure function of its records."""
@@ -221,7 +234,7 @@ def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     # A cancel stops what is still to run; a task that already failed stays failed (and can be
     # retried), as a done one stays done.
     failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
-    interruptions = view.count(Outcome.INTERRUPTED) - view.forgiven_interruptions
+    interruptions = view.interruptions() - view.forgiven_interruptions
     exhausted = failures > view.spec.retries or interruptions > INTERRUPTION_CAP
     if exhausted and view.active_claim() is None:
         return State.FAILED

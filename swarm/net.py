@@ -14,7 +14,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncio_dgram
 
@@ -24,6 +24,8 @@ log = logging.getLogger("swarm.net")
 
 PUSH_PULL_TIMEOUT_S = 5.0  # one whole exchange over TCP
 PUSH_PULLS_MAX = 8  # exchanges in flight at once; more are skipped (they are periodic anyway)
+SYNC_TIMEOUT_S = 30.0  # one whole anti-entropy exchange
+SYNC_FRAMES_MAX = 10_000  # frames in one answer: a bound, whatever a peer sends
 SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are dropped (and counted)
 _LENGTH = struct.Struct(">I")
 
@@ -36,12 +38,16 @@ class GossipNet:
         sealer: wire.Sealer,
         opener: wire.Opener,
         on_events: Callable[[list[gossip.Event]], None],
+        on_records: Callable[[wire.RecordsPush], None],
+        serve_sync: Callable[[wire.SyncRequest], AsyncIterator[wire.SyncBatch]],
     ) -> None:
         self.membership = membership
         self.bind = bind
         self.sealer = sealer
         self.opener = opener
         self.on_events = on_events
+        self.on_records = on_records
+        self.serve_sync = serve_sync
         self.dropped = 0  # packets that failed to open or decode
         self.sent = 0
         self.received = 0
@@ -90,9 +96,11 @@ class GossipNet:
                 return
             self.received += 1
             self.bytes_received += len(data)
-            packet = self._open(data, wire.DATAGRAM_BYTES_MAX)
-            if packet is not None:
-                self.membership.receive(time.monotonic(), packet)
+            message = self._open(data, wire.DATAGRAM_BYTES_MAX)
+            if isinstance(message, wire.RecordsPush):
+                self.on_records(message)
+            elif isinstance(message, gossip.Packet):
+                self.membership.receive(time.monotonic(), message)
                 self._flush()
                 self._wake.set()
 
@@ -135,6 +143,43 @@ class GossipNet:
         if events:
             self.on_events(events)
 
+    def send_records(self, addrs: list[gossip.Addr], push: wire.RecordsPush) -> bool:
+        """Send fresh records as one datagram to each address; False if they do not fit one."""
+        body = wire.encode(wire.ledger_message_to_plain(push))
+        if len(body) > wire.PACKET_BODY_BYTES_MAX:
+            return False
+        for addr in addrs:
+            data = self.sealer.seal(body)
+            try:
+                self._outgoing.put_nowait((data, addr))
+            except asyncio.QueueFull:
+                self.send_dropped += 1
+                continue
+            self.sent += 1
+            self.bytes_sent += len(data)
+        return True
+
+    async def pull(
+        self,
+        addr: gossip.Addr,
+        request: wire.SyncRequest,
+        on_batch: Callable[[wire.SyncBatch], Awaitable[None]],
+    ) -> None:
+        """Anti-entropy: send our digest, take in the records the peer has and we lack."""
+        async with asyncio.timeout(SYNC_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            try:
+                await self._write_frame(writer, wire.ledger_message_to_plain(request))
+                for _ in range(SYNC_FRAMES_MAX):
+                    batch = await self._read_frame(reader)
+                    if not isinstance(batch, wire.SyncBatch):
+                        return
+                    await on_batch(batch)
+                    if batch.done:
+                        return
+            finally:
+                writer.close()
+
     def _start_push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         if self._push_pulls >= PUSH_PULLS_MAX or self._tg is None:
             return
@@ -146,11 +191,11 @@ class GossipNet:
             async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(addr[0], addr[1])
                 try:
-                    await self._write_frame(writer, packet)
+                    await self._write_frame(writer, wire.packet_to_plain(packet))
                     reply = await self._read_frame(reader)
                 finally:
                     writer.close()
-            if reply is not None and isinstance(reply.message, gossip.PushPull):
+            if isinstance(reply, gossip.Packet) and isinstance(reply.message, gossip.PushPull):
                 self.membership.receive(time.monotonic(), reply)
                 self._flush()
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
@@ -160,38 +205,43 @@ class GossipNet:
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
-                packet = await self._read_frame(reader)
-                if packet is None or not isinstance(packet.message, gossip.PushPull):
-                    return
-                self.membership.receive(time.monotonic(), packet)
-                # The core addressed its reply to the sender; it goes back on this stream.
-                reply = next(
-                    (
-                        p
-                        for a, p in self.membership.outbox
-                        if isinstance(p.message, gossip.PushPull) and p.message.reply
-                    ),
-                    None,
-                )
-                if reply is not None:
-                    self.membership.outbox.remove((packet.message.sender_addr, reply))
-                    await self._write_frame(writer, reply)
-                self._flush()
-                self._wake.set()
+            async with asyncio.timeout(SYNC_TIMEOUT_S):
+                first = await self._read_frame(reader)
+                if isinstance(first, wire.SyncRequest):
+                    async for batch in self.serve_sync(first):
+                        await self._write_frame(writer, wire.ledger_message_to_plain(batch))
+                elif isinstance(first, gossip.Packet) and isinstance(
+                    first.message, gossip.PushPull
+                ):
+                    await self._answer_push_pull(first, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            log.debug("a push-pull stream failed: %s", exc)
+            log.debug("a stream from a peer failed: %s", exc)
         finally:
             writer.close()
 
-    async def _write_frame(self, writer: asyncio.StreamWriter, packet: gossip.Packet) -> None:
-        data = self.sealer.seal(wire.encode(wire.packet_to_plain(packet)))
+    async def _answer_push_pull(self, packet: gossip.Packet, writer: asyncio.StreamWriter) -> None:
+        assert isinstance(packet.message, gossip.PushPull)
+        self.membership.receive(time.monotonic(), packet)
+        # The core addressed its reply to the sender; it goes back on this stream.
+        for item in self.membership.outbox:
+            _, reply = item
+            if isinstance(reply.message, gossip.PushPull) and reply.message.reply:
+                self.membership.outbox.remove(item)
+                await self._write_frame(writer, wire.packet_to_plain(reply))
+                break
+        self._flush()
+        self._wake.set()
+
+    async def _write_frame(self, writer: asyncio.StreamWriter, plain: list[object]) -> None:
+        data = self.sealer.seal(wire.encode(plain))
         writer.write(_LENGTH.pack(len(data)) + data)
         self.sent += 1
         self.bytes_sent += len(data) + _LENGTH.size
         await writer.drain()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> gossip.Packet | None:
+    async def _read_frame(
+        self, reader: asyncio.StreamReader
+    ) -> gossip.Packet | wire.LedgerMessage | None:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > wire.FRAME_BYTES_MAX:
             self.dropped += 1
@@ -201,10 +251,10 @@ class GossipNet:
         self.bytes_received += length + _LENGTH.size
         return self._open(data, wire.FRAME_BYTES_MAX)
 
-    def _open(self, data: bytes, size_max: int) -> gossip.Packet | None:
+    def _open(self, data: bytes, size_max: int) -> gossip.Packet | wire.LedgerMessage | None:
         try:
             _, body = self.opener.open(data, size_max)
-            return wire.decode_packet(body)
+            return wire.decode_any(body)
         except wire.BadPacket as exc:
             self.dropped += 1
             log.debug("dropped a packet: %s", exc)

@@ -26,14 +26,17 @@ import logging
 import os
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+
 from swarm import db, gossip, net, resources, snapshot, statedir, wire
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
-from swarm.errors import ControlError, StorageFullError, SwarmError, UserInputError
+from swarm.errors import BadRecordError, ControlError, StorageFullError, SwarmError, UserInputError
 from swarm.executor import (
     KILL_GRACE_S,
     NODE_TAG,
@@ -72,6 +75,10 @@ STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write agai
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 MEMORY_SAMPLE_S = 0.5
 STATUS_WAIT_MS_MAX = 10_000
+PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
+APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
+SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
+SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close  # longest a status long poll may wait for a change  # how often running attempts' memory is read from /proc
 
 
@@ -180,6 +187,11 @@ class Node:
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.membership: gossip.Membership | None = None
+        self.rng = random.Random()
+        self.bad_records = 0  # peers' records that did not decode: dropped
+        self._applying = 0  # pushes of records being stored
+        self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
+        self._reader: aiosqlite.Connection | None = None
         self.net: net.GossipNet | None = None
         self.generation = 0
         self._seq = 0
@@ -209,7 +221,7 @@ class Node:
                 if view.state is State.PENDING and view.spec is not None:
                     self.queue.push(view.task_id, view.spec, view.submitted[0])
             conn, writer = await db.open_writer(self.state.db_path, self.config.sync)
-            await db.prune_heartbeats(conn, self.node_id)
+            await db.prune_heartbeats(conn)
             await self._serve(writer)
         finally:
             if conn is not None:
@@ -289,8 +301,18 @@ class Node:
         self.membership = gossip.Membership(
             self.node_id, bind, self._meta(), self.config.gossip, random.Random(), time.monotonic()
         )
-        self.net = net.GossipNet(self.membership, bind, sealer, wire.Opener(ring), self._on_members)
+        self.net = net.GossipNet(
+            self.membership,
+            bind,
+            sealer,
+            wire.Opener(ring),
+            self._on_members,
+            self._on_records,
+            self._serve_sync,
+        )
+        self._reader = await db.open_reader(self.state.db_path)
         loops = await self.net.start(tg)
+        loops.append(tg.create_task(self._sync_loop()))
         if self.config.join:
             self.join(list(self.config.join))
         log.info("gossip on %s:%d", *bind)
@@ -321,6 +343,8 @@ class Node:
         self.net.poke()
         await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * self.config.gossip.gossip_interval_s))
         self.net.close()
+        if self._reader is not None:
+            await self._reader.close()
 
     def members(self) -> list[dict[str, Any]]:
         if self.membership is None:
@@ -354,20 +378,139 @@ class Node:
         return rows
 
     async def _append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
-        """Commit records, then apply them. Raises StorageFullError with nothing applied."""
+        """Commit records, then apply them, then gossip them. StorageFullError: nothing applied."""
         assert self.writer is not None
         rows = self._versioned(bodies, replaces)
         await self.writer.write(rows)
+        self._apply_rows(rows)
+        self._spread(rows)
+        return rows
+
+    def _apply_rows(self, rows: list[db.Row]) -> None:
         changed = False
         for row in rows:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
+            if row.remote and isinstance(row.body, ClaimRecord):
+                self._check_claim(row.body.task_id)
         if changed:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
-        return rows
+
+    def _check_claim(self, task: str) -> None:
+        """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
+        until claims are ranked: the deterministic winner runs, the others stop)."""
+        attempt = self.attempts.get(task)
+        winner = self.ledger.tasks[task].winning_claim()
+        if attempt is None or winner is None or winner == (attempt.launch.epoch, self.node_id):
+            return
+        reason = f"lost its claim to {winner[1][:8]}"
+        attempt.stop(Outcome.INTERRUPTED, reason, self.config.kill_grace_s)
+
+    # -- replication ------------------------------------------------------------------------
+
+    def _spread(self, rows: list[db.Row]) -> None:
+        """Send fresh records of ours at once to a few members (anti-entropy catches the rest)."""
+        if self.net is None or self.membership is None:
+            return
+        peers = [m.addr for m in self.membership.live_members() if m.node != self.node_id]
+        if not peers:
+            return
+        fanout = self.rng.sample(peers, min(self.config.gossip.gossip_nodes, len(peers)))
+        copies = tuple(
+            (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
+        )
+        for start in range(0, len(copies), PUSH_RECORDS_MAX):
+            self.net.send_records(
+                fanout, wire.RecordsPush(copies[start : start + PUSH_RECORDS_MAX])
+            )
+
+    def _on_records(self, push: wire.RecordsPush) -> None:
+        if self._tg is None or self._applying >= APPLYING_MAX:
+            return  # too busy: anti-entropy brings them later
+        self._applying += 1
+        self._tg.create_task(self._take_records(push.records, None))
+
+    async def _take_records(
+        self, records: tuple[wire.RecordCopy, ...], upto: wire.Watermarks | None
+    ) -> None:
+        """Store and apply peers' records. Without `upto` (a push), only the next record of each
+        node in seq order is taken: the digest must never claim a record we skipped."""
+        try:
+            rows: list[db.Row] = []
+            expected: dict[tuple[str, int], int] = {}
+            for origin, generation, seq, raw in records:
+                key = (origin, generation)
+                if origin == self.node_id:
+                    continue
+                following = expected.get(key, self.ledger.high_seq.get(key, 0)) + 1
+                if upto is None and seq != following:
+                    continue
+                try:
+                    body = db.decode(raw)
+                except BadRecordError:
+                    self.bad_records += 1
+                    continue
+                expected[key] = seq
+                previous = self._heartbeats.get(key) if isinstance(body, HeartbeatRecord) else None
+                version = Version(origin, generation, seq)
+                if isinstance(body, HeartbeatRecord):
+                    self._heartbeats[key] = version
+                rows.append(db.Row(version, body, previous, raw=raw, remote=True))
+            if rows:
+                assert self.writer is not None
+                await self.writer.write(rows)
+                self._apply_rows(rows)
+            for key, seq in (upto or {}).items():
+                if seq > self.ledger.high_seq.get(key, 0):
+                    self.ledger.high_seq[key] = seq
+        except SwarmError as exc:
+            log.warning("could not store records from a peer: %s", exc)
+        finally:
+            if upto is None:
+                self._applying -= 1
+
+    async def _sync_loop(self) -> None:
+        """Anti-entropy: now and then, pull what a random member has and we lack."""
+        assert self.net is not None and self.membership is not None
+        while True:
+            await asyncio.sleep(self.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS)
+            peers = [m for m in self.membership.live_members() if m.node != self.node_id]
+            if not peers:
+                continue
+            peer = self.rng.choice(peers)
+            request = wire.SyncRequest(dict(self.ledger.high_seq))
+            try:
+                await self.net.pull(peer.addr, request, self._take_batch)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
+
+    async def _take_batch(self, batch: wire.SyncBatch) -> None:
+        await self._take_records(batch.records, batch.upto if batch.done else {})
+
+    async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
+        """What we hold past the peer's digest, in bounded frames, node by node in seq order."""
+        assert self._reader is not None
+        budget = SYNC_RECORDS_MAX
+        upto: wire.Watermarks = {}
+        for key, high in list(self.ledger.high_seq.items()):
+            after = request.digest.get(key, 0)
+            if high <= after:
+                continue
+            while budget > 0:
+                rows = await db.rows_after(
+                    self._reader, key[0], key[1], after, min(db.SYNC_ROWS_MAX, budget)
+                )
+                if not rows:
+                    upto[key] = high  # all of it: gaps are records that no longer exist
+                    break
+                budget -= len(rows)
+                after = rows[-1][0]
+                upto[key] = after
+                yield wire.SyncBatch(tuple((key[0], key[1], s, b) for s, b in rows), False, {})
+        yield wire.SyncBatch((), True, upto)
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
@@ -811,7 +954,7 @@ class Node:
             RetryRecord(
                 v.task_id,
                 v.count(Outcome.FAILED, Outcome.TIMEOUT),
-                v.count(Outcome.INTERRUPTED),
+                v.interruptions(),
             )
             for v in self.ledger.job_tasks(job)
             if v.state is State.FAILED

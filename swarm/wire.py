@@ -419,3 +419,98 @@ def encode_datagram(packet: gossip.Packet, limit: int = PACKET_BODY_BYTES_MAX) -
 
 def decode_packet(body: bytes) -> gossip.Packet:
     return packet_from_plain(unpack(body, BadPacket, "packet"))
+
+
+# -- ledger replication (Scuttlebutt) --------------------------------------------------------
+
+RECORD_BODY_BYTES_MAX = 1 << 20
+SYNC_KEYS_MAX = 100_000  # (origin, generation) pairs in one digest
+
+# One stored record as it travels: (origin, generation, seq, msgpack body as stored).
+RecordCopy = tuple[str, int, int, bytes]
+Watermarks = dict[tuple[str, int], int]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsPush:
+    """Fresh records, sent at once on UDP (each node's records in seq order)."""
+
+    records: tuple[RecordCopy, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """A digest: the highest seq held of each (origin, generation); send me what comes after."""
+
+    digest: Watermarks
+
+
+@dataclass(frozen=True, slots=True)
+class SyncBatch:
+    """Part of the answer; the last one (`done`) says up to which seq each key is now complete."""
+
+    records: tuple[RecordCopy, ...]
+    done: bool
+    upto: Watermarks
+
+
+LedgerMessage = RecordsPush | SyncRequest | SyncBatch
+
+
+def ledger_message_to_plain(message: LedgerMessage) -> list[Any]:
+    match message:
+        case RecordsPush():
+            return ["R", [list(r) for r in message.records]]
+        case SyncRequest():
+            return ["S", [[o, g, s] for (o, g), s in message.digest.items()]]
+        case SyncBatch():
+            upto = [[o, g, s] for (o, g), s in message.upto.items()]
+            return ["B", [list(r) for r in message.records], message.done, upto]
+
+
+def ledger_message_from_plain(raw: Any) -> LedgerMessage:
+    try:
+        tag = raw[0]
+        if tag == "R":
+            _arity(raw[1:], 1)
+            return RecordsPush(_records(raw[1]))
+        if tag == "S":
+            _arity(raw[1:], 1)
+            return SyncRequest(_watermarks(raw[1]))
+        if tag == "B":
+            _arity(raw[1:], 3)
+            return SyncBatch(_records(raw[1]), _bool(raw[2]), _watermarks(raw[3]))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise BadPacket(f"malformed ledger message: {exc}") from exc
+    raise BadPacket("unknown ledger message")
+
+
+def _records(raw: Any) -> tuple[RecordCopy, ...]:
+    if not isinstance(raw, list):
+        raise ValueError("records must be a list")
+    out = []
+    for item in raw:
+        _arity(item, 4)
+        origin, generation, seq, body = item
+        if not isinstance(body, bytes) or len(body) > RECORD_BODY_BYTES_MAX:
+            raise ValueError("a record body is bytes, and bounded")
+        out.append((_node(origin), _seq(generation), _seq(seq), body))
+    return tuple(out)
+
+
+def _watermarks(raw: Any) -> Watermarks:
+    if not isinstance(raw, list) or len(raw) > SYNC_KEYS_MAX:
+        raise ValueError("a digest is a bounded list")
+    out: Watermarks = {}
+    for item in raw:
+        _arity(item, 3)
+        out[(_node(item[0]), _seq(item[1]))] = _seq(item[2])
+    return out
+
+
+def decode_any(body: bytes) -> gossip.Packet | LedgerMessage:
+    """A membership packet or a ledger message, told apart by their first item."""
+    raw = unpack(body, BadPacket, "body")
+    if isinstance(raw, list) and raw and isinstance(raw[0], str):
+        return ledger_message_from_plain(raw)
+    return packet_from_plain(raw)

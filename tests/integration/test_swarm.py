@@ -121,3 +121,41 @@ def test_a_node_with_the_wrong_key_never_joins_and_its_packets_are_dropped(
     assert len(swarm.states(0)) == 1
     assert len(swarm.states(1)) == 1
     assert swarm.members(0)["net"]["dropped"] > 0
+
+
+def test_a_job_submitted_on_one_node_is_seen_and_finished_on_all(swarm: Swarm) -> None:
+    swarm.start(0)
+    swarm.start(1, join=0)
+    swarm.start(2, join=0)
+    ids = [swarm.node_id(i) for i in range(3)]
+    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "shared.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"name": f"t{i}", "cmd": f"echo {i}"}) + "\n" for i in range(12))
+    )
+    cli0.ok("submit", str(tasks))
+
+    def finished_everywhere() -> bool:
+        for cli, _, _ in swarm.nodes:
+            jobs = {j["job"]: j for j in json.loads(cli.ok("status", "--json").stdout)["jobs"]}
+            row = jobs.get("shared")
+            if row is None or row["done"] != 12:
+                return False
+        return True
+
+    wait_for("the job to be done in every node's ledger", finished_everywhere, timeout=60)
+    exports = [
+        sorted((r["name"], r["state"], r["attempts"]) for r in export_rows(cli))
+        for cli, _, _ in swarm.nodes
+    ]
+    assert exports[0] == exports[1] == exports[2]  # every replica derives the same states
+    runners = {r["node"] for r in export_rows(cli0)}
+    assert runners <= set(ids)
+
+
+def export_rows(cli: Cli) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(cli.ok("export").stdout)))
