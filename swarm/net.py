@@ -94,6 +94,11 @@ class GossipNet:
                 data, _ = await self._udp.recv()
             except asyncio_dgram.TransportClosed:
                 return
+            except OSError as exc:
+                # An earlier send failed (a firewall rule, an unreachable port): the socket
+                # reports it on the next receive. It is the prober's business, not the loop's.
+                log.debug("the gossip socket reported: %s", exc)
+                continue
             self.received += 1
             self.bytes_received += len(data)
             message = self._open(data, wire.DATAGRAM_BYTES_MAX)

@@ -159,3 +159,45 @@ def export_rows(cli: Cli) -> list[dict[str, str]]:
     import io
 
     return list(csv.DictReader(io.StringIO(cli.ok("export").stdout)))
+
+
+def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
+    swarm.start(0)
+    cli1, daemon1 = swarm.start(1, join=0)
+    ids = [swarm.node_id(i) for i in range(2)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    before = {m["id"]: m for m in swarm.members(0)["members"]}[ids[1]]["incarnation"]
+    daemon1.kill(signal.SIGKILL)
+    wait_for("the killed node to be declared dead", lambda: swarm.states(0)[ids[1]] == "dead")
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "meanwhile.jsonl"
+    tasks.write_text(json.dumps({"cmd": "echo while you were away"}) + "\n")
+    cli0.ok("submit", str(tasks), "--wait")
+    daemon1.start()  # same state dir, same address
+    wait_for("it to be alive again", lambda: swarm.states(0)[ids[1]] == "alive")
+    after = {m["id"]: m for m in swarm.members(0)["members"]}[ids[1]]["incarnation"]
+    assert after > before
+    wait_for(
+        "it to catch up on the ledger",
+        lambda: any(j["job"] == "meanwhile" and j["done"] == 1 for j in cli1.status()["jobs"]),
+    )
+
+
+def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm: Swarm) -> None:
+    from swarm import wire
+
+    cli0, daemon0 = swarm.start(0)
+    port = swarm.nodes[0][2]
+    key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
+    sealer = wire.Sealer(b"x" * 16, wire.KeyRing.of(key), counter=1)
+    genuine = sealer.seal(wire.encode([[wire.MessageType.GOSSIP], []]))
+    flipped = bytearray(genuine)
+    flipped[-1] ^= 1
+    bad = [b"", b"junk", genuine[:20], bytes(flipped), b"x" * 2000, genuine, genuine]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for packet in bad:
+            udp.sendto(packet, ("127.0.0.1", port))
+    # All but the first copy of the genuine packet are dropped; the empty one may not arrive.
+    wait_for("the drops to be counted", lambda: swarm.members(0)["net"]["dropped"] >= 5)
+    assert daemon0.proc is not None and daemon0.proc.poll() is None
+    assert len(swarm.states(0)) == 1
