@@ -24,7 +24,7 @@ from rich.table import Table
 
 from swarm import control, db, export, gossip, resources, snapshot, statedir, status, taskfile
 from swarm.control import Client
-from swarm.errors import NotRunningError, SwarmError, UserInputError
+from swarm.errors import ControlError, NotRunningError, SwarmError, UserInputError
 from swarm.ledger import State
 from swarm.node import DEFAULT_PORT, Node, NodeConfig, lock_held, parse_addr, wall_ms
 from swarm.policy import why_infeasible
@@ -396,6 +396,7 @@ def finish_run(
     elapsed: float,
     finished_before: int,
 ) -> int:
+    fetch_results(state, job)  # from a running daemon's swarm; an embedded node has stopped
     ledger, _ = db.load_ledger(state.db_path)
     written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
     row = snapshot.job_row(ledger, job, wall_ms())
@@ -547,8 +548,29 @@ def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> dict[s
     return snapshot.build(ledger, wall_ms(), [node], jobs)
 
 
+def fetch_results(state: statedir.StateDir, job: str) -> None:
+    """With a daemon running, have it fetch the job's result files that other nodes hold."""
+
+    async def fetch() -> None:
+        try:
+            client = await Client.connect(state)
+        except NotRunningError:
+            return  # no daemon: what this node holds is what can be written
+        try:
+            reply = await client.call("fetch_results", job=job)
+            if reply["fetched"]:
+                err.print(f"fetched {reply['fetched']:,} result files from other nodes")
+        except ControlError:
+            return  # an unknown job, say: writing the results says so
+        finally:
+            await client.close()
+
+    asyncio.run(fetch())
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
+    fetch_results(state, args.job)
     ledger, _ = db.load_ledger(state.db_path)
     written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")

@@ -15,6 +15,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncio_dgram
 
@@ -26,6 +27,8 @@ PUSH_PULL_TIMEOUT_S = 5.0  # one whole exchange over TCP
 PUSH_PULLS_MAX = 8  # exchanges in flight at once; more are skipped (they are periodic anyway)
 SYNC_TIMEOUT_S = 30.0  # one whole anti-entropy exchange
 SYNC_FRAMES_MAX = 10_000  # frames in one answer: a bound, whatever a peer sends
+FETCH_TIMEOUT_S = 300.0  # one whole blob
+FETCH_FRAMES_MAX = 1 << 16  # chunks of one blob: 64 GiB at 1 MiB a chunk
 SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are dropped (and counted)
 _LENGTH = struct.Struct(">I")
 
@@ -40,6 +43,7 @@ class GossipNet:
         on_events: Callable[[list[gossip.Event]], None],
         on_records: Callable[[wire.RecordsPush], None],
         serve_sync: Callable[[wire.SyncRequest], AsyncIterator[wire.SyncBatch]],
+        serve_blob: Callable[[wire.FetchRequest], AsyncIterator[wire.BlobChunk]],
     ) -> None:
         self.membership = membership
         self.bind = bind
@@ -48,6 +52,7 @@ class GossipNet:
         self.on_events = on_events
         self.on_records = on_records
         self.serve_sync = serve_sync
+        self.serve_blob = serve_blob
         self.dropped = 0  # packets that failed to open or decode
         self.sent = 0
         self.received = 0
@@ -185,6 +190,27 @@ class GossipNet:
             finally:
                 writer.close()
 
+    async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+        """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
+        The caller verifies the content against its digest."""
+        async with asyncio.timeout(FETCH_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            try:
+                await self._write_frame(
+                    writer, wire.blob_message_to_plain(wire.FetchRequest(digest))
+                )
+                with open(into, "wb") as out:
+                    for _ in range(FETCH_FRAMES_MAX):
+                        chunk = await self._read_frame(reader)
+                        if not isinstance(chunk, wire.BlobChunk) or chunk.missing:
+                            return False
+                        out.write(chunk.data)
+                        if chunk.last:
+                            return True
+                return False
+            finally:
+                writer.close()
+
     def _start_push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         if self._push_pulls >= PUSH_PULLS_MAX or self._tg is None:
             return
@@ -215,6 +241,9 @@ class GossipNet:
                 if isinstance(first, wire.SyncRequest):
                     async for batch in self.serve_sync(first):
                         await self._write_frame(writer, wire.ledger_message_to_plain(batch))
+                elif isinstance(first, wire.FetchRequest):
+                    async for chunk in self.serve_blob(first):
+                        await self._write_frame(writer, wire.blob_message_to_plain(chunk))
                 elif isinstance(first, gossip.Packet) and isinstance(
                     first.message, gossip.PushPull
                 ):
@@ -246,7 +275,7 @@ class GossipNet:
 
     async def _read_frame(
         self, reader: asyncio.StreamReader
-    ) -> gossip.Packet | wire.LedgerMessage | None:
+    ) -> gossip.Packet | wire.LedgerMessage | wire.FetchRequest | wire.BlobChunk | None:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > wire.FRAME_BYTES_MAX:
             self.dropped += 1
@@ -256,7 +285,9 @@ class GossipNet:
         self.bytes_received += length + _LENGTH.size
         return self._open(data, wire.FRAME_BYTES_MAX)
 
-    def _open(self, data: bytes, size_max: int) -> gossip.Packet | wire.LedgerMessage | None:
+    def _open(
+        self, data: bytes, size_max: int
+    ) -> gossip.Packet | wire.LedgerMessage | wire.FetchRequest | wire.BlobChunk | None:
         try:
             _, body = self.opener.open(data, size_max)
             return wire.decode_any(body)

@@ -46,7 +46,7 @@ from swarm.executor import (
     RunDirs,
     kill_orphans,
 )
-from swarm.export import manifest_bytes
+from swarm.export import manifest_bytes, parse_manifest
 from swarm.ledger import (
     Body,
     CancelRecord,
@@ -309,6 +309,7 @@ class Node:
             self._on_members,
             self._on_records,
             self._serve_sync,
+            self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
         loops = await self.net.start(tg)
@@ -471,6 +472,83 @@ class Node:
         finally:
             if upto is None:
                 self._applying -= 1
+
+    async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
+        """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
+        if request.digest == EMPTY_DIGEST:
+            yield wire.BlobChunk(b"", True)
+            return
+        if not self.store.has(request.digest):
+            yield wire.BlobChunk(b"", True, missing=True)
+            return
+        with open(self.store.path(request.digest), "rb") as blob:
+            while True:
+                data = await asyncio.to_thread(blob.read, wire.BLOB_CHUNK_BYTES)
+                last = len(data) < wire.BLOB_CHUNK_BYTES
+                yield wire.BlobChunk(data, last)
+                if last:
+                    return
+
+    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
+        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
+        if self.store.has(digest):
+            return True
+        if self.net is None or self.membership is None:
+            return False
+        for node in holders:
+            member = self.membership.members.get(node)
+            if (
+                member is None
+                or member.state is not gossip.MemberState.ALIVE
+                or node == self.node_id
+            ):
+                continue
+            into = self.store.new_temp_path()
+            try:
+                if await self.net.fetch(member.addr, digest, into):
+                    got, _ = await asyncio.to_thread(self.store.put_file, into, move=True)
+                    if got == digest:
+                        return True
+                    log.warning("a blob from %s did not match its digest; dropped", node[:8])
+                    self.store_discard(got)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, SwarmError) as exc:
+                log.debug("fetching %s from %s failed: %s", digest[:12], node[:8], exc)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    into.unlink()
+        return False
+
+    def store_discard(self, digest: str) -> None:
+        """Forget a blob stored by mistake (it did not match what was asked for)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.store.path(digest).unlink()
+
+    async def fetch_results(self, job: str) -> dict[str, int]:
+        """Make every result file of the job's tasks held here, fetching from their holders."""
+        fetched = missing = 0
+        for view in self.ledger.job_tasks(job):
+            attempt = view.ok_attempt() or next(
+                (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
+            )
+            if attempt is None or attempt.result.digest is None:
+                continue
+            digest = attempt.result.digest
+            holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
+            had = self.store.has(digest)
+            if not await self.fetch_blob(digest, holders):
+                missing += 1
+                continue
+            fetched += 0 if had else 1
+            manifest = parse_manifest(self.store.read_bytes(digest))
+            for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
+                had_part = self.store.has(part)
+                if await self.fetch_blob(part, holders):
+                    fetched += 0 if had_part else 1
+                else:
+                    missing += 1
+            if not had and self.node_id not in self.ledger.holders.get(digest, set()):
+                await self._append([ReplicaRecord(digest)])
+        return {"fetched": fetched, "missing": missing}
 
     async def _sync_loop(self) -> None:
         """Anti-entropy: now and then, pull what a random member has and we lack."""
@@ -882,6 +960,11 @@ class Node:
                     "bytes_received": self.net.bytes_received,
                 }
             return {"ok": True, "members": self.members(), "net": stats}
+        if op == "fetch_results":
+            job = str(request.get("job", ""))
+            if job not in self.ledger.jobs:
+                raise UserInputError(f"no job {job!r}")
+            return {"ok": True, **(await self.fetch_results(job))}
         if op == "join":
             peers = request.get("peers")
             if not isinstance(peers, list) or not peers:

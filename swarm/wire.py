@@ -508,9 +508,51 @@ def _watermarks(raw: Any) -> Watermarks:
     return out
 
 
-def decode_any(body: bytes) -> gossip.Packet | LedgerMessage:
+def decode_any(body: bytes) -> gossip.Packet | LedgerMessage | FetchRequest | BlobChunk:
     """A membership packet or a ledger message, told apart by their first item."""
     raw = unpack(body, BadPacket, "body")
+    if isinstance(raw, list) and raw and raw[0] in ("F", "C"):
+        try:
+            return _blob_message_from_plain(raw)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise BadPacket(f"malformed blob message: {exc}") from exc
     if isinstance(raw, list) and raw and isinstance(raw[0], str):
         return ledger_message_from_plain(raw)
     return packet_from_plain(raw)
+
+
+# -- result blobs ------------------------------------------------------------------------------
+
+BLOB_CHUNK_BYTES = 1 << 20  # one frame of a blob
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlobChunk:
+    data: bytes
+    last: bool
+    missing: bool = False  # the peer does not hold the blob
+
+
+def blob_message_to_plain(message: FetchRequest | BlobChunk) -> list[Any]:
+    if isinstance(message, FetchRequest):
+        return ["F", message.digest]
+    return ["C", message.data, message.last, message.missing]
+
+
+def _blob_message_from_plain(raw: list[Any]) -> FetchRequest | BlobChunk:
+    if raw[0] == "F":
+        _arity(raw[1:], 1)
+        digest = raw[1]
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise ValueError("a digest is 64 hex characters")
+        int(digest, 16)
+        return FetchRequest(digest.lower())
+    _arity(raw[1:], 3)
+    if not isinstance(raw[1], bytes) or len(raw[1]) > BLOB_CHUNK_BYTES:
+        raise ValueError("a chunk is bounded bytes")
+    return BlobChunk(raw[1], _bool(raw[2]), _bool(raw[3]))

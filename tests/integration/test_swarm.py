@@ -201,3 +201,37 @@ def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm
     wait_for("the drops to be counted", lambda: swarm.members(0)["net"]["dropped"] >= 5)
     assert daemon0.proc is not None and daemon0.proc.poll() is None
     assert len(swarm.states(0)) == 1
+
+
+def test_results_are_fetched_from_the_node_that_ran_the_tasks(swarm: Swarm, tmp_path: Path) -> None:
+    swarm.start(0)
+    work = tmp_path / "work1"
+    work.mkdir()
+    cli1 = Cli(home=tmp_path / "home1", cwd=work)
+    cli1.ok("init", "--key-file", str(swarm.nodes[0][0].home / "swarm.key"))
+    port = free_port()
+    args = ("--bind", f"127.0.0.1:{port}", "--profile", "test", "--label", "zone=b",
+            "--join", f"127.0.0.1:{swarm.nodes[0][2]}")  # fmt: skip
+    swarm.nodes.append((cli1, Daemon(cli1, args).start(), port))
+    ids = [swarm.node_id(i) for i in range(2)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "remote.jsonl"
+    lines = [
+        {"name": f"r{i}", "cmd": f"echo ran on b {i}; echo out{i} > f.txt", "outputs": ["f.txt"],
+         "requires": {"zone": "b"}}
+        for i in range(3)
+    ]  # fmt: skip
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cli0.ok("submit", str(tasks))
+    wait_for(
+        "node 0 to see the job done",
+        lambda: any(j["job"] == "remote" and j["done"] == 3 for j in cli0.status()["jobs"]),
+    )
+    out = tmp_path / "out"
+    done = cli0.ok("results", "remote", "--out", str(out))
+    assert "fetched" in done.stderr
+    for i in range(3):
+        assert (out / f"r{i}/stdout").read_text() == f"ran on b {i}\n"
+        assert (out / f"r{i}/f.txt").read_text() == f"out{i}\n"
+    assert {r["node"] for r in export_rows(cli0)} == {ids[1]}
