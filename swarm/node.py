@@ -315,9 +315,19 @@ class Node:
         loops = await self.net.start(tg)
         loops.append(tg.create_task(self._sync_loop()))
         if self.config.join:
-            self.join(list(self.config.join))
+            loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
         return loops
+
+    async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
+        """Join through the seeds, again and again until some member is known: a seed may be
+        starting at the same moment, or be briefly unreachable (as Serf retries its joins)."""
+        assert self.membership is not None
+        while True:
+            if len(self.membership.members) > 1:
+                return
+            self.join(seeds)
+            await asyncio.sleep(self.config.gossip.reconnect_interval_s)
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
