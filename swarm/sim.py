@@ -19,6 +19,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 
+from swarm import wire
 from swarm.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
 
 STEPS_MAX = 5_000_000  # a bound on any run, whatever the scenario
@@ -58,10 +59,13 @@ class Sim:
         self.down: set[Addr] = set()
         self.groups: dict[Addr, int] = {}  # partition group of each node; equal groups talk
         self._flight: list[_InFlight] = []
+        self._timers: list[tuple[float, int, Addr]] = []  # (deadline, seq, node), lazily pruned
+        self._deadlines: dict[Addr, float] = {}
         self._seq = 0
         self._seen: dict[tuple[Addr, str], int] = {}  # (observer, member) -> incarnation
         self.packets_sent = 0
-        self.bytes_estimate = 0
+        self.bytes_sent = 0  # sealed bytes, counted when measure_bytes is on (it costs time)
+        self.measure_bytes = False
         for i in range(nodes):
             self.add(i)
 
@@ -109,15 +113,20 @@ class Sim:
         for addr, core in self.cores.items():
             if addr != first:
                 core.join(self.now, [first])
-        self._collect()
+        for addr in self.cores:
+            self._after(addr)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
 
     def run_until(self, t: float) -> None:
+        # Cores may have been driven from outside since the last run (a leave, a join): take in
+        # their outboxes and deadlines once, then only touch the core each step involves.
+        for addr in self.cores:
+            self._after(addr)
         for _ in range(STEPS_MAX):
-            live = [c for a, c in self.cores.items() if a not in self.down]
-            next_timer = min((c.next_deadline() for c in live), default=t)
+            timer = self._next_timer()
+            next_timer = timer[0] if timer else t
             next_packet = self._flight[0].at if self._flight else t
             step_at = min(next_timer, next_packet, t)
             if step_at >= t:
@@ -128,46 +137,69 @@ class Sim:
                 item = heapq.heappop(self._flight)
                 if item.dst not in self.down and self._can_talk(item.src, item.dst):
                     self.cores[item.dst].receive(self.now, item.packet)
-            for core in live:
-                if core.next_deadline() <= self.now:
-                    core.tick(self.now)
-            self._collect()
-            self._check()
+                    self._after(item.dst)
+            elif timer is not None:
+                heapq.heappop(self._timers)
+                self.cores[timer[2]].tick(self.now)
+                self._after(timer[2])
         raise InvariantBroken(f"seed {self.seed}: no end after {STEPS_MAX} steps")
+
+    def _after(self, addr: Addr) -> None:
+        """A core was driven: send what it wants to send, check it, re-arm its timer."""
+        self._collect(addr)
+        self._check(addr)
+        if addr in self.down:
+            return
+        deadline = self.cores[addr].next_deadline()
+        if self._deadlines.get(addr) != deadline:
+            self._deadlines[addr] = deadline
+            self._seq += 1
+            heapq.heappush(self._timers, (deadline, self._seq, addr))
+
+    def _next_timer(self) -> tuple[float, int, Addr] | None:
+        """The earliest live timer (entries made stale by a re-arm or a crash are skipped)."""
+        while self._timers:
+            deadline, _, addr = self._timers[0]
+            if addr not in self.down and self._deadlines.get(addr) == deadline:
+                return self._timers[0]
+            heapq.heappop(self._timers)
+        return None
 
     def _can_talk(self, a: Addr, b: Addr) -> bool:
         return self.groups.get(a, -1) == self.groups.get(b, -1)
 
-    def _collect(self) -> None:
-        for src, core in self.cores.items():
-            outbox, core.outbox = core.outbox, []
-            if src in self.down:
+    def _collect(self, src: Addr) -> None:
+        core = self.cores[src]
+        outbox, core.outbox = core.outbox, []
+        if src in self.down:
+            return
+        for dst, packet in outbox:
+            self.packets_sent += 1
+            if self.measure_bytes:
+                body = wire.encode(wire.packet_to_plain(packet))
+                self.bytes_sent += len(body) + wire.HEADER_BYTES + wire.TAG_BYTES
+            stream = isinstance(packet.message, PushPull)
+            if not stream and self.rng.random() < self.net.loss:
                 continue
-            for dst, packet in outbox:
-                self.packets_sent += 1
-                self.bytes_estimate += 64 + 48 * (len(packet.rumours) + _states(packet))
-                stream = isinstance(packet.message, PushPull)
-                if not stream and self.rng.random() < self.net.loss:
-                    continue
-                copies = 2 if not stream and self.rng.random() < self.net.duplicate else 1
-                for _ in range(copies):
-                    delay = self.rng.uniform(self.net.delay_min_s, self.net.delay_max_s)
-                    self._seq += 1
-                    heapq.heappush(
-                        self._flight, _InFlight(self.now + delay, self._seq, dst, src, packet)
-                    )
+            copies = 2 if not stream and self.rng.random() < self.net.duplicate else 1
+            for _ in range(copies):
+                delay = self.rng.uniform(self.net.delay_min_s, self.net.delay_max_s)
+                self._seq += 1
+                heapq.heappush(
+                    self._flight, _InFlight(self.now + delay, self._seq, dst, src, packet)
+                )
 
-    def _check(self) -> None:
-        for addr, core in self.cores.items():
-            for member in core.members.values():
-                key = (addr, member.node)
-                before = self._seen.get(key, 0)
-                if member.incarnation < before:
-                    raise InvariantBroken(
-                        f"seed {self.seed}: {core.node} saw {member.node}'s incarnation go "
-                        f"from {before} to {member.incarnation}"
-                    )
-                self._seen[key] = member.incarnation
+    def _check(self, addr: Addr) -> None:
+        core = self.cores[addr]
+        for member in core.members.values():
+            key = (addr, member.node)
+            before = self._seen.get(key, 0)
+            if member.incarnation < before:
+                raise InvariantBroken(
+                    f"seed {self.seed}: {core.node} saw {member.node}'s incarnation go "
+                    f"from {before} to {member.incarnation}"
+                )
+            self._seen[key] = member.incarnation
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -192,10 +224,6 @@ class Sim:
 
     def member(self, observer: int, i: int) -> Member:
         return self.cores[self.addr(observer)].members[f"n{i:04d}"]
-
-
-def _states(packet: Packet) -> int:
-    return len(packet.message.states) if isinstance(packet.message, PushPull) else 0
 
 
 def everyone(
@@ -232,11 +260,57 @@ def scenario_false_dead(seed: int, n: int, loss: float, seconds: float) -> int:
     return deaths
 
 
+def scenario_rumour(seed: int, n: int, loss: float) -> tuple[float | None, float]:
+    """With memberlist's LAN timers (gossip every 200 ms to 3 members): seconds until 99.9% of
+    the nodes have heard a new rumour, and sealed bytes sent per node per second meanwhile."""
+    sim = Sim(n, seed, config=Config.lan(), net=Network(loss=loss))
+    sim.join_all()
+    sim.run_until_agree(everyone(n), limit_s=120)
+    sim.run_for(5)  # let the join rumours die down
+    source = sim.cores[sim.addr(0)]
+    sim.measure_bytes, sim.bytes_sent, start = True, 0, sim.now
+    source.update_meta(sim.now, {"cpus": 4})
+    target = source.me.incarnation
+    needed = max(1, int(n * 0.999))
+    spread: float | None = None
+    while sim.now - start < 60:
+        sim.run_for(0.05)
+        heard = sum(1 for c in sim.cores.values() if c.members[source.node].incarnation >= target)
+        if heard >= needed:
+            spread = sim.now - start
+            break
+    sim.run_for(max(0.0, 10 - (sim.now - start)))
+    return spread, sim.bytes_sent / n / (sim.now - start)
+
+
+def print_spread_figures(seeds: int, sizes: list[int]) -> None:
+    print("Rumour spread, memberlist LAN timers (probe 1 s, gossip 200 ms to 3), simulated:")
+    print(f"{'N':>6} {'loss':>5} {'99.9% heard, s (median)':>24} {'bytes/node/s':>13}")
+    for n in sizes:
+        for loss in (0.0, 0.1, 0.3):
+            spreads, rates = [], []
+            for seed in range(seeds):
+                spread, rate = scenario_rumour(seed, n, loss)
+                spreads.append(spread)
+                rates.append(rate)
+            print(
+                f"{n:>6} {loss:>5.0%} {_median(spreads):>24} {sorted(rates)[len(rates) // 2]:>13,.0f}"
+            )
+    print(
+        "Serf's published epidemic model, no loss: 99.9% in about 1.2 s for 5 nodes, 2.0 s for 1,000."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="swarm's membership over a simulated network")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--spread", action="store_true", help="rumour spread and bytes, LAN timers")
     args = parser.parse_args(argv)
+    if args.spread:
+        print_spread_figures(args.seeds, args.nodes)
+        return 0
+    print("Failure detection, test timers (ten times faster than LAN), simulated:")
     print(
         f"{'N':>5} {'loss':>5} {'join s (median)':>16} {'detect s (median)':>18} {'false dead':>11}"
     )
