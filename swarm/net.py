@@ -141,14 +141,7 @@ class GossipNet:
                 self._start_push_pull(addr, packet)
                 continue
             body, _ = wire.encode_datagram(packet)
-            data = self.sealer.seal(body)
-            try:
-                self._outgoing.put_nowait((data, addr))
-            except asyncio.QueueFull:
-                self.send_dropped += 1
-                continue
-            self.sent += 1
-            self.bytes_sent += len(data)
+            self._send_datagram(body, addr)
         events, self.membership.events = self.membership.events, []
         if events:
             self.on_events(events)
@@ -159,15 +152,19 @@ class GossipNet:
         if len(body) > wire.PACKET_BODY_BYTES_MAX:
             return False
         for addr in addrs:
-            data = self.sealer.seal(body)
-            try:
-                self._outgoing.put_nowait((data, addr))
-            except asyncio.QueueFull:
-                self.send_dropped += 1
-                continue
-            self.sent += 1
-            self.bytes_sent += len(data)
+            self._send_datagram(body, addr)
         return True
+
+    def _send_datagram(self, body: bytes, addr: gossip.Addr) -> None:
+        """Seal and queue one datagram; a full queue drops it (counted): UDP may lose it anyway."""
+        data = self.sealer.seal(body)
+        try:
+            self._outgoing.put_nowait((data, addr))
+        except asyncio.QueueFull:
+            self.send_dropped += 1
+            return
+        self.sent += 1
+        self.bytes_sent += len(data)
 
     async def pull(
         self,

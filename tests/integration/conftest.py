@@ -66,12 +66,7 @@ class Cli:
     def wait_for(
         self, what: str, check: Callable[[], bool], timeout: float = WAIT_TIMEOUT_S
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        wait_for(what, check, timeout)
 
 
 @dataclass
@@ -135,6 +130,23 @@ def daemon(cli: Cli) -> Iterator[Callable[..., Daemon]]:
     yield start
     for d in started:
         d.stop()
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = WAIT_TIMEOUT_S,
+    interval_s: float = 0.1,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll `check` until it holds; fail naming `what` (and `detail()`, if given) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    extra = f": {detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
 
 
 def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> Path:

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import wait_for as wait_until
+
 pytestmark = pytest.mark.integration
 
 SUBNET = "10.99.0"
@@ -121,13 +123,8 @@ def test_a_partition_is_seen_on_both_sides_and_heals(hosts: Hosts, tmp_path: Pat
         reply: dict[str, Any] = json.loads(cli(i, "members", "--json"))
         return {m["address"]: m["state"] for m in reply["members"]}
 
-    def wait_for(what: str, check: Callable[[], bool], timeout: float = 45.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}: {[states(i) for i in range(3)]}")
+    def wait_for(what: str, check: Callable[[], bool]) -> None:
+        wait_until(what, check, 45.0, 0.3, lambda: [states(i) for i in range(3)])
 
     try:
         cli(0, "init")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Cli, Daemon
+from .conftest import Cli, Daemon, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,6 @@ def swarm(tmp_path: Path) -> Any:
     s = Swarm(tmp_path)
     yield s
     s.stop_all()
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_three_daemons_form_a_swarm_and_a_killed_one_is_declared_dead(swarm: Swarm) -> None:
