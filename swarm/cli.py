@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
 import time
@@ -22,7 +24,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swarm import control, db, export, gossip, resources, snapshot, statedir, status, taskfile
+from swarm import (
+    control,
+    db,
+    export,
+    gossip,
+    resources,
+    snapshot,
+    statedir,
+    status,
+    taskfile,
+    wire,
+)
 from swarm.control import Client
 from swarm.errors import ControlError, NotRunningError, SwarmError, UserInputError
 from swarm.ledger import State
@@ -186,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("join", "tell the running daemon to join the swarm at PEER", node_opts)
     p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
     p.set_defaults(func=cmd_join)
+
+    p = add("key", "rotate the swarm key: new FILE, install FILE, use ID, remove ID, list")
+    p.add_argument("action", choices=("new", "install", "use", "remove", "list"))
+    p.add_argument("arg", nargs="?", metavar="FILE|ID", help="a key file, or a key id")
+    p.set_defaults(func=cmd_key)
 
     p = add("members", "list the swarm's members as this node sees them")
     p.add_argument("--json", action="store_true", help="print them as JSON")
@@ -632,6 +650,38 @@ def cmd_join(args: argparse.Namespace) -> int:
         return 0
     args.join = list(args.join) + list(args.peer)
     return cmd_start(args)
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Key rotation, one step at a time on every node: install the new key everywhere, then use
+    it everywhere, then remove the old one; each step takes effect at once on a running node."""
+    state = statedir.resolve(args.data_dir)
+    if args.action == "new":
+        if not args.arg:
+            raise UserInputError("swarm key new FILE: where to write the new key")
+        target = Path(args.arg)
+        if target.exists():
+            raise UserInputError(f"{target} exists; not overwriting a key")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(statedir.SWARM_KEY_BYTES) + "\n")
+        out.print(f"new swarm key {wire.key_id(statedir.read_swarm_key(target)).hex()} in {target}")
+        return 0
+    statedir.init(state)
+    if args.action == "install":
+        key = statedir.read_swarm_key(Path(args.arg or ""))
+        statedir.install_key(state, key, wire.key_id(key).hex())
+    elif args.action == "use":
+        statedir.use_key(state, args.arg or "")
+    elif args.action == "remove":
+        statedir.remove_key(state, args.arg or "")
+    if args.action != "list" and asyncio.run(control.is_running(state)):
+        _call(args, "reload_keys")
+    in_use, others = statedir.key_ring_files(state)
+    out.print(f"in use:    {wire.key_id(in_use).hex()}")
+    for key in others:
+        out.print(f"installed: {wire.key_id(key).hex()}")
+    return 0
 
 
 def cmd_members(args: argparse.Namespace) -> int:

@@ -187,6 +187,7 @@ class Node:
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.membership: gossip.Membership | None = None
+        self.ring = wire.KeyRing()
         self.rng = random.Random()
         self.bad_records = 0  # peers' records that did not decode: dropped
         self._applying = 0  # pushes of records being stored
@@ -294,7 +295,8 @@ class Node:
     async def _start_gossip(
         self, tg: asyncio.TaskGroup, bind: tuple[str, int]
     ) -> list[asyncio.Task[None]]:
-        ring = wire.KeyRing.of(statedir.read_swarm_key(self.state.swarm_key_path))
+        ring = self.ring
+        self.reload_keys()
         sender = bytes.fromhex(self.node_id)
         # Counters must never repeat for this sender, across restarts too: start at the clock.
         sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
@@ -318,6 +320,20 @@ class Node:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
         return loops
+
+    def reload_keys(self) -> str:
+        """Make the key ring what the state dir says: every key installed, swarm.key in use.
+        The ring object is shared with the sealer and opener, so this takes effect at once."""
+        in_use, others = statedir.key_ring_files(self.state)
+        wanted = {wire.key_id(k): k for k in [in_use, *others]}
+        for kid in [k for k in self.ring.keys if k not in wanted and k != self.ring.in_use]:
+            self.ring.remove(kid)
+        for key in wanted.values():
+            self.ring.install(key)
+        self.ring.use(wire.key_id(in_use))
+        for kid in [k for k in self.ring.keys if k not in wanted]:
+            self.ring.remove(kid)  # the old key in use, now that another one is
+        return self.ring.in_use.hex()
 
     async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
         """Join through the seeds, again and again until some member is known: a seed may be
@@ -975,6 +991,11 @@ class Node:
             if job not in self.ledger.jobs:
                 raise UserInputError(f"no job {job!r}")
             return {"ok": True, **(await self.fetch_results(job))}
+        if op == "reload_keys":
+            try:
+                return {"ok": True, "in_use": self.reload_keys()}
+            except ValueError as exc:
+                raise UserInputError(f"the key ring was not changed: {exc}") from exc
         if op == "join":
             peers = request.get("peers")
             if not isinstance(peers, list) or not peers:

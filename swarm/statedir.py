@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm import db
+from swarm import db, wire
 from swarm.errors import ConfigError
 
 SWARM_KEY_BYTES = 32
@@ -54,6 +54,11 @@ class StateDir:
     @property
     def swarm_key_path(self) -> Path:
         return self.root / "swarm.key"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Installed swarm keys that are not (or not yet) in use: `<key id>.key` each."""
+        return self.root / "keys"
 
     @property
     def socket_path(self) -> Path:
@@ -161,3 +166,45 @@ def _write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+# -- the key ring on disk: swarm.key is the key in use, keys/ holds the others installed --------
+
+
+def key_ring_files(state: StateDir) -> tuple[bytes, list[bytes]]:
+    """(the key in use, every other installed key)."""
+    in_use = read_swarm_key(state.swarm_key_path)
+    others = []
+    if state.keys_dir.is_dir():
+        for path in sorted(state.keys_dir.glob("*.key")):
+            key = read_swarm_key(path)
+            if key != in_use:
+                others.append(key)
+    return in_use, others
+
+
+def install_key(state: StateDir, key: bytes, key_id: str) -> None:
+    state.keys_dir.mkdir(mode=0o700, exist_ok=True)
+    _write_private(state.keys_dir / f"{key_id}.key", key.hex().encode() + b"\n")
+
+
+def use_key(state: StateDir, key_id: str) -> bytes:
+    """Make an installed key the one in use; the one it replaces stays installed."""
+    path = state.keys_dir / f"{key_id}.key"
+    if not path.exists():
+        raise ConfigError(f"no installed key {key_id}: install it first (swarm key install FILE)")
+    new = read_swarm_key(path)
+    old = read_swarm_key(state.swarm_key_path)
+    install_key(state, old, wire.key_id(old).hex())
+    _write_private(state.swarm_key_path, new.hex().encode() + b"\n")
+    path.unlink()
+    return new
+
+
+def remove_key(state: StateDir, key_id: str) -> None:
+    if wire.key_id(read_swarm_key(state.swarm_key_path)).hex() == key_id:
+        raise ConfigError(f"key {key_id} is in use: use another one first (swarm key use ID)")
+    path = state.keys_dir / f"{key_id}.key"
+    if not path.exists():
+        raise ConfigError(f"no installed key {key_id}")
+    path.unlink()

@@ -226,3 +226,34 @@ def test_results_are_fetched_from_the_node_that_ran_the_tasks(swarm: Swarm, tmp_
         assert (out / f"r{i}/stdout").read_text() == f"ran on b {i}\n"
         assert (out / f"r{i}/f.txt").read_text() == f"out{i}\n"
     assert {r["node"] for r in export_rows(cli0)} == {ids[1]}
+
+
+def test_key_rotation_across_a_running_swarm_keeps_it_together(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    swarm.start(0)
+    swarm.start(1, join=0)
+    ids = [swarm.node_id(i) for i in range(2)]
+    together = dict.fromkeys(ids, "alive")
+    wait_for("both to see each other", lambda: swarm.states(0) == together)
+    cli0, cli1 = swarm.nodes[0][0], swarm.nodes[1][0]
+    new_key = tmp_path / "new.key"
+    cli0.ok("key", "new", str(new_key))
+    old_id = cli0.ok("key", "list").stdout.split()[2]
+    # 1. install everywhere, 2. use everywhere, 3. remove the old key everywhere
+    for cli in (cli0, cli1):
+        cli.ok("key", "install", str(new_key))
+    listed = cli0.ok("key", "list").stdout.splitlines()
+    new_id = next(line.split()[1] for line in listed if line.startswith("installed"))
+    dropped_before = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
+    for cli in (cli0, cli1):
+        cli.ok("key", "use", new_id)
+        time.sleep(0.5)
+        assert swarm.states(0) == together and swarm.states(1) == together
+    for cli in (cli0, cli1):
+        cli.ok("key", "remove", old_id)
+    time.sleep(2)
+    assert swarm.states(0) == together and swarm.states(1) == together
+    dropped_after = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
+    assert dropped_after == dropped_before  # no packet of a member was lost to the rotation
+    assert f"in use:    {new_id}" in cli1.ok("key", "list").stdout
