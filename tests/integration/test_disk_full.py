@@ -58,7 +58,7 @@ def test_full_disk_pauses_the_node_and_it_recovers(
         tasks = write_tasks(
             work / "big.jsonl",
             [
-                {"name": f"t{i}", "cmd": f"head -c 300000 /dev/zero; echo {i}", "retries": 20}
+                {"name": f"t{i}", "cmd": f"head -c 300000 /dev/zero && echo {i}", "retries": 20}
                 for i in range(6)
             ],
         )
