@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import random  # only the type: randomness is injected, never the global generator
+    # Only the types: randomness is injected, never the global generator.
+    import random
+    from collections.abc import Callable
 
 Addr = tuple[str, int]
 
@@ -89,6 +91,7 @@ class Member:
     state: MemberState
     meta: dict[str, Any]
     changed_at: float
+    proof: bytes = b""  # the member's signature of its current Alive, passed on with it
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -100,6 +103,7 @@ class Alive:
     incarnation: int
     addr: Addr
     meta: dict[str, Any]
+    proof: bytes = b""  # the node's own signature of the other fields (identity.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +286,15 @@ class Membership:
         rng: random.Random,
         now: float,
         incarnation: int = 1,
+        sign: Callable[[Alive], Alive] | None = None,
+        check: Callable[[Alive], bool] | None = None,
     ) -> None:
         self.node = node
+        # Only the member itself can vouch for its Alive: it signs, and others check the
+        # signature before an Alive changes anything (the simulator runs without both).
+        self._sign = sign
+        self._check = check
+        self.forged = 0  # Alive rumours whose signature did not check: ignored
         self.config = config
         self.rng = rng
         self.members: dict[str, Member] = {
@@ -303,7 +314,7 @@ class Membership:
         self._next_gossip = now
         self._next_push_pull = now + config.push_pull_interval_s
         self._next_reconnect = now + config.reconnect_interval_s
-        self._queue(Alive(node, incarnation, addr, meta))
+        self._announce()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -319,7 +330,7 @@ class Membership:
         out: list[Rumour] = []
         for m in self.members.values():
             if m.state is MemberState.ALIVE:
-                out.append(Alive(m.node, m.incarnation, m.addr, m.meta))
+                out.append(Alive(m.node, m.incarnation, m.addr, m.meta, m.proof))
             elif m.state is MemberState.SUSPECT:
                 out.append(Suspect(m.node, m.incarnation, self.node))
             else:
@@ -350,7 +361,7 @@ class Membership:
         me = self.me
         me.meta = meta
         me.incarnation += 1
-        self._queue(Alive(self.node, me.incarnation, me.addr, meta))
+        self._announce()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -484,17 +495,28 @@ class Membership:
                 self._refute(alive.incarnation)  # someone speaks for us: outrank them
             return
         member = self.members.get(alive.node)
+        if member is not None and alive.incarnation <= member.incarnation:
+            return
+        # Checked only here, where it would change something: most Alives are repeats.
+        if self._check is not None and not self._check(alive):
+            self.forged += 1
+            return
         if member is None:
             self.members[alive.node] = Member(
-                alive.node, alive.addr, alive.incarnation, MemberState.ALIVE, alive.meta, now
+                alive.node,
+                alive.addr,
+                alive.incarnation,
+                MemberState.ALIVE,
+                alive.meta,
+                now,
+                alive.proof,
             )
             self.events.append(MemberJoined(alive.node))
             self._queue(alive)
             return
-        if alive.incarnation <= member.incarnation:
-            return
         was = member.state
         member.incarnation, member.addr, member.meta = alive.incarnation, alive.addr, alive.meta
+        member.proof = alive.proof
         self._suspicions.pop(alive.node, None)
         if was is not MemberState.ALIVE:
             member.state, member.changed_at = MemberState.ALIVE, now
@@ -575,18 +597,28 @@ class Membership:
         """A stale accusation is going round (someone missed a refutation): spread what we know
         of the member again, so the correction travels where the accusation does."""
         if member.state is MemberState.ALIVE and member.node not in self._broadcasts:
-            self._queue(Alive(member.node, member.incarnation, member.addr, member.meta))
+            self._queue(
+                Alive(member.node, member.incarnation, member.addr, member.meta, member.proof)
+            )
 
     def _reassert(self) -> None:
         """Spread our current Alive again, unless it is still being spread."""
         if self.node not in self._broadcasts:
-            me = self.me
-            self._queue(Alive(self.node, me.incarnation, me.addr, me.meta))
+            self._announce()
 
     def _refute(self, incarnation: int) -> None:
         me = self.me
         me.incarnation = max(me.incarnation, incarnation) + 1
-        self._queue(Alive(self.node, me.incarnation, me.addr, me.meta))
+        self._announce()
+
+    def _announce(self) -> None:
+        """Spread our current Alive, signed (and kept, so push-pulls send the same one)."""
+        me = self.me
+        alive = Alive(self.node, me.incarnation, me.addr, me.meta)
+        if self._sign is not None:
+            alive = self._sign(alive)
+        me.proof = alive.proof
+        self._queue(alive)
 
     # -- push-pull ---------------------------------------------------------------------------
 

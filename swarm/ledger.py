@@ -109,6 +109,7 @@ class ResultRecord:
     digest: str | None  # sha256 of the result manifest (stdout, stderr, output files)
     node_capacity: Resources  # so runtimes can be compared across machine shapes
     reason: str = ""
+    proof: bytes = b""  # the executing node's signature (identity.py); empty only in the simulator
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +438,7 @@ def body_to_plain(body: Body) -> list[Any]:
                 body.digest,
                 body.node_capacity.to_wire(),
                 body.reason,
+                body.proof,
             ]
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
@@ -474,6 +476,7 @@ def body_from_plain(raw: Any) -> Body:
                     digest=None if f[10] is None else _s(f[10]),
                     node_capacity=Resources.from_wire(f[11]),
                     reason=_s(f[12]),
+                    proof=_b(f[13]),
                 )
             case Kind.REPLICA:
                 return ReplicaRecord(_s(f[0]))
@@ -489,6 +492,12 @@ def body_from_plain(raw: Any) -> Body:
 def _s(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _b(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
     return value
 
 

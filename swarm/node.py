@@ -33,10 +33,17 @@ from typing import Any
 
 import aiosqlite
 
-from swarm import db, gossip, net, resources, snapshot, statedir, wire
+from swarm import db, gossip, identity, net, resources, snapshot, statedir, wire
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
-from swarm.errors import BadRecordError, ControlError, StorageFullError, SwarmError, UserInputError
+from swarm.errors import (
+    BadRecordError,
+    ConfigError,
+    ControlError,
+    StorageFullError,
+    SwarmError,
+    UserInputError,
+)
 from swarm.executor import (
     KILL_GRACE_S,
     NODE_TAG,
@@ -186,10 +193,12 @@ class Node:
         self._own_rss_kb = resources.own_peak_rss_kb()
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
+        self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
         self.rng = random.Random()
         self.bad_records = 0  # peers' records that did not decode: dropped
+        self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self._applying = 0  # pushes of records being stored
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
         self._reader: aiosqlite.Connection | None = None
@@ -207,6 +216,12 @@ class Node:
         try:
             meta = db.read_meta(self.state.db_path)
             self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
+            self.identity = statedir.load_identity(self.state)
+            if self.identity.node_id != self.node_id:
+                raise ConfigError(
+                    f"{self.state.identity_path} is not the key of node {self.node_id} "
+                    "that this ledger belongs to"
+                )
             self._base_env[NODE_TAG] = self.node_id
             killed = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if killed:
@@ -301,7 +316,14 @@ class Node:
         # Counters must never repeat for this sender, across restarts too: start at the clock.
         sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
         self.membership = gossip.Membership(
-            self.node_id, bind, self._meta(), self.config.gossip, random.Random(), time.monotonic()
+            self.node_id,
+            bind,
+            self._meta(),
+            self.config.gossip,
+            random.Random(),
+            time.monotonic(),
+            sign=self.identity.sign_alive,
+            check=identity.check_alive,
         )
         self.net = net.GossipNet(
             self.membership,
@@ -399,6 +421,8 @@ class Node:
     def _versioned(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
         rows = []
         for body in bodies:
+            if isinstance(body, ResultRecord):
+                body = self.identity.sign_result(body)  # a result is its runner's word
             self._seq += 1
             version = Version(self.node_id, self.generation, self._seq)
             rows.append(db.Row(version, body, replaces))
@@ -468,6 +492,7 @@ class Node:
         try:
             rows: list[db.Row] = []
             expected: dict[tuple[str, int], int] = {}
+            refused: dict[tuple[str, int], int] = {}
             for origin, generation, seq, raw in records:
                 key = (origin, generation)
                 if origin == self.node_id:
@@ -480,6 +505,12 @@ class Node:
                 except BadRecordError:
                     self.bad_records += 1
                     continue
+                if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
+                    # Not its origin's word. Not stored, and the watermark stays below it, so
+                    # the genuine record of that seq is still taken when it comes.
+                    self.forged_records += 1
+                    refused.setdefault(key, seq)
+                    continue
                 expected[key] = seq
                 previous = self._heartbeats.get(key) if isinstance(body, HeartbeatRecord) else None
                 version = Version(origin, generation, seq)
@@ -491,6 +522,8 @@ class Node:
                 await self.writer.write(rows)
                 self._apply_rows(rows)
             for key, seq in (upto or {}).items():
+                if key in refused:
+                    seq = min(seq, refused[key] - 1)
                 if seq > self.ledger.high_seq.get(key, 0):
                     self.ledger.high_seq[key] = seq
         except SwarmError as exc:
@@ -980,6 +1013,8 @@ class Node:
             if self.net is not None:
                 stats = {
                     "dropped": self.net.dropped,
+                    "forged": self.net.membership.forged + self.forged_records,
+                    "bad_records": self.bad_records,
                     "sent": self.net.sent,
                     "received": self.net.received,
                     "bytes_sent": self.net.bytes_sent,

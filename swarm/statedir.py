@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm import db, wire
 from swarm.errors import ConfigError
+from swarm.identity import Identity
 
 SWARM_KEY_BYTES = 32
 SOCKET_PATH_BYTES_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
@@ -126,18 +127,19 @@ def init(state: StateDir, key_file: Path | None = None) -> bool:
     return True
 
 
-def node_id(state: StateDir) -> str:
-    """The sha256 of this node's Ed25519 public key, as 32 hex characters."""
+def load_identity(state: StateDir) -> Identity:
     try:
         key = serialization.load_pem_private_key(state.identity_path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the identity key {state.identity_path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{state.identity_path} is not an Ed25519 key")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return hashlib.sha256(public).hexdigest()[:32]
+    return Identity(key)
+
+
+def node_id(state: StateDir) -> str:
+    """The sha256 of this node's Ed25519 public key, as 32 hex characters."""
+    return load_identity(state).node_id
 
 
 def read_swarm_key(path: Path) -> bytes:

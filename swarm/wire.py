@@ -247,6 +247,7 @@ class RumourType(enum.IntEnum):
 
 
 NODE_ID_CHARS_MAX = 64
+PROOF_BYTES_MAX = 128  # an Ed25519 public key and signature are 96; checked in identity.py
 HOST_CHARS_MAX = 255
 META_KEYS_MAX = 64
 META_TEXT_CHARS_MAX = 256
@@ -295,6 +296,7 @@ def _rumour_to_plain(rumour: gossip.Rumour) -> list[Any]:
                 rumour.incarnation,
                 list(rumour.addr),
                 rumour.meta,
+                rumour.proof,
             ]
         case gossip.Suspect():
             return [RumourType.SUSPECT, rumour.node, rumour.incarnation, rumour.accuser]
@@ -345,8 +347,8 @@ def _rumour_from_plain(raw: Any) -> gossip.Rumour:
     f = raw[1:]
     match kind:
         case RumourType.ALIVE:
-            _arity(f, 4)
-            return gossip.Alive(_node(f[0]), _seq(f[1]), _addr(f[2]), _meta(f[3]))
+            _arity(f, 5)
+            return gossip.Alive(_node(f[0]), _seq(f[1]), _addr(f[2]), _meta(f[3]), _proof(f[4]))
         case RumourType.SUSPECT:
             _arity(f, 3)
             return gossip.Suspect(_node(f[0]), _seq(f[1]), _node(f[2]))
@@ -369,6 +371,12 @@ def _seq(value: Any) -> int:
 def _node(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= NODE_ID_CHARS_MAX:
         raise ValueError("expected a node id")
+    return value
+
+
+def _proof(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > PROOF_BYTES_MAX:
+        raise ValueError("expected a short signature")
     return value
 
 

@@ -216,7 +216,7 @@ metas = st.dictionaries(
     st.text(max_size=10), st.one_of(st.integers(-(2**31), 2**31), st.text(max_size=10)), max_size=5
 )
 rumours = st.one_of(
-    st.builds(gossip.Alive, nodes, counters, addrs, metas),
+    st.builds(gossip.Alive, nodes, counters, addrs, metas, st.binary(max_size=96)),
     st.builds(gossip.Suspect, nodes, counters, nodes),
     st.builds(gossip.Dead, nodes, counters, nodes),
 )

@@ -257,3 +257,71 @@ def test_key_rotation_across_a_running_swarm_keeps_it_together(
     dropped_after = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
     assert dropped_after == dropped_before  # no packet of a member was lost to the rotation
     assert f"in use:    {new_id}" in cli1.ok("key", "list").stdout
+
+
+def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None:
+    """A holder of the swarm key still cannot speak for another node: its Alive and RESULT
+    records must carry that node's own signature."""
+    from swarm import db, gossip, wire
+    from swarm.identity import Identity
+    from swarm.ledger import Outcome, ResultRecord
+    from swarm.spec import Resources
+
+    cli0, daemon0 = swarm.start(0)
+    port = swarm.nodes[0][2]
+    task = cli0.cwd / "never.jsonl"
+    task.write_text(
+        json.dumps({"name": "t", "cmd": "true", "requires": {"zone": "nowhere"}}) + "\n"
+    )
+    cli0.ok("submit", str(task))
+    (row,) = export_rows(cli0)
+    key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
+    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=1)
+    victim, forger = Identity.generate(), Identity.generate()
+    done = ResultRecord(
+        task_id=row["task_id"],
+        epoch=1,
+        attempt=1,
+        outcome=Outcome.OK,
+        exit_code=0,
+        started_ms=1,
+        ended_ms=2,
+        wall_s=0.0,
+        cpu_s=0.0,
+        max_rss_kb=0,
+        digest=None,
+        node_capacity=Resources(cpus=1, memory_bytes=1 << 30),
+    )
+    forged_result = forger.sign_result(done)  # signed, but not by the victim
+    forged_alive = forger.sign_alive(gossip.Alive(victim.node_id, 1, ("127.0.0.1", 9), {}))
+    packets = [
+        wire.encode(
+            wire.ledger_message_to_plain(
+                wire.RecordsPush(((victim.node_id, 1, 1, db.encode(forged_result)),))
+            )
+        ),
+        wire.encode_datagram(gossip.Packet(gossip.Gossip(), (forged_alive,)))[0],
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for body in packets:
+            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+    wait_for("both forgeries to be counted", lambda: swarm.members(0)["net"]["forged"] >= 2)
+    assert victim.node_id not in swarm.states(0)
+    assert cli0.job("never")["done"] == 0
+    # The same statements signed by the victim itself are taken: the check is not a wall.
+    genuine_alive = victim.sign_alive(gossip.Alive(victim.node_id, 1, ("127.0.0.1", 9), {}))
+    genuine_result = victim.sign_result(done)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for body in [
+            wire.encode_datagram(gossip.Packet(gossip.Gossip(), (genuine_alive,)))[0],
+            wire.encode(
+                wire.ledger_message_to_plain(
+                    wire.RecordsPush(((victim.node_id, 1, 1, db.encode(genuine_result)),))
+                )
+            ),
+        ]:
+            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+    wait_for("the genuine Alive to be taken", lambda: victim.node_id in swarm.states(0))
+    wait_for("the genuine result to be taken", lambda: cli0.job("never")["done"] == 1)
+    assert swarm.members(0)["net"]["forged"] == 2
+    assert daemon0.proc is not None and daemon0.proc.poll() is None
