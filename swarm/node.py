@@ -71,6 +71,7 @@ from swarm.ledger import (
     Version,
 )
 from swarm.policy import PendingQueue
+from swarm.replication import Intake, behind
 from swarm.spec import Resources, TaskSpec, name_problem, task_id
 from swarm.statedir import StateDir
 from swarm.store import EMPTY_DIGEST, BlobStore
@@ -487,31 +488,26 @@ class Node:
     async def _take_records(
         self, records: tuple[wire.RecordCopy, ...], upto: wire.Watermarks | None
     ) -> None:
-        """Store and apply peers' records. Without `upto` (a push), only the next record of each
-        node in seq order is taken: the digest must never claim a record we skipped."""
+        """Store and apply peers' records, by the rules of replication.py: a push (no `upto`)
+        only from the next seq we lack; a sync answer whole, then its watermarks."""
         try:
+            intake = Intake(self.ledger.high_seq, self.node_id, in_order=upto is None)
             rows: list[db.Row] = []
-            expected: dict[tuple[str, int], int] = {}
-            refused: dict[tuple[str, int], int] = {}
             for origin, generation, seq, raw in records:
+                if not intake.wants(origin, generation, seq):
+                    continue
                 key = (origin, generation)
-                if origin == self.node_id:
-                    continue
-                following = expected.get(key, self.ledger.high_seq.get(key, 0)) + 1
-                if upto is None and seq != following:
-                    continue
                 try:
                     body = db.decode(raw)
                 except BadRecordError:
                     self.bad_records += 1
+                    intake.refuse(key, seq)
                     continue
                 if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
-                    # Not its origin's word. Not stored, and the watermark stays below it, so
-                    # the genuine record of that seq is still taken when it comes.
-                    self.forged_records += 1
-                    refused.setdefault(key, seq)
+                    self.forged_records += 1  # not its origin's word
+                    intake.refuse(key, seq)
                     continue
-                expected[key] = seq
+                intake.took(key, seq)
                 previous = self._heartbeats.get(key) if isinstance(body, HeartbeatRecord) else None
                 version = Version(origin, generation, seq)
                 if isinstance(body, HeartbeatRecord):
@@ -521,11 +517,8 @@ class Node:
                 assert self.writer is not None
                 await self.writer.write(rows)
                 self._apply_rows(rows)
-            for key, seq in (upto or {}).items():
-                if key in refused:
-                    seq = min(seq, refused[key] - 1)
-                if seq > self.ledger.high_seq.get(key, 0):
-                    self.ledger.high_seq[key] = seq
+            for key, seq in list(intake.watermarks(upto or {})):
+                self.ledger.high_seq[key] = seq
         except SwarmError as exc:
             log.warning("could not store records from a peer: %s", exc)
         finally:
@@ -632,10 +625,8 @@ class Node:
         assert self._reader is not None
         budget = SYNC_RECORDS_MAX
         upto: wire.Watermarks = {}
-        for key, high in list(self.ledger.high_seq.items()):
-            after = request.digest.get(key, 0)
-            if high <= after:
-                continue
+        for key, after in list(behind(self.ledger.high_seq, request.digest)):
+            high = self.ledger.high_seq[key]
             while budget > 0:
                 rows = await db.rows_after(
                     self._reader, key[0], key[1], after, min(db.SYNC_ROWS_MAX, budget)

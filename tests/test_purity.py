@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "swarm"
-PURE = ["clock", "ledger", "policy", "spec", "snapshot", "status", "errors", "wire", "gossip"]
+PURE = [
+    "clock",
+    "ledger",
+    "policy",
+    "spec",
+    "snapshot",
+    "status",
+    "errors",
+    "wire",
+    "gossip",
+    "replication",
+]
 BANNED = {
     "asyncio", "socket", "time", "random", "subprocess", "sqlite3", "aiosqlite", "os",
     "threading", "selectors", "signal", "shutil", "tempfile", "datetime", "asyncio_dgram",

@@ -1,0 +1,73 @@
+"""The rules of ledger replication (Scuttlebutt anti-entropy), shared by the daemon and the
+simulator.
+
+Every record is versioned (origin, generation, seq) and each origin numbers its records 1, 2, 3,
+... per generation. A node's digest is its watermarks: for each (origin, generation), the highest
+seq up to which it holds every record that still exists. Two messages carry records:
+
+- a *push*: an origin's fresh records, sent at once over UDP to a few members. It may arrive
+  late, twice, or not at all, so only the next record a node lacks is taken, in seq order;
+- a *sync answer*: what a peer holds past our digest, in seq order per origin, ending with the
+  watermarks up to which it was complete (gaps below are records that no longer exist, such as
+  superseded heartbeats).
+
+The invariant both keep: a watermark never passes a record this node lacks and could still get.
+A record refused (undecodable, or a forged result) stops its origin's records in that message,
+and the watermark stays below it, so the genuine record of that seq is still taken when it comes.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+Key = tuple[str, int]  # (origin, generation)
+Watermarks = dict[Key, int]
+
+
+class Intake:
+    """Which records of one message from a peer to take, and how far the watermarks may rise."""
+
+    def __init__(self, high_seq: Mapping[Key, int], me: str, in_order: bool) -> None:
+        self._high = high_seq
+        self._me = me
+        self._in_order = in_order
+        self._taken: dict[Key, int] = {}
+        self._refused: dict[Key, int] = {}
+
+    def wants(self, origin: str, generation: int, seq: int) -> bool:
+        """Whether to take this record (then call `took` or `refuse` with the outcome)."""
+        key = (origin, generation)
+        if origin == self._me or key in self._refused:
+            return False
+        have = self._taken.get(key, self._high.get(key, 0))
+        return seq == have + 1 if self._in_order else seq > have
+
+    def took(self, key: Key, seq: int) -> None:
+        self._taken[key] = seq
+
+    def refuse(self, key: Key, seq: int) -> None:
+        self._refused.setdefault(key, seq)
+
+    @property
+    def refused(self) -> int:
+        return len(self._refused)
+
+    def watermarks(self, upto: Mapping[Key, int]) -> Iterator[tuple[Key, int]]:
+        """The watermarks a sync answer's `upto` lets us raise (never past a refused record)."""
+        for key, seq in upto.items():
+            if key[0] == self._me:
+                continue
+            if key in self._refused:
+                seq = min(seq, self._refused[key] - 1)
+            if seq > self._high.get(key, 0):
+                yield key, seq
+
+
+def behind(ours: Mapping[Key, int], theirs: Mapping[Key, int]) -> Iterable[tuple[Key, int]]:
+    """For a peer's digest: each (origin, generation) we hold past it, with the seq it has."""
+    for key, high in ours.items():
+        after = theirs.get(key, 0)
+        if high > after:
+            yield key, after
