@@ -483,15 +483,23 @@ class Node:
         if self._tg is None or self._applying >= APPLYING_MAX:
             return  # too busy: anti-entropy brings them later
         self._applying += 1
-        self._tg.create_task(self._take_records(push.records, None))
+        self._tg.create_task(self._take_push(push))
+
+    async def _take_push(self, push: wire.RecordsPush) -> None:
+        try:
+            await self._take_records(push.records, self._intake(None), {})
+        finally:
+            self._applying -= 1
+
+    def _intake(self, asked: wire.Watermarks | None) -> Intake:
+        return Intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
 
     async def _take_records(
-        self, records: tuple[wire.RecordCopy, ...], upto: wire.Watermarks | None
+        self, records: tuple[wire.RecordCopy, ...], intake: Intake, upto: wire.Watermarks
     ) -> None:
-        """Store and apply peers' records, by the rules of replication.py: a push (no `upto`)
-        only from the next seq we lack; a sync answer whole, then its watermarks."""
+        """Store and apply peers' records as `intake` (replication.py) allows, then raise the
+        watermarks that a sync answer's `upto` allows."""
         try:
-            intake = Intake(self.ledger.high_seq, self.node_id, in_order=upto is None)
             rows: list[db.Row] = []
             for origin, generation, seq, raw in records:
                 if not intake.wants(origin, generation, seq):
@@ -517,13 +525,10 @@ class Node:
                 assert self.writer is not None
                 await self.writer.write(rows)
                 self._apply_rows(rows)
-            for key, seq in list(intake.watermarks(upto or {})):
+            for key, seq in list(intake.watermarks(upto)):
                 self.ledger.high_seq[key] = seq
         except SwarmError as exc:
             log.warning("could not store records from a peer: %s", exc)
-        finally:
-            if upto is None:
-                self._applying -= 1
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -612,13 +617,15 @@ class Node:
                 continue
             peer = self.rng.choice(peers)
             request = wire.SyncRequest(dict(self.ledger.high_seq))
+            intake = self._intake(request.digest)  # one for every frame of the answer
+
+            async def take(batch: wire.SyncBatch, intake: Intake = intake) -> None:
+                await self._take_records(batch.records, intake, batch.upto if batch.done else {})
+
             try:
-                await self.net.pull(peer.addr, request, self._take_batch)
+                await self.net.pull(peer.addr, request, take)
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
-
-    async def _take_batch(self, batch: wire.SyncBatch) -> None:
-        await self._take_records(batch.records, batch.upto if batch.done else {})
 
     async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
         """What we hold past the peer's digest, in bounded frames, node by node in seq order."""

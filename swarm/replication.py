@@ -7,9 +7,11 @@ seq up to which it holds every record that still exists. Two messages carry reco
 
 - a *push*: an origin's fresh records, sent at once over UDP to a few members. It may arrive
   late, twice, or not at all, so only the next record a node lacks is taken, in seq order;
-- a *sync answer*: what a peer holds past our digest, in seq order per origin, ending with the
-  watermarks up to which it was complete (gaps below are records that no longer exist, such as
-  superseded heartbeats).
+- a *sync answer*: what a peer holds past the digest we sent it, in seq order per origin, ending
+  with the watermarks up to which it was complete (gaps below are records that no longer exist,
+  such as superseded heartbeats). It continues from that digest, so it is taken only for the
+  origins where we still hold at least what the digest said (a node whose ledger was wiped
+  meanwhile does not).
 
 The invariant both keep: a watermark never passes a record this node lacks and could still get.
 A record refused (undecodable, or a forged result) stops its origin's records in that message,
@@ -29,20 +31,31 @@ Watermarks = dict[Key, int]
 class Intake:
     """Which records of one message from a peer to take, and how far the watermarks may rise."""
 
-    def __init__(self, high_seq: Mapping[Key, int], me: str, in_order: bool) -> None:
+    def __init__(
+        self, high_seq: Mapping[Key, int], me: Key, asked: Mapping[Key, int] | None
+    ) -> None:
+        """`asked`: the digest a sync answer answers; None for a push. `me` is this node's
+        current (id, generation): its own records it never takes from a peer (those of its
+        earlier generations, before its ledger was wiped, it takes back). One Intake serves
+        every frame of one sync answer, so a refusal holds across frames."""
         self._high = high_seq
         self._me = me
-        self._in_order = in_order
+        self._in_order = asked is None
+        # Origins where we hold less than the digest said: the answer does not continue from
+        # what we hold, so nothing of theirs is taken from it.
+        self._gap = {key for key, seq in (asked or {}).items() if high_seq.get(key, 0) < seq}
         self._taken: dict[Key, int] = {}
         self._refused: dict[Key, int] = {}
 
     def wants(self, origin: str, generation: int, seq: int) -> bool:
         """Whether to take this record (then call `took` or `refuse` with the outcome)."""
         key = (origin, generation)
-        if origin == self._me or key in self._refused:
+        if key == self._me or key in self._refused:
             return False
         have = self._taken.get(key, self._high.get(key, 0))
-        return seq == have + 1 if self._in_order else seq > have
+        if self._in_order:
+            return seq == have + 1
+        return key not in self._gap and seq > have
 
     def took(self, key: Key, seq: int) -> None:
         self._taken[key] = seq
@@ -57,7 +70,7 @@ class Intake:
     def watermarks(self, upto: Mapping[Key, int]) -> Iterator[tuple[Key, int]]:
         """The watermarks a sync answer's `upto` lets us raise (never past a refused record)."""
         for key, seq in upto.items():
-            if key[0] == self._me:
+            if key == self._me or key in self._gap:
                 continue
             if key in self._refused:
                 seq = min(seq, self._refused[key] - 1)

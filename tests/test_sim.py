@@ -1,0 +1,61 @@
+"""The simulator's ledger scenario: a safety phase under faults, then a liveness phase that must
+converge. Fixed seeds here; `python -m swarm.sim --ledger --seeds 200` runs more."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarm.gossip import MemberState
+from swarm.ledger import ClaimRecord, TaskRecord
+from swarm.sim import _SPEC, InvariantBroken, Sim, everyone, scenario_ledger
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_replicas_stay_safe_under_faults_and_converge_after(seed: int) -> None:
+    run = scenario_ledger(seed, n=6)
+    assert run.converged_s is not None
+    assert run.tasks > 20 and run.done > 5  # the scenario really wrote and finished work
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_larger_swarm_with_faster_drift_converges(seed: int) -> None:
+    run = scenario_ledger(seed, n=16, loss=0.3, drift=0.1, safety_s=10)
+    assert run.converged_s is not None
+
+
+def test_a_seed_replays_identically() -> None:
+    assert scenario_ledger(7) == scenario_ledger(7)
+
+
+def test_membership_works_with_drifting_clocks() -> None:
+    sim = Sim(6, seed=3, drift=0.1)
+    assert len({sim.local_now(i) for i in range(6)}) == 6  # every node has its own clock
+    sim.join_all()
+    assert sim.run_until_agree(everyone(6), limit_s=10) is not None
+    sim.crash(5)
+    assert sim.run_until_agree(everyone(6, n0005=MemberState.DEAD), limit_s=20) is not None
+
+
+def test_a_wiped_node_gets_its_earlier_records_back() -> None:
+    sim = Sim(3, seed=1, ledger=True)
+    assert sim.replicas is not None
+    sim.join_all()
+    sim.run_for(2)
+    sim.write(1, TaskRecord("t1", "j", "t1", _SPEC, 1))
+    sim.write(1, ClaimRecord("t1", 1, 2))
+    sim.run_for(1)
+    wiped = sim.wipe(1)
+    sim.run_for(3)
+    replica = sim.replicas[sim.addr(1)]
+    assert replica.generation == 2 and wiped.me.incarnation >= 2
+    assert replica.ledger.high_seq[("n0001", 1)] == 2  # its first life's records, from peers
+    assert "t1" in replica.ledger.tasks
+
+
+def test_the_checks_catch_a_replica_that_claims_what_it_lacks() -> None:
+    sim = Sim(2, seed=0, ledger=True)
+    assert sim.replicas is not None
+    replica = sim.replicas[sim.addr(0)]
+    replica.ledger.high_seq[("n0001", 1)] = 3  # as a wrong intake rule would
+    with pytest.raises(InvariantBroken, match="holds only up to 0"):
+        replica.take((), {}, None)
