@@ -506,6 +506,7 @@ _CAPACITY = Resources(cpus=2, memory_bytes=1 << 30)
 class LedgerRun:
     converged_s: float | None  # liveness phase: seconds until every replica agreed
     records: int
+    lost: int  # written by the wiped node and held nowhere else when its disk went
     tasks: int
     done: int
 
@@ -517,7 +518,8 @@ def scenario_ledger(
     reorders messages, splits in two and heals, a node crashes, and another is wiped (its ledger
     comes back as a new generation). Every step is checked (see the module doc). Then the
     liveness phase: faults off, everyone back; every replica must reach the same ledger as the
-    union of every record written, and every member must see all others alive."""
+    union of every record still held somewhere, and every member must see all others alive.
+    (A record the wiped node wrote and had not yet passed on is gone with its disk: counted.)"""
     sim = Sim(
         n,
         seed,
@@ -569,7 +571,14 @@ def scenario_ledger(
     for i in range(n):
         if sim.addr(i) in sim.down:
             sim.restart(i)
-    expected = _reference(sim.truth).fingerprint()
+    surviving = {
+        Version(*key, seq): body
+        for replica in sim.replicas.values()
+        for key, held in replica.records.items()
+        for seq, body in held.items()
+    }
+    reference = _reference(surviving)
+    expected = reference.fingerprint()
     began = sim.now
     converged: float | None = None
     while sim.now - began < 60:
@@ -581,9 +590,9 @@ def scenario_ledger(
         sim.run_for(0.05)
     if converged is None:
         raise InvariantBroken(f"seed {seed}: the replicas did not converge within 60 s")
-    reference = _reference(sim.truth)
     done = sum(1 for v in reference.tasks.values() if v.state is State.DONE)
-    return LedgerRun(converged, len(sim.truth), len(reference.tasks), done)
+    lost = len(sim.truth) - len(surviving)
+    return LedgerRun(converged, len(sim.truth), lost, len(reference.tasks), done)
 
 
 def _ok(task: str, epoch: int) -> ResultRecord:
@@ -600,12 +609,19 @@ def _reference(truth: dict[Version, Body]) -> Ledger:
 def print_ledger_figures(seeds: int, sizes: list[int]) -> None:
     print("Ledger replication under faults (20% loss, 5% duplication, 0.5-30 ms delay, a split,")
     print("a crash, a wiped node, clocks drifting 5%), then faults off; test timers, simulated:")
-    print(f"{'N':>5} {'seeds':>6} {'records (median)':>17} {'converged s (median, max)':>26}")
+    print(
+        f"{'N':>5} {'seeds':>6} {'records (median)':>17} {'lost in the wipe (total)':>25}"
+        f" {'converged s (median, max)':>26}"
+    )
     for n in sizes:
         runs = [scenario_ledger(seed, n) for seed in range(seeds)]
         times = sorted(r.converged_s or 0.0 for r in runs)
         records = sorted(r.records for r in runs)[len(runs) // 2]
-        print(f"{n:>5} {seeds:>6} {records:>17} {times[len(times) // 2]:>18.2f}, {times[-1]:.2f}")
+        lost = sum(r.lost for r in runs)
+        print(
+            f"{n:>5} {seeds:>6} {records:>17} {lost:>25}"
+            f" {times[len(times) // 2]:>18.2f}, {times[-1]:.2f}"
+        )
 
 
 def print_spread_figures(seeds: int, sizes: list[int]) -> None:
