@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="gossip timers: lan (memberlist's defaults) or test (ten times faster)",
     )
     node_opts.add_argument(
+        "--lease-ttl",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="another node's tasks are taken over when its heartbeat has stopped this long "
+        "(default 10; 2 with --profile test); at once when it is declared dead",
+    )
+    node_opts.add_argument(
         "--sync",
         choices=db.SYNC_MODES,
         default="full",
@@ -223,6 +230,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
             "--bind needs the address other nodes reach this one at, such as 10.0.0.5:7946"
         )
     profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
+    # The test profile shortens leases as it shortens gossip: a dead node's tasks move in ~2 s.
+    beat, ttl = (0.25, 2.0) if args.profile == "test" else (1.0, 10.0)
     return NodeConfig(
         cpus=args.cpus,
         memory_bytes=memory,
@@ -232,6 +241,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         bind=bind,
         join=joins,
         gossip=profile,
+        heartbeat_interval_s=beat,
+        lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
     )
 
 
@@ -726,3 +737,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds: {text!r}")
+    return value

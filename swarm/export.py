@@ -236,7 +236,14 @@ def _task_row(view: TaskView, spec: TaskSpec) -> dict[str, str]:
         "gpus": str(spec.need.gpus),
         "priority": str(spec.priority),
     }
-    row.update(_attempt_cells(shown))
+    claim = view.active_claim()
+    if claim is not None:
+        # Running: the columns describe the attempt under way (who holds it, since when), not
+        # an earlier one that ended.
+        row.update(_attempt_cells(None))
+        row.update(node=claim[1], started=_iso_ms(wall_ms_of(view.claims[claim].stamp)))
+    else:
+        row.update(_attempt_cells(shown))
     return row
 
 

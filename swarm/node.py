@@ -54,6 +54,7 @@ from swarm.executor import (
     kill_orphans,
 )
 from swarm.export import manifest_bytes, parse_manifest
+from swarm.lease import Leases
 from swarm.ledger import (
     Body,
     CancelRecord,
@@ -81,13 +82,13 @@ log = logging.getLogger("swarm.node")
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-MEMORY_SAMPLE_S = 0.5
-STATUS_WAIT_MS_MAX = 10_000
+MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
+STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
-LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close  # longest a status long poll may wait for a change  # how often running attempts' memory is read from /proc
+LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,9 @@ class NodeConfig:
     join: tuple[tuple[str, int], ...] = ()  # members to join at start
     gossip: gossip.Config = field(default_factory=gossip.Config.lan)
     heartbeat_interval_s: float = 1.0
+    # Another node's claims expire when its heartbeat has not advanced for this long (or at once
+    # when membership declares it dead); see lease.py.
+    lease_ttl_s: float = 10.0
     claim_batch_max: int = 256  # claims made in one scheduler pass
     kill_grace_s: float = KILL_GRACE_S
 
@@ -195,6 +199,8 @@ class Node:
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
+        self.leases = Leases("", self.config.lease_ttl_s)
+        self._orphans: set[str] = set()  # running tasks whose holder's lease expired, re-queued
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
         self.rng = random.Random()
@@ -218,6 +224,7 @@ class Node:
             meta = db.read_meta(self.state.db_path)
             self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
             self.identity = statedir.load_identity(self.state)
+            self.leases = Leases(self.node_id, self.config.lease_ttl_s)
             if self.identity.node_id != self.node_id:
                 raise ConfigError(
                     f"{self.state.identity_path} is not the key of node {self.node_id} "
@@ -339,6 +346,7 @@ class Node:
         self._reader = await db.open_reader(self.state.db_path)
         loops = await self.net.start(tg)
         loops.append(tg.create_task(self._sync_loop()))
+        loops.append(tg.create_task(self._lease_loop()))
         if self.config.join:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
@@ -382,8 +390,15 @@ class Node:
         self.net.poke()
 
     def _on_members(self, events: list[gossip.Event]) -> None:
+        now = time.monotonic()
         for event in events:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
+            match event:
+                case gossip.MemberDied() | gossip.MemberLeft():
+                    self.leases.died(event.member)
+                    self._requeue_orphans()
+                case gossip.MemberJoined() | gossip.MemberRecovered():
+                    self.leases.revived(event.member, now)
 
     async def _leave_swarm(self) -> None:
         """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
@@ -440,11 +455,17 @@ class Node:
 
     def _apply_rows(self, rows: list[db.Row]) -> None:
         changed = False
+        now = time.monotonic()
         for row in rows:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
-            if row.remote and isinstance(row.body, ClaimRecord):
+            if not row.remote:
+                continue
+            if isinstance(row.body, HeartbeatRecord):
+                self.leases.heartbeat(row.version.origin, row.body.counter, now)
+            elif isinstance(row.body, ClaimRecord):
+                self.leases.seen(row.version.origin, now)
                 self._check_claim(row.body.task_id)
         if changed:
             self._changes += 1
@@ -689,13 +710,42 @@ class Node:
     # -- scheduling -------------------------------------------------------------------------
 
     def _is_pending(self, task: str) -> bool:
+        """Whether this node may claim the task: pending, or held by a node whose lease expired."""
         view = self.ledger.tasks.get(task)
-        return (
-            view is not None
-            and view.state is State.PENDING
-            and task not in self.attempts
-            and task not in self._claiming
-        )
+        if view is None or task in self.attempts or task in self._claiming:
+            return False
+        if view.state is State.PENDING:
+            return True
+        return view.state is State.RUNNING and self._holder_expired(view)
+
+    def _holder_expired(self, view: TaskView) -> bool:
+        held = view.active_claim()
+        if held is None:
+            return False
+        now = time.monotonic()
+        self.leases.seen(held[1], now)  # a holder known only from the ledger: its lease runs now
+        return self.leases.expired(held[1], now)
+
+    def _requeue_orphans(self) -> None:
+        """Put the running tasks of nodes whose lease expired back in our queue: claiming one
+        takes it over with a higher epoch (the holder, should it come back, then stops)."""
+        found = False
+        for task in list(self.ledger.running):
+            view = self.ledger.tasks[task]
+            if task in self._orphans or view.spec is None or not self._holder_expired(view):
+                continue
+            self._orphans.add(task)
+            self.queue.push(task, view.spec, view.submitted[0])
+            found = True
+        self._orphans &= self.ledger.running
+        if found:
+            self._wake.set()
+
+    async def _lease_loop(self) -> None:
+        """Judge other nodes' leases now and then (a stopped heartbeat expires no event)."""
+        while True:
+            await asyncio.sleep(min(self.config.heartbeat_interval_s, self.config.lease_ttl_s / 4))
+            self._requeue_orphans()
 
     async def _schedule_loop(self) -> None:
         assert self._tg is not None

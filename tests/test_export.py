@@ -311,10 +311,13 @@ def test_task_csv(world: tuple[Swarm, dict[str, str]]) -> None:
         row = by_name[name]
         assert row["state"] == name
         assert row["attempts"] == "0"
-        for col in ("node", "started", "ended", "wall_s", "outcome", "digest", "node_cpus"):
+        for col in ("ended", "wall_s", "outcome", "digest", "node_cpus"):
             assert row[col] == ""
         assert row["memory_mb"] == "512"
         assert row["cpus"] == "1"
+    # A running task shows who holds it and since when; a pending one, nobody.
+    assert by_name["running"]["node"] == "node-c" and by_name["running"]["started"]
+    assert by_name["pending"]["node"] == by_name["pending"]["started"] == ""
 
 
 def test_csv_to_a_real_file_round_trips_the_command(

@@ -11,6 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "swarm"
 PURE = [
+    "lease",
     "clock",
     "ledger",
     "policy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -325,3 +326,52 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     wait_for("the genuine result to be taken", lambda: cli0.job("never")["done"] == 1)
     assert swarm.members(0)["net"]["forged"] == 2
     assert daemon0.proc is not None and daemon0.proc.poll() is None
+
+
+def running_by_node(cli: Cli) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in export_rows(cli):
+        if row["state"] == "running":
+            counts[row["node"]] = counts.get(row["node"], 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_the_tasks_of_a_node_that_dies_or_freezes_are_taken_over(
+    swarm: Swarm, how: signal.Signals
+) -> None:
+    """Nothing stays running forever: a SIGKILLed holder is declared dead and its tasks move at
+    once; a frozen one (SIGSTOP) loses its lease, and when it wakes it sees it lost its claims."""
+    for i in range(3):
+        swarm.start(i, join=0 if i else None)
+    ids = [swarm.node_id(i) for i in range(3)]
+    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "long.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"name": f"t{i}", "cmd": f"sleep 2; echo {i}"}) + "\n" for i in range(6))
+    )
+    cli0.ok("submit", str(tasks))
+    wait_for("three tasks to run", lambda: sum(running_by_node(cli0).values()) == 3)
+    victim_id = ids[2]
+    victim = swarm.nodes[2][1]
+    held = {r["name"] for r in export_rows(cli0) if r["node"] == victim_id}
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, how)
+    try:
+        wait_for("every task to be done", lambda: cli0.job("long")["done"] == 6, timeout=60)
+        rows = {r["name"]: r for r in export_rows(cli0)}
+        assert all(r["state"] == "done" and r["node"] != victim_id for r in rows.values())
+        assert held and all(rows[name]["node"] != victim_id for name in held)
+        if how is signal.SIGSTOP:
+            os.kill(victim.proc.pid, signal.SIGCONT)
+            # Awake, it learns its claims were taken over: it stops its attempt, and its ledger
+            # agrees with the others' on who ran what.
+            wait_for(
+                "the woken node to agree",
+                lambda: swarm.nodes[2][0].job("long")["done"] == 6,
+                timeout=30,
+            )
+    finally:
+        if how is signal.SIGSTOP:
+            os.kill(victim.proc.pid, signal.SIGCONT)
