@@ -217,6 +217,10 @@ class Sim:
         self.cores[addr] = core
         self.down.discard(addr)
         self._deadlines.pop(addr, None)
+        # A restarted core starts with an empty view: incarnations only never go down within
+        # one life of a view.
+        for key in [k for k in self._seen if k[0] == addr]:
+            del self._seen[key]
         if self.replicas is not None and addr not in self.replicas:
             self.replicas[addr] = Replica(core.node, 1, self.truth, self.seed)
         return core
