@@ -231,7 +231,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         )
     profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
     # The test profile shortens leases as it shortens gossip: a dead node's tasks move in ~2 s.
-    beat, ttl = (0.25, 2.0) if args.profile == "test" else (1.0, 10.0)
+    beat, ttl, stagger = (0.25, 2.0, 0.1) if args.profile == "test" else (1.0, 10.0, 1.0)
     return NodeConfig(
         cpus=args.cpus,
         memory_bytes=memory,
@@ -242,6 +242,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         join=joins,
         gossip=profile,
         heartbeat_interval_s=beat,
+        claim_stagger_s=stagger,
         lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
     )
 

@@ -26,8 +26,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ from swarm.ledger import (
     TaskView,
     Version,
 )
-from swarm.policy import PendingQueue
+from swarm.policy import PendingQueue, labels_match, rendezvous_rank
 from swarm.replication import Intake, behind
 from swarm.spec import Resources, TaskSpec, name_problem, task_id
 from swarm.statedir import StateDir
@@ -85,6 +85,7 @@ RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
+SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
@@ -105,6 +106,12 @@ class NodeConfig:
     # Another node's claims expire when its heartbeat has not advanced for this long (or at once
     # when membership declares it dead); see lease.py.
     lease_ttl_s: float = 10.0
+    # A task's preferred node claims it at once; the next-ranked one after this long, the
+    # third after twice as long, and so on (see policy.py).
+    claim_stagger_s: float = 1.0
+    # A node that takes a task from another's share waits this long after its claim for a
+    # competing one to show up before it starts the task.
+    claim_settle_s: float = 0.05
     claim_batch_max: int = 256  # claims made in one scheduler pass
     kill_grace_s: float = KILL_GRACE_S
 
@@ -201,6 +208,9 @@ class Node:
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.leases = Leases("", self.config.lease_ttl_s)
         self._orphans: set[str] = set()  # running tasks whose holder's lease expired, re-queued
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
+        self._candidates: dict[tuple[Resources, Any], list[tuple[str, float]]] = {}
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
         self.rng = random.Random()
@@ -242,8 +252,8 @@ class Node:
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
-                if view.state is State.PENDING and view.spec is not None:
-                    self.queue.push(view.task_id, view.spec, view.submitted[0])
+                if view.state is State.PENDING:
+                    self._enqueue(view)
             conn, writer = await db.open_writer(self.state.db_path, self.config.sync)
             await db.prune_heartbeats(conn)
             await self._serve(writer)
@@ -396,9 +406,10 @@ class Node:
             match event:
                 case gossip.MemberDied() | gossip.MemberLeft():
                     self.leases.died(event.member)
-                    self._requeue_orphans()
                 case gossip.MemberJoined() | gossip.MemberRecovered():
                     self.leases.revived(event.member, now)
+        if any(not isinstance(e, gossip.MemberSuspected) for e in events):
+            self._requeue_all()
 
     async def _leave_swarm(self) -> None:
         """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
@@ -491,7 +502,13 @@ class Node:
         peers = [m.addr for m in self.membership.live_members() if m.node != self.node_id]
         if not peers:
             return
-        fanout = self.rng.sample(peers, min(self.config.gossip.gossip_nodes, len(peers)))
+        # Claims and results are what keeps two nodes off one task: to every member of a small
+        # swarm. Heartbeats (and everything in a large swarm) to a few; anti-entropy does the rest.
+        wide = any(not isinstance(r.body, HeartbeatRecord) for r in rows)
+        reach = max(SPREAD_WIDE, self.config.gossip.gossip_nodes) if wide else 0
+        fanout = self.rng.sample(
+            peers, min(max(reach, self.config.gossip.gossip_nodes), len(peers))
+        )
         copies = tuple(
             (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
         )
@@ -508,9 +525,18 @@ class Node:
 
     async def _take_push(self, push: wire.RecordsPush) -> None:
         try:
-            await self._take_records(push.records, self._intake(None), {})
+            intake = self._intake(None)
+            await self._take_records(push.records, intake, {})
         finally:
             self._applying -= 1
+        for origin, _ in intake.gaps:
+            # We missed some of its records (a lost or dropped push): fetch them now, not at
+            # the next anti-entropy round, since a missed claim means a duplicate run.
+            if origin not in self._pulling and self._tg is not None and self.membership:
+                member = self.membership.members.get(origin)
+                if member is not None and member.state not in gossip.GONE:
+                    self._pulling.add(origin)
+                    self._tg.create_task(self._pull(member, done=self._pulling.discard))
 
     def _intake(self, asked: wire.Watermarks | None) -> Intake:
         return Intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
@@ -636,17 +662,24 @@ class Node:
             peers = [m for m in self.membership.live_members() if m.node != self.node_id]
             if not peers:
                 continue
-            peer = self.rng.choice(peers)
-            request = wire.SyncRequest(dict(self.ledger.high_seq))
-            intake = self._intake(request.digest)  # one for every frame of the answer
+            await self._pull(self.rng.choice(peers))
 
-            async def take(batch: wire.SyncBatch, intake: Intake = intake) -> None:
-                await self._take_records(batch.records, intake, batch.upto if batch.done else {})
+    async def _pull(self, peer: gossip.Member, done: Callable[[str], None] | None = None) -> None:
+        """One anti-entropy exchange: what `peer` holds past our digest."""
+        assert self.net is not None
+        request = wire.SyncRequest(dict(self.ledger.high_seq))
+        intake = self._intake(request.digest)  # one for every frame of the answer
 
-            try:
-                await self.net.pull(peer.addr, request, take)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-                log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
+        async def take(batch: wire.SyncBatch) -> None:
+            await self._take_records(batch.records, intake, batch.upto if batch.done else {})
+
+        try:
+            await self.net.pull(peer.addr, request, take)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
+        finally:
+            if done is not None:
+                done(peer.node)
 
     async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
         """What we hold past the peer's digest, in bounded frames, node by node in seq order."""
@@ -670,8 +703,8 @@ class Node:
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
-        if change.new is State.PENDING and view.spec is not None:
-            self.queue.push(view.task_id, view.spec, view.submitted[0])
+        if change.new is State.PENDING:
+            self._enqueue(view)
             self._wake.set()
         elif change.new is State.CANCELLED:
             attempt = self.attempts.get(change.task_id)
@@ -718,6 +751,67 @@ class Node:
             return True
         return view.state is State.RUNNING and self._holder_expired(view)
 
+    def _enqueue(self, view: TaskView, at_once: bool = False) -> None:
+        """Queue a task for claiming: at once if this node is its preferred one (or alone),
+        else after a stagger per peer preferred over it (policy.rendezvous_rank)."""
+        if view.spec is None:
+            return
+        rank = 0 if at_once else self._rank(view.task_id, view.spec)
+        ready_at = time.monotonic() + rank * self.config.claim_stagger_s if rank else 0.0
+        self.queue.push(view.task_id, view.spec, view.submitted[0], rank, ready_at)
+
+    def _rank(self, task: str, spec: TaskSpec) -> int:
+        """Our place among the live members that could run the task, by weighted rendezvous."""
+        if self.membership is None:
+            return 0
+        shape = (spec.need, spec.requires)
+        candidates = self._candidates.get(shape)
+        if candidates is None:
+            candidates = self._candidates[shape] = self._candidates_for(spec)
+        if not any(node == self.node_id for node, _ in candidates):
+            return 0  # it does not fit here: select() leaves it, and `infeasible` reports it
+        return rendezvous_rank(task, self.node_id, candidates)
+
+    def _candidates_for(self, spec: TaskSpec) -> list[tuple[str, float]]:
+        """The live members that could run a task of this shape, with their CPUs."""
+        assert self.membership is not None
+        candidates = []
+        for member in self.membership.live_members():
+            try:
+                capacity = member.meta["capacity"]
+                fits = Resources(
+                    float(capacity["cpus"]), int(capacity["memory_bytes"]), int(capacity["gpus"])
+                )
+                labels = member.meta["labels"]
+            except (KeyError, TypeError, ValueError):
+                continue  # a member that says nothing usable of itself is not counted on
+            if spec.need.fits_in(fits) and labels_match(spec.requires, labels):
+                candidates.append((member.node, fits.cpus))
+        return candidates
+
+    def _requeue_all(self) -> None:
+        """The members changed: rank every pending task afresh."""
+        self.queue = PendingQueue()
+        self._candidates.clear()
+        self._orphans.clear()
+        for view in self.ledger.tasks.values():
+            if view.state is State.PENDING:
+                self._enqueue(view)
+        self._requeue_orphans()
+        self._wake.set()
+
+    def _wake_at(self, when: float | None) -> None:
+        """Run the scheduler again at `when` (monotonic), when a waiting task becomes ready."""
+        if when is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._wake_timer is not None and self._wake_timer.when() > loop.time():
+            if self._wake_timer.when() <= when - time.monotonic() + loop.time() + 0.001:
+                return  # an earlier wake is already set, and will set the next one
+            self._wake_timer.cancel()
+        delay = max(0.0, when - time.monotonic())
+        self._wake_timer = loop.call_at(loop.time() + delay, self._wake.set)
+
     def _holder_expired(self, view: TaskView) -> bool:
         held = view.active_claim()
         if held is None:
@@ -735,7 +829,7 @@ class Node:
             if task in self._orphans or view.spec is None or not self._holder_expired(view):
                 continue
             self._orphans.add(task)
-            self.queue.push(task, view.spec, view.submitted[0])
+            self._enqueue(view)
             found = True
         self._orphans &= self.ledger.running
         if found:
@@ -756,9 +850,11 @@ class Node:
             if pause > 0:
                 await asyncio.sleep(pause)
             free = self.capacity - self.used
+            now = time.monotonic()
             picks = self.queue.select(
-                self._is_pending, free, self.labels, self.config.claim_batch_max
+                self._is_pending, free, self.labels, self.config.claim_batch_max, now
             )
+            self._wake_at(self.queue.next_ready())
             for task in picks:
                 view = self.ledger.tasks[task]
                 assert view.spec is not None
@@ -827,7 +923,10 @@ class Node:
                 gpu_ids=gpu_ids,
             )
             claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-            started = self._start(launch, claim)
+            stolen = self._rank(view.task_id, spec) > 0
+            if stolen and not await self._settle(claim):
+                return
+            started = self._start(launch, claim, committed=stolen)
             if started is None:
                 return
             attempt, claimed = started
@@ -852,7 +951,7 @@ class Node:
             if view.state is State.PENDING:
                 # Its claim never made it to disk (or it ended without a result): it was taken
                 # off the queue when chosen, so it must go back on, or it would wait forever.
-                self.queue.push(view.task_id, spec, view.submitted[0])
+                self._enqueue(view, at_once=True)
             release()
 
     async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
@@ -901,7 +1000,7 @@ class Node:
             log.error("could not record that %s failed: %s", launch.name, exc)
 
     def _start(
-        self, launch: Launch, claim: ClaimRecord
+        self, launch: Launch, claim: ClaimRecord, committed: bool = False
     ) -> tuple[Attempt, asyncio.Task[bool]] | None:
         """Spawn the process and commit its claim meanwhile (off the task's critical path: a
         commit's fsync may take longer than a short task). None if the node is stopping."""
@@ -911,7 +1010,24 @@ class Node:
         self.attempts[launch.task_id] = attempt
         self._claiming.discard(launch.task_id)
         assert self._tg is not None
+        if committed:
+            return attempt, self._tg.create_task(_done(True))
         return attempt, self._tg.create_task(self._commit_claim(attempt, claim))
+
+    async def _settle(self, claim: ClaimRecord) -> bool:
+        """A stolen task (a peer is preferred for it): claim it first, and run it only if no
+        better claim shows up meanwhile, since its preferred node or another thief may have
+        reached for it at the same moment. A claim we do not follow is released."""
+        try:
+            await self._append([claim])
+            await asyncio.sleep(self.config.claim_settle_s)
+            view = self.ledger.tasks[claim.task_id]
+            if view.winning_claim() == (claim.epoch, self.node_id) and view.state is State.RUNNING:
+                return True
+            await self._append([replace(claim, released=True)])
+        except SwarmError as exc:
+            self._pause_claims(str(exc))
+        return False
 
     async def _commit_claim(self, attempt: Attempt, claim: ClaimRecord) -> bool:
         """False if the claim could not be written: the attempt is then stopped, and nothing
@@ -1204,3 +1320,7 @@ def _size(path: os.PathLike[str]) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+async def _done(value: bool) -> bool:
+    return value

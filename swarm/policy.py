@@ -1,19 +1,27 @@
-"""Which pending tasks this node claims, given its free resources and labels.
+"""Which pending tasks this node claims, given its free resources, its labels and its peers.
 
 Theory of operation: pending tasks are grouped by shape (what they need, which labels they
-require); each group is a heap ordered by (-priority, submission stamp, task id). To fill free
-capacity, the best head among the groups that fit is taken, again and again, so a large task that
-does not fit never blocks smaller ones behind it (backfill), and among tasks that fit the highest
-priority runs first. Entries are removed lazily: a popped task that is no longer pending is skipped,
-so the queue never has to be told about claims, results or cancels.
+require); each group is a heap ordered by (-priority, rank, submission stamp, task id). To fill
+free capacity, the best head among the groups that fit is taken, again and again, so a large task
+that does not fit never blocks smaller ones behind it (backfill), and among tasks that fit the
+highest priority runs first. Entries are removed lazily: a popped task that is no longer pending
+is skipped, so the queue never has to be told about claims, results or cancels.
 
-Pure: the caller passes in what is pending and what is free.
+With peers, nodes would race for every task. So each task has a preferred node, by weighted
+rendezvous hashing over the live members that could run it (`rendezvous_rank`): the preferred
+node (rank 0) takes it at once, the next one only after one stagger, and so on (work stealing). A
+node of twice the CPUs is preferred for about twice the tasks. A task not yet ready for this node
+waits aside until its time, and does not block the tasks behind it.
+
+Pure: the caller passes in what is pending, what is free, and the time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from swarm.spec import LabelValue, Resources, TaskSpec
@@ -76,16 +84,53 @@ def _compare(op: str, bound_text: str, have: str | int | float) -> bool:
     }[op]
 
 
+def rendezvous_rank(task_id: str, me: str, candidates: Iterable[tuple[str, float]]) -> int:
+    """How many of `candidates` (node id, weight: its CPUs) are preferred over `me` for this task.
+
+    Weighted rendezvous (highest random weight) hashing: each node scores -weight / ln(u), with
+    u in (0, 1) a hash of (task, node); the highest score is preferred. Every node computes the
+    same order from the same members, with no coordination, and a member joining or leaving moves
+    only the tasks it wins or held."""
+    weights = dict(candidates)
+    mine = _score(task_id, me, weights.get(me, 1.0))
+    return sum(
+        1
+        for node, weight in weights.items()
+        if node != me and (_score(task_id, node, weight), node) > (mine, me)
+    )
+
+
+def _score(task_id: str, node: str, weight: float) -> float:
+    digest = hashlib.blake2b(f"{task_id}/{node}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    return -max(weight, 1e-9) / math.log(u)
+
+
 ShapeKey = tuple[Resources, Requires]
+_Entry = tuple[int, int, int, str]  # (-priority, rank, stamp or -stamp, task id)
 
 
 @dataclass(slots=True)
 class PendingQueue:
-    groups: dict[ShapeKey, list[tuple[int, int, str]]] = field(default_factory=dict)
+    groups: dict[ShapeKey, list[_Entry]] = field(default_factory=dict)
+    # Tasks not yet ready for this node (a peer is preferred): (ready at, entry, shape).
+    waiting: list[tuple[float, _Entry, ShapeKey]] = field(default_factory=list)
 
-    def push(self, task_id: str, spec: TaskSpec, stamp: int) -> None:
-        heap = self.groups.setdefault((spec.need, spec.requires), [])
-        heapq.heappush(heap, (-spec.priority, stamp, task_id))
+    def push(
+        self, task_id: str, spec: TaskSpec, stamp: int, rank: int = 0, ready_at: float = 0.0
+    ) -> None:
+        shape = (spec.need, spec.requires)
+        # Our own tasks oldest first; stolen ones newest first, from the far end of the
+        # preferred node's queue, so that thief and owner do not reach for the same task.
+        entry = (-spec.priority, rank, stamp if rank == 0 else -stamp, task_id)
+        if ready_at > 0:
+            heapq.heappush(self.waiting, (ready_at, entry, shape))
+        else:
+            heapq.heappush(self.groups.setdefault(shape, []), entry)
+
+    def next_ready(self) -> float | None:
+        """When the next waiting task becomes ready for this node (None: none waits)."""
+        return self.waiting[0][0] if self.waiting else None
 
     def select(
         self,
@@ -93,8 +138,13 @@ class PendingQueue:
         free: Resources,
         labels: Labels,
         limit: int,
+        now: float = math.inf,
     ) -> list[str]:
-        """Pop up to `limit` pending tasks that fit in `free`, best first."""
+        """Pop up to `limit` pending tasks that fit in `free` and are ready by `now`, best
+        first."""
+        while self.waiting and self.waiting[0][0] <= now:
+            _, entry, shape = heapq.heappop(self.waiting)
+            heapq.heappush(self.groups.setdefault(shape, []), entry)
         chosen: list[str] = []
         taken: set[str] = set()
         while len(chosen) < limit:
@@ -104,7 +154,7 @@ class PendingQueue:
                 if not need.fits_in(free) or not labels_match(requires, labels):
                     continue
                 heap = self.groups[key]
-                while heap and (heap[0][2] in taken or not is_pending(heap[0][2])):
+                while heap and (heap[0][3] in taken or not is_pending(heap[0][3])):
                     heapq.heappop(heap)
                 if not heap:
                     del self.groups[key]
@@ -113,7 +163,7 @@ class PendingQueue:
                     best_key = key
             if best_key is None:
                 break
-            _, _, task_id = heapq.heappop(self.groups[best_key])
+            task_id = heapq.heappop(self.groups[best_key])[3]
             chosen.append(task_id)
             taken.add(task_id)
             free = free - best_key[0]
@@ -127,7 +177,7 @@ class PendingQueue:
         for (need, requires), heap in self.groups.items():
             if need.fits_in(capacity) and labels_match(requires, labels):
                 continue
-            out.extend(task_id for _, _, task_id in heap if is_pending(task_id))
+            out.extend(entry[3] for entry in heap if is_pending(entry[3]))
         return sorted(set(out))
 
 

@@ -46,6 +46,7 @@ class Intake:
         self._gap = {key for key, seq in (asked or {}).items() if high_seq.get(key, 0) < seq}
         self._taken: dict[Key, int] = {}
         self._refused: dict[Key, int] = {}
+        self.gaps: set[Key] = set()  # origins a push showed we lag behind: worth a pull now
 
     def wants(self, origin: str, generation: int, seq: int) -> bool:
         """Whether to take this record (then call `took` or `refuse` with the outcome)."""
@@ -54,6 +55,8 @@ class Intake:
             return False
         have = self._taken.get(key, self._high.get(key, 0))
         if self._in_order:
+            if seq > have + 1:
+                self.gaps.add(key)
             return seq == have + 1
         return key not in self._gap and seq > have
 

@@ -7,13 +7,14 @@ node's queue sees.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from swarm.policy import Labels, PendingQueue, Requires, labels_match
+from swarm.policy import Labels, PendingQueue, Requires, labels_match, rendezvous_rank
 from swarm.spec import Resources, TaskSpec
 from swarm.taskfile import parse_jsonl
 
@@ -412,3 +413,58 @@ def test_huge_integer_label_does_not_crash_comparison() -> None:
 def test_one_bad_requirement_does_not_stop_select() -> None:
     q = queue_of(("bad", spec(requires={"n": 10**400}), 1), ("good", spec(), 2))
     assert q.select(always, box(), {"n": 1}, 10) == ["good"]
+
+
+# -- rendezvous ranking and the stagger ---------------------------------------------------------
+
+NODES = [("n1", 2.0), ("n2", 2.0), ("n3", 2.0), ("n4", 2.0)]
+
+
+def test_every_node_gets_a_distinct_rank_for_each_task() -> None:
+    for i in range(200):
+        ranks = sorted(rendezvous_rank(f"t{i}", node, NODES) for node, _ in NODES)
+        assert ranks == [0, 1, 2, 3]
+
+
+def test_tasks_spread_evenly_and_a_bigger_node_takes_more() -> None:
+    tasks = [f"task-{i}" for i in range(4000)]
+    firsts = Counter(next(n for n, _ in NODES if rendezvous_rank(t, n, NODES) == 0) for t in tasks)
+    assert all(800 < firsts[n] < 1200 for n, _ in NODES)  # about 1,000 each
+    uneven = [("small", 1.0), ("big", 2.0)]
+    big = sum(1 for t in tasks if rendezvous_rank(t, "big", uneven) == 0)
+    assert 0.62 < big / len(tasks) < 0.72  # about 2/3
+
+
+def test_a_member_leaving_moves_only_the_tasks_it_was_preferred_for() -> None:
+    tasks = [f"task-{i}" for i in range(1000)]
+    fewer = [m for m in NODES if m[0] != "n4"]
+    for t in tasks:
+        before = next(n for n, _ in NODES if rendezvous_rank(t, n, NODES) == 0)
+        after = next(n for n, _ in fewer if rendezvous_rank(t, n, fewer) == 0)
+        assert before == after or before == "n4"
+
+
+def test_a_task_waits_aside_until_ready_and_blocks_nothing_behind_it() -> None:
+    q = PendingQueue()
+    q.push("theirs", spec(priority=5), 1, rank=1, ready_at=10.0)
+    q.push("mine", spec(), 2)
+    assert q.next_ready() == 10.0
+    assert q.select(always, box(), {}, 10, now=5.0) == ["mine"]
+    assert q.select(always, box(), {}, 10, now=9.9) == []
+    assert q.select(always, box(), {}, 10, now=10.0) == ["theirs"]
+    assert q.next_ready() is None
+
+
+def test_own_tasks_come_before_stolen_ones_of_the_same_priority() -> None:
+    q = PendingQueue()
+    q.push("stolen-old", spec(), 1, rank=2)
+    q.push("mine-new", spec(), 9, rank=0)
+    q.push("urgent-stolen", spec(priority=1), 5, rank=3)
+    assert q.select(always, box(), {}, 10) == ["urgent-stolen", "mine-new", "stolen-old"]
+
+
+def test_stolen_tasks_are_taken_newest_first() -> None:
+    q = PendingQueue()
+    for stamp in (1, 2, 3):
+        q.push(f"stolen-{stamp}", spec(), stamp, rank=1)
+    assert q.select(always, box(), {}, 10) == ["stolen-3", "stolen-2", "stolen-1"]

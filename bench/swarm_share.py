@@ -1,0 +1,179 @@
+"""Five real daemons share work: makespan, duplicate executions, and takeover after a SIGKILL.
+
+  * 5 nodes x 2 slots on this machine, N tasks (default 1,000) of `sleep 0.05` submitted on node
+    0: makespan / ideal (ideal = N x 0.05 s / 10 slots), from the ledger (first start to last
+    end) and from the submit to the last node seeing all done; and duplicate executions (attempts
+    beyond one per task; with no faults the aim is 0);
+  * seconds from SIGKILL of the node holding tasks to every one of them running elsewhere, with
+    the test timers (`--profile test`) and, with --lan, the default timers too.
+A benchmark, not a test: it prints figures and exits 0. Run: python3 bench/swarm_share.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from swarm_net import free_port, swarm
+
+NODES = 5
+SLOTS = 2
+TASK_S = 0.05
+
+
+class Swarm:
+    def __init__(self, root: Path, profile: str) -> None:
+        self.root = root
+        self.homes = [root / f"home{i}" for i in range(NODES)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        swarm(self.homes[0], "init")
+        for home in self.homes[1:]:
+            swarm(home, "init", "--key-file", str(self.homes[0] / "swarm.key"))
+        ports = [free_port() for _ in self.homes]
+        for i, home in enumerate(self.homes):
+            cmd = [sys.executable, "-m", "swarm", "start", "--data-dir", str(home),
+                   "--bind", f"127.0.0.1:{ports[i]}", "--cpus", str(SLOTS),
+                   "--profile", profile]  # fmt: skip
+            if i:
+                cmd += ["--join", f"127.0.0.1:{ports[0]}"]
+            log = open(root / f"node{i}.log", "wb")  # noqa: SIM115 - closed with the run
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                views = [json.loads(swarm(h, "members", "--json"))["members"] for h in self.homes]
+                if all(sum(m["state"] == "alive" for m in v) == NODES for v in views):
+                    return
+            except SystemExit:
+                pass
+            time.sleep(0.3)
+        raise SystemExit("the five nodes did not form a swarm in 60 s")
+
+    def rows(self, i: int, *extra: str) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO(swarm(self.homes[i], "export", *extra))))
+
+    def job(self, i: int, name: str) -> dict[str, int]:
+        snap = json.loads(swarm(self.homes[i], "status", "--json"))
+        return next((j for j in snap["jobs"] if j["job"] == name), {})
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def share(tasks: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="swarm-share-bench-"))
+    s = Swarm(root, "lan")
+    try:
+        path = root / "share.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps({"name": f"t{i}", "cmd": f"sleep {TASK_S}"}) + "\n" for i in range(tasks)
+            )
+        )
+        started = time.monotonic()
+        swarm(s.homes[0], "submit", str(path))
+        while s.job(0, "share").get("done", 0) < tasks and time.monotonic() - started < 600:
+            time.sleep(0.2)
+        wall = time.monotonic() - started
+        attempts = s.rows(0, "--attempts")
+        ran = [r for r in attempts if r["outcome"] in ("ok", "interrupted", "failed")]
+        span = max(when(r["ended"]) for r in ran) - min(when(r["started"]) for r in ran)
+        ideal = tasks * TASK_S / (NODES * SLOTS)
+        per_node: dict[str, int] = {}
+        for r in attempts:
+            if r["outcome"] == "ok":
+                per_node[r["node"][:8]] = per_node.get(r["node"][:8], 0) + 1
+        print(f"{NODES} nodes x {SLOTS} slots, {tasks:,} x sleep {TASK_S}, LAN timers")
+        print(f"  makespan / ideal: {span / ideal:.2f} in the ledger, {wall / ideal:.2f} "
+              f"from submit to all done (ideal {ideal:.1f} s)")  # fmt: skip
+        print(f"  duplicate executions: {len(ran) - tasks} ({len(ran)} attempts for {tasks} tasks)")
+        print(f"  ok attempts per node: {sorted(per_node.values())}")
+    finally:
+        s.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def takeover(profile: str) -> None:
+    root = Path(tempfile.mkdtemp(prefix="swarm-takeover-bench-"))
+    s = Swarm(root, profile)
+    try:
+        path = root / "long.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps({"name": f"t{i}", "cmd": "sleep 600"}) + "\n"
+                for i in range(NODES * SLOTS - SLOTS)
+            )
+        )
+        swarm(s.homes[0], "submit", str(path))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [r for r in s.rows(0) if r["state"] == "running"]
+            if len(running) == NODES * SLOTS - SLOTS:
+                break
+            time.sleep(0.2)
+        holders: dict[str, list[str]] = {}
+        for r in running:
+            holders.setdefault(r["node"], []).append(r["name"])
+        own = {}
+        for i, h in enumerate(s.homes):
+            mine = [m for m in json.loads(swarm(h, "members", "--json"))["members"] if m.get("pid")]
+            own[mine[0]["id"]] = i
+        victim_id = max(
+            (v for v in holders if v in own and own[v] != 0), key=lambda v: len(holders[v])
+        )
+        victim = own[victim_id]
+        names = set(holders[victim_id])
+        killed = time.monotonic()
+        s.procs[victim].send_signal(signal.SIGKILL)
+        moved: float | None = None
+        while time.monotonic() - killed < 120:
+            rows = {r["name"]: r for r in s.rows(0)}
+            if all(rows[n]["state"] == "running" and rows[n]["node"] != victim_id for n in names):
+                moved = time.monotonic() - killed
+                break
+            time.sleep(0.1)
+        shown = f"{moved:.1f} s" if moved is not None else "not within 120 s"
+        print(f"  SIGKILL of a node holding {len(names)} tasks -> all running elsewhere, "
+              f"{profile} timers: {shown}")  # fmt: skip
+    finally:
+        s.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--lan", action="store_true", help="also time the takeover on LAN timers")
+    args = parser.parse_args()
+    share(args.tasks)
+    takeover("test")
+    if args.lan:
+        takeover("lan")
+    print(f"command: {' '.join([sys.executable, *sys.argv])}; nproc {os.cpu_count()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
