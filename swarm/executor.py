@@ -299,24 +299,36 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> int:
+def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> list[tuple[str, int]]:
     """Kill the process groups of attempts a previous daemon of this node left running (found by
-    their SWARM_NODE tag), and remove the run dirs. Returns how many groups were killed."""
+    their SWARM_NODE tag), and remove the run dirs. Returns the (task id, epoch) of each group
+    killed, so that the node can record those attempts even if their claims never reached its
+    ledger (the daemon may have died before it wrote them)."""
     tag = f"{NODE_TAG}={node_id}".encode()
-    groups: set[int] = set()
+    groups: dict[int, tuple[str, int]] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone meanwhile, or not ours to read
-        if tag in environ.split(b"\0"):
-            groups.add(int(fields[2]))  # fields[2]: the process group
+        if tag in environ:
+            groups.setdefault(int(fields[2]), _attempt_of(environ))  # fields[2]: process group
     for pgid in groups:
         _kill_group(pgid, signal.SIGKILL)
     if run_root.is_dir():
         for run_dir in run_root.iterdir():
             shutil.rmtree(run_dir, ignore_errors=True)
-    return len(groups)
+    return list(groups.values())
+
+
+def _attempt_of(environ: list[bytes]) -> tuple[str, int]:
+    """The task id and epoch an attempt's environment names ("", 0 if it does not say)."""
+    found = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+    try:
+        epoch = int(found.get(b"SWARM_EPOCH", b"0"))
+    except ValueError:
+        epoch = 0
+    return found.get(b"SWARM_TASK_ID", b"").decode(errors="replace"), epoch

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 Addr = tuple[str, int]
+INCARNATION_MAX = 2**62  # far beyond any real count; the wire allows up to 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,7 +493,10 @@ class Membership:
             if alive.incarnation > self.me.incarnation or (
                 alive.incarnation == self.me.incarnation and alive.addr != self.me.addr
             ):
-                self._refute(alive.incarnation)  # someone speaks for us: outrank them
+                if self._check is not None and not self._check(alive):
+                    self.forged += 1  # not even our own earlier word: nothing to outrank
+                    return
+                self._refute(alive.incarnation)  # an older life of ours speaks: outrank it
             return
         member = self.members.get(alive.node)
         if member is not None and alive.incarnation <= member.incarnation:
@@ -607,6 +611,11 @@ class Membership:
             self._announce()
 
     def _refute(self, incarnation: int) -> None:
+        if incarnation >= INCARNATION_MAX:
+            # No node gets here by refuting; a rumour that drives us to the top of the counter
+            # would leave us unable to refute again. (Suspects and Deads are not signed.)
+            self.forged += 1
+            return
         me = self.me
         me.incarnation = max(me.incarnation, incarnation) + 1
         self._announce()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class _Beat:
+    generation: int  # a node whose ledger was wiped counts again from 0 under a new generation
     counter: int
     advanced_at: float
 
@@ -31,16 +32,16 @@ class Leases:
         self._beats: dict[str, _Beat] = {}
         self._dead: set[str] = set()
 
-    def heartbeat(self, node: str, counter: int, now: float) -> None:
+    def heartbeat(self, node: str, generation: int, counter: int, now: float) -> None:
         beat = self._beats.get(node)
         if beat is None:
-            self._beats[node] = _Beat(counter, now)
-        elif counter > beat.counter:
-            beat.counter, beat.advanced_at = counter, now
+            self._beats[node] = _Beat(generation, counter, now)
+        elif (generation, counter) > (beat.generation, beat.counter):
+            beat.generation, beat.counter, beat.advanced_at = generation, counter, now
 
     def seen(self, node: str, now: float) -> None:
         """A node heard of (a claim of it, say): its lease runs from now if not already."""
-        self._beats.setdefault(node, _Beat(-1, now))
+        self._beats.setdefault(node, _Beat(-1, -1, now))
 
     def died(self, node: str) -> None:
         self._dead.add(node)

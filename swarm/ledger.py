@@ -213,16 +213,27 @@ class TaskView:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
 
     def interruptions(self) -> int:
-        """Interrupted attempts that held their epoch's winning claim. An attempt that lost a
-        claim race was never the task's attempt: it does not count towards the cap."""
+        """Interrupted attempts that held their epoch's winning claim, and winning claims taken
+        over under a higher epoch with no result (their node died, froze or was cut off, and
+        never came back to say so). An attempt that lost a claim race was never the task's
+        attempt: it does not count towards the cap."""
         count = 0
-        for (epoch, node), attempt in self.attempts.items():
-            if attempt.result.outcome is not Outcome.INTERRUPTED:
-                continue
+        top = max((epoch for epoch, _ in self.claims), default=0)
+        for epoch in {epoch for epoch, _ in self.claims} | {e for e, _ in self.attempts}:
             rivals = [k for k in self.claims if k[0] == epoch]
             winner = min(rivals, key=lambda k: (self.claims[k].stamp, k[1])) if rivals else None
-            if winner is None or winner == (epoch, node):
-                count += 1
+            for (a_epoch, node), attempt in self.attempts.items():
+                if a_epoch != epoch or attempt.result.outcome is not Outcome.INTERRUPTED:
+                    continue
+                if winner is None or winner == (epoch, node):
+                    count += 1
+            if (
+                winner is not None
+                and epoch < top
+                and winner not in self.attempts
+                and not self.claims[winner].released
+            ):
+                count += 1  # a lost lease
         return count
 
 

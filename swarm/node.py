@@ -56,6 +56,7 @@ from swarm.executor import (
 from swarm.export import manifest_bytes, parse_manifest
 from swarm.lease import Leases
 from swarm.ledger import (
+    INTERRUPTION_CAP,
     Body,
     CancelRecord,
     ClaimRecord,
@@ -85,6 +86,9 @@ RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
+RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
+RERANK_SLICE = 2_000  # tasks re-ranked between two turns of the event loop
+GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
 SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
@@ -207,9 +211,15 @@ class Node:
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.leases = Leases("", self.config.lease_ttl_s)
-        self._orphans: set[str] = set()  # running tasks whose holder's lease expired, re-queued
+        # Running tasks whose holder's lease expired, queued for takeover: task -> that claim.
+        self._orphans: dict[str, tuple[int, str]] = {}
         self._wake_timer: asyncio.TimerHandle | None = None
         self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
+        self._pulled_at: dict[str, float] = {}
+        self._orphaned: list[tuple[str, int]] = []  # (task, epoch) left running by our last life
+        self._releasing = False
+        self._rerank = asyncio.Event()  # the members changed: rank the pending tasks afresh
+        self._rebuilding: PendingQueue | None = None
         self._candidates: dict[tuple[Resources, Any], list[tuple[str, float]]] = {}
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
@@ -241,9 +251,11 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
-            killed = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
-            if killed:
-                log.warning("killed %d attempt(s) left running by a previous daemon", killed)
+            self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
+            if self._orphaned:
+                log.warning(
+                    "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
+                )
             self.store.sweep_temp()
             self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             for problem in bad:
@@ -357,6 +369,7 @@ class Node:
         loops = await self.net.start(tg)
         loops.append(tg.create_task(self._sync_loop()))
         loops.append(tg.create_task(self._lease_loop()))
+        loops.append(tg.create_task(self._rerank_loop()))
         if self.config.join:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
@@ -409,7 +422,7 @@ class Node:
                 case gossip.MemberJoined() | gossip.MemberRecovered():
                     self.leases.revived(event.member, now)
         if any(not isinstance(e, gossip.MemberSuspected) for e in events):
-            self._requeue_all()
+            self._rerank.set()
 
     async def _leave_swarm(self) -> None:
         """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
@@ -474,10 +487,16 @@ class Node:
             if not row.remote:
                 continue
             if isinstance(row.body, HeartbeatRecord):
-                self.leases.heartbeat(row.version.origin, row.body.counter, now)
+                origin = row.version.origin
+                self.leases.heartbeat(origin, row.version.generation, row.body.counter, now)
             elif isinstance(row.body, ClaimRecord):
-                self.leases.seen(row.version.origin, now)
-                self._check_claim(row.body.task_id)
+                if row.version.origin == self.node_id:
+                    # Our own claim from before our ledger was wiped, back from a peer: that
+                    # attempt is long gone, so close it (once the batch settles).
+                    self._release_soon()
+                else:
+                    self.leases.seen(row.version.origin, now)
+                    self._check_claim(row.body.task_id)
         if changed:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
@@ -529,14 +548,21 @@ class Node:
             await self._take_records(push.records, intake, {})
         finally:
             self._applying -= 1
+        now = time.monotonic()
         for origin, _ in intake.gaps:
             # We missed some of its records (a lost or dropped push): fetch them now, not at
-            # the next anti-entropy round, since a missed claim means a duplicate run.
-            if origin not in self._pulling and self._tg is not None and self.membership:
-                member = self.membership.members.get(origin)
-                if member is not None and member.state not in gossip.GONE:
-                    self._pulling.add(origin)
-                    self._tg.create_task(self._pull(member, done=self._pulling.discard))
+            # the next anti-entropy round, since a missed claim means a duplicate run. At most
+            # one such pull per origin at a time, and not more often than GAP_PULL_EVERY_S.
+            if (
+                origin in self._pulling
+                or now - self._pulled_at.get(origin, -1e9) < GAP_PULL_EVERY_S
+            ):
+                continue
+            member = self.membership.members.get(origin) if self.membership else None
+            if member is not None and member.state not in gossip.GONE and self._tg is not None:
+                self._pulling.add(origin)
+                self._pulled_at[origin] = now
+                self._tg.create_task(self._pull(member, done=self._pulling.discard))
 
     def _intake(self, asked: wire.Watermarks | None) -> Intake:
         return Intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
@@ -546,36 +572,45 @@ class Node:
     ) -> None:
         """Store and apply peers' records as `intake` (replication.py) allows, then raise the
         watermarks that a sync answer's `upto` allows."""
-        try:
-            rows: list[db.Row] = []
-            for origin, generation, seq, raw in records:
-                if not intake.wants(origin, generation, seq):
-                    continue
-                key = (origin, generation)
-                try:
-                    body = db.decode(raw)
-                except BadRecordError:
-                    self.bad_records += 1
-                    intake.refuse(key, seq)
-                    continue
-                if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
-                    self.forged_records += 1  # not its origin's word
-                    intake.refuse(key, seq)
-                    continue
+        rows: list[db.Row] = []
+        beats: dict[tuple[str, int], Version] = {}
+        for origin, generation, seq, raw in records:
+            if not intake.wants(origin, generation, seq):
+                continue
+            key = (origin, generation)
+            try:
+                body = db.decode(raw)
+            except BadRecordError:
+                # Every peer holds the same bytes, so waiting for a better copy would stall
+                # this origin for good: count it, and pass over it (a newer version's record).
+                self.bad_records += 1
                 intake.took(key, seq)
-                previous = self._heartbeats.get(key) if isinstance(body, HeartbeatRecord) else None
-                version = Version(origin, generation, seq)
-                if isinstance(body, HeartbeatRecord):
-                    self._heartbeats[key] = version
-                rows.append(db.Row(version, body, previous, raw=raw, remote=True))
+                continue
+            if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
+                self.forged_records += 1  # not its origin's word: a genuine copy may come
+                intake.refuse(key, seq)
+                continue
+            intake.took(key, seq)
+            version = Version(origin, generation, seq)
+            previous = None
+            if isinstance(body, HeartbeatRecord):
+                previous = beats.get(key, self._heartbeats.get(key))
+                beats[key] = version
+            rows.append(db.Row(version, body, previous, raw=raw, remote=True))
+        try:
             if rows:
                 assert self.writer is not None
                 await self.writer.write(rows)
-                self._apply_rows(rows)
-            for key, seq in list(intake.watermarks(upto)):
-                self.ledger.high_seq[key] = seq
         except SwarmError as exc:
+            # Not stored: nothing of this message may count as held.
+            for row in rows:  # in seq order per origin: the first of each is the one to hold at
+                intake.refuse((row.version.origin, row.version.generation), row.version.seq)
             log.warning("could not store records from a peer: %s", exc)
+            return
+        self._heartbeats.update(beats)
+        self._apply_rows(rows)
+        for key, seq in list(intake.watermarks(upto)):
+            self.ledger.high_seq[key] = seq
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -712,13 +747,29 @@ class Node:
                 attempt.stop(Outcome.INTERRUPTED, "cancelled", self.config.kill_grace_s)
 
     async def _release_stale_claims(self) -> None:
-        """Close the claims this node held when it last stopped: those attempts are gone."""
+        """Close the claims this node held when it last stopped: those attempts are gone. An
+        attempt found still running whose claim never reached the ledger (the daemon died first,
+        perhaps because of it) gets its claim written now, so that it is closed too: a task that
+        kills its node must count those deaths."""
         now = wall_ms()
+        unwritten: list[Body] = []
+        for task, epoch in self._orphaned:
+            view = self.ledger.tasks.get(task)
+            if view is not None and epoch > 0 and (epoch, self.node_id) not in view.claims:
+                unwritten.append(ClaimRecord(task, epoch, self.clock.now(now)))
+        self._orphaned = []
+        if unwritten:
+            await self._append(unwritten)
         bodies: list[Body] = []
         for view in self.ledger.tasks.values():
             for (epoch, node), info in view.claims.items():
                 if node != self.node_id or info.released or (epoch, node) in view.attempts:
                     continue
+                running = self.attempts.get(view.task_id)
+                if view.task_id in self._claiming or (
+                    running is not None and running.launch.epoch == epoch
+                ):
+                    continue  # ours, and under way now
                 bodies.append(
                     ResultRecord(
                         task_id=view.task_id,
@@ -740,6 +791,21 @@ class Node:
             log.warning("%d attempt(s) were cut off when the node stopped; re-queued", len(bodies))
             await self._append(bodies)
 
+    def _release_soon(self) -> None:
+        if self._releasing or self._tg is None:
+            return
+        self._releasing = True
+
+        async def release() -> None:
+            await asyncio.sleep(0.1)
+            self._releasing = False
+            try:
+                await self._release_stale_claims()
+            except SwarmError as exc:
+                log.warning("could not close the claims of an earlier life: %s", exc)
+
+        self._tg.create_task(release())
+
     # -- scheduling -------------------------------------------------------------------------
 
     def _is_pending(self, task: str) -> bool:
@@ -751,14 +817,22 @@ class Node:
             return True
         return view.state is State.RUNNING and self._holder_expired(view)
 
-    def _enqueue(self, view: TaskView, at_once: bool = False) -> None:
+    def _enqueue(
+        self, view: TaskView, at_once: bool = False, into: PendingQueue | None = None
+    ) -> None:
         """Queue a task for claiming: at once if this node is its preferred one (or alone),
         else after a stagger per peer preferred over it (policy.rendezvous_rank)."""
         if view.spec is None:
             return
         rank = 0 if at_once else self._rank(view.task_id, view.spec)
         ready_at = time.monotonic() + rank * self.config.claim_stagger_s if rank else 0.0
-        self.queue.push(view.task_id, view.spec, view.submitted[0], rank, ready_at)
+        entry = (view.task_id, view.spec, view.submitted[0], rank, ready_at)
+        if into is not None:
+            into.push(*entry)
+            return
+        self.queue.push(*entry)
+        if self._rebuilding is not None:
+            self._rebuilding.push(*entry)
 
     def _rank(self, task: str, spec: TaskSpec) -> int:
         """Our place among the live members that could run the task, by weighted rendezvous."""
@@ -789,16 +863,29 @@ class Node:
                 candidates.append((member.node, fits.cpus))
         return candidates
 
-    def _requeue_all(self) -> None:
-        """The members changed: rank every pending task afresh."""
-        self.queue = PendingQueue()
-        self._candidates.clear()
-        self._orphans.clear()
-        for view in self.ledger.tasks.values():
-            if view.state is State.PENDING:
-                self._enqueue(view)
-        self._requeue_orphans()
-        self._wake.set()
+    async def _rerank_loop(self) -> None:
+        """The members changed: rank every pending task afresh, into a new queue built a slice
+        at a time (100,000 tasks over 200 members is seconds of hashing: the loop must go on
+        answering probes and writing heartbeats meanwhile)."""
+        while True:
+            await self._rerank.wait()
+            await asyncio.sleep(RERANK_DEBOUNCE_S)  # a burst of joins is one re-rank
+            self._rerank.clear()
+            self._candidates.clear()
+            fresh = PendingQueue()
+            self._rebuilding = fresh  # tasks queued meanwhile go in both
+            try:
+                for i, view in enumerate(list(self.ledger.tasks.values())):
+                    if view.state is State.PENDING:
+                        self._enqueue(view, into=fresh)
+                    if i % RERANK_SLICE == RERANK_SLICE - 1:
+                        await asyncio.sleep(0)
+            finally:
+                self._rebuilding = None
+            self.queue = fresh
+            self._orphans.clear()
+            self._requeue_orphans()
+            self._wake.set()
 
     def _wake_at(self, when: float | None) -> None:
         """Run the scheduler again at `when` (monotonic), when a waiting task becomes ready."""
@@ -824,14 +911,16 @@ class Node:
         """Put the running tasks of nodes whose lease expired back in our queue: claiming one
         takes it over with a higher epoch (the holder, should it come back, then stops)."""
         found = False
+        queued, self._orphans = self._orphans, {}
         for task in list(self.ledger.running):
             view = self.ledger.tasks[task]
-            if task in self._orphans or view.spec is None or not self._holder_expired(view):
+            held = view.active_claim()
+            if held is None or view.spec is None or not self._holder_expired(view):
                 continue
-            self._orphans.add(task)
-            self._enqueue(view)
-            found = True
-        self._orphans &= self.ledger.running
+            self._orphans[task] = held
+            if queued.get(task) != held:  # not yet queued for this holder's lapse
+                self._enqueue(view)
+                found = True
         if found:
             self._wake.set()
 
@@ -923,10 +1012,17 @@ class Node:
                 gpu_ids=gpu_ids,
             )
             claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-            stolen = self._rank(view.task_id, spec) > 0
-            if stolen and not await self._settle(claim):
+            if view.state is State.RUNNING and self._takeover_exhausts(view):
+                await self._fail_unrun(launch, claim)
                 return
-            started = self._start(launch, claim, committed=stolen)
+            stolen = self._rank(view.task_id, spec) > 0
+            # A first attempt starts while its claim is written (a short task should not wait
+            # for an fsync). A stolen task, or one tried before (it may be what killed its
+            # last node), starts only once its claim is on disk.
+            committed = stolen or bool(view.claims)
+            if committed and not await self._settle(claim, stolen):
+                return
+            started = self._start(launch, claim, committed=committed)
             if started is None:
                 return
             attempt, claimed = started
@@ -1014,13 +1110,49 @@ class Node:
             return attempt, self._tg.create_task(_done(True))
         return attempt, self._tg.create_task(self._commit_claim(attempt, claim))
 
-    async def _settle(self, claim: ClaimRecord) -> bool:
-        """A stolen task (a peer is preferred for it): claim it first, and run it only if no
-        better claim shows up meanwhile, since its preferred node or another thief may have
-        reached for it at the same moment. A claim we do not follow is released."""
+    def _takeover_exhausts(self, view: TaskView) -> bool:
+        """Whether taking over this task (its holder's lease expired) would be one interruption
+        too many: a task whose nodes keep dying must end, not move on to the next node."""
+        lost = view.interruptions() + 1 - view.forgiven_interruptions
+        return lost > INTERRUPTION_CAP
+
+    async def _fail_unrun(self, launch: Launch, claim: ClaimRecord) -> None:
+        """Close the task without running it: our claim, and an interruption that exceeds the cap."""
+        now = wall_ms()
+        reason = (
+            f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
+            "lost their leases"
+        )
+        result = ResultRecord(
+            task_id=launch.task_id,
+            epoch=launch.epoch,
+            attempt=launch.attempt,
+            outcome=Outcome.INTERRUPTED,
+            exit_code=None,
+            started_ms=now,
+            ended_ms=now,
+            wall_s=0.0,
+            cpu_s=0.0,
+            max_rss_kb=0,
+            digest=None,
+            node_capacity=self.capacity,
+            reason=reason,
+        )
+        log.warning("%s: %s", launch.name, reason)
+        try:
+            await self._append([claim, result])
+        except SwarmError as exc:
+            self._pause_claims(str(exc))
+
+    async def _settle(self, claim: ClaimRecord, stolen: bool) -> bool:
+        """Claim the task before it starts. A stolen one (a peer is preferred for it) runs only
+        if no better claim shows up within a short settle, since its preferred node or another
+        thief may have reached for it at the same moment. A claim we do not follow is
+        released."""
         try:
             await self._append([claim])
-            await asyncio.sleep(self.config.claim_settle_s)
+            if stolen:
+                await asyncio.sleep(self.config.claim_settle_s)
             view = self.ledger.tasks[claim.task_id]
             if view.winning_claim() == (claim.epoch, self.node_id) and view.state is State.RUNNING:
                 return True

@@ -14,8 +14,10 @@ seq up to which it holds every record that still exists. Two messages carry reco
   meanwhile does not).
 
 The invariant both keep: a watermark never passes a record this node lacks and could still get.
-A record refused (undecodable, or a forged result) stops its origin's records in that message,
-and the watermark stays below it, so the genuine record of that seq is still taken when it comes.
+A record refused (a forged result, or records that could not be stored) stops its origin's
+records in that message, and the watermark stays below it, so the record is still taken when a
+genuine copy comes, or when it can be stored. (A record that does not decode, say of a newer
+version, is passed over and counted: every peer holds the same bytes, so waiting would stall.)
 
 Pure: no I/O, no clock.
 """

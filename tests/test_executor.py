@@ -577,7 +577,7 @@ def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: P
         pgid = attempt.proc.pid
         wait_for_file_text(attempt.stdout, b"ready")
         assert len(live_group_members(pgid)) >= 3
-        assert kill_orphans(run_root, "node-under-test") == 1
+        assert len(kill_orphans(run_root, "node-under-test")) == 1
         assert wait_group_gone(pgid) == []
         assert not launch.run_dir.exists()
         assert list(run_root.iterdir()) == []
@@ -595,7 +595,7 @@ def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -
         pgid = attempt.proc.pid
         assert attempt.proc.wait(timeout=5) == 0  # the leader exited and is reaped
         assert len(live_group_members(pgid)) == 1  # its background sleep still runs
-        assert kill_orphans(run_root, "node-under-test") == 1
+        assert len(kill_orphans(run_root, "node-under-test")) == 1
         assert wait_group_gone(pgid) == []
     finally:
         cleanup(attempt)
@@ -618,7 +618,7 @@ def test_kill_orphans_spares_processes_not_of_this_node(
     tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
     p = sleeper(env)
-    assert kill_orphans(tmp_path / "run", "node-under-test") == 0
+    assert len(kill_orphans(tmp_path / "run", "node-under-test")) == 0
     time.sleep(0.05)
     assert p.poll() is None
     assert live_group_members(p.pid) == [p.pid]
@@ -626,10 +626,10 @@ def test_kill_orphans_spares_processes_not_of_this_node(
 
 def test_kill_orphans_removes_leftover_run_dirs(tmp_path: Path) -> None:
     run_root = tmp_path / "run"
-    assert kill_orphans(run_root, "node-under-test") == 0  # no run root at all
+    assert len(kill_orphans(run_root, "node-under-test")) == 0  # no run root at all
     (run_root / "r1-1" / "work").mkdir(parents=True)
     (run_root / "r1-1" / "stdout").write_bytes(b"\xff partial")
-    assert kill_orphans(run_root, "node-under-test") == 0
+    assert len(kill_orphans(run_root, "node-under-test")) == 0
     assert list(run_root.iterdir()) == []
 
 

@@ -164,3 +164,16 @@ def test_every_stored_result_still_checks(
     )
     stored = db.decode(db.encode(body))
     assert isinstance(stored, ResultRecord) and identity.check_result(me.node_id, stored)
+
+
+def test_a_forged_alive_or_a_huge_accusation_about_us_cannot_drive_our_incarnation() -> None:
+    me = Identity.generate()
+    a = core(me)
+    a.receive(1.0, gossip.Packet(gossip.Gossip(), (gossip.Alive(me.node_id, 2**63 - 1, B, {}),)))
+    assert a.me.incarnation == 1 and a.forged == 1
+    a.receive(1.1, gossip.Packet(gossip.Gossip(), (gossip.Suspect(me.node_id, 2**63 - 1, "x"),)))
+    assert a.me.incarnation == 1 and a.forged == 2
+    # An Alive of our own earlier life (signed by us, higher incarnation) is outranked.
+    old = me.sign_alive(gossip.Alive(me.node_id, 7, B, {}))
+    a.receive(1.2, gossip.Packet(gossip.Gossip(), (old,)))
+    assert a.me.incarnation == 8

@@ -100,6 +100,40 @@ def test_failures_up_to_retries_requeue_then_fail() -> None:
     assert ledger.tasks["t1"].state is State.FAILED
 
 
+def test_a_claim_taken_over_with_no_result_counts_as_an_interruption() -> None:
+    """A task that kills its node leaves no result behind: each takeover still counts, so it
+    cannot loop over the swarm's nodes forever."""
+    ledger, a, b = fresh()
+    writers = [a, b]
+    for epoch in range(1, INTERRUPTION_CAP + 2):
+        writers[epoch % 2](ClaimRecord("t1", epoch, stamp=epoch))
+        assert ledger.tasks["t1"].state is State.RUNNING
+        assert ledger.tasks["t1"].interruptions() == epoch - 1
+    # The last holder dies too; its claim is only judged lost when another takes over, so a
+    # final epoch's claim (from whoever comes next) makes it exhausted, and its failure ends it.
+    a(ClaimRecord("t1", INTERRUPTION_CAP + 2, stamp=99))
+    a(result("t1", INTERRUPTION_CAP + 2, Outcome.INTERRUPTED))
+    assert ledger.tasks["t1"].state is State.FAILED
+
+
+def test_a_released_or_finished_claim_is_no_lost_lease() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    a(ClaimRecord("t1", 1, stamp=1, released=True))  # a thief that let go
+    b(ClaimRecord("t1", 2, stamp=2))
+    b(result("t1", 2, Outcome.FAILED))
+    a(ClaimRecord("t1", 3, stamp=3))
+    assert ledger.tasks["t1"].interruptions() == 0
+
+
+def test_a_lost_race_in_one_epoch_is_no_lost_lease() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    b(ClaimRecord("t1", 1, stamp=2))  # lost the race: not the task's attempt
+    a(ClaimRecord("t1", 2, stamp=3))  # node-a took it again (its first holder died)
+    assert ledger.tasks["t1"].interruptions() == 1
+
+
 def test_interruptions_do_not_use_up_retries_but_are_capped() -> None:
     ledger, a, _ = fresh()
     for epoch in range(1, INTERRUPTION_CAP + 1):

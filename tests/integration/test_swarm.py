@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -375,3 +376,52 @@ def test_the_tasks_of_a_node_that_dies_or_freezes_are_taken_over(
     finally:
         if how is signal.SIGSTOP:
             os.kill(victim.proc.pid, signal.SIGCONT)
+
+
+def test_a_task_that_kills_its_node_fails_after_the_interruption_cap(swarm: Swarm) -> None:
+    """Each node that runs it dies (and is brought back, as a supervisor would); whether the
+    restarted node records its cut-off attempt or another node takes the task over, every time
+    counts, and after the cap the task fails with the reason. Other work finishes."""
+    for i in range(3):
+        swarm.start(i, join=0 if i else None)
+    ids = [swarm.node_id(i) for i in range(3)]
+    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    killer = cli0.cwd / "killer.jsonl"
+    killer.write_text(json.dumps({"name": "k", "cmd": "kill -9 $PPID; sleep 30"}) + "\n")
+    calm = cli0.cwd / "calm.jsonl"
+    calm.write_text(
+        "".join(json.dumps({"name": f"c{i}", "cmd": "echo ok"}) + "\n" for i in range(4))
+    )
+    cli0.ok("submit", str(calm))
+    cli0.ok("submit", str(killer))
+    deaths = 0
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        for _, daemon, _ in swarm.nodes:
+            assert daemon.proc is not None
+            if daemon.proc.poll() is not None:
+                deaths += 1
+                with contextlib.suppress(AssertionError):
+                    daemon.start()  # it may take the task again, and die, before it is ready
+        alive = [c for c, d, _ in swarm.nodes if d.proc is not None and d.proc.poll() is None]
+        try:
+            if alive and alive[0].job("killer")["failed"] == 1:
+                break
+        except (AssertionError, KeyError):
+            pass  # it died while we asked
+        time.sleep(0.2)
+    for _, daemon, _ in swarm.nodes:  # the last attempt may have taken one down
+        assert daemon.proc is not None
+        if daemon.proc.poll() is not None:
+            daemon.start()
+    cli = swarm.nodes[0][0]
+    wait_for(
+        f"node 0 to see the task failed ({deaths} node deaths so far)",
+        lambda: cli.job("killer")["failed"] == 1,
+        timeout=30,
+    )
+    (row,) = [r for r in export_rows(cli) if r["name"] == "k"]
+    assert "interrupted" in row["reason"] or row["outcome"] == "interrupted"
+    assert deaths >= 5
+    wait_for("the other job to be done", lambda: cli.job("calm")["done"] == 4, timeout=60)
