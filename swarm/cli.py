@@ -203,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("leave", "leave the swarm now and stop (other members see it as left, not dead)")
     p.set_defaults(func=cmd_stop)
 
+    p = add(
+        "drain",
+        "finish the running tasks, claim nothing new, then leave and stop (a preemption notice)",
+    )
+    p.add_argument("node", nargs="?", help="a member's id or its prefix (default: this node)")
+    p.add_argument(
+        "--grace",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="interrupt what still runs after this long (its tasks then run elsewhere)",
+    )
+    p.add_argument("--wait", action="store_true", help="return when this node has stopped")
+    p.set_defaults(func=cmd_drain)
+
     p = add("join", "tell the running daemon to join the swarm at PEER", node_opts)
     p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
     p.set_defaults(func=cmd_join)
@@ -736,10 +750,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -748,3 +758,29 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < 86_400:
         raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds: {text!r}")
     return value
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    fields: dict[str, Any] = {"node": args.node or ""}
+    if args.grace is not None:
+        fields["grace_s"] = args.grace
+    reply = _call(args, "drain", **fields)
+    node = str(reply["node"])
+    if reply.get("running") is None:
+        out.print(f"asked node {node[:8]} to drain; it leaves the swarm when its tasks end")
+        return 0
+    out.print(
+        f"draining this node ({node[:8]}): {plural(int(reply['running']), 'attempt')} to "
+        "finish, nothing new is claimed, then it leaves the swarm and stops"
+    )
+    if not args.wait:
+        return 0
+    while lock_held(state):  # the daemon exits once drained
+        time.sleep(0.2)
+    out.print("drained: the daemon has stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

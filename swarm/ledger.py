@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
     REPLICA = 5
     CANCEL = 6
     RETRY = 7
+    DRAIN = 8
 
 
 class State(enum.StrEnum):
@@ -136,6 +137,17 @@ class RetryRecord:
     interruptions: int
 
 
+@dataclass(frozen=True, slots=True)
+class DrainRecord:
+    """Ask `node` to finish what it runs, claim nothing new, and leave (a preemption notice).
+    Only a life of the node started before `stamp` obeys it; after `grace_s` (if set) the node
+    interrupts what still runs, and those tasks run elsewhere."""
+
+    node: str
+    stamp: int
+    grace_s: float | None = None
+
+
 Body = (
     TaskRecord
     | ClaimRecord
@@ -144,6 +156,7 @@ Body = (
     | ReplicaRecord
     | CancelRecord
     | RetryRecord
+    | DrainRecord
 )
 
 KIND_OF: dict[type[Any], Kind] = {
@@ -154,6 +167,7 @@ KIND_OF: dict[type[Any], Kind] = {
     ReplicaRecord: Kind.REPLICA,
     CancelRecord: Kind.CANCEL,
     RetryRecord: Kind.RETRY,
+    DrainRecord: Kind.DRAIN,
 }
 
 
@@ -280,6 +294,7 @@ class Ledger:
         self.running: set[str] = set()  # ids of tasks whose state is running
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         self.records_applied = 0
+        self.drains: dict[str, int] = {}  # node -> stamp of the latest drain asked of it
         self.max_stamp = 0  # highest HLC stamp seen: a restarted node's clock starts above it
 
     # -- applying records --------------------------------------------------------------------
@@ -320,6 +335,9 @@ class Ledger:
                 return []
             case CancelRecord():
                 return self._apply_cancel(body)
+            case DrainRecord():
+                self.drains[body.node] = max(self.drains.get(body.node, 0), body.stamp)
+                return []
             case RetryRecord():
                 view = self._view(body.task_id)
                 view.forgiven_failures = max(view.forgiven_failures, body.failures)
@@ -418,6 +436,7 @@ class Ledger:
             tuple(sorted(self.heartbeats.items())),
             tuple(sorted(self.cancelled_jobs.items())),
             tuple(sorted(self.high_seq.items())),
+            tuple(sorted(self.drains.items())),
         )
 
 
@@ -457,6 +476,8 @@ def body_to_plain(body: Body) -> list[Any]:
             return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
             return [Kind.RETRY, body.task_id, body.failures, body.interruptions]
+        case DrainRecord():
+            return [Kind.DRAIN, body.node, body.stamp, body.grace_s]
     raise AssertionError(f"unknown record body {body!r}")
 
 
@@ -495,6 +516,9 @@ def body_from_plain(raw: Any) -> Body:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
                 return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]))
+            case Kind.DRAIN:
+                grace = None if f[2] is None else float(f[2])
+                return DrainRecord(_s(f[0]), _i(f[1]), grace)
     except (IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise BadRecordError(f"malformed record {raw!r:.200}: {exc}") from exc
     raise BadRecordError(f"unknown record kind in {raw!r:.200}")

@@ -60,6 +60,7 @@ from swarm.ledger import (
     Body,
     CancelRecord,
     ClaimRecord,
+    DrainRecord,
     HeartbeatRecord,
     Ledger,
     Outcome,
@@ -218,6 +219,9 @@ class Node:
         self._pulled_at: dict[str, float] = {}
         self._orphaned: list[tuple[str, int]] = []  # (task, epoch) left running by our last life
         self._releasing = False
+        self.draining = False
+        self._stop_reason = "node stopped"
+        self._life_stamp = 0
         self._rerank = asyncio.Event()  # the members changed: rank the pending tasks afresh
         self._rebuilding: PendingQueue | None = None
         self._candidates: dict[tuple[Resources, Any], list[tuple[str, float]]] = {}
@@ -261,6 +265,7 @@ class Node:
             for problem in bad:
                 log.warning("skipped an unreadable ledger row: %s", problem)
             self.clock = HybridClock(self.ledger.max_stamp)
+            self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -329,7 +334,7 @@ class Node:
             for loop_task in loops:
                 loop_task.cancel()
             for attempt in list(self.attempts.values()):
-                attempt.stop(Outcome.INTERRUPTED, "node stopped", self.config.kill_grace_s)
+                attempt.stop(Outcome.INTERRUPTED, self._stop_reason, self.config.kill_grace_s)
             while self.attempts or self._claiming:
                 await asyncio.sleep(0.01)
             writer.close()
@@ -401,10 +406,13 @@ class Node:
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
-        return {
+        meta: dict[str, Any] = {
             "capacity": snapshot.resources_dict(self.capacity),
             "labels": dict(self.labels),
         }
+        if self.draining:
+            meta["draining"] = True
+        return meta
 
     def join(self, peers: list[tuple[str, int]]) -> None:
         if self.membership is None or self.net is None:
@@ -450,6 +458,7 @@ class Node:
                     "address": f"{m.addr[0]}:{m.addr[1]}",
                     "incarnation": m.incarnation,
                     "labels": m.meta.get("labels", {}),
+                    "draining": bool(m.meta.get("draining", False)),
                     "capacity": m.meta.get("capacity", {}),
                     "last_change_s": round(time.monotonic() - m.changed_at, 1),
                 }
@@ -484,6 +493,10 @@ class Node:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
+            if isinstance(row.body, DrainRecord):
+                body = row.body
+                if body.node == self.node_id and body.stamp > self._life_stamp:
+                    self.drain(body.grace_s)
             if not row.remote:
                 continue
             if isinstance(row.body, HeartbeatRecord):
@@ -791,6 +804,32 @@ class Node:
             log.warning("%d attempt(s) were cut off when the node stopped; re-queued", len(bodies))
             await self._append(bodies)
 
+    # -- draining ---------------------------------------------------------------------------
+
+    def drain(self, grace_s: float | None) -> None:
+        """Finish what runs, claim nothing new, then leave the swarm and stop. After `grace_s`
+        (if given) what still runs is interrupted, and runs elsewhere."""
+        if self.draining or self._tg is None:
+            return
+        self.draining = True
+        log.warning(
+            "draining: %d attempt(s) to finish%s, then leaving",
+            len(self.attempts),
+            "" if grace_s is None else f" within {grace_s:g}s",
+        )
+        if self.membership is not None:
+            self.membership.update_meta(time.monotonic(), self._meta())  # peers rank us out
+        self._tg.create_task(self._drain_loop(grace_s))
+
+    async def _drain_loop(self, grace_s: float | None) -> None:
+        deadline = None if grace_s is None else time.monotonic() + grace_s
+        while self.attempts or self._claiming:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        self._stop_reason = "the node was drained"
+        self.stop()
+
     def _release_soon(self) -> None:
         if self._releasing or self._tg is None:
             return
@@ -851,6 +890,8 @@ class Node:
         assert self.membership is not None
         candidates = []
         for member in self.membership.live_members():
+            if member.meta.get("draining"):
+                continue  # it takes nothing new
             try:
                 capacity = member.meta["capacity"]
                 fits = Resources(
@@ -935,6 +976,8 @@ class Node:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.draining:
+                continue  # claims nothing new; _drain_loop stops the node when all has ended
             pause = self._claims_paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -1336,7 +1379,31 @@ class Node:
         if op == "shutdown":
             self.stop()
             return {"ok": True}
+        if op == "drain":
+            return await self._drain_request(request)
         raise UserInputError(f"unknown request {op!r}")
+
+    async def _drain_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        grace = request.get("grace_s")
+        if grace is not None and (not isinstance(grace, int | float) or grace < 0):
+            raise UserInputError("the grace period must be a number of seconds, 0 or more")
+        target = str(request.get("node") or self.node_id)
+        known = {m.node for m in self.membership.live_members()} if self.membership else set()
+        matches = sorted(n for n in known | {self.node_id} if n.startswith(target))
+        if len(matches) != 1:
+            what = "no live member" if not matches else f"{len(matches)} members"
+            raise UserInputError(f"{what} with an id starting {target!r} (see swarm members)")
+        node = matches[0]
+        if node == self.node_id:
+            self.drain(None if grace is None else float(grace))
+        else:
+            stamp = self.clock.now(wall_ms())
+            await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
+        return {
+            "ok": True,
+            "node": node,
+            "running": len(self.attempts) if node == self.node_id else None,
+        }
 
     async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
         problem = name_problem(job)

@@ -16,6 +16,7 @@ from swarm.ledger import (
     Body,
     CancelRecord,
     ClaimRecord,
+    DrainRecord,
     HeartbeatRecord,
     Ledger,
     Outcome,
@@ -399,3 +400,12 @@ def test_a_job_cancel_does_not_reach_tasks_added_after_it() -> None:
     a(TaskRecord("t3", "job", "later", SPEC, stamp=20))
     assert ledger.tasks["t1"].state is State.CANCELLED
     assert ledger.tasks["t3"].state is State.PENDING
+
+
+def test_a_drain_round_trips_and_is_kept_as_the_latest_per_node() -> None:
+    ledger, a, b = fresh()
+    for body in (DrainRecord("node-b", 5, None), DrainRecord("node-b", 9, 30.0)):
+        assert db.decode(db.encode(body)) == body
+        a(body)
+    b(DrainRecord("node-b", 7))
+    assert ledger.drains == {"node-b": 9}

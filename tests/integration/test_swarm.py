@@ -147,11 +147,11 @@ def test_a_job_submitted_on_one_node_is_seen_and_finished_on_all(swarm: Swarm) -
     assert runners <= set(ids)
 
 
-def export_rows(cli: Cli) -> list[dict[str, str]]:
+def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
     import csv
     import io
 
-    return list(csv.DictReader(io.StringIO(cli.ok("export").stdout)))
+    return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
 
 
 def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
@@ -425,3 +425,30 @@ def test_a_task_that_kills_its_node_fails_after_the_interruption_cap(swarm: Swar
     assert "interrupted" in row["reason"] or row["outcome"] == "interrupted"
     assert deaths >= 5
     wait_for("the other job to be done", lambda: cli.job("calm")["done"] == 4, timeout=60)
+
+
+def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
+    for i in range(3):
+        swarm.start(i, join=0 if i else None)
+    ids = [swarm.node_id(i) for i in range(3)]
+    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    cli0, cli2 = swarm.nodes[0][0], swarm.nodes[2][0]
+    tasks = cli0.cwd / "drain.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"name": f"t{i}", "cmd": f"sleep 2; echo {i}"}) + "\n" for i in range(8))
+    )
+    cli0.ok("submit", str(tasks))
+    wait_for("node 2 to run a task", lambda: running_by_node(cli0).get(ids[2], 0) > 0)
+    held = {r["name"] for r in export_rows(cli0) if r["node"] == ids[2] and r["state"] == "running"}
+    drained = cli2.ok("drain", "--wait")
+    assert "drained" in drained.stdout
+    daemon2 = swarm.nodes[2][1]
+    assert daemon2.proc is not None and daemon2.proc.wait(timeout=10) == 0
+    wait_for("node 2 to be seen as left", lambda: swarm.states(0)[ids[2]] == "left")
+    wait_for("every task to be done", lambda: cli0.job("drain")["done"] == 8, timeout=60)
+    attempts = [r for r in export_rows(cli0, "--attempts") if r["name"] in held]
+    # What it was running when told to drain, it finished: no interruption, no second run.
+    assert attempts and all(r["outcome"] == "ok" and r["node"] == ids[2] for r in attempts)
+    # Remote: drain node 1 from node 0, by a prefix of its id; it has nothing to run, so it goes.
+    cli0.ok("drain", ids[1][:10])
+    wait_for("node 1 to be seen as left", lambda: swarm.states(0)[ids[1]] == "left")
