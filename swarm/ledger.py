@@ -220,8 +220,20 @@ class TaskView:
         return sorted(self.attempts.values(), key=lambda a: (a.result.epoch, a.result.started_ms))
 
     def ok_attempt(self) -> Attempt | None:
+        """The attempt whose result is the task's: of the successful ones, the one of the highest
+        epoch (the fencing token: a node frozen past its lease may still finish the attempt it
+        lost, and that result must not win over its successor's), then the epoch's winning
+        claim."""
         oks = [a for a in self.attempts.values() if a.result.outcome is Outcome.OK]
-        return min(oks, key=lambda a: (a.result.epoch, a.version)) if oks else None
+        if not oks:
+            return None
+
+        def rank(attempt: Attempt) -> tuple[int, int, str]:
+            epoch, node = attempt.result.epoch, attempt.version.origin
+            claim = self.claims.get((epoch, node))
+            return (-epoch, claim.stamp if claim is not None else 2**63, node)
+
+        return min(oks, key=rank)
 
     def count(self, *outcomes: Outcome) -> int:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)

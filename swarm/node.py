@@ -90,6 +90,7 @@ PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked between two turns of the event loop
 GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
+ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
 SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
@@ -220,6 +221,9 @@ class Node:
         self._orphaned: list[tuple[str, int]] = []  # (task, epoch) left running by our last life
         self._releasing = False
         self.draining = False
+        self._synced = False  # caught up with a peer since this life started
+        self._heard_at = -1e9  # monotonic time a peer's records last reached us
+        self._isolated_logged = False
         self._stop_reason = "node stopped"
         self._life_stamp = 0
         self._rerank = asyncio.Event()  # the members changed: rank the pending tasks afresh
@@ -489,6 +493,8 @@ class Node:
     def _apply_rows(self, rows: list[db.Row]) -> None:
         changed = False
         now = time.monotonic()
+        if rows and rows[0].remote:
+            self._heard_at = now
         for row in rows:
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
@@ -723,6 +729,8 @@ class Node:
 
         try:
             await self.net.pull(peer.addr, request, take)
+            self._synced = True
+            self._heard_at = time.monotonic()
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
         finally:
@@ -856,6 +864,32 @@ class Node:
             return True
         return view.state is State.RUNNING and self._holder_expired(view)
 
+    def _may_claim(self) -> bool:
+        """A node of a swarm claims only while it is in touch: it has caught up with a peer
+        since it started (else it would re-run what others finished while it was away), and
+        it has heard from one within a lease period (else it may be cut off, with its tasks
+        being taken over on the other side). A node alone, or whose peers all left, claims."""
+        if self.membership is None:
+            return True
+        peers = [m for m in self.membership.members.values() if m.node != self.node_id]
+        if peers and all(m.state is gossip.MemberState.LEFT for m in peers):
+            return True  # the others left for good: carry on alone
+        if not peers and not any(origin != self.node_id for origin, _ in self.ledger.high_seq):
+            return True  # a swarm of one, so far
+        in_touch = time.monotonic() - self._heard_at < self.config.lease_ttl_s
+        if self._synced and in_touch:
+            self._isolated_logged = False
+            return True
+        if not self._isolated_logged:
+            self._isolated_logged = True
+            why = (
+                "catching up with the swarm first"
+                if not self._synced
+                else (f"no peer heard for {self.config.lease_ttl_s:g}s (cut off?)")
+            )
+            log.warning("not claiming new tasks: %s", why)
+        return False
+
     def _enqueue(
         self, view: TaskView, at_once: bool = False, into: PendingQueue | None = None
     ) -> None:
@@ -978,6 +1012,9 @@ class Node:
             self._wake.clear()
             if self.draining:
                 continue  # claims nothing new; _drain_loop stops the node when all has ended
+            if not self._may_claim():
+                self._wake_at(time.monotonic() + ISOLATED_RECHECK_S)
+                continue
             pause = self._claims_paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)

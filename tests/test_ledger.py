@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -409,3 +410,22 @@ def test_a_drain_round_trips_and_is_kept_as_the_latest_per_node() -> None:
         a(body)
     b(DrainRecord("node-b", 7))
     assert ledger.drains == {"node-b": 9}
+
+
+def test_the_credited_result_is_that_of_the_highest_epoch_whatever_the_order() -> None:
+    """A holder frozen past its lease may still finish the attempt it lost; its successor's
+    result is the task's, as SWARM_EPOCH fences the older one off."""
+    for first_stale in (True, False):
+        ledger, a, b = fresh()
+        a(ClaimRecord("t1", 1, stamp=1))
+        b(ClaimRecord("t1", 2, stamp=2))
+        stale = replace(result("t1", 1, Outcome.OK), digest="aa" * 32)
+        fresh_result = replace(result("t1", 2, Outcome.OK), digest="bb" * 32)
+        if first_stale:
+            a(stale)
+            b(fresh_result)
+        else:
+            b(fresh_result)
+            a(stale)
+        credited = ledger.tasks["t1"].ok_attempt()
+        assert credited is not None and credited.result.digest == "bb" * 32

@@ -452,3 +452,32 @@ def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
     # Remote: drain node 1 from node 0, by a prefix of its id; it has nothing to run, so it goes.
     cli0.ok("drain", ids[1][:10])
     wait_for("node 1 to be seen as left", lambda: swarm.states(0)[ids[1]] == "left")
+
+
+def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
+    swarm: Swarm,
+) -> None:
+    for i in range(3):
+        swarm.start(i, join=0 if i else None)
+    ids = [swarm.node_id(i) for i in range(3)]
+    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "once.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"name": f"t{i}", "cmd": f"sleep 2; echo {i}"}) + "\n" for i in range(3))
+    )
+    cli0.ok("submit", str(tasks))
+    wait_for("node 2 to run a task", lambda: running_by_node(cli0).get(ids[2], 0) > 0)
+    daemon2 = swarm.nodes[2][1]
+    daemon2.kill(signal.SIGKILL)
+    wait_for("every task to be done elsewhere", lambda: cli0.job("once")["done"] == 3, timeout=60)
+    daemon2.start()  # its ledger still says its task was running, and nothing of the rest
+    cli2 = swarm.nodes[2][0]
+    wait_for("node 2 to catch up", lambda: cli2.job("once")["done"] == 3, timeout=30)
+    time.sleep(1)
+    runs = [r for r in export_rows(cli0, "--attempts") if r["node"] == ids[2]]
+    # Only the attempt the kill cut off; nothing started again after the restart.
+    assert [(r["outcome"], r["reason"]) for r in runs] == [
+        ("interrupted", "the node stopped while it ran")
+    ], runs
+    assert all(r["state"] == "done" for r in export_rows(cli2))
