@@ -48,6 +48,8 @@ POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this oft
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
 STATUS_REFRESH_S = 1.0
 STOP_WAIT_S = 30.0
+STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
+CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
 FAILED_LISTED_MAX = 10
 
 err = Console(stderr=True, highlight=False)
@@ -68,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`swarm export | head`): say nothing, as `cat` would, and keep
+        # Python from complaining when it flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BaseExceptionGroup as group:
         # asyncio.TaskGroup wraps what its tasks raised; show the first of ours plainly.
         ours = [e for e in group.exceptions if isinstance(e, SwarmError | OSError)]
@@ -217,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return when this node has stopped")
     p.set_defaults(func=cmd_drain)
 
-    p = add("join", "tell the running daemon to join the swarm at PEER", node_opts)
+    p = add(
+        "join",
+        "join the swarm at PEER: with no daemon running, start one joined to it (in the "
+        "foreground, with the node options); else tell the running daemon to join",
+        node_opts,
+    )
     p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
     p.set_defaults(func=cmd_join)
 
@@ -543,8 +555,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         except NotRunningError:
             return offline_snapshot(state, jobs)
         try:
-            snap: dict[str, Any] = (await client.call("status", jobs=jobs))["snapshot"]
+            reply = await asyncio.wait_for(client.call("status", jobs=jobs), STATUS_ANSWER_S)
+            snap: dict[str, Any] = reply["snapshot"]
             return snap
+        except TimeoutError:
+            err.print(
+                f"swarm: the daemon did not answer within {STATUS_ANSWER_S:g}s (paused or "
+                "overloaded?); showing its ledger as last written"
+            )
+            return offline_snapshot(state, jobs)
         finally:
             await client.close()
 
@@ -648,7 +667,12 @@ def _call(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
     async def call() -> dict[str, Any]:
         client = await Client.connect(state)
         try:
-            return await client.call(op, **fields)
+            return await asyncio.wait_for(client.call(op, **fields), CALL_ANSWER_S)
+        except TimeoutError:
+            raise ControlError(
+                f"the daemon for {state.root} did not answer within {CALL_ANSWER_S:g}s "
+                "(is it paused, or overloaded?)"
+            ) from None
         finally:
             await client.close()
 
@@ -673,6 +697,8 @@ def cmd_join(args: argparse.Namespace) -> int:
     if asyncio.run(control.is_running(state)):
         _call(args, "join", peers=args.peer)
         out.print(f"joining the swarm through {', '.join(args.peer)}")
+        if args.bind is not None or args.profile != "lan":
+            err.print("swarm: the daemon was already running: --bind and --profile are its own")
         return 0
     args.join = list(args.join) + list(args.peer)
     return cmd_start(args)

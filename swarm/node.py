@@ -450,11 +450,22 @@ class Node:
     def members(self) -> list[dict[str, Any]]:
         if self.membership is None:
             return [self.node_info()]
+        # What others run, as the ledger has it (their own figures are not sent around).
+        held: dict[str, tuple[int, Resources]] = {}
+        for task in self.ledger.running:
+            view = self.ledger.tasks[task]
+            claim = view.active_claim()
+            if claim is None or view.spec is None:
+                continue
+            count, used = held.get(claim[1], (0, Resources(0.0, 0)))
+            held[claim[1]] = (count + 1, used + view.spec.need)
         out = []
         for m in self.membership.members.values():
             if m.node == self.node_id:
-                out.append({**self.node_info(), "address": f"{m.addr[0]}:{m.addr[1]}"})
+                address = f"{m.addr[0]}:{m.addr[1]}"
+                out.append({**self.node_info(), "address": address, "incarnation": m.incarnation})
                 continue
+            running, used = held.get(m.node, (0, Resources(0.0, 0)))
             out.append(
                 {
                     "id": m.node,
@@ -464,6 +475,8 @@ class Node:
                     "labels": m.meta.get("labels", {}),
                     "draining": bool(m.meta.get("draining", False)),
                     "capacity": m.meta.get("capacity", {}),
+                    "used": snapshot.resources_dict(used),
+                    "running": running,
                     "last_change_s": round(time.monotonic() - m.changed_at, 1),
                 }
             )

@@ -326,3 +326,20 @@ def test_a_malformed_submission_on_the_socket_is_refused_and_the_daemon_lives(
     assert "malformed task" in message or "job name" in message
     assert node.proc is not None and node.proc.poll() is None
     assert cli.status()["jobs"] == []
+
+
+def test_status_of_a_paused_daemon_is_read_from_disk(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    node = daemon()
+    tasks = write_tasks(cli.cwd / "p.jsonl", [{"name": "a", "cmd": "true"}])
+    cli.ok("submit", str(tasks), "--wait")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        shown = cli.ok("status", "--once")
+        assert time.monotonic() - began < 20
+        assert "did not answer" in shown.stderr and "p" in shown.stdout
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
