@@ -24,6 +24,7 @@ import csv
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +59,7 @@ TASK_COLUMNS: tuple[str, ...] = (
     "node_cpus",
     "node_memory_mb",
     "reason",
+    "replicas",
 )
 
 ATTEMPT_COLUMNS: tuple[str, ...] = (
@@ -215,15 +217,23 @@ def write_csv(
         for view in ledger.job_tasks(name):
             if view.spec is None:
                 continue  # its TASK record has not arrived: nothing to describe it by
-            task_rows = _attempt_rows(view, view.spec) if attempts else [_task_row(view, view.spec)]
+            task_rows = (
+                _attempt_rows(view, view.spec)
+                if attempts
+                else [_task_row(view, view.spec, ledger.holders)]
+            )
             writer.writerows(task_rows)
             rows += len(task_rows)
     return rows
 
 
-def _task_row(view: TaskView, spec: TaskSpec) -> dict[str, str]:
+def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -> dict[str, str]:
     ordered = view.ordered_attempts()
     shown = view.ok_attempt() or (ordered[-1] if ordered else None)
+    replicas = ""
+    if shown is not None and shown.result.digest is not None:
+        # The nodes that hold its result: the one that ran it, and those that copied it.
+        replicas = str(len(holders.get(shown.result.digest, set()) | {shown.version.origin}))
     row = {
         "task_id": view.task_id,
         "job": view.job,
@@ -235,6 +245,7 @@ def _task_row(view: TaskView, spec: TaskSpec) -> dict[str, str]:
         "memory_mb": _mib(spec.need.memory_bytes),
         "gpus": str(spec.need.gpus),
         "priority": str(spec.priority),
+        "replicas": replicas,
     }
     claim = view.active_claim()
     if claim is not None:

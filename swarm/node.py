@@ -26,7 +26,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,8 @@ from swarm.ledger import (
     TaskView,
     Version,
 )
-from swarm.policy import PendingQueue, labels_match, rendezvous_rank
+from swarm.ledger import Attempt as LedgerAttempt
+from swarm.policy import PendingQueue, labels_match, rendezvous_rank, rendezvous_top
 from swarm.replication import Intake, behind
 from swarm.spec import Resources, TaskSpec, name_problem, task_id
 from swarm.statedir import StateDir
@@ -91,6 +92,9 @@ RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked between two turns of the event loop
 GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
 ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
+REPLICAS = 3  # a result is held by this many nodes (or every live one, if fewer)
+REPLICATE_DEBOUNCE_S = 0.2
+REPLICATE_RETRY_S = 2.0  # a result no holder could give is tried again after this long
 SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
@@ -226,6 +230,8 @@ class Node:
         self._isolated_logged = False
         self._stop_reason = "node stopped"
         self._life_stamp = 0
+        self._replica_todo: dict[str, LedgerAttempt] = {}  # result digest -> its attempt
+        self._replica_wake = asyncio.Event()
         self._rerank = asyncio.Event()  # the members changed: rank the pending tasks afresh
         self._rebuilding: PendingQueue | None = None
         self._candidates: dict[tuple[Resources, Any], list[tuple[str, float]]] = {}
@@ -379,6 +385,7 @@ class Node:
         loops.append(tg.create_task(self._sync_loop()))
         loops.append(tg.create_task(self._lease_loop()))
         loops.append(tg.create_task(self._rerank_loop()))
+        loops.append(tg.create_task(self._replicate_loop()))
         if self.config.join:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
@@ -703,23 +710,82 @@ class Node:
             )
             if attempt is None or attempt.result.digest is None:
                 continue
-            digest = attempt.result.digest
-            holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
-            had = self.store.has(digest)
-            if not await self.fetch_blob(digest, holders):
-                missing += 1
-                continue
-            fetched += 0 if had else 1
-            manifest = parse_manifest(self.store.read_bytes(digest))
-            for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
-                had_part = self.store.has(part)
-                if await self.fetch_blob(part, holders):
-                    fetched += 0 if had_part else 1
-                else:
-                    missing += 1
-            if not had and self.node_id not in self.ledger.holders.get(digest, set()):
-                await self._append([ReplicaRecord(digest)])
+            got, lacking = await self._copy_result(attempt)
+            fetched, missing = fetched + got, missing + lacking
         return {"fetched": fetched, "missing": missing}
+
+    async def _copy_result(self, attempt: LedgerAttempt) -> tuple[int, int]:
+        """Make an attempt's result (its manifest and every file it names) held here, fetched
+        and verified from its holders; say so with a REPLICA record once all of it is here.
+        Returns (files fetched, files no holder could give)."""
+        digest = attempt.result.digest
+        assert digest is not None
+        holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
+        holders = [h for h in holders if h != self.node_id]
+        fetched = missing = 0
+        had = self.store.has(digest)
+        if not await self.fetch_blob(digest, holders):
+            return 0, 1
+        fetched += 0 if had else 1
+        manifest = parse_manifest(self.store.read_bytes(digest))
+        for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
+            had_part = self.store.has(part)
+            if await self.fetch_blob(part, holders):
+                fetched += 0 if had_part else 1
+            else:
+                missing += 1
+        if not missing and self.node_id not in self.ledger.holders.get(digest, set()):
+            await self._append([ReplicaRecord(digest)])
+        return fetched, missing
+
+    # -- result replication -----------------------------------------------------------------
+
+    def _replica_targets(self, digest: str) -> list[str]:
+        """The nodes that should hold a result: the first R = min(3, live) of the live members
+        (not draining) by rendezvous hashing on its digest."""
+        if self.membership is None:
+            return [self.node_id]
+        nodes = [
+            m.node
+            for m in self.membership.live_members()
+            if m.node == self.node_id or not m.meta.get("draining")
+        ]
+        return rendezvous_top(digest, nodes, REPLICAS)
+
+    def _want_replicas(self, views: Iterable[TaskView]) -> None:
+        """Queue the credited results of these (done) tasks for a replication check."""
+        for view in views:
+            attempt = view.ok_attempt()
+            if attempt is not None and attempt.result.digest is not None:
+                self._replica_todo[attempt.result.digest] = attempt
+        if self._replica_todo:
+            self._replica_wake.set()
+
+    async def _replicate_loop(self) -> None:
+        """Pull the results this node should hold (as one of their R chosen holders) and does
+        not. A holder that dies or leaves changes the chosen set, and so re-replicates."""
+        while True:
+            await self._replica_wake.wait()
+            self._replica_wake.clear()
+            await asyncio.sleep(REPLICATE_DEBOUNCE_S)
+            todo, self._replica_todo = self._replica_todo, {}
+            for i, (digest, attempt) in enumerate(todo.items()):
+                if i % RERANK_SLICE == RERANK_SLICE - 1:
+                    await asyncio.sleep(0)
+                if digest == EMPTY_DIGEST or self.node_id in self.ledger.holders.get(digest, ()):
+                    continue
+                if self.node_id not in self._replica_targets(digest):
+                    continue
+                try:
+                    _, missing = await self._copy_result(attempt)
+                except (SwarmError, OSError) as exc:
+                    missing = 1
+                    log.warning("could not copy result %s here: %s", digest[:12], exc)
+                if missing:
+                    self._replica_todo[digest] = attempt  # a holder may come back: try later
+            if self._replica_todo:
+                await asyncio.sleep(REPLICATE_RETRY_S)
+                self._replica_wake.set()
 
     async def _sync_loop(self) -> None:
         """Anti-entropy: now and then, pull what a random member has and we lack."""
@@ -775,6 +841,8 @@ class Node:
         if change.new is State.PENDING:
             self._enqueue(view)
             self._wake.set()
+        elif change.new is State.DONE and self.membership is not None:
+            self._want_replicas([view])
         elif change.new is State.CANCELLED:
             attempt = self.attempts.get(change.task_id)
             if attempt is not None:
@@ -959,6 +1027,13 @@ class Node:
             await self._rerank.wait()
             await asyncio.sleep(RERANK_DEBOUNCE_S)  # a burst of joins is one re-rank
             self._rerank.clear()
+            # The chosen holders of results move with the members too.
+            self._want_replicas(
+                self.ledger.tasks[t]
+                for j in self.ledger.jobs
+                for t in self.ledger.jobs[j]
+                if self.ledger.tasks[t].state is State.DONE
+            )
             self._candidates.clear()
             fresh = PendingQueue()
             self._rebuilding = fresh  # tasks queued meanwhile go in both

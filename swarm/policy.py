@@ -100,6 +100,12 @@ def rendezvous_rank(task_id: str, me: str, candidates: Iterable[tuple[str, float
     )
 
 
+def rendezvous_top(key: str, nodes: Iterable[str], count: int) -> list[str]:
+    """The first `count` of `nodes` for `key` by (unweighted) rendezvous hashing: every node
+    computes the same list, and a node leaving moves only the keys it was among the first for."""
+    return sorted(nodes, key=lambda node: (-_score(key, node, 1.0), node))[:count]
+
+
 def _score(task_id: str, node: str, weight: float) -> float:
     digest = hashlib.blake2b(f"{task_id}/{node}".encode(), digest_size=8).digest()
     u = (int.from_bytes(digest, "big") + 0.5) / 2**64

@@ -299,6 +299,7 @@ def test_task_csv(world: tuple[Swarm, dict[str, str]]) -> None:
         "node_cpus": "8",
         "node_memory_mb": "16384",
         "reason": "",
+        "replicas": "1",
     }
 
     failed = by_name["failed"]

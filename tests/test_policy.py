@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from swarm.policy import Labels, PendingQueue, Requires, labels_match, rendezvous_rank
+from swarm.policy import (
+    Labels,
+    PendingQueue,
+    Requires,
+    labels_match,
+    rendezvous_rank,
+    rendezvous_top,
+)
 from swarm.spec import Resources, TaskSpec
 from swarm.taskfile import parse_jsonl
 
@@ -468,3 +475,18 @@ def test_stolen_tasks_are_taken_newest_first() -> None:
     for stamp in (1, 2, 3):
         q.push(f"stolen-{stamp}", spec(), stamp, rank=1)
     assert q.select(always, box(), {}, 10) == ["stolen-3", "stolen-2", "stolen-1"]
+
+
+def test_rendezvous_top_is_stable_and_moves_only_what_a_leaver_held() -> None:
+    nodes = [f"n{i}" for i in range(6)]
+    for i in range(300):
+        key = f"digest-{i}"
+        top = rendezvous_top(key, nodes, 3)
+        assert len(set(top)) == 3 and top == rendezvous_top(key, list(reversed(nodes)), 3)
+        fewer = [n for n in nodes if n != "n0"]
+        after = rendezvous_top(key, fewer, 3)
+        if "n0" not in top:
+            assert after == top
+        else:
+            assert set(top) - {"n0"} < set(after)
+    assert sorted(rendezvous_top("k", ["a", "b"], 3)) == ["a", "b"]  # fewer nodes than R: all

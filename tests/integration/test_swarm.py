@@ -481,3 +481,46 @@ def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
         ("interrupted", "the node stopped while it ran")
     ], runs
     assert all(r["state"] == "done" for r in export_rows(cli2))
+
+
+def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    for i in range(4):
+        swarm.start(i, join=0 if i else None)
+    ids = [swarm.node_id(i) for i in range(4)]
+    wait_for("all four to see each other", lambda: swarm.states(3) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = cli0.cwd / "kept.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"name": f"t{i}", "cmd": f"echo result {i}"}) + "\n" for i in range(6))
+    )
+    cli0.ok("submit", str(tasks))
+
+    def replicas() -> dict[str, int]:
+        return {r["name"]: int(r["replicas"] or 0) for r in export_rows(cli0)}
+
+    # The 3 nodes chosen for it hold it; the node that ran it keeps its copy too (4 at most).
+    wait_for(
+        "every result to be held by at least 3 nodes",
+        lambda: all(3 <= n <= 4 for n in replicas().values()),
+    )
+    # Kill a node other than node 0 (which we ask): the results it held are copied to the node
+    # that was not chosen before, so each is again held by 3 live nodes.
+    from swarm.store import BlobStore
+
+    victim = 3
+    victim_store = BlobStore(swarm.nodes[victim][0].home / "blobs")
+    digests = {r["name"]: r["digest"] for r in export_rows(cli0)}
+    held = {name for name, digest in digests.items() if victim_store.has(digest)}
+    assert held  # with 3 of 4 nodes chosen per result, it holds most of them
+    swarm.nodes[victim][1].kill(signal.SIGKILL)
+    wait_for("the victim to be declared dead", lambda: swarm.states(0)[ids[victim]] == "dead")
+    wait_for(
+        "the results to be held by 3 live nodes again",
+        lambda: all(n - (name in held) >= 3 for name, n in replicas().items()),
+    )
+    out = tmp_path / "out"
+    cli0.ok("results", "kept", "--out", str(out))
+    for i in range(6):
+        assert (out / f"t{i}" / "stdout").read_text() == f"result {i}\n"
