@@ -46,6 +46,7 @@ class Kind(enum.IntEnum):
     CANCEL = 6
     RETRY = 7
     DRAIN = 8
+    LOST = 9
 
 
 class State(enum.StrEnum):
@@ -148,6 +149,17 @@ class DrainRecord:
     grace_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LostRecord:
+    """Every node that held the result of this attempt (epoch, node) is gone: it no longer
+    counts, and the task runs again. (The attempt, not the digest: a rerun of a deterministic
+    task makes the same digest, held anew.)"""
+
+    task_id: str
+    epoch: int
+    node: str
+
+
 Body = (
     TaskRecord
     | ClaimRecord
@@ -157,6 +169,7 @@ Body = (
     | CancelRecord
     | RetryRecord
     | DrainRecord
+    | LostRecord
 )
 
 KIND_OF: dict[type[Any], Kind] = {
@@ -168,6 +181,7 @@ KIND_OF: dict[type[Any], Kind] = {
     CancelRecord: Kind.CANCEL,
     RetryRecord: Kind.RETRY,
     DrainRecord: Kind.DRAIN,
+    LostRecord: Kind.LOST,
 }
 
 
@@ -199,6 +213,7 @@ class TaskView:
     forgiven_failures: int = 0
     forgiven_interruptions: int = 0
     cancelled: bool = False
+    lost: set[tuple[int, str]] = field(default_factory=set)  # attempts whose result is gone
     state: State | None = None  # cached derive_state(); None while the spec is unknown
 
     def next_epoch(self) -> int:
@@ -224,7 +239,12 @@ class TaskView:
         epoch (the fencing token: a node frozen past its lease may still finish the attempt it
         lost, and that result must not win over its successor's), then the epoch's winning
         claim."""
-        oks = [a for a in self.attempts.values() if a.result.outcome is Outcome.OK]
+        oks = [
+            a
+            for a in self.attempts.values()
+            if a.result.outcome is Outcome.OK
+            and (a.result.epoch, a.version.origin) not in self.lost
+        ]
         if not oks:
             return None
 
@@ -243,23 +263,20 @@ class TaskView:
         over under a higher epoch with no result (their node died, froze or was cut off, and
         never came back to say so). An attempt that lost a claim race was never the task's
         attempt: it does not count towards the cap."""
+        winners: dict[int, str] = {}  # epoch -> the node whose claim wins it
+        for (epoch, node), info in self.claims.items():
+            best = winners.get(epoch)
+            if best is None or (info.stamp, node) < (self.claims[(epoch, best)].stamp, best):
+                winners[epoch] = node
         count = 0
-        top = max((epoch for epoch, _ in self.claims), default=0)
-        for epoch in {epoch for epoch, _ in self.claims} | {e for e, _ in self.attempts}:
-            rivals = [k for k in self.claims if k[0] == epoch]
-            winner = min(rivals, key=lambda k: (self.claims[k].stamp, k[1])) if rivals else None
-            for (a_epoch, node), attempt in self.attempts.items():
-                if a_epoch != epoch or attempt.result.outcome is not Outcome.INTERRUPTED:
-                    continue
-                if winner is None or winner == (epoch, node):
-                    count += 1
-            if (
-                winner is not None
-                and epoch < top
-                and winner not in self.attempts
-                and not self.claims[winner].released
-            ):
-                count += 1  # a lost lease
+        for (epoch, node), attempt in self.attempts.items():
+            won = epoch not in winners or winners[epoch] == node
+            if attempt.result.outcome is Outcome.INTERRUPTED and won:
+                count += 1
+        top = max(winners, default=0)
+        for epoch, node in winners.items():
+            if epoch < top and (epoch, node) not in self.attempts:
+                count += not self.claims[(epoch, node)].released  # a lost lease
         return count
 
 
@@ -350,6 +367,10 @@ class Ledger:
             case DrainRecord():
                 self.drains[body.node] = max(self.drains.get(body.node, 0), body.stamp)
                 return []
+            case LostRecord():
+                view = self._view(body.task_id)
+                view.lost.add((body.epoch, body.node))
+                return self._refresh(view)
             case RetryRecord():
                 view = self._view(body.task_id)
                 view.forgiven_failures = max(view.forgiven_failures, body.failures)
@@ -437,6 +458,7 @@ class Ledger:
                     v.forgiven_failures,
                     v.forgiven_interruptions,
                     v.cancelled,
+                    tuple(sorted(v.lost)),
                 )
                 for v in self.tasks.values()
             )
@@ -490,6 +512,8 @@ def body_to_plain(body: Body) -> list[Any]:
             return [Kind.RETRY, body.task_id, body.failures, body.interruptions]
         case DrainRecord():
             return [Kind.DRAIN, body.node, body.stamp, body.grace_s]
+        case LostRecord():
+            return [Kind.LOST, body.task_id, body.epoch, body.node]
     raise AssertionError(f"unknown record body {body!r}")
 
 
@@ -528,6 +552,8 @@ def body_from_plain(raw: Any) -> Body:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
                 return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]))
+            case Kind.LOST:
+                return LostRecord(_s(f[0]), _i(f[1]), _s(f[2]))
             case Kind.DRAIN:
                 grace = None if f[2] is None else float(f[2])
                 return DrainRecord(_s(f[0]), _i(f[1]), grace)

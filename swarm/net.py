@@ -28,6 +28,7 @@ PUSH_PULLS_MAX = 8  # exchanges in flight at once; more are skipped (they are pe
 SYNC_TIMEOUT_S = 30.0  # one whole anti-entropy exchange
 SYNC_FRAMES_MAX = 10_000  # frames in one answer: a bound, whatever a peer sends
 FETCH_TIMEOUT_S = 300.0  # one whole blob
+CONNECT_TIMEOUT_S = 5.0  # a peer that does not take a connection by then is not waited for
 FETCH_FRAMES_MAX = 1 << 16  # chunks of one blob: 64 GiB at 1 MiB a chunk
 SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are dropped (and counted)
 _LENGTH = struct.Struct(">I")
@@ -174,7 +175,7 @@ class GossipNet:
     ) -> None:
         """Anti-entropy: send our digest, take in the records the peer has and we lack."""
         async with asyncio.timeout(SYNC_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            reader, writer = await _connect(addr)
             try:
                 await self._write_frame(writer, wire.ledger_message_to_plain(request))
                 for _ in range(SYNC_FRAMES_MAX):
@@ -191,7 +192,7 @@ class GossipNet:
         """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
         The caller verifies the content against its digest."""
         async with asyncio.timeout(FETCH_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            reader, writer = await _connect(addr)
             try:
                 await self._write_frame(
                     writer, wire.blob_message_to_plain(wire.FetchRequest(digest))
@@ -217,7 +218,7 @@ class GossipNet:
     async def _push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         try:
             async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
-                reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                reader, writer = await _connect(addr)
                 try:
                     await self._write_frame(writer, wire.packet_to_plain(packet))
                     reply = await self._read_frame(reader)
@@ -292,3 +293,9 @@ class GossipNet:
             self.dropped += 1
             log.debug("dropped a packet: %s", exc)
             return None
+
+
+async def _connect(addr: gossip.Addr) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to a peer, or TimeoutError soon (a peer behind a filter that drops our
+    SYNs must not hold up replication for the whole transfer timeout)."""
+    return await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1]), CONNECT_TIMEOUT_S)

@@ -63,6 +63,7 @@ from swarm.ledger import (
     DrainRecord,
     HeartbeatRecord,
     Ledger,
+    LostRecord,
     Outcome,
     ReplicaRecord,
     ResultRecord,
@@ -95,6 +96,8 @@ ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
 REPLICAS = 3  # a result is held by this many nodes (or every live one, if fewer)
 REPLICATE_DEBOUNCE_S = 0.2
 REPLICATE_RETRY_S = 2.0  # a result no holder could give is tried again after this long
+HELD_BACK_MAX = 256  # pushed records kept per origin while an earlier one is missing
+DRAIN_HANDOFF_S = 30.0  # a drained node waits at most this long for its results to be copied
 SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
 APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
@@ -222,6 +225,8 @@ class Node:
         self._wake_timer: asyncio.TimerHandle | None = None
         self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
         self._pulled_at: dict[str, float] = {}
+        # Pushed records past a gap, per (origin, generation): seq -> record as sent.
+        self._held_back: dict[tuple[str, int], dict[int, bytes]] = {}
         self._orphaned: list[tuple[str, int]] = []  # (task, epoch) left running by our last life
         self._releasing = False
         self.draining = False
@@ -582,9 +587,23 @@ class Node:
         self._tg.create_task(self._take_push(push))
 
     async def _take_push(self, push: wire.RecordsPush) -> None:
+        """Take a push in seq order. Records past a gap (an earlier push reordered, or still
+        being stored) wait here, a bounded number per origin, for the record that fills it."""
         try:
+            merged: dict[tuple[str, int, int], bytes] = {}
+            for origin, generation, seq, raw in push.records:
+                merged[(origin, generation, seq)] = raw
+            for key in {(origin, generation) for origin, generation, _, _ in push.records}:
+                for seq, raw in self._held_back.pop(key, {}).items():
+                    merged.setdefault((*key, seq), raw)
+            ordered = tuple((*version, raw) for version, raw in sorted(merged.items()))
             intake = self._intake(None)
-            await self._take_records(push.records, intake, {})
+            await self._take_records(ordered, intake, {})
+            for origin, generation, seq, raw in ordered:
+                if seq > self.ledger.high_seq.get((origin, generation), 0) + 1:
+                    held = self._held_back.setdefault((origin, generation), {})
+                    if len(held) < HELD_BACK_MAX:
+                        held[seq] = raw
         finally:
             self._applying -= 1
         now = time.monotonic()
@@ -761,6 +780,16 @@ class Node:
         if self._replica_todo:
             self._replica_wake.set()
 
+    def _holders_gone(self, digest: str, attempt: LedgerAttempt) -> bool:
+        """Whether every node known to hold the result is dead or has left (a node not heard
+        of in this life may yet come: it is not counted as gone)."""
+        assert self.membership is not None
+        holders = (self.ledger.holders.get(digest, set()) | {attempt.version.origin}) - {
+            self.node_id
+        }
+        members = self.membership.members
+        return all(h in members and members[h].state in gossip.GONE for h in holders)
+
     async def _replicate_loop(self) -> None:
         """Pull the results this node should hold (as one of their R chosen holders) and does
         not. A holder that dies or leaves changes the chosen set, and so re-replicates."""
@@ -781,7 +810,17 @@ class Node:
                 except (SwarmError, OSError) as exc:
                     missing = 1
                     log.warning("could not copy result %s here: %s", digest[:12], exc)
-                if missing:
+                if not missing:
+                    continue
+                if self._holders_gone(digest, attempt) and (
+                    self._replica_targets(digest)[0] == self.node_id
+                ):
+                    # Every node that held it is dead or gone: the task must run again.
+                    task = attempt.result.task_id
+                    log.warning("the result of %s is lost with its holders; it runs again", task)
+                    lost = LostRecord(task, attempt.result.epoch, attempt.version.origin)
+                    await self._append([lost])
+                else:
                     self._replica_todo[digest] = attempt  # a holder may come back: try later
             if self._replica_todo:
                 await asyncio.sleep(REPLICATE_RETRY_S)
@@ -916,8 +955,29 @@ class Node:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.1)
+        # Hand off: wait (a while) until no result is held here alone, so that leaving loses
+        # nothing the others would have to run again.
+        handoff_end = time.monotonic() + DRAIN_HANDOFF_S
+        while self._sole_holdings() and time.monotonic() < handoff_end:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
         self._stop_reason = "the node was drained"
         self.stop()
+
+    def _sole_holdings(self) -> int:
+        """How many done tasks' results only this node holds (with live peers to take them)."""
+        if self.membership is None or len(self.membership.live_members()) < 2:
+            return 0
+        count = 0
+        for task in self.ledger.tasks.values():
+            attempt = task.ok_attempt() if task.state is State.DONE else None
+            if attempt is None or attempt.result.digest in (None, EMPTY_DIGEST):
+                continue
+            holders = self.ledger.holders.get(attempt.result.digest, set())
+            if (holders | {attempt.version.origin}) <= {self.node_id}:
+                count += 1
+        return count
 
     def _release_soon(self) -> None:
         if self._releasing or self._tg is None:

@@ -20,6 +20,7 @@ from swarm.ledger import (
     DrainRecord,
     HeartbeatRecord,
     Ledger,
+    LostRecord,
     Outcome,
     ReplicaRecord,
     ResultRecord,
@@ -429,3 +430,19 @@ def test_the_credited_result_is_that_of_the_highest_epoch_whatever_the_order() -
             a(stale)
         credited = ledger.tasks["t1"].ok_attempt()
         assert credited is not None and credited.result.digest == "bb" * 32
+
+
+def test_a_task_whose_result_is_lost_everywhere_runs_again() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    a(result("t1", 1, Outcome.OK))
+    assert ledger.tasks["t1"].state is State.DONE
+    b(LostRecord("t1", 1, "node-a"))
+    assert ledger.tasks["t1"].state is State.PENDING
+    assert db.decode(db.encode(LostRecord("t1", 1, "node-a"))) == LostRecord("t1", 1, "node-a")
+    # The rerun of a deterministic task makes the same digest: it counts, held anew.
+    b(ClaimRecord("t1", 2, stamp=5))
+    b(result("t1", 2, Outcome.OK))
+    assert ledger.tasks["t1"].state is State.DONE
+    credited = ledger.tasks["t1"].ok_attempt()
+    assert credited is not None and credited.version.origin == "node-b"

@@ -1,5 +1,6 @@
-"""Three nodes on three network "hosts" (namespaces joined by veth pairs on a bridge): cut one
-off with iptables, see both sides declare the other dead, heal, and see the swarm merge again.
+"""Nodes on separate network "hosts" (namespaces joined by veth pairs on a bridge), with faults
+made by iptables inside those namespaces: a node cut off and healed (the swarm merges again), and
+a result whose every holder dies (the task runs again).
 
 Needs root, iproute2 and iptables (CI has them); elsewhere it skips and says why. Traffic stays
 inside the namespaces this test makes, on addresses it gives them (10.99.0.0/24).
@@ -7,6 +8,8 @@ inside the namespaces this test makes, on addresses it gives them (10.99.0.0/24)
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -79,6 +82,12 @@ class Hosts:
                     sh("ip", "netns", "exec", self.names[i], "iptables", "-I", chain, flag,
                        self.ip(j), "-j", "DROP")  # fmt: skip
 
+    def block_tcp(self, i: int, j: int) -> None:
+        """Node i can no longer open TCP connections to node j (its SYNs are dropped); UDP,
+        and connections node j opens, still flow."""
+        sh("ip", "netns", "exec", self.names[i], "iptables", "-I", "OUTPUT", "-p", "tcp",
+           "--syn", "-d", self.ip(j), "-j", "DROP")  # fmt: skip
+
     def heal(self, i: int) -> None:
         sh("ip", "netns", "exec", self.names[i], "iptables", "-F")
 
@@ -102,98 +111,166 @@ def hosts() -> Iterator[Hosts]:
         h.remove()
 
 
-def test_a_partition_is_seen_on_both_sides_and_heals(hosts: Hosts, tmp_path: Path) -> None:
-    homes = [tmp_path / f"home{i}" for i in range(3)]
-    env = {**os.environ}
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
+class NetSwarm:
+    """swarm daemons, one per namespace, driven through the CLI."""
 
-    def cli(i: int, *args: str) -> str:
+    def __init__(self, hosts: Hosts, tmp_path: Path) -> None:
+        self.hosts = hosts
+        self.tmp_path = tmp_path
+        self.homes = [tmp_path / f"home{i}" for i in range(len(hosts.names))]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.logs: list[Any] = []
+        self.cli(0, "init")
+        for i in range(1, len(self.homes)):
+            self.cli(i, "init", "--key-file", str(self.homes[0] / "swarm.key"))
+
+    def addr(self, i: int) -> str:
+        return f"{self.hosts.ip(i)}:{PORT}"
+
+    def cli(self, i: int, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "swarm", *args, "--data-dir", str(homes[i])],
+            [sys.executable, "-m", "swarm", *args, "--data-dir", str(self.homes[i])],
             capture_output=True,
             text=True,
             timeout=60,
-            env=env,
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def states(i: int) -> dict[str, str]:
-        reply: dict[str, Any] = json.loads(cli(i, "members", "--json"))
+    def start(self, i: int, join: int | None, *extra: str) -> None:
+        args = ["--bind", self.addr(i), "--profile", "test", "--cpus", "1", *extra]
+        if join is not None:
+            args += ["--join", self.addr(join)]
+        log = open(self.tmp_path / f"node{i}.log", "ab")  # noqa: SIM115 - closed in stop_all
+        self.logs.append(log)
+        self.procs[i] = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts.names[i], sys.executable, "-m", "swarm",
+             "start", "--data-dir", str(self.homes[i]), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def states(self, i: int) -> dict[str, str]:
+        reply: dict[str, Any] = json.loads(self.cli(i, "members", "--json"))
         return {m["address"]: m["state"] for m in reply["members"]}
 
-    def wait_for(what: str, check: Callable[[], bool]) -> None:
-        wait_until(what, check, 45.0, 0.3, lambda: [states(i) for i in range(3)])
+    def job(self, i: int, name: str) -> dict[str, Any]:
+        jobs = json.loads(self.cli(i, "status", "--json"))["jobs"]
+        return next((j for j in jobs if j["job"] == name), {})
 
-    try:
-        cli(0, "init")
-        for i in (1, 2):
-            cli(i, "init", "--key-file", str(homes[0] / "swarm.key"))
-        for i in range(3):
-            args = ["--bind", f"{hosts.ip(i)}:{PORT}", "--profile", "test", "--cpus", "1"]
-            if i:
-                args += ["--join", f"{hosts.ip(0)}:{PORT}"]
-            log = open(tmp_path / f"node{i}.log", "wb")  # noqa: SIM115 - closed in the finally
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        hosts.names[i],
-                        sys.executable,
-                        "-m",
-                        "swarm",
-                        "start",
-                        "--data-dir",
-                        str(homes[i]),
-                        *args,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            )
-        addrs = [f"{hosts.ip(i)}:{PORT}" for i in range(3)]
-        everyone_alive = dict.fromkeys(addrs, "alive")
-        time.sleep(1)
-        wait_for("the swarm to form", lambda: all(states(i) == everyone_alive for i in range(3)))
+    def rows(self, i: int) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO(self.cli(i, "export"))))
 
-        hosts.cut_off(2)
-        wait_for(
-            "both sides to declare the other dead",
-            lambda: (
-                states(0)[addrs[2]] == "dead"
-                and states(1)[addrs[2]] == "dead"
-                and states(2)[addrs[0]] == "dead"
-                and states(2)[addrs[1]] == "dead"
-            ),
-        )
-        tasks = tmp_path / "during.jsonl"
-        tasks.write_text(json.dumps({"cmd": "echo written during the partition"}) + "\n")
-        cli(0, "submit", str(tasks), "--wait")
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 45.0) -> None:
+        live = sorted(i for i, p in self.procs.items() if p.poll() is None)
+        wait_until(what, check, timeout, 0.3, lambda: [self.states(i) for i in live])
 
-        hosts.heal(2)
-        wait_for(
-            "the swarm to merge again", lambda: all(states(i) == everyone_alive for i in range(3))
-        )
-        wait_for(
-            "the cut-off node to catch up on the ledger",
-            lambda: any(
-                j["job"] == "during" and j["done"] == 1
-                for j in json.loads(cli(2, "status", "--json"))["jobs"]
-            ),
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for log in logs:
+        for log in self.logs:
             log.close()
+
+
+def test_a_partition_is_seen_on_both_sides_and_heals(hosts: Hosts, tmp_path: Path) -> None:
+    swarm = NetSwarm(hosts, tmp_path)
+    try:
+        for i in range(3):
+            swarm.start(i, join=0 if i else None)
+        addrs = [swarm.addr(i) for i in range(3)]
+        everyone_alive = dict.fromkeys(addrs, "alive")
+        time.sleep(1)
+        swarm.wait_for(
+            "the swarm to form", lambda: all(swarm.states(i) == everyone_alive for i in range(3))
+        )
+
+        hosts.cut_off(2)
+        swarm.wait_for(
+            "both sides to declare the other dead",
+            lambda: (
+                swarm.states(0)[addrs[2]] == "dead"
+                and swarm.states(1)[addrs[2]] == "dead"
+                and swarm.states(2)[addrs[0]] == "dead"
+                and swarm.states(2)[addrs[1]] == "dead"
+            ),
+        )
+        tasks = tmp_path / "during.jsonl"
+        tasks.write_text(json.dumps({"cmd": "echo written during the partition"}) + "\n")
+        swarm.cli(0, "submit", str(tasks), "--wait")
+
+        hosts.heal(2)
+        swarm.wait_for(
+            "the swarm to merge again",
+            lambda: all(swarm.states(i) == everyone_alive for i in range(3)),
+        )
+        swarm.wait_for(
+            "the cut-off node to catch up on the ledger",
+            lambda: swarm.job(2, "during").get("done") == 1,
+        )
+    finally:
+        swarm.stop_all()
+
+
+def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    """Node 0 runs the tasks (only it has zone=a), but node 1 cannot reach it over TCP, so it
+    cannot copy the results; then node 0 dies. Node 1 sees the results are lost and the tasks
+    pending again; node 2 (zone=a too) joins and runs them again; their results are readable."""
+    swarm = NetSwarm(hosts, tmp_path)
+    try:
+        swarm.start(0, None, "--label", "zone=a")
+        swarm.start(1, 0, "--label", "zone=b")
+        addrs = [swarm.addr(i) for i in range(3)]
+        time.sleep(1)
+        swarm.wait_for("the two to form a swarm", lambda: len(swarm.states(1)) == 2)
+        warm = tmp_path / "warm.jsonl"
+        warm.write_text(json.dumps({"cmd": "true", "requires": {"zone": "a"}}) + "\n")
+        swarm.cli(1, "submit", str(warm))
+        swarm.wait_for(  # node 1 is caught up with node 0, and copies its results
+            "a first result to reach node 1", lambda: swarm.rows(1)[0]["replicas"] == "2"
+        )
+        # From now on node 1 hears node 0's fresh records (UDP pushes) but cannot open a
+        # connection to it: it cannot copy node 0's results.
+        hosts.block_tcp(1, 0)
+        tasks = tmp_path / "zoned.jsonl"
+        tasks.write_text(
+            "".join(
+                json.dumps({"name": f"z{i}", "cmd": f"echo zone {i}", "requires": {"zone": "a"}})
+                + "\n"
+                for i in range(2)
+            )
+        )
+        swarm.cli(1, "submit", str(tasks))
+        swarm.wait_for("node 1 to see them done", lambda: swarm.job(1, "zoned").get("done") == 2)
+        zoned = [r for r in swarm.rows(1) if r["job"] == "zoned"]
+        assert {r["replicas"] for r in zoned} == {"1"}  # only node 0 holds them
+        swarm.procs[0].kill()
+        swarm.procs[0].wait()
+        swarm.wait_for("node 1 to declare node 0 dead", lambda: swarm.states(1)[addrs[0]] == "dead")
+        swarm.wait_for(
+            "the lost results to put the tasks back to pending",
+            lambda: swarm.job(1, "zoned").get("pending") == 2,
+        )
+        swarm.start(2, 1, "--label", "zone=a")
+        time.sleep(15)
+        for k in (1, 2):
+            dump = subprocess.run(
+                ["py-spy", "dump", "--pid", str(swarm.procs[k].pid)], capture_output=True, text=True
+            )
+            print("DUMP", k, dump.stdout[-3000:], dump.stderr[-500:])
+        swarm.wait_for(
+            "the tasks to run again on node 2", lambda: swarm.job(1, "zoned").get("done") == 2
+        )
+        out = tmp_path / "out"
+        swarm.cli(1, "results", "zoned", "--out", str(out))
+        assert (out / "z1" / "stdout").read_text() == "zone 1\n"
+    finally:
+        swarm.stop_all()
