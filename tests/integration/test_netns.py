@@ -82,6 +82,15 @@ class Hosts:
                     sh("ip", "netns", "exec", self.names[i], "iptables", "-I", chain, flag,
                        self.ip(j), "-j", "DROP")  # fmt: skip
 
+    def split(self, side: list[int]) -> None:
+        """Drop everything between the nodes of `side` and all the others, both ways."""
+        for i in side:
+            for j in range(len(self.names)):
+                if j not in side:
+                    for chain, flag in (("INPUT", "-s"), ("OUTPUT", "-d")):
+                        sh("ip", "netns", "exec", self.names[i], "iptables", "-I", chain, flag,
+                           self.ip(j), "-j", "DROP")  # fmt: skip
+
     def block_tcp(self, i: int, j: int) -> None:
         """Node i can no longer open TCP connections to node j (its SYNs are dropped); UDP,
         and connections node j opens, still flow."""
@@ -96,19 +105,28 @@ class Hosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
+def make_hosts(count: int) -> Iterator[Hosts]:
     reason = why_not()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the multi-host test, but: {reason}")
         print(f"SKIPPED netns test: {reason}")
         pytest.skip(reason)
-    h = Hosts(3)
+    h = Hosts(count)
     try:
         yield h
     finally:
         h.remove()
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    yield from make_hosts(3)
+
+
+@pytest.fixture
+def five_hosts() -> Iterator[Hosts]:
+    yield from make_hosts(5)
 
 
 class NetSwarm:
@@ -272,5 +290,48 @@ def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
         out = tmp_path / "out"
         swarm.cli(1, "results", "zoned", "--out", str(out))
         assert (out / "z1" / "stdout").read_text() == "zone 1\n"
+    finally:
+        swarm.stop_all()
+
+
+def test_work_goes_on_through_a_two_three_partition_and_every_task_ends_done(
+    five_hosts: Hosts, tmp_path: Path
+) -> None:
+    """A 2|3 split for over twice the lease, while tasks run: each side takes over what the
+    other held, so some tasks run twice (counted); after the heal every node agrees every task
+    is done, and every result is readable."""
+    swarm = NetSwarm(five_hosts, tmp_path)
+    try:
+        for i in range(5):
+            swarm.start(i, join=0 if i else None)
+        time.sleep(1)
+        swarm.wait_for(
+            "the five to form a swarm",
+            lambda: all(list(swarm.states(i).values()).count("alive") == 5 for i in range(5)),
+        )
+        tasks = tmp_path / "split.jsonl"
+        tasks.write_text(
+            "".join(
+                json.dumps({"name": f"s{i}", "cmd": f"sleep 1; echo {i}"}) + "\n" for i in range(15)
+            )
+        )
+        swarm.cli(0, "submit", str(tasks))
+        swarm.wait_for("tasks to run", lambda: swarm.job(0, "split").get("running", 0) >= 3)
+        five_hosts.split([0, 1])
+        time.sleep(5)  # more than twice the test profile's 2 s lease
+        for i in (0, 1):
+            five_hosts.heal(i)
+        for i in range(5):
+            swarm.wait_for(
+                f"node {i} to see every task done",
+                lambda i=i: swarm.job(i, "split").get("done") == 15,
+                timeout=90,
+            )
+        attempts = list(csv.DictReader(io.StringIO(swarm.cli(0, "export", "--attempts"))))
+        print(f"partition 2|3: {len(attempts) - 15} extra attempts for 15 tasks")
+        out = tmp_path / "out"
+        swarm.cli(3, "results", "split", "--out", str(out))
+        for i in range(15):
+            assert (out / f"s{i}" / "stdout").read_text() == f"{i}\n"
     finally:
         swarm.stop_all()
