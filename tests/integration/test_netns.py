@@ -91,6 +91,11 @@ class Hosts:
                         sh("ip", "netns", "exec", self.names[i], "iptables", "-I", chain, flag,
                            self.ip(j), "-j", "DROP")  # fmt: skip
 
+    def lossy(self, i: int, probability: float) -> None:
+        """Drop that share of every packet node i receives (iptables' statistic match)."""
+        sh("ip", "netns", "exec", self.names[i], "iptables", "-I", "INPUT", "-m", "statistic",
+           "--mode", "random", "--probability", str(probability), "-j", "DROP")  # fmt: skip
+
     def block_tcp(self, i: int, j: int) -> None:
         """Node i can no longer open TCP connections to node j (its SYNs are dropped); UDP,
         and connections node j opens, still flow."""
@@ -333,5 +338,41 @@ def test_work_goes_on_through_a_two_three_partition_and_every_task_ends_done(
         swarm.cli(3, "results", "split", "--out", str(out))
         for i in range(15):
             assert (out / f"s{i}" / "stdout").read_text() == f"{i}\n"
+    finally:
+        swarm.stop_all()
+
+
+def test_ten_percent_loss_on_every_link_declares_no_one_dead_and_the_work_gets_done(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    swarm = NetSwarm(hosts, tmp_path)
+    try:
+        for i in range(3):
+            hosts.lossy(i, 0.1)  # from the start: joining goes through it too
+        for i in range(3):
+            swarm.start(i, join=0 if i else None)
+        time.sleep(1)
+        swarm.wait_for(
+            "the swarm to form",
+            lambda: all(list(swarm.states(i).values()).count("alive") == 3 for i in range(3)),
+        )
+        tasks = tmp_path / "lossy.jsonl"
+        tasks.write_text(
+            "".join(
+                json.dumps({"name": f"l{i}", "cmd": f"sleep 0.2; echo {i}"}) + "\n"
+                for i in range(30)
+            )
+        )
+        swarm.cli(0, "submit", str(tasks))
+        for i in range(3):
+            swarm.wait_for(
+                f"node {i} to see every task done",
+                lambda i=i: swarm.job(i, "lossy").get("done") == 30,
+                timeout=90,
+            )
+        logs = "".join((tmp_path / f"node{i}.log").read_text() for i in range(3))
+        assert ": Died" not in logs, "a live node was declared dead under 10% loss"
+        attempts = list(csv.DictReader(io.StringIO(swarm.cli(0, "export", "--attempts"))))
+        print(f"10% loss: {len(attempts) - 30} extra attempts for 30 tasks")
     finally:
         swarm.stop_all()
