@@ -14,14 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from swarm_net import free_port, swarm, total_tasks
+from swarm_net import free_port, stop_daemons, swarm, total_tasks
 
 LIMIT_S = 600.0
 
@@ -95,13 +94,7 @@ def main() -> int:
         print(f"  peak RSS: node 0 {peaks[0]:.0f} MiB, node 1 {peaks[1]:.0f} MiB")
         print(f"command: {' '.join([sys.executable, *sys.argv])}; nproc {os.cpu_count()}")
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_daemons(procs)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

@@ -55,6 +55,18 @@ def swarm(home: Path, *args: str) -> str:
     return done.stdout
 
 
+def stop_daemons(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM every daemon still running, then wait for each (SIGKILL if it lingers)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def net_bytes(home: Path) -> int:
     reply: dict[str, Any] = json.loads(swarm(home, "members", "--json"))
     return int(reply["net"]["bytes_sent"])
@@ -130,13 +142,7 @@ def main() -> int:
         print(f"  bytes sent per node per second, during: {_spread(during)}")
         print(f"command: {' '.join([sys.executable, *sys.argv])}; nproc {os.cpu_count()}")
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_daemons(procs)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

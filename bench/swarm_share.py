@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from swarm_net import free_port, swarm
+from swarm_net import free_port, stop_daemons, swarm
 
 NODES = 5
 SLOTS = 2
@@ -68,14 +68,7 @@ class Swarm:
         return next((j for j in snap["jobs"] if j["job"] == name), {})
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_daemons(self.procs)
 
 
 def when(text: str) -> float:

@@ -912,20 +912,15 @@ class Node:
                 ):
                     continue  # ours, and under way now
                 bodies.append(
-                    ResultRecord(
-                        task_id=view.task_id,
-                        epoch=epoch,
-                        attempt=len(view.attempts) + 1,
-                        outcome=Outcome.INTERRUPTED,
-                        exit_code=None,
-                        started_ms=wall_ms_of(info.stamp),
+                    self._closing_result(
+                        view.task_id,
+                        epoch,
+                        len(view.attempts) + 1,
+                        Outcome.INTERRUPTED,
+                        wall_ms_of(info.stamp),
+                        "the node stopped while it ran",
                         ended_ms=now,
-                        wall_s=0.0,
-                        cpu_s=0.0,
-                        max_rss_kb=0,
-                        digest=None,
-                        node_capacity=self.capacity,
-                        reason="the node stopped while it ran",
+                        wall_s=0.0,  # unknown: the node was down for part of that span
                     )
                 )
         if bodies:
@@ -1302,21 +1297,14 @@ class Node:
             await attempt.reap()
         if (launch.epoch, self.node_id) not in self.ledger.tasks[launch.task_id].claims:
             return
-        now = wall_ms()
-        record = ResultRecord(
-            task_id=launch.task_id,
-            epoch=launch.epoch,
-            attempt=launch.attempt,
-            outcome=Outcome.FAILED,
-            exit_code=None,
-            started_ms=attempt.started_ms,
-            ended_ms=now,
-            wall_s=max(0.0, (now - attempt.started_ms) / 1000),
-            cpu_s=0.0,
+        record = self._closing_result(
+            launch.task_id,
+            launch.epoch,
+            launch.attempt,
+            Outcome.FAILED,
+            attempt.started_ms,
+            reason,
             max_rss_kb=attempt.peak_rss_kb,
-            digest=None,
-            node_capacity=self.capacity,
-            reason=reason,
         )
         try:
             await self._append([record])
@@ -1338,6 +1326,37 @@ class Node:
             return attempt, self._tg.create_task(_done(True))
         return attempt, self._tg.create_task(self._commit_claim(attempt, claim))
 
+    def _closing_result(
+        self,
+        task: str,
+        epoch: int,
+        attempt: int,
+        outcome: Outcome,
+        started_ms: int,
+        reason: str,
+        ended_ms: int | None = None,
+        max_rss_kb: int = 0,
+        wall_s: float | None = None,
+    ) -> ResultRecord:
+        """The record that closes an attempt with no process outcome to report (cut off by a
+        stop, failed inside swarm, or never run): no exit code, no CPU time, no result."""
+        ended_ms = wall_ms() if ended_ms is None else ended_ms
+        return ResultRecord(
+            task_id=task,
+            epoch=epoch,
+            attempt=attempt,
+            outcome=outcome,
+            exit_code=None,
+            started_ms=started_ms,
+            ended_ms=ended_ms,
+            wall_s=max(0.0, (ended_ms - started_ms) / 1000) if wall_s is None else wall_s,
+            cpu_s=0.0,
+            max_rss_kb=max_rss_kb,
+            digest=None,
+            node_capacity=self.capacity,
+            reason=reason,
+        )
+
     def _takeover_exhausts(self, view: TaskView) -> bool:
         """Whether taking over this task (its holder's lease expired) would be one interruption
         too many: a task whose nodes keep dying must end, not move on to the next node."""
@@ -1346,25 +1365,13 @@ class Node:
 
     async def _fail_unrun(self, launch: Launch, claim: ClaimRecord) -> None:
         """Close the task without running it: our claim, and an interruption that exceeds the cap."""
-        now = wall_ms()
         reason = (
             f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
             "lost their leases"
         )
-        result = ResultRecord(
-            task_id=launch.task_id,
-            epoch=launch.epoch,
-            attempt=launch.attempt,
-            outcome=Outcome.INTERRUPTED,
-            exit_code=None,
-            started_ms=now,
-            ended_ms=now,
-            wall_s=0.0,
-            cpu_s=0.0,
-            max_rss_kb=0,
-            digest=None,
-            node_capacity=self.capacity,
-            reason=reason,
+        now = wall_ms()
+        result = self._closing_result(
+            launch.task_id, launch.epoch, launch.attempt, Outcome.INTERRUPTED, now, reason
         )
         log.warning("%s: %s", launch.name, reason)
         try:

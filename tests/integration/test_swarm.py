@@ -54,6 +54,18 @@ class Swarm:
         self.nodes.append((cli, daemon, port))
         return cli, daemon
 
+    def form(self, count: int) -> list[str]:
+        """Start `count` nodes, each joined to the first; wait until the last sees them all
+        alive. Returns their ids."""
+        for i in range(count):
+            self.start(i, join=0 if i else None)
+        ids = [self.node_id(i) for i in range(count)]
+        wait_for(
+            f"all {count} to see each other",
+            lambda: self.states(count - 1) == dict.fromkeys(ids, "alive"),
+        )
+        return ids
+
     def members(self, i: int) -> dict[str, Any]:
         reply: dict[str, Any] = json.loads(self.nodes[i][0].ok("members", "--json").stdout)
         return reply
@@ -343,10 +355,7 @@ def test_the_tasks_of_a_node_that_dies_or_freezes_are_taken_over(
 ) -> None:
     """Nothing stays running forever: a SIGKILLed holder is declared dead and its tasks move at
     once; a frozen one (SIGSTOP) loses its lease, and when it wakes it sees it lost its claims."""
-    for i in range(3):
-        swarm.start(i, join=0 if i else None)
-    ids = [swarm.node_id(i) for i in range(3)]
-    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    ids = swarm.form(3)
     cli0 = swarm.nodes[0][0]
     tasks = cli0.cwd / "long.jsonl"
     tasks.write_text(
@@ -382,10 +391,7 @@ def test_a_task_that_kills_its_node_fails_after_the_interruption_cap(swarm: Swar
     """Each node that runs it dies (and is brought back, as a supervisor would); whether the
     restarted node records its cut-off attempt or another node takes the task over, every time
     counts, and after the cap the task fails with the reason. Other work finishes."""
-    for i in range(3):
-        swarm.start(i, join=0 if i else None)
-    ids = [swarm.node_id(i) for i in range(3)]
-    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    swarm.form(3)
     cli0 = swarm.nodes[0][0]
     killer = cli0.cwd / "killer.jsonl"
     killer.write_text(json.dumps({"name": "k", "cmd": "kill -9 $PPID; sleep 30"}) + "\n")
@@ -428,10 +434,7 @@ def test_a_task_that_kills_its_node_fails_after_the_interruption_cap(swarm: Swar
 
 
 def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
-    for i in range(3):
-        swarm.start(i, join=0 if i else None)
-    ids = [swarm.node_id(i) for i in range(3)]
-    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    ids = swarm.form(3)
     cli0, cli2 = swarm.nodes[0][0], swarm.nodes[2][0]
     tasks = cli0.cwd / "drain.jsonl"
     tasks.write_text(
@@ -457,10 +460,7 @@ def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
 def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
     swarm: Swarm,
 ) -> None:
-    for i in range(3):
-        swarm.start(i, join=0 if i else None)
-    ids = [swarm.node_id(i) for i in range(3)]
-    wait_for("all three to see each other", lambda: swarm.states(2) == dict.fromkeys(ids, "alive"))
+    ids = swarm.form(3)
     cli0 = swarm.nodes[0][0]
     tasks = cli0.cwd / "once.jsonl"
     tasks.write_text(
@@ -486,10 +486,7 @@ def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
 def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    for i in range(4):
-        swarm.start(i, join=0 if i else None)
-    ids = [swarm.node_id(i) for i in range(4)]
-    wait_for("all four to see each other", lambda: swarm.states(3) == dict.fromkeys(ids, "alive"))
+    ids = swarm.form(4)
     cli0 = swarm.nodes[0][0]
     tasks = cli0.cwd / "kept.jsonl"
     tasks.write_text(
