@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     node_opts.add_argument("--memory", help="memory to offer, like 8G (default: all)")
     node_opts.add_argument("--gpus", type=int, help="GPUs to offer (default: all found)")
     node_opts.add_argument(
+        "--overcommit",
+        action="store_true",
+        help="admit tasks by the memory they are measured to use, not what they declare; "
+        "when memory runs low, evict the newest (it runs again later)",
+    )
+    node_opts.add_argument(
+        "--memfree",
+        metavar="SIZE",
+        help="with --overcommit: start nothing while less than SIZE is free, and evict below "
+        "half of it (default: 5%% of --memory, at least 64M)",
+    )
+    node_opts.add_argument(
         "--label", action="append", default=[], metavar="K=V", help="a node label (repeatable)"
     )
     node_opts.add_argument(
@@ -247,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 def node_config(args: argparse.Namespace) -> NodeConfig:
     labels = dict(resources.parse_label(text) for text in args.label)
     memory = resources.parse_size(args.memory, field="--memory") if args.memory else None
+    memfree = resources.parse_size(args.memfree, field="--memfree") if args.memfree else None
+    if memfree is not None and not args.overcommit:
+        raise UserInputError("--memfree works with --overcommit; add it, or leave --memfree out")
     joins = tuple(parse_addr(peer) for peer in args.join)
     bind = parse_addr(args.bind) if args.bind else None
     if joins and bind is None:
@@ -270,6 +285,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         heartbeat_interval_s=beat,
         claim_stagger_s=stagger,
         lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
+        overcommit=args.overcommit,
+        memfree_bytes=memfree,
     )
 
 

@@ -69,6 +69,7 @@ class Finished:
     outputs: dict[str, Path] = field(default_factory=dict)
     outputs_movable: bool = False  # True when they live in our scratch dir and may be moved
     reason: str = ""
+    evicted: bool = False  # stopped by its node to free memory
 
 
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
@@ -100,6 +101,8 @@ class Attempt:
         # date by the node from /proc) says anything about the task.
         self.inherited_rss_kb = inherited_rss_kb
         self.peak_rss_kb = 0
+        self.rss_kb: int | None = None  # at the last sample; None before the first
+        self.evicted = False
         self._stop_outcome: Outcome | None = None
         self._stop_reason = ""
         self._kill_timer: asyncio.TimerHandle | None = None
@@ -134,6 +137,11 @@ class Attempt:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def started_at(self) -> float:
+        """When it started, in monotonic seconds."""
+        return self._t0
 
     async def finished(self) -> Finished:
         if self.proc is None:
@@ -170,6 +178,12 @@ class Attempt:
         loop = asyncio.get_running_loop()
         self._kill_timer = loop.call_later(grace_s, _kill_group, pid, signal.SIGKILL)
 
+    def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
+        """Stop the attempt to free memory: interrupted, and marked as an eviction."""
+        if self._stop_outcome is None:
+            self.evicted = True
+        self.stop(Outcome.INTERRUPTED, reason, grace_s)
+
     def _result(
         self, outcome: Outcome, code: int | None, cpu_s: float, rss_kb: int, reason: str
     ) -> Finished:
@@ -193,6 +207,7 @@ class Attempt:
             outputs=outputs,
             outputs_movable=scratch,
             reason=reason,
+            evicted=self.evicted and outcome is Outcome.INTERRUPTED,
         )
 
 

@@ -29,9 +29,12 @@ from typing import Any
 from swarm.errors import BadRecordError
 from swarm.spec import Resources, TaskSpec
 
-# How many interrupted attempts (node died, lease lost, drained, evicted) a task may have before it is
+# How many interrupted attempts (node died, lease lost, drained) a task may have before it is
 # failed: interruptions do not use up `retries`, but a task that kills its node must not loop forever.
 INTERRUPTION_CAP = 5
+# How many evictions under memory pressure (--overcommit) a task may have before it is failed: a
+# task that needs more memory than any node has left would otherwise be stopped and re-run forever.
+EVICTION_CAP = 5
 FINISH_SAMPLES_MAX = 4096  # per job: recent finish times kept for rates and ETAs
 
 
@@ -112,6 +115,7 @@ class ResultRecord:
     node_capacity: Resources  # so runtimes can be compared across machine shapes
     reason: str = ""
     proof: bytes = b""  # the executing node's signature (identity.py); empty only in the simulator
+    evicted: bool = False  # interrupted by its node to free memory (an eviction, not a node loss)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +135,13 @@ class CancelRecord:
 
 @dataclass(frozen=True, slots=True)
 class RetryRecord:
-    """Re-queue a failed task: failures and interruptions up to these counts are forgiven."""
+    """Re-queue a failed task: failures, interruptions and evictions up to these counts are
+    forgiven."""
 
     task_id: str
     failures: int
     interruptions: int
+    evictions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +218,7 @@ class TaskView:
     attempts: dict[tuple[int, str], Attempt] = field(default_factory=dict)
     forgiven_failures: int = 0
     forgiven_interruptions: int = 0
+    forgiven_evictions: int = 0
     cancelled: bool = False
     lost: set[tuple[int, str]] = field(default_factory=set)  # attempts whose result is gone
     state: State | None = None  # cached derive_state(); None while the spec is unknown
@@ -258,26 +265,43 @@ class TaskView:
     def count(self, *outcomes: Outcome) -> int:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
 
-    def interruptions(self) -> int:
-        """Interrupted attempts that held their epoch's winning claim, and winning claims taken
-        over under a higher epoch with no result (their node died, froze or was cut off, and
-        never came back to say so). An attempt that lost a claim race was never the task's
-        attempt: it does not count towards the cap."""
-        winners: dict[int, str] = {}  # epoch -> the node whose claim wins it
+    def _claim_winners(self) -> dict[int, str]:
+        """epoch -> the node whose claim wins it."""
+        winners: dict[int, str] = {}
         for (epoch, node), info in self.claims.items():
             best = winners.get(epoch)
             if best is None or (info.stamp, node) < (self.claims[(epoch, best)].stamp, best):
                 winners[epoch] = node
+        return winners
+
+    def _won(self, winners: dict[int, str], epoch: int, node: str) -> bool:
+        return epoch not in winners or winners[epoch] == node
+
+    def interruptions(self) -> int:
+        """Interrupted attempts that held their epoch's winning claim, and winning claims taken
+        over under a higher epoch with no result (their node died, froze or was cut off, and
+        never came back to say so). An attempt that lost a claim race was never the task's
+        attempt: it does not count towards the cap. Evictions have a cap of their own."""
+        winners = self._claim_winners()
         count = 0
         for (epoch, node), attempt in self.attempts.items():
-            won = epoch not in winners or winners[epoch] == node
-            if attempt.result.outcome is Outcome.INTERRUPTED and won:
-                count += 1
+            result = attempt.result
+            if result.outcome is Outcome.INTERRUPTED and not result.evicted:
+                count += self._won(winners, epoch, node)
         top = max(winners, default=0)
         for epoch, node in winners.items():
             if epoch < top and (epoch, node) not in self.attempts:
                 count += not self.claims[(epoch, node)].released  # a lost lease
         return count
+
+    def evictions(self) -> int:
+        """Attempts their node stopped to free memory (while they held the winning claim)."""
+        winners = self._claim_winners()
+        return sum(
+            self._won(winners, epoch, node)
+            for (epoch, node), attempt in self.attempts.items()
+            if attempt.result.evicted
+        )
 
 
 def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
@@ -290,7 +314,10 @@ def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     # retried), as a done one stays done.
     failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
     interruptions = view.interruptions() - view.forgiven_interruptions
-    exhausted = failures > view.spec.retries or interruptions > INTERRUPTION_CAP
+    evictions = view.evictions() - view.forgiven_evictions
+    exhausted = (
+        failures > view.spec.retries or interruptions > INTERRUPTION_CAP or evictions > EVICTION_CAP
+    )
     if exhausted and view.active_claim() is None:
         return State.FAILED
     if view.cancelled or job_cancelled:
@@ -375,6 +402,7 @@ class Ledger:
                 view = self._view(body.task_id)
                 view.forgiven_failures = max(view.forgiven_failures, body.failures)
                 view.forgiven_interruptions = max(view.forgiven_interruptions, body.interruptions)
+                view.forgiven_evictions = max(view.forgiven_evictions, body.evictions)
                 return self._refresh(view)
         raise AssertionError(f"unknown record body {body!r}")
 
@@ -457,6 +485,7 @@ class Ledger:
                     tuple(sorted((k, a.version) for k, a in v.attempts.items())),
                     v.forgiven_failures,
                     v.forgiven_interruptions,
+                    v.forgiven_evictions,
                     v.cancelled,
                     tuple(sorted(v.lost)),
                 )
@@ -503,13 +532,14 @@ def body_to_plain(body: Body) -> list[Any]:
                 body.node_capacity.to_wire(),
                 body.reason,
                 body.proof,
+                body.evicted,
             ]
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
         case CancelRecord():
             return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
-            return [Kind.RETRY, body.task_id, body.failures, body.interruptions]
+            return [Kind.RETRY, body.task_id, body.failures, body.interruptions, body.evictions]
         case DrainRecord():
             return [Kind.DRAIN, body.node, body.stamp, body.grace_s]
         case LostRecord():
@@ -545,13 +575,14 @@ def body_from_plain(raw: Any) -> Body:
                     node_capacity=Resources.from_wire(f[11]),
                     reason=_s(f[12]),
                     proof=_b(f[13]),
+                    evicted=len(f) > 14 and bool(f[14]),  # absent from records of before it
                 )
             case Kind.REPLICA:
                 return ReplicaRecord(_s(f[0]))
             case Kind.CANCEL:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
-                return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]))
+                return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]), _i(f[3]) if len(f) > 3 else 0)
             case Kind.LOST:
                 return LostRecord(_s(f[0]), _i(f[1]), _s(f[2]))
             case Kind.DRAIN:

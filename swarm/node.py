@@ -33,7 +33,7 @@ from typing import Any
 
 import aiosqlite
 
-from swarm import db, gossip, identity, net, resources, snapshot, statedir, wire
+from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
 from swarm.clock import HybridClock, wall_ms_of
 from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
 from swarm.errors import (
@@ -56,6 +56,7 @@ from swarm.executor import (
 from swarm.export import manifest_bytes, parse_manifest
 from swarm.lease import Leases
 from swarm.ledger import (
+    EVICTION_CAP,
     INTERRUPTION_CAP,
     Body,
     CancelRecord,
@@ -127,6 +128,10 @@ class NodeConfig:
     claim_settle_s: float = 0.05
     claim_batch_max: int = 256  # claims made in one scheduler pass
     kill_grace_s: float = KILL_GRACE_S
+    # Admit tasks by their measured memory, and evict the newest when memory runs low (see
+    # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
+    overcommit: bool = False
+    memfree_bytes: int | None = None
 
 
 DEFAULT_PORT = 7946
@@ -216,6 +221,11 @@ class Node:
         self._claims_paused_until = 0.0
         self._base_env = dict(os.environ)
         self._own_rss_kb = resources.own_peak_rss_kb()
+        self.guard: pressure.Guard | None = None
+        if config.overcommit:
+            budget = self.capacity.memory_bytes
+            memfree = config.memfree_bytes or pressure.default_memfree(budget)
+            self.guard = pressure.Guard(budget, memfree, hold_s=config.lease_ttl_s)
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
@@ -1034,7 +1044,10 @@ class Node:
         if view.spec is None:
             return
         rank = 0 if at_once else self._rank(view.task_id, view.spec)
-        ready_at = time.monotonic() + rank * self.config.claim_stagger_s if rank else 0.0
+        now = time.monotonic()
+        ready_at = now + rank * self.config.claim_stagger_s if rank else 0.0
+        if self.guard is not None:  # evicted here lately: others may take it meanwhile
+            ready_at = max(ready_at, self.guard.held_until(view.task_id, now))
         entry = (view.task_id, view.spec, view.submitted[0], rank, ready_at)
         if into is not None:
             into.push(*entry)
@@ -1162,6 +1175,8 @@ class Node:
             if pause > 0:
                 await asyncio.sleep(pause)
             free = self.capacity - self.used
+            if self.guard is not None:  # memory goes by what the attempts are measured to use
+                free = replace(free, memory_bytes=self.guard.headroom(self._memory_in_use()))
             now = time.monotonic()
             picks = self.queue.select(
                 self._is_pending, free, self.labels, self.config.claim_batch_max, now
@@ -1193,13 +1208,53 @@ class Node:
         while True:
             await asyncio.sleep(MEMORY_SAMPLE_S)
             self._own_rss_kb = resources.own_peak_rss_kb()
+            sampled_at = time.monotonic()
             running = {a.pid: a for a in self.attempts.values() if a.pid is not None}
-            if not running:
-                continue
-            sizes = await asyncio.to_thread(resources.group_rss_kb, set(running))
-            for pid, rss_kb in sizes.items():
-                attempt = running[pid]
-                attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
+            if running:
+                sizes = await asyncio.to_thread(resources.group_rss_kb, set(running))
+                for pid, rss_kb in sizes.items():
+                    attempt = running[pid]
+                    attempt.rss_kb = rss_kb
+                    attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
+            if self.guard is not None:
+                with contextlib.suppress(ConfigError):  # unknown: the node's budget still counts
+                    self.guard.available = resources.available_memory_bytes()
+                self._evict_if_short(sampled_at)
+                self._wake.set()  # memory may have been freed: admit by the new figures
+
+    def _memory_in_use(self) -> list[pressure.Running]:
+        """Every attempt of this node, as memory pressure sees it (claimed ones not yet started
+        count for their declared memory)."""
+        now = time.monotonic()
+        running = []
+        for task in self._claiming | self.attempts.keys():
+            spec = self.ledger.tasks[task].spec
+            assert spec is not None
+            attempt = self.attempts.get(task)
+            measured = None if attempt is None or attempt.rss_kb is None else attempt.rss_kb * 1024
+            started = now if attempt is None else attempt.started_at
+            running.append(pressure.Running(task, started, spec.need.memory_bytes, measured))
+        return running
+
+    def _evict_if_short(self, sampled_at: float) -> None:
+        """Under --overcommit: stop the newest attempt if too little memory is left."""
+        assert self.guard is not None
+        running = self._memory_in_use()
+        chosen = self.guard.choose(running, sampled_at)
+        attempt = None if chosen is None else self.attempts.get(chosen.task_id)
+        if chosen is None or attempt is None:
+            return
+        view = self.ledger.tasks[chosen.task_id]
+        mib = status.format_bytes
+        reason = (
+            f"evicted under memory pressure: {mib(max(self.guard.left(running), 0))} left, "
+            f"below half of --memfree {mib(self.guard.memfree)}; it used "
+            f"{mib(chosen.measured or 0)} and declared {mib(chosen.declared)}"
+        )
+        if view.evictions() + 1 - view.forgiven_evictions > EVICTION_CAP:
+            reason += f"; evicted more than {EVICTION_CAP} times, so failed: declare what it needs"
+        log.warning("%s: %s", view.name, reason)
+        attempt.evict(reason, self.config.kill_grace_s)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -1265,6 +1320,8 @@ class Node:
         finally:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
+            if self.guard is not None:
+                self.guard.ended(view.task_id, time.monotonic())
             if run_dir is not None:
                 self.run_dirs.give_back(run_dir)
             if view.state is State.PENDING:
@@ -1491,6 +1548,7 @@ class Node:
             digest=digest,
             node_capacity=self.capacity,
             reason=reason,
+            evicted=finished.evicted,
         )
 
     # -- control socket ---------------------------------------------------------------------
@@ -1659,6 +1717,7 @@ class Node:
                 v.task_id,
                 v.count(Outcome.FAILED, Outcome.TIMEOUT),
                 v.interruptions(),
+                v.evictions(),
             )
             for v in self.ledger.job_tasks(job)
             if v.state is State.FAILED

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from swarm import db
 from swarm.errors import BadRecordError
 from swarm.ledger import (
+    EVICTION_CAP,
     INTERRUPTION_CAP,
     Body,
     CancelRecord,
@@ -37,7 +38,9 @@ SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 512 << 20), retries=1
 CAP = Resources(2.0, 4 << 30)
 
 
-def result(task: str, epoch: int, outcome: Outcome, ended_ms: int = 2000) -> ResultRecord:
+def result(
+    task: str, epoch: int, outcome: Outcome, ended_ms: int = 2000, evicted: bool = False
+) -> ResultRecord:
     return ResultRecord(
         task_id=task,
         epoch=epoch,
@@ -52,6 +55,7 @@ def result(task: str, epoch: int, outcome: Outcome, ended_ms: int = 2000) -> Res
         digest="ab" * 32,
         node_capacity=CAP,
         reason="",
+        evicted=evicted and outcome is Outcome.INTERRUPTED,
     )
 
 
@@ -146,6 +150,46 @@ def test_interruptions_do_not_use_up_retries_but_are_capped() -> None:
     a(ClaimRecord("t1", INTERRUPTION_CAP + 1, stamp=99))
     a(result("t1", INTERRUPTION_CAP + 1, Outcome.INTERRUPTED))
     assert ledger.tasks["t1"].state is State.FAILED
+
+
+def test_evictions_have_their_own_cap_apart_from_interruptions() -> None:
+    ledger, a, _ = fresh()
+    epoch = 0
+    for _ in range(INTERRUPTION_CAP):  # interruptions up to their cap: still pending
+        epoch += 1
+        a(ClaimRecord("t1", epoch, stamp=epoch))
+        a(result("t1", epoch, Outcome.INTERRUPTED))
+    for _ in range(EVICTION_CAP):  # evictions up to theirs, on top: still pending
+        epoch += 1
+        a(ClaimRecord("t1", epoch, stamp=epoch))
+        a(result("t1", epoch, Outcome.INTERRUPTED, evicted=True))
+        assert ledger.tasks["t1"].state is State.PENDING
+    view = ledger.tasks["t1"]
+    assert (view.interruptions(), view.evictions()) == (INTERRUPTION_CAP, EVICTION_CAP)
+    epoch += 1
+    a(ClaimRecord("t1", epoch, stamp=epoch))
+    a(result("t1", epoch, Outcome.INTERRUPTED, evicted=True))
+    assert ledger.tasks["t1"].state is State.FAILED
+    a(RetryRecord("t1", failures=0, interruptions=0, evictions=EVICTION_CAP + 1))
+    assert ledger.tasks["t1"].state is State.PENDING
+
+
+def test_an_eviction_of_a_claim_that_lost_its_race_is_not_counted() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    b(ClaimRecord("t1", 1, stamp=2))
+    b(result("t1", 1, Outcome.INTERRUPTED, evicted=True))
+    assert ledger.tasks["t1"].evictions() == 0
+
+
+def test_records_written_before_evictions_existed_still_decode() -> None:
+    evicted = result("t1", 1, Outcome.INTERRUPTED, evicted=True)
+    assert body_from_plain(body_to_plain(evicted)) == evicted
+    older = body_to_plain(replace(evicted, evicted=False))[:-1]  # no evicted field at all
+    assert body_from_plain(older) == replace(evicted, evicted=False)
+    retry = RetryRecord("t1", 1, 2, 3)
+    assert body_from_plain(body_to_plain(retry)) == retry
+    assert body_from_plain(body_to_plain(retry)[:-1]) == RetryRecord("t1", 1, 2)
 
 
 def test_retry_record_requeues_a_failed_task() -> None:
@@ -257,6 +301,7 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
             st.integers(1, 3),
             st.sampled_from(list(Outcome)),
             st.integers(0, 9),
+            st.booleans(),
         ),
         st.builds(HeartbeatRecord, st.integers(0, 5)),
         st.builds(ReplicaRecord, st.sampled_from(["aa" * 32, "bb" * 32])),
@@ -266,7 +311,13 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
             st.one_of(st.none(), st.sampled_from(TASKS)),
             st.integers(0, 5),
         ),
-        st.builds(RetryRecord, st.sampled_from(TASKS), st.integers(0, 3), st.integers(0, 3)),
+        st.builds(
+            RetryRecord,
+            st.sampled_from(TASKS),
+            st.integers(0, 3),
+            st.integers(0, 3),
+            st.integers(0, 3),
+        ),
     )
     for _ in range(draw(st.integers(0, 25))):
         bodies.append((draw(st.sampled_from(NODES)), draw(body_strategy)))

@@ -22,6 +22,7 @@ PURE = [
     "wire",
     "gossip",
     "replication",
+    "pressure",
 ]
 BANNED = {
     "asyncio", "socket", "time", "random", "subprocess", "sqlite3", "aiosqlite", "os",

@@ -1,0 +1,117 @@
+"""Memory under --overcommit: what a node may still admit, and which attempt to evict.
+
+Theory of operation
+-------------------
+Users declare memory generously (a task that may need 4G usually uses far less), so a node that
+reserves what tasks declare sits half idle. With --overcommit a running attempt counts for what it
+is measured to use (its process group's resident memory, sampled from /proc), and for its declared
+memory only until its first sample. A new task is admitted when its declared memory fits in what is
+left above a floor, `memfree`.
+
+Measured use can grow. What is left is the less of the machine's available memory (cgroup-aware)
+and the node's own budget (`--memory`) less what its attempts use; when it falls below half the
+floor, the most recently started attempt is stopped and its task returned to pending, recorded as
+an eviction (GNU parallel's --memfree, and Ray's memory monitor: the newest attempt has lost the
+least work). One eviction at a time: the next is judged only on a sample taken after the last
+victim has exited.
+
+Pure: no I/O, no clock reads. The node samples, then asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MEMFREE_SHARE = 0.05  # the default floor, as a share of the node's memory (Ray's 95% threshold)
+MEMFREE_MIN = 64 * 1024**2  # ... and at least this much
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """One running attempt, as memory pressure sees it."""
+
+    task_id: str
+    started: float  # monotonic seconds: the newest is evicted first
+    declared: int  # bytes the task declared
+    measured: int | None  # bytes resident at the last sample; None before the first one
+
+
+def default_memfree(memory_bytes: int) -> int:
+    return max(int(memory_bytes * MEMFREE_SHARE), MEMFREE_MIN)
+
+
+def in_use(running: Iterable[Running]) -> int:
+    return sum(r.declared if r.measured is None else r.measured for r in running)
+
+
+def left(budget: int, running: Iterable[Running], available: int) -> int:
+    """Memory still free: the less of what the machine has available and the node's budget
+    less what its attempts use. Negative when the attempts use more than the budget."""
+    return min(available, budget - in_use(running))
+
+
+def headroom(budget: int, running: Iterable[Running], available: int, memfree: int) -> int:
+    """The most memory a new attempt may declare and still be admitted."""
+    return max(0, left(budget, running, available) - memfree)
+
+
+def victim(running: Iterable[Running], left_bytes: int, memfree: int) -> Running | None:
+    """The attempt to evict when too little is left: the most recently started one that has
+    been measured (one not yet started, or not yet sampled, cannot be said to use anything)."""
+    if left_bytes >= memfree // 2:
+        return None
+    measured = (r for r in running if r.measured is not None)
+    return max(measured, key=lambda r: (r.started, r.task_id), default=None)
+
+
+class Guard:
+    """One node's memory guard: the last sample, the eviction under way, and the evicted tasks
+    this node leaves to others for a while (re-running one here at once would likely be evicted
+    again, using up its cap)."""
+
+    def __init__(self, budget: int, memfree: int, hold_s: float) -> None:
+        self.budget = budget
+        self.memfree = memfree
+        self.hold_s = hold_s
+        self.available = budget  # until the first sample
+        self.evictions = 0
+        self._victim: str | None = None
+        self._victim_gone_at = -1e18  # monotonic time the last victim exited
+        self._held: dict[str, float] = {}  # task -> monotonic time this node may claim it again
+
+    def headroom(self, running: Iterable[Running]) -> int:
+        return headroom(self.budget, running, self.available, self.memfree)
+
+    def left(self, running: Iterable[Running]) -> int:
+        return left(self.budget, running, self.available)
+
+    def choose(self, running: list[Running], sampled_at: float) -> Running | None:
+        """The attempt to evict after a sample taken at `sampled_at`, if any. None while a
+        victim is still exiting, or when the sample began before it had exited (its memory may
+        be in it)."""
+        if self._victim is not None or sampled_at <= self._victim_gone_at:
+            return None
+        chosen = victim(running, self.left(running), self.memfree)
+        if chosen is not None:
+            self._victim = chosen.task_id
+            self.evictions += 1
+            self._held[chosen.task_id] = sampled_at + self.hold_s
+        return chosen
+
+    def ended(self, task_id: str, now: float) -> None:
+        """An attempt of `task_id` ended here."""
+        if task_id == self._victim:
+            self._victim = None
+            self._victim_gone_at = now
+            self._held[task_id] = max(self._held.get(task_id, now), now + self.hold_s)
+
+    def held_until(self, task_id: str, now: float) -> float:
+        """When this node may claim `task_id` again (0.0: now)."""
+        until = self._held.get(task_id)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self._held[task_id]
+            return 0.0
+        return until
