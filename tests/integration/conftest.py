@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,3 +155,126 @@ def wait_for(
 def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     return path
+
+
+def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
+
+
+# -- several daemons on 127.0.0.1 --------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no free port")
+
+
+class Swarm:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.nodes: list[tuple[Cli, Daemon, int]] = []
+
+    def start(
+        self,
+        i: int,
+        join: int | None = None,
+        key_from: int | None = 0,
+        cpus: int = 1,
+        home: Path | None = None,
+    ) -> tuple[Cli, Daemon]:
+        work = self.tmp_path / f"work{i}"
+        work.mkdir(exist_ok=True)
+        cli = Cli(home=home or self.tmp_path / f"home{i}", cwd=work)
+        if key_from is not None and self.nodes:
+            cli.ok("init", "--key-file", str(self.nodes[key_from][0].home / "swarm.key"))
+        port = free_port()
+        args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", str(cpus)]
+        if join is not None:
+            args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
+        daemon = Daemon(cli, tuple(args)).start()
+        self.nodes.append((cli, daemon, port))
+        return cli, daemon
+
+    def form(self, count: int, cpus: int = 1, homes: dict[int, Path] | None = None) -> list[str]:
+        """Start `count` nodes, each joined to the first (node i's state dir in `homes[i]` if
+        given); wait until the last sees them all alive. Returns their ids."""
+        for i in range(count):
+            self.start(i, join=0 if i else None, cpus=cpus, home=(homes or {}).get(i))
+        ids = [self.node_id(i) for i in range(count)]
+        wait_for(
+            f"all {count} to see each other",
+            lambda: self.states(count - 1) == dict.fromkeys(ids, "alive"),
+        )
+        return ids
+
+    def members(self, i: int) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(self.nodes[i][0].ok("members", "--json").stdout)
+        return reply
+
+    def states(self, i: int) -> dict[str, str]:
+        return {m["id"]: m["state"] for m in self.members(i)["members"]}
+
+    def node_id(self, i: int) -> str:
+        own = [m for m in self.members(i)["members"] if m.get("pid")]
+        return str(own[0]["id"])
+
+    def stop_all(self) -> None:
+        for _, daemon, _ in self.nodes:
+            daemon.stop()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Any:
+    s = Swarm(tmp_path)
+    yield s
+    s.stop_all()
+
+
+def running_by_node(cli: Cli) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in export_rows(cli):
+        if row["state"] == "running":
+            counts[row["node"]] = counts.get(row["node"], 0) + 1
+    return counts
+
+
+# -- a small disk ------------------------------------------------------------------------------
+
+TMPFS_BYTES = 4 << 20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(path: Path, leave_bytes: int) -> Path:
+    """Write a filler file until only about `leave_bytes` are free."""
+    stats = os.statvfs(path)
+    free = stats.f_bavail * stats.f_frsize
+    filler = path / "filler"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(0, free - leave_bytes))
+    return filler

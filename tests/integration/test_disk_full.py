@@ -5,46 +5,17 @@ Needs root to mount a small tmpfs (CI runs as root); elsewhere it skips and says
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, Daemon, write_tasks
+from .conftest import Cli, Daemon, fill, write_tasks
 
 pytestmark = pytest.mark.integration
 TMPFS_BYTES = 4 << 20
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(path: Path, leave_bytes: int) -> Path:
-    """Write a filler file until only about `leave_bytes` are free."""
-    stats = os.statvfs(path)
-    free = stats.f_bavail * stats.f_frsize
-    filler = path / "filler"
-    with open(filler, "wb") as handle:
-        handle.write(b"\0" * max(0, free - leave_bytes))
-    return filler
 
 
 def test_full_disk_pauses_the_node_and_it_recovers(

@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 from swarm.ledger import EVICTION_CAP
 
-from .conftest import Cli, Daemon, write_tasks
-from .test_single_node import export_rows
+from .conftest import Cli, Daemon, export_rows, write_tasks
 
 # Touches every page, so the memory is resident (a bare bytearray may not be).
 HOG = "python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep({hold})'"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import os
 import signal
 import stat
@@ -17,13 +15,9 @@ import pytest
 from swarm import control, statedir
 from swarm.errors import ControlError
 
-from .conftest import REPO, Cli, Daemon, write_tasks
+from .conftest import REPO, Cli, Daemon, export_rows, write_tasks
 
 pytestmark = pytest.mark.integration
-
-
-def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
 
 
 def pid_alive(pid: int) -> bool:

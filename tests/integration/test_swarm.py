@@ -4,89 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .conftest import Cli, Daemon, wait_for
+from .conftest import Cli, Daemon, Swarm, export_rows, free_port, running_by_node, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free port")
-
-
-class Swarm:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.nodes: list[tuple[Cli, Daemon, int]] = []
-
-    def start(
-        self, i: int, join: int | None = None, key_from: int | None = 0
-    ) -> tuple[Cli, Daemon]:
-        work = self.tmp_path / f"work{i}"
-        work.mkdir(exist_ok=True)
-        cli = Cli(home=self.tmp_path / f"home{i}", cwd=work)
-        if key_from is not None and self.nodes:
-            cli.ok("init", "--key-file", str(self.nodes[key_from][0].home / "swarm.key"))
-        port = free_port()
-        args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", "1"]
-        if join is not None:
-            args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
-        daemon = Daemon(cli, tuple(args)).start()
-        self.nodes.append((cli, daemon, port))
-        return cli, daemon
-
-    def form(self, count: int) -> list[str]:
-        """Start `count` nodes, each joined to the first; wait until the last sees them all
-        alive. Returns their ids."""
-        for i in range(count):
-            self.start(i, join=0 if i else None)
-        ids = [self.node_id(i) for i in range(count)]
-        wait_for(
-            f"all {count} to see each other",
-            lambda: self.states(count - 1) == dict.fromkeys(ids, "alive"),
-        )
-        return ids
-
-    def members(self, i: int) -> dict[str, Any]:
-        reply: dict[str, Any] = json.loads(self.nodes[i][0].ok("members", "--json").stdout)
-        return reply
-
-    def states(self, i: int) -> dict[str, str]:
-        return {m["id"]: m["state"] for m in self.members(i)["members"]}
-
-    def node_id(self, i: int) -> str:
-        own = [m for m in self.members(i)["members"] if m.get("pid")]
-        return str(own[0]["id"])
-
-    def stop_all(self) -> None:
-        for _, daemon, _ in self.nodes:
-            daemon.stop()
-
-
-@pytest.fixture
-def swarm(tmp_path: Path) -> Any:
-    s = Swarm(tmp_path)
-    yield s
-    s.stop_all()
 
 
 def test_three_daemons_form_a_swarm_and_a_killed_one_is_declared_dead(swarm: Swarm) -> None:
@@ -157,13 +84,6 @@ def test_a_job_submitted_on_one_node_is_seen_and_finished_on_all(swarm: Swarm) -
     assert exports[0] == exports[1] == exports[2]  # every replica derives the same states
     runners = {r["node"] for r in export_rows(cli0)}
     assert runners <= set(ids)
-
-
-def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
-    import csv
-    import io
-
-    return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
 
 
 def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
@@ -339,52 +259,6 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     wait_for("the genuine result to be taken", lambda: cli0.job("never")["done"] == 1)
     assert swarm.members(0)["net"]["forged"] == 2
     assert daemon0.proc is not None and daemon0.proc.poll() is None
-
-
-def running_by_node(cli: Cli) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in export_rows(cli):
-        if row["state"] == "running":
-            counts[row["node"]] = counts.get(row["node"], 0) + 1
-    return counts
-
-
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
-def test_the_tasks_of_a_node_that_dies_or_freezes_are_taken_over(
-    swarm: Swarm, how: signal.Signals
-) -> None:
-    """Nothing stays running forever: a SIGKILLed holder is declared dead and its tasks move at
-    once; a frozen one (SIGSTOP) loses its lease, and when it wakes it sees it lost its claims."""
-    ids = swarm.form(3)
-    cli0 = swarm.nodes[0][0]
-    tasks = cli0.cwd / "long.jsonl"
-    tasks.write_text(
-        "".join(json.dumps({"name": f"t{i}", "cmd": f"sleep 2; echo {i}"}) + "\n" for i in range(6))
-    )
-    cli0.ok("submit", str(tasks))
-    wait_for("three tasks to run", lambda: sum(running_by_node(cli0).values()) == 3)
-    victim_id = ids[2]
-    victim = swarm.nodes[2][1]
-    held = {r["name"] for r in export_rows(cli0) if r["node"] == victim_id}
-    assert victim.proc is not None
-    os.kill(victim.proc.pid, how)
-    try:
-        wait_for("every task to be done", lambda: cli0.job("long")["done"] == 6, timeout=60)
-        rows = {r["name"]: r for r in export_rows(cli0)}
-        assert all(r["state"] == "done" and r["node"] != victim_id for r in rows.values())
-        assert held and all(rows[name]["node"] != victim_id for name in held)
-        if how is signal.SIGSTOP:
-            os.kill(victim.proc.pid, signal.SIGCONT)
-            # Awake, it learns its claims were taken over: it stops its attempt, and its ledger
-            # agrees with the others' on who ran what.
-            wait_for(
-                "the woken node to agree",
-                lambda: swarm.nodes[2][0].job("long")["done"] == 6,
-                timeout=30,
-            )
-    finally:
-        if how is signal.SIGSTOP:
-            os.kill(victim.proc.pid, signal.SIGCONT)
 
 
 def test_a_task_that_kills_its_node_fails_after_the_interruption_cap(swarm: Swarm) -> None:
