@@ -1484,7 +1484,7 @@ class Node:
                 digest, new_manifest = await self._store_outputs(finished, stored)
             except StorageFullError as exc:
                 self._pause_claims(f"cannot store the result of {launch.name}: {exc}")
-                if self._stop.is_set() or await self._hand_back(launch):
+                if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
                     return
                 await asyncio.sleep(STORAGE_RETRY_S)
             except OSError as exc:  # say, an output file removed under us: the attempt failed
@@ -1502,28 +1502,26 @@ class Node:
                 return
             except SwarmError as exc:
                 self._pause_claims(f"cannot record the result of {launch.name}: {exc}")
-                if self._stop.is_set() or await self._hand_back(launch):
+                if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
                     return
                 await asyncio.sleep(STORAGE_RETRY_S)
 
-    async def _hand_back(self, launch: Launch) -> bool:
+    async def _hand_back(self, launch: Launch, finished: Finished, why: str) -> bool:
         """A result this node cannot store (its disk is full): if a live peer could run the
-        task, release our claim so that one does, rather than hold the task until space comes
-        back. Alone, the node keeps the finished attempt and waits. False if not released."""
+        task, record the attempt as interrupted, with no result, so that a peer runs it, rather
+        than hold the task until space comes back. Alone, the node keeps the finished attempt
+        and waits. False if not handed back."""
         if self.membership is None:
             return False
         if not any(node != self.node_id for node, _ in self._candidates_for(launch.spec)):
             return False
-        view = self.ledger.tasks[launch.task_id]
-        info = view.claims.get((launch.epoch, self.node_id))
-        if info is None:
-            return False
-        release = ClaimRecord(launch.task_id, launch.epoch, info.stamp, released=True)
+        finished.outcome = Outcome.INTERRUPTED
+        reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
         try:
-            await self._append([release])
+            await self._append([self._result_record(launch, finished, None, reason)])
         except SwarmError:
             return False  # our heartbeat will stop too: the lease expires, and peers take it
-        log.warning("%s handed back to the swarm: its result cannot be stored here", launch.name)
+        log.warning("%s handed back to the swarm: %s", launch.name, reason)
         return True
 
     async def _store_outputs(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -253,12 +254,12 @@ def running_by_node(cli: Cli) -> dict[str, int]:
 TMPFS_BYTES = 4 << 20
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of `size_bytes` at `mount_point` (skips the test, saying why, without root)."""
+    mount_point.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
     )
@@ -268,6 +269,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", TMPFS_BYTES) as mount_point:
+        yield mount_point
 
 
 def fill(path: Path, leave_bytes: int) -> Path:

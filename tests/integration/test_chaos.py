@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, Swarm, export_rows, fill, running_by_node, wait_for
+from .conftest import Cli, Swarm, export_rows, fill, running_by_node, tmpfs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +58,12 @@ class Chaos:
         busiest = max(counts, key=lambda node: counts[node])
         return self.ids.index(busiest)
 
-    def finish(self, job: str, expected: dict[str, str], scenario: str) -> int:
+    def finish(
+        self, job: str, expected: dict[str, str], scenario: str, reader: int | None = None
+    ) -> int:
         """Every task of `expected` (name -> stdout) done on every live node and its result
-        readable from one; returns the duplicate executions, and prints them."""
+        readable from one (`reader`, else the last); returns the duplicate executions, and
+        prints them."""
         live = self.live()
         for i in live:
             wait_for(
@@ -68,7 +71,7 @@ class Chaos:
                 lambda i=i: self.cli(i).job(job)["done"] >= len(expected),
                 timeout=90,
             )
-        reader = live[-1]
+        reader = live[-1] if reader is None else reader
         out = self.tmp_path / f"results-{job}"
         self.cli(reader).ok("results", job, "--out", str(out))
         for name, stdout in expected.items():
@@ -214,3 +217,29 @@ def test_a_node_whose_disk_fills_stops_claiming_and_the_others_finish_its_work(
     finally:
         filler.unlink()
     chaos.finish("full", expected, "a node's disk fills mid-run")
+
+
+def test_a_result_that_cannot_be_stored_is_handed_back_to_the_swarm(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """Node 2's blob store is a 64 KiB tmpfs (its ledger has room): it cannot keep a 100 kB
+    result, so it records the attempt as interrupted and a peer runs the task, rather than
+    hold it until space comes back."""
+    home = tmp_path / "home-small-blobs"
+    with tmpfs(home / "blobs", 64 << 10):
+        ids = swarm.form(3, cpus=SLOTS, homes={2: home})
+        chaos = Chaos(swarm, tmp_path, ids)
+        tasks = [
+            {"name": f"b{i}", "cmd": f"head -c 100000 /dev/zero && echo {i}"} for i in range(12)
+        ]
+        chaos.submit("blobs", tasks)
+        expected = {f"b{i}": "\0" * 100000 + f"{i}\n" for i in range(12)}
+        duplicates = chaos.finish("blobs", expected, "a node that cannot store results", reader=0)
+        daemon = swarm.nodes[2][1]
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        assert "handed back to the swarm" in daemon.log.read_text()
+        handed = [r for r in export_rows(chaos.cli(0), "--attempts") if r["node"] == ids[2]]
+        assert handed and duplicates >= len(handed)
+        assert all(r["outcome"] == "interrupted" for r in handed)
+        assert all("could not be stored" in r["reason"] for r in handed)
+        swarm.stop_all()  # before the unmount
