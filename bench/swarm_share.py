@@ -5,7 +5,11 @@
     end) and from the submit to the last node seeing all done; and duplicate executions (attempts
     beyond one per task; with no faults the aim is 0);
   * seconds from SIGKILL of the node holding tasks to every one of them running elsewhere, with
-    the test timers (`--profile test`) and, with --lan, the default timers too.
+    the test timers (`--profile test`) and, with --lan, the default timers too;
+  * with --faults (root, iproute2, iptables): the same job with each node in a network namespace
+    of its own, side by side: no fault, 10% packet loss on every link (iptables statistic) for
+    the whole run, and a 2|3 partition for twice the lease, from when a fifth of the tasks are
+    done; makespan / ideal and duplicate executions for each.
 A benchmark, not a test: it prints figures and exits 0. Run: python3 bench/swarm_share.py
 """
 
@@ -27,26 +31,35 @@ from pathlib import Path
 
 from swarm_net import free_port, stop_daemons, swarm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.integration.netns import PORT, Hosts, why_not
+
 NODES = 5
 SLOTS = 2
 TASK_S = 0.05
+SPLIT_S = 20.0  # twice the LAN timers' 10 s lease
 
 
 class Swarm:
-    def __init__(self, root: Path, profile: str) -> None:
+    """Five daemons on 127.0.0.1, or each in a network namespace of `hosts`."""
+
+    def __init__(self, root: Path, profile: str, hosts: Hosts | None = None) -> None:
         self.root = root
         self.homes = [root / f"home{i}" for i in range(NODES)]
         self.procs: list[subprocess.Popen[bytes]] = []
         swarm(self.homes[0], "init")
         for home in self.homes[1:]:
             swarm(home, "init", "--key-file", str(self.homes[0] / "swarm.key"))
-        ports = [free_port() for _ in self.homes]
+        if hosts is None:
+            addrs = [f"127.0.0.1:{free_port()}" for _ in self.homes]
+        else:
+            addrs = [f"{hosts.ip(i)}:{PORT}" for i in range(NODES)]
         for i, home in enumerate(self.homes):
-            cmd = [sys.executable, "-m", "swarm", "start", "--data-dir", str(home),
-                   "--bind", f"127.0.0.1:{ports[i]}", "--cpus", str(SLOTS),
-                   "--profile", profile]  # fmt: skip
+            inside = [] if hosts is None else ["ip", "netns", "exec", hosts.names[i]]
+            cmd = [*inside, sys.executable, "-m", "swarm", "start", "--data-dir", str(home),
+                   "--bind", addrs[i], "--cpus", str(SLOTS), "--profile", profile]  # fmt: skip
             if i:
-                cmd += ["--join", f"127.0.0.1:{ports[0]}"]
+                cmd += ["--join", addrs[0]]
             log = open(root / f"node{i}.log", "wb")  # noqa: SIM115 - closed with the run
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 60
@@ -75,9 +88,13 @@ def when(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def share(tasks: int) -> None:
+def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
+    """Run the job and print its figures; `fault` (with `hosts`): "loss" or "partition"."""
     root = Path(tempfile.mkdtemp(prefix="swarm-share-bench-"))
-    s = Swarm(root, "lan")
+    if hosts is not None and fault == "loss":
+        for i in range(NODES):
+            hosts.lossy(i, 0.1)  # before the join: the whole run goes through it
+    s = Swarm(root, "lan", hosts)
     try:
         path = root / "share.jsonl"
         path.write_text(
@@ -87,7 +104,13 @@ def share(tasks: int) -> None:
         )
         started = time.monotonic()
         swarm(s.homes[0], "submit", str(path))
-        while s.job(0, "share").get("done", 0) < tasks and time.monotonic() - started < 600:
+        split_s: tuple[float, float] | None = None
+        while time.monotonic() - started < 600:
+            done = s.job(0, "share").get("done", 0)
+            if done >= tasks:
+                break
+            if hosts is not None and fault == "partition" and not split_s and done >= tasks // 5:
+                split_s = partition(hosts, started)
             time.sleep(0.2)
         wall = time.monotonic() - started
         attempts = s.rows(0, "--attempts")
@@ -98,14 +121,47 @@ def share(tasks: int) -> None:
         for r in attempts:
             if r["outcome"] == "ok":
                 per_node[r["node"][:8]] = per_node.get(r["node"][:8], 0) + 1
-        print(f"{NODES} nodes x {SLOTS} slots, {tasks:,} x sleep {TASK_S}, LAN timers")
+        where = "127.0.0.1" if hosts is None else "network namespaces"
+        print(f"{NODES} nodes x {SLOTS} slots, {tasks:,} x sleep {TASK_S}, LAN timers, {where}"
+              f"{', ' + FAULTS[fault] if fault else ''}")  # fmt: skip
+        if split_s is not None:
+            print(f"  split from {split_s[0]:.1f} s to {split_s[1]:.1f} s after the submit")
         print(f"  makespan / ideal: {span / ideal:.2f} in the ledger, {wall / ideal:.2f} "
-              f"from submit to all done (ideal {ideal:.1f} s)")  # fmt: skip
+              f"from submit to all done on node 0 (ideal {ideal:.1f} s)")  # fmt: skip
         print(f"  duplicate executions: {len(ran) - tasks} ({len(ran)} attempts for {tasks} tasks)")
         print(f"  ok attempts per node: {sorted(per_node.values())}")
     finally:
         s.close()
         shutil.rmtree(root, ignore_errors=True)
+        if hosts is not None:
+            for i in range(NODES):
+                hosts.heal(i)
+
+
+FAULTS = {"loss": "10% loss on every link", "partition": f"2|3 split for {SPLIT_S:g} s"}
+
+
+def partition(hosts: Hosts, started: float) -> tuple[float, float]:
+    """Split nodes 0-1 from 2-4 for SPLIT_S (twice the LAN lease), then heal."""
+    begin = time.monotonic() - started
+    hosts.split([0, 1])
+    time.sleep(SPLIT_S)
+    for i in (0, 1):
+        hosts.heal(i)
+    return begin, time.monotonic() - started
+
+
+def faults(tasks: int) -> None:
+    reason = why_not()
+    if reason is not None:
+        print(f"--faults skipped: {reason}")
+        return
+    hosts = Hosts(NODES)
+    try:
+        for fault in ("", "loss", "partition"):
+            share(tasks, hosts, fault)
+    finally:
+        hosts.remove()
 
 
 def takeover(profile: str) -> None:
@@ -159,11 +215,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--lan", action="store_true", help="also time the takeover on LAN timers")
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="only the job in network namespaces: no fault, 10%% loss, a 2|3 partition",
+    )
     args = parser.parse_args()
-    share(args.tasks)
-    takeover("test")
-    if args.lan:
-        takeover("lan")
+    if args.faults:
+        faults(args.tasks)
+    else:
+        share(args.tasks)
+        takeover("test")
+        if args.lan:
+            takeover("lan")
     print(f"command: {' '.join([sys.executable, *sys.argv])}; nproc {os.cpu_count()}")
     return 0
 

@@ -54,7 +54,6 @@ from swarm.executor import (
     kill_orphans,
 )
 from swarm.export import manifest_bytes, parse_manifest
-from swarm.lease import Leases
 from swarm.ledger import (
     EVICTION_CAP,
     INTERRUPTION_CAP,
@@ -76,8 +75,9 @@ from swarm.ledger import (
     Version,
 )
 from swarm.ledger import Attempt as LedgerAttempt
-from swarm.policy import PendingQueue, labels_match, rendezvous_rank, rendezvous_top
+from swarm.policy import PendingQueue, rendezvous_top
 from swarm.replication import Intake, behind
+from swarm.scheduler import Scheduler, isolation, peer_from_meta
 from swarm.spec import Resources, TaskSpec, name_problem, task_id
 from swarm.statedir import StateDir
 from swarm.store import EMPTY_DIGEST, BlobStore
@@ -204,7 +204,7 @@ class Node:
         self.run_dirs = RunDirs(state.runs, RUN_DIRS_SPARE_MAX)
         self.ledger = Ledger()
         self.writer: db.LedgerWriter | None = None
-        self.queue = PendingQueue()
+        self.sched = Scheduler("", self.ledger, config.lease_ttl_s, config.claim_stagger_s)
         self.clock = HybridClock()
         self.used = Resources(0.0, 0, 0)
         self.attempts: dict[str, Attempt] = {}
@@ -229,9 +229,6 @@ class Node:
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
-        self.leases = Leases("", self.config.lease_ttl_s)
-        # Running tasks whose holder's lease expired, queued for takeover: task -> that claim.
-        self._orphans: dict[str, tuple[int, str]] = {}
         self._wake_timer: asyncio.TimerHandle | None = None
         self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
         self._pulled_at: dict[str, float] = {}
@@ -249,7 +246,6 @@ class Node:
         self._replica_wake = asyncio.Event()
         self._rerank = asyncio.Event()  # the members changed: rank the pending tasks afresh
         self._rebuilding: PendingQueue | None = None
-        self._candidates: dict[tuple[Resources, Any], list[tuple[str, float]]] = {}
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
         self.rng = random.Random()
@@ -273,7 +269,6 @@ class Node:
             meta = db.read_meta(self.state.db_path)
             self.node_id, self.generation = str(meta["node_id"]), int(meta["generation"])
             self.identity = statedir.load_identity(self.state)
-            self.leases = Leases(self.node_id, self.config.lease_ttl_s)
             if self.identity.node_id != self.node_id:
                 raise ConfigError(
                     f"{self.state.identity_path} is not the key of node {self.node_id} "
@@ -289,6 +284,9 @@ class Node:
             self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             for problem in bad:
                 log.warning("skipped an unreadable ledger row: %s", problem)
+            self.sched = Scheduler(
+                self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
+            )
             self.clock = HybridClock(self.ledger.max_stamp)
             self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
@@ -385,6 +383,7 @@ class Node:
             sign=self.identity.sign_alive,
             check=identity.check_alive,
         )
+        self._set_members()
         self.net = net.GossipNet(
             self.membership,
             bind,
@@ -452,9 +451,9 @@ class Node:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
             match event:
                 case gossip.MemberDied() | gossip.MemberLeft():
-                    self.leases.died(event.member)
+                    self.sched.leases.died(event.member)
                 case gossip.MemberJoined() | gossip.MemberRecovered():
-                    self.leases.revived(event.member, now)
+                    self.sched.leases.revived(event.member, now)
         if any(not isinstance(e, gossip.MemberSuspected) for e in events):
             self._rerank.set()
 
@@ -542,14 +541,14 @@ class Node:
                 continue
             if isinstance(row.body, HeartbeatRecord):
                 origin = row.version.origin
-                self.leases.heartbeat(origin, row.version.generation, row.body.counter, now)
+                self.sched.leases.heartbeat(origin, row.version.generation, row.body.counter, now)
             elif isinstance(row.body, ClaimRecord):
                 if row.version.origin == self.node_id:
                     # Our own claim from before our ledger was wiped, back from a peer: that
                     # attempt is long gone, so close it (once the batch settles).
                     self._release_soon()
                 else:
-                    self.leases.seen(row.version.origin, now)
+                    self.sched.leases.seen(row.version.origin, now)
                     self._check_claim(row.body.task_id)
         if changed:
             self._changes += 1
@@ -560,8 +559,8 @@ class Node:
         """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
         until claims are ranked: the deterministic winner runs, the others stop)."""
         attempt = self.attempts.get(task)
-        winner = self.ledger.tasks[task].winning_claim()
-        if attempt is None or winner is None or winner == (attempt.launch.epoch, self.node_id):
+        winner = None if attempt is None else self.sched.lost_to(task, attempt.launch.epoch)
+        if attempt is None or winner is None:
             return
         reason = f"lost its claim to {winner[1][:8]}"
         attempt.stop(Outcome.INTERRUPTED, reason, self.config.kill_grace_s)
@@ -1003,89 +1002,51 @@ class Node:
 
     def _is_pending(self, task: str) -> bool:
         """Whether this node may claim the task: pending, or held by a node whose lease expired."""
-        view = self.ledger.tasks.get(task)
-        if view is None or task in self.attempts or task in self._claiming:
+        if task in self.attempts or task in self._claiming:
             return False
-        if view.state is State.PENDING:
-            return True
-        return view.state is State.RUNNING and self._holder_expired(view)
+        return self.sched.claimable(task, (), time.monotonic())
 
     def _may_claim(self) -> bool:
-        """A node of a swarm claims only while it is in touch: it has caught up with a peer
-        since it started (else it would re-run what others finished while it was away), and
-        it has heard from one within a lease period (else it may be cut off, with its tasks
-        being taken over on the other side). A node alone, or whose peers all left, claims."""
+        """Whether this node may claim now (scheduler.isolation); says why not, once."""
         if self.membership is None:
             return True
         peers = [m for m in self.membership.members.values() if m.node != self.node_id]
-        if peers and all(m.state is gossip.MemberState.LEFT for m in peers):
-            return True  # the others left for good: carry on alone
-        if not peers and not any(origin != self.node_id for origin, _ in self.ledger.high_seq):
-            return True  # a swarm of one, so far
-        in_touch = time.monotonic() - self._heard_at < self.config.lease_ttl_s
-        if self._synced and in_touch:
+        why = isolation(
+            [m.state is gossip.MemberState.LEFT for m in peers],
+            any(origin != self.node_id for origin, _ in self.ledger.high_seq),
+            self._synced,
+            time.monotonic() - self._heard_at,
+            self.config.lease_ttl_s,
+        )
+        if why is None:
             self._isolated_logged = False
             return True
         if not self._isolated_logged:
             self._isolated_logged = True
-            why = (
-                "catching up with the swarm first"
-                if not self._synced
-                else (f"no peer heard for {self.config.lease_ttl_s:g}s (cut off?)")
-            )
             log.warning("not claiming new tasks: %s", why)
         return False
 
     def _enqueue(
         self, view: TaskView, at_once: bool = False, into: PendingQueue | None = None
     ) -> None:
-        """Queue a task for claiming: at once if this node is its preferred one (or alone),
-        else after a stagger per peer preferred over it (policy.rendezvous_rank)."""
-        if view.spec is None:
-            return
-        rank = 0 if at_once else self._rank(view.task_id, view.spec)
+        """Queue a task for claiming (scheduler.py), into the queue being rebuilt too."""
         now = time.monotonic()
-        ready_at = now + rank * self.config.claim_stagger_s if rank else 0.0
+        not_before = 0.0
         if self.guard is not None:  # evicted here lately: others may take it meanwhile
-            ready_at = max(ready_at, self.guard.held_until(view.task_id, now))
-        entry = (view.task_id, view.spec, view.submitted[0], rank, ready_at)
+            not_before = self.guard.held_until(view.task_id, now)
         if into is not None:
-            into.push(*entry)
+            self.sched.enqueue(view, now, at_once, not_before, into=into)
             return
-        self.queue.push(*entry)
+        self.sched.enqueue(view, now, at_once, not_before)
         if self._rebuilding is not None:
-            self._rebuilding.push(*entry)
+            self.sched.enqueue(view, now, at_once, not_before, into=self._rebuilding)
 
-    def _rank(self, task: str, spec: TaskSpec) -> int:
-        """Our place among the live members that could run the task, by weighted rendezvous."""
+    def _set_members(self) -> None:
+        """Tell the scheduler who is live, and what each offers (from their gossiped meta)."""
         if self.membership is None:
-            return 0
-        shape = (spec.need, spec.requires)
-        candidates = self._candidates.get(shape)
-        if candidates is None:
-            candidates = self._candidates[shape] = self._candidates_for(spec)
-        if not any(node == self.node_id for node, _ in candidates):
-            return 0  # it does not fit here: select() leaves it, and `infeasible` reports it
-        return rendezvous_rank(task, self.node_id, candidates)
-
-    def _candidates_for(self, spec: TaskSpec) -> list[tuple[str, float]]:
-        """The live members that could run a task of this shape, with their CPUs."""
-        assert self.membership is not None
-        candidates = []
-        for member in self.membership.live_members():
-            if member.meta.get("draining"):
-                continue  # it takes nothing new
-            try:
-                capacity = member.meta["capacity"]
-                fits = Resources(
-                    float(capacity["cpus"]), int(capacity["memory_bytes"]), int(capacity["gpus"])
-                )
-                labels = member.meta["labels"]
-            except (KeyError, TypeError, ValueError):
-                continue  # a member that says nothing usable of itself is not counted on
-            if spec.need.fits_in(fits) and labels_match(spec.requires, labels):
-                candidates.append((member.node, fits.cpus))
-        return candidates
+            return
+        peers = (peer_from_meta(m.node, m.meta) for m in self.membership.live_members())
+        self.sched.set_members(p for p in peers if p is not None)
 
     async def _rerank_loop(self) -> None:
         """The members changed: rank every pending task afresh, into a new queue built a slice
@@ -1102,7 +1063,7 @@ class Node:
                 for t in self.ledger.jobs[j]
                 if self.ledger.tasks[t].state is State.DONE
             )
-            self._candidates.clear()
+            self._set_members()
             fresh = PendingQueue()
             self._rebuilding = fresh  # tasks queued meanwhile go in both
             try:
@@ -1113,8 +1074,8 @@ class Node:
                         await asyncio.sleep(0)
             finally:
                 self._rebuilding = None
-            self.queue = fresh
-            self._orphans.clear()
+            self.sched.queue = fresh
+            self.sched.orphans.clear()
             self._requeue_orphans()
             self._wake.set()
 
@@ -1130,29 +1091,10 @@ class Node:
         delay = max(0.0, when - time.monotonic())
         self._wake_timer = loop.call_at(loop.time() + delay, self._wake.set)
 
-    def _holder_expired(self, view: TaskView) -> bool:
-        held = view.active_claim()
-        if held is None:
-            return False
-        now = time.monotonic()
-        self.leases.seen(held[1], now)  # a holder known only from the ledger: its lease runs now
-        return self.leases.expired(held[1], now)
-
     def _requeue_orphans(self) -> None:
-        """Put the running tasks of nodes whose lease expired back in our queue: claiming one
-        takes it over with a higher epoch (the holder, should it come back, then stops)."""
-        found = False
-        queued, self._orphans = self._orphans, {}
-        for task in list(self.ledger.running):
-            view = self.ledger.tasks[task]
-            held = view.active_claim()
-            if held is None or view.spec is None or not self._holder_expired(view):
-                continue
-            self._orphans[task] = held
-            if queued.get(task) != held:  # not yet queued for this holder's lapse
-                self._enqueue(view)
-                found = True
-        if found:
+        """Queue the running tasks of nodes whose lease expired: claiming one takes it over
+        with a higher epoch (the holder, should it come back, then stops)."""
+        if self.sched.requeue_orphans(time.monotonic()):
             self._wake.set()
 
     async def _lease_loop(self) -> None:
@@ -1178,10 +1120,10 @@ class Node:
             if self.guard is not None:  # memory goes by what the attempts are measured to use
                 free = replace(free, memory_bytes=self.guard.headroom(self._memory_in_use()))
             now = time.monotonic()
-            picks = self.queue.select(
+            picks = self.sched.queue.select(
                 self._is_pending, free, self.labels, self.config.claim_batch_max, now
             )
-            self._wake_at(self.queue.next_ready())
+            self._wake_at(self.sched.queue.next_ready())
             for task in picks:
                 view = self.ledger.tasks[task]
                 assert view.spec is not None
@@ -1290,10 +1232,10 @@ class Node:
                 gpu_ids=gpu_ids,
             )
             claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
-            if view.state is State.RUNNING and self._takeover_exhausts(view):
+            if view.state is State.RUNNING and self.sched.takeover_exhausts(view):
                 await self._fail_unrun(launch, claim)
                 return
-            stolen = self._rank(view.task_id, spec) > 0
+            stolen = self.sched.rank(view.task_id, spec) > 0
             # A first attempt starts while its claim is written (a short task should not wait
             # for an fsync). A stolen task, or one tried before (it may be what killed its
             # last node), starts only once its claim is on disk.
@@ -1414,12 +1356,6 @@ class Node:
             reason=reason,
         )
 
-    def _takeover_exhausts(self, view: TaskView) -> bool:
-        """Whether taking over this task (its holder's lease expired) would be one interruption
-        too many: a task whose nodes keep dying must end, not move on to the next node."""
-        lost = view.interruptions() + 1 - view.forgiven_interruptions
-        return lost > INTERRUPTION_CAP
-
     async def _fail_unrun(self, launch: Launch, claim: ClaimRecord) -> None:
         """Close the task without running it: our claim, and an interruption that exceeds the cap."""
         reason = (
@@ -1513,7 +1449,7 @@ class Node:
         and waits. False if not handed back."""
         if self.membership is None:
             return False
-        if not any(node != self.node_id for node, _ in self._candidates_for(launch.spec)):
+        if not any(node != self.node_id for node, _ in self.sched.candidates_for(launch.spec)):
             return False
         finished.outcome = Outcome.INTERRUPTED
         reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
@@ -1760,7 +1696,7 @@ class Node:
         }
 
     def snapshot(self, jobs: list[str] | None = None) -> dict[str, Any]:
-        infeasible = self.queue.infeasible(self.capacity, self.labels, self._is_pending)
+        infeasible = self.sched.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
         return snapshot.build(self.ledger, wall_ms(), self.members(), jobs, infeasible)

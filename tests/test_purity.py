@@ -23,6 +23,7 @@ PURE = [
     "gossip",
     "replication",
     "pressure",
+    "scheduler",
 ]
 BANNED = {
     "asyncio", "socket", "time", "random", "subprocess", "sqlite3", "aiosqlite", "os",

@@ -1,0 +1,200 @@
+"""Which tasks one node claims, when, and which of its attempts must stop: the claim and lease
+rules, shared by the daemon (node.py) and the simulator (sim.py).
+
+Theory of operation
+-------------------
+Each pending task has an order over the live members that could run it (weighted rendezvous
+hashing, policy.py). A node queues the task at once if it comes first in that order, else after a
+stagger per member ahead of it, so the preferred node takes it and the others take it only when it
+has not (work stealing). A running task whose holder's lease expired (lease.py: its heartbeat
+stopped advancing on our clock, or membership declared it dead) is queued again, and claiming it
+takes it over under a higher epoch; a node that sees a claim beat its own stops its attempt. A
+takeover that would be one interruption past the cap closes the task instead of running it.
+
+Pure: no I/O and no clock reads; the caller passes `now` (its own monotonic seconds) and sets
+`members` when membership changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm.lease import Leases
+from swarm.ledger import INTERRUPTION_CAP, Ledger, State, TaskView
+from swarm.policy import Labels, PendingQueue, labels_match, rendezvous_rank
+from swarm.spec import Resources, TaskSpec
+
+Shape = tuple[Resources, Any]
+
+
+def isolation(
+    peers_left: list[bool], others_in_ledger: bool, synced: bool, silent_s: float, ttl_s: float
+) -> str | None:
+    """Why a node of a swarm must not claim now (None: it may). It claims only while in touch:
+    it has caught up with a peer since it started (else it would re-run what others finished
+    while it was away), and it has heard from one within a lease period (else it may be cut
+    off, with its tasks being taken over on the other side). A node alone (no peer, no peer's
+    record), or whose peers all left, claims. `peers_left`: for each other member, whether it
+    left."""
+    if peers_left and all(peers_left):
+        return None  # the others left for good: carry on alone
+    if not peers_left and not others_in_ledger:
+        return None  # a swarm of one, so far
+    if synced and silent_s < ttl_s:
+        return None
+    if not synced:
+        return "catching up with the swarm first"
+    return f"no peer heard for {ttl_s:g}s (cut off?)"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A live member as the scheduler needs it: what it offers, and whether it takes work."""
+
+    node: str
+    capacity: Resources
+    labels: Labels
+    draining: bool = False
+
+
+def peer_from_meta(node: str, meta: Mapping[str, Any]) -> Peer | None:
+    """A member's gossiped meta as a Peer; None if it says nothing usable of itself."""
+    try:
+        capacity = meta["capacity"]
+        offers = Resources(
+            float(capacity["cpus"]), int(capacity["memory_bytes"]), int(capacity["gpus"])
+        )
+        labels = meta["labels"]
+        if not isinstance(labels, Mapping):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Peer(node, offers, dict(labels), bool(meta.get("draining")))
+
+
+@dataclass(slots=True)
+class Scheduler:
+    me: str
+    ledger: Ledger
+    lease_ttl_s: float
+    claim_stagger_s: float
+    queue: PendingQueue = field(default_factory=PendingQueue)
+    # The live members (None: a node alone, with no membership): set it when they change.
+    members: list[Peer] | None = None
+    # Running tasks whose holder's lease expired, queued for takeover: task -> that claim.
+    orphans: dict[str, tuple[int, str]] = field(default_factory=dict)
+    leases: Leases = field(init=False)
+    _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.leases = Leases(self.me, self.lease_ttl_s)
+
+    def set_members(self, members: Iterable[Peer] | None) -> None:
+        self.members = None if members is None else list(members)
+        self._candidates.clear()
+
+    # -- ranking ---------------------------------------------------------------------------
+
+    def candidates_for(self, spec: TaskSpec) -> list[tuple[str, float]]:
+        """The live members that could run a task of this shape, with their CPUs."""
+        shape = (spec.need, spec.requires)
+        cached = self._candidates.get(shape)
+        if cached is not None:
+            return cached
+        found = [
+            (peer.node, peer.capacity.cpus)
+            for peer in self.members or []
+            if not peer.draining
+            and spec.need.fits_in(peer.capacity)
+            and labels_match(spec.requires, peer.labels)
+        ]
+        self._candidates[shape] = found
+        return found
+
+    def rank(self, task: str, spec: TaskSpec) -> int:
+        """Our place among the live members that could run the task (0: we come first)."""
+        if self.members is None:
+            return 0
+        candidates = self.candidates_for(spec)
+        if not any(node == self.me for node, _ in candidates):
+            return 0  # it does not fit here: select() leaves it, and `infeasible` reports it
+        return rendezvous_rank(task, self.me, candidates)
+
+    def enqueue(
+        self,
+        view: TaskView,
+        now: float,
+        at_once: bool = False,
+        not_before: float = 0.0,
+        into: PendingQueue | None = None,
+    ) -> None:
+        """Queue a task for claiming: at once if we come first for it (or `at_once`), else
+        after a stagger per member ahead of us; never before `not_before`."""
+        if view.spec is None:
+            return
+        rank = 0 if at_once else self.rank(view.task_id, view.spec)
+        ready_at = now + rank * self.claim_stagger_s if rank else 0.0
+        ready_at = max(ready_at, not_before)
+        (self.queue if into is None else into).push(
+            view.task_id, view.spec, view.submitted[0], rank, ready_at
+        )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def holder_expired(self, view: TaskView, now: float) -> bool:
+        held = view.active_claim()
+        if held is None:
+            return False
+        self.leases.seen(held[1], now)  # a holder known only from the ledger: its lease runs now
+        return self.leases.expired(held[1], now)
+
+    def claimable(self, task: str, busy: Container[str], now: float) -> bool:
+        """Whether we may claim the task: pending, or held by a node whose lease expired (and
+        not one we run or are claiming)."""
+        view = self.ledger.tasks.get(task)
+        if view is None or task in busy:
+            return False
+        if view.state is State.PENDING:
+            return True
+        return view.state is State.RUNNING and self.holder_expired(view, now)
+
+    def requeue_orphans(self, now: float) -> bool:
+        """Queue the running tasks of nodes whose lease expired (each once per lapse). True if
+        any was queued."""
+        found = False
+        queued, self.orphans = self.orphans, {}
+        for task in list(self.ledger.running):
+            view = self.ledger.tasks[task]
+            held = view.active_claim()
+            if held is None or view.spec is None or not self.holder_expired(view, now):
+                continue
+            self.orphans[task] = held
+            if queued.get(task) != held:  # not yet queued for this holder's lapse
+                self.enqueue(view, now)
+                found = True
+        return found
+
+    def pick(
+        self, busy: Container[str], free: Resources, labels: Labels, limit: int, now: float
+    ) -> list[str]:
+        """The tasks to claim now, best first, that fit in `free`."""
+        return self.queue.select(lambda t: self.claimable(t, busy, now), free, labels, limit, now)
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def takeover_exhausts(self, view: TaskView) -> bool:
+        """Whether taking over this task would be one interruption too many: a task whose
+        nodes keep dying must end, not move on to the next node."""
+        lost = view.interruptions() + 1 - view.forgiven_interruptions
+        return lost > INTERRUPTION_CAP
+
+    def lost_to(self, task: str, epoch: int) -> tuple[int, str] | None:
+        """The claim that beats our attempt of `task` under `epoch`, if one does: that attempt
+        must stop."""
+        view = self.ledger.tasks.get(task)
+        winner = None if view is None else view.winning_claim()
+        if winner is None or winner == (epoch, self.me):
+            return None
+        return winner

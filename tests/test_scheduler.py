@@ -1,0 +1,116 @@
+"""The claim and lease rules one node follows (scheduler.py), on a ledger built by hand."""
+
+from __future__ import annotations
+
+from swarm.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, TaskRecord, Version
+from swarm.policy import rendezvous_rank
+from swarm.scheduler import Peer, Scheduler, isolation, peer_from_meta
+from swarm.spec import Resources, TaskSpec
+
+SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
+BIG = Resources(4.0, 1 << 30)
+FREE = Resources(2.0, 1 << 30)
+
+
+def peers(*nodes: str) -> list[Peer]:
+    return [Peer(node, BIG, {}) for node in nodes]
+
+
+def ledger_with(tasks: int) -> Ledger:
+    ledger = Ledger()
+    for i in range(tasks):
+        ledger.apply(Version("sub", 1, i + 1), TaskRecord(f"t{i}", "job", f"t{i}", SPEC, i))
+    return ledger
+
+
+def test_a_node_alone_claims_every_task_at_once() -> None:
+    ledger = ledger_with(5)
+    sched = Scheduler("a", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    for view in ledger.tasks.values():
+        sched.enqueue(view, now=0.0)
+    picked = sched.pick((), Resources(8, 1 << 30), {}, 10, now=0.0)
+    assert sorted(picked) == [f"t{i}" for i in range(5)]
+
+
+def test_the_preferred_node_claims_at_once_the_others_after_their_stagger() -> None:
+    ledger = ledger_with(40)
+    members = peers("a", "b", "c")
+    sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.set_members(members)
+    for view in ledger.tasks.values():
+        sched.enqueue(view, now=100.0)
+    candidates = [(p.node, p.capacity.cpus) for p in members]
+    ranks = {f"t{i}": rendezvous_rank(f"t{i}", "b", candidates) for i in range(40)}
+    lots = Resources(100, 1 << 40)
+    first = set(sched.pick((), lots, {}, 100, now=100.0))
+    assert first == {t for t, r in ranks.items() if r == 0} and first
+    second = set(sched.pick((), lots, {}, 100, now=101.0))
+    assert second == {t for t, r in ranks.items() if r == 1}
+    assert set(sched.pick((), lots, {}, 100, now=102.0)) == {t for t, r in ranks.items() if r == 2}
+
+
+def test_a_draining_member_or_one_without_room_is_no_candidate() -> None:
+    sched = Scheduler("a", Ledger(), 2.0, 1.0)
+    sched.set_members([Peer("a", BIG, {}), Peer("b", BIG, {}, draining=True),
+                       Peer("c", Resources(0.5, 1 << 30), {})])  # fmt: skip
+    assert sched.candidates_for(SPEC) == [("a", 4.0)]
+    assert sched.rank("t0", SPEC) == 0
+
+
+def test_a_holder_whose_heartbeat_stops_loses_its_tasks_after_the_lease() -> None:
+    ledger = ledger_with(1)
+    ledger.apply(Version("b", 1, 1), ClaimRecord("t0", 1, 10))
+    sched = Scheduler("a", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.leases.heartbeat("b", 1, 5, now=10.0)
+    assert not sched.claimable("t0", (), now=11.9)
+    assert not sched.requeue_orphans(now=11.9)
+    assert sched.requeue_orphans(now=12.1)
+    assert not sched.requeue_orphans(now=12.2)  # once per lapse
+    assert sched.pick((), FREE, {}, 10, now=12.2) == ["t0"]
+    assert not sched.claimable("t0", {"t0"}, now=12.2)  # not a task we already run
+
+
+def test_a_heartbeat_that_advances_keeps_the_claim_and_death_ends_it_at_once() -> None:
+    ledger = ledger_with(1)
+    ledger.apply(Version("b", 1, 1), ClaimRecord("t0", 1, 10))
+    sched = Scheduler("a", ledger, 2.0, 1.0)
+    for t in range(10, 20):
+        sched.leases.heartbeat("b", 1, t, now=float(t))
+        assert not sched.claimable("t0", (), now=t + 1.5)
+    sched.leases.died("b")
+    assert sched.claimable("t0", (), now=19.1)
+
+
+def test_an_attempt_beaten_by_a_higher_claim_must_stop() -> None:
+    ledger = ledger_with(1)
+    ledger.apply(Version("a", 1, 1), ClaimRecord("t0", 1, 10))
+    sched = Scheduler("a", ledger, 2.0, 1.0)
+    assert sched.lost_to("t0", 1) is None
+    ledger.apply(Version("b", 1, 1), ClaimRecord("t0", 2, 20))
+    assert sched.lost_to("t0", 1) == (2, "b")
+
+
+def test_a_takeover_past_the_interruption_cap_closes_the_task() -> None:
+    ledger = ledger_with(1)
+    sched = Scheduler("a", ledger, 2.0, 1.0)
+    for epoch in range(1, INTERRUPTION_CAP + 2):
+        ledger.apply(Version(f"n{epoch}", 1, 1), ClaimRecord("t0", epoch, epoch))
+    view = ledger.tasks["t0"]
+    assert view.interruptions() == INTERRUPTION_CAP
+    assert sched.takeover_exhausts(view)
+
+
+def test_isolation_rules() -> None:
+    assert isolation([], False, False, 99.0, 2.0) is None  # alone
+    assert isolation([True, True], True, False, 99.0, 2.0) is None  # the others left
+    assert isolation([False], True, False, 0.0, 2.0) == "catching up with the swarm first"
+    assert isolation([False], True, True, 1.0, 2.0) is None
+    assert "cut off" in (isolation([False], True, True, 2.5, 2.0) or "")
+
+
+def test_peer_meta_that_says_nothing_usable_is_skipped() -> None:
+    meta = {"capacity": {"cpus": 2, "memory_bytes": 1 << 30, "gpus": 0}, "labels": {"z": "a"}}
+    assert peer_from_meta("a", meta) == Peer("a", Resources(2.0, 1 << 30, 0), {"z": "a"})
+    assert peer_from_meta("a", {"capacity": {"cpus": "x"}, "labels": {}}) is None
+    assert peer_from_meta("a", {"labels": {}}) is None
+    assert peer_from_meta("a", {**meta, "labels": ["not", "a", "map"]}) is None
