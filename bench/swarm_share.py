@@ -80,6 +80,17 @@ class Swarm:
         snap = json.loads(swarm(self.homes[i], "status", "--json"))
         return next((j for j in snap["jobs"] if j["job"] == name), {})
 
+    def agreed_attempts(self, limit_s: float = 120) -> list[dict[str, str]]:
+        """The attempts once every node's ledger holds the same ones (after a partition, each
+        side's work reaches the other only after the heal: counting earlier misses it)."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            views = [self.rows(i, "--attempts") for i in range(NODES)]
+            keys = [sorted((r["task_id"], r["epoch"], r["node"]) for r in v) for v in views]
+            if all(k == keys[0] for k in keys) or time.monotonic() > deadline:
+                return views[0]
+            time.sleep(1)
+
     def close(self) -> None:
         stop_daemons(self.procs)
 
@@ -113,7 +124,7 @@ def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
                 split_s = partition(hosts, started)
             time.sleep(0.2)
         wall = time.monotonic() - started
-        attempts = s.rows(0, "--attempts")
+        attempts = s.agreed_attempts()
         ran = [r for r in attempts if r["outcome"] in ("ok", "interrupted", "failed")]
         span = max(when(r["ended"]) for r in ran) - min(when(r["started"]) for r in ran)
         ideal = tasks * TASK_S / (NODES * SLOTS)

@@ -129,17 +129,18 @@ class Scheduler:
         at_once: bool = False,
         not_before: float = 0.0,
         into: PendingQueue | None = None,
+        takeover: bool = False,
     ) -> None:
         """Queue a task for claiming: at once if we come first for it (or `at_once`), else
-        after a stagger per member ahead of us; never before `not_before`."""
+        after a stagger per member ahead of us; never before `not_before`. A takeover goes
+        ahead of the pending tasks of its priority: it was started before any of them."""
         if view.spec is None:
             return
         rank = 0 if at_once else self.rank(view.task_id, view.spec)
         ready_at = now + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, not_before)
-        (self.queue if into is None else into).push(
-            view.task_id, view.spec, view.submitted[0], rank, ready_at
-        )
+        stamp = 0 if takeover else view.submitted[0]
+        (self.queue if into is None else into).push(view.task_id, view.spec, stamp, rank, ready_at)
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -172,9 +173,20 @@ class Scheduler:
                 continue
             self.orphans[task] = held
             if queued.get(task) != held:  # not yet queued for this holder's lapse
-                self.enqueue(view, now)
+                self.enqueue(view, now, takeover=True)
                 found = True
         return found
+
+    def rerank(self, now: float) -> None:
+        """The members changed: rank every pending task afresh, and the orphans too (the
+        daemon does the same a slice at a time, node.py's _rerank_loop)."""
+        fresh = PendingQueue()
+        for view in self.ledger.tasks.values():
+            if view.state is State.PENDING:
+                self.enqueue(view, now, into=fresh)
+        self.queue = fresh
+        self.orphans.clear()
+        self.requeue_orphans(now)
 
     def pick(
         self, busy: Container[str], free: Resources, labels: Labels, limit: int, now: float

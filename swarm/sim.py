@@ -13,7 +13,8 @@ a replica never claims (in its digest) a record it lacks; a stored record is the
 wrote; a done task stays done. A scenario runs a safety phase under faults, then a liveness phase
 (faults off, partitions healed, crashed nodes back) that must converge.
 
-`python -m swarm.sim` runs the scenarios over many seeds and prints figures.
+`python -m swarm.sim` runs the scenarios over many seeds and prints figures; work sharing on top
+of this (claims, leases, takeovers) is simwork.py, `python -m swarm.sim --work`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Replica:
         self.next_sync = 0.0  # on the node's own clock
         self._truth = truth  # every record ever written, by version: what a copy must equal
         self._seed = seed
+        self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
 
     def write(self, body: Body) -> Copy:
         self.seq += 1
@@ -153,6 +155,8 @@ class Replica:
         self.contiguous[key] = run
         for change in self.ledger.apply(version, body):
             self._check(change)
+            for listener in self.listeners:
+                listener(change)
 
     def _check(self, change: StateChanged) -> None:
         if change.old is State.DONE and change.new is not State.DONE:
@@ -245,6 +249,13 @@ class Sim:
 
     def crash(self, i: int) -> None:
         self.down.add(self.addr(i))
+
+    def resume(self, i: int) -> None:
+        """A node that was down (frozen, say) runs on, with the state it had."""
+        addr = self.addr(i)
+        self.down.discard(addr)
+        self._deadlines.pop(addr, None)  # its timer was dropped while it was down
+        self._after(addr)
 
     def restart(self, i: int) -> Membership:
         """The node comes back with its identity (and its ledger: it is on disk), and an
@@ -370,14 +381,15 @@ class Sim:
         core = self.cores[addr]
         return [m.addr for m in core.live_members() if m.node != core.node]
 
-    def write(self, i: int, body: Body) -> None:
-        """Node i writes a record and pushes it at once to a few members, as the daemon does."""
+    def write(self, i: int, body: Body, fanout: int | None = None) -> None:
+        """Node i writes a record and pushes it at once to `fanout` members (default: the
+        gossip fanout), as the daemon does."""
         addr = self.addr(i)
         assert self.replicas is not None and addr not in self.down
         copy = self.replicas[addr].write(body)
         peers = self._peers(addr)
-        fanout = self.rng.sample(peers, min(self.config.gossip_nodes, len(peers)))
-        for peer in fanout:
+        wide = self.config.gossip_nodes if fanout is None else fanout
+        for peer in self.rng.sample(peers, min(wide, len(peers))):
             self._send(addr, peer, _Push((copy,)))
 
     def _can_talk(self, a: Addr, b: Addr) -> bool:
@@ -652,7 +664,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--spread", action="store_true", help="rumour spread and bytes, LAN timers")
     parser.add_argument("--ledger", action="store_true", help="ledger replication under faults")
+    parser.add_argument(
+        "--work", action="store_true", help="claims, leases and takeovers under faults (5 nodes)"
+    )
     args = parser.parse_args(argv)
+    if args.work:
+        from swarm.simwork import print_work_figures  # it builds on this module
+
+        return print_work_figures(args.seeds)
     if args.spread:
         print_spread_figures(args.seeds, args.nodes)
         return 0

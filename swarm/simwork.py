@@ -1,0 +1,464 @@
+"""Work sharing in the simulator: nodes claim, run and finish tasks by the daemon's own rules.
+
+Theory of operation: each simulated node is a `Worker` with the daemon's pure `Scheduler`
+(scheduler.py) over its ledger replica (sim.py), its own drifting clock, slots, heartbeats and
+membership. A step of a worker does what the daemon's loops do: write a heartbeat when due, feed
+the heartbeats and membership changes it has seen to its leases, queue the tasks its replica shows
+pending, requeue those whose holder's lease expired, stop an attempt whose claim another beat,
+record the attempts that ended, and claim what fits (a task taken from a peer's share only after a
+settle, as the daemon does). Attempts take simulated time; a task named `crash...` always fails.
+
+The scenarios kill, freeze, cut off and restart nodes while tasks run, or lose packets, or all of
+these at random (`mixed`), checking after every step that the replicas' invariants hold (sim.py),
+that a worker runs each task at most once and never goes on with an attempt its own ledger says
+it lost; then with faults off, that every task ends (done, or failed for the crashing ones) on
+every replica, and that every replica agrees. Duplicate executions are counted.
+
+`python -m swarm.sim --work` runs them over many seeds and prints figures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from swarm.gossip import MemberState
+from swarm.ledger import (
+    ClaimRecord,
+    HeartbeatRecord,
+    Outcome,
+    ResultRecord,
+    State,
+    StateChanged,
+    TaskRecord,
+)
+from swarm.scheduler import Peer, Scheduler, isolation
+from swarm.sim import InvariantBroken, Network, Replica, Sim
+from swarm.spec import Resources, TaskSpec
+
+SLOTS = 2
+CAPACITY = Resources(cpus=SLOTS, memory_bytes=1 << 30)
+LEASE_S = 2.0  # the test profile's timers, as the chaos tests use
+HEARTBEAT_S = 0.25
+STAGGER_S = 0.1
+SETTLE_S = 0.05
+STEP_S = 0.01
+TASK_S = 1.0  # how long each task runs (a little spread around it)
+SPREAD_WIDE = 16  # claims and results go at once to this many members, as the daemon sends them
+SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "mixed")
+
+
+def _spec(name: str) -> TaskSpec:
+    retries = 2 if name.startswith("crash") else 0
+    return TaskSpec(cmd="true", argv=None, need=Resources(1, 1 << 20), retries=retries)
+
+
+@dataclass(slots=True)
+class Running:
+    epoch: int
+    ends_at: float  # simulated true time
+    settle_at: float | None  # a stolen task runs on past this only if its claim still wins
+
+
+@dataclass(slots=True)
+class Worker:
+    index: int
+    node: str
+    sched: Scheduler
+    running: dict[str, Running] = field(default_factory=dict)
+    beat: int = 0
+    next_beat: float = 0.0  # local clock
+    heard_at: float = 0.0  # local clock: when a peer's records last reached us
+    heard: int = 0  # sum of the other origins' high seqs, to notice news
+    states: dict[str, MemberState] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()
+
+
+class WorkSim:
+    def __init__(self, seed: int, n: int, loss: float = 0.0) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.sim = Sim(
+            n, seed, net=Network(loss=loss, delay_min_s=0.0005, delay_max_s=0.01), drift=0.05,
+            ledger=True,
+        )  # fmt: skip
+        self.workers = [self._worker(i) for i in range(n)]
+        self.results = 0  # RESULT records written, all nodes
+        self.frozen: set[int] = set()
+        # Per fault: the nodes cut off, the attempts they held (task -> epoch), and the node
+        # that must see those taken over; noted when the fault strikes, checked before its end.
+        self.lost: dict[str, tuple[set[int], dict[str, int], int]] = {}
+        self.sim.join_all()
+        self.sim.run_for(2)
+
+    def _worker(self, i: int) -> Worker:
+        replica = self._replica(i)
+        sched = Scheduler(replica.node, replica.ledger, LEASE_S, STAGGER_S)
+        worker = Worker(i, replica.node, sched)
+        replica.listeners.append(lambda change: self._changed(worker, change))
+        return worker
+
+    def _replica(self, i: int) -> Replica:
+        assert self.sim.replicas is not None
+        return self.sim.replicas[self.sim.addr(i)]
+
+    def _changed(self, worker: Worker, change: StateChanged) -> None:
+        if change.new is State.PENDING:
+            view = worker.sched.ledger.tasks[change.task_id]
+            worker.sched.enqueue(view, self.sim.local_now(worker.index))
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def kill(self, i: int) -> None:
+        self.sim.crash(i)
+        self.workers[i].running.clear()  # its processes die with it
+
+    def restart(self, i: int) -> None:
+        """Back with its state dir: it closes the claims its last life held (their attempts are
+        gone), as the daemon's restart does."""
+        self.frozen.discard(i)
+        self.sim.restart(i)
+        worker = self.workers[i]
+        worker.sched.leases = Scheduler(worker.node, worker.sched.ledger, LEASE_S, 0).leases
+        worker.states, worker.members = {}, frozenset()
+        ledger = worker.sched.ledger
+        for view in list(ledger.tasks.values()):
+            for (epoch, node), info in list(view.claims.items()):
+                if node == worker.node and not info.released and (epoch, node) not in view.attempts:
+                    self._result(i, view.task_id, epoch, Outcome.INTERRUPTED)
+        for view in ledger.tasks.values():
+            if view.state is State.PENDING:
+                worker.sched.enqueue(view, self.sim.local_now(i))
+
+    def freeze(self, i: int) -> None:
+        """SIGSTOP: no packets, no timers; its task processes run on."""
+        self.sim.crash(i)
+        self.frozen.add(i)
+
+    def split(self, sides: tuple[list[int], list[int]]) -> None:
+        self.sim.partition(*sides)
+
+    def heal(self) -> None:
+        self.sim.heal()
+
+    def thaw(self, i: int) -> None:
+        self.frozen.discard(i)
+        self.sim.resume(i)
+
+    def note_lost(self, holders: set[int], observer: int, key: str = "") -> None:
+        """The attempts `holders` run now are cut off from `observer`'s side."""
+        held = {t: a.epoch for i in holders for t, a in self.workers[i].running.items()}
+        self.lost[key] = (holders, held, observer)
+
+    def check_taken_over(self, key: str = "") -> None:
+        """Nothing stays running forever: every attempt cut off by the fault noted under `key`
+        has been taken over by now, under a higher epoch by a node on the other side, in that
+        side's ledger (or the task ended there)."""
+        holders, held, observer = self.lost.pop(key)
+        ledger = self.workers[observer].sched.ledger
+        others = {self.workers[i].node for i in holders}
+        for task, epoch in held.items():
+            view = ledger.tasks[task]
+            if view.state is State.DONE or any(
+                e > epoch and n not in others for e, n in view.claims
+            ):
+                continue
+            raise InvariantBroken(
+                f"seed {self.seed}: {task}, held by {sorted(others)} when they were lost, "
+                f"was not taken over on n{observer:04d}'s side in time"
+            )
+
+    # -- running --------------------------------------------------------------------------
+
+    def submit(self, i: int, names: list[str]) -> None:
+        for k, name in enumerate(names):
+            self.sim.write(i, TaskRecord(name, "sim", name, _spec(name), k + 1))
+
+    def step(self) -> None:
+        for worker in self.workers:
+            if self.sim.addr(worker.index) not in self.sim.down:
+                self._step(worker)
+        self.sim.run_for(STEP_S)
+
+    def _step(self, w: Worker) -> None:
+        i, sim = w.index, self.sim
+        now = sim.local_now(i)
+        ledger = w.sched.ledger
+        if now >= w.next_beat:
+            w.beat += 1
+            w.next_beat = now + HEARTBEAT_S
+            sim.write(i, HeartbeatRecord(w.beat))
+        for origin, counter in ledger.heartbeats.items():
+            if origin != w.node:
+                w.sched.leases.heartbeat(origin, 1, counter, now)
+        heard = sum(seq for (origin, _), seq in ledger.high_seq.items() if origin != w.node)
+        if heard != w.heard:
+            w.heard, w.heard_at = heard, now
+        self._membership(w, now)
+        w.sched.requeue_orphans(now)
+        for task, attempt in list(w.running.items()):
+            if w.sched.lost_to(task, attempt.epoch) is not None:
+                del w.running[task]  # it stops its attempt, and says so
+                self._result(i, task, attempt.epoch, Outcome.INTERRUPTED)
+            elif attempt.ends_at <= sim.now:
+                del w.running[task]
+                failed = task.startswith("crash")
+                self._result(i, task, attempt.epoch, Outcome.FAILED if failed else Outcome.OK)
+            elif attempt.settle_at is not None and attempt.settle_at <= sim.now:
+                # A stolen task, after its settle: run it only if the claim still wins.
+                attempt.settle_at = None
+                if ledger.tasks[task].winning_claim() != (attempt.epoch, w.node):
+                    del w.running[task]
+                    sim.write(i, ClaimRecord(task, attempt.epoch, 0, released=True), SPREAD_WIDE)
+        core = sim.cores[sim.addr(i)]
+        peers = [m for m in core.members.values() if m.node != w.node]
+        if isolation(
+            [m.state is MemberState.LEFT for m in peers], True, True, now - w.heard_at, LEASE_S
+        ):
+            return
+        free = Resources(SLOTS - len(w.running), 1 << 30)
+        for task in w.sched.pick(w.running, free, {}, SLOTS, now):
+            self._claim(w, task, now)
+        self._check(w)
+
+    def _membership(self, w: Worker, now: float) -> None:
+        core = self.sim.cores[self.sim.addr(w.index)]
+        for member in core.members.values():
+            before = w.states.get(member.node)
+            if member.state != before:
+                w.states[member.node] = member.state
+                if member.state in (MemberState.DEAD, MemberState.LEFT):
+                    w.sched.leases.died(member.node)
+                elif member.state is MemberState.ALIVE and before is not None:
+                    w.sched.leases.revived(member.node, now)
+        live = frozenset(m.node for m in core.live_members())
+        if live != w.members:
+            w.members = live
+            w.sched.set_members(Peer(node, CAPACITY, {}) for node in sorted(live))
+            w.sched.rerank(now)
+
+    def _claim(self, w: Worker, task: str, now: float) -> None:
+        view = w.sched.ledger.tasks[task]
+        assert view.spec is not None
+        epoch = view.next_epoch()
+        if view.state is State.RUNNING and w.sched.takeover_exhausts(view):
+            self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
+            self._result(w.index, task, epoch, Outcome.INTERRUPTED)
+            return
+        stolen = w.sched.rank(task, view.spec) > 0
+        self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
+        settle_at = self.sim.now + SETTLE_S if stolen else None
+        duration = TASK_S * self.rng.uniform(0.8, 1.2)
+        w.running[task] = Running(
+            epoch, self.sim.now + (SETTLE_S if stolen else 0) + duration, settle_at
+        )
+
+    def _stamp(self) -> int:
+        return int(self.sim.now * 1000) * 1000 + self.rng.randrange(1000)
+
+    def _result(self, i: int, task: str, epoch: int, outcome: Outcome) -> None:
+        self.results += 1
+        code = {Outcome.OK: 0, Outcome.FAILED: 1}.get(outcome)
+        ms = int(self.sim.now * 1000)
+        body = ResultRecord(task, epoch, 1, outcome, code, ms, ms, 0.0, 0.0, 0, None, CAPACITY)
+        self.sim.write(i, body, SPREAD_WIDE)
+
+    def _check(self, w: Worker) -> None:
+        """No attempt runs on past its settle under a claim its own ledger says lost (read from
+        the ledger itself, not through the scheduler whose rules are under test)."""
+        for task, attempt in w.running.items():
+            winner = w.sched.ledger.tasks[task].winning_claim()
+            if attempt.settle_at is None and winner != (attempt.epoch, w.node):
+                raise InvariantBroken(
+                    f"seed {self.seed}: {w.node} runs {task} under a claim its ledger says lost"
+                )
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def finish(self, names: list[str], limit_s: float = 120.0) -> float:
+        """Faults off, every node back; seconds until every replica has every task ended and
+        all agree. Raises InvariantBroken if that does not happen within `limit_s`."""
+        self.sim.net = Network()
+        self.sim.heal()
+        for i in list(self.frozen):
+            self.thaw(i)
+        for i in range(len(self.workers)):
+            if self.sim.addr(i) in self.sim.down:
+                self.restart(i)
+        began = self.sim.now
+        while self.sim.now - began < limit_s:
+            self.step()
+            if self._ended(names):
+                return self.sim.now - began
+        raise InvariantBroken(f"seed {self.seed}: the tasks did not all end within {limit_s} s")
+
+    def _ended(self, names: list[str]) -> bool:
+        assert self.sim.replicas is not None
+        prints = set()
+        for replica in self.sim.replicas.values():
+            for name in names:
+                view = replica.ledger.tasks.get(name)
+                want = State.FAILED if name.startswith("crash") else State.DONE
+                if view is None or view.state is not want:
+                    return False
+            prints.add(replica.ledger.fingerprint()[0])
+        return len(prints) == 1 and not any(w.running for w in self.workers)
+
+    def duplicates(self, names: list[str]) -> int:
+        """Attempts beyond one per task that ran (the crashing tasks' retries not counted)."""
+        ledger = self._replica(0).ledger
+        ran = sum(len(ledger.tasks[n].attempts) for n in names if not n.startswith("crash"))
+        return ran - sum(1 for n in names if not n.startswith("crash"))
+
+
+Event = tuple[float, Callable[["WorkSim"], object]]
+
+
+@dataclass(slots=True)
+class WorkRun:
+    ended_s: float  # from faults off until every task ended everywhere
+    makespan_s: float  # from the submit until every task ended everywhere
+    ideal_s: float  # the tasks' run time over every slot
+    duplicates: int
+    tasks: int
+
+
+def scenario_work(seed: int, fault: str, n: int = 5, tasks: int = 60) -> WorkRun:
+    """`tasks` one-second tasks (and one that always crashes) on `n` nodes of 2 slots, with one
+    fault while they run: kill (SIGKILL the busiest node), restart (the same, brought back with
+    its state after twice the lease), freeze (SIGSTOP it for twice the lease), partition (a 2|3
+    split for three leases), loss (10% for the whole run), or mixed (a random series of kills,
+    freezes and splits). The tasks cut off by the fault must be taken over before it ends."""
+    work = WorkSim(seed, n, loss=0.1 if fault == "loss" else 0.0)
+    names = [f"t{k:03d}" for k in range(tasks)] + ["crash0"]
+    submitted = work.sim.now
+    work.submit(0, names)
+    for _ in range(int(1.5 / STEP_S)):
+        work.step()
+    rng = random.Random(seed * 7 + 1)
+    events = _mixed(rng, n) if fault == "mixed" else _plan(work, fault, n)
+    elapsed = 0.0
+    while events or elapsed < 2 * LEASE_S:
+        while events and events[0][0] <= elapsed:
+            events.pop(0)[1](work)
+        work.step()
+        elapsed += STEP_S
+    ended = work.finish(names)
+    ideal = tasks * TASK_S / (n * SLOTS)
+    return WorkRun(ended, work.sim.now - submitted, ideal, work.duplicates(names), tasks)
+
+
+def _busiest(work: WorkSim) -> int:
+    return max(range(len(work.workers)), key=lambda i: (len(work.workers[i].running), -i))
+
+
+def _plan(work: WorkSim, fault: str, n: int) -> list[Event]:
+    victim = _busiest(work)
+    observer = 0 if victim else 1
+    twice = 2 * LEASE_S
+    check = (twice - STEP_S, WorkSim.check_taken_over)
+    match fault:
+        case "kill" | "restart" | "freeze":
+            lose = {"kill": WorkSim.kill, "restart": WorkSim.kill, "freeze": WorkSim.freeze}
+            events: list[Event] = [
+                (0.0, partial(WorkSim.note_lost, holders={victim}, observer=observer)),
+                (0.0, partial(lose[fault], i=victim)),
+                check,
+            ]
+            if fault == "restart":
+                events.append((twice, partial(WorkSim.restart, i=victim)))
+            elif fault == "freeze":
+                events.append((twice, partial(WorkSim.thaw, i=victim)))
+            return events
+        case "partition":
+            # Three leases: the side of two has 4 slots for the 6 tasks the other side held,
+            # so taking them all over takes a second round of tasks.
+            side, rest, thrice = [0, 1], list(range(2, n)), 3 * LEASE_S
+            return [
+                (0.0, partial(WorkSim.note_lost, holders=set(side), observer=rest[0], key="a")),
+                (0.0, partial(WorkSim.note_lost, holders=set(rest), observer=side[0], key="b")),
+                (0.0, partial(WorkSim.split, sides=(side, rest))),
+                (thrice - STEP_S, partial(WorkSim.check_taken_over, key="a")),
+                (thrice - STEP_S, partial(WorkSim.check_taken_over, key="b")),
+                (thrice, WorkSim.heal),
+            ]
+        case "loss":
+            return [(twice, WorkSim.heal)]  # nothing to undo: the loss lasts the whole run
+    raise ValueError(f"unknown fault {fault!r}")
+
+
+def _mixed(rng: random.Random, n: int) -> list[Event]:
+    """A random series of faults, each undone a while later (every node is back at the end); a
+    node is not hit again before its last fault is undone, and splits do not overlap. A kill or
+    freeze that lasts two leases with no split meanwhile must see its tasks taken over (by a
+    node spared until then)."""
+    events: list[Event] = []
+    checks: list[tuple[float, float, Event, Event]] = []  # window, note, check
+    splits: list[tuple[float, float]] = []
+    at = 0.0
+    free_at = [0.0] * n  # when each node is over its last fault
+    for k in range(rng.randint(2, 5)):
+        span = rng.uniform(0.5, 3 * LEASE_S)
+        kind = rng.choice(("kill", "freeze", "partition"))
+        idle = [j for j in range(n) if free_at[j] <= at]
+        busy_split = any(begin <= at < end for begin, end in splits)
+        if (kind == "partition" and busy_split) or len(idle) < 2:
+            at += rng.uniform(0.3, 2.0)
+            continue
+        victim = rng.choice(idle)
+        if kind == "partition":
+            side = rng.sample(range(n), rng.randint(1, n // 2))
+            rest = [j for j in range(n) if j not in side]
+            events += [(at, partial(WorkSim.split, sides=(side, rest))),
+                       (at + span, WorkSim.heal)]  # fmt: skip
+            splits.append((at, at + span))
+        else:
+            lose, back = (
+                (WorkSim.kill, WorkSim.restart)
+                if kind == "kill"
+                else (WorkSim.freeze, WorkSim.thaw)
+            )
+            events += [(at, partial(lose, i=victim)), (at + span, partial(back, i=victim))]
+            free_at[victim] = at + span
+            if span > 2 * LEASE_S:
+                observer = rng.choice([j for j in idle if j != victim])
+                due = at + 2 * LEASE_S
+                free_at[observer] = max(free_at[observer], due)
+                note = partial(WorkSim.note_lost, holders={victim}, observer=observer, key=str(k))
+                check = partial(WorkSim.check_taken_over, key=str(k))
+                # Noted just before the fault strikes (a kill forgets what the node ran).
+                checks.append((at, due, (at - 1e-6, note), (due, check)))
+        at += rng.uniform(0.3, 2.0)
+    for begin, end, noted, checked in checks:
+        if not any(b < end and begin < e for b, e in splits):
+            events += [noted, checked]
+    return sorted(events, key=lambda e: e[0])
+
+
+def print_work_figures(seeds: int) -> int:
+    """Every scenario over `seeds` seeds; exit status 1 if any invariant broke."""
+    print("Work sharing under faults, 5 simulated nodes x 2 slots, 60 one-second tasks and one")
+    print("that always crashes, test timers (lease 2 s), clocks drifting 5%:")
+    print(f"{'scenario':>10} {'seeds':>6} {'broken':>7} {'duplicates (median, max)':>25}"
+          f" {'makespan / ideal (median, max)':>31}")  # fmt: skip
+    broken_total = 0
+    for fault in SCENARIOS:
+        runs: list[WorkRun] = []
+        broken = 0
+        for seed in range(seeds):
+            try:
+                runs.append(scenario_work(seed, fault))
+            except InvariantBroken as exc:
+                broken += 1
+                print(f"  {fault}: {exc}")
+        broken_total += broken
+        if not runs:
+            print(f"{fault:>10} {seeds:>6} {broken:>7}")
+            continue
+        dups = sorted(r.duplicates for r in runs)
+        spans = sorted(r.makespan_s / r.ideal_s for r in runs)
+        print(f"{fault:>10} {seeds:>6} {broken:>7} {dups[len(dups) // 2]:>18}, {dups[-1]:>4}"
+              f" {spans[len(spans) // 2]:>24.2f}, {spans[-1]:.2f}")  # fmt: skip
+    return 1 if broken_total else 0
