@@ -22,7 +22,7 @@ def test_running_tasks_count_for_their_measured_memory(
     daemon("--cpus", "4", "--memory", "400M", "--overcommit", "--memfree", "64M")
     tasks = write_tasks(
         cli.cwd / "light.jsonl",
-        [{"name": f"t{i}", "cmd": "sleep 3", "memory": "150M"} for i in range(4)],
+        [{"name": f"t{i}", "cmd": "sleep 6", "memory": "150M"} for i in range(4)],
     )
     cli.ok("submit", str(tasks))
     cli.wait_for("all four to run at once", lambda: cli.job("light")["running"] == 4, 20)
@@ -31,7 +31,7 @@ def test_running_tasks_count_for_their_measured_memory(
 
     # A task that really uses 150M (declaring 20M) leaves 400 - 150 - 64 = 186M: room for one
     # of two tasks declaring 150M; once it is measured at 100M, 86M: still no room for the other.
-    hog = write_tasks(cli.cwd / "hog.jsonl", [{"cmd": HOG.format(mib=150, hold=6), "memory": 20}])
+    hog = write_tasks(cli.cwd / "hog.jsonl", [{"cmd": HOG.format(mib=150, hold=120), "memory": 20}])
     cli.ok("submit", str(hog))
     cli.wait_for("the hog to run", lambda: cli.job("hog")["running"] == 1)
     time.sleep(1.5)  # measured by now (every 0.5 s)
@@ -43,6 +43,7 @@ def test_running_tasks_count_for_their_measured_memory(
     assert cli.job("hog")["running"] == 1, "the pair should have run while the hog held 150M"
     a, b = sorted(export_rows(cli, "--job", "pair"), key=lambda r: r["started"])
     assert b["started"] >= a["ended"], "both ran at once: the hog's use was not counted"
+    cli.ok("cancel", "hog")
 
 
 def test_the_newest_task_is_evicted_under_pressure_and_runs_again(
