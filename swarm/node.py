@@ -1235,7 +1235,9 @@ class Node:
             if view.state is State.RUNNING and self.sched.takeover_exhausts(view):
                 await self._fail_unrun(launch, claim)
                 return
-            stolen = self.sched.rank(view.task_id, spec) > 0
+            holder = view.active_claim() if view.state is State.RUNNING else None
+            without = None if holder is None else holder[1]  # a takeover: ranked without it
+            stolen = self.sched.rank(view.task_id, spec, without) > 0
             # A first attempt starts while its claim is written (a short task should not wait
             # for an fsync). A stolen task, or one tried before (it may be what killed its
             # last node), starts only once its claim is on disk.

@@ -113,11 +113,12 @@ class Scheduler:
         self._candidates[shape] = found
         return found
 
-    def rank(self, task: str, spec: TaskSpec) -> int:
-        """Our place among the live members that could run the task (0: we come first)."""
+    def rank(self, task: str, spec: TaskSpec, without: str | None = None) -> int:
+        """Our place among the live members that could run the task (0: we come first), leaving
+        out `without` (a holder whose lease expired: alive, maybe, but not claiming)."""
         if self.members is None:
             return 0
-        candidates = self.candidates_for(spec)
+        candidates = [c for c in self.candidates_for(spec) if c[0] != without]
         if not any(node == self.me for node, _ in candidates):
             return 0  # it does not fit here: select() leaves it, and `infeasible` reports it
         return rendezvous_rank(task, self.me, candidates)
@@ -129,17 +130,18 @@ class Scheduler:
         at_once: bool = False,
         not_before: float = 0.0,
         into: PendingQueue | None = None,
-        takeover: bool = False,
+        takeover: str | None = None,
     ) -> None:
         """Queue a task for claiming: at once if we come first for it (or `at_once`), else
-        after a stagger per member ahead of us; never before `not_before`. A takeover goes
-        ahead of the pending tasks of its priority: it was started before any of them."""
+        after a stagger per member ahead of us; never before `not_before`. A takeover (from the
+        node `takeover`, whose lease expired) is ranked without that node, and goes ahead of the
+        pending tasks of its priority: it was started before any of them."""
         if view.spec is None:
             return
-        rank = 0 if at_once else self.rank(view.task_id, view.spec)
+        rank = 0 if at_once else self.rank(view.task_id, view.spec, without=takeover)
         ready_at = now + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, not_before)
-        stamp = 0 if takeover else view.submitted[0]
+        stamp = 0 if takeover is not None else view.submitted[0]
         (self.queue if into is None else into).push(view.task_id, view.spec, stamp, rank, ready_at)
 
     # -- leases ----------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class Scheduler:
                 continue
             self.orphans[task] = held
             if queued.get(task) != held:  # not yet queued for this holder's lapse
-                self.enqueue(view, now, takeover=True)
+                self.enqueue(view, now, takeover=held[1])
                 found = True
         return found
 

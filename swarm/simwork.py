@@ -47,7 +47,7 @@ SETTLE_S = 0.05
 STEP_S = 0.01
 TASK_S = 1.0  # how long each task runs (a little spread around it)
 SPREAD_WIDE = 16  # claims and results go at once to this many members, as the daemon sends them
-SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "mixed")
+SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "disk", "drain", "mixed")
 
 
 def _spec(name: str) -> TaskSpec:
@@ -74,6 +74,9 @@ class Worker:
     heard: int = 0  # sum of the other origins' high seqs, to notice news
     states: dict[str, MemberState] = field(default_factory=dict)
     members: frozenset[str] = frozenset()
+    # Attempts that ended while the disk was full: (task, epoch, outcome), written when it frees.
+    unrecorded: list[tuple[str, int, Outcome]] = field(default_factory=list)
+    draining: bool = False
 
 
 class WorkSim:
@@ -87,6 +90,8 @@ class WorkSim:
         self.workers = [self._worker(i) for i in range(n)]
         self.results = 0  # RESULT records written, all nodes
         self.frozen: set[int] = set()
+        self.full: set[int] = set()  # nodes whose disk is full: they write nothing
+        self.gone: set[int] = set()  # drained: left the swarm for good
         # Per fault: the nodes cut off, the attempts they held (task -> epoch), and the node
         # that must see those taken over; noted when the fault strikes, checked before its end.
         self.lost: dict[str, tuple[set[int], dict[str, int], int]] = {}
@@ -137,6 +142,27 @@ class WorkSim:
         self.sim.crash(i)
         self.frozen.add(i)
 
+    def fill(self, i: int) -> None:
+        """Node i's disk fills: no heartbeat, claim or result can be written (its peers' records
+        still reach its ledger here, which is kinder than a real full disk)."""
+        self.full.add(i)
+
+    def free(self, i: int) -> None:
+        self.full.discard(i)
+
+    def drain(self, i: int) -> None:
+        """Finish what runs, claim nothing new, then leave and stop (swarm drain)."""
+        self.workers[i].draining = True
+
+    def check_drained(self, i: int, observer: int, tasks: dict[str, int]) -> None:
+        """What the drained node ran when told to drain, it finished there."""
+        ledger = self.workers[observer].sched.ledger
+        node = self.workers[i].node
+        for task, epoch in tasks.items():
+            attempt = ledger.tasks[task].attempts.get((epoch, node))
+            if attempt is None or attempt.result.outcome is not Outcome.OK:
+                raise InvariantBroken(f"seed {self.seed}: drained {node} did not finish {task}")
+
     def split(self, sides: tuple[list[int], list[int]]) -> None:
         self.sim.partition(*sides)
 
@@ -186,10 +212,15 @@ class WorkSim:
         i, sim = w.index, self.sim
         now = sim.local_now(i)
         ledger = w.sched.ledger
-        if now >= w.next_beat:
+        full = i in self.full
+        if now >= w.next_beat and not full:
             w.beat += 1
             w.next_beat = now + HEARTBEAT_S
             sim.write(i, HeartbeatRecord(w.beat))
+        if w.unrecorded and not full:
+            for task, epoch, outcome in w.unrecorded:
+                self._result(i, task, epoch, outcome)
+            w.unrecorded.clear()
         for origin, counter in ledger.heartbeats.items():
             if origin != w.node:
                 w.sched.leases.heartbeat(origin, 1, counter, now)
@@ -201,18 +232,29 @@ class WorkSim:
         for task, attempt in list(w.running.items()):
             if w.sched.lost_to(task, attempt.epoch) is not None:
                 del w.running[task]  # it stops its attempt, and says so
-                self._result(i, task, attempt.epoch, Outcome.INTERRUPTED)
+                self._ended(w, task, attempt.epoch, Outcome.INTERRUPTED)
             elif attempt.ends_at <= sim.now:
                 del w.running[task]
                 failed = task.startswith("crash")
-                self._result(i, task, attempt.epoch, Outcome.FAILED if failed else Outcome.OK)
+                self._ended(w, task, attempt.epoch, Outcome.FAILED if failed else Outcome.OK)
             elif attempt.settle_at is not None and attempt.settle_at <= sim.now:
                 # A stolen task, after its settle: run it only if the claim still wins.
                 attempt.settle_at = None
                 if ledger.tasks[task].winning_claim() != (attempt.epoch, w.node):
                     del w.running[task]
-                    sim.write(i, ClaimRecord(task, attempt.epoch, 0, released=True), SPREAD_WIDE)
+                    if not full:  # else its lease lapses, as the heartbeats fail too
+                        release = ClaimRecord(task, attempt.epoch, 0, released=True)
+                        sim.write(i, release, SPREAD_WIDE)
         core = sim.cores[sim.addr(i)]
+        if w.draining:
+            if not w.running and not w.unrecorded:
+                core.leave(now)  # it says goodbye; the next step it is gone
+                sim.run_for(0)
+                sim.crash(i)
+                self.gone.add(i)
+            return
+        if full:
+            return  # it claims nothing while it cannot write
         peers = [m for m in core.members.values() if m.node != w.node]
         if isolation(
             [m.state is MemberState.LEFT for m in peers], True, True, now - w.heard_at, LEASE_S
@@ -239,6 +281,12 @@ class WorkSim:
             w.sched.set_members(Peer(node, CAPACITY, {}) for node in sorted(live))
             w.sched.rerank(now)
 
+    def _ended(self, w: Worker, task: str, epoch: int, outcome: Outcome) -> None:
+        if w.index in self.full:
+            w.unrecorded.append((task, epoch, outcome))
+        else:
+            self._result(w.index, task, epoch, outcome)
+
     def _claim(self, w: Worker, task: str, now: float) -> None:
         view = w.sched.ledger.tasks[task]
         assert view.spec is not None
@@ -247,7 +295,8 @@ class WorkSim:
             self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
             self._result(w.index, task, epoch, Outcome.INTERRUPTED)
             return
-        stolen = w.sched.rank(task, view.spec) > 0
+        holder = view.active_claim() if view.state is State.RUNNING else None
+        stolen = w.sched.rank(task, view.spec, None if holder is None else holder[1]) > 0
         self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
         settle_at = self.sim.now + SETTLE_S if stolen else None
         duration = TASK_S * self.rng.uniform(0.8, 1.2)
@@ -284,20 +333,24 @@ class WorkSim:
         self.sim.heal()
         for i in list(self.frozen):
             self.thaw(i)
+        self.full.clear()
         for i in range(len(self.workers)):
-            if self.sim.addr(i) in self.sim.down:
+            if self.sim.addr(i) in self.sim.down and i not in self.gone:
                 self.restart(i)
         began = self.sim.now
         while self.sim.now - began < limit_s:
             self.step()
-            if self._ended(names):
+            if self._all_ended(names):
                 return self.sim.now - began
         raise InvariantBroken(f"seed {self.seed}: the tasks did not all end within {limit_s} s")
 
-    def _ended(self, names: list[str]) -> bool:
+    def _all_ended(self, names: list[str]) -> bool:
         assert self.sim.replicas is not None
         prints = set()
-        for replica in self.sim.replicas.values():
+        for i in range(len(self.workers)):
+            if i in self.gone:
+                continue  # it left with what it had
+            replica = self._replica(i)
             for name in names:
                 view = replica.ledger.tasks.get(name)
                 want = State.FAILED if name.startswith("crash") else State.DONE
@@ -308,7 +361,7 @@ class WorkSim:
 
     def duplicates(self, names: list[str]) -> int:
         """Attempts beyond one per task that ran (the crashing tasks' retries not counted)."""
-        ledger = self._replica(0).ledger
+        ledger = self._replica(min(set(range(len(self.workers))) - self.gone)).ledger
         ran = sum(len(ledger.tasks[n].attempts) for n in names if not n.startswith("crash"))
         return ran - sum(1 for n in names if not n.startswith("crash"))
 
@@ -329,7 +382,8 @@ def scenario_work(seed: int, fault: str, n: int = 5, tasks: int = 60) -> WorkRun
     """`tasks` one-second tasks (and one that always crashes) on `n` nodes of 2 slots, with one
     fault while they run: kill (SIGKILL the busiest node), restart (the same, brought back with
     its state after twice the lease), freeze (SIGSTOP it for twice the lease), partition (a 2|3
-    split for three leases), loss (10% for the whole run), or mixed (a random series of kills,
+    split for three leases), loss (10% for the whole run), disk (the busiest node's disk is full
+    for twice the lease), drain (of the busiest node), or mixed (a random series of kills,
     freezes and splits). The tasks cut off by the fault must be taken over before it ends."""
     work = WorkSim(seed, n, loss=0.1 if fault == "loss" else 0.0)
     names = [f"t{k:03d}" for k in range(tasks)] + ["crash0"]
@@ -386,6 +440,19 @@ def _plan(work: WorkSim, fault: str, n: int) -> list[Event]:
             ]
         case "loss":
             return [(twice, WorkSim.heal)]  # nothing to undo: the loss lasts the whole run
+        case "disk":
+            return [
+                (0.0, partial(WorkSim.note_lost, holders={victim}, observer=observer)),
+                (0.0, partial(WorkSim.fill, i=victim)),
+                check,
+                (twice, partial(WorkSim.free, i=victim)),
+            ]
+        case "drain":
+            running = {t: a.epoch for t, a in work.workers[victim].running.items()}
+            check_drained = partial(
+                WorkSim.check_drained, i=victim, observer=observer, tasks=running
+            )
+            return [(0.0, partial(WorkSim.drain, i=victim)), (twice, check_drained)]
     raise ValueError(f"unknown fault {fault!r}")
 
 

@@ -19,7 +19,7 @@ def peers(*nodes: str) -> list[Peer]:
 def ledger_with(tasks: int) -> Ledger:
     ledger = Ledger()
     for i in range(tasks):
-        ledger.apply(Version("sub", 1, i + 1), TaskRecord(f"t{i}", "job", f"t{i}", SPEC, i))
+        ledger.apply(Version("sub", 1, i + 1), TaskRecord(f"t{i}", "job", f"t{i}", SPEC, i + 1))
     return ledger
 
 
@@ -114,3 +114,27 @@ def test_peer_meta_that_says_nothing_usable_is_skipped() -> None:
     assert peer_from_meta("a", {"capacity": {"cpus": "x"}, "labels": {}}) is None
     assert peer_from_meta("a", {"labels": {}}) is None
     assert peer_from_meta("a", {**meta, "labels": ["not", "a", "map"]}) is None
+
+
+def test_a_takeover_is_ranked_without_its_holder_and_goes_first() -> None:
+    """The holder whose lease expired may still be alive (a full disk, say) and first in the
+    task's order: ranked with it, every other node would wait behind all its own tasks."""
+    ledger = ledger_with(30)
+    members = peers("a", "b", "c")
+    candidates = [(p.node, p.capacity.cpus) for p in members]
+    # A task for which "c" comes first and "b" second: once c's lease lapses, b comes first.
+    task = next(
+        f"t{i}"
+        for i in range(30)
+        if rendezvous_rank(f"t{i}", "c", candidates) == 0
+        and rendezvous_rank(f"t{i}", "b", candidates) == 1
+    )
+    ledger.apply(Version("c", 1, 1), ClaimRecord(task, 1, 10))
+    sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.set_members(members)
+    for view in ledger.tasks.values():
+        if view.task_id != task:
+            sched.enqueue(view, now=0.0)
+    sched.leases.heartbeat("c", 1, 1, now=0.0)
+    assert sched.requeue_orphans(now=2.5)
+    assert sched.pick((), FREE, {}, 1, now=2.5) == [task]  # at once, ahead of b's own tasks
