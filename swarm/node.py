@@ -1102,6 +1102,8 @@ class Node:
         while True:
             await asyncio.sleep(min(self.config.heartbeat_interval_s, self.config.lease_ttl_s / 4))
             self._requeue_orphans()
+            if self.sched.note_stalled(time.monotonic()):
+                self._rerank.set()  # a member stopped (or went back to) heartbeating
 
     async def _schedule_loop(self) -> None:
         assert self._tg is not None

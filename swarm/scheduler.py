@@ -86,6 +86,9 @@ class Scheduler:
     # Running tasks whose holder's lease expired, queued for takeover: task -> that claim.
     orphans: dict[str, tuple[int, str]] = field(default_factory=dict)
     leases: Leases = field(init=False)
+    # Members alive in the membership whose lease expired (a full disk, a stuck daemon): left
+    # out of every task's order, so that their share is not left to wait behind others' own.
+    stalled: frozenset[str] = frozenset()
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,17 @@ class Scheduler:
     def set_members(self, members: Iterable[Peer] | None) -> None:
         self.members = None if members is None else list(members)
         self._candidates.clear()
+
+    def note_stalled(self, now: float) -> bool:
+        """Look again at which members' leases expired; True if that changed (then re-rank)."""
+        stalled = frozenset(
+            peer.node for peer in self.members or [] if self.leases.expired(peer.node, now)
+        )
+        if stalled == self.stalled:
+            return False
+        self.stalled = stalled
+        self._candidates.clear()
+        return True
 
     # -- ranking ---------------------------------------------------------------------------
 
@@ -107,6 +121,7 @@ class Scheduler:
             (peer.node, peer.capacity.cpus)
             for peer in self.members or []
             if not peer.draining
+            and peer.node not in self.stalled
             and spec.need.fits_in(peer.capacity)
             and labels_match(spec.requires, peer.labels)
         ]

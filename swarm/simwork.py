@@ -229,6 +229,8 @@ class WorkSim:
             w.heard, w.heard_at = heard, now
         self._membership(w, now)
         w.sched.requeue_orphans(now)
+        if w.sched.note_stalled(now):
+            w.sched.rerank(now)
         for task, attempt in list(w.running.items()):
             if w.sched.lost_to(task, attempt.epoch) is not None:
                 del w.running[task]  # it stops its attempt, and says so

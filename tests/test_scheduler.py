@@ -138,3 +138,19 @@ def test_a_takeover_is_ranked_without_its_holder_and_goes_first() -> None:
     sched.leases.heartbeat("c", 1, 1, now=0.0)
     assert sched.requeue_orphans(now=2.5)
     assert sched.pick((), FREE, {}, 1, now=2.5) == [task]  # at once, ahead of b's own tasks
+
+
+def test_a_member_whose_lease_expired_is_left_out_of_every_order_until_it_beats_again() -> None:
+    sched = Scheduler("a", Ledger(), lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.set_members(peers("a", "b", "c"))
+    sched.leases.heartbeat("b", 1, 1, now=0.0)
+    sched.leases.heartbeat("c", 1, 1, now=0.0)
+    assert not sched.note_stalled(now=1.0)
+    sched.leases.heartbeat("c", 1, 2, now=1.5)  # c beats on; b has stopped
+    assert sched.note_stalled(now=2.5)  # changed: the caller re-ranks
+    assert [node for node, _ in sched.candidates_for(SPEC)] == ["a", "c"]
+    assert not sched.note_stalled(now=2.6)
+    sched.leases.heartbeat("b", 1, 2, now=3.0)
+    sched.leases.heartbeat("c", 1, 3, now=3.0)
+    assert sched.note_stalled(now=3.1)
+    assert [node for node, _ in sched.candidates_for(SPEC)] == ["a", "b", "c"]

@@ -134,7 +134,7 @@ def test_sigkill_the_busiest_node_then_restart_it_with_its_state_dir(chaos: Chao
 def test_sigstop_a_holder_for_twice_the_lease_then_sigcont(chaos: Chaos) -> None:
     """Its tasks run elsewhere meanwhile; awake, it finds its claims taken over and stops its
     attempts. A task that always crashes fails after its retries, and nothing else is hurt."""
-    tasks, expected = echo_tasks("s", 6, 8)  # 10 slots: room to take them over
+    tasks, expected = echo_tasks("s", 6, 12)  # 10 slots: room to take them over
     tasks.append({"name": "crash", "cmd": "echo doomed >&2; exit 3", "retries": 2})
     chaos.submit("freeze", tasks)
     victim = chaos.busiest("freeze", observer=0, at_least=6)
@@ -163,8 +163,13 @@ def test_sigstop_a_holder_for_twice_the_lease_then_sigcont(chaos: Chaos) -> None
         for r in export_rows(chaos.cli(victim), "--attempts")
         if r["node"] == chaos.ids[victim] and r["name"] in held
     ]
-    # Its tasks (8 s) outlived the freeze (4 s): awake, it stopped them as lost.
-    assert woken and all(r["reason"].startswith("lost its claim") for r in woken), woken
+    # Awake, it stopped as lost the attempts still running; one that ended while it was frozen
+    # (a loaded machine may take a while to take over) is recorded, but never credited.
+    assert woken and all(
+        r["reason"].startswith("lost its claim") or r["outcome"] == "ok" for r in woken
+    ), woken
+    credited = {r["name"]: r["node"] for r in export_rows(chaos.cli(observer))}
+    assert all(credited[name] != chaos.ids[victim] for name in held)
     crash = [r for r in export_rows(chaos.cli(observer), "--attempts") if r["name"] == "crash"]
     assert [r["outcome"] for r in crash] == ["failed"] * 3
     (task,) = [r for r in export_rows(chaos.cli(observer)) if r["name"] == "crash"]
