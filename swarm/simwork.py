@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from swarm.gossip import MemberState
+from swarm.lease import Leases
 from swarm.ledger import (
     ClaimRecord,
     HeartbeatRecord,
@@ -88,7 +89,6 @@ class WorkSim:
             ledger=True,
         )  # fmt: skip
         self.workers = [self._worker(i) for i in range(n)]
-        self.results = 0  # RESULT records written, all nodes
         self.frozen: set[int] = set()
         self.full: set[int] = set()  # nodes whose disk is full: they write nothing
         self.gone: set[int] = set()  # drained: left the swarm for good
@@ -119,6 +119,7 @@ class WorkSim:
     def kill(self, i: int) -> None:
         self.sim.crash(i)
         self.workers[i].running.clear()  # its processes die with it
+        self.workers[i].unrecorded.clear()  # and what it had not written yet
 
     def restart(self, i: int) -> None:
         """Back with its state dir: it closes the claims its last life held (their attempts are
@@ -126,7 +127,7 @@ class WorkSim:
         self.frozen.discard(i)
         self.sim.restart(i)
         worker = self.workers[i]
-        worker.sched.leases = Scheduler(worker.node, worker.sched.ledger, LEASE_S, 0).leases
+        worker.sched.leases = Leases(worker.node, LEASE_S)  # judged afresh on the new life
         worker.states, worker.members = {}, frozenset()
         ledger = worker.sched.ledger
         for view in list(ledger.tasks.values()):
@@ -310,7 +311,6 @@ class WorkSim:
         return int(self.sim.now * 1000) * 1000 + self.rng.randrange(1000)
 
     def _result(self, i: int, task: str, epoch: int, outcome: Outcome) -> None:
-        self.results += 1
         code = {Outcome.OK: 0, Outcome.FAILED: 1}.get(outcome)
         ms = int(self.sim.now * 1000)
         body = ResultRecord(task, epoch, 1, outcome, code, ms, ms, 0.0, 0.0, 0, None, CAPACITY)
