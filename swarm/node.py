@@ -253,6 +253,7 @@ class Node:
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self._applying = 0  # pushes of records being stored
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
+        self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
         self._reader: aiosqlite.Connection | None = None
         self.net: net.GossipNet | None = None
         self.generation = 0
@@ -568,8 +569,18 @@ class Node:
     # -- replication ------------------------------------------------------------------------
 
     def _spread(self, rows: list[db.Row]) -> None:
-        """Send fresh records of ours at once to a few members (anti-entropy catches the rest)."""
+        """Send fresh records of ours at once to a few members (anti-entropy catches the rest).
+        What is written in one turn of the event loop goes out together: the claims of one
+        scheduler pass share their datagrams (up to PUSH_RECORDS_MAX records each)."""
         if self.net is None or self.membership is None:
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush_spread)
+        self._outgoing.extend(rows)
+
+    def _flush_spread(self) -> None:
+        rows, self._outgoing = self._outgoing, []
+        if self.net is None or self.membership is None or not rows:
             return
         peers = [m.addr for m in self.membership.live_members() if m.node != self.node_id]
         if not peers:
