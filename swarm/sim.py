@@ -24,9 +24,9 @@ import heapq
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from swarm import wire
+from swarm import db, wire
 from swarm.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
 from swarm.ledger import (
     Body,
@@ -53,6 +53,11 @@ class Network:
     duplicate: float = 0.0  # probability that a datagram arrives twice
     delay_min_s: float = 0.0005
     delay_max_s: float = 0.005  # uniform; reordering follows from the spread
+    write_failure: float = 0.0  # probability that storing one batch of a peer's records fails
+    cut: float = 0.0  # probability that a sync answer's stream is cut after some of its frames
+
+
+FRAME_RECORDS = 64  # records per frame of a simulated sync answer (the daemon's are larger)
 
 
 # One record as it travels in the simulator: (origin, generation, seq, body).
@@ -114,12 +119,29 @@ class Replica:
         return (self.node, self.generation, self.seq, body)
 
     def take(
-        self, copies: tuple[Copy, ...], upto: dict[Key, int], asked: dict[Key, int] | None
+        self,
+        copies: tuple[Copy, ...],
+        upto: dict[Key, int],
+        asked: dict[Key, int] | None,
+        fails: Callable[[], bool] = lambda: False,
+        cut_after: int | None = None,
     ) -> None:
-        """A push (`asked` None), or a sync answer to the digest `asked`."""
+        """A push (`asked` None), or a sync answer to the digest `asked`, as the daemon takes
+        them: an answer in frames of FRAME_RECORDS, one Intake for all of them, its watermarks
+        only with the last frame (`cut_after` frames arrive when the stream is cut); each batch
+        is stored whole or, when `fails()`, not at all (the disk said no): then its records are
+        refused, and their watermarks stay below them."""
         intake = Intake(self.ledger.high_seq, (self.node, self.generation), asked)
-        for origin, generation, seq, body in copies:
-            if intake.wants(origin, generation, seq):
+        frames = [copies[k : k + FRAME_RECORDS] for k in range(0, len(copies), FRAME_RECORDS)]
+        for number, frame in enumerate(frames or [()]):
+            if cut_after is not None and number >= cut_after:
+                return  # the stream broke: no watermark moves
+            wanted = [c for c in frame if intake.wants(c[0], c[1], c[2])]
+            if wanted and fails():
+                for origin, generation, seq, _ in wanted:
+                    intake.refuse((origin, generation), seq)
+                continue
+            for origin, generation, seq, body in wanted:
                 intake.took((origin, generation), seq)
                 self._store(origin, generation, seq, body)
         for key, seq in list(intake.watermarks(upto)):
@@ -142,7 +164,7 @@ class Replica:
 
     def _store(self, origin: str, generation: int, seq: int, body: Body) -> None:
         version = Version(origin, generation, seq)
-        if self._truth.get(version) is not body:
+        if self._truth.get(version) != body:
             raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
         key = (origin, generation)
         held = self.records.setdefault(key, {})
@@ -356,13 +378,21 @@ class Sim:
                 self.cores[dst].receive(self.local(dst), message)
             case _Push():
                 assert self.replicas is not None
-                self.replicas[dst].take(message.copies, {}, None)
+                self.replicas[dst].take(message.copies, {}, None, self._write_fails)
             case _SyncRequest():
                 assert self.replicas is not None
                 self._send(dst, item.src, self.replicas[dst].answer(message.digest))
             case _SyncAnswer():
                 assert self.replicas is not None
-                self.replicas[dst].take(message.copies, message.upto, message.asked)
+                frames = -(-len(message.copies) // FRAME_RECORDS)
+                cut = None
+                if self.net.cut and self.rng.random() < self.net.cut:
+                    cut = self.rng.randrange(frames + 1)  # 0 .. all frames, without the end
+                replica = self.replicas[dst]
+                replica.take(message.copies, message.upto, message.asked, self._write_fails, cut)
+
+    def _write_fails(self) -> bool:
+        return bool(self.net.write_failure) and self.rng.random() < self.net.write_failure
 
     def _maybe_sync(self, addr: Addr, local: float) -> None:
         """Anti-entropy, as the daemon's sync loop: pull from a random live member."""
@@ -408,6 +438,10 @@ class Sim:
             self._send(src, dst, packet)
 
     def _send(self, src: Addr, dst: Addr, message: Message) -> None:
+        if isinstance(message, _Push | _SyncAnswer):
+            # Every copy goes through the codec the daemon stores and sends them with.
+            decoded = tuple((o, g, q, db.decode(db.encode(b))) for o, g, q, b in message.copies)
+            message = replace(message, copies=decoded)
         stream = isinstance(message, _SyncRequest | _SyncAnswer) or (
             isinstance(message, Packet) and isinstance(message.message, PushPull)
         )
@@ -531,7 +565,8 @@ def scenario_ledger(
     seed: int, n: int = 6, loss: float = 0.2, drift: float = 0.05, safety_s: float = 20.0
 ) -> LedgerRun:
     """Nodes submit, claim and finish tasks while the network loses, duplicates, delays and
-    reorders messages, splits in two and heals, a node crashes, and another is wiped (its ledger
+    reorders messages, sync streams are cut, 5% of the batches of peers' records fail to be
+    stored, the swarm splits in two and heals, a node crashes, and another is wiped (its ledger
     comes back as a new generation). Every step is checked (see the module doc). Then the
     liveness phase: faults off, everyone back; every replica must reach the same ledger as the
     union of every record still held somewhere, and every member must see all others alive.
@@ -539,7 +574,14 @@ def scenario_ledger(
     sim = Sim(
         n,
         seed,
-        net=Network(loss=loss, duplicate=0.05, delay_min_s=0.0005, delay_max_s=0.03),
+        net=Network(
+            loss=loss,
+            duplicate=0.05,
+            delay_min_s=0.0005,
+            delay_max_s=0.03,
+            write_failure=0.05,
+            cut=0.1,
+        ),
         drift=drift,
         ledger=True,
     )
