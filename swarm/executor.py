@@ -139,6 +139,11 @@ class Attempt:
         return self.proc.pid if self.proc is not None else None
 
     @property
+    def exited(self) -> bool:
+        """The process has ended (or never started)."""
+        return self.proc is None or self.proc.returncode is not None
+
+    @property
     def started_at(self) -> float:
         """When it started, in monotonic seconds."""
         return self._t0

@@ -532,14 +532,17 @@ def body_to_plain(body: Body) -> list[Any]:
                 body.node_capacity.to_wire(),
                 body.reason,
                 body.proof,
-                body.evicted,
+                # Only when set: a result written without it keeps the layout (and so the
+                # signature) it had before the field existed.
+                *([True] if body.evicted else []),
             ]
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
         case CancelRecord():
             return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
-            return [Kind.RETRY, body.task_id, body.failures, body.interruptions, body.evictions]
+            evictions = [body.evictions] if body.evictions else []  # as for `evicted` above
+            return [Kind.RETRY, body.task_id, body.failures, body.interruptions, *evictions]
         case DrainRecord():
             return [Kind.DRAIN, body.node, body.stamp, body.grace_s]
         case LostRecord():

@@ -254,6 +254,7 @@ class Node:
         self._applying = 0  # pushes of records being stored
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
+        self._handed_back: dict[str, float] = {}  # task -> when this node may claim it again
         self._reader: aiosqlite.Connection | None = None
         self.net: net.GossipNet | None = None
         self.generation = 0
@@ -596,9 +597,17 @@ class Node:
             (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
         )
         for start in range(0, len(copies), PUSH_RECORDS_MAX):
-            self.net.send_records(
-                fanout, wire.RecordsPush(copies[start : start + PUSH_RECORDS_MAX])
-            )
+            self._send_fitting(fanout, copies[start : start + PUSH_RECORDS_MAX])
+
+    def _send_fitting(self, fanout: list[gossip.Addr], copies: tuple[Any, ...]) -> None:
+        """Push `copies` in as few datagrams as hold them (halving until each fits; a single
+        record too big for any is left to anti-entropy)."""
+        assert self.net is not None
+        if self.net.send_records(fanout, wire.RecordsPush(copies)) or len(copies) == 1:
+            return
+        half = len(copies) // 2
+        self._send_fitting(fanout, copies[:half])
+        self._send_fitting(fanout, copies[half:])
 
     def _on_records(self, push: wire.RecordsPush) -> None:
         if self._tg is None or self._applying >= APPLYING_MAX:
@@ -1042,9 +1051,12 @@ class Node:
     ) -> None:
         """Queue a task for claiming (scheduler.py), into the queue being rebuilt too."""
         now = time.monotonic()
-        not_before = 0.0
+        not_before = self._handed_back.get(view.task_id, 0.0)
+        if not_before <= now:
+            self._handed_back.pop(view.task_id, None)
+            not_before = 0.0
         if self.guard is not None:  # evicted here lately: others may take it meanwhile
-            not_before = self.guard.held_until(view.task_id, now)
+            not_before = max(not_before, self.guard.held_until(view.task_id, now))
         if into is not None:
             self.sched.enqueue(view, now, at_once, not_before, into=into)
             return
@@ -1186,6 +1198,8 @@ class Node:
             spec = self.ledger.tasks[task].spec
             assert spec is not None
             attempt = self.attempts.get(task)
+            if attempt is not None and attempt.exited:
+                continue  # being recorded: it uses nothing, and cannot be evicted
             measured = None if attempt is None or attempt.rss_kb is None else attempt.rss_kb * 1024
             started = now if attempt is None else attempt.started_at
             running.append(pressure.Running(task, started, spec.need.memory_bytes, measured))
@@ -1263,6 +1277,8 @@ class Node:
             attempt, claimed = started
             finished = await self._wait(attempt, spec)
             release()  # the process is gone: the next task may start while this one is recorded
+            if self.guard is not None:
+                self.guard.ended(view.task_id, time.monotonic())
             if await claimed:  # a result is written only after its claim is on disk
                 await self._record(launch, finished)
         except Exception as exc:
@@ -1466,13 +1482,17 @@ class Node:
             return False
         if not any(node != self.node_id for node, _ in self.sched.candidates_for(launch.spec)):
             return False
-        finished.outcome = Outcome.INTERRUPTED
         reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
+        interrupted = replace(finished, outcome=Outcome.INTERRUPTED)  # `finished` may yet be stored
         try:
-            await self._append([self._result_record(launch, finished, None, reason)])
+            await self._append([self._result_record(launch, interrupted, None, reason)])
         except SwarmError:
             return False  # our heartbeat will stop too: the lease expires, and peers take it
         log.warning("%s handed back to the swarm: %s", launch.name, reason)
+        # Leave it to the peers for a lease period, and claim nothing meanwhile: the next task
+        # would likely meet the same full store.
+        self._handed_back[launch.task_id] = time.monotonic() + self.config.lease_ttl_s
+        self._claims_paused_until = time.monotonic() + self.config.lease_ttl_s
         return True
 
     async def _store_outputs(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:

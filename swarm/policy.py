@@ -123,12 +123,20 @@ class PendingQueue:
     waiting: list[tuple[float, _Entry, ShapeKey]] = field(default_factory=list)
 
     def push(
-        self, task_id: str, spec: TaskSpec, stamp: int, rank: int = 0, ready_at: float = 0.0
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        stamp: int,
+        rank: int = 0,
+        ready_at: float = 0.0,
+        first: bool = False,
     ) -> None:
+        """`first`: ahead of every task of its priority and rank (a takeover)."""
         shape = (spec.need, spec.requires)
         # Our own tasks oldest first; stolen ones newest first, from the far end of the
         # preferred node's queue, so that thief and owner do not reach for the same task.
-        entry = (-spec.priority, rank, stamp if rank == 0 else -stamp, task_id)
+        order = -(2**63) if first else stamp if rank == 0 else -stamp
+        entry = (-spec.priority, rank, order, task_id)
         if ready_at > 0:
             heapq.heappush(self.waiting, (ready_at, entry, shape))
         else:

@@ -150,14 +150,15 @@ class Scheduler:
         """Queue a task for claiming: at once if we come first for it (or `at_once`), else
         after a stagger per member ahead of us; never before `not_before`. A takeover (from the
         node `takeover`, whose lease expired) is ranked without that node, and goes ahead of the
-        pending tasks of its priority: it was started before any of them."""
+        pending tasks of its priority and rank: it was started before any of them."""
         if view.spec is None:
             return
         rank = 0 if at_once else self.rank(view.task_id, view.spec, without=takeover)
         ready_at = now + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, not_before)
-        stamp = 0 if takeover is not None else view.submitted[0]
-        (self.queue if into is None else into).push(view.task_id, view.spec, stamp, rank, ready_at)
+        (self.queue if into is None else into).push(
+            view.task_id, view.spec, view.submitted[0], rank, ready_at, first=takeover is not None
+        )
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -144,6 +144,8 @@ class Replica:
             for origin, generation, seq, body in wanted:
                 intake.took((origin, generation), seq)
                 self._store(origin, generation, seq, body)
+        if cut_after is not None:
+            return  # every record came, but not the end of the answer: no watermark moves
         for key, seq in list(intake.watermarks(upto)):
             self.ledger.high_seq[key] = seq
         for key, high in self.ledger.high_seq.items():
@@ -387,7 +389,7 @@ class Sim:
                 frames = -(-len(message.copies) // FRAME_RECORDS)
                 cut = None
                 if self.net.cut and self.rng.random() < self.net.cut:
-                    cut = self.rng.randrange(frames + 1)  # 0 .. all frames, without the end
+                    cut = self.rng.randrange(frames + 1)  # 0 .. all frames, never the end
                 replica = self.replicas[dst]
                 replica.take(message.copies, message.upto, message.asked, self._write_fails, cut)
 

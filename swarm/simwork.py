@@ -154,6 +154,8 @@ class WorkSim:
     def drain(self, i: int) -> None:
         """Finish what runs, claim nothing new, then leave and stop (swarm drain)."""
         self.workers[i].draining = True
+        for w in self.workers:  # its meta says so at once (the daemon gossips it)
+            w.members = frozenset()  # re-ranked at their next step
 
     def check_drained(self, i: int, observer: int, tasks: dict[str, int]) -> None:
         """What the drained node ran when told to drain, it finished there (unless its claim
@@ -284,7 +286,7 @@ class WorkSim:
         live = frozenset(m.node for m in core.live_members())
         if live != w.members:
             w.members = live
-            w.sched.set_members(Peer(node, CAPACITY, {}) for node in sorted(live))
+            w.sched.set_members(self._peers(live))
             w.sched.rerank(now)
 
     def _ended(self, w: Worker, task: str, epoch: int, outcome: Outcome) -> None:
@@ -292,6 +294,11 @@ class WorkSim:
             w.unrecorded.append((task, epoch, outcome))
         else:
             self._result(w.index, task, epoch, outcome)
+
+    def _peers(self, live: frozenset[str]) -> list[Peer]:
+        """The live members as the scheduler sees them (a drain is in their gossiped meta)."""
+        draining = {w.node for w in self.workers if w.draining}
+        return [Peer(node, CAPACITY, {}, node in draining) for node in sorted(live)]
 
     def _claim(self, w: Worker, task: str, now: float) -> None:
         view = w.sched.ledger.tasks[task]

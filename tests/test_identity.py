@@ -177,3 +177,33 @@ def test_a_forged_alive_or_a_huge_accusation_about_us_cannot_drive_our_incarnati
     old = me.sign_alive(gossip.Alive(me.node_id, 7, B, {}))
     a.receive(1.2, gossip.Packet(gossip.Gossip(), (old,)))
     assert a.me.incarnation == 8
+
+
+def test_a_result_signed_before_evictions_existed_still_checks() -> None:
+    """Results written before the `evicted` field had 14 fields, and were signed so; one that
+    is not an eviction still encodes (and so is still signed and checked) exactly that way."""
+    me = Identity.generate()
+    old_fields = [
+        4,
+        "t1",
+        1,
+        1,
+        "ok",
+        0,
+        1000,
+        2000,
+        1.0,
+        0.5,
+        1024,
+        "ab" * 32,
+        [2, 1 << 30, 0],
+        "",
+    ]
+    message = identity._canonical([identity._RESULT_TAG, me.node_id, [*old_fields, b""]])
+    proof = me.prove(message)  # as the old code signed it
+    stored = db.decode(db.encode(replace(result(), proof=proof)))
+    assert isinstance(stored, ResultRecord) and not stored.evicted
+    assert identity.check_result(me.node_id, stored)
+    evicted = me.sign_result(replace(result(), outcome=Outcome.INTERRUPTED, evicted=True))
+    assert identity.check_result(me.node_id, db.decode(db.encode(evicted)))
+    assert not identity.check_result(me.node_id, replace(evicted, evicted=False))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from swarm.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, TaskRecord, Version
-from swarm.policy import rendezvous_rank
+from swarm.policy import PendingQueue, rendezvous_rank
 from swarm.scheduler import Peer, Scheduler, isolation, peer_from_meta
 from swarm.spec import Resources, TaskSpec
 
@@ -154,3 +154,11 @@ def test_a_member_whose_lease_expired_is_left_out_of_every_order_until_it_beats_
     sched.leases.heartbeat("c", 1, 3, now=3.0)
     assert sched.note_stalled(now=3.1)
     assert [node for node, _ in sched.candidates_for(SPEC)] == ["a", "b", "c"]
+
+
+def test_a_takeover_goes_first_on_a_node_that_does_not_come_first_for_it_too() -> None:
+    queue = PendingQueue()
+    for i in range(5):
+        queue.push(f"p{i}", SPEC, stamp=100 + i, rank=1)  # stolen ones: newest first
+    queue.push("takeover", SPEC, stamp=50, rank=1, first=True)
+    assert queue.select(lambda t: True, FREE, {}, 1) == ["takeover"]
