@@ -225,7 +225,7 @@ class Node:
         if config.overcommit:
             budget = self.capacity.memory_bytes
             memfree = config.memfree_bytes or pressure.default_memfree(budget)
-            self.guard = pressure.Guard(budget, memfree, hold_s=config.lease_ttl_s)
+            self.guard = pressure.Guard(budget, memfree)
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
@@ -254,7 +254,6 @@ class Node:
         self._applying = 0  # pushes of records being stored
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
-        self._handed_back: dict[str, float] = {}  # task -> when this node may claim it again
         self._reader: aiosqlite.Connection | None = None
         self.net: net.GossipNet | None = None
         self.generation = 0
@@ -1051,18 +1050,12 @@ class Node:
     ) -> None:
         """Queue a task for claiming (scheduler.py), into the queue being rebuilt too."""
         now = time.monotonic()
-        not_before = self._handed_back.get(view.task_id, 0.0)
-        if not_before <= now:
-            self._handed_back.pop(view.task_id, None)
-            not_before = 0.0
-        if self.guard is not None:  # evicted here lately: others may take it meanwhile
-            not_before = max(not_before, self.guard.held_until(view.task_id, now))
         if into is not None:
-            self.sched.enqueue(view, now, at_once, not_before, into=into)
+            self.sched.enqueue(view, now, at_once, into=into)
             return
-        self.sched.enqueue(view, now, at_once, not_before)
+        self.sched.enqueue(view, now, at_once)
         if self._rebuilding is not None:
-            self.sched.enqueue(view, now, at_once, not_before, into=self._rebuilding)
+            self.sched.enqueue(view, now, at_once, into=self._rebuilding)
 
     def _set_members(self) -> None:
         """Tell the scheduler who is live, and what each offers (from their gossiped meta)."""
@@ -1224,6 +1217,14 @@ class Node:
             reason += f"; evicted more than {EVICTION_CAP} times, so failed: declare what it needs"
         log.warning("%s: %s", view.name, reason)
         attempt.evict(reason, self.config.kill_grace_s)
+        self.sched.hold(chosen.task_id, sampled_at + self.config.lease_ttl_s)
+
+    def _attempt_ended(self, task: str) -> None:
+        """An attempt's process is gone: if memory pressure evicted it, the wait for it is
+        over, and the task stays with the others for a lease period from now."""
+        now = time.monotonic()
+        if self.guard is not None and self.guard.ended(task, now):
+            self.sched.hold(task, now + self.config.lease_ttl_s)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -1277,8 +1278,7 @@ class Node:
             attempt, claimed = started
             finished = await self._wait(attempt, spec)
             release()  # the process is gone: the next task may start while this one is recorded
-            if self.guard is not None:
-                self.guard.ended(view.task_id, time.monotonic())
+            self._attempt_ended(view.task_id)
             if await claimed:  # a result is written only after its claim is on disk
                 await self._record(launch, finished)
         except Exception as exc:
@@ -1293,8 +1293,7 @@ class Node:
         finally:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
-            if self.guard is not None:
-                self.guard.ended(view.task_id, time.monotonic())
+            self._attempt_ended(view.task_id)  # again, should it have ended by an error
             if run_dir is not None:
                 self.run_dirs.give_back(run_dir)
             if view.state is State.PENDING:
@@ -1491,7 +1490,7 @@ class Node:
         log.warning("%s handed back to the swarm: %s", launch.name, reason)
         # Leave it to the peers for a lease period, and claim nothing meanwhile: the next task
         # would likely meet the same full store.
-        self._handed_back[launch.task_id] = time.monotonic() + self.config.lease_ttl_s
+        self.sched.hold(launch.task_id, time.monotonic() + self.config.lease_ttl_s)
         self._claims_paused_until = time.monotonic() + self.config.lease_ttl_s
         return True
 

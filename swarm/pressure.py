@@ -66,19 +66,17 @@ def victim(running: Iterable[Running], left_bytes: int, memfree: int) -> Running
 
 
 class Guard:
-    """One node's memory guard: the last sample, the eviction under way, and the evicted tasks
-    this node leaves to others for a while (re-running one here at once would likely be evicted
-    again, using up its cap)."""
+    """One node's memory guard: the last sample, and the eviction under way. (The node leaves
+    an evicted task to others for a while, with Scheduler.hold: re-running it here at once
+    would likely see it evicted again, using up its cap.)"""
 
-    def __init__(self, budget: int, memfree: int, hold_s: float) -> None:
+    def __init__(self, budget: int, memfree: int) -> None:
         self.budget = budget
         self.memfree = memfree
-        self.hold_s = hold_s
         self.available = budget  # until the first sample
         self.evictions = 0
         self._victim: str | None = None
         self._victim_gone_at = -1e18  # monotonic time the last victim exited
-        self._held: dict[str, float] = {}  # task -> monotonic time this node may claim it again
 
     def headroom(self, running: Iterable[Running]) -> int:
         return headroom(self.budget, running, self.available, self.memfree)
@@ -96,22 +94,12 @@ class Guard:
         if chosen is not None:
             self._victim = chosen.task_id
             self.evictions += 1
-            self._held[chosen.task_id] = sampled_at + self.hold_s
         return chosen
 
-    def ended(self, task_id: str, now: float) -> None:
-        """An attempt of `task_id` ended here."""
-        if task_id == self._victim:
-            self._victim = None
-            self._victim_gone_at = now
-            self._held[task_id] = max(self._held.get(task_id, now), now + self.hold_s)
-
-    def held_until(self, task_id: str, now: float) -> float:
-        """When this node may claim `task_id` again (0.0: now)."""
-        until = self._held.get(task_id)
-        if until is None:
-            return 0.0
-        if until <= now:
-            del self._held[task_id]
-            return 0.0
-        return until
+    def ended(self, task_id: str, now: float) -> bool:
+        """An attempt of `task_id` ended here; True if it was the victim (now gone)."""
+        if task_id != self._victim:
+            return False
+        self._victim = None
+        self._victim_gone_at = now
+        return True

@@ -89,6 +89,9 @@ class Scheduler:
     # Members alive in the membership whose lease expired (a full disk, a stuck daemon): left
     # out of every task's order, so that their share is not left to wait behind others' own.
     stalled: frozenset[str] = frozenset()
+    # Tasks this node leaves to the others for a while (it evicted one, or could not store its
+    # result): task -> monotonic time it may claim it again.
+    holds: dict[str, float] = field(default_factory=dict)
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,22 +146,32 @@ class Scheduler:
         view: TaskView,
         now: float,
         at_once: bool = False,
-        not_before: float = 0.0,
         into: PendingQueue | None = None,
         takeover: str | None = None,
     ) -> None:
         """Queue a task for claiming: at once if we come first for it (or `at_once`), else
-        after a stagger per member ahead of us; never before `not_before`. A takeover (from the
+        after a stagger per member ahead of us; never while it is held. A takeover (from the
         node `takeover`, whose lease expired) is ranked without that node, and goes ahead of the
         pending tasks of its priority and rank: it was started before any of them."""
         if view.spec is None:
             return
         rank = 0 if at_once else self.rank(view.task_id, view.spec, without=takeover)
         ready_at = now + rank * self.claim_stagger_s if rank else 0.0
-        ready_at = max(ready_at, not_before)
+        ready_at = max(ready_at, self._held_until(view.task_id, now))
         (self.queue if into is None else into).push(
             view.task_id, view.spec, view.submitted[0], rank, ready_at, first=takeover is not None
         )
+
+    def hold(self, task: str, until: float) -> None:
+        """Leave `task` to the others until `until` (monotonic): queued, it waits till then."""
+        self.holds[task] = max(self.holds.get(task, until), until)
+
+    def _held_until(self, task: str, now: float) -> float:
+        until = self.holds.get(task, 0.0)
+        if until and until <= now:
+            del self.holds[task]  # over, and forgotten
+            return 0.0
+        return until
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def test_the_default_floor_is_a_share_of_the_node_with_a_minimum() -> None:
 
 
 def test_one_eviction_at_a_time_judged_on_a_sample_taken_after_the_victim_exited() -> None:
-    guard = Guard(budget=1000 * MIB, memfree=200 * MIB, hold_s=10.0)
+    guard = Guard(budget=1000 * MIB, memfree=200 * MIB)
     running = [run("a", 1.0, 10, 500), run("b", 2.0, 10, 500)]  # 0 left
     chosen = guard.choose(running, sampled_at=100.0)
     assert chosen is not None and chosen.task_id == "b"
@@ -54,13 +54,3 @@ def test_one_eviction_at_a_time_judged_on_a_sample_taken_after_the_victim_exited
     chosen = guard.choose(still, sampled_at=101.5)
     assert chosen is not None and chosen.task_id == "a"
     assert guard.evictions == 2
-
-
-def test_an_evicted_task_is_held_back_here_for_a_while() -> None:
-    guard = Guard(budget=1000 * MIB, memfree=200 * MIB, hold_s=10.0)
-    guard.choose([run("a", 1.0, 10, 1000)], sampled_at=50.0)
-    guard.ended("a", now=52.0)
-    assert guard.held_until("a", now=53.0) == 62.0
-    assert guard.held_until("other", now=53.0) == 0.0
-    assert guard.held_until("a", now=62.5) == 0.0  # the hold is over, and forgotten
-    assert guard.held_until("a", now=55.0) == 0.0

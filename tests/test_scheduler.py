@@ -162,3 +162,17 @@ def test_a_takeover_goes_first_on_a_node_that_does_not_come_first_for_it_too() -
         queue.push(f"p{i}", SPEC, stamp=100 + i, rank=1)  # stolen ones: newest first
     queue.push("takeover", SPEC, stamp=50, rank=1, first=True)
     assert queue.select(lambda t: True, FREE, {}, 1) == ["takeover"]
+
+
+def test_a_held_task_waits_until_its_hold_is_over_and_the_hold_is_then_forgotten() -> None:
+    """An evicted task, or one whose result could not be stored, is left to the others."""
+    ledger = ledger_with(2)
+    sched = Scheduler("a", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.hold("t0", until=62.0)
+    for view in ledger.tasks.values():
+        sched.enqueue(view, now=53.0)
+    assert sched.pick((), FREE, {}, 10, now=53.0) == ["t1"]  # the other is not held
+    assert sched.pick((), FREE, {}, 10, now=61.9) == []
+    assert sched.pick((), FREE, {}, 10, now=62.0) == ["t0"]
+    sched.enqueue(ledger.tasks["t0"], now=62.5)
+    assert "t0" not in sched.holds  # over, and forgotten

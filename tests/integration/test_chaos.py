@@ -45,18 +45,25 @@ class Chaos:
         path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
         self.cli(on).ok("submit", str(path))
 
-    def busiest(self, job: str, observer: int, at_least: int) -> int:
-        """The node running the most tasks of the job, once `at_least` run in all."""
+    def busiest(self, job: str, at_least: int, but: str = "") -> tuple[int, int, set[str]]:
+        """Once `at_least` tasks of the job run: the node running the most of them, a node
+        that watches it, and the tasks (other than `but`) it runs as that node sees them."""
         counts: dict[str, int] = {}
 
         def running() -> bool:
             counts.clear()
-            counts.update(running_by_node(self.cli(observer)))
+            counts.update(running_by_node(self.cli(0)))
             return sum(counts.values()) >= at_least
 
         wait_for(f"{at_least} tasks of {job} to run", running)
-        busiest = max(counts, key=lambda node: counts[node])
-        return self.ids.index(busiest)
+        victim = self.ids.index(max(counts, key=lambda node: counts[node]))
+        observer = 1 if victim == 0 else 0
+        held = {
+            r["name"]
+            for r in export_rows(self.cli(observer))
+            if r["node"] == self.ids[victim] and r["state"] == "running" and r["name"] != but
+        }
+        return victim, observer, held
 
     def finish(
         self, job: str, expected: dict[str, str], scenario: str, reader: int | None = None
@@ -102,13 +109,7 @@ def echo_tasks(prefix: str, count: int, sleep_s: float) -> tuple[list[dict[str, 
 def test_sigkill_the_busiest_node_then_restart_it_with_its_state_dir(chaos: Chaos) -> None:
     tasks, expected = echo_tasks("k", 20, 1.5)
     chaos.submit("kill", tasks)
-    victim = chaos.busiest("kill", observer=0, at_least=8)
-    observer = 1 if victim == 0 else 0
-    held = {
-        r["name"]
-        for r in export_rows(chaos.cli(observer))
-        if r["node"] == chaos.ids[victim] and r["state"] == "running"
-    }
+    victim, observer, held = chaos.busiest("kill", at_least=8)
     chaos.swarm.nodes[victim][1].kill(signal.SIGKILL)
     wait_for(
         "every task done without the victim",
@@ -137,13 +138,7 @@ def test_sigstop_a_holder_for_twice_the_lease_then_sigcont(chaos: Chaos) -> None
     tasks, expected = echo_tasks("s", 6, 12)  # 10 slots: room to take them over
     tasks.append({"name": "crash", "cmd": "echo doomed >&2; exit 3", "retries": 2})
     chaos.submit("freeze", tasks)
-    victim = chaos.busiest("freeze", observer=0, at_least=6)
-    observer = 1 if victim == 0 else 0
-    held = {
-        r["name"]
-        for r in export_rows(chaos.cli(observer))
-        if r["node"] == chaos.ids[victim] and r["state"] == "running" and r["name"] != "crash"
-    }
+    victim, observer, held = chaos.busiest("freeze", at_least=6, but="crash")
     proc = chaos.swarm.nodes[victim][1].proc
     assert proc is not None
     os.kill(proc.pid, signal.SIGSTOP)
@@ -179,13 +174,7 @@ def test_sigstop_a_holder_for_twice_the_lease_then_sigcont(chaos: Chaos) -> None
 def test_drain_the_busiest_node_mid_run(chaos: Chaos) -> None:
     tasks, expected = echo_tasks("d", 20, 1.5)
     chaos.submit("drain", tasks)
-    victim = chaos.busiest("drain", observer=0, at_least=8)
-    observer = 1 if victim == 0 else 0
-    held = {
-        r["name"]
-        for r in export_rows(chaos.cli(observer))
-        if r["node"] == chaos.ids[victim] and r["state"] == "running"
-    }
+    victim, observer, held = chaos.busiest("drain", at_least=8)
     chaos.cli(victim).ok("drain", "--wait")
     daemon = chaos.swarm.nodes[victim][1]
     assert daemon.proc is not None and daemon.proc.wait(timeout=10) == 0

@@ -90,6 +90,18 @@ class NetSwarm:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
 
+    def form(self, count: int) -> None:
+        """Start `count` nodes, each joined to the first; wait until each sees all alive."""
+        for i in range(count):
+            self.start(i, join=0 if i else None)
+        time.sleep(1)
+        self.wait_for(
+            f"the {count} to form a swarm",
+            lambda: all(
+                list(self.states(i).values()).count("alive") == count for i in range(count)
+            ),
+        )
+
     def states(self, i: int) -> dict[str, str]:
         reply: dict[str, Any] = json.loads(self.cli(i, "members", "--json"))
         return {m["address"]: m["state"] for m in reply["members"]}
@@ -224,13 +236,7 @@ def test_work_goes_on_through_a_two_three_partition_and_every_task_ends_done(
     is done, and every result is readable."""
     swarm = NetSwarm(five_hosts, tmp_path)
     try:
-        for i in range(5):
-            swarm.start(i, join=0 if i else None)
-        time.sleep(1)
-        swarm.wait_for(
-            "the five to form a swarm",
-            lambda: all(list(swarm.states(i).values()).count("alive") == 5 for i in range(5)),
-        )
+        swarm.form(5)
         tasks = tmp_path / "split.jsonl"
         tasks.write_text(
             "".join(
@@ -266,13 +272,7 @@ def test_ten_percent_loss_on_every_link_declares_no_one_dead_and_the_work_gets_d
     try:
         for i in range(3):
             hosts.lossy(i, 0.1)  # from the start: joining goes through it too
-        for i in range(3):
-            swarm.start(i, join=0 if i else None)
-        time.sleep(1)
-        swarm.wait_for(
-            "the swarm to form",
-            lambda: all(list(swarm.states(i).values()).count("alive") == 3 for i in range(3)),
-        )
+        swarm.form(3)
         tasks = tmp_path / "lossy.jsonl"
         tasks.write_text(
             "".join(
