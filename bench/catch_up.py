@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarm_net import free_port, stop_daemons, swarm, total_tasks
+from swarm_net import ask, free_port, stop_daemons, swarm, total_tasks
 
 LIMIT_S = 600.0
 
@@ -33,7 +33,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def received(home: Path) -> int:
-    return int(json.loads(swarm(home, "members", "--json"))["net"]["bytes_received"])
+    return int(ask(home, "members")["net"]["bytes_received"])
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ A benchmark, not a test: it prints figures and exits 0. Run: python3 bench/swarm
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -23,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from swarm.errors import SwarmError
 
 NODES = 5
 IDLE_S = 10.0
@@ -55,6 +59,26 @@ def swarm(home: Path, *args: str) -> str:
     return done.stdout
 
 
+def ask(home: Path, op: str, **fields: Any) -> dict[str, Any]:
+    """One request to a node's daemon over its control socket, from this process: polling
+    through the CLI would start an interpreter per poll, and its CPU would slow what we measure
+    on a 2-core machine."""
+    from swarm.control import Client
+    from swarm.statedir import StateDir
+
+    async def call() -> dict[str, Any]:
+        client = await Client.connect(StateDir(home))
+        try:
+            return await client.call(op, **fields)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(call())
+    except SwarmError as exc:
+        raise SystemExit(f"{op} on {home}: {exc}") from exc
+
+
 def stop_daemons(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
     """SIGTERM every daemon still running, then wait for each (SIGKILL if it lingers)."""
     for proc in procs:
@@ -68,12 +92,12 @@ def stop_daemons(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> N
 
 
 def net_bytes(home: Path) -> int:
-    reply: dict[str, Any] = json.loads(swarm(home, "members", "--json"))
+    reply = ask(home, "members")
     return int(reply["net"]["bytes_sent"])
 
 
 def total_tasks(home: Path, job: str) -> int:
-    snap = json.loads(swarm(home, "status", "--json"))
+    snap = ask(home, "status")["snapshot"]
     return sum(int(j["total"]) for j in snap["jobs"] if j["job"] == job)
 
 
@@ -99,10 +123,7 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if all(
-                    len(json.loads(swarm(h, "members", "--json"))["members"]) == NODES
-                    for h in homes
-                ):
+                if all(len(ask(h, "members")["members"]) == NODES for h in homes):
                     break
             except SystemExit:
                 pass

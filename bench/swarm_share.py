@@ -16,10 +16,12 @@ A benchmark, not a test: it prints figures and exits 0. Run: python3 bench/swarm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +31,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from swarm_net import free_port, stop_daemons, swarm
+from swarm_net import ask, free_port, stop_daemons, swarm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.integration.netns import PORT, Hosts, why_not
@@ -65,7 +67,7 @@ class Swarm:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                views = [json.loads(swarm(h, "members", "--json"))["members"] for h in self.homes]
+                views = [ask(h, "members")["members"] for h in self.homes]
                 if all(sum(m["state"] == "alive" for m in v) == NODES for v in views):
                     return
             except SystemExit:
@@ -77,7 +79,7 @@ class Swarm:
         return list(csv.DictReader(io.StringIO(swarm(self.homes[i], "export", *extra))))
 
     def job(self, i: int, name: str) -> dict[str, int]:
-        snap = json.loads(swarm(self.homes[i], "status", "--json"))
+        snap = ask(self.homes[i], "status", jobs=[name])["snapshot"]
         return next((j for j in snap["jobs"] if j["job"] == name), {})
 
     def agreed_attempts(self, limit_s: float = 120) -> list[dict[str, str]]:
@@ -91,8 +93,24 @@ class Swarm:
                 return views[0]
             time.sleep(1)
 
+    def daemon_cpu_s(self) -> float:
+        """CPU seconds the daemons have used so far (user and system, without their tasks)."""
+        total = 0
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         stop_daemons(self.procs)
+
+
+def machine_busy() -> tuple[int, int]:
+    """The machine's busy and idle CPU ticks since boot (/proc/stat)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, idle
 
 
 def when(text: str) -> float:
@@ -114,6 +132,7 @@ def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
             )
         )
         started = time.monotonic()
+        cpu_before, busy_before = s.daemon_cpu_s(), machine_busy()
         swarm(s.homes[0], "submit", str(path))
         split_s: tuple[float, float] | None = None
         while time.monotonic() - started < 600:
@@ -124,6 +143,9 @@ def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
                 split_s = partition(hosts, started)
             time.sleep(0.2)
         wall = time.monotonic() - started
+        gap_pulls = sum(int(ask(h, "members")["net"]["gap_pulls"]) for h in s.homes)
+        daemon_cpu = s.daemon_cpu_s() - cpu_before
+        busy = [after - before for after, before in zip(machine_busy(), busy_before, strict=True)]
         attempts = s.agreed_attempts()
         ran = [r for r in attempts if r["outcome"] in ("ok", "interrupted", "failed")]
         span = max(when(r["ended"]) for r in ran) - min(when(r["started"]) for r in ran)
@@ -140,6 +162,10 @@ def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
         print(f"  makespan / ideal: {span / ideal:.2f} in the ledger, {wall / ideal:.2f} "
               f"from submit to all done on node 0 (ideal {ideal:.1f} s)")  # fmt: skip
         print(f"  duplicate executions: {len(ran) - tasks} ({len(ran)} attempts for {tasks} tasks)")
+        print_duplicates(ran)
+        print(f"  daemons' CPU: {daemon_cpu / tasks * 1000:.1f} ms per task; the machine was "
+              f"{busy[0] / max(sum(busy), 1):.0%} busy on {os.cpu_count()} cores; "
+              f"{gap_pulls} pulls for records a push missed")  # fmt: skip
         print(f"  ok attempts per node: {sorted(per_node.values())}")
     finally:
         s.close()
@@ -147,6 +173,24 @@ def share(tasks: int, hosts: Hosts | None = None, fault: str = "") -> None:
         if hosts is not None:
             for i in range(NODES):
                 hosts.heal(i)
+
+
+def print_duplicates(ran: list[dict[str, str]]) -> None:
+    """Why the attempts beyond the first of each task ended as they did, most common first."""
+    by_task: dict[str, list[dict[str, str]]] = {}
+    for r in ran:
+        by_task.setdefault(r["task_id"], []).append(r)
+    why: dict[str, int] = {}
+    for rows in by_task.values():
+        if len(rows) < 2:
+            continue
+        for r in rows:
+            if r["outcome"] != "ok" or len([x for x in rows if x["outcome"] == "ok"]) > 1:
+                # the node's name varies: what happened is what counts
+                key = f"{r['outcome']}: {re.sub(r'[0-9a-f]{8,}', 'N', r['reason'])[:70]}"
+                why[key] = why.get(key, 0) + 1
+    for key, count in sorted(why.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"    {count:4d}  {key}")
 
 
 FAULTS = {"loss": "10% loss on every link", "partition": f"2|3 split for {SPLIT_S:g} s"}
@@ -198,7 +242,7 @@ def takeover(profile: str) -> None:
             holders.setdefault(r["node"], []).append(r["name"])
         own = {}
         for i, h in enumerate(s.homes):
-            mine = [m for m in json.loads(swarm(h, "members", "--json"))["members"] if m.get("pid")]
+            mine = [m for m in ask(h, "members")["members"] if m.get("pid")]
             own[mine[0]["id"]] = i
         victim_id = max(
             (v for v in holders if v in own and own[v] != 0), key=lambda v: len(holders[v])

@@ -99,8 +99,8 @@ REPLICATE_DEBOUNCE_S = 0.2
 REPLICATE_RETRY_S = 2.0  # a result no holder could give is tried again after this long
 HELD_BACK_MAX = 256  # pushed records kept per origin while an earlier one is missing
 DRAIN_HANDOFF_S = 30.0  # a drained node waits at most this long for its results to be copied
-SPREAD_WIDE = 16  # claims and results go at once to this many members (heartbeats to fewer)
-APPLYING_MAX = 64  # pushes being stored at once; beyond, they wait for anti-entropy
+SPREAD_WIDE = 16  # fresh records go at once to this many members
+PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
@@ -250,8 +250,10 @@ class Node:
         self.ring = wire.KeyRing()
         self.rng = random.Random()
         self.bad_records = 0  # peers' records that did not decode: dropped
+        self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
-        self._applying = 0  # pushes of records being stored
+        self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
+        self._taking_pushes = False
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
         self._reader: aiosqlite.Connection | None = None
@@ -586,11 +588,11 @@ class Node:
         if not peers:
             return
         # Claims and results are what keeps two nodes off one task: to every member of a small
-        # swarm. Heartbeats (and everything in a large swarm) to a few; anti-entropy does the rest.
-        wide = any(not isinstance(r.body, HeartbeatRecord) for r in rows)
-        reach = max(SPREAD_WIDE, self.config.gossip.gossip_nodes) if wide else 0
+        # swarm (anti-entropy does the rest in a large one). Heartbeats too: a member that
+        # missed one would see a gap in this node's records that no later push fills (the next
+        # heartbeat supersedes it), and hold back everything after it until it pulls.
         fanout = self.rng.sample(
-            peers, min(max(reach, self.config.gossip.gossip_nodes), len(peers))
+            peers, min(max(SPREAD_WIDE, self.config.gossip.gossip_nodes), len(peers))
         )
         copies = tuple(
             (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
@@ -609,31 +611,41 @@ class Node:
         self._send_fitting(fanout, copies[half:])
 
     def _on_records(self, push: wire.RecordsPush) -> None:
-        if self._tg is None or self._applying >= APPLYING_MAX:
+        if self._tg is None or len(self._pushes) >= PUSHES_QUEUED_MAX:
             return  # too busy: anti-entropy brings them later
-        self._applying += 1
-        self._tg.create_task(self._take_push(push))
+        self._pushes.append(push)
+        if not self._taking_pushes:
+            self._taking_pushes = True
+            self._tg.create_task(self._take_pushes())
 
-    async def _take_push(self, push: wire.RecordsPush) -> None:
-        """Take a push in seq order. Records past a gap (an earlier push reordered, or still
-        being stored) wait here, a bounded number per origin, for the record that fills it."""
+    async def _take_pushes(self) -> None:
+        """Take pushes one batch at a time, everything that arrived meanwhile together: a push
+        taken while an earlier one is still being stored would look like a gap (and start a
+        pull for nothing), and a burst of pushes is then one commit, not one each."""
         try:
-            merged: dict[tuple[str, int, int], bytes] = {}
-            for origin, generation, seq, raw in push.records:
-                merged[(origin, generation, seq)] = raw
-            for key in {(origin, generation) for origin, generation, _, _ in push.records}:
-                for seq, raw in self._held_back.pop(key, {}).items():
-                    merged.setdefault((*key, seq), raw)
-            ordered = tuple((*version, raw) for version, raw in sorted(merged.items()))
-            intake = self._intake(None)
-            await self._take_records(ordered, intake, {})
-            for origin, generation, seq, raw in ordered:
-                if seq > self.ledger.high_seq.get((origin, generation), 0) + 1:
-                    held = self._held_back.setdefault((origin, generation), {})
-                    if len(held) < HELD_BACK_MAX:
-                        held[seq] = raw
+            while self._pushes:
+                pushes, self._pushes = self._pushes, []
+                await self._take_push(tuple(copy for push in pushes for copy in push.records))
         finally:
-            self._applying -= 1
+            self._taking_pushes = False
+
+    async def _take_push(self, records: tuple[wire.RecordCopy, ...]) -> None:
+        """Take pushed records in seq order. Records past a gap (an earlier push lost or
+        reordered) wait here, a bounded number per origin, for the record that fills it."""
+        merged: dict[tuple[str, int, int], bytes] = {}
+        for origin, generation, seq, raw in records:
+            merged[(origin, generation, seq)] = raw
+        for key in {(origin, generation) for origin, generation, _, _ in records}:
+            for seq, raw in self._held_back.pop(key, {}).items():
+                merged.setdefault((*key, seq), raw)
+        ordered = tuple((*version, raw) for version, raw in sorted(merged.items()))
+        intake = self._intake(None)
+        await self._take_records(ordered, intake, {})
+        for origin, generation, seq, raw in ordered:
+            if seq > self.ledger.high_seq.get((origin, generation), 0) + 1:
+                held = self._held_back.setdefault((origin, generation), {})
+                if len(held) < HELD_BACK_MAX:
+                    held[seq] = raw
         now = time.monotonic()
         for origin, _ in intake.gaps:
             # We missed some of its records (a lost or dropped push): fetch them now, not at
@@ -648,6 +660,7 @@ class Node:
             if member is not None and member.state not in gossip.GONE and self._tg is not None:
                 self._pulling.add(origin)
                 self._pulled_at[origin] = now
+                self.gap_pulls += 1
                 self._tg.create_task(self._pull(member, done=self._pulling.discard))
 
     def _intake(self, asked: wire.Watermarks | None) -> Intake:
@@ -1592,6 +1605,7 @@ class Node:
                     "dropped": self.net.dropped,
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
+                    "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,
                     "bytes_sent": self.net.bytes_sent,

@@ -47,7 +47,7 @@ STAGGER_S = 0.1
 SETTLE_S = 0.05
 STEP_S = 0.01
 TASK_S = 1.0  # how long each task runs (a little spread around it)
-SPREAD_WIDE = 16  # claims and results go at once to this many members, as the daemon sends them
+SPREAD_WIDE = 16  # fresh records go at once to this many members, as the daemon sends them
 SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "disk", "drain", "mixed")
 
 
@@ -222,7 +222,7 @@ class WorkSim:
         if now >= w.next_beat and not full:
             w.beat += 1
             w.next_beat = now + HEARTBEAT_S
-            sim.write(i, HeartbeatRecord(w.beat))
+            sim.write(i, HeartbeatRecord(w.beat), SPREAD_WIDE)
         if w.unrecorded and not full:
             for task, epoch, outcome in w.unrecorded:
                 self._result(i, task, epoch, outcome)
