@@ -13,8 +13,9 @@ the same states.
 Invariants:
 - applying a record twice changes nothing (idempotent); order does not matter (commutative);
 - a task is `done` as soon as any attempt ended `ok`, whatever else arrives later;
-- the running claim of a task is the winner among its claims (highest epoch, then earliest claim
-  stamp, then lowest node id) that has been neither released nor answered by a result.
+- the running claim of a task is the winner among its claims (highest epoch, then a claim of the
+  task's preferred node before a stolen one, then earliest claim stamp, then lowest node id) that
+  has been neither released nor answered by a result.
 
 Pure: no I/O, no clock reads. Time arrives as HLC stamps inside records.
 """
@@ -92,6 +93,11 @@ class ClaimRecord:
     epoch: int
     stamp: int  # HLC at claim time: the tie-breaker between competing claims of one epoch
     released: bool = False
+    # Made by a node that is not the task's preferred one (work stealing): it loses to a claim
+    # of the same epoch that is not stolen, whatever their stamps. The preferred node starts a
+    # task at once, while a thief waits a settle before it starts; so when both reach for one
+    # task at the same moment, the thief (not yet started) is the one that backs off.
+    stolen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,7 @@ KIND_OF: dict[type[Any], Kind] = {
 class ClaimInfo:
     stamp: int
     released: bool
+    stolen: bool = False
 
 
 @dataclass(slots=True)
@@ -230,7 +237,9 @@ class TaskView:
     def winning_claim(self) -> tuple[int, str] | None:
         if not self.claims:
             return None
-        return min(self.claims, key=lambda k: (-k[0], self.claims[k].stamp, k[1]))
+        return min(
+            self.claims, key=lambda k: (-k[0], self.claims[k].stolen, self.claims[k].stamp, k[1])
+        )
 
     def active_claim(self) -> tuple[int, str] | None:
         key = self.winning_claim()
@@ -370,10 +379,13 @@ class Ledger:
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:
-                    view.claims[(body.epoch, version.origin)] = ClaimInfo(body.stamp, body.released)
+                    view.claims[(body.epoch, version.origin)] = ClaimInfo(
+                        body.stamp, body.released, body.stolen
+                    )
                 else:
                     info.stamp = min(info.stamp, body.stamp)
                     info.released = info.released or body.released
+                    info.stolen = info.stolen or body.stolen
                 return self._refresh(view)
             case ResultRecord():
                 view = self._view(body.task_id)
@@ -481,7 +493,7 @@ class Ledger:
                     v.task_id,
                     v.name,
                     v.state,
-                    tuple(sorted((k, c.stamp, c.released) for k, c in v.claims.items())),
+                    tuple(sorted((k, c.stamp, c.released, c.stolen) for k, c in v.claims.items())),
                     tuple(sorted((k, a.version) for k, a in v.attempts.items())),
                     v.forgiven_failures,
                     v.forgiven_interruptions,
@@ -512,7 +524,8 @@ def body_to_plain(body: Body) -> list[Any]:
         case TaskRecord():
             return [Kind.TASK, body.task_id, body.job, body.name, body.spec.to_wire(), body.stamp]
         case ClaimRecord():
-            return [Kind.CLAIM, body.task_id, body.epoch, body.stamp, body.released]
+            stolen = [True] if body.stolen else []  # encoded only when set, as `evicted` below
+            return [Kind.CLAIM, body.task_id, body.epoch, body.stamp, body.released, *stolen]
         case HeartbeatRecord():
             return [Kind.HEARTBEAT, body.counter]
         case ResultRecord():
@@ -559,7 +572,8 @@ def body_from_plain(raw: Any) -> Body:
             case Kind.TASK:
                 return TaskRecord(_s(f[0]), _s(f[1]), _s(f[2]), TaskSpec.from_wire(f[3]), _i(f[4]))
             case Kind.CLAIM:
-                return ClaimRecord(_s(f[0]), _i(f[1]), _i(f[2]), bool(f[3]))
+                stolen = len(f) > 4 and bool(f[4])
+                return ClaimRecord(_s(f[0]), _i(f[1]), _i(f[2]), bool(f[3]), stolen)
             case Kind.HEARTBEAT:
                 return HeartbeatRecord(_i(f[0]))
             case Kind.RESULT:

@@ -1261,7 +1261,8 @@ class Node:
 
         try:
             run_dir = self.run_dirs.take()
-            epoch = view.next_epoch()
+            claim = self.sched.new_claim(view, self.clock.now(wall_ms()))
+            epoch = claim.epoch
             launch = Launch(
                 task_id=view.task_id,
                 job=view.job,
@@ -1272,13 +1273,10 @@ class Node:
                 run_dir=run_dir,
                 gpu_ids=gpu_ids,
             )
-            claim = ClaimRecord(view.task_id, epoch, self.clock.now(wall_ms()))
             if view.state is State.RUNNING and self.sched.takeover_exhausts(view):
                 await self._fail_unrun(launch, claim)
                 return
-            holder = view.active_claim() if view.state is State.RUNNING else None
-            without = None if holder is None else holder[1]  # a takeover: ranked without it
-            stolen = self.sched.rank(view.task_id, spec, without) > 0
+            stolen = claim.stolen
             # A first attempt starts while its claim is written (a short task should not wait
             # for an fsync). A stolen task, or one tried before (it may be what killed its
             # last node), starts only once its claim is on disk.

@@ -6,7 +6,9 @@ Theory of operation
 Each pending task has an order over the live members that could run it (weighted rendezvous
 hashing, policy.py). A node queues the task at once if it comes first in that order, else after a
 stagger per member ahead of it, so the preferred node takes it and the others take it only when it
-has not (work stealing). A running task whose holder's lease expired (lease.py: its heartbeat
+has not (work stealing). A thief's claim is marked stolen and loses to the preferred node's claim
+of the same epoch (ledger.py), and a thief starts only after a settle, so that when both reach
+for one task at once the thief backs off before it has started anything. A running task whose holder's lease expired (lease.py: its heartbeat
 stopped advancing on our clock, or membership declared it dead) is queued again, and claiming it
 takes it over under a higher epoch; a node that sees a claim beat its own stops its attempt. A
 takeover that would be one interruption past the cap closes the task instead of running it.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm.lease import Leases
-from swarm.ledger import INTERRUPTION_CAP, Ledger, State, TaskView
+from swarm.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, State, TaskView
 from swarm.policy import Labels, PendingQueue, labels_match, rendezvous_rank
 from swarm.spec import Resources, TaskSpec
 
@@ -226,6 +228,15 @@ class Scheduler:
         return self.queue.select(lambda t: self.claimable(t, busy, now), free, labels, limit, now)
 
     # -- attempts --------------------------------------------------------------------------
+
+    def new_claim(self, view: TaskView, stamp: int) -> ClaimRecord:
+        """Our claim of a task we picked, under the next epoch; stolen if a live member comes
+        before us for it (a takeover is ranked without the holder whose lease expired)."""
+        assert view.spec is not None
+        holder = view.active_claim() if view.state is State.RUNNING else None
+        without = None if holder is None else holder[1]
+        stolen = self.rank(view.task_id, view.spec, without) > 0
+        return ClaimRecord(view.task_id, view.next_epoch(), stamp, stolen=stolen)
 
     def takeover_exhausts(self, view: TaskView) -> bool:
         """Whether taking over this task would be one interruption too many: a task whose

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from swarm.gossip import MemberState
@@ -58,9 +58,13 @@ def _spec(name: str) -> TaskSpec:
 
 @dataclass(slots=True)
 class Running:
-    epoch: int
+    claim: ClaimRecord
     ends_at: float  # simulated true time
-    settle_at: float | None  # a stolen task runs on past this only if its claim still wins
+    settle_at: float | None  # a stolen task starts then, and only if its claim still wins
+
+    @property
+    def epoch(self) -> int:
+        return self.claim.epoch
 
 
 @dataclass(slots=True)
@@ -238,21 +242,23 @@ class WorkSim:
         if w.sched.note_stalled(now):
             w.sched.rerank(now)
         for task, attempt in list(w.running.items()):
-            if w.sched.lost_to(task, attempt.epoch) is not None:
+            if attempt.settle_at is not None:
+                # A stolen task, not started yet: after its settle, it runs only if its claim
+                # still wins; else it is released, having run nothing.
+                if attempt.settle_at > sim.now:
+                    continue
+                attempt.settle_at = None
+                if ledger.tasks[task].winning_claim() != (attempt.epoch, w.node):
+                    del w.running[task]
+                    if not full:  # else its lease lapses, as the heartbeats fail too
+                        sim.write(i, replace(attempt.claim, released=True), SPREAD_WIDE)
+            elif w.sched.lost_to(task, attempt.epoch) is not None:
                 del w.running[task]  # it stops its attempt, and says so
                 self._ended(w, task, attempt.epoch, Outcome.INTERRUPTED)
             elif attempt.ends_at <= sim.now:
                 del w.running[task]
                 failed = task.startswith("crash")
                 self._ended(w, task, attempt.epoch, Outcome.FAILED if failed else Outcome.OK)
-            elif attempt.settle_at is not None and attempt.settle_at <= sim.now:
-                # A stolen task, after its settle: run it only if the claim still wins.
-                attempt.settle_at = None
-                if ledger.tasks[task].winning_claim() != (attempt.epoch, w.node):
-                    del w.running[task]
-                    if not full:  # else its lease lapses, as the heartbeats fail too
-                        release = ClaimRecord(task, attempt.epoch, 0, released=True)
-                        sim.write(i, release, SPREAD_WIDE)
         core = sim.cores[sim.addr(i)]
         if w.draining:
             if not w.running and not w.unrecorded:
@@ -303,18 +309,16 @@ class WorkSim:
     def _claim(self, w: Worker, task: str, now: float) -> None:
         view = w.sched.ledger.tasks[task]
         assert view.spec is not None
-        epoch = view.next_epoch()
+        claim = w.sched.new_claim(view, self._stamp())
+        epoch, stolen = claim.epoch, claim.stolen
+        self.sim.write(w.index, claim, SPREAD_WIDE)
         if view.state is State.RUNNING and w.sched.takeover_exhausts(view):
-            self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
             self._result(w.index, task, epoch, Outcome.INTERRUPTED)
             return
-        holder = view.active_claim() if view.state is State.RUNNING else None
-        stolen = w.sched.rank(task, view.spec, None if holder is None else holder[1]) > 0
-        self.sim.write(w.index, ClaimRecord(task, epoch, self._stamp()), SPREAD_WIDE)
         settle_at = self.sim.now + SETTLE_S if stolen else None
         duration = TASK_S * self.rng.uniform(0.8, 1.2)
         w.running[task] = Running(
-            epoch, self.sim.now + (SETTLE_S if stolen else 0) + duration, settle_at
+            claim, self.sim.now + (SETTLE_S if stolen else 0) + duration, settle_at
         )
 
     def _stamp(self) -> int:

@@ -225,6 +225,27 @@ def test_claim_winner_highest_epoch_then_earliest_stamp_then_lowest_node() -> No
     assert ledger.tasks["t1"].winning_claim() == (2, "node-a")  # same stamp: lower node id
 
 
+def test_a_stolen_claim_loses_to_the_preferred_nodes_claim_of_its_epoch() -> None:
+    ledger, a, b = fresh()
+    b(ClaimRecord("t1", 1, stamp=5, stolen=True))  # a thief reached first ...
+    a(ClaimRecord("t1", 1, stamp=7))  # ... but the preferred node's claim wins
+    assert ledger.tasks["t1"].winning_claim() == (1, "node-a")
+    b(ClaimRecord("t1", 1, stamp=5, stolen=True, released=True))  # the thief lets go
+    assert ledger.tasks["t1"].active_claim() == (1, "node-a")
+    b(ClaimRecord("t1", 2, stamp=9, stolen=True))  # a higher epoch wins, stolen or not
+    assert ledger.tasks["t1"].winning_claim() == (2, "node-b")
+
+
+def test_a_claim_that_is_not_stolen_encodes_as_before_the_flag() -> None:
+    """Records written before `stolen` existed decode the same, and a claim that is not
+    stolen encodes to the very same bytes."""
+    old = [Kind.CLAIM, "t1", 1, 5, False]
+    assert body_from_plain(old) == ClaimRecord("t1", 1, 5)
+    assert body_to_plain(ClaimRecord("t1", 1, 5)) == old
+    stolen = ClaimRecord("t1", 1, 5, stolen=True)
+    assert body_from_plain(body_to_plain(stolen)) == stolen
+
+
 def test_a_losing_claims_result_does_not_hide_the_winner() -> None:
     ledger, a, b = fresh()
     a(ClaimRecord("t1", 1, stamp=5))
@@ -297,6 +318,7 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
             st.sampled_from(TASKS),
             st.integers(1, 3),
             st.integers(0, 5),
+            st.booleans(),
             st.booleans(),
         ),
         st.builds(

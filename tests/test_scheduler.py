@@ -176,3 +176,26 @@ def test_a_held_task_waits_until_its_hold_is_over_and_the_hold_is_then_forgotten
     assert sched.pick((), FREE, {}, 10, now=62.0) == ["t0"]
     sched.enqueue(ledger.tasks["t0"], now=62.5)
     assert "t0" not in sched.holds  # over, and forgotten
+
+
+def test_a_claim_is_stolen_unless_we_come_first_without_a_lapsed_holder() -> None:
+    ledger = ledger_with(30)
+    members = peers("a", "b", "c")
+    candidates = [(p.node, p.capacity.cpus) for p in members]
+    sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.set_members(members)
+    ours = next(f"t{i}" for i in range(30) if rendezvous_rank(f"t{i}", "b", candidates) == 0)
+    theirs = next(f"t{i}" for i in range(30) if rendezvous_rank(f"t{i}", "c", candidates) == 0)
+    claim = sched.new_claim(ledger.tasks[ours], stamp=5)
+    assert (claim.task_id, claim.epoch, claim.stamp, claim.stolen) == (ours, 1, 5, False)
+    assert sched.new_claim(ledger.tasks[theirs], stamp=5).stolen
+    # "c" held `second` and its lease lapsed: "b", first without it, takes it over unstolen.
+    second = next(
+        f"t{i}"
+        for i in range(30)
+        if rendezvous_rank(f"t{i}", "c", candidates) == 0
+        and rendezvous_rank(f"t{i}", "b", candidates) == 1
+    )
+    ledger.apply(Version("c", 1, 1), ClaimRecord(second, 1, 10))
+    takeover = sched.new_claim(ledger.tasks[second], stamp=20)
+    assert (takeover.epoch, takeover.stolen) == (2, False)
