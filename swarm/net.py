@@ -43,9 +43,13 @@ class GossipNet:
         opener: wire.Opener,
         on_events: Callable[[list[gossip.Event]], None],
         on_records: Callable[[wire.RecordsPush], None],
-        serve_sync: Callable[[wire.SyncRequest], AsyncIterator[wire.SyncBatch]],
+        serve_sync: Callable[[wire.SyncRequest, bool], AsyncIterator[wire.SyncBatch]],
+        take_sync: Callable[[wire.Watermarks], Callable[[wire.SyncBatch], Awaitable[None]]],
         serve_blob: Callable[[wire.FetchRequest], AsyncIterator[wire.BlobChunk]],
     ) -> None:
+        """`serve_sync(request, with_digest)`: the answer to a digest, its last frame with our
+        own digest if asked; `take_sync(digest)`: a taker for the frames of an answer to that
+        digest of ours (one taker per answer)."""
         self.membership = membership
         self.bind = bind
         self.sealer = sealer
@@ -53,6 +57,7 @@ class GossipNet:
         self.on_events = on_events
         self.on_records = on_records
         self.serve_sync = serve_sync
+        self.take_sync = take_sync
         self.serve_blob = serve_blob
         self.dropped = 0  # packets that failed to open or decode
         self.sent = 0
@@ -167,13 +172,10 @@ class GossipNet:
         self.sent += 1
         self.bytes_sent += len(data)
 
-    async def pull(
-        self,
-        addr: gossip.Addr,
-        request: wire.SyncRequest,
-        on_batch: Callable[[wire.SyncBatch], Awaitable[None]],
-    ) -> None:
-        """Anti-entropy: send our digest, take in the records the peer has and we lack."""
+    async def pull(self, addr: gossip.Addr, request: wire.SyncRequest) -> None:
+        """Anti-entropy: send our digest, take in the records the peer has and we lack; then
+        send back, on the same stream, what we hold past the digest its answer ended with."""
+        take = self.take_sync(request.digest)
         async with asyncio.timeout(SYNC_TIMEOUT_S):
             reader, writer = await _connect(addr)
             try:
@@ -182,11 +184,36 @@ class GossipNet:
                     batch = await self._read_frame(reader)
                     if not isinstance(batch, wire.SyncBatch):
                         return
-                    await on_batch(batch)
+                    await take(batch)
                     if batch.done:
-                        return
+                        break
+                else:
+                    return
+                if batch.digest is not None:
+                    await self._answer(writer, wire.SyncRequest(batch.digest), False)
             finally:
                 writer.close()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, request: wire.SyncRequest, with_digest: bool
+    ) -> wire.SyncBatch | None:
+        """Write the answer to a digest; the last frame written."""
+        last = None
+        async for batch in self.serve_sync(request, with_digest):
+            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
+            last = batch
+        return last
+
+    async def _take_reverse(self, reader: asyncio.StreamReader, digest: wire.Watermarks) -> None:
+        """The asker's reverse phase: what it holds past the digest we answered with."""
+        take = self.take_sync(digest)
+        for _ in range(SYNC_FRAMES_MAX):
+            batch = await self._read_frame(reader)
+            if not isinstance(batch, wire.SyncBatch):
+                return
+            await take(batch)
+            if batch.done:
+                return
 
     async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
         """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
@@ -237,8 +264,9 @@ class GossipNet:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
                 first = await self._read_frame(reader)
                 if isinstance(first, wire.SyncRequest):
-                    async for batch in self.serve_sync(first):
-                        await self._write_frame(writer, wire.ledger_message_to_plain(batch))
+                    last = await self._answer(writer, first, True)
+                    if last is not None and last.digest is not None:
+                        await self._take_reverse(reader, last.digest)
                 elif isinstance(first, wire.FetchRequest):
                     async for chunk in self.serve_blob(first):
                         await self._write_frame(writer, wire.blob_message_to_plain(chunk))

@@ -26,7 +26,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -395,6 +395,7 @@ class Node:
             self._on_members,
             self._on_records,
             self._serve_sync,
+            self._sync_taker,
             self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
@@ -880,25 +881,36 @@ class Node:
     async def _pull(self, peer: gossip.Member, done: Callable[[str], None] | None = None) -> None:
         """One anti-entropy exchange: what `peer` holds past our digest."""
         assert self.net is not None
-        request = wire.SyncRequest(dict(self.ledger.high_seq))
-        intake = self._intake(request.digest)  # one for every frame of the answer
-
-        async def take(batch: wire.SyncBatch) -> None:
-            await self._take_records(batch.records, intake, batch.upto if batch.done else {})
-
         try:
-            await self.net.pull(peer.addr, request, take)
-            self._synced = True
-            self._heard_at = time.monotonic()
+            await self.net.pull(peer.addr, wire.SyncRequest(dict(self.ledger.high_seq)))
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
         finally:
             if done is not None:
                 done(peer.node)
 
-    async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
-        """What we hold past the peer's digest, in bounded frames, node by node in seq order."""
+    def _sync_taker(self, digest: wire.Watermarks) -> Callable[[wire.SyncBatch], Awaitable[None]]:
+        """How to take the frames of an answer to `digest`, a digest of ours: through one
+        intake for all of them (replication.py). Its last frame taken, we have caught up with
+        that peer (whichever of us asked)."""
+        intake = self._intake(digest)
+
+        async def take(batch: wire.SyncBatch) -> None:
+            await self._take_records(batch.records, intake, batch.upto if batch.done else {})
+            if batch.done:
+                self._synced = True
+                self._heard_at = time.monotonic()
+
+        return take
+
+    async def _serve_sync(
+        self, request: wire.SyncRequest, with_digest: bool
+    ) -> AsyncIterator[wire.SyncBatch]:
+        """What we hold past the peer's digest, in bounded frames, node by node in seq order;
+        the last frame with our own digest if `with_digest` (the asker then sends back what it
+        holds past it)."""
         assert self._reader is not None
+        mine = dict(self.ledger.high_seq) if with_digest else None
         budget = SYNC_RECORDS_MAX
         upto: wire.Watermarks = {}
         for key, after in list(behind(self.ledger.high_seq, request.digest)):
@@ -914,7 +926,7 @@ class Node:
                 after = rows[-1][0]
                 upto[key] = after
                 yield wire.SyncBatch(tuple((key[0], key[1], s, b) for s, b in rows), False, {})
-        yield wire.SyncBatch((), True, upto)
+        yield wire.SyncBatch((), True, upto, mine)
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]

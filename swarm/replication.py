@@ -11,7 +11,8 @@ seq up to which it holds every record that still exists. Two messages carry reco
   with the watermarks up to which it was complete (gaps below are records that no longer exist,
   such as superseded heartbeats). It continues from that digest, so it is taken only for the
   origins where we still hold at least what the digest said (a node whose ledger was wiped
-  meanwhile does not).
+  meanwhile does not). The answer ends with the answerer's own digest, and the asker answers
+  it on the same stream (the reverse phase), taken by the same rule.
 
 The invariant both keep: a watermark never passes a record this node lacks and could still get.
 A record refused (a forged result, or records that could not be stored) stops its origin's

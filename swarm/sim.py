@@ -79,6 +79,9 @@ class _SyncAnswer:
     copies: tuple[Copy, ...]
     upto: dict[Key, int]
     asked: dict[Key, int]  # the digest it answers (the daemon keeps it with its connection)
+    # The answerer's own digest, with which the asker sends back what it holds past it (the
+    # reverse phase); None in that reverse answer.
+    mine: dict[Key, int] | None = None
 
 
 Message = Packet | _Push | _SyncRequest | _SyncAnswer
@@ -383,7 +386,9 @@ class Sim:
                 self.replicas[dst].take(message.copies, {}, None, self._write_fails)
             case _SyncRequest():
                 assert self.replicas is not None
-                self._send(dst, item.src, self.replicas[dst].answer(message.digest))
+                answerer = self.replicas[dst]
+                mine = dict(answerer.ledger.high_seq)
+                self._send(dst, item.src, replace(answerer.answer(message.digest), mine=mine))
             case _SyncAnswer():
                 assert self.replicas is not None
                 frames = -(-len(message.copies) // FRAME_RECORDS)
@@ -392,6 +397,8 @@ class Sim:
                     cut = self.rng.randrange(frames + 1)  # 0 .. all frames, never the end
                 replica = self.replicas[dst]
                 replica.take(message.copies, message.upto, message.asked, self._write_fails, cut)
+                if cut is None and message.mine is not None:  # the reverse phase
+                    self._send(dst, item.src, replica.answer(message.mine))
 
     def _write_fails(self) -> bool:
         return bool(self.net.write_failure) and self.rng.random() < self.net.write_failure

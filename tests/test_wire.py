@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm import gossip
+from swarm import gossip, wire
 from swarm.wire import (
     DATAGRAM_BYTES_MAX,
     HEADER_BYTES,
@@ -273,3 +273,21 @@ def test_malformed_membership_packets_are_bad_packets(raw: object) -> None:
 def test_decode_packet_never_raises_anything_but_bad_packet(junk: bytes) -> None:
     with contextlib.suppress(BadPacket):
         decode_packet(junk)
+
+
+def test_ledger_messages_round_trip_with_and_without_the_answerers_digest() -> None:
+    records = (("a" * 32, 1, 7, b"body"),)
+    marks = {("a" * 32, 1): 7, ("b" * 32, 2): 3}
+    for message in (
+        wire.RecordsPush(records),
+        wire.SyncRequest(marks),
+        wire.SyncBatch(records, False, {}),
+        wire.SyncBatch((), True, marks),
+        wire.SyncBatch((), True, marks, {("c" * 32, 1): 9}),  # the reverse phase asked for
+    ):
+        plain = wire.ledger_message_to_plain(message)
+        assert wire.decode_any(wire.encode(plain)) == message
+    # A last frame without a digest is four items, as before the reverse phase existed.
+    assert len(wire.ledger_message_to_plain(wire.SyncBatch((), True, marks))) == 4
+    with pytest.raises(BadPacket):
+        wire.ledger_message_from_plain(["B", [], True, [], [], "extra"])
