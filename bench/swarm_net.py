@@ -75,7 +75,7 @@ def ask(home: Path, op: str, **fields: Any) -> dict[str, Any]:
 
     try:
         return asyncio.run(call())
-    except SwarmError as exc:
+    except (SwarmError, OSError) as exc:
         raise SystemExit(f"{op} on {home}: {exc}") from exc
 
 

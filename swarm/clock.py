@@ -5,8 +5,9 @@ backwards on a node (even if the wall clock does), it is at least the wall time 
 is sane, and after `observe(remote)` every later local stamp is greater than `remote`, so stamps order
 causally related records across nodes. Pure: the physical time is always passed in.
 
-Stamps order claims (earliest claim time wins a tie) and record submissions; they are never used to
-judge expiry, which is done on each node's own monotonic clock.
+Stamps order claims (of two claims of one epoch, both stolen or neither, the earlier wins) and
+record submissions; they are never used to judge expiry, which is done on each node's own
+monotonic clock.
 """
 
 from __future__ import annotations

@@ -234,12 +234,21 @@ class TaskView:
         highest = max((epoch for epoch, _ in self.claims), default=0)
         return highest + 1
 
+    def claim_order(self, key: tuple[int, str]) -> tuple[int, bool, int, str]:
+        """Where the claim (epoch, node) stands among the task's claims, best first: highest
+        epoch, then the preferred node's before a stolen one, then the earliest stamp, then
+        the lowest node id. A result without a claim (not yet arrived) comes last of its
+        epoch."""
+        epoch, node = key
+        info = self.claims.get(key)
+        if info is None:
+            return (-epoch, True, 2**63, node)
+        return (-epoch, info.stolen, info.stamp, node)
+
     def winning_claim(self) -> tuple[int, str] | None:
         if not self.claims:
             return None
-        return min(
-            self.claims, key=lambda k: (-k[0], self.claims[k].stolen, self.claims[k].stamp, k[1])
-        )
+        return min(self.claims, key=self.claim_order)
 
     def active_claim(self) -> tuple[int, str] | None:
         key = self.winning_claim()
@@ -264,12 +273,7 @@ class TaskView:
         if not oks:
             return None
 
-        def rank(attempt: Attempt) -> tuple[int, int, str]:
-            epoch, node = attempt.result.epoch, attempt.version.origin
-            claim = self.claims.get((epoch, node))
-            return (-epoch, claim.stamp if claim is not None else 2**63, node)
-
-        return min(oks, key=rank)
+        return min(oks, key=lambda a: self.claim_order((a.result.epoch, a.version.origin)))
 
     def count(self, *outcomes: Outcome) -> int:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
@@ -277,9 +281,10 @@ class TaskView:
     def _claim_winners(self) -> dict[int, str]:
         """epoch -> the node whose claim wins it."""
         winners: dict[int, str] = {}
-        for (epoch, node), info in self.claims.items():
+        for key in self.claims:
+            epoch, node = key
             best = winners.get(epoch)
-            if best is None or (info.stamp, node) < (self.claims[(epoch, best)].stamp, best):
+            if best is None or self.claim_order(key) < self.claim_order((epoch, best)):
                 winners[epoch] = node
         return winners
 

@@ -1,7 +1,9 @@
 """Membership on real sockets: the asyncio side of gossip.py.
 
-Theory of operation: one UDP socket carries probes, acks and rumours; one TCP listener on the
-same port takes full state exchanges (push-pull), one sealed frame each way per connection. Every
+Theory of operation: one UDP socket carries probes, acks, rumours and pushed ledger records; one
+TCP listener on the same port takes membership state exchanges (push-pull, one sealed frame each
+way), ledger anti-entropy (a digest, its answer in frames, then the answerer's digest answered
+back on the same stream) and blob fetches. Every
 datagram and frame is sealed (wire.Sealer) and opened (wire.Opener) here, so nothing that fails to
 authenticate or decode reaches the core: it is counted in `dropped` and forgotten. The core is
 driven by a receive loop and one re-armed timer; after each input its outbox is flushed.
@@ -43,13 +45,14 @@ class GossipNet:
         opener: wire.Opener,
         on_events: Callable[[list[gossip.Event]], None],
         on_records: Callable[[wire.RecordsPush], None],
-        serve_sync: Callable[[wire.SyncRequest, bool], AsyncIterator[wire.SyncBatch]],
+        serve_sync: Callable[[wire.SyncRequest], AsyncIterator[wire.SyncBatch]],
         take_sync: Callable[[wire.Watermarks], Callable[[wire.SyncBatch], Awaitable[None]]],
+        digest: Callable[[], wire.Watermarks],
         serve_blob: Callable[[wire.FetchRequest], AsyncIterator[wire.BlobChunk]],
     ) -> None:
-        """`serve_sync(request, with_digest)`: the answer to a digest, its last frame with our
-        own digest if asked; `take_sync(digest)`: a taker for the frames of an answer to that
-        digest of ours (one taker per answer)."""
+        """`serve_sync(request)`: the frames that answer a peer's digest; `take_sync(digest)`:
+        a taker for the frames of an answer to that digest of ours (one per answer);
+        `digest()`: ours, now."""
         self.membership = membership
         self.bind = bind
         self.sealer = sealer
@@ -58,6 +61,7 @@ class GossipNet:
         self.on_records = on_records
         self.serve_sync = serve_sync
         self.take_sync = take_sync
+        self.digest = digest
         self.serve_blob = serve_blob
         self.dropped = 0  # packets that failed to open or decode
         self.sent = 0
@@ -173,47 +177,40 @@ class GossipNet:
         self.bytes_sent += len(data)
 
     async def pull(self, addr: gossip.Addr, request: wire.SyncRequest) -> None:
-        """Anti-entropy: send our digest, take in the records the peer has and we lack; then
-        send back, on the same stream, what we hold past the digest its answer ended with."""
-        take = self.take_sync(request.digest)
+        """Anti-entropy: send our digest and take in what the peer holds past it; then answer,
+        on the same stream, the peer's own digest with what we hold past it (the reverse phase:
+        a node that others cannot connect to still gets its records out by asking). A peer
+        without the reverse phase closes the stream after its answer instead."""
         async with asyncio.timeout(SYNC_TIMEOUT_S):
             reader, writer = await _connect(addr)
             try:
                 await self._write_frame(writer, wire.ledger_message_to_plain(request))
-                for _ in range(SYNC_FRAMES_MAX):
-                    batch = await self._read_frame(reader)
-                    if not isinstance(batch, wire.SyncBatch):
-                        return
-                    await take(batch)
-                    if batch.done:
-                        break
-                else:
+                if not await self._take_answer(reader, request.digest):
                     return
-                if batch.digest is not None:
-                    await self._answer(writer, wire.SyncRequest(batch.digest), False)
+                try:
+                    theirs = await self._read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    return  # no reverse phase
+                if isinstance(theirs, wire.SyncRequest):
+                    await self._answer(writer, theirs)
             finally:
                 writer.close()
 
-    async def _answer(
-        self, writer: asyncio.StreamWriter, request: wire.SyncRequest, with_digest: bool
-    ) -> wire.SyncBatch | None:
-        """Write the answer to a digest; the last frame written."""
-        last = None
-        async for batch in self.serve_sync(request, with_digest):
-            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
-            last = batch
-        return last
-
-    async def _take_reverse(self, reader: asyncio.StreamReader, digest: wire.Watermarks) -> None:
-        """The asker's reverse phase: what it holds past the digest we answered with."""
+    async def _take_answer(self, reader: asyncio.StreamReader, digest: wire.Watermarks) -> bool:
+        """Take the frames that answer `digest` (ours); True if the answer came to its end."""
         take = self.take_sync(digest)
         for _ in range(SYNC_FRAMES_MAX):
             batch = await self._read_frame(reader)
             if not isinstance(batch, wire.SyncBatch):
-                return
+                return False
             await take(batch)
             if batch.done:
-                return
+                return True
+        return False
+
+    async def _answer(self, writer: asyncio.StreamWriter, request: wire.SyncRequest) -> None:
+        async for batch in self.serve_sync(request):
+            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
 
     async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
         """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
@@ -264,9 +261,11 @@ class GossipNet:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
                 first = await self._read_frame(reader)
                 if isinstance(first, wire.SyncRequest):
-                    last = await self._answer(writer, first, True)
-                    if last is not None and last.digest is not None:
-                        await self._take_reverse(reader, last.digest)
+                    await self._answer(writer, first)
+                    # The reverse phase: our digest, answered on this stream.
+                    ours = wire.SyncRequest(self.digest())
+                    await self._write_frame(writer, wire.ledger_message_to_plain(ours))
+                    await self._take_answer(reader, ours.digest)
                 elif isinstance(first, wire.FetchRequest):
                     async for chunk in self.serve_blob(first):
                         await self._write_frame(writer, wire.blob_message_to_plain(chunk))

@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -396,6 +397,7 @@ class Node:
             self._on_records,
             self._serve_sync,
             self._sync_taker,
+            lambda: dict(self.ledger.high_seq),
             self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
@@ -616,8 +618,8 @@ class Node:
             return  # too busy: anti-entropy brings them later
         self._pushes.append(push)
         if not self._taking_pushes:
-            self._taking_pushes = True
             self._tg.create_task(self._take_pushes())
+            self._taking_pushes = True
 
     async def _take_pushes(self) -> None:
         """Take pushes one batch at a time, everything that arrived meanwhile together: a push
@@ -883,7 +885,15 @@ class Node:
         assert self.net is not None
         try:
             await self.net.pull(peer.addr, wire.SyncRequest(dict(self.ledger.high_seq)))
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            sqlite3.Error,
+            ValueError,
+        ) as exc:
+            # (A database error, or a reader closed as the node stops, can come from answering
+            # the peer's digest: never a reason to stop the node.)
             log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
         finally:
             if done is not None:
@@ -903,14 +913,9 @@ class Node:
 
         return take
 
-    async def _serve_sync(
-        self, request: wire.SyncRequest, with_digest: bool
-    ) -> AsyncIterator[wire.SyncBatch]:
-        """What we hold past the peer's digest, in bounded frames, node by node in seq order;
-        the last frame with our own digest if `with_digest` (the asker then sends back what it
-        holds past it)."""
+    async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
+        """What we hold past the peer's digest, in bounded frames, node by node in seq order."""
         assert self._reader is not None
-        mine = dict(self.ledger.high_seq) if with_digest else None
         budget = SYNC_RECORDS_MAX
         upto: wire.Watermarks = {}
         for key, after in list(behind(self.ledger.high_seq, request.digest)):
@@ -926,7 +931,7 @@ class Node:
                 after = rows[-1][0]
                 upto[key] = after
                 yield wire.SyncBatch(tuple((key[0], key[1], s, b) for s, b in rows), False, {})
-        yield wire.SyncBatch((), True, upto, mine)
+        yield wire.SyncBatch((), True, upto)
 
     def _on_state_changed(self, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
@@ -950,7 +955,9 @@ class Node:
         for task, epoch in self._orphaned:
             view = self.ledger.tasks.get(task)
             if view is not None and epoch > 0 and (epoch, self.node_id) not in view.claims:
-                unwritten.append(ClaimRecord(task, epoch, self.clock.now(now)))
+                # Stolen: it is only there to be closed, and must never beat a live claim
+                # (a peer may have taken the task under this epoch meanwhile).
+                unwritten.append(ClaimRecord(task, epoch, self.clock.now(now), stolen=True))
         self._orphaned = []
         if unwritten:
             await self._append(unwritten)

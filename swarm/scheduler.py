@@ -231,11 +231,15 @@ class Scheduler:
 
     def new_claim(self, view: TaskView, stamp: int) -> ClaimRecord:
         """Our claim of a task we picked, under the next epoch; stolen if a live member comes
-        before us for it (a takeover is ranked without the holder whose lease expired)."""
+        before us for it (a takeover is ranked without the holder whose lease expired), or if
+        we are not among its candidates ourselves (our meta has not spread yet, say)."""
         assert view.spec is not None
         holder = view.active_claim() if view.state is State.RUNNING else None
         without = None if holder is None else holder[1]
-        stolen = self.rank(view.task_id, view.spec, without) > 0
+        stolen = self.rank(view.task_id, view.spec, without) > 0 or (
+            self.members is not None
+            and all(node != self.me for node, _ in self.candidates_for(view.spec))
+        )
         return ClaimRecord(view.task_id, view.next_epoch(), stamp, stolen=stolen)
 
     def takeover_exhausts(self, view: TaskView) -> bool:

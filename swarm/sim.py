@@ -55,6 +55,9 @@ class Network:
     delay_max_s: float = 0.005  # uniform; reordering follows from the spread
     write_failure: float = 0.0  # probability that storing one batch of a peer's records fails
     cut: float = 0.0  # probability that a sync answer's stream is cut after some of its frames
+    # Nodes no peer can open a connection to (a firewall, NAT): requests to them never arrive,
+    # though they may still ask others, and answer back on those streams.
+    unreachable: frozenset[Addr] = frozenset()
 
 
 FRAME_RECORDS = 64  # records per frame of a simulated sync answer (the daemon's are larger)
@@ -456,6 +459,8 @@ class Sim:
         )
         if not stream and self.rng.random() < self.net.loss:
             return
+        if isinstance(message, _SyncRequest) and dst in self.net.unreachable:
+            return  # the connection is never made
         copies = 2 if not stream and self.rng.random() < self.net.duplicate else 1
         for _ in range(copies):
             delay = self.rng.uniform(self.net.delay_min_s, self.net.delay_max_s)

@@ -455,15 +455,11 @@ class SyncRequest:
 
 @dataclass(frozen=True, slots=True)
 class SyncBatch:
-    """Part of the answer; the last one (`done`) says up to which seq each key is now complete,
-    and may carry the answerer's own `digest`: the asker then sends back, on the same stream,
-    what it holds past that digest (the reverse phase), so a node nobody can connect to still
-    gets its records out by asking."""
+    """Part of the answer; the last one (`done`) says up to which seq each key is now complete."""
 
     records: tuple[RecordCopy, ...]
     done: bool
     upto: Watermarks
-    digest: Watermarks | None = None
 
 
 LedgerMessage = RecordsPush | SyncRequest | SyncBatch
@@ -474,11 +470,10 @@ def ledger_message_to_plain(message: LedgerMessage) -> list[Any]:
         case RecordsPush():
             return ["R", [list(r) for r in message.records]]
         case SyncRequest():
-            return ["S", _plain_watermarks(message.digest)]
+            return ["S", [[o, g, s] for (o, g), s in message.digest.items()]]
         case SyncBatch():
             upto = [[o, g, s] for (o, g), s in message.upto.items()]
-            digest = [] if message.digest is None else [_plain_watermarks(message.digest)]
-            return ["B", [list(r) for r in message.records], message.done, upto, *digest]
+            return ["B", [list(r) for r in message.records], message.done, upto]
 
 
 def ledger_message_from_plain(raw: Any) -> LedgerMessage:
@@ -491,18 +486,11 @@ def ledger_message_from_plain(raw: Any) -> LedgerMessage:
             _arity(raw[1:], 1)
             return SyncRequest(_watermarks(raw[1]))
         if tag == "B":
-            if len(raw) == 5:  # with the answerer's digest
-                return SyncBatch(_records(raw[1]), _bool(raw[2]), _watermarks(raw[3]),
-                                 _watermarks(raw[4]))  # fmt: skip
             _arity(raw[1:], 3)
             return SyncBatch(_records(raw[1]), _bool(raw[2]), _watermarks(raw[3]))
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise BadPacket(f"malformed ledger message: {exc}") from exc
     raise BadPacket("unknown ledger message")
-
-
-def _plain_watermarks(marks: Watermarks) -> list[list[Any]]:
-    return [[o, g, s] for (o, g), s in marks.items()]
 
 
 def _records(raw: Any) -> tuple[RecordCopy, ...]:

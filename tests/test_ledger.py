@@ -236,6 +236,25 @@ def test_a_stolen_claim_loses_to_the_preferred_nodes_claim_of_its_epoch() -> Non
     assert ledger.tasks["t1"].winning_claim() == (2, "node-b")
 
 
+def test_every_judgement_of_a_claim_race_follows_the_stolen_rule() -> None:
+    """Interruptions, their cap and the credited result rank a race's claims as the winner
+    does: a thief's lost race is no interruption, and its ok result is not the task's."""
+    ledger, a, b = fresh()
+    b(ClaimRecord("t1", 1, stamp=5, stolen=True))
+    a(ClaimRecord("t1", 1, stamp=7))
+    b(result("t1", 1, Outcome.INTERRUPTED))  # the thief lost its race
+    assert ledger.tasks["t1"].interruptions() == 0
+    a(ClaimRecord("t1", 2, stamp=9))  # node-a, the winner of epoch 1, died: taken over
+    assert ledger.tasks["t1"].interruptions() == 1
+    ledger, a, b = fresh()
+    b(ClaimRecord("t1", 1, stamp=5, stolen=True))
+    a(ClaimRecord("t1", 1, stamp=7))
+    b(result("t1", 1, Outcome.OK))  # both ran to the end: the preferred node's result counts
+    a(result("t1", 1, Outcome.OK))
+    credited = ledger.tasks["t1"].ok_attempt()
+    assert credited is not None and credited.version.origin == "node-a"
+
+
 def test_a_claim_that_is_not_stolen_encodes_as_before_the_flag() -> None:
     """Records written before `stolen` existed decode the same, and a claim that is not
     stolen encodes to the very same bytes."""

@@ -199,3 +199,7 @@ def test_a_claim_is_stolen_unless_we_come_first_without_a_lapsed_holder() -> Non
     ledger.apply(Version("c", 1, 1), ClaimRecord(second, 1, 10))
     takeover = sched.new_claim(ledger.tasks[second], stamp=20)
     assert (takeover.epoch, takeover.stolen) == (2, False)
+    # A node that is no candidate yet (its meta has not spread) never claims ahead of one.
+    stranger = Scheduler("z", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    stranger.set_members(members)
+    assert stranger.new_claim(ledger.tasks[ours], stamp=5).stolen

@@ -4,6 +4,7 @@ converge. Fixed seeds here; `python -m swarm.sim --ledger --seeds 200` runs more
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import pytest
 
@@ -92,3 +93,16 @@ def test_copies_travel_through_the_codec() -> None:
     (copy,) = sim.replicas[sim.addr(1)].records[("n0000", 1)].values()
     (written,) = sim.truth.values()
     assert copy == written and copy is not written
+
+
+def test_a_node_nobody_can_connect_to_gets_its_records_out_by_asking() -> None:
+    """Node 1's record reaches no one by push, and no one can open a connection to node 1:
+    only the reverse phase of its own pulls can deliver it."""
+    sim = Sim(3, seed=2, ledger=True)
+    assert sim.replicas is not None
+    sim.join_all()
+    sim.run_for(2)
+    sim.net = replace(sim.net, unreachable=frozenset({sim.addr(1)}))
+    sim.write(1, TaskRecord("t1", "j", "t1", _SPEC, 1), fanout=0)
+    sim.run_for(3)
+    assert all("t1" in replica.ledger.tasks for replica in sim.replicas.values())
