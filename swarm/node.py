@@ -938,7 +938,9 @@ class Node:
         if change.new is State.PENDING:
             self._enqueue(view)
             self._wake.set()
-        elif change.new is State.DONE and self.membership is not None:
+            return
+        self.sched.since.pop(change.task_id, None)  # claimed or ended: it waits no more
+        if change.new is State.DONE and self.membership is not None:
             self._want_replicas([view])
         elif change.new is State.CANCELLED:
             attempt = self.attempts.get(change.task_id)
@@ -1125,6 +1127,7 @@ class Node:
             self.sched.queue = fresh
             self.sched.orphans.clear()
             self._requeue_orphans()
+            self.sched.forget_settled()
             self._wake.set()
 
     def _wake_at(self, when: float | None) -> None:
@@ -1170,9 +1173,8 @@ class Node:
             if self.guard is not None:  # memory goes by what the attempts are measured to use
                 free = replace(free, memory_bytes=self.guard.headroom(self._memory_in_use()))
             now = time.monotonic()
-            picks = self.sched.queue.select(
-                self._is_pending, free, self.labels, self.config.claim_batch_max, now
-            )
+            busy = self.attempts.keys() | self._claiming
+            picks = self.sched.pick(busy, free, self.labels, self.config.claim_batch_max, now)
             self._wake_at(self.sched.queue.next_ready())
             for task in picks:
                 view = self.ledger.tasks[task]

@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 Each pending task has an order over the live members that could run it (weighted rendezvous
 hashing, policy.py). A node queues the task at once if it comes first in that order, else after a
-stagger per member ahead of it, so the preferred node takes it and the others take it only when it
+stagger per member ahead of it (counted from when the task began to wait, however often members
+come and go meanwhile), so the preferred node takes it and the others take it only when it
 has not (work stealing). A thief's claim is marked stolen and loses to the preferred node's claim
 of the same epoch (ledger.py), and a thief starts only after a settle, so that when both reach
 for one task at once the thief backs off before it has started anything. A running task whose holder's lease expired (lease.py: its heartbeat
@@ -94,6 +95,11 @@ class Scheduler:
     # Tasks this node leaves to the others for a while (it evicted one, or could not store its
     # result): task -> monotonic time it may claim it again.
     holds: dict[str, float] = field(default_factory=dict)
+    # When each task became claimable here in its current spell (pending, or orphaned by a
+    # lapse), with the epoch a claim would take then (a new spell takes a new epoch): its
+    # stagger counts from then, so that a re-rank (members come and go) does not start the
+    # wait over. task -> (epoch, monotonic time).
+    since: dict[str, tuple[int, float]] = field(default_factory=dict)
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -158,7 +164,11 @@ class Scheduler:
         if view.spec is None:
             return
         rank = 0 if at_once else self.rank(view.task_id, view.spec, without=takeover)
-        ready_at = now + rank * self.claim_stagger_s if rank else 0.0
+        epoch = view.next_epoch()
+        spell = self.since.get(view.task_id)
+        if spell is None or spell[0] != epoch:
+            spell = self.since[view.task_id] = (epoch, now)
+        ready_at = spell[1] + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, self._held_until(view.task_id, now))
         (self.queue if into is None else into).push(
             view.task_id, view.spec, view.submitted[0], rank, ready_at, first=takeover is not None
@@ -220,12 +230,28 @@ class Scheduler:
         self.queue = fresh
         self.orphans.clear()
         self.requeue_orphans(now)
+        self.forget_settled()
+
+    def forget_settled(self) -> None:
+        """Drop the `since` of tasks no longer waiting to be claimed (claimed, done, or
+        claimed again under a higher epoch): run after a re-rank, which queues afresh every
+        task that still waits."""
+        self.since = {
+            task: spell
+            for task, spell in self.since.items()
+            if (view := self.ledger.tasks.get(task)) is not None
+            and view.next_epoch() == spell[0]
+            and (view.state is State.PENDING or task in self.orphans)
+        }
 
     def pick(
         self, busy: Container[str], free: Resources, labels: Labels, limit: int, now: float
     ) -> list[str]:
-        """The tasks to claim now, best first, that fit in `free`."""
-        return self.queue.select(lambda t: self.claimable(t, busy, now), free, labels, limit, now)
+        """The tasks to claim now, best first, that fit in `free` (their wait is over)."""
+        chosen = self.queue.select(lambda t: self.claimable(t, busy, now), free, labels, limit, now)
+        for task in chosen:
+            self.since.pop(task, None)
+        return chosen
 
     # -- attempts --------------------------------------------------------------------------
 

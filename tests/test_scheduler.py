@@ -203,3 +203,27 @@ def test_a_claim_is_stolen_unless_we_come_first_without_a_lapsed_holder() -> Non
     stranger = Scheduler("z", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
     stranger.set_members(members)
     assert stranger.new_claim(ledger.tasks[ours], stamp=5).stolen
+
+
+def test_a_rerank_does_not_start_a_tasks_stagger_over() -> None:
+    """Members come and go while a task waits for its turn: it stays due when it was due."""
+    ledger = ledger_with(30)
+    members = peers("a", "b", "c")
+    after = peers("a", "b", "c", "d")
+    candidates = [(p.node, p.capacity.cpus) for p in members]
+    task = next(
+        f"t{i}"
+        for i in range(30)
+        if rendezvous_rank(f"t{i}", "b", candidates) == 2
+        and rendezvous_rank(f"t{i}", "b", [(p.node, p.capacity.cpus) for p in after]) >= 2
+    )
+    sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.set_members(members)
+    sched.enqueue(ledger.tasks[task], now=0.0)
+    sched.set_members(after)  # a join: ranks are computed afresh ...
+    sched.rerank(now=1.5)
+    due = float(sched.rank(task, SPEC))  # ... but from when the task first waited: not 3.5+
+    lots = Resources(100, 1 << 40)
+    assert task not in sched.pick((), lots, {}, 100, now=due - 0.01)
+    assert task in sched.pick((), lots, {}, 100, now=due)
+    assert task not in sched.since  # picked: its wait is over

@@ -41,4 +41,4 @@ def test_the_checks_catch_a_node_that_runs_on_after_losing_its_claim(
 ) -> None:
     monkeypatch.setattr(Scheduler, "lost_to", lambda self, task, epoch: None)
     with pytest.raises(InvariantBroken, match="says lost"):
-        scenario_work(0, "freeze")
+        scenario_work(0, "partition")
