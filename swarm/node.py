@@ -1127,7 +1127,10 @@ class Node:
             self.sched.queue = fresh
             self.sched.orphans.clear()
             self._requeue_orphans()
-            self.sched.forget_settled()
+            waiting = list(self.sched.since)
+            for start in range(0, len(waiting), RERANK_SLICE):
+                self.sched.forget_settled(waiting[start : start + RERANK_SLICE])
+                await asyncio.sleep(0)
             self._wake.set()
 
     def _wake_at(self, when: float | None) -> None:

@@ -232,17 +232,21 @@ class Scheduler:
         self.requeue_orphans(now)
         self.forget_settled()
 
-    def forget_settled(self) -> None:
+    def forget_settled(self, tasks: Iterable[str] | None = None) -> None:
         """Drop the `since` of tasks no longer waiting to be claimed (claimed, done, or
         claimed again under a higher epoch): run after a re-rank, which queues afresh every
-        task that still waits."""
-        self.since = {
-            task: spell
-            for task, spell in self.since.items()
-            if (view := self.ledger.tasks.get(task)) is not None
-            and view.next_epoch() == spell[0]
-            and (view.state is State.PENDING or task in self.orphans)
-        }
+        task that still waits. `tasks`: only these (the daemon goes a slice at a time)."""
+        for task in list(self.since if tasks is None else tasks):
+            spell = self.since.get(task)
+            if spell is None:
+                continue
+            view = self.ledger.tasks.get(task)
+            if (
+                view is None
+                or view.next_epoch() != spell[0]
+                or not (view.state is State.PENDING or task in self.orphans)
+            ):
+                del self.since[task]
 
     def pick(
         self, busy: Container[str], free: Resources, labels: Labels, limit: int, now: float
