@@ -16,6 +16,16 @@ def peers(*nodes: str) -> list[Peer]:
     return [Peer(node, BIG, {}) for node in nodes]
 
 
+def a_task(members: list[Peer], **ranks: int) -> str:
+    """The first of t0..t29 for which each named node has the given rank among `members`."""
+    candidates = [(p.node, p.capacity.cpus) for p in members]
+    return next(
+        f"t{i}"
+        for i in range(30)
+        if all(rendezvous_rank(f"t{i}", node, candidates) == r for node, r in ranks.items())
+    )
+
+
 def ledger_with(tasks: int) -> Ledger:
     ledger = Ledger()
     for i in range(tasks):
@@ -121,14 +131,8 @@ def test_a_takeover_is_ranked_without_its_holder_and_goes_first() -> None:
     task's order: ranked with it, every other node would wait behind all its own tasks."""
     ledger = ledger_with(30)
     members = peers("a", "b", "c")
-    candidates = [(p.node, p.capacity.cpus) for p in members]
     # A task for which "c" comes first and "b" second: once c's lease lapses, b comes first.
-    task = next(
-        f"t{i}"
-        for i in range(30)
-        if rendezvous_rank(f"t{i}", "c", candidates) == 0
-        and rendezvous_rank(f"t{i}", "b", candidates) == 1
-    )
+    task = a_task(members, c=0, b=1)
     ledger.apply(Version("c", 1, 1), ClaimRecord(task, 1, 10))
     sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
     sched.set_members(members)
@@ -181,21 +185,14 @@ def test_a_held_task_waits_until_its_hold_is_over_and_the_hold_is_then_forgotten
 def test_a_claim_is_stolen_unless_we_come_first_without_a_lapsed_holder() -> None:
     ledger = ledger_with(30)
     members = peers("a", "b", "c")
-    candidates = [(p.node, p.capacity.cpus) for p in members]
     sched = Scheduler("b", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
     sched.set_members(members)
-    ours = next(f"t{i}" for i in range(30) if rendezvous_rank(f"t{i}", "b", candidates) == 0)
-    theirs = next(f"t{i}" for i in range(30) if rendezvous_rank(f"t{i}", "c", candidates) == 0)
+    ours, theirs = a_task(members, b=0), a_task(members, c=0)
     claim = sched.new_claim(ledger.tasks[ours], stamp=5)
     assert (claim.task_id, claim.epoch, claim.stamp, claim.stolen) == (ours, 1, 5, False)
     assert sched.new_claim(ledger.tasks[theirs], stamp=5).stolen
     # "c" held `second` and its lease lapsed: "b", first without it, takes it over unstolen.
-    second = next(
-        f"t{i}"
-        for i in range(30)
-        if rendezvous_rank(f"t{i}", "c", candidates) == 0
-        and rendezvous_rank(f"t{i}", "b", candidates) == 1
-    )
+    second = a_task(members, c=0, b=1)
     ledger.apply(Version("c", 1, 1), ClaimRecord(second, 1, 10))
     takeover = sched.new_claim(ledger.tasks[second], stamp=20)
     assert (takeover.epoch, takeover.stolen) == (2, False)

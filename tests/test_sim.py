@@ -40,11 +40,17 @@ def test_membership_works_with_drifting_clocks() -> None:
     assert sim.run_until_agree(everyone(6, n0005=MemberState.DEAD), limit_s=20) is not None
 
 
-def test_a_wiped_node_gets_its_earlier_records_back() -> None:
-    sim = Sim(3, seed=1, ledger=True)
-    assert sim.replicas is not None
+def joined(n: int, seed: int, settle_s: float) -> Sim:
+    """A simulated swarm of n nodes with ledgers, formed and settled for `settle_s`."""
+    sim = Sim(n, seed=seed, ledger=True)
     sim.join_all()
-    sim.run_for(2)
+    sim.run_for(settle_s)
+    return sim
+
+
+def test_a_wiped_node_gets_its_earlier_records_back() -> None:
+    sim = joined(3, seed=1, settle_s=2)
+    assert sim.replicas is not None
     sim.write(1, TaskRecord("t1", "j", "t1", _SPEC, 1))
     sim.write(1, ClaimRecord("t1", 1, 2))
     sim.run_for(1)
@@ -84,10 +90,8 @@ def test_the_checks_catch_watermarks_that_pass_a_record_that_failed_to_be_stored
 
 def test_copies_travel_through_the_codec() -> None:
     """What a replica stores is what came out of db.encode/decode, equal to what was written."""
-    sim = Sim(2, seed=1, ledger=True)
+    sim = joined(2, seed=1, settle_s=1)
     assert sim.replicas is not None
-    sim.join_all()
-    sim.run_for(1)
     sim.write(0, TaskRecord("t1", "job", "one", _SPEC, 1))
     sim.run_for(1)
     (copy,) = sim.replicas[sim.addr(1)].records[("n0000", 1)].values()
@@ -98,10 +102,8 @@ def test_copies_travel_through_the_codec() -> None:
 def test_a_node_nobody_can_connect_to_gets_its_records_out_by_asking() -> None:
     """Node 1's record reaches no one by push, and no one can open a connection to node 1:
     only the reverse phase of its own pulls can deliver it."""
-    sim = Sim(3, seed=2, ledger=True)
+    sim = joined(3, seed=2, settle_s=2)
     assert sim.replicas is not None
-    sim.join_all()
-    sim.run_for(2)
     sim.net = replace(sim.net, unreachable=frozenset({sim.addr(1)}))
     sim.write(1, TaskRecord("t1", "j", "t1", _SPEC, 1), fanout=0)
     sim.run_for(3)
