@@ -158,6 +158,13 @@ MEMORY_BYTES_MAX = 2**63 - 1
 GPUS_MAX = 1024
 PRIORITY_ABS_MAX = 2**31
 RETRIES_MAX = 1000
+# The kernel refuses to exec a command with any one argument or environment string longer than
+# MAX_ARG_STRLEN (128 KiB, with its NUL): such a task could never start, so it is never accepted.
+ARG_BYTES_MAX = 128 * 1024 - 1
+# A whole task's text (command or arguments, environment, paths, patterns, labels). It keeps every
+# TASK record far below what one peer frame carries (wire.RECORD_BODY_BYTES_MAX). Large inputs
+# belong in files that the task reads.
+SPEC_BYTES_MAX = 256 * 1024
 
 
 def _num(value: Any) -> float:
@@ -246,6 +253,44 @@ def check(spec: TaskSpec) -> None:
             raise ValueError("outputs: must be relative glob patterns")
         if ".." in pattern.replace("\\", "/").split("/"):
             raise ValueError("outputs: must not contain '..'")
+    _check_size(spec)
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_size(spec: TaskSpec) -> None:
+    """A task that could never be exec'd, or too large to replicate, names its biggest field."""
+    args = (spec.cmd,) if spec.cmd is not None else spec.argv or ()
+    field = "cmd" if spec.cmd is not None else "argv"
+    sizes = {field: 0, "env": 0, "cwd": 0, "requires": 0, "outputs": 0}
+    for arg in args:
+        size = _utf8_bytes(arg)
+        if size > ARG_BYTES_MAX:
+            raise ValueError(
+                f"{field}: an argument of {size} bytes is over the kernel's limit of "
+                f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads"
+            )
+        sizes[field] += size
+    for key, value in spec.env:
+        size = _utf8_bytes(key) + 1 + _utf8_bytes(value)
+        if size > ARG_BYTES_MAX:
+            raise ValueError(
+                f"env: {key[:40]} is {size} bytes, over the kernel's limit of {ARG_BYTES_MAX} "
+                "bytes for one environment string"
+            )
+        sizes["env"] += size
+    sizes["cwd"] = _utf8_bytes(spec.cwd or "")
+    sizes["outputs"] = sum(_utf8_bytes(p) for p in spec.outputs)
+    sizes["requires"] = sum(_utf8_bytes(k) + len(str(v)) for k, v in spec.requires)
+    total = sum(sizes.values())
+    if total > SPEC_BYTES_MAX:
+        biggest = max(sizes, key=lambda name: sizes[name])
+        raise ValueError(
+            f"{biggest}: the task's text is {total} bytes, over the limit of {SPEC_BYTES_MAX} "
+            "bytes for one task; put large inputs in a file the task reads"
+        )
 
 
 def normalize_requires(raw: dict[str, Any]) -> tuple[tuple[str, LabelValue], ...]:

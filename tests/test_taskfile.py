@@ -424,6 +424,12 @@ INVALID: list[tuple[str, Line, str, str]] = [
     ("string", '"echo hi"', "json", "expected an object {...}, got str"),
     ("number", "5", "json", "expected an object {...}, got int"),
     ("null", "null", "json", "expected an object {...}, got NoneType"),
+    # Sizes: what the kernel could never exec, and what is too large to replicate.
+    ("cmd over exec's limit", {"cmd": "x" * 128 * KIB}, "cmd", "over the kernel's limit"),
+    ("cmd counted in bytes", {"cmd": "é" * 64 * KIB}, "cmd", "131072 bytes"),
+    ("argv item over exec's limit", {"argv": ["echo", "x" * 128 * KIB]}, "argv", "the kernel's"),
+    ("env over exec's limit", {"cmd": "a", "env": {"BIG": "x" * 128 * KIB}}, "env", "BIG is"),
+    ("task over its limit", {"argv": ["echo", *["x" * 100 * KIB] * 3]}, "argv", "262144 bytes"),
 ]
 
 
@@ -445,6 +451,15 @@ def test_invalid_key_names_the_right_line(line: Line, field: str, fragment: str)
     assert len(found) == 1, found
     assert found[0].startswith(f"{SRC}:4: {field}: "), found
     assert fragment in found[0]
+
+
+def test_the_largest_command_exec_takes_is_accepted() -> None:
+    assert one({"cmd": "x" * (128 * KIB - 1)}).spec.cmd == "x" * (128 * KIB - 1)
+
+
+def test_a_line_too_long_to_exec_in_lines_mode_names_its_line() -> None:
+    found = problems_of(b"echo ok\n" + b"x" * 200 * KIB + b"\n", lines_mode=True)
+    assert len(found) == 1 and found[0].startswith(f"{SRC}:2: cmd: "), found
 
 
 def test_message_shows_the_exception_text_too() -> None:
