@@ -30,7 +30,7 @@ import msgpack
 
 from swarm.errors import BadRecordError, StorageFullError, SwarmError
 from swarm.ledger import KIND_OF, Body, Kind, Ledger, Version, body_from_plain, body_to_plain
-from swarm.wire import unpack
+from swarm.wire import RECORD_BODY_BYTES_MAX, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -215,20 +215,58 @@ async def prune_heartbeats(conn: aiosqlite.Connection) -> None:
 
 
 SYNC_ROWS_MAX = 2_000  # rows in one frame of an anti-entropy answer
+# Record bytes in one frame of an anti-entropy answer. With each record at most
+# wire.RECORD_BODY_BYTES_MAX, a frame stays well inside what a peer takes (wire.FRAME_BYTES_MAX),
+# whatever the records' sizes: a frame that a peer refuses would be sent again and again.
+SYNC_FRAME_BYTES_MAX = 2 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RowSlice:
+    """One frame's worth of an origin's records, in seq order."""
+
+    rows: list[tuple[int, bytes]]  # (seq, body)
+    oversized: list[int]  # seqs of records larger than any peer takes: passed over, not sent
+    last: int  # the highest seq this slice covers; `after` when there was nothing past it
 
 
 async def rows_after(
-    conn: aiosqlite.Connection, origin: str, generation: int, after: int, limit: int
-) -> list[tuple[int, bytes]]:
-    """(seq, body) of the stored records of (origin, generation) past `after`, in seq order."""
+    conn: aiosqlite.Connection,
+    origin: str,
+    generation: int,
+    after: int,
+    limit: int,
+    bytes_max: int = SYNC_FRAME_BYTES_MAX,
+) -> RowSlice:
+    """The stored records of (origin, generation) past `after`: at most `limit` of them and
+    `bytes_max` bytes of bodies (one record at least). The sizes are read first, so a body
+    that is not sent is never loaded."""
     cursor = await conn.execute(
-        "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
+        "SELECT seq, length(body) FROM records WHERE origin = ? AND generation = ? AND seq > ?"
         " ORDER BY seq LIMIT ?",
         (origin, generation, after, limit),
     )
+    sizes = await cursor.fetchall()
+    await cursor.close()
+    last, total, oversized = after, 0, []
+    for seq, size in sizes:
+        if size > RECORD_BODY_BYTES_MAX:
+            oversized.append(int(seq))
+        elif total + size > bytes_max and total > 0:
+            break
+        else:
+            total += size
+        last = int(seq)
+    if last == after:
+        return RowSlice([], [], after)
+    cursor = await conn.execute(
+        "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
+        " AND seq <= ? AND length(body) <= ? ORDER BY seq",
+        (origin, generation, after, last, RECORD_BODY_BYTES_MAX),
+    )
     rows = await cursor.fetchall()
     await cursor.close()
-    return [(int(seq), bytes(body)) for seq, body in rows]
+    return RowSlice([(int(seq), bytes(body)) for seq, body in rows], oversized, last)
 
 
 async def open_reader(path: Path) -> aiosqlite.Connection:

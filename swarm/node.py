@@ -104,6 +104,7 @@ SPREAD_WIDE = 16  # fresh records go at once to this many members
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
+REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
@@ -253,6 +254,8 @@ class Node:
         self.bad_records = 0  # peers' records that did not decode: dropped
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
+        self.refused_records = 0  # records passed over: too large, or undecodable
+        self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
         self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
@@ -680,12 +683,18 @@ class Node:
             if not intake.wants(origin, generation, seq):
                 continue
             key = (origin, generation)
+            # Every peer holds the same bytes of a record, so waiting for a better copy of one
+            # that is too large or does not decode (a newer version's) would stall its origin
+            # here for good: count it, say so once, and pass over it.
+            if len(raw) > wire.RECORD_BODY_BYTES_MAX:
+                self._refused(key, seq, "too large", f"{len(raw)} bytes")
+                intake.took(key, seq)
+                continue
             try:
                 body = db.decode(raw)
-            except BadRecordError:
-                # Every peer holds the same bytes, so waiting for a better copy would stall
-                # this origin for good: count it, and pass over it (a newer version's record).
+            except BadRecordError as exc:
                 self.bad_records += 1
+                self._refused(key, seq, "undecodable", str(exc))
                 intake.took(key, seq)
                 continue
             if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
@@ -713,6 +722,17 @@ class Node:
         self._apply_rows(rows)
         for key, seq in list(intake.watermarks(upto)):
             self.ledger.high_seq[key] = seq
+
+    def _refused(self, key: tuple[str, int], seq: int, reason: str, detail: str = "") -> None:
+        """A record passed over: counted, and logged once for each origin and reason."""
+        self.refused_records += 1
+        said = (key[0], reason)
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            log.warning(
+                "record %s/%d/%d passed over: %s%s (logged once for this origin)",
+                key[0][:8], key[1], seq, reason, f" ({detail})" if detail else "",
+            )  # fmt: skip
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -921,16 +941,20 @@ class Node:
         for key, after in list(behind(self.ledger.high_seq, request.digest)):
             high = self.ledger.high_seq[key]
             while budget > 0:
-                rows = await db.rows_after(
+                part = await db.rows_after(
                     self._reader, key[0], key[1], after, min(db.SYNC_ROWS_MAX, budget)
                 )
-                if not rows:
+                if part.last == after:
                     upto[key] = high  # all of it: gaps are records that no longer exist
                     break
-                budget -= len(rows)
-                after = rows[-1][0]
-                upto[key] = after
-                yield wire.SyncBatch(tuple((key[0], key[1], s, b) for s, b in rows), False, {})
+                for seq in part.oversized:
+                    # No peer would take it: sending it would only get the frame refused.
+                    self._refused(key, seq, "too large for any peer to take; not sent")
+                budget -= len(part.rows) + len(part.oversized)
+                after = upto[key] = part.last
+                if part.rows:
+                    copies = tuple((key[0], key[1], s, b) for s, b in part.rows)
+                    yield wire.SyncBatch(copies, False, {})
         yield wire.SyncBatch((), True, upto)
 
     def _on_state_changed(self, change: StateChanged) -> None:
@@ -1627,6 +1651,7 @@ class Node:
                     "dropped": self.net.dropped,
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
+                    "refused_records": self.refused_records,
                     "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,

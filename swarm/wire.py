@@ -431,7 +431,7 @@ def decode_packet(body: bytes) -> gossip.Packet:
 
 # -- ledger replication (Scuttlebutt) --------------------------------------------------------
 
-RECORD_BODY_BYTES_MAX = 1 << 20
+RECORD_BODY_BYTES_MAX = 1 << 20  # one record; a task's text is far less (spec.SPEC_BYTES_MAX)
 SYNC_KEYS_MAX = 100_000  # (origin, generation) pairs in one digest
 
 # One stored record as it travels: (origin, generation, seq, msgpack body as stored).
@@ -500,8 +500,10 @@ def _records(raw: Any) -> tuple[RecordCopy, ...]:
     for item in raw:
         _arity(item, 4)
         origin, generation, seq, body = item
-        if not isinstance(body, bytes) or len(body) > RECORD_BODY_BYTES_MAX:
-            raise ValueError("a record body is bytes, and bounded")
+        # A body over RECORD_BODY_BYTES_MAX is the taker's to refuse, alone: refusing the
+        # whole message would hold back every other record in it, each time it is sent.
+        if not isinstance(body, bytes):
+            raise ValueError("a record body is bytes")
         out.append((_node(origin), _seq(generation), _seq(seq), body))
     return tuple(out)
 

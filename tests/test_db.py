@@ -88,3 +88,51 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_writer(tmp_path: Path) -
     asyncio.run(go())
     ledger, _ = db.load_ledger(path)
     assert ledger.heartbeats == {"me": 1}
+
+
+def test_a_sync_frame_is_bounded_by_bytes_and_never_holds_a_record_no_peer_takes(
+    tmp_path: Path,
+) -> None:
+    path = make(tmp_path)
+    kib = 1024
+    sizes = [600 * kib, 600 * kib, 2 * kib, db.RECORD_BODY_BYTES_MAX + 1, 900 * kib, 10]
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+            [("o", 1, seq, 1, b"x" * size) for seq, size in enumerate(sizes, start=1)],
+        )
+    conn.close()
+
+    async def frames() -> list[db.RowSlice]:
+        reader = await db.open_reader(path)
+        out, after = [], 0
+        try:
+            while True:
+                part = await db.rows_after(reader, "o", 1, after, 2_000, bytes_max=1300 * kib)
+                if part.last == after:
+                    return out
+                out.append(part)
+                after = part.last
+        finally:
+            await reader.close()
+
+    parts = asyncio.run(frames())
+    assert [[seq for seq, _ in p.rows] for p in parts] == [[1, 2, 3], [5, 6]]
+    assert [p.oversized for p in parts] == [[4], []]
+    assert all(sum(len(body) for _, body in p.rows) <= 1300 * kib for p in parts)
+
+
+def test_a_record_larger_than_the_frame_budget_still_goes_alone(tmp_path: Path) -> None:
+    path = make(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO records VALUES ('o', 1, 1, 1, ?)", (b"x" * 5000,))
+    conn.close()
+
+    async def first() -> db.RowSlice:
+        reader = await db.open_reader(path)
+        try:
+            return await db.rows_after(reader, "o", 1, 0, 10, bytes_max=100)
+        finally:
+            await reader.close()
+
+    assert [seq for seq, _ in asyncio.run(first()).rows] == [1]

@@ -288,3 +288,11 @@ def test_ledger_messages_round_trip() -> None:
         assert wire.decode_any(wire.encode(plain)) == message
     with pytest.raises(BadPacket):
         wire.ledger_message_from_plain(["B", [], True, [], "extra"])
+
+
+def test_a_record_too_large_to_take_does_not_spoil_the_rest_of_its_frame() -> None:
+    # The taker refuses such a record alone (and counts it): refusing the whole frame would
+    # hold back every record in it, each time the frame is sent again.
+    big = ("a" * 32, 1, 2, b"x" * (wire.RECORD_BODY_BYTES_MAX + 1))
+    batch = wire.SyncBatch((("a" * 32, 1, 1, b"small"), big), False, {})
+    assert wire.decode_any(wire.encode(wire.ledger_message_to_plain(batch))) == batch

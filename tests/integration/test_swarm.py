@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, Daemon, Swarm, export_rows, free_port, running_by_node, wait_for
+from .conftest import (
+    Cli,
+    Daemon,
+    Swarm,
+    export_rows,
+    free_port,
+    running_by_node,
+    wait_for,
+    write_tasks,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -395,3 +404,33 @@ def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
     cli0.ok("results", "kept", "--out", str(out))
     for i in range(6):
         assert (out / f"t{i}" / "stdout").read_text() == f"result {i}\n"
+
+
+def test_a_job_too_large_for_one_frame_still_reaches_every_node_and_later_jobs_follow(
+    swarm: Swarm,
+) -> None:
+    # 2,500 tasks of 4.5 KB commands: 11 MB of records, more than a peer takes in one frame.
+    # Each is too large for a datagram, so anti-entropy carries them, in frames bounded by bytes.
+    swarm.form(2)
+    cli0, cli1 = swarm.nodes[0][0], swarm.nodes[1][0]
+    padding = "x" * 4500
+    big = [
+        {"name": f"b{i}", "cmd": f": {padding} {i}", "requires": {"zone": "nowhere"}}
+        for i in range(2500)
+    ]
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "big.jsonl", big)), "--job", "big")
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "after.jsonl", [{"cmd": "echo after"}])),
+            "--job", "after")  # fmt: skip
+
+    def seen_by_node1() -> dict[str, int]:
+        return {j["job"]: j["total"] for j in cli1.status()["jobs"]}
+
+    wait_for(
+        "node 1 to hold both jobs whole",
+        lambda: seen_by_node1() == {"big": 2500, "after": 1},
+        timeout=60,
+        detail=seen_by_node1,
+    )
+    wait_for("node 1 to see the later job done", lambda: cli1.job("after")["done"] == 1)
+    assert swarm.members(0)["net"]["refused_records"] == 0
+    assert swarm.members(1)["net"]["refused_records"] == 0
