@@ -5,7 +5,10 @@ TCP listener on the same port takes membership state exchanges (push-pull, one s
 way), ledger anti-entropy (a digest, its answer in frames, then the answerer's digest answered
 back on the same stream) and blob fetches. Every
 datagram and frame is sealed (wire.Sealer) and opened (wire.Opener) here, so nothing that fails to
-authenticate or decode reaches the core: it is counted in `dropped` and forgotten. The core is
+authenticate or decode reaches the core: it is counted in `dropped` and forgotten. Every stream
+opens with a small sealed Hello: until it has authenticated, a listener reads no more than
+wire.HELLO_BYTES_MAX from it, for at most HELLO_TIMEOUT_S, and holds a bounded number of such
+streams, so nobody without the swarm key can take its memory or its descriptors. The core is
 driven by a receive loop and one re-armed timer; after each input its outbox is flushed.
 """
 
@@ -16,6 +19,7 @@ import contextlib
 import logging
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -33,6 +37,14 @@ FETCH_TIMEOUT_S = 300.0  # one whole blob
 CONNECT_TIMEOUT_S = 5.0  # a peer that does not take a connection by then is not waited for
 FETCH_FRAMES_MAX = 1 << 16  # chunks of one blob: 64 GiB at 1 MiB a chunk
 SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are dropped (and counted)
+# Streams from peers. One that has not shown the swarm key (its Hello) within HELLO_TIMEOUT_S is
+# closed, and so is the oldest such one when STREAMS_UNPROVEN_MAX are open; beyond STREAMS_MAX
+# proven ones, a new stream is closed at once (both counted in `streams_refused`). So nobody
+# without the key holds more than a few descriptors and bytes, and the control socket, the
+# ledger and the tasks keep theirs.
+HELLO_TIMEOUT_S = 2.0
+STREAMS_UNPROVEN_MAX = 32
+STREAMS_MAX = 64
 _LENGTH = struct.Struct(">I")
 
 
@@ -72,6 +84,9 @@ class GossipNet:
         self._outgoing: asyncio.Queue[tuple[bytes, gossip.Addr]] = asyncio.Queue(SEND_QUEUE_MAX)
         self.send_dropped = 0
         self._push_pulls = 0
+        self._unproven: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
+        self._streams = 0  # streams that showed the key, being served
+        self.streams_refused = 0
         self._tg: asyncio.TaskGroup | None = None
         self._udp: asyncio_dgram.aio.DatagramServer | None = None
         self._tcp: asyncio.Server | None = None
@@ -182,7 +197,7 @@ class GossipNet:
         a node that others cannot connect to still gets its records out by asking). A peer
         without the reverse phase closes the stream after its answer instead."""
         async with asyncio.timeout(SYNC_TIMEOUT_S):
-            reader, writer = await _connect(addr)
+            reader, writer = await self._connect(addr)
             try:
                 await self._write_frame(writer, wire.ledger_message_to_plain(request))
                 if not await self._take_answer(reader, request.digest):
@@ -216,7 +231,7 @@ class GossipNet:
         """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
         The caller verifies the content against its digest."""
         async with asyncio.timeout(FETCH_TIMEOUT_S):
-            reader, writer = await _connect(addr)
+            reader, writer = await self._connect(addr)
             try:
                 await self._write_frame(
                     writer, wire.blob_message_to_plain(wire.FetchRequest(digest))
@@ -242,7 +257,7 @@ class GossipNet:
     async def _push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         try:
             async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
-                reader, writer = await _connect(addr)
+                reader, writer = await self._connect(addr)
                 try:
                     await self._write_frame(writer, wire.packet_to_plain(packet))
                     reply = await self._read_frame(reader)
@@ -257,6 +272,38 @@ class GossipNet:
             self._push_pulls -= 1
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._streams >= STREAMS_MAX:
+            self._refuse_stream(writer)
+            return
+        if len(self._unproven) >= STREAMS_UNPROVEN_MAX:
+            # The oldest stream still without its Hello goes, not the new one: a peer's Hello
+            # follows its connect at once, so a flood must outpace every peer to keep one out.
+            self._refuse_stream(self._unproven.popitem(last=False)[0])
+        self._unproven[writer] = None
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                hello = await self._read_frame(reader, wire.HELLO_BYTES_MAX)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            hello = None
+            log.debug("a stream closed before its hello: %s", exc)
+        finally:
+            self._unproven.pop(writer, None)
+        if not isinstance(hello, wire.Hello):
+            writer.close()
+            return
+        self._streams += 1
+        try:
+            await self._serve_stream(reader, writer)
+        finally:
+            self._streams -= 1
+
+    def _refuse_stream(self, writer: asyncio.StreamWriter) -> None:
+        self.streams_refused += 1
+        writer.close()
+
+    async def _serve_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
                 first = await self._read_frame(reader)
@@ -299,20 +346,30 @@ class GossipNet:
         await writer.drain()
 
     async def _read_frame(
-        self, reader: asyncio.StreamReader
-    ) -> gossip.Packet | wire.LedgerMessage | wire.FetchRequest | wire.BlobChunk | None:
+        self, reader: asyncio.StreamReader, size_max: int = wire.FRAME_BYTES_MAX
+    ) -> wire.StreamMessage | None:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-        if length > wire.FRAME_BYTES_MAX:
+        if length > size_max:
             self.dropped += 1
             return None
         data = await reader.readexactly(length)
         self.received += 1
         self.bytes_received += length + _LENGTH.size
-        return self._open(data, wire.FRAME_BYTES_MAX)
+        return self._open(data, size_max)
 
-    def _open(
-        self, data: bytes, size_max: int
-    ) -> gossip.Packet | wire.LedgerMessage | wire.FetchRequest | wire.BlobChunk | None:
+    async def _connect(
+        self, addr: gossip.Addr
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to a peer, opened with our Hello; TimeoutError soon if the peer does not
+        take the connection (a filter that drops our SYNs must not hold up replication for the
+        whole transfer timeout)."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(addr[0], addr[1]), CONNECT_TIMEOUT_S
+        )
+        await self._write_frame(writer, wire.HELLO_PLAIN)
+        return reader, writer
+
+    def _open(self, data: bytes, size_max: int) -> wire.StreamMessage | None:
         try:
             _, body = self.opener.open(data, size_max)
             return wire.decode_any(body)
@@ -320,9 +377,3 @@ class GossipNet:
             self.dropped += 1
             log.debug("dropped a packet: %s", exc)
             return None
-
-
-async def _connect(addr: gossip.Addr) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to a peer, or TimeoutError soon (a peer behind a filter that drops our
-    SYNs must not hold up replication for the whole transfer timeout)."""
-    return await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1]), CONNECT_TIMEOUT_S)

@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import random
+import resource
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -104,6 +105,7 @@ SPREAD_WIDE = 16  # fresh records go at once to this many members
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
+FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
 REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
@@ -282,6 +284,7 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
+            _raise_fd_limit()
             self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if self._orphaned:
                 log.warning(
@@ -1652,6 +1655,7 @@ class Node:
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
                     "refused_records": self.refused_records,
+                    "streams_refused": self.net.streams_refused,
                     "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,
@@ -1812,6 +1816,16 @@ def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
     if raw.get("task_id") != expected:
         raise UserInputError(f"task {name!r}: its id does not match its content")
     return TaskRecord(expected, job, name, spec, stamp)
+
+
+def _raise_fd_limit() -> None:
+    """Take the descriptors the machine allows (the soft limit is often 1,024): peers' streams,
+    the control socket, the ledger and every attempt's files share them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FDS_WANTED if hard == resource.RLIM_INFINITY else min(hard, FDS_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _size(path: os.PathLike[str]) -> int:

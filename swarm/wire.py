@@ -49,7 +49,10 @@ DATAGRAM_BYTES_MAX = 1400  # stays under a typical path MTU, as memberlist's UDP
 FRAME_BYTES_MAX = 8 << 20  # one stream frame (bulk sync, blob chunks)
 REPLAY_WINDOW = 1024  # how far behind the newest counter an envelope may still arrive
 KEYS_MAX = 4
-SENDERS_MAX = 100_000  # replay windows kept; the least recently heard sender is forgotten first
+# Senders whose replay windows and derived keys are kept (only senders that authenticated); the
+# first heard is forgotten first. About 2.5 KiB each: 4,096 is 10 MiB, and a bigger swarm only
+# derives keys again.
+SENDERS_MAX = 4096
 
 
 class BadPacket(SwarmError):
@@ -95,23 +98,32 @@ class KeyRing:
 
 
 class _SenderKeys:
-    """HKDF-derived AEADs per (key, sender), cached: deriving costs more than sealing."""
+    """HKDF-derived AEADs per (key, sender), cached: deriving costs more than sealing. Only a
+    sender whose envelope authenticated is kept (`keep`), so forged sender ids cost a
+    derivation each and no memory; at most `bound` are kept, the oldest forgotten first."""
 
     def __init__(self, bound: int = SENDERS_MAX) -> None:
         self._cache: dict[tuple[bytes, bytes], ChaCha20Poly1305] = {}
         self._bound = bound
 
     def get(self, key: bytes, sender: bytes) -> ChaCha20Poly1305:
-        slot = (key, sender)
-        aead = self._cache.get(slot)
+        aead = self._cache.get((key, sender))
         if aead is None:
-            if len(self._cache) >= self._bound:
-                self._cache.pop(next(iter(self._cache)))
             derived = HKDF(
                 algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"swarm/1 " + sender
             ).derive(key)
-            aead = self._cache[slot] = ChaCha20Poly1305(derived)
+            aead = ChaCha20Poly1305(derived)
         return aead
+
+    def keep(self, key: bytes, sender: bytes, aead: ChaCha20Poly1305) -> None:
+        slot = (key, sender)
+        if slot not in self._cache:
+            if len(self._cache) >= self._bound:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[slot] = aead
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def _nonce(counter: int) -> bytes:
@@ -132,7 +144,9 @@ class Sealer:
         self.counter += 1
         key = self.ring.keys[self.ring.in_use]
         header = _HEADER.pack(VERSION, self.ring.in_use, self.sender, self.counter)
-        return header + self._keys.get(key, self.sender).encrypt(_nonce(self.counter), body, header)
+        aead = self._keys.get(key, self.sender)
+        self._keys.keep(key, self.sender, aead)
+        return header + aead.encrypt(_nonce(self.counter), body, header)
 
 
 @dataclass(slots=True)
@@ -182,13 +196,14 @@ class Opener:
         if window is not None and not window.check(counter):
             raise BadPacket(f"replayed or too old (counter {counter})")
         header = packet[:HEADER_BYTES]
+        aead = self._keys.get(key, sender)
         try:
-            body = self._keys.get(key, sender).decrypt(
-                _nonce(counter), packet[HEADER_BYTES:], header
-            )
+            body = aead.decrypt(_nonce(counter), packet[HEADER_BYTES:], header)
         except InvalidTag as exc:
             raise BadPacket("authentication failed") from exc
-        # Only an authentic envelope may move the window, or forgeries could push it forward.
+        # Only an authentic envelope may move the window or be remembered, or forgeries could
+        # push the window forward, or fill memory with made-up senders.
+        self._keys.keep(key, sender, aead)
         if window is None:
             if len(self._windows) >= self._senders_max:
                 self._windows.pop(next(iter(self._windows)))
@@ -518,9 +533,11 @@ def _watermarks(raw: Any) -> Watermarks:
     return out
 
 
-def decode_any(body: bytes) -> gossip.Packet | LedgerMessage | FetchRequest | BlobChunk:
-    """A membership packet or a ledger message, told apart by their first item."""
+def decode_any(body: bytes) -> StreamMessage:
+    """A membership packet, a ledger or blob message, or a Hello, told apart by their first item."""
     raw = unpack(body, BadPacket, "body")
+    if raw == ["H"]:
+        return Hello()
     if isinstance(raw, list) and raw and raw[0] in ("F", "C"):
         try:
             return _blob_message_from_plain(raw)
@@ -566,3 +583,19 @@ def _blob_message_from_plain(raw: list[Any]) -> FetchRequest | BlobChunk:
     if not isinstance(raw[1], bytes) or len(raw[1]) > BLOB_CHUNK_BYTES:
         raise ValueError("a chunk is bounded bytes")
     return BlobChunk(raw[1], _bool(raw[2]), _bool(raw[3]))
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+# The first frame of every stream between nodes is a small sealed Hello, so a listener buffers
+# no more than this before it knows the other end holds the swarm key.
+HELLO_BYTES_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Opens a stream: proves the key before anything large is read."""
+
+
+StreamMessage = gossip.Packet | LedgerMessage | FetchRequest | BlobChunk | Hello
+HELLO_PLAIN: list[Any] = ["H"]

@@ -149,6 +149,19 @@ def test_senders_have_their_own_windows_and_keys() -> None:
     assert opener.open(b)[0] == BOB
 
 
+def test_forged_sender_ids_cost_no_memory() -> None:
+    # The key id is on the wire for anyone to copy; the sender id is whatever the forger says.
+    opener = Opener(KeyRing.of(KEY))
+    for i in range(500):
+        header = wire._HEADER.pack(wire.VERSION, key_id(KEY), os.urandom(16), i + 1)
+        with pytest.raises(BadPacket):
+            opener.open(header + os.urandom(64))
+    assert len(opener._keys) == 0 and len(opener._windows) == 0
+    sealer, _ = pair()
+    opener.open(sealer.seal(b"genuine"))
+    assert len(opener._keys) == 1 and len(opener._windows) == 1
+
+
 def test_a_restarted_sender_with_a_higher_counter_is_heard() -> None:
     first, opener = pair(counter=0)
     opener.open(first.seal(b"before"))
