@@ -74,6 +74,7 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
 from swarm.policy import PendingQueue, rendezvous_top
@@ -136,6 +137,8 @@ class NodeConfig:
 
 
 DEFAULT_PORT = 7946
+LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
+REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
 
 def wall_ms() -> int:
@@ -253,6 +256,11 @@ class Node:
         self.bad_records = 0  # peers' records that did not decode: dropped
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
+        # TASK records whose id is not the hash of their content (edited on disk, or forged by
+        # a peer): never applied. Those of peers are logged once each, a bounded number of them.
+        self.refused_tasks = 0
+        self._refused_logged: set[Version] = set()
+        self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
@@ -285,9 +293,14 @@ class Node:
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
             self.store.sweep_temp()
-            self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
-            for problem in bad:
+            loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
+            self.ledger = loaded.ledger
+            self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+            self.refused_tasks = len(loaded.refused)
+            for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
+            for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
+                log.warning("refused a task record of the ledger file: %s", problem)
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
@@ -692,6 +705,9 @@ class Node:
                 self.forged_records += 1  # not its origin's word: a genuine copy may come
                 intake.refuse(key, seq)
                 continue
+            if isinstance(body, TaskRecord) and self._refuse_task(Version(*key, seq), body):
+                intake.refuse(key, seq)  # forged as a result can be: a genuine copy may come
+                continue
             intake.took(key, seq)
             version = Version(origin, generation, seq)
             previous = None
@@ -713,6 +729,18 @@ class Node:
         self._apply_rows(rows)
         for key, seq in list(intake.watermarks(upto)):
             self.ledger.high_seq[key] = seq
+
+    def _refuse_task(self, version: Version, body: TaskRecord) -> bool:
+        """Whether a peer's TASK record must be refused: its id is not its content's hash."""
+        problem = task_record_problem(body)
+        if problem is None:
+            return False
+        if version not in self._refused_logged:
+            self.refused_tasks += 1
+            if len(self._refused_logged) < REFUSED_LOGGED_MAX:
+                self._refused_logged.add(version)
+                log.warning("refused a task record of %s from a peer: %s", version, problem)
+        return True
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -1627,6 +1655,7 @@ class Node:
                     "dropped": self.net.dropped,
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
+                    "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,
@@ -1769,7 +1798,9 @@ class Node:
         infeasible = self.sched.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
-        return snapshot.build(self.ledger, wall_ms(), self.members(), jobs, infeasible)
+        return snapshot.build(
+            self.ledger, wall_ms(), self.members(), jobs, infeasible, self.left_out
+        )
 
 
 def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
