@@ -714,10 +714,15 @@ def cmd_join(args: argparse.Namespace) -> int:
     """Join through the running daemon; with none running, start one in the foreground, joined."""
     state = statedir.resolve(args.data_dir)
     if asyncio.run(control.is_running(state)):
-        _call(args, "join", peers=args.peer)
-        out.print(f"joining the swarm through {', '.join(args.peer)}")
+        reply = _call(args, "join", peers=args.peer)
         if args.bind is not None or args.profile != "lan":
             err.print("swarm: the daemon was already running: --bind and --profile are its own")
+        problems = [str(p) for p in reply.get("problems", [])]
+        for problem in problems:
+            err.print(f"swarm: {problem}", markup=False, highlight=False, soft_wrap=True)
+        if problems:
+            return 1
+        out.print(f"joined the swarm through {', '.join(args.peer)}")
         return 0
     args.join = list(args.join) + list(args.peer)
     return cmd_start(args)

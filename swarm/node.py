@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import random
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -137,6 +139,9 @@ class NodeConfig:
 
 
 DEFAULT_PORT = 7946
+JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
+JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
+RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
 LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
 REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
@@ -414,7 +419,7 @@ class Node:
             self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
-        loops = await self.net.start(tg)
+        loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self._sync_loop()))
         loops.append(tg.create_task(self._lease_loop()))
         loops.append(tg.create_task(self._rerank_loop()))
@@ -423,6 +428,23 @@ class Node:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
         return loops
+
+    async def _listen(
+        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
+    ) -> list[asyncio.Task[None]]:
+        """Bind the gossip sockets. If they cannot be bound, the node stops at once, saying
+        why: nothing half-started (an open reader thread) may keep the process alive."""
+        assert self.net is not None
+        try:
+            return await self.net.start(tg)
+        except OSError as exc:
+            self.net.close()
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
+            raise ConfigError(
+                f"cannot listen on {bind[0]}:{bind[1]}: {_bind_problem(exc)}"
+            ) from exc
 
     def reload_keys(self) -> str:
         """Make the key ring what the state dir says: every key installed, swarm.key in use.
@@ -441,12 +463,45 @@ class Node:
     async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
         """Join through the seeds, again and again until some member is known: a seed may be
         starting at the same moment, or be briefly unreachable (as Serf retries its joins)."""
-        assert self.membership is not None
+        assert self.membership is not None and self._tg is not None
+        self._tg.create_task(self._tell_join(seeds))
         while True:
             if len(self.membership.members) > 1:
                 return
             self.join(seeds)
             await asyncio.sleep(self.config.gossip.reconnect_interval_s)
+
+    async def _tell_join(self, seeds: list[tuple[str, int]]) -> None:
+        """Log what is wrong with a join that no seed answers (the join loop goes on)."""
+        for problem in await self.await_seeds(seeds):
+            log.warning("%s (still trying)", problem)
+
+    async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
+        """Wait up to JOIN_ANSWER_S for a seed to answer, which it has once a live member is at
+        its address. The problems, one sentence each; none once a seed has answered."""
+        resolved, problems = await _resolve(seeds)
+        deadline = time.monotonic() + JOIN_ANSWER_S
+        while not self._seed_answered(resolved):
+            if time.monotonic() >= deadline or self.stopping:
+                silent = ", ".join(f"{host}:{port}" for host, port in resolved)
+                if silent:
+                    problems.append(
+                        f"no answer from {silent} after {JOIN_ANSWER_S:g} s: "
+                        "is a node running there, with this swarm key?"
+                    )
+                return problems
+            await asyncio.sleep(JOIN_POLL_S)
+        return []
+
+    def _seed_answered(self, resolved: dict[tuple[str, int], set[str]]) -> bool:
+        if self.membership is None:
+            return False
+        return any(
+            member.addr[1] == port and member.addr[0] in addresses | {host}
+            for member in self.membership.live_members()
+            if member.node != self.node_id
+            for (host, port), addresses in resolved.items()
+        )
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
@@ -1677,8 +1732,9 @@ class Node:
             peers = request.get("peers")
             if not isinstance(peers, list) or not peers:
                 raise UserInputError("join needs at least one HOST:PORT")
-            self.join([parse_addr(str(p)) for p in peers])
-            return {"ok": True}
+            seeds = [parse_addr(p) for p in peers]
+            self.join(seeds)
+            return {"ok": True, "problems": await self.await_seeds(seeds)}
         if op == "shutdown":
             self.stop()
             return {"ok": True}
@@ -1818,6 +1874,44 @@ def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
     if raw.get("task_id") != expected:
         raise UserInputError(f"task {name!r}: its id does not match its content")
     return TaskRecord(expected, job, name, spec, stamp)
+
+
+async def _resolve(
+    seeds: list[tuple[str, int]],
+) -> tuple[dict[tuple[str, int], set[str]], list[str]]:
+    """The IP addresses of each seed, and a sentence for each seed whose name does not resolve."""
+    loop = asyncio.get_running_loop()
+    found: dict[tuple[str, int], set[str]] = {}
+    problems: list[str] = []
+    for host, port in seeds:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), RESOLVE_WAIT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else None
+            problems.append(
+                f"{host}:{port} does not resolve ({why or 'no answer from the resolver'}): "
+                "check the name"
+            )
+            continue
+        found[(host, port)] = {str(info[4][0]) for info in infos}
+    return found, problems
+
+
+def _bind_problem(exc: OSError) -> str:
+    """Why an address could not be bound, in words."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the address is in use (another swarm node, or another program?); choose another port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    return exc.strerror or str(exc)
 
 
 def _size(path: os.PathLike[str]) -> int:
