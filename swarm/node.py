@@ -38,7 +38,13 @@ import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
 from swarm.clock import HybridClock, wall_ms_of
-from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
+from swarm.control import (
+    FRAME_BYTES_MAX,
+    encode_frame,
+    read_frame,
+    request_problem,
+    submit_frame_problem,
+)
 from swarm.errors import (
     BadRecordError,
     ConfigError,
@@ -1673,7 +1679,14 @@ class Node:
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(encode_frame(reply))
                 await writer.drain()
-        except (ControlError, ConnectionError) as exc:
+        except ControlError as exc:
+            # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
+            # big): say why before closing, so the client is not left with a bare EOF.
+            log.debug("control connection dropped: %s", exc)
+            with contextlib.suppress(ConnectionError, ControlError):
+                writer.write(encode_frame({"ok": False, "error": str(exc)}))
+                await writer.drain()
+        except ConnectionError as exc:
             log.debug("control connection dropped: %s", exc)
         finally:
             self._clients.discard(writer)
@@ -1683,10 +1696,13 @@ class Node:
         self, request: dict[str, Any], reader: asyncio.StreamReader
     ) -> dict[str, Any]:
         op = request.get("op")
+        problem = request_problem(request)
+        if op == "submit":  # its stream is read to the end first, so the reply stays in step
+            return await self._submit(request.get("job"), reader, problem)
+        if problem is not None:
+            raise UserInputError(problem)
         if op == "ping":
             return {"ok": True, "node_id": self.node_id, "pid": os.getpid()}
-        if op == "submit":
-            return await self._submit(str(request.get("job", "")), reader)
         if op == "status":
             jobs = request.get("jobs")
             wait_ms, seen = request.get("wait_ms"), request.get("changes")
@@ -1700,9 +1716,9 @@ class Node:
             snap = self.snapshot(jobs if isinstance(jobs, list) else None)
             return {"ok": True, "snapshot": snap, "changes": self._changes}
         if op == "cancel":
-            return await self._cancel(str(request.get("target", "")))
+            return await self._cancel(request["target"])
         if op == "retry":
-            return await self._retry(str(request.get("job", "")))
+            return await self._retry(request["job"])
         if op == "members":
             stats = {}
             if self.net is not None:
@@ -1719,7 +1735,7 @@ class Node:
                 }
             return {"ok": True, "members": self.members(), "net": stats}
         if op == "fetch_results":
-            job = str(request.get("job", ""))
+            job = request["job"]
             if job not in self.ledger.jobs:
                 raise UserInputError(f"no job {job!r}")
             return {"ok": True, **(await self.fetch_results(job))}
@@ -1729,10 +1745,7 @@ class Node:
             except ValueError as exc:
                 raise UserInputError(f"the key ring was not changed: {exc}") from exc
         if op == "join":
-            peers = request.get("peers")
-            if not isinstance(peers, list) or not peers:
-                raise UserInputError("join needs at least one HOST:PORT")
-            seeds = [parse_addr(p) for p in peers]
+            seeds = [parse_addr(p) for p in request["peers"]]
             self.join(seeds)
             return {"ok": True, "problems": await self.await_seeds(seeds)}
         if op == "shutdown":
@@ -1764,19 +1777,26 @@ class Node:
             "running": len(self.attempts) if node == self.node_id else None,
         }
 
-    async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
-        problem = name_problem(job)
+    async def _submit(
+        self, job: Any, reader: asyncio.StreamReader, problem: str | None
+    ) -> dict[str, Any]:
+        """Read a submission's stream to its end, then add its tasks in one commit, or none if
+        anything in it is wrong (`problem`: what was wrong with the request itself)."""
         incoming: list[dict[str, Any]] = []
         while True:
             frame = await read_frame(reader)
             if frame is None:
                 raise ControlError("the client went away mid-submission; nothing was added")
+            problem = problem or submit_frame_problem(frame)
             if frame.get("end"):
                 break
-            if len(incoming) <= SUBMIT_TASKS_MAX:  # past the bound, read on but keep nothing
-                incoming.extend(frame.get("tasks", []))
-        if problem is not None:  # checked after the stream is read, so the reply is in step
-            raise UserInputError(f"job name {job!r} {problem}")
+            if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
+                incoming.extend(frame.get("tasks") or [])  # past the bound, read on, keep nothing
+        if problem is not None:  # raised after the stream is read, so the reply is in step
+            raise UserInputError(problem)
+        name = name_problem(job)
+        if name is not None:
+            raise UserInputError(f"job name {job!r} {name}")
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}

@@ -247,8 +247,8 @@ def check(spec: TaskSpec) -> None:
         values = wanted if isinstance(wanted, tuple) else (wanted,)
         if not (_is_str(key) and key and values and all(_is_label_value(v) for v in values)):
             raise ValueError(f"requires: {key!r} must be a string, number or list of them")
-        for value in values:
-            problem = comparison_problem(value)
+        for label in values:
+            problem = comparison_problem(label)
             if problem is not None:
                 raise ValueError(f"requires: {key}: {problem}")
     for pattern in spec.outputs:
