@@ -650,10 +650,33 @@ def fetch_results(state: statedir.StateDir, job: str) -> None:
     asyncio.run(fetch())
 
 
+def load_ledger(state: statedir.StateDir) -> db.Loaded:
+    """The node's ledger as its file holds it, saying on stderr what of the file is left out."""
+    loaded = db.load_ledger(state.db_path)
+    left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+    if left_out.unreadable:
+        err.print(
+            f"swarm: {plural(left_out.unreadable, 'record')} in the ledger could not be read "
+            f"({left_out.unreadable_reason}); the tasks they describe are left out",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if left_out.refused:
+        err.print(
+            f"swarm: {plural(left_out.refused, 'task record')} in the ledger refused "
+            f"({left_out.refused_reason}); those tasks are left out",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return loaded
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     fetch_results(state, args.job)
-    ledger = db.load_ledger(state.db_path).ledger
+    ledger = load_ledger(state).ledger
     written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
@@ -663,7 +686,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    ledger = db.load_ledger(state.db_path).ledger
+    ledger = load_ledger(state).ledger
     if args.job and args.job not in ledger.jobs:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"

@@ -61,6 +61,7 @@ def test_a_task_record_edited_in_the_ledger_file_is_refused_on_load(
     assert "1 task record in the ledger was refused" in text
     net = json.loads(cli.ok("members", "--json").stdout)["net"]
     assert net["refused_tasks"] == 1
+    assert "swarm: 1 task record in the ledger refused (" in cli.ok("export").stderr
 
 
 def _push(cli: Cli, port: int, origin: str, body: TaskRecord) -> None:
@@ -122,6 +123,7 @@ def test_an_unreadable_record_is_said_in_status(cli: Cli, daemon: Callable[..., 
         text = " ".join(cli.ok("status", "--once").stdout.split())
         assert "1 record in the ledger could not be read (" in text
         assert "the tasks it describes are not shown" in text
+    assert "swarm: 1 record in the ledger could not be read (" in cli.ok("export").stderr
 
 
 def _damage(ledger: Path, how: str) -> None:
