@@ -488,7 +488,7 @@ class Node:
         resolved, problems = await _resolve(seeds)
         deadline = time.monotonic() + JOIN_ANSWER_S
         while not self._seed_answered(resolved):
-            if time.monotonic() >= deadline or self.stopping:
+            if not resolved or time.monotonic() >= deadline or self.stopping:
                 silent = ", ".join(f"{host}:{port}" for host, port in resolved)
                 if silent:
                     problems.append(

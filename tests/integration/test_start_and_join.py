@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
@@ -60,9 +59,7 @@ def test_start_with_a_join_that_reaches_nobody_says_so(
         if seed == "nothing-listens"
         else f"{target} does not resolve ("
     )
-    started = time.monotonic()
     wait_for(f"the log to say {expected!r}", _log_says(node, expected), timeout=30)
-    assert time.monotonic() - started < 30
     assert node.proc is not None and node.proc.poll() is None  # it keeps trying
 
 
