@@ -28,8 +28,18 @@ from pathlib import Path
 import aiosqlite
 import msgpack
 
-from swarm.errors import BadRecordError, StorageFullError, SwarmError
-from swarm.ledger import KIND_OF, Body, Kind, Ledger, Version, body_from_plain, body_to_plain
+from swarm.errors import BadRecordError, CorruptLedgerError, StorageFullError, SwarmError
+from swarm.ledger import (
+    KIND_OF,
+    Body,
+    Kind,
+    Ledger,
+    TaskRecord,
+    Version,
+    body_from_plain,
+    body_to_plain,
+    task_record_problem,
+)
 from swarm.wire import RECORD_BODY_BYTES_MAX, unpack
 
 SCHEMA = """
@@ -185,10 +195,14 @@ class LedgerWriter:
 async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connection, LedgerWriter]:
     assert sync in SYNC_MODES
     conn = await aiosqlite.connect(path)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute(f"PRAGMA synchronous={sync.upper()}")
-    await conn.executescript(SCHEMA)
-    await conn.commit()
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={sync.upper()}")
+        await conn.executescript(SCHEMA)
+        await conn.commit()
+    except sqlite3.Error as exc:
+        await conn.close()
+        raise ledger_error(path, exc) from exc
     return conn, LedgerWriter(conn, path)
 
 
@@ -303,13 +317,39 @@ def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
                         bad.append(f"{version}: {exc}")
 
 
-def load_ledger(path: Path) -> tuple[Ledger, list[str]]:
-    """The ledger as stored in `path`, and a description of any rows that could not be read."""
-    ledger = Ledger()
-    bad: list[str] = []
-    for row in iter_rows(path, bad):
-        ledger.apply(row.version, row.body)
-    return ledger, bad
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A ledger as read from its file, and what of the file was left out of it."""
+
+    ledger: Ledger
+    unreadable: list[str]  # rows that did not decode: the tasks they describe are not shown
+    refused: list[str]  # TASK records that do not hash to their id (edited on disk): not applied
+
+
+def load_ledger(path: Path) -> Loaded:
+    """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
+    described in the answer."""
+    loaded = Loaded(Ledger(), [], [])
+    for row in iter_rows(path, loaded.unreadable):
+        if isinstance(row.body, TaskRecord):
+            problem = task_record_problem(row.body)
+            if problem is not None:
+                loaded.refused.append(f"{row.version}: {problem}")
+                continue
+        loaded.ledger.apply(row.version, row.body)
+    return loaded
+
+
+def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:
+    """One sentence for a ledger file SQLite cannot read, saying what to do about it."""
+    corrupt = not isinstance(exc, sqlite3.OperationalError) or "no such table" in str(exc)
+    if not corrupt:
+        return SwarmError(f"cannot read the ledger {path}: {exc}")
+    return CorruptLedgerError(
+        f"the ledger {path} is corrupt ({exc}): move it aside, with its -wal and -shm files, "
+        "and start the node again; it starts empty and catches up from its peers "
+        "(with no peers, the tasks and results it recorded are lost)"
+    )
 
 
 class _read_only:
@@ -318,10 +358,13 @@ class _read_only:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             raise SwarmError(f"no ledger at {path}: run `swarm init` or `swarm start` first")
+        self._path = path
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
     def __enter__(self) -> sqlite3.Connection:
         return self._conn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
         self._conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise ledger_error(self._path, exc) from exc

@@ -53,3 +53,7 @@ class StorageFullError(SwarmError):
 
 class BadRecordError(SwarmError):
     """A ledger record could not be decoded; it is dropped and counted, never applied."""
+
+
+class CorruptLedgerError(SwarmError):
+    """The ledger file is not a readable SQLite database of swarm's; the message says what to do."""

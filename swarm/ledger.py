@@ -27,6 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm import spec as specs
 from swarm.errors import BadRecordError
 from swarm.spec import Resources, TaskSpec
 
@@ -518,6 +519,21 @@ class Ledger:
             tuple(sorted(self.high_seq.items())),
             tuple(sorted(self.drains.items())),
         )
+
+
+def task_record_problem(body: TaskRecord) -> str | None:
+    """Why a TASK record cannot be trusted, or None: its id must be the hash of its job and spec
+    (and of its name, when the user chose one), as `spec.task_id` derives it at submission. A
+    record edited on disk or forged by a peer would otherwise run another command under the
+    id, and the results, of the task it claims to be."""
+    # A name of digits is most likely a line number, which the id leaves out: try that first.
+    names = (None, body.name) if body.name.isdecimal() else (body.name, None)
+    if any(specs.task_id(body.job, body.spec, name) == body.task_id for name in names):
+        return None
+    return (
+        f"task {body.task_id[:16]} ({body.name!r} of job {body.job!r}) does not hash to its id:"
+        " its spec was changed after it was submitted"
+    )
 
 
 # -- plain encoding (for the database and, later, the wire) ------------------------------------

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import random
 import resource
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -37,7 +39,13 @@ import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
 from swarm.clock import HybridClock, wall_ms_of
-from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
+from swarm.control import (
+    FRAME_BYTES_MAX,
+    encode_frame,
+    read_frame,
+    request_problem,
+    submit_frame_problem,
+)
 from swarm.errors import (
     BadRecordError,
     ConfigError,
@@ -75,6 +83,7 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
 from swarm.policy import PendingQueue, rendezvous_top
@@ -139,6 +148,11 @@ class NodeConfig:
 
 
 DEFAULT_PORT = 7946
+JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
+JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
+RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
+LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
+REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
 
 def wall_ms() -> int:
@@ -258,6 +272,11 @@ class Node:
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self.refused_records = 0  # records passed over: too large, or undecodable
         self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
+        # TASK records whose id is not the hash of their content (edited on disk, or forged by
+        # a peer): never applied. Those of peers are logged once each, a bounded number of them.
+        self.refused_tasks = 0
+        self._refused_logged: set[Version] = set()
+        self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
@@ -291,9 +310,14 @@ class Node:
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
             self.store.sweep_temp()
-            self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
-            for problem in bad:
+            loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
+            self.ledger = loaded.ledger
+            self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+            self.refused_tasks = len(loaded.refused)
+            for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
+            for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
+                log.warning("refused a task record of the ledger file: %s", problem)
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
@@ -407,7 +431,7 @@ class Node:
             self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
-        loops = await self.net.start(tg)
+        loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self._sync_loop()))
         loops.append(tg.create_task(self._lease_loop()))
         loops.append(tg.create_task(self._rerank_loop()))
@@ -416,6 +440,23 @@ class Node:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
         return loops
+
+    async def _listen(
+        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
+    ) -> list[asyncio.Task[None]]:
+        """Bind the gossip sockets. If they cannot be bound, the node stops at once, saying
+        why: nothing half-started (an open reader thread) may keep the process alive."""
+        assert self.net is not None
+        try:
+            return await self.net.start(tg)
+        except OSError as exc:
+            self.net.close()
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
+            raise ConfigError(
+                f"cannot listen on {bind[0]}:{bind[1]}: {_bind_problem(exc)}"
+            ) from exc
 
     def reload_keys(self) -> str:
         """Make the key ring what the state dir says: every key installed, swarm.key in use.
@@ -434,12 +475,45 @@ class Node:
     async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
         """Join through the seeds, again and again until some member is known: a seed may be
         starting at the same moment, or be briefly unreachable (as Serf retries its joins)."""
-        assert self.membership is not None
+        assert self.membership is not None and self._tg is not None
+        self._tg.create_task(self._tell_join(seeds))
         while True:
             if len(self.membership.members) > 1:
                 return
             self.join(seeds)
             await asyncio.sleep(self.config.gossip.reconnect_interval_s)
+
+    async def _tell_join(self, seeds: list[tuple[str, int]]) -> None:
+        """Log what is wrong with a join that no seed answers (the join loop goes on)."""
+        for problem in await self.await_seeds(seeds):
+            log.warning("%s (still trying)", problem)
+
+    async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
+        """Wait up to JOIN_ANSWER_S for a seed to answer, which it has once a live member is at
+        its address. The problems, one sentence each; none once a seed has answered."""
+        resolved, problems = await _resolve(seeds)
+        deadline = time.monotonic() + JOIN_ANSWER_S
+        while not self._seed_answered(resolved):
+            if not resolved or time.monotonic() >= deadline or self.stopping:
+                silent = ", ".join(f"{host}:{port}" for host, port in resolved)
+                if silent:
+                    problems.append(
+                        f"no answer from {silent} after {JOIN_ANSWER_S:g} s: "
+                        "is a node running there, with this swarm key?"
+                    )
+                return problems
+            await asyncio.sleep(JOIN_POLL_S)
+        return []
+
+    def _seed_answered(self, resolved: dict[tuple[str, int], set[str]]) -> bool:
+        if self.membership is None:
+            return False
+        return any(
+            member.addr[1] == port and member.addr[0] in addresses | {host}
+            for member in self.membership.live_members()
+            if member.node != self.node_id
+            for (host, port), addresses in resolved.items()
+        )
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
@@ -704,6 +778,9 @@ class Node:
                 self.forged_records += 1  # not its origin's word: a genuine copy may come
                 intake.refuse(key, seq)
                 continue
+            if isinstance(body, TaskRecord) and self._refuse_task(Version(*key, seq), body):
+                intake.refuse(key, seq)  # forged as a result can be: a genuine copy may come
+                continue
             intake.took(key, seq)
             version = Version(origin, generation, seq)
             previous = None
@@ -736,6 +813,18 @@ class Node:
                 "record %s/%d/%d passed over: %s%s (logged once for this origin)",
                 key[0][:8], key[1], seq, reason, f" ({detail})" if detail else "",
             )  # fmt: skip
+
+    def _refuse_task(self, version: Version, body: TaskRecord) -> bool:
+        """Whether a peer's TASK record must be refused: its id is not its content's hash."""
+        problem = task_record_problem(body)
+        if problem is None:
+            return False
+        if version not in self._refused_logged:
+            self.refused_tasks += 1
+            if len(self._refused_logged) < REFUSED_LOGGED_MAX:
+                self._refused_logged.add(version)
+                log.warning("refused a task record of %s from a peer: %s", version, problem)
+        return True
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -1617,7 +1706,14 @@ class Node:
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(encode_frame(reply))
                 await writer.drain()
-        except (ControlError, ConnectionError) as exc:
+        except ControlError as exc:
+            # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
+            # big): say why before closing, so the client is not left with a bare EOF.
+            log.debug("control connection dropped: %s", exc)
+            with contextlib.suppress(ConnectionError, ControlError):
+                writer.write(encode_frame({"ok": False, "error": str(exc)}))
+                await writer.drain()
+        except ConnectionError as exc:
             log.debug("control connection dropped: %s", exc)
         finally:
             self._clients.discard(writer)
@@ -1627,10 +1723,13 @@ class Node:
         self, request: dict[str, Any], reader: asyncio.StreamReader
     ) -> dict[str, Any]:
         op = request.get("op")
+        problem = request_problem(request)
+        if op == "submit":  # its stream is read to the end first, so the reply stays in step
+            return await self._submit(request.get("job"), reader, problem)
+        if problem is not None:
+            raise UserInputError(problem)
         if op == "ping":
             return {"ok": True, "node_id": self.node_id, "pid": os.getpid()}
-        if op == "submit":
-            return await self._submit(str(request.get("job", "")), reader)
         if op == "status":
             jobs = request.get("jobs")
             wait_ms, seen = request.get("wait_ms"), request.get("changes")
@@ -1644,9 +1743,9 @@ class Node:
             snap = self.snapshot(jobs if isinstance(jobs, list) else None)
             return {"ok": True, "snapshot": snap, "changes": self._changes}
         if op == "cancel":
-            return await self._cancel(str(request.get("target", "")))
+            return await self._cancel(request["target"])
         if op == "retry":
-            return await self._retry(str(request.get("job", "")))
+            return await self._retry(request["job"])
         if op == "members":
             stats = {}
             if self.net is not None:
@@ -1656,6 +1755,7 @@ class Node:
                     "bad_records": self.bad_records,
                     "refused_records": self.refused_records,
                     "streams_refused": self.net.streams_refused,
+                    "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,
@@ -1664,7 +1764,7 @@ class Node:
                 }
             return {"ok": True, "members": self.members(), "net": stats}
         if op == "fetch_results":
-            job = str(request.get("job", ""))
+            job = request["job"]
             if job not in self.ledger.jobs:
                 raise UserInputError(f"no job {job!r}")
             return {"ok": True, **(await self.fetch_results(job))}
@@ -1674,11 +1774,9 @@ class Node:
             except ValueError as exc:
                 raise UserInputError(f"the key ring was not changed: {exc}") from exc
         if op == "join":
-            peers = request.get("peers")
-            if not isinstance(peers, list) or not peers:
-                raise UserInputError("join needs at least one HOST:PORT")
-            self.join([parse_addr(str(p)) for p in peers])
-            return {"ok": True}
+            seeds = [parse_addr(p) for p in request["peers"]]
+            self.join(seeds)
+            return {"ok": True, "problems": await self.await_seeds(seeds)}
         if op == "shutdown":
             self.stop()
             return {"ok": True}
@@ -1708,19 +1806,26 @@ class Node:
             "running": len(self.attempts) if node == self.node_id else None,
         }
 
-    async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
-        problem = name_problem(job)
+    async def _submit(
+        self, job: Any, reader: asyncio.StreamReader, problem: str | None
+    ) -> dict[str, Any]:
+        """Read a submission's stream to its end, then add its tasks in one commit, or none if
+        anything in it is wrong (`problem`: what was wrong with the request itself)."""
         incoming: list[dict[str, Any]] = []
         while True:
             frame = await read_frame(reader)
             if frame is None:
                 raise ControlError("the client went away mid-submission; nothing was added")
+            problem = problem or submit_frame_problem(frame)
             if frame.get("end"):
                 break
-            if len(incoming) <= SUBMIT_TASKS_MAX:  # past the bound, read on but keep nothing
-                incoming.extend(frame.get("tasks", []))
-        if problem is not None:  # checked after the stream is read, so the reply is in step
-            raise UserInputError(f"job name {job!r} {problem}")
+            if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
+                incoming.extend(frame.get("tasks") or [])  # past the bound, read on, keep nothing
+        if problem is not None:  # raised after the stream is read, so the reply is in step
+            raise UserInputError(problem)
+        name = name_problem(job)
+        if name is not None:
+            raise UserInputError(f"job name {job!r} {name}")
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
@@ -1798,7 +1903,9 @@ class Node:
         infeasible = self.sched.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
-        return snapshot.build(self.ledger, wall_ms(), self.members(), jobs, infeasible)
+        return snapshot.build(
+            self.ledger, wall_ms(), self.members(), jobs, infeasible, self.left_out
+        )
 
 
 def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
@@ -1826,6 +1933,44 @@ def _raise_fd_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+async def _resolve(
+    seeds: list[tuple[str, int]],
+) -> tuple[dict[tuple[str, int], set[str]], list[str]]:
+    """The IP addresses of each seed, and a sentence for each seed whose name does not resolve."""
+    loop = asyncio.get_running_loop()
+    found: dict[tuple[str, int], set[str]] = {}
+    problems: list[str] = []
+    for host, port in seeds:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), RESOLVE_WAIT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else None
+            problems.append(
+                f"{host}:{port} does not resolve ({why or 'no answer from the resolver'}): "
+                "check the name"
+            )
+            continue
+        found[(host, port)] = {str(info[4][0]) for info in infos}
+    return found, problems
+
+
+def _bind_problem(exc: OSError) -> str:
+    """Why an address could not be bound, in words."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the address is in use (another swarm node, or another program?); choose another port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    return exc.strerror or str(exc)
 
 
 def _size(path: os.PathLike[str]) -> int:

@@ -192,19 +192,25 @@ def _is_label_value(value: Any) -> bool:
     return isinstance(value, str | int | bool)
 
 
-NAME_CHARS_MAX = 200
+# A name becomes a directory name: at most NAME_MAX of Linux and macOS, in bytes, not characters
+# (a name of 200 characters of 4 bytes each could be submitted, then never written).
+NAME_BYTES_MAX = 255
 
 
 def name_problem(name: Any) -> str | None:
     """Why `name` cannot name a task or a job (it becomes a directory name), or None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
-    if len(name) > NAME_CHARS_MAX:
-        return f"longer than {NAME_CHARS_MAX} characters"
-    if "/" in name or "\x00" in name or name in (".", ".."):
-        return "is used as a directory name: no '/', NUL, '.' or '..'"
     if not _is_text(name):
         return "holds a lone surrogate escape, which is not text"
+    size = len(name.encode("utf-8"))
+    if size > NAME_BYTES_MAX:
+        return (
+            f"is {size} bytes long in UTF-8, over the limit of {NAME_BYTES_MAX} bytes "
+            "(it names a directory)"
+        )
+    if "/" in name or "\x00" in name or name in (".", ".."):
+        return "is used as a directory name: no '/', NUL, '.' or '..'"
     return None
 
 
@@ -248,6 +254,10 @@ def check(spec: TaskSpec) -> None:
         values = wanted if isinstance(wanted, tuple) else (wanted,)
         if not (_is_str(key) and key and values and all(_is_label_value(v) for v in values)):
             raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+        for label in values:
+            problem = comparison_problem(label)
+            if problem is not None:
+                raise ValueError(f"requires: {key}: {problem}")
     for pattern in spec.outputs:
         if not (_is_str(pattern) and pattern) or pattern.startswith("/"):
             raise ValueError("outputs: must be relative glob patterns")
@@ -291,6 +301,30 @@ def _check_size(spec: TaskSpec) -> None:
             f"{biggest}: the task's text is {total} bytes, over the limit of {SPEC_BYTES_MAX} "
             "bytes for one task; put large inputs in a file the task reads"
         )
+
+
+# What a required label's text may start with to compare, rather than equal (policy.py). Longest
+# first, so ">=4" reads as ">=" and 4, not ">" and "=4".
+ORDER_COMPARATORS = (">=", "<=", ">", "<")
+
+
+def comparison_problem(value: LabelValue) -> str | None:
+    """Why a required label's value cannot be matched, or None. A comparison such as ">=4" needs
+    a finite number after its operator: with anything else no node would ever match, and the
+    task would stay pending for good."""
+    if not isinstance(value, str):
+        return None
+    for op in ORDER_COMPARATORS:
+        if value.startswith(op):
+            bound = value[len(op) :].strip()
+            try:
+                number = float(bound)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                return f"{value!r} compares with {op}, but {bound!r} is not a finite number"
+            return None
+    return None
 
 
 def normalize_requires(raw: dict[str, Any]) -> tuple[tuple[str, LabelValue], ...]:

@@ -542,3 +542,20 @@ def test_a_task_whose_result_is_lost_everywhere_runs_again() -> None:
     assert ledger.tasks["t1"].state is State.DONE
     credited = ledger.tasks["t1"].ok_attempt()
     assert credited is not None and credited.version.origin == "node-b"
+
+
+def test_a_task_record_must_hash_to_its_id() -> None:
+    from swarm.ledger import task_record_problem
+    from swarm.spec import task_id
+
+    named = TaskRecord(task_id("job", SPEC, "one"), "job", "one", SPEC, stamp=1)
+    by_line = TaskRecord(task_id("job", SPEC, None), "job", "12", SPEC, stamp=1)
+    assert task_record_problem(named) is None and task_record_problem(by_line) is None
+    other = TaskSpec("echo changed", None, SPEC.need)
+    for bad in (
+        TaskRecord(named.task_id, "job", "one", other, 1),  # the command changed
+        TaskRecord(named.task_id, "other job", "one", SPEC, 1),  # moved to another job
+        TaskRecord(named.task_id, "job", "renamed", SPEC, 1),  # a chosen name is in the id
+    ):
+        problem = task_record_problem(bad)
+        assert problem is not None and "does not hash to its id" in problem
