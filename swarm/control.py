@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from swarm.errors import ControlError, NotRunningError
+from swarm.errors import ControlError, NotRunningError, shown
 from swarm.statedir import StateDir
 from swarm.wire import unpack
 
@@ -95,7 +95,7 @@ def request_problem(request: dict[str, Any]) -> str | None:
     """Why a control request cannot be served, naming the field; None if it can."""
     op = request.get("op")
     if not isinstance(op, str) or op not in REQUEST_FIELDS:
-        return f"unknown request {op!r:.100}"
+        return f"unknown request {shown(op)}"
     return _fields_problem(request, REQUEST_FIELDS[op], f"{op} request")
 
 

@@ -7,6 +7,8 @@ blob on disk, a peer's bytes), which are counted and contained. Programmer error
 
 from __future__ import annotations
 
+import reprlib
+
 
 class SwarmError(Exception):
     """Base of every error swarm raises on purpose."""
@@ -57,3 +59,17 @@ class BadRecordError(SwarmError):
 
 class CorruptLedgerError(SwarmError):
     """The ledger file is not a readable SQLite database of swarm's; the message says what to do."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 40
+
+
+def shown(value: object) -> str:
+    """A value from outside, as an error message quotes it: a few levels and a line at most.
+    (The builtin repr of a structure nested a thousand deep, which msgpack decodes, raises
+    RecursionError, and would escape the handler that was building the message.)"""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"<{type(value).__name__}>"

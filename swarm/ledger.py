@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm import spec as specs
-from swarm.errors import BadRecordError
+from swarm.errors import BadRecordError, shown
 from swarm.spec import Resources, TaskSpec
 
 # How many interrupted attempts (node died, lease lost, drained) a task may have before it is
@@ -587,7 +587,11 @@ def body_to_plain(body: Body) -> list[Any]:
 def body_from_plain(raw: Any) -> Body:
     """Inverse of body_to_plain; anything malformed raises BadRecordError, never anything else."""
     try:
-        kind = Kind(raw[0])
+        if not isinstance(raw, list):
+            raise TypeError(f"a record is a list, not {type(raw).__name__}")
+        # The kind and outcome are checked for type before the enum looks them up: its error
+        # message quotes the value, and the repr of a deeply nested one raises RecursionError.
+        kind = Kind(_i(raw[0]))
         f = raw[1:]
         match kind:
             case Kind.TASK:
@@ -602,12 +606,12 @@ def body_from_plain(raw: Any) -> Body:
                     task_id=_s(f[0]),
                     epoch=_i(f[1]),
                     attempt=_i(f[2]),
-                    outcome=Outcome(f[3]),
+                    outcome=Outcome(_s(f[3])),
                     exit_code=None if f[4] is None else _i(f[4]),
                     started_ms=_i(f[5]),
                     ended_ms=_i(f[6]),
-                    wall_s=float(f[7]),
-                    cpu_s=float(f[8]),
+                    wall_s=_f(f[7]),
+                    cpu_s=_f(f[8]),
                     max_rss_kb=_i(f[9]),
                     digest=None if f[10] is None else _s(f[10]),
                     node_capacity=Resources.from_wire(f[11]),
@@ -624,11 +628,11 @@ def body_from_plain(raw: Any) -> Body:
             case Kind.LOST:
                 return LostRecord(_s(f[0]), _i(f[1]), _s(f[2]))
             case Kind.DRAIN:
-                grace = None if f[2] is None else float(f[2])
+                grace = None if f[2] is None else _f(f[2])
                 return DrainRecord(_s(f[0]), _i(f[1]), grace)
     except (IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise BadRecordError(f"malformed record {raw!r:.200}: {exc}") from exc
-    raise BadRecordError(f"unknown record kind in {raw!r:.200}")
+        raise BadRecordError(f"malformed record {shown(raw)}: {exc}") from exc
+    raise BadRecordError(f"unknown record kind in {shown(raw)}")
 
 
 def _s(value: Any) -> str:
@@ -641,6 +645,13 @@ def _b(value: Any) -> bytes:
     if not isinstance(value, bytes):
         raise TypeError(f"expected bytes, got {type(value).__name__}")
     return value
+
+
+def _f(value: Any) -> float:
+    # A number, not anything float() takes ("nan" as text, bytes of digits).
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 def _i(value: Any) -> int:

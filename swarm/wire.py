@@ -266,6 +266,9 @@ PROOF_BYTES_MAX = 128  # an Ed25519 public key and signature are 96; checked in 
 HOST_CHARS_MAX = 255
 META_KEYS_MAX = 64
 META_TEXT_CHARS_MAX = 256
+# Maps in maps in a node's meta (it has two levels: capacity, labels). Checking and signing it
+# recurse, and msgpack decodes a thousand levels: past Python's recursion limit.
+META_DEPTH_MAX = 4
 PUSH_PULL_STATES_MAX = 100_000
 PACKET_BODY_BYTES_MAX = DATAGRAM_BYTES_MAX - HEADER_BYTES - TAG_BYTES
 
@@ -323,7 +326,7 @@ def packet_from_plain(raw: Any) -> gossip.Packet:
     """Inverse of packet_to_plain, checking every field; BadPacket for anything else."""
     try:
         head, rumours = raw
-        kind = MessageType(head[0])
+        kind = MessageType(_type(head[0]))
         f = head[1:]
         message: gossip.Message
         match kind:
@@ -358,7 +361,7 @@ def packet_from_plain(raw: Any) -> gossip.Packet:
 
 
 def _rumour_from_plain(raw: Any) -> gossip.Rumour:
-    kind = RumourType(raw[0])
+    kind = RumourType(_type(raw[0]))
     f = raw[1:]
     match kind:
         case RumourType.ALIVE:
@@ -370,6 +373,14 @@ def _rumour_from_plain(raw: Any) -> gossip.Rumour:
         case RumourType.DEAD:
             _arity(f, 3)
             return gossip.Dead(_node(f[0]), _seq(f[1]), _node(f[2]))
+
+
+def _type(value: Any) -> int:
+    # Checked before the enum looks it up: its error quotes the value, and the repr of a deeply
+    # nested one raises RecursionError.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected a message type")
+    return value
 
 
 def _arity(fields: Any, count: int) -> None:
@@ -412,9 +423,11 @@ def _addr(value: Any) -> gossip.Addr:
     return (host, port)
 
 
-def _meta(value: Any) -> dict[str, Any]:
+def _meta(value: Any, depth: int = 1) -> dict[str, Any]:
     if not isinstance(value, dict) or len(value) > META_KEYS_MAX:
         raise ValueError("meta must be a small map")
+    if depth > META_DEPTH_MAX:
+        raise ValueError(f"meta holds maps more than {META_DEPTH_MAX} deep")
     for key, item in value.items():
         if not isinstance(key, str) or len(key) > META_TEXT_CHARS_MAX:
             raise ValueError("meta keys must be short strings")
@@ -423,7 +436,7 @@ def _meta(value: Any) -> dict[str, Any]:
         if not isinstance(item, str | int | float | bool | dict):
             raise ValueError("meta values must be scalars or maps of them")
         if isinstance(item, dict):
-            _meta(item)
+            _meta(item, depth + 1)
     return value
 
 
