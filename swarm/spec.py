@@ -56,7 +56,10 @@ class Resources:
 
     @staticmethod
     def from_wire(raw: list[Any]) -> Resources:
-        return Resources(float(raw[0]), int(raw[1]), int(raw[2]))
+        """From a record (a node's capacity in a peer's RESULT): ValueError unless numbers.
+        Not converted from anything else: int(1e300) would make an int that no longer
+        encodes, and the record's signature is checked by encoding it again."""
+        return Resources(_num(raw[0]), _whole(raw[1]), _whole(raw[2]))
 
 
 NO_RESOURCES = Resources(0.0, 0, 0)
@@ -118,8 +121,8 @@ class TaskSpec:
         if not isinstance(raw, dict):
             raise ValueError("a task spec is a map")
         unknown = set(raw) - _WIRE_KEYS
-        if unknown:
-            raise ValueError(f"unknown spec keys {sorted(unknown)}")
+        if unknown:  # sorted as text: keys of mixed types do not compare
+            raise ValueError(f"unknown spec keys {sorted(map(repr, unknown))}")
         argv, timeout, env, requires = (
             raw.get("argv"),
             raw.get("timeout"),
@@ -130,13 +133,17 @@ class TaskSpec:
             raise ValueError("argv: must be a list")
         if not isinstance(env, dict) or not isinstance(requires, dict):
             raise ValueError("env and requires must be maps")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ValueError("env: must map names to strings")  # before they are sorted
         outputs = raw.get("outputs", [])
         if not isinstance(outputs, list):
             raise ValueError("outputs: must be a list")
         spec = TaskSpec(
             cmd=raw.get("cmd"),
             argv=tuple(argv) if argv is not None else None,
-            need=Resources(_num(raw["cpus"]), _whole(raw["memory"]), _whole(raw.get("gpus", 0))),
+            need=Resources(
+                _num(raw.get("cpus")), _whole(raw.get("memory")), _whole(raw.get("gpus", 0))
+            ),
             priority=_whole(raw.get("priority", DEFAULT_PRIORITY)),
             timeout_s=_num(timeout) if timeout is not None else None,
             retries=_whole(raw.get("retries", DEFAULT_RETRIES)),
@@ -170,7 +177,10 @@ SPEC_BYTES_MAX = 256 * 1024
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {type(value).__name__}")
-    number = float(value)  # OverflowError for a huge int is a ValueError's cousin: let it say so
+    try:
+        number = float(value)
+    except OverflowError as exc:  # a huge int: callers expect ValueError, the documented error
+        raise ValueError("expected a finite number") from exc
     if not math.isfinite(number):
         raise ValueError("expected a finite number")
     return number
