@@ -28,7 +28,13 @@ from pathlib import Path
 import aiosqlite
 import msgpack
 
-from swarm.errors import BadRecordError, CorruptLedgerError, StorageFullError, SwarmError
+from swarm.errors import (
+    BadRecordError,
+    CorruptLedgerError,
+    StorageFullError,
+    SwarmError,
+    shown,
+)
 from swarm.ledger import (
     KIND_OF,
     Body,
@@ -311,10 +317,21 @@ def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
             for origin, generation, seq, blob in chunk:
                 version = Version(origin, generation, seq)
                 try:
-                    yield Row(version, decode(blob))
+                    yield Row(_checked_version(version), decode(blob))
                 except BadRecordError as exc:
                     if bad is not None:
-                        bad.append(f"{version}: {exc}")
+                        bad.append(f"{shown(version)}: {exc}")
+
+
+def _checked_version(version: Version) -> Version:
+    """SQLite keeps whatever type a value had, whatever its column says: a row written by
+    hand may have text for a seq, which the ledger could not compare with the others."""
+    origin, generation, seq = version.origin, version.generation, version.seq
+    if not isinstance(origin, str) or not all(
+        isinstance(n, int) and n >= 0 for n in (generation, seq)
+    ):
+        raise BadRecordError("its version is not a node id and two counters")
+    return version
 
 
 @dataclass(frozen=True, slots=True)
