@@ -53,3 +53,7 @@ class StorageFullError(SwarmError):
 
 class BadRecordError(SwarmError):
     """A ledger record could not be decoded; it is dropped and counted, never applied."""
+
+
+class OutputLimitError(SwarmError):
+    """An attempt's outputs went past a bound (files, bytes or time); the attempt fails."""

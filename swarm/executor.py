@@ -12,12 +12,19 @@ handler), and reaped with wait4() to get the attempt's CPU time and peak memory 
 If the daemon itself is killed, its attempts keep running as orphans. Every attempt carries
 `SWARM_NODE=<node id>` in its environment, so the next start finds them in /proc and kills their
 process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
+The same tags (node, task id, epoch) find, when an attempt ends, the processes that left its
+process group with setsid (`kill_strays`); only one that also cleared its environment escapes.
+
+What an attempt leaves in its dir is the task's to decide (a million files, a symlink to /, a
+loop of links), so every walk over it (collecting outputs, cleaning a run dir) runs in a thread,
+never follows a symlink, and the output walk is bounded in files, bytes and time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
 import os
 import resource
@@ -29,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarm.errors import OutputLimitError
 from swarm.ledger import Outcome
 from swarm.spec import TaskSpec
 
@@ -36,7 +44,13 @@ NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the n
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 MTIME_SLACK_NS = 10_000_000  # 10 ms
 OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
+OUTPUT_BYTES_MAX = 64 << 30  # per attempt, the sum of its output files' sizes
+OUTPUT_COLLECT_S = 60.0  # longest the walk for an attempt's outputs may take
+# Beyond the walk's own deadline, how long the node waits for a walk stuck in one system call
+# (a hung network filesystem) before it gives up on it.
+OUTPUT_COLLECT_GRACE_S = 5.0
 SHELL = "/bin/sh"
+STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,13 @@ def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def attempt_tags(env: Mapping[str, str]) -> frozenset[bytes]:
+    """The environment entries that only this attempt's processes carry (`attempt_env` sets
+    them over anything the task asked for), as they appear in /proc/<pid>/environ."""
+    keys = (NODE_TAG, "SWARM_TASK_ID", "SWARM_EPOCH")
+    return frozenset(f"{k}={env[k]}".encode() for k in keys if k in env)
+
+
 class Attempt:
     """A started attempt. `finished()` waits for it; `stop()` ends it early."""
 
@@ -117,6 +138,8 @@ class Attempt:
         self._t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawn_error = ""
+        env = attempt_env(launch, base_env)
+        self._tags = attempt_tags(env)
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             try:
                 self.proc = subprocess.Popen(
@@ -125,7 +148,7 @@ class Attempt:
                     stdout=out,
                     stderr=err,
                     cwd=self.cwd,
-                    env=attempt_env(launch, base_env),
+                    env=env,
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -150,11 +173,12 @@ class Attempt:
 
     async def finished(self) -> Finished:
         if self.proc is None:
-            return self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error)
+            return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error)
         status, usage = await _wait_exit(self.proc)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        await asyncio.to_thread(kill_strays, self._tags)  # nor those that left its group
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
         own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > self.inherited_rss_kb else 0
@@ -165,13 +189,14 @@ class Attempt:
         else:
             outcome = Outcome.FAILED
             reason = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
-        return self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
+        return await self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
 
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
             _kill_group(self.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(kill_strays, self._tags)
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
@@ -189,16 +214,17 @@ class Attempt:
             self.evicted = True
         self.stop(Outcome.INTERRUPTED, reason, grace_s)
 
-    def _result(
+    async def _result(
         self, outcome: Outcome, code: int | None, cpu_s: float, rss_kb: int, reason: str
     ) -> Finished:
         wall_s = time.monotonic() - self._t0
         scratch = self.launch.spec.cwd is None
-        outputs = (
-            {}
-            if outcome is Outcome.INTERRUPTED
-            else collect_outputs(self.cwd, self.launch, self._started_ns)
-        )
+        outputs: dict[str, Path] = {}
+        if outcome is not Outcome.INTERRUPTED:
+            outputs, problem = await self._collect()
+            if problem:
+                reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
+                outcome = Outcome.FAILED
         return Finished(
             outcome=outcome,
             exit_code=code,
@@ -214,6 +240,19 @@ class Attempt:
             reason=reason,
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
         )
+
+    async def _collect(self) -> tuple[dict[str, Path], str]:
+        """The attempt's output files, found in a thread (the task decides how big and how
+        deep its dir is); or none and the reason they were not taken."""
+        if not self.launch.spec.outputs:
+            return {}, ""
+        walk = asyncio.to_thread(collect_outputs, self.cwd, self.launch, self._started_ns)
+        try:
+            return await asyncio.wait_for(walk, OUTPUT_COLLECT_S + OUTPUT_COLLECT_GRACE_S), ""
+        except OutputLimitError as exc:
+            return {}, str(exc)
+        except TimeoutError:
+            return {}, f"collecting its outputs took over {OUTPUT_COLLECT_S:g} s"
 
 
 class RunDirs:
@@ -235,52 +274,153 @@ class RunDirs:
         (run_dir / "work").mkdir(parents=True, exist_ok=True)
         return run_dir
 
-    def give_back(self, run_dir: Path) -> None:
-        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it."""
-        work = run_dir / "work"
-        try:
-            for leftover in ("stdout", "stderr"):
-                # Usually moved into the store already; if not (a kill, an error), not reused.
-                with contextlib.suppress(FileNotFoundError):
-                    if (run_dir / leftover).stat().st_size:
-                        (run_dir / leftover).unlink()
-            with os.scandir(work) as entries:
-                dirty = any(entries)
-            if dirty:
-                shutil.rmtree(work)
-                work.mkdir()
-        except OSError:  # the dir is gone or broken: make a new one next time
-            shutil.rmtree(run_dir, ignore_errors=True)
-            return
-        if len(self._spare) < self.spare_max:
+    async def give_back(self, run_dir: Path) -> None:
+        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it.
+        The files are handled in a thread: the task decided how many there are."""
+        reusable = await asyncio.to_thread(_clean_run_dir, run_dir)
+        if reusable and len(self._spare) < self.spare_max:
             self._spare.append(run_dir)
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
 
 
-def collect_outputs(cwd: Path, launch: Launch, not_before_ns: int = 0) -> dict[str, Path]:
+def _clean_run_dir(run_dir: Path) -> bool:
+    """Empty a used run dir for reuse (blocking); False if it is gone or broken. rmtree never
+    follows a symlink, so a link the task left in work/ cannot lead it outside."""
+    work = run_dir / "work"
+    try:
+        for leftover in ("stdout", "stderr"):
+            # Usually moved into the store already; if not (a kill, an error), not reused.
+            with contextlib.suppress(FileNotFoundError):
+                if (run_dir / leftover).stat().st_size:
+                    (run_dir / leftover).unlink()
+        with os.scandir(work) as entries:
+            dirty = any(entries)
+        if dirty:
+            shutil.rmtree(work)
+            work.mkdir()
+    except OSError:  # the dir is gone or broken: make a new one next time
+        return False
+    return True
+
+
+def collect_outputs(
+    cwd: Path,
+    launch: Launch,
+    not_before_ns: int = 0,
+    *,
+    files_max: int = OUTPUT_FILES_MAX,
+    bytes_max: int = OUTPUT_BYTES_MAX,
+    time_max_s: float = OUTPUT_COLLECT_S,
+) -> dict[str, Path]:
     """Regular files matching the task's `outputs` globs, by path relative to the working dir,
-    last modified at or after `not_before_ns` (wall clock)."""
+    last modified at or after `not_before_ns` (wall clock).
+
+    Blocking: run it in a thread. It walks the working dir itself, never following a symlink
+    (to a directory or to a file): a link must not pull in, or loop over, anything outside the
+    working dir, nor (once the file is moved into the store) take a file away from there. The
+    walk is bounded in files, bytes and time; past a bound it raises OutputLimitError, whose
+    message is the attempt's failure reason."""
     found: dict[str, Path] = {}
-    if not launch.spec.outputs:
+    globs = [_glob_parts(p) for p in launch.spec.outputs]
+    if not globs:
         return found
-    real_cwd = os.path.realpath(cwd)
-    for pattern in launch.spec.outputs:
-        for rel in sorted(glob.glob(pattern, root_dir=cwd, recursive=True)):
-            rel = os.path.normpath(rel)
-            path = cwd / rel
-            # No symlink anywhere on the path: a link must not pull in (or, once the file is moved
-            # into the store, take away) a file from outside the working dir.
-            if os.path.realpath(path) != os.path.join(real_cwd, rel) or not path.is_file():
-                continue
-            # In a shared working dir, only what this attempt wrote is its output (as HTCondor
-            # takes back only new or changed files), not a file an earlier run left there.
-            if path.stat().st_mtime_ns < not_before_ns:
-                continue
-            found[rel] = path
-            if len(found) >= OUTPUT_FILES_MAX:
-                return found
+    deadline = time.monotonic() + time_max_s
+    total_bytes = 0
+    start = _advance(globs, {(k, 0) for k in range(len(globs))})
+    stack: list[tuple[str, set[tuple[int, int]]]] = [("", start)]
+    while stack:
+        rel_dir, states = stack.pop()
+        try:
+            entries = os.scandir(cwd / rel_dir if rel_dir else cwd)
+        except OSError:
+            continue  # unreadable, or gone meanwhile: as glob, skip it
+        with entries:
+            for entry in entries:
+                if time.monotonic() > deadline:
+                    raise OutputLimitError(f"collecting its outputs took over {time_max_s:g} s")
+                after = _step(globs, states, entry.name)
+                if not after:
+                    continue
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if any(i < len(globs[k]) for k, i in after):
+                            stack.append((rel, after))
+                        continue
+                    if not entry.is_file(follow_symlinks=False) or not any(
+                        i == len(globs[k]) for k, i in after
+                    ):
+                        continue  # a symlink, a fifo, a socket, or not a full match
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed meanwhile
+                # In a shared working dir, only what this attempt wrote is its output (as
+                # HTCondor takes back only new or changed files), not a file an earlier run left.
+                if st.st_mtime_ns < not_before_ns:
+                    continue
+                found[rel] = cwd / rel
+                total_bytes += st.st_size
+                if len(found) > files_max:
+                    raise OutputLimitError(f"its outputs matched more than {files_max:,} files")
+                if total_bytes > bytes_max:
+                    raise OutputLimitError(
+                        f"its outputs add up to more than {_bytes_text(bytes_max)}"
+                    )
     return found
+
+
+def _glob_parts(pattern: str) -> tuple[str, ...]:
+    """A pattern's path components, without empty or "." ones, runs of "**" as one."""
+    parts: list[str] = []
+    for part in pattern.split("/"):
+        if part in ("", ".") or (part == "**" and parts and parts[-1] == "**"):
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def _advance(globs: list[tuple[str, ...]], states: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """`states` plus what "**" matching no directory at all adds: (pattern, next component)."""
+    out = set(states)
+    for k, i in states:
+        while i < len(globs[k]) and globs[k][i] == "**":
+            i += 1
+            out.add((k, i))
+    return out
+
+
+def _step(
+    globs: list[tuple[str, ...]], states: set[tuple[int, int]], name: str
+) -> set[tuple[int, int]]:
+    """The states after one more path component `name` (empty: nothing below can match)."""
+    after: set[tuple[int, int]] = set()
+    hidden = name.startswith(".")
+    for k, i in states:
+        if i >= len(globs[k]):
+            continue
+        part = globs[k][i]
+        if part == "**":
+            if not hidden:  # as glob: "**" and "*" do not match names starting with "."
+                after.add((k, i))
+        elif _component_matches(name, part, hidden):
+            after.add((k, i + 1))
+    return _advance(globs, after)
+
+
+def _component_matches(name: str, part: str, hidden: bool) -> bool:
+    if not glob.has_magic(part):
+        return name == part
+    if hidden and not part.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, part)
+
+
+def _bytes_text(count: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):g} {unit}"
+    return f"{count} bytes"
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
@@ -342,6 +482,43 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
         for run_dir in run_root.iterdir():
             shutil.rmtree(run_dir, ignore_errors=True)
     return list(groups.values())
+
+
+def kill_strays(
+    tags: frozenset[bytes], proc: Path = Path("/proc"), rounds_max: int = STRAY_ROUNDS_MAX
+) -> int:
+    """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
+    left the attempt's process group (setsid, a double fork into a new session), which killing
+    the group misses. Blocking: run it in a thread. Rescans while it finds some (one may have
+    forked meanwhile), at most `rounds_max` times; returns how many it killed. A process that
+    cleared or replaced its environment is not found."""
+    killed = 0
+    me = os.getpid()
+    for _ in range(rounds_max):
+        found = [pid for pid in _pids_with(tags, proc) if pid != me]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if not found:
+            break
+    return killed
+
+
+def _pids_with(tags: frozenset[bytes], proc: Path) -> list[int]:
+    pids = []
+    with os.scandir(proc) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"{entry.path}/environ", "rb") as f:
+                    environ = f.read()  # the kernel bounds it (with the argument list)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            if tags.issubset(environ.split(b"\0")):
+                pids.append(int(entry.name))
+    return pids
 
 
 def _attempt_of(environ: list[bytes]) -> tuple[str, int]:

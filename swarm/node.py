@@ -284,7 +284,7 @@ class Node:
                 log.warning(
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
-            self.store.sweep_temp()
+            await asyncio.to_thread(self.store.sweep_temp)  # partial blobs of a past life
             self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             for problem in bad:
                 log.warning("skipped an unreadable ledger row: %s", problem)
@@ -1329,13 +1329,13 @@ class Node:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
             self._attempt_ended(view.task_id)  # again, should it have ended by an error
-            if run_dir is not None:
-                self.run_dirs.give_back(run_dir)
             if view.state is State.PENDING:
                 # Its claim never made it to disk (or it ended without a result): it was taken
                 # off the queue when chosen, so it must go back on, or it would wait forever.
                 self._enqueue(view, at_once=True)
             release()
+            if run_dir is not None:  # last: it waits on the task's files (in a thread)
+                await self.run_dirs.give_back(run_dir)
 
     async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
         timer = None

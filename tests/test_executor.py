@@ -14,27 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from swarm.errors import OutputLimitError
 from swarm.executor import (
     NODE_TAG,
+    OUTPUT_FILES_MAX,
     Attempt,
     Finished,
     Launch,
     RunDirs,
     attempt_env,
+    attempt_tags,
     collect_outputs,
     kill_orphans,
+    kill_strays,
 )
 from swarm.ledger import Outcome
 from swarm.spec import Resources, TaskSpec
@@ -547,6 +554,96 @@ def test_outputs_do_not_follow_symlinked_dirs(tmp_path: Path) -> None:
     assert set(f.outputs) == {"mine.txt"}
 
 
+def collect_within(wd: Path, launch: Launch, bound_s: float = 20.0) -> dict[str, Path]:
+    """collect_outputs in a daemon thread, failing the test if it has not returned in `bound_s`
+    (a walk that follows a symlink loop never does; the thread is then left to the exit)."""
+    box: list[dict[str, Path] | BaseException] = []
+
+    def walk() -> None:
+        try:
+            box.append(collect_outputs(wd, launch))
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=walk, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert box, f"collect_outputs did not return within {bound_s}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def test_outputs_walk_survives_directory_symlink_loops(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    (wd / "sub").mkdir(parents=True)
+    (wd / "x.txt").write_text("hi\n")
+    (wd / "sub" / "y.txt").write_text("yo\n")
+    for name in ("a", "b", "c"):
+        (wd / name).symlink_to(".")
+    (wd / "sub" / "up").symlink_to("..")
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("**/*.txt",))
+    assert collect_within(wd, launch) == {"x.txt": wd / "x.txt", "sub/y.txt": wd / "sub/y.txt"}
+
+
+def test_outputs_walk_does_not_enter_a_link_to_the_root(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "root").symlink_to("/")
+    (wd / "hostname").symlink_to("/etc/hostname")  # a link to a file outside: not taken either
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("**/hostname", "root/etc/*"))
+    assert collect_within(wd, launch) == {}
+
+
+def test_outputs_walk_matches_what_glob_matches_on_a_plain_tree(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    for rel in ("a.csv", "b.txt", ".h.csv", "d/a.csv", "d/e/f.csv", "d/.g/h.csv", "x/y/z.txt"):
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text(rel)
+    patterns = ("**/*.csv", "d/*", "x/**", "*.[bc]*", ".h.csv", "d/**/f.csv", "**/.g/*.csv")
+    for pattern in patterns:
+        launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=(pattern,))
+        expected = {
+            os.path.normpath(rel)
+            for rel in glob.glob(pattern, root_dir=wd, recursive=True)
+            if (wd / rel).is_file()
+        }
+        assert set(collect_outputs(wd, launch)) == expected, pattern
+
+
+@pytest.mark.parametrize(
+    ("bounds", "reason"),
+    [
+        ({"files_max": 3}, "its outputs matched more than 3 files"),
+        ({"bytes_max": 1024}, "its outputs add up to more than 1 KiB"),
+        ({"time_max_s": -1.0}, "collecting its outputs took over -1 s"),
+    ],
+    ids=["files", "bytes", "time"],
+)
+def test_outputs_walk_stops_at_its_bounds(
+    tmp_path: Path, bounds: dict[str, Any], reason: str
+) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for i in range(4):
+        (wd / f"f{i}.bin").write_bytes(b"x" * 400)
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
+    with pytest.raises(OutputLimitError) as caught:
+        collect_outputs(wd, launch, **bounds)
+    assert str(caught.value) == reason
+
+
+def test_an_attempt_past_the_file_bound_fails_with_the_reason(tmp_path: Path) -> None:
+    files = OUTPUT_FILES_MAX + 1
+    launch = make_launch(
+        tmp_path, f"seq {files} | sed 's/$/.out/' | xargs touch", outputs=("*.out",)
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.FAILED
+    assert f.reason == f"its outputs matched more than {OUTPUT_FILES_MAX:,} files"
+    assert f.outputs == {}
+
+
 def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "echo x > out.txt; echo ready; sleep 30", outputs=("*.txt",))
 
@@ -601,6 +698,52 @@ def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -
         cleanup(attempt)
 
 
+def pid_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Poll until `pid` has exited (a zombie counts as gone), for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["ends", "stopped"])
+def test_a_process_that_left_the_group_dies_with_its_attempt(tmp_path: Path, stop: bool) -> None:
+    tail = "echo ready; sleep 30" if stop else "echo ready"
+    launch = make_launch(tmp_path, f"setsid sleep 300 & echo $! > stray.pid; {tail}")
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        if stop:
+            attempt.stop(Outcome.INTERRUPTED, "node shutting down")
+
+    stray = 0
+    try:
+        _, f = run_attempt(launch, during)
+        stray = int((launch.run_dir / "work" / "stray.pid").read_text())
+        assert pid_gone(stray), f"the setsid sleep {stray} outlived its attempt ({f.outcome})"
+    finally:
+        if stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stray, signal.SIGKILL)
+
+
+def test_kill_strays_spares_other_attempts(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    env = {"PATH": BASE_ENV["PATH"], NODE_TAG: "n1", "SWARM_TASK_ID": "t1", "SWARM_EPOCH": "2"}
+    other_epoch = sleeper({**env, "SWARM_EPOCH": "1"})
+    mine = sleeper(env)
+    # Popen returns once exec has begun; the kernel shows the new environment a moment later.
+    wait_for_file_text(Path(f"/proc/{mine.pid}/environ"), b"SWARM_EPOCH=2")
+    wait_for_file_text(Path(f"/proc/{other_epoch.pid}/environ"), b"SWARM_EPOCH=1")
+    assert kill_strays(attempt_tags(env)) == 1
+    assert pid_gone(mine.pid)
+    assert other_epoch.poll() is None
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"
@@ -640,7 +783,7 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     (first / "stderr").write_bytes(b"")
     (first / "work" / "sub").mkdir()
     (first / "work" / "sub" / "f").write_text("x")
-    pool.give_back(first)
+    asyncio.run(pool.give_back(first))
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []
@@ -648,8 +791,8 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     assert (again / "stderr").read_bytes() == b""  # empty: kept, to be truncated and reused
     second = pool.take()
     assert second != first and (second / "work").is_dir()
-    pool.give_back(again)
-    pool.give_back(second)  # over spare_max: removed
+    asyncio.run(pool.give_back(again))
+    asyncio.run(pool.give_back(second))  # over spare_max: removed
     assert not second.exists() and first.exists()
 
 
@@ -673,7 +816,7 @@ def test_a_recycled_run_dir_is_clean_even_when_stdout_was_moved_away(tmp_path: P
     first = pool.take()
     (first / "stderr").write_bytes(b"")  # stdout is absent: the store took it
     (first / "work" / "leftover.txt").write_text("secret of the previous task")
-    pool.give_back(first)
+    asyncio.run(pool.give_back(first))
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []
