@@ -712,7 +712,11 @@ def pid_gone(pid: int, timeout: float = 5.0) -> bool:
 @pytest.mark.parametrize("stop", [False, True], ids=["ends", "stopped"])
 def test_a_process_that_left_the_group_dies_with_its_attempt(tmp_path: Path, stop: bool) -> None:
     tail = "echo ready; sleep 30" if stop else "echo ready"
-    launch = make_launch(tmp_path, f"setsid sleep 300 & echo $! > stray.pid; {tail}")
+    # The pid file is written from the new session: the task goes on only once it has left.
+    escape = "setsid sh -c 'echo $$ > s.tmp; mv s.tmp stray.pid; exec sleep 300' &"
+    launch = make_launch(
+        tmp_path, f"{escape} while [ ! -s stray.pid ]; do sleep 0.01; done; {tail}"
+    )
 
     async def during(attempt: Attempt) -> None:
         await await_file_text(attempt.stdout, b"ready")
