@@ -50,6 +50,10 @@ OUTPUT_COLLECT_S = 60.0  # longest the walk for an attempt's outputs may take
 # (a hung network filesystem) before it gives up on it.
 OUTPUT_COLLECT_GRACE_S = 5.0
 SHELL = "/bin/sh"
+# The state disk counts as full below this many free bytes: a task's write failed there, or soon
+# would, and the node's own ledger writes need a little room.
+DISK_FULL_FREE_BYTES = 1 << 20
+TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
 STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
 
 
@@ -84,6 +88,8 @@ class Finished:
     outputs_movable: bool = False  # True when they live in our scratch dir and may be moved
     reason: str = ""
     evicted: bool = False  # stopped by its node to free memory
+    # Its files were thrown away to give a full disk its space back: record it with no result.
+    discarded: bool = False
 
 
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
@@ -129,6 +135,9 @@ class Attempt:
         self._kill_timer: asyncio.TimerHandle | None = None
         self.stdout = launch.run_dir / "stdout"
         self.stderr = launch.run_dir / "stderr"
+        # What the state disk had free when it began, to tell at the end whether the attempt's
+        # own output filled it (one statvfs of our own dir, not of the task's files).
+        self._free_at_start = free_bytes(launch.run_dir)
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
@@ -225,6 +234,10 @@ class Attempt:
             if problem:
                 reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
                 outcome = Outcome.FAILED
+        judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
+        discarded = judged is not None
+        if judged is not None:
+            (outcome, reason), outputs = judged, {}
         return Finished(
             outcome=outcome,
             exit_code=code,
@@ -239,7 +252,56 @@ class Attempt:
             outputs_movable=scratch,
             reason=reason,
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
+            discarded=discarded,
         )
+
+    def _judge_full_disk(
+        self, outcome: Outcome, reason: str, outputs: dict[str, Path]
+    ) -> tuple[Outcome, str] | None:
+        """If the state disk is full as the attempt ends, and the attempt failed or its own
+        output filled it, throw its files away (blocking: run it in a thread) and return the
+        outcome and reason to record instead; None otherwise. An attempt that ended well
+        keeps its files: its node waits for space to store them. One that failed while the
+        disk filled up under it is `interrupted`, which costs the task no retry."""
+        free = free_bytes(self.launch.run_dir)
+        if free >= DISK_FULL_FREE_BYTES:
+            return None
+        own = self._own_bytes(outputs)
+        where = self.launch.run_dir.parent
+        if own and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
+            judged = (
+                Outcome.FAILED,
+                f"its output ({_bytes_text(own)}) is larger than the free space on {where} "
+                f"({_bytes_text(self._free_at_start)} when it started)",
+            )
+        elif outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
+            cause = f"the disk holding {where} filled up while it ran"
+            judged = (Outcome.INTERRUPTED, f"{cause} ({reason})" if reason else cause)
+        else:
+            return None
+        self._discard_files()
+        return judged
+
+    def _own_bytes(self, outputs: dict[str, Path]) -> int:
+        """The bytes this attempt's files take on the state disk."""
+        scratch = self.launch.spec.cwd is None
+        dev = os.stat(self.launch.run_dir).st_dev
+        total = _tree_bytes(self.cwd) if scratch else 0  # scratch: all of work/ is the attempt's
+        for path in (self.stdout, self.stderr, *(() if scratch else outputs.values())):
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if st.st_dev == dev:
+                    total += st.st_size
+        return total
+
+    def _discard_files(self) -> None:
+        for path in (self.stdout, self.stderr):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self.launch.spec.cwd is None:  # never a user's own dir
+            shutil.rmtree(self.cwd, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.cwd.mkdir()
 
     async def _collect(self) -> tuple[dict[str, Path], str]:
         """The attempt's output files, found in a thread (the task decides how big and how
@@ -416,10 +478,40 @@ def _component_matches(name: str, part: str, hidden: bool) -> bool:
     return fnmatch.fnmatchcase(name, part)
 
 
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still put on the filesystem of `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
+    """The size of the regular files under `root`, never following a symlink; stops counting
+    after `entries_max` entries (enough to tell that the tree is big)."""
+    total = seen = 0
+    stack = [root]
+    while stack and seen < entries_max:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                seen += 1
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def _bytes_text(count: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if count >= 1 << shift:
-            return f"{count / (1 << shift):g} {unit}"
+            return f"{count / (1 << shift):.1f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{count} bytes"
 
 

@@ -46,12 +46,14 @@ from swarm.errors import (
     UserInputError,
 )
 from swarm.executor import (
+    DISK_FULL_FREE_BYTES,
     KILL_GRACE_S,
     NODE_TAG,
     Attempt,
     Finished,
     Launch,
     RunDirs,
+    free_bytes,
     kill_orphans,
 )
 from swarm.export import manifest_bytes, parse_manifest
@@ -220,6 +222,7 @@ class Node:
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._claims_paused_until = 0.0
+        self._disk_full = False  # an attempt ended on a full state disk: claim once it has room
         self._base_env = dict(os.environ)
         self._own_rss_kb = resources.own_peak_rss_kb()
         self.guard: pressure.Guard | None = None
@@ -1169,6 +1172,9 @@ class Node:
             if not self._may_claim():
                 self._wake_at(time.monotonic() + ISOLATED_RECHECK_S)
                 continue
+            if self._disk_full and not await self._disk_has_room():
+                self._wake_at(time.monotonic() + STORAGE_RETRY_S)
+                continue
             pause = self._claims_paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -1189,6 +1195,16 @@ class Node:
                 self._tg.create_task(self._run_attempt(view, gpu_ids))
             if len(picks) == self.config.claim_batch_max:
                 self._wake.set()  # the batch was full: more may fit, after a turn of the loop
+
+    async def _disk_has_room(self) -> bool:
+        """Whether the state disk, full when an attempt last ended, has room again: until it
+        does, every task claimed would fail on it (and, interrupted, come straight back)."""
+        free = await asyncio.to_thread(free_bytes, self.state.runs)
+        if free < DISK_FULL_FREE_BYTES:
+            return False
+        self._disk_full = False
+        log.info("the disk of %s has room again: claiming tasks", self.state.root)
+        return True
 
     async def _heartbeat_loop(self) -> None:
         previous: Version | None = None
@@ -1480,7 +1496,12 @@ class Node:
         stored: dict[str, str] = {}
         digest: str | None = None
         reason = finished.reason
-        while digest is None:
+        if finished.discarded:
+            self._disk_full = True
+            log.error(
+                "disk full: not claiming new tasks until %s has room (%s)", self.state.root, reason
+            )
+        while digest is None and not finished.discarded:  # discarded: a full disk, no files
             try:
                 digest, new_manifest = await self._store_outputs(finished, stored)
             except StorageFullError as exc:
