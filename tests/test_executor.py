@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from swarm import executor
 from swarm.errors import OutputLimitError
 from swarm.executor import (
     NODE_TAG,
@@ -642,6 +643,37 @@ def test_an_attempt_past_the_file_bound_fails_with_the_reason(tmp_path: Path) ->
     assert f.outcome is Outcome.FAILED
     assert f.reason == f"its outputs matched more than {OUTPUT_FILES_MAX:,} files"
     assert f.outputs == {}
+
+
+@pytest.mark.parametrize(
+    ("cmd", "free_at_start", "outcome", "reason"),
+    [
+        ("head -c 300000 /dev/zero; exit 1", 4 << 20, Outcome.INTERRUPTED, "filled up while"),
+        ("head -c 300000 /dev/zero; exit 1", 1 << 20, Outcome.FAILED, "is larger than the free"),
+        ("head -c 300000 /dev/zero", 1 << 20, Outcome.FAILED, "is larger than the free"),
+        ("head -c 300000 /dev/zero", 4 << 20, Outcome.OK, ""),
+    ],
+    ids=["failed-as-it-filled", "failed-filling-it", "ok-filling-it", "ok-on-a-full-disk"],
+)
+def test_an_attempt_ending_on_a_full_disk(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cmd: str,
+    free_at_start: int,
+    outcome: Outcome,
+    reason: str,
+) -> None:
+    # The disk has `free_at_start` bytes when the attempt starts, and 4 KiB when it ends.
+    frees = iter([free_at_start])
+    monkeypatch.setattr(executor, "free_bytes", lambda _: next(frees, 4096))
+    launch = make_launch(tmp_path, f"{cmd}; echo x > scratch.bin")
+    _, f = run_attempt(launch)
+    assert f.outcome is outcome
+    assert reason in f.reason
+    kept = outcome is Outcome.OK  # an attempt that ended well keeps its files, to be stored
+    assert f.discarded is not kept
+    assert f.stdout.exists() is kept
+    assert (launch.run_dir / "work" / "scratch.bin").exists() is kept
 
 
 def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
