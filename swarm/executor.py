@@ -26,19 +26,24 @@ import asyncio
 import contextlib
 import fnmatch
 import glob
+import logging
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from swarm.errors import OutputLimitError
 from swarm.ledger import Outcome
 from swarm.spec import TaskSpec
+
+log = logging.getLogger("swarm.executor")
 
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
@@ -149,7 +154,13 @@ class Attempt:
         self.spawn_error = ""
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+        with _open_own(self.stdout) as out, _open_own(self.stderr) as err:
+            # Which files these are: the task may replace them (with a link to a file outside,
+            # a fifo, a dir) before they are stored, and then its node must not follow.
+            self._own_files = {
+                self.stdout: _identity(os.fstat(out.fileno())),
+                self.stderr: _identity(os.fstat(err.fileno())),
+            }
             try:
                 self.proc = subprocess.Popen(
                     argv,
@@ -234,7 +245,7 @@ class Attempt:
             if problem:
                 reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
                 outcome = Outcome.FAILED
-        judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
+        judged = await asyncio.to_thread(self._settle_files, outcome, reason, outputs)
         discarded = judged is not None
         if judged is not None:
             (outcome, reason), outputs = judged, {}
@@ -254,6 +265,20 @@ class Attempt:
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
             discarded=discarded,
         )
+
+    def _settle_files(
+        self, outcome: Outcome, reason: str, outputs: dict[str, Path]
+    ) -> tuple[Outcome, str] | None:
+        """Blocking: drop a stdout or stderr the task replaced, then judge a full disk."""
+        for path, identity in self._own_files.items():
+            try:
+                if _identity(os.lstat(path)) == identity:
+                    continue
+            except FileNotFoundError:
+                continue
+            log.warning("%s was replaced by its task; it is not stored", path)
+            _remove(path)
+        return self._judge_full_disk(outcome, reason, outputs)
 
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]
@@ -478,6 +503,43 @@ def _component_matches(name: str, part: str, hidden: bool) -> bool:
     return fnmatch.fnmatchcase(name, part)
 
 
+def _open_own(path: Path) -> IO[bytes]:
+    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated. What
+    an earlier task may have left under that name (a symlink, a fifo) is never followed or
+    opened: it is removed, and a new file made."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = -1
+    with contextlib.suppress(OSError):  # a symlink (ELOOP), a fifo with no reader (ENXIO), ...
+        fd = os.open(path, flags, 0o644)
+    if fd >= 0:
+        st = os.fstat(fd)
+        # Truncated only if it is our own plain file: a hard link would truncate its twin.
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            os.ftruncate(fd, 0)
+        else:
+            os.close(fd)
+            fd = -1
+    if fd < 0:  # not ours to reuse: made anew
+        _remove(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, bool]:
+    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at `path` (a file, a link, a fifo, a tree), never following links."""
+    try:
+        path.unlink()
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+    except FileNotFoundError:
+        pass
+
+
 def free_bytes(path: Path) -> int:
     """Bytes an unprivileged writer may still put on the filesystem of `path`."""
     try:
@@ -584,17 +646,17 @@ def kill_strays(
     the group misses. Blocking: run it in a thread. Rescans while it finds some (one may have
     forked meanwhile), at most `rounds_max` times; returns how many it killed. A process that
     cleared or replaced its environment is not found."""
-    killed = 0
-    me = os.getpid()
+    killed: set[int] = {os.getpid()}  # never ourselves (a daemon started by a task)
     for _ in range(rounds_max):
-        found = [pid for pid in _pids_with(tags, proc) if pid != me]
+        # One killed a moment ago may not have died yet: only those not killed already count.
+        found = [pid for pid in _pids_with(tags, proc) if pid not in killed]
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        killed += len(found)
+        killed.update(found)
         if not found:
             break
-    return killed
+    return len(killed) - 1
 
 
 def _pids_with(tags: frozenset[bytes], proc: Path) -> list[int]:

@@ -676,6 +676,43 @@ def test_an_attempt_ending_on_a_full_disk(
     assert (launch.run_dir / "work" / "scratch.bin").exists() is kept
 
 
+@pytest.mark.parametrize(
+    "replace",
+    ["mkfifo ../stdout", "ln -s /etc/hostname ../stdout", "ln ../../../outside ../stdout"],
+    ids=["fifo", "symlink", "hard-link"],
+)
+def test_a_stdout_the_task_replaced_is_not_kept(tmp_path: Path, replace: str) -> None:
+    (tmp_path / "outside").write_text("the user's\n")
+    launch = make_launch(tmp_path, f"echo mine; rm ../stdout; {replace}")
+    assert launch.run_dir.parent.parent == tmp_path  # so ../../../outside is that file
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert not os.path.lexists(f.stdout)  # the node stores nothing, and follows nothing
+    assert (tmp_path / "outside").read_text() == "the user's\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard-link", "fifo"])
+def test_a_recycled_run_dir_never_writes_through_what_a_task_left(
+    tmp_path: Path, kind: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("the user's\n")
+    pool = RunDirs(tmp_path / "run", spare_max=1)
+    run_dir = pool.take()
+    stdout = run_dir / "stdout"
+    if kind == "symlink":
+        stdout.symlink_to(outside)
+    elif kind == "hard-link":
+        os.link(outside, stdout)
+    else:
+        os.mkfifo(stdout)
+    launch = make_launch(tmp_path, "echo fresh")
+    launch = Launch(**{**{k: getattr(launch, k) for k in Launch.__slots__}, "run_dir": run_dir})
+    _, f = run_attempt(launch)
+    assert f.stdout.read_bytes() == b"fresh\n"
+    assert outside.read_text() == "the user's\n"
+
+
 def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "echo x > out.txt; echo ready; sleep 30", outputs=("*.txt",))
 

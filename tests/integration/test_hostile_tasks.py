@@ -73,6 +73,27 @@ def _escape(pid_file: Path) -> str:
     )
 
 
+def test_a_stdout_replaced_by_a_fifo_or_a_link_does_not_hang_or_leak(
+    cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon("--cpus", "2")
+    secret = tmp_path / "secret"
+    secret.write_text("not the task's\n")
+    tasks = write_tasks(
+        cli.cwd / "swap.jsonl",
+        [
+            {"name": "fifo", "cmd": "echo a; rm ../stdout; mkfifo ../stdout"},
+            {"name": "link", "cmd": f"echo b; rm ../stdout; ln -s {secret} ../stdout"},
+        ],
+    )
+    cli.ok("submit", str(tasks))
+    wait_for("both to be done", lambda: cli.job("swap")["done"] == 2, timeout=20)
+    out = tmp_path / "out"
+    cli.ok("results", "swap", "--out", str(out))
+    assert (out / "fifo/stdout").read_bytes() == b""
+    assert (out / "link/stdout").read_bytes() == b""  # not the secret it pointed at
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
