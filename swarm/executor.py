@@ -34,7 +34,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -152,6 +152,7 @@ class Attempt:
         self._t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawn_error = ""
+        self._strays_left = False  # its leader has exited; processes outside its group may not
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
         with _open_own(self.stdout) as out, _open_own(self.stderr) as err:
@@ -193,12 +194,14 @@ class Attempt:
 
     async def finished(self) -> Finished:
         if self.proc is None:
-            return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error)
+            wall_s = time.monotonic() - self._t0
+            return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
         status, usage = await _wait_exit(self.proc)
+        wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
-        await asyncio.to_thread(kill_strays, self._tags)  # nor those that left its group
+        self._strays_left = True  # nor those that left its group: see _kill_strays
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
         own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > self.inherited_rss_kb else 0
@@ -209,14 +212,16 @@ class Attempt:
         else:
             outcome = Outcome.FAILED
             reason = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
-        return await self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
+        rss_kb = max(own_rss_kb, self.peak_rss_kb)
+        return await self._result(outcome, code, cpu_s, rss_kb, reason, wall_s)
 
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
             _kill_group(self.proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(kill_strays, self._tags)
+            self._strays_left = True
+            self._kill_strays()
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
@@ -235,17 +240,31 @@ class Attempt:
         self.stop(Outcome.INTERRUPTED, reason, grace_s)
 
     async def _result(
-        self, outcome: Outcome, code: int | None, cpu_s: float, rss_kb: int, reason: str
+        self,
+        outcome: Outcome,
+        code: int | None,
+        cpu_s: float,
+        rss_kb: int,
+        reason: str,
+        wall_s: float,
     ) -> Finished:
-        wall_s = time.monotonic() - self._t0
         scratch = self.launch.spec.cwd is None
         outputs: dict[str, Path] = {}
-        if outcome is not Outcome.INTERRUPTED:
+        if outcome is not Outcome.INTERRUPTED and self.launch.spec.outputs:
+            self._kill_strays()  # first: none may write while we walk
             outputs, problem = await self._collect()
             if problem:
                 reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
                 outcome = Outcome.FAILED
-        judged = await asyncio.to_thread(self._settle_files, outcome, reason, outputs)
+        # A handful of system calls, on /proc and on our own names in the run dir: done here,
+        # since a thread hop just before the next task's fork was measured to slow it by ~1 ms.
+        self._kill_strays()
+        replaced = self._replaced_files()
+        if replaced:
+            await asyncio.to_thread(_remove_all, replaced)  # a tree, maybe: not on the loop
+        judged = None
+        if free_bytes(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks its files: thread
+            judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
         if judged is not None:
             (outcome, reason), outputs = judged, {}
@@ -266,10 +285,10 @@ class Attempt:
             discarded=discarded,
         )
 
-    def _settle_files(
-        self, outcome: Outcome, reason: str, outputs: dict[str, Path]
-    ) -> tuple[Outcome, str] | None:
-        """Blocking: drop a stdout or stderr the task replaced, then judge a full disk."""
+    def _replaced_files(self) -> list[Path]:
+        """Our stdout and stderr names, where the task put something else in their place (a
+        link to a file outside, a fifo, a dir): that is neither stored nor followed."""
+        replaced = []
         for path, identity in self._own_files.items():
             try:
                 if _identity(os.lstat(path)) == identity:
@@ -277,8 +296,16 @@ class Attempt:
             except FileNotFoundError:
                 continue
             log.warning("%s was replaced by its task; it is not stored", path)
-            _remove(path)
-        return self._judge_full_disk(outcome, reason, outputs)
+            replaced.append(path)
+        return replaced
+
+    def _kill_strays(self) -> None:
+        """The processes of this attempt that left its process group were all forked after its
+        leader, so only pids younger than the leader's are read: a scan of /proc (in memory,
+        never a disk) costing about a directory listing plus one read per young process."""
+        if self._strays_left and self.proc is not None:
+            self._strays_left = False
+            kill_strays(self._tags, self.proc.pid)
 
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]
@@ -363,30 +390,40 @@ class RunDirs:
 
     async def give_back(self, run_dir: Path) -> None:
         """Keep the dir for the next attempt if it can be made clean cheaply, else remove it.
-        The files are handled in a thread: the task decided how many there are."""
-        reusable = await asyncio.to_thread(_clean_run_dir, run_dir)
-        if reusable and len(self._spare) < self.spare_max:
+        Whether it is clean takes a few system calls whatever the task left there (the first
+        entry of work/ tells); emptying it, a tree of the task's making, goes to a thread."""
+        clean = _is_clean(run_dir)
+        if clean is False:
+            clean = await asyncio.to_thread(_empty_work, run_dir)
+        if clean and len(self._spare) < self.spare_max:
             self._spare.append(run_dir)
         else:
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
 
 
-def _clean_run_dir(run_dir: Path) -> bool:
-    """Empty a used run dir for reuse (blocking); False if it is gone or broken. rmtree never
-    follows a symlink, so a link the task left in work/ cannot lead it outside."""
+def _is_clean(run_dir: Path) -> bool | None:
+    """Whether a used run dir is ready for reuse once a stdout or stderr left in it (not moved
+    into the store: a kill, an error) is removed; None if it is gone or broken."""
+    try:
+        for leftover in (run_dir / "stdout", run_dir / "stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(leftover)
+                if not stat.S_ISREG(st.st_mode) or st.st_size:
+                    leftover.unlink()  # a dir there (the task's doing) fails: not reused
+        with os.scandir(run_dir / "work") as entries:
+            return not any(entries)
+    except OSError:
+        return None
+
+
+def _empty_work(run_dir: Path) -> bool:
+    """Empty work/ (blocking); False if that fails. rmtree never follows a symlink, so a link
+    the task left cannot lead it outside."""
     work = run_dir / "work"
     try:
-        for leftover in ("stdout", "stderr"):
-            # Usually moved into the store already; if not (a kill, an error), not reused.
-            with contextlib.suppress(FileNotFoundError):
-                if (run_dir / leftover).stat().st_size:
-                    (run_dir / leftover).unlink()
-        with os.scandir(work) as entries:
-            dirty = any(entries)
-        if dirty:
-            shutil.rmtree(work)
-            work.mkdir()
-    except OSError:  # the dir is gone or broken: make a new one next time
+        shutil.rmtree(work)
+        work.mkdir()
+    except OSError:
         return False
     return True
 
@@ -530,6 +567,11 @@ def _identity(st: os.stat_result) -> tuple[int, int, bool]:
     return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
 
 
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        _remove(path)
+
+
 def _remove(path: Path) -> None:
     """Remove whatever is at `path` (a file, a link, a fifo, a tree), never following links."""
     try:
@@ -639,17 +681,21 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
 
 
 def kill_strays(
-    tags: frozenset[bytes], proc: Path = Path("/proc"), rounds_max: int = STRAY_ROUNDS_MAX
+    tags: frozenset[bytes],
+    since_pid: int = 0,
+    proc: Path = Path("/proc"),
+    rounds_max: int = STRAY_ROUNDS_MAX,
 ) -> int:
     """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
     left the attempt's process group (setsid, a double fork into a new session), which killing
-    the group misses. Blocking: run it in a thread. Rescans while it finds some (one may have
-    forked meanwhile), at most `rounds_max` times; returns how many it killed. A process that
-    cleared or replaced its environment is not found."""
+    the group misses. Blocking: run it in a thread. Only processes forked since `since_pid` (the
+    attempt's leader) are read, so the cost follows how many are that young, not how many run.
+    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times;
+    returns how many it killed. A process that cleared or replaced its environment is missed."""
     killed: set[int] = {os.getpid()}  # never ourselves (a daemon started by a task)
     for _ in range(rounds_max):
         # One killed a moment ago may not have died yet: only those not killed already count.
-        found = [pid for pid in _pids_with(tags, proc) if pid not in killed]
+        found = [pid for pid in _pids_with(tags, proc, since_pid) if pid not in killed]
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -659,11 +705,12 @@ def kill_strays(
     return len(killed) - 1
 
 
-def _pids_with(tags: frozenset[bytes], proc: Path) -> list[int]:
+def _pids_with(tags: frozenset[bytes], proc: Path, since_pid: int) -> list[int]:
+    young = _young_pids(proc, since_pid)
     pids = []
     with os.scandir(proc) as entries:
         for entry in entries:
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or not young(int(entry.name)):
                 continue
             try:
                 with open(f"{entry.path}/environ", "rb") as f:
@@ -673,6 +720,20 @@ def _pids_with(tags: frozenset[bytes], proc: Path) -> list[int]:
             if tags.issubset(environ.split(b"\0")):
                 pids.append(int(entry.name))
     return pids
+
+
+def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
+    """Which pids may have been forked since `since_pid` was: pids are handed out in rising
+    order, so those above it, unless they have started again from the bottom meanwhile (the
+    last one handed out, from loadavg, is then below `since_pid`): then, and whenever that
+    cannot be told, every pid."""
+    try:
+        last = int((proc / "loadavg").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        last = -1
+    if since_pid <= 0 or last < since_pid:
+        return lambda pid: True
+    return lambda pid: pid >= since_pid
 
 
 def _attempt_of(environ: list[bytes]) -> tuple[str, int]:

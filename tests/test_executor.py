@@ -817,6 +817,23 @@ def test_kill_strays_spares_other_attempts(
     assert other_epoch.poll() is None
 
 
+@pytest.mark.parametrize(
+    ("loadavg", "since_pid", "young", "old"),
+    [
+        ("0.1 0.2 0.3 1/90 5000", 4000, [4000, 4500, 5000, 5001], [3999, 1]),
+        ("0.1 0.2 0.3 1/90 300", 4000, [4000, 1, 3999], []),  # wrapped: every pid may be
+        ("garbled", 4000, [1, 4000], []),
+    ],
+    ids=["rising", "wrapped", "unreadable"],
+)
+def test_young_pids(
+    tmp_path: Path, loadavg: str, since_pid: int, young: list[int], old: list[int]
+) -> None:
+    (tmp_path / "loadavg").write_text(loadavg + "\n")
+    is_young = executor._young_pids(tmp_path, since_pid)
+    assert [is_young(p) for p in young + old] == [True] * len(young) + [False] * len(old)
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"
