@@ -86,6 +86,7 @@ from swarm.ledger import (
     task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
+from swarm.loopguard import LoopReports
 from swarm.policy import PendingQueue, rendezvous_top
 from swarm.replication import Intake, behind
 from swarm.scheduler import Scheduler, isolation, peer_from_meta
@@ -304,6 +305,7 @@ class Node:
                 )
             self._base_env[NODE_TAG] = self.node_id
             _raise_fd_limit()
+            asyncio.get_running_loop().set_exception_handler(LoopReports())
             self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if self._orphaned:
                 log.warning(
@@ -405,8 +407,12 @@ class Node:
         ring = self.ring
         self.reload_keys()
         sender = bytes.fromhex(self.node_id)
-        # Counters must never repeat for this sender, across restarts too: start at the clock.
-        sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
+        # Nonces never repeat, whatever the clock does: each run seals under a key of its own
+        # (the random boot id). The counter starts at the clock so that peers' replay windows,
+        # which remember our last run's counters, take this run's envelopes.
+        sealer = wire.Sealer(
+            sender, ring, counter=time.time_ns() // 1000, boot=os.urandom(wire.BOOT_BYTES)
+        )
         self.membership = gossip.Membership(
             self.node_id,
             bind,
@@ -422,7 +428,7 @@ class Node:
             self.membership,
             bind,
             sealer,
-            wire.Opener(ring),
+            wire.Opener(ring, sender),
             self._on_members,
             self._on_records,
             self._serve_sync,
