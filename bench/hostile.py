@@ -187,9 +187,10 @@ class Node:
             self.proc.wait()
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/PID/status in MB: VmRSS now, or VmHWM, the peak since start."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -307,8 +308,13 @@ def close_all(conns: list[socket.socket]) -> None:
         conn.close()
 
 
-def tcp_buffer(node: Node) -> list[str]:
+def tcp_buffer(node: Node, withhold_last: bool = False) -> list[str]:
+    """20 junk frames of 8 MiB - 1. A complete frame is read, refused and freed at once, so its
+    peak is brief; with `withhold_last`, each frame's last byte is never sent, and the daemon
+    holds every buffer for the whole hold."""
     payload = struct.pack(">I", BUFFER_FRAME_BYTES) + os.urandom(BUFFER_FRAME_BYTES)
+    if withhold_last:
+        payload = payload[:-1]
     sent = [0]
     failures: list[str] = []
     lock = threading.Lock()
@@ -330,7 +336,9 @@ def tcp_buffer(node: Node) -> list[str]:
     for thread in threads:
         thread.join()
     notes = [
-        f"{sent[0]}/{BUFFER_CONNECTIONS} frames of {BUFFER_FRAME_BYTES:,} B sent (one random buffer)"
+        f"{sent[0]}/{BUFFER_CONNECTIONS} frames of {BUFFER_FRAME_BYTES:,} B sent"
+        + (" but the last byte" if withhold_last else "")
+        + f" (one random buffer), held {BUFFER_HOLD_S:.0f} s"
     ]
     if failures:
         notes.append(f"send errors: {dict(collections.Counter(failures))}")
@@ -418,6 +426,7 @@ class Attack:
 
 ATTACKS = [
     Attack("tcp-buffer", tcp_buffer),
+    Attack("tcp-buffer-held", functools.partial(tcp_buffer, withhold_last=True)),
     Attack("tcp-idle", tcp_idle),
     Attack("forged-senders", forged_senders),
     Attack("fd-exhaust", fd_exhaust, nofile=EXHAUST_NOFILE, recovery_s=EXHAUST_RECOVERY_S),
@@ -463,7 +472,10 @@ def measure(attack: Attack, repo: Path, root: Path) -> Row:
                 )
             time.sleep(AFTER_S)
         row.rss_after = rss_mb(node.pid)
-        row.rss_peak = max(sampler.rss_peak, sampler_after.rss_peak, row.rss_before)
+        # The sampler may miss a brief peak; the kernel's high-water mark does not.
+        sampled = max(sampler.rss_peak, sampler_after.rss_peak, row.rss_before)
+        row.rss_peak = max(sampled, rss_mb(node.pid, "VmHWM"))
+        row.notes.append(f"sampled RSS peak {sampled:.1f} MB")
         row.fds_peak = max(sampler.fds_peak, sampler_after.fds_peak, row.fds_before)
         row.notes.append(f"fds before {row.fds_before}; idle members {idle_s:.1f} s")
         row.notes.append(node.net_stats())
