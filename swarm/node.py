@@ -146,6 +146,9 @@ class NodeConfig:
     # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
     overcommit: bool = False
     memfree_bytes: int | None = None
+    # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
+    # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
+    clock_skew_ms: int = 0
 
 
 DEFAULT_PORT = 7946
@@ -227,7 +230,7 @@ class Node:
         self.clock = HybridClock()
         self.used = Resources(0.0, 0, 0)
         self.attempts: dict[str, Attempt] = {}
-        self.started_ms = wall_ms()
+        self.started_ms = self._wall_ms()
         self._free_gpus = list(range(self.capacity.gpus))
         self._claiming: set[str] = set()
         self._wake = asyncio.Event()
@@ -288,6 +291,10 @@ class Node:
         self._seq = 0
         self._heartbeat = 0
 
+    def _wall_ms(self) -> int:
+        """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
+        return wall_ms() + self.config.clock_skew_ms
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -324,7 +331,7 @@ class Node:
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
             self.clock = HybridClock(self.ledger.max_stamp)
-            self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
+            self._life_stamp = self.clock.now(self._wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -1074,7 +1081,7 @@ class Node:
         attempt found still running whose claim never reached the ledger (the daemon died first,
         perhaps because of it) gets its claim written now, so that it is closed too: a task that
         kills its node must count those deaths."""
-        now = wall_ms()
+        now = self._wall_ms()
         unwritten: list[Body] = []
         for task, epoch in self._orphaned:
             view = self.ledger.tasks.get(task)
@@ -1407,7 +1414,7 @@ class Node:
 
         try:
             run_dir = self.run_dirs.take()
-            claim = self.sched.new_claim(view, self.clock.now(wall_ms()))
+            claim = self.sched.new_claim(view, self.clock.now(self._wall_ms()))
             epoch = claim.epoch
             launch = Launch(
                 task_id=view.task_id,
@@ -1526,7 +1533,7 @@ class Node:
     ) -> ResultRecord:
         """The record that closes an attempt with no process outcome to report (cut off by a
         stop, failed inside swarm, or never run): no exit code, no CPU time, no result."""
-        ended_ms = wall_ms() if ended_ms is None else ended_ms
+        ended_ms = self._wall_ms() if ended_ms is None else ended_ms
         return ResultRecord(
             task_id=task,
             epoch=epoch,
@@ -1549,7 +1556,7 @@ class Node:
             f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
             "lost their leases"
         )
-        now = wall_ms()
+        now = self._wall_ms()
         result = self._closing_result(
             launch.task_id, launch.epoch, launch.attempt, Outcome.INTERRUPTED, now, reason
         )
@@ -1804,7 +1811,7 @@ class Node:
         if node == self.node_id:
             self.drain(None if grace is None else float(grace))
         else:
-            stamp = self.clock.now(wall_ms())
+            stamp = self.clock.now(self._wall_ms())
             await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
         return {
             "ok": True,
@@ -1835,7 +1842,7 @@ class Node:
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
-        stamp = self.clock.now(wall_ms())
+        stamp = self.clock.now(self._wall_ms())
         bodies: list[Body] = []
         for raw in incoming:
             record = _task_record(job, raw, stamp)
@@ -1861,7 +1868,7 @@ class Node:
 
     async def _cancel(self, target: str) -> dict[str, Any]:
         if target in self.ledger.jobs:
-            await self._append([CancelRecord(target, None, self.clock.now(wall_ms()))])
+            await self._append([CancelRecord(target, None, self.clock.now(self._wall_ms()))])
             return {"ok": True, "cancelled": "job", "target": target}
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
@@ -1870,7 +1877,7 @@ class Node:
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
-        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(wall_ms()))])
+        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(self._wall_ms()))])
         return {"ok": True, "cancelled": "task", "target": view.task_id}
 
     async def _retry(self, job: str) -> dict[str, Any]:
@@ -1910,7 +1917,7 @@ class Node:
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
         return snapshot.build(
-            self.ledger, wall_ms(), self.members(), jobs, infeasible, self.left_out
+            self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
         )
 
 
