@@ -38,7 +38,7 @@ from typing import Any
 import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
-from swarm.clock import HybridClock, wall_ms_of
+from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -83,6 +83,7 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    stamp_of,
     task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
@@ -275,6 +276,7 @@ class Node:
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self.refused_records = 0  # records passed over: too large, or undecodable
+        self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in (clock.py)
         self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
         # TASK records whose id is not the hash of their content (edited on disk, or forged by
         # a peer): never applied. Those of peers are logged once each, a bounded number of them.
@@ -330,7 +332,12 @@ class Node:
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
-            self.clock = HybridClock(self.ledger.max_stamp)
+            # Our own stamps are the high-water mark (the clock never goes back, even when the
+            # wall clock did); the peers' are taken in like any record from a peer.
+            stamps = dict(self.ledger.max_stamps)
+            self.clock = HybridClock(stamps.pop(self.node_id, 0))
+            for origin, stamp in stamps.items():
+                self._observe(origin, stamp)
             self._life_stamp = self.clock.now(self._wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
@@ -629,6 +636,9 @@ class Node:
         if rows and rows[0].remote:
             self._heard_at = now
         for row in rows:
+            stamp = stamp_of(row.body) if row.remote else None
+            if stamp is not None:  # every peer's record passes here: the clock sees it first
+                self._observe(row.version.origin, stamp)
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
@@ -653,6 +663,25 @@ class Node:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
+
+    def _observe(self, origin: str, stamp: int) -> None:
+        """Take a peer's stamp into our clock, so that what we stamp after seeing its record
+        (a cancel after a submission) orders after it whatever our wall clock says. A stamp too
+        far ahead of our wall clock (clock.py's bound) is not adopted: one broken or hostile
+        clock must not drag ours, and through ours every node's, into the future. Counted,
+        and said once for each origin."""
+        if self.clock.observe(stamp, self._wall_ms()):
+            return
+        self.stamps_ahead += 1
+        said = (origin, "clock ahead")
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            ahead_s = (wall_ms_of(stamp) - self._wall_ms()) / 1000
+            log.warning(
+                "node %s stamps its records %.0f s ahead of this node's clock (more than %d s): "
+                "not taken into this node's clock; is one of the two clocks wrong? (logged once)",
+                origin[:8], ahead_s, MAX_FORWARD_DRIFT_MS // 1000,
+            )  # fmt: skip
 
     def _check_claim(self, task: str) -> None:
         """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
@@ -1767,6 +1796,7 @@ class Node:
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
                     "refused_records": self.refused_records,
+                    "stamps_ahead": self.stamps_ahead,
                     "streams_refused": self.net.streams_refused,
                     "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
