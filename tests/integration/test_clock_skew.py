@@ -13,7 +13,7 @@ import pytest
 
 from swarm.clock import MAX_FORWARD_DRIFT_MS
 
-from .conftest import Daemon, Swarm, wait_for, write_tasks
+from .conftest import Cli, Daemon, Swarm, wait_for, write_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +90,9 @@ def test_a_peer_far_ahead_does_not_drag_a_nodes_clock_even_after_a_restart(
     assert ahead_ms < MAX_FORWARD_DRIFT_MS, (
         f"node 0's clock was dragged {ahead_ms / 1000:.0f}s ahead"
     )
+
+
+def test_skewing_a_clock_is_for_tests_only(cli: Cli) -> None:
+    done = cli("start", "--clock-skew-ms", "5000")
+    assert done.returncode == 2 and "needs --profile test" in done.stderr
+    assert not cli.home.exists()  # refused before anything was made
