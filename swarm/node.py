@@ -38,7 +38,7 @@ from typing import Any
 import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
-from swarm.clock import HybridClock, wall_ms_of
+from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -83,6 +83,7 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    stamp_of,
     task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
@@ -146,6 +147,9 @@ class NodeConfig:
     # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
     overcommit: bool = False
     memfree_bytes: int | None = None
+    # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
+    # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
+    clock_skew_ms: int = 0
 
 
 DEFAULT_PORT = 7946
@@ -227,7 +231,7 @@ class Node:
         self.clock = HybridClock()
         self.used = Resources(0.0, 0, 0)
         self.attempts: dict[str, Attempt] = {}
-        self.started_ms = wall_ms()
+        self.started_ms = self._wall_ms()
         self._free_gpus = list(range(self.capacity.gpus))
         self._claiming: set[str] = set()
         self._wake = asyncio.Event()
@@ -272,6 +276,7 @@ class Node:
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self.refused_records = 0  # records passed over: too large, or undecodable
+        self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in (clock.py)
         self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
         # TASK records whose id is not the hash of their content (edited on disk, or forged by
         # a peer): never applied. Those of peers are logged once each, a bounded number of them.
@@ -287,6 +292,10 @@ class Node:
         self.generation = 0
         self._seq = 0
         self._heartbeat = 0
+
+    def _wall_ms(self) -> int:
+        """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
+        return wall_ms() + self.config.clock_skew_ms
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -323,8 +332,13 @@ class Node:
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
-            self.clock = HybridClock(self.ledger.max_stamp)
-            self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
+            # Our own stamps are the high-water mark (the clock never goes back, even when the
+            # wall clock did); the peers' are taken in like any record from a peer.
+            stamps = dict(self.ledger.max_stamps)
+            self.clock = HybridClock(stamps.pop(self.node_id, 0))
+            for origin, stamp in stamps.items():
+                self._observe(origin, stamp)
+            self._life_stamp = self.clock.now(self._wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -622,6 +636,9 @@ class Node:
         if rows and rows[0].remote:
             self._heard_at = now
         for row in rows:
+            stamp = stamp_of(row.body) if row.remote else None
+            if stamp is not None:  # every peer's record passes here: the clock sees it first
+                self._observe(row.version.origin, stamp)
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
@@ -646,6 +663,25 @@ class Node:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
+
+    def _observe(self, origin: str, stamp: int) -> None:
+        """Take a peer's stamp into our clock, so that what we stamp after seeing its record
+        (a cancel after a submission) orders after it whatever our wall clock says. A stamp too
+        far ahead of our wall clock (clock.py's bound) is not adopted: one broken or hostile
+        clock must not drag ours, and through ours every node's, into the future. Counted,
+        and said once for each origin."""
+        if self.clock.observe(stamp, self._wall_ms()):
+            return
+        self.stamps_ahead += 1
+        said = (origin, "clock ahead")
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            ahead_s = (wall_ms_of(stamp) - self._wall_ms()) / 1000
+            log.warning(
+                "node %s stamps its records %.0f s ahead of this node's clock (more than %d s): "
+                "not taken into this node's clock; is one of the two clocks wrong? (logged once)",
+                origin[:8], ahead_s, MAX_FORWARD_DRIFT_MS // 1000,
+            )  # fmt: skip
 
     def _check_claim(self, task: str) -> None:
         """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
@@ -1074,7 +1110,7 @@ class Node:
         attempt found still running whose claim never reached the ledger (the daemon died first,
         perhaps because of it) gets its claim written now, so that it is closed too: a task that
         kills its node must count those deaths."""
-        now = wall_ms()
+        now = self._wall_ms()
         unwritten: list[Body] = []
         for task, epoch in self._orphaned:
             view = self.ledger.tasks.get(task)
@@ -1407,7 +1443,7 @@ class Node:
 
         try:
             run_dir = self.run_dirs.take()
-            claim = self.sched.new_claim(view, self.clock.now(wall_ms()))
+            claim = self.sched.new_claim(view, self.clock.now(self._wall_ms()))
             epoch = claim.epoch
             launch = Launch(
                 task_id=view.task_id,
@@ -1526,7 +1562,7 @@ class Node:
     ) -> ResultRecord:
         """The record that closes an attempt with no process outcome to report (cut off by a
         stop, failed inside swarm, or never run): no exit code, no CPU time, no result."""
-        ended_ms = wall_ms() if ended_ms is None else ended_ms
+        ended_ms = self._wall_ms() if ended_ms is None else ended_ms
         return ResultRecord(
             task_id=task,
             epoch=epoch,
@@ -1549,7 +1585,7 @@ class Node:
             f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
             "lost their leases"
         )
-        now = wall_ms()
+        now = self._wall_ms()
         result = self._closing_result(
             launch.task_id, launch.epoch, launch.attempt, Outcome.INTERRUPTED, now, reason
         )
@@ -1760,6 +1796,7 @@ class Node:
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
                     "refused_records": self.refused_records,
+                    "stamps_ahead": self.stamps_ahead,
                     "streams_refused": self.net.streams_refused,
                     "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
@@ -1804,7 +1841,7 @@ class Node:
         if node == self.node_id:
             self.drain(None if grace is None else float(grace))
         else:
-            stamp = self.clock.now(wall_ms())
+            stamp = self.clock.now(self._wall_ms())
             await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
         return {
             "ok": True,
@@ -1835,7 +1872,7 @@ class Node:
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
-        stamp = self.clock.now(wall_ms())
+        stamp = self.clock.now(self._wall_ms())
         bodies: list[Body] = []
         for raw in incoming:
             record = _task_record(job, raw, stamp)
@@ -1861,7 +1898,7 @@ class Node:
 
     async def _cancel(self, target: str) -> dict[str, Any]:
         if target in self.ledger.jobs:
-            await self._append([CancelRecord(target, None, self.clock.now(wall_ms()))])
+            await self._append([CancelRecord(target, None, self.clock.now(self._wall_ms()))])
             return {"ok": True, "cancelled": "job", "target": target}
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
@@ -1870,7 +1907,7 @@ class Node:
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
-        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(wall_ms()))])
+        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(self._wall_ms()))])
         return {"ok": True, "cancelled": "task", "target": view.task_id}
 
     async def _retry(self, job: str) -> dict[str, Any]:
@@ -1910,7 +1947,7 @@ class Node:
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
         return snapshot.build(
-            self.ledger, wall_ms(), self.members(), jobs, infeasible, self.left_out
+            self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
         )
 
 
