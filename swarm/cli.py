@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(exc: BaseException) -> int:
     """Say what went wrong, without a traceback, and return the exit code for it."""
+    # soft_wrap: a sentence stays one line, however narrow the terminal (which wraps it itself).
     if isinstance(exc, UserInputError):
         err.print("swarm: ", style="red", end="")
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return 2
-    err.print(f"swarm: {exc}", markup=False, highlight=False)
+    err.print(f"swarm: {exc}", markup=False, highlight=False, soft_wrap=True)
     return 3 if isinstance(exc, NotRunningError) else 1
 
 
@@ -144,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=("lan", "test"),
         default="lan",
-        help="gossip timers: lan (memberlist's defaults) or test (ten times faster)",
+        help="gossip timers: lan (memberlist's defaults) or test (ten times faster; tests may "
+        "also skew the node's wall clock with --clock-skew-ms MS)",
+    )
+    node_opts.add_argument(
+        "--clock-skew-ms",
+        type=int,
+        default=0,
+        help=argparse.SUPPRESS,  # for tests only, with --profile test: see NodeConfig
     )
     node_opts.add_argument(
         "--lease-ttl",
@@ -270,6 +278,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         raise UserInputError(
             "--bind needs the address other nodes reach this one at, such as 10.0.0.5:7946"
         )
+    if args.clock_skew_ms and args.profile != "test":
+        raise UserInputError("--clock-skew-ms is for tests: it needs --profile test")
     profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
     # The test profile shortens leases as it shortens gossip: a dead node's tasks move in ~2 s.
     beat, ttl, stagger = (0.25, 2.0, 0.1) if args.profile == "test" else (1.0, 10.0, 1.0)
@@ -287,6 +297,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
         overcommit=args.overcommit,
         memfree_bytes=memfree,
+        clock_skew_ms=args.clock_skew_ms,
     )
 
 
@@ -470,7 +481,7 @@ def finish_run(
     finished_before: int,
 ) -> int:
     fetch_results(state, job)  # from a running daemon's swarm; an embedded node has stopped
-    ledger, _ = db.load_ledger(state.db_path)
+    ledger = db.load_ledger(state.db_path).ledger
     written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
     row = snapshot.job_row(ledger, job, wall_ms())
     finished_now = row["done"] + row["failed"] + row["cancelled"]
@@ -613,7 +624,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> dict[str, Any]:
     """The snapshot of a node whose daemon is not running, read from its ledger file."""
-    ledger, _ = db.load_ledger(state.db_path)
+    loaded = db.load_ledger(state.db_path)
     meta = db.read_meta(state.db_path)
     node = {
         "id": str(meta.get("node_id", "")),
@@ -625,7 +636,8 @@ def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> dict[s
         "used": snapshot.resources_dict(NO_RESOURCES),
         "running": 0,
     }
-    return snapshot.build(ledger, wall_ms(), [node], jobs)
+    left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+    return snapshot.build(loaded.ledger, wall_ms(), [node], jobs, left_out=left_out)
 
 
 def fetch_results(state: statedir.StateDir, job: str) -> None:
@@ -648,10 +660,33 @@ def fetch_results(state: statedir.StateDir, job: str) -> None:
     asyncio.run(fetch())
 
 
+def load_ledger(state: statedir.StateDir) -> db.Loaded:
+    """The node's ledger as its file holds it, saying on stderr what of the file is left out."""
+    loaded = db.load_ledger(state.db_path)
+    left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+    if left_out.unreadable:
+        err.print(
+            f"swarm: {plural(left_out.unreadable, 'record')} in the ledger could not be read "
+            f"({left_out.unreadable_reason}); the tasks they describe are left out",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if left_out.refused:
+        err.print(
+            f"swarm: {plural(left_out.refused, 'task record')} in the ledger refused "
+            f"({left_out.refused_reason}); those tasks are left out",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return loaded
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     fetch_results(state, args.job)
-    ledger, _ = db.load_ledger(state.db_path)
+    ledger = load_ledger(state).ledger
     written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
@@ -661,7 +696,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    ledger, _ = db.load_ledger(state.db_path)
+    ledger = load_ledger(state).ledger
     if args.job and args.job not in ledger.jobs:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"
@@ -712,10 +747,15 @@ def cmd_join(args: argparse.Namespace) -> int:
     """Join through the running daemon; with none running, start one in the foreground, joined."""
     state = statedir.resolve(args.data_dir)
     if asyncio.run(control.is_running(state)):
-        _call(args, "join", peers=args.peer)
-        out.print(f"joining the swarm through {', '.join(args.peer)}")
+        reply = _call(args, "join", peers=args.peer)
         if args.bind is not None or args.profile != "lan":
             err.print("swarm: the daemon was already running: --bind and --profile are its own")
+        problems = [str(p) for p in reply.get("problems", [])]
+        for problem in problems:
+            err.print(f"swarm: {problem}", markup=False, highlight=False, soft_wrap=True)
+        if problems:
+            return 1
+        out.print(f"joined the swarm through {', '.join(args.peer)}")
         return 0
     args.join = list(args.join) + list(args.peer)
     return cmd_start(args)

@@ -29,9 +29,19 @@ from pathlib import Path
 import aiosqlite
 import msgpack
 
-from swarm.errors import BadRecordError, StorageFullError, SwarmError
-from swarm.ledger import KIND_OF, Body, Kind, Ledger, Version, body_from_plain, body_to_plain
-from swarm.wire import unpack
+from swarm.errors import BadRecordError, CorruptLedgerError, StorageFullError, SwarmError
+from swarm.ledger import (
+    KIND_OF,
+    Body,
+    Kind,
+    Ledger,
+    TaskRecord,
+    Version,
+    body_from_plain,
+    body_to_plain,
+    task_record_problem,
+)
+from swarm.wire import RECORD_BODY_BYTES_MAX, unpack
 
 log = logging.getLogger("swarm.db")
 
@@ -208,10 +218,14 @@ class LedgerWriter:
 async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connection, LedgerWriter]:
     assert sync in SYNC_MODES
     conn = await aiosqlite.connect(path)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute(f"PRAGMA synchronous={sync.upper()}")
-    await conn.executescript(SCHEMA)
-    await conn.commit()
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={sync.upper()}")
+        await conn.executescript(SCHEMA)
+        await conn.commit()
+    except sqlite3.Error as exc:
+        await conn.close()
+        raise ledger_error(path, exc) from exc
     return conn, LedgerWriter(conn, path)
 
 
@@ -238,20 +252,58 @@ async def prune_heartbeats(conn: aiosqlite.Connection) -> None:
 
 
 SYNC_ROWS_MAX = 2_000  # rows in one frame of an anti-entropy answer
+# Record bytes in one frame of an anti-entropy answer. With each record at most
+# wire.RECORD_BODY_BYTES_MAX, a frame stays well inside what a peer takes (wire.FRAME_BYTES_MAX),
+# whatever the records' sizes: a frame that a peer refuses would be sent again and again.
+SYNC_FRAME_BYTES_MAX = 2 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RowSlice:
+    """One frame's worth of an origin's records, in seq order."""
+
+    rows: list[tuple[int, bytes]]  # (seq, body)
+    oversized: list[int]  # seqs of records larger than any peer takes: passed over, not sent
+    last: int  # the highest seq this slice covers; `after` when there was nothing past it
 
 
 async def rows_after(
-    conn: aiosqlite.Connection, origin: str, generation: int, after: int, limit: int
-) -> list[tuple[int, bytes]]:
-    """(seq, body) of the stored records of (origin, generation) past `after`, in seq order."""
+    conn: aiosqlite.Connection,
+    origin: str,
+    generation: int,
+    after: int,
+    limit: int,
+    bytes_max: int = SYNC_FRAME_BYTES_MAX,
+) -> RowSlice:
+    """The stored records of (origin, generation) past `after`: at most `limit` of them and
+    `bytes_max` bytes of bodies (one record at least). The sizes are read first, so a body
+    that is not sent is never loaded."""
     cursor = await conn.execute(
-        "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
+        "SELECT seq, length(body) FROM records WHERE origin = ? AND generation = ? AND seq > ?"
         " ORDER BY seq LIMIT ?",
         (origin, generation, after, limit),
     )
+    sizes = await cursor.fetchall()
+    await cursor.close()
+    last, total, oversized = after, 0, []
+    for seq, size in sizes:
+        if size > RECORD_BODY_BYTES_MAX:
+            oversized.append(int(seq))
+        elif total + size > bytes_max and total > 0:
+            break
+        else:
+            total += size
+        last = int(seq)
+    if last == after:
+        return RowSlice([], [], after)
+    cursor = await conn.execute(
+        "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
+        " AND seq <= ? AND length(body) <= ? ORDER BY seq",
+        (origin, generation, after, last, RECORD_BODY_BYTES_MAX),
+    )
     rows = await cursor.fetchall()
     await cursor.close()
-    return [(int(seq), bytes(body)) for seq, body in rows]
+    return RowSlice([(int(seq), bytes(body)) for seq, body in rows], oversized, last)
 
 
 async def open_reader(path: Path) -> aiosqlite.Connection:
@@ -288,13 +340,39 @@ def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
                         bad.append(f"{version}: {exc}")
 
 
-def load_ledger(path: Path) -> tuple[Ledger, list[str]]:
-    """The ledger as stored in `path`, and a description of any rows that could not be read."""
-    ledger = Ledger()
-    bad: list[str] = []
-    for row in iter_rows(path, bad):
-        ledger.apply(row.version, row.body)
-    return ledger, bad
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A ledger as read from its file, and what of the file was left out of it."""
+
+    ledger: Ledger
+    unreadable: list[str]  # rows that did not decode: the tasks they describe are not shown
+    refused: list[str]  # TASK records that do not hash to their id (edited on disk): not applied
+
+
+def load_ledger(path: Path) -> Loaded:
+    """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
+    described in the answer."""
+    loaded = Loaded(Ledger(), [], [])
+    for row in iter_rows(path, loaded.unreadable):
+        if isinstance(row.body, TaskRecord):
+            problem = task_record_problem(row.body)
+            if problem is not None:
+                loaded.refused.append(f"{row.version}: {problem}")
+                continue
+        loaded.ledger.apply(row.version, row.body)
+    return loaded
+
+
+def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:
+    """One sentence for a ledger file SQLite cannot read, saying what to do about it."""
+    corrupt = not isinstance(exc, sqlite3.OperationalError) or "no such table" in str(exc)
+    if not corrupt:
+        return SwarmError(f"cannot read the ledger {path}: {exc}")
+    return CorruptLedgerError(
+        f"the ledger {path} is corrupt ({exc}): move it aside, with its -wal and -shm files, "
+        "and start the node again; it starts empty and catches up from its peers "
+        "(with no peers, the tasks and results it recorded are lost)"
+    )
 
 
 class _read_only:
@@ -303,10 +381,13 @@ class _read_only:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             raise SwarmError(f"no ledger at {path}: run `swarm init` or `swarm start` first")
+        self._path = path
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
     def __enter__(self) -> sqlite3.Connection:
         return self._conn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
         self._conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise ledger_error(self._path, exc) from exc

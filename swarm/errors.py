@@ -57,3 +57,7 @@ class BadRecordError(SwarmError):
 
 class OutputLimitError(SwarmError):
     """An attempt's outputs went past a bound (files, bytes or time); the attempt fails."""
+
+
+class CorruptLedgerError(SwarmError):
+    """The ledger file is not a readable SQLite database of swarm's; the message says what to do."""

@@ -27,6 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm import spec as specs
 from swarm.errors import BadRecordError
 from swarm.spec import Resources, TaskSpec
 
@@ -197,6 +198,13 @@ KIND_OF: dict[type[Any], Kind] = {
 }
 
 
+def stamp_of(body: Body) -> int | None:
+    """The HLC stamp a record carries, if its kind has one."""
+    if isinstance(body, TaskRecord | ClaimRecord | CancelRecord | DrainRecord):
+        return body.stamp
+    return None
+
+
 @dataclass(slots=True)
 class ClaimInfo:
     stamp: int
@@ -365,7 +373,9 @@ class Ledger:
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         self.records_applied = 0
         self.drains: dict[str, int] = {}  # node -> stamp of the latest drain asked of it
-        self.max_stamp = 0  # highest HLC stamp seen: a restarted node's clock starts above it
+        # origin -> highest HLC stamp of its records: a restarted node's clock starts above its
+        # own, and takes in the others' as it does any peer's (clock.py bounds how far ahead).
+        self.max_stamps: dict[str, int] = {}
 
     # -- applying records --------------------------------------------------------------------
 
@@ -375,12 +385,13 @@ class Ledger:
         key = (version.origin, version.generation)
         if version.seq > self.high_seq.get(key, 0):
             self.high_seq[key] = version.seq
+        stamp = stamp_of(body)
+        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
+            self.max_stamps[version.origin] = stamp
         match body:
             case TaskRecord():
-                self.max_stamp = max(self.max_stamp, body.stamp)
                 return self._apply_task(version, body)
             case ClaimRecord():
-                self.max_stamp = max(self.max_stamp, body.stamp)
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:
@@ -518,6 +529,21 @@ class Ledger:
             tuple(sorted(self.high_seq.items())),
             tuple(sorted(self.drains.items())),
         )
+
+
+def task_record_problem(body: TaskRecord) -> str | None:
+    """Why a TASK record cannot be trusted, or None: its id must be the hash of its job and spec
+    (and of its name, when the user chose one), as `spec.task_id` derives it at submission. A
+    record edited on disk or forged by a peer would otherwise run another command under the
+    id, and the results, of the task it claims to be."""
+    # A name of digits is most likely a line number, which the id leaves out: try that first.
+    names = (None, body.name) if body.name.isdecimal() else (body.name, None)
+    if any(specs.task_id(body.job, body.spec, name) == body.task_id for name in names):
+        return None
+    return (
+        f"task {body.task_id[:16]} ({body.name!r} of job {body.job!r}) does not hash to its id:"
+        " its spec was changed after it was submitted"
+    )
 
 
 # -- plain encoding (for the database and, later, the wire) ------------------------------------

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import random
+import resource
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -35,8 +38,14 @@ from typing import Any
 import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
-from swarm.clock import HybridClock, wall_ms_of
-from swarm.control import FRAME_BYTES_MAX, encode_frame, read_frame
+from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
+from swarm.control import (
+    FRAME_BYTES_MAX,
+    encode_frame,
+    read_frame,
+    request_problem,
+    submit_frame_problem,
+)
 from swarm.errors import (
     BadRecordError,
     ConfigError,
@@ -76,8 +85,11 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    stamp_of,
+    task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
+from swarm.loopguard import LoopReports
 from swarm.policy import PendingQueue, rendezvous_top
 from swarm.replication import Intake, behind
 from swarm.scheduler import Scheduler, isolation, peer_from_meta
@@ -106,6 +118,8 @@ SPREAD_WIDE = 16  # fresh records go at once to this many members
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
+FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
+REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
@@ -135,9 +149,17 @@ class NodeConfig:
     # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
     overcommit: bool = False
     memfree_bytes: int | None = None
+    # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
+    # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
+    clock_skew_ms: int = 0
 
 
 DEFAULT_PORT = 7946
+JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
+JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
+RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
+LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
+REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
 
 def wall_ms() -> int:
@@ -211,7 +233,7 @@ class Node:
         self.clock = HybridClock()
         self.used = Resources(0.0, 0, 0)
         self.attempts: dict[str, Attempt] = {}
-        self.started_ms = wall_ms()
+        self.started_ms = self._wall_ms()
         self._free_gpus = list(range(self.capacity.gpus))
         self._claiming: set[str] = set()
         self._wake = asyncio.Event()
@@ -256,6 +278,14 @@ class Node:
         self.bad_records = 0  # peers' records that did not decode: dropped
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
+        self.refused_records = 0  # records passed over: too large, or undecodable
+        self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in (clock.py)
+        self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
+        # TASK records whose id is not the hash of their content (edited on disk, or forged by
+        # a peer): never applied. Those of peers are logged once each, a bounded number of them.
+        self.refused_tasks = 0
+        self._refused_logged: set[Version] = set()
+        self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
         self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
@@ -265,6 +295,10 @@ class Node:
         self.generation = 0
         self._seq = 0
         self._heartbeat = 0
+
+    def _wall_ms(self) -> int:
+        """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
+        return wall_ms() + self.config.clock_skew_ms
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -282,20 +316,32 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
+            _raise_fd_limit()
+            asyncio.get_running_loop().set_exception_handler(LoopReports())
             self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if self._orphaned:
                 log.warning(
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
             await asyncio.to_thread(self.store.sweep_temp)  # partial blobs of a past life
-            self.ledger, bad = await asyncio.to_thread(db.load_ledger, self.state.db_path)
-            for problem in bad:
+            loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
+            self.ledger = loaded.ledger
+            self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+            self.refused_tasks = len(loaded.refused)
+            for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
+            for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
+                log.warning("refused a task record of the ledger file: %s", problem)
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
-            self.clock = HybridClock(self.ledger.max_stamp)
-            self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
+            # Our own stamps are the high-water mark (the clock never goes back, even when the
+            # wall clock did); the peers' are taken in like any record from a peer.
+            stamps = dict(self.ledger.max_stamps)
+            self.clock = HybridClock(stamps.pop(self.node_id, 0))
+            for origin, stamp in stamps.items():
+                self._observe(origin, stamp)
+            self._life_stamp = self.clock.now(self._wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -378,8 +424,12 @@ class Node:
         ring = self.ring
         self.reload_keys()
         sender = bytes.fromhex(self.node_id)
-        # Counters must never repeat for this sender, across restarts too: start at the clock.
-        sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
+        # Nonces never repeat, whatever the clock does: each run seals under a key of its own
+        # (the random boot id). The counter starts at the clock so that peers' replay windows,
+        # which remember our last run's counters, take this run's envelopes.
+        sealer = wire.Sealer(
+            sender, ring, counter=time.time_ns() // 1000, boot=os.urandom(wire.BOOT_BYTES)
+        )
         self.membership = gossip.Membership(
             self.node_id,
             bind,
@@ -395,7 +445,7 @@ class Node:
             self.membership,
             bind,
             sealer,
-            wire.Opener(ring),
+            wire.Opener(ring, sender),
             self._on_members,
             self._on_records,
             self._serve_sync,
@@ -404,7 +454,7 @@ class Node:
             self._serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
-        loops = await self.net.start(tg)
+        loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self._sync_loop()))
         loops.append(tg.create_task(self._lease_loop()))
         loops.append(tg.create_task(self._rerank_loop()))
@@ -413,6 +463,23 @@ class Node:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
         return loops
+
+    async def _listen(
+        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
+    ) -> list[asyncio.Task[None]]:
+        """Bind the gossip sockets. If they cannot be bound, the node stops at once, saying
+        why: nothing half-started (an open reader thread) may keep the process alive."""
+        assert self.net is not None
+        try:
+            return await self.net.start(tg)
+        except OSError as exc:
+            self.net.close()
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
+            raise ConfigError(
+                f"cannot listen on {bind[0]}:{bind[1]}: {_bind_problem(exc)}"
+            ) from exc
 
     def reload_keys(self) -> str:
         """Make the key ring what the state dir says: every key installed, swarm.key in use.
@@ -431,12 +498,45 @@ class Node:
     async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
         """Join through the seeds, again and again until some member is known: a seed may be
         starting at the same moment, or be briefly unreachable (as Serf retries its joins)."""
-        assert self.membership is not None
+        assert self.membership is not None and self._tg is not None
+        self._tg.create_task(self._tell_join(seeds))
         while True:
             if len(self.membership.members) > 1:
                 return
             self.join(seeds)
             await asyncio.sleep(self.config.gossip.reconnect_interval_s)
+
+    async def _tell_join(self, seeds: list[tuple[str, int]]) -> None:
+        """Log what is wrong with a join that no seed answers (the join loop goes on)."""
+        for problem in await self.await_seeds(seeds):
+            log.warning("%s (still trying)", problem)
+
+    async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
+        """Wait up to JOIN_ANSWER_S for a seed to answer, which it has once a live member is at
+        its address. The problems, one sentence each; none once a seed has answered."""
+        resolved, problems = await _resolve(seeds)
+        deadline = time.monotonic() + JOIN_ANSWER_S
+        while not self._seed_answered(resolved):
+            if not resolved or time.monotonic() >= deadline or self.stopping:
+                silent = ", ".join(f"{host}:{port}" for host, port in resolved)
+                if silent:
+                    problems.append(
+                        f"no answer from {silent} after {JOIN_ANSWER_S:g} s: "
+                        "is a node running there, with this swarm key?"
+                    )
+                return problems
+            await asyncio.sleep(JOIN_POLL_S)
+        return []
+
+    def _seed_answered(self, resolved: dict[tuple[str, int], set[str]]) -> bool:
+        if self.membership is None:
+            return False
+        return any(
+            member.addr[1] == port and member.addr[0] in addresses | {host}
+            for member in self.membership.live_members()
+            if member.node != self.node_id
+            for (host, port), addresses in resolved.items()
+        )
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
@@ -539,6 +639,9 @@ class Node:
         if rows and rows[0].remote:
             self._heard_at = now
         for row in rows:
+            stamp = stamp_of(row.body) if row.remote else None
+            if stamp is not None:  # every peer's record passes here: the clock sees it first
+                self._observe(row.version.origin, stamp)
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
@@ -563,6 +666,25 @@ class Node:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
+
+    def _observe(self, origin: str, stamp: int) -> None:
+        """Take a peer's stamp into our clock, so that what we stamp after seeing its record
+        (a cancel after a submission) orders after it whatever our wall clock says. A stamp too
+        far ahead of our wall clock (clock.py's bound) is not adopted: one broken or hostile
+        clock must not drag ours, and through ours every node's, into the future. Counted,
+        and said once for each origin."""
+        if self.clock.observe(stamp, self._wall_ms()):
+            return
+        self.stamps_ahead += 1
+        said = (origin, "clock ahead")
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            ahead_s = (wall_ms_of(stamp) - self._wall_ms()) / 1000
+            log.warning(
+                "node %s stamps its records %.0f s ahead of this node's clock (more than %d s): "
+                "not taken into this node's clock; is one of the two clocks wrong? (logged once)",
+                origin[:8], ahead_s, MAX_FORWARD_DRIFT_MS // 1000,
+            )  # fmt: skip
 
     def _check_claim(self, task: str) -> None:
         """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
@@ -683,17 +805,26 @@ class Node:
             if not intake.wants(origin, generation, seq):
                 continue
             key = (origin, generation)
+            # Every peer holds the same bytes of a record, so waiting for a better copy of one
+            # that is too large or does not decode (a newer version's) would stall its origin
+            # here for good: count it, say so once, and pass over it.
+            if len(raw) > wire.RECORD_BODY_BYTES_MAX:
+                self._refused(key, seq, "too large", f"{len(raw)} bytes")
+                intake.took(key, seq)
+                continue
             try:
                 body = db.decode(raw)
-            except BadRecordError:
-                # Every peer holds the same bytes, so waiting for a better copy would stall
-                # this origin for good: count it, and pass over it (a newer version's record).
+            except BadRecordError as exc:
                 self.bad_records += 1
+                self._refused(key, seq, "undecodable", str(exc))
                 intake.took(key, seq)
                 continue
             if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
                 self.forged_records += 1  # not its origin's word: a genuine copy may come
                 intake.refuse(key, seq)
+                continue
+            if isinstance(body, TaskRecord) and self._refuse_task(Version(*key, seq), body):
+                intake.refuse(key, seq)  # forged as a result can be: a genuine copy may come
                 continue
             intake.took(key, seq)
             version = Version(origin, generation, seq)
@@ -716,6 +847,29 @@ class Node:
         self._apply_rows(rows)
         for key, seq in list(intake.watermarks(upto)):
             self.ledger.high_seq[key] = seq
+
+    def _refused(self, key: tuple[str, int], seq: int, reason: str, detail: str = "") -> None:
+        """A record passed over: counted, and logged once for each origin and reason."""
+        self.refused_records += 1
+        said = (key[0], reason)
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            log.warning(
+                "record %s/%d/%d passed over: %s%s (logged once for this origin)",
+                key[0][:8], key[1], seq, reason, f" ({detail})" if detail else "",
+            )  # fmt: skip
+
+    def _refuse_task(self, version: Version, body: TaskRecord) -> bool:
+        """Whether a peer's TASK record must be refused: its id is not its content's hash."""
+        problem = task_record_problem(body)
+        if problem is None:
+            return False
+        if version not in self._refused_logged:
+            self.refused_tasks += 1
+            if len(self._refused_logged) < REFUSED_LOGGED_MAX:
+                self._refused_logged.add(version)
+                log.warning("refused a task record of %s from a peer: %s", version, problem)
+        return True
 
     async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
         """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
@@ -924,16 +1078,20 @@ class Node:
         for key, after in list(behind(self.ledger.high_seq, request.digest)):
             high = self.ledger.high_seq[key]
             while budget > 0:
-                rows = await db.rows_after(
+                part = await db.rows_after(
                     self._reader, key[0], key[1], after, min(db.SYNC_ROWS_MAX, budget)
                 )
-                if not rows:
+                if part.last == after:
                     upto[key] = high  # all of it: gaps are records that no longer exist
                     break
-                budget -= len(rows)
-                after = rows[-1][0]
-                upto[key] = after
-                yield wire.SyncBatch(tuple((key[0], key[1], s, b) for s, b in rows), False, {})
+                for seq in part.oversized:
+                    # No peer would take it: sending it would only get the frame refused.
+                    self._refused(key, seq, "too large for any peer to take; not sent")
+                budget -= len(part.rows) + len(part.oversized)
+                after = upto[key] = part.last
+                if part.rows:
+                    copies = tuple((key[0], key[1], s, b) for s, b in part.rows)
+                    yield wire.SyncBatch(copies, False, {})
         yield wire.SyncBatch((), True, upto)
 
     def _on_state_changed(self, change: StateChanged) -> None:
@@ -955,7 +1113,7 @@ class Node:
         attempt found still running whose claim never reached the ledger (the daemon died first,
         perhaps because of it) gets its claim written now, so that it is closed too: a task that
         kills its node must count those deaths."""
-        now = wall_ms()
+        now = self._wall_ms()
         unwritten: list[Body] = []
         for task, epoch in self._orphaned:
             view = self.ledger.tasks.get(task)
@@ -1301,7 +1459,7 @@ class Node:
 
         try:
             run_dir = self.run_dirs.take()
-            claim = self.sched.new_claim(view, self.clock.now(wall_ms()))
+            claim = self.sched.new_claim(view, self.clock.now(self._wall_ms()))
             epoch = claim.epoch
             launch = Launch(
                 task_id=view.task_id,
@@ -1420,7 +1578,7 @@ class Node:
     ) -> ResultRecord:
         """The record that closes an attempt with no process outcome to report (cut off by a
         stop, failed inside swarm, or never run): no exit code, no CPU time, no result."""
-        ended_ms = wall_ms() if ended_ms is None else ended_ms
+        ended_ms = self._wall_ms() if ended_ms is None else ended_ms
         return ResultRecord(
             task_id=task,
             epoch=epoch,
@@ -1443,7 +1601,7 @@ class Node:
             f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
             "lost their leases"
         )
-        now = wall_ms()
+        now = self._wall_ms()
         result = self._closing_result(
             launch.task_id, launch.epoch, launch.attempt, Outcome.INTERRUPTED, now, reason
         )
@@ -1611,7 +1769,14 @@ class Node:
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(encode_frame(reply))
                 await writer.drain()
-        except (ControlError, ConnectionError) as exc:
+        except ControlError as exc:
+            # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
+            # big): say why before closing, so the client is not left with a bare EOF.
+            log.debug("control connection dropped: %s", exc)
+            with contextlib.suppress(ConnectionError, ControlError):
+                writer.write(encode_frame({"ok": False, "error": str(exc)}))
+                await writer.drain()
+        except ConnectionError as exc:
             log.debug("control connection dropped: %s", exc)
         finally:
             self._clients.discard(writer)
@@ -1621,10 +1786,13 @@ class Node:
         self, request: dict[str, Any], reader: asyncio.StreamReader
     ) -> dict[str, Any]:
         op = request.get("op")
+        problem = request_problem(request)
+        if op == "submit":  # its stream is read to the end first, so the reply stays in step
+            return await self._submit(request.get("job"), reader, problem)
+        if problem is not None:
+            raise UserInputError(problem)
         if op == "ping":
             return {"ok": True, "node_id": self.node_id, "pid": os.getpid()}
-        if op == "submit":
-            return await self._submit(str(request.get("job", "")), reader)
         if op == "status":
             jobs = request.get("jobs")
             wait_ms, seen = request.get("wait_ms"), request.get("changes")
@@ -1638,9 +1806,9 @@ class Node:
             snap = self.snapshot(jobs if isinstance(jobs, list) else None)
             return {"ok": True, "snapshot": snap, "changes": self._changes}
         if op == "cancel":
-            return await self._cancel(str(request.get("target", "")))
+            return await self._cancel(request["target"])
         if op == "retry":
-            return await self._retry(str(request.get("job", "")))
+            return await self._retry(request["job"])
         if op == "members":
             stats = {}
             if self.net is not None:
@@ -1648,6 +1816,10 @@ class Node:
                     "dropped": self.net.dropped,
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
+                    "refused_records": self.refused_records,
+                    "stamps_ahead": self.stamps_ahead,
+                    "streams_refused": self.net.streams_refused,
+                    "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
                     "sent": self.net.sent,
                     "received": self.net.received,
@@ -1656,7 +1828,7 @@ class Node:
                 }
             return {"ok": True, "members": self.members(), "net": stats}
         if op == "fetch_results":
-            job = str(request.get("job", ""))
+            job = request["job"]
             if job not in self.ledger.jobs:
                 raise UserInputError(f"no job {job!r}")
             return {"ok": True, **(await self.fetch_results(job))}
@@ -1666,11 +1838,9 @@ class Node:
             except ValueError as exc:
                 raise UserInputError(f"the key ring was not changed: {exc}") from exc
         if op == "join":
-            peers = request.get("peers")
-            if not isinstance(peers, list) or not peers:
-                raise UserInputError("join needs at least one HOST:PORT")
-            self.join([parse_addr(str(p)) for p in peers])
-            return {"ok": True}
+            seeds = [parse_addr(p) for p in request["peers"]]
+            self.join(seeds)
+            return {"ok": True, "problems": await self.await_seeds(seeds)}
         if op == "shutdown":
             self.stop()
             return {"ok": True}
@@ -1692,7 +1862,7 @@ class Node:
         if node == self.node_id:
             self.drain(None if grace is None else float(grace))
         else:
-            stamp = self.clock.now(wall_ms())
+            stamp = self.clock.now(self._wall_ms())
             await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
         return {
             "ok": True,
@@ -1700,23 +1870,30 @@ class Node:
             "running": len(self.attempts) if node == self.node_id else None,
         }
 
-    async def _submit(self, job: str, reader: asyncio.StreamReader) -> dict[str, Any]:
-        problem = name_problem(job)
+    async def _submit(
+        self, job: Any, reader: asyncio.StreamReader, problem: str | None
+    ) -> dict[str, Any]:
+        """Read a submission's stream to its end, then add its tasks in one commit, or none if
+        anything in it is wrong (`problem`: what was wrong with the request itself)."""
         incoming: list[dict[str, Any]] = []
         while True:
             frame = await read_frame(reader)
             if frame is None:
                 raise ControlError("the client went away mid-submission; nothing was added")
+            problem = problem or submit_frame_problem(frame)
             if frame.get("end"):
                 break
-            if len(incoming) <= SUBMIT_TASKS_MAX:  # past the bound, read on but keep nothing
-                incoming.extend(frame.get("tasks", []))
-        if problem is not None:  # checked after the stream is read, so the reply is in step
-            raise UserInputError(f"job name {job!r} {problem}")
+            if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
+                incoming.extend(frame.get("tasks") or [])  # past the bound, read on, keep nothing
+        if problem is not None:  # raised after the stream is read, so the reply is in step
+            raise UserInputError(problem)
+        name = name_problem(job)
+        if name is not None:
+            raise UserInputError(f"job name {job!r} {name}")
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
-        stamp = self.clock.now(wall_ms())
+        stamp = self.clock.now(self._wall_ms())
         bodies: list[Body] = []
         for raw in incoming:
             record = _task_record(job, raw, stamp)
@@ -1742,7 +1919,7 @@ class Node:
 
     async def _cancel(self, target: str) -> dict[str, Any]:
         if target in self.ledger.jobs:
-            await self._append([CancelRecord(target, None, self.clock.now(wall_ms()))])
+            await self._append([CancelRecord(target, None, self.clock.now(self._wall_ms()))])
             return {"ok": True, "cancelled": "job", "target": target}
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
@@ -1751,7 +1928,7 @@ class Node:
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
-        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(wall_ms()))])
+        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(self._wall_ms()))])
         return {"ok": True, "cancelled": "task", "target": view.task_id}
 
     async def _retry(self, job: str) -> dict[str, Any]:
@@ -1790,7 +1967,9 @@ class Node:
         infeasible = self.sched.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
-        return snapshot.build(self.ledger, wall_ms(), self.members(), jobs, infeasible)
+        return snapshot.build(
+            self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
+        )
 
 
 def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
@@ -1808,6 +1987,54 @@ def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
     if raw.get("task_id") != expected:
         raise UserInputError(f"task {name!r}: its id does not match its content")
     return TaskRecord(expected, job, name, spec, stamp)
+
+
+def _raise_fd_limit() -> None:
+    """Take the descriptors the machine allows (the soft limit is often 1,024): peers' streams,
+    the control socket, the ledger and every attempt's files share them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FDS_WANTED if hard == resource.RLIM_INFINITY else min(hard, FDS_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+async def _resolve(
+    seeds: list[tuple[str, int]],
+) -> tuple[dict[tuple[str, int], set[str]], list[str]]:
+    """The IP addresses of each seed, and a sentence for each seed whose name does not resolve."""
+    loop = asyncio.get_running_loop()
+    found: dict[tuple[str, int], set[str]] = {}
+    problems: list[str] = []
+    for host, port in seeds:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), RESOLVE_WAIT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else None
+            problems.append(
+                f"{host}:{port} does not resolve ({why or 'no answer from the resolver'}): "
+                "check the name"
+            )
+            continue
+        found[(host, port)] = {str(info[4][0]) for info in infos}
+    return found, problems
+
+
+def _bind_problem(exc: OSError) -> str:
+    """Why an address could not be bound, in words."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the address is in use (another swarm node, or another program?); choose another port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    return exc.strerror or str(exc)
 
 
 def _size(path: os.PathLike[str]) -> int:

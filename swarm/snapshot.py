@@ -10,12 +10,17 @@ Shape (keys are part of the `--json` contract; add, never rename):
                "rate_per_s", "eta_s"}],
      "running": [{"task_id", "job", "name", "node", "epoch", "started_ms"}],
      "infeasible": [task_id, ...],   # the first INFEASIBLE_LISTED_MAX of them
-     "infeasible_count": int}        # pending tasks that fit no live node
+     "infeasible_count": int,        # pending tasks that fit no live node
+     "unreadable_records": int,      # ledger rows that did not decode: their tasks are not shown
+     "unreadable_reason": str,       # why the first of them could not be read ("" if none)
+     "refused_tasks": int,           # TASK records that do not hash to their id: not applied
+     "refused_reason": str}          # the first of them, and why
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from swarm.ledger import Ledger, State
@@ -24,6 +29,27 @@ from swarm.spec import Resources
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200
 INFEASIBLE_LISTED_MAX = 100  # ids listed; the count says how many there are in all
+REASON_CHARS_MAX = 300  # of the one reason shown for the records left out of the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """Records of the ledger file that the ledger shown leaves out: each kind counted, with the
+    first one's reason (the rest are alike, and a million of them must not fill the snapshot)."""
+
+    unreadable: int = 0
+    unreadable_reason: str = ""
+    refused: int = 0
+    refused_reason: str = ""
+
+    @staticmethod
+    def of(unreadable: list[str], refused: list[str]) -> LeftOut:
+        return LeftOut(
+            len(unreadable),
+            unreadable[0][:REASON_CHARS_MAX] if unreadable else "",
+            len(refused),
+            refused[0][:REASON_CHARS_MAX] if refused else "",
+        )
 
 
 def resources_dict(res: Resources) -> dict[str, Any]:
@@ -71,6 +97,7 @@ def build(
     nodes: list[dict[str, Any]],
     jobs: list[str] | None = None,
     infeasible: list[str] | None = None,
+    left_out: LeftOut | None = None,
 ) -> dict[str, Any]:
     names = jobs if jobs is not None else sorted(ledger.job_counts)
     running = []
@@ -106,4 +133,8 @@ def build(
         "running": running,
         "infeasible": (infeasible or [])[:INFEASIBLE_LISTED_MAX],
         "infeasible_count": len(infeasible or []),
+        "unreadable_records": left_out.unreadable if left_out else 0,
+        "unreadable_reason": left_out.unreadable_reason if left_out else "",
+        "refused_tasks": left_out.refused if left_out else 0,
+        "refused_reason": left_out.refused_reason if left_out else "",
     }

@@ -158,6 +158,13 @@ MEMORY_BYTES_MAX = 2**63 - 1
 GPUS_MAX = 1024
 PRIORITY_ABS_MAX = 2**31
 RETRIES_MAX = 1000
+# The kernel refuses to exec a command with any one argument or environment string longer than
+# MAX_ARG_STRLEN (128 KiB, with its NUL): such a task could never start, so it is never accepted.
+ARG_BYTES_MAX = 128 * 1024 - 1
+# A whole task's text (command or arguments, environment, paths, patterns, labels). It keeps every
+# TASK record far below what one peer frame carries (wire.RECORD_BODY_BYTES_MAX). Large inputs
+# belong in files that the task reads.
+SPEC_BYTES_MAX = 256 * 1024
 
 
 def _num(value: Any) -> float:
@@ -185,19 +192,25 @@ def _is_label_value(value: Any) -> bool:
     return isinstance(value, str | int | bool)
 
 
-NAME_CHARS_MAX = 200
+# A name becomes a directory name: at most NAME_MAX of Linux and macOS, in bytes, not characters
+# (a name of 200 characters of 4 bytes each could be submitted, then never written).
+NAME_BYTES_MAX = 255
 
 
 def name_problem(name: Any) -> str | None:
     """Why `name` cannot name a task or a job (it becomes a directory name), or None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
-    if len(name) > NAME_CHARS_MAX:
-        return f"longer than {NAME_CHARS_MAX} characters"
-    if "/" in name or "\x00" in name or name in (".", ".."):
-        return "is used as a directory name: no '/', NUL, '.' or '..'"
     if not _is_text(name):
         return "holds a lone surrogate escape, which is not text"
+    size = len(name.encode("utf-8"))
+    if size > NAME_BYTES_MAX:
+        return (
+            f"is {size} bytes long in UTF-8, over the limit of {NAME_BYTES_MAX} bytes "
+            "(it names a directory)"
+        )
+    if "/" in name or "\x00" in name or name in (".", ".."):
+        return "is used as a directory name: no '/', NUL, '.' or '..'"
     return None
 
 
@@ -241,11 +254,77 @@ def check(spec: TaskSpec) -> None:
         values = wanted if isinstance(wanted, tuple) else (wanted,)
         if not (_is_str(key) and key and values and all(_is_label_value(v) for v in values)):
             raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+        for label in values:
+            problem = comparison_problem(label)
+            if problem is not None:
+                raise ValueError(f"requires: {key}: {problem}")
     for pattern in spec.outputs:
         if not (_is_str(pattern) and pattern) or pattern.startswith("/"):
             raise ValueError("outputs: must be relative glob patterns")
         if ".." in pattern.replace("\\", "/").split("/"):
             raise ValueError("outputs: must not contain '..'")
+    _check_size(spec)
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_size(spec: TaskSpec) -> None:
+    """A task that could never be exec'd, or too large to replicate, names its biggest field."""
+    args = (spec.cmd,) if spec.cmd is not None else spec.argv or ()
+    field = "cmd" if spec.cmd is not None else "argv"
+    sizes = {field: 0, "env": 0, "cwd": 0, "requires": 0, "outputs": 0}
+    for arg in args:
+        size = _utf8_bytes(arg)
+        if size > ARG_BYTES_MAX:
+            raise ValueError(
+                f"{field}: an argument of {size} bytes is over the kernel's limit of "
+                f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads"
+            )
+        sizes[field] += size
+    for key, value in spec.env:
+        size = _utf8_bytes(key) + 1 + _utf8_bytes(value)
+        if size > ARG_BYTES_MAX:
+            raise ValueError(
+                f"env: {key[:40]} is {size} bytes, over the kernel's limit of {ARG_BYTES_MAX} "
+                "bytes for one environment string"
+            )
+        sizes["env"] += size
+    sizes["cwd"] = _utf8_bytes(spec.cwd or "")
+    sizes["outputs"] = sum(_utf8_bytes(p) for p in spec.outputs)
+    sizes["requires"] = sum(_utf8_bytes(k) + len(str(v)) for k, v in spec.requires)
+    total = sum(sizes.values())
+    if total > SPEC_BYTES_MAX:
+        biggest = max(sizes, key=lambda name: sizes[name])
+        raise ValueError(
+            f"{biggest}: the task's text is {total} bytes, over the limit of {SPEC_BYTES_MAX} "
+            "bytes for one task; put large inputs in a file the task reads"
+        )
+
+
+# What a required label's text may start with to compare, rather than equal (policy.py). Longest
+# first, so ">=4" reads as ">=" and 4, not ">" and "=4".
+ORDER_COMPARATORS = (">=", "<=", ">", "<")
+
+
+def comparison_problem(value: LabelValue) -> str | None:
+    """Why a required label's value cannot be matched, or None. A comparison such as ">=4" needs
+    a finite number after its operator: with anything else no node would ever match, and the
+    task would stay pending for good."""
+    if not isinstance(value, str):
+        return None
+    for op in ORDER_COMPARATORS:
+        if value.startswith(op):
+            bound = value[len(op) :].strip()
+            try:
+                number = float(bound)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                return f"{value!r} compares with {op}, but {bound!r} is not a finite number"
+            return None
+    return None
 
 
 def normalize_requires(raw: dict[str, Any]) -> tuple[tuple[str, LabelValue], ...]:

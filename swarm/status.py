@@ -8,7 +8,9 @@ draw the same way and tests can pin the exact output. The view is, top to bottom
 * a Nodes table (capacity used per node, hostname, user labels);
 * a Jobs table (progress bar, counts, rate and ETA per job);
 * a Running table (the oldest claims first, capped at `RUNNING_SHOWN_MAX` rows);
-* a warning if pending tasks fit on no live node.
+* a warning if pending tasks fit on no live node;
+* a warning if records of the ledger file could not be read or were refused (their tasks are
+  missing from the view).
 
 The snapshot is read defensively (`.get` with defaults) because it may come from a `--json`
 dump written by an older or newer version: keys are only ever added, never renamed.
@@ -139,6 +141,7 @@ def render(
         parts += [_running_table(running, running_total, now_ms, rows), Text()]
     if infeasible_count:
         parts.append(_infeasible_line(infeasible_count))
+    parts += _left_out_lines(snapshot)
     while parts and isinstance(parts[-1], Text) and not parts[-1].plain:
         parts.pop()  # no trailing blank line
     return Group(*parts)
@@ -306,6 +309,37 @@ def _infeasible_line(count: int) -> Text:
             "(they need more CPU/memory/GPUs or labels than any node has)"
         )
     return Text(message, style="yellow")
+
+
+def _left_out_lines(snapshot: Mapping[str, Any]) -> list[Text]:
+    """What the ledger file holds that the view leaves out, so no task vanishes unsaid."""
+    lines = []
+    unreadable, refused = _int(snapshot, "unreadable_records"), _int(snapshot, "refused_tasks")
+    if unreadable:
+        what = "1 record" if unreadable == 1 else f"{format_count(unreadable)} records"
+        reason = str(snapshot.get("unreadable_reason") or "")
+        lines.append(
+            Text(
+                f"{what} in the ledger could not be read"
+                + (f" ({reason})" if reason else "")
+                + f"; the tasks {'it describes are' if unreadable == 1 else 'they describe are'}"
+                + " not shown",
+                style="yellow",
+            )
+        )
+    if refused:
+        what = "1 task record" if refused == 1 else f"{format_count(refused)} task records"
+        reason = str(snapshot.get("refused_reason") or "")
+        lines.append(
+            Text(
+                f"{what} in the ledger {'was' if refused == 1 else 'were'} refused: "
+                + (reason or "changed since submission")
+                + f"; {'that task is' if refused == 1 else 'those tasks are'} not shown"
+                + " and not run",
+                style="yellow",
+            )
+        )
+    return lines
 
 
 # --- small pieces --------------------------------------------------------------------------------

@@ -70,9 +70,8 @@ def parse_lines(data: bytes, source: str, job: str) -> list[NewTask]:
     def one(text: str) -> tuple[TaskSpec, str | None]:
         if "\x00" in text:
             raise _Bad("cmd", "contains a NUL byte")
-        return TaskSpec(
-            cmd=text, argv=None, need=Resources(DEFAULT_CPUS, DEFAULT_MEMORY_BYTES)
-        ), None
+        spec = TaskSpec(cmd=text, argv=None, need=Resources(DEFAULT_CPUS, DEFAULT_MEMORY_BYTES))
+        return _checked(spec), None
 
     return _parse(data, source, job, one)
 
@@ -169,12 +168,17 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
         outputs=_outputs(obj.get("outputs", [])),
     )
     name = _name(obj["name"]) if "name" in obj else None
+    return _checked(spec), name
+
+
+def _checked(spec: TaskSpec) -> TaskSpec:
+    """The invariants every spec holds, whatever it came from (sizes among them)."""
     try:
-        check(spec)  # the invariants every spec holds, whatever it came from
+        check(spec)
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         raise _Bad(field, message) from exc
-    return spec, name
+    return spec
 
 
 def _is_text(value: Any) -> bool:

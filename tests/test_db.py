@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from swarm import db
-from swarm.errors import SwarmError
-from swarm.ledger import HeartbeatRecord, Kind, ReplicaRecord, Version
+from swarm.errors import CorruptLedgerError, SwarmError
+from swarm.ledger import HeartbeatRecord, Kind, ReplicaRecord, TaskRecord, Version
+from swarm.spec import Resources, TaskSpec, task_id
 
 
 def make(tmp_path: Path) -> Path:
@@ -27,8 +28,8 @@ def test_the_next_seq_counts_rows_that_no_longer_decode(tmp_path: Path) -> None:
             [("me", 1, seq, 99, b"\xc1 from a newer version") for seq in range(1, 6)],
         )
     conn.close()
-    ledger, bad = db.load_ledger(path)
-    assert len(bad) == 5 and ledger.records_applied == 0
+    loaded = db.load_ledger(path)
+    assert len(loaded.unreadable) == 5 and loaded.ledger.records_applied == 0
     assert db.highest_seq(path, "me", 1) == 5  # so new records start at 6, not over these
 
 
@@ -86,5 +87,106 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_writer(tmp_path: Path) -
         await conn.close()
 
     asyncio.run(go())
-    ledger, _ = db.load_ledger(path)
-    assert ledger.heartbeats == {"me": 1}
+    assert db.load_ledger(path).ledger.heartbeats == {"me": 1}
+
+
+def test_a_sync_frame_is_bounded_by_bytes_and_never_holds_a_record_no_peer_takes(
+    tmp_path: Path,
+) -> None:
+    path = make(tmp_path)
+    kib = 1024
+    sizes = [600 * kib, 600 * kib, 2 * kib, db.RECORD_BODY_BYTES_MAX + 1, 900 * kib, 10]
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+            [("o", 1, seq, 1, b"x" * size) for seq, size in enumerate(sizes, start=1)],
+        )
+    conn.close()
+
+    async def frames() -> list[db.RowSlice]:
+        reader = await db.open_reader(path)
+        out, after = [], 0
+        try:
+            while True:
+                part = await db.rows_after(reader, "o", 1, after, 2_000, bytes_max=1300 * kib)
+                if part.last == after:
+                    return out
+                out.append(part)
+                after = part.last
+        finally:
+            await reader.close()
+
+    parts = asyncio.run(frames())
+    assert [[seq for seq, _ in p.rows] for p in parts] == [[1, 2, 3], [5, 6]]
+    assert [p.oversized for p in parts] == [[4], []]
+    assert all(sum(len(body) for _, body in p.rows) <= 1300 * kib for p in parts)
+
+
+def test_a_record_larger_than_the_frame_budget_still_goes_alone(tmp_path: Path) -> None:
+    path = make(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO records VALUES ('o', 1, 1, 1, ?)", (b"x" * 5000,))
+    conn.close()
+
+    async def first() -> db.RowSlice:
+        reader = await db.open_reader(path)
+        try:
+            return await db.rows_after(reader, "o", 1, 0, 10, bytes_max=100)
+        finally:
+            await reader.close()
+
+    assert [seq for seq, _ in asyncio.run(first()).rows] == [1]
+
+
+def _task(job: str, cmd: str, name: str | None) -> TaskRecord:
+    spec = TaskSpec(cmd=cmd, argv=None, need=Resources(1.0, 2**20))
+    return TaskRecord(task_id(job, spec, name), job, name or "7", spec, 1)
+
+
+def _store(path: Path, rows: list[tuple[Version, TaskRecord]]) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+            [(v.origin, v.generation, v.seq, int(Kind.TASK), db.encode(b)) for v, b in rows],
+        )
+    conn.close()
+
+
+def test_a_task_record_edited_on_disk_is_refused_on_load(tmp_path: Path) -> None:
+    path = make(tmp_path)
+    named, unnamed = _task("j", "echo named", "first"), _task("j", "echo line", None)
+    edited = _task("j", "echo fine", "third")
+    edited = TaskRecord(
+        edited.task_id, "j", "third", TaskSpec("rm -rf ~", None, edited.spec.need), 1
+    )
+    _store(path, [(Version("me", 1, 1), named), (Version("me", 1, 2), unnamed)])
+    _store(path, [(Version("me", 1, 3), edited)])
+    loaded = db.load_ledger(path)
+    assert set(loaded.ledger.tasks) == {named.task_id, unnamed.task_id}
+    assert len(loaded.refused) == 1 and "does not hash to its id" in loaded.refused[0]
+    assert loaded.unreadable == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_ledger_file_is_one_sentence_saying_what_to_do(
+    tmp_path: Path, damage: str
+) -> None:
+    path = make(tmp_path)
+    _store(path, [(Version("me", 1, i), _task("j", f"echo {i}", None)) for i in range(1, 300)])
+    whole = path.read_bytes()
+    path.write_bytes(
+        {"garbage": bytes(range(256)) * 16, "truncated": whole[: len(whole) // 2], "empty": b""}[
+            damage
+        ]
+    )
+    for read in (db.load_ledger, db.read_meta):
+        with pytest.raises(CorruptLedgerError, match=r"is corrupt .*: move it aside") as caught:
+            read(path)
+        assert "\n" not in str(caught.value)
+
+    async def start() -> None:
+        await db.open_writer(path)
+
+    if damage != "empty":  # SQLite takes an empty file for a new database
+        with pytest.raises(CorruptLedgerError, match="start the node again"):
+            asyncio.run(start())

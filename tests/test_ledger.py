@@ -32,6 +32,7 @@ from swarm.ledger import (
     Version,
     body_from_plain,
     body_to_plain,
+    stamp_of,
 )
 from swarm.spec import Resources, TaskSpec
 
@@ -500,6 +501,22 @@ def test_a_job_cancel_does_not_reach_tasks_added_after_it() -> None:
     assert ledger.tasks["t3"].state is State.PENDING
 
 
+def test_the_highest_stamp_of_each_origin_is_kept_over_every_stamped_kind() -> None:
+    """A restarted node starts its clock above its own stamps and takes the others' in as a
+    peer's (bounded): so the ledger keeps them apart, over every kind that carries a stamp."""
+    ledger, a, b = fresh()  # node-a's task at stamp 10
+    b(ClaimRecord("t1", 1, stamp=12))
+    a(CancelRecord("job", "t1", stamp=30))
+    b(DrainRecord("node-a", 40))
+    b(HeartbeatRecord(7))  # no stamp
+    b(result("t1", 1, Outcome.OK))  # its times are for people, not a stamp
+    assert ledger.max_stamps == {"node-a": 30, "node-b": 40}
+    assert [stamp_of(body) for body in (HeartbeatRecord(1), ReplicaRecord("ab" * 32))] == [
+        None,
+        None,
+    ]
+
+
 def test_a_drain_round_trips_and_is_kept_as_the_latest_per_node() -> None:
     ledger, a, b = fresh()
     for body in (DrainRecord("node-b", 5, None), DrainRecord("node-b", 9, 30.0)):
@@ -542,3 +559,20 @@ def test_a_task_whose_result_is_lost_everywhere_runs_again() -> None:
     assert ledger.tasks["t1"].state is State.DONE
     credited = ledger.tasks["t1"].ok_attempt()
     assert credited is not None and credited.version.origin == "node-b"
+
+
+def test_a_task_record_must_hash_to_its_id() -> None:
+    from swarm.ledger import task_record_problem
+    from swarm.spec import task_id
+
+    named = TaskRecord(task_id("job", SPEC, "one"), "job", "one", SPEC, stamp=1)
+    by_line = TaskRecord(task_id("job", SPEC, None), "job", "12", SPEC, stamp=1)
+    assert task_record_problem(named) is None and task_record_problem(by_line) is None
+    other = TaskSpec("echo changed", None, SPEC.need)
+    for bad in (
+        TaskRecord(named.task_id, "job", "one", other, 1),  # the command changed
+        TaskRecord(named.task_id, "other job", "one", SPEC, 1),  # moved to another job
+        TaskRecord(named.task_id, "job", "renamed", SPEC, 1),  # a chosen name is in the id
+    ):
+        problem = task_record_problem(bad)
+        assert problem is not None and "does not hash to its id" in problem

@@ -5,10 +5,14 @@ here are plain dicts of records: what is under test is the stream, not the intak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from swarm import gossip, wire
+import pytest
+
+from swarm import gossip, net, wire
 from swarm.net import GossipNet
 
 from .integration.conftest import free_port
@@ -30,8 +34,8 @@ class Side:
         self.net = net_class(
             membership,
             addr,
-            wire.Sealer(bytes.fromhex(self.node)[:16], wire.KeyRing.of(KEY), counter=1),
-            wire.Opener(wire.KeyRing.of(KEY)),
+            wire.Sealer(bytes.fromhex(self.node), wire.KeyRing.of(KEY), counter=1, boot=bytes(8)),
+            wire.Opener(wire.KeyRing.of(KEY), bytes.fromhex(self.node)),
             lambda events: None,
             lambda push: None,
             self.serve,
@@ -70,15 +74,23 @@ class Side:
 class WithoutReverse(GossipNet):
     """A peer from before the reverse phase: it answers a digest, then closes the stream."""
 
-    async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await self._read_frame(reader)
+    async def _serve_stream(self, stream: net._Stream) -> None:
+        request = await self._read_frame(stream)
         assert isinstance(request, wire.SyncRequest)
         async for batch in self.serve_sync(request):
-            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
-        writer.close()
+            await self._write_frame(stream, wire.ledger_message_to_plain(batch))
+        stream.writer.close()
+
+
+def know(side: Side, other: Side) -> None:
+    """`side` has heard of `other` as a member: what it sends is sealed for `other` alone."""
+    side.net.membership.members[other.node] = gossip.Member(
+        other.node, other.net.bind, 1, gossip.MemberState.ALIVE, {}, 0.0
+    )
 
 
 async def exchange(asker: Side, answerer: Side) -> None:
+    know(asker, answerer)
     async with asyncio.TaskGroup() as tg:
         loops = [*await asker.net.start(tg), *await answerer.net.start(tg)]
         try:
@@ -105,3 +117,85 @@ def test_a_peer_without_the_reverse_phase_still_answers() -> None:
     asyncio.run(exchange(asker, answerer))
     assert set(asker.records) == {(asker.node, 1, 1), (answerer.node, 1, 1)}
     assert set(answerer.records) == {(answerer.node, 1, 1)}  # it asked for nothing back
+
+
+@contextlib.asynccontextmanager
+async def serving(*sides: Side) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as tg:
+        loops = [loop for side in sides for loop in await side.net.start(tg)]
+        try:
+            yield
+        finally:
+            for side in sides:
+                side.net.close()
+            for loop in loops:
+                loop.cancel()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, within_s: float) -> bool:
+    return await asyncio.wait_for(reader.read(), within_s) == b""
+
+
+def test_a_stream_without_the_key_is_closed_before_anything_large_is_read() -> None:
+    side = Side("b", {}, GossipNet)
+
+    async def go() -> None:
+        async with serving(side):
+            reader, writer = await asyncio.open_connection(*side.net.bind)
+            writer.write(struct.pack(">I", wire.FRAME_BYTES_MAX) + b"x" * 1000)
+            assert await closed_by_peer(reader, 2.0)  # not waiting for 8 MiB to buffer
+            writer.close()
+
+    asyncio.run(go())
+    assert side.net.dropped == 1
+
+
+def test_a_stream_that_never_shows_the_key_is_closed_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(net, "HELLO_TIMEOUT_S", 0.2)
+    side = Side("b", {}, GossipNet)
+
+    async def go() -> None:
+        async with serving(side):
+            reader, writer = await asyncio.open_connection(*side.net.bind)
+            assert await closed_by_peer(reader, 2.0)
+            writer.close()
+
+    asyncio.run(go())
+
+
+def test_a_flood_of_streams_without_the_key_does_not_keep_peers_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(net, "STREAMS_UNPROVEN_MAX", 4)
+    asker = Side("a", {}, GossipNet)
+    answerer = Side("b", {("b", 1, 1): b"b1"}, GossipNet)
+
+    know(asker, answerer)
+
+    async def go() -> None:
+        async with serving(asker, answerer):
+            flood = [await asyncio.open_connection(*answerer.net.bind) for _ in range(4)]
+            await asyncio.sleep(0.1)  # all four are waiting for their Hello
+            extra = await asyncio.open_connection(*answerer.net.bind)
+            assert await closed_by_peer(flood[0][0], 2.0)  # the oldest made room
+            await asker.net.pull(answerer.net.bind, wire.SyncRequest(asker.digest()))
+            for _, writer in [*flood, extra]:
+                writer.close()
+
+    asyncio.run(go())
+    assert (answerer.node, 1, 1) in asker.records
+    assert answerer.net.streams_refused >= 2  # the oldest, then room for the peer's stream
+
+
+def test_ledger_traffic_is_taken_only_when_sealed_for_this_node() -> None:
+    side = Side("b", {}, GossipNet)
+    sealer = wire.Sealer(b"c" * 16, wire.KeyRing.of(KEY), counter=1, boot=bytes(8))
+    push = wire.encode(wire.ledger_message_to_plain(wire.RecordsPush(())))
+    assert side.net._open(sealer.seal(push), wire.DATAGRAM_BYTES_MAX) is None  # for whoever
+    assert side.net._open(sealer.seal(push, b"x" * 16), wire.DATAGRAM_BYTES_MAX) is None
+    assert side.net.dropped == 2
+    mine = sealer.seal(push, bytes.fromhex(side.node))
+    assert side.net._open(mine, wire.DATAGRAM_BYTES_MAX) == (b"c" * 16, wire.RecordsPush(()))
+    # Membership traffic to a node not yet known (a join) goes to whoever listens.
+    ping = wire.encode(wire.packet_to_plain(gossip.Packet(gossip.Gossip(), ())))
+    assert side.net._open(sealer.seal(ping), wire.DATAGRAM_BYTES_MAX) is not None

@@ -461,3 +461,33 @@ def test_an_80_column_terminal_keeps_job_names_and_etas() -> None:
     assert "sweep-2026-a" in text
     assert "41m 40s" in text
     assert "progress" not in text  # the bar goes first when space is short
+
+
+def test_unreadable_records_are_said_not_hidden() -> None:
+    snapshot = busy_snapshot()
+    snapshot["unreadable_records"] = 1
+    snapshot["unreadable_reason"] = "('n1', 1, 7): malformed record [1]"
+    text = text_of(snapshot)
+    assert (
+        "1 record in the ledger could not be read (('n1', 1, 7): malformed record [1]); "
+        "the tasks it describes are not shown"
+    ) in " ".join(text.split())
+    snapshot["unreadable_records"] = 3
+    assert "3 records in the ledger could not be read" in text_of(snapshot)
+
+
+def test_refused_task_records_are_said() -> None:
+    snapshot = empty_snapshot()
+    snapshot["refused_tasks"] = 2
+    snapshot["refused_reason"] = "task 1234 ('a' of job 'j') does not hash to its id"
+    text = " ".join(text_of(snapshot).split())
+    assert "2 task records in the ledger were refused: task 1234" in text
+    assert "those tasks are not shown and not run" in text
+
+
+def test_no_left_out_line_when_everything_was_read() -> None:
+    snapshot = busy_snapshot()
+    snapshot["unreadable_records"] = 0
+    snapshot["refused_tasks"] = 0
+    text = text_of(snapshot)
+    assert "could not be read" not in text and "refused" not in text

@@ -125,7 +125,25 @@ VALID: list[tuple[str, dict[str, Any], Any, Any]] = [
     ("name", {"cmd": "a", "name": "first"}, lambda t: (t.name, t.explicit_name), ("first", True)),
     ("name-dots", {"cmd": "a", "name": "..."}, lambda t: t.name, "..."),
     ("name-dot-inside", {"cmd": "a", "name": "a.b"}, lambda t: t.name, "a.b"),
-    ("name-200", {"cmd": "a", "name": "x" * 200}, lambda t: t.name, "x" * 200),
+    ("name-255-bytes", {"cmd": "a", "name": "x" * 255}, lambda t: t.name, "x" * 255),
+    (
+        "name-255-bytes-multibyte",
+        {"cmd": "a", "name": "é" * 127 + "x"},
+        lambda t: t.name,
+        "é" * 127 + "x",
+    ),
+    (
+        "requires-comparator-spaced",
+        {"cmd": "a", "requires": {"cpus": "> 2.5"}},
+        lambda t: t.spec.requires,
+        (("cpus", "> 2.5"),),
+    ),
+    (
+        "requires-not-equal-text",
+        {"cmd": "a", "requires": {"zone": "!=eu"}},
+        lambda t: t.spec.requires,
+        (("zone", "!=eu"),),
+    ),
     ("name-unicode", {"cmd": "a", "name": "héllo 日本"}, lambda t: t.name, "héllo 日本"),
     ("cpus-half", {"cmd": "a", "cpus": 0.5}, lambda t: t.spec.need.cpus, 0.5),
     ("cpus-int", {"cmd": "a", "cpus": 2}, lambda t: t.spec.need.cpus, 2.0),
@@ -289,7 +307,42 @@ INVALID: list[tuple[str, Line, str, str]] = [
     ("name-dot", {"cmd": "a", "name": "."}, "name", "directory name"),
     ("name-dotdot", {"cmd": "a", "name": ".."}, "name", "directory name"),
     ("name-nul", {"cmd": "a", "name": "a\x00b"}, "name", "directory name"),
-    ("name-201", {"cmd": "a", "name": "x" * 201}, "name", "longer than 200"),
+    (
+        "name-256-bytes",
+        {"cmd": "a", "name": "x" * 256},
+        "name",
+        "is 256 bytes long in UTF-8, over the limit of 255 bytes",
+    ),
+    (
+        "name-150-chars-300-bytes",
+        {"cmd": "a", "name": "é" * 150},
+        "name",
+        "is 300 bytes long in UTF-8, over the limit of 255 bytes",
+    ),
+    (
+        "requires-compare-text",
+        {"cmd": "a", "requires": {"cpus": ">=abc"}},
+        "requires",
+        "cpus: '>=abc' compares with >=, but 'abc' is not a finite number",
+    ),
+    (
+        "requires-compare-empty",
+        {"cmd": "a", "requires": {"cpus": "<"}},
+        "requires",
+        "cpus: '<' compares with <, but '' is not",
+    ),
+    (
+        "requires-compare-nan",
+        {"cmd": "a", "requires": {"memory_gb": ">nan"}},
+        "requires",
+        "'nan' is not a finite number",
+    ),
+    (
+        "requires-compare-in-list",
+        {"cmd": "a", "requires": {"cpus": [4, "<=x"]}},
+        "requires",
+        "cpus: '<=x' compares with <=",
+    ),
     ("cpus-zero", {"cmd": "a", "cpus": 0}, "cpus", "more than 0 and at most 4096"),
     ("cpus-negative", {"cmd": "a", "cpus": -1}, "cpus", "more than 0 and at most 4096"),
     ("cpus-too-many", {"cmd": "a", "cpus": 4097}, "cpus", "more than 0 and at most 4096"),
@@ -424,6 +477,12 @@ INVALID: list[tuple[str, Line, str, str]] = [
     ("string", '"echo hi"', "json", "expected an object {...}, got str"),
     ("number", "5", "json", "expected an object {...}, got int"),
     ("null", "null", "json", "expected an object {...}, got NoneType"),
+    # Sizes: what the kernel could never exec, and what is too large to replicate.
+    ("cmd over exec's limit", {"cmd": "x" * 128 * KIB}, "cmd", "over the kernel's limit"),
+    ("cmd counted in bytes", {"cmd": "é" * 64 * KIB}, "cmd", "131072 bytes"),
+    ("argv item over exec's limit", {"argv": ["echo", "x" * 128 * KIB]}, "argv", "the kernel's"),
+    ("env over exec's limit", {"cmd": "a", "env": {"BIG": "x" * 128 * KIB}}, "env", "BIG is"),
+    ("task over its limit", {"argv": ["echo", *["x" * 100 * KIB] * 3]}, "argv", "262144 bytes"),
 ]
 
 
@@ -445,6 +504,15 @@ def test_invalid_key_names_the_right_line(line: Line, field: str, fragment: str)
     assert len(found) == 1, found
     assert found[0].startswith(f"{SRC}:4: {field}: "), found
     assert fragment in found[0]
+
+
+def test_the_largest_command_exec_takes_is_accepted() -> None:
+    assert one({"cmd": "x" * (128 * KIB - 1)}).spec.cmd == "x" * (128 * KIB - 1)
+
+
+def test_a_line_too_long_to_exec_in_lines_mode_names_its_line() -> None:
+    found = problems_of(b"echo ok\n" + b"x" * 200 * KIB + b"\n", lines_mode=True)
+    assert len(found) == 1 and found[0].startswith(f"{SRC}:2: cmd: "), found
 
 
 def test_message_shows_the_exception_text_too() -> None:

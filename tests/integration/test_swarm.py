@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, Daemon, Swarm, export_rows, free_port, running_by_node, wait_for
+from .conftest import (
+    Cli,
+    Daemon,
+    Swarm,
+    export_rows,
+    free_port,
+    running_by_node,
+    wait_for,
+    write_tasks,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +123,7 @@ def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm
     cli0, daemon0 = swarm.start(0)
     port = swarm.nodes[0][2]
     key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
-    sealer = wire.Sealer(b"x" * 16, wire.KeyRing.of(key), counter=1)
+    sealer = wire.Sealer(b"x" * 16, wire.KeyRing.of(key), counter=1, boot=bytes(8))
     genuine = sealer.seal(wire.encode([[wire.MessageType.GOSSIP], []]))
     flipped = bytearray(genuine)
     flipped[-1] ^= 1
@@ -210,7 +219,8 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     cli0.ok("submit", str(task))
     (row,) = export_rows(cli0)
     key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
-    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=1)
+    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=1, boot=bytes(8))
+    me = bytes.fromhex(swarm.node_id(0))
     victim, forger = Identity.generate(), Identity.generate()
     done = ResultRecord(
         task_id=row["task_id"],
@@ -238,7 +248,7 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     ]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for body in packets:
-            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+            udp.sendto(sealer.seal(body, me), ("127.0.0.1", port))
     wait_for("both forgeries to be counted", lambda: swarm.members(0)["net"]["forged"] >= 2)
     assert victim.node_id not in swarm.states(0)
     assert cli0.job("never")["done"] == 0
@@ -254,7 +264,7 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
                 )
             ),
         ]:
-            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+            udp.sendto(sealer.seal(body, me), ("127.0.0.1", port))
     wait_for("the genuine Alive to be taken", lambda: victim.node_id in swarm.states(0))
     wait_for("the genuine result to be taken", lambda: cli0.job("never")["done"] == 1)
     assert swarm.members(0)["net"]["forged"] == 2
@@ -395,3 +405,33 @@ def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
     cli0.ok("results", "kept", "--out", str(out))
     for i in range(6):
         assert (out / f"t{i}" / "stdout").read_text() == f"result {i}\n"
+
+
+def test_a_job_too_large_for_one_frame_still_reaches_every_node_and_later_jobs_follow(
+    swarm: Swarm,
+) -> None:
+    # 2,500 tasks of 4.5 KB commands: 11 MB of records, more than a peer takes in one frame.
+    # Each is too large for a datagram, so anti-entropy carries them, in frames bounded by bytes.
+    swarm.form(2)
+    cli0, cli1 = swarm.nodes[0][0], swarm.nodes[1][0]
+    padding = "x" * 4500
+    big = [
+        {"name": f"b{i}", "cmd": f": {padding} {i}", "requires": {"zone": "nowhere"}}
+        for i in range(2500)
+    ]
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "big.jsonl", big)), "--job", "big")
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "after.jsonl", [{"cmd": "echo after"}])),
+            "--job", "after")  # fmt: skip
+
+    def seen_by_node1() -> dict[str, int]:
+        return {j["job"]: j["total"] for j in cli1.status()["jobs"]}
+
+    wait_for(
+        "node 1 to hold both jobs whole",
+        lambda: seen_by_node1() == {"big": 2500, "after": 1},
+        timeout=60,
+        detail=seen_by_node1,
+    )
+    wait_for("node 1 to see the later job done", lambda: cli1.job("after")["done"] == 1)
+    assert swarm.members(0)["net"]["refused_records"] == 0
+    assert swarm.members(1)["net"]["refused_records"] == 0

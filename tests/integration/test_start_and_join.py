@@ -1,0 +1,93 @@
+"""`swarm start --bind` and joins that go wrong say so at once, as real processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Cli, Daemon, Swarm, free_port, swarm_cmd, wait_for
+
+pytestmark = pytest.mark.integration
+
+EXIT_WAIT_S = 20.0  # far longer than it takes; a hang would fail here, not block the suite
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM], ids=["udp", "tcp"])
+def test_start_on_a_taken_port_exits_at_once_naming_the_address(cli: Cli, kind: int) -> None:
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("start", "--bind", f"127.0.0.1:{port}", timeout=EXIT_WAIT_S)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Errno" not in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the address is in use" in done.stderr
+    # The lock went with the process: the next start on a free port comes up.
+    fine = subprocess.Popen(
+        swarm_cmd("start", "--bind", f"127.0.0.1:{free_port()}"),
+        cwd=cli.cwd,
+        env=cli.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("the next start to answer", lambda: cli("status", "--json").returncode == 0)
+        assert cli.status()["nodes"][0]["state"] == "alive"
+    finally:
+        fine.terminate()
+        fine.wait(timeout=EXIT_WAIT_S)
+
+
+def _log_says(daemon: Daemon, text: str) -> Callable[[], bool]:
+    return lambda: text in daemon.log.read_text()
+
+
+@pytest.mark.parametrize(
+    "seed", ["nothing-listens", "no-such-host.invalid"], ids=["no-listener", "no-such-name"]
+)
+def test_start_with_a_join_that_reaches_nobody_says_so(
+    cli: Cli, daemon: Callable[..., Daemon], seed: str
+) -> None:
+    target = f"127.0.0.1:{free_port()}" if seed == "nothing-listens" else f"{seed}:7946"
+    node = daemon("--bind", f"127.0.0.1:{free_port()}", "--profile", "test", "--join", target)
+    expected = (
+        f"no answer from {target} after 5 s: is a node running there, with this swarm key?"
+        if seed == "nothing-listens"
+        else f"{target} does not resolve ("
+    )
+    wait_for(f"the log to say {expected!r}", _log_says(node, expected), timeout=30)
+    assert node.proc is not None and node.proc.poll() is None  # it keeps trying
+
+
+def test_a_join_with_another_swarm_key_says_no_answer(swarm: Swarm) -> None:
+    swarm.start(0)
+    _, node = swarm.start(1, join=0, key_from=None)  # a swarm key of its own
+    port = swarm.nodes[0][2]
+    wait_for(
+        "the log to say no answer",
+        _log_says(node, f"no answer from 127.0.0.1:{port} after 5 s"),
+        timeout=30,
+    )
+
+
+def test_join_through_a_running_daemon_says_what_is_wrong(swarm: Swarm) -> None:
+    swarm.start(0)
+    cli1, _ = swarm.start(1, key_from=None)
+    nobody = free_port()
+    done = cli1("join", f"127.0.0.1:{nobody}", "no-such-host.invalid:7946")
+    assert done.returncode == 1, done.stderr
+    assert "no-such-host.invalid:7946 does not resolve (" in done.stderr
+    assert f"no answer from 127.0.0.1:{nobody} after 5 s" in done.stderr
+    # With the wrong key, the same: nothing answers.
+    port0 = swarm.nodes[0][2]
+    done = cli1("join", f"127.0.0.1:{port0}")
+    assert done.returncode == 1 and f"no answer from 127.0.0.1:{port0}" in done.stderr
+    # A node with this swarm's key answers, and the join says so.
+    cli2, _ = swarm.start(2, key_from=0)
+    done = cli2("join", f"127.0.0.1:{port0}")
+    assert done.returncode == 0, done.stderr
+    assert "joined the swarm through" in done.stdout
