@@ -145,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=("lan", "test"),
         default="lan",
-        help="gossip timers: lan (memberlist's defaults) or test (ten times faster)",
+        help="gossip timers: lan (memberlist's defaults) or test (ten times faster; tests may "
+        "also skew the node's wall clock with --clock-skew-ms MS)",
+    )
+    node_opts.add_argument(
+        "--clock-skew-ms",
+        type=int,
+        default=0,
+        help=argparse.SUPPRESS,  # for tests only, with --profile test: see NodeConfig
     )
     node_opts.add_argument(
         "--lease-ttl",
@@ -271,6 +278,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         raise UserInputError(
             "--bind needs the address other nodes reach this one at, such as 10.0.0.5:7946"
         )
+    if args.clock_skew_ms and args.profile != "test":
+        raise UserInputError("--clock-skew-ms is for tests: it needs --profile test")
     profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
     # The test profile shortens leases as it shortens gossip: a dead node's tasks move in ~2 s.
     beat, ttl, stagger = (0.25, 2.0, 0.1) if args.profile == "test" else (1.0, 10.0, 1.0)
@@ -288,6 +297,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
         overcommit=args.overcommit,
         memfree_bytes=memfree,
+        clock_skew_ms=args.clock_skew_ms,
     )
 
 

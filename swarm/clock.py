@@ -15,7 +15,13 @@ from __future__ import annotations
 COUNTER_BITS = 16
 COUNTER_MAX = (1 << COUNTER_BITS) - 1
 # A remote stamp further ahead of our wall clock than this is not adopted: one node with a broken
-# clock must not drag every other node's stamps into the future.
+# clock (or a garbage stamp) must not drag every other node's stamps into the future, where they
+# would stay, since a clock never goes back. Refused whole, not capped at the bound: a capped
+# stamp would still hold every node up to the bound ahead for as long as the bad clock talks.
+# Clocks kept by NTP agree to within milliseconds; a minute leaves room for a badly set one.
+# Within the bound, stamps order records across nodes whatever their clocks say; beyond it, a
+# node's records order only by its own clock (a cancel from a node that far behind covers only
+# what was submitted before its clock's time).
 MAX_FORWARD_DRIFT_MS = 60_000
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import sqlite3
 from collections import deque
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ from swarm.ledger import (
     task_record_problem,
 )
 from swarm.wire import RECORD_BODY_BYTES_MAX, unpack
+
+log = logging.getLogger("swarm.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -153,9 +156,14 @@ class LedgerWriter:
             await self._commit(rows)
         except (sqlite3.Error, OSError) as exc:
             await self._rollback()
+            full = _is_disk_full(exc)
+            if full:
+                await self._truncate_wal()
             error: SwarmError = (
-                StorageFullError(f"disk full: cannot write the ledger {self._path}")
-                if _is_disk_full(exc)
+                StorageFullError(
+                    f"disk full: cannot write the ledger {self._path}; nothing of it was kept"
+                )
+                if full
                 else SwarmError(f"cannot write the ledger {self._path}: {exc}")
             )
             for _, future in batch:
@@ -191,6 +199,21 @@ class LedgerWriter:
                 "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?", gone
             )
         await self._conn.commit()
+
+    async def _truncate_wal(self) -> None:
+        """Give back the space a refused write took: a rolled-back batch leaves the WAL file
+        as long as it grew (SQLite reuses it, never shrinks it), and on a full disk those are
+        the bytes everything else is waiting for. A busy checkpoint (a reader still on an old
+        snapshot) truncates nothing; the next refused write tries again."""
+        try:
+            cursor = await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = await cursor.fetchone()
+            await cursor.close()
+        except sqlite3.Error as exc:
+            log.warning("could not truncate the WAL of %s after a full disk: %s", self._path, exc)
+            return
+        if busy is not None and busy[0]:
+            log.warning("could not truncate the WAL of %s after a full disk: busy", self._path)
 
     async def _rollback(self) -> None:
         # If even this fails the connection is unusable; the next write fails again, and says so.

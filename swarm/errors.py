@@ -57,6 +57,10 @@ class BadRecordError(SwarmError):
     """A ledger record could not be decoded; it is dropped and counted, never applied."""
 
 
+class OutputLimitError(SwarmError):
+    """An attempt's outputs went past a bound (files, bytes or time); the attempt fails."""
+
+
 class CorruptLedgerError(SwarmError):
     """The ledger file is not a readable SQLite database of swarm's; the message says what to do."""
 

@@ -12,31 +12,54 @@ handler), and reaped with wait4() to get the attempt's CPU time and peak memory 
 If the daemon itself is killed, its attempts keep running as orphans. Every attempt carries
 `SWARM_NODE=<node id>` in its environment, so the next start finds them in /proc and kills their
 process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
+The same tags (node, task id, epoch) find, when an attempt ends, the processes that left its
+process group with setsid (`kill_strays`); only one that also cleared its environment escapes.
+
+What an attempt leaves in its dir is the task's to decide (a million files, a symlink to /, a
+loop of links), so every walk over it (collecting outputs, cleaning a run dir) runs in a thread,
+never follows a symlink, and the output walk is bounded in files, bytes and time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
+import logging
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from swarm.errors import OutputLimitError
 from swarm.ledger import Outcome
 from swarm.spec import TaskSpec
+
+log = logging.getLogger("swarm.executor")
 
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 MTIME_SLACK_NS = 10_000_000  # 10 ms
 OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
+OUTPUT_BYTES_MAX = 64 << 30  # per attempt, the sum of its output files' sizes
+OUTPUT_COLLECT_S = 60.0  # longest the walk for an attempt's outputs may take
+# Beyond the walk's own deadline, how long the node waits for a walk stuck in one system call
+# (a hung network filesystem) before it gives up on it.
+OUTPUT_COLLECT_GRACE_S = 5.0
 SHELL = "/bin/sh"
+# The state disk counts as full below this many free bytes: a task's write failed there, or soon
+# would, and the node's own ledger writes need a little room.
+DISK_FULL_FREE_BYTES = 1 << 20
+TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
+STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +93,8 @@ class Finished:
     outputs_movable: bool = False  # True when they live in our scratch dir and may be moved
     reason: str = ""
     evicted: bool = False  # stopped by its node to free memory
+    # Its files were thrown away to give a full disk its space back: record it with no result.
+    discarded: bool = False
 
 
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
@@ -87,6 +112,13 @@ def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     if launch.spec.need.gpus or "CUDA_VISIBLE_DEVICES" in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpu_ids)
     return env
+
+
+def attempt_tags(env: Mapping[str, str]) -> frozenset[bytes]:
+    """The environment entries that only this attempt's processes carry (`attempt_env` sets
+    them over anything the task asked for), as they appear in /proc/<pid>/environ."""
+    keys = (NODE_TAG, "SWARM_TASK_ID", "SWARM_EPOCH")
+    return frozenset(f"{k}={env[k]}".encode() for k in keys if k in env)
 
 
 class Attempt:
@@ -108,6 +140,9 @@ class Attempt:
         self._kill_timer: asyncio.TimerHandle | None = None
         self.stdout = launch.run_dir / "stdout"
         self.stderr = launch.run_dir / "stderr"
+        # What the state disk had free when it began, to tell at the end whether the attempt's
+        # own output filled it (one statvfs of our own dir, not of the task's files).
+        self._free_at_start = free_bytes(launch.run_dir)
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
@@ -117,7 +152,16 @@ class Attempt:
         self._t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawn_error = ""
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+        self._strays_left = False  # its leader has exited; processes outside its group may not
+        env = attempt_env(launch, base_env)
+        self._tags = attempt_tags(env)
+        with _open_own(self.stdout) as out, _open_own(self.stderr) as err:
+            # Which files these are: the task may replace them (with a link to a file outside,
+            # a fifo, a dir) before they are stored, and then its node must not follow.
+            self._own_files = {
+                self.stdout: _identity(os.fstat(out.fileno())),
+                self.stderr: _identity(os.fstat(err.fileno())),
+            }
             try:
                 self.proc = subprocess.Popen(
                     argv,
@@ -125,7 +169,7 @@ class Attempt:
                     stdout=out,
                     stderr=err,
                     cwd=self.cwd,
-                    env=attempt_env(launch, base_env),
+                    env=env,
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -150,11 +194,14 @@ class Attempt:
 
     async def finished(self) -> Finished:
         if self.proc is None:
-            return self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error)
+            wall_s = time.monotonic() - self._t0
+            return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
         status, usage = await _wait_exit(self.proc)
+        wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        self._strays_left = True  # nor those that left its group: see _kill_strays
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
         own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > self.inherited_rss_kb else 0
@@ -165,13 +212,16 @@ class Attempt:
         else:
             outcome = Outcome.FAILED
             reason = f"killed by {_signal_name(-code)}" if code < 0 else f"exit {code}"
-        return self._result(outcome, code, cpu_s, max(own_rss_kb, self.peak_rss_kb), reason)
+        rss_kb = max(own_rss_kb, self.peak_rss_kb)
+        return await self._result(outcome, code, cpu_s, rss_kb, reason, wall_s)
 
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
             _kill_group(self.proc.pid, signal.SIGKILL)
+            self._strays_left = True
+            self._kill_strays()
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
@@ -189,16 +239,35 @@ class Attempt:
             self.evicted = True
         self.stop(Outcome.INTERRUPTED, reason, grace_s)
 
-    def _result(
-        self, outcome: Outcome, code: int | None, cpu_s: float, rss_kb: int, reason: str
+    async def _result(
+        self,
+        outcome: Outcome,
+        code: int | None,
+        cpu_s: float,
+        rss_kb: int,
+        reason: str,
+        wall_s: float,
     ) -> Finished:
-        wall_s = time.monotonic() - self._t0
         scratch = self.launch.spec.cwd is None
-        outputs = (
-            {}
-            if outcome is Outcome.INTERRUPTED
-            else collect_outputs(self.cwd, self.launch, self._started_ns)
-        )
+        outputs: dict[str, Path] = {}
+        if outcome is not Outcome.INTERRUPTED and self.launch.spec.outputs:
+            self._kill_strays()  # first: none may write while we walk
+            outputs, problem = await self._collect()
+            if problem:
+                reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
+                outcome = Outcome.FAILED
+        # A handful of system calls, on /proc and on our own names in the run dir: done here,
+        # since a thread hop just before the next task's fork was measured to slow it by ~1 ms.
+        self._kill_strays()
+        replaced = self._replaced_files()
+        if replaced:
+            await asyncio.to_thread(_remove_all, replaced)  # a tree, maybe: not on the loop
+        judged = None
+        if free_bytes(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks its files: thread
+            judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
+        discarded = judged is not None
+        if judged is not None:
+            (outcome, reason), outputs = judged, {}
         return Finished(
             outcome=outcome,
             exit_code=code,
@@ -213,7 +282,91 @@ class Attempt:
             outputs_movable=scratch,
             reason=reason,
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
+            discarded=discarded,
         )
+
+    def _replaced_files(self) -> list[Path]:
+        """Our stdout and stderr names, where the task put something else in their place (a
+        link to a file outside, a fifo, a dir): that is neither stored nor followed."""
+        replaced = []
+        for path, identity in self._own_files.items():
+            try:
+                if _identity(os.lstat(path)) == identity:
+                    continue
+            except FileNotFoundError:
+                continue
+            log.warning("%s was replaced by its task; it is not stored", path)
+            replaced.append(path)
+        return replaced
+
+    def _kill_strays(self) -> None:
+        """The processes of this attempt that left its process group were all forked after its
+        leader, so only pids younger than the leader's are read: a scan of /proc (in memory,
+        never a disk) costing about a directory listing plus one read per young process."""
+        if self._strays_left and self.proc is not None:
+            self._strays_left = False
+            kill_strays(self._tags, self.proc.pid)
+
+    def _judge_full_disk(
+        self, outcome: Outcome, reason: str, outputs: dict[str, Path]
+    ) -> tuple[Outcome, str] | None:
+        """If the state disk is full as the attempt ends, and the attempt failed or its own
+        output filled it, throw its files away (blocking: run it in a thread) and return the
+        outcome and reason to record instead; None otherwise. An attempt that ended well
+        keeps its files: its node waits for space to store them. One that failed while the
+        disk filled up under it is `interrupted`, which costs the task no retry."""
+        free = free_bytes(self.launch.run_dir)
+        if free >= DISK_FULL_FREE_BYTES:
+            return None
+        own = self._own_bytes(outputs)
+        where = self.launch.run_dir.parent
+        if own and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
+            judged = (
+                Outcome.FAILED,
+                f"its output ({_bytes_text(own)}) is larger than the free space on {where} "
+                f"({_bytes_text(self._free_at_start)} when it started)",
+            )
+        elif outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
+            cause = f"the disk holding {where} filled up while it ran"
+            judged = (Outcome.INTERRUPTED, f"{cause} ({reason})" if reason else cause)
+        else:
+            return None
+        self._discard_files()
+        return judged
+
+    def _own_bytes(self, outputs: dict[str, Path]) -> int:
+        """The bytes this attempt's files take on the state disk."""
+        scratch = self.launch.spec.cwd is None
+        dev = os.stat(self.launch.run_dir).st_dev
+        total = _tree_bytes(self.cwd) if scratch else 0  # scratch: all of work/ is the attempt's
+        for path in (self.stdout, self.stderr, *(() if scratch else outputs.values())):
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if st.st_dev == dev:
+                    total += st.st_size
+        return total
+
+    def _discard_files(self) -> None:
+        for path in (self.stdout, self.stderr):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self.launch.spec.cwd is None:  # never a user's own dir
+            shutil.rmtree(self.cwd, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.cwd.mkdir()
+
+    async def _collect(self) -> tuple[dict[str, Path], str]:
+        """The attempt's output files, found in a thread (the task decides how big and how
+        deep its dir is); or none and the reason they were not taken."""
+        if not self.launch.spec.outputs:
+            return {}, ""
+        walk = asyncio.to_thread(collect_outputs, self.cwd, self.launch, self._started_ns)
+        try:
+            return await asyncio.wait_for(walk, OUTPUT_COLLECT_S + OUTPUT_COLLECT_GRACE_S), ""
+        except OutputLimitError as exc:
+            return {}, str(exc)
+        except TimeoutError:
+            return {}, f"collecting its outputs took over {OUTPUT_COLLECT_S:g} s"
 
 
 class RunDirs:
@@ -235,52 +388,235 @@ class RunDirs:
         (run_dir / "work").mkdir(parents=True, exist_ok=True)
         return run_dir
 
-    def give_back(self, run_dir: Path) -> None:
-        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it."""
-        work = run_dir / "work"
-        try:
-            for leftover in ("stdout", "stderr"):
-                # Usually moved into the store already; if not (a kill, an error), not reused.
-                with contextlib.suppress(FileNotFoundError):
-                    if (run_dir / leftover).stat().st_size:
-                        (run_dir / leftover).unlink()
-            with os.scandir(work) as entries:
-                dirty = any(entries)
-            if dirty:
-                shutil.rmtree(work)
-                work.mkdir()
-        except OSError:  # the dir is gone or broken: make a new one next time
-            shutil.rmtree(run_dir, ignore_errors=True)
-            return
-        if len(self._spare) < self.spare_max:
+    async def give_back(self, run_dir: Path) -> None:
+        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it.
+        Whether it is clean takes a few system calls whatever the task left there (the first
+        entry of work/ tells); emptying it, a tree of the task's making, goes to a thread."""
+        clean = _is_clean(run_dir)
+        if clean is False:
+            clean = await asyncio.to_thread(_empty_work, run_dir)
+        if clean and len(self._spare) < self.spare_max:
             self._spare.append(run_dir)
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
 
 
-def collect_outputs(cwd: Path, launch: Launch, not_before_ns: int = 0) -> dict[str, Path]:
+def _is_clean(run_dir: Path) -> bool | None:
+    """Whether a used run dir is ready for reuse once a stdout or stderr left in it (not moved
+    into the store: a kill, an error) is removed; None if it is gone or broken."""
+    try:
+        for leftover in (run_dir / "stdout", run_dir / "stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(leftover)
+                if not stat.S_ISREG(st.st_mode) or st.st_size:
+                    leftover.unlink()  # a dir there (the task's doing) fails: not reused
+        with os.scandir(run_dir / "work") as entries:
+            return not any(entries)
+    except OSError:
+        return None
+
+
+def _empty_work(run_dir: Path) -> bool:
+    """Empty work/ (blocking); False if that fails. rmtree never follows a symlink, so a link
+    the task left cannot lead it outside."""
+    work = run_dir / "work"
+    try:
+        shutil.rmtree(work)
+        work.mkdir()
+    except OSError:
+        return False
+    return True
+
+
+def collect_outputs(
+    cwd: Path,
+    launch: Launch,
+    not_before_ns: int = 0,
+    *,
+    files_max: int = OUTPUT_FILES_MAX,
+    bytes_max: int = OUTPUT_BYTES_MAX,
+    time_max_s: float = OUTPUT_COLLECT_S,
+) -> dict[str, Path]:
     """Regular files matching the task's `outputs` globs, by path relative to the working dir,
-    last modified at or after `not_before_ns` (wall clock)."""
+    last modified at or after `not_before_ns` (wall clock).
+
+    Blocking: run it in a thread. It walks the working dir itself, never following a symlink
+    (to a directory or to a file): a link must not pull in, or loop over, anything outside the
+    working dir, nor (once the file is moved into the store) take a file away from there. The
+    walk is bounded in files, bytes and time; past a bound it raises OutputLimitError, whose
+    message is the attempt's failure reason."""
     found: dict[str, Path] = {}
-    if not launch.spec.outputs:
+    globs = [_glob_parts(p) for p in launch.spec.outputs]
+    if not globs:
         return found
-    real_cwd = os.path.realpath(cwd)
-    for pattern in launch.spec.outputs:
-        for rel in sorted(glob.glob(pattern, root_dir=cwd, recursive=True)):
-            rel = os.path.normpath(rel)
-            path = cwd / rel
-            # No symlink anywhere on the path: a link must not pull in (or, once the file is moved
-            # into the store, take away) a file from outside the working dir.
-            if os.path.realpath(path) != os.path.join(real_cwd, rel) or not path.is_file():
-                continue
-            # In a shared working dir, only what this attempt wrote is its output (as HTCondor
-            # takes back only new or changed files), not a file an earlier run left there.
-            if path.stat().st_mtime_ns < not_before_ns:
-                continue
-            found[rel] = path
-            if len(found) >= OUTPUT_FILES_MAX:
-                return found
+    deadline = time.monotonic() + time_max_s
+    total_bytes = 0
+    start = _advance(globs, {(k, 0) for k in range(len(globs))})
+    stack: list[tuple[str, set[tuple[int, int]]]] = [("", start)]
+    while stack:
+        rel_dir, states = stack.pop()
+        try:
+            entries = os.scandir(cwd / rel_dir if rel_dir else cwd)
+        except OSError:
+            continue  # unreadable, or gone meanwhile: as glob, skip it
+        with entries:
+            for entry in entries:
+                if time.monotonic() > deadline:
+                    raise OutputLimitError(f"collecting its outputs took over {time_max_s:g} s")
+                after = _step(globs, states, entry.name)
+                if not after:
+                    continue
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if any(i < len(globs[k]) for k, i in after):
+                            stack.append((rel, after))
+                        continue
+                    if not entry.is_file(follow_symlinks=False) or not any(
+                        i == len(globs[k]) for k, i in after
+                    ):
+                        continue  # a symlink, a fifo, a socket, or not a full match
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed meanwhile
+                # In a shared working dir, only what this attempt wrote is its output (as
+                # HTCondor takes back only new or changed files), not a file an earlier run left.
+                if st.st_mtime_ns < not_before_ns:
+                    continue
+                found[rel] = cwd / rel
+                total_bytes += st.st_size
+                if len(found) > files_max:
+                    raise OutputLimitError(f"its outputs matched more than {files_max:,} files")
+                if total_bytes > bytes_max:
+                    raise OutputLimitError(
+                        f"its outputs add up to more than {_bytes_text(bytes_max)}"
+                    )
     return found
+
+
+def _glob_parts(pattern: str) -> tuple[str, ...]:
+    """A pattern's path components, without empty or "." ones, runs of "**" as one."""
+    parts: list[str] = []
+    for part in pattern.split("/"):
+        if part in ("", ".") or (part == "**" and parts and parts[-1] == "**"):
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def _advance(globs: list[tuple[str, ...]], states: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """`states` plus what "**" matching no directory at all adds: (pattern, next component)."""
+    out = set(states)
+    for k, i in states:
+        while i < len(globs[k]) and globs[k][i] == "**":
+            i += 1
+            out.add((k, i))
+    return out
+
+
+def _step(
+    globs: list[tuple[str, ...]], states: set[tuple[int, int]], name: str
+) -> set[tuple[int, int]]:
+    """The states after one more path component `name` (empty: nothing below can match)."""
+    after: set[tuple[int, int]] = set()
+    hidden = name.startswith(".")
+    for k, i in states:
+        if i >= len(globs[k]):
+            continue
+        part = globs[k][i]
+        if part == "**":
+            if not hidden:  # as glob: "**" and "*" do not match names starting with "."
+                after.add((k, i))
+        elif _component_matches(name, part, hidden):
+            after.add((k, i + 1))
+    return _advance(globs, after)
+
+
+def _component_matches(name: str, part: str, hidden: bool) -> bool:
+    if not glob.has_magic(part):
+        return name == part
+    if hidden and not part.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, part)
+
+
+def _open_own(path: Path) -> IO[bytes]:
+    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated. What
+    an earlier task may have left under that name (a symlink, a fifo) is never followed or
+    opened: it is removed, and a new file made."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = -1
+    with contextlib.suppress(OSError):  # a symlink (ELOOP), a fifo with no reader (ENXIO), ...
+        fd = os.open(path, flags, 0o644)
+    if fd >= 0:
+        st = os.fstat(fd)
+        # Truncated only if it is our own plain file: a hard link would truncate its twin.
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            os.ftruncate(fd, 0)
+        else:
+            os.close(fd)
+            fd = -1
+    if fd < 0:  # not ours to reuse: made anew
+        _remove(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, bool]:
+    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at `path` (a file, a link, a fifo, a tree), never following links."""
+    try:
+        path.unlink()
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+    except FileNotFoundError:
+        pass
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still put on the filesystem of `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
+    """The size of the regular files under `root`, never following a symlink; stops counting
+    after `entries_max` entries (enough to tell that the tree is big)."""
+    total = seen = 0
+    stack = [root]
+    while stack and seen < entries_max:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                seen += 1
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _bytes_text(count: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.1f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{count} bytes"
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
@@ -342,6 +678,62 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
         for run_dir in run_root.iterdir():
             shutil.rmtree(run_dir, ignore_errors=True)
     return list(groups.values())
+
+
+def kill_strays(
+    tags: frozenset[bytes],
+    since_pid: int = 0,
+    proc: Path = Path("/proc"),
+    rounds_max: int = STRAY_ROUNDS_MAX,
+) -> int:
+    """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
+    left the attempt's process group (setsid, a double fork into a new session), which killing
+    the group misses. Blocking: run it in a thread. Only processes forked since `since_pid` (the
+    attempt's leader) are read, so the cost follows how many are that young, not how many run.
+    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times;
+    returns how many it killed. A process that cleared or replaced its environment is missed."""
+    killed: set[int] = {os.getpid()}  # never ourselves (a daemon started by a task)
+    for _ in range(rounds_max):
+        # One killed a moment ago may not have died yet: only those not killed already count.
+        found = [pid for pid in _pids_with(tags, proc, since_pid) if pid not in killed]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(found)
+        if not found:
+            break
+    return len(killed) - 1
+
+
+def _pids_with(tags: frozenset[bytes], proc: Path, since_pid: int) -> list[int]:
+    young = _young_pids(proc, since_pid)
+    pids = []
+    with os.scandir(proc) as entries:
+        for entry in entries:
+            if not entry.name.isdigit() or not young(int(entry.name)):
+                continue
+            try:
+                with open(f"{entry.path}/environ", "rb") as f:
+                    environ = f.read()  # the kernel bounds it (with the argument list)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            if tags.issubset(environ.split(b"\0")):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
+    """Which pids may have been forked since `since_pid` was: pids are handed out in rising
+    order, so those above it, unless they have started again from the bottom meanwhile (the
+    last one handed out, from loadavg, is then below `since_pid`): then, and whenever that
+    cannot be told, every pid."""
+    try:
+        last = int((proc / "loadavg").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        last = -1
+    if since_pid <= 0 or last < since_pid:
+        return lambda pid: True
+    return lambda pid: pid >= since_pid
 
 
 def _attempt_of(environ: list[bytes]) -> tuple[str, int]:

@@ -198,6 +198,13 @@ KIND_OF: dict[type[Any], Kind] = {
 }
 
 
+def stamp_of(body: Body) -> int | None:
+    """The HLC stamp a record carries, if its kind has one."""
+    if isinstance(body, TaskRecord | ClaimRecord | CancelRecord | DrainRecord):
+        return body.stamp
+    return None
+
+
 @dataclass(slots=True)
 class ClaimInfo:
     stamp: int
@@ -366,7 +373,9 @@ class Ledger:
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         self.records_applied = 0
         self.drains: dict[str, int] = {}  # node -> stamp of the latest drain asked of it
-        self.max_stamp = 0  # highest HLC stamp seen: a restarted node's clock starts above it
+        # origin -> highest HLC stamp of its records: a restarted node's clock starts above its
+        # own, and takes in the others' as it does any peer's (clock.py bounds how far ahead).
+        self.max_stamps: dict[str, int] = {}
 
     # -- applying records --------------------------------------------------------------------
 
@@ -376,12 +385,13 @@ class Ledger:
         key = (version.origin, version.generation)
         if version.seq > self.high_seq.get(key, 0):
             self.high_seq[key] = version.seq
+        stamp = stamp_of(body)
+        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
+            self.max_stamps[version.origin] = stamp
         match body:
             case TaskRecord():
-                self.max_stamp = max(self.max_stamp, body.stamp)
                 return self._apply_task(version, body)
             case ClaimRecord():
-                self.max_stamp = max(self.max_stamp, body.stamp)
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:

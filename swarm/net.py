@@ -21,6 +21,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncio_dgram
@@ -86,6 +87,8 @@ class GossipNet:
         self._push_pulls = 0
         self._unproven: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
         self._streams = 0  # streams that showed the key, being served
+        self._nodes_by_addr: dict[gossip.Addr, bytes] = {}
+        self._members_seen = 0
         self.streams_refused = 0
         self._tg: asyncio.TaskGroup | None = None
         self._udp: asyncio_dgram.aio.DatagramServer | None = None
@@ -131,7 +134,8 @@ class GossipNet:
                 continue
             self.received += 1
             self.bytes_received += len(data)
-            message = self._open(data, wire.DATAGRAM_BYTES_MAX)
+            opened = self._open(data, wire.DATAGRAM_BYTES_MAX)
+            message = None if opened is None else opened[1]
             if isinstance(message, wire.RecordsPush):
                 self.on_records(message)
             elif isinstance(message, gossip.Packet):
@@ -182,7 +186,7 @@ class GossipNet:
 
     def _send_datagram(self, body: bytes, addr: gossip.Addr) -> None:
         """Seal and queue one datagram; a full queue drops it (counted): UDP may lose it anyway."""
-        data = self.sealer.seal(body)
+        data = self.sealer.seal(body, self._node_at(addr))
         try:
             self._outgoing.put_nowait((data, addr))
         except asyncio.QueueFull:
@@ -197,25 +201,25 @@ class GossipNet:
         a node that others cannot connect to still gets its records out by asking). A peer
         without the reverse phase closes the stream after its answer instead."""
         async with asyncio.timeout(SYNC_TIMEOUT_S):
-            reader, writer = await self._connect(addr)
+            stream = await self._connect(addr)
             try:
-                await self._write_frame(writer, wire.ledger_message_to_plain(request))
-                if not await self._take_answer(reader, request.digest):
+                await self._write_frame(stream, wire.ledger_message_to_plain(request))
+                if not await self._take_answer(stream, request.digest):
                     return
                 try:
-                    theirs = await self._read_frame(reader)
+                    theirs = await self._read_frame(stream)
                 except asyncio.IncompleteReadError:
                     return  # no reverse phase
                 if isinstance(theirs, wire.SyncRequest):
-                    await self._answer(writer, theirs)
+                    await self._answer(stream, theirs)
             finally:
-                writer.close()
+                stream.writer.close()
 
-    async def _take_answer(self, reader: asyncio.StreamReader, digest: wire.Watermarks) -> bool:
+    async def _take_answer(self, stream: _Stream, digest: wire.Watermarks) -> bool:
         """Take the frames that answer `digest` (ours); True if the answer came to its end."""
         take = self.take_sync(digest)
         for _ in range(SYNC_FRAMES_MAX):
-            batch = await self._read_frame(reader)
+            batch = await self._read_frame(stream)
             if not isinstance(batch, wire.SyncBatch):
                 return False
             await take(batch)
@@ -223,22 +227,22 @@ class GossipNet:
                 return True
         return False
 
-    async def _answer(self, writer: asyncio.StreamWriter, request: wire.SyncRequest) -> None:
+    async def _answer(self, stream: _Stream, request: wire.SyncRequest) -> None:
         async for batch in self.serve_sync(request):
-            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
+            await self._write_frame(stream, wire.ledger_message_to_plain(batch))
 
     async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
         """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
         The caller verifies the content against its digest."""
         async with asyncio.timeout(FETCH_TIMEOUT_S):
-            reader, writer = await self._connect(addr)
+            stream = await self._connect(addr)
             try:
                 await self._write_frame(
-                    writer, wire.blob_message_to_plain(wire.FetchRequest(digest))
+                    stream, wire.blob_message_to_plain(wire.FetchRequest(digest))
                 )
                 with open(into, "wb") as out:
                     for _ in range(FETCH_FRAMES_MAX):
-                        chunk = await self._read_frame(reader)
+                        chunk = await self._read_frame(stream)
                         if not isinstance(chunk, wire.BlobChunk) or chunk.missing:
                             return False
                         out.write(chunk.data)
@@ -246,7 +250,7 @@ class GossipNet:
                             return True
                 return False
             finally:
-                writer.close()
+                stream.writer.close()
 
     def _start_push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         if self._push_pulls >= PUSH_PULLS_MAX or self._tg is None:
@@ -257,12 +261,12 @@ class GossipNet:
     async def _push_pull(self, addr: gossip.Addr, packet: gossip.Packet) -> None:
         try:
             async with asyncio.timeout(PUSH_PULL_TIMEOUT_S):
-                reader, writer = await self._connect(addr)
+                stream = await self._connect(addr)
                 try:
-                    await self._write_frame(writer, wire.packet_to_plain(packet))
-                    reply = await self._read_frame(reader)
+                    await self._write_frame(stream, wire.packet_to_plain(packet))
+                    reply = await self._read_frame(stream)
                 finally:
-                    writer.close()
+                    stream.writer.close()
             if isinstance(reply, gossip.Packet) and isinstance(reply.message, gossip.PushPull):
                 self.membership.receive(time.monotonic(), reply)
                 self._flush()
@@ -280,9 +284,10 @@ class GossipNet:
             # follows its connect at once, so a flood must outpace every peer to keep one out.
             self._refuse_stream(self._unproven.popitem(last=False)[0])
         self._unproven[writer] = None
+        stream = _Stream(reader, writer, None)
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
-                hello = await self._read_frame(reader, wire.HELLO_BYTES_MAX)
+                hello = await self._read_frame(stream, wire.HELLO_BYTES_MAX)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             hello = None
             log.debug("a stream closed before its hello: %s", exc)
@@ -293,7 +298,7 @@ class GossipNet:
             return
         self._streams += 1
         try:
-            await self._serve_stream(reader, writer)
+            await self._serve_stream(stream)
         finally:
             self._streams -= 1
 
@@ -301,31 +306,29 @@ class GossipNet:
         self.streams_refused += 1
         writer.close()
 
-    async def _serve_stream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_stream(self, stream: _Stream) -> None:
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_S):
-                first = await self._read_frame(reader)
+                first = await self._read_frame(stream)
                 if isinstance(first, wire.SyncRequest):
-                    await self._answer(writer, first)
+                    await self._answer(stream, first)
                     # The reverse phase: our digest, answered on this stream.
                     ours = wire.SyncRequest(self.digest())
-                    await self._write_frame(writer, wire.ledger_message_to_plain(ours))
-                    await self._take_answer(reader, ours.digest)
+                    await self._write_frame(stream, wire.ledger_message_to_plain(ours))
+                    await self._take_answer(stream, ours.digest)
                 elif isinstance(first, wire.FetchRequest):
                     async for chunk in self.serve_blob(first):
-                        await self._write_frame(writer, wire.blob_message_to_plain(chunk))
+                        await self._write_frame(stream, wire.blob_message_to_plain(chunk))
                 elif isinstance(first, gossip.Packet) and isinstance(
                     first.message, gossip.PushPull
                 ):
-                    await self._answer_push_pull(first, writer)
+                    await self._answer_push_pull(first, stream)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("a stream from a peer failed: %s", exc)
         finally:
-            writer.close()
+            stream.writer.close()
 
-    async def _answer_push_pull(self, packet: gossip.Packet, writer: asyncio.StreamWriter) -> None:
+    async def _answer_push_pull(self, packet: gossip.Packet, stream: _Stream) -> None:
         assert isinstance(packet.message, gossip.PushPull)
         self.membership.receive(time.monotonic(), packet)
         # The core addressed its reply to the sender; it goes back on this stream.
@@ -333,47 +336,86 @@ class GossipNet:
             _, reply = item
             if isinstance(reply.message, gossip.PushPull) and reply.message.reply:
                 self.membership.outbox.remove(item)
-                await self._write_frame(writer, wire.packet_to_plain(reply))
+                await self._write_frame(stream, wire.packet_to_plain(reply))
                 break
         self._flush()
         self._wake.set()
 
-    async def _write_frame(self, writer: asyncio.StreamWriter, plain: list[object]) -> None:
-        data = self.sealer.seal(wire.encode(plain))
-        writer.write(_LENGTH.pack(len(data)) + data)
+    async def _write_frame(self, stream: _Stream, plain: list[object]) -> None:
+        data = self.sealer.seal(wire.encode(plain), stream.peer)
+        stream.writer.write(_LENGTH.pack(len(data)) + data)
         self.sent += 1
         self.bytes_sent += len(data) + _LENGTH.size
-        await writer.drain()
+        await stream.writer.drain()
 
     async def _read_frame(
-        self, reader: asyncio.StreamReader, size_max: int = wire.FRAME_BYTES_MAX
+        self, stream: _Stream, size_max: int = wire.FRAME_BYTES_MAX
     ) -> wire.StreamMessage | None:
-        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+        """The next frame of the stream, from its peer; the first one tells who the peer is."""
+        (length,) = _LENGTH.unpack(await stream.reader.readexactly(_LENGTH.size))
         if length > size_max:
             self.dropped += 1
             return None
-        data = await reader.readexactly(length)
+        data = await stream.reader.readexactly(length)
         self.received += 1
         self.bytes_received += length + _LENGTH.size
-        return self._open(data, size_max)
+        opened = self._open(data, size_max)
+        if opened is None:
+            return None
+        if stream.peer is None:
+            stream.peer = opened[0]
+        elif opened[0] != stream.peer:
+            self.dropped += 1  # a frame of another node's, spliced in
+            return None
+        return opened[1]
 
-    async def _connect(
-        self, addr: gossip.Addr
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, addr: gossip.Addr) -> _Stream:
         """A stream to a peer, opened with our Hello; TimeoutError soon if the peer does not
         take the connection (a filter that drops our SYNs must not hold up replication for the
         whole transfer timeout)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(addr[0], addr[1]), CONNECT_TIMEOUT_S
         )
-        await self._write_frame(writer, wire.HELLO_PLAIN)
-        return reader, writer
+        stream = _Stream(reader, writer, self._node_at(addr))
+        await self._write_frame(stream, wire.HELLO_PLAIN)
+        return stream
 
-    def _open(self, data: bytes, size_max: int) -> wire.StreamMessage | None:
+    def _node_at(self, addr: gossip.Addr) -> bytes | None:
+        """The id of the member at `addr`, to seal for it alone; None for an address not yet
+        known (a seed being joined), whose traffic goes unaddressed."""
+        node = self._nodes_by_addr.get(addr)
+        if node is None or self._members_seen != len(self.membership.members):
+            self._members_seen = len(self.membership.members)
+            self._nodes_by_addr = {
+                m.addr: bytes.fromhex(m.node)
+                for m in sorted(self.membership.members.values(), key=_liveness)
+                if m.node != self.membership.node
+            }
+            node = self._nodes_by_addr.get(addr)
+        return node
+
+    def _open(self, data: bytes, size_max: int) -> tuple[bytes, wire.StreamMessage] | None:
+        """The sender and message of an envelope, or None (counted). Unaddressed, only
+        membership traffic is taken: what a node sends before it knows who listens."""
         try:
-            _, body = self.opener.open(data, size_max)
-            return wire.decode_any(body)
+            opened = self.opener.open(data, size_max)
+            message = wire.decode_any(opened.body)
+            if not opened.addressed and not isinstance(message, gossip.Packet | wire.Hello):
+                raise wire.BadPacket("a ledger or blob message not sealed for this node")
+            return opened.sender, message
         except wire.BadPacket as exc:
             self.dropped += 1
             log.debug("dropped a packet: %s", exc)
             return None
+
+
+@dataclass(slots=True)
+class _Stream:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer: bytes | None  # its node's id, once known: what we send is sealed for it alone
+
+
+def _liveness(member: gossip.Member) -> int:
+    """Gone members sort first, so a live member at a reused address wins it."""
+    return 0 if member.state in gossip.GONE else 1

@@ -38,7 +38,7 @@ from typing import Any
 import aiosqlite
 
 from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
-from swarm.clock import HybridClock, wall_ms_of
+from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -55,12 +55,14 @@ from swarm.errors import (
     UserInputError,
 )
 from swarm.executor import (
+    DISK_FULL_FREE_BYTES,
     KILL_GRACE_S,
     NODE_TAG,
     Attempt,
     Finished,
     Launch,
     RunDirs,
+    free_bytes,
     kill_orphans,
 )
 from swarm.export import manifest_bytes, parse_manifest
@@ -83,9 +85,11 @@ from swarm.ledger import (
     TaskRecord,
     TaskView,
     Version,
+    stamp_of,
     task_record_problem,
 )
 from swarm.ledger import Attempt as LedgerAttempt
+from swarm.loopguard import LoopReports
 from swarm.policy import PendingQueue, rendezvous_top
 from swarm.replication import Intake, behind
 from swarm.scheduler import Scheduler, isolation, peer_from_meta
@@ -145,6 +149,9 @@ class NodeConfig:
     # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
     overcommit: bool = False
     memfree_bytes: int | None = None
+    # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
+    # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
+    clock_skew_ms: int = 0
 
 
 DEFAULT_PORT = 7946
@@ -226,7 +233,7 @@ class Node:
         self.clock = HybridClock()
         self.used = Resources(0.0, 0, 0)
         self.attempts: dict[str, Attempt] = {}
-        self.started_ms = wall_ms()
+        self.started_ms = self._wall_ms()
         self._free_gpus = list(range(self.capacity.gpus))
         self._claiming: set[str] = set()
         self._wake = asyncio.Event()
@@ -237,6 +244,7 @@ class Node:
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._claims_paused_until = 0.0
+        self._disk_full = False  # an attempt ended on a full state disk: claim once it has room
         self._base_env = dict(os.environ)
         self._own_rss_kb = resources.own_peak_rss_kb()
         self.guard: pressure.Guard | None = None
@@ -271,6 +279,7 @@ class Node:
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self.refused_records = 0  # records passed over: too large, or undecodable
+        self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in (clock.py)
         self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
         # TASK records whose id is not the hash of their content (edited on disk, or forged by
         # a peer): never applied. Those of peers are logged once each, a bounded number of them.
@@ -286,6 +295,10 @@ class Node:
         self.generation = 0
         self._seq = 0
         self._heartbeat = 0
+
+    def _wall_ms(self) -> int:
+        """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
+        return wall_ms() + self.config.clock_skew_ms
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -304,12 +317,13 @@ class Node:
                 )
             self._base_env[NODE_TAG] = self.node_id
             _raise_fd_limit()
+            asyncio.get_running_loop().set_exception_handler(LoopReports())
             self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
             if self._orphaned:
                 log.warning(
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
-            self.store.sweep_temp()
+            await asyncio.to_thread(self.store.sweep_temp)  # partial blobs of a past life
             loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
@@ -321,8 +335,13 @@ class Node:
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
             )
-            self.clock = HybridClock(self.ledger.max_stamp)
-            self._life_stamp = self.clock.now(wall_ms())  # drains asked before this are old
+            # Our own stamps are the high-water mark (the clock never goes back, even when the
+            # wall clock did); the peers' are taken in like any record from a peer.
+            stamps = dict(self.ledger.max_stamps)
+            self.clock = HybridClock(stamps.pop(self.node_id, 0))
+            for origin, stamp in stamps.items():
+                self._observe(origin, stamp)
+            self._life_stamp = self.clock.now(self._wall_ms())  # drains asked before this are old
             self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self._heartbeat = self.ledger.heartbeats.get(self.node_id, 0)
             for view in self.ledger.tasks.values():
@@ -405,8 +424,12 @@ class Node:
         ring = self.ring
         self.reload_keys()
         sender = bytes.fromhex(self.node_id)
-        # Counters must never repeat for this sender, across restarts too: start at the clock.
-        sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000)
+        # Nonces never repeat, whatever the clock does: each run seals under a key of its own
+        # (the random boot id). The counter starts at the clock so that peers' replay windows,
+        # which remember our last run's counters, take this run's envelopes.
+        sealer = wire.Sealer(
+            sender, ring, counter=time.time_ns() // 1000, boot=os.urandom(wire.BOOT_BYTES)
+        )
         self.membership = gossip.Membership(
             self.node_id,
             bind,
@@ -422,7 +445,7 @@ class Node:
             self.membership,
             bind,
             sealer,
-            wire.Opener(ring),
+            wire.Opener(ring, sender),
             self._on_members,
             self._on_records,
             self._serve_sync,
@@ -616,6 +639,9 @@ class Node:
         if rows and rows[0].remote:
             self._heard_at = now
         for row in rows:
+            stamp = stamp_of(row.body) if row.remote else None
+            if stamp is not None:  # every peer's record passes here: the clock sees it first
+                self._observe(row.version.origin, stamp)
             for change in self.ledger.apply(row.version, row.body):
                 self._on_state_changed(change)
                 changed = True
@@ -640,6 +666,25 @@ class Node:
             self._changes += 1
             self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self._progress = asyncio.Event()
+
+    def _observe(self, origin: str, stamp: int) -> None:
+        """Take a peer's stamp into our clock, so that what we stamp after seeing its record
+        (a cancel after a submission) orders after it whatever our wall clock says. A stamp too
+        far ahead of our wall clock (clock.py's bound) is not adopted: one broken or hostile
+        clock must not drag ours, and through ours every node's, into the future. Counted,
+        and said once for each origin."""
+        if self.clock.observe(stamp, self._wall_ms()):
+            return
+        self.stamps_ahead += 1
+        said = (origin, "clock ahead")
+        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
+            self._refusals_logged.add(said)
+            ahead_s = (wall_ms_of(stamp) - self._wall_ms()) / 1000
+            log.warning(
+                "node %s stamps its records %.0f s ahead of this node's clock (more than %d s): "
+                "not taken into this node's clock; is one of the two clocks wrong? (logged once)",
+                origin[:8], ahead_s, MAX_FORWARD_DRIFT_MS // 1000,
+            )  # fmt: skip
 
     def _check_claim(self, task: str) -> None:
         """Another node claimed a task we run: if its claim wins, ours stops (the simple rule
@@ -1068,7 +1113,7 @@ class Node:
         attempt found still running whose claim never reached the ledger (the daemon died first,
         perhaps because of it) gets its claim written now, so that it is closed too: a task that
         kills its node must count those deaths."""
-        now = wall_ms()
+        now = self._wall_ms()
         unwritten: list[Body] = []
         for task, epoch in self._orphaned:
             view = self.ledger.tasks.get(task)
@@ -1285,6 +1330,9 @@ class Node:
             if not self._may_claim():
                 self._wake_at(time.monotonic() + ISOLATED_RECHECK_S)
                 continue
+            if self._disk_full and not await self._disk_has_room():
+                self._wake_at(time.monotonic() + STORAGE_RETRY_S)
+                continue
             pause = self._claims_paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -1305,6 +1353,16 @@ class Node:
                 self._tg.create_task(self._run_attempt(view, gpu_ids))
             if len(picks) == self.config.claim_batch_max:
                 self._wake.set()  # the batch was full: more may fit, after a turn of the loop
+
+    async def _disk_has_room(self) -> bool:
+        """Whether the state disk, full when an attempt last ended, has room again: until it
+        does, every task claimed would fail on it (and, interrupted, come straight back)."""
+        free = await asyncio.to_thread(free_bytes, self.state.runs)
+        if free < DISK_FULL_FREE_BYTES:
+            return False
+        self._disk_full = False
+        log.info("the disk of %s has room again: claiming tasks", self.state.root)
+        return True
 
     async def _heartbeat_loop(self) -> None:
         previous: Version | None = None
@@ -1401,7 +1459,7 @@ class Node:
 
         try:
             run_dir = self.run_dirs.take()
-            claim = self.sched.new_claim(view, self.clock.now(wall_ms()))
+            claim = self.sched.new_claim(view, self.clock.now(self._wall_ms()))
             epoch = claim.epoch
             launch = Launch(
                 task_id=view.task_id,
@@ -1445,13 +1503,13 @@ class Node:
             self.attempts.pop(view.task_id, None)
             self._claiming.discard(view.task_id)
             self._attempt_ended(view.task_id)  # again, should it have ended by an error
-            if run_dir is not None:
-                self.run_dirs.give_back(run_dir)
             if view.state is State.PENDING:
                 # Its claim never made it to disk (or it ended without a result): it was taken
                 # off the queue when chosen, so it must go back on, or it would wait forever.
                 self._enqueue(view, at_once=True)
             release()
+            if run_dir is not None:  # last: it waits on the task's files (in a thread)
+                await self.run_dirs.give_back(run_dir)
 
     async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
         timer = None
@@ -1520,7 +1578,7 @@ class Node:
     ) -> ResultRecord:
         """The record that closes an attempt with no process outcome to report (cut off by a
         stop, failed inside swarm, or never run): no exit code, no CPU time, no result."""
-        ended_ms = wall_ms() if ended_ms is None else ended_ms
+        ended_ms = self._wall_ms() if ended_ms is None else ended_ms
         return ResultRecord(
             task_id=task,
             epoch=epoch,
@@ -1543,7 +1601,7 @@ class Node:
             f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
             "lost their leases"
         )
-        now = wall_ms()
+        now = self._wall_ms()
         result = self._closing_result(
             launch.task_id, launch.epoch, launch.attempt, Outcome.INTERRUPTED, now, reason
         )
@@ -1596,7 +1654,12 @@ class Node:
         stored: dict[str, str] = {}
         digest: str | None = None
         reason = finished.reason
-        while digest is None:
+        if finished.discarded:
+            self._disk_full = True
+            log.error(
+                "disk full: not claiming new tasks until %s has room (%s)", self.state.root, reason
+            )
+        while digest is None and not finished.discarded:  # discarded: a full disk, no files
             try:
                 digest, new_manifest = await self._store_outputs(finished, stored)
             except StorageFullError as exc:
@@ -1754,6 +1817,7 @@ class Node:
                     "forged": self.net.membership.forged + self.forged_records,
                     "bad_records": self.bad_records,
                     "refused_records": self.refused_records,
+                    "stamps_ahead": self.stamps_ahead,
                     "streams_refused": self.net.streams_refused,
                     "refused_tasks": self.refused_tasks,
                     "gap_pulls": self.gap_pulls,
@@ -1798,7 +1862,7 @@ class Node:
         if node == self.node_id:
             self.drain(None if grace is None else float(grace))
         else:
-            stamp = self.clock.now(wall_ms())
+            stamp = self.clock.now(self._wall_ms())
             await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
         return {
             "ok": True,
@@ -1829,7 +1893,7 @@ class Node:
         if len(incoming) > SUBMIT_TASKS_MAX:
             raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
-        stamp = self.clock.now(wall_ms())
+        stamp = self.clock.now(self._wall_ms())
         bodies: list[Body] = []
         for raw in incoming:
             record = _task_record(job, raw, stamp)
@@ -1855,7 +1919,7 @@ class Node:
 
     async def _cancel(self, target: str) -> dict[str, Any]:
         if target in self.ledger.jobs:
-            await self._append([CancelRecord(target, None, self.clock.now(wall_ms()))])
+            await self._append([CancelRecord(target, None, self.clock.now(self._wall_ms()))])
             return {"ok": True, "cancelled": "job", "target": target}
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
@@ -1864,7 +1928,7 @@ class Node:
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
-        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(wall_ms()))])
+        await self._append([CancelRecord(view.job, view.task_id, self.clock.now(self._wall_ms()))])
         return {"ok": True, "cancelled": "task", "target": view.task_id}
 
     async def _retry(self, job: str) -> dict[str, Any]:
@@ -1904,7 +1968,7 @@ class Node:
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
         return snapshot.build(
-            self.ledger, wall_ms(), self.members(), jobs, infeasible, self.left_out
+            self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
         )
 
 

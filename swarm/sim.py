@@ -117,6 +117,7 @@ class Replica:
         self._truth = truth  # every record ever written, by version: what a copy must equal
         self._seed = seed
         self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
+        self.on_record: list[Callable[[Version, Body], None]] = []  # told of each record stored
 
     def write(self, body: Body) -> Copy:
         self.seq += 1
@@ -183,6 +184,8 @@ class Replica:
         while run + 1 in held:
             run += 1
         self.contiguous[key] = run
+        for told in self.on_record:
+            told(version, body)
         for change in self.ledger.apply(version, body):
             self._check(change)
             for listener in self.listeners:

@@ -2,7 +2,9 @@
 
 Theory of operation: each simulated node is a `Worker` with the daemon's pure `Scheduler`
 (scheduler.py) over its ledger replica (sim.py), its own drifting clock, slots, heartbeats and
-membership. A step of a worker does what the daemon's loops do: write a heartbeat when due, feed
+membership, and a wall clock set off true time, whose hybrid logical clock takes in the stamp of
+every peer's record as the daemon's does (so a node's stamps order after all it has seen:
+checked at every claim). A step of a worker does what the daemon's loops do: write a heartbeat when due, feed
 the heartbeats and membership changes it has seen to its leases, queue the tasks its replica shows
 pending, requeue those whose holder's lease expired, stop an attempt whose claim another beat,
 record the attempts that ended, and claim what fits (a task taken from a peer's share only after a
@@ -24,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock
 from swarm.gossip import MemberState
 from swarm.lease import Leases
 from swarm.ledger import (
+    Body,
     ClaimRecord,
     HeartbeatRecord,
     Outcome,
@@ -34,6 +38,8 @@ from swarm.ledger import (
     State,
     StateChanged,
     TaskRecord,
+    Version,
+    stamp_of,
 )
 from swarm.scheduler import Peer, Scheduler, isolation
 from swarm.sim import InvariantBroken, Network, Replica, Sim
@@ -48,6 +54,11 @@ SETTLE_S = 0.05
 STEP_S = 0.01
 TASK_S = 1.0  # how long each task runs (a little spread around it)
 SPREAD_WIDE = 16  # fresh records go at once to this many members, as the daemon sends them
+# Each node's wall clock is set this far off true time at most (either way): two of them, even
+# after drifting apart for some minutes, stay within what a clock takes in from a peer
+# (clock.py), so every stamp a node writes orders after every stamp it has seen (checked).
+WALL_SKEW_MS_MAX = MAX_FORWARD_DRIFT_MS // 4
+WALL_EPOCH_MS = 1_700_000_000_000  # true time 0 on the wall clocks
 SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "disk", "drain", "mixed")
 
 
@@ -82,6 +93,8 @@ class Worker:
     # Attempts that ended while the disk was full: (task, epoch, outcome), written when it frees.
     unrecorded: list[tuple[str, int, Outcome]] = field(default_factory=list)
     draining: bool = False
+    clock: HybridClock = field(default_factory=HybridClock)  # the node's HLC, as the daemon's
+    wall_skew_ms: int = 0  # how far its wall clock is set off true time
 
 
 class WorkSim:
@@ -105,9 +118,24 @@ class WorkSim:
     def _worker(self, i: int) -> Worker:
         replica = self._replica(i)
         sched = Scheduler(replica.node, replica.ledger, LEASE_S, STAGGER_S)
-        worker = Worker(i, replica.node, sched)
+        skew_ms = random.Random(f"{self.seed}/wall/{i}").randint(
+            -WALL_SKEW_MS_MAX, WALL_SKEW_MS_MAX
+        )
+        worker = Worker(i, replica.node, sched, wall_skew_ms=skew_ms)
         replica.listeners.append(lambda change: self._changed(worker, change))
+        replica.on_record.append(lambda version, body: self._observe(worker, version, body))
         return worker
+
+    def _wall_ms(self, w: Worker) -> int:
+        """What the node's wall clock reads: it runs at its own rate, set off by its skew."""
+        offset, _ = self.sim.clocks.get(self.sim.addr(w.index), (0.0, 1.0))
+        return WALL_EPOCH_MS + int((self.sim.local_now(w.index) - offset) * 1000) + w.wall_skew_ms
+
+    def _observe(self, w: Worker, version: Version, body: Body) -> None:
+        """A peer's record stored: its stamp goes into the node's clock, as the daemon does."""
+        stamp = stamp_of(body)
+        if stamp is not None and version.origin != w.node:
+            w.clock.observe(stamp, self._wall_ms(w))
 
     def _replica(self, i: int) -> Replica:
         assert self.sim.replicas is not None
@@ -131,6 +159,11 @@ class WorkSim:
         self.frozen.discard(i)
         self.sim.restart(i)
         worker = self.workers[i]
+        # The clock starts above the node's own stamps and takes in its peers', as the daemon's.
+        stamps = dict(worker.sched.ledger.max_stamps)
+        worker.clock = HybridClock(stamps.pop(worker.node, 0))
+        for stamp in stamps.values():
+            worker.clock.observe(stamp, self._wall_ms(worker))
         worker.sched.leases = Leases(worker.node, LEASE_S)  # judged afresh on the new life
         worker.states, worker.members = {}, frozenset()
         ledger = worker.sched.ledger
@@ -309,7 +342,13 @@ class WorkSim:
     def _claim(self, w: Worker, task: str, now: float) -> None:
         view = w.sched.ledger.tasks[task]
         assert view.spec is not None
-        claim = w.sched.new_claim(view, self._stamp())
+        seen = max(w.sched.ledger.max_stamps.values(), default=0)
+        claim = w.sched.new_claim(view, w.clock.now(self._wall_ms(w)))
+        if claim.stamp <= seen:
+            raise InvariantBroken(
+                f"seed {self.seed}: {w.node} stamped a claim {claim.stamp} no later than a "
+                f"stamp {seen} it had seen: clocks {WALL_SKEW_MS_MAX} ms apart break the order"
+            )
         epoch, stolen = claim.epoch, claim.stolen
         self.sim.write(w.index, claim, SPREAD_WIDE)
         if view.state is State.RUNNING and w.sched.takeover_exhausts(view):
@@ -320,9 +359,6 @@ class WorkSim:
         w.running[task] = Running(
             claim, self.sim.now + (SETTLE_S if stolen else 0) + duration, settle_at
         )
-
-    def _stamp(self) -> int:
-        return int(self.sim.now * 1000) * 1000 + self.rng.randrange(1000)
 
     def _result(self, i: int, task: str, epoch: int, outcome: Outcome) -> None:
         code = {Outcome.OK: 0, Outcome.FAILED: 1}.get(outcome)

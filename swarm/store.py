@@ -151,8 +151,14 @@ class BlobStore:
     def _put_by_rename(self, src: Path) -> tuple[str, bool] | None:
         """Hash `src` and rename it into place; None if it must be copied instead."""
         st = os.lstat(src)
-        # A symlink would be moved as a link, and another filesystem cannot take a rename.
-        if not stat.S_ISREG(st.st_mode) or st.st_dev != os.stat(self._tmp).st_dev:
+        # A symlink would be moved as a link, and another filesystem cannot take a rename. A
+        # file with other hard links would share its inode with them: a later write through
+        # one (say, a file outside the task's dir) would change the blob under its name.
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_nlink > 1
+            or st.st_dev != os.stat(self._tmp).st_dev
+        ):
             return None
         h = hashlib.sha256()
         size = 0

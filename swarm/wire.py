@@ -4,22 +4,31 @@ Theory of operation
 -------------------
 Every datagram and stream frame between nodes is an envelope:
 
-    header = VERSION (1) | key id (4) | sender id (16) | counter (8)
-    packet = header | ChaCha20-Poly1305(key_for(sender), nonce=counter, aad=header)(body)
+    header = VERSION (1) | flags (1) | key id (4) | sender id (16) | boot id (8) | counter (8)
+    packet = header | ChaCha20-Poly1305(key_for(sender, boot), nonce=counter, aad)(body)
+    aad    = header | recipient id, when flags say ADDRESSED; else header
 
-The key is derived per sender with HKDF from the swarm key (so two senders never share a key and
-their counters never collide as nonces), the counter grows with every envelope a sender seals (so
-a nonce is never reused), and the receiver keeps a sliding replay window per sender: an envelope
-whose counter it has already accepted, or which is older than the window, is dropped. Everything
-that fails — short, truncated, bit-flipped, unknown key, replayed, oversized — raises
-`BadPacket` and never reaches the protocol cores; the caller counts and drops it.
+The key is derived with HKDF from the swarm key for each sender and each boot of it (a random id
+the sender draws at start), so no two senders, and no two runs of one sender, share a key: the
+counter grows with every envelope sealed in a run, so a nonce is never used twice under one key,
+whatever the clocks do. The recipient's id is authenticated too, so an envelope captured on its
+way to one node is refused by every other, and a node refuses its own envelopes sent back to it.
+Only membership traffic to an address whose node is not yet known (a join) goes unaddressed; the
+caller decides what it accepts unaddressed. The receiver keeps a sliding replay window per
+sender: an envelope whose counter it has already accepted, or which is older than the window, is
+dropped. Everything that fails (short, truncated, bit-flipped, unknown key, misaddressed,
+replayed, oversized) raises `BadPacket` and never reaches the protocol cores; the caller counts
+and drops it.
 
 The key ring holds up to KEYS_MAX keys: envelopes are sealed with the one in use and opened with
 whichever the key id names, which is how a key is rotated without losing a packet (install the new
 key everywhere, then use it everywhere, then remove the old one).
 
-Counters must not repeat across restarts: the node passes in a counter that starts above anything
-it sealed before (see `Sealer`). Pure: no I/O, no clock; the cryptography is computation.
+Counters should grow across restarts too, so that peers' replay windows take a restarted node's
+envelopes: the node starts its counter at its clock (see `Sealer`). A node whose clock stepped
+back over a restart is unheard by peers that remember it until its counter passes where it was;
+its nonces are never reused all the same. Pure: no I/O, no clock, no randomness of its own (the
+boot id comes in); the cryptography is computation.
 """
 
 from __future__ import annotations
@@ -39,11 +48,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from swarm import gossip
 from swarm.errors import SwarmError
 
-VERSION = 1
+VERSION = 2
 SENDER_BYTES = 16
+BOOT_BYTES = 8
+ADDRESSED = 0x01  # flags: the recipient's id is bound into the seal
 KEY_BYTES = 32
 TAG_BYTES = 16
-_HEADER = struct.Struct(">B4s16sQ")
+_HEADER = struct.Struct(">BB4s16s8sQ")
 HEADER_BYTES = _HEADER.size
 DATAGRAM_BYTES_MAX = 1400  # stays under a typical path MTU, as memberlist's UDP buffer does
 FRAME_BYTES_MAX = 8 << 20  # one stream frame (bulk sync, blob chunks)
@@ -106,17 +117,20 @@ class _SenderKeys:
         self._cache: dict[tuple[bytes, bytes], ChaCha20Poly1305] = {}
         self._bound = bound
 
-    def get(self, key: bytes, sender: bytes) -> ChaCha20Poly1305:
-        aead = self._cache.get((key, sender))
+    def get(self, key: bytes, sender: bytes, boot: bytes) -> ChaCha20Poly1305:
+        aead = self._cache.get((key, sender + boot))
         if aead is None:
             derived = HKDF(
-                algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"swarm/1 " + sender
+                algorithm=hashes.SHA256(),
+                length=KEY_BYTES,
+                salt=None,
+                info=b"swarm/2 " + sender + boot,
             ).derive(key)
             aead = ChaCha20Poly1305(derived)
         return aead
 
-    def keep(self, key: bytes, sender: bytes, aead: ChaCha20Poly1305) -> None:
-        slot = (key, sender)
+    def keep(self, key: bytes, sender: bytes, boot: bytes, aead: ChaCha20Poly1305) -> None:
+        slot = (key, sender + boot)
         if slot not in self._cache:
             if len(self._cache) >= self._bound:
                 self._cache.pop(next(iter(self._cache)))
@@ -131,22 +145,30 @@ def _nonce(counter: int) -> bytes:
 
 
 class Sealer:
-    """Seals envelopes from one sender. `counter` must start above any counter used before."""
+    """Seals envelopes from one run (`boot`, random) of one sender. `counter` should start above
+    any counter used before (peers' replay windows drop what is below); nonces never repeat
+    under one key whatever it starts at, since the key is this run's own."""
 
-    def __init__(self, sender: bytes, ring: KeyRing, counter: int) -> None:
-        assert len(sender) == SENDER_BYTES
+    def __init__(self, sender: bytes, ring: KeyRing, counter: int, boot: bytes) -> None:
+        assert len(sender) == SENDER_BYTES and len(boot) == BOOT_BYTES
         self.sender = sender
+        self.boot = boot
         self.ring = ring
         self.counter = counter
         self._keys = _SenderKeys()
 
-    def seal(self, body: bytes) -> bytes:
+    def seal(self, body: bytes, to: bytes | None = None) -> bytes:
+        """An envelope for the node whose id is `to` alone, or for whoever listens (None)."""
         self.counter += 1
         key = self.ring.keys[self.ring.in_use]
-        header = _HEADER.pack(VERSION, self.ring.in_use, self.sender, self.counter)
-        aead = self._keys.get(key, self.sender)
-        self._keys.keep(key, self.sender, aead)
-        return header + aead.encrypt(_nonce(self.counter), body, header)
+        flags = 0 if to is None else ADDRESSED
+        header = _HEADER.pack(
+            VERSION, flags, self.ring.in_use, self.sender, self.boot, self.counter
+        )
+        aead = self._keys.get(key, self.sender, self.boot)
+        self._keys.keep(key, self.sender, self.boot, aead)
+        aad = header if to is None else header + to
+        return header + aead.encrypt(_nonce(self.counter), body, aad)
 
 
 @dataclass(slots=True)
@@ -171,24 +193,37 @@ class _Window:
             self.seen |= 1 << (self.top - counter)
 
 
-class Opener:
-    """Opens envelopes from any sender, with a replay window per sender."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    sender: bytes
+    body: bytes
+    addressed: bool  # sealed for this node alone (else: for whoever listened, as a join is)
 
-    def __init__(self, ring: KeyRing, senders_max: int = SENDERS_MAX) -> None:
+
+class Opener:
+    """Opens envelopes for node `me` from any other sender, with a replay window per sender."""
+
+    def __init__(self, ring: KeyRing, me: bytes, senders_max: int = SENDERS_MAX) -> None:
+        assert len(me) == SENDER_BYTES
         self.ring = ring
+        self.me = me
         self._windows: dict[bytes, _Window] = {}
         self._keys = _SenderKeys()
         self._senders_max = senders_max
 
-    def open(self, packet: bytes, size_max: int = DATAGRAM_BYTES_MAX) -> tuple[bytes, bytes]:
-        """(sender id, body) of a valid, fresh envelope; BadPacket otherwise."""
+    def open(self, packet: bytes, size_max: int = DATAGRAM_BYTES_MAX) -> Opened:
+        """The sender and body of a valid, fresh envelope for us; BadPacket otherwise."""
         if len(packet) > size_max:
             raise BadPacket(f"{len(packet)} bytes is over the {size_max} byte limit")
         if len(packet) < HEADER_BYTES + TAG_BYTES:
             raise BadPacket(f"{len(packet)} bytes is too short for an envelope")
-        version, kid, sender, counter = _HEADER.unpack_from(packet)
+        version, flags, kid, sender, boot, counter = _HEADER.unpack_from(packet)
         if version != VERSION:
             raise BadPacket(f"unknown envelope version {version}")
+        if flags & ~ADDRESSED:
+            raise BadPacket(f"unknown envelope flags {flags:#x}")
+        if sender == self.me:
+            raise BadPacket("our own envelope, sent back to us")
         key = self.ring.keys.get(kid)
         if key is None:
             raise BadPacket(f"sealed with a key not in the ring ({kid.hex()})")
@@ -196,20 +231,21 @@ class Opener:
         if window is not None and not window.check(counter):
             raise BadPacket(f"replayed or too old (counter {counter})")
         header = packet[:HEADER_BYTES]
-        aead = self._keys.get(key, sender)
+        aad = header + self.me if flags & ADDRESSED else header
+        aead = self._keys.get(key, sender, boot)
         try:
-            body = aead.decrypt(_nonce(counter), packet[HEADER_BYTES:], header)
+            body = aead.decrypt(_nonce(counter), packet[HEADER_BYTES:], aad)
         except InvalidTag as exc:
-            raise BadPacket("authentication failed") from exc
+            raise BadPacket("authentication failed (or sealed for another node)") from exc
         # Only an authentic envelope may move the window or be remembered, or forgeries could
         # push the window forward, or fill memory with made-up senders.
-        self._keys.keep(key, sender, aead)
+        self._keys.keep(key, sender, boot, aead)
         if window is None:
             if len(self._windows) >= self._senders_max:
                 self._windows.pop(next(iter(self._windows)))
             window = self._windows[sender] = _Window()
         window.accept(counter)
-        return sender, body
+        return Opened(sender, body, bool(flags & ADDRESSED))
 
 
 def encode(message: list[Any]) -> bytes:

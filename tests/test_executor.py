@@ -14,27 +14,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from swarm import executor
+from swarm.errors import OutputLimitError
 from swarm.executor import (
     NODE_TAG,
+    OUTPUT_FILES_MAX,
     Attempt,
     Finished,
     Launch,
     RunDirs,
     attempt_env,
+    attempt_tags,
     collect_outputs,
     kill_orphans,
+    kill_strays,
 )
 from swarm.ledger import Outcome
 from swarm.spec import Resources, TaskSpec
@@ -547,6 +555,164 @@ def test_outputs_do_not_follow_symlinked_dirs(tmp_path: Path) -> None:
     assert set(f.outputs) == {"mine.txt"}
 
 
+def collect_within(wd: Path, launch: Launch, bound_s: float = 20.0) -> dict[str, Path]:
+    """collect_outputs in a daemon thread, failing the test if it has not returned in `bound_s`
+    (a walk that follows a symlink loop never does; the thread is then left to the exit)."""
+    box: list[dict[str, Path] | BaseException] = []
+
+    def walk() -> None:
+        try:
+            box.append(collect_outputs(wd, launch))
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=walk, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert box, f"collect_outputs did not return within {bound_s}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def test_outputs_walk_survives_directory_symlink_loops(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    (wd / "sub").mkdir(parents=True)
+    (wd / "x.txt").write_text("hi\n")
+    (wd / "sub" / "y.txt").write_text("yo\n")
+    for name in ("a", "b", "c"):
+        (wd / name).symlink_to(".")
+    (wd / "sub" / "up").symlink_to("..")
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("**/*.txt",))
+    assert collect_within(wd, launch) == {"x.txt": wd / "x.txt", "sub/y.txt": wd / "sub/y.txt"}
+
+
+def test_outputs_walk_does_not_enter_a_link_to_the_root(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "root").symlink_to("/")
+    (wd / "hostname").symlink_to("/etc/hostname")  # a link to a file outside: not taken either
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("**/hostname", "root/etc/*"))
+    assert collect_within(wd, launch) == {}
+
+
+def test_outputs_walk_matches_what_glob_matches_on_a_plain_tree(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    for rel in ("a.csv", "b.txt", ".h.csv", "d/a.csv", "d/e/f.csv", "d/.g/h.csv", "x/y/z.txt"):
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text(rel)
+    patterns = ("**/*.csv", "d/*", "x/**", "*.[bc]*", ".h.csv", "d/**/f.csv", "**/.g/*.csv")
+    for pattern in patterns:
+        launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=(pattern,))
+        expected = {
+            os.path.normpath(rel)
+            for rel in glob.glob(pattern, root_dir=wd, recursive=True)
+            if (wd / rel).is_file()
+        }
+        assert set(collect_outputs(wd, launch)) == expected, pattern
+
+
+@pytest.mark.parametrize(
+    ("bounds", "reason"),
+    [
+        ({"files_max": 3}, "its outputs matched more than 3 files"),
+        ({"bytes_max": 1024}, "its outputs add up to more than 1 KiB"),
+        ({"time_max_s": -1.0}, "collecting its outputs took over -1 s"),
+    ],
+    ids=["files", "bytes", "time"],
+)
+def test_outputs_walk_stops_at_its_bounds(
+    tmp_path: Path, bounds: dict[str, Any], reason: str
+) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for i in range(4):
+        (wd / f"f{i}.bin").write_bytes(b"x" * 400)
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
+    with pytest.raises(OutputLimitError) as caught:
+        collect_outputs(wd, launch, **bounds)
+    assert str(caught.value) == reason
+
+
+def test_an_attempt_past_the_file_bound_fails_with_the_reason(tmp_path: Path) -> None:
+    files = OUTPUT_FILES_MAX + 1
+    launch = make_launch(
+        tmp_path, f"seq {files} | sed 's/$/.out/' | xargs touch", outputs=("*.out",)
+    )
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.FAILED
+    assert f.reason == f"its outputs matched more than {OUTPUT_FILES_MAX:,} files"
+    assert f.outputs == {}
+
+
+@pytest.mark.parametrize(
+    ("cmd", "free_at_start", "outcome", "reason"),
+    [
+        ("head -c 300000 /dev/zero; exit 1", 4 << 20, Outcome.INTERRUPTED, "filled up while"),
+        ("head -c 300000 /dev/zero; exit 1", 1 << 20, Outcome.FAILED, "is larger than the free"),
+        ("head -c 300000 /dev/zero", 1 << 20, Outcome.FAILED, "is larger than the free"),
+        ("head -c 300000 /dev/zero", 4 << 20, Outcome.OK, ""),
+    ],
+    ids=["failed-as-it-filled", "failed-filling-it", "ok-filling-it", "ok-on-a-full-disk"],
+)
+def test_an_attempt_ending_on_a_full_disk(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cmd: str,
+    free_at_start: int,
+    outcome: Outcome,
+    reason: str,
+) -> None:
+    # The disk has `free_at_start` bytes when the attempt starts, and 4 KiB when it ends.
+    frees = iter([free_at_start])
+    monkeypatch.setattr(executor, "free_bytes", lambda _: next(frees, 4096))
+    launch = make_launch(tmp_path, f"{cmd}; echo x > scratch.bin")
+    _, f = run_attempt(launch)
+    assert f.outcome is outcome
+    assert reason in f.reason
+    kept = outcome is Outcome.OK  # an attempt that ended well keeps its files, to be stored
+    assert f.discarded is not kept
+    assert f.stdout.exists() is kept
+    assert (launch.run_dir / "work" / "scratch.bin").exists() is kept
+
+
+@pytest.mark.parametrize(
+    "replace",
+    ["mkfifo ../stdout", "ln -s /etc/hostname ../stdout", "ln ../../../outside ../stdout"],
+    ids=["fifo", "symlink", "hard-link"],
+)
+def test_a_stdout_the_task_replaced_is_not_kept(tmp_path: Path, replace: str) -> None:
+    (tmp_path / "outside").write_text("the user's\n")
+    launch = make_launch(tmp_path, f"echo mine; rm ../stdout; {replace}")
+    assert launch.run_dir.parent.parent == tmp_path  # so ../../../outside is that file
+    _, f = run_attempt(launch)
+    assert f.outcome is Outcome.OK
+    assert not os.path.lexists(f.stdout)  # the node stores nothing, and follows nothing
+    assert (tmp_path / "outside").read_text() == "the user's\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard-link", "fifo"])
+def test_a_recycled_run_dir_never_writes_through_what_a_task_left(
+    tmp_path: Path, kind: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("the user's\n")
+    pool = RunDirs(tmp_path / "run", spare_max=1)
+    run_dir = pool.take()
+    stdout = run_dir / "stdout"
+    if kind == "symlink":
+        stdout.symlink_to(outside)
+    elif kind == "hard-link":
+        os.link(outside, stdout)
+    else:
+        os.mkfifo(stdout)
+    launch = make_launch(tmp_path, "echo fresh")
+    launch = Launch(**{**{k: getattr(launch, k) for k in Launch.__slots__}, "run_dir": run_dir})
+    _, f = run_attempt(launch)
+    assert f.stdout.read_bytes() == b"fresh\n"
+    assert outside.read_text() == "the user's\n"
+
+
 def test_interrupted_attempt_collects_no_outputs(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "echo x > out.txt; echo ready; sleep 30", outputs=("*.txt",))
 
@@ -601,6 +767,73 @@ def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -
         cleanup(attempt)
 
 
+def pid_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Poll until `pid` has exited (a zombie counts as gone), for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["ends", "stopped"])
+def test_a_process_that_left_the_group_dies_with_its_attempt(tmp_path: Path, stop: bool) -> None:
+    tail = "echo ready; sleep 30" if stop else "echo ready"
+    # The pid file is written from the new session: the task goes on only once it has left.
+    escape = "setsid sh -c 'echo $$ > s.tmp; mv s.tmp stray.pid; exec sleep 300' &"
+    launch = make_launch(
+        tmp_path, f"{escape} while [ ! -s stray.pid ]; do sleep 0.01; done; {tail}"
+    )
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        if stop:
+            attempt.stop(Outcome.INTERRUPTED, "node shutting down")
+
+    stray = 0
+    try:
+        _, f = run_attempt(launch, during)
+        stray = int((launch.run_dir / "work" / "stray.pid").read_text())
+        assert pid_gone(stray), f"the setsid sleep {stray} outlived its attempt ({f.outcome})"
+    finally:
+        if stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stray, signal.SIGKILL)
+
+
+def test_kill_strays_spares_other_attempts(
+    tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    env = {"PATH": BASE_ENV["PATH"], NODE_TAG: "n1", "SWARM_TASK_ID": "t1", "SWARM_EPOCH": "2"}
+    other_epoch = sleeper({**env, "SWARM_EPOCH": "1"})
+    mine = sleeper(env)
+    # Popen returns once exec has begun; the kernel shows the new environment a moment later.
+    wait_for_file_text(Path(f"/proc/{mine.pid}/environ"), b"SWARM_EPOCH=2")
+    wait_for_file_text(Path(f"/proc/{other_epoch.pid}/environ"), b"SWARM_EPOCH=1")
+    assert kill_strays(attempt_tags(env)) == 1
+    assert pid_gone(mine.pid)
+    assert other_epoch.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("loadavg", "since_pid", "young", "old"),
+    [
+        ("0.1 0.2 0.3 1/90 5000", 4000, [4000, 4500, 5000, 5001], [3999, 1]),
+        ("0.1 0.2 0.3 1/90 300", 4000, [4000, 1, 3999], []),  # wrapped: every pid may be
+        ("garbled", 4000, [1, 4000], []),
+    ],
+    ids=["rising", "wrapped", "unreadable"],
+)
+def test_young_pids(
+    tmp_path: Path, loadavg: str, since_pid: int, young: list[int], old: list[int]
+) -> None:
+    (tmp_path / "loadavg").write_text(loadavg + "\n")
+    is_young = executor._young_pids(tmp_path, since_pid)
+    assert [is_young(p) for p in young + old] == [True] * len(young) + [False] * len(old)
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"
@@ -640,7 +873,7 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     (first / "stderr").write_bytes(b"")
     (first / "work" / "sub").mkdir()
     (first / "work" / "sub" / "f").write_text("x")
-    pool.give_back(first)
+    asyncio.run(pool.give_back(first))
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []
@@ -648,8 +881,8 @@ def test_run_dirs_are_recycled_clean(tmp_path: Path) -> None:
     assert (again / "stderr").read_bytes() == b""  # empty: kept, to be truncated and reused
     second = pool.take()
     assert second != first and (second / "work").is_dir()
-    pool.give_back(again)
-    pool.give_back(second)  # over spare_max: removed
+    asyncio.run(pool.give_back(again))
+    asyncio.run(pool.give_back(second))  # over spare_max: removed
     assert not second.exists() and first.exists()
 
 
@@ -673,7 +906,7 @@ def test_a_recycled_run_dir_is_clean_even_when_stdout_was_moved_away(tmp_path: P
     first = pool.take()
     (first / "stderr").write_bytes(b"")  # stdout is absent: the store took it
     (first / "work" / "leftover.txt").write_text("secret of the previous task")
-    pool.give_back(first)
+    asyncio.run(pool.give_back(first))
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []

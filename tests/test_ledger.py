@@ -32,6 +32,7 @@ from swarm.ledger import (
     Version,
     body_from_plain,
     body_to_plain,
+    stamp_of,
 )
 from swarm.spec import Resources, TaskSpec
 
@@ -498,6 +499,22 @@ def test_a_job_cancel_does_not_reach_tasks_added_after_it() -> None:
     a(TaskRecord("t3", "job", "later", SPEC, stamp=20))
     assert ledger.tasks["t1"].state is State.CANCELLED
     assert ledger.tasks["t3"].state is State.PENDING
+
+
+def test_the_highest_stamp_of_each_origin_is_kept_over_every_stamped_kind() -> None:
+    """A restarted node starts its clock above its own stamps and takes the others' in as a
+    peer's (bounded): so the ledger keeps them apart, over every kind that carries a stamp."""
+    ledger, a, b = fresh()  # node-a's task at stamp 10
+    b(ClaimRecord("t1", 1, stamp=12))
+    a(CancelRecord("job", "t1", stamp=30))
+    b(DrainRecord("node-a", 40))
+    b(HeartbeatRecord(7))  # no stamp
+    b(result("t1", 1, Outcome.OK))  # its times are for people, not a stamp
+    assert ledger.max_stamps == {"node-a": 30, "node-b": 40}
+    assert [stamp_of(body) for body in (HeartbeatRecord(1), ReplicaRecord("ab" * 32))] == [
+        None,
+        None,
+    ]
 
 
 def test_a_drain_round_trips_and_is_kept_as_the_latest_per_node() -> None:

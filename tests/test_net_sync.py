@@ -34,8 +34,8 @@ class Side:
         self.net = net_class(
             membership,
             addr,
-            wire.Sealer(bytes.fromhex(self.node)[:16], wire.KeyRing.of(KEY), counter=1),
-            wire.Opener(wire.KeyRing.of(KEY)),
+            wire.Sealer(bytes.fromhex(self.node), wire.KeyRing.of(KEY), counter=1, boot=bytes(8)),
+            wire.Opener(wire.KeyRing.of(KEY), bytes.fromhex(self.node)),
             lambda events: None,
             lambda push: None,
             self.serve,
@@ -74,17 +74,23 @@ class Side:
 class WithoutReverse(GossipNet):
     """A peer from before the reverse phase: it answers a digest, then closes the stream."""
 
-    async def _serve_stream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        request = await self._read_frame(reader)
+    async def _serve_stream(self, stream: net._Stream) -> None:
+        request = await self._read_frame(stream)
         assert isinstance(request, wire.SyncRequest)
         async for batch in self.serve_sync(request):
-            await self._write_frame(writer, wire.ledger_message_to_plain(batch))
-        writer.close()
+            await self._write_frame(stream, wire.ledger_message_to_plain(batch))
+        stream.writer.close()
+
+
+def know(side: Side, other: Side) -> None:
+    """`side` has heard of `other` as a member: what it sends is sealed for `other` alone."""
+    side.net.membership.members[other.node] = gossip.Member(
+        other.node, other.net.bind, 1, gossip.MemberState.ALIVE, {}, 0.0
+    )
 
 
 async def exchange(asker: Side, answerer: Side) -> None:
+    know(asker, answerer)
     async with asyncio.TaskGroup() as tg:
         loops = [*await asker.net.start(tg), *await answerer.net.start(tg)]
         try:
@@ -164,6 +170,8 @@ def test_a_flood_of_streams_without_the_key_does_not_keep_peers_out(
     asker = Side("a", {}, GossipNet)
     answerer = Side("b", {("b", 1, 1): b"b1"}, GossipNet)
 
+    know(asker, answerer)
+
     async def go() -> None:
         async with serving(asker, answerer):
             flood = [await asyncio.open_connection(*answerer.net.bind) for _ in range(4)]
@@ -177,3 +185,17 @@ def test_a_flood_of_streams_without_the_key_does_not_keep_peers_out(
     asyncio.run(go())
     assert (answerer.node, 1, 1) in asker.records
     assert answerer.net.streams_refused >= 2  # the oldest, then room for the peer's stream
+
+
+def test_ledger_traffic_is_taken_only_when_sealed_for_this_node() -> None:
+    side = Side("b", {}, GossipNet)
+    sealer = wire.Sealer(b"c" * 16, wire.KeyRing.of(KEY), counter=1, boot=bytes(8))
+    push = wire.encode(wire.ledger_message_to_plain(wire.RecordsPush(())))
+    assert side.net._open(sealer.seal(push), wire.DATAGRAM_BYTES_MAX) is None  # for whoever
+    assert side.net._open(sealer.seal(push, b"x" * 16), wire.DATAGRAM_BYTES_MAX) is None
+    assert side.net.dropped == 2
+    mine = sealer.seal(push, bytes.fromhex(side.node))
+    assert side.net._open(mine, wire.DATAGRAM_BYTES_MAX) == (b"c" * 16, wire.RecordsPush(()))
+    # Membership traffic to a node not yet known (a join) goes to whoever listens.
+    ping = wire.encode(wire.packet_to_plain(gossip.Packet(gossip.Gossip(), ())))
+    assert side.net._open(sealer.seal(ping), wire.DATAGRAM_BYTES_MAX) is not None

@@ -8,7 +8,7 @@ import pytest
 
 from swarm.scheduler import Scheduler
 from swarm.sim import InvariantBroken
-from swarm.simwork import SCENARIOS, scenario_work
+from swarm.simwork import SCENARIOS, WorkSim, scenario_work
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -42,3 +42,14 @@ def test_the_checks_catch_a_node_that_runs_on_after_losing_its_claim(
     monkeypatch.setattr(Scheduler, "lost_to", lambda self, task, epoch: None)
     with pytest.raises(InvariantBroken, match="says lost"):
         scenario_work(0, "partition")
+
+
+def test_the_checks_catch_a_node_that_does_not_take_in_its_peers_stamps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nodes' wall clocks are set apart (up to WALL_SKEW_MS_MAX either way): a node that
+    did not observe the stamps of its peers' records, as the daemon did before, would stamp a
+    takeover claim before the claim it saw."""
+    monkeypatch.setattr(WorkSim, "_observe", lambda self, w, version, body: None)
+    with pytest.raises(InvariantBroken, match="no later than a stamp"):
+        scenario_work(0, "kill")

@@ -158,6 +158,19 @@ def test_move_of_symlink_copies_target_and_removes_link(store: BlobStore, tmp_pa
     assert store.read_bytes(digest) == b"pointed at"
 
 
+def test_move_of_a_hard_linked_file_copies_it(store: BlobStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"  # a file of the user's, hard-linked into a task's dir
+    outside.write_bytes(b"version 1")
+    output = store.new_temp_path()
+    os.link(outside, output)
+    digest, new = store.put_file(output, move=True)
+    assert new and not output.exists()
+    assert store.path(digest).stat().st_ino != outside.stat().st_ino
+    outside.write_bytes(b"version 2")  # a later edit of the user's file...
+    assert store.verify(digest)  # ...leaves the stored result as it was
+    assert store.read_bytes(digest) == b"version 1"
+
+
 # -- dedup -------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import astuple
 
 import pytest
 from hypothesis import given, settings
@@ -30,16 +31,18 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 ALICE = b"a" * 16
 BOB = b"b" * 16
+ME = b"m" * 16  # the node that opens
+BOOT = bytes(8)
 
 
 def pair(counter: int = 0) -> tuple[Sealer, Opener]:
-    return Sealer(ALICE, KeyRing.of(KEY), counter), Opener(KeyRing.of(KEY))
+    return Sealer(ALICE, KeyRing.of(KEY), counter, BOOT), Opener(KeyRing.of(KEY), ME)
 
 
 def test_round_trip() -> None:
     sealer, opener = pair()
     packet = sealer.seal(encode([1, "hello", b"\x00\xff", {"k": 2}]))
-    sender, body = opener.open(packet)
+    sender, body, _ = astuple(opener.open(packet))
     assert sender == ALICE
     assert decode(body) == [1, "hello", b"\x00\xff", {"k": 2}]
 
@@ -51,9 +54,9 @@ def test_the_body_is_not_readable_on_the_wire() -> None:
 
 
 def test_a_wrong_key_is_dropped() -> None:
-    packet = Sealer(ALICE, KeyRing.of(OTHER_KEY), 0).seal(b"x")
+    packet = Sealer(ALICE, KeyRing.of(OTHER_KEY), 0, BOOT).seal(b"x")
     with pytest.raises(BadPacket, match="not in the ring"):
-        Opener(KeyRing.of(KEY)).open(packet)
+        Opener(KeyRing.of(KEY), ME).open(packet)
 
 
 def test_a_forged_key_id_is_dropped() -> None:
@@ -61,9 +64,9 @@ def test_a_forged_key_id_is_dropped() -> None:
     ring = KeyRing.of(OTHER_KEY)
     ring.keys = {key_id(KEY): OTHER_KEY}
     ring.in_use = key_id(KEY)
-    packet = Sealer(ALICE, ring, 0).seal(b"x")
+    packet = Sealer(ALICE, ring, 0, BOOT).seal(b"x")
     with pytest.raises(BadPacket, match="authentication failed"):
-        Opener(KeyRing.of(KEY)).open(packet)
+        Opener(KeyRing.of(KEY), ME).open(packet)
 
 
 @settings(max_examples=200, deadline=None)
@@ -99,7 +102,7 @@ def test_oversized_packets_are_dropped_before_any_work() -> None:
     packet = sealer.seal(b"x" * DATAGRAM_BYTES_MAX)
     with pytest.raises(BadPacket, match="over the"):
         opener.open(packet)
-    assert opener.open(packet, size_max=len(packet))[1] == b"x" * DATAGRAM_BYTES_MAX
+    assert opener.open(packet, size_max=len(packet)).body == b"x" * DATAGRAM_BYTES_MAX
 
 
 def test_a_replayed_packet_is_dropped() -> None:
@@ -114,7 +117,7 @@ def test_reordered_packets_within_the_window_pass_once_each() -> None:
     sealer, opener = pair()
     packets = [sealer.seal(str(i).encode()) for i in range(10)]
     for i in [3, 0, 9, 1, 2, 8, 4, 7, 5, 6]:
-        assert opener.open(packets[i])[1] == str(i).encode()
+        assert opener.open(packets[i]).body == str(i).encode()
     for packet in packets:
         with pytest.raises(BadPacket):
             opener.open(packet)
@@ -136,24 +139,24 @@ def test_a_forgery_cannot_move_the_window() -> None:
     forged[HEADER_BYTES - 8 : HEADER_BYTES] = (2**63).to_bytes(8, "big")
     with pytest.raises(BadPacket):
         opener.open(bytes(forged))
-    assert opener.open(genuine)[1] == b"genuine"
+    assert opener.open(genuine).body == b"genuine"
 
 
 def test_senders_have_their_own_windows_and_keys() -> None:
     ring = KeyRing.of(KEY)
-    alice, bob = Sealer(ALICE, ring, 0), Sealer(BOB, ring, 0)
+    alice, bob = Sealer(ALICE, ring, 0, BOOT), Sealer(BOB, ring, 0, BOOT)
     a, b = alice.seal(b"same counter"), bob.seal(b"same counter")
     assert a[HEADER_BYTES:] != b[HEADER_BYTES:]  # per-sender keys: no shared nonce stream
-    opener = Opener(KeyRing.of(KEY))
-    assert opener.open(a)[0] == ALICE
-    assert opener.open(b)[0] == BOB
+    opener = Opener(KeyRing.of(KEY), ME)
+    assert opener.open(a).sender == ALICE
+    assert opener.open(b).sender == BOB
 
 
 def test_forged_sender_ids_cost_no_memory() -> None:
     # The key id is on the wire for anyone to copy; the sender id is whatever the forger says.
-    opener = Opener(KeyRing.of(KEY))
+    opener = Opener(KeyRing.of(KEY), ME)
     for i in range(500):
-        header = wire._HEADER.pack(wire.VERSION, key_id(KEY), os.urandom(16), i + 1)
+        header = wire._HEADER.pack(wire.VERSION, 0, key_id(KEY), os.urandom(16), BOOT, i + 1)
         with pytest.raises(BadPacket):
             opener.open(header + os.urandom(64))
     assert len(opener._keys) == 0 and len(opener._windows) == 0
@@ -165,25 +168,25 @@ def test_forged_sender_ids_cost_no_memory() -> None:
 def test_a_restarted_sender_with_a_higher_counter_is_heard() -> None:
     first, opener = pair(counter=0)
     opener.open(first.seal(b"before"))
-    again = Sealer(ALICE, KeyRing.of(KEY), counter=10**9)
-    assert opener.open(again.seal(b"after restart"))[1] == b"after restart"
+    again = Sealer(ALICE, KeyRing.of(KEY), counter=10**9, boot=BOOT)
+    assert opener.open(again.seal(b"after restart")).body == b"after restart"
 
 
 def test_key_rotation_loses_no_packet_once_each_step_has_spread() -> None:
     sender_ring, receiver_ring = KeyRing.of(KEY), KeyRing.of(KEY)
-    sealer, opener = Sealer(ALICE, sender_ring, 0), Opener(receiver_ring)
+    sealer, opener = Sealer(ALICE, sender_ring, 0, BOOT), Opener(receiver_ring, ME)
     # 1. install the new key everywhere; still sealing with the old one
     new_id = receiver_ring.install(OTHER_KEY)
     sender_ring.install(OTHER_KEY)
-    assert opener.open(sealer.seal(b"old key"))[1] == b"old key"
+    assert opener.open(sealer.seal(b"old key")).body == b"old key"
     # 2. use the new key everywhere: packets under either key still open
     in_flight = sealer.seal(b"sealed just before the switch")
     sender_ring.use(new_id)
     receiver_ring.use(new_id)
-    assert opener.open(sealer.seal(b"new key"))[1] == b"new key"
-    assert opener.open(in_flight)[1] == b"sealed just before the switch"
+    assert opener.open(sealer.seal(b"new key")).body == b"new key"
+    assert opener.open(in_flight).body == b"sealed just before the switch"
     # 3. remove the old key: only then are old-key packets refused
-    late = Sealer(BOB, KeyRing.of(KEY), 0).seal(b"late, old key")
+    late = Sealer(BOB, KeyRing.of(KEY), 0, BOOT).seal(b"late, old key")
     receiver_ring.remove(key_id(KEY))
     with pytest.raises(BadPacket, match="not in the ring"):
         opener.open(late)
@@ -309,3 +312,30 @@ def test_a_record_too_large_to_take_does_not_spoil_the_rest_of_its_frame() -> No
     big = ("a" * 32, 1, 2, b"x" * (wire.RECORD_BODY_BYTES_MAX + 1))
     batch = wire.SyncBatch((("a" * 32, 1, 1, b"small"), big), False, {})
     assert wire.decode_any(wire.encode(wire.ledger_message_to_plain(batch))) == batch
+
+
+def test_an_envelope_sealed_for_one_node_is_refused_by_every_other() -> None:
+    sealer = Sealer(ALICE, KeyRing.of(KEY), 0, BOOT)
+    for_bob = sealer.seal(b"for bob", to=BOB)
+    with pytest.raises(BadPacket, match="another node"):
+        Opener(KeyRing.of(KEY), ME).open(for_bob)
+    opened = Opener(KeyRing.of(KEY), BOB).open(for_bob)
+    assert (opened.body, opened.addressed) == (b"for bob", True)
+    assert not Opener(KeyRing.of(KEY), ME).open(sealer.seal(b"to whoever")).addressed
+
+
+def test_a_node_refuses_its_own_envelopes_sent_back() -> None:
+    sealer = Sealer(ME, KeyRing.of(KEY), 0, BOOT)
+    for packet in (sealer.seal(b"to whoever"), sealer.seal(b"to bob", to=BOB)):
+        with pytest.raises(BadPacket, match="our own"):
+            Opener(KeyRing.of(KEY), ME).open(packet)
+
+
+def test_two_runs_of_a_sender_never_share_a_nonce_under_one_key() -> None:
+    # A clock stepped back over a restart starts the counter where it was before: the run's own
+    # key keeps the (key, nonce) pairs apart all the same.
+    first = Sealer(ALICE, KeyRing.of(KEY), 41, b"\1" * 8).seal(b"same body")
+    second = Sealer(ALICE, KeyRing.of(KEY), 41, b"\2" * 8).seal(b"same body")
+    assert first[: HEADER_BYTES - 16] == second[: HEADER_BYTES - 16]  # same version, key, sender
+    assert first[HEADER_BYTES:] != second[HEADER_BYTES:]
+    assert Opener(KeyRing.of(KEY), ME).open(second).body == b"same body"

@@ -192,6 +192,7 @@ class Swarm:
         key_from: int | None = 0,
         cpus: int = 1,
         home: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> tuple[Cli, Daemon]:
         work = self.tmp_path / f"work{i}"
         work.mkdir(exist_ok=True)
@@ -202,7 +203,7 @@ class Swarm:
         args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", str(cpus)]
         if join is not None:
             args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
-        daemon = Daemon(cli, tuple(args)).start()
+        daemon = Daemon(cli, (*args, *extra)).start()
         self.nodes.append((cli, daemon, port))
         return cli, daemon
 

@@ -69,12 +69,13 @@ def _push(cli: Cli, port: int, origin: str, body: TaskRecord) -> None:
     from swarm import wire
 
     key = bytes.fromhex((cli.home / "swarm.key").read_text().strip())
-    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=_push.counter)
+    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=_push.counter, boot=bytes(8))
+    me = bytes.fromhex(str(json.loads(cli.ok("members", "--json").stdout)["members"][0]["id"]))
     _push.counter += 1
     push = wire.RecordsPush(((origin, 1, 1, db.encode(body)),))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.sendto(
-            sealer.seal(wire.encode(wire.ledger_message_to_plain(push))), ("127.0.0.1", port)
+            sealer.seal(wire.encode(wire.ledger_message_to_plain(push)), me), ("127.0.0.1", port)
         )
 
 

@@ -123,7 +123,7 @@ def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm
     cli0, daemon0 = swarm.start(0)
     port = swarm.nodes[0][2]
     key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
-    sealer = wire.Sealer(b"x" * 16, wire.KeyRing.of(key), counter=1)
+    sealer = wire.Sealer(b"x" * 16, wire.KeyRing.of(key), counter=1, boot=bytes(8))
     genuine = sealer.seal(wire.encode([[wire.MessageType.GOSSIP], []]))
     flipped = bytearray(genuine)
     flipped[-1] ^= 1
@@ -219,7 +219,8 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     cli0.ok("submit", str(task))
     (row,) = export_rows(cli0)
     key = bytes.fromhex((cli0.home / "swarm.key").read_text().strip())
-    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=1)
+    sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=1, boot=bytes(8))
+    me = bytes.fromhex(swarm.node_id(0))
     victim, forger = Identity.generate(), Identity.generate()
     done = ResultRecord(
         task_id=row["task_id"],
@@ -247,7 +248,7 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
     ]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for body in packets:
-            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+            udp.sendto(sealer.seal(body, me), ("127.0.0.1", port))
     wait_for("both forgeries to be counted", lambda: swarm.members(0)["net"]["forged"] >= 2)
     assert victim.node_id not in swarm.states(0)
     assert cli0.job("never")["done"] == 0
@@ -263,7 +264,7 @@ def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None
                 )
             ),
         ]:
-            udp.sendto(sealer.seal(body), ("127.0.0.1", port))
+            udp.sendto(sealer.seal(body, me), ("127.0.0.1", port))
     wait_for("the genuine Alive to be taken", lambda: victim.node_id in swarm.states(0))
     wait_for("the genuine result to be taken", lambda: cli0.job("never")["done"] == 1)
     assert swarm.members(0)["net"]["forged"] == 2
