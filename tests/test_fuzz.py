@@ -103,7 +103,8 @@ def like_the_daemon(test: Callable[..., None]) -> Callable[..., None]:
 
 
 KEY = bytes(range(32))
-ALICE = b"a" * 16
+ALICE = b"a" * 16  # the sender
+ME = b"m" * 16  # the node that opens
 NODE = identity.Identity.generate()
 PEER = identity.Identity.generate()
 DIGEST = "ab" * 32
@@ -401,11 +402,11 @@ DATAGRAM_BODY, _ = wire.encode_datagram(PACKETS[0])
 
 
 def sealer() -> wire.Sealer:
-    return wire.Sealer(ALICE, wire.KeyRing.of(KEY), 1000)
+    return wire.Sealer(ALICE, wire.KeyRing.of(KEY), 1000, bytes(wire.BOOT_BYTES))
 
 
 def opener() -> wire.Opener:
-    return wire.Opener(wire.KeyRing.of(KEY))
+    return wire.Opener(wire.KeyRing.of(KEY), ME)
 
 
 # -- what a value must be good for -------------------------------------------------------------
@@ -581,14 +582,15 @@ def test_open_takes_random_bytes(packet: bytes) -> None:
 @given(st.data())
 @like_the_daemon
 def test_open_takes_a_mutated_datagram_only_unchanged(data: st.DataObject) -> None:
-    real, other = sealer().seal(DATAGRAM_BODY), sealer().seal(wire.encode(wire.HELLO_PLAIN))
+    real = sealer().seal(DATAGRAM_BODY, to=ME)
+    other = sealer().seal(wire.encode(wire.HELLO_PLAIN), to=ME)
     packet = data.draw(mutated(real, (other,)))
     try:
-        sender, body = opener().open(packet)
+        opened = opener().open(packet)
     except wire.BadPacket:
         return
     # Only a whole envelope opens: the one sealed, or the other one spliced in whole.
-    assert (packet, sender, body) in (
+    assert (packet, opened.sender, opened.body) in (
         (real, ALICE, DATAGRAM_BODY),
         (other, ALICE, wire.encode(wire.HELLO_PLAIN)),
     )
@@ -619,8 +621,8 @@ def test_a_mutated_sealed_message_is_a_message_or_dropped(base: bytes, data: st.
     whose body is a real message, mutated."""
     body = data.draw(mutated(base, BODIES_ON_THE_WIRE))
     try:
-        _, opened = opener().open(sealer().seal(body), wire.FRAME_BYTES_MAX)
-        message = wire.decode_any(opened)
+        opened = opener().open(sealer().seal(body, to=ME), wire.FRAME_BYTES_MAX)
+        message = wire.decode_any(opened.body)
     except wire.BadPacket:
         pass
     else:
