@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -600,6 +601,7 @@ def decode_any(body: bytes) -> StreamMessage:
 # -- result blobs ------------------------------------------------------------------------------
 
 BLOB_CHUNK_BYTES = 1 << 20  # one frame of a blob
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,9 +626,9 @@ def _blob_message_from_plain(raw: list[Any]) -> FetchRequest | BlobChunk:
     if raw[0] == "F":
         _arity(raw[1:], 1)
         digest = raw[1]
-        if not isinstance(digest, str) or len(digest) != 64:
+        # A full match: int(digest, 16) also took "0x" and spaces around the digits.
+        if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
             raise ValueError("a digest is 64 hex characters")
-        int(digest, 16)
         return FetchRequest(digest.lower())
     _arity(raw[1:], 3)
     if not isinstance(raw[1], bytes) or len(raw[1]) > BLOB_CHUNK_BYTES:

@@ -1080,6 +1080,12 @@ def test_found_packets_that_are_dropped() -> None:
             wire.packet_from_plain(raw)
 
 
+@pytest.mark.parametrize("digest", ["0x" + "a" * 62, " " + "a" * 62 + " "])
+def test_found_a_fetch_request_that_is_dropped(digest: str) -> None:
+    with pytest.raises(wire.BadPacket):  # int(digest, 16) took them
+        wire.decode_any(wire.encode(["F", digest]))
+
+
 @like_the_daemon
 def test_found_a_control_request_that_is_refused_in_words() -> None:
     problem = control.request_problem({"op": [nested(1000)]})
