@@ -351,6 +351,11 @@ class Node:
             await db.prune_heartbeats(conn)
             await self._serve(writer)
         finally:
+            # Also when a loop failed with a bug: a node that cannot serve exits (for its
+            # supervisor to start it again), and nothing left open keeps the process alive.
+            if self.net is not None:
+                self.net.close()
+            await self._close_reader()
             if conn is not None:
                 await conn.close()
             with contextlib.suppress(FileNotFoundError):
@@ -474,9 +479,7 @@ class Node:
             return await self.net.start(tg)
         except OSError as exc:
             self.net.close()
-            if self._reader is not None:
-                await self._reader.close()
-                self._reader = None
+            await self._close_reader()
             raise ConfigError(
                 f"cannot listen on {bind[0]}:{bind[1]}: {_bind_problem(exc)}"
             ) from exc
@@ -574,8 +577,13 @@ class Node:
         self.net.poke()
         await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * self.config.gossip.gossip_interval_s))
         self.net.close()
+        await self._close_reader()
+
+    async def _close_reader(self) -> None:
+        # Its thread would keep the process alive after the node stopped.
         if self._reader is not None:
-            await self._reader.close()
+            reader, self._reader = self._reader, None
+            await reader.close()
 
     def members(self) -> list[dict[str, Any]]:
         if self.membership is None:
