@@ -6,9 +6,10 @@ way), ledger anti-entropy (a digest, its answer in frames, then the answerer's d
 back on the same stream) and blob fetches. Every
 datagram and frame is sealed (wire.Sealer) and opened (wire.Opener) here, so nothing that fails to
 authenticate or decode reaches the core: it is counted in `dropped` and forgotten. Every stream
-opens with a small sealed Hello: until it has authenticated, a listener reads no more than
-wire.HELLO_BYTES_MAX from it, for at most HELLO_TIMEOUT_S, and holds a bounded number of such
-streams, so nobody without the swarm key can take its memory or its descriptors. The core is
+opens with the listener's random challenge, answered by a small sealed Hello (wire.Hello): until
+then a listener reads no more than wire.HELLO_BYTES_MAX from it, for at most HELLO_TIMEOUT_S,
+and holds a bounded number of such streams, so nobody without the swarm key (or with only
+captured traffic) can take its memory, its descriptors or its ledger. The core is
 driven by a receive loop and one re-armed timer; after each input its outbox is flushed.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import struct
 import time
 from collections import OrderedDict
@@ -43,6 +45,7 @@ SEND_QUEUE_MAX = 1024  # datagrams waiting for the socket; beyond, they are drop
 # proven ones, a new stream is closed at once (both counted in `streams_refused`). So nobody
 # without the key holds more than a few descriptors and bytes, and the control socket, the
 # ledger and the tasks keep theirs.
+NODE_INDEX_EVERY_S = 1.0  # an address no member has is looked for again at most this often
 HELLO_TIMEOUT_S = 2.0
 STREAMS_UNPROVEN_MAX = 32
 STREAMS_MAX = 64
@@ -87,8 +90,8 @@ class GossipNet:
         self._push_pulls = 0
         self._unproven: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
         self._streams = 0  # streams that showed the key, being served
-        self._nodes_by_addr: dict[gossip.Addr, bytes] = {}
-        self._members_seen = 0
+        self._nodes_by_addr: dict[gossip.Addr, str] = {}  # addr -> member id, as last indexed
+        self._nodes_indexed_at = -NODE_INDEX_EVERY_S
         self.streams_refused = 0
         self._tg: asyncio.TaskGroup | None = None
         self._udp: asyncio_dgram.aio.DatagramServer | None = None
@@ -285,7 +288,9 @@ class GossipNet:
             self._refuse_stream(self._unproven.popitem(last=False)[0])
         self._unproven[writer] = None
         stream = _Stream(reader, writer, None)
+        challenge = os.urandom(wire.CHALLENGE_BYTES)
         try:
+            writer.write(challenge)
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 hello = await self._read_frame(stream, wire.HELLO_BYTES_MAX)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
@@ -293,7 +298,9 @@ class GossipNet:
             log.debug("a stream closed before its hello: %s", exc)
         finally:
             self._unproven.pop(writer, None)
-        if not isinstance(hello, wire.Hello):
+        if not isinstance(hello, wire.Hello) or hello.challenge != challenge:
+            if isinstance(hello, wire.Hello):
+                self.dropped += 1  # a Hello from another stream, played again
             writer.close()
             return
         self._streams += 1
@@ -308,8 +315,11 @@ class GossipNet:
 
     async def _serve_stream(self, stream: _Stream) -> None:
         try:
-            async with asyncio.timeout(SYNC_TIMEOUT_S):
+            async with asyncio.timeout(SYNC_TIMEOUT_S) as deadline:
                 first = await self._read_frame(stream)
+                if isinstance(first, wire.FetchRequest):
+                    # A blob may take as long to send as the fetcher waits for it.
+                    deadline.reschedule(asyncio.get_running_loop().time() + FETCH_TIMEOUT_S)
                 if isinstance(first, wire.SyncRequest):
                     await self._answer(stream, first)
                     # The reverse phase: our digest, answered on this stream.
@@ -370,29 +380,41 @@ class GossipNet:
         return opened[1]
 
     async def _connect(self, addr: gossip.Addr) -> _Stream:
-        """A stream to a peer, opened with our Hello; TimeoutError soon if the peer does not
-        take the connection (a filter that drops our SYNs must not hold up replication for the
-        whole transfer timeout)."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(addr[0], addr[1]), CONNECT_TIMEOUT_S
-        )
+        """A stream to a peer, opened with our Hello to its challenge; TimeoutError soon if the
+        peer does not take the connection (a filter that drops our SYNs must not hold up
+        replication for the whole transfer timeout)."""
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            try:
+                challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
+            except BaseException:
+                writer.close()
+                raise
         stream = _Stream(reader, writer, self._node_at(addr))
-        await self._write_frame(stream, wire.HELLO_PLAIN)
+        await self._write_frame(stream, wire.hello_to_plain(wire.Hello(challenge)))
         return stream
 
     def _node_at(self, addr: gossip.Addr) -> bytes | None:
-        """The id of the member at `addr`, to seal for it alone; None for an address not yet
-        known (a seed being joined), whose traffic goes unaddressed."""
+        """The id of the live member at `addr`, to seal for it alone; None for an address not
+        known as a member's (a seed being joined), whose traffic goes unaddressed."""
         node = self._nodes_by_addr.get(addr)
-        if node is None or self._members_seen != len(self.membership.members):
-            self._members_seen = len(self.membership.members)
+        member = None if node is None else self.membership.members.get(node)
+        if member is not None and member.addr == addr and member.state not in gossip.GONE:
+            return bytes.fromhex(member.node)
+        # Unknown, moved, or gone: look again, at most so often for an address nobody has.
+        now = time.monotonic()
+        if node is not None or now - self._nodes_indexed_at >= NODE_INDEX_EVERY_S:
+            self._nodes_indexed_at = now
             self._nodes_by_addr = {
-                m.addr: bytes.fromhex(m.node)
+                m.addr: m.node
                 for m in sorted(self.membership.members.values(), key=_liveness)
                 if m.node != self.membership.node
             }
             node = self._nodes_by_addr.get(addr)
-        return node
+            member = None if node is None else self.membership.members.get(node)
+            if member is not None and member.state not in gossip.GONE:
+                return bytes.fromhex(member.node)
+        return None
 
     def _open(self, data: bytes, size_max: int) -> tuple[bytes, wire.StreamMessage] | None:
         """The sender and message of an envelope, or None (counted). Unaddressed, only
@@ -416,6 +438,7 @@ class _Stream:
     peer: bytes | None  # its node's id, once known: what we send is sealed for it alone
 
 
-def _liveness(member: gossip.Member) -> int:
-    """Gone members sort first, so a live member at a reused address wins it."""
-    return 0 if member.state in gossip.GONE else 1
+def _liveness(member: gossip.Member) -> tuple[bool, float]:
+    """Gone members sort first, then the longest unchanged: the live member that came to a
+    reused address last wins it."""
+    return (member.state not in gossip.GONE, member.changed_at)

@@ -118,6 +118,7 @@ SPREAD_WIDE = 16  # fresh records go at once to this many members
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
+PASSED_OVER_KEPT_MAX = 10_000  # versions of passed-over records remembered, to count each once
 FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
 REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
@@ -279,6 +280,7 @@ class Node:
         self.gap_pulls = 0  # pulls started because a push showed we missed records
         self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
         self.refused_records = 0  # records passed over: too large, or undecodable
+        self._passed_over: set[tuple[str, int, int]] = set()  # their versions, a bounded number
         self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in (clock.py)
         self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
         # TASK records whose id is not the hash of their content (edited on disk, or forged by
@@ -857,7 +859,13 @@ class Node:
             self.ledger.high_seq[key] = seq
 
     def _refused(self, key: tuple[str, int], seq: int, reason: str, detail: str = "") -> None:
-        """A record passed over: counted, and logged once for each origin and reason."""
+        """A record passed over: counted once (a record too large to send is passed over each
+        time a peer asks), and logged once for each origin and reason."""
+        version = (key[0], key[1], seq)
+        if version in self._passed_over:
+            return
+        if len(self._passed_over) < PASSED_OVER_KEPT_MAX:
+            self._passed_over.add(version)
         self.refused_records += 1
         said = (key[0], reason)
         if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:

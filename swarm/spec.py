@@ -172,6 +172,9 @@ ARG_BYTES_MAX = 128 * 1024 - 1
 # TASK record far below what one peer frame carries (wire.RECORD_BODY_BYTES_MAX). Large inputs
 # belong in files that the task reads.
 SPEC_BYTES_MAX = 256 * 1024
+# Each argument, variable, pattern or label counts for this much besides its text: exec takes a
+# pointer for each, and the record a few bytes. A million empty arguments are not a small task.
+ITEM_OVERHEAD_BYTES = 8
 
 
 def _num(value: Any) -> float:
@@ -292,7 +295,7 @@ def _check_size(spec: TaskSpec) -> None:
                 f"{field}: an argument of {size} bytes is over the kernel's limit of "
                 f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads"
             )
-        sizes[field] += size
+        sizes[field] += size + ITEM_OVERHEAD_BYTES
     for key, value in spec.env:
         size = _utf8_bytes(key) + 1 + _utf8_bytes(value)
         if size > ARG_BYTES_MAX:
@@ -300,10 +303,12 @@ def _check_size(spec: TaskSpec) -> None:
                 f"env: {key[:40]} is {size} bytes, over the kernel's limit of {ARG_BYTES_MAX} "
                 "bytes for one environment string"
             )
-        sizes["env"] += size
+        sizes["env"] += size + ITEM_OVERHEAD_BYTES
     sizes["cwd"] = _utf8_bytes(spec.cwd or "")
-    sizes["outputs"] = sum(_utf8_bytes(p) for p in spec.outputs)
-    sizes["requires"] = sum(_utf8_bytes(k) + len(str(v)) for k, v in spec.requires)
+    sizes["outputs"] = sum(_utf8_bytes(p) + ITEM_OVERHEAD_BYTES for p in spec.outputs)
+    sizes["requires"] = sum(
+        _utf8_bytes(k) + len(str(v)) + ITEM_OVERHEAD_BYTES for k, v in spec.requires
+    )
     total = sum(sizes.values())
     if total > SPEC_BYTES_MAX:
         biggest = max(sizes, key=lambda name: sizes[name])

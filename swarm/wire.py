@@ -188,7 +188,13 @@ class _Window:
     def accept(self, counter: int) -> None:
         if counter > self.top:
             shift = counter - self.top
-            self.seen = ((self.seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            if shift >= REPLAY_WINDOW:
+                # A jump past the whole window (a peer back after hours: its counter follows
+                # its clock): nothing behind stays in view. Shifting by the jump would build
+                # an integer of that many bits.
+                self.seen = 1
+            else:
+                self.seen = ((self.seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
             self.top = counter
         else:
             self.seen |= 1 << (self.top - counter)
@@ -586,8 +592,10 @@ def _watermarks(raw: Any) -> Watermarks:
 def decode_any(body: bytes) -> StreamMessage:
     """A membership packet, a ledger or blob message, or a Hello, told apart by their first item."""
     raw = unpack(body, BadPacket, "body")
-    if raw == ["H"]:
-        return Hello()
+    if isinstance(raw, list) and raw and raw[0] == "H":
+        if len(raw) != 2 or not isinstance(raw[1], bytes) or len(raw[1]) != CHALLENGE_BYTES:
+            raise BadPacket("malformed hello")
+        return Hello(raw[1])
     if isinstance(raw, list) and raw and raw[0] in ("F", "C"):
         try:
             return _blob_message_from_plain(raw)
@@ -638,15 +646,25 @@ def _blob_message_from_plain(raw: list[Any]) -> FetchRequest | BlobChunk:
 
 # -- streams -----------------------------------------------------------------------------------
 
-# The first frame of every stream between nodes is a small sealed Hello, so a listener buffers
-# no more than this before it knows the other end holds the swarm key.
+# A stream between nodes opens with a challenge and a Hello. The listener sends CHALLENGE_BYTES
+# of fresh randomness, in the clear; the connector's first frame is a small sealed Hello that
+# carries them back. Until it has read a Hello, the listener buffers no more than
+# HELLO_BYTES_MAX; and a Hello captured from an earlier stream (even one from before the
+# listener restarted, when its replay windows were forgotten) answers another challenge, so no
+# one without the swarm key gets a stream served.
+CHALLENGE_BYTES = 16
 HELLO_BYTES_MAX = 128
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Opens a stream: proves the key before anything large is read."""
+    """Opens a stream: proves the key, for this stream alone, before anything large is read."""
+
+    challenge: bytes
+
+
+def hello_to_plain(hello: Hello) -> list[Any]:
+    return ["H", hello.challenge]
 
 
 StreamMessage = gossip.Packet | LedgerMessage | FetchRequest | BlobChunk | Hello
-HELLO_PLAIN: list[Any] = ["H"]

@@ -392,7 +392,7 @@ PLAINS: tuple[Any, ...] = (
     wire.blob_message_to_plain(wire.FetchRequest(DIGEST)),
     wire.blob_message_to_plain(wire.BlobChunk(b"chunk of a blob", last=True)),
     wire.blob_message_to_plain(wire.BlobChunk(b"", last=True, missing=True)),
-    wire.HELLO_PLAIN,
+    wire.hello_to_plain(wire.Hello(bytes(16))),
 )
 PLAIN_IDS = [
     *(type(p.message).__name__ for p in PACKETS),
@@ -491,7 +491,7 @@ def test_the_real_messages_decode_as_they_were() -> None:
         wire.FetchRequest(DIGEST),
         wire.BlobChunk(b"chunk of a blob", last=True),
         wire.BlobChunk(b"", last=True, missing=True),
-        wire.Hello(),
+        wire.Hello(bytes(16)),
     ]
     assert [db.decode(b) for b in RECORD_BLOBS] == list(BODIES)
     assert identity.check_alive(ALIVE) and identity.check_result(NODE.node_id, BODIES[3])
@@ -585,7 +585,7 @@ def test_open_takes_random_bytes(packet: bytes) -> None:
 @like_the_daemon
 def test_open_takes_a_mutated_datagram_only_unchanged(data: st.DataObject) -> None:
     real = sealer().seal(DATAGRAM_BODY, to=ME)
-    other = sealer().seal(wire.encode(wire.HELLO_PLAIN), to=ME)
+    other = sealer().seal(wire.encode(wire.hello_to_plain(wire.Hello(bytes(16)))), to=ME)
     packet = data.draw(mutated(real, (other,)))
     try:
         opened = opener().open(packet)
@@ -594,7 +594,7 @@ def test_open_takes_a_mutated_datagram_only_unchanged(data: st.DataObject) -> No
     # Only a whole envelope opens: the one sealed, or the other one spliced in whole.
     assert (packet, opened.sender, opened.body) in (
         (real, ALICE, DATAGRAM_BODY),
-        (other, ALICE, wire.encode(wire.HELLO_PLAIN)),
+        (other, ALICE, wire.encode(wire.hello_to_plain(wire.Hello(bytes(16))))),
     )
 
 

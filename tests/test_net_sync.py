@@ -133,7 +133,8 @@ async def serving(*sides: Side) -> AsyncIterator[None]:
 
 
 async def closed_by_peer(reader: asyncio.StreamReader, within_s: float) -> bool:
-    return await asyncio.wait_for(reader.read(), within_s) == b""
+    """The peer closed the stream, having sent nothing but its challenge."""
+    return len(await asyncio.wait_for(reader.read(), within_s)) <= wire.CHALLENGE_BYTES
 
 
 def test_a_stream_without_the_key_is_closed_before_anything_large_is_read() -> None:
@@ -175,7 +176,8 @@ def test_a_flood_of_streams_without_the_key_does_not_keep_peers_out(
     async def go() -> None:
         async with serving(asker, answerer):
             flood = [await asyncio.open_connection(*answerer.net.bind) for _ in range(4)]
-            await asyncio.sleep(0.1)  # all four are waiting for their Hello
+            for reader, _ in flood:  # each is waiting for its Hello once its challenge came
+                await reader.readexactly(wire.CHALLENGE_BYTES)
             extra = await asyncio.open_connection(*answerer.net.bind)
             assert await closed_by_peer(flood[0][0], 2.0)  # the oldest made room
             await asker.net.pull(answerer.net.bind, wire.SyncRequest(asker.digest()))
@@ -199,3 +201,47 @@ def test_ledger_traffic_is_taken_only_when_sealed_for_this_node() -> None:
     # Membership traffic to a node not yet known (a join) goes to whoever listens.
     ping = wire.encode(wire.packet_to_plain(gossip.Packet(gossip.Gossip(), ())))
     assert side.net._open(sealer.seal(ping), wire.DATAGRAM_BYTES_MAX) is not None
+
+
+def test_a_hello_from_another_stream_opens_nothing() -> None:
+    # Captured traffic played again, even to a node that restarted and forgot its replay
+    # windows: the Hello answers another stream's challenge.
+    side = Side("b", {("b", 1, 1): b"b1"}, GossipNet)
+    sealer = wire.Sealer(b"c" * 16, wire.KeyRing.of(KEY), counter=1, boot=bytes(8))
+    me = bytes.fromhex(side.node)
+
+    def frame(message: list[object]) -> bytes:
+        data = sealer.seal(wire.encode(message), me)
+        return struct.pack(">I", len(data)) + data
+
+    async def go() -> tuple[bytes, bytes]:
+        async with serving(side):
+            answers = []
+            for answer_it in (False, True):
+                reader, writer = await asyncio.open_connection(*side.net.bind)
+                challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
+                hello = wire.Hello(challenge if answer_it else bytes(wire.CHALLENGE_BYTES))
+                writer.write(frame(wire.hello_to_plain(hello)))
+                writer.write(frame(wire.ledger_message_to_plain(wire.SyncRequest({}))))
+                answers.append(await asyncio.wait_for(reader.read(1 << 16), 2.0))
+                writer.close()
+            return answers[0], answers[1]
+
+    stale, fresh = asyncio.run(go())
+    assert stale == b""  # closed: not one frame of the ledger served
+    assert fresh  # the same request, with the right Hello, is answered
+
+
+def test_what_is_sent_to_an_address_is_sealed_for_the_live_member_there_now() -> None:
+    side = Side("b", {}, GossipNet)
+    members = side.net.membership.members
+    x, y = "c" * 32, "d" * 32
+    here, there = ("127.0.0.1", 9001), ("127.0.0.1", 9002)
+    members[x] = gossip.Member(x, here, 1, gossip.MemberState.ALIVE, {}, 0.0)
+    members[y] = gossip.Member(y, there, 1, gossip.MemberState.ALIVE, {}, 0.0)
+    assert side.net._node_at(here) == bytes.fromhex(x)
+    # x dies, and y comes back at x's old address (a pod that reuses an IP): same member count.
+    members[x].state = gossip.MemberState.DEAD
+    members[y].addr = here
+    assert side.net._node_at(here) == bytes.fromhex(y)
+    assert side.net._node_at(there) is None

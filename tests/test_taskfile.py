@@ -483,6 +483,7 @@ INVALID: list[tuple[str, Line, str, str]] = [
     ("argv item over exec's limit", {"argv": ["echo", "x" * 128 * KIB]}, "argv", "the kernel's"),
     ("env over exec's limit", {"cmd": "a", "env": {"BIG": "x" * 128 * KIB}}, "env", "BIG is"),
     ("task over its limit", {"argv": ["echo", *["x" * 100 * KIB] * 3]}, "argv", "262144 bytes"),
+    ("a million empty arguments", {"argv": ["true", *[""] * 1_000_000]}, "argv", "262144 bytes"),
 ]
 
 

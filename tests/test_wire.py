@@ -339,3 +339,15 @@ def test_two_runs_of_a_sender_never_share_a_nonce_under_one_key() -> None:
     assert first[: HEADER_BYTES - 16] == second[: HEADER_BYTES - 16]  # same version, key, sender
     assert first[HEADER_BYTES:] != second[HEADER_BYTES:]
     assert Opener(KeyRing.of(KEY), ME).open(second).body == b"same body"
+
+
+def test_a_sender_back_after_a_long_time_costs_one_small_window() -> None:
+    # Counters follow the sender's clock in microseconds: a day away is a jump of 10**11.
+    sealer, opener = pair()
+    opener.open(sealer.seal(b"before"))
+    sealer.counter += 86_400 * 10**6
+    assert opener.open(sealer.seal(b"a day later")).body == b"a day later"
+    window = opener._windows[ALICE]
+    assert window.seen.bit_length() <= REPLAY_WINDOW
+    with pytest.raises(BadPacket):
+        opener.open(sealer.seal(b"x")[:-1])  # still a working window
