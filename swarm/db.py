@@ -22,7 +22,7 @@ import errno
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,6 +270,7 @@ class RowSlice:
 
     rows: list[tuple[int, bytes]]  # (seq, body)
     oversized: list[int]  # seqs of records larger than any peer takes: passed over, not sent
+    withheld: list[int]  # seqs this node refused itself (`Loaded.refused_versions`): not sent
     last: int  # the highest seq this slice covers; `after` when there was nothing past it
 
 
@@ -280,10 +281,11 @@ async def rows_after(
     after: int,
     limit: int,
     bytes_max: int = SYNC_FRAME_BYTES_MAX,
+    withheld: Collection[int] = frozenset(),
 ) -> RowSlice:
     """The stored records of (origin, generation) past `after`: at most `limit` of them and
-    `bytes_max` bytes of bodies (one record at least). The sizes are read first, so a body
-    that is not sent is never loaded."""
+    `bytes_max` bytes of bodies (one record at least), passing over the seqs in `withheld`.
+    The sizes are read first, so a body that is not sent is never loaded."""
     cursor = await conn.execute(
         "SELECT seq, length(body) FROM records WHERE origin = ? AND generation = ? AND seq > ?"
         " ORDER BY seq LIMIT ?",
@@ -291,9 +293,11 @@ async def rows_after(
     )
     sizes = await cursor.fetchall()
     await cursor.close()
-    last, total, oversized = after, 0, []
+    last, total, oversized, passed = after, 0, [], []
     for seq, size in sizes:
-        if size > RECORD_BODY_BYTES_MAX:
+        if seq in withheld:
+            passed.append(int(seq))
+        elif size > RECORD_BODY_BYTES_MAX:
             oversized.append(int(seq))
         elif total + size > bytes_max and total > 0:
             break
@@ -301,7 +305,7 @@ async def rows_after(
             total += size
         last = int(seq)
     if last == after:
-        return RowSlice([], [], after)
+        return RowSlice([], [], [], after)
     cursor = await conn.execute(
         "SELECT seq, body FROM records WHERE origin = ? AND generation = ? AND seq > ?"
         " AND seq <= ? AND length(body) <= ? ORDER BY seq",
@@ -309,7 +313,8 @@ async def rows_after(
     )
     rows = await cursor.fetchall()
     await cursor.close()
-    return RowSlice([(int(seq), bytes(body)) for seq, body in rows], oversized, last)
+    sent = [(int(seq), bytes(body)) for seq, body in rows if seq not in withheld]
+    return RowSlice(sent, oversized, passed, last)
 
 
 async def open_reader(path: Path) -> aiosqlite.Connection:
@@ -364,17 +369,21 @@ class Loaded:
     ledger: Ledger
     unreadable: list[str]  # rows that did not decode: the tasks they describe are not shown
     refused: list[str]  # TASK records that do not hash to their id (edited on disk): not applied
+    # Their versions: never served to peers either, since each peer would refuse them too, and
+    # a refused record holds its origin's watermark below it there (replication.py).
+    refused_versions: set[Version]
 
 
 def load_ledger(path: Path) -> Loaded:
     """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
     described in the answer."""
-    loaded = Loaded(Ledger(), [], [])
+    loaded = Loaded(Ledger(), [], [], set())
     for row in iter_rows(path, loaded.unreadable):
         if isinstance(row.body, TaskRecord):
             problem = task_record_problem(row.body)
             if problem is not None:
                 loaded.refused.append(f"{row.version}: {problem}")
+                loaded.refused_versions.add(row.version)
                 continue
         loaded.ledger.apply(row.version, row.body)
     return loaded

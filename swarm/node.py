@@ -287,6 +287,10 @@ class Node:
         # a peer): never applied. Those of peers are logged once each, a bounded number of them.
         self.refused_tasks = 0
         self._refused_logged: set[Version] = set()
+        # Seqs of the records of the ledger file this node refused on load, per (origin,
+        # generation): never served, or every peer would refuse them and stall that origin.
+        self._withheld: dict[tuple[str, int], frozenset[int]] = {}
+        self._withheld_logged: set[tuple[str, int]] = set()  # said once for each
         self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
@@ -330,6 +334,10 @@ class Node:
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
             self.refused_tasks = len(loaded.refused)
+            withheld: dict[tuple[str, int], set[int]] = {}
+            for v in loaded.refused_versions:
+                withheld.setdefault((v.origin, v.generation), set()).add(v.seq)
+            self._withheld = {key: frozenset(seqs) for key, seqs in withheld.items()}
             for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
             for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
@@ -1095,7 +1103,12 @@ class Node:
             high = self.ledger.high_seq[key]
             while budget > 0:
                 part = await db.rows_after(
-                    self._reader, key[0], key[1], after, min(db.SYNC_ROWS_MAX, budget)
+                    self._reader,
+                    key[0],
+                    key[1],
+                    after,
+                    min(db.SYNC_ROWS_MAX, budget),
+                    withheld=self._withheld.get(key, frozenset()),
                 )
                 if part.last == after:
                     upto[key] = high  # all of it: gaps are records that no longer exist
@@ -1103,7 +1116,13 @@ class Node:
                 for seq in part.oversized:
                     # No peer would take it: sending it would only get the frame refused.
                     self._refused(key, seq, "too large for any peer to take; not sent")
-                budget -= len(part.rows) + len(part.oversized)
+                if part.withheld and key not in self._withheld_logged:
+                    self._withheld_logged.add(key)
+                    log.warning(
+                        "not serving to peers the %d record(s) of %s/%d refused on load",
+                        len(self._withheld[key]), key[0][:8], key[1],
+                    )  # fmt: skip
+                budget -= len(part.rows) + len(part.oversized) + len(part.withheld)
                 after = upto[key] = part.last
                 if part.rows:
                     copies = tuple((key[0], key[1], s, b) for s, b in part.rows)

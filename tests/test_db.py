@@ -164,7 +164,38 @@ def test_a_task_record_edited_on_disk_is_refused_on_load(tmp_path: Path) -> None
     loaded = db.load_ledger(path)
     assert set(loaded.ledger.tasks) == {named.task_id, unnamed.task_id}
     assert len(loaded.refused) == 1 and "does not hash to its id" in loaded.refused[0]
+    assert loaded.refused_versions == {Version("me", 1, 3)}
     assert loaded.unreadable == []
+
+
+def test_a_record_the_node_refused_itself_is_passed_over_not_served(tmp_path: Path) -> None:
+    """A peer would refuse it too and hold the origin's watermark below it: it is left out of
+    every frame, and the frame's last seq moves past it so the watermark can rise."""
+    path = make(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+            [("o", 1, seq, 1, b"x" * 10) for seq in range(1, 7)],
+        )
+    conn.close()
+
+    async def frames() -> list[db.RowSlice]:
+        reader = await db.open_reader(path)
+        out, after = [], 0
+        try:
+            while True:
+                part = await db.rows_after(reader, "o", 1, after, 3, withheld={2, 5, 6})
+                if part.last == after:
+                    return out
+                out.append(part)
+                after = part.last
+        finally:
+            await reader.close()
+
+    parts = asyncio.run(frames())
+    assert [[seq for seq, _ in p.rows] for p in parts] == [[1, 3], [4]]
+    assert [p.withheld for p in parts] == [[2], [5, 6]]
+    assert [p.last for p in parts] == [3, 6]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])

@@ -161,3 +161,47 @@ def test_a_corrupt_ledger_is_one_sentence_from_every_command(
     (cli.home / "ledger.db").rename(cli.home / "ledger.db.corrupt")
     daemon()
     assert cli.status()["jobs"] == []
+
+
+def _edit_one_task_command(ledger: Path, name: str, cmd: str) -> None:
+    """Rewrite the command of the TASK record named `name`, keeping its version and its id."""
+    with sqlite3.connect(ledger) as conn:
+        rows = conn.execute(
+            "SELECT origin, generation, seq, body FROM records WHERE kind = ?", (int(Kind.TASK),)
+        ).fetchall()
+        (found,) = [r for r in rows if msgpack.unpackb(r[3], raw=False)[3] == name]
+        origin, generation, seq, body = found
+        plain = msgpack.unpackb(body, raw=False)
+        plain[4]["cmd"] = cmd
+        conn.execute(
+            "UPDATE records SET body = ? WHERE origin = ? AND generation = ? AND seq = ?",
+            (msgpack.packb(plain, use_bin_type=True), origin, generation, seq),
+        )
+    conn.close()
+
+
+def test_a_task_record_edited_in_the_ledger_file_never_stalls_its_origin_at_peers(
+    swarm: Swarm,
+) -> None:
+    """The node refuses the edited record itself, so it never serves it: a peer that joins
+    later takes everything else of that origin, records written after the edited one too."""
+    first = [{"name": f"first-{i}", "cmd": f"echo {i}", "requires": NEVER} for i in range(3)]
+    second = [{"name": f"second-{i}", "cmd": f"echo {i}", "requires": NEVER} for i in range(3)]
+    cli, node = swarm.start(0)
+    cli.ok("submit", str(write_tasks(cli.cwd / "first.jsonl", first)))
+    (victim,) = [r for r in export_rows(cli) if r["name"] == "first-1"]
+    node.stop()
+    _edit_one_task_command(cli.home / "ledger.db", "first-1", "echo edited")
+    swarm.nodes[0] = (cli, Daemon(cli, node.args).start(), swarm.nodes[0][2])
+    cli.ok("submit", str(write_tasks(cli.cwd / "second.jsonl", second)))
+    expected = {"first-0", "first-2", *(t["name"] for t in second)}
+    assert {r["name"] for r in export_rows(cli)} == expected
+    joined, _ = swarm.start(1, join=0)
+    wait_for(
+        "the joined node to take every intact task of node 0",
+        lambda: {r["name"] for r in export_rows(joined)} == expected,
+        detail=lambda: sorted(r["name"] for r in export_rows(joined)),
+    )
+    for c in (cli, joined):
+        assert victim["task_id"] not in {r["task_id"] for r in export_rows(c)}
+    assert swarm.members(1)["net"]["refused_tasks"] == 0  # never sent to it
