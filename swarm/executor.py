@@ -339,7 +339,12 @@ class Attempt:
             return
         stop = threading.Event()
         scan = _task_threads.run(
-            kill_strays, self._tags, since_pid, time_max_s=STRAY_SCAN_S, stop=stop
+            kill_strays,
+            self._tags,
+            since_pid,
+            pids_max=STRAY_PIDS_MAX,
+            time_max_s=STRAY_SCAN_S,
+            stop=stop,
         )
         try:
             await asyncio.wait_for(scan, STRAY_SCAN_S + STRAY_SCAN_GRACE_S)
@@ -754,49 +759,53 @@ def kill_strays(
     Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times, each
     reading at most `pids_max` environments; gives up after `time_max_s` or once `stop` is set;
     returns how many it killed. A process that cleared or replaced its environment is missed."""
-    killed: set[int] = {os.getpid()}  # never ourselves (a daemon started by a task)
+    # Each process is read once: one that did not carry the tags will not (it would have to
+    # exec with them). Never ourselves (a daemon started by a task).
+    seen: set[int] = {os.getpid()}
+    killed = 0
     deadline = time.monotonic() + time_max_s
 
     def over() -> bool:
         return time.monotonic() > deadline or (stop is not None and stop.is_set())
 
     for _ in range(rounds_max):
-        # One killed a moment ago may not have died yet: only those not killed already count.
-        found = _pids_with(tags, proc, since_pid, killed, pids_max, over)
+        found = _pids_with(tags, proc, since_pid, seen, pids_max, over)
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        killed.update(found)
+        killed += len(found)
         if over():  # it may have stopped reading in the middle of a round
             names = " ".join(sorted(tag.decode(errors="replace") for tag in tags))
             log.warning("gave up looking for the processes left behind with %s", names)
             break
         if not found:
             break
-    return len(killed) - 1
+    return killed
 
 
 def _pids_with(
     tags: frozenset[bytes],
     proc: Path,
     since_pid: int,
-    skip: set[int],
+    seen: set[int],
     pids_max: int = STRAY_PIDS_MAX,
     over: Callable[[], bool] = lambda: False,
 ) -> list[int]:
-    """The young pids, not in `skip`, whose environment carries all `tags`, from at most
-    `pids_max` environments read; stops reading once `over()` says so."""
+    """The young pids, not in `seen`, whose environment carries all `tags`, from at most
+    `pids_max` environments read (their pids are added to `seen`); stops reading once `over()`
+    says so."""
     with os.scandir(proc) as entries:
         listed = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
     young = _young_pids(proc, since_pid)  # after the listing: see there
     pids = []
     read = 0
     for pid in listed:
-        if not young(pid) or pid in skip:
+        if not young(pid) or pid in seen:
             continue
         if read >= pids_max or over():
             break
         read += 1
+        seen.add(pid)
         try:
             environ = _read_environ(proc / str(pid))
         except OSError:

@@ -969,9 +969,38 @@ def test_a_stray_scan_reads_a_bounded_number_of_environments(tmp_path: Path) -> 
     for pid in range(5000, 5011):  # fake processes: found, never killed (no kill_strays)
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "environ").write_bytes(b"PATH=/bin\0" + b"\0".join(tags))
-    found = executor._pids_with(tags, tmp_path, 5002, {5003}, pids_max=4)
-    assert found == [5002, 5004, 5005, 5006]  # 5000 and 5001 are older, 5003 was killed
+    seen = {5003}
+    found = executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
+    assert found == [5002, 5004, 5005, 5006]  # 5000 and 5001 are older, 5003 was read already
+    assert executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
     assert executor._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
+
+
+def test_every_stray_of_many_dies_in_bounded_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More strays than one round reads (a bound made small here): the next rounds read on from
+    where the last stopped, and all die."""
+    monkeypatch.setattr(executor, "STRAY_PIDS_MAX", 8, raising=False)
+    strays = 20
+    big = "x" * 100_000  # each a big environment to read
+    launch = make_launch(
+        tmp_path,
+        f"for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
+        f" while [ $(wc -l < s.pids) -lt {strays} ]; do sleep 0.01; done",
+        env={"BIG": big},
+    )
+    pids: list[int] = []
+    try:
+        _, f = run_attempt(launch)
+        pids = [int(p) for p in (launch.run_dir / "work" / "s.pids").read_text().split()]
+        assert f.outcome is Outcome.OK
+        assert len(pids) == strays
+        assert [p for p in pids if not pid_gone(p)] == []
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
