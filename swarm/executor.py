@@ -14,10 +14,17 @@ If the daemon itself is killed, its attempts keep running as orphans. Every atte
 process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
 The same tags (node, task id, epoch) find, when an attempt ends, the processes that left its
 process group with setsid (`kill_strays`); only one that also cleared its environment escapes.
+Reading a process's environment is the task's to slow down (thousands of processes with big
+environments) or to block (the read takes the process's memory map lock, which a process stuck in
+a page fault on a file it serves itself holds), so the reads run in a thread, bounded in processes
+and time; the loop only checks, in a listing of /proc, whether any process is young enough to be
+one of them, which for a task that leaves nothing behind is all it does.
 
 What an attempt leaves in its dir is the task's to decide (a million files, a symlink to /, a
 loop of links), so every walk over it (collecting outputs, cleaning a run dir) runs in a thread,
-never follows a symlink, and the output walk is bounded in files, bytes and time.
+never follows a symlink, and the output walk is bounded in files, bytes and time. The calls that a
+task can make hang for good (an output walk on a hung mount, an environment read) run on threads of
+their own (`TASK_THREADS_MAX`), so a stuck one never takes a thread the node needs for its own files.
 """
 
 from __future__ import annotations
@@ -25,19 +32,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import glob
 import logging
 import os
+import queue
 import resource
 import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ParamSpec, TypeVar
 
 from swarm.errors import OutputLimitError
 from swarm.ledger import Outcome
@@ -45,6 +56,7 @@ from swarm.spec import TaskSpec
 
 log = logging.getLogger("swarm.executor")
 
+PROC = Path("/proc")
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 MTIME_SLACK_NS = 10_000_000  # 10 ms
@@ -60,6 +72,20 @@ SHELL = "/bin/sh"
 DISK_FULL_FREE_BYTES = 1 << 20
 TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
 STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
+# /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
+# be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
+PROC_ENTRIES_INLINE_MAX = 2_048
+STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
+STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
+# Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
+# process stuck in a page fault) before it ends without them.
+STRAY_SCAN_GRACE_S = 1.0
+# Threads for the calls a task can make hang for good (see `_TaskThreads`): a few, since each
+# stuck one is a thread lost until the call returns, if ever.
+TASK_THREADS_MAX = 4
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +247,7 @@ class Attempt:
             await _wait_exit(self.proc)
             _kill_group(self.proc.pid, signal.SIGKILL)
             self._strays_left = True
-            self._kill_strays()
+            await self._kill_strays()
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
@@ -251,14 +277,15 @@ class Attempt:
         scratch = self.launch.spec.cwd is None
         outputs: dict[str, Path] = {}
         if outcome is not Outcome.INTERRUPTED and self.launch.spec.outputs:
-            self._kill_strays()  # first: none may write while we walk
+            await self._kill_strays()  # first: none may write while we walk
             outputs, problem = await self._collect()
             if problem:
                 reason = f"{reason}; {problem}" if outcome is not Outcome.OK else problem
                 outcome = Outcome.FAILED
-        # A handful of system calls, on /proc and on our own names in the run dir: done here,
-        # since a thread hop just before the next task's fork was measured to slow it by ~1 ms.
-        self._kill_strays()
+        # A handful of system calls on our own names in the run dir (and, if nothing is young
+        # enough to be a stray, on /proc): done here, since a thread hop just before the next
+        # task's fork was measured to slow it by ~1 ms.
+        await self._kill_strays()
         replaced = self._replaced_files()
         if replaced:
             await asyncio.to_thread(_remove_all, replaced)  # a tree, maybe: not on the loop
@@ -299,13 +326,38 @@ class Attempt:
             replaced.append(path)
         return replaced
 
-    def _kill_strays(self) -> None:
-        """The processes of this attempt that left its process group were all forked after its
-        leader, so only pids younger than the leader's are read: a scan of /proc (in memory,
-        never a disk) costing about a directory listing plus one read per young process."""
-        if self._strays_left and self.proc is not None:
-            self._strays_left = False
-            kill_strays(self._tags, self.proc.pid)
+    async def _kill_strays(self) -> None:
+        """Kill the processes of this attempt that left its process group. They were all forked
+        after its leader, so when no process is younger (a listing of /proc, in memory: done
+        here) there is nothing to read; else their environments are read in a thread, bounded
+        in processes and time, and an attempt whose scan is stuck ends without it."""
+        if not self._strays_left or self.proc is None:
+            return
+        self._strays_left = False
+        since_pid = self.proc.pid
+        if not _any_young(PROC, since_pid):
+            return
+        stop = threading.Event()
+        scan = _task_threads.run(
+            kill_strays,
+            self._tags,
+            since_pid,
+            pids_max=STRAY_PIDS_MAX,
+            time_max_s=STRAY_SCAN_S,
+            stop=stop,
+        )
+        try:
+            await asyncio.wait_for(scan, STRAY_SCAN_S + STRAY_SCAN_GRACE_S)
+        except TimeoutError:
+            log.warning(
+                "the scan of %s for the processes task %s left behind did not end in %g s "
+                "(a read stuck on one of them?); the attempt ends without it",
+                PROC,
+                self.launch.task_id,
+                STRAY_SCAN_S + STRAY_SCAN_GRACE_S,
+            )
+        finally:
+            stop.set()  # a scan still running ends at its next process
 
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]
@@ -360,13 +412,21 @@ class Attempt:
         deep its dir is); or none and the reason they were not taken."""
         if not self.launch.spec.outputs:
             return {}, ""
-        walk = asyncio.to_thread(collect_outputs, self.cwd, self.launch, self._started_ns)
+        stop = threading.Event()
+        walk = _task_threads.run(
+            collect_outputs, self.cwd, self.launch, self._started_ns, stop=stop
+        )
         try:
             return await asyncio.wait_for(walk, OUTPUT_COLLECT_S + OUTPUT_COLLECT_GRACE_S), ""
         except OutputLimitError as exc:
             return {}, str(exc)
         except TimeoutError:
             return {}, f"collecting its outputs took over {OUTPUT_COLLECT_S:g} s"
+        finally:
+            # A walk that outlived its wait (it waited for a thread, or one system call hung)
+            # ends at its next entry; one still inside a hung call cannot be interrupted, and
+            # holds its thread until the call returns.
+            stop.set()
 
 
 class RunDirs:
@@ -436,6 +496,7 @@ def collect_outputs(
     files_max: int = OUTPUT_FILES_MAX,
     bytes_max: int = OUTPUT_BYTES_MAX,
     time_max_s: float = OUTPUT_COLLECT_S,
+    stop: threading.Event | None = None,
 ) -> dict[str, Path]:
     """Regular files matching the task's `outputs` globs, by path relative to the working dir,
     last modified at or after `not_before_ns` (wall clock).
@@ -444,7 +505,8 @@ def collect_outputs(
     (to a directory or to a file): a link must not pull in, or loop over, anything outside the
     working dir, nor (once the file is moved into the store) take a file away from there. The
     walk is bounded in files, bytes and time; past a bound it raises OutputLimitError, whose
-    message is the attempt's failure reason."""
+    message is the attempt's failure reason. It also ends so, between two entries, once `stop`
+    is set (by a caller that stopped waiting for it)."""
     found: dict[str, Path] = {}
     globs = [_glob_parts(p) for p in launch.spec.outputs]
     if not globs:
@@ -461,7 +523,7 @@ def collect_outputs(
             continue  # unreadable, or gone meanwhile: as glob, skip it
         with entries:
             for entry in entries:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                     raise OutputLimitError(f"collecting its outputs took over {time_max_s:g} s")
                 after = _step(globs, states, entry.name)
                 if not after:
@@ -685,55 +747,130 @@ def kill_strays(
     since_pid: int = 0,
     proc: Path = Path("/proc"),
     rounds_max: int = STRAY_ROUNDS_MAX,
+    *,
+    pids_max: int = STRAY_PIDS_MAX,
+    time_max_s: float = STRAY_SCAN_S,
+    stop: threading.Event | None = None,
 ) -> int:
     """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
     left the attempt's process group (setsid, a double fork into a new session), which killing
     the group misses. Blocking: run it in a thread. Only processes forked since `since_pid` (the
     attempt's leader) are read, so the cost follows how many are that young, not how many run.
-    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times;
+    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times, each
+    reading at most `pids_max` environments; gives up after `time_max_s` or once `stop` is set;
     returns how many it killed. A process that cleared or replaced its environment is missed."""
-    killed: set[int] = {os.getpid()}  # never ourselves (a daemon started by a task)
+    # Each process is read once: one that did not carry the tags will not (it would have to
+    # exec with them). Never ourselves (a daemon started by a task).
+    seen: set[int] = {os.getpid()}
+    killed = 0
+    deadline = time.monotonic() + time_max_s
+
+    def over() -> bool:
+        return time.monotonic() > deadline or (stop is not None and stop.is_set())
+
     for _ in range(rounds_max):
-        # One killed a moment ago may not have died yet: only those not killed already count.
-        found = [pid for pid in _pids_with(tags, proc, since_pid) if pid not in killed]
+        found = _pids_with(tags, proc, since_pid, seen, pids_max, over)
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        killed.update(found)
+        killed += len(found)
+        if over():  # it may have stopped reading in the middle of a round
+            names = " ".join(sorted(tag.decode(errors="replace") for tag in tags))
+            log.warning("gave up looking for the processes left behind with %s", names)
+            break
         if not found:
             break
-    return len(killed) - 1
+    return killed
 
 
-def _pids_with(tags: frozenset[bytes], proc: Path, since_pid: int) -> list[int]:
-    young = _young_pids(proc, since_pid)
-    pids = []
+def _pids_with(
+    tags: frozenset[bytes],
+    proc: Path,
+    since_pid: int,
+    seen: set[int],
+    pids_max: int = STRAY_PIDS_MAX,
+    over: Callable[[], bool] = lambda: False,
+) -> list[int]:
+    """The young pids, not in `seen`, whose environment carries all `tags`, from at most
+    `pids_max` environments read (their pids are added to `seen`); stops reading once `over()`
+    says so."""
     with os.scandir(proc) as entries:
-        for entry in entries:
-            if not entry.name.isdigit() or not young(int(entry.name)):
-                continue
-            try:
-                with open(f"{entry.path}/environ", "rb") as f:
-                    environ = f.read()  # the kernel bounds it (with the argument list)
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-            if tags.issubset(environ.split(b"\0")):
-                pids.append(int(entry.name))
+        listed = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
+    young = _young_pids(proc, since_pid)  # after the listing: see there
+    pids = []
+    read = 0
+    for pid in listed:
+        if not young(pid) or pid in seen:
+            continue
+        if read >= pids_max or over():
+            break
+        read += 1
+        seen.add(pid)
+        try:
+            environ = _read_environ(proc / str(pid))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if tags.issubset(environ.split(b"\0")):
+            pids.append(pid)
     return pids
 
 
-def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
-    """Which pids may have been forked since `since_pid` was: pids are handed out in rising
-    order, so those above it, unless they have started again from the bottom meanwhile (the
-    last one handed out, from loadavg, is then below `since_pid`): then, and whenever that
-    cannot be told, every pid."""
+def _read_environ(proc_pid: Path) -> bytes:
+    """A process's environment (the kernel bounds it, with the argument list). Blocking, for as
+    long as the process holds its memory map lock (stuck in a page fault): never on the loop."""
+    with open(proc_pid / "environ", "rb") as f:
+        return f.read()
+
+
+def _any_young(proc: Path, since_pid: int, entries_max: int = PROC_ENTRIES_INLINE_MAX) -> bool:
+    """Whether a process may have been forked since `since_pid` was. Cheap enough for the loop:
+    a listing of /proc that reads nothing of any process and stops at the first young pid (they
+    come in rising order, the young ones after the older) or, saying maybe, after `entries_max`
+    entries (most of them then belong to other attempts)."""
+    before = _last_pid(proc)
+    if since_pid <= 0 or before < since_pid:
+        return True  # cannot tell, or pids have started again from the bottom since
+    above = []  # forked while we list, or before pids last started again from the bottom
     try:
-        last = int((proc / "loadavg").read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
-        last = -1
-    if since_pid <= 0 or last < since_pid:
+        with os.scandir(proc) as entries:
+            for seen, entry in enumerate(entries):
+                if seen >= entries_max:
+                    return True
+                if not entry.name.isdigit():
+                    continue
+                pid = int(entry.name)
+                if since_pid <= pid <= before:
+                    return True
+                if pid > before:
+                    above.append(pid)
+    except OSError:
+        return True
+    young = _young_pids(proc, since_pid)
+    return any(young(pid) for pid in above)
+
+
+def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
+    """Which pids of a listing of /proc made just before may have been forked since `since_pid`
+    was. Pids are handed out in rising order up to a maximum, then again from the bottom, so
+    those from `since_pid` up to the last one handed out (from loadavg, read after the listing:
+    any pid listed was handed out by then); if that is below `since_pid`, they have started
+    again from the bottom meanwhile: those above `since_pid` or up to the last. A pid above the
+    last was handed out before pids last started again from the bottom: it is older. Every pid
+    when that cannot be told."""
+    last = _last_pid(proc)
+    if since_pid <= 0 or last < 0:
         return lambda pid: True
-    return lambda pid: pid >= since_pid
+    if last < since_pid:
+        return lambda pid: pid >= since_pid or pid <= last
+    return lambda pid: since_pid <= pid <= last
+
+
+def _last_pid(proc: Path) -> int:
+    """The last pid handed out, or -1 if that cannot be read."""
+    try:
+        return int((proc / "loadavg").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def _attempt_of(environ: list[bytes]) -> tuple[str, int]:
@@ -744,3 +881,47 @@ def _attempt_of(environ: list[bytes]) -> tuple[str, int]:
     except ValueError:
         epoch = 0
     return found.get(b"SWARM_TASK_ID", b"").decode(errors="replace"), epoch
+
+
+class _TaskThreads:
+    """At most `threads_max` threads for the calls a task can make hang for good: a walk of its
+    dir on a hung mount, a read of its process's environment. Those are kept off asyncio's default
+    executor, whose few threads the node needs for its own files; and the threads are daemons,
+    so one stuck for good does not hold up the node's exit (an executor's threads are joined at
+    exit). A call waits its turn when all are busy; one cancelled before its turn never runs."""
+
+    def __init__(self, threads_max: int) -> None:
+        self._threads_max = threads_max
+        self._threads = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[[], Any]]]
+        self._queue = queue.SimpleQueue()
+
+    def run(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> asyncio.Future[_T]:
+        """`fn(*args, **kwargs)` in one of the threads; cancelling the future before it has
+        begun takes it off the queue."""
+        future: futures.Future[_T] = futures.Future()
+        self._queue.put((future, functools.partial(fn, *args, **kwargs)))
+        with self._lock:
+            # Simpler than telling idle threads apart, and threads_max idle threads cost little.
+            if self._threads < self._threads_max:
+                self._threads += 1
+                threading.Thread(target=self._serve, name="swarm-task-io", daemon=True).start()
+        return asyncio.wrap_future(future)
+
+    def _serve(self) -> None:
+        while True:
+            future, call = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller stopped waiting before its turn
+            try:
+                result = call()
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+_task_threads = _TaskThreads(TASK_THREADS_MAX)

@@ -634,6 +634,56 @@ def test_outputs_walk_stops_at_its_bounds(
     assert str(caught.value) == reason
 
 
+def test_outputs_walk_ends_between_entries_once_told_to_stop(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "f.bin").write_bytes(b"x")
+    launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
+    stop = threading.Event()
+    assert set(collect_outputs(wd, launch, stop=stop)) == {"f.bin"}
+    stop.set()
+    with pytest.raises(OutputLimitError, match="collecting its outputs took over"):
+        collect_outputs(wd, launch, stop=stop)
+
+
+def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk on a hung mount stays in its system call for good: the attempt gives up on it, the
+    walk is told to stop (for when the call returns), and more such walks than the default
+    executor has threads still leave it free for the node's own files. Before, each stuck walk
+    held one of the default executor's threads (6 on this 2-core machine), and the
+    `asyncio.to_thread` after them waited (this test's bound: 5 s)."""
+    monkeypatch.setattr(executor, "OUTPUT_COLLECT_S", 0.05)
+    monkeypatch.setattr(executor, "OUTPUT_COLLECT_GRACE_S", 0.05)
+    hung = threading.Event()  # set by the test's end: the "system call" returns
+    stops: list[threading.Event | None] = []
+
+    def stuck_walk(*args: Any, stop: threading.Event | None = None, **kwargs: Any) -> Any:
+        stops.append(stop)
+        hung.wait(30)
+        return {}
+
+    monkeypatch.setattr(executor, "collect_outputs", stuck_walk)
+    walks = (os.cpu_count() or 1) + 5  # more than asyncio's default executor has threads
+    launches = [make_launch(tmp_path, "true", outputs=("*.out",)) for _ in range(walks)]
+
+    async def main() -> list[Finished]:
+        try:
+            ended = [await Attempt(launch, BASE_ENV).finished() for launch in launches]
+            # The node's own blocking calls still get a thread.
+            assert await asyncio.wait_for(asyncio.to_thread(len, "free"), 5) == 4
+            return ended
+        finally:
+            hung.set()
+
+    for f in asyncio.run(main()):
+        assert f.outcome is Outcome.FAILED
+        assert f.reason == "collecting its outputs took over 0.05 s"
+    assert stops, "no walk began"
+    assert all(stop is not None and stop.is_set() for stop in stops)
+
+
 def test_an_attempt_past_the_file_bound_fails_with_the_reason(tmp_path: Path) -> None:
     files = OUTPUT_FILES_MAX + 1
     launch = make_launch(
@@ -820,8 +870,10 @@ def test_kill_strays_spares_other_attempts(
 @pytest.mark.parametrize(
     ("loadavg", "since_pid", "young", "old"),
     [
-        ("0.1 0.2 0.3 1/90 5000", 4000, [4000, 4500, 5000, 5001], [3999, 1]),
-        ("0.1 0.2 0.3 1/90 300", 4000, [4000, 1, 3999], []),  # wrapped: every pid may be
+        # Listed before 5000 was the last pid handed out: 5001 was handed out before pids
+        # last started again from the bottom.
+        ("0.1 0.2 0.3 1/90 5000", 4000, [4000, 4500, 5000], [5001, 3999, 1]),
+        ("0.1 0.2 0.3 1/90 300", 4000, [4000, 32767, 1, 300], [301, 3999]),  # wrapped
         ("garbled", 4000, [1, 4000], []),
     ],
     ids=["rising", "wrapped", "unreadable"],
@@ -832,6 +884,149 @@ def test_young_pids(
     (tmp_path / "loadavg").write_text(loadavg + "\n")
     is_young = executor._young_pids(tmp_path, since_pid)
     assert [is_young(p) for p in young + old] == [True] * len(young) + [False] * len(old)
+
+
+ESCAPE = "setsid sh -c 'echo $$ > s.tmp; mv s.tmp stray.pid; exec sleep 300' &"
+ESCAPED = f"{ESCAPE} while [ ! -s stray.pid ]; do sleep 0.01; done"
+
+
+def kill_stray(launch: Launch) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((launch.run_dir / "work" / "stray.pid").read_text()), signal.SIGKILL)
+
+
+def test_the_loop_runs_while_the_stray_scan_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How long reading the young processes' environments takes is the task's to say (thousands
+    of processes with big environments; a process stuck in a page fault blocks the read of its
+    environment): the loop must run meanwhile. The scan is held (a seam) until the loop has run
+    during it. Before, the scan ran on the loop, so the loop could not run until the hold gave
+    up (after this test's bound of 5 s)."""
+    scanning, loop_ran = threading.Event(), threading.Event()
+    held: list[bool] = []
+    real = executor._pids_with
+
+    def held_scan(*args: Any, **kwargs: Any) -> list[int]:
+        scanning.set()
+        held.append(loop_ran.wait(5))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "_pids_with", held_scan)
+    launch = make_launch(tmp_path, ESCAPED)
+
+    async def heartbeat() -> None:
+        while not loop_ran.is_set():
+            if scanning.is_set():
+                loop_ran.set()
+            await asyncio.sleep(0.005)
+
+    async def main() -> Finished:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(heartbeat())
+            return await Attempt(launch, BASE_ENV).finished()
+
+    try:
+        f = asyncio.run(main())
+        assert f.outcome is Outcome.OK
+        assert held and all(held), "the loop did not run while the stray scan read"
+        stray = int((launch.run_dir / "work" / "stray.pid").read_text())
+        assert pid_gone(stray)  # and the scan, off the loop, still killed the stray
+    finally:
+        loop_ran.set()
+        kill_stray(launch)
+
+
+def test_an_attempt_ends_though_its_stray_scan_is_stuck_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of a process's environment that never returns (its process stuck in a page fault
+    on a file it serves itself) costs the scan's thread, not the attempt's end. Before, the
+    attempt ended only once the read did (here, when the seam's 5 s bound ran out)."""
+    monkeypatch.setattr(executor, "STRAY_SCAN_S", 0.05, raising=False)
+    monkeypatch.setattr(executor, "STRAY_SCAN_GRACE_S", 0.05, raising=False)
+    release, returned = threading.Event(), threading.Event()
+
+    def stuck_scan(*args: Any, **kwargs: Any) -> list[int]:
+        release.wait(5)  # as a read of /proc/<pid>/environ that does not return
+        returned.set()
+        return []
+
+    monkeypatch.setattr(executor, "_pids_with", stuck_scan)
+    launch = make_launch(tmp_path, ESCAPED)
+    try:
+        _, f = run_attempt(launch)
+        assert not returned.is_set(), "the attempt waited for the stuck read"
+        assert f.outcome is Outcome.OK
+    finally:
+        release.set()
+        kill_stray(launch)
+
+
+def test_a_stray_scan_reads_a_bounded_number_of_environments(tmp_path: Path) -> None:
+    tags = frozenset({b"SWARM_NODE=n1", b"SWARM_TASK_ID=t1"})
+    (tmp_path / "loadavg").write_text("0.1 0.2 0.3 1/90 5010\n")
+    for pid in range(5000, 5011):  # fake processes: found, never killed (no kill_strays)
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "environ").write_bytes(b"PATH=/bin\0" + b"\0".join(tags))
+    seen = {5003}
+    found = executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
+    assert found == [5002, 5004, 5005, 5006]  # 5000 and 5001 are older, 5003 was read already
+    assert executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
+    assert executor._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
+
+
+def test_every_stray_of_many_dies_in_bounded_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More strays than one round reads (a bound made small here): the next rounds read on from
+    where the last stopped, and all die."""
+    monkeypatch.setattr(executor, "STRAY_PIDS_MAX", 8, raising=False)
+    strays = 20
+    big = "x" * 100_000  # each a big environment to read
+    launch = make_launch(
+        tmp_path,
+        f"for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
+        f" while [ $(wc -l < s.pids) -lt {strays} ]; do sleep 0.01; done",
+        env={"BIG": big},
+    )
+    pids: list[int] = []
+    try:
+        _, f = run_attempt(launch)
+        pids = [int(p) for p in (launch.run_dir / "work" / "s.pids").read_text().split()]
+        assert f.outcome is Outcome.OK
+        assert len(pids) == strays
+        assert [p for p in pids if not pid_gone(p)] == []
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("loadavg", "pids", "since_pid", "entries_max", "young"),
+    [
+        ("0 0 0 1/9 5000", [1, 3999], 4000, 100, False),
+        ("0 0 0 1/9 5000", [1, 3999, 4500], 4000, 100, True),
+        ("0 0 0 1/9 5000", [1, 3999, 30000], 4000, 100, False),  # from before a wrap
+        ("0 0 0 1/9 300", [1, 3999], 4000, 100, True),  # wrapped since: cannot tell cheaply
+        ("0 0 0 1/9 5000", [1, 2, 3], 4000, 2, True),  # too many to list here
+        ("garbled", [1], 4000, 100, True),
+    ],
+    ids=["none", "one", "pre-wrap", "wrapped", "many", "unreadable"],
+)
+def test_any_young(
+    tmp_path: Path,
+    loadavg: str,
+    pids: list[int],
+    since_pid: int,
+    entries_max: int,
+    young: bool,
+) -> None:
+    (tmp_path / "loadavg").write_text(loadavg + "\n")
+    for pid in pids:
+        (tmp_path / str(pid)).mkdir()
+    assert executor._any_young(tmp_path, since_pid, entries_max) is young
 
 
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
