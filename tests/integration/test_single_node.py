@@ -244,6 +244,9 @@ def test_sigkill_and_restart_loses_nothing_and_reruns_what_was_running(
         "both slow tasks running",
         lambda: all((pids / f"slow{i}").exists() for i in range(2)),
     )
+    # A slot is free for the next task as soon as an attempt's process ends, a moment before
+    # its result is committed: wait until the ledger too shows just the two slow ones running.
+    cli.wait_for("only the slow tasks running", lambda: cli.job("crash")["running"] == 2)
     first.kill(signal.SIGKILL)
     orphans = [int((pids / f"slow{i}").read_text().split()[0]) for i in range(2)]
     assert all(pid_alive(pid) for pid in orphans)  # the tasks outlived their daemon
