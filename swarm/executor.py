@@ -44,7 +44,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,9 @@ STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside 
 # /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
 # be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
 PROC_ENTRIES_INLINE_MAX = 2_048
+# Young processes whose group is read on the loop, to tell other attempts' processes (most young
+# ones, on a busy node) from strays; with more, the scan goes to a thread.
+GROUPS_READ_INLINE_MAX = 64
 STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
 STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
 # Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
@@ -86,6 +89,11 @@ TASK_THREADS_MAX = 4
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+# The process groups of the attempts running now (each attempt leads its own group): their
+# processes are theirs, never another attempt's strays.
+_live_groups: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +206,7 @@ class Attempt:
                     env=env,
                     start_new_session=True,
                 )
+                _live_groups.add(self.proc.pid)
             except OSError as exc:
                 # The program or the cwd is missing or not executable: a failed attempt, like a
                 # shell's exit 127, with the reason where the user looks first.
@@ -227,6 +236,7 @@ class Attempt:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        _live_groups.discard(self.proc.pid)
         self._strays_left = True  # nor those that left its group: see _kill_strays
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
@@ -246,6 +256,7 @@ class Attempt:
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
             _kill_group(self.proc.pid, signal.SIGKILL)
+            _live_groups.discard(self.proc.pid)
             self._strays_left = True
             await self._kill_strays()
 
@@ -335,7 +346,7 @@ class Attempt:
             return
         self._strays_left = False
         since_pid = self.proc.pid
-        if not _any_young(PROC, since_pid):
+        if not _any_young(PROC, since_pid, groups_skipped=_live_groups):
             return
         stop = threading.Event()
         scan = _task_threads.run(
@@ -822,31 +833,47 @@ def _read_environ(proc_pid: Path) -> bytes:
         return f.read()
 
 
-def _any_young(proc: Path, since_pid: int, entries_max: int = PROC_ENTRIES_INLINE_MAX) -> bool:
-    """Whether a process may have been forked since `since_pid` was. Cheap enough for the loop:
-    a listing of /proc that reads nothing of any process and stops at the first young pid (they
-    come in rising order, the young ones after the older) or, saying maybe, after `entries_max`
-    entries (most of them then belong to other attempts)."""
+def _any_young(
+    proc: Path,
+    since_pid: int,
+    entries_max: int = PROC_ENTRIES_INLINE_MAX,
+    groups_skipped: Collection[int] = (),
+) -> bool:
+    """Whether a process may have been forked since `since_pid` was, outside `groups_skipped`
+    (the groups of attempts running now: their processes are theirs, not this one's strays).
+    Cheap enough for the loop: a listing of /proc, and the group of each young process (its
+    `stat`, which never waits on the process), stopping at the first that may be a stray or,
+    saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX groups read."""
     before = _last_pid(proc)
     if since_pid <= 0 or before < since_pid:
         return True  # cannot tell, or pids have started again from the bottom since
-    above = []  # forked while we list, or before pids last started again from the bottom
+    candidates = []  # young, or forked while we list or before pids last started again
     try:
         with os.scandir(proc) as entries:
             for seen, entry in enumerate(entries):
                 if seen >= entries_max:
                     return True
-                if not entry.name.isdigit():
-                    continue
-                pid = int(entry.name)
-                if since_pid <= pid <= before:
-                    return True
-                if pid > before:
-                    above.append(pid)
+                if entry.name.isdigit() and int(entry.name) >= since_pid:
+                    candidates.append(int(entry.name))
     except OSError:
         return True
     young = _young_pids(proc, since_pid)
-    return any(young(pid) for pid in above)
+    candidates = [pid for pid in candidates if young(pid)]
+    if len(candidates) > GROUPS_READ_INLINE_MAX:
+        return True
+    groups = (_group_of(proc, pid) for pid in candidates)
+    return any(group is not None and group not in groups_skipped for group in groups)
+
+
+def _group_of(proc: Path, pid: int) -> int | None:
+    """The process group of `pid`; None once it is gone (a gone process is no stray), -1 if it
+    cannot be read (then it may be one)."""
+    try:
+        stat_line = (proc / str(pid) / "stat").read_bytes()
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        return int(stat_line[stat_line.rindex(b")") + 2 :].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None if not (proc / str(pid)).exists() else -1
 
 
 def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:

@@ -1029,6 +1029,17 @@ def test_any_young(
     assert executor._any_young(tmp_path, since_pid, entries_max) is young
 
 
+def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path) -> None:
+    # On a busy node most young processes belong to the attempts running beside this one: they
+    # are told apart by their group inline, so an attempt that left nothing costs no scan.
+    (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
+    (tmp_path / "4500").mkdir()
+    (tmp_path / "4500" / "stat").write_text("4500 (sh (x) y) S 4100 4100 4100 0 -1 ...\n")
+    assert executor._any_young(tmp_path, 4000, groups_skipped={4100}) is False
+    assert executor._any_young(tmp_path, 4000, groups_skipped={4200}) is True
+    assert executor._any_young(tmp_path, 4000) is True
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"
