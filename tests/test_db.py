@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,25 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_writer(tmp_path: Path) -
     assert db.load_ledger(path).ledger.heartbeats == {"me": 1}
 
 
+def every_slice(path: Path, limit: int, **options: Any) -> list[db.RowSlice]:
+    """The slices that serve every record of origin "o", generation 1, one after another."""
+
+    async def go() -> list[db.RowSlice]:
+        reader = await db.open_reader(path)
+        out, after = [], 0
+        try:
+            while True:
+                part = await db.rows_after(reader, "o", 1, after, limit, **options)
+                if part.last == after:
+                    return out
+                out.append(part)
+                after = part.last
+        finally:
+            await reader.close()
+
+    return asyncio.run(go())
+
+
 def test_a_sync_frame_is_bounded_by_bytes_and_never_holds_a_record_no_peer_takes(
     tmp_path: Path,
 ) -> None:
@@ -103,20 +123,7 @@ def test_a_sync_frame_is_bounded_by_bytes_and_never_holds_a_record_no_peer_takes
         )
     conn.close()
 
-    async def frames() -> list[db.RowSlice]:
-        reader = await db.open_reader(path)
-        out, after = [], 0
-        try:
-            while True:
-                part = await db.rows_after(reader, "o", 1, after, 2_000, bytes_max=1300 * kib)
-                if part.last == after:
-                    return out
-                out.append(part)
-                after = part.last
-        finally:
-            await reader.close()
-
-    parts = asyncio.run(frames())
+    parts = every_slice(path, 2_000, bytes_max=1300 * kib)
     assert [[seq for seq, _ in p.rows] for p in parts] == [[1, 2, 3], [5, 6]]
     assert [p.oversized for p in parts] == [[4], []]
     assert all(sum(len(body) for _, body in p.rows) <= 1300 * kib for p in parts)
@@ -179,20 +186,7 @@ def test_a_record_the_node_refused_itself_is_passed_over_not_served(tmp_path: Pa
         )
     conn.close()
 
-    async def frames() -> list[db.RowSlice]:
-        reader = await db.open_reader(path)
-        out, after = [], 0
-        try:
-            while True:
-                part = await db.rows_after(reader, "o", 1, after, 3, withheld={2, 5, 6})
-                if part.last == after:
-                    return out
-                out.append(part)
-                after = part.last
-        finally:
-            await reader.close()
-
-    parts = asyncio.run(frames())
+    parts = every_slice(path, 3, withheld={2, 5, 6})
     assert [[seq for seq, _ in p.rows] for p in parts] == [[1, 3], [4]]
     assert [p.withheld for p in parts] == [[2], [5, 6]]
     assert [p.last for p in parts] == [3, 6]

@@ -22,10 +22,8 @@ TMPFS_BYTES = 4 << 20
 def test_full_disk_pauses_the_node_and_it_recovers(
     small_disk: Path, tmp_path: Path, daemon: Callable[..., Daemon]
 ) -> None:
-    work = tmp_path / "work2"
-    work.mkdir()
-    cli = Cli(home=small_disk / "home", cwd=work)
-    node = Daemon(cli, ("--cpus", "2")).start()
+    cli, node = _node_on(small_disk, tmp_path)
+    work = cli.cwd
     try:
         tasks = write_tasks(
             work / "big.jsonl",
@@ -65,6 +63,14 @@ def test_full_disk_pauses_the_node_and_it_recovers(
 DISK_WAIT_S = 20.0  # each case settles in a few seconds once fixed; stuck, it never does
 
 
+def _node_on(disk: Path, tmp_path: Path) -> tuple[Cli, Daemon]:
+    """A node whose state dir is on the small disk (its tasks' files outside it)."""
+    work = tmp_path / "work2"
+    work.mkdir()
+    cli = Cli(home=disk / "home", cwd=work)
+    return cli, Daemon(cli, ("--cpus", "2")).start()
+
+
 def _free(path: Path) -> int:
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
@@ -79,10 +85,8 @@ def _home_files(home: Path) -> list[Path]:
 def test_a_task_whose_stdout_fills_the_disk_fails_and_gives_the_space_back(
     small_disk: Path, tmp_path: Path
 ) -> None:
-    work = tmp_path / "work2"
-    work.mkdir()
-    cli = Cli(home=small_disk / "home", cwd=work)
-    node = Daemon(cli, ("--cpus", "2")).start()
+    cli, node = _node_on(small_disk, tmp_path)
+    work = cli.cwd
     try:
         free_before = _free(small_disk)
         flood = write_tasks(
@@ -113,10 +117,8 @@ def test_a_task_whose_stdout_fills_the_disk_fails_and_gives_the_space_back(
 def test_a_submission_refused_for_space_gives_its_space_back(
     small_disk: Path, tmp_path: Path
 ) -> None:
-    work = tmp_path / "work2"
-    work.mkdir()
-    cli = Cli(home=small_disk / "home", cwd=work)
-    node = Daemon(cli, ("--cpus", "2")).start()
+    cli, node = _node_on(small_disk, tmp_path)
+    work = cli.cwd
     try:
         free_before = _free(small_disk)
         huge = write_tasks(
@@ -137,10 +139,8 @@ def test_a_submission_refused_for_space_gives_its_space_back(
 
 
 def test_tasks_running_when_the_disk_fills_lose_no_retry(small_disk: Path, tmp_path: Path) -> None:
-    work = tmp_path / "work2"
-    work.mkdir()
-    cli = Cli(home=small_disk / "home", cwd=work)
-    node = Daemon(cli, ("--cpus", "2")).start()
+    cli, node = _node_on(small_disk, tmp_path)
+    work = cli.cwd
     filler: Path | None = None
     try:
         # Each writes 20 kB a tenth of a second for 6 s, and stops at its first failed write.
