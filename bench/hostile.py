@@ -67,7 +67,7 @@ EXHAUST_HOLD_S = 15.0
 EXHAUST_RECOVERY_S = 5.0
 TOP_LOG_MESSAGES = 5
 
-_ENVELOPE_HEADER = struct.Struct(">B4s16sQ")  # swarm.wire: version | key id | sender | counter
+_ENVELOPE_HEADER = struct.Struct(">B4s16sQ")  # swarm.core.wire: version | key id | sender | counter
 _TIMESTAMP = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 _FD_EXHAUSTED = re.compile(rb"Too many open files|EMFILE")
 _LISTENER = re.compile(rb"laddr=('[^']*', \d+|[^>]*)")  # which socket asyncio's accept error names
@@ -390,7 +390,7 @@ def forged_senders(node: Node, rate_per_s: int = FORGED_RATE_PER_S) -> list[str]
 
 
 def node_key_id(node: Node) -> bytes:
-    """`swarm.wire.key_id` of the node's swarm key, computed by the checkout under attack."""
+    """`swarm.core.wire.key_id` of the node's swarm key, computed by the checkout under attack."""
     code = (
         "import sys; from swarm import wire; "
         "print(wire.key_id(bytes.fromhex(open(sys.argv[1]).read().strip())).hex())"

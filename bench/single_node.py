@@ -402,7 +402,7 @@ def bench_startup(res: Results, run: int) -> None:
         outcome = run_swarm(work, "true", 1, "full")
     floor = run_child([sys.executable, "-c", "pass"], cwd=Path.cwd(), timeout_s=60, stdin=None)
     imports = run_child(
-        [sys.executable, "-c", "import swarm.cli"], cwd=Path.cwd(), timeout_s=60, stdin=None
+        [sys.executable, "-c", "import swarm.cli.main"], cwd=Path.cwd(), timeout_s=60, stdin=None
     )
     with scratch_dir() as work:
         xargs_one = run_lines_tool(work, xargs_argv("true"), 1)
@@ -491,7 +491,7 @@ def report(
     rep.row("swarm run", "startup swarm", ".3f", " s")
     rep.row("(÷ python3 -c pass)", "startup ratio python", ".1f", "x")
     rep.row("python3 -c pass", "startup python", ".3f", " s")
-    rep.row("python3 -c 'import swarm.cli'", "startup import", ".3f", " s")
+    rep.row("python3 -c 'import swarm.cli.main'", "startup import", ".3f", " s")
     rep.row("xargs -P2", "startup xargs", ".3f", " s")
 
     rep.section(f"peak RSS\nru_maxrss, {n:,} tasks")

@@ -18,9 +18,9 @@ from typing import Any
 
 import msgpack
 
+from swarm.core.wire import unpack
 from swarm.errors import ControlError, NotRunningError, shown
 from swarm.statedir import StateDir
-from swarm.wire import unpack
 
 # -- what a request may hold -------------------------------------------------------------------
 # Every field of every request, with what it must be. A request is checked against this table

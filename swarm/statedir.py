@@ -24,9 +24,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm import db, wire
+from swarm.core import wire
+from swarm.core.identity import Identity
+from swarm.daemon import db
 from swarm.errors import ConfigError
-from swarm.identity import Identity
 
 SWARM_KEY_BYTES = 32
 SOCKET_PATH_BYTES_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux

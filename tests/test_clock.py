@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarm.clock import COUNTER_MAX, MAX_FORWARD_DRIFT_MS, HybridClock, counter_of, pack, wall_ms_of
+from swarm.core.clock import (
+    COUNTER_MAX,
+    MAX_FORWARD_DRIFT_MS,
+    HybridClock,
+    counter_of,
+    pack,
+    wall_ms_of,
+)
 
 
 def test_follows_the_wall_clock_when_it_advances() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from swarm import db
+from swarm.core.ledger import HeartbeatRecord, Kind, ReplicaRecord, TaskRecord, Version
+from swarm.core.spec import Resources, TaskSpec, task_id
+from swarm.daemon import db
 from swarm.errors import CorruptLedgerError, SwarmError
-from swarm.ledger import HeartbeatRecord, Kind, ReplicaRecord, TaskRecord, Version
-from swarm.spec import Resources, TaskSpec, task_id
 
 
 def make(tmp_path: Path) -> Path:

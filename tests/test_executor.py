@@ -1,4 +1,4 @@
-"""Tests of swarm.executor with real subprocesses: outcomes, captured bytes, environment, working
+"""Tests of swarm.daemon.executor with real subprocesses: outcomes, captured bytes, environment, working
 dirs, stopping whole process groups, resource figures, declared outputs and orphan killing.
 
 Every async test drives the executor through `asyncio.run(...)` inside a plain test function.
@@ -29,9 +29,10 @@ from typing import Any
 
 import pytest
 
-from swarm import executor
-from swarm.errors import OutputLimitError
-from swarm.executor import (
+from swarm.core.ledger import Outcome
+from swarm.core.spec import Resources, TaskSpec
+from swarm.daemon import executor
+from swarm.daemon.executor import (
     NODE_TAG,
     OUTPUT_FILES_MAX,
     Attempt,
@@ -44,8 +45,7 @@ from swarm.executor import (
     kill_orphans,
     kill_strays,
 )
-from swarm.ledger import Outcome
-from swarm.spec import Resources, TaskSpec
+from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
 PY = sys.executable

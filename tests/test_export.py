@@ -1,4 +1,4 @@
-"""Tests of swarm.export: manifests, CSV tables and result files written from a real store."""
+"""Tests of swarm.cli.export: manifests, CSV tables and result files written from a real store."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarm.clock import pack
-from swarm.errors import CorruptBlobError, UserInputError
-from swarm.export import (
+from swarm.cli.export import (
     ATTEMPT_COLUMNS,
     TASK_COLUMNS,
     Manifest,
@@ -25,7 +23,8 @@ from swarm.export import (
     write_csv,
     write_results,
 )
-from swarm.ledger import (
+from swarm.core.clock import pack
+from swarm.core.ledger import (
     Body,
     ClaimRecord,
     Ledger,
@@ -35,8 +34,9 @@ from swarm.ledger import (
     TaskRecord,
     Version,
 )
-from swarm.spec import Resources, TaskSpec
-from swarm.store import EMPTY_DIGEST, BlobStore
+from swarm.core.spec import Resources, TaskSpec
+from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.errors import CorruptBlobError, UserInputError
 
 MIB = 1024 * 1024
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00.000Z

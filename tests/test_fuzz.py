@@ -31,18 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from swarm import control, db, gossip, identity, wire
-from swarm.errors import (
-    BadRecordError,
-    ControlError,
-    CorruptBlobError,
-    SwarmError,
-    TaskFileError,
-    UserInputError,
-    shown,
-)
-from swarm.export import Manifest, manifest_bytes, parse_manifest
-from swarm.ledger import (
+from swarm import control
+from swarm.cli.export import Manifest, manifest_bytes, parse_manifest
+from swarm.cli.taskfile import NewTask, parse_jsonl, parse_lines
+from swarm.core import gossip, identity, wire
+from swarm.core.ledger import (
     Body,
     CancelRecord,
     ClaimRecord,
@@ -59,9 +52,18 @@ from swarm.ledger import (
     body_to_plain,
     task_record_problem,
 )
-from swarm.node import _task_record
-from swarm.spec import Resources, TaskSpec, task_id
-from swarm.taskfile import NewTask, parse_jsonl, parse_lines
+from swarm.core.spec import Resources, TaskSpec, task_id
+from swarm.daemon import db
+from swarm.daemon.node import _task_record
+from swarm.errors import (
+    BadRecordError,
+    ControlError,
+    CorruptBlobError,
+    SwarmError,
+    TaskFileError,
+    UserInputError,
+    shown,
+)
 
 FUZZ = settings(
     max_examples=400,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from swarm.gossip import (
+from swarm.core.gossip import (
     Ack,
     Alive,
     Config,
@@ -22,7 +22,7 @@ from swarm.gossip import (
     retransmit_limit,
     suspicion_timeout_s,
 )
-from swarm.sim import Network, Sim, everyone
+from swarm.sim.world import Network, Sim, everyone
 
 SEEDS = range(8)  # CI's fixed seeds; `python -m swarm.sim --seeds N` runs more
 A = ("10.0.0.1", 7946)

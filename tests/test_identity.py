@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm import db, gossip, identity, wire
-from swarm.identity import Identity
-from swarm.ledger import Outcome, ResultRecord
-from swarm.spec import Resources
+from swarm.core import gossip, identity, wire
+from swarm.core.identity import Identity
+from swarm.core.ledger import Outcome, ResultRecord
+from swarm.core.spec import Resources
+from swarm.daemon import db
 
 A = ("10.0.0.1", 7946)
 B = ("10.0.0.2", 7946)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarm.lease import Leases
+from swarm.core.lease import Leases
 
 
 def test_a_lease_lives_while_the_heartbeat_advances() -> None:

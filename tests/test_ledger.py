@@ -10,9 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm import db
-from swarm.errors import BadRecordError
-from swarm.ledger import (
+from swarm.core.ledger import (
     EVICTION_CAP,
     INTERRUPTION_CAP,
     Body,
@@ -34,7 +32,9 @@ from swarm.ledger import (
     body_to_plain,
     stamp_of,
 )
-from swarm.spec import Resources, TaskSpec
+from swarm.core.spec import Resources, TaskSpec
+from swarm.daemon import db
+from swarm.errors import BadRecordError
 
 SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 512 << 20), retries=1)
 CAP = Resources(2.0, 4 << 30)
@@ -562,8 +562,8 @@ def test_a_task_whose_result_is_lost_everywhere_runs_again() -> None:
 
 
 def test_a_task_record_must_hash_to_its_id() -> None:
-    from swarm.ledger import task_record_problem
-    from swarm.spec import task_id
+    from swarm.core.ledger import task_record_problem
+    from swarm.core.spec import task_id
 
     named = TaskRecord(task_id("job", SPEC, "one"), "job", "one", SPEC, stamp=1)
     by_line = TaskRecord(task_id("job", SPEC, None), "job", "12", SPEC, stamp=1)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from swarm import loopguard
-from swarm.loopguard import LOOP_REPORT_EVERY_S, LoopReports
+from swarm.daemon import loopguard
+from swarm.daemon.loopguard import LOOP_REPORT_EVERY_S, LoopReports
 
 
 class Loop:

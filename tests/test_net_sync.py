@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from swarm import gossip, net, wire
-from swarm.net import GossipNet
+from swarm.core import gossip, wire
+from swarm.daemon import net
+from swarm.daemon.net import GossipNet
 
 from .integration.conftest import free_port
 

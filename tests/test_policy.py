@@ -1,4 +1,4 @@
-"""Tests of swarm.policy: label matching and the pending queue (priority, FIFO, backfill, limits).
+"""Tests of swarm.core.policy: label matching and the pending queue (priority, FIFO, backfill, limits).
 
 Requirements are built through the task file parser, so they have exactly the normalized shape the
 node's queue sees.
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from swarm.policy import (
+from swarm.cli.taskfile import parse_jsonl
+from swarm.core.policy import (
     Labels,
     PendingQueue,
     Requires,
@@ -22,8 +23,7 @@ from swarm.policy import (
     rendezvous_rank,
     rendezvous_top,
 )
-from swarm.spec import Resources, TaskSpec
-from swarm.taskfile import parse_jsonl
+from swarm.core.spec import Resources, TaskSpec
 
 MIB = 1024**2
 GIB = 1024**3

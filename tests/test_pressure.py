@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarm.pressure import MEMFREE_MIN, Guard, Running, default_memfree, headroom, left, victim
+from swarm.core.pressure import MEMFREE_MIN, Guard, Running, default_memfree, headroom, left, victim
 
 MIB = 1024**2
 

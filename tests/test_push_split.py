@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from swarm import wire
-from swarm.node import Node
+from swarm.core import wire
+from swarm.daemon.node import Node
 
 
 class Net:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarm.replication import Intake, behind
+from swarm.core.replication import Intake, behind
 
 A, B = ("a", 1), ("b", 7)
 

@@ -1,4 +1,4 @@
-"""Tests of swarm.resources: cgroup-aware probes on fake /proc and /sys trees, and user input."""
+"""Tests of swarm.daemon.resources: cgroup-aware probes on fake /proc and /sys trees, and user input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm import resources
-from swarm.errors import ConfigError, UserInputError
-from swarm.resources import (
+from swarm.core.spec import Resources
+from swarm.daemon import resources
+from swarm.daemon.resources import (
     available_memory_bytes,
     builtin_labels,
     parse_label,
@@ -22,7 +22,7 @@ from swarm.resources import (
     probe_gpus,
     probe_memory_bytes,
 )
-from swarm.spec import Resources
+from swarm.errors import ConfigError, UserInputError
 
 KIB = 1024
 MIB = 1024**2

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from swarm.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, TaskRecord, Version
-from swarm.policy import PendingQueue, rendezvous_rank
-from swarm.scheduler import Peer, Scheduler, isolation, peer_from_meta
-from swarm.spec import Resources, TaskSpec
+from swarm.core.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, TaskRecord, Version
+from swarm.core.policy import PendingQueue, rendezvous_rank
+from swarm.core.scheduler import Peer, Scheduler, isolation, peer_from_meta
+from swarm.core.spec import Resources, TaskSpec
 
 SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
 BIG = Resources(4.0, 1 << 30)

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from swarm.gossip import MemberState
-from swarm.ledger import ClaimRecord, TaskRecord
-from swarm.replication import Intake, Key
-from swarm.sim import _SPEC, InvariantBroken, Sim, everyone, scenario_ledger
+from swarm.core.gossip import MemberState
+from swarm.core.ledger import ClaimRecord, TaskRecord
+from swarm.core.replication import Intake, Key
+from swarm.sim.world import _SPEC, InvariantBroken, Sim, everyone, scenario_ledger
 
 
 @pytest.mark.parametrize("seed", range(12))

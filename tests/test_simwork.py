@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.scheduler import Scheduler
-from swarm.sim import InvariantBroken
-from swarm.simwork import SCENARIOS, WorkSim, scenario_work
+from swarm.core.scheduler import Scheduler
+from swarm.sim.work import SCENARIOS, WorkSim, scenario_work
+from swarm.sim.world import InvariantBroken
 
 
 @pytest.mark.parametrize("seed", range(3))

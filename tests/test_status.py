@@ -1,4 +1,4 @@
-"""Tests for `swarm.status`: the status view drawn from example snapshots, and its helpers."""
+"""Tests for `swarm.cli.status`: the status view drawn from example snapshots, and its helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from swarm.status import format_bytes, format_count, format_duration, format_rate, render
+from swarm.cli.status import format_bytes, format_count, format_duration, format_rate, render
 
 GiB = 2**30
 MiB = 2**20

@@ -1,4 +1,4 @@
-"""Tests of swarm.store: round trips, dedup, verification, quarantine, crash and disk-full."""
+"""Tests of swarm.daemon.store: round trips, dedup, verification, quarantine, crash and disk-full."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm import store as store_module
+from swarm.daemon import store as store_module
+from swarm.daemon.store import CHUNK_BYTES, EMPTY_DIGEST, BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError, StorageFullError
-from swarm.store import CHUNK_BYTES, EMPTY_DIGEST, BlobStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -405,7 +405,7 @@ CRASH_CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from swarm.store import BlobStore
+    from swarm.daemon.store import BlobStore
 
     store = BlobStore(Path(sys.argv[1]))
 

@@ -1,4 +1,4 @@
-"""Tests of swarm.taskfile: the task file contract of DESIGN.md 2.2 (JSON Lines and `--lines`).
+"""Tests of swarm.cli.taskfile: the task file contract of DESIGN.md 2.2 (JSON Lines and `--lines`).
 
 Every error must name "file:line: field:"; a file with any bad line adds nothing and lists every
 problem; ids are content hashes of the normalized spec plus the job (a defaulted name is not part of
@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm.errors import TaskFileError, UserInputError
-from swarm.spec import (
+from swarm.cli.taskfile import PROBLEMS_MAX, NewTask, parse_jsonl, parse_lines
+from swarm.core.spec import (
     DEFAULT_CPUS,
     DEFAULT_GPUS,
     DEFAULT_MEMORY_BYTES,
     DEFAULT_PRIORITY,
     DEFAULT_RETRIES,
 )
-from swarm.taskfile import PROBLEMS_MAX, NewTask, parse_jsonl, parse_lines
+from swarm.errors import TaskFileError, UserInputError
 
 SRC = "jobs/tasks.jsonl"
 BASE = Path("/data/jobs")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm import gossip, wire
-from swarm.wire import (
+from swarm.core import gossip, wire
+from swarm.core.wire import (
     DATAGRAM_BYTES_MAX,
     HEADER_BYTES,
     KEYS_MAX,

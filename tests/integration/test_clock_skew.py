@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-from swarm.clock import MAX_FORWARD_DRIFT_MS
+from swarm.core.clock import MAX_FORWARD_DRIFT_MS
 
 from .conftest import Cli, Daemon, Swarm, wait_for, write_tasks
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from swarm import statedir, wire
+from swarm import statedir
+from swarm.core import wire
 
 from .conftest import Cli, Daemon, free_port, wait_for
 

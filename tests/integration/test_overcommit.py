@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from swarm.ledger import EVICTION_CAP
+from swarm.core.ledger import EVICTION_CAP
 
 from .conftest import Cli, Daemon, export_rows, write_tasks
 

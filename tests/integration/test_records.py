@@ -13,9 +13,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from swarm import db
-from swarm.ledger import Kind, TaskRecord
-from swarm.spec import Resources, TaskSpec, task_id
+from swarm.core.ledger import Kind, TaskRecord
+from swarm.core.spec import Resources, TaskSpec, task_id
+from swarm.daemon import db
 
 from .conftest import Cli, Daemon, Swarm, export_rows, free_port, wait_for, write_tasks
 
@@ -66,7 +66,7 @@ def test_a_task_record_edited_in_the_ledger_file_is_refused_on_load(
 
 def _push(cli: Cli, port: int, origin: str, body: TaskRecord) -> None:
     """A RecordsPush of one record of `origin`, sealed with the swarm key, as a peer sends it."""
-    from swarm import wire
+    from swarm.core import wire
 
     key = bytes.fromhex((cli.home / "swarm.key").read_text().strip())
     sealer = wire.Sealer(b"m" * 16, wire.KeyRing.of(key), counter=_push.counter, boot=bytes(8))

@@ -118,7 +118,7 @@ def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
 
 
 def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm: Swarm) -> None:
-    from swarm import wire
+    from swarm.core import wire
 
     cli0, daemon0 = swarm.start(0)
     port = swarm.nodes[0][2]
@@ -205,10 +205,11 @@ def test_key_rotation_across_a_running_swarm_keeps_it_together(
 def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None:
     """A holder of the swarm key still cannot speak for another node: its Alive and RESULT
     records must carry that node's own signature."""
-    from swarm import db, gossip, wire
-    from swarm.identity import Identity
-    from swarm.ledger import Outcome, ResultRecord
-    from swarm.spec import Resources
+    from swarm.core import gossip, wire
+    from swarm.core.identity import Identity
+    from swarm.core.ledger import Outcome, ResultRecord
+    from swarm.core.spec import Resources
+    from swarm.daemon import db
 
     cli0, daemon0 = swarm.start(0)
     port = swarm.nodes[0][2]
@@ -388,7 +389,7 @@ def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
     )
     # Kill a node other than node 0 (which we ask): the results it held are copied to the node
     # that was not chosen before, so each is again held by 3 live nodes.
-    from swarm.store import BlobStore
+    from swarm.daemon.store import BlobStore
 
     victim = 3
     victim_store = BlobStore(swarm.nodes[victim][0].home / "blobs")

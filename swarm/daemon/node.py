@@ -37,8 +37,9 @@ from typing import Any
 
 import aiosqlite
 
-from swarm import db, gossip, identity, net, pressure, resources, snapshot, statedir, status, wire
-from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
+from swarm import statedir
+from swarm.cli import status
+from swarm.cli.export import manifest_bytes, parse_manifest
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -46,27 +47,9 @@ from swarm.control import (
     request_problem,
     submit_frame_problem,
 )
-from swarm.errors import (
-    BadRecordError,
-    ConfigError,
-    ControlError,
-    StorageFullError,
-    SwarmError,
-    UserInputError,
-)
-from swarm.executor import (
-    DISK_FULL_FREE_BYTES,
-    KILL_GRACE_S,
-    NODE_TAG,
-    Attempt,
-    Finished,
-    Launch,
-    RunDirs,
-    free_bytes,
-    kill_orphans,
-)
-from swarm.export import manifest_bytes, parse_manifest
-from swarm.ledger import (
+from swarm.core import gossip, identity, pressure, snapshot, wire
+from swarm.core.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
+from swarm.core.ledger import (
     EVICTION_CAP,
     INTERRUPTION_CAP,
     Body,
@@ -88,16 +71,36 @@ from swarm.ledger import (
     stamp_of,
     task_record_problem,
 )
-from swarm.ledger import Attempt as LedgerAttempt
-from swarm.loopguard import LoopReports
-from swarm.policy import PendingQueue, rendezvous_top
-from swarm.replication import Intake, behind
-from swarm.scheduler import Scheduler, isolation, peer_from_meta
-from swarm.spec import Resources, TaskSpec, name_problem, task_id
+from swarm.core.ledger import Attempt as LedgerAttempt
+from swarm.core.policy import PendingQueue, rendezvous_top
+from swarm.core.replication import Intake, behind
+from swarm.core.scheduler import Scheduler, isolation, peer_from_meta
+from swarm.core.spec import Resources, TaskSpec, name_problem, task_id
+from swarm.daemon import db, net, resources
+from swarm.daemon.executor import (
+    DISK_FULL_FREE_BYTES,
+    KILL_GRACE_S,
+    NODE_TAG,
+    Attempt,
+    Finished,
+    Launch,
+    RunDirs,
+    free_bytes,
+    kill_orphans,
+)
+from swarm.daemon.loopguard import LoopReports
+from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.errors import (
+    BadRecordError,
+    ConfigError,
+    ControlError,
+    StorageFullError,
+    SwarmError,
+    UserInputError,
+)
 from swarm.statedir import StateDir
-from swarm.store import EMPTY_DIGEST, BlobStore
 
-log = logging.getLogger("swarm.node")
+log = logging.getLogger("swarm.daemon.node")
 
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again

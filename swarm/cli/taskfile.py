@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarm.errors import ConfigError, TaskFileError
-from swarm.resources import parse_size
-from swarm.spec import (
+from swarm.core.spec import (
     DEFAULT_CPUS,
     DEFAULT_GPUS,
     DEFAULT_MEMORY_BYTES,
@@ -31,6 +29,8 @@ from swarm.spec import (
     normalize_requires,
     task_id,
 )
+from swarm.daemon.resources import parse_size
+from swarm.errors import ConfigError, TaskFileError
 
 KEYS = (
     "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from swarm import gossip
+from swarm.core import gossip
 from swarm.errors import SwarmError
 
 VERSION = 2

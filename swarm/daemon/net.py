@@ -28,9 +28,9 @@ from pathlib import Path
 
 import asyncio_dgram
 
-from swarm import gossip, wire
+from swarm.core import gossip, wire
 
-log = logging.getLogger("swarm.net")
+log = logging.getLogger("swarm.daemon.net")
 
 PUSH_PULL_TIMEOUT_S = 5.0  # one whole exchange over TCP
 PUSH_PULLS_MAX = 8  # exchanges in flight at once; more are skipped (they are periodic anyway)

@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from swarm import gossip
-from swarm.ledger import ResultRecord, body_to_plain
+from swarm.core import gossip
+from swarm.core.ledger import ResultRecord, body_to_plain
 
 PUBLIC_BYTES = 32
 SIGNATURE_BYTES = 64

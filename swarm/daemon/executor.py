@@ -50,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
 
+from swarm.core.ledger import Outcome
+from swarm.core.spec import TaskSpec
 from swarm.errors import OutputLimitError
-from swarm.ledger import Outcome
-from swarm.spec import TaskSpec
 
-log = logging.getLogger("swarm.executor")
+log = logging.getLogger("swarm.daemon.executor")
 
 PROC = Path("/proc")
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it

@@ -24,10 +24,10 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm.lease import Leases
-from swarm.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, State, TaskView
-from swarm.policy import Labels, PendingQueue, labels_match, rendezvous_rank
-from swarm.spec import Resources, TaskSpec
+from swarm.core.lease import Leases
+from swarm.core.ledger import INTERRUPTION_CAP, ClaimRecord, Ledger, State, TaskView
+from swarm.core.policy import Labels, PendingQueue, labels_match, rendezvous_rank
+from swarm.core.spec import Resources, TaskSpec
 
 Shape = tuple[Resources, Any]
 

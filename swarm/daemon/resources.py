@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
+from swarm.core.spec import Resources
 from swarm.errors import ConfigError
-from swarm.spec import Resources
 
 __all__ = [
     "available_memory_bytes",

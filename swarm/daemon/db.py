@@ -29,14 +29,7 @@ from pathlib import Path
 import aiosqlite
 import msgpack
 
-from swarm.errors import (
-    BadRecordError,
-    CorruptLedgerError,
-    StorageFullError,
-    SwarmError,
-    shown,
-)
-from swarm.ledger import (
+from swarm.core.ledger import (
     KIND_OF,
     Body,
     Kind,
@@ -47,9 +40,16 @@ from swarm.ledger import (
     body_to_plain,
     task_record_problem,
 )
-from swarm.wire import RECORD_BODY_BYTES_MAX, unpack
+from swarm.core.wire import RECORD_BODY_BYTES_MAX, unpack
+from swarm.errors import (
+    BadRecordError,
+    CorruptLedgerError,
+    StorageFullError,
+    SwarmError,
+    shown,
+)
 
-log = logging.getLogger("swarm.db")
+log = logging.getLogger("swarm.daemon.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;

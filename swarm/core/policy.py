@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from swarm.spec import LabelValue, Resources, TaskSpec
+from swarm.core.spec import LabelValue, Resources, TaskSpec
 
 Labels = Mapping[str, str | int | float | bool]
 Requires = tuple[tuple[str, LabelValue], ...]

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from swarm.ledger import Ledger, State
-from swarm.spec import Resources
+from swarm.core.ledger import Ledger, State
+from swarm.core.spec import Resources
 
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200

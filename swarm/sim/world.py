@@ -26,9 +26,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from swarm import db, wire
-from swarm.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
-from swarm.ledger import (
+from swarm.core import wire
+from swarm.core.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
+from swarm.core.ledger import (
     Body,
     ClaimRecord,
     Ledger,
@@ -39,8 +39,9 @@ from swarm.ledger import (
     TaskRecord,
     Version,
 )
-from swarm.replication import Intake, Key, behind
-from swarm.spec import Resources, TaskSpec
+from swarm.core.replication import Intake, Key, behind
+from swarm.core.spec import Resources, TaskSpec
+from swarm.daemon import db
 
 STEPS_MAX = 50_000_000  # a bound on any run, whatever the scenario
 LARGE_SWARM = 500  # from this size, figures run without the per-step invariant check
@@ -728,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.work:
-        from swarm.simwork import print_work_figures  # it builds on this module
+        from swarm.sim.work import print_work_figures  # it builds on this module
 
         return print_work_figures(args.seeds)
     if args.spread:

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from swarm.clock import MAX_FORWARD_DRIFT_MS, HybridClock
-from swarm.gossip import MemberState
-from swarm.lease import Leases
-from swarm.ledger import (
+from swarm.core.clock import MAX_FORWARD_DRIFT_MS, HybridClock
+from swarm.core.gossip import MemberState
+from swarm.core.lease import Leases
+from swarm.core.ledger import (
     Body,
     ClaimRecord,
     HeartbeatRecord,
@@ -41,9 +41,9 @@ from swarm.ledger import (
     Version,
     stamp_of,
 )
-from swarm.scheduler import Peer, Scheduler, isolation
-from swarm.sim import InvariantBroken, Network, Replica, Sim
-from swarm.spec import Resources, TaskSpec
+from swarm.core.scheduler import Peer, Scheduler, isolation
+from swarm.core.spec import Resources, TaskSpec
+from swarm.sim.world import InvariantBroken, Network, Replica, Sim
 
 SLOTS = 2
 CAPACITY = Resources(cpus=SLOTS, memory_bytes=1 << 30)

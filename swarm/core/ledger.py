@@ -27,9 +27,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm import spec as specs
+from swarm.core import spec as specs
+from swarm.core.spec import Resources, TaskSpec
 from swarm.errors import BadRecordError, shown
-from swarm.spec import Resources, TaskSpec
 
 # How many interrupted attempts (node died, lease lost, drained) a task may have before it is
 # failed: interruptions do not use up `retries`, but a task that kills its node must not loop forever.

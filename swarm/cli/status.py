@@ -1,4 +1,4 @@
-"""Draw the `swarm status` view from a status snapshot (see `swarm.snapshot` for its shape).
+"""Draw the `swarm status` view from a status snapshot (see `swarm.core.snapshot` for its shape).
 
 `render` is pure: it reads only the snapshot dict and the optional `now_ms`, never the clock,
 the network or the disk, so the live view, a stopped node's ledger and a saved `--json` dump all

@@ -30,11 +30,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from swarm.clock import wall_ms_of
+from swarm.core.clock import wall_ms_of
+from swarm.core.ledger import Attempt, Ledger, TaskView
+from swarm.core.spec import TaskSpec
+from swarm.daemon.store import BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError, UserInputError
-from swarm.ledger import Attempt, Ledger, TaskView
-from swarm.spec import TaskSpec
-from swarm.store import BlobStore
 
 TASK_COLUMNS: tuple[str, ...] = (
     "task_id",

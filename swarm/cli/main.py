@@ -24,25 +24,17 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swarm import (
-    control,
-    db,
-    export,
-    gossip,
-    resources,
-    snapshot,
-    statedir,
-    status,
-    taskfile,
-    wire,
-)
+from swarm import control, statedir
+from swarm.cli import export, status, taskfile
 from swarm.control import Client
+from swarm.core import gossip, snapshot, wire
+from swarm.core.ledger import State
+from swarm.core.policy import why_infeasible
+from swarm.core.spec import NO_RESOURCES, Resources, name_problem
+from swarm.daemon import db, resources
+from swarm.daemon.node import DEFAULT_PORT, Node, NodeConfig, lock_held, parse_addr, wall_ms
+from swarm.daemon.store import BlobStore
 from swarm.errors import ControlError, NotRunningError, SwarmError, UserInputError
-from swarm.ledger import State
-from swarm.node import DEFAULT_PORT, Node, NodeConfig, lock_held, parse_addr, wall_ms
-from swarm.policy import why_infeasible
-from swarm.spec import NO_RESOURCES, Resources, name_problem
-from swarm.store import BlobStore
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
