@@ -392,7 +392,10 @@ def forged_senders(node: Node, rate_per_s: int = FORGED_RATE_PER_S) -> list[str]
 def node_key_id(node: Node) -> bytes:
     """`swarm.core.wire.key_id` of the node's swarm key, computed by the checkout under attack."""
     code = (
-        "import sys; from swarm import wire; "
+        "import sys\n"
+        "try:\n    from swarm.core import wire\n"
+        "except ImportError:  # a checkout from before the package had rooms\n"
+        "    from swarm import wire\n"
         "print(wire.key_id(bytes.fromhex(open(sys.argv[1]).read().strip())).hex())"
     )
     done = subprocess.run(

@@ -16,13 +16,14 @@ pytestmark = pytest.mark.integration
 
 BROKEN_LOOP = """
 import asyncio, sys
-from swarm import cli, node
+from swarm.cli import main as cli
+from swarm.daemon import node
 
 async def broken(self):
     await asyncio.sleep(0.5)
     raise RuntimeError("a loop broke")
 
-node.Node._heartbeat_loop = broken
+node.Node._memory_loop = broken
 sys.exit(cli.main(["start", "--bind", "127.0.0.1:%d", "--profile", "test"]))
 """
 
