@@ -39,7 +39,7 @@ import aiosqlite
 
 from swarm import statedir
 from swarm.cli import status
-from swarm.cli.export import manifest_bytes, parse_manifest
+from swarm.cli.export import manifest_bytes
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -90,6 +90,7 @@ from swarm.daemon.executor import (
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
     BadRecordError,
     ConfigError,
@@ -259,6 +260,7 @@ class Node:
         self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
+        self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
         self._wake_timer: asyncio.TimerHandle | None = None
         self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
         self._pulled_at: dict[str, float] = {}
@@ -347,6 +349,9 @@ class Node:
                 log.warning("refused a task record of the ledger file: %s", problem)
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
+            )
+            self.transfer = ResultTransfer(
+                self.store, self.ledger, self.node_id, self._member, self._fetch
             )
             # Our own stamps are the high-water mark (the clock never goes back, even when the
             # wall clock did); the peers' are taken in like any record from a peer.
@@ -469,7 +474,7 @@ class Node:
             self._serve_sync,
             self._sync_taker,
             lambda: dict(self.ledger.high_seq),
-            self._serve_blob,
+            self.transfer.serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
         loops = await self._listen(tg, bind)
@@ -898,92 +903,26 @@ class Node:
                 log.warning("refused a task record of %s from a peer: %s", version, problem)
         return True
 
-    async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
-        """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
-        if request.digest == EMPTY_DIGEST:
-            yield wire.BlobChunk(b"", True)
-            return
-        if not self.store.has(request.digest):
-            yield wire.BlobChunk(b"", True, missing=True)
-            return
-        with open(self.store.path(request.digest), "rb") as blob:
-            while True:
-                data = await asyncio.to_thread(blob.read, wire.BLOB_CHUNK_BYTES)
-                last = len(data) < wire.BLOB_CHUNK_BYTES
-                yield wire.BlobChunk(data, last)
-                if last:
-                    return
-
-    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
-        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
-        if self.store.has(digest):
-            return True
-        if self.net is None or self.membership is None:
-            return False
-        for node in holders:
-            member = self.membership.members.get(node)
-            if (
-                member is None
-                or member.state is not gossip.MemberState.ALIVE
-                or node == self.node_id
-            ):
-                continue
-            into = self.store.new_temp_path()
-            try:
-                if await self.net.fetch(member.addr, digest, into):
-                    got, _ = await asyncio.to_thread(self.store.put_file, into, move=True)
-                    if got == digest:
-                        return True
-                    log.warning("a blob from %s did not match its digest; dropped", node[:8])
-                    self.store_discard(got)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, SwarmError) as exc:
-                log.debug("fetching %s from %s failed: %s", digest[:12], node[:8], exc)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    into.unlink()
-        return False
-
-    def store_discard(self, digest: str) -> None:
-        """Forget a blob stored by mistake (it did not match what was asked for)."""
-        with contextlib.suppress(OSError, ValueError):
-            self.store.path(digest).unlink()
-
     async def fetch_results(self, job: str) -> dict[str, int]:
         """Make every result file of the job's tasks held here, fetching from their holders."""
         fetched = missing = 0
-        for view in self.ledger.job_tasks(job):
-            attempt = view.ok_attempt() or next(
-                (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
-            )
-            if attempt is None or attempt.result.digest is None:
-                continue
-            got, lacking = await self._copy_result(attempt)
-            fetched, missing = fetched + got, missing + lacking
+        async with contextlib.aclosing(self.transfer.fetch_results(job)) as copies:
+            async for copied in copies:
+                await self._say_held(copied)
+                fetched, missing = fetched + copied.fetched, missing + copied.missing
         return {"fetched": fetched, "missing": missing}
 
-    async def _copy_result(self, attempt: LedgerAttempt) -> tuple[int, int]:
-        """Make an attempt's result (its manifest and every file it names) held here, fetched
-        and verified from its holders; say so with a REPLICA record once all of it is here.
-        Returns (files fetched, files no holder could give)."""
-        digest = attempt.result.digest
-        assert digest is not None
-        holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
-        holders = [h for h in holders if h != self.node_id]
-        fetched = missing = 0
-        had = self.store.has(digest)
-        if not await self.fetch_blob(digest, holders):
-            return 0, 1
-        fetched += 0 if had else 1
-        manifest = parse_manifest(self.store.read_bytes(digest))
-        for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
-            had_part = self.store.has(part)
-            if await self.fetch_blob(part, holders):
-                fetched += 0 if had_part else 1
-            else:
-                missing += 1
-        if not missing and self.node_id not in self.ledger.holders.get(digest, set()):
-            await self._append([ReplicaRecord(digest)])
-        return fetched, missing
+    async def _say_held(self, copied: Copied) -> None:
+        """Once all of a result is held here, say so with a REPLICA record (once)."""
+        if copied.complete and self.node_id not in self.ledger.holders.get(copied.digest, ()):
+            await self._append([ReplicaRecord(copied.digest)])
+
+    def _member(self, node: str) -> gossip.Member | None:
+        return None if self.membership is None else self.membership.members.get(node)
+
+    async def _fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+        assert self.net is not None  # a member is known only once the net is up
+        return await self.net.fetch(addr, digest, into)
 
     # -- result replication -----------------------------------------------------------------
 
@@ -1034,7 +973,9 @@ class Node:
                 if self.node_id not in self._replica_targets(digest):
                     continue
                 try:
-                    _, missing = await self._copy_result(attempt)
+                    copied = await self.transfer.copy_result(attempt)
+                    await self._say_held(copied)
+                    missing = copied.missing
                 except (SwarmError, OSError) as exc:
                     missing = 1
                     log.warning("could not copy result %s here: %s", digest[:12], exc)
