@@ -89,6 +89,7 @@ from swarm.daemon.executor import (
     kill_orphans,
 )
 from swarm.daemon.loopguard import LoopReports
+from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
@@ -106,7 +107,6 @@ log = logging.getLogger("swarm.daemon.node")
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
@@ -1355,21 +1355,20 @@ class Node:
                 log.warning("heartbeat not written: %s", exc)
 
     async def _memory_loop(self) -> None:
+        sampler = MemorySampler(available=self.guard is not None)
         while True:
             await asyncio.sleep(MEMORY_SAMPLE_S)
-            self._own_rss_kb = resources.own_peak_rss_kb()
-            sampled_at = time.monotonic()
             running = {a.pid: a for a in self.attempts.values() if a.pid is not None}
-            if running:
-                sizes = await asyncio.to_thread(resources.group_rss_kb, set(running))
-                for pid, rss_kb in sizes.items():
-                    attempt = running[pid]
-                    attempt.rss_kb = rss_kb
-                    attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
+            sample = await sampler.sample(running.keys())
+            self._own_rss_kb = sample.own_peak_rss_kb
+            for pid, rss_kb in sample.group_rss_kb.items():
+                attempt = running[pid]
+                attempt.rss_kb = rss_kb
+                attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
             if self.guard is not None:
-                with contextlib.suppress(ConfigError):  # unknown: the node's budget still counts
-                    self.guard.available = resources.available_memory_bytes()
-                self._evict_if_short(sampled_at)
+                if sample.available_bytes is not None:  # unknown: the node's budget still counts
+                    self.guard.available = sample.available_bytes
+                self._evict_if_short(sample.sampled_at)
                 self._wake.set()  # memory may have been freed: admit by the new figures
 
     def _memory_in_use(self) -> list[pressure.Running]:
