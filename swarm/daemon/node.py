@@ -39,7 +39,6 @@ import aiosqlite
 
 from swarm import statedir
 from swarm.cli import status
-from swarm.cli.export import manifest_bytes
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -90,6 +89,7 @@ from swarm.daemon.executor import (
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
+from swarm.daemon.outputs import OutputStore, result_record
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
@@ -231,6 +231,7 @@ class Node:
             **config.labels,
         }
         self.store = BlobStore(state.blobs)
+        self.outputs = OutputStore(self.store)
         self.run_dirs = RunDirs(state.runs, RUN_DIRS_SPARE_MAX)
         self.ledger = Ledger()
         self.writer: db.LedgerWriter | None = None
@@ -257,7 +258,6 @@ class Node:
             budget = self.capacity.memory_bytes
             memfree = config.memfree_bytes or pressure.default_memfree(budget)
             self.guard = pressure.Guard(budget, memfree)
-        self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
@@ -1639,7 +1639,7 @@ class Node:
             )
         while digest is None and not finished.discarded:  # discarded: a full disk, no files
             try:
-                digest, new_manifest = await self._store_outputs(finished, stored)
+                digest, new_manifest = await self.outputs.put(finished, stored)
             except StorageFullError as exc:
                 self._pause_claims(f"cannot store the result of {launch.name}: {exc}")
                 if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
@@ -1649,7 +1649,7 @@ class Node:
                 finished.outcome = Outcome.FAILED
                 reason = f"cannot store its outputs: {exc}"
                 break
-        bodies: list[Body] = [self._result_record(launch, finished, digest, reason)]
+        bodies: list[Body] = [result_record(launch, finished, digest, reason, self.capacity)]
         if digest is not None and (
             new_manifest or self.node_id not in self.ledger.holders.get(digest, ())
         ):
@@ -1676,7 +1676,7 @@ class Node:
         reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
         interrupted = replace(finished, outcome=Outcome.INTERRUPTED)  # `finished` may yet be stored
         try:
-            await self._append([self._result_record(launch, interrupted, None, reason)])
+            await self._append([result_record(launch, interrupted, None, reason, self.capacity)])
         except SwarmError:
             return False  # our heartbeat will stop too: the lease expires, and peers take it
         log.warning("%s handed back to the swarm: %s", launch.name, reason)
@@ -1685,51 +1685,6 @@ class Node:
         self.sched.hold(launch.task_id, time.monotonic() + self.config.lease_ttl_s)
         self._claims_paused_until = time.monotonic() + self.config.lease_ttl_s
         return True
-
-    async def _store_outputs(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
-        """Move the attempt's files into the store; return its manifest's digest and whether
-        the manifest is new here. Nothing to store (say, a silent task) costs two stats."""
-        out_size, err_size = _size(finished.stdout), _size(finished.stderr)
-        if not (finished.outputs or out_size or err_size or stored):
-            if self._silent_manifest is None:
-                digest, new = self.store.put_bytes(manifest_bytes(EMPTY_DIGEST, EMPTY_DIGEST, {}))
-                self._silent_manifest = digest
-                return digest, new
-            return self._silent_manifest, False
-        return await asyncio.to_thread(self._store_outputs_sync, finished, stored)
-
-    def _store_outputs_sync(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
-        """`stored` remembers what a previous try already moved into the store."""
-        wanted = {"stdout": (finished.stdout, True), "stderr": (finished.stderr, True)}
-        wanted |= {
-            f"file:{rel}": (p, finished.outputs_movable) for rel, p in finished.outputs.items()
-        }
-        for key, (path, movable) in wanted.items():
-            if key not in stored:
-                empty = key in ("stdout", "stderr") and not _size(path)
-                stored[key] = EMPTY_DIGEST if empty else self.store.put_file(path, move=movable)[0]
-        files = {rel: stored[f"file:{rel}"] for rel in finished.outputs}
-        return self.store.put_bytes(manifest_bytes(stored["stdout"], stored["stderr"], files))
-
-    def _result_record(
-        self, launch: Launch, finished: Finished, digest: str | None, reason: str
-    ) -> ResultRecord:
-        return ResultRecord(
-            task_id=launch.task_id,
-            epoch=launch.epoch,
-            attempt=launch.attempt,
-            outcome=finished.outcome,
-            exit_code=finished.exit_code,
-            started_ms=finished.started_ms,
-            ended_ms=finished.ended_ms,
-            wall_s=round(finished.wall_s, 6),
-            cpu_s=round(finished.cpu_s, 6),
-            max_rss_kb=finished.max_rss_kb,
-            digest=digest,
-            node_capacity=self.capacity,
-            reason=reason,
-            evicted=finished.evicted,
-        )
 
     # -- control socket ---------------------------------------------------------------------
 
@@ -2013,13 +1968,6 @@ def _bind_problem(exc: OSError) -> str:
     if isinstance(exc, socket.gaierror):
         return f"the host name does not resolve ({exc.strerror})"
     return exc.strerror or str(exc)
-
-
-def _size(path: os.PathLike[str]) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
 
 
 async def _done(value: bool) -> bool:
