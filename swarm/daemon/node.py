@@ -918,9 +918,11 @@ class Node:
             await self._append([ReplicaRecord(copied.digest)])
 
     def _member(self, node: str) -> gossip.Member | None:
+        """A member as membership sees it (for the transfer); None before the net is up."""
         return None if self.membership is None else self.membership.members.get(node)
 
     async def _fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+        """The transfer's way to a peer's blob: the gossip net's TCP fetch."""
         assert self.net is not None  # a member is known only once the net is up
         return await self.net.fetch(addr, digest, into)
 
