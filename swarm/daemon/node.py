@@ -39,7 +39,6 @@ import aiosqlite
 
 from swarm import statedir
 from swarm.cli import status
-from swarm.cli.export import manifest_bytes, parse_manifest
 from swarm.control import (
     FRAME_BYTES_MAX,
     encode_frame,
@@ -89,7 +88,10 @@ from swarm.daemon.executor import (
     kill_orphans,
 )
 from swarm.daemon.loopguard import LoopReports
+from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
+from swarm.daemon.outputs import OutputStore, result_record
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
     BadRecordError,
     ConfigError,
@@ -105,7 +107,6 @@ log = logging.getLogger("swarm.daemon.node")
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-MEMORY_SAMPLE_S = 0.5  # how often running attempts' memory is read from /proc
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
@@ -230,6 +231,7 @@ class Node:
             **config.labels,
         }
         self.store = BlobStore(state.blobs)
+        self.outputs = OutputStore(self.store)
         self.run_dirs = RunDirs(state.runs, RUN_DIRS_SPARE_MAX)
         self.ledger = Ledger()
         self.writer: db.LedgerWriter | None = None
@@ -256,9 +258,9 @@ class Node:
             budget = self.capacity.memory_bytes
             memfree = config.memfree_bytes or pressure.default_memfree(budget)
             self.guard = pressure.Guard(budget, memfree)
-        self._silent_manifest: str | None = None  # digest of the manifest of a task with no output
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
+        self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
         self._wake_timer: asyncio.TimerHandle | None = None
         self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
         self._pulled_at: dict[str, float] = {}
@@ -347,6 +349,9 @@ class Node:
                 log.warning("refused a task record of the ledger file: %s", problem)
             self.sched = Scheduler(
                 self.node_id, self.ledger, self.config.lease_ttl_s, self.config.claim_stagger_s
+            )
+            self.transfer = ResultTransfer(
+                self.store, self.ledger, self.node_id, self._member, self._fetch
             )
             # Our own stamps are the high-water mark (the clock never goes back, even when the
             # wall clock did); the peers' are taken in like any record from a peer.
@@ -469,7 +474,7 @@ class Node:
             self._serve_sync,
             self._sync_taker,
             lambda: dict(self.ledger.high_seq),
-            self._serve_blob,
+            self.transfer.serve_blob,
         )
         self._reader = await db.open_reader(self.state.db_path)
         loops = await self._listen(tg, bind)
@@ -898,92 +903,28 @@ class Node:
                 log.warning("refused a task record of %s from a peer: %s", version, problem)
         return True
 
-    async def _serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
-        """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
-        if request.digest == EMPTY_DIGEST:
-            yield wire.BlobChunk(b"", True)
-            return
-        if not self.store.has(request.digest):
-            yield wire.BlobChunk(b"", True, missing=True)
-            return
-        with open(self.store.path(request.digest), "rb") as blob:
-            while True:
-                data = await asyncio.to_thread(blob.read, wire.BLOB_CHUNK_BYTES)
-                last = len(data) < wire.BLOB_CHUNK_BYTES
-                yield wire.BlobChunk(data, last)
-                if last:
-                    return
-
-    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
-        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
-        if self.store.has(digest):
-            return True
-        if self.net is None or self.membership is None:
-            return False
-        for node in holders:
-            member = self.membership.members.get(node)
-            if (
-                member is None
-                or member.state is not gossip.MemberState.ALIVE
-                or node == self.node_id
-            ):
-                continue
-            into = self.store.new_temp_path()
-            try:
-                if await self.net.fetch(member.addr, digest, into):
-                    got, _ = await asyncio.to_thread(self.store.put_file, into, move=True)
-                    if got == digest:
-                        return True
-                    log.warning("a blob from %s did not match its digest; dropped", node[:8])
-                    self.store_discard(got)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, SwarmError) as exc:
-                log.debug("fetching %s from %s failed: %s", digest[:12], node[:8], exc)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    into.unlink()
-        return False
-
-    def store_discard(self, digest: str) -> None:
-        """Forget a blob stored by mistake (it did not match what was asked for)."""
-        with contextlib.suppress(OSError, ValueError):
-            self.store.path(digest).unlink()
-
     async def fetch_results(self, job: str) -> dict[str, int]:
         """Make every result file of the job's tasks held here, fetching from their holders."""
         fetched = missing = 0
-        for view in self.ledger.job_tasks(job):
-            attempt = view.ok_attempt() or next(
-                (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
-            )
-            if attempt is None or attempt.result.digest is None:
-                continue
-            got, lacking = await self._copy_result(attempt)
-            fetched, missing = fetched + got, missing + lacking
+        async with contextlib.aclosing(self.transfer.fetch_results(job)) as copies:
+            async for copied in copies:
+                await self._say_held(copied)
+                fetched, missing = fetched + copied.fetched, missing + copied.missing
         return {"fetched": fetched, "missing": missing}
 
-    async def _copy_result(self, attempt: LedgerAttempt) -> tuple[int, int]:
-        """Make an attempt's result (its manifest and every file it names) held here, fetched
-        and verified from its holders; say so with a REPLICA record once all of it is here.
-        Returns (files fetched, files no holder could give)."""
-        digest = attempt.result.digest
-        assert digest is not None
-        holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
-        holders = [h for h in holders if h != self.node_id]
-        fetched = missing = 0
-        had = self.store.has(digest)
-        if not await self.fetch_blob(digest, holders):
-            return 0, 1
-        fetched += 0 if had else 1
-        manifest = parse_manifest(self.store.read_bytes(digest))
-        for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
-            had_part = self.store.has(part)
-            if await self.fetch_blob(part, holders):
-                fetched += 0 if had_part else 1
-            else:
-                missing += 1
-        if not missing and self.node_id not in self.ledger.holders.get(digest, set()):
-            await self._append([ReplicaRecord(digest)])
-        return fetched, missing
+    async def _say_held(self, copied: Copied) -> None:
+        """Once all of a result is held here, say so with a REPLICA record (once)."""
+        if copied.complete and self.node_id not in self.ledger.holders.get(copied.digest, ()):
+            await self._append([ReplicaRecord(copied.digest)])
+
+    def _member(self, node: str) -> gossip.Member | None:
+        """A member as membership sees it (for the transfer); None before the net is up."""
+        return None if self.membership is None else self.membership.members.get(node)
+
+    async def _fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+        """The transfer's way to a peer's blob: the gossip net's TCP fetch."""
+        assert self.net is not None  # a member is known only once the net is up
+        return await self.net.fetch(addr, digest, into)
 
     # -- result replication -----------------------------------------------------------------
 
@@ -1034,7 +975,9 @@ class Node:
                 if self.node_id not in self._replica_targets(digest):
                     continue
                 try:
-                    _, missing = await self._copy_result(attempt)
+                    copied = await self.transfer.copy_result(attempt)
+                    await self._say_held(copied)
+                    missing = copied.missing
                 except (SwarmError, OSError) as exc:
                     missing = 1
                     log.warning("could not copy result %s here: %s", digest[:12], exc)
@@ -1414,21 +1357,20 @@ class Node:
                 log.warning("heartbeat not written: %s", exc)
 
     async def _memory_loop(self) -> None:
+        sampler = MemorySampler(available=self.guard is not None)
         while True:
             await asyncio.sleep(MEMORY_SAMPLE_S)
-            self._own_rss_kb = resources.own_peak_rss_kb()
-            sampled_at = time.monotonic()
             running = {a.pid: a for a in self.attempts.values() if a.pid is not None}
-            if running:
-                sizes = await asyncio.to_thread(resources.group_rss_kb, set(running))
-                for pid, rss_kb in sizes.items():
-                    attempt = running[pid]
-                    attempt.rss_kb = rss_kb
-                    attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
+            sample = await sampler.sample(running.keys())
+            self._own_rss_kb = sample.own_peak_rss_kb
+            for pid, rss_kb in sample.group_rss_kb.items():
+                attempt = running[pid]
+                attempt.rss_kb = rss_kb
+                attempt.peak_rss_kb = max(attempt.peak_rss_kb, rss_kb)
             if self.guard is not None:
-                with contextlib.suppress(ConfigError):  # unknown: the node's budget still counts
-                    self.guard.available = resources.available_memory_bytes()
-                self._evict_if_short(sampled_at)
+                if sample.available_bytes is not None:  # unknown: the node's budget still counts
+                    self.guard.available = sample.available_bytes
+                self._evict_if_short(sample.sampled_at)
                 self._wake.set()  # memory may have been freed: admit by the new figures
 
     def _memory_in_use(self) -> list[pressure.Running]:
@@ -1699,7 +1641,7 @@ class Node:
             )
         while digest is None and not finished.discarded:  # discarded: a full disk, no files
             try:
-                digest, new_manifest = await self._store_outputs(finished, stored)
+                digest, new_manifest = await self.outputs.put(finished, stored)
             except StorageFullError as exc:
                 self._pause_claims(f"cannot store the result of {launch.name}: {exc}")
                 if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
@@ -1709,7 +1651,7 @@ class Node:
                 finished.outcome = Outcome.FAILED
                 reason = f"cannot store its outputs: {exc}"
                 break
-        bodies: list[Body] = [self._result_record(launch, finished, digest, reason)]
+        bodies: list[Body] = [result_record(launch, finished, digest, reason, self.capacity)]
         if digest is not None and (
             new_manifest or self.node_id not in self.ledger.holders.get(digest, ())
         ):
@@ -1736,7 +1678,7 @@ class Node:
         reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
         interrupted = replace(finished, outcome=Outcome.INTERRUPTED)  # `finished` may yet be stored
         try:
-            await self._append([self._result_record(launch, interrupted, None, reason)])
+            await self._append([result_record(launch, interrupted, None, reason, self.capacity)])
         except SwarmError:
             return False  # our heartbeat will stop too: the lease expires, and peers take it
         log.warning("%s handed back to the swarm: %s", launch.name, reason)
@@ -1745,51 +1687,6 @@ class Node:
         self.sched.hold(launch.task_id, time.monotonic() + self.config.lease_ttl_s)
         self._claims_paused_until = time.monotonic() + self.config.lease_ttl_s
         return True
-
-    async def _store_outputs(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
-        """Move the attempt's files into the store; return its manifest's digest and whether
-        the manifest is new here. Nothing to store (say, a silent task) costs two stats."""
-        out_size, err_size = _size(finished.stdout), _size(finished.stderr)
-        if not (finished.outputs or out_size or err_size or stored):
-            if self._silent_manifest is None:
-                digest, new = self.store.put_bytes(manifest_bytes(EMPTY_DIGEST, EMPTY_DIGEST, {}))
-                self._silent_manifest = digest
-                return digest, new
-            return self._silent_manifest, False
-        return await asyncio.to_thread(self._store_outputs_sync, finished, stored)
-
-    def _store_outputs_sync(self, finished: Finished, stored: dict[str, str]) -> tuple[str, bool]:
-        """`stored` remembers what a previous try already moved into the store."""
-        wanted = {"stdout": (finished.stdout, True), "stderr": (finished.stderr, True)}
-        wanted |= {
-            f"file:{rel}": (p, finished.outputs_movable) for rel, p in finished.outputs.items()
-        }
-        for key, (path, movable) in wanted.items():
-            if key not in stored:
-                empty = key in ("stdout", "stderr") and not _size(path)
-                stored[key] = EMPTY_DIGEST if empty else self.store.put_file(path, move=movable)[0]
-        files = {rel: stored[f"file:{rel}"] for rel in finished.outputs}
-        return self.store.put_bytes(manifest_bytes(stored["stdout"], stored["stderr"], files))
-
-    def _result_record(
-        self, launch: Launch, finished: Finished, digest: str | None, reason: str
-    ) -> ResultRecord:
-        return ResultRecord(
-            task_id=launch.task_id,
-            epoch=launch.epoch,
-            attempt=launch.attempt,
-            outcome=finished.outcome,
-            exit_code=finished.exit_code,
-            started_ms=finished.started_ms,
-            ended_ms=finished.ended_ms,
-            wall_s=round(finished.wall_s, 6),
-            cpu_s=round(finished.cpu_s, 6),
-            max_rss_kb=finished.max_rss_kb,
-            digest=digest,
-            node_capacity=self.capacity,
-            reason=reason,
-            evicted=finished.evicted,
-        )
 
     # -- control socket ---------------------------------------------------------------------
 
@@ -2073,13 +1970,6 @@ def _bind_problem(exc: OSError) -> str:
     if isinstance(exc, socket.gaierror):
         return f"the host name does not resolve ({exc.strerror})"
     return exc.strerror or str(exc)
-
-
-def _size(path: os.PathLike[str]) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
 
 
 async def _done(value: bool) -> bool:

@@ -1,0 +1,154 @@
+"""Result transfer: serving the blobs this node holds, and copying results here from peers.
+
+Theory of operation
+-------------------
+A result is a manifest blob naming the blobs of its stdout, stderr and output files, all held in
+the node's `BlobStore` under their sha256. A peer asks for one blob at a time over the gossip
+net's TCP streams (`net.fetch`); `serve_blob` answers with the blob in chunks, or says it is
+missing. Nothing that arrives is trusted: a fetched blob goes to a temp file, is stored under the
+digest of what was actually received, and is kept only if that is the digest asked for.
+
+`copy_result` makes a whole result held here (its manifest, then every blob it names), trying
+its holders in a fixed order and skipping any that is not alive. It only moves bytes: it returns
+what it fetched and what no holder could give, and the node decides what to record (a REPLICA
+once all of it is here) and what to try again. A blob already held costs one stat, so copying a
+result twice is cheap and harmless.
+
+Blob reads and writes go to a thread; the event loop only moves chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from swarm.cli.export import parse_manifest
+from swarm.core import gossip, wire
+from swarm.core.ledger import Attempt, Ledger, TaskView
+from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.errors import SwarmError
+
+log = logging.getLogger("swarm.daemon.transfer")
+
+# Looks up a member by node id (None: not known, or no network); gives its address and state.
+MemberLookup = Callable[[str], gossip.Member | None]
+# Copies the blob `digest` from the peer at `addr` into the file `into`; False if it lacks it.
+Fetch = Callable[[gossip.Addr, str, Path], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What copying one result here did."""
+
+    digest: str  # the result's manifest
+    fetched: int  # blobs copied from a holder (those already here are not counted)
+    missing: int  # blobs no holder could give (1 if even the manifest could not be had)
+
+    @property
+    def complete(self) -> bool:
+        """All of the result is held here now."""
+        return not self.missing
+
+
+class ResultTransfer:
+    """Serves this node's blobs to peers and copies results here from their holders."""
+
+    def __init__(
+        self, store: BlobStore, ledger: Ledger, node_id: str, member: MemberLookup, fetch: Fetch
+    ) -> None:
+        self.store = store
+        self.ledger = ledger  # read for its holders: who said, with a REPLICA, it holds a blob
+        self.node_id = node_id
+        self.member = member
+        self.fetch = fetch
+
+    async def serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
+        """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
+        if request.digest == EMPTY_DIGEST:
+            yield wire.BlobChunk(b"", True)
+            return
+        if not self.store.has(request.digest):
+            yield wire.BlobChunk(b"", True, missing=True)
+            return
+        with open(self.store.path(request.digest), "rb") as blob:
+            while True:
+                data = await asyncio.to_thread(blob.read, wire.BLOB_CHUNK_BYTES)
+                last = len(data) < wire.BLOB_CHUNK_BYTES
+                yield wire.BlobChunk(data, last)
+                if last:
+                    return
+
+    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
+        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
+        if self.store.has(digest):
+            return True
+        for node in holders:
+            member = self.member(node)
+            if member is None or member.state is not gossip.MemberState.ALIVE:
+                continue
+            if node != self.node_id and await self._fetch_from(member, digest):
+                return True
+        return False
+
+    async def _fetch_from(self, member: gossip.Member, digest: str) -> bool:
+        """One holder's copy of the blob, kept only if it is what was asked for."""
+        into = self.store.new_temp_path()
+        try:
+            if await self.fetch(member.addr, digest, into):
+                got, _ = await asyncio.to_thread(self.store.put_file, into, move=True)
+                if got == digest:
+                    return True
+                log.warning("a blob from %s did not match its digest; dropped", member.node[:8])
+                self.discard(got)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, SwarmError) as exc:
+            log.debug("fetching %s from %s failed: %s", digest[:12], member.node[:8], exc)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                into.unlink()
+        return False
+
+    def discard(self, digest: str) -> None:
+        """Forget a blob stored by mistake (it did not match what was asked for)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.store.path(digest).unlink()
+
+    async def copy_result(self, attempt: Attempt) -> Copied:
+        """Make an attempt's result (its manifest and every blob it names) held here, fetched
+        and verified from its holders (those the ledger knows, and the attempt's own node)."""
+        digest = attempt.result.digest
+        assert digest is not None
+        holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
+        holders = [h for h in holders if h != self.node_id]
+        had = self.store.has(digest)
+        if not await self.fetch_blob(digest, holders):
+            return Copied(digest, 0, 1)
+        fetched = 0 if had else 1
+        missing = 0
+        manifest = parse_manifest(await asyncio.to_thread(self.store.read_bytes, digest))
+        for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
+            had_part = self.store.has(part)
+            if await self.fetch_blob(part, holders):
+                fetched += 0 if had_part else 1
+            else:
+                missing += 1
+        return Copied(digest, fetched, missing)
+
+    async def fetch_results(self, job: str) -> AsyncGenerator[Copied, None]:
+        """Copy here the result of each of the job's tasks that has one, one after another."""
+        for view in self.ledger.job_tasks(job):
+            attempt = result_attempt(view)
+            if attempt is not None:
+                yield await self.copy_result(attempt)
+
+
+def result_attempt(view: TaskView) -> Attempt | None:
+    """The attempt whose result a user fetches: the task's credited one, else its latest with a
+    result (a failed task's output tells why it failed)."""
+    attempt = view.ok_attempt() or next(
+        (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
+    )
+    return None if attempt is None or attempt.result.digest is None else attempt
