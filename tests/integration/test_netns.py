@@ -155,7 +155,7 @@ def test_a_partition_is_seen_on_both_sides_and_heals(hosts: Hosts, tmp_path: Pat
         )
         tasks = tmp_path / "during.jsonl"
         tasks.write_text(json.dumps({"cmd": "echo written during the partition"}) + "\n")
-        swarm.cli.main(0, "submit", str(tasks), "--wait")
+        swarm.cli(0, "submit", str(tasks), "--wait")
 
         hosts.heal(2)
         swarm.wait_for(
@@ -185,7 +185,7 @@ def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
         swarm.wait_for("the two to form a swarm", lambda: len(swarm.states(1)) == 2)
         warm = tmp_path / "warm.jsonl"
         warm.write_text(json.dumps({"cmd": "true", "requires": {"zone": "a"}}) + "\n")
-        swarm.cli.main(1, "submit", str(warm))
+        swarm.cli(1, "submit", str(warm))
         swarm.wait_for(  # node 1 is caught up with node 0, and copies its results
             "a first result to reach node 1", lambda: swarm.rows(1)[0]["replicas"] == "2"
         )
@@ -200,7 +200,7 @@ def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
                 for i in range(2)
             )
         )
-        swarm.cli.main(1, "submit", str(tasks))
+        swarm.cli(1, "submit", str(tasks))
         swarm.wait_for("node 1 to see them done", lambda: swarm.job(1, "zoned").get("done") == 2)
         zoned = [r for r in swarm.rows(1) if r["job"] == "zoned"]
         assert {r["replicas"] for r in zoned} == {"1"}  # only node 0 holds them
@@ -216,7 +216,7 @@ def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
             "the tasks to run again on node 2", lambda: swarm.job(1, "zoned").get("done") == 2
         )
         out = tmp_path / "out"
-        swarm.cli.main(1, "results", "zoned", "--out", str(out))
+        swarm.cli(1, "results", "zoned", "--out", str(out))
         assert (out / "z1" / "stdout").read_text() == "zone 1\n"
     finally:
         swarm.stop_all()
@@ -238,7 +238,7 @@ def test_a_node_nobody_can_connect_to_still_gets_its_records_out(
         swarm.wait_for("node 1 to declare node 0 dead", lambda: swarm.states(1)[addrs[0]] == "dead")
         tasks = tmp_path / "cut.jsonl"
         tasks.write_text("".join(json.dumps({"cmd": f"echo {i}"}) + "\n" for i in range(3)))
-        swarm.cli.main(1, "submit", str(tasks))
+        swarm.cli(1, "submit", str(tasks))
         hosts.heal(1)  # node 0's filter of its own connections to node 1 stays
         swarm.wait_for(
             "node 0 to learn the job it cannot pull",
@@ -264,7 +264,7 @@ def test_work_goes_on_through_a_two_three_partition_and_every_task_ends_done(
                 json.dumps({"name": f"s{i}", "cmd": f"sleep 1; echo {i}"}) + "\n" for i in range(15)
             )
         )
-        swarm.cli.main(0, "submit", str(tasks))
+        swarm.cli(0, "submit", str(tasks))
         swarm.wait_for("tasks to run", lambda: swarm.job(0, "split").get("running", 0) >= 3)
         five_hosts.split([0, 1])
         time.sleep(5)  # more than twice the test profile's 2 s lease
@@ -276,10 +276,10 @@ def test_work_goes_on_through_a_two_three_partition_and_every_task_ends_done(
                 lambda i=i: swarm.job(i, "split").get("done") == 15,
                 timeout=90,
             )
-        attempts = list(csv.DictReader(io.StringIO(swarm.cli.main(0, "export", "--attempts"))))
+        attempts = list(csv.DictReader(io.StringIO(swarm.cli(0, "export", "--attempts"))))
         print(f"partition 2|3: {len(attempts) - 15} extra attempts for 15 tasks")
         out = tmp_path / "out"
-        swarm.cli.main(3, "results", "split", "--out", str(out))
+        swarm.cli(3, "results", "split", "--out", str(out))
         for i in range(15):
             assert (out / f"s{i}" / "stdout").read_text() == f"{i}\n"
     finally:
@@ -301,7 +301,7 @@ def test_ten_percent_loss_on_every_link_declares_no_one_dead_and_the_work_gets_d
                 for i in range(30)
             )
         )
-        swarm.cli.main(0, "submit", str(tasks))
+        swarm.cli(0, "submit", str(tasks))
         for i in range(3):
             swarm.wait_for(
                 f"node {i} to see every task done",
@@ -310,7 +310,7 @@ def test_ten_percent_loss_on_every_link_declares_no_one_dead_and_the_work_gets_d
             )
         logs = "".join((tmp_path / f"node{i}.log").read_text() for i in range(3))
         assert ": Died" not in logs, "a live node was declared dead under 10% loss"
-        attempts = list(csv.DictReader(io.StringIO(swarm.cli.main(0, "export", "--attempts"))))
+        attempts = list(csv.DictReader(io.StringIO(swarm.cli(0, "export", "--attempts"))))
         print(f"10% loss: {len(attempts) - 30} extra attempts for 30 tasks")
     finally:
         swarm.stop_all()
