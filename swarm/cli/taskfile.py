@@ -30,7 +30,7 @@ from swarm.core.spec import (
     task_id,
 )
 from swarm.daemon.resources import parse_size
-from swarm.errors import ConfigError, TaskFileError
+from swarm.errors import ConfigError, SpecError, TaskFileError
 
 KEYS = (
     "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",
@@ -175,9 +175,8 @@ def _checked(spec: TaskSpec) -> TaskSpec:
     """The invariants every spec holds, whatever it came from (sizes among them)."""
     try:
         check(spec)
-    except ValueError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise _Bad(field, message) from exc
+    except SpecError as exc:
+        raise _Bad(exc.field, exc.problem) from exc
     return spec
 
 
