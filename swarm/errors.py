@@ -47,6 +47,16 @@ class ConfigError(UserError):
     """A flag, environment variable or state directory is unusable."""
 
 
+class SizeError(ConfigError):
+    """A size that is not one (a flag's such as `--memory`, or a task's `memory`): `field` names
+    where it was given, `problem` says what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class SpecError(UserError, ValueError):
     """One field of a task spec is wrong: `field` names it (as the task file spells it), `problem`
     says what is wrong with it. Also a ValueError, because a spec that arrives from a peer or the
