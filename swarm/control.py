@@ -4,6 +4,10 @@ Frames are a 4-byte big-endian length then a msgpack map. A request is `{"op": N
 reply is `{"ok": true, ...}` or `{"ok": false, "error": text}`. A submission is streamed: a
 `submit` frame, then `{"tasks": [...]}` chunks, then `{"end": true}`; the daemon adds nothing until
 the end frame, then adds all tasks in one commit, so a client that dies mid-stream adds nothing.
+
+Both sides share this module: the framing, and a `Contract` per operation (its request's and its
+reply's TypedDicts; the request's fields carry their checks). The daemon's table of handlers is in
+`swarm/daemon/control_server.py`; the CLI calls `Client`'s typed methods, one per operation.
 """
 
 from __future__ import annotations

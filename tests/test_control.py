@@ -211,6 +211,17 @@ def test_the_table_has_every_op_once() -> None:
         assert operation.contract is _contract(op)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [*(c.request for c in control.CONTRACTS), control.SubmitFrame, control.SubmittedTask],
+    ids=lambda m: m.__name__,
+)
+def test_every_field_of_a_request_is_checked(message: type) -> None:
+    # A field with no check in its Annotated would reach a handler unchecked.
+    hints = typing.get_type_hints(message)
+    assert set(control.fields_of(message)) == set(hints) - {"op"}
+
+
 @pytest.mark.parametrize("op", sorted(GOOD))
 def test_a_good_request_is_served_with_a_reply_of_its_type(op: str) -> None:
     node = FakeNode()
