@@ -4,28 +4,46 @@ Frames are a 4-byte big-endian length then a msgpack map. A request is `{"op": N
 reply is `{"ok": true, ...}` or `{"ok": false, "error": text}`. A submission is streamed: a
 `submit` frame, then `{"tasks": [...]}` chunks, then `{"end": true}`; the daemon adds nothing until
 the end frame, then adds all tasks in one commit, so a client that dies mid-stream adds nothing.
+
+Both sides share this module: the framing, and a `Contract` per operation (its request's and its
+reply's TypedDicts; the request's fields carry their checks). The daemon's table of handlers is in
+`swarm/daemon/control_server.py`; the CLI calls `Client`'s typed methods, one per operation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import struct
-from collections.abc import Callable
-from typing import Any
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, NotRequired, Required, TypedDict, TypeVar
 
 import msgpack
 
+from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.wire import unpack
 from swarm.errors import ControlError, NotRunningError, shown
 from swarm.statedir import StateDir
 
-# -- what a request may hold -------------------------------------------------------------------
-# Every field of every request, with what it must be. A request is checked against this table
-# before the daemon acts on it, so a malformed one is answered with the field that is wrong,
-# never a TypeError that drops the connection. A field left out counts as null.
+# -- the contracts ---------------------------------------------------------------------------
+# Every request and reply is a TypedDict, so mypy checks the fields on both sides. A request's
+# fields carry, in `Annotated`, the check the daemon applies before acting on it and what the
+# field must be (for the error), so the types are the one table: a malformed request is answered
+# with the field that is wrong, never a TypeError that drops the connection. A field left out
+# counts as null. The op's name is its request's `op` literal.
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A field's check, and what the field must be, in words (for the error)."""
+
+    check: Callable[[Any], bool]
+    wanted: str
 
 
 def _is_text(value: Any) -> bool:
@@ -53,45 +71,267 @@ def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
 
-Field = tuple[Callable[[Any], bool], str]  # the check, and what it wants, for the error
-_JOB: Field = (_is_text, "a job name (a string)")
-REQUEST_FIELDS: dict[str, dict[str, Field]] = {
-    "ping": {},
-    "submit": {"job": _JOB},
-    "status": {
-        "jobs": (_or_null(_is_texts), "a list of job names (strings), or null"),
-        "wait_ms": (_or_null(_is_whole), "a whole number of milliseconds, or null"),
-        "changes": (_or_null(_is_whole), "a whole number, or null"),
-    },
-    "cancel": {"target": (_is_text, "a job name or a task id prefix (a string)")},
-    "retry": {"job": _JOB},
-    "members": {},
-    "fetch_results": {"job": _JOB},
-    "reload_keys": {},
-    "join": {
-        "peers": (lambda v: _is_texts(v) and bool(v), "a non-empty list of HOST:PORT strings")
-    },
-    "shutdown": {},
-    "drain": {
-        "node": (_or_null(_is_text), "a member's id or its prefix (a string), or null"),
-        "grace_s": (_or_null(_is_seconds), "a number of seconds, 0 or more, or null"),
-    },
-}
-# The frames of a submission's stream, after its `submit` request, and each task in them.
-SUBMIT_FRAME_FIELDS: dict[str, Field] = {
-    "tasks": (_or_null(lambda v: isinstance(v, list)), "a list of tasks, or null"),
-    "end": (_or_null(lambda v: isinstance(v, bool)), "true or false, or null"),
-}
-TASK_FIELDS: dict[str, Field] = {
-    "task_id": (_is_text, "the task's id (a string)"),
-    "name": (_is_text, "the task's name (a string)"),
-    "explicit_name": (_or_null(lambda v: isinstance(v, bool)), "true or false, or null"),
-    "spec": (lambda v: isinstance(v, dict), "the task's spec (a map)"),
-    "line": (_or_null(_is_whole), "a line number, or null"),
-}
+JobName = Annotated[str, Want(_is_text, "a job name (a string)")]
 
 
-def request_problem(request: dict[str, Any]) -> str | None:
+class PingRequest(TypedDict):
+    op: Literal["ping"]
+
+
+class PingReply(TypedDict):
+    ok: Literal[True]
+    node_id: str
+    pid: int
+
+
+class SubmitRequest(TypedDict):
+    """Opens a submission's stream: `SubmitFrame`s follow, the last with `end` true."""
+
+    op: Literal["submit"]
+    job: JobName
+
+
+class SubmittedTask(TypedDict):
+    task_id: Annotated[str, Want(_is_text, "the task's id (a string)")]
+    name: Annotated[str, Want(_is_text, "the task's name (a string)")]
+    explicit_name: NotRequired[
+        Annotated[
+            bool | None, Want(_or_null(lambda v: isinstance(v, bool)), "true or false, or null")
+        ]
+    ]
+    spec: Annotated[dict[str, Any], Want(lambda v: isinstance(v, dict), "the task's spec (a map)")]
+    line: NotRequired[Annotated[int | None, Want(_or_null(_is_whole), "a line number, or null")]]
+
+
+class SubmitFrame(TypedDict):
+    tasks: NotRequired[
+        Annotated[
+            list[SubmittedTask] | None,
+            Want(_or_null(lambda v: isinstance(v, list)), "a list of tasks, or null"),
+        ]
+    ]
+    end: NotRequired[
+        Annotated[
+            bool | None, Want(_or_null(lambda v: isinstance(v, bool)), "true or false, or null")
+        ]
+    ]
+
+
+class SubmitReply(TypedDict):
+    ok: Literal[True]
+    job: str
+    added: int  # tasks new to the ledger
+    existing: int  # tasks it held already
+
+
+class StatusRequest(TypedDict):
+    op: Literal["status"]
+    jobs: NotRequired[
+        Annotated[
+            list[str] | None, Want(_or_null(_is_texts), "a list of job names (strings), or null")
+        ]
+    ]
+    # A long poll: answer at the next change after `changes` (as a reply counted them), or
+    # after this long.
+    wait_ms: NotRequired[
+        Annotated[int | None, Want(_or_null(_is_whole), "a whole number of milliseconds, or null")]
+    ]
+    changes: NotRequired[
+        Annotated[int | None, Want(_or_null(_is_whole), "a whole number, or null")]
+    ]
+
+
+class StatusReply(TypedDict):
+    ok: Literal[True]
+    snapshot: Snapshot
+    changes: int  # how many times a task's state has changed: the next long poll's `changes`
+
+
+class CancelRequest(TypedDict):
+    op: Literal["cancel"]
+    target: Annotated[str, Want(_is_text, "a job name or a task id prefix (a string)")]
+
+
+class CancelReply(TypedDict):
+    ok: Literal[True]
+    cancelled: Literal["job", "task"]
+    target: str  # the job, or the task's whole id
+
+
+class RetryRequest(TypedDict):
+    op: Literal["retry"]
+    job: JobName
+
+
+class RetryReply(TypedDict):
+    ok: Literal[True]
+    job: str
+    requeued: int
+
+
+class MembersRequest(TypedDict):
+    op: Literal["members"]
+
+
+class NetStats(TypedDict):
+    """What the node's transport counted since it started (empty with no gossip address)."""
+
+    dropped: int
+    forged: int
+    bad_records: int
+    refused_records: int
+    stamps_ahead: int
+    streams_refused: int
+    refused_tasks: int
+    gap_pulls: int
+    sent: int
+    received: int
+    bytes_sent: int
+    bytes_received: int
+
+
+class MembersReply(TypedDict):
+    ok: Literal[True]
+    members: list[NodeRow]
+    net: NetStats | dict[str, int]  # {} for a node with no gossip address
+
+
+class FetchResultsRequest(TypedDict):
+    op: Literal["fetch_results"]
+    job: JobName
+
+
+class FetchResultsReply(TypedDict):
+    ok: Literal[True]
+    fetched: int  # result files copied here from other nodes
+    missing: int  # result files no live holder could give
+
+
+class ReloadKeysRequest(TypedDict):
+    op: Literal["reload_keys"]
+
+
+class ReloadKeysReply(TypedDict):
+    ok: Literal[True]
+    in_use: str  # the id of the key now sealing, in hex
+
+
+class JoinRequest(TypedDict):
+    op: Literal["join"]
+    peers: Annotated[
+        list[str], Want(lambda v: _is_texts(v) and bool(v), "a non-empty list of HOST:PORT strings")
+    ]
+
+
+class JoinReply(TypedDict):
+    ok: Literal[True]
+    problems: list[str]  # one sentence per seed that did not answer; none once one has
+
+
+class ShutdownRequest(TypedDict):
+    op: Literal["shutdown"]
+
+
+class ShutdownReply(TypedDict):
+    ok: Literal[True]
+
+
+class DrainRequest(TypedDict):
+    op: Literal["drain"]
+    node: NotRequired[
+        Annotated[
+            str | None, Want(_or_null(_is_text), "a member's id or its prefix (a string), or null")
+        ]
+    ]
+    grace_s: NotRequired[
+        Annotated[
+            float | None, Want(_or_null(_is_seconds), "a number of seconds, 0 or more, or null")
+        ]
+    ]
+
+
+class DrainReply(TypedDict):
+    ok: Literal[True]
+    node: str  # the whole id of the node asked to drain
+    running: int | None  # its running attempts, if it is this node
+
+
+class ErrorReply(TypedDict):
+    ok: Literal[False]
+    error: str
+
+
+# Every reply a request may have, when it is served.
+Reply = (
+    PingReply | SubmitReply | StatusReply | CancelReply | RetryReply | MembersReply
+    | FetchResultsReply | ReloadKeysReply | JoinReply | ShutdownReply | DrainReply
+)  # fmt: skip
+
+Req = TypeVar("Req", bound=Mapping[str, Any])
+Rep = TypeVar("Rep", bound=Mapping[str, Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Contract(Generic[Req, Rep]):
+    """One operation: its request's and its reply's types, and what each request field must be."""
+
+    request: type[Req]
+    reply: type[Rep]
+
+    @property
+    def op(self) -> str:
+        return _op_of(self.request)
+
+    @property
+    def fields(self) -> dict[str, Want]:
+        return fields_of(self.request)
+
+
+PING: Contract[PingRequest, PingReply] = Contract(PingRequest, PingReply)
+SUBMIT: Contract[SubmitRequest, SubmitReply] = Contract(SubmitRequest, SubmitReply)
+STATUS: Contract[StatusRequest, StatusReply] = Contract(StatusRequest, StatusReply)
+CANCEL: Contract[CancelRequest, CancelReply] = Contract(CancelRequest, CancelReply)
+RETRY: Contract[RetryRequest, RetryReply] = Contract(RetryRequest, RetryReply)
+MEMBERS: Contract[MembersRequest, MembersReply] = Contract(MembersRequest, MembersReply)
+FETCH_RESULTS: Contract[FetchResultsRequest, FetchResultsReply] = Contract(
+    FetchResultsRequest, FetchResultsReply
+)
+RELOAD_KEYS: Contract[ReloadKeysRequest, ReloadKeysReply] = Contract(
+    ReloadKeysRequest, ReloadKeysReply
+)
+JOIN: Contract[JoinRequest, JoinReply] = Contract(JoinRequest, JoinReply)
+SHUTDOWN: Contract[ShutdownRequest, ShutdownReply] = Contract(ShutdownRequest, ShutdownReply)
+DRAIN: Contract[DrainRequest, DrainReply] = Contract(DrainRequest, DrainReply)
+CONTRACTS: tuple[Contract[Any, Any], ...] = (
+    PING, SUBMIT, STATUS, CANCEL, RETRY, MEMBERS, FETCH_RESULTS, RELOAD_KEYS, JOIN, SHUTDOWN, DRAIN,
+)  # fmt: skip
+
+
+@functools.cache
+def fields_of(message: type[Mapping[str, Any]]) -> dict[str, Want]:
+    """The checked fields of a request or frame type, from the `Want` in each field's Annotated."""
+    out: dict[str, Want] = {}
+    for name, hint in typing.get_type_hints(message, include_extras=True).items():
+        if typing.get_origin(hint) in (NotRequired, Required):
+            hint = typing.get_args(hint)[0]
+        wants = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Want)]
+        if wants:
+            out[name] = wants[0]
+    return out
+
+
+def _op_of(request: type[Mapping[str, Any]]) -> str:
+    (op,) = typing.get_args(typing.get_type_hints(request)["op"])
+    return str(op)
+
+
+# Every field of every request, op by op, with what it must be; and of a submission's frames.
+REQUEST_FIELDS: dict[str, dict[str, Want]] = {c.op: c.fields for c in CONTRACTS}
+SUBMIT_FRAME_FIELDS = fields_of(SubmitFrame)
+TASK_FIELDS = fields_of(SubmittedTask)
+
+
+def request_problem(request: Mapping[str, Any]) -> str | None:
     """Why a control request cannot be served, naming the field; None if it can."""
     op = request.get("op")
     if not isinstance(op, str) or op not in REQUEST_FIELDS:
@@ -99,7 +339,7 @@ def request_problem(request: dict[str, Any]) -> str | None:
     return _fields_problem(request, REQUEST_FIELDS[op], f"{op} request")
 
 
-def submit_frame_problem(frame: dict[str, Any]) -> str | None:
+def submit_frame_problem(frame: Mapping[str, Any]) -> str | None:
     """Why a frame of a submission's stream is malformed, naming the field; None if it is not."""
     problem = _fields_problem(frame, SUBMIT_FRAME_FIELDS, "submission frame")
     if problem is not None:
@@ -113,14 +353,16 @@ def submit_frame_problem(frame: dict[str, Any]) -> str | None:
     return None
 
 
-def _fields_problem(message: dict[str, Any], fields: dict[str, Field], what: str) -> str | None:
-    for name, (check, wanted) in fields.items():
+def _fields_problem(message: Mapping[str, Any], fields: dict[str, Want], what: str) -> str | None:
+    for name, want in fields.items():
         value = message.get(name)
-        if not check(value):
+        if not want.check(value):
             got = "nothing" if name not in message else type(value).__name__
-            return f"bad {what}: {name!r} must be {wanted}, got {got}"
+            return f"bad {what}: {name!r} must be {want.wanted}, got {got}"
     return None
 
+
+# -- framing -----------------------------------------------------------------------------------
 
 FRAME_BYTES_MAX = 64 << 20
 SUBMIT_CHUNK_TASKS = 5_000
@@ -149,7 +391,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return message
 
 
-def encode_frame(message: dict[str, Any]) -> bytes:
+def encode_frame(message: Mapping[str, Any]) -> bytes:
     body: bytes = msgpack.packb(message, use_bin_type=True)
     if len(body) > FRAME_BYTES_MAX:
         raise ControlError(f"frame of {len(body)} bytes is over the {FRAME_BYTES_MAX} byte limit")
@@ -182,11 +424,65 @@ class Client:
             ) from exc
         return cls(reader, writer)
 
+    # -- the typed calls, one per operation ---------------------------------------------------
+
+    async def ping(self) -> PingReply:
+        return await self.ask(PING, PingRequest(op="ping"))
+
+    async def submit(self, job: str, chunks: Iterable[list[SubmittedTask]]) -> SubmitReply:
+        """Stream a submission: its request, a frame per chunk of tasks, then the end frame."""
+        await self.send(SubmitRequest(op="submit", job=job))
+        for tasks in chunks:
+            await self.send(SubmitFrame(tasks=tasks))
+        await self.send(SubmitFrame(end=True))
+        return checked_reply(SUBMIT, await self.reply())
+
+    async def status(
+        self, jobs: list[str] | None = None, wait_ms: int | None = None, changes: int | None = None
+    ) -> StatusReply:
+        request = StatusRequest(op="status", jobs=jobs, wait_ms=wait_ms, changes=changes)
+        return await self.ask(STATUS, request)
+
+    async def cancel(self, target: str) -> CancelReply:
+        return await self.ask(CANCEL, CancelRequest(op="cancel", target=target))
+
+    async def retry(self, job: str) -> RetryReply:
+        return await self.ask(RETRY, RetryRequest(op="retry", job=job))
+
+    async def members(self) -> MembersReply:
+        return await self.ask(MEMBERS, MembersRequest(op="members"))
+
+    async def fetch_results(self, job: str) -> FetchResultsReply:
+        return await self.ask(FETCH_RESULTS, FetchResultsRequest(op="fetch_results", job=job))
+
+    async def reload_keys(self) -> ReloadKeysReply:
+        return await self.ask(RELOAD_KEYS, ReloadKeysRequest(op="reload_keys"))
+
+    async def join(self, peers: list[str]) -> JoinReply:
+        return await self.ask(JOIN, JoinRequest(op="join", peers=peers))
+
+    async def shutdown(self) -> ShutdownReply:
+        return await self.ask(SHUTDOWN, ShutdownRequest(op="shutdown"))
+
+    async def drain(self, node: str | None, grace_s: float | None = None) -> DrainReply:
+        request = DrainRequest(op="drain", node=node)
+        if grace_s is not None:
+            request["grace_s"] = grace_s
+        return await self.ask(DRAIN, request)
+
+    # -- the wire ------------------------------------------------------------------------------
+
+    async def ask(self, contract: Contract[Req, Rep], request: Req) -> Rep:
+        """One request and its reply, of the types the contract gives them."""
+        await self.send(request)
+        return checked_reply(contract, await self.reply())
+
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """An untyped request, for tools and tests that speak the wire directly."""
         await self.send({"op": op, **fields})
         return await self.reply()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         self._writer.write(encode_frame(message))
         await self._writer.drain()
 
@@ -204,13 +500,33 @@ class Client:
             await self._writer.wait_closed()
 
 
+def checked_reply(contract: Contract[Any, Rep], message: dict[str, Any]) -> Rep:
+    """A reply as its contract types it, once every key that type requires is in it (a daemon of
+    another version may answer otherwise: say so, rather than fail on a missing key later)."""
+    missing = sorted(_required_keys(contract.reply) - message.keys())
+    if missing:
+        raise ControlError(
+            f"the daemon's reply to {contract.op!r} lacks {', '.join(missing)} "
+            "(is it another version of swarm?)"
+        )
+    return typing.cast(Rep, message)
+
+
+@functools.cache
+def _required_keys(message: type[Mapping[str, Any]]) -> frozenset[str]:
+    # Read from the hints: with postponed annotations, a TypedDict's __required_keys__ counts
+    # its NotRequired fields as required.
+    hints = typing.get_type_hints(message, include_extras=True)
+    return frozenset(k for k, h in hints.items() if typing.get_origin(h) is not NotRequired)
+
+
 async def is_running(state: StateDir) -> bool:
     try:
         client = await Client.connect(state)
     except NotRunningError:
         return False
     try:
-        await client.call("ping")
+        await client.ping()
         return True
     except (ControlError, OSError):
         return False

@@ -1,8 +1,15 @@
 """The one exception hierarchy of swarm.
 
-Two families, as h11 splits them: errors in what a user gave us (a task file, a flag, a config),
-which carry a message naming where the problem is; and errors in what arrived from elsewhere (a
-blob on disk, a peer's bytes), which are counted and contained. Programmer errors are assertions.
+Two families under `SwarmError`, as h11 splits LocalProtocolError from RemoteProtocolError:
+
+- `UserError`: what the user gave is wrong (a task file, a flag, a config, a control request). Its
+  message is one clear sentence naming what and where; the CLI prints it and exits 2, and nothing
+  of the input was half-applied.
+- `RemoteError`: what a peer or the daemon sent or said is wrong, or it cannot be reached. Bytes
+  from a peer that fail are counted and dropped; the CLI prints what the daemon said.
+
+The rest (a full disk, a blob or ledger file that no longer reads, a task's runaway outputs) are
+this node's own troubles and stay directly under `SwarmError`. Programmer errors are assertions.
 """
 
 from __future__ import annotations
@@ -14,11 +21,18 @@ class SwarmError(Exception):
     """Base of every error swarm raises on purpose."""
 
 
-class UserInputError(SwarmError):
+# -- what the user gave ---------------------------------------------------------------------------
+
+
+class UserError(SwarmError):
     """Something the user supplied is wrong; the message says what and where."""
 
 
-class TaskFileError(UserInputError):
+# The older name, kept because many raise sites (and other branches) use it: the same class.
+UserInputError = UserError
+
+
+class TaskFileError(UserError):
     """One or more lines of a task file are invalid; nothing of the file was added."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -29,16 +43,52 @@ class TaskFileError(UserInputError):
         super().__init__(text)
 
 
-class ConfigError(UserInputError):
+class ConfigError(UserError):
     """A flag, environment variable or state directory is unusable."""
 
 
-class NotRunningError(SwarmError):
+class SizeError(ConfigError):
+    """A size that is not one (a flag's such as `--memory`, or a task's `memory`): `field` names
+    where it was given, `problem` says what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class SpecError(UserError, ValueError):
+    """One field of a task spec is wrong: `field` names it (as the task file spells it), `problem`
+    says what is wrong with it. Also a ValueError, because a spec that arrives from a peer or the
+    ledger file is bad data to its readers, which refuse it as they refuse any malformed value."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# -- what a peer or the daemon sent ---------------------------------------------------------------
+
+
+class RemoteError(SwarmError):
+    """What a peer or the daemon sent or said is wrong, or it could not be reached."""
+
+
+class NotRunningError(RemoteError):
     """No daemon answers on the control socket of this data directory."""
 
 
-class ControlError(SwarmError):
-    """The daemon refused or failed a control request."""
+class ControlError(RemoteError):
+    """The control connection failed: the daemon refused or failed a request, or either side
+    sent a frame that cannot be read."""
+
+
+class BadRecordError(RemoteError):
+    """A ledger record could not be decoded; it is dropped and counted, never applied."""
+
+
+# -- this node's own state ------------------------------------------------------------------------
 
 
 class CorruptBlobError(SwarmError):
@@ -51,10 +101,6 @@ class MissingBlobError(SwarmError):
 
 class StorageFullError(SwarmError):
     """The state directory's disk is full; nothing was half-written."""
-
-
-class BadRecordError(SwarmError):
-    """A ledger record could not be decoded; it is dropped and counted, never applied."""
 
 
 class OutputLimitError(SwarmError):

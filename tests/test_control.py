@@ -1,14 +1,344 @@
-"""The control requests' table: what the CLI sends passes; a wrong field is named."""
+"""The control protocol as a table: every operation, through the real client and the real server
+over a socket pair, with a node that records what it was asked. Each op: a good request is served
+with a reply of its contract's type, a bad field is answered naming it, an unknown op is refused;
+the connection goes on after each refusal."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import socket
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NotRequired, Required
 
 import pytest
 
-from swarm.control import REQUEST_FIELDS, request_problem, submit_frame_problem
+from swarm import control
+from swarm.control import (
+    REQUEST_FIELDS,
+    Client,
+    Contract,
+    checked_reply,
+    request_problem,
+    submit_frame_problem,
+)
+from swarm.core import snapshot
+from swarm.core.ledger import Ledger
+from swarm.core.spec import Resources, TaskSpec, task_id
+from swarm.daemon.control_server import OPERATIONS, CheckedTask, ControlServer
+from swarm.errors import ControlError, UserError
 
-# What the CLI sends, op by op (cli.py): every one must pass.
+NODE_ID = "f00d" + "0" * 60
+JOB = "sweep"
+SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
+TASK: control.SubmittedTask = {
+    "task_id": task_id(JOB, SPEC, None),
+    "name": "1",
+    "explicit_name": False,
+    "spec": SPEC.to_wire(),
+    "line": 1,
+}
+NODE_ROW: snapshot.NodeRow = {
+    "id": NODE_ID,
+    "state": "alive",
+    "pid": 1,
+    "data_dir": "/tmp/swarm",
+    "labels": {"zone": "eu"},
+    "capacity": snapshot.resources_dict(Resources(4.0, 1 << 30, 0)),
+    "used": snapshot.resources_dict(Resources(0.0, 0, 0)),
+    "running": 0,
+    "started_ms": 1,
+}
+
+
+class FakeNode:
+    """A node for the control server (control_server.NodeControl) that records its calls."""
+
+    node_id = NODE_ID
+    net = None
+    forged_records = bad_records = refused_records = stamps_ahead = refused_tasks = gap_pulls = 0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.changes = 7
+
+    async def wait_for_change(self, seen: int, timeout_s: float) -> None:
+        self.calls.append(("wait_for_change", seen, timeout_s))
+
+    def snapshot(self, jobs: list[str] | None = None) -> snapshot.Snapshot:
+        self.calls.append(("snapshot", jobs))
+        return snapshot.build(Ledger(), 1_000, self.members(), jobs)
+
+    def members(self) -> list[snapshot.NodeRow]:
+        return [NODE_ROW]
+
+    def has_job(self, job: str) -> bool:
+        return job == JOB
+
+    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
+        self.calls.append(("add_tasks", job, [t.task_id for t in tasks]))
+        return len(tasks)
+
+    async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
+        self.calls.append(("cancel", target))
+        return "job", target
+
+    async def retry(self, job: str) -> int:
+        self.calls.append(("retry", job))
+        return 2
+
+    async def fetch_results(self, job: str) -> dict[str, int]:
+        self.calls.append(("fetch_results", job))
+        return {"fetched": 3, "missing": 1}
+
+    def reload_keys(self) -> str:
+        self.calls.append(("reload_keys",))
+        return "0a1b2c3d"
+
+    async def join_peers(self, peers: list[str]) -> list[str]:
+        self.calls.append(("join_peers", peers))
+        return []
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+    async def drain_request(
+        self, node_prefix: str | None, grace_s: float | None
+    ) -> tuple[str, int | None]:
+        self.calls.append(("drain_request", node_prefix, grace_s))
+        return NODE_ID, 0
+
+
+Ask = Callable[[Client], Awaitable[Any]]
+
+# op -> (the typed call the CLI makes, what the node must have been asked)
+GOOD: dict[str, tuple[Ask, tuple[Any, ...] | None]] = {
+    "ping": (lambda c: c.ping(), None),
+    "submit": (lambda c: c.submit(JOB, [[TASK], []]), ("add_tasks", JOB, [TASK["task_id"]])),
+    "status": (lambda c: c.status(jobs=[JOB], wait_ms=500, changes=7), ("snapshot", [JOB])),
+    "cancel": (lambda c: c.cancel(JOB), ("cancel", JOB)),
+    "retry": (lambda c: c.retry(JOB), ("retry", JOB)),
+    "members": (lambda c: c.members(), None),
+    "fetch_results": (lambda c: c.fetch_results(JOB), ("fetch_results", JOB)),
+    "reload_keys": (lambda c: c.reload_keys(), ("reload_keys",)),
+    "join": (lambda c: c.join(["10.0.0.5:7946"]), ("join_peers", ["10.0.0.5:7946"])),
+    "shutdown": (lambda c: c.shutdown(), ("stop",)),
+    "drain": (lambda c: c.drain("f00d", 2.5), ("drain_request", "f00d", 2.5)),
+}
+
+# op -> (a request with a bad field, what the error must say); an op with no fields has none.
+BAD: dict[str, tuple[dict[str, Any], str]] = {
+    "submit": ({"op": "submit", "job": 5}, "'job' must be a job name (a string), got int"),
+    "status": ({"op": "status", "wait_ms": 1.5}, "'wait_ms' must be a whole number"),
+    "cancel": ({"op": "cancel"}, "'target' must be a job name or a task id prefix"),
+    "retry": ({"op": "retry", "job": [1]}, "'job' must be a job name (a string), got list"),
+    "fetch_results": ({"op": "fetch_results", "job": None}, "'job' must be a job name"),
+    "join": ({"op": "join", "peers": []}, "'peers' must be a non-empty list of HOST:PORT"),
+    "drain": ({"op": "drain", "grace_s": -1}, "'grace_s' must be a number of seconds, 0 or more"),
+}
+UNKNOWN: list[tuple[dict[str, Any], str]] = [
+    ({"op": "launch"}, "unknown request 'launch'"),
+    ({"op": 5}, "unknown request 5"),
+    ({"target": JOB}, "unknown request None"),
+]
+
+
+async def _connected(node: FakeNode) -> tuple[Client, asyncio.Task[None]]:
+    """A client joined to a control server by a socket pair: the real frames, no daemon."""
+    ours, theirs = socket.socketpair()
+    server_reader, server_writer = await asyncio.open_unix_connection(sock=theirs)
+    serving = asyncio.create_task(ControlServer(node, set()).handle(server_reader, server_writer))
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    return Client(reader, writer), serving
+
+
+def _run_with_client(node: FakeNode, body: Callable[[Client], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        client, serving = await _connected(node)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+            await serving
+
+    return asyncio.run(go())
+
+
+def conforms(value: Any, hint: Any) -> bool:
+    """Whether `value`, as decoded from the wire, is of the type `hint` (the shapes the
+    contracts use: TypedDicts, unions, literals, lists, maps, plain types)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (NotRequired, Required, typing.Annotated):
+        return conforms(value, args[0])
+    if hint is Any:
+        return True
+    if typing.is_typeddict(hint):
+        if not isinstance(value, dict):
+            return False
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = {k for k, h in hints.items() if typing.get_origin(h) is not NotRequired}
+        return required <= value.keys() <= hints.keys() and all(
+            conforms(value[k], hints[k]) for k in value
+        )
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            conforms(k, args[0]) and conforms(v, args[1]) for k, v in value.items()
+        )
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # a bool is no number here; an int is a float, as JSON has it
+        ok = (int,) if hint is int else (int, float)
+        return isinstance(value, ok) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _contract(op: str) -> Contract[Any, Any]:
+    return next(c for c in control.CONTRACTS if c.op == op)
+
+
+def test_the_table_has_every_op_once() -> None:
+    ops = [c.op for c in control.CONTRACTS]
+    assert len(ops) == len(set(ops))
+    assert set(OPERATIONS) == set(ops) == set(REQUEST_FIELDS) == set(GOOD)
+    for op, operation in OPERATIONS.items():
+        assert operation.contract is _contract(op)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [*(c.request for c in control.CONTRACTS), control.SubmitFrame, control.SubmittedTask],
+    ids=lambda m: m.__name__,
+)
+def test_every_field_of_a_request_is_checked(message: type) -> None:
+    # A field with no check in its Annotated would reach a handler unchecked.
+    hints = typing.get_type_hints(message)
+    assert set(control.fields_of(message)) == set(hints) - {"op"}
+
+
+@pytest.mark.parametrize("op", sorted(GOOD))
+def test_a_good_request_is_served_with_a_reply_of_its_type(op: str) -> None:
+    node = FakeNode()
+    ask, wanted_call = GOOD[op]
+    reply = _run_with_client(node, ask)
+    assert conforms(reply, _contract(op).reply), reply
+    if wanted_call is not None:
+        assert wanted_call in node.calls, node.calls
+
+
+def test_the_replies_say_what_the_node_answered() -> None:
+    node = FakeNode()
+
+    async def ask_all(client: Client) -> list[Any]:
+        return [
+            await client.submit(JOB, [[TASK]]),
+            await client.cancel(JOB),
+            await client.retry(JOB),
+            await client.fetch_results(JOB),
+            await client.drain(None),
+            await client.members(),
+        ]
+
+    submitted, cancelled, retried, fetched, drained, members = _run_with_client(node, ask_all)
+    assert submitted == {"ok": True, "job": JOB, "added": 1, "existing": 0}
+    assert cancelled == {"ok": True, "cancelled": "job", "target": JOB}
+    assert retried == {"ok": True, "job": JOB, "requeued": 2}
+    assert fetched == {"ok": True, "fetched": 3, "missing": 1}
+    assert drained == {"ok": True, "node": NODE_ID, "running": 0}
+    assert ("drain_request", None, None) in node.calls
+    assert members == {"ok": True, "members": [NODE_ROW], "net": {}}
+
+
+def test_a_status_long_poll_waits_for_the_next_change_and_is_capped() -> None:
+    node = FakeNode()
+
+    async def ask(client: Client) -> Any:
+        await client.status(jobs=None)  # no wait asked: none made
+        return await client.status(jobs=None, wait_ms=60_000, changes=7)
+
+    reply = _run_with_client(node, ask)
+    waits = [c for c in node.calls if c[0] == "wait_for_change"]
+    assert waits == [("wait_for_change", 7, 10.0)]  # STATUS_WAIT_MS_MAX
+    assert reply["changes"] == 7
+
+
+@pytest.mark.parametrize("op", sorted(BAD))
+def test_a_bad_field_is_answered_naming_it(op: str) -> None:
+    node = FakeNode()
+    request, fragment = BAD[op]
+
+    async def ask(client: Client) -> tuple[str, Any]:
+        await client.send(request)
+        if op == "submit":  # the stream follows the request, refused or not
+            await client.send({"tasks": [TASK]})
+            await client.send({"end": True})
+        with pytest.raises(ControlError) as refused:
+            await client.reply()
+        return str(refused.value), await client.ping()  # the connection goes on, in step
+
+    answer, pong = _run_with_client(node, ask)
+    assert fragment in answer and f"bad {op} request" in answer, answer
+    assert pong["node_id"] == NODE_ID
+    assert node.calls == []  # nothing was done
+
+
+def test_only_ops_without_fields_have_no_bad_field_case() -> None:
+    assert set(GOOD) - set(BAD) == {op for op, fields in REQUEST_FIELDS.items() if not fields}
+
+
+@pytest.mark.parametrize(("request_", "fragment"), UNKNOWN, ids=lambda v: str(v))
+def test_an_unknown_op_is_refused(request_: dict[str, Any], fragment: str) -> None:
+    async def ask(client: Client) -> tuple[str, Any]:
+        await client.send(request_)
+        with pytest.raises(ControlError) as refused:
+            await client.reply()
+        return str(refused.value), await client.ping()
+
+    answer, pong = _run_with_client(FakeNode(), ask)
+    assert answer == fragment
+    assert pong["ok"] is True
+
+
+def test_a_task_whose_id_is_not_its_content_adds_nothing() -> None:
+    node = FakeNode()
+
+    async def ask(client: Client) -> str:
+        with pytest.raises(ControlError) as refused:
+            await client.submit(JOB, [[TASK, {**TASK, "task_id": "0" * 64, "name": "2"}]])
+        return str(refused.value)
+
+    assert "its id does not match its content" in _run_with_client(node, ask)
+    assert not [c for c in node.calls if c[0] == "add_tasks"]
+
+
+def test_a_node_error_is_answered_with_its_sentence() -> None:
+    class Refusing(FakeNode):
+        async def retry(self, job: str) -> int:
+            raise UserError(f"no job {job!r}")
+
+    async def ask(client: Client) -> str:
+        with pytest.raises(ControlError) as refused:
+            await client.retry("nope")
+        return str(refused.value)
+
+    assert _run_with_client(Refusing(), ask) == "no job 'nope'"
+
+
+def test_a_reply_lacking_what_its_type_requires_is_a_control_error() -> None:
+    with pytest.raises(ControlError, match="lacks pid"):
+        checked_reply(control.PING, {"ok": True, "node_id": NODE_ID})
+    assert checked_reply(control.PING, {"ok": True, "node_id": NODE_ID, "pid": 1})["pid"] == 1
+
+
+# -- the field checks, as the table states them ----------------------------------------------------
+
+# What the CLI sends, op by op: every one must pass.
 SENT_BY_THE_CLI: list[dict[str, Any]] = [
     {"op": "ping"},
     {"op": "submit", "job": "sweep"},

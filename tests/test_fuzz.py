@@ -54,7 +54,7 @@ from swarm.core.ledger import (
 )
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.daemon import db
-from swarm.daemon.node import _task_record
+from swarm.daemon.control_server import checked_task
 from swarm.errors import (
     BadRecordError,
     ControlError,
@@ -555,8 +555,8 @@ def _read_all_frames(data: bytes) -> list[dict[str, Any]]:
 
 
 def assert_served_or_refused(frame: dict[str, Any]) -> None:
-    """What the daemon does with a frame before acting (node.py `_dispatch`, `_submit`): the
-    table says what is wrong with it, or each task is made a record or refused in words."""
+    """What the daemon does with a frame before acting (control_server.py `serve`, `_submit`):
+    the table says what is wrong with it, or each task is made a record or refused in words."""
     assert isinstance(frame, dict)
     problem = control.request_problem(frame)
     assert problem is None or isinstance(problem, str)
@@ -565,10 +565,10 @@ def assert_served_or_refused(frame: dict[str, Any]) -> None:
     if problem is None:
         for task in frame.get("tasks") or []:
             try:
-                record = _task_record(JOB, task, 1)
+                checked = checked_task(JOB, task)
             except UserInputError:
                 continue
-            assert_usable_body(record)
+            assert_usable_body(TaskRecord(checked.task_id, JOB, checked.name, checked.spec, 1))
 
 
 # -- the envelope ----------------------------------------------------------------------------

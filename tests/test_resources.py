@@ -22,7 +22,7 @@ from swarm.daemon.resources import (
     probe_gpus,
     probe_memory_bytes,
 )
-from swarm.errors import ConfigError, UserInputError
+from swarm.errors import ConfigError, SizeError, UserInputError
 
 KIB = 1024
 MIB = 1024**2
@@ -488,3 +488,11 @@ def test_module_exports() -> None:
         "probe_gpus",
         "probe_memory_bytes",
     }
+
+
+def test_a_size_error_carries_its_field_and_problem() -> None:
+    with pytest.raises(SizeError) as caught:
+        parse_size("lots", field="memory")
+    assert caught.value.field == "memory"
+    assert caught.value.problem.startswith("'lots' is not a size; expected ")
+    assert str(caught.value) == f"memory: {caught.value.problem}"

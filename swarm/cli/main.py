@@ -16,8 +16,9 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -43,6 +44,8 @@ STOP_WAIT_S = 30.0
 STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
 FAILED_LISTED_MAX = 10
+
+Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -318,26 +321,23 @@ def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask
     return job, taskfile.parse_jsonl(data, source, job, base_dir)
 
 
-async def send_tasks(client: Client, job: str, tasks: list[taskfile.NewTask]) -> dict[str, Any]:
-    await client.send({"op": "submit", "job": job})
-    for start in range(0, len(tasks), control.SUBMIT_CHUNK_TASKS):
-        chunk = tasks[start : start + control.SUBMIT_CHUNK_TASKS]
-        await client.send(
-            {
-                "tasks": [
-                    {
-                        "task_id": t.task_id,
-                        "name": t.name,
-                        "explicit_name": t.explicit_name,
-                        "spec": t.spec.to_wire(),
-                        "line": t.line,
-                    }
-                    for t in chunk
-                ]
-            }
-        )
-    await client.send({"end": True})
-    return await client.reply()
+async def send_tasks(
+    client: Client, job: str, tasks: list[taskfile.NewTask]
+) -> control.SubmitReply:
+    chunk = control.SUBMIT_CHUNK_TASKS
+    return await client.submit(
+        job, ([_wire_task(t) for t in tasks[i : i + chunk]] for i in range(0, len(tasks), chunk))
+    )
+
+
+def _wire_task(task: taskfile.NewTask) -> control.SubmittedTask:
+    return {
+        "task_id": task.task_id,
+        "name": task.name,
+        "explicit_name": task.explicit_name,
+        "spec": task.spec.to_wire(),
+        "line": task.line,
+    }
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -355,7 +355,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return finish_run(state, job, snap, out_dir, elapsed, finished_before)
 
 
-Watched = tuple[dict[str, Any], int]  # the last snapshot, and how many tasks had finished at first
+# The last snapshot (None if none was taken), and how many tasks had finished at first.
+Watched = tuple[snapshot.Snapshot | None, int]
 
 
 async def _run(
@@ -366,7 +367,7 @@ async def _run(
         return await _submit_and_watch(state, job, tasks, embedded=False)
     node = Node(state, config)
     failure: BaseException | None = None
-    watched: Watched = ({}, 0)
+    watched: Watched = (None, 0)
     async with asyncio.TaskGroup() as tg:
         node_task = tg.create_task(node.run())
         ready = tg.create_task(node.wait_ready())
@@ -411,7 +412,7 @@ async def _submit_and_watch(
         await client.close()
 
 
-async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
+async def watch_job(client: Client, job: str, embedded: bool) -> tuple[snapshot.Snapshot, int]:
     """Show a progress bar until the job is finished (or, on an embedded node, until nothing
     left can run here)."""
     finished_at_start: int | None = None
@@ -426,12 +427,12 @@ async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
     )
     with progress:
         bar = progress.add_task(job, total=None, detail="")
-        wait_ms, changes = 0, None
+        wait_ms, changes = 0, None  # the first answer comes at once
         while True:
             asked = time.monotonic()
-            reply = await client.call("status", jobs=[job], wait_ms=wait_ms, changes=changes)
-            snap: dict[str, Any] = reply["snapshot"]
-            wait_ms, changes = POLL_WAIT_MS, reply.get("changes")
+            reply = await client.status(jobs=[job], wait_ms=wait_ms, changes=changes)
+            snap = reply["snapshot"]
+            wait_ms, changes = POLL_WAIT_MS, reply["changes"]
             row = snap["jobs"][0] if snap["jobs"] else None
             if row is not None:
                 finished = row["done"] + row["failed"] + row["cancelled"]
@@ -441,7 +442,7 @@ async def watch_job(client: Client, job: str, embedded: bool) -> Watched:
                 progress.update(bar, completed=finished, total=row["total"], detail=detail)
                 if row["pending"] + row["running"] == 0:
                     return snap, finished_at_start
-                stuck = snap.get("infeasible_count", len(snap["infeasible"]))
+                stuck = snap["infeasible_count"]
                 if embedded and row["running"] == 0 and stuck >= row["pending"]:
                     return snap, finished_at_start
             await asyncio.sleep(max(0.0, POLL_MIN_S - (time.monotonic() - asked)))
@@ -451,7 +452,7 @@ def plural(count: int, word: str) -> str:
     return f"{count:,} {word}" + ("" if count == 1 else "s")
 
 
-def summary_line(row: dict[str, Any], elapsed: float, ran: int | None) -> str:
+def summary_line(row: snapshot.JobRow, elapsed: float, ran: int | None) -> str:
     """One line on how a job ended; `ran`: how many of its tasks finished during this command."""
     failed = f"[red]{row['failed']:,} failed[/]" if row["failed"] else "0 failed"
     line = (
@@ -467,7 +468,7 @@ def summary_line(row: dict[str, Any], elapsed: float, ran: int | None) -> str:
 def finish_run(
     state: statedir.StateDir,
     job: str,
-    snap: dict[str, Any],
+    snap: snapshot.Snapshot | None,
     out_dir: Path,
     elapsed: float,
     finished_before: int,
@@ -488,12 +489,13 @@ def finish_run(
         err.print(f"  [red]failed[/] {view.name}: {why} (see {out_dir / view.name / 'stderr'})")
     if len(failed) > FAILED_LISTED_MAX:
         err.print(f"  ... and {len(failed) - FAILED_LISTED_MAX} more failed tasks")
-    stuck = [ledger.tasks[t] for t in snap.get("infeasible", []) if t in ledger.tasks]
-    if stuck:
-        node = snap["nodes"][0] if snap.get("nodes") else {}
-        capacity = Resources(**node["capacity"]) if "capacity" in node else None
-        labels = node.get("labels", {})
-        count = snap.get("infeasible_count", len(stuck))
+    infeasible = snap["infeasible"] if snap is not None else []
+    stuck = [ledger.tasks[t] for t in infeasible if t in ledger.tasks]
+    if snap is not None and stuck:
+        node = snap["nodes"][0] if snap["nodes"] else None
+        capacity = Resources(**node["capacity"]) if node is not None else None
+        labels = node["labels"] if node is not None else {}
+        count = snap["infeasible_count"]
         err.print(f"  [yellow]{plural(count, 'task')} cannot run on this node[/]:")
         for view in stuck[:FAILED_LISTED_MAX]:
             assert view.spec is not None
@@ -569,15 +571,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     jobs = args.job
 
-    async def fetch() -> dict[str, Any]:
+    async def fetch() -> snapshot.Snapshot:
         try:
             client = await Client.connect(state)
         except NotRunningError:
             return offline_snapshot(state, jobs)
         try:
-            reply = await asyncio.wait_for(client.call("status", jobs=jobs), STATUS_ANSWER_S)
-            snap: dict[str, Any] = reply["snapshot"]
-            return snap
+            reply = await asyncio.wait_for(client.status(jobs=jobs), STATUS_ANSWER_S)
+            return reply["snapshot"]
         except TimeoutError:
             err.print(
                 f"swarm: the daemon did not answer within {STATUS_ANSWER_S:g}s (paused or "
@@ -595,7 +596,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(first))
         return 0
 
-    def view(snap: dict[str, Any]) -> RenderableType:
+    def view(snap: snapshot.Snapshot) -> RenderableType:
         rows = max(3, out.height - 20)  # room for the header, nodes and jobs on one screen
         return status.render(snap, width=out.width, running_rows_max=rows)
 
@@ -614,11 +615,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> dict[str, Any]:
+def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> snapshot.Snapshot:
     """The snapshot of a node whose daemon is not running, read from its ledger file."""
     loaded = db.load_ledger(state.db_path)
     meta = db.read_meta(state.db_path)
-    node = {
+    node: snapshot.NodeRow = {
         "id": str(meta.get("node_id", "")),
         "state": "stopped",
         "pid": None,
@@ -641,7 +642,7 @@ def fetch_results(state: statedir.StateDir, job: str) -> None:
         except NotRunningError:
             return  # no daemon: what this node holds is what can be written
         try:
-            reply = await client.call("fetch_results", job=job)
+            reply = await client.fetch_results(job)
             if reply["fetched"]:
                 err.print(f"fetched {reply['fetched']:,} result files from other nodes")
         except ControlError:
@@ -705,13 +706,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
+def _call(args: argparse.Namespace, ask: Callable[[Client], Awaitable[Reply]]) -> Reply:
+    """One request to the local daemon (`ask` makes it, with the client), and its typed reply."""
     state = statedir.resolve(args.data_dir)
 
-    async def call() -> dict[str, Any]:
+    async def call() -> Reply:
         client = await Client.connect(state)
         try:
-            return await asyncio.wait_for(client.call(op, **fields), CALL_ANSWER_S)
+            return await asyncio.wait_for(ask(client), CALL_ANSWER_S)
         except TimeoutError:
             raise ControlError(
                 f"the daemon for {state.root} did not answer within {CALL_ANSWER_S:g}s "
@@ -724,13 +726,13 @@ def _call(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    reply = _call(args, "cancel", target=args.target)
+    reply = _call(args, lambda client: client.cancel(args.target))
     out.print(f"cancelled {reply['cancelled']} {reply['target']}")
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    reply = _call(args, "retry", job=args.job)
+    reply = _call(args, lambda client: client.retry(args.job))
     out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")
     return 0
 
@@ -739,10 +741,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     """Join through the running daemon; with none running, start one in the foreground, joined."""
     state = statedir.resolve(args.data_dir)
     if asyncio.run(control.is_running(state)):
-        reply = _call(args, "join", peers=args.peer)
+        reply = _call(args, lambda client: client.join(list(args.peer)))
         if args.bind is not None or args.profile != "lan":
             err.print("swarm: the daemon was already running: --bind and --profile are its own")
-        problems = [str(p) for p in reply.get("problems", [])]
+        problems = reply["problems"]
         for problem in problems:
             err.print(f"swarm: {problem}", markup=False, highlight=False, soft_wrap=True)
         if problems:
@@ -777,7 +779,7 @@ def cmd_key(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         statedir.remove_key(state, args.arg or "")
     if args.action != "list" and asyncio.run(control.is_running(state)):
-        _call(args, "reload_keys")
+        _call(args, lambda client: client.reload_keys())
     in_use, others = statedir.key_ring_files(state)
     out.print(f"in use:    {wire.key_id(in_use).hex()}")
     for key in others:
@@ -786,7 +788,7 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 
 def cmd_members(args: argparse.Namespace) -> int:
-    reply = _call(args, "members")
+    reply = _call(args, lambda client: client.members())
     if args.json:
         out.print_json(json.dumps({"members": reply["members"], "net": reply["net"]}))
         return 0
@@ -814,7 +816,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if not asyncio.run(control.is_running(state)):
         out.print(f"no swarm daemon is running for {state.root}")
         return 0
-    _call(args, "shutdown")
+    _call(args, lambda client: client.shutdown())
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:  # it interrupts and records its attempts, then exits
         if not lock_held(state):
@@ -837,16 +839,13 @@ def _positive_seconds(text: str) -> float:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    fields: dict[str, Any] = {"node": args.node or ""}
-    if args.grace is not None:
-        fields["grace_s"] = args.grace
-    reply = _call(args, "drain", **fields)
-    node = str(reply["node"])
-    if reply.get("running") is None:
+    reply = _call(args, lambda client: client.drain(args.node or "", args.grace))
+    node = reply["node"]
+    if reply["running"] is None:
         out.print(f"asked node {node[:8]} to drain; it leaves the swarm when its tasks end")
         return 0
     out.print(
-        f"draining this node ({node[:8]}): {plural(int(reply['running']), 'attempt')} to "
+        f"draining this node ({node[:8]}): {plural(reply['running'], 'attempt')} to "
         "finish, nothing new is claimed, then it leaves the swarm and stops"
     )
     if not args.wait:

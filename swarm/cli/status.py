@@ -28,6 +28,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from swarm.core.snapshot import Snapshot
+
 __all__ = [
     "COMPACT_WIDTH",
     "RUNNING_SHOWN_MAX",
@@ -104,7 +106,7 @@ def format_rate(per_s: float) -> str:
 
 
 def render(
-    snapshot: dict[str, Any],
+    snapshot: Snapshot,
     *,
     now_ms: int | None = None,
     width: int = 120,

@@ -30,7 +30,7 @@ from swarm.core.spec import (
     task_id,
 )
 from swarm.daemon.resources import parse_size
-from swarm.errors import ConfigError, TaskFileError
+from swarm.errors import SizeError, SpecError, TaskFileError
 
 KEYS = (
     "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",
@@ -175,9 +175,8 @@ def _checked(spec: TaskSpec) -> TaskSpec:
     """The invariants every spec holds, whatever it came from (sizes among them)."""
     try:
         check(spec)
-    except ValueError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise _Bad(field, message) from exc
+    except SpecError as exc:
+        raise _Bad(exc.field, exc.problem) from exc
     return spec
 
 
@@ -267,8 +266,8 @@ def _memory(value: Any) -> int:
         raise _Bad("memory", f'must be a size like "2G" or a number of MiB, got {value!r}')
     try:
         size = parse_size(value, field="memory")
-    except ConfigError as exc:
-        raise _Bad("memory", str(exc).removeprefix("memory: ")) from exc
+    except SizeError as exc:
+        raise _Bad("memory", exc.problem) from exc
     if size <= 0:
         raise _Bad("memory", "must be more than 0")
     return size

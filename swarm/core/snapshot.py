@@ -2,29 +2,81 @@
 progress all read. Built by a pure function from the ledger and what the node knows of itself, so the
 daemon and the CLI reading a stopped node's ledger produce the same thing.
 
-Shape (keys are part of the `--json` contract; add, never rename):
-    {"generated_ms": int,
-     "nodes": [{"id", "state", "pid", "data_dir", "labels": {...},
-                "capacity": {"cpus", "memory_bytes", "gpus"}, "used": {...}, "running": int}],
-     "jobs": [{"job", "total", "pending", "running", "done", "failed", "cancelled",
-               "rate_per_s", "eta_s"}],
-     "running": [{"task_id", "job", "name", "node", "epoch", "started_ms"}],
-     "infeasible": [task_id, ...],   # the first INFEASIBLE_LISTED_MAX of them
-     "infeasible_count": int,        # pending tasks that fit no live node
-     "unreadable_records": int,      # ledger rows that did not decode: their tasks are not shown
-     "unreadable_reason": str,       # why the first of them could not be read ("" if none)
-     "refused_tasks": int,           # TASK records that do not hash to their id: not applied
-     "refused_reason": str}          # the first of them, and why
+Its shape is the TypedDicts below (`Snapshot` and its rows), read by both sides of the control
+socket and checked by mypy. Their keys are part of the `--json` contract: add, never rename.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from swarm.core.ledger import Ledger, State
 from swarm.core.spec import Resources
+
+# A node's label values, as `--label` and the built-in labels give them.
+LabelValues = dict[str, str | int | float]
+
+
+class ResourcesRow(TypedDict):
+    cpus: float
+    memory_bytes: int
+    gpus: int
+
+
+class NodeRow(TypedDict):
+    """A node as the snapshot and `swarm members` show it. This node (or a stopped one read from
+    its ledger file) has `pid` and `data_dir`; a peer has what gossip says of it instead."""
+
+    id: str
+    state: str  # alive, suspect, dead, left; "stopped" for a ledger read with no daemon
+    labels: LabelValues
+    capacity: ResourcesRow
+    used: ResourcesRow
+    running: int  # attempts running there
+    pid: NotRequired[int | None]
+    data_dir: NotRequired[str]
+    started_ms: NotRequired[int]
+    address: NotRequired[str]  # HOST:PORT, for a node that gossips
+    incarnation: NotRequired[int]
+    draining: NotRequired[bool]
+    last_change_s: NotRequired[float]  # since its state last changed, as this node saw it
+
+
+class JobRow(TypedDict):
+    job: str
+    total: int
+    pending: int
+    running: int
+    done: int
+    failed: int
+    cancelled: int
+    rate_per_s: float  # tasks finished per second over the last minute
+    eta_s: float | None  # None: finished, or nothing finishes yet
+
+
+class RunningRow(TypedDict):
+    task_id: str
+    job: str
+    name: str
+    node: str
+    epoch: int
+    started_ms: int
+
+
+class Snapshot(TypedDict):
+    generated_ms: int
+    nodes: list[NodeRow]
+    jobs: list[JobRow]
+    running: list[RunningRow]  # the first RUNNING_LISTED_MAX of them
+    infeasible: list[str]  # task ids: the first INFEASIBLE_LISTED_MAX of them
+    infeasible_count: int  # pending tasks that fit no live node
+    unreadable_records: int  # ledger rows that did not decode: their tasks are not shown
+    unreadable_reason: str  # why the first of them could not be read ("" if none)
+    refused_tasks: int  # TASK records that do not hash to their id: not applied
+    refused_reason: str  # the first of them, and why
+
 
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200
@@ -52,22 +104,28 @@ class LeftOut:
         )
 
 
-def resources_dict(res: Resources) -> dict[str, Any]:
+def resources_dict(res: Resources) -> ResourcesRow:
     return {"cpus": res.cpus, "memory_bytes": res.memory_bytes, "gpus": res.gpus}
 
 
-def job_row(ledger: Ledger, job: str, now_ms: int, stuck: int = 0) -> dict[str, Any]:
+def job_row(ledger: Ledger, job: str, now_ms: int, stuck: int = 0) -> JobRow:
     """Counts per state, the finish rate over the last minute, and an ETA for what can still
     run (`stuck`: pending tasks that fit no live node). A finished job has neither."""
     counts: Mapping[State, int] = ledger.job_counts.get(job, {})
-    row: dict[str, Any] = {"job": job, "total": sum(counts.values())}
-    for state in State:
-        row[str(state)] = counts.get(state, 0)
-    remaining = row["pending"] + row["running"] - stuck
+    pending, running = counts.get(State.PENDING, 0), counts.get(State.RUNNING, 0)
+    remaining = pending + running - stuck
     rate = finish_rate(ledger, job, now_ms) if remaining > 0 else 0.0
-    row["rate_per_s"] = round(rate, 3)
-    row["eta_s"] = round(remaining / rate, 1) if rate > 0 else None
-    return row
+    return {
+        "job": job,
+        "total": sum(counts.values()),
+        "pending": pending,
+        "running": running,
+        "done": counts.get(State.DONE, 0),
+        "failed": counts.get(State.FAILED, 0),
+        "cancelled": counts.get(State.CANCELLED, 0),
+        "rate_per_s": round(rate, 3),
+        "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+    }
 
 
 def finish_rate(ledger: Ledger, job: str, now_ms: int) -> float:
@@ -94,13 +152,13 @@ def finish_rate(ledger: Ledger, job: str, now_ms: int) -> float:
 def build(
     ledger: Ledger,
     now_ms: int,
-    nodes: list[dict[str, Any]],
+    nodes: list[NodeRow],
     jobs: list[str] | None = None,
     infeasible: list[str] | None = None,
     left_out: LeftOut | None = None,
-) -> dict[str, Any]:
+) -> Snapshot:
     names = jobs if jobs is not None else sorted(ledger.job_counts)
-    running = []
+    running: list[RunningRow] = []
     for task_id in sorted(ledger.running)[:RUNNING_LISTED_MAX]:
         view = ledger.tasks[task_id]
         if jobs is not None and view.job not in jobs:

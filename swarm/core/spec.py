@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from swarm.errors import SpecError
+
 # Defaults of DESIGN.md 2.2; part of the task-id contract, so changing one changes ids.
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
@@ -56,10 +58,10 @@ class Resources:
 
     @staticmethod
     def from_wire(raw: list[Any]) -> Resources:
-        """From a record (a node's capacity in a peer's RESULT): ValueError unless numbers.
+        """From a record (a node's capacity in a peer's RESULT): SpecError unless numbers.
         Not converted from anything else: int(1e300) would make an int that no longer
         encodes, and the record's signature is checked by encoding it again."""
-        return Resources(_num(raw[0]), _whole(raw[1]), _whole(raw[2]))
+        return Resources(_num(raw[0], "cpus"), _whole(raw[1], "memory"), _whole(raw[2], "gpus"))
 
 
 NO_RESOURCES = Resources(0.0, 0, 0)
@@ -117,12 +119,13 @@ class TaskSpec:
     @staticmethod
     def from_wire(raw: Any) -> TaskSpec:
         """A spec from the database, a peer or a client: checked as strictly as a task file
-        line, since a bad one reaching the executor could take the daemon down. ValueError."""
+        line, since a bad one reaching the executor could take the daemon down. SpecError (a
+        ValueError) naming the field."""
         if not isinstance(raw, dict):
-            raise ValueError("a task spec is a map")
+            raise SpecError("spec", "must be a map")
         unknown = set(raw) - _WIRE_KEYS
         if unknown:  # sorted as text: keys of mixed types do not compare
-            raise ValueError(f"unknown spec keys {sorted(map(repr, unknown))}")
+            raise SpecError("spec", f"unknown keys {sorted(map(repr, unknown))}")
         argv, timeout, env, requires = (
             raw.get("argv"),
             raw.get("timeout"),
@@ -130,23 +133,27 @@ class TaskSpec:
             raw.get("requires", {}),
         )
         if argv is not None and not isinstance(argv, list):
-            raise ValueError("argv: must be a list")
-        if not isinstance(env, dict) or not isinstance(requires, dict):
-            raise ValueError("env and requires must be maps")
+            raise SpecError("argv", "must be a list")
+        if not isinstance(env, dict):
+            raise SpecError("env", "must be a map")
+        if not isinstance(requires, dict):
+            raise SpecError("requires", "must be a map")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise ValueError("env: must map names to strings")  # before they are sorted
+            raise SpecError("env", "must map names to strings")  # before they are sorted
         outputs = raw.get("outputs", [])
         if not isinstance(outputs, list):
-            raise ValueError("outputs: must be a list")
+            raise SpecError("outputs", "must be a list")
         spec = TaskSpec(
             cmd=raw.get("cmd"),
             argv=tuple(argv) if argv is not None else None,
             need=Resources(
-                _num(raw.get("cpus")), _whole(raw.get("memory")), _whole(raw.get("gpus", 0))
+                _num(raw.get("cpus"), "cpus"),
+                _whole(raw.get("memory"), "memory"),
+                _whole(raw.get("gpus", 0), "gpus"),
             ),
-            priority=_whole(raw.get("priority", DEFAULT_PRIORITY)),
-            timeout_s=_num(timeout) if timeout is not None else None,
-            retries=_whole(raw.get("retries", DEFAULT_RETRIES)),
+            priority=_whole(raw.get("priority", DEFAULT_PRIORITY), "priority"),
+            timeout_s=_num(timeout, "timeout") if timeout is not None else None,
+            retries=_whole(raw.get("retries", DEFAULT_RETRIES), "retries"),
             env=tuple(sorted(env.items())),
             cwd=raw.get("cwd"),
             requires=normalize_requires(requires),
@@ -177,21 +184,21 @@ SPEC_BYTES_MAX = 256 * 1024
 ITEM_OVERHEAD_BYTES = 8
 
 
-def _num(value: Any) -> float:
+def _num(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {type(value).__name__}")
+        raise SpecError(field, f"expected a number, got {type(value).__name__}")
     try:
         number = float(value)
     except OverflowError as exc:  # a huge int: callers expect ValueError, the documented error
-        raise ValueError("expected a finite number") from exc
+        raise SpecError(field, "expected a finite number") from exc
     if not math.isfinite(number):
-        raise ValueError("expected a finite number")
+        raise SpecError(field, "expected a finite number")
     return number
 
 
-def _whole(value: Any) -> int:
+def _whole(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number, got {type(value).__name__}")
+        raise SpecError(field, f"expected a whole number, got {type(value).__name__}")
     return value
 
 
@@ -236,46 +243,46 @@ def _is_text(value: str) -> bool:
 
 
 def check(spec: TaskSpec) -> None:
-    """The invariants every spec holds, whatever it came from. ValueError naming the field."""
+    """The invariants every spec holds, whatever it came from. SpecError naming the field."""
     if (spec.cmd is None) == (spec.argv is None):
-        raise ValueError("cmd: exactly one of cmd and argv")
+        raise SpecError("cmd", "exactly one of cmd and argv")
     if spec.cmd is not None and not (_is_str(spec.cmd) and spec.cmd.strip()):
-        raise ValueError("cmd: must be a non-empty string without NUL")
+        raise SpecError("cmd", "must be a non-empty string without NUL")
     if spec.argv is not None and not (
         spec.argv and all(_is_str(a) for a in spec.argv) and spec.argv[0]
     ):
-        raise ValueError("argv: must be a non-empty list of strings without NUL")
+        raise SpecError("argv", "must be a non-empty list of strings without NUL")
     need = spec.need
     if not (0 < need.cpus <= CPUS_MAX and math.isfinite(need.cpus)):
-        raise ValueError(f"cpus: must be above 0 and at most {CPUS_MAX:g}")
+        raise SpecError("cpus", f"must be above 0 and at most {CPUS_MAX:g}")
     if not 0 < need.memory_bytes <= MEMORY_BYTES_MAX:
-        raise ValueError("memory: must be above 0 and fit in 63 bits")
+        raise SpecError("memory", "must be above 0 and fit in 63 bits")
     if not 0 <= need.gpus <= GPUS_MAX:
-        raise ValueError(f"gpus: must be between 0 and {GPUS_MAX}")
+        raise SpecError("gpus", f"must be between 0 and {GPUS_MAX}")
     if not -PRIORITY_ABS_MAX <= spec.priority < PRIORITY_ABS_MAX:
-        raise ValueError("priority: out of range")
+        raise SpecError("priority", "out of range")
     if spec.timeout_s is not None and not (spec.timeout_s > 0 and math.isfinite(spec.timeout_s)):
-        raise ValueError("timeout: must be a number of seconds above 0")
+        raise SpecError("timeout", "must be a number of seconds above 0")
     if not 0 <= spec.retries <= RETRIES_MAX:
-        raise ValueError(f"retries: must be between 0 and {RETRIES_MAX}")
+        raise SpecError("retries", f"must be between 0 and {RETRIES_MAX}")
     for key, value in spec.env:
         if not (_is_str(key) and key and "=" not in key and _is_str(value)):
-            raise ValueError(f"env: {key!r} is not a valid variable and string value")
+            raise SpecError("env", f"{key!r} is not a valid variable and string value")
     if spec.cwd is not None and not (_is_str(spec.cwd) and spec.cwd.startswith("/")):
-        raise ValueError("cwd: must be an absolute path")
+        raise SpecError("cwd", "must be an absolute path")
     for key, wanted in spec.requires:
         values = wanted if isinstance(wanted, tuple) else (wanted,)
         if not (_is_str(key) and key and values and all(_is_label_value(v) for v in values)):
-            raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+            raise SpecError("requires", f"{key!r} must be a string, number or list of them")
         for label in values:
             problem = comparison_problem(label)
             if problem is not None:
-                raise ValueError(f"requires: {key}: {problem}")
+                raise SpecError("requires", f"{key}: {problem}")
     for pattern in spec.outputs:
         if not (_is_str(pattern) and pattern) or pattern.startswith("/"):
-            raise ValueError("outputs: must be relative glob patterns")
+            raise SpecError("outputs", "must be relative glob patterns")
         if ".." in pattern.replace("\\", "/").split("/"):
-            raise ValueError("outputs: must not contain '..'")
+            raise SpecError("outputs", "must not contain '..'")
     _check_size(spec)
 
 
@@ -291,17 +298,19 @@ def _check_size(spec: TaskSpec) -> None:
     for arg in args:
         size = _utf8_bytes(arg)
         if size > ARG_BYTES_MAX:
-            raise ValueError(
-                f"{field}: an argument of {size} bytes is over the kernel's limit of "
-                f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads"
+            raise SpecError(
+                field,
+                f"an argument of {size} bytes is over the kernel's limit of "
+                f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads",
             )
         sizes[field] += size + ITEM_OVERHEAD_BYTES
     for key, value in spec.env:
         size = _utf8_bytes(key) + 1 + _utf8_bytes(value)
         if size > ARG_BYTES_MAX:
-            raise ValueError(
-                f"env: {key[:40]} is {size} bytes, over the kernel's limit of {ARG_BYTES_MAX} "
-                "bytes for one environment string"
+            raise SpecError(
+                "env",
+                f"{key[:40]} is {size} bytes, over the kernel's limit of {ARG_BYTES_MAX} "
+                "bytes for one environment string",
             )
         sizes["env"] += size + ITEM_OVERHEAD_BYTES
     sizes["cwd"] = _utf8_bytes(spec.cwd or "")
@@ -312,9 +321,10 @@ def _check_size(spec: TaskSpec) -> None:
     total = sum(sizes.values())
     if total > SPEC_BYTES_MAX:
         biggest = max(sizes, key=lambda name: sizes[name])
-        raise ValueError(
-            f"{biggest}: the task's text is {total} bytes, over the limit of {SPEC_BYTES_MAX} "
-            "bytes for one task; put large inputs in a file the task reads"
+        raise SpecError(
+            biggest,
+            f"the task's text is {total} bytes, over the limit of {SPEC_BYTES_MAX} "
+            "bytes for one task; put large inputs in a file the task reads",
         )
 
 
@@ -344,14 +354,14 @@ def comparison_problem(value: LabelValue) -> str | None:
 
 def normalize_requires(raw: dict[str, Any]) -> tuple[tuple[str, LabelValue], ...]:
     """Sorted pairs, lists as tuples: hashable, and equal for equal meanings. A value that is
-    neither a label value nor a list of them raises ValueError (a map would be unhashable)."""
+    neither a label value nor a list of them raises SpecError (a map would be unhashable)."""
     pairs = []
     for key, value in raw.items():
         if isinstance(value, list):
             value = tuple(value)
         values = value if isinstance(value, tuple) else (value,)
         if not isinstance(key, str) or not all(_is_label_value(v) for v in values):
-            raise ValueError(f"requires: {key!r} must be a string, number or list of them")
+            raise SpecError("requires", f"{key!r} must be a string, number or list of them")
         pairs.append((key, value))
     return tuple(sorted(pairs))
 

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from swarm.core import gossip
-from swarm.errors import SwarmError
+from swarm.errors import RemoteError, SwarmError
 
 VERSION = 2
 SENDER_BYTES = 16
@@ -67,7 +67,7 @@ KEYS_MAX = 4
 SENDERS_MAX = 4096
 
 
-class BadPacket(SwarmError):
+class BadPacket(RemoteError):
     """An envelope or message from the network that is not acceptable. Count it and drop it."""
 
 

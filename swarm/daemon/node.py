@@ -33,19 +33,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
 from swarm import statedir
 from swarm.cli import status
-from swarm.control import (
-    FRAME_BYTES_MAX,
-    encode_frame,
-    read_frame,
-    request_problem,
-    submit_frame_problem,
-)
+from swarm.control import FRAME_BYTES_MAX
 from swarm.core import gossip, identity, pressure, snapshot, wire
 from swarm.core.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
 from swarm.core.ledger import (
@@ -74,8 +68,10 @@ from swarm.core.ledger import Attempt as LedgerAttempt
 from swarm.core.policy import PendingQueue, rendezvous_top
 from swarm.core.replication import Intake, behind
 from swarm.core.scheduler import Scheduler, isolation, peer_from_meta
-from swarm.core.spec import Resources, TaskSpec, name_problem, task_id
+from swarm.core.snapshot import NodeRow, Snapshot
+from swarm.core.spec import Resources, TaskSpec
 from swarm.daemon import db, net, resources
+from swarm.daemon.control_server import CheckedTask, ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
     KILL_GRACE_S,
@@ -95,19 +91,17 @@ from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
     BadRecordError,
     ConfigError,
-    ControlError,
     StorageFullError,
     SwarmError,
+    UserError,
     UserInputError,
 )
 from swarm.statedir import StateDir
 
 log = logging.getLogger("swarm.daemon.node")
 
-SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STORAGE_RETRY_S = 2.0  # after a full disk: how long before trying to write again
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked between two turns of the event loop
@@ -402,7 +396,9 @@ class Node:
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
             try:
                 server = await asyncio.start_unix_server(
-                    self._handle_client, path=self.state.socket_path, limit=FRAME_BYTES_MAX
+                    ControlServer(self, self._clients).handle,
+                    path=self.state.socket_path,
+                    limit=FRAME_BYTES_MAX,
                 )
             finally:
                 os.umask(old_umask)
@@ -603,7 +599,7 @@ class Node:
             reader, self._reader = self._reader, None
             await reader.close()
 
-    def members(self) -> list[dict[str, Any]]:
+    def members(self) -> list[NodeRow]:
         if self.membership is None:
             return [self.node_info()]
         # What others run, as the ledger has it (their own figures are not sent around).
@@ -615,11 +611,13 @@ class Node:
                 continue
             count, used = held.get(claim[1], (0, Resources(0.0, 0)))
             held[claim[1]] = (count + 1, used + view.spec.need)
-        out = []
+        out: list[NodeRow] = []
         for m in self.membership.members.values():
             if m.node == self.node_id:
-                address = f"{m.addr[0]}:{m.addr[1]}"
-                out.append({**self.node_info(), "address": address, "incarnation": m.incarnation})
+                me = self.node_info()
+                me["address"] = f"{m.addr[0]}:{m.addr[1]}"
+                me["incarnation"] = m.incarnation
+                out.append(me)
                 continue
             running, used = held.get(m.node, (0, Resources(0.0, 0)))
             out.append(
@@ -1688,187 +1686,52 @@ class Node:
         self._claims_paused_until = time.monotonic() + self.config.lease_ttl_s
         return True
 
-    # -- control socket ---------------------------------------------------------------------
+    # -- what the control server asks of the node (control_server.NodeControl) --------------
 
-    async def _handle_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._clients.add(writer)
-        try:
-            while (request := await read_frame(reader)) is not None:
-                try:
-                    reply = await self._dispatch(request, reader)
-                except UserInputError as exc:
-                    reply = {"ok": False, "error": str(exc)}
-                except SwarmError as exc:
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                writer.write(encode_frame(reply))
-                await writer.drain()
-        except ControlError as exc:
-            # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
-            # big): say why before closing, so the client is not left with a bare EOF.
-            log.debug("control connection dropped: %s", exc)
-            with contextlib.suppress(ConnectionError, ControlError):
-                writer.write(encode_frame({"ok": False, "error": str(exc)}))
-                await writer.drain()
-        except ConnectionError as exc:
-            log.debug("control connection dropped: %s", exc)
-        finally:
-            self._clients.discard(writer)
-            writer.close()
+    def has_job(self, job: str) -> bool:
+        return job in self.ledger.jobs
 
-    async def _dispatch(
-        self, request: dict[str, Any], reader: asyncio.StreamReader
-    ) -> dict[str, Any]:
-        op = request.get("op")
-        problem = request_problem(request)
-        if op == "submit":  # its stream is read to the end first, so the reply stays in step
-            return await self._submit(request.get("job"), reader, problem)
-        if problem is not None:
-            raise UserInputError(problem)
-        if op == "ping":
-            return {"ok": True, "node_id": self.node_id, "pid": os.getpid()}
-        if op == "status":
-            jobs = request.get("jobs")
-            wait_ms, seen = request.get("wait_ms"), request.get("changes")
-            if isinstance(wait_ms, int) and wait_ms > 0 and seen == self._changes:
-                # A long poll: answer at the next change of any task's state, or at the deadline
-                # (at once if something changed since the client's last snapshot).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._progress.wait(), min(wait_ms, STATUS_WAIT_MS_MAX) / 1000
-                    )
-            snap = self.snapshot(jobs if isinstance(jobs, list) else None)
-            return {"ok": True, "snapshot": snap, "changes": self._changes}
-        if op == "cancel":
-            return await self._cancel(request["target"])
-        if op == "retry":
-            return await self._retry(request["job"])
-        if op == "members":
-            stats = {}
-            if self.net is not None:
-                stats = {
-                    "dropped": self.net.dropped,
-                    "forged": self.net.membership.forged + self.forged_records,
-                    "bad_records": self.bad_records,
-                    "refused_records": self.refused_records,
-                    "stamps_ahead": self.stamps_ahead,
-                    "streams_refused": self.net.streams_refused,
-                    "refused_tasks": self.refused_tasks,
-                    "gap_pulls": self.gap_pulls,
-                    "sent": self.net.sent,
-                    "received": self.net.received,
-                    "bytes_sent": self.net.bytes_sent,
-                    "bytes_received": self.net.bytes_received,
-                }
-            return {"ok": True, "members": self.members(), "net": stats}
-        if op == "fetch_results":
-            job = request["job"]
-            if job not in self.ledger.jobs:
-                raise UserInputError(f"no job {job!r}")
-            return {"ok": True, **(await self.fetch_results(job))}
-        if op == "reload_keys":
-            try:
-                return {"ok": True, "in_use": self.reload_keys()}
-            except ValueError as exc:
-                raise UserInputError(f"the key ring was not changed: {exc}") from exc
-        if op == "join":
-            seeds = [parse_addr(p) for p in request["peers"]]
-            self.join(seeds)
-            return {"ok": True, "problems": await self.await_seeds(seeds)}
-        if op == "shutdown":
-            self.stop()
-            return {"ok": True}
-        if op == "drain":
-            return await self._drain_request(request)
-        raise UserInputError(f"unknown request {op!r}")
-
-    async def _drain_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        grace = request.get("grace_s")
-        if grace is not None and (not isinstance(grace, int | float) or grace < 0):
-            raise UserInputError("the grace period must be a number of seconds, 0 or more")
-        target = str(request.get("node") or self.node_id)
-        known = {m.node for m in self.membership.live_members()} if self.membership else set()
-        matches = sorted(n for n in known | {self.node_id} if n.startswith(target))
-        if len(matches) != 1:
-            what = "no live member" if not matches else f"{len(matches)} members"
-            raise UserInputError(f"{what} with an id starting {target!r} (see swarm members)")
-        node = matches[0]
-        if node == self.node_id:
-            self.drain(None if grace is None else float(grace))
-        else:
-            stamp = self.clock.now(self._wall_ms())
-            await self._append([DrainRecord(node, stamp, None if grace is None else float(grace))])
-        return {
-            "ok": True,
-            "node": node,
-            "running": len(self.attempts) if node == self.node_id else None,
-        }
-
-    async def _submit(
-        self, job: Any, reader: asyncio.StreamReader, problem: str | None
-    ) -> dict[str, Any]:
-        """Read a submission's stream to its end, then add its tasks in one commit, or none if
-        anything in it is wrong (`problem`: what was wrong with the request itself)."""
-        incoming: list[dict[str, Any]] = []
-        while True:
-            frame = await read_frame(reader)
-            if frame is None:
-                raise ControlError("the client went away mid-submission; nothing was added")
-            problem = problem or submit_frame_problem(frame)
-            if frame.get("end"):
-                break
-            if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
-                incoming.extend(frame.get("tasks") or [])  # past the bound, read on, keep nothing
-        if problem is not None:  # raised after the stream is read, so the reply is in step
-            raise UserInputError(problem)
-        name = name_problem(job)
-        if name is not None:
-            raise UserInputError(f"job name {job!r} {name}")
-        if len(incoming) > SUBMIT_TASKS_MAX:
-            raise UserInputError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
+    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
+        """Add a submission's tasks in one commit, or none if a name in it is taken; how many
+        were new (a task the ledger holds already is not added again)."""
         names = {v.name: v.task_id for v in self.ledger.job_tasks(job)}
         stamp = self.clock.now(self._wall_ms())
         bodies: list[Body] = []
-        for raw in incoming:
-            record = _task_record(job, raw, stamp)
-            if record.task_id in self.ledger.tasks and self.ledger.tasks[record.task_id].spec:
+        for task in tasks:
+            if task.task_id in self.ledger.tasks and self.ledger.tasks[task.task_id].spec:
                 continue
-            holder = names.get(record.name)
-            if holder is not None and holder != record.task_id:
-                raise UserInputError(
-                    f"line {raw.get('line', '?')}: name {record.name!r} is already used in job "
-                    f"{job!r} by a different task; nothing was added (another file under the "
-                    "same job name? give it its own with --job NAME)"
+            holder = names.get(task.name)
+            if holder is not None and holder != task.task_id:
+                raise UserError(
+                    f"line {'?' if task.line is None else task.line}: name {task.name!r} is "
+                    f"already used in job {job!r} by a different task; nothing was added "
+                    "(another file under the same job name? give it its own with --job NAME)"
                 )
-            names[record.name] = record.task_id
-            bodies.append(record)
+            names[task.name] = task.task_id
+            bodies.append(TaskRecord(task.task_id, job, task.name, task.spec, stamp))
         if bodies:
             await self._append(bodies)
-        return {
-            "ok": True,
-            "job": job,
-            "added": len(bodies),
-            "existing": len(incoming) - len(bodies),
-        }
+        return len(bodies)
 
-    async def _cancel(self, target: str) -> dict[str, Any]:
+    async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
+        """Cancel a job, or the one task whose id starts with `target`: which, and its name."""
         if target in self.ledger.jobs:
             await self._append([CancelRecord(target, None, self.clock.now(self._wall_ms()))])
-            return {"ok": True, "cancelled": "job", "target": target}
+            return "job", target
         matches = [t for t in self.ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
         if len(matches) != 1:
-            raise UserInputError(
+            raise UserError(
                 f"{target!r} is neither a job nor a unique task id prefix (6+ characters); "
                 f"jobs: {', '.join(sorted(self.ledger.jobs)[:10]) or 'none'}"
             )
         view = self.ledger.tasks[matches[0]]
         await self._append([CancelRecord(view.job, view.task_id, self.clock.now(self._wall_ms()))])
-        return {"ok": True, "cancelled": "task", "target": view.task_id}
+        return "task", view.task_id
 
-    async def _retry(self, job: str) -> dict[str, Any]:
+    async def retry(self, job: str) -> int:
+        """Re-queue the failed tasks of a job; how many."""
         if job not in self.ledger.jobs:
-            raise UserInputError(f"no job {job!r}")
+            raise UserError(f"no job {job!r}")
         bodies: list[Body] = [
             RetryRecord(
                 v.task_id,
@@ -1881,11 +1744,48 @@ class Node:
         ]
         if bodies:
             await self._append(bodies)
-        return {"ok": True, "job": job, "requeued": len(bodies)}
+        return len(bodies)
+
+    async def drain_request(
+        self, node_prefix: str | None, grace_s: float | None
+    ) -> tuple[str, int | None]:
+        """Drain this node or the live member whose id starts with `node_prefix`: its whole id,
+        and (if it is this node) how many attempts it has still to finish."""
+        target = node_prefix or self.node_id
+        known = {m.node for m in self.membership.live_members()} if self.membership else set()
+        matches = sorted(n for n in known | {self.node_id} if n.startswith(target))
+        if len(matches) != 1:
+            what = "no live member" if not matches else f"{len(matches)} members"
+            raise UserError(f"{what} with an id starting {target!r} (see swarm members)")
+        node = matches[0]
+        if node == self.node_id:
+            self.drain(grace_s)
+            return node, len(self.attempts)
+        stamp = self.clock.now(self._wall_ms())
+        await self._append([DrainRecord(node, stamp, grace_s)])
+        return node, None
+
+    async def join_peers(self, peers: list[str]) -> list[str]:
+        """Join through `peers` (HOST:PORT each); what is wrong, if no seed answers in time."""
+        seeds = [parse_addr(p) for p in peers]
+        self.join(seeds)
+        return await self.await_seeds(seeds)
+
+    @property
+    def changes(self) -> int:
+        """How many times a task's state has changed: a status long poll waits for the next."""
+        return self._changes
+
+    async def wait_for_change(self, seen: int, timeout_s: float) -> None:
+        """Return at the next change of a task's state after the `seen`th, or after `timeout_s`."""
+        if seen != self._changes:
+            return  # changed since the client looked
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout_s)
 
     # -- status -----------------------------------------------------------------------------
 
-    def node_info(self) -> dict[str, Any]:
+    def node_info(self) -> NodeRow:
         return {
             "id": self.node_id,
             "state": "alive",
@@ -1898,30 +1798,13 @@ class Node:
             "started_ms": self.started_ms,
         }
 
-    def snapshot(self, jobs: list[str] | None = None) -> dict[str, Any]:
+    def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
         infeasible = self.sched.queue.infeasible(self.capacity, self.labels, self._is_pending)
         if jobs is not None:
             infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
         return snapshot.build(
             self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
         )
-
-
-def _task_record(job: str, raw: dict[str, Any], stamp: int) -> TaskRecord:
-    """A submitted task, its id checked against its content (a client cannot mislabel one)."""
-    try:
-        spec = TaskSpec.from_wire(raw["spec"])
-        name = raw["name"]
-        problem = name_problem(name)
-        if problem is not None:
-            raise ValueError(f"task name {name!r} {problem}")
-        explicit = bool(raw.get("explicit_name"))
-        expected = task_id(job, spec, name if explicit else None)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise UserInputError(f"malformed task in submission: {exc}") from exc
-    if raw.get("task_id") != expected:
-        raise UserInputError(f"task {name!r}: its id does not match its content")
-    return TaskRecord(expected, job, name, spec, stamp)
 
 
 def _raise_fd_limit() -> None:

@@ -23,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from swarm.core.spec import Resources
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, SizeError
 
 __all__ = [
     "available_memory_bytes",
@@ -251,11 +251,12 @@ def probe_gpus(root: Path = _ROOT, environ: Mapping[str, str] | None = None) -> 
 def parse_size(text: str | int | float, *, field: str) -> int:
     """Bytes from a user's size: a bare number is MiB, units are binary (1G = 1024**3).
 
-    Raises ConfigError naming `field` and the accepted forms when the value is not a size.
+    Raises SizeError (a ConfigError) naming `field` and the accepted forms when the value is
+    not a size.
     """
 
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"{field}: {why}; expected {_SIZE_FORMS}")
+    def bad(why: str) -> SizeError:
+        return SizeError(field, f"{why}; expected {_SIZE_FORMS}")
 
     amount: Fraction
     # bool is an int subclass, and "memory: true" in a task file is a mistake, not 1 MiB.

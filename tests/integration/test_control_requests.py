@@ -13,9 +13,12 @@ import msgpack
 import pytest
 
 from swarm import control, statedir
+from swarm.control import NetStats
+from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.errors import ControlError
 
-from .conftest import Cli, Daemon
+from ..test_control import conforms
+from .conftest import Cli, Daemon, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +125,45 @@ def test_a_frame_that_is_not_a_map_is_answered_before_the_connection_closes(
     assert reply == {"ok": False, "error": "a frame must be a map"}
     assert node.proc is not None and node.proc.poll() is None
     cli.ok("status", "--json")
+
+
+def test_a_real_daemon_answers_every_op_with_a_reply_of_its_type(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    """The contracts hold for what the real node builds (its snapshot, its member rows, the
+    transport's stats), not only for the test's fake node."""
+    daemon("--bind", f"127.0.0.1:{free_port()}", "--profile", "test")
+    state = statedir.StateDir(cli.home)
+    spec = TaskSpec(cmd="true", argv=None, need=Resources(0.1, 1 << 20))
+    task: control.SubmittedTask = {
+        "task_id": task_id("typed", spec, None),
+        "name": "1",
+        "spec": spec.to_wire(),
+    }
+
+    async def ask() -> list[tuple[str, Any]]:
+        client = await control.Client.connect(state)
+        try:
+            submitted = await client.submit("typed", [[task]])
+            replies = [("submit", submitted), ("ping", await client.ping())]
+            status = await client.status(jobs=["typed"])
+            while status["snapshot"]["jobs"][0]["done"] < 1:  # a long poll: no sleeping
+                status = await client.status(["typed"], wait_ms=1_000, changes=status["changes"])
+            replies += [
+                ("status", status),
+                ("members", await client.members()),
+                ("fetch_results", await client.fetch_results("typed")),
+                ("retry", await client.retry("typed")),
+                ("cancel", await client.cancel("typed")),
+                ("drain", await client.drain(None, 30.0)),
+            ]
+            return replies
+        finally:
+            await client.close()
+
+    replies = asyncio.run(asyncio.wait_for(ask(), 60))
+    for op, reply in replies:
+        contract = next(c for c in control.CONTRACTS if c.op == op)
+        assert conforms(reply, contract.reply), (op, reply)
+    members = dict(replies)["members"]
+    assert members["net"].keys() == NetStats.__annotations__.keys()

@@ -1,0 +1,353 @@
+"""The control server: the daemon's side of the local control socket (`swarm/control.py` holds the
+protocol both sides share: the frames, and the typed contract of every operation).
+
+Theory of operation
+-------------------
+A connection is served one request at a time: a frame is read, answered, and only then is the
+next one read, so replies stay in step with requests. Every operation is a row of `OPERATIONS`:
+its contract (the request's and the reply's types, and the check of every request field) and its
+handler. The request is checked against its contract before its handler runs, so a malformed one
+is answered with the field that is wrong and the connection goes on. A submission streams its
+tasks after its request; that stream is read to its end frame before anything is added or
+refused, so a client that dies mid-stream adds nothing and the reply stays in step.
+
+Handlers are thin: they call the node's methods (`NodeControl`), which make the decisions, and
+put what those return into the typed reply. A `UserError` is answered with its sentence, any other
+`SwarmError` with its class name too; a frame that cannot be read ends the connection, after a
+reply saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol
+
+from swarm import control
+from swarm.control import (
+    CancelReply,
+    CancelRequest,
+    Contract,
+    DrainReply,
+    DrainRequest,
+    FetchResultsReply,
+    FetchResultsRequest,
+    JoinReply,
+    JoinRequest,
+    MembersReply,
+    MembersRequest,
+    NetStats,
+    PingReply,
+    PingRequest,
+    ReloadKeysReply,
+    ReloadKeysRequest,
+    Rep,
+    Req,
+    RetryReply,
+    RetryRequest,
+    ShutdownReply,
+    ShutdownRequest,
+    StatusReply,
+    StatusRequest,
+    SubmitReply,
+    SubmitRequest,
+    SubmittedTask,
+)
+from swarm.core.snapshot import NodeRow, Snapshot
+from swarm.core.spec import TaskSpec, name_problem, task_id
+from swarm.daemon.net import GossipNet
+from swarm.errors import ControlError, SwarmError, UserError
+
+log = logging.getLogger("swarm.daemon.control_server")
+
+SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
+STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedTask:
+    """A submitted task whose id was checked against its content (a client cannot mislabel one)."""
+
+    task_id: str
+    name: str
+    spec: TaskSpec
+    line: int | None  # in the client's file, for messages
+
+
+class NodeControl(Protocol):
+    """What the control server asks of the node. The decisions are the node's; the server only
+    checks requests, calls these, and shapes the replies."""
+
+    node_id: str
+    net: GossipNet | None
+    # What the node counted of its peers' records (the `members` reply's stats).
+    forged_records: int
+    bad_records: int
+    refused_records: int
+    stamps_ahead: int
+    refused_tasks: int
+    gap_pulls: int
+
+    @property
+    def changes(self) -> int: ...
+    async def wait_for_change(self, seen: int, timeout_s: float) -> None: ...
+    def snapshot(self, jobs: list[str] | None = None) -> Snapshot: ...
+    def members(self) -> list[NodeRow]: ...
+    def has_job(self, job: str) -> bool: ...
+    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int: ...
+    async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]: ...
+    async def retry(self, job: str) -> int: ...
+    async def fetch_results(self, job: str) -> dict[str, int]: ...
+    def reload_keys(self) -> str: ...
+    async def join_peers(self, peers: list[str]) -> list[str]: ...
+    def stop(self) -> None: ...
+    async def drain_request(
+        self, node_prefix: str | None, grace_s: float | None
+    ) -> tuple[str, int | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler has: the node, and the connection (a submission reads its stream on it)."""
+
+    node: NodeControl
+    reader: asyncio.StreamReader
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[Req, Rep]):
+    """One row of the table: the contract, and the handler that serves it. `streamed`: frames
+    follow the request, and are read to their end even when the request is refused."""
+
+    contract: Contract[Req, Rep]
+    handler: Callable[[Call, Req], Awaitable[Rep]]
+    streamed: bool = False
+
+
+class ControlServer:
+    """Serves the control socket's connections for one node. `clients` is the node's set of open
+    connections, which it closes when it stops, so that none outlives it."""
+
+    def __init__(self, node: NodeControl, clients: set[asyncio.StreamWriter]) -> None:
+        self._node = node
+        self._clients = clients
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until the client closes it (`asyncio.start_unix_server`'s
+        callback)."""
+        self._clients.add(writer)
+        try:
+            while (request := await control.read_frame(reader)) is not None:
+                writer.write(control.encode_frame(await self._answer(request, reader)))
+                await writer.drain()
+        except ControlError as exc:
+            # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
+            # big): say why before closing, so the client is not left with a bare EOF.
+            log.debug("control connection dropped: %s", exc)
+            with contextlib.suppress(ConnectionError, ControlError):
+                writer.write(control.encode_frame(control.ErrorReply(ok=False, error=str(exc))))
+                await writer.drain()
+        except ConnectionError as exc:
+            log.debug("control connection dropped: %s", exc)
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    async def _answer(
+        self, request: dict[str, Any], reader: asyncio.StreamReader
+    ) -> control.Reply | control.ErrorReply:
+        try:
+            return await serve(Call(self._node, reader), request)
+        except UserError as exc:
+            return control.ErrorReply(ok=False, error=str(exc))
+        except SwarmError as exc:
+            return control.ErrorReply(ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+async def serve(call: Call, request: dict[str, Any]) -> control.Reply:
+    """The reply to one request, by its row of the table. UserError if the request is malformed."""
+    op = request.get("op")
+    operation = OPERATIONS.get(op) if isinstance(op, str) else None
+    problem = control.request_problem(request)
+    if problem is not None:
+        if operation is not None and operation.streamed:
+            await _skip_stream(call.reader)  # the reply must come after the whole stream
+        raise UserError(problem)
+    assert operation is not None  # request_problem knows every op of the table
+    reply: control.Reply = await operation.handler(call, request)
+    return reply
+
+
+# -- the handlers ---------------------------------------------------------------------------------
+
+
+async def _ping(call: Call, request: PingRequest) -> PingReply:
+    return {"ok": True, "node_id": call.node.node_id, "pid": os.getpid()}
+
+
+async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
+    """Read the submission's stream to its end, then add its tasks in one commit, or none if
+    anything in it is wrong."""
+    job = request["job"]
+    incoming = await _read_stream(call.reader)
+    name = name_problem(job)
+    if name is not None:
+        raise UserError(f"job name {job!r} {name}")
+    if len(incoming) > SUBMIT_TASKS_MAX:
+        raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
+    tasks = [checked_task(job, raw) for raw in incoming]
+    added = await call.node.add_tasks(job, tasks)
+    return {"ok": True, "job": job, "added": added, "existing": len(incoming) - added}
+
+
+async def _status(call: Call, request: StatusRequest) -> StatusReply:
+    wait_ms, seen = request.get("wait_ms"), request.get("changes")
+    if wait_ms and seen is not None:
+        # A long poll: answer at the next change of any task's state, or at the deadline (at
+        # once if something changed since the client's last snapshot).
+        await call.node.wait_for_change(seen, min(wait_ms, STATUS_WAIT_MS_MAX) / 1000)
+    snapshot = call.node.snapshot(request.get("jobs"))
+    return {"ok": True, "snapshot": snapshot, "changes": call.node.changes}
+
+
+async def _cancel(call: Call, request: CancelRequest) -> CancelReply:
+    what, target = await call.node.cancel(request["target"])
+    return {"ok": True, "cancelled": what, "target": target}
+
+
+async def _retry(call: Call, request: RetryRequest) -> RetryReply:
+    requeued = await call.node.retry(request["job"])
+    return {"ok": True, "job": request["job"], "requeued": requeued}
+
+
+async def _members(call: Call, request: MembersRequest) -> MembersReply:
+    return {"ok": True, "members": call.node.members(), "net": net_stats(call.node)}
+
+
+async def _fetch_results(call: Call, request: FetchResultsRequest) -> FetchResultsReply:
+    job = request["job"]
+    if not call.node.has_job(job):
+        raise UserError(f"no job {job!r}")
+    counts = await call.node.fetch_results(job)
+    return {"ok": True, "fetched": counts["fetched"], "missing": counts["missing"]}
+
+
+async def _reload_keys(call: Call, request: ReloadKeysRequest) -> ReloadKeysReply:
+    try:
+        return {"ok": True, "in_use": call.node.reload_keys()}
+    except ValueError as exc:
+        raise UserError(f"the key ring was not changed: {exc}") from exc
+
+
+async def _join(call: Call, request: JoinRequest) -> JoinReply:
+    return {"ok": True, "problems": await call.node.join_peers(request["peers"])}
+
+
+async def _shutdown(call: Call, request: ShutdownRequest) -> ShutdownReply:
+    call.node.stop()
+    return {"ok": True}
+
+
+async def _drain(call: Call, request: DrainRequest) -> DrainReply:
+    grace = request.get("grace_s")
+    node, running = await call.node.drain_request(
+        request.get("node"), None if grace is None else float(grace)
+    )
+    return {"ok": True, "node": node, "running": running}
+
+
+OPERATIONS: dict[str, Operation[Any, Any]] = {
+    row.contract.op: row
+    for row in (
+        Operation(control.PING, _ping),
+        Operation(control.SUBMIT, _submit, streamed=True),
+        Operation(control.STATUS, _status),
+        Operation(control.CANCEL, _cancel),
+        Operation(control.RETRY, _retry),
+        Operation(control.MEMBERS, _members),
+        Operation(control.FETCH_RESULTS, _fetch_results),
+        Operation(control.RELOAD_KEYS, _reload_keys),
+        Operation(control.JOIN, _join),
+        Operation(control.SHUTDOWN, _shutdown),
+        Operation(control.DRAIN, _drain),
+    )
+}
+# The protocol's contracts and this table are one set: an op with no handler would be refused as
+# unknown by the daemon though the client's types offer it.
+assert set(OPERATIONS) == set(control.REQUEST_FIELDS), "every contract needs its handler"
+
+
+# -- what the handlers use --------------------------------------------------------------------------
+
+
+async def _read_stream(reader: asyncio.StreamReader) -> list[SubmittedTask]:
+    """A submission's tasks, its stream read to the end frame. UserError (after the end frame)
+    if a frame is malformed; past SUBMIT_TASKS_MAX tasks, the rest is read and not kept."""
+    incoming: list[SubmittedTask] = []
+    problem: str | None = None
+    while True:
+        frame = await _next_frame(reader)
+        problem = problem or control.submit_frame_problem(frame)
+        if frame.get("end"):
+            break
+        if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
+            incoming.extend(frame.get("tasks") or [])
+    if problem is not None:  # raised after the stream is read, so the reply is in step
+        raise UserError(problem)
+    return incoming
+
+
+async def _skip_stream(reader: asyncio.StreamReader) -> None:
+    """Read a refused submission's frames to its end frame, keeping nothing."""
+    while not (await _next_frame(reader)).get("end"):
+        pass
+
+
+async def _next_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    frame = await control.read_frame(reader)
+    if frame is None:
+        raise ControlError("the client went away mid-submission; nothing was added")
+    return frame
+
+
+def checked_task(job: str, raw: SubmittedTask) -> CheckedTask:
+    """A submitted task, its id checked against its content (a client cannot mislabel one).
+    UserError naming what is wrong."""
+    try:
+        spec = TaskSpec.from_wire(raw["spec"])
+        name = raw["name"]
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"task name {name!r} {problem}")
+        explicit = bool(raw.get("explicit_name"))
+        expected = task_id(job, spec, name if explicit else None)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise UserError(f"malformed task in submission: {exc}") from exc
+    if raw.get("task_id") != expected:
+        raise UserError(f"task {name!r}: its id does not match its content")
+    return CheckedTask(expected, name, spec, raw.get("line"))
+
+
+def net_stats(node: NodeControl) -> NetStats | dict[str, int]:
+    """What the node's transport and record intake counted ({} with no gossip address)."""
+    if node.net is None:
+        return {}
+    net = node.net
+    return {
+        "dropped": net.dropped,
+        "forged": net.membership.forged + node.forged_records,
+        "bad_records": node.bad_records,
+        "refused_records": node.refused_records,
+        "stamps_ahead": node.stamps_ahead,
+        "streams_refused": net.streams_refused,
+        "refused_tasks": node.refused_tasks,
+        "gap_pulls": node.gap_pulls,
+        "sent": net.sent,
+        "received": net.received,
+        "bytes_sent": net.bytes_sent,
+        "bytes_received": net.bytes_received,
+    }
