@@ -195,6 +195,13 @@ class MemberRecovered:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberUpdated:
+    """A live member's meta changed (it began to drain, say)."""
+
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
 class MemberDied:
     member: str
 
@@ -204,7 +211,7 @@ class MemberLeft:
     member: str
 
 
-Event = MemberJoined | MemberSuspected | MemberRecovered | MemberDied | MemberLeft
+Event = MemberJoined | MemberSuspected | MemberRecovered | MemberUpdated | MemberDied | MemberLeft
 
 
 # -- the math (table-tested, as memberlist's util.go) -----------------------------------------
@@ -518,7 +525,7 @@ class Membership:
             self.events.append(MemberJoined(alive.node))
             self._queue(alive)
             return
-        was = member.state
+        was, updated = member.state, member.meta != alive.meta
         member.incarnation, member.addr, member.meta = alive.incarnation, alive.addr, alive.meta
         member.proof = alive.proof
         self._suspicions.pop(alive.node, None)
@@ -529,6 +536,8 @@ class Membership:
                 if was is MemberState.SUSPECT
                 else MemberJoined(alive.node)
             )
+        elif updated:
+            self.events.append(MemberUpdated(alive.node))
         self._queue(alive)
 
     def _on_suspect(self, now: float, suspect: Suspect) -> None:

@@ -57,6 +57,7 @@ from swarm.control import (
     SubmitRequest,
     SubmittedTask,
 )
+from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
 from swarm.daemon.net import GossipNet
@@ -66,16 +67,6 @@ log = logging.getLogger("swarm.daemon.control_server")
 
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedTask:
-    """A submitted task whose id was checked against its content (a client cannot mislabel one)."""
-
-    task_id: str
-    name: str
-    spec: TaskSpec
-    line: int | None  # in the client's file, for messages
 
 
 class NodeControl(Protocol):
@@ -88,10 +79,11 @@ class NodeControl(Protocol):
     forged_records: int
     bad_records: int
     refused_records: int
-    stamps_ahead: int
     refused_tasks: int
     gap_pulls: int
 
+    @property
+    def stamps_ahead(self) -> int: ...
     @property
     def changes(self) -> int: ...
     async def wait_for_change(self, seen: int, timeout_s: float) -> None: ...

@@ -25,6 +25,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from swarm.core import wire
 from swarm.core.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
@@ -32,6 +33,7 @@ from swarm.core.ledger import (
     Body,
     ClaimRecord,
     Ledger,
+    LostRecord,
     Outcome,
     ResultRecord,
     State,
@@ -118,12 +120,17 @@ class Replica:
         self._truth = truth  # every record ever written, by version: what a copy must equal
         self._seed = seed
         self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
-        self.on_record: list[Callable[[Version, Body], None]] = []  # told of each record stored
+        # Folds a stored record into the ledger (the node's core does, when there is one):
+        # (version, body, remote) -> the state changes.
+        self.apply: Callable[[Version, Body, bool], list[StateChanged]] = (
+            lambda version, body, remote: self.ledger.apply(version, body)
+        )
+        self.on_synced: list[Callable[[], None]] = []  # told when a sync answer was all taken
 
     def write(self, body: Body) -> Copy:
         self.seq += 1
         self._truth[Version(self.node, self.generation, self.seq)] = body
-        self._store(self.node, self.generation, self.seq, body)
+        self._store(self.node, self.generation, self.seq, body, remote=False)
         return (self.node, self.generation, self.seq, body)
 
     def take(
@@ -156,6 +163,9 @@ class Replica:
             return  # every record came, but not the end of the answer: no watermark moves
         for key, seq in list(intake.watermarks(upto)):
             self.ledger.high_seq[key] = seq
+        if asked is not None:
+            for told in self.on_synced:
+                told()
         for key, high in self.ledger.high_seq.items():
             if high > self.contiguous.get(key, 0):
                 raise InvariantBroken(
@@ -172,7 +182,9 @@ class Replica:
             upto[key] = self.ledger.high_seq[key]
         return _SyncAnswer(tuple(copies), upto, digest)
 
-    def _store(self, origin: str, generation: int, seq: int, body: Body) -> None:
+    def _store(
+        self, origin: str, generation: int, seq: int, body: Body, remote: bool = True
+    ) -> None:
         version = Version(origin, generation, seq)
         if self._truth.get(version) != body:
             raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
@@ -185,15 +197,16 @@ class Replica:
         while run + 1 in held:
             run += 1
         self.contiguous[key] = run
-        for told in self.on_record:
-            told(version, body)
-        for change in self.ledger.apply(version, body):
-            self._check(change)
+        for change in self.apply(version, body, remote):
+            self._check(change, body)
             for listener in self.listeners:
                 listener(change)
 
-    def _check(self, change: StateChanged) -> None:
-        if change.old is State.DONE and change.new is not State.DONE:
+    def _check(self, change: StateChanged, body: Body) -> None:
+        """A done task stays done, unless its result was declared lost with every node that
+        held it (holding.py): then it runs again."""
+        lost = isinstance(body, LostRecord) and body.task_id == change.task_id
+        if change.old is State.DONE and change.new is not State.DONE and not lost:
             raise InvariantBroken(
                 f"seed {self._seed}: {self.node} saw done task {change.task_id} become {change.new}"
             )
@@ -208,8 +221,10 @@ class Sim:
         net: Network | None = None,
         drift: float = 0.0,
         ledger: bool = False,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.seed = seed
+        self.meta = meta or {"cpus": 2}  # what each node gossips of itself
         self.rng = random.Random(seed)
         self.config = config or Config.test()
         self.net = net or Network()
@@ -246,7 +261,7 @@ class Sim:
         core = Membership(
             f"n{i:04d}",
             addr,
-            {"cpus": 2},
+            dict(self.meta),
             self.config,
             random.Random(self.rng.randrange(2**32)),
             self.local(addr),
@@ -342,7 +357,7 @@ class Sim:
             self.now = max(self.now, step_at)
             if self._flight and self._flight[0].at <= self.now:
                 item = heapq.heappop(self._flight)
-                if item.dst not in self.down and self._can_talk(item.src, item.dst):
+                if item.dst not in self.down and self.can_talk(item.src, item.dst):
                     self._deliver(item)
                     self._after(item.dst)
             elif timer is not None:
@@ -438,7 +453,7 @@ class Sim:
         for peer in self.rng.sample(peers, min(wide, len(peers))):
             self._send(addr, peer, _Push((copy,)))
 
-    def _can_talk(self, a: Addr, b: Addr) -> bool:
+    def can_talk(self, a: Addr, b: Addr) -> bool:
         return self.groups.get(a, -1) == self.groups.get(b, -1)
 
     def _collect(self, src: Addr) -> None:
@@ -727,11 +742,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", action="store_true", help="claims, leases and takeovers under faults (5 nodes)"
     )
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="with --work: attempts leave no result files to hold and copy",
+    )
     args = parser.parse_args(argv)
     if args.work:
         from swarm.sim.work import print_work_figures  # it builds on this module
 
-        return print_work_figures(args.seeds)
+        return print_work_figures(args.seeds, results=not args.no_results)
     if args.spread:
         print_spread_figures(args.seeds, args.nodes)
         return 0
