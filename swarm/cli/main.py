@@ -28,7 +28,7 @@ from rich.table import Table
 from swarm import control, statedir
 from swarm.cli import export, status, taskfile
 from swarm.control import Client
-from swarm.core import gossip, snapshot, wire
+from swarm.core import gossip, snapshot, units, wire
 from swarm.core.ledger import State
 from swarm.core.policy import why_infeasible
 from swarm.core.spec import NO_RESOURCES, Resources, name_problem
@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
     labels = dict(resources.parse_label(text) for text in args.label)
-    memory = resources.parse_size(args.memory, field="--memory") if args.memory else None
-    memfree = resources.parse_size(args.memfree, field="--memfree") if args.memfree else None
+    memory = units.parse_size(args.memory, field="--memory") if args.memory else None
+    memfree = units.parse_size(args.memfree, field="--memfree") if args.memfree else None
     if memfree is not None and not args.overcommit:
         raise UserInputError("--memfree works with --overcommit; add it, or leave --memfree out")
     joins = tuple(parse_addr(peer) for peer in args.join)
@@ -458,7 +458,7 @@ def summary_line(row: snapshot.JobRow, elapsed: float, ran: int | None) -> str:
     line = (
         f"{row['job']}: {plural(row['total'], 'task')}: [green]{row['done']:,} done[/], {failed}, "
         f"{row['cancelled']:,} cancelled, {row['pending'] + row['running']:,} not run, "
-        f"in {status.format_duration(elapsed)}"
+        f"in {units.format_duration(elapsed)}"
     )
     if ran and elapsed > 0:
         line += f" ({ran / elapsed:,.1f} tasks/s)"
@@ -804,7 +804,7 @@ def cmd_members(args: argparse.Namespace) -> int:
             str(m["state"]),
             str(m.get("incarnation", "")),
             f"{capacity.get('cpus', '')}",
-            status.format_bytes(int(capacity.get("memory_bytes", 0))),
+            units.format_bytes(int(capacity.get("memory_bytes", 0))),
             labels,
         )
     out.print(table)

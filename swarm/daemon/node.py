@@ -38,9 +38,8 @@ from typing import Any, Literal
 import aiosqlite
 
 from swarm import statedir
-from swarm.cli import status
 from swarm.control import FRAME_BYTES_MAX
-from swarm.core import gossip, identity, pressure, snapshot, wire
+from swarm.core import gossip, identity, pressure, snapshot, units, wire
 from swarm.core.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
 from swarm.core.ledger import (
     EVICTION_CAP,
@@ -1396,7 +1395,7 @@ class Node:
         if chosen is None or attempt is None:
             return
         view = self.ledger.tasks[chosen.task_id]
-        mib = status.format_bytes
+        mib = units.format_bytes
         reason = (
             f"evicted under memory pressure: {mib(max(self.guard.left(running), 0))} left, "
             f"below half of --memfree {mib(self.guard.memfree)}; it used "
