@@ -13,10 +13,10 @@ import pytest
 from swarm.core.spec import Resources
 from swarm.core.units import parse_size
 from swarm.daemon import resources
+from swarm.daemon.config import parse_label
 from swarm.daemon.resources import (
     available_memory_bytes,
     builtin_labels,
-    parse_label,
     probe,
     probe_cpus,
     probe_gpus,
@@ -481,7 +481,6 @@ def test_module_exports() -> None:
     assert set(resources.__all__) == {
         "available_memory_bytes",
         "builtin_labels",
-        "parse_label",
         "probe",
         "probe_cpus",
         "probe_gpus",

@@ -28,12 +28,20 @@ from rich.table import Table
 from swarm import control, statedir
 from swarm.cli import export, status, taskfile
 from swarm.control import Client
-from swarm.core import gossip, snapshot, units, wire
+from swarm.core import snapshot, units, wire
 from swarm.core.ledger import State
 from swarm.core.policy import why_infeasible
 from swarm.core.spec import NO_RESOURCES, Resources, name_problem
 from swarm.daemon import db, resources
-from swarm.daemon.node import DEFAULT_PORT, Node, NodeConfig, lock_held, parse_addr, wall_ms
+from swarm.daemon.config import (
+    DEFAULT_PORT,
+    LAN,
+    PROFILES,
+    TEST,
+    NodeConfig,
+    parse_addr,
+    parse_label,
+)
 from swarm.daemon.store import BlobStore
 from swarm.errors import ControlError, NotRunningError, SwarmError, UserInputError
 
@@ -138,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node_opts.add_argument(
         "--profile",
-        choices=("lan", "test"),
+        choices=tuple(PROFILES),
         default="lan",
         help="gossip timers: lan (memberlist's defaults) or test (ten times faster; tests may "
         "also skew the node's wall clock with --clock-skew-ms MS)",
@@ -154,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         metavar="SECONDS",
         help="another node's tasks are taken over when its heartbeat has stopped this long "
-        "(default 10; 2 with --profile test); at once when it is declared dead",
+        f"(default {LAN.lease_ttl_s:g}; {TEST.lease_ttl_s:g} with --profile test); at once when "
+        "it is declared dead",
     )
     node_opts.add_argument(
         "--sync",
@@ -260,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
-    labels = dict(resources.parse_label(text) for text in args.label)
+    labels = dict(parse_label(text) for text in args.label)
     memory = units.parse_size(args.memory, field="--memory") if args.memory else None
     memfree = units.parse_size(args.memfree, field="--memfree") if args.memfree else None
     if memfree is not None and not args.overcommit:
@@ -275,9 +284,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         )
     if args.clock_skew_ms and args.profile != "test":
         raise UserInputError("--clock-skew-ms is for tests: it needs --profile test")
-    profile = gossip.Config.test() if args.profile == "test" else gossip.Config.lan()
-    # The test profile shortens leases as it shortens gossip: a dead node's tasks move in ~2 s.
-    beat, ttl, stagger = (0.25, 2.0, 0.1) if args.profile == "test" else (1.0, 10.0, 1.0)
+    profile = PROFILES[args.profile]
     return NodeConfig(
         cpus=args.cpus,
         memory_bytes=memory,
@@ -286,10 +293,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         sync=args.sync,
         bind=bind,
         join=joins,
-        gossip=profile,
-        heartbeat_interval_s=beat,
-        claim_stagger_s=stagger,
-        lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else ttl,
+        gossip=profile.gossip,
+        heartbeat_interval_s=profile.heartbeat_interval_s,
+        claim_stagger_s=profile.claim_stagger_s,
+        claim_settle_s=profile.claim_settle_s,
+        lease_ttl_s=args.lease_ttl if args.lease_ttl is not None else profile.lease_ttl_s,
         overcommit=args.overcommit,
         memfree_bytes=memfree,
         clock_skew_ms=args.clock_skew_ms,
@@ -365,6 +373,8 @@ async def _run(
     if await control.is_running(state):
         err.print(f"using the running node of {state.root}")
         return await _submit_and_watch(state, job, tasks, embedded=False)
+    from swarm.daemon.node import Node  # only an embedded node needs the daemon: import it late
+
     node = Node(state, config)
     failure: BaseException | None = None
     watched: Watched = (None, 0)
@@ -530,6 +540,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     statedir.init(state)
 
     async def serve() -> None:
+        from swarm.daemon.node import Node  # the CLI's other commands start faster without it
+
         node = Node(state, config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -819,12 +831,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
     _call(args, lambda client: client.shutdown())
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:  # it interrupts and records its attempts, then exits
-        if not lock_held(state):
+        if not statedir.lock_held(state):
             out.print("the daemon has stopped")
             return 0
         time.sleep(0.05)
     out.print(f"the daemon is still stopping after {STOP_WAIT_S:g}s")
     return 1
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _positive_seconds(text: str) -> float:
@@ -850,7 +866,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     )
     if not args.wait:
         return 0
-    while lock_held(state):  # the daemon exits once drained
+    while statedir.lock_held(state):  # the daemon exits once drained
         time.sleep(0.2)
     out.print("drained: the daemon has stopped")
     return 0

@@ -1,4 +1,4 @@
-"""What this node can run: its CPU, memory and GPU capacity, and how users write node labels.
+"""What this node can run: its CPU, memory and GPU capacity.
 
 Theory of operation: a node claims only tasks that fit in its own capacity, so the capacity must be
 what this process may really use, not what the hardware has. In a container or under systemd the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,6 @@ from swarm.errors import ConfigError
 __all__ = [
     "available_memory_bytes",
     "builtin_labels",
-    "parse_label",
     "probe",
     "probe_cpus",
     "probe_gpus",
@@ -36,12 +34,6 @@ __all__ = [
 _ROOT = Path("/")
 # cgroup v1 reports "no limit" as a page-rounded 2**63 - 1; anything this large is not a real limit.
 _UNLIMITED_BYTES = 2**60
-
-_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_INT_RE = re.compile(r"[+-]?\d+")
-# Written out rather than trusting float(), which also takes "nan", "inf" and "1_000".
-_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
-
 
 # --- reading the fake-able file tree -------------------------------------------------------------
 
@@ -272,28 +264,6 @@ def builtin_labels(capacity: Resources) -> dict[str, str | int | float]:
         "arch": platform.machine(),
         "hostname": socket.gethostname(),
     }
-
-
-def parse_label(text: str) -> tuple[str, str | int | float]:
-    """Parse a `--label key=value` flag; a value that reads as a number becomes one."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    raw = raw.strip()
-    if not sep or not key or not raw:
-        raise ConfigError(f"--label {text!r}: expected key=value, e.g. --label zone=eu-1")
-    if _LABEL_KEY_RE.fullmatch(key) is None:
-        raise ConfigError(
-            f"--label {text!r}: key {key!r} may only hold letters, digits, '_', '-' and '.'"
-        )
-    value: str | int | float = raw
-    if _INT_RE.fullmatch(raw):
-        value = int(raw)
-    elif _FLOAT_RE.fullmatch(raw):
-        number = float(raw)
-        # "1e999" overflows to inf, which no requirement could compare sensibly; keep the text.
-        if math.isfinite(number):
-            value = number
-    return key, value
 
 
 def own_peak_rss_kb() -> int:
