@@ -30,7 +30,7 @@ from swarm.errors import SwarmError, UserInputError
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
-FAILED_LISTED_MAX = 10
+FAILED_LISTED_MAX = 10  # failed, missing or unrunnable tasks named one by one after a run
 
 
 def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask]]:

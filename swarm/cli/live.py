@@ -20,7 +20,7 @@ from swarm.core.spec import NO_RESOURCES
 from swarm.daemon import db, resources
 from swarm.errors import NotRunningError, UserInputError
 
-STATUS_REFRESH_S = 1.0
+STATUS_REFRESH_S = 1.0  # the live view asks for a new snapshot this often
 STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
 
 

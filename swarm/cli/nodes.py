@@ -21,7 +21,7 @@ from swarm.core import units, wire
 from swarm.daemon.config import DEFAULT_PORT, PROFILES, NodeConfig, parse_addr, parse_label
 from swarm.errors import UserInputError
 
-STOP_WAIT_S = 30.0
+STOP_WAIT_S = 30.0  # `stop` waits this long for the daemon to record its attempts and exit
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
