@@ -34,12 +34,13 @@ from pathlib import Path
 from swarm_net import ask, free_port, stop_daemons, swarm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from swarm.daemon.config import LAN
 from tests.integration.netns import PORT, Hosts, why_not
 
 NODES = 5
 SLOTS = 2
 TASK_S = 0.05
-SPLIT_S = 20.0  # twice the LAN timers' 10 s lease
+SPLIT_S = 2 * LAN.lease_ttl_s  # twice the LAN timers' lease
 
 
 class Swarm:

@@ -7,11 +7,13 @@ Layout (all owner-only):
     blobs/         content-addressed results
     run/           one dir per running attempt (stdout, stderr, pid, scratch work dir)
     control.sock   the CLI's Unix socket to the daemon (mode 0600)
+    daemon.lock    locked by the daemon while it runs (holds its pid): one daemon per state dir
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -27,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm.core import wire
 from swarm.core.identity import Identity
 from swarm.daemon import db
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, UserInputError
 
 SWARM_KEY_BYTES = 32
 SOCKET_PATH_BYTES_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
@@ -211,3 +213,39 @@ def remove_key(state: StateDir, key_id: str) -> None:
     if not path.exists():
         raise ConfigError(f"no installed key {key_id}")
     path.unlink()
+
+
+class DaemonLock:
+    """An exclusive lock on the state dir: one daemon per data dir."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.path = state.root / "daemon.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            other = os.read(self.fd, 32).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise UserInputError(
+                f"a swarm daemon already runs for {state.root} (pid {other or '?'})"
+            ) from exc
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def lock_held(state: StateDir) -> bool:
+    """True while a daemon holds this state dir (it has not finished stopping)."""
+    try:
+        fd = os.open(state.root / "daemon.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have just taken
+    return False

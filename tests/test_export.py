@@ -17,9 +17,6 @@ from hypothesis import strategies as st
 from swarm.cli.export import (
     ATTEMPT_COLUMNS,
     TASK_COLUMNS,
-    Manifest,
-    manifest_bytes,
-    parse_manifest,
     write_csv,
     write_results,
 )
@@ -34,6 +31,7 @@ from swarm.core.ledger import (
     TaskRecord,
     Version,
 )
+from swarm.core.manifest import Manifest, manifest_bytes, parse_manifest
 from swarm.core.spec import Resources, TaskSpec
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.errors import CorruptBlobError, UserInputError

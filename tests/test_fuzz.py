@@ -32,7 +32,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from swarm import control
-from swarm.cli.export import Manifest, manifest_bytes, parse_manifest
 from swarm.cli.taskfile import NewTask, parse_jsonl, parse_lines
 from swarm.core import gossip, identity, wire
 from swarm.core.ledger import (
@@ -52,6 +51,7 @@ from swarm.core.ledger import (
     body_to_plain,
     task_record_problem,
 )
+from swarm.core.manifest import Manifest, manifest_bytes, parse_manifest
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.daemon import db
 from swarm.daemon.control_server import checked_task

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.cli.export import manifest_bytes, parse_manifest
 from swarm.core.ledger import Outcome
+from swarm.core.manifest import manifest_bytes, parse_manifest
 from swarm.core.spec import Resources
 from swarm.daemon.executor import Finished
 from swarm.daemon.outputs import OutputStore, result_record

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from swarm.core.spec import Resources
+from swarm.core.units import parse_size
 from swarm.daemon import resources
+from swarm.daemon.config import parse_label
 from swarm.daemon.resources import (
     available_memory_bytes,
     builtin_labels,
-    parse_label,
-    parse_size,
     probe,
     probe_cpus,
     probe_gpus,
@@ -481,8 +481,6 @@ def test_module_exports() -> None:
     assert set(resources.__all__) == {
         "available_memory_bytes",
         "builtin_labels",
-        "parse_label",
-        "parse_size",
         "probe",
         "probe_cpus",
         "probe_gpus",

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from swarm.cli.status import format_bytes, format_count, format_duration, format_rate, render
+from swarm.cli.status import render
+from swarm.core.units import format_bytes, format_count, format_duration, format_rate
 
 GiB = 2**30
 MiB = 2**20

@@ -15,7 +15,6 @@ from typing import TypeVar
 
 import pytest
 
-from swarm.cli.export import manifest_bytes
 from swarm.core import gossip, wire
 from swarm.core.ledger import (
     Attempt,
@@ -27,6 +26,7 @@ from swarm.core.ledger import (
     TaskRecord,
     Version,
 )
+from swarm.core.manifest import manifest_bytes
 from swarm.core.spec import Resources, TaskSpec
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer, result_attempt

@@ -29,14 +29,11 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.core.snapshot import Snapshot
+from swarm.core.units import format_bytes, format_count, format_duration, format_rate
 
 __all__ = [
     "COMPACT_WIDTH",
     "RUNNING_SHOWN_MAX",
-    "format_bytes",
-    "format_count",
-    "format_duration",
-    "format_rate",
     "render",
 ]
 
@@ -55,54 +52,6 @@ DOWN_STATES = frozenset({"dead", "down", "stopped", "left", "gone", "lost", "unr
 _STATE_STYLES = {"alive": "green", "suspect": "yellow", "draining": "yellow"}
 
 _UNKNOWN = "—"
-_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-
-
-def format_duration(seconds: float | None) -> str:
-    """`45s`, `3m 20s`, `1h 05m`, `2d 03h`; `—` when unknown. Negative durations read as 0s."""
-    if seconds is None or not math.isfinite(seconds):
-        return _UNKNOWN
-    # Round once up front so 59.6s reads "1m 00s", not "60s".
-    total = max(0, round(seconds))
-    if total < 60:
-        return f"{total}s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h"
-
-
-def format_bytes(n: int) -> str:
-    """Binary units with one decimal: `512 B`, `1.5 KiB`, `512.0 MiB`, `15.6 GiB`."""
-    sign = "-" if n < 0 else ""
-    size = abs(n)
-    if size < 1024:
-        return f"{sign}{size} B"
-    value = float(size)
-    for unit in _BYTE_UNITS:
-        value /= 1024
-        # Move up a unit if rounding would print e.g. "1024.0 MiB" instead of "1.0 GiB".
-        if round(value, 1) < 1024 or unit == _BYTE_UNITS[-1]:
-            return f"{sign}{value:.1f} {unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def format_count(n: int) -> str:
-    """Thousands separators: `12,345`."""
-    return f"{n:,}"
-
-
-def format_rate(per_s: float) -> str:
-    """Tasks per second: `12.3/s`; two decimals below 0.1/s so slow jobs don't read as 0.0/s."""
-    if not math.isfinite(per_s) or per_s <= 0:
-        return "0/s"
-    if per_s < 0.1:
-        return f"{per_s:.2f}/s"
-    return f"{per_s:.1f}/s"
 
 
 def render(

@@ -29,7 +29,7 @@ from swarm.core.spec import (
     normalize_requires,
     task_id,
 )
-from swarm.daemon.resources import parse_size
+from swarm.core.units import parse_size
 from swarm.errors import SizeError, SpecError, TaskFileError
 
 KEYS = (

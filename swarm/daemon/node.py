@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import random
@@ -31,7 +30,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,10 +68,10 @@ from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import Resources, TaskSpec
 from swarm.daemon import db, net, resources
+from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
-    KILL_GRACE_S,
     NODE_TAG,
     Attempt,
     Finished,
@@ -112,38 +111,6 @@ REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were 
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    cpus: float | None = None  # None: probe (cgroup-aware)
-    memory_bytes: int | None = None
-    gpus: int | None = None
-    labels: dict[str, str | int | float] = field(default_factory=dict)
-    sync: str = "full"  # SQLite synchronous mode; see db.py
-    bind: tuple[str, int] | None = None  # the gossip address; None: a single node, no network
-    join: tuple[tuple[str, int], ...] = ()  # members to join at start
-    gossip: gossip.Config = field(default_factory=gossip.Config.lan)
-    heartbeat_interval_s: float = 1.0
-    # Another node's claims expire when its heartbeat has not advanced for this long (or at once
-    # when membership declares it dead); see lease.py.
-    lease_ttl_s: float = 10.0
-    # A task's preferred node claims it at once; the next-ranked one after this long, the
-    # third after twice as long, and so on (see policy.py).
-    claim_stagger_s: float = 1.0
-    # A node that takes a task from another's share waits this long after its claim for a
-    # competing one to show up before it starts the task.
-    claim_settle_s: float = 0.05
-    claim_batch_max: int = 256  # claims made in one scheduler pass
-    kill_grace_s: float = KILL_GRACE_S
-    # Admit tasks by their measured memory, and evict the newest when memory runs low (see
-    # pressure.py); `memfree_bytes` is the floor (None: 5% of the node's memory).
-    overcommit: bool = False
-    memfree_bytes: int | None = None
-    # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
-    # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
-    clock_skew_ms: int = 0
-
-
-DEFAULT_PORT = 7946
 JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
 JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
 RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
@@ -153,56 +120,6 @@ REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """HOST:PORT (or HOST, on the default port) as a (host, port) pair; UserInputError if not."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = text, str(default_port)
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not host or not 0 < port < 65536:
-        raise UserInputError(f"{text!r} is not HOST:PORT")
-    return host, port
-
-
-class _Lock:
-    """An exclusive lock on the state dir: one daemon per data dir."""
-
-    def __init__(self, state: StateDir) -> None:
-        self.path = state.root / "daemon.lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            other = os.read(self.fd, 32).decode(errors="replace").strip()
-            os.close(self.fd)
-            raise UserInputError(
-                f"a swarm daemon already runs for {state.root} (pid {other or '?'})"
-            ) from exc
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
-def lock_held(state: StateDir) -> bool:
-    """True while a daemon holds this state dir (it has not finished stopping)."""
-    try:
-        fd = os.open(state.root / "daemon.lock", os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we may have just taken
-    return False
 
 
 class Node:
@@ -422,7 +339,7 @@ class Node:
 
     async def run(self) -> None:
         """Serve until `stop()`; then interrupt running attempts, record them, and return."""
-        lock = _Lock(self.state)
+        lock = statedir.DaemonLock(self.state)
         conn = None
         try:
             meta = db.read_meta(self.state.db_path)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from swarm.cli.export import manifest_bytes
 from swarm.core.ledger import ResultRecord
+from swarm.core.manifest import manifest_bytes
 from swarm.core.spec import Resources
 from swarm.daemon.executor import Finished, Launch
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore

@@ -1,4 +1,4 @@
-"""What this node can run: its CPU, memory and GPU capacity, and how users write sizes and labels.
+"""What this node can run: its CPU, memory and GPU capacity.
 
 Theory of operation: a node claims only tasks that fit in its own capacity, so the capacity must be
 what this process may really use, not what the hardware has. In a container or under systemd the
@@ -7,8 +7,7 @@ minimum of the machine-wide figure and the cgroup limit. Every file is read rela
 tests can build a fake /proc and /sys tree; a missing or unreadable file means "no limit from that
 source", never a crash, because kernels and container runtimes differ in what they expose.
 
-Sizes given by users (flags and the task file's `memory` field) go through `parse_size`: a bare
-number means MiB and units are binary, so that "512", 512 and "512M" are the same request.
+How users write sizes (`--memory 8G`) is `swarm.core.units.parse_size`.
 """
 
 from __future__ import annotations
@@ -16,20 +15,16 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import socket
 from collections.abc import Mapping
-from fractions import Fraction
 from pathlib import Path
 
 from swarm.core.spec import Resources
-from swarm.errors import ConfigError, SizeError
+from swarm.errors import ConfigError
 
 __all__ = [
     "available_memory_bytes",
     "builtin_labels",
-    "parse_label",
-    "parse_size",
     "probe",
     "probe_cpus",
     "probe_gpus",
@@ -37,25 +32,8 @@ __all__ = [
 ]
 
 _ROOT = Path("/")
-_MIB = 1024**2
 # cgroup v1 reports "no limit" as a page-rounded 2**63 - 1; anything this large is not a real limit.
 _UNLIMITED_BYTES = 2**60
-# Sizes are stored as SQLite/msgpack int64; refuse anything that would not round-trip.
-_MAX_SIZE = 2**63 - 1
-
-_UNITS = {"": _MIB, "b": 1, "k": 1024, "m": _MIB, "g": 1024**3, "t": 1024**4, "p": 1024**5}
-# A bare number is MiB; a unit may be written K, KB or KiB (all binary), case-insensitively.
-_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|(b))?", re.IGNORECASE)
-_SIZE_FORMS = (
-    "a number of MiB (512 or 1.5) or a number with a binary unit B, K, M, G, T or P "
-    "(512M, 2G, 2GiB, 1.5G)"
-)
-
-_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_INT_RE = re.compile(r"[+-]?\d+")
-# Written out rather than trusting float(), which also takes "nan", "inf" and "1_000".
-_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
-
 
 # --- reading the fake-able file tree -------------------------------------------------------------
 
@@ -248,44 +226,6 @@ def probe_gpus(root: Path = _ROOT, environ: Mapping[str, str] | None = None) -> 
 # --- user input ----------------------------------------------------------------------------------
 
 
-def parse_size(text: str | int | float, *, field: str) -> int:
-    """Bytes from a user's size: a bare number is MiB, units are binary (1G = 1024**3).
-
-    Raises SizeError (a ConfigError) naming `field` and the accepted forms when the value is
-    not a size.
-    """
-
-    def bad(why: str) -> SizeError:
-        return SizeError(field, f"{why}; expected {_SIZE_FORMS}")
-
-    amount: Fraction
-    # bool is an int subclass, and "memory: true" in a task file is a mistake, not 1 MiB.
-    if isinstance(text, bool):
-        raise bad(f"{text!r} is not a size")
-    if isinstance(text, int):
-        amount = Fraction(text) * _MIB
-    elif isinstance(text, float):
-        if not math.isfinite(text):
-            raise bad(f"{text!r} is not a size")
-        amount = Fraction(text) * _MIB
-    elif isinstance(text, str):
-        match = _SIZE_RE.fullmatch(text.strip())
-        if match is None:
-            raise bad(f"{text!r} is not a size" if text.strip() else "an empty value is not a size")
-        number, unit, byte_unit = match.groups()
-        # Fraction keeps "1.1T" exact where a float would drift by a few bytes.
-        amount = Fraction(number) * _UNITS[(unit or byte_unit or "").lower()]
-    else:
-        # Values from a decoded task file may be anything; say so rather than crash.
-        raise bad(f"{text!r} is not a size")
-    if amount < 0:
-        raise bad(f"{text!r} is negative")
-    size = round(amount)
-    if size > _MAX_SIZE:
-        raise bad(f"{text!r} is too large")
-    return size
-
-
 def probe(
     cpus: float | None = None,
     memory_bytes: int | None = None,
@@ -324,28 +264,6 @@ def builtin_labels(capacity: Resources) -> dict[str, str | int | float]:
         "arch": platform.machine(),
         "hostname": socket.gethostname(),
     }
-
-
-def parse_label(text: str) -> tuple[str, str | int | float]:
-    """Parse a `--label key=value` flag; a value that reads as a number becomes one."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    raw = raw.strip()
-    if not sep or not key or not raw:
-        raise ConfigError(f"--label {text!r}: expected key=value, e.g. --label zone=eu-1")
-    if _LABEL_KEY_RE.fullmatch(key) is None:
-        raise ConfigError(
-            f"--label {text!r}: key {key!r} may only hold letters, digits, '_', '-' and '.'"
-        )
-    value: str | int | float = raw
-    if _INT_RE.fullmatch(raw):
-        value = int(raw)
-    elif _FLOAT_RE.fullmatch(raw):
-        number = float(raw)
-        # "1e999" overflows to inf, which no requirement could compare sensibly; keep the text.
-        if math.isfinite(number):
-            value = number
-    return key, value
 
 
 def own_peak_rss_kb() -> int:

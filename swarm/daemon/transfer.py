@@ -26,9 +26,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm.cli.export import parse_manifest
 from swarm.core import gossip, wire
 from swarm.core.ledger import Attempt, Ledger, TaskView
+from swarm.core.manifest import parse_manifest
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.errors import SwarmError
 

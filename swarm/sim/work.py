@@ -55,14 +55,16 @@ from swarm.core.ledger import (
 )
 from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.spec import Resources, TaskSpec
+from swarm.daemon.config import TEST
 from swarm.sim.world import InvariantBroken, Network, Replica, Sim
 
 SLOTS = 2
 CAPACITY = Resources(cpus=SLOTS, memory_bytes=1 << 30)
-LEASE_S = 2.0  # the test profile's timers, as the chaos tests use
-HEARTBEAT_S = 0.25
-STAGGER_S = 0.1
-SETTLE_S = 0.05
+# The test profile's timers, as the chaos tests use.
+LEASE_S = TEST.lease_ttl_s
+HEARTBEAT_S = TEST.heartbeat_interval_s
+STAGGER_S = TEST.claim_stagger_s
+SETTLE_S = TEST.claim_settle_s
 STEP_S = 0.01
 TASK_S = 1.0  # how long each task runs (a little spread around it)
 SPREAD_WIDE = 16  # fresh records go at once to this many members, as the daemon sends them

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from swarm.daemon.config import TEST
+
 from .conftest import Cli, Swarm, export_rows, fill, running_by_node, tmpfs, wait_for
 
 pytestmark = pytest.mark.integration
 
 NODES = 5
 SLOTS = 2  # --cpus per node: 10 tasks run at once
-LEASE_S = 2.0  # the test profile's
+LEASE_S = TEST.lease_ttl_s  # the nodes run with --profile test
 
 
 class Chaos:

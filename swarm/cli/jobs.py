@@ -1,0 +1,276 @@
+"""The commands that act on a job: `run` (on the local daemon, or on an embedded node started for
+the run), `submit`, `cancel` and `retry`; reading and sending a task file, and the progress bar
+that watches a job until it is finished."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from swarm import control, statedir
+from swarm.cli import export, taskfile
+from swarm.cli.common import _call, err, out, plural, wall_ms
+from swarm.cli.nodes import node_config
+from swarm.cli.results import fetch_results
+from swarm.control import Client
+from swarm.core import snapshot, units
+from swarm.core.ledger import State
+from swarm.core.policy import why_infeasible
+from swarm.core.spec import Resources, name_problem
+from swarm.daemon import db
+from swarm.daemon.config import NodeConfig
+from swarm.daemon.store import BlobStore
+from swarm.errors import SwarmError, UserInputError
+
+POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
+POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
+FAILED_LISTED_MAX = 10  # failed, missing or unrunnable tasks named one by one after a run
+
+
+def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask]]:
+    """Validate the whole file before anything is sent: a bad line adds nothing."""
+    if args.file == "-":
+        data, source, base_dir, default_job = (
+            sys.stdin.buffer.read(),
+            "<stdin>",
+            Path.cwd(),
+            "stdin",
+        )
+    else:
+        path = Path(args.file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserInputError(f"cannot read {path}: {exc.strerror}") from exc
+        source, base_dir, default_job = str(path), path.resolve().parent, path.stem
+    job = args.job or default_job
+    problem = name_problem(job)
+    if problem is not None:
+        raise UserInputError(f"job name {job!r} {problem}")
+    if args.lines:
+        return job, taskfile.parse_lines(data, source, job)
+    return job, taskfile.parse_jsonl(data, source, job, base_dir)
+
+
+async def send_tasks(
+    client: Client, job: str, tasks: list[taskfile.NewTask]
+) -> control.SubmitReply:
+    chunk = control.SUBMIT_CHUNK_TASKS
+    return await client.submit(
+        job, ([_wire_task(t) for t in tasks[i : i + chunk]] for i in range(0, len(tasks), chunk))
+    )
+
+
+def _wire_task(task: taskfile.NewTask) -> control.SubmittedTask:
+    return {
+        "task_id": task.task_id,
+        "name": task.name,
+        "explicit_name": task.explicit_name,
+        "spec": task.spec.to_wire(),
+        "line": task.line,
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    job, tasks = read_task_file(args)
+    config = node_config(args)
+    statedir.init(state)
+    out_dir = Path(args.out) if args.out else Path("swarm-out") / job
+    started = time.monotonic()
+    snap, finished_before = asyncio.run(_run(state, config, job, tasks))
+    elapsed = time.monotonic() - started
+    return finish_run(state, job, snap, out_dir, elapsed, finished_before)
+
+
+# The last snapshot (None if none was taken), and how many tasks had finished at first.
+Watched = tuple[snapshot.Snapshot | None, int]
+
+
+async def _run(
+    state: statedir.StateDir, config: NodeConfig, job: str, tasks: list[taskfile.NewTask]
+) -> Watched:
+    if await control.is_running(state):
+        err.print(f"using the running node of {state.root}")
+        return await _submit_and_watch(state, job, tasks, embedded=False)
+    from swarm.daemon.node import Node  # only an embedded node needs the daemon: import it late
+
+    node = Node(state, config)
+    failure: BaseException | None = None
+    watched: Watched = (None, 0)
+    async with asyncio.TaskGroup() as tg:
+        node_task = tg.create_task(node.run())
+        ready = tg.create_task(node.wait_ready())
+        await asyncio.wait([node_task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if node_task.done():  # it failed to start; the TaskGroup re-raises its error
+            ready.cancel()
+            return watched
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        # Errors of the watcher are kept and raised after the TaskGroup, never inside it: the
+        # group would cancel the node mid-stop (attempts unrecorded) and wrap the error.
+        try:
+            watched = await _submit_and_watch(state, job, tasks, embedded=True)
+        except (SwarmError, OSError) as exc:
+            failure = exc
+        finally:
+            stopped_by_user = node.stopping
+            node.stop()
+            await asyncio.wait([node_task])  # its graceful stop: attempts recorded, claims closed
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    if stopped_by_user:
+        raise SwarmError("interrupted: the running attempts were stopped and re-queued")
+    if failure is not None:
+        raise failure
+    return watched
+
+
+async def _submit_and_watch(
+    state: statedir.StateDir, job: str, tasks: list[taskfile.NewTask], embedded: bool
+) -> Watched:
+    client = await Client.connect(state)
+    try:
+        reply = await send_tasks(client, job, tasks)
+        err.print(
+            f"job [bold]{job}[/]: {plural(len(tasks), 'task')} "
+            f"({reply['added']:,} new, {reply['existing']:,} already in the ledger)"
+        )
+        return await watch_job(client, job, embedded)
+    finally:
+        await client.close()
+
+
+async def watch_job(client: Client, job: str, embedded: bool) -> tuple[snapshot.Snapshot, int]:
+    """Show a progress bar until the job is finished (or, on an embedded node, until nothing
+    left can run here)."""
+    finished_at_start: int | None = None
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task(job, total=None, detail="")
+        wait_ms, changes = 0, None  # the first answer comes at once
+        while True:
+            asked = time.monotonic()
+            reply = await client.status(jobs=[job], wait_ms=wait_ms, changes=changes)
+            snap = reply["snapshot"]
+            wait_ms, changes = POLL_WAIT_MS, reply["changes"]
+            row = snap["jobs"][0] if snap["jobs"] else None
+            if row is not None:
+                finished = row["done"] + row["failed"] + row["cancelled"]
+                if finished_at_start is None:
+                    finished_at_start = finished
+                detail = f"{row['running']} running, {row['failed']} failed"
+                progress.update(bar, completed=finished, total=row["total"], detail=detail)
+                if row["pending"] + row["running"] == 0:
+                    return snap, finished_at_start
+                stuck = snap["infeasible_count"]
+                if embedded and row["running"] == 0 and stuck >= row["pending"]:
+                    return snap, finished_at_start
+            await asyncio.sleep(max(0.0, POLL_MIN_S - (time.monotonic() - asked)))
+
+
+def summary_line(row: snapshot.JobRow, elapsed: float, ran: int | None) -> str:
+    """One line on how a job ended; `ran`: how many of its tasks finished during this command."""
+    failed = f"[red]{row['failed']:,} failed[/]" if row["failed"] else "0 failed"
+    line = (
+        f"{row['job']}: {plural(row['total'], 'task')}: [green]{row['done']:,} done[/], {failed}, "
+        f"{row['cancelled']:,} cancelled, {row['pending'] + row['running']:,} not run, "
+        f"in {units.format_duration(elapsed)}"
+    )
+    if ran and elapsed > 0:
+        line += f" ({ran / elapsed:,.1f} tasks/s)"
+    return line
+
+
+def finish_run(
+    state: statedir.StateDir,
+    job: str,
+    snap: snapshot.Snapshot | None,
+    out_dir: Path,
+    elapsed: float,
+    finished_before: int,
+) -> int:
+    fetch_results(state, job)  # from a running daemon's swarm; an embedded node has stopped
+    ledger = db.load_ledger(state.db_path).ledger
+    written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
+    row = snapshot.job_row(ledger, job, wall_ms())
+    finished_now = row["done"] + row["failed"] + row["cancelled"]
+    err.print(summary_line(row, elapsed, ran=finished_now - finished_before))
+    err.print(f"results: {out_dir}/<task name>/ (stdout, stderr and output files)")
+    for problem in written.missing[:FAILED_LISTED_MAX]:
+        err.print(f"  [yellow]missing result:[/] {problem}")
+    failed = [v for v in ledger.job_tasks(job) if v.state is State.FAILED]
+    for view in failed[:FAILED_LISTED_MAX]:
+        last = view.ordered_attempts()[-1].result if view.attempts else None
+        why = last.reason if last is not None else "?"
+        err.print(f"  [red]failed[/] {view.name}: {why} (see {out_dir / view.name / 'stderr'})")
+    if len(failed) > FAILED_LISTED_MAX:
+        err.print(f"  ... and {len(failed) - FAILED_LISTED_MAX} more failed tasks")
+    infeasible = snap["infeasible"] if snap is not None else []
+    stuck = [ledger.tasks[t] for t in infeasible if t in ledger.tasks]
+    if snap is not None and stuck:
+        node = snap["nodes"][0] if snap["nodes"] else None
+        capacity = Resources(**node["capacity"]) if node is not None else None
+        labels = node["labels"] if node is not None else {}
+        count = snap["infeasible_count"]
+        err.print(f"  [yellow]{plural(count, 'task')} cannot run on this node[/]:")
+        for view in stuck[:FAILED_LISTED_MAX]:
+            assert view.spec is not None
+            why = why_infeasible(view.spec, capacity, labels) if capacity else "?"
+            err.print(f"    {view.name}: {why}")
+        err.print("  they stay pending, for a node that has what they need")
+    return 0 if row["total"] and row["done"] == row["total"] else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    job, tasks = read_task_file(args)
+
+    async def submit() -> int:
+        client = await Client.connect(state)
+        try:
+            reply = await send_tasks(client, job, tasks)
+            out.print(job)
+            err.print(
+                f"{plural(reply['added'], 'task')} added, "
+                f"{reply['existing']:,} already in the ledger"
+            )
+            if not args.wait:
+                return 0
+            started = time.monotonic()
+            snap, finished_before = await watch_job(client, job, embedded=False)
+            row = snap["jobs"][0]
+            ran = row["done"] + row["failed"] + row["cancelled"] - finished_before
+            err.print(summary_line(row, time.monotonic() - started, ran))
+            return 0 if row["done"] == row["total"] else 1
+        finally:
+            await client.close()
+
+    return asyncio.run(submit())
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda client: client.cancel(args.target))
+    out.print(f"cancelled {reply['cancelled']} {reply['target']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda client: client.retry(args.job))
+    out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")
+    return 0

@@ -1,0 +1,90 @@
+"""`swarm status`: the snapshot from the running daemon, or read from a stopped node's ledger file,
+shown once, as JSON, or live until Ctrl-C (the drawing itself is `swarm.cli.status`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+
+from rich.console import RenderableType
+from rich.live import Live
+
+from swarm import statedir
+from swarm.cli import status
+from swarm.cli.common import err, out, wall_ms
+from swarm.control import Client
+from swarm.core import snapshot
+from swarm.core.spec import NO_RESOURCES
+from swarm.daemon import db, resources
+from swarm.errors import NotRunningError, UserInputError
+
+STATUS_REFRESH_S = 1.0  # the live view asks for a new snapshot this often
+STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = statedir.resolve(args.data_dir)
+    jobs = args.job
+
+    async def fetch() -> snapshot.Snapshot:
+        try:
+            client = await Client.connect(state)
+        except NotRunningError:
+            return offline_snapshot(state, jobs)
+        try:
+            reply = await asyncio.wait_for(client.status(jobs=jobs), STATUS_ANSWER_S)
+            return reply["snapshot"]
+        except TimeoutError:
+            err.print(
+                f"swarm: the daemon did not answer within {STATUS_ANSWER_S:g}s (paused or "
+                "overloaded?); showing its ledger as last written"
+            )
+            return offline_snapshot(state, jobs)
+        finally:
+            await client.close()
+
+    first = asyncio.run(fetch())
+    missing = sorted(set(jobs or []) - {row["job"] for row in first["jobs"]})
+    if missing:
+        raise UserInputError(f"no job {', '.join(map(repr, missing))} on this node")
+    if args.json:
+        out.print_json(json.dumps(first))
+        return 0
+
+    def view(snap: snapshot.Snapshot) -> RenderableType:
+        rows = max(3, out.height - 20)  # room for the header, nodes and jobs on one screen
+        return status.render(snap, width=out.width, running_rows_max=rows)
+
+    if args.once or not out.is_terminal:
+        out.print(view(first))  # not a terminal: one frame, as a file or pipe wants
+        return 0
+
+    async def live() -> None:
+        with Live(view(first), console=out, auto_refresh=False) as screen:
+            while True:
+                await asyncio.sleep(STATUS_REFRESH_S)
+                screen.update(view(await fetch()), refresh=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(live())
+    return 0
+
+
+def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> snapshot.Snapshot:
+    """The snapshot of a node whose daemon is not running, read from its ledger file."""
+    loaded = db.load_ledger(state.db_path)
+    meta = db.read_meta(state.db_path)
+    node: snapshot.NodeRow = {
+        "id": str(meta.get("node_id", "")),
+        "state": "stopped",
+        "pid": None,
+        "data_dir": str(state.root),
+        "labels": {},
+        "capacity": snapshot.resources_dict(resources.probe()),
+        "used": snapshot.resources_dict(NO_RESOURCES),
+        "running": 0,
+    }
+    left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
+    return snapshot.build(loaded.ledger, wall_ms(), [node], jobs, left_out=left_out)
