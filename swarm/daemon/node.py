@@ -30,7 +30,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,18 +54,17 @@ from swarm.core.ledger import (
     Body,
     HeartbeatRecord,
     Ledger,
-    Outcome,
     ReplicaRecord,
     ResultRecord,
     TaskRecord,
     Version,
     task_record_problem,
 )
-from swarm.core.node import STORAGE_RETRY_S, CoreConfig, NodeCore
+from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.replication import Intake, behind
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
-from swarm.core.spec import Resources, TaskSpec
+from swarm.core.spec import Resources
 from swarm.daemon import db, net, resources
 from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
@@ -74,21 +72,19 @@ from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
     NODE_TAG,
     Attempt,
-    Finished,
-    Launch,
     RunDirs,
     free_bytes,
     kill_orphans,
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
-from swarm.daemon.outputs import OutputStore, result_record
+from swarm.daemon.outputs import OutputStore
+from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
     BadRecordError,
     ConfigError,
-    StorageFullError,
     SwarmError,
     UserInputError,
 )
@@ -143,7 +139,11 @@ class Node:
             guard = pressure.Guard(budget, memfree)
         # The node's decisions (swarm/core/node.py); made afresh on the loaded ledger in run().
         self.core = self._new_core("", guard)
-        self.attempts: dict[str, Attempt] = {}
+        self._base_env = dict(os.environ)
+        self._own_rss_kb = resources.own_peak_rss_kb()
+        self.runner = AttemptRunner(
+            self, self.run_dirs, self.outputs, self._base_env, lambda: self._own_rss_kb
+        )
         self.started_ms = self._wall_ms()
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -154,8 +154,6 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
-        self._base_env = dict(os.environ)
-        self._own_rss_kb = resources.own_peak_rss_kb()
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
@@ -196,7 +194,7 @@ class Node:
         """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
         return wall_ms() + self.config.clock_skew_ms
 
-    def _now(self) -> Time:
+    def now(self) -> Time:
         return Time(time.monotonic(), self._wall_ms())
 
     def _new_core(self, node_id: str, guard: pressure.Guard | None) -> NodeCore:
@@ -219,6 +217,10 @@ class Node:
         )
 
     @property
+    def attempts(self) -> dict[str, Attempt]:
+        return self.runner.attempts
+
+    @property
     def clock(self) -> HybridClock:
         return self.core.clock
 
@@ -236,10 +238,10 @@ class Node:
 
     # -- driving the core -----------------------------------------------------------------------
 
-    def _tell(self, method: Callable[..., object], *args: Any) -> None:
+    def tell(self, method: Callable[..., object], *args: Any) -> None:
         """Give the core an input (one of its methods, called with the time first), then carry
         out what it asks."""
-        method(self._now(), *args)
+        method(self.now(), *args)
         self._carry_out()
 
     def _carry_out(self) -> list[asyncio.Task[None]]:
@@ -268,14 +270,9 @@ class Node:
             case Write():
                 return self._tg.create_task(self._write(effect))
             case Start():
-                self._start_attempt(effect)
+                self.runner.start(effect)
             case Stop():
-                attempt = self.attempts.get(effect.task_id)
-                if attempt is not None and effect.evict:
-                    attempt.evict(effect.reason, self.config.kill_grace_s)
-                elif attempt is not None:
-                    grace = self.config.kill_grace_s if effect.grace else 0.0
-                    attempt.stop(effect.outcome, effect.reason, grace)
+                self.runner.stop(effect)
             case CopyResult():
                 self._tg.create_task(self._copy(effect))
             case CheckDisk():
@@ -305,13 +302,13 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._tell(self.core.tick)
+        self.tell(self.core.tick)
 
     async def _write(self, effect: Write) -> None:
         """Carry out a Write: commit, apply, gossip; a claim's outcome goes back to the core."""
         ok, why = True, ""
         try:
-            await self._append(list(effect.bodies), effect.replaces)
+            await self.append(list(effect.bodies), effect.replaces)
         except Exception as exc:  # runs in the node's TaskGroup: must never raise
             if not isinstance(exc, SwarmError):
                 log.exception("writing %s failed inside swarm", effect.what)
@@ -319,7 +316,7 @@ class Node:
             if effect.claim_of is None:
                 log.warning("%s not written: %s", effect.what, exc)
         if effect.claim_of is not None:
-            self._tell(self.core.claim_written, effect.claim_of, ok, why)
+            self.tell(self.core.claim_written, effect.claim_of, ok, why)
 
     async def _copy(self, effect: CopyResult) -> None:
         try:
@@ -327,13 +324,13 @@ class Node:
         except (SwarmError, OSError) as exc:
             complete = False
             log.warning("could not copy result %s here: %s", effect.digest[:12], exc)
-        self._tell(self.core.copied, effect.digest, complete)
+        self.tell(self.core.copied, effect.digest, complete)
 
     async def _check_disk(self) -> None:
         """Whether the state disk, full when an attempt last ended, has room again: until it
         does, every task claimed would fail on it (and, interrupted, come straight back)."""
         free = await asyncio.to_thread(free_bytes, self.state.runs)
-        self._tell(self.core.disk_checked, free >= DISK_FULL_FREE_BYTES, str(self.state.root))
+        self.tell(self.core.disk_checked, free >= DISK_FULL_FREE_BYTES, str(self.state.root))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -405,10 +402,11 @@ class Node:
         self.writer = writer
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self.runner.serve(tg)
             writer_task = tg.create_task(writer.run())
             # The core starts: it queues the pending tasks, and closes the claims of attempts
             # our last life left (written before anything else happens).
-            self.core.start(self._now(), self._orphaned)
+            self.core.start(self.now(), self._orphaned)
             self._orphaned = []
             for write in self._carry_out():
                 await write
@@ -446,8 +444,7 @@ class Node:
                 client.close()
             for loop_task in loops:
                 loop_task.cancel()
-            for attempt in list(self.attempts.values()):
-                attempt.stop(Outcome.INTERRUPTED, self._stop_reason, self.config.kill_grace_s)
+            self.runner.interrupt_all(self._stop_reason)
             while self.attempts or self.core.slots:
                 await asyncio.sleep(0.01)
             self._halted = True  # the writer closes: the core's timer fires no more
@@ -492,7 +489,7 @@ class Node:
             lambda: dict(self.ledger.high_seq),
             self.transfer.serve_blob,
         )
-        self._tell(self.core.members_changed, [], self.membership.members)
+        self.tell(self.core.members_changed, [], self.membership.members)
         self._reader = await db.open_reader(self.state.db_path)
         loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self._sync_loop()))
@@ -593,7 +590,7 @@ class Node:
         for event in events:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
         if self.membership is not None:
-            self._tell(self.core.members_changed, events, self.membership.members)
+            self.tell(self.core.members_changed, events, self.membership.members)
 
     async def _leave_swarm(self) -> None:
         """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
@@ -660,7 +657,7 @@ class Node:
             rows.append(db.Row(version, body, replaces))
         return rows
 
-    async def _append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
+    async def append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
         """Commit records, then apply them, then gossip them. StorageFullError: nothing applied."""
         assert self.writer is not None
         rows = self._versioned(bodies, replaces)
@@ -673,7 +670,7 @@ class Node:
         if not rows:
             return
         pairs = [(row.version, row.body) for row in rows]
-        changes = self.core.apply(self._now(), pairs, remote=rows[0].remote)
+        changes = self.core.apply(self.now(), pairs, remote=rows[0].remote)
         self._carry_out()
         if changes:
             self._changes += 1
@@ -873,7 +870,7 @@ class Node:
     async def _say_held(self, copied: Copied) -> None:
         """Once all of a result is held here, say so with a REPLICA record (once)."""
         if copied.complete and self.node_id not in self.ledger.holders.get(copied.digest, ()):
-            await self._append([ReplicaRecord(copied.digest)])
+            await self.append([ReplicaRecord(copied.digest)])
 
     def _member(self, node: str) -> gossip.Member | None:
         """A member as membership sees it (for the transfer); None before the net is up."""
@@ -924,7 +921,7 @@ class Node:
         async def take(batch: wire.SyncBatch) -> None:
             await self._take_records(batch.records, intake, batch.upto if batch.done else {})
             if batch.done:
-                self._tell(self.core.caught_up)
+                self.tell(self.core.caught_up)
 
         return take
 
@@ -968,7 +965,7 @@ class Node:
     def drain(self, grace_s: float | None) -> None:
         """Finish what runs, claim nothing new, then leave the swarm and stop (core.drain)."""
         if self._tg is not None:
-            self._tell(self.core.drain, grace_s)
+            self.tell(self.core.drain, grace_s)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -990,179 +987,6 @@ class Node:
             self.core.memory(sampled, measured, sample.available_bytes)
             self._carry_out()
 
-    # -- one attempt ------------------------------------------------------------------------
-
-    def _start_attempt(self, start: Start) -> None:
-        """Carry out a Start: take a run dir and spawn the process (and write its claim
-        meanwhile, if the core asks); a task then follows it to its record."""
-        assert self._tg is not None
-        view = self.ledger.tasks[start.task_id]
-        spec = view.spec
-        assert spec is not None
-        try:
-            run_dir = self.run_dirs.take()
-        except OSError as exc:  # a full or broken disk
-            self.core.start_failed(
-                self._now(), start.task_id, f"cannot prepare a run dir in {self.state.runs}: {exc}"
-            )
-            return
-        launch = Launch(
-            task_id=view.task_id,
-            job=view.job,
-            name=view.name,
-            spec=spec,
-            epoch=start.claim.epoch,
-            attempt=start.attempt,
-            run_dir=run_dir,
-            gpu_ids=start.gpu_ids,
-        )
-        try:
-            if self.stopping:
-                raise _NotStarted
-            attempt = Attempt(launch, self._base_env, self._own_rss_kb)
-        except (OSError, _NotStarted) as exc:
-            if isinstance(exc, OSError):  # the attempt's files could not be made
-                why = f"cannot prepare a run dir in {self.state.runs}: {exc}"
-                self.core.start_failed(self._now(), start.task_id, why)
-            else:
-                self.core.attempt_closed(self._now(), start.task_id)
-            self._tg.create_task(self.run_dirs.give_back(run_dir))
-            return
-        self.attempts[start.task_id] = attempt
-        claimed = self._tg.create_task(self._write_claim(start)) if start.write_claim else None
-        self._tg.create_task(self._follow(attempt, launch, claimed))
-
-    async def _write_claim(self, start: Start) -> bool:
-        """The claim of an attempt started while it is written. False if it could not be: the
-        core then stops the attempt, and nothing of it will be recorded (the task stays
-        pending)."""
-        try:
-            await self._append([start.claim])
-            ok, why = True, ""
-        except Exception as exc:  # runs in the node's TaskGroup: must never raise
-            if not isinstance(exc, SwarmError):
-                log.exception("writing the claim of %s failed inside swarm", start.task_id[:12])
-            ok, why = False, str(exc)
-        self._tell(self.core.claim_written, start.task_id, ok, why)
-        return ok
-
-    async def _follow(
-        self, attempt: Attempt, launch: Launch, claimed: asyncio.Task[bool] | None
-    ) -> None:
-        """One attempt, from its start to its record. Nothing it raises may reach the TaskGroup:
-        that would stop the whole node and leave every other attempt unrecorded."""
-        task = launch.task_id
-        try:
-            finished = await self._wait(attempt, launch.spec)
-            # The process is gone: the next task may start while this one is recorded.
-            self._tell(self.core.attempt_ended, task)
-            if claimed is None or await claimed:  # a result only after its claim is on disk
-                await self._record(launch, finished)
-        except Exception as exc:  # a bug: contain it to this task, and say so in its record
-            log.exception("the attempt of %s failed inside swarm", launch.name)
-            await self._give_up(attempt, launch, f"swarm error: {type(exc).__name__}: {exc}")
-        finally:
-            self.attempts.pop(task, None)
-            self._tell(self.core.attempt_closed, task)
-            await self.run_dirs.give_back(launch.run_dir)  # last: it waits on the task's files
-
-    async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
-        timer = None
-        if spec.timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(
-                spec.timeout_s,
-                attempt.stop,
-                Outcome.TIMEOUT,
-                f"timed out after {spec.timeout_s:g}s",
-                self.config.kill_grace_s,
-            )
-        try:
-            return await attempt.finished()
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    async def _give_up(self, attempt: Attempt, launch: Launch, reason: str) -> None:
-        """Kill what is left of an attempt that swarm itself failed, and record it as failed
-        (if its claim is on disk); if even that fails, the restart will close the claim."""
-        attempt.stop(Outcome.FAILED, reason, grace_s=0.0)
-        with contextlib.suppress(OSError):
-            await attempt.reap()
-        if (launch.epoch, self.node_id) not in self.ledger.tasks[launch.task_id].claims:
-            return
-        record = self.core.closing_result(
-            self._now(),
-            launch.task_id,
-            launch.epoch,
-            launch.attempt,
-            Outcome.FAILED,
-            attempt.started_ms,
-            reason,
-            max_rss_kb=attempt.peak_rss_kb,
-        )
-        try:
-            await self._append([record])
-        except SwarmError as exc:
-            log.error("could not record that %s failed: %s", launch.name, exc)
-
-    def _pause_claims(self, why: str) -> None:
-        self._tell(self.core.pause_claims, why)
-
-    async def _record(self, launch: Launch, finished: Finished) -> None:
-        """Store the attempt's files, then write its RESULT (and REPLICA). A full disk is waited
-        out (until the node stops: the claim then stays open and the restart re-queues the
-        task); files stored before a failure are not stored again, since they have moved."""
-        stored: dict[str, str] = {}
-        digest: str | None = None
-        reason = finished.reason
-        if finished.discarded:
-            self._tell(self.core.storage_full, str(self.state.root), reason)
-        while digest is None and not finished.discarded:  # discarded: a full disk, no files
-            try:
-                digest, new_manifest = await self.outputs.put(finished, stored)
-            except StorageFullError as exc:
-                self._pause_claims(f"cannot store the result of {launch.name}: {exc}")
-                if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
-                    return
-                await asyncio.sleep(STORAGE_RETRY_S)
-            except OSError as exc:  # say, an output file removed under us: the attempt failed
-                finished.outcome = Outcome.FAILED
-                reason = f"cannot store its outputs: {exc}"
-                break
-        bodies: list[Body] = [result_record(launch, finished, digest, reason, self.capacity)]
-        if digest is not None and (
-            new_manifest or self.node_id not in self.ledger.holders.get(digest, ())
-        ):
-            bodies.append(ReplicaRecord(digest))
-        while True:
-            try:
-                await self._append(bodies)
-                return
-            except SwarmError as exc:
-                self._pause_claims(f"cannot record the result of {launch.name}: {exc}")
-                if self._stop.is_set() or await self._hand_back(launch, finished, str(exc)):
-                    return
-                await asyncio.sleep(STORAGE_RETRY_S)
-
-    async def _hand_back(self, launch: Launch, finished: Finished, why: str) -> bool:
-        """A result this node cannot store (its disk is full): if a live peer could run the
-        task, record the attempt as interrupted, with no result, so that a peer runs it, rather
-        than hold the task until space comes back. Alone, the node keeps the finished attempt
-        and waits. False if not handed back."""
-        if not self.core.peer_could_run(launch.spec):
-            return False
-        reason = f"its result could not be stored on {self.node_id[:8]}: {why}"
-        interrupted = replace(finished, outcome=Outcome.INTERRUPTED)  # `finished` may yet be stored
-        try:
-            await self._append([result_record(launch, interrupted, None, reason, self.capacity)])
-        except SwarmError:
-            return False  # our heartbeat will stop too: the lease expires, and peers take it
-        log.warning("%s handed back to the swarm: %s", launch.name, reason)
-        # Leave it to the peers for a lease period, and claim nothing meanwhile: the next task
-        # would likely meet the same full store.
-        self._tell(self.core.handed_back, launch.task_id)
-        return True
-
     # -- what the control server asks of the node (control_server.NodeControl) --------------
 
     def has_job(self, job: str) -> bool:
@@ -1172,21 +996,21 @@ class Node:
         """Add a submission's tasks in one commit (requests.submission); how many were new."""
         records = requests.submission(self.ledger, job, tasks, self.clock.now(self._wall_ms()))
         if records:
-            await self._append(list(records))
+            await self.append(list(records))
         return len(records)
 
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
         """Cancel a job, or the one task whose id starts with `target`: which, and its name."""
         stamp = self.clock.now(self._wall_ms())
         kind, name, record = requests.cancellation(self.ledger, target, stamp)
-        await self._append([record])
+        await self.append([record])
         return kind, name
 
     async def retry(self, job: str) -> int:
         """Re-queue the failed tasks of a job; how many."""
         records = requests.retries(self.ledger, job)
         if records:
-            await self._append(list(records))
+            await self.append(list(records))
         return len(records)
 
     async def drain_request(
@@ -1200,7 +1024,7 @@ class Node:
             self.drain(grace_s)
             return node, len(self.attempts)
         stamp = self.clock.now(self._wall_ms())
-        await self._append([requests.drain_record(node, stamp, grace_s)])
+        await self.append([requests.drain_record(node, stamp, grace_s)])
         return node, None
 
     async def join_peers(self, peers: list[str]) -> list[str]:
@@ -1291,7 +1115,3 @@ def _bind_problem(exc: OSError) -> str:
     if isinstance(exc, socket.gaierror):
         return f"the host name does not resolve ({exc.strerror})"
     return exc.strerror or str(exc)
-
-
-class _NotStarted(Exception):
-    """The node stopped before an attempt it was told to start could start."""
