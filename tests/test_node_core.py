@@ -34,6 +34,7 @@ from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.policy import rendezvous_rank
 from swarm.core.pressure import Guard
 from swarm.core.spec import Resources, TaskSpec
+from swarm.core.storage import STORAGE_RETRY_S
 
 SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
 CAPACITY = Resources(2.0, 1 << 30)
@@ -129,7 +130,7 @@ def test_a_claim_that_could_not_be_written_stops_its_attempt_and_pauses_claims()
     assert stop == Stop(start.task_id, Outcome.INTERRUPTED, "claim not written", grace=False)
     h.core.attempt_closed(at(0.02), start.task_id)
     assert not of(Start, h.tick(at(1.0)))  # paused for STORAGE_RETRY_S
-    assert of(Start, h.tick(at(core_node.STORAGE_RETRY_S + 0.1)))
+    assert of(Start, h.tick(at(STORAGE_RETRY_S + 0.1)))
 
 
 def stolen_task(names: list[str], thief: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from swarm.core import node as node_core
 from swarm.core.attempts import Slot
+from swarm.core.clock import StampIntake
 from swarm.core.effects import Start, Time
 from swarm.core.holding import Holding
 from swarm.core.node import NodeCore
@@ -56,7 +57,7 @@ def test_the_checks_catch_a_node_that_does_not_take_in_its_peers_stamps(
     """The nodes' wall clocks are set apart (up to WALL_SKEW_MS_MAX either way): a node that
     did not observe the stamps of its peers' records, as the daemon did before, would stamp a
     takeover claim before the claim it saw."""
-    monkeypatch.setattr(NodeCore, "_observe", lambda self, origin, stamp, t: None)
+    monkeypatch.setattr(StampIntake, "take", lambda self, origin, stamp, physical_ms: None)
     with pytest.raises(InvariantBroken, match="no later than a stamp"):
         scenario_work(0, "kill")
 

@@ -33,7 +33,7 @@ from functools import partial
 
 from swarm.core import gossip
 from swarm.core.attempts import Phase, Slot, Slots, closing_result, stale_claims
-from swarm.core.clock import MAX_FORWARD_DRIFT_MS, HybridClock, wall_ms_of
+from swarm.core.clock import HybridClock, StampIntake
 from swarm.core.drain import Drain
 from swarm.core.effects import (
     Announce,
@@ -64,17 +64,16 @@ from swarm.core.ledger import (
     Version,
     stamp_of,
 )
-from swarm.core.pressure import Guard
-from swarm.core.scheduler import Scheduler, isolation, peer_from_meta
+from swarm.core.members import Members
+from swarm.core.pressure import Guard, eviction_reason
+from swarm.core.scheduler import Scheduler
 from swarm.core.spec import Resources, TaskSpec
-from swarm.core.units import format_bytes
+from swarm.core.storage import STORAGE_RETRY_S, Storage
 
-STORAGE_RETRY_S = 2.0  # after a failed write: how long before claiming again
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked in one tick
 ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
 RELEASE_DEBOUNCE_S = 0.1  # our own old claims coming back from peers: closed once they settle
-REFUSALS_LOGGED_MAX = 1024  # origins whose too-far-ahead stamps were logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +114,15 @@ class NodeCore:
         self._peer_stamps = stamps
         self.life_stamp = 0  # drains stamped before this life began are old news
         self.slots = Slots(capacity)
-        self.members: Mapping[str, gossip.Member] = {}
+        self.members = Members(me, networked)
         self.holding = Holding(me, ledger)
         self.drain_state = Drain()
         self.stopping = False
-        self.synced = False  # caught up with a peer since this life started
-        self.heard_at = -1e9  # when a peer's records last reached us
-        self.stamps_ahead = 0  # peers' stamps too far ahead of our clock to take in
-        self._ahead_logged: set[str] = set()
-        self._isolated_logged = False
+        self.stamps = StampIntake(self.clock)  # peers' stamps, into our clock
         self._effects: list[Effect] = []
         self._wake = False  # claim at the next tick
         self._wake_at = float("inf")
-        self._paused_until = 0.0
-        self.disk_full = False
-        self._disk_check_due: float | None = None  # None: a check is under way, or none wanted
+        self.storage = Storage()
         self._beat = ledger.heartbeats.get(me, 0)
         self._last_beat: Version | None = None
         self._next_beat = 0.0
@@ -160,7 +153,7 @@ class NodeCore:
         came from a peer (our own records too, when a peer gives back what a wiped ledger lost)."""
         changes: list[StateChanged] = []
         if remote:
-            self.heard_at = t.mono
+            self.members.heard_at = t.mono
         for version, body in rows:
             stamp = stamp_of(body) if remote else None
             if stamp is not None:  # every peer's record passes here: the clock sees it first
@@ -205,7 +198,7 @@ class NodeCore:
         self, t: Time, events: Iterable[gossip.Event], members: Mapping[str, gossip.Member]
     ) -> None:
         """Membership said something (`events`); `members` is every member it knows, by node."""
-        self.members = members
+        self.members.known = members
         if self.sched.members is None:
             self._set_members()  # the first word from membership: ourselves, at least
         rerank = False
@@ -226,8 +219,8 @@ class NodeCore:
 
     def caught_up(self, t: Time) -> None:
         """The last frame of a sync answer was taken: we are in touch with the swarm."""
-        self.synced = True
-        self.heard_at = t.mono
+        self.members.synced = True
+        self.members.heard_at = t.mono
         self._wake = True
 
     def claim_written(self, t: Time, task: str, ok: bool, why: str = "") -> None:
@@ -286,24 +279,18 @@ class NodeCore:
         """A write failed (a full or failing disk): claim nothing for a while."""
         if why:
             self._log(Level.ERROR, f"not claiming new tasks for {for_s:.0f}s: {why}")
-        self._paused_until = max(self._paused_until, t.mono + for_s)
+        self.storage.pause(t.mono, for_s)
 
     def storage_full(self, t: Time, where: str, why: str) -> None:
         """An attempt ended on a full state disk: claim nothing until it has room."""
-        if not self.disk_full:
-            self._log(
-                Level.ERROR, f"disk full: not claiming new tasks until {where} has room ({why})"
-            )
-        self.disk_full = True
-        self._disk_check_due = t.mono
+        if self.storage.filled(t.mono):
+            full = f"disk full: not claiming new tasks until {where} has room ({why})"
+            self._log(Level.ERROR, full)
 
     def disk_checked(self, t: Time, has_room: bool, where: str) -> None:
-        if has_room and self.disk_full:
-            self.disk_full = False
+        if self.storage.checked(t.mono, has_room):
             self._log(Level.INFO, f"the disk of {where} has room again: claiming tasks")
             self._wake = True
-        elif not has_room:
-            self._disk_check_due = t.mono + STORAGE_RETRY_S
 
     def handed_back(self, t: Time, task: str) -> None:
         """A result this node could not store was recorded as interrupted for a peer to run:
@@ -351,7 +338,7 @@ class NodeCore:
     def copied(self, t: Time, digest: str, complete: bool) -> None:
         """The outcome of a CopyResult."""
         for effect in self.holding.copied(
-            digest, complete, self._replica_targets, self._members_gone
+            digest, complete, self._replica_targets, self.members.all_gone
         ):
             self._emit(effect)
 
@@ -365,10 +352,12 @@ class NodeCore:
             return -1.0
         due = [self._wake_at, self._next_beat, self._next_lease_check]
         due += [d for d in (self._rerank_due, self._release_due) if d is not None]
-        if self.disk_full and self._disk_check_due is not None:
-            due.append(self._disk_check_due)
         due += [s.settle_at for _, s in self.slots.items() if s.settle_at is not None]
-        others = (self.holding.next_deadline(), self.drain_state.next_deadline())
+        others = (
+            self.holding.next_deadline(),
+            self.drain_state.next_deadline(),
+            self.storage.next_deadline(),
+        )
         due += [d for d in others if d is not None]
         return min(due)
 
@@ -395,14 +384,13 @@ class NodeCore:
             if slot.settle_at is not None and now >= slot.settle_at:
                 slot.settle_at = None
                 self._settled(t, task, slot)
-        if self.disk_full and self._disk_check_due is not None and now >= self._disk_check_due:
-            self._disk_check_due = None
+        if self.storage.check_now(now):
             self._emit(CheckDisk())
         if self._wake or now >= self._wake_at:
             self._claim_pass(t)
-        for effect in self.holding.tick(now, self._replica_targets, self._members_gone):
+        for effect in self.holding.tick(now, self._replica_targets, self.members.all_gone):
             self._emit(effect)
-        sole = partial(self.holding.sole_holdings, self._live_peers())
+        sole = partial(self.holding.sole_holdings, self.members.live_peers())
         if self.drain_state.step(now, bool(self.slots), sole):
             self._emit(Leave("the node was drained"))
 
@@ -426,23 +414,6 @@ class NodeCore:
         """Whether a live member other than this node could run a task of this shape."""
         return self.networked and any(n != self.me for n, _ in self.sched.candidates_for(spec))
 
-    def closing_result(
-        self,
-        t: Time,
-        task: str,
-        epoch: int,
-        attempt: int,
-        outcome: Outcome,
-        started_ms: int,
-        reason: str,
-        max_rss_kb: int = 0,
-    ) -> ResultRecord:
-        """The record that closes an attempt with no process outcome (attempts.py)."""
-        return closing_result(
-            self.capacity, t.wall_ms, task, epoch, attempt, outcome, started_ms, reason,
-            max_rss_kb=max_rss_kb,
-        )  # fmt: skip
-
     # -- records ----------------------------------------------------------------------------
 
     def _emit(self, effect: Effect) -> None:
@@ -452,24 +423,13 @@ class NodeCore:
         self._emit(Log(level, text))
 
     def _observe(self, origin: str, stamp: int, t: Time) -> None:
-        """Take a peer's stamp into our clock, so that what we stamp after seeing its record (a
-        cancel after a submission) orders after it whatever our wall clock says. A stamp too far
-        ahead of our wall clock (clock.py's bound) is not adopted: one broken or hostile clock
-        must not drag ours, and through ours every node's, into the future. Counted, and said
-        once for each origin."""
-        if self.clock.observe(stamp, t.wall_ms):
-            return
-        self.stamps_ahead += 1
-        if origin in self._ahead_logged or len(self._ahead_logged) >= REFUSALS_LOGGED_MAX:
-            return
-        self._ahead_logged.add(origin)
-        ahead_s = (wall_ms_of(stamp) - t.wall_ms) / 1000
-        self._log(
-            Level.WARNING,
-            f"node {origin[:8]} stamps its records {ahead_s:.0f} s ahead of this node's clock "
-            f"(more than {MAX_FORWARD_DRIFT_MS // 1000} s): not taken into this node's clock; "
-            "is one of the two clocks wrong? (logged once)",
-        )
+        said = self.stamps.take(origin, stamp, t.wall_ms)
+        if said is not None:
+            self._log(Level.WARNING, said)
+
+    @property
+    def stamps_ahead(self) -> int:
+        return self.stamps.refused
 
     def _on_state_changed(self, t: Time, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
@@ -525,14 +485,7 @@ class NodeCore:
 
     def _set_members(self) -> None:
         """Tell the scheduler who is live, and what each offers (from their gossiped meta)."""
-        if not self.networked:
-            return
-        peers = (
-            peer_from_meta(m.node, m.meta)
-            for m in self.members.values()
-            if m.state not in gossip.GONE
-        )
-        self.sched.set_members(p for p in peers if p is not None)
+        self.sched.set_members(self.members.peers())
 
     def _begin_rerank(self, t: Time) -> None:
         # The chosen holders of results move with the members too.
@@ -556,24 +509,12 @@ class NodeCore:
     # -- claiming ---------------------------------------------------------------------------
 
     def _may_claim(self, t: Time) -> bool:
-        """Whether this node may claim now (scheduler.isolation); says why not, once."""
-        if not self.networked:
-            return True
-        peers = [m for m in self.members.values() if m.node != self.me]
-        why = isolation(
-            [m.state is gossip.MemberState.LEFT for m in peers],
-            any(origin != self.me for origin, _ in self.ledger.high_seq),
-            self.synced,
-            t.mono - self.heard_at,
-            self.config.lease_ttl_s,
-        )
-        if why is None:
-            self._isolated_logged = False
-            return True
-        if not self._isolated_logged:
-            self._isolated_logged = True
+        """Whether this node may claim now (in touch with the swarm); says why not, once."""
+        others = any(origin != self.me for origin, _ in self.ledger.high_seq)
+        why, news = self.members.isolation(t.mono, others, self.config.lease_ttl_s)
+        if news:
             self._log(Level.WARNING, f"not claiming new tasks: {why}")
-        return False
+        return why is None
 
     def _claim_pass(self, t: Time) -> None:
         self._wake = False
@@ -583,10 +524,10 @@ class NodeCore:
         if not self._may_claim(t):
             self._wake_at = t.mono + ISOLATED_RECHECK_S
             return
-        if self.disk_full:
+        if self.storage.full:
             return  # disk_checked wakes it
-        if t.mono < self._paused_until:
-            self._wake_at = self._paused_until
+        if t.mono < self.storage.paused_until:
+            self._wake_at = self.storage.paused_until
             return
         free = self.capacity - self.used
         if self.guard is not None:  # memory goes by what the attempts are measured to use
@@ -614,9 +555,10 @@ class NodeCore:
                 "lost their leases"
             )
             self._log(Level.WARNING, f"{view.name}: {reason}")
-            result = self.closing_result(
-                t, task, claim.epoch, number, Outcome.INTERRUPTED, t.wall_ms, reason
-            )
+            result = closing_result(
+                self.capacity, t.wall_ms, task, claim.epoch, number, Outcome.INTERRUPTED,
+                t.wall_ms, reason,
+            )  # fmt: skip
             slot.phase = Phase.RELEASING
             closed = Write(
                 (claim, result), "the claim and result of a task closed unrun", claim_of=task
@@ -672,37 +614,14 @@ class NodeCore:
         if chosen is None:
             return
         view = self.ledger.tasks[chosen.task_id]
-        size = format_bytes
-        reason = (
-            f"evicted under memory pressure: {size(max(self.guard.left(running), 0))} left, "
-            f"below half of --memfree {size(self.guard.memfree)}; it used "
-            f"{size(chosen.measured or 0)} and declared {size(chosen.declared)}"
-        )
-        if view.evictions() + 1 - view.forgiven_evictions > EVICTION_CAP:
-            reason += f"; evicted more than {EVICTION_CAP} times, so failed: declare what it needs"
+        over_cap = view.evictions() + 1 - view.forgiven_evictions > EVICTION_CAP
+        reason = eviction_reason(self.guard, running, chosen, over_cap)
         self._log(Level.WARNING, f"{view.name}: {reason}")
         self._emit(Stop(chosen.task_id, Outcome.INTERRUPTED, reason, evict=True))
         self.sched.hold(chosen.task_id, t.mono + self.config.lease_ttl_s)
 
     # -- draining and results ---------------------------------------------------------------
 
-    def _live_peers(self) -> int:
-        return sum(
-            1 for m in self.members.values() if m.node != self.me and m.state not in gossip.GONE
-        )
-
     def _replica_targets(self, digest: str) -> list[str]:
-        """The nodes that should hold a result (holding.py): among the live members, not
-        draining (this node counts, drained or not)."""
-        if not self.networked:
-            return [self.me]
-        nodes = [
-            m.node
-            for m in self.members.values()
-            if m.state not in gossip.GONE and (m.node == self.me or not m.meta.get("draining"))
-        ]
-        return self.holding.targets(digest, nodes)
-
-    def _members_gone(self, nodes: Iterable[str]) -> bool:
-        """Whether every one of `nodes` is known, and dead or gone."""
-        return all(n in self.members and self.members[n].state in gossip.GONE for n in nodes)
+        nodes = self.members.result_holders()
+        return [self.me] if nodes is None else self.holding.targets(digest, nodes)

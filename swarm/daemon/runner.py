@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from swarm.core.attempts import closing_result
 from swarm.core.effects import Start, Stop, Time
 from swarm.core.ledger import Body, Ledger, Outcome, ReplicaRecord, Version
-from swarm.core.node import STORAGE_RETRY_S, NodeCore
+from swarm.core.node import NodeCore
 from swarm.core.spec import TaskSpec
+from swarm.core.storage import STORAGE_RETRY_S
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.executor import Attempt, Finished, Launch, RunDirs
@@ -187,8 +189,9 @@ class AttemptRunner:
             await attempt.reap()
         if (launch.epoch, node.node_id) not in node.ledger.tasks[launch.task_id].claims:
             return
-        record = node.core.closing_result(
-            node.now(),
+        record = closing_result(
+            node.core.capacity,
+            node.now().wall_ms,
             launch.task_id,
             launch.epoch,
             launch.attempt,
