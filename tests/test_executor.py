@@ -208,7 +208,9 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
 def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, r"printf 'out\377\376\n'; printf 'err\376\000x' >&2")
+    t0 = time.monotonic()
     attempt, f = run_attempt(launch)
+    took = time.monotonic() - t0
     assert f.outcome is Outcome.OK
     assert f.exit_code == 0
     assert f.reason == ""
@@ -216,12 +218,20 @@ def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     assert f.stderr == launch.run_dir / "stderr"
     assert f.stdout.read_bytes() == b"out\xff\xfe\n"
     assert f.stderr.read_bytes() == b"err\xfe\x00x"
-    assert f.wall_s >= 0
+    assert 0 < f.wall_s <= took
     assert f.started_ms <= f.ended_ms
     assert abs(f.started_ms - time.time() * 1000) < 60_000
     assert f.outputs == {}
     assert f.outputs_movable is True
     assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
+
+
+def test_wall_time_is_how_long_the_task_ran(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    _, f = run_attempt(make_launch(tmp_path, "sleep 0.3"))
+    took = time.monotonic() - t0
+    assert f.outcome is Outcome.OK
+    assert 0.3 <= f.wall_s <= took
 
 
 def test_large_output_goes_to_file_with_exact_size(tmp_path: Path) -> None:
