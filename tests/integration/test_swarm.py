@@ -193,14 +193,12 @@ def test_key_rotation_across_a_running_swarm_keeps_it_together(
     new_id = next(line.split()[1] for line in listed if line.startswith("installed"))
     dropped_before = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
     for cli in (cli0, cli1):
-        traffic_since = _traffic_mark(swarm, 2)
         cli.ok("key", "use", new_id)
-        wait_for("packets both ways since the switch", traffic_since)
+        wait_for("packets both ways since the switch", _traffic_mark(swarm, 2))
         assert swarm.states(0) == together and swarm.states(1) == together
-    traffic_since = _traffic_mark(swarm, 2)
     for cli in (cli0, cli1):
         cli.ok("key", "remove", old_id)
-    wait_for("packets both ways since the removal", traffic_since)
+    wait_for("packets both ways since the removal", _traffic_mark(swarm, 2))
     assert swarm.states(0) == together and swarm.states(1) == together
     dropped_after = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
     assert dropped_after == dropped_before  # no packet of a member was lost to the rotation
