@@ -208,7 +208,9 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
 def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, r"printf 'out\377\376\n'; printf 'err\376\000x' >&2")
+    t0 = time.monotonic()
     attempt, f = run_attempt(launch)
+    took = time.monotonic() - t0
     assert f.outcome is Outcome.OK
     assert f.exit_code == 0
     assert f.reason == ""
@@ -216,12 +218,20 @@ def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     assert f.stderr == launch.run_dir / "stderr"
     assert f.stdout.read_bytes() == b"out\xff\xfe\n"
     assert f.stderr.read_bytes() == b"err\xfe\x00x"
-    assert f.wall_s >= 0
+    assert 0 < f.wall_s <= took
     assert f.started_ms <= f.ended_ms
     assert abs(f.started_ms - time.time() * 1000) < 60_000
     assert f.outputs == {}
     assert f.outputs_movable is True
     assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
+
+
+def test_wall_time_is_how_long_the_task_ran(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    _, f = run_attempt(make_launch(tmp_path, "sleep 0.3"))
+    took = time.monotonic() - t0
+    assert f.outcome is Outcome.OK
+    assert 0.3 <= f.wall_s <= took
 
 
 def test_large_output_goes_to_file_with_exact_size(tmp_path: Path) -> None:
@@ -420,11 +430,11 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
-    launch = make_launch(tmp_path, 'trap "" TERM; echo ready; sleep 30 & wait; sleep 30')
+    # "ready" once the shell has forked its sleep: both ignore SIGTERM.
+    launch = make_launch(tmp_path, 'trap "" TERM; sleep 30 & echo ready; wait; sleep 30')
 
     async def during(attempt: Attempt) -> None:
         await await_file_text(attempt.stdout, b"ready")
-        await asyncio.sleep(0.05)  # let the shell fork its sleep
         attempt.stop(Outcome.TIMEOUT, "timeout", grace_s=0.3)
 
     t0 = time.monotonic()
@@ -1057,8 +1067,13 @@ def test_kill_orphans_spares_processes_not_of_this_node(
     tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
     p = sleeper(env)
-    assert len(kill_orphans(tmp_path / "run", "node-under-test")) == 0
-    time.sleep(0.05)
+    mine = sleeper({"PATH": BASE_ENV["PATH"], NODE_TAG: "node-under-test"})
+    # Popen returns once exec has begun; the kernel shows the new environment a moment later.
+    for proc in (p, mine):
+        wait_for_file_text(Path(f"/proc/{proc.pid}/cmdline"), b"sleep\x0030")
+    assert kill_orphans(tmp_path / "run", "node-under-test") == [("", 0)]
+    # Killed in the same pass: once this node's attempt is gone, the other was spared.
+    assert pid_gone(mine.pid)
     assert p.poll() is None
     assert live_group_members(p.pid) == [p.pid]
 

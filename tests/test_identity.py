@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -39,7 +40,7 @@ def result(task: str = "t1") -> ResultRecord:
 def test_the_node_id_is_the_hash_of_the_public_key() -> None:
     me = Identity.generate()
     assert me.node_id == identity.node_id_of(me.public)
-    assert len(me.node_id) == 32 and int(me.node_id, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", me.node_id)
     assert Identity.generate().node_id != me.node_id
 
 

@@ -410,11 +410,15 @@ def test_probe_memory_override_skips_memory_probe(tmp_path: Path) -> None:
     assert result.memory_bytes == GIB
 
 
-def test_probe_this_machine() -> None:
+def test_probe_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    driver = Path("/proc/driver/nvidia/gpus")
     capacity = probe()
     assert capacity.cpus >= 0.1
     assert capacity.memory_bytes > 0
-    assert capacity.gpus >= 0
+    assert capacity.gpus == (len(os.listdir(driver)) if driver.is_dir() else 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert probe().gpus == 2  # what the environment lets this process use
     assert 0 <= available_memory_bytes() <= capacity.memory_bytes
     assert probe_cpus() <= (os.cpu_count() or 1)
 

@@ -93,6 +93,7 @@ def _spec(name: str) -> TaskSpec:
 class Running:
     claim: ClaimRecord
     ends_at: float  # simulated true time
+    claimed: bool = True  # its claim is on disk (else, as the daemon's, it is never recorded)
 
     @property
     def epoch(self) -> int:
@@ -286,6 +287,9 @@ class WorkSim:
     def _carry_out(self, w: Worker) -> None:
         while effects := w.core.take_effects():
             for effect in effects:
+                if self.sim.addr(w.index) in self.sim.down:
+                    w.core.take_effects()
+                    return  # it left, or died: what it had still to do goes with it
                 self._carry_out_one(w, effect)
 
     def _carry_out_one(self, w: Worker, effect: Effect) -> None:
@@ -297,10 +301,12 @@ class WorkSim:
                     w.core.claim_written(t, effect.claim_of, ok, "" if ok else "disk full")
             case Start():
                 duration = TASK_S * self.rng.uniform(0.8, 1.2)
-                w.running[effect.task_id] = Running(effect.claim, self.sim.now + duration)
+                attempt = Running(effect.claim, self.sim.now + duration)
+                w.running[effect.task_id] = attempt
                 if effect.write_claim:
-                    ok = self._write(w, (effect.claim,))
-                    w.core.claim_written(t, effect.task_id, ok, "" if ok else "disk full")
+                    attempt.claimed = self._write(w, (effect.claim,))
+                    why = "" if attempt.claimed else "disk full"
+                    w.core.claim_written(t, effect.task_id, attempt.claimed, why)
             case Stop():
                 if effect.task_id in w.running:
                     self._ended(w, effect.task_id, effect.outcome)
@@ -365,7 +371,10 @@ class WorkSim:
         """An attempt's process ended: its result is recorded (once the disk takes it)."""
         attempt = w.running.pop(task)
         w.core.attempt_ended(self._time(w), task)
-        if w.index in self.full:
+        if not attempt.claimed:  # its claim was never written: nothing of it is
+            w.core.attempt_closed(self._time(w), task)
+            self._carry_out(w)
+        elif w.index in self.full:
             w.unrecorded.append((task, attempt.claim, outcome))
         else:
             self._result(w, task, attempt.claim, outcome)

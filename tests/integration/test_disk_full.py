@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +40,11 @@ def test_full_disk_pauses_the_node_and_it_recovers(
             filler.unlink()
             filler = fill(small_disk, leave_bytes=200 << 10)
             cli.ok("submit", str(tasks))
-        time.sleep(3)
+        cli.wait_for(
+            "the node to stop claiming for want of space",
+            lambda: "not claiming new tasks" in node.log.read_text(),
+            DISK_WAIT_S,
+        )
         assert node.proc is not None and node.proc.poll() is None  # still alive
         assert cli.job("big")["done"] < 6  # 6 x 300 kB cannot fit in what is left
         filler.unlink()

@@ -8,6 +8,7 @@ inside the namespaces this test makes, on addresses it gives them (10.99.0.0/24)
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -21,6 +22,9 @@ from typing import Any
 
 import pytest
 
+from swarm import control, statedir
+
+from .conftest import START_TIMEOUT_S
 from .conftest import wait_for as wait_until
 from .netns import PORT, Hosts, why_not
 
@@ -94,13 +98,23 @@ class NetSwarm:
         """Start `count` nodes, each joined to the first; wait until each sees all alive."""
         for i in range(count):
             self.start(i, join=0 if i else None)
-        time.sleep(1)
+        self.wait_started()
         self.wait_for(
             f"the {count} to form a swarm",
             lambda: all(
                 list(self.states(i).values()).count("alive") == count for i in range(count)
             ),
         )
+
+    def wait_started(self) -> None:
+        """Every node started so far answers on its control socket (or it failed: say so)."""
+        for i, proc in self.procs.items():
+            wait_until(f"node {i} to start", self._started(i), START_TIMEOUT_S)
+            assert proc.poll() is None, (self.tmp_path / f"node{i}.log").read_text()
+
+    def _started(self, i: int) -> Callable[[], bool]:
+        proc, state = self.procs[i], statedir.StateDir(self.homes[i])
+        return lambda: proc.poll() is not None or asyncio.run(control.is_running(state))
 
     def states(self, i: int) -> dict[str, str]:
         reply: dict[str, Any] = json.loads(self.cli(i, "members", "--json"))
@@ -138,7 +152,7 @@ def test_a_partition_is_seen_on_both_sides_and_heals(hosts: Hosts, tmp_path: Pat
             swarm.start(i, join=0 if i else None)
         addrs = [swarm.addr(i) for i in range(3)]
         everyone_alive = dict.fromkeys(addrs, "alive")
-        time.sleep(1)
+        swarm.wait_started()
         swarm.wait_for(
             "the swarm to form", lambda: all(swarm.states(i) == everyone_alive for i in range(3))
         )
@@ -181,7 +195,7 @@ def test_a_task_runs_again_when_every_holder_of_its_result_is_gone(
         swarm.start(0, None, "--label", "zone=a")
         swarm.start(1, 0, "--label", "zone=b")
         addrs = [swarm.addr(i) for i in range(3)]
-        time.sleep(1)
+        swarm.wait_started()
         swarm.wait_for("the two to form a swarm", lambda: len(swarm.states(1)) == 2)
         warm = tmp_path / "warm.jsonl"
         warm.write_text(json.dumps({"cmd": "true", "requires": {"zone": "a"}}) + "\n")

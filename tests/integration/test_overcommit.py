@@ -3,15 +3,33 @@ pressure and run again, and a task that never fits failed after the eviction cap
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
+import pytest
+
 from swarm.core.ledger import EVICTION_CAP
+from swarm.daemon.memory import MEMORY_SAMPLE_S
 
 from .conftest import Cli, Daemon, export_rows, write_tasks
 
-# Touches every page, so the memory is resident (a bare bytearray may not be).
-HOG = "python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep({hold})'"
+pytestmark = pytest.mark.integration
+
+# Touches every page, so the memory is resident (a bare bytearray may not be); says when it is.
+HOG = (
+    'python3 -c \'import time; b = b"x" * ({mib} << 20); print("held", flush=True);'
+    " time.sleep({hold})'"
+)
+
+
+def _holds(cli: Cli) -> bool:
+    """A running hog has its memory resident (its stdout says so)."""
+    for out in (cli.home / "run").glob("*/stdout"):
+        with contextlib.suppress(OSError):  # an attempt that ended meanwhile
+            if b"held" in out.read_bytes():
+                return True
+    return False
 
 
 def test_running_tasks_count_for_their_measured_memory(
@@ -33,8 +51,9 @@ def test_running_tasks_count_for_their_measured_memory(
     # of two tasks declaring 150M; once it is measured at 100M, 86M: still no room for the other.
     hog = write_tasks(cli.cwd / "hog.jsonl", [{"cmd": HOG.format(mib=150, hold=120), "memory": 20}])
     cli.ok("submit", str(hog))
-    cli.wait_for("the hog to run", lambda: cli.job("hog")["running"] == 1)
-    time.sleep(1.5)  # measured by now (every 0.5 s)
+    cli.wait_for("the hog to hold its 150M", lambda: _holds(cli))
+    # The sampler shows no sign of a sample: two of its periods, from when the memory is held.
+    time.sleep(2 * MEMORY_SAMPLE_S)
     pair = write_tasks(
         cli.cwd / "pair.jsonl",
         [{"name": n, "cmd": HOG.format(mib=100, hold=1), "memory": "150M"} for n in "ab"],

@@ -6,7 +6,9 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,10 +60,11 @@ def test_a_node_with_the_wrong_key_never_joins_and_its_packets_are_dropped(
 ) -> None:
     swarm.start(0)
     swarm.start(1, join=0, key_from=None)  # a swarm key of its own
-    time.sleep(2)
+    # It tries again every second: two tries dropped, the first was handled and went nowhere.
+    wait_for("two tries to join to be dropped", lambda: swarm.members(0)["net"]["dropped"] >= 2)
     assert len(swarm.states(0)) == 1
     assert len(swarm.states(1)) == 1
-    assert swarm.members(0)["net"]["dropped"] > 0
+    assert swarm.members(1)["net"]["received"] == 0  # nothing came back
 
 
 def test_a_job_submitted_on_one_node_is_seen_and_finished_on_all(swarm: Swarm) -> None:
@@ -191,15 +194,31 @@ def test_key_rotation_across_a_running_swarm_keeps_it_together(
     dropped_before = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
     for cli in (cli0, cli1):
         cli.ok("key", "use", new_id)
-        time.sleep(0.5)
+        wait_for("packets both ways since the switch", _traffic_mark(swarm, 2))
         assert swarm.states(0) == together and swarm.states(1) == together
     for cli in (cli0, cli1):
         cli.ok("key", "remove", old_id)
-    time.sleep(2)
+    wait_for("packets both ways since the removal", _traffic_mark(swarm, 2))
     assert swarm.states(0) == together and swarm.states(1) == together
     dropped_after = swarm.members(0)["net"]["dropped"] + swarm.members(1)["net"]["dropped"]
     assert dropped_after == dropped_before  # no packet of a member was lost to the rotation
     assert f"in use:    {new_id}" in cli1.ok("key", "list").stdout
+
+
+# About a second of probes and acks at the test profile's 0.1 s probe interval.
+TRAFFIC_PACKETS = 20
+
+
+def _taken(swarm: Swarm, i: int) -> int:
+    """Packets node i took in (received and not dropped)."""
+    net = swarm.members(i)["net"]
+    return int(net["received"]) - int(net["dropped"])
+
+
+def _traffic_mark(swarm: Swarm, count: int) -> Callable[[], bool]:
+    """Whether each of the first `count` nodes has taken TRAFFIC_PACKETS packets since now."""
+    marks = [_taken(swarm, i) for i in range(count)]
+    return lambda: all(_taken(swarm, i) >= marks[i] + TRAFFIC_PACKETS for i in range(count))
 
 
 def test_forged_alives_and_results_are_refused_and_counted(swarm: Swarm) -> None:
@@ -342,6 +361,21 @@ def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
     wait_for("node 1 to be seen as left", lambda: swarm.states(0)[ids[1]] == "left")
 
 
+HEARTBEATS = 4  # a second of them, at the test profile's 0.25 s
+
+
+def _newest_record(home: Path, origin: str) -> tuple[int, int]:
+    """(generation, seq) of the newest record of `origin` in a node's ledger file."""
+    uri = f"file:{home / 'ledger.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        row = db.execute(
+            "SELECT generation, seq FROM records WHERE origin = ?"
+            " ORDER BY generation DESC, seq DESC LIMIT 1",
+            (origin,),
+        ).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
 def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
     swarm: Swarm,
 ) -> None:
@@ -359,7 +393,13 @@ def test_a_restarted_node_catches_up_before_it_claims_and_runs_nothing_twice(
     daemon2.start()  # its ledger still says its task was running, and nothing of the rest
     cli2 = swarm.nodes[2][0]
     wait_for("node 2 to catch up", lambda: cli2.job("once")["done"] == 3, timeout=30)
-    time.sleep(1)
+    # A claim it made after that would reach node 0 before its later heartbeats (in order).
+    caught_up = _newest_record(cli2.home, ids[2])
+    later = (caught_up[0], caught_up[1] + HEARTBEATS)
+    wait_for(
+        f"node 0 to hold node 2's records {HEARTBEATS} heartbeats after it caught up",
+        lambda: _newest_record(cli0.home, ids[2]) >= later,
+    )
     runs = [r for r in export_rows(cli0, "--attempts") if r["node"] == ids[2]]
     # Only the attempt the kill cut off; nothing started again after the restart.
     assert [(r["outcome"], r["reason"]) for r in runs] == [
