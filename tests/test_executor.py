@@ -31,9 +31,8 @@ import pytest
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import executor
+from swarm.daemon import executor, procs
 from swarm.daemon.executor import (
-    NODE_TAG,
     OUTPUT_FILES_MAX,
     Attempt,
     Finished,
@@ -42,9 +41,8 @@ from swarm.daemon.executor import (
     attempt_env,
     attempt_tags,
     collect_outputs,
-    kill_orphans,
-    kill_strays,
 )
+from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
 from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
@@ -179,7 +177,7 @@ def run_attempt(
 @pytest.fixture
 def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start `sleep 30` processes in their own sessions; always killed and reaped afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(
@@ -190,13 +188,13 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        procs.append(p)
+        started.append(p)
         return p
 
     try:
         yield start
     finally:
-        for p in procs:
+        for p in started:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             p.wait(timeout=5)
@@ -892,7 +890,7 @@ def test_young_pids(
     tmp_path: Path, loadavg: str, since_pid: int, young: list[int], old: list[int]
 ) -> None:
     (tmp_path / "loadavg").write_text(loadavg + "\n")
-    is_young = executor._young_pids(tmp_path, since_pid)
+    is_young = procs._young_pids(tmp_path, since_pid)
     assert [is_young(p) for p in young + old] == [True] * len(young) + [False] * len(old)
 
 
@@ -915,14 +913,14 @@ def test_the_loop_runs_while_the_stray_scan_reads(
     up (after this test's bound of 5 s)."""
     scanning, loop_ran = threading.Event(), threading.Event()
     held: list[bool] = []
-    real = executor._pids_with
+    real = procs._pids_with
 
     def held_scan(*args: Any, **kwargs: Any) -> list[int]:
         scanning.set()
         held.append(loop_ran.wait(5))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(executor, "_pids_with", held_scan)
+    monkeypatch.setattr(procs, "_pids_with", held_scan)
     launch = make_launch(tmp_path, ESCAPED)
 
     async def heartbeat() -> None:
@@ -953,8 +951,8 @@ def test_an_attempt_ends_though_its_stray_scan_is_stuck_for_good(
     """A read of a process's environment that never returns (its process stuck in a page fault
     on a file it serves itself) costs the scan's thread, not the attempt's end. Before, the
     attempt ended only once the read did (here, when the seam's 5 s bound ran out)."""
-    monkeypatch.setattr(executor, "STRAY_SCAN_S", 0.05, raising=False)
-    monkeypatch.setattr(executor, "STRAY_SCAN_GRACE_S", 0.05, raising=False)
+    monkeypatch.setattr(procs, "STRAY_SCAN_S", 0.05)
+    monkeypatch.setattr(procs, "STRAY_SCAN_GRACE_S", 0.05)
     release, returned = threading.Event(), threading.Event()
 
     def stuck_scan(*args: Any, **kwargs: Any) -> list[int]:
@@ -962,7 +960,7 @@ def test_an_attempt_ends_though_its_stray_scan_is_stuck_for_good(
         returned.set()
         return []
 
-    monkeypatch.setattr(executor, "_pids_with", stuck_scan)
+    monkeypatch.setattr(procs, "_pids_with", stuck_scan)
     launch = make_launch(tmp_path, ESCAPED)
     try:
         _, f = run_attempt(launch)
@@ -980,10 +978,10 @@ def test_a_stray_scan_reads_a_bounded_number_of_environments(tmp_path: Path) -> 
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "environ").write_bytes(b"PATH=/bin\0" + b"\0".join(tags))
     seen = {5003}
-    found = executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
+    found = procs._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
     assert found == [5002, 5004, 5005, 5006]  # 5000 and 5001 are older, 5003 was read already
-    assert executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
-    assert executor._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
+    assert procs._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
+    assert procs._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
 
 
 def test_every_stray_of_many_dies_in_bounded_rounds(
@@ -991,7 +989,7 @@ def test_every_stray_of_many_dies_in_bounded_rounds(
 ) -> None:
     """More strays than one round reads (a bound made small here): the next rounds read on from
     where the last stopped, and all die."""
-    monkeypatch.setattr(executor, "STRAY_PIDS_MAX", 8, raising=False)
+    monkeypatch.setattr(procs, "STRAY_PIDS_MAX", 8)
     strays = 20
     big = "x" * 100_000  # each a big environment to read
     launch = make_launch(
@@ -1036,7 +1034,7 @@ def test_any_young(
     (tmp_path / "loadavg").write_text(loadavg + "\n")
     for pid in pids:
         (tmp_path / str(pid)).mkdir()
-    assert executor._any_young(tmp_path, since_pid, entries_max) is young
+    assert procs._any_young(tmp_path, since_pid, entries_max) is young
 
 
 def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path) -> None:
@@ -1045,9 +1043,9 @@ def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path)
     (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
     (tmp_path / "4500").mkdir()
     (tmp_path / "4500" / "stat").write_text("4500 (sh (x) y) S 4100 4100 4100 0 -1 ...\n")
-    assert executor._any_young(tmp_path, 4000, groups_skipped={4100}) is False
-    assert executor._any_young(tmp_path, 4000, groups_skipped={4200}) is True
-    assert executor._any_young(tmp_path, 4000) is True
+    assert procs._any_young(tmp_path, 4000, groups_skipped={4100}) is False
+    assert procs._any_young(tmp_path, 4000, groups_skipped={4200}) is True
+    assert procs._any_young(tmp_path, 4000) is True
 
 
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:

@@ -73,17 +73,16 @@ from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import CheckedTask, ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
-    NODE_TAG,
     Attempt,
     Finished,
     Launch,
     RunDirs,
     free_bytes,
-    kill_orphans,
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.outputs import OutputStore, result_record
+from swarm.daemon.procs import NODE_TAG, kill_orphans
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
