@@ -37,12 +37,12 @@ from swarm.daemon.executor import (
     Attempt,
     Finished,
     Launch,
-    RunDirs,
     attempt_env,
     attempt_tags,
     collect_outputs,
 )
 from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
+from swarm.daemon.rundirs import RunDirs
 from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}

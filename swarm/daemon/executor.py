@@ -2,20 +2,20 @@
 
 Theory of operation
 -------------------
-Each attempt gets a run dir under `<data>/run/` holding its stdout and stderr files; unless the task names a `cwd`, it also runs in the empty `work/` dir there, so attempts never
-see each other's files. Run dirs are recycled (`RunDirs`): creating files is the dearest part of a
-short task on most filesystems, and an attempt that wrote nothing leaves its dir ready for the next. The process leads its own session and process group, so a
-timeout, a cancel or a shutdown can kill the whole tree it started. stdout and stderr go straight to
-files, never through our memory. The exit is awaited through a pidfd (no thread, no SIGCHLD
-handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the kernel.
+Each attempt runs in a run dir (`rundirs`) that holds its stdout and stderr files and, unless the
+task names a `cwd`, the empty `work/` dir it runs in. The process leads its own session and
+process group, so a timeout, a cancel or a shutdown can kill the whole tree it started. stdout
+and stderr go straight to files, never through our memory. The exit is awaited through a pidfd
+(no thread, no SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and peak
+memory from the kernel.
 
 What an attempt leaves running beyond its leader (orphans of a killed daemon, processes that left
 its group with setsid) is found and killed by `procs`.
 
 What an attempt leaves in its dir is the task's to decide (a million files, a symlink to /, a
-loop of links), so every walk over it (collecting outputs, cleaning a run dir) runs in a thread,
-never follows a symlink, and the output walk is bounded in files, bytes and time. The walk
-can hang for good (a hung mount), so it runs on a thread of its own (`task_threads`).
+loop of links), so the walk collecting its outputs runs in a thread, never follows a symlink, and
+is bounded in files, bytes and time. The walk can hang for good (a hung mount), so it runs on a
+thread of its own (`task_threads`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ import os
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
 from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
+from swarm.daemon.rundirs import file_identity, open_own, remove_all
 from swarm.daemon.task_threads import task_threads
 from swarm.errors import OutputLimitError
 
@@ -154,12 +153,12 @@ class Attempt:
         self._strays_left = False  # its leader has exited; processes outside its group may not
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
-        with _open_own(self.stdout) as out, _open_own(self.stderr) as err:
+        with open_own(self.stdout) as out, open_own(self.stderr) as err:
             # Which files these are: the task may replace them (with a link to a file outside,
             # a fifo, a dir) before they are stored, and then its node must not follow.
             self._own_files = {
-                self.stdout: _identity(os.fstat(out.fileno())),
-                self.stderr: _identity(os.fstat(err.fileno())),
+                self.stdout: file_identity(os.fstat(out.fileno())),
+                self.stderr: file_identity(os.fstat(err.fileno())),
             }
             try:
                 self.proc = subprocess.Popen(
@@ -264,7 +263,7 @@ class Attempt:
         await self._kill_strays()
         replaced = self._replaced_files()
         if replaced:
-            await asyncio.to_thread(_remove_all, replaced)  # a tree, maybe: not on the loop
+            await asyncio.to_thread(remove_all, replaced)  # a tree, maybe: not on the loop
         judged = None
         if free_bytes(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks its files: thread
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
@@ -294,7 +293,7 @@ class Attempt:
         replaced = []
         for path, identity in self._own_files.items():
             try:
-                if _identity(os.lstat(path)) == identity:
+                if file_identity(os.lstat(path)) == identity:
                     continue
             except FileNotFoundError:
                 continue
@@ -376,65 +375,6 @@ class Attempt:
             # ends at its next entry; one still inside a hung call cannot be interrupted, and
             # holds its thread until the call returns.
             stop.set()
-
-
-class RunDirs:
-    """A pool of run dirs, so that back-to-back attempts reuse their files instead of creating
-    new ones. A recycled dir holds an empty `work/` and no output of an earlier attempt."""
-
-    def __init__(self, root: Path, spare_max: int) -> None:
-        self.root = root
-        self.spare_max = spare_max
-        self._spare: list[Path] = []
-        self._made = 0
-
-    def take(self) -> Path:
-        """A run dir with an empty `work/` in it. Raises OSError if it cannot be made."""
-        if self._spare:
-            return self._spare.pop()
-        self._made += 1
-        run_dir = self.root / f"r{os.getpid()}-{self._made}"
-        (run_dir / "work").mkdir(parents=True, exist_ok=True)
-        return run_dir
-
-    async def give_back(self, run_dir: Path) -> None:
-        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it.
-        Whether it is clean takes a few system calls whatever the task left there (the first
-        entry of work/ tells); emptying it, a tree of the task's making, goes to a thread."""
-        clean = _is_clean(run_dir)
-        if clean is False:
-            clean = await asyncio.to_thread(_empty_work, run_dir)
-        if clean and len(self._spare) < self.spare_max:
-            self._spare.append(run_dir)
-        else:
-            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-
-
-def _is_clean(run_dir: Path) -> bool | None:
-    """Whether a used run dir is ready for reuse once a stdout or stderr left in it (not moved
-    into the store: a kill, an error) is removed; None if it is gone or broken."""
-    try:
-        for leftover in (run_dir / "stdout", run_dir / "stderr"):
-            with contextlib.suppress(FileNotFoundError):
-                st = os.lstat(leftover)
-                if not stat.S_ISREG(st.st_mode) or st.st_size:
-                    leftover.unlink()  # a dir there (the task's doing) fails: not reused
-        with os.scandir(run_dir / "work") as entries:
-            return not any(entries)
-    except OSError:
-        return None
-
-
-def _empty_work(run_dir: Path) -> bool:
-    """Empty work/ (blocking); False if that fails. rmtree never follows a symlink, so a link
-    the task left cannot lead it outside."""
-    work = run_dir / "work"
-    try:
-        shutil.rmtree(work)
-        work.mkdir()
-    except OSError:
-        return False
-    return True
 
 
 def collect_outputs(
@@ -549,48 +489,6 @@ def _component_matches(name: str, part: str, hidden: bool) -> bool:
     if hidden and not part.startswith("."):
         return False
     return fnmatch.fnmatchcase(name, part)
-
-
-def _open_own(path: Path) -> IO[bytes]:
-    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated. What
-    an earlier task may have left under that name (a symlink, a fifo) is never followed or
-    opened: it is removed, and a new file made."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = -1
-    with contextlib.suppress(OSError):  # a symlink (ELOOP), a fifo with no reader (ENXIO), ...
-        fd = os.open(path, flags, 0o644)
-    if fd >= 0:
-        st = os.fstat(fd)
-        # Truncated only if it is our own plain file: a hard link would truncate its twin.
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            os.ftruncate(fd, 0)
-        else:
-            os.close(fd)
-            fd = -1
-    if fd < 0:  # not ours to reuse: made anew
-        _remove(path)
-        fd = os.open(path, flags | os.O_EXCL, 0o644)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "wb")
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, bool]:
-    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
-
-
-def _remove_all(paths: list[Path]) -> None:
-    for path in paths:
-        _remove(path)
-
-
-def _remove(path: Path) -> None:
-    """Remove whatever is at `path` (a file, a link, a fifo, a tree), never following links."""
-    try:
-        path.unlink()
-    except IsADirectoryError:
-        shutil.rmtree(path, ignore_errors=True)
-    except FileNotFoundError:
-        pass
 
 
 def free_bytes(path: Path) -> int:

@@ -76,13 +76,13 @@ from swarm.daemon.executor import (
     Attempt,
     Finished,
     Launch,
-    RunDirs,
     free_bytes,
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.outputs import OutputStore, result_record
 from swarm.daemon.procs import NODE_TAG, kill_orphans
+from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
