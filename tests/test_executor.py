@@ -1,5 +1,6 @@
-"""Tests of swarm.daemon.executor with real subprocesses: outcomes, captured bytes, environment, working
-dirs, stopping whole process groups, resource figures, declared outputs and orphan killing.
+"""Tests of swarm.daemon.executor and its rooms (rundirs, procs, outputs_walk) with real
+subprocesses: outcomes, captured bytes, environment, working dirs, stopping whole process groups,
+resource figures, declared outputs and orphan killing.
 
 Every async test drives the executor through `asyncio.run(...)` inside a plain test function.
 Every process a test starts is reaped (by the executor's wait4, or by Popen.wait) and, on failure
@@ -31,16 +32,9 @@ import pytest
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import executor, procs
-from swarm.daemon.executor import (
-    OUTPUT_FILES_MAX,
-    Attempt,
-    Finished,
-    Launch,
-    attempt_env,
-    attempt_tags,
-    collect_outputs,
-)
+from swarm.daemon import executor, outputs_walk, procs
+from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
+from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
 from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
 from swarm.daemon.rundirs import RunDirs
 from swarm.errors import OutputLimitError
@@ -548,7 +542,10 @@ def test_collect_outputs_directly(tmp_path: Path) -> None:
     launch = make_launch(
         tmp_path, "true", cwd=str(wd), outputs=("**/*.bin", "a//b/x.bin", "./y.bin")
     )
-    assert collect_outputs(wd, launch) == {"a/b/x.bin": wd / "a/b/x.bin", "y.bin": wd / "y.bin"}
+    assert collect_outputs(wd, launch.spec.outputs) == {
+        "a/b/x.bin": wd / "a/b/x.bin",
+        "y.bin": wd / "y.bin",
+    }
 
 
 def test_outputs_do_not_follow_symlinked_dirs(tmp_path: Path) -> None:
@@ -570,7 +567,7 @@ def collect_within(wd: Path, launch: Launch, bound_s: float = 20.0) -> dict[str,
 
     def walk() -> None:
         try:
-            box.append(collect_outputs(wd, launch))
+            box.append(collect_outputs(wd, launch.spec.outputs))
         except BaseException as exc:
             box.append(exc)
 
@@ -617,7 +614,7 @@ def test_outputs_walk_matches_what_glob_matches_on_a_plain_tree(tmp_path: Path) 
             for rel in glob.glob(pattern, root_dir=wd, recursive=True)
             if (wd / rel).is_file()
         }
-        assert set(collect_outputs(wd, launch)) == expected, pattern
+        assert set(collect_outputs(wd, launch.spec.outputs)) == expected, pattern
 
 
 @pytest.mark.parametrize(
@@ -638,7 +635,7 @@ def test_outputs_walk_stops_at_its_bounds(
         (wd / f"f{i}.bin").write_bytes(b"x" * 400)
     launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
     with pytest.raises(OutputLimitError) as caught:
-        collect_outputs(wd, launch, **bounds)
+        collect_outputs(wd, launch.spec.outputs, **bounds)
     assert str(caught.value) == reason
 
 
@@ -648,10 +645,10 @@ def test_outputs_walk_ends_between_entries_once_told_to_stop(tmp_path: Path) -> 
     (wd / "f.bin").write_bytes(b"x")
     launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
     stop = threading.Event()
-    assert set(collect_outputs(wd, launch, stop=stop)) == {"f.bin"}
+    assert set(collect_outputs(wd, launch.spec.outputs, stop=stop)) == {"f.bin"}
     stop.set()
     with pytest.raises(OutputLimitError, match="collecting its outputs took over"):
-        collect_outputs(wd, launch, stop=stop)
+        collect_outputs(wd, launch.spec.outputs, stop=stop)
 
 
 def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
@@ -662,8 +659,8 @@ def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
     executor has threads still leave it free for the node's own files. Before, each stuck walk
     held one of the default executor's threads (6 on this 2-core machine), and the
     `asyncio.to_thread` after them waited (this test's bound: 5 s)."""
-    monkeypatch.setattr(executor, "OUTPUT_COLLECT_S", 0.05)
-    monkeypatch.setattr(executor, "OUTPUT_COLLECT_GRACE_S", 0.05)
+    monkeypatch.setattr(outputs_walk, "OUTPUT_COLLECT_S", 0.05)
+    monkeypatch.setattr(outputs_walk, "OUTPUT_COLLECT_GRACE_S", 0.05)
     hung = threading.Event()  # set by the test's end: the "system call" returns
     stops: list[threading.Event | None] = []
 
@@ -672,7 +669,7 @@ def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
         hung.wait(30)
         return {}
 
-    monkeypatch.setattr(executor, "collect_outputs", stuck_walk)
+    monkeypatch.setattr(outputs_walk, "collect_outputs", stuck_walk)
     walks = (os.cpu_count() or 1) + 5  # more than asyncio's default executor has threads
     launches = [make_launch(tmp_path, "true", outputs=("*.out",)) for _ in range(walks)]
 
