@@ -991,7 +991,10 @@ def test_every_stray_of_many_dies_in_bounded_rounds(
     big = "x" * 100_000  # each a big environment to read
     launch = make_launch(
         tmp_path,
-        f"for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
+        # s.pids exists before the wait: else the wait's test errs, and ends it before the strays
+        # have all started.
+        ": > s.pids;"
+        f" for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
         f" while [ $(wc -l < s.pids) -lt {strays} ]; do sleep 0.01; done",
         env={"BIG": big},
     )
