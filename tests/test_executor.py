@@ -1,5 +1,6 @@
-"""Tests of swarm.daemon.executor with real subprocesses: outcomes, captured bytes, environment, working
-dirs, stopping whole process groups, resource figures, declared outputs and orphan killing.
+"""Tests of swarm.daemon.executor and its rooms (rundirs, procs, outputs_walk) with real
+subprocesses: outcomes, captured bytes, environment, working dirs, stopping whole process groups,
+resource figures, declared outputs and orphan killing.
 
 Every async test drives the executor through `asyncio.run(...)` inside a plain test function.
 Every process a test starts is reaped (by the executor's wait4, or by Popen.wait) and, on failure
@@ -31,20 +32,11 @@ import pytest
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import executor
-from swarm.daemon.executor import (
-    NODE_TAG,
-    OUTPUT_FILES_MAX,
-    Attempt,
-    Finished,
-    Launch,
-    RunDirs,
-    attempt_env,
-    attempt_tags,
-    collect_outputs,
-    kill_orphans,
-    kill_strays,
-)
+from swarm.daemon import executor, outputs_walk, procs
+from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
+from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
+from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
+from swarm.daemon.rundirs import RunDirs
 from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
@@ -179,7 +171,7 @@ def run_attempt(
 @pytest.fixture
 def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start `sleep 30` processes in their own sessions; always killed and reaped afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(
@@ -190,13 +182,13 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        procs.append(p)
+        started.append(p)
         return p
 
     try:
         yield start
     finally:
-        for p in procs:
+        for p in started:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             p.wait(timeout=5)
@@ -550,7 +542,10 @@ def test_collect_outputs_directly(tmp_path: Path) -> None:
     launch = make_launch(
         tmp_path, "true", cwd=str(wd), outputs=("**/*.bin", "a//b/x.bin", "./y.bin")
     )
-    assert collect_outputs(wd, launch) == {"a/b/x.bin": wd / "a/b/x.bin", "y.bin": wd / "y.bin"}
+    assert collect_outputs(wd, launch.spec.outputs) == {
+        "a/b/x.bin": wd / "a/b/x.bin",
+        "y.bin": wd / "y.bin",
+    }
 
 
 def test_outputs_do_not_follow_symlinked_dirs(tmp_path: Path) -> None:
@@ -572,7 +567,7 @@ def collect_within(wd: Path, launch: Launch, bound_s: float = 20.0) -> dict[str,
 
     def walk() -> None:
         try:
-            box.append(collect_outputs(wd, launch))
+            box.append(collect_outputs(wd, launch.spec.outputs))
         except BaseException as exc:
             box.append(exc)
 
@@ -619,7 +614,7 @@ def test_outputs_walk_matches_what_glob_matches_on_a_plain_tree(tmp_path: Path) 
             for rel in glob.glob(pattern, root_dir=wd, recursive=True)
             if (wd / rel).is_file()
         }
-        assert set(collect_outputs(wd, launch)) == expected, pattern
+        assert set(collect_outputs(wd, launch.spec.outputs)) == expected, pattern
 
 
 @pytest.mark.parametrize(
@@ -640,7 +635,7 @@ def test_outputs_walk_stops_at_its_bounds(
         (wd / f"f{i}.bin").write_bytes(b"x" * 400)
     launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
     with pytest.raises(OutputLimitError) as caught:
-        collect_outputs(wd, launch, **bounds)
+        collect_outputs(wd, launch.spec.outputs, **bounds)
     assert str(caught.value) == reason
 
 
@@ -650,10 +645,10 @@ def test_outputs_walk_ends_between_entries_once_told_to_stop(tmp_path: Path) -> 
     (wd / "f.bin").write_bytes(b"x")
     launch = make_launch(tmp_path, "true", cwd=str(wd), outputs=("*.bin",))
     stop = threading.Event()
-    assert set(collect_outputs(wd, launch, stop=stop)) == {"f.bin"}
+    assert set(collect_outputs(wd, launch.spec.outputs, stop=stop)) == {"f.bin"}
     stop.set()
     with pytest.raises(OutputLimitError, match="collecting its outputs took over"):
-        collect_outputs(wd, launch, stop=stop)
+        collect_outputs(wd, launch.spec.outputs, stop=stop)
 
 
 def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
@@ -664,8 +659,8 @@ def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
     executor has threads still leave it free for the node's own files. Before, each stuck walk
     held one of the default executor's threads (6 on this 2-core machine), and the
     `asyncio.to_thread` after them waited (this test's bound: 5 s)."""
-    monkeypatch.setattr(executor, "OUTPUT_COLLECT_S", 0.05)
-    monkeypatch.setattr(executor, "OUTPUT_COLLECT_GRACE_S", 0.05)
+    monkeypatch.setattr(outputs_walk, "OUTPUT_COLLECT_S", 0.05)
+    monkeypatch.setattr(outputs_walk, "OUTPUT_COLLECT_GRACE_S", 0.05)
     hung = threading.Event()  # set by the test's end: the "system call" returns
     stops: list[threading.Event | None] = []
 
@@ -674,7 +669,7 @@ def test_output_walks_stuck_in_a_system_call_leave_the_default_executor_free(
         hung.wait(30)
         return {}
 
-    monkeypatch.setattr(executor, "collect_outputs", stuck_walk)
+    monkeypatch.setattr(outputs_walk, "collect_outputs", stuck_walk)
     walks = (os.cpu_count() or 1) + 5  # more than asyncio's default executor has threads
     launches = [make_launch(tmp_path, "true", outputs=("*.out",)) for _ in range(walks)]
 
@@ -892,7 +887,7 @@ def test_young_pids(
     tmp_path: Path, loadavg: str, since_pid: int, young: list[int], old: list[int]
 ) -> None:
     (tmp_path / "loadavg").write_text(loadavg + "\n")
-    is_young = executor._young_pids(tmp_path, since_pid)
+    is_young = procs._young_pids(tmp_path, since_pid)
     assert [is_young(p) for p in young + old] == [True] * len(young) + [False] * len(old)
 
 
@@ -915,14 +910,14 @@ def test_the_loop_runs_while_the_stray_scan_reads(
     up (after this test's bound of 5 s)."""
     scanning, loop_ran = threading.Event(), threading.Event()
     held: list[bool] = []
-    real = executor._pids_with
+    real = procs._pids_with
 
     def held_scan(*args: Any, **kwargs: Any) -> list[int]:
         scanning.set()
         held.append(loop_ran.wait(5))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(executor, "_pids_with", held_scan)
+    monkeypatch.setattr(procs, "_pids_with", held_scan)
     launch = make_launch(tmp_path, ESCAPED)
 
     async def heartbeat() -> None:
@@ -953,8 +948,8 @@ def test_an_attempt_ends_though_its_stray_scan_is_stuck_for_good(
     """A read of a process's environment that never returns (its process stuck in a page fault
     on a file it serves itself) costs the scan's thread, not the attempt's end. Before, the
     attempt ended only once the read did (here, when the seam's 5 s bound ran out)."""
-    monkeypatch.setattr(executor, "STRAY_SCAN_S", 0.05, raising=False)
-    monkeypatch.setattr(executor, "STRAY_SCAN_GRACE_S", 0.05, raising=False)
+    monkeypatch.setattr(procs, "STRAY_SCAN_S", 0.05)
+    monkeypatch.setattr(procs, "STRAY_SCAN_GRACE_S", 0.05)
     release, returned = threading.Event(), threading.Event()
 
     def stuck_scan(*args: Any, **kwargs: Any) -> list[int]:
@@ -962,7 +957,7 @@ def test_an_attempt_ends_though_its_stray_scan_is_stuck_for_good(
         returned.set()
         return []
 
-    monkeypatch.setattr(executor, "_pids_with", stuck_scan)
+    monkeypatch.setattr(procs, "_pids_with", stuck_scan)
     launch = make_launch(tmp_path, ESCAPED)
     try:
         _, f = run_attempt(launch)
@@ -980,10 +975,10 @@ def test_a_stray_scan_reads_a_bounded_number_of_environments(tmp_path: Path) -> 
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "environ").write_bytes(b"PATH=/bin\0" + b"\0".join(tags))
     seen = {5003}
-    found = executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
+    found = procs._pids_with(tags, tmp_path, 5002, seen, pids_max=4)
     assert found == [5002, 5004, 5005, 5006]  # 5000 and 5001 are older, 5003 was read already
-    assert executor._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
-    assert executor._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
+    assert procs._pids_with(tags, tmp_path, 5002, seen, pids_max=4) == [5007, 5008, 5009, 5010]
+    assert procs._pids_with(tags, tmp_path, 5002, set(), over=lambda: True) == []
 
 
 def test_every_stray_of_many_dies_in_bounded_rounds(
@@ -991,12 +986,15 @@ def test_every_stray_of_many_dies_in_bounded_rounds(
 ) -> None:
     """More strays than one round reads (a bound made small here): the next rounds read on from
     where the last stopped, and all die."""
-    monkeypatch.setattr(executor, "STRAY_PIDS_MAX", 8, raising=False)
+    monkeypatch.setattr(procs, "STRAY_PIDS_MAX", 8)
     strays = 20
     big = "x" * 100_000  # each a big environment to read
     launch = make_launch(
         tmp_path,
-        f"for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
+        # s.pids exists before the wait: else the wait's test errs, and ends it before the strays
+        # have all started.
+        ": > s.pids;"
+        f" for i in $(seq {strays}); do setsid sh -c 'echo $$ >> s.pids; exec sleep 300' & done;"
         f" while [ $(wc -l < s.pids) -lt {strays} ]; do sleep 0.01; done",
         env={"BIG": big},
     )
@@ -1036,7 +1034,7 @@ def test_any_young(
     (tmp_path / "loadavg").write_text(loadavg + "\n")
     for pid in pids:
         (tmp_path / str(pid)).mkdir()
-    assert executor._any_young(tmp_path, since_pid, entries_max) is young
+    assert procs._any_young(tmp_path, since_pid, entries_max) is young
 
 
 def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path) -> None:
@@ -1045,9 +1043,9 @@ def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path)
     (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
     (tmp_path / "4500").mkdir()
     (tmp_path / "4500" / "stat").write_text("4500 (sh (x) y) S 4100 4100 4100 0 -1 ...\n")
-    assert executor._any_young(tmp_path, 4000, groups_skipped={4100}) is False
-    assert executor._any_young(tmp_path, 4000, groups_skipped={4200}) is True
-    assert executor._any_young(tmp_path, 4000) is True
+    assert procs._any_young(tmp_path, 4000, groups_skipped={4100}) is False
+    assert procs._any_young(tmp_path, 4000, groups_skipped={4200}) is True
+    assert procs._any_young(tmp_path, 4000) is True
 
 
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:

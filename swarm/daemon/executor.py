@@ -2,98 +2,50 @@
 
 Theory of operation
 -------------------
-Each attempt gets a run dir under `<data>/run/` holding its stdout and stderr files; unless the task names a `cwd`, it also runs in the empty `work/` dir there, so attempts never
-see each other's files. Run dirs are recycled (`RunDirs`): creating files is the dearest part of a
-short task on most filesystems, and an attempt that wrote nothing leaves its dir ready for the next. The process leads its own session and process group, so a
-timeout, a cancel or a shutdown can kill the whole tree it started. stdout and stderr go straight to
-files, never through our memory. The exit is awaited through a pidfd (no thread, no SIGCHLD
-handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the kernel.
+Each attempt runs in a run dir (`rundirs`) that holds its stdout and stderr files and, unless the
+task names a `cwd`, the empty `work/` dir it runs in. The process leads its own session and
+process group, so a timeout, a cancel or a shutdown can kill the whole tree it started (`procs`).
+stdout and stderr go straight to files, never through our memory. The exit is awaited through a
+pidfd (no thread, no SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and
+peak memory from the kernel. `stop` ends an attempt early: SIGTERM to its group, SIGKILL after
+`KILL_GRACE_S`.
 
-If the daemon itself is killed, its attempts keep running as orphans. Every attempt carries
-`SWARM_NODE=<node id>` in its environment, so the next start finds them in /proc and kills their
-process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
-The same tags (node, task id, epoch) find, when an attempt ends, the processes that left its
-process group with setsid (`kill_strays`); only one that also cleared its environment escapes.
-Reading a process's environment is the task's to slow down (thousands of processes with big
-environments) or to block (the read takes the process's memory map lock, which a process stuck in
-a page fault on a file it serves itself holds), so the reads run in a thread, bounded in processes
-and time; the loop only checks, in a listing of /proc, whether any process is young enough to be
-one of them, which for a task that leaves nothing behind is all it does.
-
-What an attempt leaves in its dir is the task's to decide (a million files, a symlink to /, a
-loop of links), so every walk over it (collecting outputs, cleaning a run dir) runs in a thread,
-never follows a symlink, and the output walk is bounded in files, bytes and time. The calls that a
-task can make hang for good (an output walk on a hung mount, an environment read) run on threads of
-their own (`TASK_THREADS_MAX`), so a stuck one never takes a thread the node needs for its own files.
+When it ends, the processes that left its group are killed (`procs.kill_attempt_strays`), its
+declared outputs are found by a bounded walk (`outputs_walk`), and, if the state disk is full,
+its files are thrown away when they are what filled it or it failed as the disk filled up. What
+it leaves for the store is a `Finished`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
-import functools
-import glob
 import logging
 import os
-import queue
 import resource
 import shutil
 import signal
-import stat
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Collection, Mapping
-from concurrent import futures
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ParamSpec, TypeVar
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
-from swarm.errors import OutputLimitError
+from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
+from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
+from swarm.daemon.rundirs import file_identity, open_own, remove_all
 
 log = logging.getLogger("swarm.daemon.executor")
 
-PROC = Path("/proc")
-NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 MTIME_SLACK_NS = 10_000_000  # 10 ms
-OUTPUT_FILES_MAX = 10_000  # per attempt, over all `outputs` patterns
-OUTPUT_BYTES_MAX = 64 << 30  # per attempt, the sum of its output files' sizes
-OUTPUT_COLLECT_S = 60.0  # longest the walk for an attempt's outputs may take
-# Beyond the walk's own deadline, how long the node waits for a walk stuck in one system call
-# (a hung network filesystem) before it gives up on it.
-OUTPUT_COLLECT_GRACE_S = 5.0
 SHELL = "/bin/sh"
 # The state disk counts as full below this many free bytes: a task's write failed there, or soon
 # would, and the node's own ledger writes need a little room.
 DISK_FULL_FREE_BYTES = 1 << 20
 TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
-STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
-# /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
-# be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
-PROC_ENTRIES_INLINE_MAX = 2_048
-# Young processes whose group is read on the loop, to tell other attempts' processes (most young
-# ones, on a busy node) from strays; with more, the scan goes to a thread.
-GROUPS_READ_INLINE_MAX = 64
-STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
-STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
-# Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
-# process stuck in a page fault) before it ends without them.
-STRAY_SCAN_GRACE_S = 1.0
-# Threads for the calls a task can make hang for good (see `_TaskThreads`): a few, since each
-# stuck one is a thread lost until the call returns, if ever.
-TASK_THREADS_MAX = 4
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-# The process groups of the attempts running now (each attempt leads its own group): their
-# processes are theirs, never another attempt's strays.
-_live_groups: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +141,12 @@ class Attempt:
         self._strays_left = False  # its leader has exited; processes outside its group may not
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
-        with _open_own(self.stdout) as out, _open_own(self.stderr) as err:
+        with open_own(self.stdout) as out, open_own(self.stderr) as err:
             # Which files these are: the task may replace them (with a link to a file outside,
             # a fifo, a dir) before they are stored, and then its node must not follow.
             self._own_files = {
-                self.stdout: _identity(os.fstat(out.fileno())),
-                self.stderr: _identity(os.fstat(err.fileno())),
+                self.stdout: file_identity(os.fstat(out.fileno())),
+                self.stderr: file_identity(os.fstat(err.fileno())),
             }
             try:
                 self.proc = subprocess.Popen(
@@ -206,7 +158,7 @@ class Attempt:
                     env=env,
                     start_new_session=True,
                 )
-                _live_groups.add(self.proc.pid)
+                live_groups.add(self.proc.pid)
             except OSError as exc:
                 # The program or the cwd is missing or not executable: a failed attempt, like a
                 # shell's exit 127, with the reason where the user looks first.
@@ -235,8 +187,8 @@ class Attempt:
         wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        _kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
-        _live_groups.discard(self.proc.pid)
+        kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        live_groups.discard(self.proc.pid)
         self._strays_left = True  # nor those that left its group: see _kill_strays
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
@@ -255,8 +207,8 @@ class Attempt:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
-            _kill_group(self.proc.pid, signal.SIGKILL)
-            _live_groups.discard(self.proc.pid)
+            kill_group(self.proc.pid, signal.SIGKILL)
+            live_groups.discard(self.proc.pid)
             self._strays_left = True
             await self._kill_strays()
 
@@ -265,10 +217,10 @@ class Attempt:
         if self.proc is None or self.proc.returncode is not None or self._stop_outcome is not None:
             return  # not started, already reaped (its pid may be reused), or already stopping
         self._stop_outcome, self._stop_reason = outcome, reason
-        _kill_group(self.proc.pid, signal.SIGTERM)
+        kill_group(self.proc.pid, signal.SIGTERM)
         pid = self.proc.pid
         loop = asyncio.get_running_loop()
-        self._kill_timer = loop.call_later(grace_s, _kill_group, pid, signal.SIGKILL)
+        self._kill_timer = loop.call_later(grace_s, kill_group, pid, signal.SIGKILL)
 
     def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """Stop the attempt to free memory: interrupted, and marked as an eviction."""
@@ -299,7 +251,7 @@ class Attempt:
         await self._kill_strays()
         replaced = self._replaced_files()
         if replaced:
-            await asyncio.to_thread(_remove_all, replaced)  # a tree, maybe: not on the loop
+            await asyncio.to_thread(remove_all, replaced)  # a tree, maybe: not on the loop
         judged = None
         if free_bytes(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks its files: thread
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
@@ -329,7 +281,7 @@ class Attempt:
         replaced = []
         for path, identity in self._own_files.items():
             try:
-                if _identity(os.lstat(path)) == identity:
+                if file_identity(os.lstat(path)) == identity:
                     continue
             except FileNotFoundError:
                 continue
@@ -338,37 +290,12 @@ class Attempt:
         return replaced
 
     async def _kill_strays(self) -> None:
-        """Kill the processes of this attempt that left its process group. They were all forked
-        after its leader, so when no process is younger (a listing of /proc, in memory: done
-        here) there is nothing to read; else their environments are read in a thread, bounded
-        in processes and time, and an attempt whose scan is stuck ends without it."""
+        """Kill the processes of this attempt that left its process group, once its leader has
+        exited (see `kill_attempt_strays`)."""
         if not self._strays_left or self.proc is None:
             return
         self._strays_left = False
-        since_pid = self.proc.pid
-        if not _any_young(PROC, since_pid, groups_skipped=_live_groups):
-            return
-        stop = threading.Event()
-        scan = _task_threads.run(
-            kill_strays,
-            self._tags,
-            since_pid,
-            pids_max=STRAY_PIDS_MAX,
-            time_max_s=STRAY_SCAN_S,
-            stop=stop,
-        )
-        try:
-            await asyncio.wait_for(scan, STRAY_SCAN_S + STRAY_SCAN_GRACE_S)
-        except TimeoutError:
-            log.warning(
-                "the scan of %s for the processes task %s left behind did not end in %g s "
-                "(a read stuck on one of them?); the attempt ends without it",
-                PROC,
-                self.launch.task_id,
-                STRAY_SCAN_S + STRAY_SCAN_GRACE_S,
-            )
-        finally:
-            stop.set()  # a scan still running ends at its next process
+        await kill_attempt_strays(self._tags, self.proc.pid, self.launch.task_id)
 
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]
@@ -386,8 +313,8 @@ class Attempt:
         if own and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
             judged = (
                 Outcome.FAILED,
-                f"its output ({_bytes_text(own)}) is larger than the free space on {where} "
-                f"({_bytes_text(self._free_at_start)} when it started)",
+                f"its output ({bytes_text(own)}) is larger than the free space on {where} "
+                f"({bytes_text(self._free_at_start)} when it started)",
             )
         elif outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
             cause = f"the disk holding {where} filled up while it ran"
@@ -419,240 +346,9 @@ class Attempt:
                 self.cwd.mkdir()
 
     async def _collect(self) -> tuple[dict[str, Path], str]:
-        """The attempt's output files, found in a thread (the task decides how big and how
-        deep its dir is); or none and the reason they were not taken."""
-        if not self.launch.spec.outputs:
-            return {}, ""
-        stop = threading.Event()
-        walk = _task_threads.run(
-            collect_outputs, self.cwd, self.launch, self._started_ns, stop=stop
-        )
-        try:
-            return await asyncio.wait_for(walk, OUTPUT_COLLECT_S + OUTPUT_COLLECT_GRACE_S), ""
-        except OutputLimitError as exc:
-            return {}, str(exc)
-        except TimeoutError:
-            return {}, f"collecting its outputs took over {OUTPUT_COLLECT_S:g} s"
-        finally:
-            # A walk that outlived its wait (it waited for a thread, or one system call hung)
-            # ends at its next entry; one still inside a hung call cannot be interrupted, and
-            # holds its thread until the call returns.
-            stop.set()
-
-
-class RunDirs:
-    """A pool of run dirs, so that back-to-back attempts reuse their files instead of creating
-    new ones. A recycled dir holds an empty `work/` and no output of an earlier attempt."""
-
-    def __init__(self, root: Path, spare_max: int) -> None:
-        self.root = root
-        self.spare_max = spare_max
-        self._spare: list[Path] = []
-        self._made = 0
-
-    def take(self) -> Path:
-        """A run dir with an empty `work/` in it. Raises OSError if it cannot be made."""
-        if self._spare:
-            return self._spare.pop()
-        self._made += 1
-        run_dir = self.root / f"r{os.getpid()}-{self._made}"
-        (run_dir / "work").mkdir(parents=True, exist_ok=True)
-        return run_dir
-
-    async def give_back(self, run_dir: Path) -> None:
-        """Keep the dir for the next attempt if it can be made clean cheaply, else remove it.
-        Whether it is clean takes a few system calls whatever the task left there (the first
-        entry of work/ tells); emptying it, a tree of the task's making, goes to a thread."""
-        clean = _is_clean(run_dir)
-        if clean is False:
-            clean = await asyncio.to_thread(_empty_work, run_dir)
-        if clean and len(self._spare) < self.spare_max:
-            self._spare.append(run_dir)
-        else:
-            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-
-
-def _is_clean(run_dir: Path) -> bool | None:
-    """Whether a used run dir is ready for reuse once a stdout or stderr left in it (not moved
-    into the store: a kill, an error) is removed; None if it is gone or broken."""
-    try:
-        for leftover in (run_dir / "stdout", run_dir / "stderr"):
-            with contextlib.suppress(FileNotFoundError):
-                st = os.lstat(leftover)
-                if not stat.S_ISREG(st.st_mode) or st.st_size:
-                    leftover.unlink()  # a dir there (the task's doing) fails: not reused
-        with os.scandir(run_dir / "work") as entries:
-            return not any(entries)
-    except OSError:
-        return None
-
-
-def _empty_work(run_dir: Path) -> bool:
-    """Empty work/ (blocking); False if that fails. rmtree never follows a symlink, so a link
-    the task left cannot lead it outside."""
-    work = run_dir / "work"
-    try:
-        shutil.rmtree(work)
-        work.mkdir()
-    except OSError:
-        return False
-    return True
-
-
-def collect_outputs(
-    cwd: Path,
-    launch: Launch,
-    not_before_ns: int = 0,
-    *,
-    files_max: int = OUTPUT_FILES_MAX,
-    bytes_max: int = OUTPUT_BYTES_MAX,
-    time_max_s: float = OUTPUT_COLLECT_S,
-    stop: threading.Event | None = None,
-) -> dict[str, Path]:
-    """Regular files matching the task's `outputs` globs, by path relative to the working dir,
-    last modified at or after `not_before_ns` (wall clock).
-
-    Blocking: run it in a thread. It walks the working dir itself, never following a symlink
-    (to a directory or to a file): a link must not pull in, or loop over, anything outside the
-    working dir, nor (once the file is moved into the store) take a file away from there. The
-    walk is bounded in files, bytes and time; past a bound it raises OutputLimitError, whose
-    message is the attempt's failure reason. It also ends so, between two entries, once `stop`
-    is set (by a caller that stopped waiting for it)."""
-    found: dict[str, Path] = {}
-    globs = [_glob_parts(p) for p in launch.spec.outputs]
-    if not globs:
-        return found
-    deadline = time.monotonic() + time_max_s
-    total_bytes = 0
-    start = _advance(globs, {(k, 0) for k in range(len(globs))})
-    stack: list[tuple[str, set[tuple[int, int]]]] = [("", start)]
-    while stack:
-        rel_dir, states = stack.pop()
-        try:
-            entries = os.scandir(cwd / rel_dir if rel_dir else cwd)
-        except OSError:
-            continue  # unreadable, or gone meanwhile: as glob, skip it
-        with entries:
-            for entry in entries:
-                if time.monotonic() > deadline or (stop is not None and stop.is_set()):
-                    raise OutputLimitError(f"collecting its outputs took over {time_max_s:g} s")
-                after = _step(globs, states, entry.name)
-                if not after:
-                    continue
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if any(i < len(globs[k]) for k, i in after):
-                            stack.append((rel, after))
-                        continue
-                    if not entry.is_file(follow_symlinks=False) or not any(
-                        i == len(globs[k]) for k, i in after
-                    ):
-                        continue  # a symlink, a fifo, a socket, or not a full match
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # removed meanwhile
-                # In a shared working dir, only what this attempt wrote is its output (as
-                # HTCondor takes back only new or changed files), not a file an earlier run left.
-                if st.st_mtime_ns < not_before_ns:
-                    continue
-                found[rel] = cwd / rel
-                total_bytes += st.st_size
-                if len(found) > files_max:
-                    raise OutputLimitError(f"its outputs matched more than {files_max:,} files")
-                if total_bytes > bytes_max:
-                    raise OutputLimitError(
-                        f"its outputs add up to more than {_bytes_text(bytes_max)}"
-                    )
-    return found
-
-
-def _glob_parts(pattern: str) -> tuple[str, ...]:
-    """A pattern's path components, without empty or "." ones, runs of "**" as one."""
-    parts: list[str] = []
-    for part in pattern.split("/"):
-        if part in ("", ".") or (part == "**" and parts and parts[-1] == "**"):
-            continue
-        parts.append(part)
-    return tuple(parts)
-
-
-def _advance(globs: list[tuple[str, ...]], states: set[tuple[int, int]]) -> set[tuple[int, int]]:
-    """`states` plus what "**" matching no directory at all adds: (pattern, next component)."""
-    out = set(states)
-    for k, i in states:
-        while i < len(globs[k]) and globs[k][i] == "**":
-            i += 1
-            out.add((k, i))
-    return out
-
-
-def _step(
-    globs: list[tuple[str, ...]], states: set[tuple[int, int]], name: str
-) -> set[tuple[int, int]]:
-    """The states after one more path component `name` (empty: nothing below can match)."""
-    after: set[tuple[int, int]] = set()
-    hidden = name.startswith(".")
-    for k, i in states:
-        if i >= len(globs[k]):
-            continue
-        part = globs[k][i]
-        if part == "**":
-            if not hidden:  # as glob: "**" and "*" do not match names starting with "."
-                after.add((k, i))
-        elif _component_matches(name, part, hidden):
-            after.add((k, i + 1))
-    return _advance(globs, after)
-
-
-def _component_matches(name: str, part: str, hidden: bool) -> bool:
-    if not glob.has_magic(part):
-        return name == part
-    if hidden and not part.startswith("."):
-        return False
-    return fnmatch.fnmatchcase(name, part)
-
-
-def _open_own(path: Path) -> IO[bytes]:
-    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated. What
-    an earlier task may have left under that name (a symlink, a fifo) is never followed or
-    opened: it is removed, and a new file made."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = -1
-    with contextlib.suppress(OSError):  # a symlink (ELOOP), a fifo with no reader (ENXIO), ...
-        fd = os.open(path, flags, 0o644)
-    if fd >= 0:
-        st = os.fstat(fd)
-        # Truncated only if it is our own plain file: a hard link would truncate its twin.
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            os.ftruncate(fd, 0)
-        else:
-            os.close(fd)
-            fd = -1
-    if fd < 0:  # not ours to reuse: made anew
-        _remove(path)
-        fd = os.open(path, flags | os.O_EXCL, 0o644)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "wb")
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, bool]:
-    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
-
-
-def _remove_all(paths: list[Path]) -> None:
-    for path in paths:
-        _remove(path)
-
-
-def _remove(path: Path) -> None:
-    """Remove whatever is at `path` (a file, a link, a fifo, a tree), never following links."""
-    try:
-        path.unlink()
-    except IsADirectoryError:
-        shutil.rmtree(path, ignore_errors=True)
-    except FileNotFoundError:
-        pass
+        """The attempt's output files (see `collect_attempt_outputs`); or none and the reason
+        they were not taken."""
+        return await collect_attempt_outputs(self.cwd, self.launch.spec.outputs, self._started_ns)
 
 
 def free_bytes(path: Path) -> int:
@@ -685,13 +381,6 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
     return total
 
 
-def _bytes_text(count: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if count >= 1 << shift:
-            return f"{count / (1 << shift):.1f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{count} bytes"
-
-
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
     """Wait for the process to exit without blocking the loop, and reap it with its rusage."""
     loop = asyncio.get_running_loop()
@@ -721,234 +410,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:  # real-time signals have no name in the enum
         return f"signal {number}"
-
-
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> list[tuple[str, int]]:
-    """Kill the process groups of attempts a previous daemon of this node left running (found by
-    their SWARM_NODE tag), and remove the run dirs. Returns the (task id, epoch) of each group
-    killed, so that the node can record those attempts even if their claims never reached its
-    ledger (the daemon may have died before it wrote them)."""
-    tag = f"{NODE_TAG}={node_id}".encode()
-    groups: dict[int, tuple[str, int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-        if tag in environ:
-            groups.setdefault(int(fields[2]), _attempt_of(environ))  # fields[2]: process group
-    for pgid in groups:
-        _kill_group(pgid, signal.SIGKILL)
-    if run_root.is_dir():
-        for run_dir in run_root.iterdir():
-            shutil.rmtree(run_dir, ignore_errors=True)
-    return list(groups.values())
-
-
-def kill_strays(
-    tags: frozenset[bytes],
-    since_pid: int = 0,
-    proc: Path = Path("/proc"),
-    rounds_max: int = STRAY_ROUNDS_MAX,
-    *,
-    pids_max: int = STRAY_PIDS_MAX,
-    time_max_s: float = STRAY_SCAN_S,
-    stop: threading.Event | None = None,
-) -> int:
-    """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
-    left the attempt's process group (setsid, a double fork into a new session), which killing
-    the group misses. Blocking: run it in a thread. Only processes forked since `since_pid` (the
-    attempt's leader) are read, so the cost follows how many are that young, not how many run.
-    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times, each
-    reading at most `pids_max` environments; gives up after `time_max_s` or once `stop` is set;
-    returns how many it killed. A process that cleared or replaced its environment is missed."""
-    # Each process is read once: one that did not carry the tags will not (it would have to
-    # exec with them). Never ourselves (a daemon started by a task).
-    seen: set[int] = {os.getpid()}
-    killed = 0
-    deadline = time.monotonic() + time_max_s
-
-    def over() -> bool:
-        return time.monotonic() > deadline or (stop is not None and stop.is_set())
-
-    for _ in range(rounds_max):
-        found = _pids_with(tags, proc, since_pid, seen, pids_max, over)
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed += len(found)
-        if over():  # it may have stopped reading in the middle of a round
-            names = " ".join(sorted(tag.decode(errors="replace") for tag in tags))
-            log.warning("gave up looking for the processes left behind with %s", names)
-            break
-        if not found:
-            break
-    return killed
-
-
-def _pids_with(
-    tags: frozenset[bytes],
-    proc: Path,
-    since_pid: int,
-    seen: set[int],
-    pids_max: int = STRAY_PIDS_MAX,
-    over: Callable[[], bool] = lambda: False,
-) -> list[int]:
-    """The young pids, not in `seen`, whose environment carries all `tags`, from at most
-    `pids_max` environments read (their pids are added to `seen`); stops reading once `over()`
-    says so."""
-    with os.scandir(proc) as entries:
-        listed = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
-    young = _young_pids(proc, since_pid)  # after the listing: see there
-    pids = []
-    read = 0
-    for pid in listed:
-        if not young(pid) or pid in seen:
-            continue
-        if read >= pids_max or over():
-            break
-        read += 1
-        seen.add(pid)
-        try:
-            environ = _read_environ(proc / str(pid))
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if tags.issubset(environ.split(b"\0")):
-            pids.append(pid)
-    return pids
-
-
-def _read_environ(proc_pid: Path) -> bytes:
-    """A process's environment (the kernel bounds it, with the argument list). Blocking, for as
-    long as the process holds its memory map lock (stuck in a page fault): never on the loop."""
-    with open(proc_pid / "environ", "rb") as f:
-        return f.read()
-
-
-def _any_young(
-    proc: Path,
-    since_pid: int,
-    entries_max: int = PROC_ENTRIES_INLINE_MAX,
-    groups_skipped: Collection[int] = (),
-) -> bool:
-    """Whether a process may have been forked since `since_pid` was, outside `groups_skipped`
-    (the groups of attempts running now: their processes are theirs, not this one's strays).
-    Cheap enough for the loop: a listing of /proc, and the group of each young process (its
-    `stat`, which never waits on the process), stopping at the first that may be a stray or,
-    saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX groups read."""
-    before = _last_pid(proc)
-    if since_pid <= 0 or before < since_pid:
-        return True  # cannot tell, or pids have started again from the bottom since
-    candidates = []  # young, or forked while we list or before pids last started again
-    try:
-        with os.scandir(proc) as entries:
-            for seen, entry in enumerate(entries):
-                if seen >= entries_max:
-                    return True
-                if entry.name.isdigit() and int(entry.name) >= since_pid:
-                    candidates.append(int(entry.name))
-    except OSError:
-        return True
-    young = _young_pids(proc, since_pid)
-    candidates = [pid for pid in candidates if young(pid)]
-    if len(candidates) > GROUPS_READ_INLINE_MAX:
-        return True
-    groups = (_group_of(proc, pid) for pid in candidates)
-    return any(group is not None and group not in groups_skipped for group in groups)
-
-
-def _group_of(proc: Path, pid: int) -> int | None:
-    """The process group of `pid`; None once it is gone (a gone process is no stray), -1 if it
-    cannot be read (then it may be one)."""
-    try:
-        stat_line = (proc / str(pid) / "stat").read_bytes()
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        return int(stat_line[stat_line.rindex(b")") + 2 :].split()[2])
-    except (OSError, ValueError, IndexError):
-        return None if not (proc / str(pid)).exists() else -1
-
-
-def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
-    """Which pids of a listing of /proc made just before may have been forked since `since_pid`
-    was. Pids are handed out in rising order up to a maximum, then again from the bottom, so
-    those from `since_pid` up to the last one handed out (from loadavg, read after the listing:
-    any pid listed was handed out by then); if that is below `since_pid`, they have started
-    again from the bottom meanwhile: those above `since_pid` or up to the last. A pid above the
-    last was handed out before pids last started again from the bottom: it is older. Every pid
-    when that cannot be told."""
-    last = _last_pid(proc)
-    if since_pid <= 0 or last < 0:
-        return lambda pid: True
-    if last < since_pid:
-        return lambda pid: pid >= since_pid or pid <= last
-    return lambda pid: since_pid <= pid <= last
-
-
-def _last_pid(proc: Path) -> int:
-    """The last pid handed out, or -1 if that cannot be read."""
-    try:
-        return int((proc / "loadavg").read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return -1
-
-
-def _attempt_of(environ: list[bytes]) -> tuple[str, int]:
-    """The task id and epoch an attempt's environment names ("", 0 if it does not say)."""
-    found = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-    try:
-        epoch = int(found.get(b"SWARM_EPOCH", b"0"))
-    except ValueError:
-        epoch = 0
-    return found.get(b"SWARM_TASK_ID", b"").decode(errors="replace"), epoch
-
-
-class _TaskThreads:
-    """At most `threads_max` threads for the calls a task can make hang for good: a walk of its
-    dir on a hung mount, a read of its process's environment. Those are kept off asyncio's default
-    executor, whose few threads the node needs for its own files; and the threads are daemons,
-    so one stuck for good does not hold up the node's exit (an executor's threads are joined at
-    exit). A call waits its turn when all are busy; one cancelled before its turn never runs."""
-
-    def __init__(self, threads_max: int) -> None:
-        self._threads_max = threads_max
-        self._threads = 0
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[[], Any]]]
-        self._queue = queue.SimpleQueue()
-
-    def run(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> asyncio.Future[_T]:
-        """`fn(*args, **kwargs)` in one of the threads; cancelling the future before it has
-        begun takes it off the queue."""
-        future: futures.Future[_T] = futures.Future()
-        self._queue.put((future, functools.partial(fn, *args, **kwargs)))
-        with self._lock:
-            # Simpler than telling idle threads apart, and threads_max idle threads cost little.
-            if self._threads < self._threads_max:
-                self._threads += 1
-                threading.Thread(target=self._serve, name="swarm-task-io", daemon=True).start()
-        return asyncio.wrap_future(future)
-
-    def _serve(self) -> None:
-        while True:
-            future, call = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller stopped waiting before its turn
-            try:
-                result = call()
-            except BaseException as exc:  # handed to the caller, as an executor does
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-
-_task_threads = _TaskThreads(TASK_THREADS_MAX)

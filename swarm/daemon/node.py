@@ -70,15 +70,14 @@ from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
-    NODE_TAG,
     Attempt,
-    RunDirs,
     free_bytes,
-    kill_orphans,
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.outputs import OutputStore
+from swarm.daemon.procs import NODE_TAG, kill_orphans
+from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer

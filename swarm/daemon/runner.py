@@ -29,8 +29,9 @@ from swarm.core.spec import TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
-from swarm.daemon.executor import Attempt, Finished, Launch, RunDirs
+from swarm.daemon.executor import Attempt, Finished, Launch
 from swarm.daemon.outputs import OutputStore, result_record
+from swarm.daemon.rundirs import RunDirs
 from swarm.errors import StorageFullError, SwarmError
 from swarm.statedir import StateDir
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.daemon.executor import OUTPUT_FILES_MAX
+from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX
 
 from .conftest import Cli, Daemon, export_rows, wait_for, write_tasks
 

@@ -1,0 +1,275 @@
+"""An attempt's processes beyond its leader: its process group, its strays, and orphans.
+
+Theory of operation
+-------------------
+Each attempt leads its own session and process group, so a timeout, a cancel or a shutdown kills
+the whole tree it started (`kill_group`); `live_groups` holds the groups of the attempts running
+now, whose processes are theirs and never another attempt's strays.
+
+If the daemon itself is killed, its attempts keep running as orphans. Every attempt carries
+`SWARM_NODE=<node id>` in its environment, so the next start finds them in /proc and kills their
+process groups (`kill_orphans`) before the tasks run again; no per-attempt file is needed.
+The same tags (node, task id, epoch) find, when an attempt ends, the processes that left its
+process group with setsid (`kill_strays`); only one that also cleared its environment escapes.
+Reading a process's environment is the task's to slow down (thousands of processes with big
+environments) or to block (the read takes the process's memory map lock, which a process stuck in
+a page fault on a file it serves itself holds), so the reads run in a thread of their own
+(`task_threads`), bounded in processes and time; the loop only checks, in a listing of /proc,
+whether any process is young enough to be one of them, which for a task that leaves nothing
+behind is all it does (`kill_attempt_strays`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from swarm.daemon.task_threads import task_threads
+
+log = logging.getLogger("swarm.daemon.procs")
+
+PROC = Path("/proc")
+NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
+STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
+# /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
+# be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
+PROC_ENTRIES_INLINE_MAX = 2_048
+# Young processes whose group is read on the loop, to tell other attempts' processes (most young
+# ones, on a busy node) from strays; with more, the scan goes to a thread.
+GROUPS_READ_INLINE_MAX = 64
+STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
+STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
+# Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
+# process stuck in a page fault) before it ends without them.
+STRAY_SCAN_GRACE_S = 1.0
+
+
+# The process groups of the attempts running now (each attempt leads its own group): their
+# processes are theirs, never another attempt's strays.
+live_groups: set[int] = set()
+
+
+def kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> list[tuple[str, int]]:
+    """Kill the process groups of attempts a previous daemon of this node left running (found by
+    their SWARM_NODE tag), and remove the run dirs. Returns the (task id, epoch) of each group
+    killed, so that the node can record those attempts even if their claims never reached its
+    ledger (the daemon may have died before it wrote them)."""
+    tag = f"{NODE_TAG}={node_id}".encode()
+    groups: dict[int, tuple[str, int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if tag in environ:
+            groups.setdefault(int(fields[2]), _attempt_of(environ))  # fields[2]: process group
+    for pgid in groups:
+        kill_group(pgid, signal.SIGKILL)
+    if run_root.is_dir():
+        for run_dir in run_root.iterdir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return list(groups.values())
+
+
+def kill_strays(
+    tags: frozenset[bytes],
+    since_pid: int = 0,
+    proc: Path = Path("/proc"),
+    rounds_max: int = STRAY_ROUNDS_MAX,
+    *,
+    pids_max: int = STRAY_PIDS_MAX,
+    time_max_s: float = STRAY_SCAN_S,
+    stop: threading.Event | None = None,
+) -> int:
+    """SIGKILL every process whose environment carries all of an attempt's `tags`: those that
+    left the attempt's process group (setsid, a double fork into a new session), which killing
+    the group misses. Blocking: run it in a thread. Only processes forked since `since_pid` (the
+    attempt's leader) are read, so the cost follows how many are that young, not how many run.
+    Rescans while it finds some (one may have forked meanwhile), at most `rounds_max` times, each
+    reading at most `pids_max` environments; gives up after `time_max_s` or once `stop` is set;
+    returns how many it killed. A process that cleared or replaced its environment is missed."""
+    # Each process is read once: one that did not carry the tags will not (it would have to
+    # exec with them). Never ourselves (a daemon started by a task).
+    seen: set[int] = {os.getpid()}
+    killed = 0
+    deadline = time.monotonic() + time_max_s
+
+    def over() -> bool:
+        return time.monotonic() > deadline or (stop is not None and stop.is_set())
+
+    for _ in range(rounds_max):
+        found = _pids_with(tags, proc, since_pid, seen, pids_max, over)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if over():  # it may have stopped reading in the middle of a round
+            names = " ".join(sorted(tag.decode(errors="replace") for tag in tags))
+            log.warning("gave up looking for the processes left behind with %s", names)
+            break
+        if not found:
+            break
+    return killed
+
+
+async def kill_attempt_strays(tags: frozenset[bytes], since_pid: int, task_id: str) -> None:
+    """Kill the processes of an attempt (led by `since_pid`, carrying `tags`) that left its
+    process group. They were all forked after its leader, so when no process is younger (a
+    listing of /proc, in memory: done here) there is nothing to read; else their environments
+    are read in a thread, bounded in processes and time, and an attempt whose scan is stuck ends
+    without it."""
+    if not _any_young(PROC, since_pid, groups_skipped=live_groups):
+        return
+    stop = threading.Event()
+    scan = task_threads.run(
+        kill_strays,
+        tags,
+        since_pid,
+        pids_max=STRAY_PIDS_MAX,
+        time_max_s=STRAY_SCAN_S,
+        stop=stop,
+    )
+    try:
+        await asyncio.wait_for(scan, STRAY_SCAN_S + STRAY_SCAN_GRACE_S)
+    except TimeoutError:
+        log.warning(
+            "the scan of %s for the processes task %s left behind did not end in %g s "
+            "(a read stuck on one of them?); the attempt ends without it",
+            PROC,
+            task_id,
+            STRAY_SCAN_S + STRAY_SCAN_GRACE_S,
+        )
+    finally:
+        stop.set()  # a scan still running ends at its next process
+
+
+def _pids_with(
+    tags: frozenset[bytes],
+    proc: Path,
+    since_pid: int,
+    seen: set[int],
+    pids_max: int = STRAY_PIDS_MAX,
+    over: Callable[[], bool] = lambda: False,
+) -> list[int]:
+    """The young pids, not in `seen`, whose environment carries all `tags`, from at most
+    `pids_max` environments read (their pids are added to `seen`); stops reading once `over()`
+    says so."""
+    with os.scandir(proc) as entries:
+        listed = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
+    young = _young_pids(proc, since_pid)  # after the listing: see there
+    pids = []
+    read = 0
+    for pid in listed:
+        if not young(pid) or pid in seen:
+            continue
+        if read >= pids_max or over():
+            break
+        read += 1
+        seen.add(pid)
+        try:
+            environ = _read_environ(proc / str(pid))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if tags.issubset(environ.split(b"\0")):
+            pids.append(pid)
+    return pids
+
+
+def _read_environ(proc_pid: Path) -> bytes:
+    """A process's environment (the kernel bounds it, with the argument list). Blocking, for as
+    long as the process holds its memory map lock (stuck in a page fault): never on the loop."""
+    with open(proc_pid / "environ", "rb") as f:
+        return f.read()
+
+
+def _any_young(
+    proc: Path,
+    since_pid: int,
+    entries_max: int = PROC_ENTRIES_INLINE_MAX,
+    groups_skipped: Collection[int] = (),
+) -> bool:
+    """Whether a process may have been forked since `since_pid` was, outside `groups_skipped`
+    (the groups of attempts running now: their processes are theirs, not this one's strays).
+    Cheap enough for the loop: a listing of /proc, and the group of each young process (its
+    `stat`, which never waits on the process), stopping at the first that may be a stray or,
+    saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX groups read."""
+    before = _last_pid(proc)
+    if since_pid <= 0 or before < since_pid:
+        return True  # cannot tell, or pids have started again from the bottom since
+    candidates = []  # young, or forked while we list or before pids last started again
+    try:
+        with os.scandir(proc) as entries:
+            for seen, entry in enumerate(entries):
+                if seen >= entries_max:
+                    return True
+                if entry.name.isdigit() and int(entry.name) >= since_pid:
+                    candidates.append(int(entry.name))
+    except OSError:
+        return True
+    young = _young_pids(proc, since_pid)
+    candidates = [pid for pid in candidates if young(pid)]
+    if len(candidates) > GROUPS_READ_INLINE_MAX:
+        return True
+    groups = (_group_of(proc, pid) for pid in candidates)
+    return any(group is not None and group not in groups_skipped for group in groups)
+
+
+def _group_of(proc: Path, pid: int) -> int | None:
+    """The process group of `pid`; None once it is gone (a gone process is no stray), -1 if it
+    cannot be read (then it may be one)."""
+    try:
+        stat_line = (proc / str(pid) / "stat").read_bytes()
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        return int(stat_line[stat_line.rindex(b")") + 2 :].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None if not (proc / str(pid)).exists() else -1
+
+
+def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
+    """Which pids of a listing of /proc made just before may have been forked since `since_pid`
+    was. Pids are handed out in rising order up to a maximum, then again from the bottom, so
+    those from `since_pid` up to the last one handed out (from loadavg, read after the listing:
+    any pid listed was handed out by then); if that is below `since_pid`, they have started
+    again from the bottom meanwhile: those above `since_pid` or up to the last. A pid above the
+    last was handed out before pids last started again from the bottom: it is older. Every pid
+    when that cannot be told."""
+    last = _last_pid(proc)
+    if since_pid <= 0 or last < 0:
+        return lambda pid: True
+    if last < since_pid:
+        return lambda pid: pid >= since_pid or pid <= last
+    return lambda pid: since_pid <= pid <= last
+
+
+def _last_pid(proc: Path) -> int:
+    """The last pid handed out, or -1 if that cannot be read."""
+    try:
+        return int((proc / "loadavg").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _attempt_of(environ: list[bytes]) -> tuple[str, int]:
+    """The task id and epoch an attempt's environment names ("", 0 if it does not say)."""
+    found = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+    try:
+        epoch = int(found.get(b"SWARM_EPOCH", b"0"))
+    except ValueError:
+        epoch = 0
+    return found.get(b"SWARM_TASK_ID", b"").decode(errors="replace"), epoch
