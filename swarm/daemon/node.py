@@ -1041,8 +1041,11 @@ class Node:
         """Return at the next change of a task's state after the `seen`th, or after `timeout_s`."""
         if seen != self._changes:
             return  # changed since the client looked
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancel that
+        # comes as its wait ends, and a handler must stop when the node does.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._progress.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._progress.wait()
 
     # -- status -----------------------------------------------------------------------------
 
