@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import random
 import resource
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,7 +63,7 @@ from swarm.core.replication import Intake, behind
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import Resources
-from swarm.daemon import db, net, resources
+from swarm.daemon import db, net, peers, resources
 from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
@@ -106,9 +104,6 @@ REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were 
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
-JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
-JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
-RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
 LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
 REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
@@ -509,22 +504,12 @@ class Node:
             self.net.close()
             await self._close_reader()
             raise ConfigError(
-                f"cannot listen on {bind[0]}:{bind[1]}: {_bind_problem(exc)}"
+                f"cannot listen on {bind[0]}:{bind[1]}: {peers.bind_problem(exc)}"
             ) from exc
 
     def reload_keys(self) -> str:
-        """Make the key ring what the state dir says: every key installed, swarm.key in use.
-        The ring object is shared with the sealer and opener, so this takes effect at once."""
-        in_use, others = statedir.key_ring_files(self.state)
-        wanted = {wire.key_id(k): k for k in [in_use, *others]}
-        for kid in [k for k in self.ring.keys if k not in wanted and k != self.ring.in_use]:
-            self.ring.remove(kid)
-        for key in wanted.values():
-            self.ring.install(key)
-        self.ring.use(wire.key_id(in_use))
-        for kid in [k for k in self.ring.keys if k not in wanted]:
-            self.ring.remove(kid)  # the old key in use, now that another one is
-        return self.ring.in_use.hex()
+        """Make the key ring what the state dir says (peers.reload_key_ring)."""
+        return peers.reload_key_ring(self.ring, self.state)
 
     async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
         """Join through the seeds, again and again until some member is known: a seed may be
@@ -543,31 +528,7 @@ class Node:
             log.warning("%s (still trying)", problem)
 
     async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
-        """Wait up to JOIN_ANSWER_S for a seed to answer, which it has once a live member is at
-        its address. The problems, one sentence each; none once a seed has answered."""
-        resolved, problems = await _resolve(seeds)
-        deadline = time.monotonic() + JOIN_ANSWER_S
-        while not self._seed_answered(resolved):
-            if not resolved or time.monotonic() >= deadline or self.stopping:
-                silent = ", ".join(f"{host}:{port}" for host, port in resolved)
-                if silent:
-                    problems.append(
-                        f"no answer from {silent} after {JOIN_ANSWER_S:g} s: "
-                        "is a node running there, with this swarm key?"
-                    )
-                return problems
-            await asyncio.sleep(JOIN_POLL_S)
-        return []
-
-    def _seed_answered(self, resolved: dict[tuple[str, int], set[str]]) -> bool:
-        if self.membership is None:
-            return False
-        return any(
-            member.addr[1] == port and member.addr[0] in addresses | {host}
-            for member in self.membership.live_members()
-            if member.node != self.node_id
-            for (host, port), addresses in resolved.items()
-        )
+        return await peers.await_seeds(seeds, lambda: self.membership, lambda: self.stopping)
 
     def _meta(self) -> dict[str, Any]:
         """What other members learn of this node with its Alive rumour."""
@@ -610,39 +571,8 @@ class Node:
     def members(self) -> list[NodeRow]:
         if self.membership is None:
             return [self.node_info()]
-        # What others run, as the ledger has it (their own figures are not sent around).
-        held: dict[str, tuple[int, Resources]] = {}
-        for task in self.ledger.running:
-            view = self.ledger.tasks[task]
-            claim = view.active_claim()
-            if claim is None or view.spec is None:
-                continue
-            count, used = held.get(claim[1], (0, Resources(0.0, 0)))
-            held[claim[1]] = (count + 1, used + view.spec.need)
-        out: list[NodeRow] = []
-        for m in self.membership.members.values():
-            if m.node == self.node_id:
-                me = self.node_info()
-                me["address"] = f"{m.addr[0]}:{m.addr[1]}"
-                me["incarnation"] = m.incarnation
-                out.append(me)
-                continue
-            running, used = held.get(m.node, (0, Resources(0.0, 0)))
-            out.append(
-                {
-                    "id": m.node,
-                    "state": str(m.state),
-                    "address": f"{m.addr[0]}:{m.addr[1]}",
-                    "incarnation": m.incarnation,
-                    "labels": m.meta.get("labels", {}),
-                    "draining": bool(m.meta.get("draining", False)),
-                    "capacity": m.meta.get("capacity", {}),
-                    "used": snapshot.resources_dict(used),
-                    "running": running,
-                    "last_change_s": round(time.monotonic() - m.changed_at, 1),
-                }
-            )
-        return sorted(out, key=lambda member: str(member["id"]))
+        members = self.membership.members.values()
+        return snapshot.member_rows(self.ledger, members, self.node_info(), time.monotonic())
 
     # -- writing records --------------------------------------------------------------------
 
@@ -1079,41 +1009,3 @@ def _raise_fd_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-async def _resolve(
-    seeds: list[tuple[str, int]],
-) -> tuple[dict[tuple[str, int], set[str]], list[str]]:
-    """The IP addresses of each seed, and a sentence for each seed whose name does not resolve."""
-    loop = asyncio.get_running_loop()
-    found: dict[tuple[str, int], set[str]] = {}
-    problems: list[str] = []
-    for host, port in seeds:
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), RESOLVE_WAIT_S
-            )
-        except (OSError, TimeoutError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else None
-            problems.append(
-                f"{host}:{port} does not resolve ({why or 'no answer from the resolver'}): "
-                "check the name"
-            )
-            continue
-        found[(host, port)] = {str(info[4][0]) for info in infos}
-    return found, problems
-
-
-def _bind_problem(exc: OSError) -> str:
-    """Why an address could not be bound, in words."""
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            "the address is in use (another swarm node, or another program?); choose another port"
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "the address is not one of this machine's"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
-    if isinstance(exc, socket.gaierror):
-        return f"the host name does not resolve ({exc.strerror})"
-    return exc.strerror or str(exc)
