@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.work:
-        from swarm.sim.work import print_work_figures  # it builds on this module
+        from swarm.sim.scenarios import print_work_figures  # it builds on this module
 
         return print_work_figures(args.seeds, results=not args.no_results)
     if args.spread:
