@@ -67,6 +67,10 @@ HELD_BACK_MAX = 256  # pushed records kept per origin while an earlier one is mi
 GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
+# Record bytes in one frame of an anti-entropy answer. With each record at most
+# wire.RECORD_BODY_BYTES_MAX, a frame stays well inside what a peer takes (wire.FRAME_BYTES_MAX),
+# whatever the records' sizes: a frame that a peer refuses would be sent again and again.
+SYNC_FRAME_BYTES_MAX = 2 << 20
 PASSED_OVER_KEPT_MAX = 10_000  # versions of passed-over records remembered, to count each once
 REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once

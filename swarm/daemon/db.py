@@ -37,7 +37,13 @@ from swarm.core.ledger import (
     Version,
     task_record_problem,
 )
-from swarm.core.sync import RowSlice, decode_body, encode_body, plan_slice
+from swarm.core.sync import (
+    SYNC_FRAME_BYTES_MAX,
+    RowSlice,
+    decode_body,
+    encode_body,
+    plan_slice,
+)
 from swarm.core.wire import RECORD_BODY_BYTES_MAX
 from swarm.errors import (
     BadRecordError,
@@ -256,10 +262,6 @@ async def prune_heartbeats(conn: aiosqlite.Connection) -> None:
 
 
 SYNC_ROWS_MAX = 2_000  # rows in one frame of an anti-entropy answer
-# Record bytes in one frame of an anti-entropy answer. With each record at most
-# wire.RECORD_BODY_BYTES_MAX, a frame stays well inside what a peer takes (wire.FRAME_BYTES_MAX),
-# whatever the records' sizes: a frame that a peer refuses would be sent again and again.
-SYNC_FRAME_BYTES_MAX = 2 << 20
 
 
 async def rows_after(

@@ -23,7 +23,7 @@ import argparse
 import heapq
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from swarm.core import wire
@@ -39,9 +39,17 @@ from swarm.core.ledger import (
     TaskRecord,
     Version,
 )
-from swarm.core.replication import Intake, Key, behind
+from swarm.core.replication import Intake, Key
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import db
+from swarm.core.sync import (
+    SYNC_FRAME_BYTES_MAX,
+    Checks,
+    LedgerSync,
+    RowSlice,
+    SliceAsk,
+    encode_body,
+    plan_slice,
+)
 
 STEPS_MAX = 50_000_000  # a bound on any run, whatever the scenario
 LARGE_SWARM = 500  # from this size, figures run without the per-step invariant check
@@ -64,31 +72,24 @@ class Network:
 FRAME_RECORDS = 64  # records per frame of a simulated sync answer (the daemon's are larger)
 
 
-# One record as it travels in the simulator: (origin, generation, seq, body).
-Copy = tuple[str, int, int, Body]
-
-
-@dataclass(frozen=True, slots=True)
-class _Push:
-    copies: tuple[Copy, ...]
-
-
 @dataclass(frozen=True, slots=True)
 class _SyncRequest:
     digest: dict[Key, int]
+    gap: str | None = None  # the origin whose gap in a push started this pull
 
 
 @dataclass(frozen=True, slots=True)
 class _SyncAnswer:
-    copies: tuple[Copy, ...]
-    upto: dict[Key, int]
+    frames: tuple[wire.SyncBatch, ...]  # the last one `done`, with the watermarks
     asked: dict[Key, int]  # the digest it answers (the daemon keeps it with its connection)
     # The answerer's own digest, with which the asker sends back what it holds past it (the
     # reverse phase); None in that reverse answer.
     mine: dict[Key, int] | None = None
+    gap: str | None = None  # as in the request it answers
 
 
-Message = Packet | _Push | _SyncRequest | _SyncAnswer
+# Pushes travel as the daemon's: records as stored bytes, in datagrams that fit.
+Message = Packet | wire.RecordsPush | _SyncRequest | _SyncAnswer
 
 
 @dataclass(order=True, slots=True)
@@ -104,87 +105,177 @@ class InvariantBroken(AssertionError):
     """A property that must hold after every step did not; the message names the seed."""
 
 
-class Replica:
-    """One node's copy of the ledger: the records it holds, and the Ledger they fold into."""
+def sim_proof(origin: str) -> bytes:
+    """A simulated node's signature of its RESULT records (its nodes have no keys)."""
+    return b"signed by " + origin.encode()
 
-    def __init__(self, node: str, generation: int, truth: dict[Version, Body], seed: int) -> None:
+
+def _signed(origin: str, body: ResultRecord) -> bool:
+    return body.proof == sim_proof(origin)
+
+
+def _task_problem(body: TaskRecord) -> str | None:
+    """The simulator names a task by its id (work.py reads them so): a TASK record whose id is
+    not its name is one whose content does not match its id."""
+    return None if body.task_id == body.name else f"task {body.task_id} is not named {body.name}"
+
+
+# The simulator's stand-ins for the daemon's signature and content-hash checks.
+SIM_CHECKS = Checks(result_signed=_signed, task_problem=_task_problem)
+
+
+class Replica:
+    """One node's copy of the ledger: the records it holds, and the Ledger they fold into. It
+    takes pushes and sync answers, and serves sync requests, through the node's LedgerSync,
+    as the daemon does: only the storage is simulated."""
+
+    def __init__(
+        self,
+        node: str,
+        generation: int,
+        truth: dict[Version, Body],
+        seed: int,
+        rng: random.Random,
+        untakeable: set[Version],
+    ) -> None:
         self.node = node
         self.generation = generation
         self.ledger = Ledger()
         self.records: dict[Key, dict[int, Body]] = {}
-        self.contiguous: dict[Key, int] = {}  # seqs 1..n all held
+        self.raw: dict[Key, dict[int, bytes]] = {}  # the same records, as stored and sent
+        self.contiguous: dict[Key, int] = {}  # seqs 1..n all held (or no peer can take them)
         self.seq = 0
         self.next_sync = 0.0  # on the node's own clock
+        self.sync = LedgerSync(rng, SIM_CHECKS)
         self._truth = truth  # every record ever written, by version: what a copy must equal
+        self._untakeable = untakeable  # records too large for any peer: never held but here
         self._seed = seed
         self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
         self.on_record: list[Callable[[Version, Body], None]] = []  # told of each record stored
 
-    def write(self, body: Body) -> Copy:
-        self.seq += 1
-        self._truth[Version(self.node, self.generation, self.seq)] = body
-        self._store(self.node, self.generation, self.seq, body)
-        return (self.node, self.generation, self.seq, body)
+    @property
+    def me(self) -> Key:
+        return (self.node, self.generation)
 
-    def take(
+    def restarted(self) -> None:
+        """The daemon keeps its sync state (held-back records, pulls) in memory: a restart
+        starts it afresh, while the ledger stays (it is on disk)."""
+        self.sync = LedgerSync(self.sync.rng, SIM_CHECKS)
+
+    def write(self, body: Body) -> wire.RecordCopy:
+        if isinstance(body, ResultRecord):
+            body = replace(body, proof=sim_proof(self.node))  # a result is its runner's word
+        self.seq += 1
+        version = Version(self.node, self.generation, self.seq)
+        self._truth[version] = body
+        raw = encode_body(body)
+        if len(raw) > wire.RECORD_BODY_BYTES_MAX:
+            self._untakeable.add(version)
+        self._store(version, body, raw)
+        return (self.node, self.generation, self.seq, raw)
+
+    def take_push(
         self,
-        copies: tuple[Copy, ...],
-        upto: dict[Key, int],
-        asked: dict[Key, int] | None,
+        push: wire.RecordsPush,
+        now: float,
+        members: Mapping[str, Member],
+        fails: Callable[[], bool] = lambda: False,
+    ) -> list[Member]:
+        """A push, as the daemon takes it (with the records held back for its origins); returns
+        the members to pull from at once, for the gaps it showed."""
+        if not self.sync.queue_push(push):
+            return []
+        ordered = self.sync.queued()
+        intake = self.sync.intake(self.ledger.high_seq, self.me, None)
+        self._take(ordered, intake, {}, fails)
+        pulls = self.sync.pushed(ordered, intake, self.ledger.high_seq, now, members)
+        self.check_watermarks()
+        return pulls
+
+    def take_answer(
+        self,
+        frames: tuple[wire.SyncBatch, ...],
+        asked: dict[Key, int],
         fails: Callable[[], bool] = lambda: False,
         cut_after: int | None = None,
     ) -> None:
-        """A push (`asked` None), or a sync answer to the digest `asked`, as the daemon takes
-        them: an answer in frames of FRAME_RECORDS, one Intake for all of them, its watermarks
-        only with the last frame (`cut_after` frames arrive when the stream is cut); each batch
-        is stored whole or, when `fails()`, not at all (the disk said no): then its records are
-        refused, and their watermarks stay below them."""
-        intake = Intake(self.ledger.high_seq, (self.node, self.generation), asked)
-        frames = [copies[k : k + FRAME_RECORDS] for k in range(0, len(copies), FRAME_RECORDS)]
-        for number, frame in enumerate(frames or [()]):
+        """A sync answer to the digest `asked`, as the daemon takes it: one Intake for all its
+        frames, its watermarks only with the last (`cut_after` frames arrive when the stream is
+        cut); each frame is stored whole or, when `fails()`, not at all (the disk said no):
+        then its records are refused, and their watermarks stay below them."""
+        intake = self.sync.intake(self.ledger.high_seq, self.me, asked)
+        for number, batch in enumerate(frames):
             if cut_after is not None and number >= cut_after:
-                return  # the stream broke: no watermark moves
-            wanted = [c for c in frame if intake.wants(c[0], c[1], c[2])]
-            if wanted and fails():
-                for origin, generation, seq, _ in wanted:
-                    intake.refuse((origin, generation), seq)
-                continue
-            for origin, generation, seq, body in wanted:
-                intake.took((origin, generation), seq)
-                self._store(origin, generation, seq, body)
-        if cut_after is not None:
-            return  # every record came, but not the end of the answer: no watermark moves
-        for key, seq in list(intake.watermarks(upto)):
-            self.ledger.high_seq[key] = seq
+                break  # the stream broke: no watermark moves
+            self._take(batch.records, intake, batch.upto if batch.done else {}, fails)
+        self.check_watermarks()
+
+    def _take(
+        self,
+        records: tuple[wire.RecordCopy, ...],
+        intake: Intake,
+        upto: dict[Key, int],
+        fails: Callable[[], bool],
+    ) -> None:
+        accepted = self.sync.accept(records, intake)
+        if accepted and fails():
+            self.sync.not_stored(accepted, intake)
+            return
+        self.sync.stored(accepted)
+        for row in accepted:
+            self._store(row.version, row.body, row.raw)
+        self.sync.raise_watermarks(intake, upto, self.ledger.high_seq)
+
+    def answer(self, digest: dict[Key, int]) -> tuple[wire.SyncBatch, ...]:
+        """The frames that answer a peer's digest, planned by LedgerSync as the daemon's are."""
+        plan = self.sync.answer(self.ledger.high_seq, digest, FRAME_RECORDS)
+        frames = []
+        while (ask := plan.next_ask()) is not None:
+            batch = plan.took(self._slice(ask))
+            if batch is not None:
+                frames.append(batch)
+        frames.append(plan.last())
+        return tuple(frames)
+
+    def _slice(self, ask: SliceAsk) -> RowSlice:
+        """The held records past `ask.after`, as db.rows_after reads them from the database."""
+        held = self.raw.get(ask.key, {})
+        seqs = sorted(s for s in held if s > ask.after)[: ask.limit]
+        last, oversized, passed = plan_slice(
+            ((s, len(held[s])) for s in seqs), ask.after, SYNC_FRAME_BYTES_MAX, ask.withheld
+        )
+        skipped = set(oversized) | set(passed)
+        return RowSlice(
+            [(s, held[s]) for s in seqs if s <= last and s not in skipped], oversized, passed, last
+        )
+
+    def check_watermarks(self) -> None:
         for key, high in self.ledger.high_seq.items():
-            if high > self.contiguous.get(key, 0):
+            if high > self._contiguous(key):
                 raise InvariantBroken(
                     f"seed {self._seed}: {self.node} claims {key} up to {high} "
                     f"but holds only up to {self.contiguous.get(key, 0)}"
                 )
 
-    def answer(self, digest: dict[Key, int]) -> _SyncAnswer:
-        copies: list[Copy] = []
-        upto: dict[Key, int] = {}
-        for key, after in behind(self.ledger.high_seq, digest):
-            held = self.records.get(key, {})
-            copies += [(*key, seq, held[seq]) for seq in sorted(held) if seq > after]
-            upto[key] = self.ledger.high_seq[key]
-        return _SyncAnswer(tuple(copies), upto, digest)
-
-    def _store(self, origin: str, generation: int, seq: int, body: Body) -> None:
-        version = Version(origin, generation, seq)
-        if self._truth.get(version) != body:
-            raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
-        key = (origin, generation)
-        held = self.records.setdefault(key, {})
-        if seq in held:
-            return
-        held[seq] = body
+    def _contiguous(self, key: Key) -> int:
+        """How far this replica holds every record of `key` that a peer could give it."""
+        held = self.records.get(key, {})
         run = self.contiguous.get(key, 0)
-        while run + 1 in held:
+        while run + 1 in held or Version(*key, run + 1) in self._untakeable:
             run += 1
         self.contiguous[key] = run
+        return run
+
+    def _store(self, version: Version, body: Body, raw: bytes) -> None:
+        if self._truth.get(version) != body:
+            raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
+        key = (version.origin, version.generation)
+        held = self.records.setdefault(key, {})
+        if version.seq in held:
+            return
+        held[version.seq] = body
+        self.raw.setdefault(key, {})[version.seq] = raw
+        self._contiguous(key)
         for told in self.on_record:
             told(version, body)
         for change in self.ledger.apply(version, body):
@@ -219,6 +310,7 @@ class Sim:
         self.cores: dict[Addr, Membership] = {}
         self.replicas: dict[Addr, Replica] | None = {} if ledger else None
         self.truth: dict[Version, Body] = {}
+        self.untakeable: set[Version] = set()  # records too large for any peer to take
         self.down: set[Addr] = set()
         self.groups: dict[Addr, int] = {}  # partition group of each node; equal groups talk
         self._flight: list[_InFlight] = []
@@ -260,8 +352,11 @@ class Sim:
         for key in [k for k in self._seen if k[0] == addr]:
             del self._seen[key]
         if self.replicas is not None and addr not in self.replicas:
-            self.replicas[addr] = Replica(core.node, 1, self.truth, self.seed)
+            self.replicas[addr] = self._replica(core.node, 1)
         return core
+
+    def _replica(self, node: str, generation: int) -> Replica:
+        return Replica(node, generation, self.truth, self.seed, self.rng, self.untakeable)
 
     # -- clocks ------------------------------------------------------------------------------
 
@@ -296,6 +391,8 @@ class Sim:
         incarnation above its old one."""
         old = self.cores[self.addr(i)].me.incarnation
         core = self.add(i, incarnation=old + 1)
+        if self.replicas is not None:
+            self.replicas[self.addr(i)].restarted()
         core.join(self.local_now(i), [self.addr(0 if i else 1)])
         return core
 
@@ -304,7 +401,7 @@ class Sim:
         addr = self.addr(i)
         assert self.replicas is not None
         old = self.replicas[addr]
-        self.replicas[addr] = Replica(old.node, old.generation + 1, self.truth, self.seed)
+        self.replicas[addr] = self._replica(old.node, old.generation + 1)
         return self.restart(i)
 
     def partition(self, *groups: list[int]) -> None:
@@ -345,6 +442,8 @@ class Sim:
                 if item.dst not in self.down and self._can_talk(item.src, item.dst):
                     self._deliver(item)
                     self._after(item.dst)
+                else:
+                    self._lost(item.src, item.dst, item.packet)
             elif timer is not None:
                 heapq.heappop(self._timers)
                 addr = timer[2]
@@ -388,24 +487,44 @@ class Sim:
         match message:
             case Packet():
                 self.cores[dst].receive(self.local(dst), message)
-            case _Push():
+            case wire.RecordsPush():
                 assert self.replicas is not None
-                self.replicas[dst].take(message.copies, {}, None, self._write_fails)
+                replica = self.replicas[dst]
+                members = self.cores[dst].members
+                for member in replica.take_push(
+                    message, self.local(dst), members, self._write_fails
+                ):
+                    # A gap pull: the same exchange as anti-entropy, from the gap's origin.
+                    digest = dict(replica.ledger.high_seq)
+                    self._send(dst, member.addr, _SyncRequest(digest, gap=member.node))
             case _SyncRequest():
                 assert self.replicas is not None
                 answerer = self.replicas[dst]
                 mine = dict(answerer.ledger.high_seq)
-                self._send(dst, item.src, replace(answerer.answer(message.digest), mine=mine))
+                frames = answerer.answer(message.digest)
+                self._send(dst, item.src, _SyncAnswer(frames, message.digest, mine, message.gap))
             case _SyncAnswer():
                 assert self.replicas is not None
-                frames = -(-len(message.copies) // FRAME_RECORDS)
                 cut = None
                 if self.net.cut and self.rng.random() < self.net.cut:
-                    cut = self.rng.randrange(frames + 1)  # 0 .. all frames, never the end
+                    cut = self.rng.randrange(len(message.frames))  # 0 .. all but the end
                 replica = self.replicas[dst]
-                replica.take(message.copies, message.upto, message.asked, self._write_fails, cut)
+                replica.take_answer(message.frames, message.asked, self._write_fails, cut)
+                if message.gap is not None:
+                    replica.sync.pull_done(message.gap)
                 if cut is None and message.mine is not None:  # the reverse phase
-                    self._send(dst, item.src, replica.answer(message.mine))
+                    reverse = _SyncAnswer(replica.answer(message.mine), message.mine)
+                    self._send(dst, item.src, reverse)
+
+    def _lost(self, src: Addr, dst: Addr, message: Message) -> None:
+        """A message that never arrived: a gap pull it was part of has ended (as the daemon's
+        does when its connection fails)."""
+        if self.replicas is None:
+            return
+        if isinstance(message, _SyncRequest) and message.gap is not None:
+            self.replicas[src].sync.pull_done(message.gap)
+        elif isinstance(message, _SyncAnswer) and message.gap is not None:
+            self.replicas[dst].sync.pull_done(message.gap)
 
     def _write_fails(self) -> bool:
         return bool(self.net.write_failure) and self.rng.random() < self.net.write_failure
@@ -427,23 +546,30 @@ class Sim:
         core = self.cores[addr]
         return [m.addr for m in core.live_members() if m.node != core.node]
 
-    def write(self, i: int, body: Body, fanout: int | None = None) -> None:
+    def write(self, i: int, body: Body, fanout: int | None = None) -> wire.RecordCopy:
         """Node i writes a record and pushes it at once to `fanout` members (default: the
-        gossip fanout), as the daemon does."""
+        gossip fanout), as the daemon does (through LedgerSync.spread). Returns it as sent."""
         addr = self.addr(i)
         assert self.replicas is not None and addr not in self.down
-        copy = self.replicas[addr].write(body)
-        peers = self._peers(addr)
+        replica = self.replicas[addr]
+        copy = replica.write(body)
         wide = self.config.gossip_nodes if fanout is None else fanout
-        for peer in self.rng.sample(peers, min(wide, len(peers))):
-            self._send(addr, peer, _Push((copy,)))
+        targets, pushes = replica.sync.spread([copy], self._peers(addr), wide)
+        for push in pushes:
+            for peer in targets:
+                self._send(addr, peer, push)
+        return copy
+
+    def push(self, i: int, j: int, *copies: wire.RecordCopy) -> None:
+        """Node i pushes these records to node j (a push delayed, repeated or out of order)."""
+        self._send(self.addr(i), self.addr(j), wire.RecordsPush(copies))
 
     def _can_talk(self, a: Addr, b: Addr) -> bool:
         return self.groups.get(a, -1) == self.groups.get(b, -1)
 
     def _collect(self, src: Addr) -> None:
         core = self.cores[src]
-        outbox, core.outbox = core.outbox, []
+        outbox = core.take_outbox()
         if src in self.down:
             return
         for dst, packet in outbox:
@@ -454,16 +580,13 @@ class Sim:
             self._send(src, dst, packet)
 
     def _send(self, src: Addr, dst: Addr, message: Message) -> None:
-        if isinstance(message, _Push | _SyncAnswer):
-            # Every copy goes through the codec the daemon stores and sends them with.
-            decoded = tuple((o, g, q, db.decode(db.encode(b))) for o, g, q, b in message.copies)
-            message = replace(message, copies=decoded)
         stream = isinstance(message, _SyncRequest | _SyncAnswer) or (
             isinstance(message, Packet) and isinstance(message.message, PushPull)
         )
         if not stream and self.rng.random() < self.net.loss:
             return
         if isinstance(message, _SyncRequest) and dst in self.net.unreachable:
+            self._lost(src, dst, message)
             return  # the connection is never made
         copies = 2 if not stream and self.rng.random() < self.net.duplicate else 1
         for _ in range(copies):
