@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from swarm.core import wire
-from swarm.core.ledger import ClaimRecord, State, TaskRecord
+from swarm.core.ledger import ClaimRecord, ResultRecord, State, TaskRecord
 from swarm.core.sync import GAP_PULL_EVERY_S, HELD_BACK_MAX, decode_body, encode_body
 from swarm.sim.world import _SPEC, Replica, Sim, _ok, sim_proof
 
@@ -122,13 +122,16 @@ def test_a_forged_result_is_refused_and_the_genuine_copy_taken_later() -> None:
     sim.run_for(0.1)
     genuine = sim.write(0, _ok("t1", 1), fanout=0)
     origin, generation, seq, raw = genuine
-    forged_body = replace(decode_body(raw), proof=sim_proof("n0002"))
+    signed = decode_body(raw)
+    assert isinstance(signed, ResultRecord)
+    forged_body = replace(signed, proof=sim_proof("n0002"))
     sim.push(2, 1, (origin, generation, seq, encode_body(forged_body)))
     sim.run_for(0.05)
     taker = replica(sim, 1)
     assert taker.sync.forged_records == 1
     assert taker.ledger.high_seq[ORIGIN] == 2  # below the forged record
-    assert taker.ledger.tasks["t1"].state is State.RUNNING
+    before = taker.ledger.tasks["t1"].state
+    assert before is State.RUNNING
     sim.push(0, 1, genuine)
     sim.run_for(0.05)
     assert taker.ledger.high_seq[ORIGIN] == 3
