@@ -12,7 +12,8 @@ from swarm.core import wire
 from swarm.core.gossip import MemberState
 from swarm.core.ledger import ClaimRecord, TaskRecord
 from swarm.core.replication import Intake, Key
-from swarm.sim.world import _SPEC, InvariantBroken, Sim, everyone, scenario_ledger
+from swarm.sim.replica import InvariantBroken
+from swarm.sim.world import _SPEC, Sim, everyone, scenario_ledger
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from swarm.core.scheduler import Scheduler
+from swarm.sim.replica import InvariantBroken
 from swarm.sim.work import LEASE_S, SCENARIOS, SLOTS, TASK_S, WorkSim, scenario_work
-from swarm.sim.world import InvariantBroken
 
 # Claim races (two nodes claim a task before either sees the other's claim; the loser's attempt is
 # counted) in a run of 60 tasks on 5 nodes: at most this many in 60 seeds of `loss` and `drain`.
