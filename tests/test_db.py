@@ -11,6 +11,7 @@ import pytest
 
 from swarm.core.ledger import HeartbeatRecord, Kind, ReplicaRecord, TaskRecord, Version
 from swarm.core.spec import Resources, TaskSpec, task_id
+from swarm.core.sync import RowSlice
 from swarm.daemon import db
 from swarm.errors import CorruptLedgerError, SwarmError
 
@@ -91,10 +92,10 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_writer(tmp_path: Path) -
     assert db.load_ledger(path).ledger.heartbeats == {"me": 1}
 
 
-def every_slice(path: Path, limit: int, **options: Any) -> list[db.RowSlice]:
+def every_slice(path: Path, limit: int, **options: Any) -> list[RowSlice]:
     """The slices that serve every record of origin "o", generation 1, one after another."""
 
-    async def go() -> list[db.RowSlice]:
+    async def go() -> list[RowSlice]:
         reader = await db.open_reader(path)
         out, after = [], 0
         try:
@@ -135,7 +136,7 @@ def test_a_record_larger_than_the_frame_budget_still_goes_alone(tmp_path: Path) 
         conn.execute("INSERT INTO records VALUES ('o', 1, 1, 1, ?)", (b"x" * 5000,))
     conn.close()
 
-    async def first() -> db.RowSlice:
+    async def first() -> RowSlice:
         reader = await db.open_reader(path)
         try:
             return await db.rows_after(reader, "o", 1, 0, 10, bytes_max=100)

@@ -17,6 +17,7 @@ from swarm.core.gossip import (
     MemberState,
     Packet,
     Ping,
+    PushPull,
     Suspect,
     remaining_suspicion_s,
     retransmit_limit,
@@ -223,3 +224,21 @@ def test_a_seed_replays_bit_for_bit() -> None:
         return [*views, ("packets", sim.packets_sent, "")]
 
     assert run() == run()
+
+
+def test_the_outbox_and_events_are_handed_over_and_a_push_pull_reply_taken_alone() -> None:
+    """What the transport sends it takes through these, never by reaching into the lists."""
+    a = Membership("a", A, {}, Config.test(), random.Random(1), 0.0)
+    b = Membership("b", B, {}, Config.test(), random.Random(2), 0.0)
+    b.join(0.0, [A])
+    (join,) = b.take_outbox()
+    assert b.outbox == [] and b.take_outbox() == []
+    assert b.take_push_pull_reply() is None  # a request is not a reply
+    a.receive(0.0, join[1])
+    a.outbox.insert(0, (B, Packet(Ping(1, "b", "a", A))))  # something else queued before it
+    reply = a.take_push_pull_reply()
+    assert reply is not None and isinstance(reply.message, PushPull) and reply.message.reply
+    assert all(not isinstance(p.message, PushPull) for _, p in a.outbox)  # taken out alone
+    assert a.outbox[0] == (B, Packet(Ping(1, "b", "a", A)))
+    events = a.take_events()
+    assert events and a.events == [] and a.take_events() == []

@@ -4,6 +4,8 @@ about (a Write versioned and applied, a claim's outcome reported) and checks wha
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from swarm.core import gossip, holding
@@ -35,6 +37,7 @@ from swarm.core.policy import rendezvous_rank
 from swarm.core.pressure import Guard
 from swarm.core.spec import Resources, TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
+from swarm.core.sync import LedgerSync
 
 SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
 CAPACITY = Resources(2.0, 1 << 30)
@@ -43,6 +46,10 @@ CONFIG = CoreConfig(
 )
 EPOCH_MS = 1_700_000_000_000
 META = {"capacity": {"cpus": 2.0, "memory_bytes": 1 << 30, "gpus": 0}, "labels": {}}
+
+
+def sync() -> LedgerSync:
+    return LedgerSync(random.Random(0))
 
 
 def at(seconds: float) -> Time:
@@ -85,7 +92,7 @@ def task(name: str) -> TaskRecord:
 
 def alone(*names: str, **kw: object) -> Harness:
     """A node of no swarm (no gossip address), with these tasks submitted."""
-    h = Harness(NodeCore("a", Ledger(), CONFIG, CAPACITY, {}, networked=False, **kw))  # type: ignore[arg-type]
+    h = Harness(NodeCore("a", Ledger(), CONFIG, CAPACITY, {}, networked=False, sync=sync(), **kw))  # type: ignore[arg-type]
     h.record(at(0), "sub", *(task(n) for n in names))
     h.core.start(at(0))
     return h
@@ -97,7 +104,7 @@ def member(node: str, state: gossip.MemberState = gossip.MemberState.ALIVE) -> g
 
 def in_swarm(me: str, nodes: list[str], *names: str) -> Harness:
     """Node `me` of a swarm of `nodes` (all alive), in touch with it, these tasks submitted."""
-    h = Harness(NodeCore(me, Ledger(), CONFIG, CAPACITY, {}, networked=True))
+    h = Harness(NodeCore(me, Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
     h.core.start(at(0))
     h.core.members_changed(at(0), [], {n: member(n) for n in nodes})
     h.core.caught_up(at(0))
@@ -197,7 +204,7 @@ def test_a_restart_closes_the_claims_of_its_last_life_and_writes_those_never_wri
     ledger.apply(Version("sub", 1, 1), task("t1"))
     ledger.apply(Version("sub", 1, 2), task("t2"))
     ledger.apply(Version("a", 1, 1), ClaimRecord("t1", 1, EPOCH_MS << 16))
-    core = NodeCore("a", ledger, CONFIG, CAPACITY, {}, networked=False)
+    core = NodeCore("a", ledger, CONFIG, CAPACITY, {}, networked=False, sync=sync())
     core.start(at(100), orphaned=[("t2", 1)])  # t2 ran, but its claim never reached the ledger
     writes = of(Write, core.take_effects())
     assert len(writes) == 1

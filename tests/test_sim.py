@@ -8,10 +8,12 @@ from dataclasses import replace
 
 import pytest
 
+from swarm.core import wire
 from swarm.core.gossip import MemberState
 from swarm.core.ledger import ClaimRecord, TaskRecord
 from swarm.core.replication import Intake, Key
-from swarm.sim.world import _SPEC, InvariantBroken, Sim, everyone, scenario_ledger
+from swarm.sim.replica import InvariantBroken
+from swarm.sim.world import _SPEC, Sim, everyone, scenario_ledger
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -68,7 +70,7 @@ def test_the_checks_catch_a_replica_that_claims_what_it_lacks() -> None:
     replica = sim.replicas[sim.addr(0)]
     replica.ledger.high_seq[("n0001", 1)] = 3  # as a wrong intake rule would
     with pytest.raises(InvariantBroken, match="holds only up to 0"):
-        replica.take((), {}, None)
+        replica.take_push(wire.RecordsPush(()), sim.local_now(0), {})
 
 
 def test_the_checks_catch_watermarks_that_pass_a_record_that_failed_to_be_stored(
@@ -89,10 +91,10 @@ def test_the_checks_catch_watermarks_that_pass_a_record_that_failed_to_be_stored
 
 
 def test_copies_travel_through_the_codec() -> None:
-    """What a replica stores is what came out of db.encode/decode, equal to what was written."""
+    """What a replica stores is what came out of the record codec, equal to what was written."""
     sim = joined(2, seed=1, settle_s=1)
     assert sim.replicas is not None
-    sim.write(0, TaskRecord("t1", "job", "one", _SPEC, 1))
+    sim.write(0, TaskRecord("t1", "job", "t1", _SPEC, 1))
     sim.run_for(1)
     (copy,) = sim.replicas[sim.addr(1)].records[("n0000", 1)].values()
     (written,) = sim.truth.values()

@@ -16,9 +16,9 @@ from swarm.core.effects import Start, Time
 from swarm.core.holding import Holding
 from swarm.core.node import NodeCore
 from swarm.core.scheduler import Scheduler
+from swarm.sim.replica import InvariantBroken
 from swarm.sim.scenarios import SCENARIOS, scenario_work
 from swarm.sim.work import LEASE_S, SLOTS, STEP_S, TASK_S, WorkSim
-from swarm.sim.world import InvariantBroken
 
 # Claim races (two nodes claim a task before either sees the other's claim; the loser's attempt is
 # counted) in a run of 60 tasks on 5 nodes: at most this many in 60 seeds of `loss` and `drain`.

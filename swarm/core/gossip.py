@@ -267,6 +267,27 @@ class Membership:
         times += [s.deadline() for s in self._suspicions.values()]
         return min(times)
 
+    # -- handing over what to send -----------------------------------------------------------
+
+    def take_outbox(self) -> list[tuple[Addr, Packet]]:
+        """What to send, in order, handed over: the outbox is empty after."""
+        outbox, self.outbox = self.outbox, []
+        return outbox
+
+    def take_events(self) -> list[Event]:
+        """What happened since the last call, handed over."""
+        events, self.events = self.events, []
+        return events
+
+    def take_push_pull_reply(self) -> Packet | None:
+        """The answer to a push-pull just received, taken out of the outbox: it goes back on
+        the stream the exchange came on, not as a datagram. None if there is none."""
+        for i, (_, packet) in enumerate(self.outbox):
+            if isinstance(packet.message, PushPull) and packet.message.reply:
+                del self.outbox[i]
+                return packet
+        return None
+
     # -- commands ----------------------------------------------------------------------------
 
     def join(self, now: float, seeds: list[Addr]) -> None:

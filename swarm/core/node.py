@@ -69,6 +69,7 @@ from swarm.core.pressure import Guard, eviction_reason
 from swarm.core.scheduler import Scheduler
 from swarm.core.spec import Resources, TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S, Storage
+from swarm.core.sync import LedgerSync
 
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked in one tick
@@ -97,6 +98,7 @@ class NodeCore:
         labels: Mapping[str, str | int | float],
         *,
         networked: bool,
+        sync: LedgerSync,
         guard: Guard | None = None,
     ) -> None:
         self.me = me
@@ -106,6 +108,10 @@ class NodeCore:
         self.labels = dict(labels)
         self.networked = networked
         self.guard = guard
+        # The ledger-sync decisions (what to take of a push or a sync answer, what to hold
+        # back, when to pull, how to split a push and plan an answer): the adapter's transport
+        # and store ask it (sync.py); its counters outlive the core of one life.
+        self.sync = sync
         self.sched = Scheduler(me, ledger, config.lease_ttl_s, config.claim_stagger_s)
         # Our own stamps are the high-water mark (the clock never goes back, even when the wall
         # clock did); the peers' are taken in like any record from a peer (see `start`).

@@ -75,12 +75,19 @@ class NodeControl(Protocol):
 
     node_id: str
     net: GossipNet | None
-    # What the node counted of its peers' records (the `members` reply's stats).
-    forged_records: int
-    bad_records: int
-    refused_records: int
-    refused_tasks: int
-    gap_pulls: int
+    # What the node counted of its peers' records (the `members` reply's stats); the ledger-sync
+    # counters are read-only, kept by its LedgerSync (core/sync.py).
+
+    @property
+    def forged_records(self) -> int: ...
+    @property
+    def bad_records(self) -> int: ...
+    @property
+    def refused_records(self) -> int: ...
+    @property
+    def refused_tasks(self) -> int: ...
+    @property
+    def gap_pulls(self) -> int: ...
 
     @property
     def stamps_ahead(self) -> int: ...

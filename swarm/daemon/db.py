@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
-import msgpack
 
 from swarm.core.ledger import (
     KIND_OF,
@@ -36,11 +35,16 @@ from swarm.core.ledger import (
     Ledger,
     TaskRecord,
     Version,
-    body_from_plain,
-    body_to_plain,
     task_record_problem,
 )
-from swarm.core.wire import RECORD_BODY_BYTES_MAX, unpack
+from swarm.core.sync import (
+    SYNC_FRAME_BYTES_MAX,
+    RowSlice,
+    decode_body,
+    encode_body,
+    plan_slice,
+)
+from swarm.core.wire import RECORD_BODY_BYTES_MAX
 from swarm.errors import (
     BadRecordError,
     CorruptLedgerError,
@@ -77,13 +81,13 @@ class Row:
 
 
 def encode(body: Body) -> bytes:
-    packed: bytes = msgpack.packb(body_to_plain(body), use_bin_type=True)
-    return packed
+    """The record codec is pure (core/sync.py): the same bytes are stored and sent."""
+    return encode_body(body)
 
 
 def decode(blob: bytes) -> Body:
-    raw = unpack(blob, BadRecordError, "record body")
-    return body_from_plain(raw)
+    """BadRecordError if the bytes are not a record body."""
+    return decode_body(blob)
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -258,20 +262,6 @@ async def prune_heartbeats(conn: aiosqlite.Connection) -> None:
 
 
 SYNC_ROWS_MAX = 2_000  # rows in one frame of an anti-entropy answer
-# Record bytes in one frame of an anti-entropy answer. With each record at most
-# wire.RECORD_BODY_BYTES_MAX, a frame stays well inside what a peer takes (wire.FRAME_BYTES_MAX),
-# whatever the records' sizes: a frame that a peer refuses would be sent again and again.
-SYNC_FRAME_BYTES_MAX = 2 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class RowSlice:
-    """One frame's worth of an origin's records, in seq order."""
-
-    rows: list[tuple[int, bytes]]  # (seq, body)
-    oversized: list[int]  # seqs of records larger than any peer takes: passed over, not sent
-    withheld: list[int]  # seqs this node refused itself (`Loaded.refused_versions`): not sent
-    last: int  # the highest seq this slice covers; `after` when there was nothing past it
 
 
 async def rows_after(
@@ -293,17 +283,9 @@ async def rows_after(
     )
     sizes = await cursor.fetchall()
     await cursor.close()
-    last, total, oversized, passed = after, 0, [], []
-    for seq, size in sizes:
-        if seq in withheld:
-            passed.append(int(seq))
-        elif size > RECORD_BODY_BYTES_MAX:
-            oversized.append(int(seq))
-        elif total + size > bytes_max and total > 0:
-            break
-        else:
-            total += size
-        last = int(seq)
+    last, oversized, passed = plan_slice(
+        ((int(seq), int(size)) for seq, size in sizes), after, bytes_max, withheld
+    )
     if last == after:
         return RowSlice([], [], [], after)
     cursor = await conn.execute(

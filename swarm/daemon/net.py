@@ -167,25 +167,22 @@ class GossipNet:
     # -- sending ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        outbox, self.membership.outbox = self.membership.outbox, []
-        for addr, packet in outbox:
+        for addr, packet in self.membership.take_outbox():
             if isinstance(packet.message, gossip.PushPull):
                 self._start_push_pull(addr, packet)
                 continue
             body, _ = wire.encode_datagram(packet)
             self._send_datagram(body, addr)
-        events, self.membership.events = self.membership.events, []
+        events = self.membership.take_events()
         if events:
             self.on_events(events)
 
-    def send_records(self, addrs: list[gossip.Addr], push: wire.RecordsPush) -> bool:
-        """Send fresh records as one datagram to each address; False if they do not fit one."""
+    def send_records(self, addrs: list[gossip.Addr], push: wire.RecordsPush) -> None:
+        """Send fresh records as one datagram to each address (sync.fitting made it fit one)."""
         body = wire.encode(wire.ledger_message_to_plain(push))
-        if len(body) > wire.PACKET_BODY_BYTES_MAX:
-            return False
+        assert len(body) <= wire.PACKET_BODY_BYTES_MAX, "a push larger than a datagram"
         for addr in addrs:
             self._send_datagram(body, addr)
-        return True
 
     def _send_datagram(self, body: bytes, addr: gossip.Addr) -> None:
         """Seal and queue one datagram; a full queue drops it (counted): UDP may lose it anyway."""
@@ -342,12 +339,9 @@ class GossipNet:
         assert isinstance(packet.message, gossip.PushPull)
         self.membership.receive(time.monotonic(), packet)
         # The core addressed its reply to the sender; it goes back on this stream.
-        for item in self.membership.outbox:
-            _, reply = item
-            if isinstance(reply.message, gossip.PushPull) and reply.message.reply:
-                self.membership.outbox.remove(item)
-                await self._write_frame(stream, wire.packet_to_plain(reply))
-                break
+        reply = self.membership.take_push_pull_reply()
+        if reply is not None:
+            await self._write_frame(stream, wire.packet_to_plain(reply))
         self._flush()
         self._wake.set()
 

@@ -50,19 +50,17 @@ from swarm.core.effects import (
 )
 from swarm.core.ledger import (
     Body,
-    HeartbeatRecord,
     Ledger,
     ReplicaRecord,
     ResultRecord,
-    TaskRecord,
     Version,
-    task_record_problem,
 )
 from swarm.core.node import CoreConfig, NodeCore
-from swarm.core.replication import Intake, behind
+from swarm.core.replication import Intake
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import Resources
+from swarm.core.sync import SPREAD_WIDE, LedgerSync
 from swarm.daemon import db, net, peers, resources
 from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
@@ -80,7 +78,6 @@ from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import Copied, ResultTransfer
 from swarm.errors import (
-    BadRecordError,
     ConfigError,
     SwarmError,
     UserInputError,
@@ -90,22 +87,12 @@ from swarm.statedir import StateDir
 log = logging.getLogger("swarm.daemon.node")
 
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
-RERANK_SLICE = 2_000  # tasks re-ranked between two turns of the event loop
-GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
-HELD_BACK_MAX = 256  # pushed records kept per origin while an earlier one is missing
-SPREAD_WIDE = 16  # fresh records go at once to this many members
-PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy
 SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
-SYNC_RECORDS_MAX = 100_000  # records in one anti-entropy answer; the next one goes on
-PASSED_OVER_KEPT_MAX = 10_000  # versions of passed-over records remembered, to count each once
 FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
-REFUSALS_LOGGED_MAX = 1024  # (origin, reason) pairs whose refused records were logged
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
 LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
-REFUSED_LOGGED_MAX = 1_000  # peers' refused TASK records remembered, so each is logged once
 
 
 def wall_ms() -> int:
@@ -132,7 +119,8 @@ class Node:
             memfree = config.memfree_bytes or pressure.default_memfree(budget)
             guard = pressure.Guard(budget, memfree)
         # The node's decisions (swarm/core/node.py); made afresh on the loaded ledger in run().
-        self.core = self._new_core("", guard)
+        self.rng = random.Random()
+        self.core = self._new_core("", guard, LedgerSync(self.rng))
         self._base_env = dict(os.environ)
         self._own_rss_kb = resources.own_peak_rss_kb()
         self.runner = AttemptRunner(
@@ -151,33 +139,15 @@ class Node:
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
-        self._pulling: set[str] = set()  # origins we are pulling from after a gap in a push
-        self._pulled_at: dict[str, float] = {}
-        # Pushed records past a gap, per (origin, generation): seq -> record as sent.
-        self._held_back: dict[tuple[str, int], dict[int, bytes]] = {}
         self._orphaned: list[tuple[str, int]] = []  # (task, epoch) left running by our last life
         self._stop_reason = "node stopped"
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
-        self.rng = random.Random()
-        self.bad_records = 0  # peers' records that did not decode: dropped
-        self.gap_pulls = 0  # pulls started because a push showed we missed records
-        self.forged_records = 0  # peers' RESULT records not signed by their origin: dropped
-        self.refused_records = 0  # records passed over: too large, or undecodable
-        self._passed_over: set[tuple[str, int, int]] = set()  # their versions, a bounded number
-        self._refusals_logged: set[tuple[str, str]] = set()  # (origin, reason): said once
-        # TASK records whose id is not the hash of their content (edited on disk, or forged by
-        # a peer): never applied. Those of peers are logged once each, a bounded number of them.
-        self.refused_tasks = 0
-        self._refused_logged: set[Version] = set()
-        # Seqs of the records of the ledger file this node refused on load, per (origin,
-        # generation): never served, or every peer would refuse them and stall that origin.
-        self._withheld: dict[tuple[str, int], frozenset[int]] = {}
-        self._withheld_logged: set[tuple[str, int]] = set()  # said once for each
+        # Every ledger-sync decision and its counters (bad, forged, refused records and
+        # tasks, gap pulls); peers' TASK records whose id is not their content's hash, and
+        # the ledger file's own, are never applied.
         self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
-        self._pushes: list[wire.RecordsPush] = []  # received, waiting to be taken
         self._taking_pushes = False
-        self._heartbeats: dict[tuple[str, int], Version] = {}  # peers' last stored heartbeats
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
         self._reader: aiosqlite.Connection | None = None
         self.net: net.GossipNet | None = None
@@ -191,7 +161,7 @@ class Node:
     def now(self) -> Time:
         return Time(time.monotonic(), self._wall_ms())
 
-    def _new_core(self, node_id: str, guard: pressure.Guard | None) -> NodeCore:
+    def _new_core(self, node_id: str, guard: pressure.Guard | None, sync: LedgerSync) -> NodeCore:
         config = CoreConfig(
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             lease_ttl_s=self.config.lease_ttl_s,
@@ -207,12 +177,17 @@ class Node:
             self.capacity,
             self.labels,
             networked=networked,
+            sync=sync,
             guard=guard,
         )
 
     @property
     def attempts(self) -> dict[str, Attempt]:
         return self.runner.attempts
+
+    @property
+    def sync(self) -> LedgerSync:
+        return self.core.sync
 
     @property
     def clock(self) -> HybridClock:
@@ -353,16 +328,16 @@ class Node:
             loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
-            self.refused_tasks = len(loaded.refused)
+            self.sync.refused_tasks = len(loaded.refused)
             withheld: dict[tuple[str, int], set[int]] = {}
             for v in loaded.refused_versions:
                 withheld.setdefault((v.origin, v.generation), set()).add(v.seq)
-            self._withheld = {key: frozenset(seqs) for key, seqs in withheld.items()}
+            self.sync.withheld = {key: frozenset(seqs) for key, seqs in withheld.items()}
             for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
             for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("refused a task record of the ledger file: %s", problem)
-            self.core = self._new_core(self.node_id, self.core.guard)
+            self.core = self._new_core(self.node_id, self.core.guard, self.core.sync)
             self.transfer = ResultTransfer(
                 self.store, self.ledger, self.node_id, self._member, self._fetch
             )
@@ -607,11 +582,33 @@ class Node:
             self._progress = asyncio.Event()
 
     # -- replication ------------------------------------------------------------------------
+    # The decisions are LedgerSync's (core/sync.py); here they meet the writer, the ledger
+    # and the sockets.
+
+    @property
+    def bad_records(self) -> int:
+        return self.sync.bad_records
+
+    @property
+    def forged_records(self) -> int:
+        return self.sync.forged_records
+
+    @property
+    def refused_records(self) -> int:
+        return self.sync.refused_records
+
+    @property
+    def refused_tasks(self) -> int:
+        return self.sync.refused_tasks
+
+    @property
+    def gap_pulls(self) -> int:
+        return self.sync.gap_pulls
 
     def _spread(self, rows: list[db.Row]) -> None:
         """Send fresh records of ours at once to a few members (anti-entropy catches the rest).
         What is written in one turn of the event loop goes out together: the claims of one
-        scheduler pass share their datagrams (up to PUSH_RECORDS_MAX records each)."""
+        scheduler pass share their datagrams."""
         if self.net is None or self.membership is None:
             return
         if not self._outgoing:
@@ -623,169 +620,66 @@ class Node:
         if self.net is None or self.membership is None or not rows:
             return
         peers = [m.addr for m in self.membership.live_members() if m.node != self.node_id]
-        if not peers:
-            return
         # Claims and results are what keeps two nodes off one task: to every member of a small
         # swarm (anti-entropy does the rest in a large one). Heartbeats too: a member that
         # missed one would see a gap in this node's records that no later push fills (the next
         # heartbeat supersedes it), and hold back everything after it until it pulls.
-        fanout = self.rng.sample(
-            peers, min(max(SPREAD_WIDE, self.config.gossip.gossip_nodes), len(peers))
-        )
-        copies = tuple(
+        wide = max(SPREAD_WIDE, self.config.gossip.gossip_nodes)
+        copies = [
             (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
-        )
-        for start in range(0, len(copies), PUSH_RECORDS_MAX):
-            self._send_fitting(fanout, copies[start : start + PUSH_RECORDS_MAX])
-
-    def _send_fitting(self, fanout: list[gossip.Addr], copies: tuple[Any, ...]) -> None:
-        """Push `copies` in as few datagrams as hold them (halving until each fits; a single
-        record too big for any is left to anti-entropy)."""
-        assert self.net is not None
-        if self.net.send_records(fanout, wire.RecordsPush(copies)) or len(copies) == 1:
-            return
-        half = len(copies) // 2
-        self._send_fitting(fanout, copies[:half])
-        self._send_fitting(fanout, copies[half:])
+        ]
+        fanout, pushes = self.sync.spread(copies, peers, wide)
+        for push in pushes:
+            self.net.send_records(fanout, push)
 
     def _on_records(self, push: wire.RecordsPush) -> None:
-        if self._tg is None or len(self._pushes) >= PUSHES_QUEUED_MAX:
+        if self._tg is None or not self.sync.queue_push(push):
             return  # too busy: anti-entropy brings them later
-        self._pushes.append(push)
         if not self._taking_pushes:
             self._tg.create_task(self._take_pushes())
             self._taking_pushes = True
 
     async def _take_pushes(self) -> None:
-        """Take pushes one batch at a time, everything that arrived meanwhile together: a push
-        taken while an earlier one is still being stored would look like a gap (and start a
-        pull for nothing), and a burst of pushes is then one commit, not one each."""
+        """Take pushes one batch at a time, everything that arrived meanwhile together (one
+        commit for a burst, and no gap seen for a push still being stored)."""
         try:
-            while self._pushes:
-                pushes, self._pushes = self._pushes, []
-                await self._take_push(tuple(copy for push in pushes for copy in push.records))
+            while records := self.sync.queued():
+                await self._take_push(records)
         finally:
             self._taking_pushes = False
 
-    async def _take_push(self, records: tuple[wire.RecordCopy, ...]) -> None:
-        """Take pushed records in seq order. Records past a gap (an earlier push lost or
-        reordered) wait here, a bounded number per origin, for the record that fills it."""
-        merged: dict[tuple[str, int, int], bytes] = {}
-        for origin, generation, seq, raw in records:
-            merged[(origin, generation, seq)] = raw
-        for key in {(origin, generation) for origin, generation, _, _ in records}:
-            for seq, raw in self._held_back.pop(key, {}).items():
-                merged.setdefault((*key, seq), raw)
-        ordered = tuple((*version, raw) for version, raw in sorted(merged.items()))
+    async def _take_push(self, ordered: tuple[wire.RecordCopy, ...]) -> None:
+        """Take pushed records (with those held back, in seq order); then start the pulls that
+        the gaps they showed are worth."""
         intake = self._intake(None)
         await self._take_records(ordered, intake, {})
-        for origin, generation, seq, raw in ordered:
-            if seq > self.ledger.high_seq.get((origin, generation), 0) + 1:
-                held = self._held_back.setdefault((origin, generation), {})
-                if len(held) < HELD_BACK_MAX:
-                    held[seq] = raw
+        members = self.membership.members if self.membership is not None else {}
         now = time.monotonic()
-        for origin, _ in intake.gaps:
-            # We missed some of its records (a lost or dropped push): fetch them now, not at
-            # the next anti-entropy round, since a missed claim means a duplicate run. At most
-            # one such pull per origin at a time, and not more often than GAP_PULL_EVERY_S.
-            if (
-                origin in self._pulling
-                or now - self._pulled_at.get(origin, -1e9) < GAP_PULL_EVERY_S
-            ):
-                continue
-            member = self.membership.members.get(origin) if self.membership else None
-            if member is not None and member.state not in gossip.GONE and self._tg is not None:
-                self._pulling.add(origin)
-                self._pulled_at[origin] = now
-                self.gap_pulls += 1
-                self._tg.create_task(self._pull(member, done=self._pulling.discard))
+        for member in self.sync.pushed(ordered, intake, self.ledger.high_seq, now, members):
+            assert self._tg is not None  # pushes are taken only while serving
+            self._tg.create_task(self._pull(member, done=self.sync.pull_done))
 
     def _intake(self, asked: wire.Watermarks | None) -> Intake:
-        return Intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
+        return self.sync.intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
 
     async def _take_records(
         self, records: tuple[wire.RecordCopy, ...], intake: Intake, upto: wire.Watermarks
     ) -> None:
-        """Store and apply peers' records as `intake` (replication.py) allows, then raise the
-        watermarks that a sync answer's `upto` allows."""
-        rows: list[db.Row] = []
-        beats: dict[tuple[str, int], Version] = {}
-        for origin, generation, seq, raw in records:
-            if not intake.wants(origin, generation, seq):
-                continue
-            key = (origin, generation)
-            # Every peer holds the same bytes of a record, so waiting for a better copy of one
-            # that is too large or does not decode (a newer version's) would stall its origin
-            # here for good: count it, say so once, and pass over it.
-            if len(raw) > wire.RECORD_BODY_BYTES_MAX:
-                self._refused(key, seq, "too large", f"{len(raw)} bytes")
-                intake.took(key, seq)
-                continue
-            try:
-                body = db.decode(raw)
-            except BadRecordError as exc:
-                self.bad_records += 1
-                self._refused(key, seq, "undecodable", str(exc))
-                intake.took(key, seq)
-                continue
-            if isinstance(body, ResultRecord) and not identity.check_result(origin, body):
-                self.forged_records += 1  # not its origin's word: a genuine copy may come
-                intake.refuse(key, seq)
-                continue
-            if isinstance(body, TaskRecord) and self._refuse_task(Version(*key, seq), body):
-                intake.refuse(key, seq)  # forged as a result can be: a genuine copy may come
-                continue
-            intake.took(key, seq)
-            version = Version(origin, generation, seq)
-            previous = None
-            if isinstance(body, HeartbeatRecord):
-                previous = beats.get(key, self._heartbeats.get(key))
-                beats[key] = version
-            rows.append(db.Row(version, body, previous, raw=raw, remote=True))
+        """Store and apply the peers' records LedgerSync accepts, then raise the watermarks
+        that a sync answer's `upto` allows."""
+        accepted = self.sync.accept(records, intake)
+        rows = [db.Row(a.version, a.body, a.replaces, raw=a.raw, remote=True) for a in accepted]
         try:
             if rows:
                 assert self.writer is not None
                 await self.writer.write(rows)
         except SwarmError as exc:
-            # Not stored: nothing of this message may count as held.
-            for row in rows:  # in seq order per origin: the first of each is the one to hold at
-                intake.refuse((row.version.origin, row.version.generation), row.version.seq)
+            self.sync.not_stored(accepted, intake)
             log.warning("could not store records from a peer: %s", exc)
             return
-        self._heartbeats.update(beats)
+        self.sync.stored(accepted)
         self._apply_rows(rows)
-        for key, seq in list(intake.watermarks(upto)):
-            self.ledger.high_seq[key] = seq
-
-    def _refused(self, key: tuple[str, int], seq: int, reason: str, detail: str = "") -> None:
-        """A record passed over: counted once (a record too large to send is passed over each
-        time a peer asks), and logged once for each origin and reason."""
-        version = (key[0], key[1], seq)
-        if version in self._passed_over:
-            return
-        if len(self._passed_over) < PASSED_OVER_KEPT_MAX:
-            self._passed_over.add(version)
-        self.refused_records += 1
-        said = (key[0], reason)
-        if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
-            self._refusals_logged.add(said)
-            log.warning(
-                "record %s/%d/%d passed over: %s%s (logged once for this origin)",
-                key[0][:8], key[1], seq, reason, f" ({detail})" if detail else "",
-            )  # fmt: skip
-
-    def _refuse_task(self, version: Version, body: TaskRecord) -> bool:
-        """Whether a peer's TASK record must be refused: its id is not its content's hash."""
-        problem = task_record_problem(body)
-        if problem is None:
-            return False
-        if version not in self._refused_logged:
-            self.refused_tasks += 1
-            if len(self._refused_logged) < REFUSED_LOGGED_MAX:
-                self._refused_logged.add(version)
-                log.warning("refused a task record of %s from a peer: %s", version, problem)
-        return True
+        self.sync.raise_watermarks(intake, upto, self.ledger.high_seq)
 
     async def fetch_results(self, job: str) -> dict[str, int]:
         """Make every result file of the job's tasks held here, fetching from their holders."""
@@ -855,39 +749,18 @@ class Node:
         return take
 
     async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
-        """What we hold past the peer's digest, in bounded frames, node by node in seq order."""
+        """What we hold past the peer's digest, in bounded frames (LedgerSync plans them; the
+        slices are read here)."""
         assert self._reader is not None
-        budget = SYNC_RECORDS_MAX
-        upto: wire.Watermarks = {}
-        for key, after in list(behind(self.ledger.high_seq, request.digest)):
-            high = self.ledger.high_seq[key]
-            while budget > 0:
-                part = await db.rows_after(
-                    self._reader,
-                    key[0],
-                    key[1],
-                    after,
-                    min(db.SYNC_ROWS_MAX, budget),
-                    withheld=self._withheld.get(key, frozenset()),
-                )
-                if part.last == after:
-                    upto[key] = high  # all of it: gaps are records that no longer exist
-                    break
-                for seq in part.oversized:
-                    # No peer would take it: sending it would only get the frame refused.
-                    self._refused(key, seq, "too large for any peer to take; not sent")
-                if part.withheld and key not in self._withheld_logged:
-                    self._withheld_logged.add(key)
-                    log.warning(
-                        "not serving to peers the %d record(s) of %s/%d refused on load",
-                        len(self._withheld[key]), key[0][:8], key[1],
-                    )  # fmt: skip
-                budget -= len(part.rows) + len(part.oversized) + len(part.withheld)
-                after = upto[key] = part.last
-                if part.rows:
-                    copies = tuple((key[0], key[1], s, b) for s, b in part.rows)
-                    yield wire.SyncBatch(copies, False, {})
-        yield wire.SyncBatch((), True, upto)
+        answer = self.sync.answer(self.ledger.high_seq, request.digest, db.SYNC_ROWS_MAX)
+        while (ask := answer.next_ask()) is not None:
+            part = await db.rows_after(
+                self._reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
+            )
+            batch = answer.took(part)
+            if batch is not None:
+                yield batch
+        yield answer.last()
 
     # -- draining ---------------------------------------------------------------------------
 

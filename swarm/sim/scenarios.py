@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from swarm.sim.replica import InvariantBroken
 from swarm.sim.work import LEASE_S, SLOTS, STEP_S, TASK_S, WorkSim
-from swarm.sim.world import InvariantBroken
 
 SCENARIOS = ("kill", "restart", "freeze", "partition", "loss", "disk", "drain", "mixed")
 

@@ -54,8 +54,10 @@ from swarm.core.ledger import (
 )
 from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.spec import Resources, TaskSpec
+from swarm.core.sync import SPREAD_WIDE
 from swarm.daemon.config import TEST
-from swarm.sim.world import InvariantBroken, Network, Replica, Sim
+from swarm.sim.replica import InvariantBroken, Replica
+from swarm.sim.world import Network, Sim
 
 SLOTS = 2
 CAPACITY = Resources(cpus=SLOTS, memory_bytes=1 << 30)
@@ -66,7 +68,6 @@ STAGGER_S = TEST.claim_stagger_s
 SETTLE_S = TEST.claim_settle_s
 STEP_S = 0.01
 TASK_S = 1.0  # how long each task runs (a little spread around it)
-SPREAD_WIDE = 16  # fresh records go at once to this many members, as the daemon sends them
 # Each node's wall clock is set this far off true time at most (either way): two of them, even
 # after drifting apart for some minutes, stay within what a clock takes in from a peer
 # (clock.py), so every stamp a node writes orders after every stamp it has seen (checked).
@@ -146,7 +147,15 @@ class WorkSim:
         return worker
 
     def _new_core(self, replica: Replica) -> NodeCore:
-        return NodeCore(replica.node, replica.ledger, CORE_CONFIG, CAPACITY, {}, networked=True)
+        return NodeCore(
+            replica.node,
+            replica.ledger,
+            CORE_CONFIG,
+            CAPACITY,
+            {},
+            networked=True,
+            sync=replica.sync,  # the replica takes and serves records through it
+        )
 
     def _apply(self, w: Worker, version: Version, body: Body, remote: bool) -> list[StateChanged]:
         """A record stored in the node's replica: its core takes it in, as the daemon's does."""

@@ -1,8 +1,8 @@
 """The swarm in one process: many pure cores on a simulated network and clock.
 
 Theory of operation: every node is a `gossip.Membership` and, when the ledger is simulated, a
-`Replica` (its records and the `Ledger` they fold into, replicated by the rules of
-replication.py). The network is a heap of messages in flight, each delivered after a seeded random
+`Replica` (replica.py: its records and the `Ledger` they fold into, replicated through the same
+`LedgerSync` as the daemon's, with its held-back pushes and gap pulls). The network is a heap of messages in flight, each delivered after a seeded random
 delay, or dropped (loss, partitions, crashed nodes), or delivered twice (duplication); full state
 exchanges (push-pull, anti-entropy) go over a simulated stream: not lost, but cut by partitions
 and crashes like everything else. Every node reads its own clock, which runs fast or slow by up to
@@ -14,7 +14,7 @@ wrote; a done task stays done. A scenario runs a safety phase under faults, then
 (faults off, partitions healed, crashed nodes back) that must converge.
 
 `python -m swarm.sim` runs the scenarios over many seeds and prints figures; work sharing on top
-of this (claims, leases, takeovers) is simwork.py, `python -m swarm.sim --work`.
+of this (claims, leases, takeovers) is work.py, `python -m swarm.sim --work`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import heapq
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from swarm.core import wire
@@ -33,17 +33,15 @@ from swarm.core.ledger import (
     Body,
     ClaimRecord,
     Ledger,
-    LostRecord,
     Outcome,
     ResultRecord,
     State,
-    StateChanged,
     TaskRecord,
     Version,
 )
-from swarm.core.replication import Intake, Key, behind
+from swarm.core.replication import Key
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import db
+from swarm.sim.replica import InvariantBroken, Replica
 
 STEPS_MAX = 50_000_000  # a bound on any run, whatever the scenario
 LARGE_SWARM = 500  # from this size, figures run without the per-step invariant check
@@ -63,34 +61,24 @@ class Network:
     unreachable: frozenset[Addr] = frozenset()
 
 
-FRAME_RECORDS = 64  # records per frame of a simulated sync answer (the daemon's are larger)
-
-
-# One record as it travels in the simulator: (origin, generation, seq, body).
-Copy = tuple[str, int, int, Body]
-
-
-@dataclass(frozen=True, slots=True)
-class _Push:
-    copies: tuple[Copy, ...]
-
-
 @dataclass(frozen=True, slots=True)
 class _SyncRequest:
     digest: dict[Key, int]
+    gap: str | None = None  # the origin whose gap in a push started this pull
 
 
 @dataclass(frozen=True, slots=True)
 class _SyncAnswer:
-    copies: tuple[Copy, ...]
-    upto: dict[Key, int]
+    frames: tuple[wire.SyncBatch, ...]  # the last one `done`, with the watermarks
     asked: dict[Key, int]  # the digest it answers (the daemon keeps it with its connection)
     # The answerer's own digest, with which the asker sends back what it holds past it (the
     # reverse phase); None in that reverse answer.
     mine: dict[Key, int] | None = None
+    gap: str | None = None  # as in the request it answers
 
 
-Message = Packet | _Push | _SyncRequest | _SyncAnswer
+# Pushes travel as the daemon's: records as stored bytes, in datagrams that fit.
+Message = Packet | wire.RecordsPush | _SyncRequest | _SyncAnswer
 
 
 @dataclass(order=True, slots=True)
@@ -100,116 +88,6 @@ class _InFlight:
     dst: Addr = field(compare=False)
     src: Addr = field(compare=False)
     packet: Message = field(compare=False)
-
-
-class InvariantBroken(AssertionError):
-    """A property that must hold after every step did not; the message names the seed."""
-
-
-class Replica:
-    """One node's copy of the ledger: the records it holds, and the Ledger they fold into."""
-
-    def __init__(self, node: str, generation: int, truth: dict[Version, Body], seed: int) -> None:
-        self.node = node
-        self.generation = generation
-        self.ledger = Ledger()
-        self.records: dict[Key, dict[int, Body]] = {}
-        self.contiguous: dict[Key, int] = {}  # seqs 1..n all held
-        self.seq = 0
-        self.next_sync = 0.0  # on the node's own clock
-        self._truth = truth  # every record ever written, by version: what a copy must equal
-        self._seed = seed
-        self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
-        # Folds a stored record into the ledger (the node's core does, when there is one):
-        # (version, body, remote) -> the state changes.
-        self.apply: Callable[[Version, Body, bool], list[StateChanged]] = (
-            lambda version, body, remote: self.ledger.apply(version, body)
-        )
-        self.on_synced: list[Callable[[], None]] = []  # told when a sync answer was all taken
-
-    def write(self, body: Body) -> Copy:
-        self.seq += 1
-        self._truth[Version(self.node, self.generation, self.seq)] = body
-        self._store(self.node, self.generation, self.seq, body, remote=False)
-        return (self.node, self.generation, self.seq, body)
-
-    def take(
-        self,
-        copies: tuple[Copy, ...],
-        upto: dict[Key, int],
-        asked: dict[Key, int] | None,
-        fails: Callable[[], bool] = lambda: False,
-        cut_after: int | None = None,
-    ) -> None:
-        """A push (`asked` None), or a sync answer to the digest `asked`, as the daemon takes
-        them: an answer in frames of FRAME_RECORDS, one Intake for all of them, its watermarks
-        only with the last frame (`cut_after` frames arrive when the stream is cut); each batch
-        is stored whole or, when `fails()`, not at all (the disk said no): then its records are
-        refused, and their watermarks stay below them."""
-        intake = Intake(self.ledger.high_seq, (self.node, self.generation), asked)
-        frames = [copies[k : k + FRAME_RECORDS] for k in range(0, len(copies), FRAME_RECORDS)]
-        for number, frame in enumerate(frames or [()]):
-            if cut_after is not None and number >= cut_after:
-                return  # the stream broke: no watermark moves
-            wanted = [c for c in frame if intake.wants(c[0], c[1], c[2])]
-            if wanted and fails():
-                for origin, generation, seq, _ in wanted:
-                    intake.refuse((origin, generation), seq)
-                continue
-            for origin, generation, seq, body in wanted:
-                intake.took((origin, generation), seq)
-                self._store(origin, generation, seq, body)
-        if cut_after is not None:
-            return  # every record came, but not the end of the answer: no watermark moves
-        for key, seq in list(intake.watermarks(upto)):
-            self.ledger.high_seq[key] = seq
-        if asked is not None:
-            for told in self.on_synced:
-                told()
-        for key, high in self.ledger.high_seq.items():
-            if high > self.contiguous.get(key, 0):
-                raise InvariantBroken(
-                    f"seed {self._seed}: {self.node} claims {key} up to {high} "
-                    f"but holds only up to {self.contiguous.get(key, 0)}"
-                )
-
-    def answer(self, digest: dict[Key, int]) -> _SyncAnswer:
-        copies: list[Copy] = []
-        upto: dict[Key, int] = {}
-        for key, after in behind(self.ledger.high_seq, digest):
-            held = self.records.get(key, {})
-            copies += [(*key, seq, held[seq]) for seq in sorted(held) if seq > after]
-            upto[key] = self.ledger.high_seq[key]
-        return _SyncAnswer(tuple(copies), upto, digest)
-
-    def _store(
-        self, origin: str, generation: int, seq: int, body: Body, remote: bool = True
-    ) -> None:
-        version = Version(origin, generation, seq)
-        if self._truth.get(version) != body:
-            raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
-        key = (origin, generation)
-        held = self.records.setdefault(key, {})
-        if seq in held:
-            return
-        held[seq] = body
-        run = self.contiguous.get(key, 0)
-        while run + 1 in held:
-            run += 1
-        self.contiguous[key] = run
-        for change in self.apply(version, body, remote):
-            self._check(change, body)
-            for listener in self.listeners:
-                listener(change)
-
-    def _check(self, change: StateChanged, body: Body) -> None:
-        """A done task stays done, unless its result was declared lost with every node that
-        held it (holding.py): then it runs again."""
-        lost = isinstance(body, LostRecord) and body.task_id == change.task_id
-        if change.old is State.DONE and change.new is not State.DONE and not lost:
-            raise InvariantBroken(
-                f"seed {self._seed}: {self.node} saw done task {change.task_id} become {change.new}"
-            )
 
 
 class Sim:
@@ -234,6 +112,7 @@ class Sim:
         self.cores: dict[Addr, Membership] = {}
         self.replicas: dict[Addr, Replica] | None = {} if ledger else None
         self.truth: dict[Version, Body] = {}
+        self.untakeable: set[Version] = set()  # records too large for any peer to take
         self.down: set[Addr] = set()
         self.groups: dict[Addr, int] = {}  # partition group of each node; equal groups talk
         self._flight: list[_InFlight] = []
@@ -275,8 +154,11 @@ class Sim:
         for key in [k for k in self._seen if k[0] == addr]:
             del self._seen[key]
         if self.replicas is not None and addr not in self.replicas:
-            self.replicas[addr] = Replica(core.node, 1, self.truth, self.seed)
+            self.replicas[addr] = self._replica(core.node, 1)
         return core
+
+    def _replica(self, node: str, generation: int) -> Replica:
+        return Replica(node, generation, self.truth, self.seed, self.rng, self.untakeable)
 
     # -- clocks ------------------------------------------------------------------------------
 
@@ -311,6 +193,8 @@ class Sim:
         incarnation above its old one."""
         old = self.cores[self.addr(i)].me.incarnation
         core = self.add(i, incarnation=old + 1)
+        if self.replicas is not None:
+            self.replicas[self.addr(i)].restarted()
         core.join(self.local_now(i), [self.addr(0 if i else 1)])
         return core
 
@@ -319,7 +203,7 @@ class Sim:
         addr = self.addr(i)
         assert self.replicas is not None
         old = self.replicas[addr]
-        self.replicas[addr] = Replica(old.node, old.generation + 1, self.truth, self.seed)
+        self.replicas[addr] = self._replica(old.node, old.generation + 1)
         return self.restart(i)
 
     def partition(self, *groups: list[int]) -> None:
@@ -360,6 +244,8 @@ class Sim:
                 if item.dst not in self.down and self.can_talk(item.src, item.dst):
                     self._deliver(item)
                     self._after(item.dst)
+                else:
+                    self._lost(item.src, item.dst, item.packet)
             elif timer is not None:
                 heapq.heappop(self._timers)
                 addr = timer[2]
@@ -403,24 +289,44 @@ class Sim:
         match message:
             case Packet():
                 self.cores[dst].receive(self.local(dst), message)
-            case _Push():
+            case wire.RecordsPush():
                 assert self.replicas is not None
-                self.replicas[dst].take(message.copies, {}, None, self._write_fails)
+                replica = self.replicas[dst]
+                members = self.cores[dst].members
+                for member in replica.take_push(
+                    message, self.local(dst), members, self._write_fails
+                ):
+                    # A gap pull: the same exchange as anti-entropy, from the gap's origin.
+                    digest = dict(replica.ledger.high_seq)
+                    self._send(dst, member.addr, _SyncRequest(digest, gap=member.node))
             case _SyncRequest():
                 assert self.replicas is not None
                 answerer = self.replicas[dst]
                 mine = dict(answerer.ledger.high_seq)
-                self._send(dst, item.src, replace(answerer.answer(message.digest), mine=mine))
+                frames = answerer.answer(message.digest)
+                self._send(dst, item.src, _SyncAnswer(frames, message.digest, mine, message.gap))
             case _SyncAnswer():
                 assert self.replicas is not None
-                frames = -(-len(message.copies) // FRAME_RECORDS)
                 cut = None
                 if self.net.cut and self.rng.random() < self.net.cut:
-                    cut = self.rng.randrange(frames + 1)  # 0 .. all frames, never the end
+                    cut = self.rng.randrange(len(message.frames))  # 0 .. all but the end
                 replica = self.replicas[dst]
-                replica.take(message.copies, message.upto, message.asked, self._write_fails, cut)
+                replica.take_answer(message.frames, message.asked, self._write_fails, cut)
+                if message.gap is not None:
+                    replica.sync.pull_done(message.gap)
                 if cut is None and message.mine is not None:  # the reverse phase
-                    self._send(dst, item.src, replica.answer(message.mine))
+                    reverse = _SyncAnswer(replica.answer(message.mine), message.mine)
+                    self._send(dst, item.src, reverse)
+
+    def _lost(self, src: Addr, dst: Addr, message: Message) -> None:
+        """A message that never arrived: a gap pull it was part of has ended (as the daemon's
+        does when its connection fails)."""
+        if self.replicas is None:
+            return
+        if isinstance(message, _SyncRequest) and message.gap is not None:
+            self.replicas[src].sync.pull_done(message.gap)
+        elif isinstance(message, _SyncAnswer) and message.gap is not None:
+            self.replicas[dst].sync.pull_done(message.gap)
 
     def _write_fails(self) -> bool:
         return bool(self.net.write_failure) and self.rng.random() < self.net.write_failure
@@ -442,23 +348,30 @@ class Sim:
         core = self.cores[addr]
         return [m.addr for m in core.live_members() if m.node != core.node]
 
-    def write(self, i: int, body: Body, fanout: int | None = None) -> None:
+    def write(self, i: int, body: Body, fanout: int | None = None) -> wire.RecordCopy:
         """Node i writes a record and pushes it at once to `fanout` members (default: the
-        gossip fanout), as the daemon does."""
+        gossip fanout), as the daemon does (through LedgerSync.spread). Returns it as sent."""
         addr = self.addr(i)
         assert self.replicas is not None and addr not in self.down
-        copy = self.replicas[addr].write(body)
-        peers = self._peers(addr)
+        replica = self.replicas[addr]
+        copy = replica.write(body)
         wide = self.config.gossip_nodes if fanout is None else fanout
-        for peer in self.rng.sample(peers, min(wide, len(peers))):
-            self._send(addr, peer, _Push((copy,)))
+        targets, pushes = replica.sync.spread([copy], self._peers(addr), wide)
+        for push in pushes:
+            for peer in targets:
+                self._send(addr, peer, push)
+        return copy
+
+    def push(self, i: int, j: int, *copies: wire.RecordCopy) -> None:
+        """Node i pushes these records to node j (a push delayed, repeated or out of order)."""
+        self._send(self.addr(i), self.addr(j), wire.RecordsPush(copies))
 
     def can_talk(self, a: Addr, b: Addr) -> bool:
         return self.groups.get(a, -1) == self.groups.get(b, -1)
 
     def _collect(self, src: Addr) -> None:
         core = self.cores[src]
-        outbox, core.outbox = core.outbox, []
+        outbox = core.take_outbox()
         if src in self.down:
             return
         for dst, packet in outbox:
@@ -469,16 +382,13 @@ class Sim:
             self._send(src, dst, packet)
 
     def _send(self, src: Addr, dst: Addr, message: Message) -> None:
-        if isinstance(message, _Push | _SyncAnswer):
-            # Every copy goes through the codec the daemon stores and sends them with.
-            decoded = tuple((o, g, q, db.decode(db.encode(b))) for o, g, q, b in message.copies)
-            message = replace(message, copies=decoded)
         stream = isinstance(message, _SyncRequest | _SyncAnswer) or (
             isinstance(message, Packet) and isinstance(message.message, PushPull)
         )
         if not stream and self.rng.random() < self.net.loss:
             return
         if isinstance(message, _SyncRequest) and dst in self.net.unreachable:
+            self._lost(src, dst, message)
             return  # the connection is never made
         copies = 2 if not stream and self.rng.random() < self.net.duplicate else 1
         for _ in range(copies):
