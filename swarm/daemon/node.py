@@ -25,13 +25,10 @@ import logging
 import os
 import random
 import resource
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-
-import aiosqlite
 
 from swarm import statedir
 from swarm.control import FRAME_BYTES_MAX
@@ -56,11 +53,10 @@ from swarm.core.ledger import (
     Version,
 )
 from swarm.core.node import CoreConfig, NodeCore
-from swarm.core.replication import Intake
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import Resources
-from swarm.core.sync import SPREAD_WIDE, LedgerSync
+from swarm.core.sync import LedgerSync
 from swarm.daemon import db, net, peers, resources
 from swarm.daemon.config import NodeConfig, parse_addr
 from swarm.daemon.control_server import ControlServer
@@ -73,6 +69,7 @@ from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.outputs import OutputStore
 from swarm.daemon.procs import NODE_TAG, kill_orphans
+from swarm.daemon.replicator import Replicator
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
@@ -87,7 +84,6 @@ from swarm.statedir import StateDir
 log = logging.getLogger("swarm.daemon.node")
 
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
-SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
@@ -147,9 +143,7 @@ class Node:
         # tasks, gap pulls); peers' TASK records whose id is not their content's hash, and
         # the ledger file's own, are never applied.
         self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
-        self._taking_pushes = False
-        self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
-        self._reader: aiosqlite.Connection | None = None
+        self.replicator = Replicator(self, self.rng)
         self.net: net.GossipNet | None = None
         self.generation = 0
         self._seq = 0
@@ -350,7 +344,7 @@ class Node:
             # supervisor to start it again), and nothing left open keeps the process alive.
             if self.net is not None:
                 self.net.close()
-            await self._close_reader()
+            await self.replicator.close_reader()
             if conn is not None:
                 await conn.close()
             with contextlib.suppress(FileNotFoundError):
@@ -452,16 +446,17 @@ class Node:
             sealer,
             wire.Opener(ring, sender),
             self._on_members,
-            self._on_records,
-            self._serve_sync,
-            self._sync_taker,
+            self.replicator.on_push,
+            self.replicator.answer,
+            self.replicator.taker,
             lambda: dict(self.ledger.high_seq),
             self.transfer.serve_blob,
         )
         self.tell(self.core.members_changed, [], self.membership.members)
-        self._reader = await db.open_reader(self.state.db_path)
+        self.replicator.serve(tg, self.net)
+        await self.replicator.open_reader(self.state.db_path)
         loops = await self._listen(tg, bind)
-        loops.append(tg.create_task(self._sync_loop()))
+        loops.append(tg.create_task(self.replicator.sync_loop()))
         if self.config.join:
             loops.append(tg.create_task(self._join_loop(list(self.config.join))))
         log.info("gossip on %s:%d", *bind)
@@ -477,7 +472,7 @@ class Node:
             return await self.net.start(tg)
         except OSError as exc:
             self.net.close()
-            await self._close_reader()
+            await self.replicator.close_reader()
             raise ConfigError(
                 f"cannot listen on {bind[0]}:{bind[1]}: {peers.bind_problem(exc)}"
             ) from exc
@@ -535,13 +530,7 @@ class Node:
         self.net.poke()
         await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * self.config.gossip.gossip_interval_s))
         self.net.close()
-        await self._close_reader()
-
-    async def _close_reader(self) -> None:
-        # Its thread would keep the process alive after the node stopped.
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await reader.close()
+        await self.replicator.close_reader()
 
     def members(self) -> list[NodeRow]:
         if self.membership is None:
@@ -566,11 +555,12 @@ class Node:
         assert self.writer is not None
         rows = self._versioned(bodies, replaces)
         await self.writer.write(rows)
-        self._apply_rows(rows)
-        self._spread(rows)
+        self.apply_rows(rows)
+        self.replicator.spread(rows)
         return rows
 
-    def _apply_rows(self, rows: list[db.Row]) -> None:
+    def apply_rows(self, rows: list[db.Row]) -> None:
+        """Records stored: the core applies them (and acts on what changed)."""
         if not rows:
             return
         pairs = [(row.version, row.body) for row in rows]
@@ -605,82 +595,6 @@ class Node:
     def gap_pulls(self) -> int:
         return self.sync.gap_pulls
 
-    def _spread(self, rows: list[db.Row]) -> None:
-        """Send fresh records of ours at once to a few members (anti-entropy catches the rest).
-        What is written in one turn of the event loop goes out together: the claims of one
-        scheduler pass share their datagrams."""
-        if self.net is None or self.membership is None:
-            return
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush_spread)
-        self._outgoing.extend(rows)
-
-    def _flush_spread(self) -> None:
-        rows, self._outgoing = self._outgoing, []
-        if self.net is None or self.membership is None or not rows:
-            return
-        peers = [m.addr for m in self.membership.live_members() if m.node != self.node_id]
-        # Claims and results are what keeps two nodes off one task: to every member of a small
-        # swarm (anti-entropy does the rest in a large one). Heartbeats too: a member that
-        # missed one would see a gap in this node's records that no later push fills (the next
-        # heartbeat supersedes it), and hold back everything after it until it pulls.
-        wide = max(SPREAD_WIDE, self.config.gossip.gossip_nodes)
-        copies = [
-            (r.version.origin, r.version.generation, r.version.seq, db.encode(r.body)) for r in rows
-        ]
-        fanout, pushes = self.sync.spread(copies, peers, wide)
-        for push in pushes:
-            self.net.send_records(fanout, push)
-
-    def _on_records(self, push: wire.RecordsPush) -> None:
-        if self._tg is None or not self.sync.queue_push(push):
-            return  # too busy: anti-entropy brings them later
-        if not self._taking_pushes:
-            self._tg.create_task(self._take_pushes())
-            self._taking_pushes = True
-
-    async def _take_pushes(self) -> None:
-        """Take pushes one batch at a time, everything that arrived meanwhile together (one
-        commit for a burst, and no gap seen for a push still being stored)."""
-        try:
-            while records := self.sync.queued():
-                await self._take_push(records)
-        finally:
-            self._taking_pushes = False
-
-    async def _take_push(self, ordered: tuple[wire.RecordCopy, ...]) -> None:
-        """Take pushed records (with those held back, in seq order); then start the pulls that
-        the gaps they showed are worth."""
-        intake = self._intake(None)
-        await self._take_records(ordered, intake, {})
-        members = self.membership.members if self.membership is not None else {}
-        now = time.monotonic()
-        for member in self.sync.pushed(ordered, intake, self.ledger.high_seq, now, members):
-            assert self._tg is not None  # pushes are taken only while serving
-            self._tg.create_task(self._pull(member, done=self.sync.pull_done))
-
-    def _intake(self, asked: wire.Watermarks | None) -> Intake:
-        return self.sync.intake(self.ledger.high_seq, (self.node_id, self.generation), asked)
-
-    async def _take_records(
-        self, records: tuple[wire.RecordCopy, ...], intake: Intake, upto: wire.Watermarks
-    ) -> None:
-        """Store and apply the peers' records LedgerSync accepts, then raise the watermarks
-        that a sync answer's `upto` allows."""
-        accepted = self.sync.accept(records, intake)
-        rows = [db.Row(a.version, a.body, a.replaces, raw=a.raw, remote=True) for a in accepted]
-        try:
-            if rows:
-                assert self.writer is not None
-                await self.writer.write(rows)
-        except SwarmError as exc:
-            self.sync.not_stored(accepted, intake)
-            log.warning("could not store records from a peer: %s", exc)
-            return
-        self.sync.stored(accepted)
-        self._apply_rows(rows)
-        self.sync.raise_watermarks(intake, upto, self.ledger.high_seq)
-
     async def fetch_results(self, job: str) -> dict[str, int]:
         """Make every result file of the job's tasks held here, fetching from their holders."""
         fetched = missing = 0
@@ -705,62 +619,6 @@ class Node:
         return await self.net.fetch(addr, digest, into)
 
     # -- result replication -----------------------------------------------------------------
-
-    async def _sync_loop(self) -> None:
-        """Anti-entropy: now and then, pull what a random member has and we lack."""
-        assert self.net is not None and self.membership is not None
-        while True:
-            await asyncio.sleep(self.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS)
-            peers = [m for m in self.membership.live_members() if m.node != self.node_id]
-            if not peers:
-                continue
-            await self._pull(self.rng.choice(peers))
-
-    async def _pull(self, peer: gossip.Member, done: Callable[[str], None] | None = None) -> None:
-        """One anti-entropy exchange: what `peer` holds past our digest."""
-        assert self.net is not None
-        try:
-            await self.net.pull(peer.addr, wire.SyncRequest(dict(self.ledger.high_seq)))
-        except (
-            OSError,
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            sqlite3.Error,
-            ValueError,
-        ) as exc:
-            # (A database error, or a reader closed as the node stops, can come from answering
-            # the peer's digest: never a reason to stop the node.)
-            log.debug("anti-entropy with %s failed: %s", peer.node[:8], exc)
-        finally:
-            if done is not None:
-                done(peer.node)
-
-    def _sync_taker(self, digest: wire.Watermarks) -> Callable[[wire.SyncBatch], Awaitable[None]]:
-        """How to take the frames of an answer to `digest`, a digest of ours: through one
-        intake for all of them (replication.py). Its last frame taken, we have caught up with
-        that peer (whichever of us asked)."""
-        intake = self._intake(digest)
-
-        async def take(batch: wire.SyncBatch) -> None:
-            await self._take_records(batch.records, intake, batch.upto if batch.done else {})
-            if batch.done:
-                self.tell(self.core.caught_up)
-
-        return take
-
-    async def _serve_sync(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
-        """What we hold past the peer's digest, in bounded frames (LedgerSync plans them; the
-        slices are read here)."""
-        assert self._reader is not None
-        answer = self.sync.answer(self.ledger.high_seq, request.digest, db.SYNC_ROWS_MAX)
-        while (ask := answer.next_ask()) is not None:
-            part = await db.rows_after(
-                self._reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
-            )
-            batch = answer.took(part)
-            if batch is not None:
-                yield batch
-        yield answer.last()
 
     # -- draining ---------------------------------------------------------------------------
 
