@@ -49,7 +49,6 @@ from swarm.core.ledger import (
     Body,
     Ledger,
     ReplicaRecord,
-    ResultRecord,
     Version,
 )
 from swarm.core.node import CoreConfig, NodeCore
@@ -69,6 +68,7 @@ from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.outputs import OutputStore
 from swarm.daemon.procs import NODE_TAG, kill_orphans
+from swarm.daemon.records import RecordLog
 from swarm.daemon.replicator import Replicator
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.runner import AttemptRunner
@@ -146,7 +146,7 @@ class Node:
         self.replicator = Replicator(self, self.rng)
         self.net: net.GossipNet | None = None
         self.generation = 0
-        self._seq = 0
+        self.log = RecordLog()  # versions, signs and commits this node's records
 
     def _wall_ms(self) -> int:
         """This node's wall clock (skewed only in tests; see NodeConfig.clock_skew_ms)."""
@@ -335,7 +335,8 @@ class Node:
             self.transfer = ResultTransfer(
                 self.store, self.ledger, self.node_id, self._member, self._fetch
             )
-            self._seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
+            seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
+            self.log.open(self.node_id, self.generation, seq, self.identity)
             conn, writer = await db.open_writer(self.state.db_path, self.config.sync)
             await db.prune_heartbeats(conn)
             await self._serve(writer)
@@ -362,7 +363,7 @@ class Node:
         await self._ready.wait()
 
     async def _serve(self, writer: db.LedgerWriter) -> None:
-        self.writer = writer
+        self.writer = self.log.writer = writer
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self.runner.serve(tg)
@@ -540,21 +541,10 @@ class Node:
 
     # -- writing records --------------------------------------------------------------------
 
-    def _versioned(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
-        rows = []
-        for body in bodies:
-            if isinstance(body, ResultRecord):
-                body = self.identity.sign_result(body)  # a result is its runner's word
-            self._seq += 1
-            version = Version(self.node_id, self.generation, self._seq)
-            rows.append(db.Row(version, body, replaces))
-        return rows
-
     async def append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
-        """Commit records, then apply them, then gossip them. StorageFullError: nothing applied."""
-        assert self.writer is not None
-        rows = self._versioned(bodies, replaces)
-        await self.writer.write(rows)
+        """Commit records (records.py), then apply them, then gossip them. StorageFullError:
+        nothing applied."""
+        rows = await self.log.commit(bodies, replaces)
         self.apply_rows(rows)
         self.replicator.spread(rows)
         return rows
