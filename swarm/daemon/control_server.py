@@ -73,8 +73,10 @@ class NodeControl(Protocol):
     """What the control server asks of the node. The decisions are the node's; the server only
     checks requests, calls these, and shapes the replies."""
 
-    node_id: str
-    net: GossipNet | None
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def net(self) -> GossipNet | None: ...
     # What the node counted of its peers' records (the `members` reply's stats); the ledger-sync
     # counters are read-only, kept by its LedgerSync (core/sync.py).
 

@@ -28,11 +28,11 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from swarm import statedir
 from swarm.control import FRAME_BYTES_MAX
-from swarm.core import gossip, identity, pressure, requests, snapshot, wire
+from swarm.core import gossip, identity, pressure, snapshot, wire
 from swarm.core.clock import HybridClock
 from swarm.core.effects import (
     Announce,
@@ -48,16 +48,13 @@ from swarm.core.effects import (
 from swarm.core.ledger import (
     Body,
     Ledger,
-    ReplicaRecord,
     Version,
 )
 from swarm.core.node import CoreConfig, NodeCore
-from swarm.core.requests import CheckedTask
-from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
 from swarm.daemon import db, net, peers, resources
-from swarm.daemon.config import NodeConfig, parse_addr
+from swarm.daemon.config import NodeConfig
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
@@ -66,6 +63,7 @@ from swarm.daemon.executor import (
 )
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
+from swarm.daemon.operations import Operations
 from swarm.daemon.outputs import OutputStore
 from swarm.daemon.procs import NODE_TAG, kill_orphans
 from swarm.daemon.records import RecordLog
@@ -73,7 +71,7 @@ from swarm.daemon.replicator import Replicator
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
-from swarm.daemon.transfer import Copied, ResultTransfer
+from swarm.daemon.transfer import ResultTransfer
 from swarm.errors import (
     ConfigError,
     SwarmError,
@@ -125,8 +123,8 @@ class Node:
         self.started_ms = self._wall_ms()
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
-        self._progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
-        self._changes = 0  # how many times it was set: a client's "changes" says what it saw
+        self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
+        self.changes = 0  # how many times it was set: a client's "changes" says what it saw
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
@@ -380,7 +378,7 @@ class Node:
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
             try:
                 server = await asyncio.start_unix_server(
-                    ControlServer(self, self._clients).handle,
+                    ControlServer(Operations(self), self._clients).handle,
                     path=self.state.socket_path,
                     limit=FRAME_BYTES_MAX,
                 )
@@ -533,12 +531,6 @@ class Node:
         self.net.close()
         await self.replicator.close_reader()
 
-    def members(self) -> list[NodeRow]:
-        if self.membership is None:
-            return [self.node_info()]
-        members = self.membership.members.values()
-        return snapshot.member_rows(self.ledger, members, self.node_info(), time.monotonic())
-
     # -- writing records --------------------------------------------------------------------
 
     async def append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
@@ -557,9 +549,9 @@ class Node:
         changes = self.core.apply(self.now(), pairs, remote=rows[0].remote)
         self._carry_out()
         if changes:
-            self._changes += 1
-            self._progress.set()  # wake the long polls, and arm a fresh event for the next ones
-            self._progress = asyncio.Event()
+            self.changes += 1
+            self.progress.set()  # wake the long polls, and arm a fresh event for the next ones
+            self.progress = asyncio.Event()
 
     # -- replication ------------------------------------------------------------------------
     # The decisions are LedgerSync's (core/sync.py); here they meet the writer, the ledger
@@ -585,20 +577,6 @@ class Node:
     def gap_pulls(self) -> int:
         return self.sync.gap_pulls
 
-    async def fetch_results(self, job: str) -> dict[str, int]:
-        """Make every result file of the job's tasks held here, fetching from their holders."""
-        fetched = missing = 0
-        async with contextlib.aclosing(self.transfer.fetch_results(job)) as copies:
-            async for copied in copies:
-                await self._say_held(copied)
-                fetched, missing = fetched + copied.fetched, missing + copied.missing
-        return {"fetched": fetched, "missing": missing}
-
-    async def _say_held(self, copied: Copied) -> None:
-        """Once all of a result is held here, say so with a REPLICA record (once)."""
-        if copied.complete and self.node_id not in self.ledger.holders.get(copied.digest, ()):
-            await self.append([ReplicaRecord(copied.digest)])
-
     def _member(self, node: str) -> gossip.Member | None:
         """A member as membership sees it (for the transfer); None before the net is up."""
         return None if self.membership is None else self.membership.members.get(node)
@@ -607,8 +585,6 @@ class Node:
         """The transfer's way to a peer's blob: the gossip net's TCP fetch."""
         assert self.net is not None  # a member is known only once the net is up
         return await self.net.fetch(addr, digest, into)
-
-    # -- result replication -----------------------------------------------------------------
 
     # -- draining ---------------------------------------------------------------------------
 
@@ -636,90 +612,6 @@ class Node:
             sampled = Time(sample.sampled_at, self._wall_ms())
             self.core.memory(sampled, measured, sample.available_bytes)
             self._carry_out()
-
-    # -- what the control server asks of the node (control_server.NodeControl) --------------
-
-    def has_job(self, job: str) -> bool:
-        return job in self.ledger.jobs
-
-    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
-        """Add a submission's tasks in one commit (requests.submission); how many were new."""
-        records = requests.submission(self.ledger, job, tasks, self.clock.now(self._wall_ms()))
-        if records:
-            await self.append(list(records))
-        return len(records)
-
-    async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
-        """Cancel a job, or the one task whose id starts with `target`: which, and its name."""
-        stamp = self.clock.now(self._wall_ms())
-        kind, name, record = requests.cancellation(self.ledger, target, stamp)
-        await self.append([record])
-        return kind, name
-
-    async def retry(self, job: str) -> int:
-        """Re-queue the failed tasks of a job; how many."""
-        records = requests.retries(self.ledger, job)
-        if records:
-            await self.append(list(records))
-        return len(records)
-
-    async def drain_request(
-        self, node_prefix: str | None, grace_s: float | None
-    ) -> tuple[str, int | None]:
-        """Drain this node or the live member whose id starts with `node_prefix`: its whole id,
-        and (if it is this node) how many attempts it has still to finish."""
-        live = [m.node for m in self.membership.live_members()] if self.membership else []
-        node = requests.drain_target(node_prefix, self.node_id, live)
-        if node == self.node_id:
-            self.drain(grace_s)
-            return node, len(self.attempts)
-        stamp = self.clock.now(self._wall_ms())
-        await self.append([requests.drain_record(node, stamp, grace_s)])
-        return node, None
-
-    async def join_peers(self, peers: list[str]) -> list[str]:
-        """Join through `peers` (HOST:PORT each); what is wrong, if no seed answers in time."""
-        seeds = [parse_addr(p) for p in peers]
-        self.join(seeds)
-        return await self.await_seeds(seeds)
-
-    @property
-    def changes(self) -> int:
-        """How many times a task's state has changed: a status long poll waits for the next."""
-        return self._changes
-
-    async def wait_for_change(self, seen: int, timeout_s: float) -> None:
-        """Return at the next change of a task's state after the `seen`th, or after `timeout_s`."""
-        if seen != self._changes:
-            return  # changed since the client looked
-        # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancel that
-        # comes as its wait ends, and a handler must stop when the node does.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._progress.wait()
-
-    # -- status -----------------------------------------------------------------------------
-
-    def node_info(self) -> NodeRow:
-        return {
-            "id": self.node_id,
-            "state": "alive",
-            "pid": os.getpid(),
-            "data_dir": str(self.state.root),
-            "labels": self.labels,
-            "capacity": snapshot.resources_dict(self.capacity),
-            "used": snapshot.resources_dict(self.used),
-            "running": len(self.attempts),
-            "started_ms": self.started_ms,
-        }
-
-    def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
-        infeasible = self.core.infeasible(time.monotonic())
-        if jobs is not None:
-            infeasible = [t for t in infeasible if self.ledger.tasks[t].job in jobs]
-        return snapshot.build(
-            self.ledger, self._wall_ms(), self.members(), jobs, infeasible, self.left_out
-        )
 
 
 def _raise_fd_limit() -> None:
