@@ -77,6 +77,7 @@ class NodeControl(Protocol):
     def node_id(self) -> str: ...
     @property
     def net(self) -> GossipNet | None: ...
+
     # What the node counted of its peers' records (the `members` reply's stats); the ledger-sync
     # counters are read-only, kept by its LedgerSync (core/sync.py).
 

@@ -33,7 +33,6 @@ from typing import Any
 from swarm import statedir
 from swarm.control import FRAME_BYTES_MAX
 from swarm.core import gossip, identity, pressure, snapshot, wire
-from swarm.core.clock import HybridClock
 from swarm.core.effects import (
     Announce,
     CheckDisk,
@@ -51,7 +50,6 @@ from swarm.core.ledger import (
     Version,
 )
 from swarm.core.node import CoreConfig, NodeCore
-from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
 from swarm.daemon import db, net, peers, resources
 from swarm.daemon.config import NodeConfig
@@ -137,9 +135,6 @@ class Node:
         self._stop_reason = "node stopped"
         self.membership: gossip.Membership | None = None
         self.ring = wire.KeyRing()
-        # Every ledger-sync decision and its counters (bad, forged, refused records and
-        # tasks, gap pulls); peers' TASK records whose id is not their content's hash, and
-        # the ledger file's own, are never applied.
         self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self.replicator = Replicator(self, self.rng)
         self.net: net.GossipNet | None = None
@@ -176,26 +171,6 @@ class Node:
     @property
     def attempts(self) -> dict[str, Attempt]:
         return self.runner.attempts
-
-    @property
-    def sync(self) -> LedgerSync:
-        return self.core.sync
-
-    @property
-    def clock(self) -> HybridClock:
-        return self.core.clock
-
-    @property
-    def used(self) -> Resources:
-        return self.core.used
-
-    @property
-    def draining(self) -> bool:
-        return self.core.draining
-
-    @property
-    def stamps_ahead(self) -> int:
-        return self.core.stamps_ahead
 
     # -- driving the core -----------------------------------------------------------------------
 
@@ -320,11 +295,11 @@ class Node:
             loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
-            self.sync.refused_tasks = len(loaded.refused)
+            self.core.sync.refused_tasks = len(loaded.refused)
             withheld: dict[tuple[str, int], set[int]] = {}
             for v in loaded.refused_versions:
                 withheld.setdefault((v.origin, v.generation), set()).add(v.seq)
-            self.sync.withheld = {key: frozenset(seqs) for key, seqs in withheld.items()}
+            self.core.sync.withheld = {key: frozenset(seqs) for key, seqs in withheld.items()}
             for problem in loaded.unreadable[:LOAD_PROBLEMS_LOGGED_MAX]:
                 log.warning("skipped an unreadable ledger row: %s", problem)
             for problem in loaded.refused[:LOAD_PROBLEMS_LOGGED_MAX]:
@@ -505,7 +480,7 @@ class Node:
             "capacity": snapshot.resources_dict(self.capacity),
             "labels": dict(self.labels),
         }
-        if self.draining:
+        if self.core.draining:
             meta["draining"] = True
         return meta
 
@@ -553,29 +528,7 @@ class Node:
             self.progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self.progress = asyncio.Event()
 
-    # -- replication ------------------------------------------------------------------------
-    # The decisions are LedgerSync's (core/sync.py); here they meet the writer, the ledger
-    # and the sockets.
-
-    @property
-    def bad_records(self) -> int:
-        return self.sync.bad_records
-
-    @property
-    def forged_records(self) -> int:
-        return self.sync.forged_records
-
-    @property
-    def refused_records(self) -> int:
-        return self.sync.refused_records
-
-    @property
-    def refused_tasks(self) -> int:
-        return self.sync.refused_tasks
-
-    @property
-    def gap_pulls(self) -> int:
-        return self.sync.gap_pulls
+    # -- the transfer's lookups ---------------------------------------------------------------
 
     def _member(self, node: str) -> gossip.Member | None:
         """A member as membership sees it (for the transfer); None before the net is up."""
@@ -586,14 +539,10 @@ class Node:
         assert self.net is not None  # a member is known only once the net is up
         return await self.net.fetch(addr, digest, into)
 
-    # -- draining ---------------------------------------------------------------------------
-
     def drain(self, grace_s: float | None) -> None:
         """Finish what runs, claim nothing new, then leave the swarm and stop (core.drain)."""
         if self._tg is not None:
             self.tell(self.core.drain, grace_s)
-
-    # -- scheduling -------------------------------------------------------------------------
 
     async def _memory_loop(self) -> None:
         sampler = MemorySampler(available=self.core.guard is not None)
