@@ -25,8 +25,9 @@ from swarm.control import (
 )
 from swarm.core import snapshot
 from swarm.core.ledger import Ledger
+from swarm.core.requests import CheckedTask
 from swarm.core.spec import Resources, TaskSpec, task_id
-from swarm.daemon.control_server import OPERATIONS, CheckedTask, ControlServer
+from swarm.daemon.control_server import OPERATIONS, ControlServer
 from swarm.errors import ControlError, UserError
 
 NODE_ID = "f00d" + "0" * 60

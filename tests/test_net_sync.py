@@ -90,13 +90,33 @@ def know(side: Side, other: Side) -> None:
     )
 
 
+SERVED_WAIT_S = 5.0  # longest wait for the answerer to finish serving the stream
+
+
+def served_event(side: Side) -> asyncio.Event:
+    """An event set when `side` has finished serving a stream (its reverse phase taken)."""
+    served = asyncio.Event()
+    serve_stream = side.net._serve_stream
+
+    async def serve_and_say(stream: net._Stream) -> None:
+        try:
+            await serve_stream(stream)
+        finally:
+            served.set()
+
+    side.net._serve_stream = serve_and_say  # type: ignore[method-assign]
+    return served
+
+
 async def exchange(asker: Side, answerer: Side) -> None:
     know(asker, answerer)
+    served = served_event(answerer)
     async with asyncio.TaskGroup() as tg:
         loops = [*await asker.net.start(tg), *await answerer.net.start(tg)]
         try:
             await asker.net.pull(answerer.net.bind, wire.SyncRequest(asker.digest()))
-            await asyncio.sleep(0.1)  # the answerer takes the reverse phase's last frame
+            async with asyncio.timeout(SERVED_WAIT_S):  # the reverse phase's last frame taken
+                await served.wait()
         finally:
             for net in (asker.net, answerer.net):
                 net.close()

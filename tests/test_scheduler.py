@@ -218,9 +218,27 @@ def test_a_rerank_does_not_start_a_tasks_stagger_over() -> None:
     sched.set_members(members)
     sched.enqueue(ledger.tasks[task], now=0.0)
     sched.set_members(after)  # a join: ranks are computed afresh ...
-    sched.rerank(now=1.5)
+    sched.begin_rerank()
+    while not sched.rerank_slice(now=1.5, size=7):  # a slice at a time, as the node core does
+        pass
     due = float(sched.rank(task, SPEC))  # ... but from when the task first waited: not 3.5+
     lots = Resources(100, 1 << 40)
     assert task not in sched.pick((), lots, {}, 100, now=due - 0.01)
     assert task in sched.pick((), lots, {}, 100, now=due)
     assert task not in sched.since  # picked: its wait is over
+
+
+def test_a_task_that_becomes_pending_during_a_rerank_is_in_the_queue_swapped_in() -> None:
+    """A re-rank builds its fresh queue a slice at a time; a task queued meanwhile goes into
+    both queues, so the swap does not lose it (nor queue it twice once swapped)."""
+    ledger = ledger_with(30)
+    sched = Scheduler("a", ledger, lease_ttl_s=2.0, claim_stagger_s=1.0)
+    sched.begin_rerank()
+    assert not sched.rerank_slice(now=0.0, size=10)  # 10 of the 30 ranked
+    late = TaskRecord("late", "job", "late", SPEC, 99)
+    ledger.apply(Version("sub", 1, 99), late)
+    sched.enqueue(ledger.tasks["late"], now=0.0)
+    while not sched.rerank_slice(now=0.0, size=10):
+        pass
+    picked = sched.pick((), Resources(100, 1 << 40), {}, 100, now=0.0)
+    assert "late" in picked and len(picked) == len(set(picked)) == 31

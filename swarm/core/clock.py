@@ -66,3 +66,33 @@ class HybridClock:
         if counter >= COUNTER_MAX:
             return pack(wall_ms + 1, 0)
         return pack(wall_ms, counter + 1)
+
+
+class StampIntake:
+    """Peers' stamps taken into a node's clock, so that what it stamps after seeing a record (a
+    cancel after a submission) orders after it whatever its wall clock says. A stamp too far
+    ahead of the wall clock (MAX_FORWARD_DRIFT_MS) is not adopted: one broken or hostile clock
+    must not drag ours, and through ours every node's, into the future. Those are counted, and
+    said once for each origin (a bounded number of them)."""
+
+    SAID_MAX = 1024  # origins whose too-far-ahead stamps were said
+
+    def __init__(self, clock: HybridClock) -> None:
+        self.clock = clock
+        self.refused = 0
+        self._said: set[str] = set()
+
+    def take(self, origin: str, stamp: int, physical_ms: int) -> str | None:
+        """Take a stamp of `origin`'s; a warning to log when it was refused (once per origin)."""
+        if self.clock.observe(stamp, physical_ms):
+            return None
+        self.refused += 1
+        if origin in self._said or len(self._said) >= self.SAID_MAX:
+            return None
+        self._said.add(origin)
+        ahead_s = (wall_ms_of(stamp) - physical_ms) / 1000
+        return (
+            f"node {origin[:8]} stamps its records {ahead_s:.0f} s ahead of this node's clock "
+            f"(more than {MAX_FORWARD_DRIFT_MS // 1000} s): not taken into this node's clock; "
+            "is one of the two clocks wrong? (logged once)"
+        )

@@ -26,16 +26,73 @@ the adapter to take.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from swarm.core.swim import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    Event,
+    Gossip,
+    IndirectPing,
+    MemberDied,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+    Message,
+    Nack,
+    Packet,
+    Ping,
+    PushPull,
+    Rumour,
+    Suspect,
+    remaining_suspicion_s,
+    retransmit_limit,
+    suspicion_timeout_s,
+)
+
+# Re-exported: the protocol's vocabulary is used as gossip.Packet, gossip.MemberJoined, ...
+__all__ = [
+    "GONE",
+    "INCARNATION_MAX",
+    "Ack",
+    "Addr",
+    "Alive",
+    "Config",
+    "Dead",
+    "Event",
+    "Gossip",
+    "IndirectPing",
+    "Member",
+    "MemberDied",
+    "MemberJoined",
+    "MemberLeft",
+    "MemberRecovered",
+    "MemberState",
+    "MemberSuspected",
+    "MemberUpdated",
+    "Membership",
+    "Message",
+    "Nack",
+    "Packet",
+    "Ping",
+    "PushPull",
+    "Rumour",
+    "Suspect",
+    "remaining_suspicion_s",
+    "retransmit_limit",
+    "suspicion_timeout_s",
+]
 
 if TYPE_CHECKING:
     # Only the types: randomness is injected, never the global generator.
     import random
     from collections.abc import Callable
 
-Addr = tuple[str, int]
 INCARNATION_MAX = 2**62  # far beyond any real count; the wire allows up to 2**63
 
 
@@ -93,142 +150,6 @@ class Member:
     meta: dict[str, Any]
     changed_at: float
     proof: bytes = b""  # the member's signature of its current Alive, passed on with it
-
-
-# -- messages --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Alive:
-    node: str
-    incarnation: int
-    addr: Addr
-    meta: dict[str, Any]
-    proof: bytes = b""  # the node's own signature of the other fields (identity.py)
-
-
-@dataclass(frozen=True, slots=True)
-class Suspect:
-    node: str
-    incarnation: int
-    accuser: str
-
-
-@dataclass(frozen=True, slots=True)
-class Dead:
-    node: str
-    incarnation: int
-    accuser: str  # the node itself: it left
-
-
-Rumour = Alive | Suspect | Dead
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    seq: int
-    target: str
-    sender: str
-    sender_addr: Addr
-
-
-@dataclass(frozen=True, slots=True)
-class IndirectPing:
-    seq: int
-    target: str
-    target_addr: Addr
-    sender: str
-    sender_addr: Addr
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    seq: int
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    seq: int
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class Gossip:
-    """Nothing but the piggybacked rumours."""
-
-
-@dataclass(frozen=True, slots=True)
-class PushPull:
-    """A full state exchange, sent over a stream; `reply` marks the answer to one."""
-
-    states: tuple[Rumour, ...]
-    sender_addr: Addr
-    reply: bool = False
-
-
-Message = Ping | IndirectPing | Ack | Nack | Gossip | PushPull
-
-
-@dataclass(frozen=True, slots=True)
-class Packet:
-    message: Message
-    rumours: tuple[Rumour, ...] = ()
-
-
-# -- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MemberJoined:
-    member: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberSuspected:
-    member: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRecovered:
-    member: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberDied:
-    member: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberLeft:
-    member: str
-
-
-Event = MemberJoined | MemberSuspected | MemberRecovered | MemberDied | MemberLeft
-
-
-# -- the math (table-tested, as memberlist's util.go) -----------------------------------------
-
-
-def suspicion_timeout_s(mult: int, members: int, interval_s: float) -> float:
-    """The least time a suspicion lasts: grows with log10 of the swarm's size."""
-    node_scale = max(1.0, math.log10(max(1.0, members)))
-    return mult * node_scale * interval_s
-
-
-def retransmit_limit(mult: int, members: int) -> int:
-    return mult * math.ceil(math.log10(members + 1))
-
-
-def remaining_suspicion_s(
-    confirmations: int, expected: int, elapsed_s: float, min_s: float, max_s: float
-) -> float:
-    """Lifeguard: the timeout falls from max towards min as independent confirmations come."""
-    if expected <= 0:
-        return min_s - elapsed_s
-    fraction = math.log(confirmations + 1) / math.log(expected + 1)
-    timeout = max(min_s, max_s - fraction * (max_s - min_s))
-    return timeout - elapsed_s
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -539,7 +460,7 @@ class Membership:
             self.events.append(MemberJoined(alive.node))
             self._queue(alive)
             return
-        was = member.state
+        was, updated = member.state, member.meta != alive.meta
         member.incarnation, member.addr, member.meta = alive.incarnation, alive.addr, alive.meta
         member.proof = alive.proof
         self._suspicions.pop(alive.node, None)
@@ -550,6 +471,8 @@ class Membership:
                 if was is MemberState.SUSPECT
                 else MemberJoined(alive.node)
             )
+        elif updated:
+            self.events.append(MemberUpdated(alive.node))
         self._queue(alive)
 
     def _on_suspect(self, now: float, suspect: Suspect) -> None:

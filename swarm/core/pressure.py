@@ -23,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from swarm.core.ledger import EVICTION_CAP
+from swarm.core.units import format_bytes
+
 MEMFREE_SHARE = 0.05  # the default floor, as a share of the node's memory (Ray's 95% threshold)
 MEMFREE_MIN = 64 * 1024**2  # ... and at least this much
 
@@ -103,3 +106,17 @@ class Guard:
         self._victim = None
         self._victim_gone_at = now
         return True
+
+
+def eviction_reason(guard: Guard, running: list[Running], chosen: Running, over_cap: bool) -> str:
+    """Why `chosen` is evicted, in words (its record and the log say it); `over_cap`: this
+    eviction is one past the task's cap, so it fails."""
+    size = format_bytes
+    reason = (
+        f"evicted under memory pressure: {size(max(guard.left(running), 0))} left, "
+        f"below half of --memfree {size(guard.memfree)}; it used "
+        f"{size(chosen.measured or 0)} and declared {size(chosen.declared)}"
+    )
+    if over_cap:
+        reason += f"; evicted more than {EVICTION_CAP} times, so failed: declare what it needs"
+    return reason

@@ -1,5 +1,5 @@
 """Which tasks one node claims, when, and which of its attempts must stop: the claim and lease
-rules, shared by the daemon (node.py) and the simulator (sim.py).
+rules, run by the node core (node.py).
 
 Theory of operation
 -------------------
@@ -20,7 +20,7 @@ Pure: no I/O and no clock reads; the caller passes `now` (its own monotonic seco
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,15 @@ def peer_from_meta(node: str, meta: Mapping[str, Any]) -> Peer | None:
 
 
 @dataclass(slots=True)
+class _Rerank:
+    """A re-rank under way: the fresh queue, and the tasks still to go into it."""
+
+    queue: PendingQueue
+    views: Iterator[TaskView]
+    settled: list[str] | None = None  # then, the tasks whose wait is looked at again
+
+
+@dataclass(slots=True)
 class Scheduler:
     me: str
     ledger: Ledger
@@ -101,6 +110,7 @@ class Scheduler:
     # wait over. task -> (epoch, monotonic time).
     since: dict[str, tuple[int, float]] = field(default_factory=dict)
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
+    _rerank: _Rerank | None = None  # a re-rank under way
 
     def __post_init__(self) -> None:
         self.leases = Leases(self.me, self.lease_ttl_s)
@@ -170,9 +180,19 @@ class Scheduler:
             spell = self.since[view.task_id] = (epoch, now)
         ready_at = spell[1] + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, self._held_until(view.task_id, now))
-        (self.queue if into is None else into).push(
-            view.task_id, view.spec, view.submitted[0], rank, ready_at, first=takeover is not None
-        )
+        for queue in [into] if into is not None else [self.queue, *self._rebuilding()]:
+            queue.push(
+                view.task_id,
+                view.spec,
+                view.submitted[0],
+                rank,
+                ready_at,
+                first=takeover is not None,
+            )
+
+    def _rebuilding(self) -> list[PendingQueue]:
+        job = self._rerank
+        return [job.queue] if job is not None and job.settled is None else []  # not swapped in
 
     def hold(self, task: str, until: float) -> None:
         """Leave `task` to the others until `until` (monotonic): queued, it waits till then."""
@@ -220,17 +240,42 @@ class Scheduler:
                 found = True
         return found
 
-    def rerank(self, now: float) -> None:
-        """The members changed: rank every pending task afresh, and the orphans too (the
-        daemon does the same a slice at a time, node.py's _rerank_loop)."""
-        fresh = PendingQueue()
-        for view in self.ledger.tasks.values():
-            if view.state is State.PENDING:
-                self.enqueue(view, now, into=fresh)
-        self.queue = fresh
-        self.orphans.clear()
-        self.requeue_orphans(now)
-        self.forget_settled()
+    def begin_rerank(self) -> None:
+        """The members changed: rank every pending task afresh, into a new queue built a slice
+        at a time (`rerank_slice`; 100,000 tasks over 200 members is seconds of hashing, and the
+        node must go on answering probes meanwhile). Tasks queued meanwhile go in both queues."""
+        self._rerank = _Rerank(PendingQueue(), iter(list(self.ledger.tasks.values())))
+
+    @property
+    def reranking(self) -> bool:
+        return self._rerank is not None
+
+    def rerank_slice(self, now: float, size: int) -> bool:
+        """One slice of the re-rank under way: `size` tasks ranked into the fresh queue, or, once
+        all are in, the swap (the orphans queued afresh too) and a slice of forgetting the waits
+        that are over. True when the re-rank is done."""
+        job = self._rerank
+        assert job is not None
+        if job.settled is None:
+            for _ in range(size):
+                view = next(job.views, None)
+                if view is None:
+                    break
+                if view.state is State.PENDING:
+                    self.enqueue(view, now, into=job.queue)
+            else:
+                return False
+            self.queue = job.queue
+            self.orphans.clear()
+            self.requeue_orphans(now)
+            job.settled = list(self.since)
+            return False
+        part, job.settled = job.settled[:size], job.settled[size:]
+        self.forget_settled(part)
+        if job.settled:
+            return False
+        self._rerank = None
+        return True
 
     def forget_settled(self, tasks: Iterable[str] | None = None) -> None:
         """Drop the `since` of tasks no longer waiting to be claimed (claimed, done, or

@@ -8,10 +8,11 @@ socket and checked by mypy. Their keys are part of the `--json` contract: add, n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
+from swarm.core import gossip
 from swarm.core.ledger import Ledger, State
 from swarm.core.spec import Resources
 
@@ -196,3 +197,42 @@ def build(
         "refused_tasks": left_out.refused if left_out else 0,
         "refused_reason": left_out.refused_reason if left_out else "",
     }
+
+
+def member_rows(
+    ledger: Ledger, members: Iterable[gossip.Member], me: NodeRow, now: float
+) -> list[NodeRow]:
+    """`swarm members`: a row per member, this node's own (`me`) with its address; what the
+    others run is as the ledger has it (their own figures are not sent around)."""
+    held: dict[str, tuple[int, Resources]] = {}
+    for task in ledger.running:
+        view = ledger.tasks[task]
+        claim = view.active_claim()
+        if claim is None or view.spec is None:
+            continue
+        count, used = held.get(claim[1], (0, Resources(0.0, 0)))
+        held[claim[1]] = (count + 1, used + view.spec.need)
+    out: list[NodeRow] = []
+    for m in members:
+        if m.node == me["id"]:
+            row = dict(me)
+            row["address"] = f"{m.addr[0]}:{m.addr[1]}"
+            row["incarnation"] = m.incarnation
+            out.append(row)  # type: ignore[arg-type]
+            continue
+        running, used = held.get(m.node, (0, Resources(0.0, 0)))
+        out.append(
+            {
+                "id": m.node,
+                "state": str(m.state),
+                "address": f"{m.addr[0]}:{m.addr[1]}",
+                "incarnation": m.incarnation,
+                "labels": m.meta.get("labels", {}),
+                "draining": bool(m.meta.get("draining", False)),
+                "capacity": m.meta.get("capacity", {}),
+                "used": resources_dict(used),
+                "running": running,
+                "last_change_s": round(now - m.changed_at, 1),
+            }
+        )
+    return sorted(out, key=lambda member: str(member["id"]))

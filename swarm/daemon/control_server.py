@@ -57,6 +57,7 @@ from swarm.control import (
     SubmitRequest,
     SubmittedTask,
 )
+from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
 from swarm.daemon.net import GossipNet
@@ -68,25 +69,17 @@ SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for 
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedTask:
-    """A submitted task whose id was checked against its content (a client cannot mislabel one)."""
-
-    task_id: str
-    name: str
-    spec: TaskSpec
-    line: int | None  # in the client's file, for messages
-
-
 class NodeControl(Protocol):
     """What the control server asks of the node. The decisions are the node's; the server only
     checks requests, calls these, and shapes the replies."""
 
-    node_id: str
-    net: GossipNet | None
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def net(self) -> GossipNet | None: ...
+
     # What the node counted of its peers' records (the `members` reply's stats); the ledger-sync
     # counters are read-only, kept by its LedgerSync (core/sync.py).
-    stamps_ahead: int
 
     @property
     def forged_records(self) -> int: ...
@@ -99,6 +92,8 @@ class NodeControl(Protocol):
     @property
     def gap_pulls(self) -> int: ...
 
+    @property
+    def stamps_ahead(self) -> int: ...
     @property
     def changes(self) -> int: ...
     async def wait_for_change(self, seen: int, timeout_s: float) -> None: ...

@@ -150,8 +150,11 @@ class GossipNet:
         while True:
             delay = self.membership.next_deadline() - time.monotonic()
             if delay > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancel
+                # that comes as its wait ends, and this loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
             self._wake.clear()
             self.membership.tick(time.monotonic())
             self._flush()

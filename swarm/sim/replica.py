@@ -19,7 +19,16 @@ from dataclasses import replace
 
 from swarm.core import wire
 from swarm.core.gossip import Member
-from swarm.core.ledger import Body, Ledger, ResultRecord, State, StateChanged, TaskRecord, Version
+from swarm.core.ledger import (
+    Body,
+    Ledger,
+    LostRecord,
+    ResultRecord,
+    State,
+    StateChanged,
+    TaskRecord,
+    Version,
+)
 from swarm.core.replication import Intake, Key
 from swarm.core.sync import (
     SYNC_FRAME_BYTES_MAX,
@@ -84,7 +93,12 @@ class Replica:
         self._untakeable = untakeable  # records too large for any peer: never held but here
         self._seed = seed
         self.listeners: list[Callable[[StateChanged], None]] = []  # told of each state change
-        self.on_record: list[Callable[[Version, Body], None]] = []  # told of each record stored
+        # Folds a stored record into the ledger (the node's core does, when there is one):
+        # (version, body, remote) -> the state changes.
+        self.apply: Callable[[Version, Body, bool], list[StateChanged]] = (
+            lambda version, body, remote: self.ledger.apply(version, body)
+        )
+        self.on_synced: list[Callable[[], None]] = []  # told when a sync answer was all taken
 
     @property
     def me(self) -> Key:
@@ -104,7 +118,7 @@ class Replica:
         raw = encode_body(body)
         if len(raw) > wire.RECORD_BODY_BYTES_MAX:
             self._untakeable.add(version)
-        self._store(version, body, raw)
+        self._store(version, body, raw, remote=False)
         return (self.node, self.generation, self.seq, raw)
 
     def take_push(
@@ -141,6 +155,9 @@ class Replica:
             if cut_after is not None and number >= cut_after:
                 break  # the stream broke: no watermark moves
             self._take(batch.records, intake, batch.upto if batch.done else {}, fails)
+        else:
+            for told in self.on_synced:  # its last frame taken: caught up with that peer
+                told()
         self.check_watermarks()
 
     def _take(
@@ -199,7 +216,7 @@ class Replica:
         self.contiguous[key] = run
         return run
 
-    def _store(self, version: Version, body: Body, raw: bytes) -> None:
+    def _store(self, version: Version, body: Body, raw: bytes, remote: bool = True) -> None:
         if self._truth.get(version) != body:
             raise InvariantBroken(f"seed {self._seed}: {self.node} got a wrong copy of {version}")
         key = (version.origin, version.generation)
@@ -209,15 +226,16 @@ class Replica:
         held[version.seq] = body
         self.raw.setdefault(key, {})[version.seq] = raw
         self._contiguous(key)
-        for told in self.on_record:
-            told(version, body)
-        for change in self.ledger.apply(version, body):
-            self._check(change)
+        for change in self.apply(version, body, remote):
+            self._check(change, body)
             for listener in self.listeners:
                 listener(change)
 
-    def _check(self, change: StateChanged) -> None:
-        if change.old is State.DONE and change.new is not State.DONE:
+    def _check(self, change: StateChanged, body: Body) -> None:
+        """A done task stays done, unless its result was declared lost with every node that
+        held it (holding.py): then it runs again."""
+        lost = isinstance(body, LostRecord) and body.task_id == change.task_id
+        if change.old is State.DONE and change.new is not State.DONE and not lost:
             raise InvariantBroken(
                 f"seed {self._seed}: {self.node} saw done task {change.task_id} become {change.new}"
             )

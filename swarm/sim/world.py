@@ -25,6 +25,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from swarm.core import wire
 from swarm.core.gossip import Addr, Config, Member, Membership, MemberState, Packet, PushPull
@@ -98,8 +99,10 @@ class Sim:
         net: Network | None = None,
         drift: float = 0.0,
         ledger: bool = False,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.seed = seed
+        self.meta = meta or {"cpus": 2}  # what each node gossips of itself
         self.rng = random.Random(seed)
         self.config = config or Config.test()
         self.net = net or Network()
@@ -137,7 +140,7 @@ class Sim:
         core = Membership(
             f"n{i:04d}",
             addr,
-            {"cpus": 2},
+            dict(self.meta),
             self.config,
             random.Random(self.rng.randrange(2**32)),
             self.local(addr),
@@ -238,7 +241,7 @@ class Sim:
             self.now = max(self.now, step_at)
             if self._flight and self._flight[0].at <= self.now:
                 item = heapq.heappop(self._flight)
-                if item.dst not in self.down and self._can_talk(item.src, item.dst):
+                if item.dst not in self.down and self.can_talk(item.src, item.dst):
                     self._deliver(item)
                     self._after(item.dst)
                 else:
@@ -363,7 +366,7 @@ class Sim:
         """Node i pushes these records to node j (a push delayed, repeated or out of order)."""
         self._send(self.addr(i), self.addr(j), wire.RecordsPush(copies))
 
-    def _can_talk(self, a: Addr, b: Addr) -> bool:
+    def can_talk(self, a: Addr, b: Addr) -> bool:
         return self.groups.get(a, -1) == self.groups.get(b, -1)
 
     def _collect(self, src: Addr) -> None:
@@ -649,11 +652,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", action="store_true", help="claims, leases and takeovers under faults (5 nodes)"
     )
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="with --work: attempts leave no result files to hold and copy",
+    )
     args = parser.parse_args(argv)
     if args.work:
-        from swarm.sim.work import print_work_figures  # it builds on this module
+        from swarm.sim.scenarios import print_work_figures  # it builds on this module
 
-        return print_work_figures(args.seeds)
+        return print_work_figures(args.seeds, results=not args.no_results)
     if args.spread:
         print_spread_figures(args.seeds, args.nodes)
         return 0

@@ -1,0 +1,122 @@
+"""Which results a node should hold, and when one is lost: the result-replication decisions.
+
+Theory of operation: a done task's credited result is held by R = min(3, live) nodes, the first
+R of the live members (not draining) by rendezvous hashing on its digest. A node queues the
+results of tasks that become done, and all of them again when the members change (the chosen
+set moves with them); after a short debounce it goes through the queue, and for each result it
+should hold and does not, asks its adapter to copy it here (one copy at a time). A copy that
+comes back whole is announced with a REPLICA record; one that no holder could give is tried again
+later, unless every node known to hold it is dead or gone: then the first chosen node records the
+result as lost, and the task runs again. A drained node leaves only once no result is held by it
+alone (`sole_holdings`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+
+from swarm.core.effects import CopyResult, Effect, Level, Log, Write
+from swarm.core.ledger import Attempt, Ledger, LostRecord, ReplicaRecord, State, TaskView
+from swarm.core.policy import rendezvous_top
+
+REPLICAS = 3  # a result is held by this many nodes (or every live one, if fewer)
+REPLICATE_DEBOUNCE_S = 0.2
+REPLICATE_RETRY_S = 2.0  # a result no holder could give is tried again after this long
+SCAN_SLICE = 2_000  # queued results looked at in one tick
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()  # the empty blob: every node holds it
+
+Targets = Callable[[str], list[str]]  # digest -> the nodes that should hold it, in order
+AllGone = Callable[[Iterable[str]], bool]  # whether every one of these nodes is dead or gone
+
+
+class Holding:
+    def __init__(self, me: str, ledger: Ledger) -> None:
+        self.me = me
+        self.ledger = ledger
+        self._todo: dict[str, Attempt] = {}  # result digest -> its attempt
+        self._due: float | None = None
+        self._batch: list[tuple[str, Attempt]] = []  # being gone through
+        self._retry: dict[str, Attempt] = {}
+        self._copying: tuple[str, Attempt] | None = None
+
+    def want(self, views: Iterable[TaskView], now: float) -> None:
+        """Queue the credited results of these (done) tasks for a look."""
+        for view in views:
+            attempt = view.ok_attempt()
+            if attempt is not None and attempt.result.digest is not None:
+                self._todo[attempt.result.digest] = attempt
+        if self._todo and self._due is None:
+            self._due = now + REPLICATE_DEBOUNCE_S
+
+    @staticmethod
+    def targets(digest: str, nodes: list[str]) -> list[str]:
+        return rendezvous_top(digest, nodes, REPLICAS)
+
+    def next_deadline(self) -> float | None:
+        if self._copying is not None:
+            return None  # `copied` goes on
+        if self._batch:
+            return -1.0
+        return self._due
+
+    def tick(self, now: float, targets: Targets, all_gone: AllGone) -> list[Effect]:
+        if self._copying is not None:
+            return []
+        if not self._batch and self._due is not None and now >= self._due:
+            self._batch, self._todo, self._due = list(self._todo.items()), {}, None
+            self._batch.reverse()  # popped from the end: in the order queued
+        for _ in range(min(SCAN_SLICE, len(self._batch))):
+            digest, attempt = self._batch.pop()
+            if digest == EMPTY_DIGEST or self.me in self.ledger.holders.get(digest, ()):
+                continue
+            if self.me not in targets(digest):
+                continue
+            self._copying = (digest, attempt)
+            return [CopyResult(digest, attempt)]
+        if not self._batch and self._retry:
+            for digest, attempt in self._retry.items():
+                self._todo.setdefault(digest, attempt)
+            self._retry = {}
+            self._due = now + REPLICATE_RETRY_S
+        return []
+
+    def copied(
+        self, digest: str, complete: bool, targets: Targets, all_gone: AllGone
+    ) -> list[Effect]:
+        """A copy asked for came back: whole (`complete`), or not."""
+        if self._copying is None or self._copying[0] != digest:
+            return []
+        _, attempt = self._copying
+        self._copying = None
+        holders = self.ledger.holders.get(digest, set())
+        if complete:
+            if self.me in holders:
+                return []
+            # Looked at once more later: should the record not be written (a full disk), the
+            # copy is made and announced again.
+            self._retry[digest] = attempt
+            return [Write((ReplicaRecord(digest),), "a replica record")]
+        others = (holders | {attempt.version.origin}) - {self.me}
+        if all_gone(others) and targets(digest)[0] == self.me:
+            # Every node that held it is dead or gone: the task must run again.
+            task = attempt.result.task_id
+            lost = LostRecord(task, attempt.result.epoch, attempt.version.origin)
+            text = f"the result of {task} is lost with its holders; it runs again"
+            return [Log(Level.WARNING, text), Write((lost,), "a lost-result record")]
+        self._retry[digest] = attempt  # a holder may come back: try later
+        return []
+
+    def sole_holdings(self, live_peers: int) -> int:
+        """How many done tasks' results only this node holds (with live peers to take them)."""
+        if live_peers < 1:
+            return 0
+        count = 0
+        for task in self.ledger.tasks.values():
+            attempt = task.ok_attempt() if task.state is State.DONE else None
+            if attempt is None or attempt.result.digest in (None, EMPTY_DIGEST):
+                continue
+            holders = self.ledger.holders.get(attempt.result.digest, set())
+            if (holders | {attempt.version.origin}) <= {self.me}:
+                count += 1
+        return count

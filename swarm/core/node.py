@@ -1,0 +1,633 @@
+"""The node's decisions, pure: what to claim and when, which attempts start and stop, when a
+lease expired, what a restart closes, when a drain may leave, and which results to copy here.
+
+Theory of operation
+-------------------
+`NodeCore` is driven as aioquic's connection is: its adapter (the daemon, node.py in
+swarm/daemon, or a simulated node in swarm/sim) gives it inputs with the `Time` (records
+applied to the ledger, membership changes, a claim written, an attempt ended, a memory sample),
+calls `tick` when `next_deadline()` comes, and after each call carries out `take_effects()`:
+write records, start or stop an attempt, copy a result, leave. So one timer drives the node, and
+the simulator runs the very decisions the daemon does, on a virtual clock.
+
+A task the ledger shows pending is queued by the scheduler's rules (scheduler.py: rendezvous
+order, stagger, holds). The claim pass takes what fits the free capacity while the node is in
+touch with the swarm (scheduler.isolation). A task's first attempt starts while its claim is
+written; a stolen task, or one tried before, starts only once its claim is on disk, and a stolen
+one only after a settle if its claim still wins (else the claim is released). Each attempt holds
+a `Slot` until the adapter says it is closed (recorded); its resources are free again as soon as
+its process is gone. A claim of another node that beats ours stops our attempt; so does a cancel.
+
+Members' heartbeats and deaths feed the leases; every so often the leases are judged, and the
+tasks of a node whose lease expired are queued for takeover. When the members change, every
+pending task is ranked afresh, into a new queue built a slice at a time across ticks (a re-rank
+of 100,000 tasks must not stop the node answering probes). Results (holding.py) and a drain's
+hand-off follow the members too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+
+from swarm.core import gossip
+from swarm.core.attempts import Phase, Slot, Slots, closing_result, stale_claims
+from swarm.core.clock import HybridClock, StampIntake
+from swarm.core.drain import Drain
+from swarm.core.effects import (
+    Announce,
+    CheckDisk,
+    Effect,
+    Leave,
+    Level,
+    Log,
+    Start,
+    Stop,
+    Time,
+    Write,
+)
+from swarm.core.holding import Holding
+from swarm.core.ledger import (
+    EVICTION_CAP,
+    INTERRUPTION_CAP,
+    Body,
+    ClaimRecord,
+    DrainRecord,
+    HeartbeatRecord,
+    Ledger,
+    Outcome,
+    ResultRecord,
+    State,
+    StateChanged,
+    TaskView,
+    Version,
+    stamp_of,
+)
+from swarm.core.members import Members
+from swarm.core.pressure import Guard, eviction_reason
+from swarm.core.scheduler import Scheduler
+from swarm.core.spec import Resources, TaskSpec
+from swarm.core.storage import STORAGE_RETRY_S, Storage
+from swarm.core.sync import LedgerSync
+
+RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
+RERANK_SLICE = 2_000  # tasks re-ranked in one tick
+ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
+RELEASE_DEBOUNCE_S = 0.1  # our own old claims coming back from peers: closed once they settle
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    heartbeat_interval_s: float = 1.0
+    # Another node's claims expire when its heartbeat has not advanced for this long (or at once
+    # when membership declares it dead); see lease.py.
+    lease_ttl_s: float = 10.0
+    claim_stagger_s: float = 1.0  # see policy.py
+    claim_settle_s: float = 0.05  # a thief waits this long after its claim before it starts
+    claim_batch_max: int = 256  # claims made in one pass
+
+
+class NodeCore:
+    def __init__(
+        self,
+        me: str,
+        ledger: Ledger,
+        config: CoreConfig,
+        capacity: Resources,
+        labels: Mapping[str, str | int | float],
+        *,
+        networked: bool,
+        sync: LedgerSync,
+        guard: Guard | None = None,
+    ) -> None:
+        self.me = me
+        self.ledger = ledger
+        self.config = config
+        self.capacity = capacity
+        self.labels = dict(labels)
+        self.networked = networked
+        self.guard = guard
+        # The ledger-sync decisions (what to take of a push or a sync answer, what to hold
+        # back, when to pull, how to split a push and plan an answer): the adapter's transport
+        # and store ask it (sync.py); its counters outlive the core of one life.
+        self.sync = sync
+        self.sched = Scheduler(me, ledger, config.lease_ttl_s, config.claim_stagger_s)
+        # Our own stamps are the high-water mark (the clock never goes back, even when the wall
+        # clock did); the peers' are taken in like any record from a peer (see `start`).
+        stamps = dict(ledger.max_stamps)
+        self.clock = HybridClock(stamps.pop(me, 0))
+        self._peer_stamps = stamps
+        self.life_stamp = 0  # drains stamped before this life began are old news
+        self.slots = Slots(capacity)
+        self.members = Members(me, networked)
+        self.holding = Holding(me, ledger)
+        self.drain_state = Drain()
+        self.stopping = False
+        self.stamps = StampIntake(self.clock)  # peers' stamps, into our clock
+        self._effects: list[Effect] = []
+        self._wake = False  # claim at the next tick
+        self._wake_at = float("inf")
+        self.storage = Storage()
+        self._beat = ledger.heartbeats.get(me, 0)
+        self._last_beat: Version | None = None
+        self._next_beat = 0.0
+        self._next_lease_check = 0.0
+        self._rerank_due: float | None = None
+        self._release_due: float | None = None
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def start(self, t: Time, orphaned: Iterable[tuple[str, int]] = ()) -> None:
+        """The node starts on its loaded ledger. `orphaned`: (task, epoch) of the attempts its
+        last life left running (killed since), whose claims may never have reached the ledger."""
+        for origin, stamp in self._peer_stamps.items():
+            self._observe(origin, stamp, t)
+        self.life_stamp = self.clock.now(t.wall_ms)
+        self._next_beat = t.mono + self.config.heartbeat_interval_s
+        self._next_lease_check = t.mono + self._lease_check_every()
+        for view in self.ledger.tasks.values():
+            if view.state is State.PENDING:
+                self._enqueue(t, view)
+        self._release_stale_claims(t, list(orphaned))
+        self._wake = True
+
+    def apply(
+        self, t: Time, rows: Iterable[tuple[Version, Body]], remote: bool
+    ) -> list[StateChanged]:
+        """Records stored: fold them into the ledger and act on what changed. `remote`: they
+        came from a peer (our own records too, when a peer gives back what a wiped ledger lost)."""
+        changes: list[StateChanged] = []
+        if remote:
+            self.members.heard_at = t.mono
+        for version, body in rows:
+            stamp = stamp_of(body) if remote else None
+            if stamp is not None:  # every peer's record passes here: the clock sees it first
+                self._observe(version.origin, stamp, t)
+            for change in self.ledger.apply(version, body):
+                changes.append(change)
+                self._on_state_changed(t, change)
+            if isinstance(body, ResultRecord) and self.networked:
+                # A done task's credited result may change with a later result (a duplicate
+                # run, met after a partition healed): its holders are looked at again.
+                view = self.ledger.tasks.get(body.task_id)
+                if view is not None and view.state is State.DONE:
+                    self.holding.want([view], t.mono)
+            if (
+                isinstance(body, DrainRecord)
+                and body.node == self.me
+                and body.stamp > self.life_stamp  # asked in an earlier life: done with
+            ):
+                self.drain(t, body.grace_s)
+            if not remote:
+                if isinstance(body, HeartbeatRecord):
+                    self._last_beat = version
+                elif isinstance(body, ClaimRecord) and not body.released:
+                    self._check_claim(body.task_id)  # a peer's may have been here before it
+                continue
+            if isinstance(body, HeartbeatRecord):
+                self.sched.leases.heartbeat(
+                    version.origin, version.generation, body.counter, t.mono
+                )
+            elif isinstance(body, ClaimRecord):
+                if version.origin == self.me:
+                    # Our own claim from before our ledger was wiped, back from a peer: that
+                    # attempt is long gone, so close it (once the batch settles).
+                    if self._release_due is None:
+                        self._release_due = t.mono + RELEASE_DEBOUNCE_S
+                else:
+                    self.sched.leases.seen(version.origin, t.mono)
+                    self._check_claim(body.task_id)
+        return changes
+
+    def members_changed(
+        self, t: Time, events: Iterable[gossip.Event], members: Mapping[str, gossip.Member]
+    ) -> None:
+        """Membership said something (`events`); `members` is every member it knows, by node."""
+        self.members.known = members
+        if self.sched.members is None:
+            self._set_members()  # the first word from membership: ourselves, at least
+        rerank = False
+        for event in events:
+            match event:
+                case gossip.MemberDied() | gossip.MemberLeft():
+                    self.sched.leases.died(event.member)
+                case gossip.MemberJoined() | gossip.MemberRecovered():
+                    self.sched.leases.revived(event.member, t.mono)
+            rerank = rerank or not isinstance(event, gossip.MemberSuspected)
+        if rerank:
+            self.rerank_soon(t)
+
+    def rerank_soon(self, t: Time) -> None:
+        """Rank every pending task afresh a little later (a burst of joins is one re-rank)."""
+        if self._rerank_due is None:  # (one under way now is followed by this one)
+            self._rerank_due = t.mono + RERANK_DEBOUNCE_S
+
+    def caught_up(self, t: Time) -> None:
+        """The last frame of a sync answer was taken: we are in touch with the swarm."""
+        self.members.synced = True
+        self.members.heard_at = t.mono
+        self._wake = True
+
+    def claim_written(self, t: Time, task: str, ok: bool, why: str = "") -> None:
+        """The outcome of a Write with `claim_of=task`, or of a Start's claim."""
+        slot = self.slots.get(task)
+        if slot is None:
+            return
+        if not ok:
+            self.pause_claims(t, why)
+            if slot.phase is Phase.RUNNING:
+                self._emit(Stop(task, Outcome.INTERRUPTED, "claim not written", grace=False))
+            else:
+                self._close(t, task)
+            return
+        if slot.phase is Phase.RELEASING:
+            self._close(t, task)
+        elif slot.phase is Phase.CLAIMING:
+            slot.claim_on_disk = True
+            if slot.claim.stolen:
+                slot.phase = Phase.SETTLING
+                slot.settle_at = t.mono + self.config.claim_settle_s
+            else:
+                self._settled(t, task, slot)
+        elif slot.phase in (Phase.RUNNING, Phase.ENDED):
+            slot.claim_on_disk = True
+            if slot.phase is Phase.RUNNING and self.ledger.tasks[task].state is State.CANCELLED:
+                self._emit(Stop(task, Outcome.INTERRUPTED, "cancelled"))
+
+    def start_failed(self, t: Time, task: str, why: str) -> None:
+        """The adapter could not start an attempt (its run dir could not be made)."""
+        self.pause_claims(t, why)
+        slot = self.slots.get(task)
+        if slot is None:
+            return
+        if slot.claim_on_disk:
+            self._release(slot, task)
+        else:
+            self._close(t, task)
+
+    def attempt_ended(self, t: Time, task: str) -> None:
+        """An attempt's process is gone: its resources are free for the next task while it is
+        recorded. If memory pressure evicted it, the task stays with the others for a lease."""
+        slot = self.slots.get(task)
+        if slot is not None:
+            slot.phase = Phase.ENDED
+            self._free(slot)
+        if self.guard is not None and self.guard.ended(task, t.mono):
+            self.sched.hold(task, t.mono + self.config.lease_ttl_s)
+
+    def attempt_closed(self, t: Time, task: str) -> None:
+        """An attempt is over (recorded, or given up): its slot goes."""
+        self.attempt_ended(t, task)
+        self._close(t, task)
+
+    def pause_claims(self, t: Time, why: str, for_s: float = STORAGE_RETRY_S) -> None:
+        """A write failed (a full or failing disk): claim nothing for a while."""
+        if why:
+            self._log(Level.ERROR, f"not claiming new tasks for {for_s:.0f}s: {why}")
+        self.storage.pause(t.mono, for_s)
+
+    def storage_full(self, t: Time, where: str, why: str) -> None:
+        """An attempt ended on a full state disk: claim nothing until it has room."""
+        if self.storage.filled(t.mono):
+            full = f"disk full: not claiming new tasks until {where} has room ({why})"
+            self._log(Level.ERROR, full)
+
+    def disk_checked(self, t: Time, has_room: bool, where: str) -> None:
+        if self.storage.checked(t.mono, has_room):
+            self._log(Level.INFO, f"the disk of {where} has room again: claiming tasks")
+            self._wake = True
+
+    def handed_back(self, t: Time, task: str) -> None:
+        """A result this node could not store was recorded as interrupted for a peer to run:
+        leave the task to the peers, and claim nothing, for a lease period."""
+        self.sched.hold(task, t.mono + self.config.lease_ttl_s)
+        self.pause_claims(t, "", self.config.lease_ttl_s)
+
+    def memory(self, t: Time, rss_bytes: Mapping[str, int], available: int | None) -> None:
+        """A memory sample, taken at `t`: each attempt's measured use, and what the machine has
+        available (None: unknown)."""
+        for task, used in rss_bytes.items():
+            slot = self.slots.get(task)
+            if slot is not None:
+                slot.rss_bytes = used
+        if self.guard is None:
+            return
+        if available is not None:
+            self.guard.available = available
+        self._evict_if_short(t)
+        self._wake = True  # memory may have been freed: admit by the new figures
+
+    def drain(self, t: Time, grace_s: float | None) -> None:
+        """Finish what runs, claim nothing new, then leave the swarm and stop (drain.py)."""
+        if not self.drain_state.begin(t.mono, grace_s):
+            return
+        within = "" if grace_s is None else f" within {grace_s:g}s"
+        self._log(
+            Level.WARNING,
+            f"draining: {len(self.slots)} attempt(s) to finish{within}, then leaving",
+        )
+        self._emit(Announce(draining=True))  # peers rank us out
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_state.active
+
+    @property
+    def used(self) -> Resources:
+        return self.slots.used
+
+    def stop(self) -> None:
+        """The node stops: it starts nothing more."""
+        self.stopping = True
+
+    def copied(self, t: Time, digest: str, complete: bool) -> None:
+        """The outcome of a CopyResult."""
+        for effect in self.holding.copied(
+            digest, complete, self._replica_targets, self.members.all_gone
+        ):
+            self._emit(effect)
+
+    # -- the timer --------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `tick` is next due (monotonic seconds; at once if in the past)."""
+        if self.drain_state.left:
+            return None
+        if self._wake or self.sched.reranking:
+            return -1.0
+        due = [self._wake_at, self._next_beat, self._next_lease_check]
+        due += [d for d in (self._rerank_due, self._release_due) if d is not None]
+        due += [s.settle_at for _, s in self.slots.items() if s.settle_at is not None]
+        others = (
+            self.holding.next_deadline(),
+            self.drain_state.next_deadline(),
+            self.storage.next_deadline(),
+        )
+        due += [d for d in others if d is not None]
+        return min(due)
+
+    def tick(self, t: Time) -> None:
+        """Do what is due at `t`."""
+        if self.drain_state.left:
+            return
+        now = t.mono
+        if now >= self._next_beat:
+            self._heartbeat(t)
+        if now >= self._next_lease_check:
+            self._next_lease_check = now + self._lease_check_every()
+            self._judge_leases(t)
+        rerank_due = self._rerank_due is not None and now >= self._rerank_due
+        if rerank_due and not self.sched.reranking:
+            self._rerank_due = None
+            self._begin_rerank(t)
+        if self.sched.reranking and self.sched.rerank_slice(t.mono, RERANK_SLICE):
+            self._wake = True
+        if self._release_due is not None and now >= self._release_due:
+            self._release_due = None
+            self._release_stale_claims(t, [])
+        for task, slot in self.slots.items():
+            if slot.settle_at is not None and now >= slot.settle_at:
+                slot.settle_at = None
+                self._settled(t, task, slot)
+        if self.storage.check_now(now):
+            self._emit(CheckDisk())
+        if self._wake or now >= self._wake_at:
+            self._claim_pass(t)
+        for effect in self.holding.tick(now, self._replica_targets, self.members.all_gone):
+            self._emit(effect)
+        sole = partial(self.holding.sole_holdings, self.members.live_peers())
+        if self.drain_state.step(now, bool(self.slots), sole):
+            self._emit(Leave("the node was drained"))
+
+    def take_effects(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def is_pending(self, task: str, now: float) -> bool:
+        """Whether this node may claim the task: pending, or held by a node whose lease expired."""
+        return self.sched.claimable(task, self.slots, now)
+
+    def infeasible(self, now: float) -> list[str]:
+        """Pending tasks this node could never run, even when idle."""
+        return self.sched.queue.infeasible(
+            self.capacity, self.labels, lambda task: self.is_pending(task, now)
+        )
+
+    def peer_could_run(self, spec: TaskSpec) -> bool:
+        """Whether a live member other than this node could run a task of this shape."""
+        return self.networked and any(n != self.me for n, _ in self.sched.candidates_for(spec))
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def _log(self, level: Level, text: str) -> None:
+        self._emit(Log(level, text))
+
+    def _observe(self, origin: str, stamp: int, t: Time) -> None:
+        said = self.stamps.take(origin, stamp, t.wall_ms)
+        if said is not None:
+            self._log(Level.WARNING, said)
+
+    @property
+    def stamps_ahead(self) -> int:
+        return self.stamps.refused
+
+    def _on_state_changed(self, t: Time, change: StateChanged) -> None:
+        view = self.ledger.tasks[change.task_id]
+        if change.new is State.PENDING:
+            self._enqueue(t, view)
+            self._wake = True
+            return
+        self.sched.since.pop(change.task_id, None)  # claimed or ended: it waits no more
+        if change.new is State.DONE and self.networked:
+            self.holding.want([view], t.mono)
+        elif change.new is State.CANCELLED:
+            slot = self.slots.get(change.task_id)
+            if slot is not None and slot.phase is Phase.RUNNING:
+                self._emit(Stop(change.task_id, Outcome.INTERRUPTED, "cancelled"))
+
+    def _check_claim(self, task: str) -> None:
+        """Another node claimed a task we run: if its claim wins, ours stops."""
+        slot = self.slots.get(task)
+        if slot is None or slot.phase is not Phase.RUNNING:
+            return
+        winner = self.sched.lost_to(task, slot.claim.epoch)
+        if winner is not None:
+            self._emit(Stop(task, Outcome.INTERRUPTED, f"lost its claim to {winner[1][:8]}"))
+
+    def _heartbeat(self, t: Time) -> None:
+        self._next_beat = t.mono + self.config.heartbeat_interval_s
+        self._beat += 1
+        body = HeartbeatRecord(self._beat)
+        self._emit(Write((body,), "heartbeat", replaces=self._last_beat))
+
+    def _release_stale_claims(self, t: Time, orphaned: list[tuple[str, int]]) -> None:
+        """Close the claims this node held when it last stopped (attempts.stale_claims)."""
+        claims, results = stale_claims(
+            self.ledger,
+            self.me,
+            self.slots,
+            orphaned,
+            lambda: self.clock.now(t.wall_ms),
+            t.wall_ms,
+            self.capacity,
+        )
+        if results:
+            cut_off = f"{len(results)} attempt(s) were cut off when the node stopped; re-queued"
+            self._log(Level.WARNING, cut_off)
+        if claims or results:
+            self._emit(Write((*claims, *results), "the claims of attempts cut off by a stop"))
+
+    # -- queueing and re-ranking ------------------------------------------------------------
+
+    def _enqueue(self, t: Time, view: TaskView, at_once: bool = False) -> None:
+        """Queue a task for claiming (scheduler.py), into the queue being rebuilt too."""
+        self.sched.enqueue(view, t.mono, at_once)
+
+    def _set_members(self) -> None:
+        """Tell the scheduler who is live, and what each offers (from their gossiped meta)."""
+        self.sched.set_members(self.members.peers())
+
+    def _begin_rerank(self, t: Time) -> None:
+        # The chosen holders of results move with the members too.
+        self.holding.want((v for v in self.ledger.tasks.values() if v.state is State.DONE), t.mono)
+        self._set_members()
+        self.sched.begin_rerank()
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def _lease_check_every(self) -> float:
+        return min(self.config.heartbeat_interval_s, self.config.lease_ttl_s / 4)
+
+    def _judge_leases(self, t: Time) -> None:
+        """Queue the running tasks of nodes whose lease expired (a stopped heartbeat expires
+        no event); a member that stopped (or went back to) heartbeating changes the ranks."""
+        if self.sched.requeue_orphans(t.mono):
+            self._wake = True
+        if self.sched.note_stalled(t.mono):
+            self.rerank_soon(t)
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def _may_claim(self, t: Time) -> bool:
+        """Whether this node may claim now (in touch with the swarm); says why not, once."""
+        others = any(origin != self.me for origin, _ in self.ledger.high_seq)
+        why, news = self.members.isolation(t.mono, others, self.config.lease_ttl_s)
+        if news:
+            self._log(Level.WARNING, f"not claiming new tasks: {why}")
+        return why is None
+
+    def _claim_pass(self, t: Time) -> None:
+        self._wake = False
+        self._wake_at = float("inf")
+        if self.draining or self.stopping:
+            return  # claims nothing new; a drain leaves when all has ended
+        if not self._may_claim(t):
+            self._wake_at = t.mono + ISOLATED_RECHECK_S
+            return
+        if self.storage.full:
+            return  # disk_checked wakes it
+        if t.mono < self.storage.paused_until:
+            self._wake_at = self.storage.paused_until
+            return
+        free = self.capacity - self.used
+        if self.guard is not None:  # memory goes by what the attempts are measured to use
+            free = replace(free, memory_bytes=self.guard.headroom(self.slots.memory_in_use(t.mono)))
+        limit = self.config.claim_batch_max
+        picks = self.sched.pick(self.slots, free, self.labels, limit, t.mono)
+        ready = self.sched.queue.next_ready()
+        self._wake_at = float("inf") if ready is None else ready
+        for task in picks:
+            self._claim(t, task)
+        if len(picks) == limit:
+            self._wake = True  # the batch was full: more may fit
+
+    def _claim(self, t: Time, task: str) -> None:
+        view = self.ledger.tasks[task]
+        spec = view.spec
+        assert spec is not None
+        claim = self.sched.new_claim(view, self.clock.now(t.wall_ms))
+        number = len(view.attempts) + 1
+        slot = self.slots.take(task, claim, number, spec.need, t.mono)
+        if view.state is State.RUNNING and self.sched.takeover_exhausts(view):
+            # Close the task without running it: our claim, and an interruption over the cap.
+            reason = (
+                f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
+                "lost their leases"
+            )
+            self._log(Level.WARNING, f"{view.name}: {reason}")
+            result = closing_result(
+                self.capacity, t.wall_ms, task, claim.epoch, number, Outcome.INTERRUPTED,
+                t.wall_ms, reason,
+            )  # fmt: skip
+            slot.phase = Phase.RELEASING
+            closed = Write(
+                (claim, result), "the claim and result of a task closed unrun", claim_of=task
+            )
+            self._emit(closed)
+            return
+        # A first attempt starts while its claim is written (a short task should not wait for
+        # an fsync). A stolen task, or one tried before (it may be what killed its last
+        # node), starts only once its claim is on disk.
+        if claim.stolen or view.claims:
+            self._emit(Write((claim,), "a claim", claim_of=task))
+            return
+        self.slots.start(slot, t.mono)
+        self._emit(Start(task, claim, number, slot.gpu_ids, write_claim=True))
+
+    def _settled(self, t: Time, task: str, slot: Slot) -> None:
+        """A claim on disk (after its settle, if stolen): start if it still wins, else release
+        it (the preferred node, or another thief, reached for the task at the same moment)."""
+        view = self.ledger.tasks[task]
+        wins = view.winning_claim() == (slot.claim.epoch, self.me)
+        if wins and view.state is State.RUNNING and not self.stopping:
+            self.slots.start(slot, t.mono)
+            self._emit(Start(task, slot.claim, slot.attempt, slot.gpu_ids, write_claim=False))
+        else:
+            self._release(slot, task)
+
+    def _release(self, slot: Slot, task: str) -> None:
+        slot.phase = Phase.RELEASING
+        released = replace(slot.claim, released=True)
+        self._emit(Write((released,), "the release of a claim", claim_of=task))
+
+    def _free(self, slot: Slot) -> None:
+        if self.slots.free(slot):
+            self._wake = True
+
+    def _close(self, t: Time, task: str) -> None:
+        if self.slots.pop(task) is None:
+            return
+        view = self.ledger.tasks.get(task)
+        if view is not None and view.state is State.PENDING:
+            # Its claim never made it to disk (or it ended without a result): it was taken off
+            # the queue when chosen, so it must go back on, or it would wait forever.
+            self._enqueue(t, view, at_once=True)
+        self._wake = True
+
+    # -- memory -----------------------------------------------------------------------------
+
+    def _evict_if_short(self, t: Time) -> None:
+        """Under --overcommit: stop the newest attempt if too little memory is left."""
+        assert self.guard is not None
+        running = self.slots.memory_in_use(t.mono)
+        chosen = self.guard.choose(running, t.mono)
+        if chosen is None:
+            return
+        view = self.ledger.tasks[chosen.task_id]
+        over_cap = view.evictions() + 1 - view.forgiven_evictions > EVICTION_CAP
+        reason = eviction_reason(self.guard, running, chosen, over_cap)
+        self._log(Level.WARNING, f"{view.name}: {reason}")
+        self._emit(Stop(chosen.task_id, Outcome.INTERRUPTED, reason, evict=True))
+        self.sched.hold(chosen.task_id, t.mono + self.config.lease_ttl_s)
+
+    # -- draining and results ---------------------------------------------------------------
+
+    def _replica_targets(self, digest: str) -> list[str]:
+        nodes = self.members.result_holders()
+        return [self.me] if nodes is None else self.holding.targets(digest, nodes)

@@ -1,0 +1,182 @@
+"""What the control socket's operations do on the node (control_server.py checks the requests
+and shapes the replies): submissions, cancels, retries and drains written as the core's
+requests.py decides, joins, key reloads, result fetches, and the status snapshot and members'
+rows, with the long poll that waits for the next change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING, Literal
+
+from swarm.core import requests, snapshot
+from swarm.core.ledger import ReplicaRecord
+from swarm.core.requests import CheckedTask
+from swarm.core.snapshot import NodeRow, Snapshot
+from swarm.daemon.config import parse_addr
+from swarm.daemon.net import GossipNet
+from swarm.daemon.transfer import Copied
+
+if TYPE_CHECKING:
+    from swarm.daemon.node import Node
+
+
+class Operations:
+    """The node as the control server sees it (control_server.NodeControl)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # -- what it counted --------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @property
+    def net(self) -> GossipNet | None:
+        return self.node.net
+
+    @property
+    def forged_records(self) -> int:
+        return self.node.core.sync.forged_records
+
+    @property
+    def bad_records(self) -> int:
+        return self.node.core.sync.bad_records
+
+    @property
+    def refused_records(self) -> int:
+        return self.node.core.sync.refused_records
+
+    @property
+    def refused_tasks(self) -> int:
+        return self.node.core.sync.refused_tasks
+
+    @property
+    def gap_pulls(self) -> int:
+        return self.node.core.sync.gap_pulls
+
+    @property
+    def stamps_ahead(self) -> int:
+        return self.node.core.stamps_ahead
+
+    # -- requests that write ----------------------------------------------------------------
+
+    def has_job(self, job: str) -> bool:
+        return job in self.node.ledger.jobs
+
+    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
+        """Add a submission's tasks in one commit (requests.submission); how many were new."""
+        node = self.node
+        records = requests.submission(
+            node.ledger, job, tasks, node.core.clock.now(node.now().wall_ms)
+        )
+        if records:
+            await node.append(list(records))
+        return len(records)
+
+    async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
+        """Cancel a job, or the one task whose id starts with `target`: which, and its name."""
+        node = self.node
+        stamp = node.core.clock.now(node.now().wall_ms)
+        kind, name, record = requests.cancellation(node.ledger, target, stamp)
+        await node.append([record])
+        return kind, name
+
+    async def retry(self, job: str) -> int:
+        """Re-queue the failed tasks of a job; how many."""
+        records = requests.retries(self.node.ledger, job)
+        if records:
+            await self.node.append(list(records))
+        return len(records)
+
+    async def drain_request(
+        self, node_prefix: str | None, grace_s: float | None
+    ) -> tuple[str, int | None]:
+        """Drain this node or the live member whose id starts with `node_prefix`: its whole id,
+        and (if it is this node) how many attempts it has still to finish."""
+        node = self.node
+        live = [m.node for m in node.membership.live_members()] if node.membership else []
+        target = requests.drain_target(node_prefix, node.node_id, live)
+        if target == node.node_id:
+            node.drain(grace_s)
+            return target, len(node.attempts)
+        stamp = node.core.clock.now(node.now().wall_ms)
+        await node.append([requests.drain_record(target, stamp, grace_s)])
+        return target, None
+
+    async def join_peers(self, peers: list[str]) -> list[str]:
+        """Join through `peers` (HOST:PORT each); what is wrong, if no seed answers in time."""
+        seeds = [parse_addr(p) for p in peers]
+        self.node.join(seeds)
+        return await self.node.await_seeds(seeds)
+
+    def reload_keys(self) -> str:
+        return self.node.reload_keys()
+
+    def stop(self) -> None:
+        self.node.stop()
+
+    async def fetch_results(self, job: str) -> dict[str, int]:
+        """Make every result file of the job's tasks held here, fetching from their holders."""
+        fetched = missing = 0
+        async with contextlib.aclosing(self.node.transfer.fetch_results(job)) as copies:
+            async for copied in copies:
+                await self._say_held(copied)
+                fetched, missing = fetched + copied.fetched, missing + copied.missing
+        return {"fetched": fetched, "missing": missing}
+
+    async def _say_held(self, copied: Copied) -> None:
+        """Once all of a result is held here, say so with a REPLICA record (once)."""
+        node = self.node
+        if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
+            await node.append([ReplicaRecord(copied.digest)])
+
+    # -- status -----------------------------------------------------------------------------
+
+    @property
+    def changes(self) -> int:
+        """How many times a task's state has changed: a status long poll waits for the next."""
+        return self.node.changes
+
+    async def wait_for_change(self, seen: int, timeout_s: float) -> None:
+        """Return at the next change of a task's state after the `seen`th, or after `timeout_s`."""
+        if seen != self.node.changes:
+            return  # changed since the client looked
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancel that
+        # comes as its wait ends, and a handler must stop when the node does.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.node.progress.wait()
+
+    def node_info(self) -> NodeRow:
+        node = self.node
+        return {
+            "id": node.node_id,
+            "state": "alive",
+            "pid": os.getpid(),
+            "data_dir": str(node.state.root),
+            "labels": node.labels,
+            "capacity": snapshot.resources_dict(node.capacity),
+            "used": snapshot.resources_dict(node.core.used),
+            "running": len(node.attempts),
+            "started_ms": node.started_ms,
+        }
+
+    def members(self) -> list[NodeRow]:
+        node = self.node
+        if node.membership is None:
+            return [self.node_info()]
+        members = node.membership.members.values()
+        return snapshot.member_rows(node.ledger, members, self.node_info(), time.monotonic())
+
+    def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
+        node = self.node
+        infeasible = node.core.infeasible(time.monotonic())
+        if jobs is not None:
+            infeasible = [t for t in infeasible if node.ledger.tasks[t].job in jobs]
+        now_ms = node.now().wall_ms
+        return snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)

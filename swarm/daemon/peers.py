@@ -1,0 +1,108 @@
+"""Joining a swarm: seeds resolved, joined through again and again until a member answers (as
+Serf retries its joins), and what is wrong said when none does; the swarm key ring kept as the
+state dir says; and why an address could not be bound, in words."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Callable
+
+from swarm import statedir
+from swarm.core import gossip, wire
+from swarm.statedir import StateDir
+
+JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
+JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
+RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
+
+Seed = tuple[str, int]
+
+
+async def await_seeds(
+    seeds: list[Seed],
+    membership: Callable[[], gossip.Membership | None],
+    stopping: Callable[[], bool],
+) -> list[str]:
+    """Wait up to JOIN_ANSWER_S for a seed to answer, which it has once a live member is at
+    its address. The problems, one sentence each; none once a seed has answered."""
+    resolved, problems = await resolve(seeds)
+    deadline = time.monotonic() + JOIN_ANSWER_S
+    while not seed_answered(membership(), resolved):
+        if not resolved or time.monotonic() >= deadline or stopping():
+            silent = ", ".join(f"{host}:{port}" for host, port in resolved)
+            if silent:
+                problems.append(
+                    f"no answer from {silent} after {JOIN_ANSWER_S:g} s: "
+                    "is a node running there, with this swarm key?"
+                )
+            return problems
+        await asyncio.sleep(JOIN_POLL_S)
+    return []
+
+
+def seed_answered(membership: gossip.Membership | None, resolved: dict[Seed, set[str]]) -> bool:
+    if membership is None:
+        return False
+    return any(
+        member.addr[1] == port and member.addr[0] in addresses | {host}
+        for member in membership.live_members()
+        if member.node != membership.node
+        for (host, port), addresses in resolved.items()
+    )
+
+
+def reload_key_ring(ring: wire.KeyRing, state: StateDir) -> str:
+    """Make the key ring what the state dir says: every key installed, swarm.key in use. The
+    ring object is shared with the sealer and opener, so this takes effect at once. Returns the
+    id of the key in use, in hex."""
+    in_use, others = statedir.key_ring_files(state)
+    wanted = {wire.key_id(k): k for k in [in_use, *others]}
+    for kid in [k for k in ring.keys if k not in wanted and k != ring.in_use]:
+        ring.remove(kid)
+    for key in wanted.values():
+        ring.install(key)
+    ring.use(wire.key_id(in_use))
+    for kid in [k for k in ring.keys if k not in wanted]:
+        ring.remove(kid)  # the old key in use, now that another one is
+    return ring.in_use.hex()
+
+
+async def resolve(
+    seeds: list[tuple[str, int]],
+) -> tuple[dict[tuple[str, int], set[str]], list[str]]:
+    """The IP addresses of each seed, and a sentence for each seed whose name does not resolve."""
+    loop = asyncio.get_running_loop()
+    found: dict[tuple[str, int], set[str]] = {}
+    problems: list[str] = []
+    for host, port in seeds:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), RESOLVE_WAIT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else None
+            problems.append(
+                f"{host}:{port} does not resolve ({why or 'no answer from the resolver'}): "
+                "check the name"
+            )
+            continue
+        found[(host, port)] = {str(info[4][0]) for info in infos}
+    return found, problems
+
+
+def bind_problem(exc: OSError) -> str:
+    """Why an address could not be bound, in words."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the address is in use (another swarm node, or another program?); choose another port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    return exc.strerror or str(exc)

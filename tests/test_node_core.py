@@ -1,0 +1,325 @@
+"""The node core's decisions (swarm/core/node.py), driven by hand: inputs with the time in,
+effects out, no I/O. Each test plays one adapter's part: it carries out the effects it is
+about (a Write versioned and applied, a claim's outcome reported) and checks what comes next."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from swarm.core import gossip, holding
+from swarm.core import node as core_node
+from swarm.core.effects import (
+    Announce,
+    CopyResult,
+    Effect,
+    Leave,
+    Start,
+    Stop,
+    Time,
+    Write,
+)
+from swarm.core.ledger import (
+    Body,
+    ClaimRecord,
+    Ledger,
+    LostRecord,
+    Outcome,
+    ReplicaRecord,
+    ResultRecord,
+    State,
+    TaskRecord,
+    Version,
+)
+from swarm.core.node import CoreConfig, NodeCore
+from swarm.core.policy import rendezvous_rank
+from swarm.core.pressure import Guard
+from swarm.core.spec import Resources, TaskSpec
+from swarm.core.storage import STORAGE_RETRY_S
+from swarm.core.sync import LedgerSync
+
+SPEC = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
+CAPACITY = Resources(2.0, 1 << 30)
+CONFIG = CoreConfig(
+    heartbeat_interval_s=0.25, lease_ttl_s=2.0, claim_stagger_s=0.1, claim_settle_s=0.05
+)
+EPOCH_MS = 1_700_000_000_000
+META = {"capacity": {"cpus": 2.0, "memory_bytes": 1 << 30, "gpus": 0}, "labels": {}}
+
+
+def sync() -> LedgerSync:
+    return LedgerSync(random.Random(0))
+
+
+def at(seconds: float) -> Time:
+    return Time(seconds, EPOCH_MS + int(seconds * 1000))
+
+
+class Harness:
+    """One core, and the bookkeeping of an adapter: each origin's next seq."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.seqs: dict[str, int] = {}
+
+    def record(self, t: Time, origin: str, *bodies: Body) -> None:
+        """Records of `origin` stored here (ours, or a peer's)."""
+        rows = []
+        for body in bodies:
+            self.seqs[origin] = self.seqs.get(origin, 0) + 1
+            rows.append((Version(origin, 1, self.seqs[origin]), body))
+        self.core.apply(t, rows, remote=origin != self.core.me)
+
+    def effects(self) -> list[Effect]:
+        return self.core.take_effects()
+
+    def write(self, t: Time, effect: Write, ok: bool = True) -> None:
+        """Carry out a Write (committed, then applied) and report a claim's outcome."""
+        if ok:
+            self.record(t, self.core.me, *effect.bodies)
+        if effect.claim_of is not None:
+            self.core.claim_written(t, effect.claim_of, ok, "" if ok else "disk full")
+
+    def tick(self, t: Time) -> list[Effect]:
+        self.core.tick(t)
+        return self.effects()
+
+
+def task(name: str) -> TaskRecord:
+    return TaskRecord(name, "job", name, SPEC, 1)
+
+
+def alone(*names: str, **kw: object) -> Harness:
+    """A node of no swarm (no gossip address), with these tasks submitted."""
+    h = Harness(NodeCore("a", Ledger(), CONFIG, CAPACITY, {}, networked=False, sync=sync(), **kw))  # type: ignore[arg-type]
+    h.record(at(0), "sub", *(task(n) for n in names))
+    h.core.start(at(0))
+    return h
+
+
+def member(node: str, state: gossip.MemberState = gossip.MemberState.ALIVE) -> gossip.Member:
+    return gossip.Member(node, (node, 7946), 1, state, dict(META), 0.0)
+
+
+def in_swarm(me: str, nodes: list[str], *names: str) -> Harness:
+    """Node `me` of a swarm of `nodes` (all alive), in touch with it, these tasks submitted."""
+    h = Harness(NodeCore(me, Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
+    h.core.start(at(0))
+    h.core.members_changed(at(0), [], {n: member(n) for n in nodes})
+    h.core.caught_up(at(0))
+    h.record(at(0), "sub", *(task(n) for n in names))
+    h.effects()
+    return h
+
+
+def of(kind: type, effects: list[Effect]) -> list[Effect]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def test_a_first_attempt_starts_while_its_claim_is_written() -> None:
+    h = alone("t1")
+    assert h.core.next_deadline() == -1.0  # a task waits: claim at once
+    (start,) = of(Start, h.tick(at(0)))
+    assert isinstance(start, Start) and start.write_claim and start.task_id == "t1"
+    assert h.core.used == SPEC.need
+    h.core.claim_written(at(0.01), "t1", True)
+    assert not h.effects()  # nothing more to do: it runs
+
+
+def test_a_claim_that_could_not_be_written_stops_its_attempt_and_pauses_claims() -> None:
+    h = alone("t1", "t2")
+    h.core.config = CoreConfig(claim_batch_max=1)  # one claim per pass
+    (start,) = of(Start, h.tick(at(0)))
+    assert isinstance(start, Start)
+    h.core.claim_written(at(0.01), start.task_id, False, "disk full")
+    (stop,) = of(Stop, h.effects())
+    assert stop == Stop(start.task_id, Outcome.INTERRUPTED, "claim not written", grace=False)
+    h.core.attempt_closed(at(0.02), start.task_id)
+    assert not of(Start, h.tick(at(1.0)))  # paused for STORAGE_RETRY_S
+    assert of(Start, h.tick(at(STORAGE_RETRY_S + 0.1)))
+
+
+def stolen_task(names: list[str], thief: str) -> str:
+    """A task `thief` is second for among `names` (all with the same CPUs)."""
+    candidates = [(n, 2.0) for n in names]
+    return next(f"t{i}" for i in range(50) if rendezvous_rank(f"t{i}", thief, candidates) == 1)
+
+
+def test_a_thief_waits_out_its_settle_and_backs_off_when_the_preferred_node_claimed() -> None:
+    t = stolen_task(["a", "b"], "b")
+    h = in_swarm("b", ["a", "b"], t)
+    assert not h.tick(at(0.05))  # a comes first: b waits one stagger
+    (claim,) = of(Write, h.tick(at(0.11)))
+    assert isinstance(claim, Write) and claim.claim_of == t
+    (body,) = claim.bodies
+    assert isinstance(body, ClaimRecord) and body.stolen
+    h.write(at(0.11), claim)
+    assert h.core.next_deadline() == pytest.approx(0.11 + CONFIG.claim_settle_s)
+    h.record(at(0.12), "a", ClaimRecord(t, body.epoch, body.stamp - 1))  # a reached for it too
+    (release,) = of(Write, h.tick(at(0.17)))
+    assert isinstance(release, Write) and not of(Start, [release])
+    assert release.bodies == (ClaimRecord(t, body.epoch, body.stamp, stolen=True, released=True),)
+    h.write(at(0.17), release)
+    assert t not in h.core.slots and h.core.used == Resources(0.0, 0, 0)
+
+
+def test_a_thief_that_still_wins_after_its_settle_starts() -> None:
+    t = stolen_task(["a", "b"], "b")
+    h = in_swarm("b", ["a", "b"], t)
+    (claim,) = of(Write, h.tick(at(0.11)))
+    assert isinstance(claim, Write)
+    h.write(at(0.11), claim)
+    assert not of(Start, h.tick(at(0.12)))  # settling
+    (start,) = of(Start, h.tick(at(0.17)))
+    assert isinstance(start, Start) and not start.write_claim  # on disk already
+
+
+def test_a_winning_claim_of_a_peer_or_a_cancel_stops_our_attempt() -> None:
+    h = in_swarm("a", ["a", "b"], "t1", "t2")
+    starts = of(Start, h.tick(at(0.2)))  # both t1 and t2 come to a, after at most one stagger
+    starts += of(Start, h.tick(at(0.3)))
+    assert {s.task_id for s in starts if isinstance(s, Start)} == {"t1", "t2"}
+    for s in starts:
+        assert isinstance(s, Start)
+        h.record(at(0.3), "a", s.claim)
+        h.core.claim_written(at(0.3), s.task_id, True)
+    epoch = h.core.ledger.tasks["t1"].next_epoch()  # a takeover by b, under a higher epoch
+    h.record(at(0.4), "b", ClaimRecord("t1", epoch, EPOCH_MS * 1024))
+    assert of(Stop, h.effects()) == [Stop("t1", Outcome.INTERRUPTED, "lost its claim to b")]
+    from swarm.core.ledger import CancelRecord
+
+    h.record(at(0.5), "b", CancelRecord("job", "t2", EPOCH_MS * 2048))
+    assert of(Stop, h.effects()) == [Stop("t2", Outcome.INTERRUPTED, "cancelled")]
+
+
+def result(task: str, epoch: int, digest: str | None = None) -> ResultRecord:
+    return ResultRecord(
+        task, epoch, 1, Outcome.OK, 0, EPOCH_MS, EPOCH_MS, 0.0, 0.0, 0, digest, CAPACITY
+    )
+
+
+def test_a_restart_closes_the_claims_of_its_last_life_and_writes_those_never_written() -> None:
+    ledger = Ledger()
+    ledger.apply(Version("sub", 1, 1), task("t1"))
+    ledger.apply(Version("sub", 1, 2), task("t2"))
+    ledger.apply(Version("a", 1, 1), ClaimRecord("t1", 1, EPOCH_MS << 16))
+    core = NodeCore("a", ledger, CONFIG, CAPACITY, {}, networked=False, sync=sync())
+    core.start(at(100), orphaned=[("t2", 1)])  # t2 ran, but its claim never reached the ledger
+    writes = of(Write, core.take_effects())
+    assert len(writes) == 1
+    bodies = writes[0].bodies  # type: ignore[union-attr]
+    claims = [b for b in bodies if isinstance(b, ClaimRecord)]
+    results = [b for b in bodies if isinstance(b, ResultRecord)]
+    assert claims == [ClaimRecord("t2", 1, claims[0].stamp, stolen=True)]
+    assert {(r.task_id, r.epoch, r.outcome, r.reason) for r in results} == {
+        ("t1", 1, Outcome.INTERRUPTED, "the node stopped while it ran"),
+        ("t2", 1, Outcome.INTERRUPTED, "the node stopped while it ran"),
+    }
+    assert bodies.index(claims[0]) < min(bodies.index(r) for r in results)  # claim first
+
+
+def test_a_drain_leaves_once_its_attempts_ended_and_no_result_is_held_here_alone() -> None:
+    h = in_swarm("a", ["a", "b"], "t1")
+    (start,) = of(Start, h.tick(at(0.2)) + h.tick(at(0.3)))
+    assert isinstance(start, Start)
+    h.record(at(0.3), "a", start.claim)
+    h.core.claim_written(at(0.3), "t1", True)
+    h.core.drain(at(0.4), None)
+    assert of(Announce, h.effects()) == [Announce(draining=True)]
+    assert not of(Leave, h.tick(at(1.0)))  # t1 runs
+    h.core.attempt_ended(at(1.1), "t1")
+    h.record(at(1.1), "a", result("t1", start.claim.epoch, "d1"), ReplicaRecord("d1"))
+    h.core.attempt_closed(at(1.1), "t1")
+    assert not of(Leave, h.tick(at(1.5)))  # its result is held here alone
+    h.record(at(1.6), "b", ReplicaRecord("d1"))  # b copied it
+    assert of(Leave, h.tick(at(1.8))) == [Leave("the node was drained")]
+    assert h.core.next_deadline() is None  # gone: no timer
+
+
+def test_a_drain_with_a_grace_leaves_when_it_runs_out() -> None:
+    h = alone("t1")
+    of(Start, h.tick(at(0)))
+    h.core.drain(at(1), grace_s=2.0)
+    assert not of(Leave, h.tick(at(2.9)))
+    assert of(Leave, h.tick(at(3.0)))
+
+
+def digest_first_for(node: str, nodes: list[str]) -> str:
+    return next(f"d{i}" for i in range(200) if holding.Holding.targets(f"d{i}", nodes)[0] == node)
+
+
+def test_a_result_whose_holder_died_is_copied_by_a_chosen_node_or_declared_lost() -> None:
+    h = in_swarm("c", ["a", "b", "c"], "t1", "t2")
+    d_copy, d_lost = digest_first_for("c", ["b", "c"]), digest_first_for("c", ["b", "c"]) + "x"
+    d_lost = next(
+        f"e{i}" for i in range(200) if holding.Holding.targets(f"e{i}", ["b", "c"])[0] == "c"
+    )
+    h.record(at(1), "a", ClaimRecord("t1", 1, 1), result("t1", 1, d_copy))
+    h.record(at(1), "a", ClaimRecord("t2", 1, 2), result("t2", 1, d_lost))
+    dead = {n: member(n) for n in ["b", "c"]} | {"a": member("a", gossip.MemberState.DEAD)}
+    h.core.members_changed(at(1.5), [gossip.MemberDied("a")], dead)
+    copies = []
+    now = 2.0
+    for _ in range(20):  # the debounces, the re-rank, then one copy at a time
+        effects = h.tick(at(now))
+        copies += of(CopyResult, effects)
+        for copy in of(CopyResult, effects):
+            assert isinstance(copy, CopyResult)
+            h.core.copied(at(now), copy.digest, complete=copy.digest == d_copy)
+            for write in of(Write, h.effects()):
+                assert isinstance(write, Write)
+                if isinstance(write.bodies[0], ReplicaRecord):
+                    assert write.bodies == (ReplicaRecord(d_copy),)
+                    h.write(at(now), write)
+                else:
+                    assert write.bodies == (LostRecord("t2", 1, "a"),)
+                    h.write(at(now), write)
+        now += 0.3
+    assert {c.digest for c in copies if isinstance(c, CopyResult)} >= {d_copy, d_lost}
+    assert "c" in h.core.ledger.holders[d_copy]
+    assert h.core.ledger.tasks["t2"].state is State.PENDING  # runs again
+
+
+def test_a_rerank_goes_a_slice_at_a_time_and_the_node_keeps_its_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(core_node, "RERANK_SLICE", 10)
+    names = [f"t{i}" for i in range(100)]
+    h = in_swarm("a", ["a"], *names)
+    h.core.config = CoreConfig(heartbeat_interval_s=0.25, claim_batch_max=0)  # claim nothing
+    h.core.members_changed(at(1), [gossip.MemberJoined("b")], {"a": member("a"), "b": member("b")})
+    h.tick(at(1.4))
+    assert not h.core.sched.reranking  # the debounce
+    h.tick(at(1.6))
+    slices = 0
+    while h.core.sched.reranking:
+        assert h.core.next_deadline() == -1.0  # the next slice after a turn of the loop
+        h.tick(at(1.6 + slices * 0.001))
+        slices += 1
+    assert slices >= 100 // 10
+    beat = of(Write, h.tick(at(2.0)))
+    assert beat and all(isinstance(w, Write) and w.what == "heartbeat" for w in beat)
+
+
+def test_memory_pressure_evicts_the_newest_of_attempts_started_together() -> None:
+    guard = Guard(budget=300 << 20, memfree=100 << 20)
+    h = alone("t1", "t2", guard=guard)
+    starts = [s for s in of(Start, h.tick(at(0))) if isinstance(s, Start)]
+    assert [s.task_id for s in starts] == ["t1", "t2"]
+    h.core.memory(at(0.5), {"t1": 20 << 20, "t2": 20 << 20}, available=10 << 20)
+    (stop,) = of(Stop, h.effects())
+    assert isinstance(stop, Stop) and stop.task_id == "t2" and stop.evict
+
+
+def test_one_timer_the_next_deadline_is_the_earliest_thing_due() -> None:
+    h = alone()
+    h.tick(at(0))
+    beat = CONFIG.heartbeat_interval_s
+    lease_check = min(beat, CONFIG.lease_ttl_s / 4)
+    assert h.core.next_deadline() == pytest.approx(min(beat, lease_check))
+    writes = of(Write, h.tick(at(beat)))
+    assert [w.what for w in writes if isinstance(w, Write)] == ["heartbeat"]
+    h.write(at(beat), writes[0])  # type: ignore[arg-type]
+    second = of(Write, h.tick(at(2 * beat)))
+    assert isinstance(second[0], Write) and second[0].replaces == Version("a", 1, 1)
