@@ -17,7 +17,6 @@ import contextlib
 import functools
 import math
 import os
-import struct
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Annotated, Any, Generic, Literal, NotRequired, Required, Type
 
 import msgpack
 
+from swarm import framing
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.wire import unpack
 from swarm.errors import ControlError, NotRunningError, shown
@@ -367,24 +367,16 @@ def _fields_problem(message: Mapping[str, Any], fields: dict[str, Want], what: s
 FRAME_BYTES_MAX = 64 << 20
 SUBMIT_CHUNK_TASKS = 5_000
 CONNECT_TIMEOUT_S = 2.0
-_HEADER = struct.Struct(">I")
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """The next frame, or None at a clean end of stream."""
     try:
-        header = await reader.readexactly(_HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ControlError("connection closed inside a frame header") from exc
+        body = await framing.read_frame_body(reader, FRAME_BYTES_MAX)
+    except (framing.FrameTooLarge, framing.FrameCut) as exc:
+        raise ControlError(str(exc)) from exc
+    if body is None:
         return None
-    (length,) = _HEADER.unpack(header)
-    if length > FRAME_BYTES_MAX:
-        raise ControlError(f"frame of {length} bytes is over the {FRAME_BYTES_MAX} byte limit")
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise ControlError("connection closed inside a frame") from exc
     message = unpack(body, ControlError, "frame")
     if not isinstance(message, dict):
         raise ControlError("a frame must be a map")
@@ -395,7 +387,7 @@ def encode_frame(message: Mapping[str, Any]) -> bytes:
     body: bytes = msgpack.packb(message, use_bin_type=True)
     if len(body) > FRAME_BYTES_MAX:
         raise ControlError(f"frame of {len(body)} bytes is over the {FRAME_BYTES_MAX} byte limit")
-    return _HEADER.pack(len(body)) + body
+    return framing.frame(body)
 
 
 class Client:

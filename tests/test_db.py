@@ -52,6 +52,27 @@ def test_writing_a_clashing_version_fails_loudly(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_write_after_the_writer_closed_fails_instead_of_waiting_forever(
+    tmp_path: Path,
+) -> None:
+    """A node that stops closes its writer; a write that comes after (a copy that ended as the
+    node went) must fail at once: nothing would ever commit it, and its task would hold the
+    node's task group open for good."""
+    path = make(tmp_path)
+
+    async def go() -> None:
+        conn, writer = await db.open_writer(path)
+        task = asyncio.create_task(writer.run())
+        writer.close()
+        await task
+        row = db.Row(Version("me", 1, 1), ReplicaRecord("ab" * 32))
+        with pytest.raises(SwarmError, match="the ledger is closed"):
+            await asyncio.wait_for(writer.write([row]), 5)
+        await conn.close()
+
+    asyncio.run(go())
+
+
 def test_a_heartbeat_replaces_the_one_before_it(tmp_path: Path) -> None:
     path = make(tmp_path)
 

@@ -78,8 +78,7 @@ class Harness:
         """Carry out a Write (committed, then applied) and report a claim's outcome."""
         if ok:
             self.record(t, self.core.me, *effect.bodies)
-        if effect.claim_of is not None:
-            self.core.claim_written(t, effect.claim_of, ok, "" if ok else "disk full")
+        self.core.written(t, effect, ok, "" if ok else "disk full")
 
     def tick(self, t: Time) -> list[Effect]:
         self.core.tick(t)
@@ -251,7 +250,7 @@ def digest_first_for(node: str, nodes: list[str]) -> str:
 
 def test_a_result_whose_holder_died_is_copied_by_a_chosen_node_or_declared_lost() -> None:
     h = in_swarm("c", ["a", "b", "c"], "t1", "t2")
-    d_copy, d_lost = digest_first_for("c", ["b", "c"]), digest_first_for("c", ["b", "c"]) + "x"
+    d_copy = digest_first_for("c", ["b", "c"])
     d_lost = next(
         f"e{i}" for i in range(200) if holding.Holding.targets(f"e{i}", ["b", "c"])[0] == "c"
     )
@@ -289,17 +288,26 @@ def test_a_rerank_goes_a_slice_at_a_time_and_the_node_keeps_its_heartbeat(
     h = in_swarm("a", ["a"], *names)
     h.core.config = CoreConfig(heartbeat_interval_s=0.25, claim_batch_max=0)  # claim nothing
     h.core.members_changed(at(1), [gossip.MemberJoined("b")], {"a": member("a"), "b": member("b")})
-    h.tick(at(1.4))
+
+    def tick_and_beat(now: float) -> int:
+        """A tick, its heartbeats written: how many."""
+        beats = [w for w in of(Write, h.tick(at(now))) if isinstance(w, Write)]
+        for write in beats:
+            assert write.what == "heartbeat"
+            h.write(at(now), write)
+        return len(beats)
+
+    tick_and_beat(1.4)
     assert not h.core.sched.reranking  # the debounce
-    h.tick(at(1.6))
-    slices = 0
+    now, slices, beats = 1.6, 0, 0
+    tick_and_beat(now)
     while h.core.sched.reranking:
         assert h.core.next_deadline() == -1.0  # the next slice after a turn of the loop
-        h.tick(at(1.6 + slices * 0.001))
+        now += 0.05  # the loop turns, time goes on
+        beats += tick_and_beat(now)
         slices += 1
     assert slices >= 100 // 10
-    beat = of(Write, h.tick(at(2.0)))
-    assert beat and all(isinstance(w, Write) and w.what == "heartbeat" for w in beat)
+    assert beats >= 2  # 0.5 s of re-ranking at least: its heartbeats went out meanwhile
 
 
 def test_memory_pressure_evicts_the_newest_of_attempts_started_together() -> None:
@@ -313,13 +321,51 @@ def test_memory_pressure_evicts_the_newest_of_attempts_started_together() -> Non
 
 
 def test_one_timer_the_next_deadline_is_the_earliest_thing_due() -> None:
-    h = alone()
+    h = Harness(
+        NodeCore(
+            "a",
+            Ledger(),
+            CoreConfig(heartbeat_interval_s=1.0, lease_ttl_s=2.0),  # leases judged every 0.5 s
+            CAPACITY,
+            {},
+            networked=False,
+            sync=sync(),
+        )
+    )
+    h.core.start(at(0))
     h.tick(at(0))
-    beat = CONFIG.heartbeat_interval_s
-    lease_check = min(beat, CONFIG.lease_ttl_s / 4)
-    assert h.core.next_deadline() == pytest.approx(min(beat, lease_check))
-    writes = of(Write, h.tick(at(beat)))
-    assert [w.what for w in writes if isinstance(w, Write)] == ["heartbeat"]
-    h.write(at(beat), writes[0])  # type: ignore[arg-type]
-    second = of(Write, h.tick(at(2 * beat)))
-    assert isinstance(second[0], Write) and second[0].replaces == Version("a", 1, 1)
+    assert h.core.next_deadline() == pytest.approx(0.5)  # the lease check comes first
+    assert not h.tick(at(0.5))
+    assert h.core.next_deadline() == pytest.approx(1.0)  # then the heartbeat
+    (beat,) = of(Write, h.tick(at(1.0)))
+    assert isinstance(beat, Write) and beat.what == "heartbeat" and beat.replaces is None
+    assert h.core.next_deadline() == pytest.approx(1.5)
+    assert not of(Write, h.tick(at(2.0)))  # the first beat is still being written: one at a time
+    h.write(at(2.1), beat)
+    (second,) = of(Write, h.tick(at(3.0)))
+    assert isinstance(second, Write) and second.replaces == Version("a", 1, 1)
+
+
+def test_a_drain_that_leaves_in_its_grace_still_releases_a_claim_that_was_settling() -> None:
+    t = stolen_task(["a", "b"], "b")
+    h = in_swarm("b", ["a", "b"], t)
+    (claim,) = of(Write, h.tick(at(0.11)))
+    assert isinstance(claim, Write)
+    h.write(at(0.11), claim)  # on disk: it settles until 0.16
+    h.core.drain(at(0.12), grace_s=0.01)
+    assert of(Leave, h.tick(at(0.13)))
+    h.core.stop()  # the node stops as it leaves
+    assert h.core.next_deadline() == pytest.approx(0.11 + CONFIG.claim_settle_s)
+    (release,) = of(Write, h.tick(at(0.16)))
+    assert isinstance(release, Write) and release.claim_of == t
+    assert isinstance(release.bodies[0], ClaimRecord) and release.bodies[0].released
+    h.write(at(0.16), release)
+    assert len(h.core.slots) == 0 and h.core.next_deadline() is None
+
+
+def test_a_stopping_node_starts_no_copy_of_a_result() -> None:
+    h = in_swarm("c", ["a", "c"], "t1")
+    h.record(at(1), "a", ClaimRecord("t1", 1, 1), result("t1", 1, "d1"), ReplicaRecord("d1"))
+    h.core.stop()
+    copies = [e for now in (1.5, 2.0, 3.0, 5.0) for e in of(CopyResult, h.tick(at(now)))]
+    assert not copies

@@ -130,6 +130,7 @@ class NodeCore:
         self._wake_at = float("inf")
         self.storage = Storage()
         self._beat = ledger.heartbeats.get(me, 0)
+        self._beat_in_flight = False  # one heartbeat write at a time: a slow disk queues none
         self._last_beat: Version | None = None
         self._next_beat = 0.0
         self._next_lease_check = 0.0
@@ -228,6 +229,13 @@ class NodeCore:
         self.members.synced = True
         self.members.heard_at = t.mono
         self._wake = True
+
+    def written(self, t: Time, write: Write, ok: bool, why: str = "") -> None:
+        """The outcome of a Write effect (the adapter reports every one)."""
+        if write.claim_of is not None:
+            self.claim_written(t, write.claim_of, ok, why)
+        elif any(isinstance(body, HeartbeatRecord) for body in write.bodies):
+            self._beat_in_flight = False
 
     def claim_written(self, t: Time, task: str, ok: bool, why: str = "") -> None:
         """The outcome of a Write with `claim_of=task`, or of a Start's claim."""
@@ -338,7 +346,8 @@ class NodeCore:
         return self.slots.used
 
     def stop(self) -> None:
-        """The node stops: it starts nothing more."""
+        """The node stops: it starts nothing more, and releases the claims it has not acted on
+        yet (at their settle, or once written)."""
         self.stopping = True
 
     def copied(self, t: Time, digest: str, complete: bool) -> None:
@@ -352,15 +361,16 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When `tick` is next due (monotonic seconds; at once if in the past)."""
-        if self.drain_state.left:
-            return None
+        settles = [s.settle_at for _, s in self.slots.items() if s.settle_at is not None]
+        if self.drain_state.left:  # gone: only claims still settling are to be released
+            return min(settles, default=None)
         if self._wake or self.sched.reranking:
             return -1.0
         due = [self._wake_at, self._next_beat, self._next_lease_check]
         due += [d for d in (self._rerank_due, self._release_due) if d is not None]
-        due += [s.settle_at for _, s in self.slots.items() if s.settle_at is not None]
+        due += settles
         others = (
-            self.holding.next_deadline(),
+            None if self.stopping else self.holding.next_deadline(),
             self.drain_state.next_deadline(),
             self.storage.next_deadline(),
         )
@@ -369,9 +379,10 @@ class NodeCore:
 
     def tick(self, t: Time) -> None:
         """Do what is due at `t`."""
-        if self.drain_state.left:
-            return
         now = t.mono
+        if self.drain_state.left:
+            self._settle_due(t)  # (they release: the node stops)
+            return
         if now >= self._next_beat:
             self._heartbeat(t)
         if now >= self._next_lease_check:
@@ -386,19 +397,23 @@ class NodeCore:
         if self._release_due is not None and now >= self._release_due:
             self._release_due = None
             self._release_stale_claims(t, [])
-        for task, slot in self.slots.items():
-            if slot.settle_at is not None and now >= slot.settle_at:
-                slot.settle_at = None
-                self._settled(t, task, slot)
+        self._settle_due(t)
         if self.storage.check_now(now):
             self._emit(CheckDisk())
         if self._wake or now >= self._wake_at:
             self._claim_pass(t)
-        for effect in self.holding.tick(now, self._replica_targets, self.members.all_gone):
-            self._emit(effect)
+        if not self.stopping:  # no copy is started as the node goes
+            for effect in self.holding.tick(now, self._replica_targets, self.members.all_gone):
+                self._emit(effect)
         sole = partial(self.holding.sole_holdings, self.members.live_peers())
         if self.drain_state.step(now, bool(self.slots), sole):
             self._emit(Leave("the node was drained"))
+
+    def _settle_due(self, t: Time) -> None:
+        for task, slot in self.slots.items():
+            if slot.settle_at is not None and t.mono >= slot.settle_at:
+                slot.settle_at = None
+                self._settled(t, task, slot)
 
     def take_effects(self) -> list[Effect]:
         effects, self._effects = self._effects, []
@@ -462,6 +477,9 @@ class NodeCore:
 
     def _heartbeat(self, t: Time) -> None:
         self._next_beat = t.mono + self.config.heartbeat_interval_s
+        if self._beat_in_flight:
+            return  # the last one is still being written: this one would only wait behind it
+        self._beat_in_flight = True
         self._beat += 1
         body = HeartbeatRecord(self._beat)
         self._emit(Write((body,), "heartbeat", replaces=self._last_beat))

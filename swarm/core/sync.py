@@ -35,7 +35,6 @@ is named; each passed-over version is counted once. Pure: no I/O, no clock (time
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,7 +58,6 @@ from swarm.errors import BadRecordError
 if TYPE_CHECKING:
     import random
 
-log = logging.getLogger("swarm.core.sync")
 
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 SPREAD_WIDE = 16  # fresh records go at once to this many members (or the gossip fanout, if more)
@@ -177,6 +175,7 @@ class LedgerSync:
         self.refused_records = 0  # records passed over: too large, or undecodable
         self.refused_tasks = 0  # TASK records whose id is not their content's hash
         self.gap_pulls = 0  # pulls started because a push showed we missed records
+        self.said: list[str] = []  # warnings for the adapter to log (take_said), each once
         # Seqs of our own ledger file's records refused on load, per (origin, generation):
         # never served, or every peer would refuse them and stall that origin.
         self.withheld: dict[Key, frozenset[int]] = {}
@@ -273,10 +272,11 @@ class LedgerSync:
         said = (key[0], reason)
         if said not in self._refusals_logged and len(self._refusals_logged) < REFUSALS_LOGGED_MAX:
             self._refusals_logged.add(said)
-            log.warning(
-                "record %s/%d/%d passed over: %s%s (logged once for this origin)",
-                key[0][:8], key[1], seq, reason, f" ({detail})" if detail else "",
-            )  # fmt: skip
+            detail = f" ({detail})" if detail else ""
+            self.said.append(
+                f"record {key[0][:8]}/{key[1]}/{seq} passed over: {reason}{detail} "
+                "(logged once for this origin)"
+            )
 
     def _refuse_task(self, version: Version, body: TaskRecord) -> bool:
         """Whether a peer's TASK record must be refused: its id is not its content's hash."""
@@ -287,7 +287,7 @@ class LedgerSync:
             self.refused_tasks += 1
             if len(self._refused_logged) < REFUSED_LOGGED_MAX:
                 self._refused_logged.add(version)
-                log.warning("refused a task record of %s from a peer: %s", version, problem)
+                self.said.append(f"refused a task record of {version} from a peer: {problem}")
         return True
 
     # -- pushes ------------------------------------------------------------------------------
@@ -377,13 +377,18 @@ class LedgerSync:
     ) -> SyncAnswer:
         return SyncAnswer(self, high_seq, digest, frame_rows_max)
 
+    def take_said(self) -> list[str]:
+        said, self.said = self.said, []
+        return said
+
     def withheld_served(self, key: Key) -> None:
         if key not in self._withheld_logged:
             self._withheld_logged.add(key)
-            log.warning(
-                "not serving to peers the %d record(s) of %s/%d refused on load",
-                len(self.withheld.get(key, ())), key[0][:8], key[1],
-            )  # fmt: skip
+            count = len(self.withheld.get(key, ()))
+            self.said.append(
+                f"not serving to peers the {count} record(s) of {key[0][:8]}/{key[1]} refused "
+                "on load"
+            )
 
 
 @dataclass(slots=True)

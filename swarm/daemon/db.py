@@ -125,6 +125,8 @@ class LedgerWriter:
 
         Rows are encoded here, before they join a batch: a record that cannot be encoded fails
         its own writer only, never the others committed with it."""
+        if self._closing:  # nothing would ever commit it
+            raise SwarmError("the ledger is closed: the node is stopping")
         try:
             encoded = [_encode_row(r) for r in rows]
         except (ValueError, TypeError, OverflowError) as exc:

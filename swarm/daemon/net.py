@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import asyncio_dgram
 
+from swarm import framing
 from swarm.core import gossip, wire
 
 log = logging.getLogger("swarm.daemon.net")
@@ -49,7 +49,6 @@ NODE_INDEX_EVERY_S = 1.0  # an address no member has is looked for again at most
 HELLO_TIMEOUT_S = 2.0
 STREAMS_UNPROVEN_MAX = 32
 STREAMS_MAX = 64
-_LENGTH = struct.Struct(">I")
 
 
 class GossipNet:
@@ -350,22 +349,26 @@ class GossipNet:
 
     async def _write_frame(self, stream: _Stream, plain: list[object]) -> None:
         data = self.sealer.seal(wire.encode(plain), stream.peer)
-        stream.writer.write(_LENGTH.pack(len(data)) + data)
+        stream.writer.write(framing.frame(data))
         self.sent += 1
-        self.bytes_sent += len(data) + _LENGTH.size
+        self.bytes_sent += len(data) + framing.LENGTH.size
         await stream.writer.drain()
 
     async def _read_frame(
         self, stream: _Stream, size_max: int = wire.FRAME_BYTES_MAX
     ) -> wire.StreamMessage | None:
         """The next frame of the stream, from its peer; the first one tells who the peer is."""
-        (length,) = _LENGTH.unpack(await stream.reader.readexactly(_LENGTH.size))
-        if length > size_max:
+        try:
+            data = await framing.read_frame_body(stream.reader, size_max)
+        except framing.FrameTooLarge:
             self.dropped += 1
             return None
-        data = await stream.reader.readexactly(length)
+        except framing.FrameCut as exc:
+            raise asyncio.IncompleteReadError(b"", None) from exc
+        if data is None:  # the peer closed the stream
+            raise asyncio.IncompleteReadError(b"", framing.LENGTH.size)
         self.received += 1
-        self.bytes_received += length + _LENGTH.size
+        self.bytes_received += len(data) + framing.LENGTH.size
         opened = self._open(data, size_max)
         if opened is None:
             return None

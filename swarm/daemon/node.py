@@ -26,7 +26,7 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import ResultTransfer
 from swarm.errors import (
     ConfigError,
+    StorageFullError,
     SwarmError,
     UserInputError,
 )
@@ -128,6 +129,7 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
+        self._side_tasks: set[asyncio.Task[None]] = set()  # copies, disk checks
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
@@ -180,39 +182,47 @@ class Node:
         method(self.now(), *args)
         self._carry_out()
 
-    def _carry_out(self) -> list[asyncio.Task[None]]:
+    def _carry_out(self) -> list[asyncio.Task[bool]]:
         """Carry out the core's effects in order (those of inputs given meanwhile too), then
-        re-arm the one timer at its next deadline. Returns the writes started."""
-        writes: list[asyncio.Task[None]] = []
+        re-arm the one timer at its next deadline. Returns the writes started. An effect that
+        fails is logged and the others still carried out; the timer is re-armed whatever
+        happens, since everything the node does on its own hangs on it."""
+        writes: list[asyncio.Task[bool]] = []
         if self._carrying:
             return writes  # the outer call takes them
         self._carrying = True
         try:
             while effects := self.core.take_effects():
                 for effect in effects:
-                    task = self._carry_out_one(effect)
+                    try:
+                        task = self._carry_out_one(effect)
+                    except Exception:
+                        log.exception("carrying out %s failed inside swarm", type(effect).__name__)
+                        continue
                     if task is not None:
                         writes.append(task)
         finally:
             self._carrying = False
-        self._arm()
+            self._arm()
         return writes
 
     def _carry_out_one(
         self, effect: Write | Start | Stop | CopyResult | CheckDisk | Announce | Leave | Log
-    ) -> asyncio.Task[None] | None:
+    ) -> asyncio.Task[bool] | None:
         assert self._tg is not None
         match effect:
             case Write():
+                if self._halted:
+                    return None  # the writer has closed: the next life recovers from the ledger
                 return self._tg.create_task(self._write(effect))
             case Start():
                 self.runner.start(effect)
             case Stop():
                 self.runner.stop(effect)
             case CopyResult():
-                self._tg.create_task(self._copy(effect))
+                self._side_task(self._copy(effect))
             case CheckDisk():
-                self._tg.create_task(self._check_disk())
+                self._side_task(self._check_disk())
             case Announce():
                 if self.membership is not None:
                     self.membership.update_meta(time.monotonic(), self._meta())
@@ -224,6 +234,13 @@ class Node:
             case Log():
                 log.log(int(effect.level), "%s", effect.text)
         return None
+
+    def _side_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task the node stops (cancels) when it stops, as it does its loops."""
+        assert self._tg is not None
+        task = self._tg.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _arm(self) -> None:
         """One timer for the whole core: at its next deadline (re-armed after every input)."""
@@ -240,8 +257,8 @@ class Node:
         self._timer = None
         self.tell(self.core.tick)
 
-    async def _write(self, effect: Write) -> None:
-        """Carry out a Write: commit, apply, gossip; a claim's outcome goes back to the core."""
+    async def _write(self, effect: Write) -> bool:
+        """Carry out a Write: commit, apply, gossip; its outcome goes back to the core."""
         ok, why = True, ""
         try:
             await self.append(list(effect.bodies), effect.replaces)
@@ -251,8 +268,8 @@ class Node:
             ok, why = False, str(exc)
             if effect.claim_of is None:
                 log.warning("%s not written: %s", effect.what, exc)
-        if effect.claim_of is not None:
-            self.tell(self.core.claim_written, effect.claim_of, ok, why)
+        self.tell(self.core.written, effect, ok, why)
+        return ok
 
     async def _copy(self, effect: CopyResult) -> None:
         try:
@@ -346,7 +363,10 @@ class Node:
             self.core.start(self.now(), self._orphaned)
             self._orphaned = []
             for write in self._carry_out():
-                await write
+                if not await write:  # (the log says why) a supervisor may start it again
+                    raise StorageFullError(
+                        "the claims of attempts cut off by the last stop could not be closed"
+                    )
             self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
@@ -379,7 +399,7 @@ class Node:
             server.close()
             for client in list(self._clients):
                 client.close()
-            for loop_task in loops:
+            for loop_task in [*loops, *self._side_tasks]:
                 loop_task.cancel()
             self.runner.interrupt_all(self._stop_reason)
             while self.attempts or self.core.slots:

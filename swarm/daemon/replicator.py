@@ -146,6 +146,7 @@ class Replicator:
         that a sync answer's `upto` allows."""
         sync = self.node.core.sync
         accepted = sync.accept(records, intake)
+        self._say()
         rows = [db.Row(a.version, a.body, a.replaces, raw=a.raw, remote=True) for a in accepted]
         try:
             if rows:
@@ -158,6 +159,11 @@ class Replicator:
         sync.stored(accepted)
         self.node.apply_rows(rows)
         sync.raise_watermarks(intake, upto, self.node.ledger.high_seq)
+
+    def _say(self) -> None:
+        """Log what LedgerSync had to say (each thing once)."""
+        for line in self.node.core.sync.take_said():
+            log.warning("%s", line)
 
     # -- anti-entropy -------------------------------------------------------------------
 
@@ -214,6 +220,7 @@ class Replicator:
                 self.reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
             )
             batch = plan.took(part)
+            self._say()
             if batch is not None:
                 yield batch
         yield plan.last()

@@ -107,8 +107,8 @@ class AttemptRunner:
             if isinstance(exc, OSError):  # the attempt's files could not be made
                 why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
                 node.core.start_failed(node.now(), start.task_id, why)
-            else:
-                node.core.attempt_closed(node.now(), start.task_id)
+            else:  # stopping: a claim already on disk is released
+                node.core.start_failed(node.now(), start.task_id, "")
             self._tg.create_task(self.run_dirs.give_back(run_dir))
             return
         self.attempts[start.task_id] = attempt

@@ -92,6 +92,7 @@ def _spec(name: str) -> TaskSpec:
 class Running:
     claim: ClaimRecord
     ends_at: float  # simulated true time
+    number: int  # its number among the task's attempts
     claimed: bool = True  # its claim is on disk (else, as the daemon's, it is never recorded)
 
     @property
@@ -108,7 +109,7 @@ class Worker:
     core: NodeCore
     running: dict[str, Running] = field(default_factory=dict)  # started attempts
     # Attempts that ended while the disk was full: (task, claim, outcome), written when it frees.
-    unrecorded: list[tuple[str, ClaimRecord, Outcome]] = field(default_factory=list)
+    unrecorded: list[tuple[str, Running, Outcome]] = field(default_factory=list)
     wall_skew_ms: int = 0  # how far its wall clock is set off true time
     introduced: bool = False  # its core has had its first word from membership
 
@@ -281,8 +282,8 @@ class WorkSim:
                 failed = task.startswith("crash")
                 self._ended(w, task, Outcome.FAILED if failed else Outcome.OK)
         if w.unrecorded and w.index not in self.full:
-            for task, claim, outcome in w.unrecorded:
-                self._result(w, task, claim, outcome)
+            for task, attempt, outcome in w.unrecorded:
+                self._result(w, task, attempt, outcome)
             w.unrecorded.clear()
         due = w.core.next_deadline()
         if due is not None and due <= t.mono:
@@ -304,11 +305,10 @@ class WorkSim:
         match effect:
             case Write():
                 ok = self._write(w, effect.bodies)
-                if effect.claim_of is not None:
-                    w.core.claim_written(t, effect.claim_of, ok, "" if ok else "disk full")
+                w.core.written(t, effect, ok, "" if ok else "disk full")
             case Start():
                 duration = TASK_S * self.rng.uniform(0.8, 1.2)
-                attempt = Running(effect.claim, self.sim.now + duration)
+                attempt = Running(effect.claim, self.sim.now + duration, effect.attempt)
                 w.running[effect.task_id] = attempt
                 if effect.write_claim:
                     attempt.claimed = self._write(w, (effect.claim,))
@@ -382,20 +382,32 @@ class WorkSim:
             w.core.attempt_closed(self._time(w), task)
             self._carry_out(w)
         elif w.index in self.full:
-            w.unrecorded.append((task, attempt.claim, outcome))
+            w.unrecorded.append((task, attempt, outcome))
         else:
-            self._result(w, task, attempt.claim, outcome)
+            self._result(w, task, attempt, outcome)
 
-    def _result(self, w: Worker, task: str, claim: ClaimRecord, outcome: Outcome) -> None:
+    def _result(self, w: Worker, task: str, attempt: Running, outcome: Outcome) -> None:
         """The attempt's record, with its result (its files, named by a digest) held here, as
         the daemon writes them: RESULT, then REPLICA."""
         code = {Outcome.OK: 0, Outcome.FAILED: 1}.get(outcome)
         ms = int(self.sim.now * 1000)
         digest = None
         if self.results and outcome in (Outcome.OK, Outcome.FAILED):
-            digest = hashlib.sha256(f"{task}/{claim.epoch}/{w.node}".encode()).hexdigest()
+            name = f"{task}/{attempt.epoch}/{w.node}"
+            digest = hashlib.sha256(name.encode()).hexdigest()
         body = ResultRecord(
-            task, claim.epoch, 1, outcome, code, ms, ms, 0.0, 0.0, 0, digest, CAPACITY
+            task,
+            attempt.epoch,
+            attempt.number,
+            outcome,
+            code,
+            ms,
+            ms,
+            0.0,
+            0.0,
+            0,
+            digest,
+            CAPACITY,
         )
         self._write(w, (body,) if digest is None else (body, ReplicaRecord(digest)))
         w.core.attempt_closed(self._time(w), task)
