@@ -12,8 +12,9 @@ from swarm.core import wire
 from swarm.core.gossip import MemberState
 from swarm.core.ledger import ClaimRecord, TaskRecord
 from swarm.core.replication import Intake, Key
+from swarm.sim.figures import _SPEC, scenario_ledger
 from swarm.sim.replica import InvariantBroken
-from swarm.sim.world import _SPEC, Sim, everyone, scenario_ledger
+from swarm.sim.world import Sim, everyone
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -12,8 +12,9 @@ import pytest
 from swarm.core import wire
 from swarm.core.ledger import ClaimRecord, ResultRecord, State, TaskRecord
 from swarm.core.sync import GAP_PULL_EVERY_S, HELD_BACK_MAX, decode_body, encode_body
+from swarm.sim.figures import _SPEC, _ok
 from swarm.sim.replica import Replica, sim_proof
-from swarm.sim.world import _SPEC, Sim, _ok
+from swarm.sim.world import Sim
 
 ORIGIN = ("n0000", 1)  # node 0's records, first generation
 

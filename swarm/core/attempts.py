@@ -69,6 +69,9 @@ class Slots:
     def items(self) -> list[tuple[str, Slot]]:
         return list(self._by_task.items())
 
+    def settle_times(self) -> Iterator[float]:
+        return (s.settle_at for s in self._by_task.values() if s.settle_at is not None)
+
     def take(
         self, task: str, claim: ClaimRecord, attempt: int, need: Resources, now: float
     ) -> Slot:

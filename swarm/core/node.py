@@ -361,7 +361,7 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When `tick` is next due (monotonic seconds; at once if in the past)."""
-        settles = [s.settle_at for _, s in self.slots.items() if s.settle_at is not None]
+        settles = list(self.slots.settle_times())
         if self.drain_state.left:  # gone: only claims still settling are to be released
             return min(settles, default=None)
         if self._wake or self.sched.reranking:

@@ -74,7 +74,6 @@ from swarm.errors import (
     ConfigError,
     StorageFullError,
     SwarmError,
-    UserInputError,
 )
 from swarm.statedir import StateDir
 
@@ -82,7 +81,6 @@ log = logging.getLogger("swarm.daemon.node")
 
 RUN_DIRS_SPARE_MAX = 64  # empty run dirs kept for reuse
 FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if allowed
-LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 
 LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
@@ -243,15 +241,22 @@ class Node:
         task.add_done_callback(self._side_tasks.discard)
 
     def _arm(self) -> None:
-        """One timer for the whole core: at its next deadline (re-armed after every input)."""
-        when = self.core.next_deadline()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if when is None or self._tg is None or self._halted:
+        """One timer for the whole core, at its next deadline. Re-armed only when that comes
+        sooner than the timer set: one that fires early only ticks for nothing, and re-arms."""
+        if self._tg is None or self._halted:
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(0.0, when - time.monotonic()), self._on_timer)
+        if self._timer is not None and self._timer.when() <= loop.time():
+            return  # it fires at the next turn of the loop: nothing can come sooner
+        when = self.core.next_deadline()
+        if when is None:
+            return
+        at = loop.time() + max(0.0, when - time.monotonic())
+        if self._timer is not None:
+            if self._timer.when() <= at:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -452,44 +457,28 @@ class Node:
         loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self.replicator.sync_loop()))
         if self.config.join:
-            loops.append(tg.create_task(self._join_loop(list(self.config.join))))
+            seeds, retry_s = list(self.config.join), self.config.gossip.reconnect_interval_s
+            joining = peers.join_until_answered(
+                self.membership, self.net, seeds, retry_s, lambda: self.stopping
+            )
+            loops.append(tg.create_task(joining))
         log.info("gossip on %s:%d", *bind)
         return loops
 
     async def _listen(
         self, tg: asyncio.TaskGroup, bind: tuple[str, int]
     ) -> list[asyncio.Task[None]]:
-        """Bind the gossip sockets. If they cannot be bound, the node stops at once, saying
-        why: nothing half-started (an open reader thread) may keep the process alive."""
+        """Bind the gossip sockets; if they cannot be, the node stops at once, saying why."""
         assert self.net is not None
         try:
-            return await self.net.start(tg)
-        except OSError as exc:
-            self.net.close()
-            await self.replicator.close_reader()
-            raise ConfigError(
-                f"cannot listen on {bind[0]}:{bind[1]}: {peers.bind_problem(exc)}"
-            ) from exc
+            return await peers.listen(self.net, tg, bind)
+        except ConfigError:
+            await self.replicator.close_reader()  # its thread would keep the process alive
+            raise
 
     def reload_keys(self) -> str:
         """Make the key ring what the state dir says (peers.reload_key_ring)."""
         return peers.reload_key_ring(self.ring, self.state)
-
-    async def _join_loop(self, seeds: list[tuple[str, int]]) -> None:
-        """Join through the seeds, again and again until some member is known: a seed may be
-        starting at the same moment, or be briefly unreachable (as Serf retries its joins)."""
-        assert self.membership is not None and self._tg is not None
-        self._tg.create_task(self._tell_join(seeds))
-        while True:
-            if len(self.membership.members) > 1:
-                return
-            self.join(seeds)
-            await asyncio.sleep(self.config.gossip.reconnect_interval_s)
-
-    async def _tell_join(self, seeds: list[tuple[str, int]]) -> None:
-        """Log what is wrong with a join that no seed answers (the join loop goes on)."""
-        for problem in await self.await_seeds(seeds):
-            log.warning("%s (still trying)", problem)
 
     async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
         return await peers.await_seeds(seeds, lambda: self.membership, lambda: self.stopping)
@@ -504,11 +493,8 @@ class Node:
             meta["draining"] = True
         return meta
 
-    def join(self, peers: list[tuple[str, int]]) -> None:
-        if self.membership is None or self.net is None:
-            raise UserInputError("this node has no gossip address: start it with --bind HOST:PORT")
-        self.membership.join(time.monotonic(), peers)
-        self.net.poke()
+    def join(self, seeds: list[tuple[str, int]]) -> None:
+        peers.join(self.membership, self.net, seeds)
 
     def _on_members(self, events: list[gossip.Event]) -> None:
         for event in events:
@@ -517,14 +503,9 @@ class Node:
             self.tell(self.core.members_changed, events, self.membership.members)
 
     async def _leave_swarm(self) -> None:
-        """Tell the swarm we go (a graceful leave), and give the rumour a moment to spread."""
-        if self.membership is None or self.net is None:
-            return
-        self.membership.leave(time.monotonic())
-        self.net.poke()
-        await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * self.config.gossip.gossip_interval_s))
-        self.net.close()
-        await self.replicator.close_reader()
+        if self.membership is not None and self.net is not None:
+            await peers.leave(self.membership, self.net, self.config.gossip.gossip_interval_s)
+            await self.replicator.close_reader()
 
     # -- writing records --------------------------------------------------------------------
 

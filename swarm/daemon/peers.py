@@ -1,24 +1,81 @@
-"""Joining a swarm: seeds resolved, joined through again and again until a member answers (as
-Serf retries its joins), and what is wrong said when none does; the swarm key ring kept as the
-state dir says; and why an address could not be bound, in words."""
+"""Joining a swarm and leaving it: seeds resolved, joined through again and again until a member
+answers (as Serf retries its joins), and what is wrong said when none does; a graceful leave;
+the gossip sockets bound, or why not in words; the swarm key ring kept as the state dir says."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import time
 from collections.abc import Callable
 
 from swarm import statedir
 from swarm.core import gossip, wire
+from swarm.daemon.net import GossipNet
+from swarm.errors import ConfigError, UserInputError
 from swarm.statedir import StateDir
+
+log = logging.getLogger("swarm.daemon.peers")
 
 JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
 JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
 RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
+LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 Seed = tuple[str, int]
+
+
+def join(membership: gossip.Membership | None, net: GossipNet | None, seeds: list[Seed]) -> None:
+    if membership is None or net is None:
+        raise UserInputError("this node has no gossip address: start it with --bind HOST:PORT")
+    membership.join(time.monotonic(), seeds)
+    net.poke()
+
+
+async def join_until_answered(
+    membership: gossip.Membership,
+    net: GossipNet,
+    seeds: list[Seed],
+    retry_s: float,
+    stopping: Callable[[], bool],
+) -> None:
+    """Join through the seeds, again and again until some member is known: a seed may be
+    starting at the same moment, or be briefly unreachable. What is wrong with a join that no
+    seed answers is logged meanwhile (the joining goes on)."""
+    told = asyncio.create_task(_tell_join(seeds, membership, stopping))
+    try:
+        while len(membership.members) <= 1:
+            join(membership, net, seeds)
+            await asyncio.sleep(retry_s)
+    finally:
+        told.cancel()
+
+
+async def _tell_join(
+    seeds: list[Seed], membership: gossip.Membership, stopping: Callable[[], bool]
+) -> None:
+    for problem in await await_seeds(seeds, lambda: membership, stopping):
+        log.warning("%s (still trying)", problem)
+
+
+async def listen(net: GossipNet, tg: asyncio.TaskGroup, bind: Seed) -> list[asyncio.Task[None]]:
+    """Bind the gossip sockets; ConfigError saying why if they cannot be bound (the net is
+    closed then: nothing half-started may keep the process alive)."""
+    try:
+        return await net.start(tg)
+    except OSError as exc:
+        net.close()
+        raise ConfigError(f"cannot listen on {bind[0]}:{bind[1]}: {bind_problem(exc)}") from exc
+
+
+async def leave(membership: gossip.Membership, net: GossipNet, gossip_interval_s: float) -> None:
+    """Tell the swarm we go (a graceful leave), give the rumour a moment to spread, and close."""
+    membership.leave(time.monotonic())
+    net.poke()
+    await asyncio.sleep(min(LEAVE_SPREAD_S, 5 * gossip_interval_s))
+    net.close()
 
 
 async def await_seeds(

@@ -2,6 +2,6 @@
 
 import sys
 
-from swarm.sim.world import main
+from swarm.sim.figures import main
 
 sys.exit(main())

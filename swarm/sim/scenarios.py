@@ -164,8 +164,9 @@ def _mixed(rng: random.Random, n: int) -> list[Event]:
 def print_work_figures(seeds: int, results: bool = True) -> int:
     """Every scenario over `seeds` seeds; exit status 1 if any invariant broke."""
     print("Work sharing under faults, 5 simulated nodes x 2 slots, 60 one-second tasks and one")
-    print("that always crashes, test timers (lease 2 s), clocks drifting 5%, results held by")
-    print("3 nodes:" if results else "no result files (--no-results):")
+    print("that always crashes, test timers (lease 2 s), clocks drifting 5%, " + (
+        "results held by 3 nodes:" if results else "no result files (--no-results):"
+    ))  # fmt: skip
     print(f"{'scenario':>10} {'seeds':>6} {'broken':>7} {'duplicates (median, max)':>25}"
           f" {'makespan / ideal (median, max)':>31}")  # fmt: skip
     broken_total = 0
