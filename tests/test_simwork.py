@@ -143,7 +143,7 @@ def test_the_checks_catch_a_drain_that_leaves_before_its_results_are_copied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(Holding, "sole_holdings", lambda self, live_peers: 0)
-    monkeypatch.setattr(Holding, "tick", lambda self, now, targets, all_gone: [])  # no copies
+    monkeypatch.setattr(Holding, "tick", lambda self, now, targets: [])  # no copies
     with pytest.raises(InvariantBroken, match="left holding the only copy"):
         scenario_work(0, "drain")
 

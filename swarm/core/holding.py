@@ -60,7 +60,7 @@ class Holding:
             return -1.0
         return self._due
 
-    def tick(self, now: float, targets: Targets, all_gone: AllGone) -> list[Effect]:
+    def tick(self, now: float, targets: Targets) -> list[Effect]:
         if self._copying is not None:
             return []
         if not self._batch and self._due is not None and now >= self._due:

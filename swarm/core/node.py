@@ -60,7 +60,6 @@ from swarm.core.ledger import (
     ResultRecord,
     State,
     StateChanged,
-    TaskView,
     Version,
     stamp_of,
 )
@@ -149,7 +148,7 @@ class NodeCore:
         self._next_lease_check = t.mono + self._lease_check_every()
         for view in self.ledger.tasks.values():
             if view.state is State.PENDING:
-                self._enqueue(t, view)
+                self.sched.enqueue(view, t.mono)
         self._release_stale_claims(t, list(orphaned))
         self._wake = True
 
@@ -403,7 +402,7 @@ class NodeCore:
         if self._wake or now >= self._wake_at:
             self._claim_pass(t)
         if not self.stopping:  # no copy is started as the node goes
-            for effect in self.holding.tick(now, self._replica_targets, self.members.all_gone):
+            for effect in self.holding.tick(now, self._replica_targets):
                 self._emit(effect)
         sole = partial(self.holding.sole_holdings, self.members.live_peers())
         if self.drain_state.step(now, bool(self.slots), sole):
@@ -455,7 +454,7 @@ class NodeCore:
     def _on_state_changed(self, t: Time, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
         if change.new is State.PENDING:
-            self._enqueue(t, view)
+            self.sched.enqueue(view, t.mono)
             self._wake = True
             return
         self.sched.since.pop(change.task_id, None)  # claimed or ended: it waits no more
@@ -502,10 +501,6 @@ class NodeCore:
             self._emit(Write((*claims, *results), "the claims of attempts cut off by a stop"))
 
     # -- queueing and re-ranking ------------------------------------------------------------
-
-    def _enqueue(self, t: Time, view: TaskView, at_once: bool = False) -> None:
-        """Queue a task for claiming (scheduler.py), into the queue being rebuilt too."""
-        self.sched.enqueue(view, t.mono, at_once)
 
     def _set_members(self) -> None:
         """Tell the scheduler who is live, and what each offers (from their gossiped meta)."""
@@ -625,7 +620,7 @@ class NodeCore:
         if view is not None and view.state is State.PENDING:
             # Its claim never made it to disk (or it ended without a result): it was taken off
             # the queue when chosen, so it must go back on, or it would wait forever.
-            self._enqueue(t, view, at_once=True)
+            self.sched.enqueue(view, t.mono, at_once=True)
         self._wake = True
 
     # -- memory -----------------------------------------------------------------------------

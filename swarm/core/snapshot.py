@@ -215,10 +215,7 @@ def member_rows(
     out: list[NodeRow] = []
     for m in members:
         if m.node == me["id"]:
-            row = dict(me)
-            row["address"] = f"{m.addr[0]}:{m.addr[1]}"
-            row["incarnation"] = m.incarnation
-            out.append(row)  # type: ignore[arg-type]
+            out.append({**me, "address": f"{m.addr[0]}:{m.addr[1]}", "incarnation": m.incarnation})
             continue
         running, used = held.get(m.node, (0, Resources(0.0, 0)))
         out.append(

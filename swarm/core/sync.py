@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 PUSH_RECORDS_MAX = 8  # records in one push datagram (more go in several)
 SPREAD_WIDE = 16  # fresh records go at once to this many members (or the gossip fanout, if more)
+SYNC_EVERY_GOSSIPS = (
+    5  # anti-entropy: a pull from a random live member every this many gossip rounds
+)
 HELD_BACK_MAX = 256  # pushed records kept per origin while an earlier one is missing
 GAP_PULL_EVERY_S = 0.5  # a gap in an origin's pushes starts a pull at most this often
 PUSHES_QUEUED_MAX = 256  # pushes waiting to be taken; beyond, they wait for anti-entropy

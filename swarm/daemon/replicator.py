@@ -29,15 +29,13 @@ from swarm.core import gossip, wire
 from swarm.core.ledger import Ledger
 from swarm.core.node import NodeCore
 from swarm.core.replication import Intake
-from swarm.core.sync import SPREAD_WIDE
+from swarm.core.sync import SPREAD_WIDE, SYNC_EVERY_GOSSIPS
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.net import GossipNet
 from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.daemon.replicator")
-
-SYNC_EVERY_GOSSIPS = 5  # anti-entropy runs once per this many gossip intervals
 
 
 class Host(Protocol):

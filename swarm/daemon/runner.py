@@ -83,6 +83,9 @@ class AttemptRunner:
         view = node.ledger.tasks[start.task_id]
         spec = view.spec
         assert spec is not None
+        if node.stopping:  # nothing starts; a claim already on disk is released
+            node.core.start_failed(node.now(), start.task_id, "")
+            return
         try:
             run_dir = self.run_dirs.take()
         except OSError as exc:  # a full or broken disk
@@ -100,15 +103,10 @@ class AttemptRunner:
             gpu_ids=start.gpu_ids,
         )
         try:
-            if node.stopping:
-                raise _NotStarted
             attempt = Attempt(launch, self.base_env, self.own_rss_kb())
-        except (OSError, _NotStarted) as exc:
-            if isinstance(exc, OSError):  # the attempt's files could not be made
-                why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
-                node.core.start_failed(node.now(), start.task_id, why)
-            else:  # stopping: a claim already on disk is released
-                node.core.start_failed(node.now(), start.task_id, "")
+        except OSError as exc:  # the attempt's files could not be made
+            why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
+            node.core.start_failed(node.now(), start.task_id, why)
             self._tg.create_task(self.run_dirs.give_back(run_dir))
             return
         self.attempts[start.task_id] = attempt
@@ -267,7 +265,3 @@ class AttemptRunner:
         # would likely meet the same full store.
         node.tell(node.core.handed_back, launch.task_id)
         return True
-
-
-class _NotStarted(Exception):
-    """The node stopped before an attempt it was told to start could start."""

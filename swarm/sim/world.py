@@ -31,11 +31,11 @@ from swarm.core.ledger import (
     Version,
 )
 from swarm.core.replication import Key
+from swarm.core.sync import SYNC_EVERY_GOSSIPS
 from swarm.sim.replica import InvariantBroken, Replica
 
 STEPS_MAX = 50_000_000  # a bound on any run, whatever the scenario
 LARGE_SWARM = 500  # from this size, figures run without the per-step invariant check
-SYNC_EVERY_GOSSIPS = 5  # as the daemon: anti-entropy once per this many gossip intervals
 
 
 @dataclass(frozen=True, slots=True)
