@@ -1,20 +1,20 @@
-"""The daemon: the one asyncio adapter between the pure cores and the world.
+"""The daemon: the one asyncio adapter between the node's pure core and the world.
 
 Theory of operation
 -------------------
-One `asyncio.TaskGroup` holds everything the node runs: the ledger writer (group commit), the
-scheduler, the heartbeat, and one task per running attempt. The control socket's connections are
+The decisions are the NodeCore's (swarm/core/node.py). This module wires the rooms that do the
+I/O (records.py, runner.py, replicator.py, peers.py, transfer.py, memory.py, control_server.py),
+gives the core its inputs with the time (`tell`), carries out the effects it returns
+(`_carry_out`), and runs the one timer at its next deadline. One `asyncio.TaskGroup` holds
+everything the node runs: the ledger writer (group commit), the memory sampler, the transport's
+loops, and a task per running attempt, copy or write; the control socket's connections are
 tracked and closed at shutdown, so nothing outlives `run()`.
 
-Every change the node makes is a record: it gets the next version, is committed by the writer, and
-only then applied to the in-memory ledger. State changes coming out of the ledger drive the rest:
-a task that becomes pending is queued for the scheduler; a task that becomes cancelled has its
-attempt stopped. The scheduler claims what fits the free capacity (policy.py), starts each attempt
-at once, and the claim's commit runs while the process starts; the attempt's result is written only
-after its claim is on disk, and its blobs are in the store (fsynced) before its RESULT is written.
-
-On start the node kills orphans of attempts a killed daemon left running, then closes every claim
-it still held in the ledger with an `interrupted` result, so those tasks run again.
+Every change the node makes is a record: it gets the next version, is committed by the writer,
+and only then applied, by the core, to the in-memory ledger. On start the node kills orphans of
+attempts a killed daemon left running, sweeps partial blobs, loads the ledger, and the core's
+first effects close every claim it still held with an `interrupted` result (committed before the
+node serves), so those tasks run again.
 """
 
 from __future__ import annotations
