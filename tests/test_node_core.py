@@ -15,6 +15,7 @@ from swarm.core.effects import (
     CopyResult,
     Effect,
     Leave,
+    Log,
     Start,
     Stop,
     Time,
@@ -137,6 +138,25 @@ def test_a_claim_that_could_not_be_written_stops_its_attempt_and_pauses_claims()
     h.core.attempt_closed(at(0.02), start.task_id)
     assert not of(Start, h.tick(at(1.0)))  # paused for STORAGE_RETRY_S
     assert of(Start, h.tick(at(STORAGE_RETRY_S + 0.1)))
+
+
+def test_a_node_says_why_it_claims_nothing_and_when_it_claims_again() -> None:
+    h = Harness(NodeCore("b", Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
+    h.core.start(at(0))
+    h.core.members_changed(at(0), [], {"b": member("b")})
+    h.record(at(0), "sub", task("t1"))  # a peer's record: not a swarm of one
+    before = h.tick(at(0.1))
+    assert not of(Start, before)
+    assert h.core.not_claiming == "catching up with the swarm first"
+    h.core.caught_up(at(0.2))
+    after = h.tick(at(0.2))
+    assert of(Start, after)
+    assert h.core.not_claiming == ""
+    said = [e.text for e in of(Log, before + after)]  # type: ignore[attr-defined]
+    assert said == [
+        "not claiming new tasks: catching up with the swarm first",
+        "claiming new tasks again: in touch with the swarm",
+    ]
 
 
 def stolen_task(names: list[str], thief: str) -> str:

@@ -226,6 +226,17 @@ def test_nodes_table() -> None:
     assert "a1b2c3d4e5" not in out  # ids are shortened
 
 
+def test_a_node_that_claims_nothing_says_why() -> None:
+    paused = node("a1b2c3d4e5")
+    paused["not_claiming"] = "catching up with the swarm first"
+    claiming = node("ffee0011")
+    claiming["not_claiming"] = ""
+    out = text_of({"generated_ms": 0, "nodes": [paused, claiming], "jobs": [], "running": []})
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "not claiming: catching" in out
+    assert "not claiming" not in rows["ffee0011"]
+
+
 def test_gpu_column_only_when_some_node_has_gpus() -> None:
     snapshot = busy_snapshot()
     assert " gpus " in text_of(snapshot)

@@ -148,7 +148,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
     table = _table("Nodes")
     table.add_column("node", no_wrap=True)
     table.add_column("host", no_wrap=True, overflow="ellipsis", max_width=24)
-    table.add_column("state", no_wrap=True)
+    table.add_column("state", overflow="fold")
     table.add_column("cpus", justify="right", no_wrap=True)
     table.add_column("memory", justify="right", no_wrap=True)
     if with_gpus:
@@ -160,10 +160,12 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
         used = _mapping(node.get("used"))
         labels = _mapping(node.get("labels"))
         state = str(node.get("state", "?"))
+        paused = str(node.get("not_claiming") or "")  # only the node asked says this of itself
+        shown = f"{state}, not claiming: {paused}" if paused and paused != state else state
         row: list[RenderableType] = [
             Text(_short(node.get("id"))),
             Text(str(labels.get("hostname", ""))),
-            Text(state, style=_state_style(state)),
+            Text(shown, style="yellow" if paused else _state_style(state)),
             Text(f"{_num(used.get('cpus', 0))}/{_num(capacity.get('cpus', 0))}"),
             Text(
                 f"{format_bytes(_int(used, 'memory_bytes'))}"

@@ -32,6 +32,11 @@ class Members:
         self._said_isolated = why is not None
         return why, news
 
+    @property
+    def isolated(self) -> bool:
+        """Whether the last look found this node out of touch (it claims nothing new)."""
+        return self._said_isolated
+
     def peers(self) -> list[Peer] | None:
         """The live members as the scheduler ranks them (None: a node alone)."""
         if not self.networked:

@@ -126,6 +126,7 @@ class NodeCore:
         self.stamps = StampIntake(self.clock)  # peers' stamps, into our clock
         self._effects: list[Effect] = []
         self._wake = False  # claim at the next tick
+        self.not_claiming = ""  # why the last claim pass claimed nothing new ("" if it could)
         self._wake_at = float("inf")
         self.storage = Storage()
         self._beat = ledger.heartbeats.get(me, 0)
@@ -527,26 +528,36 @@ class NodeCore:
 
     # -- claiming ---------------------------------------------------------------------------
 
-    def _may_claim(self, t: Time) -> bool:
-        """Whether this node may claim now (in touch with the swarm); says why not, once."""
+    def _may_claim(self, t: Time) -> str:
+        """Why this node may not claim now ("" if it may: it is in touch with the swarm);
+        logs the change when it stops or starts claiming."""
         others = any(origin != self.me for origin, _ in self.ledger.high_seq)
+        was = self.members.isolated
         why, news = self.members.isolation(t.mono, others, self.config.lease_ttl_s)
         if news:
             self._log(Level.WARNING, f"not claiming new tasks: {why}")
-        return why is None
+        elif was and why is None:
+            self._log(Level.INFO, "claiming new tasks again: in touch with the swarm")
+        return why or ""
+
+    def _why_not_claiming(self, t: Time) -> tuple[str, float]:
+        """Why this node claims nothing new now ("" if it may), as `swarm status` shows it, and
+        when to look again (inf: an input wakes it: the end of a drain, a disk check)."""
+        if self.stopping or self.draining:
+            return ("stopping" if self.stopping else "draining"), float("inf")
+        why = self._may_claim(t)
+        if why:
+            return why, t.mono + ISOLATED_RECHECK_S
+        if self.storage.full:
+            return "its disk is full", float("inf")
+        if t.mono < self.storage.paused_until:
+            return "a ledger write failed: pausing", self.storage.paused_until
+        return "", float("inf")
 
     def _claim_pass(self, t: Time) -> None:
         self._wake = False
-        self._wake_at = float("inf")
-        if self.draining or self.stopping:
-            return  # claims nothing new; a drain leaves when all has ended
-        if not self._may_claim(t):
-            self._wake_at = t.mono + ISOLATED_RECHECK_S
-            return
-        if self.storage.full:
-            return  # disk_checked wakes it
-        if t.mono < self.storage.paused_until:
-            self._wake_at = self.storage.paused_until
+        self.not_claiming, self._wake_at = self._why_not_claiming(t)
+        if self.not_claiming:
             return
         free = self.capacity - self.used
         if self.guard is not None:  # memory goes by what the attempts are measured to use

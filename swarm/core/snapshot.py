@@ -43,6 +43,7 @@ class NodeRow(TypedDict):
     incarnation: NotRequired[int]
     draining: NotRequired[bool]
     last_change_s: NotRequired[float]  # since its state last changed, as this node saw it
+    not_claiming: NotRequired[str]  # the node's own row: why it claims no new task ("": it does)
 
 
 class JobRow(TypedDict):

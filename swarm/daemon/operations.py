@@ -164,6 +164,7 @@ class Operations:
             "used": snapshot.resources_dict(node.core.used),
             "running": len(node.attempts),
             "started_ms": node.started_ms,
+            "not_claiming": node.core.not_claiming,
         }
 
     def members(self) -> list[NodeRow]:

@@ -226,9 +226,13 @@ class Swarm:
     def states(self, i: int) -> dict[str, str]:
         return {m["id"]: m["state"] for m in self.members(i)["members"]}
 
-    def node_id(self, i: int) -> str:
+    def own_row(self, i: int) -> dict[str, Any]:
+        """Node i's row of itself (the one with a pid) in its `members --json`."""
         own = [m for m in self.members(i)["members"] if m.get("pid")]
-        return str(own[0]["id"])
+        return dict(own[0])
+
+    def node_id(self, i: int) -> str:
+        return str(self.own_row(i)["id"])
 
     def stop_all(self) -> None:
         for _, daemon, _ in self.nodes:

@@ -225,6 +225,8 @@ def test_a_result_that_cannot_be_stored_is_handed_back_to_the_swarm(
     with tmpfs(home / "blobs", 64 << 10):
         ids = swarm.form(3, cpus=SLOTS, homes={2: home})
         chaos = Chaos(swarm, tmp_path, ids)
+        # The tasks are quick: were node 2 still catching up, the others would run them all.
+        wait_for("node 2 to claim", lambda: swarm.own_row(2).get("not_claiming") == "")
         tasks = [
             {"name": f"b{i}", "cmd": f"head -c 100000 /dev/zero && echo {i}"} for i in range(12)
         ]
