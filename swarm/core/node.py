@@ -126,7 +126,7 @@ class NodeCore:
         self.stamps = StampIntake(self.clock)  # peers' stamps, into our clock
         self._effects: list[Effect] = []
         self._wake = False  # claim at the next tick
-        self.not_claiming = ""  # why the last claim pass claimed nothing new ("" if it could)
+        self.not_claiming = "starting"  # why the last claim pass claimed nothing new ("": it could)
         self._wake_at = float("inf")
         self.storage = Storage()
         self._beat = ledger.heartbeats.get(me, 0)
