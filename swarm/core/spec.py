@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +69,42 @@ NO_RESOURCES = Resources(0.0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
+class PyCall:
+    """A Python call (swarm/api.py): the function and its arguments, cloudpickled, held as blobs
+    under their sha256; so a function sent 10,000 times, or a large argument, is stored once."""
+
+    fn: str  # digest of the pickled function
+    args: str  # digest of the pickled (args, kwargs)
+    name: str  # the function's module.qualname, for tables and CSV
+    python: str  # "3.11": the version that pickled them, which the node must run
+
+    def to_wire(self) -> dict[str, str]:
+        return {"fn": self.fn, "args": self.args, "name": self.name, "python": self.python}
+
+    @staticmethod
+    def from_wire(raw: Any) -> PyCall:
+        if not isinstance(raw, dict) or set(raw) != {"fn", "args", "name", "python"}:
+            raise SpecError("call", "must be a map of fn, args, name and python")
+        for key in ("fn", "args"):
+            if not (isinstance(raw[key], str) and _DIGEST_CHARS.issuperset(raw[key])):
+                raise SpecError("call", f"{key} must be a sha256 digest")
+            if len(raw[key]) != 64:
+                raise SpecError("call", f"{key} must be a sha256 digest")
+        if not (_is_str(raw["name"]) and raw["name"] and len(raw["name"]) <= CALL_NAME_MAX):
+            raise SpecError("call", f"name must be a string of 1 to {CALL_NAME_MAX} characters")
+        if not (isinstance(raw["python"], str) and _PYTHON_RE.fullmatch(raw["python"])):
+            raise SpecError("call", "python must be a version such as 3.11")
+        return PyCall(raw["fn"], raw["args"], raw["name"], raw["python"])
+
+
+_DIGEST_CHARS = frozenset("0123456789abcdef")
+_PYTHON_RE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}")
+CALL_NAME_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """A normalized task. Exactly one of `cmd` and `argv` is set."""
+    """A normalized task. Exactly one of `cmd`, `argv` and `call` is set."""
 
     cmd: str | None
     argv: tuple[str, ...] | None
@@ -81,11 +116,14 @@ class TaskSpec:
     cwd: str | None = None
     requires: tuple[tuple[str, LabelValue], ...] = ()
     outputs: tuple[str, ...] = ()
+    call: PyCall | None = None
 
     def command_text(self) -> str:
-        """The command as one line, for tables and CSV."""
+        """The command as one line, for tables and CSV (a Python call: its function's name)."""
         if self.cmd is not None:
             return self.cmd
+        if self.call is not None:
+            return f"python: {self.call.name}"
         assert self.argv is not None
         return " ".join(_shell_quote(a) for a in self.argv)
 
@@ -114,6 +152,8 @@ class TaskSpec:
             out["requires"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.requires}
         if self.outputs:
             out["outputs"] = list(self.outputs)
+        if self.call is not None:
+            out["call"] = self.call.to_wire()
         return out
 
     @staticmethod
@@ -158,6 +198,7 @@ class TaskSpec:
             cwd=raw.get("cwd"),
             requires=normalize_requires(requires),
             outputs=tuple(outputs),
+            call=PyCall.from_wire(raw["call"]) if "call" in raw else None,
         )
         check(spec)
         return spec
@@ -165,7 +206,7 @@ class TaskSpec:
 
 _WIRE_KEYS = frozenset(
     {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
-     "requires", "outputs"}
+     "requires", "outputs", "call"}
 )  # fmt: skip
 CPUS_MAX = 4096.0
 MEMORY_BYTES_MAX = 2**63 - 1
@@ -244,8 +285,10 @@ def _is_text(value: str) -> bool:
 
 def check(spec: TaskSpec) -> None:
     """The invariants every spec holds, whatever it came from. SpecError naming the field."""
-    if (spec.cmd is None) == (spec.argv is None):
+    if sum(x is not None for x in (spec.cmd, spec.argv, spec.call)) != 1:
         raise SpecError("cmd", "exactly one of cmd and argv")
+    if spec.call is not None and spec.outputs:
+        raise SpecError("outputs", "a Python call returns its value: it declares no outputs")
     if spec.cmd is not None and not (_is_str(spec.cmd) and spec.cmd.strip()):
         raise SpecError("cmd", "must be a non-empty string without NUL")
     if spec.argv is not None and not (
