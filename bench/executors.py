@@ -69,7 +69,6 @@ TOOLS_SCRIPT = Path(__file__).resolve().parent / "executors_tools.py"
 DEFAULT_VENV = Path.home() / ".cache" / "swarm-bench" / "executors-venv"
 PEERS = ["dask[distributed]", "ray", "celery[redis]", "redis"]
 PEER_DISTS = [
-    "swarm-compute",
     "dask",
     "distributed",
     "ray",
@@ -331,7 +330,9 @@ class Bench:
                 figures: dict[str, object] = json.loads(out.read_text()) if out.exists() else {}
             return child, figures
         finally:
-            sweep_orphans(self.servers)
+            left = sweep_orphans(self.servers)
+            if left:
+                say(f"  ({left} process(es) the run left behind were stopped)")
             shutil.rmtree(scratch, ignore_errors=True)
 
     def throughput(self, variant: Variant, run: int) -> None:
