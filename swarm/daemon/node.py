@@ -278,7 +278,11 @@ class Node:
 
     async def _copy(self, effect: CopyResult) -> None:
         try:
-            complete = (await self.transfer.copy_result(effect.attempt)).complete
+            if effect.attempt is None:  # a call's input: one blob
+                holders = self.ledger.holders.get(effect.digest, set()) | {effect.source}
+                complete = await self.transfer.fetch_blob(effect.digest, sorted(holders))
+            else:
+                complete = (await self.transfer.copy_result(effect.attempt)).complete
         except (SwarmError, OSError) as exc:
             complete = False
             log.warning("could not copy result %s here: %s", effect.digest[:12], exc)
