@@ -89,6 +89,13 @@ class SubmitRequest(TypedDict):
 
     op: Literal["submit"]
     job: JobName
+    # Tasks of the submission already in the ledger and failed are queued again (a script that
+    # calls the same functions again re-runs those that raised, and reuses the rest).
+    rerun_failed: NotRequired[
+        Annotated[
+            bool | None, Want(_or_null(lambda v: isinstance(v, bool)), "true or false, or null")
+        ]
+    ]
 
 
 class SubmittedTask(TypedDict):
@@ -256,6 +263,62 @@ class DrainReply(TypedDict):
     running: int | None  # its running attempts, if it is this node
 
 
+class PutBlobRequest(TypedDict):
+    """Opens a blob's stream (a Python call's pickled function or arguments): `BlobFrame`s
+    follow, the last with `end` true. The node stores it under its sha256 and says it holds it."""
+
+    op: Literal["put_blob"]
+
+
+class BlobFrame(TypedDict):
+    data: NotRequired[
+        Annotated[bytes | None, Want(_or_null(lambda v: isinstance(v, bytes)), "bytes, or null")]
+    ]
+    end: NotRequired[
+        Annotated[
+            bool | None, Want(_or_null(lambda v: isinstance(v, bool)), "true or false, or null")
+        ]
+    ]
+
+
+class PutBlobReply(TypedDict):
+    ok: Literal[True]
+    digest: str
+    size: int
+
+
+class WatchRequest(TypedDict):
+    """Watch tasks end, on this connection: `add` tasks to those it watches; the reply lists the
+    watched tasks that ended since the last reply (it waits up to `wait_ms` for one)."""
+
+    op: Literal["watch"]
+    add: NotRequired[
+        Annotated[list[str] | None, Want(_or_null(_is_texts), "a list of task ids, or null")]
+    ]
+    wait_ms: NotRequired[
+        Annotated[int | None, Want(_or_null(_is_whole), "a whole number of milliseconds, or null")]
+    ]
+
+
+class EndedTask(TypedDict):
+    task_id: str
+    state: str  # done, failed or cancelled
+    outcome: str  # of its credited (or last) attempt: ok, failed, timeout, interrupted; "" if none
+    reason: str  # why that attempt ended so ("" if it did not say)
+    node: str  # the node that ran it ("" if none did)
+    exit_code: int | None
+    evicted: bool  # the last attempt was evicted under memory pressure
+    # The blob of a Python call's outcome (pycall.VALUE_FILE), held on this node; None if the
+    # task left none (a command, or a call that never ran to its end).
+    value: str | None
+
+
+class WatchReply(TypedDict):
+    ok: Literal[True]
+    ended: list[EndedTask]
+    unknown: list[str]  # added ids that name no task of this node's ledger
+
+
 class ErrorReply(TypedDict):
     ok: Literal[False]
     error: str
@@ -265,6 +328,7 @@ class ErrorReply(TypedDict):
 Reply = (
     PingReply | SubmitReply | StatusReply | CancelReply | RetryReply | MembersReply
     | FetchResultsReply | ReloadKeysReply | JoinReply | ShutdownReply | DrainReply
+    | PutBlobReply | WatchReply
 )  # fmt: skip
 
 Req = TypeVar("Req", bound=Mapping[str, Any])
@@ -302,8 +366,11 @@ RELOAD_KEYS: Contract[ReloadKeysRequest, ReloadKeysReply] = Contract(
 JOIN: Contract[JoinRequest, JoinReply] = Contract(JoinRequest, JoinReply)
 SHUTDOWN: Contract[ShutdownRequest, ShutdownReply] = Contract(ShutdownRequest, ShutdownReply)
 DRAIN: Contract[DrainRequest, DrainReply] = Contract(DrainRequest, DrainReply)
+PUT_BLOB: Contract[PutBlobRequest, PutBlobReply] = Contract(PutBlobRequest, PutBlobReply)
+WATCH: Contract[WatchRequest, WatchReply] = Contract(WatchRequest, WatchReply)
 CONTRACTS: tuple[Contract[Any, Any], ...] = (
     PING, SUBMIT, STATUS, CANCEL, RETRY, MEMBERS, FETCH_RESULTS, RELOAD_KEYS, JOIN, SHUTDOWN, DRAIN,
+    PUT_BLOB, WATCH,
 )  # fmt: skip
 
 
@@ -328,6 +395,7 @@ def _op_of(request: type[Mapping[str, Any]]) -> str:
 # Every field of every request, op by op, with what it must be; and of a submission's frames.
 REQUEST_FIELDS: dict[str, dict[str, Want]] = {c.op: c.fields for c in CONTRACTS}
 SUBMIT_FRAME_FIELDS = fields_of(SubmitFrame)
+BLOB_FRAME_FIELDS = fields_of(BlobFrame)
 TASK_FIELDS = fields_of(SubmittedTask)
 
 
@@ -353,6 +421,11 @@ def submit_frame_problem(frame: Mapping[str, Any]) -> str | None:
     return None
 
 
+def blob_frame_problem(frame: Mapping[str, Any]) -> str | None:
+    """Why a frame of a put blob's stream is malformed, naming the field; None if it is not."""
+    return _fields_problem(frame, BLOB_FRAME_FIELDS, "blob frame")
+
+
 def _fields_problem(message: Mapping[str, Any], fields: dict[str, Want], what: str) -> str | None:
     for name, want in fields.items():
         value = message.get(name)
@@ -366,6 +439,7 @@ def _fields_problem(message: Mapping[str, Any], fields: dict[str, Want], what: s
 
 FRAME_BYTES_MAX = 64 << 20
 SUBMIT_CHUNK_TASKS = 5_000
+BLOB_FRAME_BYTES = 4 << 20  # a put blob's frames
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -421,9 +495,14 @@ class Client:
     async def ping(self) -> PingReply:
         return await self.ask(PING, PingRequest(op="ping"))
 
-    async def submit(self, job: str, chunks: Iterable[list[SubmittedTask]]) -> SubmitReply:
+    async def submit(
+        self, job: str, chunks: Iterable[list[SubmittedTask]], rerun_failed: bool = False
+    ) -> SubmitReply:
         """Stream a submission: its request, a frame per chunk of tasks, then the end frame."""
-        await self.send(SubmitRequest(op="submit", job=job))
+        request = SubmitRequest(op="submit", job=job)
+        if rerun_failed:
+            request["rerun_failed"] = True
+        await self.send(request)
         for tasks in chunks:
             await self.send(SubmitFrame(tasks=tasks))
         await self.send(SubmitFrame(end=True))
@@ -455,6 +534,18 @@ class Client:
 
     async def shutdown(self) -> ShutdownReply:
         return await self.ask(SHUTDOWN, ShutdownRequest(op="shutdown"))
+
+    async def put_blob(self, data: bytes) -> PutBlobReply:
+        """Stream a blob to the node, in frames of BLOB_FRAME_BYTES."""
+        await self.send(PutBlobRequest(op="put_blob"))
+        view = memoryview(data)
+        for at in range(0, len(data), BLOB_FRAME_BYTES):
+            await self.send(BlobFrame(data=bytes(view[at : at + BLOB_FRAME_BYTES])))
+        await self.send(BlobFrame(end=True))
+        return checked_reply(PUT_BLOB, await self.reply())
+
+    async def watch(self, add: list[str], wait_ms: int | None = None) -> WatchReply:
+        return await self.ask(WATCH, WatchRequest(op="watch", add=add, wait_ms=wait_ms))
 
     async def drain(self, node: str | None, grace_s: float | None = None) -> DrainReply:
         request = DrainRequest(op="drain", node=node)

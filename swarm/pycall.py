@@ -138,3 +138,15 @@ def read_outcome(data: bytes) -> tuple[bool, Any]:
     ):
         return False, Raised(outcome[1], outcome[2], outcome[3], outcome[4])
     raise OutcomeError("the call's outcome is not one swarm wrote")
+
+
+class Chunk:
+    """Many calls of `fn` as one (`map`'s chunksize): its value is the list of theirs. Named as
+    `fn` in tables (`swarm_name`)."""
+
+    def __init__(self, fn: Any, name: str) -> None:
+        self.fn = fn
+        self.swarm_name = name
+
+    def __call__(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
+        return [self.fn(*args) for args in chunk]

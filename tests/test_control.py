@@ -6,10 +6,11 @@ the connection goes on after each refusal."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, NotRequired, Required
 
 import pytest
@@ -28,6 +29,7 @@ from swarm.core.ledger import Ledger
 from swarm.core.requests import CheckedTask
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.daemon.control_server import OPERATIONS, ControlServer
+from swarm.daemon.watches import Watch
 from swarm.errors import ControlError, UserError
 
 NODE_ID = "f00d" + "0" * 60
@@ -77,9 +79,32 @@ class FakeNode:
     def has_job(self, job: str) -> bool:
         return job == JOB
 
-    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
+    async def add_tasks(
+        self, job: str, tasks: list[CheckedTask], rerun_failed: bool = False
+    ) -> int:
         self.calls.append(("add_tasks", job, [t.task_id for t in tasks]))
         return len(tasks)
+
+    async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        data = b"".join([chunk async for chunk in chunks])
+        self.calls.append(("put_blob", data))
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+    def watch(self, watch: Watch, task_ids: list[str]) -> list[str]:
+        self.calls.append(("watch", task_ids))
+        for task in task_ids:
+            if task == TASK["task_id"]:
+                watch.saw_end(task)
+        return [t for t in task_ids if t != TASK["task_id"]]
+
+    def unwatch(self, watch: Watch) -> None:
+        self.calls.append(("unwatch",))
+
+    async def ended(self, task: str) -> control.EndedTask:
+        return {
+            "task_id": task, "state": "done", "outcome": "ok", "reason": "", "node": NODE_ID,
+            "exit_code": 0, "evicted": False, "value": None,
+        }  # fmt: skip
 
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
         self.calls.append(("cancel", target))
@@ -126,6 +151,11 @@ GOOD: dict[str, tuple[Ask, tuple[Any, ...] | None]] = {
     "join": (lambda c: c.join(["10.0.0.5:7946"]), ("join_peers", ["10.0.0.5:7946"])),
     "shutdown": (lambda c: c.shutdown(), ("stop",)),
     "drain": (lambda c: c.drain("f00d", 2.5), ("drain_request", "f00d", 2.5)),
+    "put_blob": (lambda c: c.put_blob(b"fn" * 3_000_000), ("put_blob", b"fn" * 3_000_000)),
+    "watch": (
+        lambda c: c.watch([TASK["task_id"], "nope"], 100),
+        ("watch", [TASK["task_id"], "nope"]),
+    ),
 }
 
 # op -> (a request with a bad field, what the error must say); an op with no fields has none.
@@ -137,6 +167,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "fetch_results": ({"op": "fetch_results", "job": None}, "'job' must be a job name"),
     "join": ({"op": "join", "peers": []}, "'peers' must be a non-empty list of HOST:PORT"),
     "drain": ({"op": "drain", "grace_s": -1}, "'grace_s' must be a number of seconds, 0 or more"),
+    "watch": ({"op": "watch", "add": "abc"}, "'add' must be a list of task ids"),
 }
 UNKNOWN: list[tuple[dict[str, Any], str]] = [
     ({"op": "launch"}, "unknown request 'launch'"),
@@ -214,7 +245,12 @@ def test_the_table_has_every_op_once() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [*(c.request for c in control.CONTRACTS), control.SubmitFrame, control.SubmittedTask],
+    [
+        *(c.request for c in control.CONTRACTS),
+        control.SubmitFrame,
+        control.SubmittedTask,
+        control.BlobFrame,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_every_field_of_a_request_is_checked(message: type) -> None:
@@ -256,6 +292,36 @@ def test_the_replies_say_what_the_node_answered() -> None:
     assert members == {"ok": True, "members": [NODE_ROW], "net": {}}
 
 
+def test_a_watch_reports_what_ended_and_what_it_does_not_know() -> None:
+    node = FakeNode()
+
+    async def ask(client: Client) -> Any:
+        first = await client.watch([TASK["task_id"], "nope"], wait_ms=50)
+        return first, await client.watch([], wait_ms=50)  # reported once
+
+    first, second = _run_with_client(node, ask)
+    assert [e["task_id"] for e in first["ended"]] == [TASK["task_id"]]
+    assert first["unknown"] == ["nope"]
+    assert second["ended"] == [] and second["unknown"] == []
+
+
+def test_a_blob_stream_that_breaks_its_frames_is_refused_in_step() -> None:
+    node = FakeNode()
+
+    async def ask(client: Client) -> tuple[str, Any]:
+        await client.send({"op": "put_blob"})
+        await client.send({"data": "not bytes"})
+        await client.send({"data": b"more"})
+        await client.send({"end": True})
+        with pytest.raises(ControlError) as refused:
+            await client.reply()
+        return str(refused.value), await client.ping()
+
+    answer, pong = _run_with_client(node, ask)
+    assert "'data' must be bytes" in answer, answer
+    assert pong["node_id"] == NODE_ID
+
+
 def test_a_status_long_poll_waits_for_the_next_change_and_is_capped() -> None:
     node = FakeNode()
 
@@ -276,7 +342,7 @@ def test_a_bad_field_is_answered_naming_it(op: str) -> None:
 
     async def ask(client: Client) -> tuple[str, Any]:
         await client.send(request)
-        if op == "submit":  # the stream follows the request, refused or not
+        if op in ("submit", "put_blob"):  # the stream follows the request, refused or not
             await client.send({"tasks": [TASK]})
             await client.send({"end": True})
         with pytest.raises(ControlError) as refused:
@@ -355,6 +421,10 @@ SENT_BY_THE_CLI: list[dict[str, Any]] = [
     {"op": "shutdown"},
     {"op": "drain", "node": ""},
     {"op": "drain", "node": "ab12", "grace_s": 2.5},
+    {"op": "submit", "job": "sweep", "rerun_failed": True},
+    {"op": "put_blob"},
+    {"op": "watch", "add": ["ab" * 32], "wait_ms": 1000},
+    {"op": "watch", "add": None, "wait_ms": None},
 ]
 
 

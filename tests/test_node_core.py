@@ -36,7 +36,7 @@ from swarm.core.ledger import (
 from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.policy import rendezvous_rank
 from swarm.core.pressure import Guard
-from swarm.core.spec import Resources, TaskSpec
+from swarm.core.spec import PyCall, Resources, TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
 from swarm.core.sync import LedgerSync
 
@@ -389,3 +389,65 @@ def test_a_stopping_node_starts_no_copy_of_a_result() -> None:
     h.core.stop()
     copies = [e for now in (1.5, 2.0, 3.0, 5.0) for e in of(CopyResult, h.tick(at(now)))]
     assert not copies
+
+
+def call_task(name: str, fn: str, args: str = "") -> TaskRecord:
+    """A Python call of the function blob `fn` (and the arguments blob `args`, else inline)."""
+    call = PyCall(fn, args, "m.f", "3.11", "" if args else "gAU=")
+    return TaskRecord(name, "job", name, TaskSpec(None, None, SPEC.need, call=call), 1)
+
+
+def hexdigest_first_for(node: str, nodes: list[str], skip: str = "") -> str:
+    return next(
+        d
+        for i in range(400)
+        if (d := f"{i:064x}") != skip and holding.Holding.targets(d, nodes)[0] == node
+    )
+
+
+def test_a_calls_inputs_are_copied_to_the_chosen_nodes_once_however_many_calls_share_them() -> None:
+    h = in_swarm("c", ["a", "b", "c"])
+    fn = hexdigest_first_for("c", ["a", "b", "c"])
+    args = hexdigest_first_for("c", ["a", "b", "c"], skip=fn)
+    h.record(at(1), "a", ReplicaRecord(fn), ReplicaRecord(args))
+    h.record(at(1), "a", *(call_task(f"t{i}", fn, args if i == 0 else "") for i in range(50)))
+    copies: list[Effect] = []
+    for now in (1.0, 1.3, 1.6, 1.9):
+        for copy in of(CopyResult, h.tick(at(now))):
+            assert isinstance(copy, CopyResult)
+            copies.append(copy)
+            h.core.copied(at(now), copy.digest, complete=True)
+            (write,) = of(Write, h.effects())
+            assert isinstance(write, Write)
+            h.write(at(now), write)
+    assert copies == [CopyResult(fn, None, "a"), CopyResult(args, None, "a")]
+    assert "c" in h.core.ledger.holders[fn] and "c" in h.core.ledger.holders[args]
+
+
+def test_an_input_no_holder_can_give_is_tried_again_never_declared_lost() -> None:
+    h = in_swarm("c", ["a", "c"])
+    fn = hexdigest_first_for("c", ["a", "c"])
+    h.record(at(1), "a", call_task("t1", fn))
+    tried = 0
+    now = 1.0
+    for _ in range(30):
+        for copy in of(CopyResult, h.tick(at(now))):
+            assert isinstance(copy, CopyResult)
+            tried += 1
+            h.core.copied(at(now), copy.digest, complete=False)
+            assert not h.effects()  # no lost record, no log
+        now += 0.5
+    assert tried >= 2
+    assert h.core.ledger.tasks["t1"].state is State.PENDING
+
+
+def test_a_drain_waits_while_it_alone_holds_the_inputs_of_calls_not_ended() -> None:
+    h = in_swarm("a", ["a", "b"])
+    fn = hexdigest_first_for("a", ["a", "b"])
+    h.record(at(0.5), "a", ReplicaRecord(fn))
+    h.record(at(0.5), "a", call_task("t1", fn))
+    h.core.config = CoreConfig(claim_batch_max=0)  # it claims nothing: only the inputs count
+    h.core.drain(at(1), grace_s=None)
+    assert not of(Leave, h.tick(at(1.5)))
+    h.record(at(1.6), "b", ReplicaRecord(fn))  # b copied it
+    assert of(Leave, h.tick(at(2.0)))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from swarm.core.spec import ARG_BYTES_MAX, Resources, TaskSpec, check
+from swarm.core.spec import ARG_BYTES_MAX, PyCall, Resources, TaskSpec, check, task_id
 from swarm.errors import SpecError, UserError
 
 GOOD = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
@@ -62,3 +62,45 @@ def test_a_spec_error_is_a_user_error_and_a_value_error() -> None:
         TaskSpec.from_wire({"cmd": "", "cpus": 1.0, "memory": 1})
     with pytest.raises(UserError):
         TaskSpec.from_wire({"cmd": "", "cpus": 1.0, "memory": 1})
+
+
+FN = "ab" * 32
+CALL = PyCall(FN, "", "fits.fit_enet", "3.11", "gAWVBQAAAAAAAAA=")
+CALL_SPEC = TaskSpec(cmd=None, argv=None, need=Resources(1.0, 1 << 20), retries=0, call=CALL)
+
+
+def test_a_python_call_round_trips_and_names_its_function() -> None:
+    by_digest = replace(CALL_SPEC, call=PyCall(FN, "cd" * 32, "m.f", "3.12"))
+    for spec in (CALL_SPEC, by_digest):
+        assert TaskSpec.from_wire(spec.to_wire()) == spec
+    assert CALL_SPEC.command_text() == "python: fits.fit_enet"
+    assert task_id("j", CALL_SPEC, None) != task_id("j", by_digest, None)
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        ({**CALL.to_wire(), "fn": "AB" * 32}, "fn must be a sha256 digest"),
+        ({**CALL.to_wire(), "fn": "../etc/passwd"}, "fn must be a sha256 digest"),
+        ({**CALL.to_wire(), "args": FN}, "not both"),  # a digest and inline arguments
+        ({**CALL.to_wire(), "inline": ""}, "args must be"),  # neither
+        ({**CALL.to_wire(), "inline": "not base64!"}, "args must be"),
+        ({**CALL.to_wire(), "inline": "A" * 5000}, "inline arguments over"),
+        ({**CALL.to_wire(), "python": "three"}, "python must be a version"),
+        ({**CALL.to_wire(), "name": ""}, "name must be a string"),
+        ({**CALL.to_wire(), "extra": 1}, "has keys other than"),
+        ({"fn": FN}, "must be a map of"),
+    ],
+)
+def test_a_bad_call_is_refused_naming_what(call: dict[str, Any], fragment: str) -> None:
+    raw = {**CALL_SPEC.to_wire(), "call": call}
+    with pytest.raises(SpecError) as caught:
+        TaskSpec.from_wire(raw)
+    assert caught.value.field == "call" and fragment in str(caught.value), caught.value
+
+
+def test_a_call_is_neither_a_command_nor_has_outputs() -> None:
+    with pytest.raises(SpecError, match="exactly one"):
+        check(replace(CALL_SPEC, cmd="true"))
+    with pytest.raises(SpecError, match="declares no outputs"):
+        check(replace(CALL_SPEC, outputs=("*.txt",)))

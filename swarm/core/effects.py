@@ -68,11 +68,13 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class CopyResult:
-    """Copy a result (its manifest and every file it names) here from its holders; report with
-    `copied`."""
+    """Copy a result (its manifest and every file it names) here from its holders, or (no
+    attempt) one input blob of a Python call from its holders and the node that submitted it
+    (`source`); report with `copied`."""
 
     digest: str
-    attempt: Attempt
+    attempt: Attempt | None
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Which results a node should hold, and when one is lost: the result-replication decisions.
+"""Which results (and call inputs) a node should hold, and when one is lost: the replication
+decisions.
 
 Theory of operation: a done task's credited result is held by R = min(3, live) nodes, the first
 R of the live members (not draining) by rendezvous hashing on its digest. A node queues the
@@ -9,6 +10,12 @@ comes back whole is announced with a REPLICA record; one that no holder could gi
 later, unless every node known to hold it is dead or gone: then the first chosen node records the
 result as lost, and the task runs again. A drained node leaves only once no result is held by it
 alone (`sole_holdings`).
+
+The inputs of a Python call that has not ended (its pickled function and arguments, spec.PyCall)
+are held the same way, by the R nodes chosen on their digests, so that the calls survive the loss
+of the node that submitted them. An input is one blob, copied from the nodes that said they hold it
+(and the task's submitter); one that no holder could give is tried again later, never declared
+lost: the call's attempts then fail to fetch it, and its interruption cap ends it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ import hashlib
 from collections.abc import Callable, Iterable
 
 from swarm.core.effects import CopyResult, Effect, Level, Log, Write
-from swarm.core.ledger import Attempt, Ledger, LostRecord, ReplicaRecord, State, TaskView
+from swarm.core.ledger import (
+    TERMINAL_STATES,
+    Attempt,
+    Ledger,
+    LostRecord,
+    ReplicaRecord,
+    State,
+    TaskView,
+)
 from swarm.core.policy import rendezvous_top
 
 REPLICAS = 3  # a result is held by this many nodes (or every live one, if fewer)
@@ -28,17 +43,27 @@ EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()  # the empty blob: every node hol
 
 Targets = Callable[[str], list[str]]  # digest -> the nodes that should hold it, in order
 AllGone = Callable[[Iterable[str]], bool]  # whether every one of these nodes is dead or gone
+# What a queued digest is: a result (its attempt), or a call's input (the node that submitted it).
+Source = Attempt | str
+
+
+def call_inputs(view: TaskView) -> tuple[str, ...]:
+    """The input blobs of a task that is a Python call (none for a command)."""
+    call = view.spec.call if view.spec is not None else None
+    if call is None:
+        return ()
+    return (call.fn,) if call.args == "" else (call.fn, call.args)
 
 
 class Holding:
     def __init__(self, me: str, ledger: Ledger) -> None:
         self.me = me
         self.ledger = ledger
-        self._todo: dict[str, Attempt] = {}  # result digest -> its attempt
+        self._todo: dict[str, Source] = {}  # digest -> what it is
         self._due: float | None = None
-        self._batch: list[tuple[str, Attempt]] = []  # being gone through
-        self._retry: dict[str, Attempt] = {}
-        self._copying: tuple[str, Attempt] | None = None
+        self._batch: list[tuple[str, Source]] = []  # being gone through
+        self._retry: dict[str, Source] = {}
+        self._copying: tuple[str, Source] | None = None
 
     def want(self, views: Iterable[TaskView], now: float) -> None:
         """Queue the credited results of these (done) tasks for a look."""
@@ -46,6 +71,17 @@ class Holding:
             attempt = view.ok_attempt()
             if attempt is not None and attempt.result.digest is not None:
                 self._todo[attempt.result.digest] = attempt
+        self._soon(now)
+
+    def want_inputs(self, views: Iterable[TaskView], now: float) -> None:
+        """Queue the inputs of these Python calls (those not ended) for a look."""
+        for view in views:
+            if view.state not in TERMINAL_STATES:
+                for digest in call_inputs(view):
+                    self._todo.setdefault(digest, view.submitted[1])
+        self._soon(now)
+
+    def _soon(self, now: float) -> None:
         if self._todo and self._due is None:
             self._due = now + REPLICATE_DEBOUNCE_S
 
@@ -67,13 +103,15 @@ class Holding:
             self._batch, self._todo, self._due = list(self._todo.items()), {}, None
             self._batch.reverse()  # popped from the end: in the order queued
         for _ in range(min(SCAN_SLICE, len(self._batch))):
-            digest, attempt = self._batch.pop()
+            digest, source = self._batch.pop()
             if digest == EMPTY_DIGEST or self.me in self.ledger.holders.get(digest, ()):
                 continue
             if self.me not in targets(digest):
                 continue
-            self._copying = (digest, attempt)
-            return [CopyResult(digest, attempt)]
+            self._copying = (digest, source)
+            if isinstance(source, str):
+                return [CopyResult(digest, None, source)]
+            return [CopyResult(digest, source)]
         if not self._batch and self._retry:
             for digest, attempt in self._retry.items():
                 self._todo.setdefault(digest, attempt)
@@ -97,6 +135,9 @@ class Holding:
             # copy is made and announced again.
             self._retry[digest] = attempt
             return [Write((ReplicaRecord(digest),), "a replica record")]
+        if isinstance(attempt, str):
+            self._retry[digest] = attempt  # an input is never declared lost: see the top
+            return []
         others = (holders | {attempt.version.origin}) - {self.me}
         if all_gone(others) and targets(digest)[0] == self.me:
             # Every node that held it is dead or gone: the task must run again.
@@ -113,6 +154,10 @@ class Holding:
             return 0
         count = 0
         for task in self.ledger.tasks.values():
+            for digest in call_inputs(task) if task.state not in TERMINAL_STATES else ():
+                holders = self.ledger.holders.get(digest, set())
+                if (holders | {task.submitted[1]}) <= {self.me}:
+                    count += 1
             attempt = task.ok_attempt() if task.state is State.DONE else None
             if attempt is None or attempt.result.digest in (None, EMPTY_DIGEST):
                 continue

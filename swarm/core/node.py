@@ -457,6 +457,8 @@ class NodeCore:
         if change.new is State.PENDING:
             self.sched.enqueue(view, t.mono)
             self._wake = True
+            if change.old is None and self.networked:  # a new task: a call's inputs are held
+                self.holding.want_inputs([view], t.mono)
             return
         self.sched.since.pop(change.task_id, None)  # claimed or ended: it waits no more
         if change.new is State.DONE and self.networked:
@@ -510,6 +512,9 @@ class NodeCore:
     def _begin_rerank(self, t: Time) -> None:
         # The chosen holders of results move with the members too.
         self.holding.want((v for v in self.ledger.tasks.values() if v.state is State.DONE), t.mono)
+        self.holding.want_inputs(
+            (v for v in self.ledger.tasks.values() if v.spec is not None and v.spec.call), t.mono
+        )
         self._set_members()
         self.sched.begin_rerank()
 

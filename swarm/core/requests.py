@@ -78,13 +78,18 @@ def retries(ledger: Ledger, job: str) -> list[RetryRecord]:
     """A RETRY record for each failed task of the job (its counts so far are forgiven)."""
     if job not in ledger.jobs:
         raise UserError(f"no job {job!r}")
-    return [
-        RetryRecord(
-            v.task_id, v.count(Outcome.FAILED, Outcome.TIMEOUT), v.interruptions(), v.evictions()
-        )
-        for v in ledger.job_tasks(job)
-        if v.state is State.FAILED
-    ]
+    return reruns(ledger, (v.task_id for v in ledger.job_tasks(job)))
+
+
+def reruns(ledger: Ledger, task_ids: Iterable[str]) -> list[RetryRecord]:
+    """A RETRY record for each of these tasks that failed (its counts so far are forgiven)."""
+    records = []
+    for task in task_ids:
+        v = ledger.tasks.get(task)
+        if v is not None and v.state is State.FAILED:
+            failures = v.count(Outcome.FAILED, Outcome.TIMEOUT)
+            records.append(RetryRecord(task, failures, v.interruptions(), v.evictions()))
+    return records
 
 
 def drain_target(prefix: str | None, me: str, live: Iterable[str]) -> str:

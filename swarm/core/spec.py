@@ -74,32 +74,55 @@ class PyCall:
     under their sha256; so a function sent 10,000 times, or a large argument, is stored once."""
 
     fn: str  # digest of the pickled function
-    args: str  # digest of the pickled (args, kwargs)
+    args: str  # digest of the pickled (args, kwargs); "" when they are `inline`
     name: str  # the function's module.qualname, for tables and CSV
     python: str  # "3.11": the version that pickled them, which the node must run
+    inline: str = ""  # small arguments, pickled and base64-encoded, in the spec itself
 
     def to_wire(self) -> dict[str, str]:
-        return {"fn": self.fn, "args": self.args, "name": self.name, "python": self.python}
+        out = {"fn": self.fn, "args": self.args, "name": self.name, "python": self.python}
+        if self.inline:
+            out["inline"] = self.inline
+        return out
 
     @staticmethod
     def from_wire(raw: Any) -> PyCall:
-        if not isinstance(raw, dict) or set(raw) != {"fn", "args", "name", "python"}:
+        if not isinstance(raw, dict) or not {"fn", "args", "name", "python"} <= set(raw):
             raise SpecError("call", "must be a map of fn, args, name and python")
-        for key in ("fn", "args"):
-            if not (isinstance(raw[key], str) and _DIGEST_CHARS.issuperset(raw[key])):
-                raise SpecError("call", f"{key} must be a sha256 digest")
-            if len(raw[key]) != 64:
-                raise SpecError("call", f"{key} must be a sha256 digest")
+        if set(raw) - {"fn", "args", "name", "python", "inline"}:
+            raise SpecError("call", "has keys other than fn, args, name, python and inline")
+        inline = raw.get("inline", "")
+        if not _is_digest(raw["fn"]):
+            raise SpecError("call", "fn must be a sha256 digest")
+        if not (_is_digest(raw["args"]) if raw["args"] != "" else _is_base64(inline)):
+            raise SpecError("call", "args must be a sha256 digest, or inline base64 (not both)")
+        if raw["args"] != "" and inline != "":
+            raise SpecError("call", "args must be a sha256 digest, or inline base64 (not both)")
+        if len(inline) > INLINE_ARGS_CHARS_MAX:
+            raise SpecError("call", f"inline arguments over {INLINE_ARGS_CHARS_MAX} characters")
         if not (_is_str(raw["name"]) and raw["name"] and len(raw["name"]) <= CALL_NAME_MAX):
             raise SpecError("call", f"name must be a string of 1 to {CALL_NAME_MAX} characters")
         if not (isinstance(raw["python"], str) and _PYTHON_RE.fullmatch(raw["python"])):
             raise SpecError("call", "python must be a version such as 3.11")
-        return PyCall(raw["fn"], raw["args"], raw["name"], raw["python"])
+        return PyCall(raw["fn"], raw["args"], raw["name"], raw["python"], inline)
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and _DIGEST_CHARS.issuperset(value)
+
+
+def _is_base64(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and _BASE64_RE.fullmatch(value) is not None
 
 
 _DIGEST_CHARS = frozenset("0123456789abcdef")
 _PYTHON_RE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}")
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 CALL_NAME_MAX = 512
+# Arguments that pickle to at most this many bytes travel in the task's spec (no blob to store,
+# announce and fetch); bigger ones are blobs. Base64 makes 4 characters of every 3 bytes.
+INLINE_ARGS_BYTES_MAX = 3 * 1024
+INLINE_ARGS_CHARS_MAX = 4 * INLINE_ARGS_BYTES_MAX // 3 + 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol
 
@@ -34,6 +34,7 @@ from swarm.control import (
     Contract,
     DrainReply,
     DrainRequest,
+    EndedTask,
     FetchResultsReply,
     FetchResultsRequest,
     JoinReply,
@@ -43,6 +44,8 @@ from swarm.control import (
     NetStats,
     PingReply,
     PingRequest,
+    PutBlobReply,
+    PutBlobRequest,
     ReloadKeysReply,
     ReloadKeysRequest,
     Rep,
@@ -56,16 +59,21 @@ from swarm.control import (
     SubmitReply,
     SubmitRequest,
     SubmittedTask,
+    WatchReply,
+    WatchRequest,
 )
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
 from swarm.daemon.net import GossipNet
+from swarm.daemon.watches import Watch
 from swarm.errors import ControlError, SwarmError, UserError
 
 log = logging.getLogger("swarm.daemon.control_server")
 
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
+BLOB_BYTES_MAX = 16 << 30  # one put blob (it goes to a file, not to memory)
+WATCH_ADD_MAX = 1_000_000  # tasks added to a watch by one request
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 
 
@@ -100,7 +108,13 @@ class NodeControl(Protocol):
     def snapshot(self, jobs: list[str] | None = None) -> Snapshot: ...
     def members(self) -> list[NodeRow]: ...
     def has_job(self, job: str) -> bool: ...
-    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int: ...
+    async def add_tasks(
+        self, job: str, tasks: list[CheckedTask], rerun_failed: bool = False
+    ) -> int: ...
+    async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]: ...
+    def watch(self, watch: Watch, task_ids: list[str]) -> list[str]: ...
+    def unwatch(self, watch: Watch) -> None: ...
+    async def ended(self, task_id: str) -> EndedTask: ...
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]: ...
     async def retry(self, job: str) -> int: ...
     async def fetch_results(self, job: str) -> dict[str, int]: ...
@@ -112,12 +126,20 @@ class NodeControl(Protocol):
     ) -> tuple[str, int | None]: ...
 
 
+@dataclass(slots=True)
+class Session:
+    """What one connection keeps between its requests: the tasks it watches, once it does."""
+
+    watch: Watch | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """What a handler has: the node, and the connection (a submission reads its stream on it)."""
 
     node: NodeControl
     reader: asyncio.StreamReader
+    session: Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +164,11 @@ class ControlServer:
         """Serve one connection until the client closes it (`asyncio.start_unix_server`'s
         callback)."""
         self._clients.add(writer)
+        session = Session()
         try:
             while (request := await control.read_frame(reader)) is not None:
-                writer.write(control.encode_frame(await self._answer(request, reader)))
+                reply = await self._answer(request, reader, session)
+                writer.write(control.encode_frame(reply))
                 await writer.drain()
         except ControlError as exc:
             # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
@@ -158,12 +182,14 @@ class ControlServer:
         finally:
             self._clients.discard(writer)
             writer.close()
+            if session.watch is not None:
+                self._node.unwatch(session.watch)
 
     async def _answer(
-        self, request: dict[str, Any], reader: asyncio.StreamReader
+        self, request: dict[str, Any], reader: asyncio.StreamReader, session: Session
     ) -> control.Reply | control.ErrorReply:
         try:
-            return await serve(Call(self._node, reader), request)
+            return await serve(Call(self._node, reader, session), request)
         except UserError as exc:
             return control.ErrorReply(ok=False, error=str(exc))
         except SwarmError as exc:
@@ -202,8 +228,34 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
     if len(incoming) > SUBMIT_TASKS_MAX:
         raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
     tasks = [checked_task(job, raw) for raw in incoming]
-    added = await call.node.add_tasks(job, tasks)
+    added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
     return {"ok": True, "job": job, "added": added, "existing": len(incoming) - added}
+
+
+async def _put_blob(call: Call, request: PutBlobRequest) -> PutBlobReply:
+    """Store the blob streamed after the request. Its stream is read to the end frame whatever
+    happens, so that the reply stays in step."""
+    stream = BlobStream(call.reader)
+    try:
+        digest, size = await call.node.put_blob(stream.chunks())
+    finally:
+        await stream.finish()
+    if stream.problem is not None:
+        raise UserError(stream.problem)
+    return {"ok": True, "digest": digest, "size": size}
+
+
+async def _watch(call: Call, request: WatchRequest) -> WatchReply:
+    if call.session.watch is None:
+        call.session.watch = Watch()
+    watch = call.session.watch
+    add = request.get("add") or []
+    if len(add) > WATCH_ADD_MAX:
+        raise UserError(f"more than {WATCH_ADD_MAX:,} tasks added to a watch at once")
+    unknown = call.node.watch(watch, add)
+    await watch.wait(min(request.get("wait_ms") or 0, STATUS_WAIT_MS_MAX) / 1000)
+    ended = [await call.node.ended(task) for task in watch.take()]
+    return {"ok": True, "ended": ended, "unknown": unknown}
 
 
 async def _status(call: Call, request: StatusRequest) -> StatusReply:
@@ -276,6 +328,8 @@ OPERATIONS: dict[str, Operation[Any, Any]] = {
         Operation(control.JOIN, _join),
         Operation(control.SHUTDOWN, _shutdown),
         Operation(control.DRAIN, _drain),
+        Operation(control.PUT_BLOB, _put_blob, streamed=True),
+        Operation(control.WATCH, _watch),
     )
 }
 # The protocol's contracts and this table are one set: an op with no handler would be refused as
@@ -301,6 +355,37 @@ async def _read_stream(reader: asyncio.StreamReader) -> list[SubmittedTask]:
     if problem is not None:  # raised after the stream is read, so the reply is in step
         raise UserError(problem)
     return incoming
+
+
+class BlobStream:
+    """A put blob's frames, read as chunks of bytes; `problem` says what was wrong with them
+    (read to the end frame all the same)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.problem: str | None = None
+        self.size = 0
+        self._ended = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while not self._ended:
+            frame = await _next_frame(self.reader)
+            self._ended = bool(frame.get("end"))
+            self.problem = self.problem or control.blob_frame_problem(frame)
+            data = frame.get("data") or b""
+            self.size += len(data)
+            if self.size > BLOB_BYTES_MAX:
+                self.problem = self.problem or f"a blob over {BLOB_BYTES_MAX:,} bytes"
+            if self.problem is not None:
+                raise UserError(self.problem)
+            if data:
+                yield data
+
+    async def finish(self) -> None:
+        """Read what is left of the stream, keeping nothing."""
+        if not self._ended:
+            self._ended = True
+            await _skip_stream(self.reader)
 
 
 async def _skip_stream(reader: asyncio.StreamReader) -> None:

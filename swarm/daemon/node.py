@@ -70,6 +70,7 @@ from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.runner import AttemptRunner
 from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import ResultTransfer
+from swarm.daemon.watches import Watches
 from swarm.errors import (
     ConfigError,
     StorageFullError,
@@ -122,6 +123,7 @@ class Node:
         self._ready = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
+        self.watches = Watches()  # the tasks Python clients wait on (control op `watch`)
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
@@ -278,7 +280,11 @@ class Node:
 
     async def _copy(self, effect: CopyResult) -> None:
         try:
-            complete = (await self.transfer.copy_result(effect.attempt)).complete
+            if effect.attempt is None:  # a call's input: one blob
+                holders = self.ledger.holders.get(effect.digest, set()) | {effect.source}
+                complete = await self.transfer.fetch_blob(effect.digest, sorted(holders))
+            else:
+                complete = (await self.transfer.copy_result(effect.attempt)).complete
         except (SwarmError, OSError) as exc:
             complete = False
             log.warning("could not copy result %s here: %s", effect.digest[:12], exc)
@@ -525,6 +531,7 @@ class Node:
         changes = self.core.apply(self.now(), pairs, remote=rows[0].remote)
         self._carry_out()
         if changes:
+            self.watches.changed(changes)
             self.changes += 1
             self.progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self.progress = asyncio.Event()

@@ -9,15 +9,21 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
+from swarm.control import EndedTask
 from swarm.core import requests, snapshot
-from swarm.core.ledger import ReplicaRecord
+from swarm.core.ledger import Attempt, Body, ReplicaRecord
+from swarm.core.manifest import parse_manifest
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.daemon.config import parse_addr
 from swarm.daemon.net import GossipNet
-from swarm.daemon.transfer import Copied
+from swarm.daemon.transfer import Copied, result_attempt
+from swarm.daemon.watches import Watch
+from swarm.errors import SwarmError
+from swarm.pycall import VALUE_FILE
 
 if TYPE_CHECKING:
     from swarm.daemon.node import Node
@@ -68,15 +74,42 @@ class Operations:
     def has_job(self, job: str) -> bool:
         return job in self.node.ledger.jobs
 
-    async def add_tasks(self, job: str, tasks: list[CheckedTask]) -> int:
-        """Add a submission's tasks in one commit (requests.submission); how many were new."""
+    async def add_tasks(
+        self, job: str, tasks: list[CheckedTask], rerun_failed: bool = False
+    ) -> int:
+        """Add a submission's tasks in one commit (requests.submission); how many were new.
+        `rerun_failed`: those already in the ledger that failed are queued again with them."""
         node = self.node
-        records = requests.submission(
-            node.ledger, job, tasks, node.core.clock.now(node.now().wall_ms)
+        records: list[Body] = list(
+            requests.submission(node.ledger, job, tasks, node.core.clock.now(node.now().wall_ms))
         )
+        added = len(records)
+        if rerun_failed:
+            records.extend(requests.reruns(node.ledger, (t.task_id for t in tasks)))
         if records:
-            await node.append(list(records))
-        return len(records)
+            await node.append(records)
+        return added
+
+    async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        """Store a blob streamed by a client (a Python call's function or arguments) and say,
+        with a REPLICA record, that this node holds it: its digest and size."""
+        node = self.node
+        path = node.store.new_temp_path()
+        size = 0
+        try:
+            with open(path, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            digest, _ = await asyncio.to_thread(node.store.put_file, path, move=True)
+        except OSError as exc:  # a full disk, above all: the client hears it, the node goes on
+            raise SwarmError(f"cannot store the blob in {node.store.root}: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if node.node_id not in node.ledger.holders.get(digest, ()):
+            await node.append([ReplicaRecord(digest)])
+        return digest, size
 
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
         """Cancel a job, or the one task whose id starts with `target`: which, and its name."""
@@ -134,6 +167,52 @@ class Operations:
         node = self.node
         if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
             await node.append([ReplicaRecord(copied.digest)])
+
+    # -- Python clients: watching calls end -------------------------------------------------
+
+    def watch(self, watch: Watch, task_ids: list[str]) -> list[str]:
+        return self.node.watches.add(self.node.ledger, watch, task_ids)
+
+    def unwatch(self, watch: Watch) -> None:
+        self.node.watches.close(watch)
+
+    async def ended(self, task_id: str) -> EndedTask:
+        """How a watched task ended; a Python call's outcome blob is made held here first
+        (copied from the node that holds it), so that the client can read it."""
+        view = self.node.ledger.tasks[task_id]
+        attempt = result_attempt(view)
+        ordered = view.ordered_attempts()
+        last = attempt or (ordered[-1] if ordered else None)
+        value = None
+        if attempt is not None and view.spec is not None and view.spec.call is not None:
+            value = await self._value_of(attempt)
+        result = None if last is None else last.result
+        return {
+            "task_id": task_id,
+            "state": str(view.state),
+            "outcome": "" if result is None else str(result.outcome),
+            "reason": "" if result is None else result.reason,
+            "node": "" if last is None else last.version.origin,
+            "exit_code": None if result is None else result.exit_code,
+            "evicted": bool(result is not None and result.evicted),
+            "value": value,
+        }
+
+    async def _value_of(self, attempt: Attempt) -> str | None:
+        """The digest of a call's outcome blob, held here; None if it cannot be had."""
+        node = self.node
+        digest = attempt.result.digest
+        assert digest is not None
+        try:
+            if not node.store.has(digest) or attempt.version.origin != node.node_id:
+                copied = await node.transfer.copy_result(attempt)
+                await self._say_held(copied)
+                if not copied.complete:
+                    return None
+            data = await asyncio.to_thread(node.store.read_bytes, digest)
+            return parse_manifest(data).files.get(VALUE_FILE)
+        except (SwarmError, OSError):
+            return None
 
     # -- status -----------------------------------------------------------------------------
 

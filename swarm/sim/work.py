@@ -330,7 +330,8 @@ class WorkSim:
                 self.gone.add(w.index)
             case CopyResult():  # copied at once if a node that holds it can be reached
                 held = w.core.ledger.holders.get(effect.digest, set())
-                holders = (held | {effect.attempt.version.origin}) - {w.node}
+                origin = effect.source if effect.attempt is None else effect.attempt.version.origin
+                holders = (held | {origin}) - {w.node}
                 w.core.copied(t, effect.digest, any(self._reachable(w, h) for h in holders))
             case Log():
                 pass
