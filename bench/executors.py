@@ -513,4 +513,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every server and child is already stopped by main's finally
+        say("interrupted")
+        sys.exit(130)

@@ -129,7 +129,7 @@ def celery_session(args: argparse.Namespace) -> Iterator[Session]:
 def swarm_session(args: argparse.Namespace) -> Iterator[Session]:
     import benchmod
 
-    from swarm import SwarmExecutor  # type: ignore[attr-defined,unused-ignore]
+    from swarm import SwarmExecutor
 
     # With no daemon at home, the executor runs an embedded node for as long as it lives.
     with SwarmExecutor(job=args.job, home=args.home) as executor:
