@@ -48,7 +48,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -68,15 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLS_SCRIPT = Path(__file__).resolve().parent / "executors_tools.py"
 DEFAULT_VENV = Path.home() / ".cache" / "swarm-bench" / "executors-venv"
 PEERS = ["dask[distributed]", "ray", "celery[redis]", "redis"]
-PEER_DISTS = [
-    "dask",
-    "distributed",
-    "ray",
-    "celery",
-    "kombu",
-    "redis",
-    "cloudpickle",
-]
+PEER_DISTS = ["dask", "distributed", "ray", "celery", "kombu", "redis", "cloudpickle"]
 CALLS_DEFAULT = 5000
 QUICK_CALLS = 1000
 RUNS_DEFAULT = 3
@@ -332,7 +324,7 @@ class Bench:
         finally:
             left = sweep_orphans(self.servers)
             if left:
-                say(f"  ({left} process(es) the run left behind were stopped)")
+                say(f"  (stopped what the run left behind: {', '.join(left)})")
             shutil.rmtree(scratch, ignore_errors=True)
 
     def throughput(self, variant: Variant, run: int) -> None:
@@ -366,16 +358,16 @@ class Bench:
 
 
 def run_steps(
-    res: Results, what: str, steps: list[tuple[str, Callable[[], None]]], run: int
+    res: Results, what: str, steps: Sequence[tuple[str, Callable[[], None]]], run: int
 ) -> None:
     """Run the steps rotated by the run number, so no tool always goes first; a step that raises
     is reported as a problem and the others still run (Ctrl-C still stops the bench)."""
     shift = run % len(steps) if steps else 0
-    for name, step in steps[shift:] + steps[:shift]:
+    for name, step in [*steps[shift:], *steps[:shift]]:
         try:
             step()
         except Exception as exc:
-            res.problem(f"{what}, {name}, run {run}: {type(exc).__name__}: {exc}")
+            res.problem(f"{what}, {name}, run {run}", f"{type(exc).__name__}: {exc}")
 
 
 def pair_ratios(res: Results, before: dict[str, int], run: int) -> None:

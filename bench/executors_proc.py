@@ -28,7 +28,7 @@ PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 READY_POLL_S = 0.1
 SWEEP_ROUNDS_MAX = 50  # each round kills what is left and reaps it; grandchildren need a few
 SWEEP_PAUSE_S = 0.05
-LOG_TAIL_LINES = 20
+LOG_TAIL_LINES = 12
 
 
 def become_subreaper() -> None:
@@ -238,22 +238,30 @@ class ServerSet:
             self.discard(server)
 
 
-def sweep_orphans(servers: ServerSet) -> int:
+def command_name(pid: int) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+        return handle.read().strip()
+    return "?"
+
+
+def sweep_orphans(servers: ServerSet) -> list[str]:
     """Kill and reap every process under the bench that is not a kept server (what a run left
-    behind); the number of processes killed."""
+    behind); the names of those it killed that were still running."""
     me = os.getpid()
-    killed: set[int] = set()
+    killed: dict[int, str] = {}
     for _ in range(SWEEP_ROUNDS_MAX):
         table = proc_table()
         mine = [pid for pid, (ppid, _) in table.items() if ppid == me and pid not in servers.pids()]
         if not mine:
             break
         for pid in descendants(table, mine):
+            name = command_name(pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
+                if table[pid][1] and pid not in killed:  # a zombie has no RSS: it had ended
+                    killed[pid] = name
         for pid in mine:  # they are our children now: reap them, or they stay zombies
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
         time.sleep(SWEEP_PAUSE_S)
-    return len(killed)
+    return sorted(killed.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -35,7 +36,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 @dataclass
 class Results:
     samples: dict[str, list[float]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (what, the output's tail)
     unavailable: dict[str, str] = field(default_factory=dict)  # family -> why
 
     def add(self, key: str, value: float) -> None:
@@ -44,9 +45,9 @@ class Results:
     def get(self, key: str) -> list[float]:
         return self.samples.get(key, [])
 
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-        print(f"  problem: {text}", file=sys.stderr, flush=True)
+    def problem(self, what: str, detail: str = "") -> None:
+        self.problems.append((what, detail))
+        print(f"  problem: {what}", file=sys.stderr, flush=True)
 
     def accept(self, family: str, what: str, child: ChildRun, figures: dict[str, object]) -> bool:
         """Whether the run gave figures; if not, say why (unavailable, or a problem)."""
@@ -57,8 +58,7 @@ class Results:
         if child.exit_code == 0 and figures:
             return True
         code = "killed at its timeout" if child.exit_code is None else f"exit {child.exit_code}"
-        log = child.log_tail.replace("\n", "\n    ")
-        self.problem(f"{what} ({code}, {child.wall_s:.1f} s)\n    {log}")
+        self.problem(f"{what} ({code}, {child.wall_s:.1f} s)", child.log_tail)
         return False
 
 
@@ -143,7 +143,7 @@ def verdict(values: Sequence[float], meets: bool) -> str:
 
 def goals(res: Results) -> list[str]:
     lines = []
-    for family, name in (("swarm", "embedded"), ("swarm-daemon", "daemon, --sync full")):
+    for family, name in (("swarm", "embedded, sync full"), ("swarm-daemon", "daemon, --sync full")):
         rate = res.get(f"tput {family} 1")
         if family in res.unavailable or not rate:
             continue
@@ -204,7 +204,11 @@ def report(
     out.print(
         "÷ columns: per run (paired), then the median (and min–max); higher is better for swarm."
     )
-    out.print("swarm (embedded) runs SwarmExecutor's own node with its default durability.")
+    out.print(
+        "swarm (embedded) is the node SwarmExecutor starts in its own process, with the node's"
+        " defaults\n  (ledger sync full; all the CPUs this process may use: "
+        f"{len(os.sched_getaffinity(0))} here, the peers have 2 workers)."
+    )
     out.print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
     out.print(
         f"machine:  nproc {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), "
@@ -215,5 +219,13 @@ def report(
     out.print("versions: " + "; ".join(versions))
     if res.problems:
         out.print(f"\n{len(res.problems)} problem(s):")
-        for text in res.problems:
-            out.print(f"  - {text}", markup=False)
+        shown: set[str] = set()
+        for what, detail in res.problems:
+            out.print(f"  - {what}", markup=False)
+            # Outputs that differ only in ids, addresses and figures are printed once.
+            same = re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+(\.\d+)?", "#", detail)
+            if detail and same in shown:
+                out.print("    (its output ends as that of a problem above)")
+            elif detail:
+                out.print("    " + detail.replace("\n", "\n    "), markup=False)
+                shown.add(same)
