@@ -20,6 +20,8 @@ import pickle
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 VALUE_FILE = "value.pickle"  # the result file of a Python call: its outcome
@@ -41,12 +43,36 @@ def qualified_name(fn: Any) -> str:
 
 
 def dumps_call(fn: Any) -> bytes:
-    """The function's bytes: cloudpickle takes what cannot be imported by value (functions of
-    `__main__`, lambdas, closures) and the rest by reference."""
+    """The function's bytes. cloudpickle takes what cannot be imported by value (functions of
+    `__main__`, lambdas, closures) and the rest by reference; a function of the user's own
+    module (a file beside the script, or in the working dir) goes by value too, with its
+    module, since the nodes do not have that file."""
     import cloudpickle  # imported on use: reading outcomes does not need it
 
+    module = sys.modules.get(getattr(fn.fn if isinstance(fn, Chunk) else fn, "__module__", ""))
+    if module is not None and users_own(module):
+        cloudpickle.register_pickle_by_value(module)
     data: bytes = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
     return data
+
+
+def users_own(module: ModuleType) -> bool:
+    """Whether a module is one of the user's own files, which the nodes will not have: it lives
+    under the script's dir or the working dir, and not under Python's own dirs (a venv there)."""
+    name = module.__name__
+    if name == "__main__" or name.split(".")[0] == "swarm" or name in sys.builtin_module_names:
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    where = Path(path).resolve()
+    roots = {Path.cwd().resolve()}
+    if sys.argv and sys.argv[0] not in ("", "-c", "-m"):
+        roots.add(Path(sys.argv[0]).resolve().parent)
+    pythons = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(where.is_relative_to(p) for p in pythons):
+        return False
+    return any(where.is_relative_to(root) for root in roots)
 
 
 def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
