@@ -392,8 +392,11 @@ class PyAttempt:
         finally:
             self._worker = None  # the worker may run another attempt's call from now on
         finished = await self._close_call(worker, reply)
-        since_pid = since_pid if since_pid > 0 else worker.pid
-        await kill_attempt_strays(self._tags, since_pid, self.launch.task_id)
+        # No pid handed out since the call began: it forked nothing, and left no stray (most
+        # calls; a look for strays lists /proc).
+        if since_pid <= 0 or procs.last_pid() != since_pid:
+            since_pid = since_pid if since_pid > 0 else worker.pid
+            await kill_attempt_strays(self._tags, since_pid, self.launch.task_id)
         return finished
 
     async def _prepare(self, prepare: Prepare) -> CallBlobs | str | None:
