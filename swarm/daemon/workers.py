@@ -9,10 +9,10 @@ group, and keeps at most `idle_max` of them idle between calls; `close()` ends t
 
 `pool.attempt(launch, prepare)` starts one call, on a task of its own, and returns its
 `PyAttempt`, which looks to the runner and the node like the `executor.Attempt` of a command
-(`AnyAttempt` is what both offer). The attempt first awaits `prepare()`, which makes the call's
-input blobs held here (its `CallBlobs`) or says why they cannot be (the attempt then ends
-`interrupted`, no worker used); then it takes an idle worker or spawns one, sends the call, and
-awaits the reply. A worker is one attempt's for the call: its pid (the group's leader) is the
+(`executor.AnyAttempt` is what both offer). The attempt first awaits `prepare()`, which makes
+the call's input blobs held here (its `CallBlobs`) or says why they cannot be (the attempt then
+ends `interrupted`, no worker used); then it takes an idle worker or spawns one, sends the call,
+and awaits the reply. A worker is one attempt's for the call: its pid (the group's leader) is the
 attempt's `pid`, so the memory sampler sizes, and eviction stops, the worker with the call.
 
 A call's outcome is its value file; the reply says whether it returned (`ok`) or raised
@@ -42,7 +42,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import swarm
 from swarm.core.ledger import Outcome
@@ -80,24 +79,6 @@ class CallBlobs:
 # be (a reason, which ends the attempt `interrupted`). Raising is a bug: the runner records the
 # attempt failed, with a swarm error.
 Prepare = Callable[[], Awaitable[CallBlobs | str]]
-
-
-class AnyAttempt(Protocol):
-    """What the runner and the node use of an attempt, a command's (`executor.Attempt`) or a
-    Python call's (`PyAttempt`)."""
-
-    launch: Launch
-    rss_kb: int | None
-    peak_rss_kb: int
-    evicted: bool
-    started_ms: int
-
-    @property
-    def pid(self) -> int | None: ...
-    async def finished(self) -> Finished: ...
-    async def reap(self) -> None: ...
-    def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None: ...
-    def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None: ...
 
 
 class WorkerPoolClosed(SwarmError):
