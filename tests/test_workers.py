@@ -71,6 +71,7 @@ class Harness:
         python: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        gpu_ids: tuple[int, ...] = (),
         prepare: Callable[[], Awaitable[CallBlobs | str]] | None = None,
         **kwargs: Any,
     ) -> PyAttempt:
@@ -80,7 +81,7 @@ class Harness:
         spec = TaskSpec(
             cmd=None,
             argv=None,
-            need=Resources(1.0, 64 << 20, 0),
+            need=Resources(1.0, 64 << 20, len(gpu_ids)),
             env=tuple(sorted((env or {}).items())),
             cwd=cwd,
             call=call,
@@ -93,6 +94,7 @@ class Harness:
             epoch=7,
             attempt=1,
             run_dir=self.run_dirs.take(),
+            gpu_ids=gpu_ids,
         )
 
         async def held() -> CallBlobs | str:
@@ -255,6 +257,23 @@ def unpicklable_value() -> Any:
     return threading.Lock()
 
 
+def devices() -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def leave_a_thread_running() -> int:
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon thread
+    return os.getpid()
+
+
 def sleep_with_child(seconds: float) -> None:
     subprocess.Popen(["sleep", "60"])
     print("started", flush=True)
@@ -400,6 +419,28 @@ def test_a_worker_over_its_memory_bound_is_recycled(tmp_path: Path) -> None:
     run_pool(tmp_path, body, max_rss_bytes=100 << 20)
 
 
+def test_a_worker_runs_only_calls_that_see_the_same_gpus(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        pid0, seen0 = value_of(await h.run(devices, gpu_ids=(0,)))
+        pid1, seen1 = value_of(await h.run(devices, gpu_ids=(1,)))
+        pid_none, seen_none = value_of(await h.run(devices))  # no GPU asked: all visible
+        assert (seen0, seen1, seen_none) == ("0", "1", None)
+        assert len({pid0, pid1, pid_none}) == 3
+        assert value_of(await h.run(devices, gpu_ids=(0,))) == (pid0, "0")
+        assert value_of(await h.run(devices, gpu_ids=(1,))) == (pid1, "1")
+
+    run_pool(tmp_path, body, idle_max=4)
+
+
+def test_a_worker_whose_call_left_a_thread_running_still_exits(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        pid = value_of(await h.run(leave_a_thread_running))
+        assert value_of(await h.run(getpid)) != pid  # recycled after max_calls=1
+        await wait_until(lambda: gone(pid), "the worker exits despite the thread")
+
+    run_pool(tmp_path, body, max_calls=1)
+
+
 def test_at_most_idle_max_workers_stay_idle(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         attempts = [h.start(sleep_after_saying, str(i), 0.5) for i in range(3)]
@@ -448,6 +489,22 @@ def test_a_worker_killed_mid_call_interrupts_it_and_is_replaced(tmp_path: Path) 
         assert finished.reason == "its worker died (SIGKILL)"
         assert pycall.VALUE_FILE not in finished.outputs
         assert value_of(await h.run(getpid)) != pid
+
+    run_pool(tmp_path, body)
+
+
+def test_a_segfault_interrupts_the_call_and_its_traceback_is_in_its_stderr(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        finished = await h.run(segfault)
+        assert (finished.outcome, finished.reason) == (
+            Outcome.INTERRUPTED,
+            "its worker died (SIGSEGV)",
+        )
+        stderr = finished.stderr.read_text()
+        assert "Segmentation fault" in stderr and "in segfault" in stderr
+        assert value_of(await h.run(double, 1)) == 2
 
     run_pool(tmp_path, body)
 

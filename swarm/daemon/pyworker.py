@@ -22,7 +22,8 @@ Whatever the call raises, `SystemExit` and `KeyboardInterrupt` included, is its 
 the process ending (`os._exit`, a segfault, a signal) ends the worker mid-call, which the pool
 sees as its channel closing. It exits after `calls_max` calls, or when its resident memory is
 over `rss_max_bytes`, so that a leaky library cannot grow it without end; and at the end of its
-channel (the pool closed it, or the daemon died).
+channel (the pool closed it, or the daemon died). It exits with `os._exit`: a thread a call left
+running must not hold it up.
 
 It imports little (stdlib, msgpack, cloudpickle, swarm.pycall): its start-up is on the path of
 the first call of every worker.
@@ -227,11 +228,13 @@ class Worker:
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         # Can the peak memory be reset per call? Else ru_maxrss is the worker's lifetime peak.
         self.peak_resettable = _reset_peak_rss()
+        # The last pid handed out when the worker last looked for leftovers: any process in its
+        # group is younger (the older ones were killed then).
+        self.last_pid = _last_pid()
 
     def run(self, call: Call) -> Reply:
         """Run one call with its files, cwd and environment, and put the worker's back."""
         self.calls += 1
-        last_pid = _last_pid()
         before_self = resource.getrusage(resource.RUSAGE_SELF)
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         if self.peak_resettable:
@@ -243,7 +246,7 @@ class Worker:
             failure = OSError(exc.errno, f"cannot run the call in {call.cwd}: {exc.strerror}")
             kind, reason, outcome = RAISED, _summary(failure), pycall.raised(failure)
         value_written = _write_value(call.value, outcome)
-        _kill_leftovers(last_pid)
+        self.last_pid = _kill_leftovers(self.last_pid)
         after_self = resource.getrusage(resource.RUSAGE_SELF)
         after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = _cpu_s(after_self) - _cpu_s(before_self)
@@ -449,28 +452,35 @@ def _last_pid() -> int:
         return -1
 
 
-def _kill_leftovers(last_pid_before: int) -> None:
-    """Kill the processes the call left in the worker's process group (a pool it left open, a
-    subprocess in the background), so that the next call starts clean; and reap the worker's
-    children that have ended. Nothing forked since the call began (the last pid handed out has
-    not moved): nothing to look for, the cheap case of a call that starts no process."""
+def _kill_leftovers(since_pid: int) -> int:
+    """Kill the processes a call left in the worker's process group (a pool it left open, a
+    subprocess in the background), so that the next call starts clean, and reap the worker's
+    children that have ended; returns the last pid handed out as it looked. Only processes
+    forked since `since_pid` was handed out are looked at; when no pid has been handed out
+    since (the call started no process, nor did anyone else), there is nothing to look for."""
     me = os.getpid()
-    if last_pid_before < 0 or _last_pid() != last_pid_before:
-        for _ in range(LEFTOVER_ROUNDS_MAX):
-            found = _group_members(me)
-            for pid in found:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if not found:
-                break
+    for _ in range(LEFTOVER_ROUNDS_MAX):
+        now = _last_pid()
+        if since_pid >= 0 and now == since_pid:
+            break
+        found = _group_members(me, since_pid, now)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        since_pid = now  # one killed may have forked meanwhile: those are younger still
+        if not found:
+            break
     _reap_children()
+    return since_pid
 
 
-def _group_members(me: int) -> list[int]:
-    """The processes of the worker's group (the worker leads it), but itself."""
+def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
+    """The processes of the worker's group (the worker leads it), but itself, among those
+    forked after `since_pid` up to `last_pid` (pids rise to a maximum, then start again from
+    the bottom); all of them when either is unknown."""
     members = []
     for name in os.listdir(PROC):
-        if not name.isdigit() or int(name) == me:
+        if not name.isdigit() or int(name) == me or not _young(int(name), since_pid, last_pid):
             continue
         try:
             with open(f"{PROC}/{name}/stat", "rb") as f:
@@ -482,6 +492,14 @@ def _group_members(me: int) -> list[int]:
         if int(fields[2]) == me and fields[0] not in (b"Z", b"X"):
             members.append(int(name))
     return members
+
+
+def _young(pid: int, since_pid: int, last_pid: int) -> bool:
+    if since_pid < 0 or last_pid < 0:
+        return True
+    if last_pid >= since_pid:
+        return since_pid < pid <= last_pid
+    return pid > since_pid or pid <= last_pid
 
 
 def _reap_children() -> None:
@@ -535,7 +553,9 @@ def main(argv: list[str]) -> int:
     fd = int(argv[1])
     os.set_inheritable(fd, False)  # a call's subprocess holding it would hide our death
     serve(fd)
-    return 0
+    _flush(sys.stdout, sys.stderr)
+    # Not sys.exit: that would wait for any thread a call left running, for ever maybe.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ reused. The worker recycles itself after a number of calls, or when its memory g
 bound; whatever a call left in the worker's group is killed by the worker, and what left the
 group (setsid) by `kill_attempt_strays`, as for a command.
 
-The spec's `env` reaches the call's `os.environ` (and so its subprocesses); a `PYTHONPATH` there
-changes only what those subprocesses import, not the worker's own `sys.path`.
+A worker runs only calls that see the same GPUs (`CUDA_VISIBLE_DEVICES`) as its first did: a
+library that has initialised CUDA keeps the devices it saw then. The spec's `env` reaches the
+call's `os.environ` (and so its subprocesses); a `PYTHONPATH` there changes only what those
+subprocesses import, not the worker's own `sys.path`.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ class _Worker:
         self.pid = proc.pid
         self.reader = reader
         self.writer = writer
-        self.calls = 0
+        # The GPUs its calls may see (CUDA_VISIBLE_DEVICES, None: not set), fixed by its first
+        # call: a library that has initialised CUDA keeps the devices it saw then.
+        self.devices: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -106,7 +110,6 @@ class _Worker:
 
     async def call(self, call: Call) -> Reply | None:
         """Run one call; None if the worker died (or its channel broke) before it replied."""
-        self.calls += 1
         try:
             self.writer.write(encode(call.to_wire()))
             await self.writer.drain()
@@ -123,9 +126,17 @@ class _Worker:
         self.writer.close()
 
     async def ended(self) -> int:
-        """Wait for the worker to exit (after `kill`, or once it closed its channel); its
-        return code. Its group is killed too: nothing of a call may outlive its worker."""
-        code = await self.proc.wait()
+        """Wait for the worker to exit (after `kill`, or once its channel is closed), killing it
+        if it takes over WORKER_EXIT_WAIT_S; its return code. Its group is killed too: nothing
+        of a call may outlive its worker."""
+        try:
+            code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), WORKER_EXIT_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "Python worker %d did not exit in %g s: killed", self.pid, WORKER_EXIT_WAIT_S
+            )
+            kill_group(self.pid, signal.SIGKILL)
+            code = await self.proc.wait()
         kill_group(self.pid, signal.SIGKILL)
         live_groups.discard(self.pid)
         self.writer.close()
@@ -190,29 +201,29 @@ class WorkerPool:
                 await attempt.reap()
         idle, self._idle = self._idle, []
         for worker in idle:
-            worker.writer.close()  # the end of its channel: it exits
-        for worker in list(self._workers):
-            try:
-                await asyncio.wait_for(asyncio.shield(worker.proc.wait()), WORKER_EXIT_WAIT_S)
-            except TimeoutError:
-                log.warning(
-                    "worker %d did not exit in %g s: killed", worker.pid, WORKER_EXIT_WAIT_S
-                )
-            worker.kill()
+            self._retire(worker)
+        for worker in list(self._workers):  # none left busy: each is retiring
             await self._forget(worker)
         for retiring in list(self._retiring):
             await retiring
 
-    async def _checkout(self) -> _Worker:
-        """An idle worker, or a new one. OSError if one cannot be started."""
-        while self._idle:
-            worker = self._idle.pop()
+    async def _checkout(self, devices: str | None) -> _Worker:
+        """The idle worker used last whose calls see the GPUs `devices`, or a new one. OSError
+        if one cannot be started."""
+        while True:
+            found = [w for w in self._idle if w.devices == devices or not w.alive]
+            if not found:
+                break
+            worker = found[-1]
+            self._idle.remove(worker)
             if worker.alive:
                 return worker
-            self._retire(worker)
+            self._retire(worker)  # it died while idle
         if self._closed:
             raise WorkerPoolClosed("the node is stopping")
-        return await self._spawn()
+        worker = await self._spawn()
+        worker.devices = devices
+        return worker
 
     async def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
@@ -250,19 +261,19 @@ class WorkerPool:
         return worker
 
     def _give_back(self, worker: _Worker) -> None:
-        """A worker whose call ended well: kept idle for the next, or told to exit."""
-        if worker.alive and not self._closed and len(self._idle) < self.idle_max:
-            self._idle.append(worker)
-        else:
+        """A worker whose call ended well: kept idle for the next (the one idle longest exits
+        if that makes more than `idle_max`)."""
+        if not worker.alive or self._closed:
             self._retire(worker)
+            return
+        self._idle.append(worker)
+        if len(self._idle) > self.idle_max:
+            self._retire(self._idle.pop(0))
 
-    def _retire(self, worker: _Worker, kill: bool = False) -> None:
-        """The worker is not used again: it exits (at the end of its channel, or killed) and
-        is reaped on a task of its own."""
-        if kill:
-            worker.kill()
-        else:
-            worker.writer.close()
+    def _retire(self, worker: _Worker) -> None:
+        """The worker is not used again: it exits at the end of its channel, and is reaped on
+        a task of its own."""
+        worker.writer.close()
         task = asyncio.get_running_loop().create_task(self._forget(worker))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -358,7 +369,7 @@ class PyAttempt:
         if isinstance(blobs, str):
             return self._ended(Outcome.INTERRUPTED, None, blobs)
         try:
-            worker = await self.pool._checkout()
+            worker = await self.pool._checkout(self._env.get("CUDA_VISIBLE_DEVICES"))
         except (OSError, WorkerPoolClosed) as exc:
             self.spawn_error = f"cannot start a Python worker: {exc}"
             return self._ended(Outcome.INTERRUPTED, None, self.spawn_error)
