@@ -199,13 +199,13 @@ class WorkerPool:
         for attempt in list(self._attempts):
             with contextlib.suppress(Exception):
                 await attempt.reap()
+        # With no call left, each worker is idle or retiring already (a stopped call's worker
+        # was reaped by its attempt).
         idle, self._idle = self._idle, []
         for worker in idle:
             self._retire(worker)
-        for worker in list(self._workers):  # none left busy: each is retiring
-            await self._forget(worker)
-        for retiring in list(self._retiring):
-            await retiring
+        while self._retiring:
+            await asyncio.gather(*self._retiring)
 
     async def _checkout(self, devices: str | None) -> _Worker:
         """The idle worker used last whose calls see the GPUs `devices`, or a new one. OSError
@@ -246,7 +246,13 @@ class WorkerPool:
         finally:
             theirs.close()
         live_groups.add(proc.pid)  # its group's processes are its calls', not others' strays
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            kill_group(proc.pid, signal.SIGKILL)
+            live_groups.discard(proc.pid)
+            raise
         worker = _Worker(proc, reader, writer)
         self._workers.add(worker)
         hello = Hello(
@@ -446,7 +452,8 @@ class PyAttempt:
     ) -> Finished:
         wall_s = time.monotonic() - self._t0
         outputs = {}
-        if reply is not None and reply.value_written and outcome in (Outcome.OK, Outcome.FAILED):
+        # As a command's outputs: kept unless the call was interrupted (it runs again).
+        if reply is not None and reply.value_written and outcome is not Outcome.INTERRUPTED:
             outputs[VALUE_FILE] = self.value
         return Finished(
             outcome=outcome,
