@@ -305,6 +305,7 @@ def test_a_call_that_raises_fails_with_its_exception_kept(tmp_path: Path) -> Non
         exc = raised.exception()
         assert isinstance(exc, ValueError) and str(exc) == "no good"
         assert "in fail" in raised.traceback and "raise ValueError(text)" in raised.traceback
+        assert "pyworker" not in raised.traceback  # the call's frames, not the worker's
 
     run_pool(tmp_path, body)
 

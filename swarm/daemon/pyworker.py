@@ -41,6 +41,7 @@ import resource
 import signal
 import struct
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -242,8 +243,8 @@ class Worker:
         try:
             with _call_context(call, self.devnull, self.home):
                 kind, reason, outcome = self._outcome(call)
-        except OSError as exc:  # its files or cwd could not be entered: it never began
-            failure = OSError(exc.errno, f"cannot run the call in {call.cwd}: {exc.strerror}")
+        except Exception as exc:  # its files, cwd or environment could not be entered
+            failure = _cannot_enter(call, exc)
             kind, reason, outcome = RAISED, _summary(failure), pycall.raised(failure)
         value_written = _write_value(call.value, outcome)
         self.last_pid = _kill_leftovers(self.last_pid)
@@ -269,7 +270,7 @@ class Worker:
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit too is the call's outcome
-            return RAISED, _summary(exc), pycall.raised(exc)
+            return RAISED, _summary(exc), pycall.raised(exc, _user_traceback(exc))
         try:
             return RETURNED, "", pycall.returned(value)
         except BaseException as exc:  # the value would not pickle
@@ -307,6 +308,19 @@ class Worker:
             failure = RuntimeError(text)
         failure.__cause__ = None if isinstance(exc, _VersionMismatch) else exc
         return failure
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of what the call raised, from the call's own frame on (not this one)."""
+    tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+
+
+def _cannot_enter(call: Call, exc: Exception) -> Exception:
+    """The error of a call whose files, cwd or environment could not be entered."""
+    if isinstance(exc, OSError):
+        return OSError(exc.errno, f"cannot run the call in {call.cwd}: {exc.strerror}")
+    return RuntimeError(f"cannot run the call in {call.cwd}: {exc}")
 
 
 class _VersionMismatch(Exception):

@@ -257,7 +257,7 @@ class WorkerPool:
         self._workers.add(worker)
         hello = Hello(
             node_id=self.node_id,
-            sys_path=list(sys.path),
+            sys_path=[path or os.getcwd() for path in sys.path],  # "": the daemon's cwd
             calls_max=self.max_calls,
             rss_max_bytes=self.max_rss_bytes,
             pythonpath=self.base_env.get("PYTHONPATH"),
