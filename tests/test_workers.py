@@ -30,6 +30,7 @@ from swarm import pycall
 from swarm.core.ledger import Outcome
 from swarm.core.spec import PyCall, Resources, TaskSpec
 from swarm.daemon.executor import Finished, Launch
+from swarm.daemon.memory import MemorySampler
 from swarm.daemon.procs import NODE_TAG, kill_orphans
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.workers import CallBlobs, PyAttempt, WorkerPool, worker_env
@@ -274,6 +275,13 @@ def leave_a_thread_running() -> int:
     return os.getpid()
 
 
+def hold_memory(mib: int, seconds: float) -> None:
+    block = bytearray(mib << 20)
+    block[::4096] = b"x" * len(block[::4096])
+    print("holding", flush=True)
+    time.sleep(seconds)
+
+
 def sleep_with_child(seconds: float) -> None:
     subprocess.Popen(["sleep", "60"])
     print("started", flush=True)
@@ -457,6 +465,22 @@ def test_at_most_idle_max_workers_stay_idle(tmp_path: Path) -> None:
     run_pool(tmp_path, body, idle_max=1)
 
 
+def test_the_memory_sampler_sizes_a_calls_worker_while_it_runs(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        attempt = h.start(hold_memory, 120, 30.0)
+        await wait_until(file_has(attempt.stdout, b"holding"), "the call holds its memory")
+        pid = attempt.pid
+        assert pid is not None
+        sample = await MemorySampler(available=False).sample({pid})
+        assert sample.group_rss_kb[pid] > 110 * 1024
+        attempt.evict("memory is short", grace_s=0.0)
+        finished = await attempt.finished()
+        assert (finished.outcome, finished.evicted) == (Outcome.INTERRUPTED, True)
+        assert attempt.pid is None  # no longer sampled
+
+    run_pool(tmp_path, body)
+
+
 def test_close_ends_idle_workers_and_interrupts_running_calls(tmp_path: Path) -> None:
     seen: list[int] = []
 
@@ -506,6 +530,17 @@ def test_a_segfault_interrupts_the_call_and_its_traceback_is_in_its_stderr(
         stderr = finished.stderr.read_text()
         assert "Segmentation fault" in stderr and "in segfault" in stderr
         assert value_of(await h.run(double, 1)) == 2
+
+    run_pool(tmp_path, body)
+
+
+def test_an_idle_worker_that_died_is_replaced_before_a_call(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        pid = value_of(await h.run(getpid))
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: gone(pid), "the idle worker is dead")
+        finished = await h.run(getpid)
+        assert value_of(finished) != pid
 
     run_pool(tmp_path, body)
 

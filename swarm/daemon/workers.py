@@ -106,7 +106,16 @@ class _Worker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None and not self.writer.is_closing()
+        """Not known to have exited. Asked of the kernel too (without reaping it): the child
+        watcher hears of an exit a moment later, and an idle worker killed meanwhile must not
+        take a call, which would count as interrupted."""
+        if self.proc.returncode is not None or self.writer.is_closing():
+            return False
+        try:
+            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped already
+            return False
+        return exited is None
 
     async def call(self, call: Call) -> Reply | None:
         """Run one call; None if the worker died (or its channel broke) before it replied."""
