@@ -693,6 +693,21 @@ def test_processes_a_call_leaves_behind_are_killed(tmp_path: Path, pids_to_kill:
     run_pool(tmp_path, body)
 
 
+def test_the_worker_imports_little() -> None:
+    # Its start-up is on the path of every worker's first call: no event loop, no daemon, no
+    # rich or cryptography (swarm/__init__.py must not import them eagerly either).
+    heavy = ("asyncio", "rich", "cryptography", "aiosqlite", "swarm.daemon.node", "swarm.api")
+    code = (
+        "import sys, swarm.daemon.pyworker, cloudpickle; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=WAIT_S
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "")
+
+
 def test_worker_env_names_no_attempt_and_finds_swarm() -> None:
     env = worker_env({"PATH": "/bin", "SWARM_TASK_ID": "t", "SWARM_EPOCH": "3", "PYTHONPATH": "/x"})
     assert "SWARM_TASK_ID" not in env and "SWARM_EPOCH" not in env

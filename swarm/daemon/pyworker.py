@@ -552,8 +552,8 @@ def serve(fd: int) -> None:
         reply = worker.run(Call.from_wire(raw))
         try:
             write_all(fd, encode(reply.to_wire()))
-        except BrokenPipeError:
-            return  # the pool is gone
+        except OSError:
+            return  # the pool is gone (the daemon died)
         if reply.recycle:
             return
 
