@@ -517,8 +517,8 @@ def _young(pid: int, since_pid: int, last_pid: int) -> bool:
 
 
 def _reap_children() -> None:
-    """Reap the worker's children that have ended (killed ones are waited for: their end is
-    the call's, and so is their CPU time)."""
+    """Reap the worker's children that have ended, never waiting: one just killed may still be
+    dying (then the next call reaps it, and its CPU time counts there)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
