@@ -10,6 +10,7 @@ closes it in a `finally`, which ends every worker. Every wait on a process is a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -69,6 +70,7 @@ class Harness:
         *args: Any,
         fn_bytes: bytes | None = None,
         args_bytes: bytes | None = None,
+        inline: bool = False,
         python: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -77,8 +79,16 @@ class Harness:
         **kwargs: Any,
     ) -> PyAttempt:
         fn_digest, fn_path = self.blob(fn_bytes if fn_bytes is not None else by_value(fn))
-        args_digest, args_path = self.blob(args_bytes or pycall.dumps_args(args, kwargs))
-        call = PyCall(fn_digest, args_digest, "tests.fn", python or pycall.python_version())
+        args_data = args_bytes or pycall.dumps_args(args, kwargs)
+        args_digest, args_path = self.blob(args_data)
+        encoded = base64.b64encode(args_data).decode("ascii") if inline else ""
+        call = PyCall(
+            fn_digest,
+            "" if inline else args_digest,
+            "tests.fn",
+            python or pycall.python_version(),
+            encoded,
+        )
         spec = TaskSpec(
             cmd=None,
             argv=None,
@@ -99,7 +109,7 @@ class Harness:
         )
 
         async def held() -> CallBlobs | str:
-            return CallBlobs(fn_path, args_path)
+            return CallBlobs(fn_path, None if inline else args_path)
 
         return self.pool.attempt(launch, prepare or held)
 
@@ -300,6 +310,17 @@ def test_a_call_returns_its_value_in_the_value_file(tmp_path: Path) -> None:
         assert finished.outputs_movable
         assert finished.outputs[pycall.VALUE_FILE].parent == finished.stdout.parent
         assert finished.max_rss_kb > 1024  # a Python process's peak, from the worker
+
+    run_pool(tmp_path, body)
+
+
+def test_small_arguments_travel_inline_in_the_spec(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        assert value_of(await h.run(double, 8, inline=True)) == 16
+        missing = b"cswarm_no_such_module\nfit\n."
+        finished = await h.run(getpid, args_bytes=missing, inline=True)
+        assert finished.outcome is Outcome.FAILED
+        assert "No module named 'swarm_no_such_module'" in finished.reason
 
     run_pool(tmp_path, body)
 

@@ -99,13 +99,14 @@ class Call:
 
     fn_path: str  # the pickled function's blob
     fn_digest: str  # its sha256: the key of the loaded-function cache
-    args_path: str  # the pickled (args, kwargs)
+    args_path: str  # the pickled (args, kwargs); "" when they are `args_inline`
     stdout: str
     stderr: str
     value: str  # where its outcome goes (run_dir/VALUE_FILE)
     cwd: str
     env: dict[str, str]  # entries set for this call only
     python: str  # the version that pickled it, such as "3.11"
+    args_inline: bytes = b""  # small arguments, which travel in the task's spec
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -118,6 +119,7 @@ class Call:
             "cwd": self.cwd,
             "env": self.env,
             "python": self.python,
+            "args_inline": self.args_inline,
         }
 
     @staticmethod
@@ -132,6 +134,7 @@ class Call:
             cwd=str(raw["cwd"]),
             env={str(k): str(v) for k, v in dict(raw["env"]).items()},
             python=str(raw["python"]),
+            args_inline=bytes(raw["args_inline"]),
         )
 
 
@@ -290,8 +293,11 @@ class Worker:
                 self.functions.popitem(last=False)
         else:
             self.functions.move_to_end(call.fn_digest)
-        with open(call.args_path, "rb") as f:
-            args, kwargs = pickle.load(f)
+        if call.args_inline:
+            args, kwargs = pickle.loads(call.args_inline)
+        else:
+            with open(call.args_path, "rb") as f:
+                args, kwargs = pickle.load(f)
         return fn, tuple(args), dict(kwargs)
 
     def _cannot_load(self, exc: BaseException) -> BaseException:

@@ -33,6 +33,7 @@ subprocesses import, not the worker's own `sys.path`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -74,12 +75,13 @@ class CallBlobs:
     """The call's input blobs, held on this node: what `prepare()` gives the attempt."""
 
     fn: Path  # the pickled function (its name in the store is `spec.call.fn`, its digest)
-    args: Path  # the pickled (args, kwargs)
+    args: Path | None  # the pickled (args, kwargs); None when they are inline in the spec
 
 
-# The lead's: make the call's blobs held here, and say where they are; or return why they cannot
-# be (a reason, which ends the attempt `interrupted`). Raising is a bug: the runner records the
-# attempt failed, with a swarm error.
+# What the runner gives `WorkerPool.attempt`: make the call's input blobs held here and say where
+# they are (`CallBlobs`, its `args` None when the spec holds them inline); or return why they
+# cannot be (a reason, which ends the attempt `interrupted`, no worker used). A stop meanwhile
+# cancels it. Raising is a bug: `finished()` raises it, and the runner records a swarm error.
 Prepare = Callable[[], Awaitable[CallBlobs | str]]
 
 
@@ -425,10 +427,12 @@ class PyAttempt:
         call = self.launch.spec.call
         assert call is not None
         own = self.pool.worker_env
+        inline = base64.b64decode(call.inline) if call.args == "" else b""  # a valid spec's
         return Call(
             fn_path=str(blobs.fn),
             fn_digest=call.fn,
-            args_path=str(blobs.args),
+            args_path=str(blobs.args) if blobs.args is not None else "",
+            args_inline=inline,
             stdout=str(self.stdout),
             stderr=str(self.stderr),
             value=str(self.value),
