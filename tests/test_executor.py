@@ -1065,11 +1065,12 @@ def test_kill_orphans_spares_processes_not_of_this_node(
     tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
     p = sleeper(env)
-    mine = sleeper({"PATH": BASE_ENV["PATH"], NODE_TAG: "node-under-test"})
+    tags = {NODE_TAG: "node-under-test", "SWARM_TASK_ID": "t-mine", "SWARM_EPOCH": "3"}
+    mine = sleeper({"PATH": BASE_ENV["PATH"], **tags})
     # Popen returns once exec has begun; the kernel shows the new environment a moment later.
     for proc in (p, mine):
         wait_for_file_text(Path(f"/proc/{proc.pid}/cmdline"), b"sleep\x0030")
-    assert kill_orphans(tmp_path / "run", "node-under-test") == [("", 0)]
+    assert kill_orphans(tmp_path / "run", "node-under-test") == [("t-mine", 3)]
     # Killed in the same pass: once this node's attempt is gone, the other was spared.
     assert pid_gone(mine.pid)
     assert p.poll() is None

@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
@@ -105,6 +106,24 @@ def attempt_tags(env: Mapping[str, str]) -> frozenset[bytes]:
     them over anything the task asked for), as they appear in /proc/<pid>/environ."""
     keys = (NODE_TAG, "SWARM_TASK_ID", "SWARM_EPOCH")
     return frozenset(f"{k}={env[k]}".encode() for k in keys if k in env)
+
+
+class AnyAttempt(Protocol):
+    """What the runner and the node use of an attempt, a command's (`executor.Attempt`) or a
+    Python call's (`PyAttempt`)."""
+
+    launch: Launch
+    rss_kb: int | None
+    peak_rss_kb: int
+    evicted: bool
+    started_ms: int
+
+    @property
+    def pid(self) -> int | None: ...
+    async def finished(self) -> Finished: ...
+    async def reap(self) -> None: ...
+    def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None: ...
+    def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None: ...
 
 
 class Attempt:

@@ -56,7 +56,7 @@ from swarm.daemon.config import NodeConfig
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
     DISK_FULL_FREE_BYTES,
-    Attempt,
+    AnyAttempt,
     free_bytes,
 )
 from swarm.daemon.loopguard import LoopReports
@@ -171,7 +171,7 @@ class Node:
         )
 
     @property
-    def attempts(self) -> dict[str, Attempt]:
+    def attempts(self) -> dict[str, AnyAttempt]:
         return self.runner.attempts
 
     # -- driving the core -----------------------------------------------------------------------

@@ -66,9 +66,11 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
     """Kill the process groups of attempts a previous daemon of this node left running (found by
     their SWARM_NODE tag), and remove the run dirs. Returns the (task id, epoch) of each group
     killed, so that the node can record those attempts even if their claims never reached its
-    ledger (the daemon may have died before it wrote them)."""
+    ledger (the daemon may have died before it wrote them). A group none of whose processes
+    names a task (an idle warm Python worker: workers.py) is killed and not recorded; a worker's
+    group in the middle of a call is recorded as the call's attempt, which its children name."""
     tag = f"{NODE_TAG}={node_id}".encode()
-    groups: dict[int, tuple[str, int]] = {}
+    groups: dict[int, tuple[str, int] | None] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -78,13 +80,16 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
         except (OSError, IndexError):
             continue  # gone meanwhile, or not ours to read
         if tag in environ:
-            groups.setdefault(int(fields[2]), _attempt_of(environ))  # fields[2]: process group
+            pgid = int(fields[2])
+            task_id, epoch = _attempt_of(environ)
+            if groups.get(pgid) is None:  # the first process of the group that names a task
+                groups[pgid] = (task_id, epoch) if task_id else None
     for pgid in groups:
         kill_group(pgid, signal.SIGKILL)
     if run_root.is_dir():
         for run_dir in run_root.iterdir():
             shutil.rmtree(run_dir, ignore_errors=True)
-    return list(groups.values())
+    return [attempt for attempt in groups.values() if attempt is not None]
 
 
 def kill_strays(
@@ -255,6 +260,12 @@ def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
     if last < since_pid:
         return lambda pid: pid >= since_pid or pid <= last
     return lambda pid: since_pid <= pid <= last
+
+
+def last_pid() -> int:
+    """The last pid handed out on this machine, or -1 if that cannot be read: a process forked
+    after now has a pid above it (until pids start again from the bottom)."""
+    return _last_pid(PROC)
 
 
 def _last_pid(proc: Path) -> int:

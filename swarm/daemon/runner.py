@@ -29,7 +29,7 @@ from swarm.core.spec import TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
-from swarm.daemon.executor import Attempt, Finished, Launch
+from swarm.daemon.executor import AnyAttempt, Attempt, Finished, Launch
 from swarm.daemon.outputs import OutputStore, result_record
 from swarm.daemon.rundirs import RunDirs
 from swarm.errors import StorageFullError, SwarmError
@@ -68,7 +68,7 @@ class AttemptRunner:
         self.outputs = outputs
         self.base_env = base_env
         self.own_rss_kb = own_rss_kb
-        self.attempts: dict[str, Attempt] = {}  # running, or being recorded
+        self.attempts: dict[str, AnyAttempt] = {}  # running, or being recorded
         self._tg: asyncio.TaskGroup | None = None
 
     def serve(self, tg: asyncio.TaskGroup) -> None:
@@ -144,7 +144,7 @@ class AttemptRunner:
         return ok
 
     async def _follow(
-        self, attempt: Attempt, launch: Launch, claimed: asyncio.Task[bool] | None
+        self, attempt: AnyAttempt, launch: Launch, claimed: asyncio.Task[bool] | None
     ) -> None:
         """One attempt, from its start to its record. Nothing it raises may reach the TaskGroup:
         that would stop the whole node and leave every other attempt unrecorded."""
@@ -163,7 +163,7 @@ class AttemptRunner:
             node.tell(node.core.attempt_closed, task)
             await self.run_dirs.give_back(launch.run_dir)  # last: it waits on the task's files
 
-    async def _wait(self, attempt: Attempt, spec: TaskSpec) -> Finished:
+    async def _wait(self, attempt: AnyAttempt, spec: TaskSpec) -> Finished:
         timer = None
         if spec.timeout_s is not None:
             timer = asyncio.get_running_loop().call_later(
@@ -179,7 +179,7 @@ class AttemptRunner:
             if timer is not None:
                 timer.cancel()
 
-    async def _give_up(self, attempt: Attempt, launch: Launch, reason: str) -> None:
+    async def _give_up(self, attempt: AnyAttempt, launch: Launch, reason: str) -> None:
         """Kill what is left of an attempt that swarm itself failed, and record it as failed
         (if its claim is on disk); if even that fails, the restart will close the claim."""
         node = self.node

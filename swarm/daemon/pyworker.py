@@ -1,0 +1,582 @@
+"""A warm Python worker: one process that runs Python calls, one after the other, for its pool
+(swarm/daemon/workers.py). Run as `python -m swarm.daemon.pyworker FD`.
+
+Theory of operation
+-------------------
+The pool spawns the worker as the leader of its own session and process group, with the node's
+environment (its `SWARM_NODE` tag, so that a later daemon's `kill_orphans` finds a worker a dead
+one left) and one end of a socketpair inherited as descriptor FD. Everything between them goes
+over FD as length-prefixed msgpack frames, never over stdin or stdout: those are the call's.
+
+The first frame is the worker's setup (`Hello`): the node's id, the daemon's `sys.path`, the
+recycling bounds. Then each frame is one call (`Call`), answered by one frame (`Reply`). For a
+call the worker points fds 0, 1 and 2 at /dev/null and the attempt's stdout and stderr files,
+enters the attempt's cwd and environment (so the processes the call starts carry the attempt's
+tags), loads the function (cached by digest) and the arguments, runs the call, and writes its
+outcome (`pycall.returned` or `pycall.raised`) to the value file: a temp name, fsynced,
+renamed. Then it puts back its fds, cwd, environment and `sys.stdout`/`sys.stderr`, kills what
+the call left in its process group, and replies with the outcome, the call's CPU time and peak
+memory, and whether it exits now.
+
+Whatever the call raises, `SystemExit` and `KeyboardInterrupt` included, is its outcome; only
+the process ending (`os._exit`, a segfault, a signal) ends the worker mid-call, which the pool
+sees as its channel closing. It exits after `calls_max` calls, or when its resident memory is
+over `rss_max_bytes`, so that a leaky library cannot grow it without end; and at the end of its
+channel (the pool closed it, or the daemon died). It exits with `os._exit`: a thread a call left
+running must not hold it up.
+
+It imports little (stdlib, msgpack, cloudpickle, swarm.pycall): its start-up is on the path of
+the first call of every worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import faulthandler
+import os
+import pickle
+import platform
+import resource
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from swarm import pycall
+
+LENGTH = struct.Struct(">I")  # the frame header of swarm/framing.py (which imports asyncio)
+FRAME_BYTES_MAX = 4 << 20  # a call's frame is paths and an environment: this is plenty
+FUNCTIONS_CACHED_MAX = 16  # loaded functions kept by digest (the same one comes 10,000 times)
+LEFTOVER_ROUNDS_MAX = 5  # passes over /proc for processes a call left in the worker's group
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+PROC = "/proc"
+
+# What a call's outcome was, as the reply says it.
+RETURNED = "returned"
+RAISED = "raised"
+UNLOADABLE = "unloadable"  # the function or its arguments cannot be loaded on this node
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The worker's setup, the first frame the pool sends."""
+
+    node_id: str
+    sys_path: list[str]  # the daemon's: the worker imports what it imports
+    calls_max: int
+    rss_max_bytes: int
+    pythonpath: str | None  # the daemon's PYTHONPATH, which calls' subprocesses should see
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "sys_path": self.sys_path,
+            "calls_max": self.calls_max,
+            "rss_max_bytes": self.rss_max_bytes,
+            "pythonpath": self.pythonpath,
+        }
+
+    @staticmethod
+    def from_wire(raw: dict[str, Any]) -> Hello:
+        return Hello(
+            str(raw["node_id"]),
+            [str(p) for p in raw["sys_path"]],
+            int(raw["calls_max"]),
+            int(raw["rss_max_bytes"]),
+            None if raw["pythonpath"] is None else str(raw["pythonpath"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call: where its blobs are, and where and how it runs."""
+
+    fn_path: str  # the pickled function's blob
+    fn_digest: str  # its sha256: the key of the loaded-function cache
+    args_path: str  # the pickled (args, kwargs); "" when they are `args_inline`
+    stdout: str
+    stderr: str
+    value: str  # where its outcome goes (run_dir/VALUE_FILE)
+    cwd: str
+    env: dict[str, str]  # entries set for this call only
+    python: str  # the version that pickled it, such as "3.11"
+    args_inline: bytes = b""  # small arguments, which travel in the task's spec
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "fn_path": self.fn_path,
+            "fn_digest": self.fn_digest,
+            "args_path": self.args_path,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "value": self.value,
+            "cwd": self.cwd,
+            "env": self.env,
+            "python": self.python,
+            "args_inline": self.args_inline,
+        }
+
+    @staticmethod
+    def from_wire(raw: dict[str, Any]) -> Call:
+        return Call(
+            fn_path=str(raw["fn_path"]),
+            fn_digest=str(raw["fn_digest"]),
+            args_path=str(raw["args_path"]),
+            stdout=str(raw["stdout"]),
+            stderr=str(raw["stderr"]),
+            value=str(raw["value"]),
+            cwd=str(raw["cwd"]),
+            env={str(k): str(v) for k, v in dict(raw["env"]).items()},
+            python=str(raw["python"]),
+            args_inline=bytes(raw["args_inline"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How a call went."""
+
+    kind: str  # RETURNED, RAISED or UNLOADABLE
+    reason: str  # one line: the exception's summary ("" when it returned)
+    value_written: bool  # its outcome is in the value file
+    cpu_s: float  # user + system seconds of the call and the children it reaped
+    max_rss_kb: int  # peak resident memory during the call
+    recycle: bool  # the worker exits now
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "value_written": self.value_written,
+            "cpu_s": self.cpu_s,
+            "max_rss_kb": self.max_rss_kb,
+            "recycle": self.recycle,
+        }
+
+    @staticmethod
+    def from_wire(raw: dict[str, Any]) -> Reply:
+        kind = str(raw["kind"])
+        if kind not in (RETURNED, RAISED, UNLOADABLE):
+            raise ValueError(f"unknown outcome kind {kind!r}")
+        return Reply(
+            kind,
+            str(raw["reason"]),
+            bool(raw["value_written"]),
+            float(raw["cpu_s"]),
+            int(raw["max_rss_kb"]),
+            bool(raw["recycle"]),
+        )
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """One frame: the length, then the msgpack body."""
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return LENGTH.pack(len(data)) + data
+
+
+# -- the channel ---------------------------------------------------------------------------------
+
+
+def read_frame(fd: int) -> dict[str, Any] | None:
+    """The next frame's map; None at the end of the channel (the pool is gone)."""
+    header = _read_exactly(fd, LENGTH.size)
+    if header is None:
+        return None
+    (length,) = LENGTH.unpack(header)
+    if length > FRAME_BYTES_MAX:
+        raise ValueError(f"a frame of {length} bytes is over {FRAME_BYTES_MAX}")
+    body = _read_exactly(fd, length)
+    if body is None:
+        return None
+    raw = msgpack.unpackb(body, raw=False)
+    if not isinstance(raw, dict):
+        raise ValueError("a frame is not a map")
+    return raw
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- one call ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """The worker's state between calls: its setup, and the functions it has loaded."""
+
+    def __init__(self, hello: Hello) -> None:
+        self.hello = hello
+        self.calls = 0
+        self.functions: collections.OrderedDict[str, Callable[..., Any]]
+        self.functions = collections.OrderedDict()
+        self.home = os.getcwd()
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # Can the peak memory be reset per call? Else ru_maxrss is the worker's lifetime peak.
+        self.peak_resettable = _reset_peak_rss()
+        # The last pid handed out when the worker last looked for leftovers: any process in its
+        # group is younger (the older ones were killed then).
+        self.last_pid = _last_pid()
+
+    def run(self, call: Call) -> Reply:
+        """Run one call with its files, cwd and environment, and put the worker's back."""
+        self.calls += 1
+        before_self = resource.getrusage(resource.RUSAGE_SELF)
+        before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if self.peak_resettable:
+            _reset_peak_rss()
+        try:
+            with _call_context(call, self.devnull, self.home):
+                kind, reason, outcome = self._outcome(call)
+        except Exception as exc:  # its files, cwd or environment could not be entered
+            failure = _cannot_enter(call, exc)
+            kind, reason, outcome = RAISED, _summary(failure), pycall.raised(failure)
+        value_written = _write_value(call.value, outcome)
+        self.last_pid = _kill_leftovers(self.last_pid)
+        after_self = resource.getrusage(resource.RUSAGE_SELF)
+        after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = _cpu_s(after_self) - _cpu_s(before_self)
+        cpu_s += _cpu_s(after_children) - _cpu_s(before_children)
+        max_rss_kb = _peak_rss_kb() if self.peak_resettable else after_self.ru_maxrss
+        if after_children.ru_maxrss > before_children.ru_maxrss:  # a child of this call's peak
+            max_rss_kb = max(max_rss_kb, after_children.ru_maxrss)
+        if not value_written and kind == RETURNED:
+            kind, reason = RAISED, f"cannot write its value to {call.value}"
+        recycle = self.calls >= self.hello.calls_max or _rss_bytes() > self.hello.rss_max_bytes
+        return Reply(kind, reason, value_written, max(cpu_s, 0.0), max_rss_kb, recycle)
+
+    def _outcome(self, call: Call) -> tuple[str, str, bytes]:
+        """(kind, one-line reason, the outcome's bytes) of running the call."""
+        try:
+            fn, args, kwargs = self._load(call)
+        except BaseException as exc:  # unpickling runs the user's code
+            failure = self._cannot_load(exc)
+            return UNLOADABLE, _summary(failure), pycall.raised(failure)
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # SystemExit too is the call's outcome
+            return RAISED, _summary(exc), pycall.raised(exc, _user_traceback(exc))
+        try:
+            return RETURNED, "", pycall.returned(value)
+        except BaseException as exc:  # the value would not pickle
+            return RAISED, _summary(exc), pycall.raised(exc)
+
+    def _load(self, call: Call) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        if call.python != pycall.python_version():
+            raise _VersionMismatch(f"it was pickled by Python {call.python}")
+        fn = self.functions.get(call.fn_digest)
+        if fn is None:
+            with open(call.fn_path, "rb") as f:
+                fn = pickle.load(f)
+            if not callable(fn):
+                raise TypeError(f"the call's function is a {type(fn).__name__}, not callable")
+            self.functions[call.fn_digest] = fn
+            if len(self.functions) > FUNCTIONS_CACHED_MAX:
+                self.functions.popitem(last=False)
+        else:
+            self.functions.move_to_end(call.fn_digest)
+        if call.args_inline:
+            args, kwargs = pickle.loads(call.args_inline)
+        else:
+            with open(call.args_path, "rb") as f:
+                args, kwargs = pickle.load(f)
+        return fn, tuple(args), dict(kwargs)
+
+    def _cannot_load(self, exc: BaseException) -> BaseException:
+        """The error a call that cannot be loaded here fails with: it names this node, this
+        Python and what is missing."""
+        where = f"node {self.hello.node_id[:8]} (Python {platform.python_version()})"
+        text = f"{where} cannot load the call: {_first_line(exc)}"
+        failure: BaseException
+        if isinstance(exc, ModuleNotFoundError):
+            failure = ModuleNotFoundError(text, name=exc.name)
+        elif isinstance(exc, ImportError):
+            failure = ImportError(text, name=exc.name)
+        else:
+            failure = RuntimeError(text)
+        failure.__cause__ = None if isinstance(exc, _VersionMismatch) else exc
+        return failure
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of what the call raised, from the call's own frame on (not this one)."""
+    tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+
+
+def _cannot_enter(call: Call, exc: Exception) -> Exception:
+    """The error of a call whose files, cwd or environment could not be entered."""
+    if isinstance(exc, OSError):
+        return OSError(exc.errno, f"cannot run the call in {call.cwd}: {exc.strerror}")
+    return RuntimeError(f"cannot run the call in {call.cwd}: {exc}")
+
+
+class _VersionMismatch(Exception):
+    """The call was pickled by another Python."""
+
+
+@contextlib.contextmanager
+def _call_context(call: Call, devnull: int, home: str) -> Any:
+    """Inside: fds 0, 1, 2 on /dev/null and the call's files, its cwd, its environment. After:
+    all of the worker's own put back, whatever the call did to them."""
+    saved_fds = [os.dup(fd) for fd in (0, 1, 2)]
+    saved_streams = (sys.stdout, sys.stderr, sys.stdin)
+    saved_env = dict(os.environb)  # bytes: no decoding of every entry, twice per call
+    _flush(sys.stdout, sys.stderr)
+    try:
+        _point_fds(call, devnull)
+        os.environ.update(call.env)
+        yield
+    finally:
+        _flush(sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        sys.stdout, sys.stderr, sys.stdin = saved_streams
+        for fd, saved in zip((0, 1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        _restore_env(saved_env)
+        try:
+            os.chdir(home)
+        except OSError:
+            os.chdir("/")
+
+
+def _point_fds(call: Call, devnull: int) -> None:
+    """fd 0 on /dev/null, 1 and 2 on the attempt's files, and the call's cwd; OSError if one of
+    them cannot be entered (the call then fails without having begun)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.dup2(devnull, 0)
+    for fd, path in ((1, call.stdout), (2, call.stderr)):
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)  # dup2 clears close-on-exec: the call's subprocesses inherit it
+        os.close(opened)
+    os.chdir(call.cwd)
+
+
+def _flush(*streams: Any) -> None:
+    for stream in streams:
+        with contextlib.suppress(Exception):  # a stream the call closed or replaced
+            stream.flush()
+
+
+def _restore_env(saved: dict[bytes, bytes]) -> None:
+    """Put os.environ back as it was (each change is a putenv, which subprocesses see)."""
+    env = os.environb
+    for key in [key for key in env if key not in saved]:
+        del env[key]
+    for key, value in saved.items():
+        if env.get(key) != value:
+            env[key] = value
+
+
+def _write_value(path: str, outcome: bytes) -> bool:
+    """Write the outcome as the value file: a temp name, fsynced, renamed. False if it could
+    not be (the attempt's dir is gone, the disk is full)."""
+    temp = f"{path}.tmp"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            write_all(fd, outcome)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        return False
+    return True
+
+
+def _summary(exc: BaseException) -> str:
+    """The one line a task's reason shows, as `pycall.Raised.summary` words it."""
+    kind = type(exc)
+    type_name = f"{kind.__module__}.{kind.__qualname__}"
+    return pycall.Raised(type_name, _first_line(exc), "", b"").summary()
+
+
+def _first_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # a __str__ that raises
+        return ""
+    return text.splitlines()[0] if text else ""
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory to its current one (Linux 4.0+), so that the
+    next peak read is the call's; False if that cannot be done here."""
+    try:
+        with open(f"{PROC}/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_kb() -> int:
+    """The peak resident KiB since the last reset (VmHWM): ru_maxrss never goes below what it
+    was at exec, which for a process forked from the daemon is the daemon's own."""
+    try:
+        with open(f"{PROC}/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now."""
+    try:
+        with open(f"{PROC}/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# -- what a call leaves behind -------------------------------------------------------------------
+
+
+def _last_pid() -> int:
+    """The last pid handed out, or -1 if that cannot be read."""
+    try:
+        with open(f"{PROC}/loadavg", "rb") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _kill_leftovers(since_pid: int) -> int:
+    """Kill the processes a call left in the worker's process group (a pool it left open, a
+    subprocess in the background), so that the next call starts clean, and reap the worker's
+    children that have ended; returns the last pid handed out as it looked. Only processes
+    forked since `since_pid` was handed out are looked at; when no pid has been handed out
+    since (the call started no process, nor did anyone else), there is nothing to look for."""
+    me = os.getpid()
+    for _ in range(LEFTOVER_ROUNDS_MAX):
+        now = _last_pid()
+        if since_pid >= 0 and now == since_pid:
+            break
+        found = _group_members(me, since_pid, now)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        since_pid = now  # one killed may have forked meanwhile: those are younger still
+        if not found:
+            break
+    _reap_children()
+    return since_pid
+
+
+def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
+    """The processes of the worker's group (the worker leads it), but itself, among those
+    forked after `since_pid` up to `last_pid` (pids rise to a maximum, then start again from
+    the bottom); all of them when either is unknown."""
+    members = []
+    for name in os.listdir(PROC):
+        if not name.isdigit() or int(name) == me or not _young(int(name), since_pid, last_pid):
+            continue
+        try:
+            with open(f"{PROC}/{name}/stat", "rb") as f:
+                stat_line = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+        if int(fields[2]) == me and fields[0] not in (b"Z", b"X"):
+            members.append(int(name))
+    return members
+
+
+def _young(pid: int, since_pid: int, last_pid: int) -> bool:
+    if since_pid < 0 or last_pid < 0:
+        return True
+    if last_pid >= since_pid:
+        return since_pid < pid <= last_pid
+    return pid > since_pid or pid <= last_pid
+
+
+def _reap_children() -> None:
+    """Reap the worker's children that have ended, never waiting: one just killed may still be
+    dying (then the next call reaps it, and its CPU time counts there)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+# -- the process ---------------------------------------------------------------------------------
+
+
+def serve(fd: int) -> None:
+    """Answer calls on `fd` until the pool closes it or a bound says exit."""
+    raw = read_frame(fd)
+    if raw is None:
+        return
+    hello = Hello.from_wire(raw)
+    sys.path[:] = hello.sys_path
+    import cloudpickle  # noqa: F401 - every call needs it: loaded once, before the first
+
+    if hello.pythonpath is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = hello.pythonpath
+    worker = Worker(hello)
+    while True:
+        raw = read_frame(fd)
+        if raw is None:
+            return
+        reply = worker.run(Call.from_wire(raw))
+        try:
+            write_all(fd, encode(reply.to_wire()))
+        except OSError:
+            return  # the pool is gone (the daemon died)
+        if reply.recycle:
+            return
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m swarm.daemon.pyworker FD", file=sys.stderr)
+        return 2
+    # A segfault in a call prints its Python traceback into that call's stderr (fd 2 then).
+    faulthandler.enable()
+    fd = int(argv[1])
+    os.set_inheritable(fd, False)  # a call's subprocess holding it would hide our death
+    serve(fd)
+    _flush(sys.stdout, sys.stderr)
+    # Not sys.exit: that would wait for any thread a call left running, for ever maybe.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
