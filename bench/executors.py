@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from executors_proc import (
     ChildRun,
@@ -292,8 +293,29 @@ class Bench:
                 "--sync", "full"]  # fmt: skip
         daemon = SpawnedServer.spawn("swarm daemon", argv, scratch / "daemon.log", self.env)
         self.servers.add(daemon)
-        daemon.wait_ready(lambda: unix_socket_answers(home / "control.sock"), SERVER_READY_S)
+        try:
+            sock = self.control_socket(home)
+            daemon.wait_ready(lambda: unix_socket_answers(sock), SERVER_READY_S)
+        except BaseException:
+            self.stop_daemon(daemon, home)
+            raise
         return daemon
+
+    def control_socket(self, home: Path) -> Path:
+        """Where the daemon of home listens: swarm moves the socket of a deep dir elsewhere."""
+        code = (
+            "import sys, pathlib; from swarm.statedir import StateDir; "
+            "print(StateDir(pathlib.Path(sys.argv[1])).socket_path)"
+        )
+        done = subprocess.run(
+            [str(self.python), "-c", code, str(home)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=SERVER_READY_S,
+            check=True,
+        )
+        return Path(done.stdout.strip())
 
     def stop_daemon(self, daemon: SpawnedServer, home: Path) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -308,7 +330,7 @@ class Bench:
 
     def run_one(
         self, family: str, mode: str, chunksize: int, sample: bool
-    ) -> tuple[ChildRun, dict[str, object]]:
+    ) -> tuple[ChildRun, dict[str, Any]]:
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.work))
         try:
             with self.family_servers(family, scratch) as (home, extra_pids, node_pid):
@@ -319,7 +341,7 @@ class Bench:
                 exclude = self.servers.pids() - set(extra_pids)
                 sampler = TreeSampler(exclude, node_pid) if sample else None
                 child = run_child(argv, self.env, scratch / "child.log", self.timeout_s(), sampler)
-                figures: dict[str, object] = json.loads(out.read_text()) if out.exists() else {}
+                figures: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
             return child, figures
         finally:
             left = sweep_orphans(self.servers)
@@ -336,7 +358,7 @@ class Bench:
         what = f"throughput, {variant.label}, run {run}"
         if not self.results.accept(variant.family, what, child, figures):
             return
-        rate = float(figures["calls_per_s"])  # type: ignore[arg-type]
+        rate = float(figures["calls_per_s"])
         self.results.add(f"tput {variant.key}", rate)
         if child.peak_bytes is not None:
             self.results.add(f"mem {variant.family}", child.peak_bytes / 1e6)
@@ -350,9 +372,9 @@ class Bench:
         child, figures = self.run_one(family, "cold", 1, sample=False)
         if not self.results.accept(family, f"cold start, {family}, run {run}", child, figures):
             return
-        first = float(figures["result_monotonic"]) - child.spawned_monotonic  # type: ignore[arg-type]
+        first = float(figures["result_monotonic"]) - child.spawned_monotonic
         self.results.add(f"cold {family}", first)
-        self.results.add(f"cold {family} inside", float(figures["inside_s"]))  # type: ignore[arg-type]
+        self.results.add(f"cold {family} inside", float(figures["inside_s"]))
         self.results.add(f"cold {family} whole", child.wall_s)
         say(f"  {FAMILY_LABELS[family]}: first result after {first:.3f} s")
 

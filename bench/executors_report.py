@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -49,7 +49,7 @@ class Results:
         self.problems.append((what, detail))
         print(f"  problem: {what}", file=sys.stderr, flush=True)
 
-    def accept(self, family: str, what: str, child: ChildRun, figures: dict[str, object]) -> bool:
+    def accept(self, family: str, what: str, child: ChildRun, figures: dict[str, Any]) -> bool:
         """Whether the run gave figures; if not, say why (unavailable, or a problem)."""
         if "unavailable" in figures:
             self.unavailable[family] = str(figures["unavailable"])
