@@ -61,7 +61,6 @@ from swarm.errors import SwarmError, UserError
 WATCH_WAIT_MS = 1_000  # a watch's long poll, while nothing new is queued
 SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
-VALUE_BYTES_MAX = 1 << 40  # a call's value is read into memory: it was in the worker's
 
 
 class CallLostError(SwarmError):
@@ -520,7 +519,9 @@ def _outcome_of(store: BlobStore, ended: EndedTask) -> Any:
         raise CallLostError(why, f"call {task[:12]} {_LOST_TEXT.get(why, why)}: {reason}")
     if ended["value"] is None:
         raise SwarmError(f"call {task[:12]} {ended['state']} but left no value: {reason}")
-    data = store.read_bytes(ended["value"], max_bytes=VALUE_BYTES_MAX)
+    # Read whole, as the worker held it: bounded by its size (a read's bound is allocated).
+    size = store.path(ended["value"]).stat().st_size
+    data = store.read_bytes(ended["value"], max_bytes=size)
     return _value(data, node)
 
 
