@@ -556,9 +556,10 @@ def _value(data: bytes, node: str) -> Any:
 def results(
     job: str, *, errors: str = "raise", home: str | os.PathLike[str] | None = None
 ) -> list[Any]:
-    """The values of a job's calls in the order they were submitted, read from this machine's
-    node (which fetches those held elsewhere), after the script that made them has exited.
-    A call that raised raises here (`errors="return"`: its exception is put in the list)."""
+    """The values of a job's calls in the order they were submitted (one per distinct call; a
+    chunk of `map` gives its calls' values), read from this machine's node (which fetches those
+    held elsewhere), after the script that made them has exited. A call that raised raises here
+    (`errors="return"`: its exception is put in the list)."""
     if errors not in ("raise", "return"):
         raise ValueError('errors must be "raise" or "return"')
     from swarm.cli.results import fetch_results, load_ledger
@@ -581,11 +582,16 @@ def results(
     out: list[Any] = []
     for view in sorted(views, key=_submission_order):
         try:
-            out.append(_stored_value(store, view))
+            value = _stored_value(store, view)
         except Exception as exc:
             if errors == "raise":
                 raise
-            out.append(exc)
+            out.append(exc)  # a chunk (map's chunksize) that raised is one exception
+            continue
+        if isinstance(value, pycall.ChunkValues):
+            out.extend(value)
+        else:
+            out.append(value)
     return out
 
 
