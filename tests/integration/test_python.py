@@ -297,3 +297,35 @@ def test_three_daemons_share_a_map_and_lose_one_node_mid_map(swarm: Swarm, tmp_p
     reader = swarm.nodes[1][0]
     wait_for("node 1 to see the map done", lambda: reader.job("spread")["done"] == 40)
     assert last_json(run_script(later, reader.home)) == list(range(40))
+
+
+def test_options_carry_a_calls_needs_and_a_timeout_loses_it_for_a_swarm_reason(
+    cli: Cli, daemon: Any, tmp_path: Path
+) -> None:
+    daemon("--cpus", "2", "--label", "zone=eu")
+    path = script(
+        tmp_path / "options.py",
+        """
+        import json, time
+        import swarm
+        from swarm import SwarmExecutor
+
+        seen = {}
+        with SwarmExecutor(job="options") as ex:
+            fast = ex.options(cpus=2, memory="64M", requires={"zone": "eu"})
+            seen["value"] = fast.submit(pow, 2, 10).result(timeout=60)
+            slow = ex.options(timeout=0.5)
+            try:
+                slow.submit(time.sleep, 30).result(timeout=60)
+            except swarm.CallLostError as exc:
+                seen["lost"] = [exc.why, str(exc)]
+        print(json.dumps(seen))
+        """,
+    )
+    seen = last_json(run_script(path, cli.home))
+    assert seen["value"] == 1024
+    why, text = seen["lost"]
+    assert why == "timeout" and "timed out" in text, text
+    rows = {r["command"]: r for r in export_rows(cli) if r["job"] == "options"}
+    assert rows["python: builtins.pow"]["cpus"] == "2"
+    assert rows["python: time.sleep"]["state"] == "failed"
