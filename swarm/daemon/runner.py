@@ -45,6 +45,9 @@ from swarm.statedir import StateDir
 
 log = logging.getLogger("swarm.daemon.runner")
 
+INPUT_FETCH_S = 10.0  # how long a call's inputs are looked for before its attempt gives up
+INPUT_FETCH_RETRY_S = 0.5
+
 
 class Host(Protocol):
     """What the runner needs of its node."""
@@ -151,11 +154,25 @@ class AttemptRunner:
         for what, digest in (("function", call.fn), ("arguments", call.args)):
             if not digest:
                 continue
-            holders = node.ledger.holders.get(digest, set()) | {view.submitted[1]}
-            if not await node.transfer.fetch_blob(digest, sorted(holders - {node.node_id})):
+            if not await self._fetch_input(view, digest):
                 return f"its {what} (blob {digest[:12]}) could not be had from any holder"
             paths[what] = node.store.path(digest)
         return CallBlobs(fn=paths["function"], args=paths.get("arguments"))
+
+    async def _fetch_input(self, view: TaskView, digest: str) -> bool:
+        """One input blob held here: tried on its holders (a suspect one too) for a while, since
+        a call claimed just after it was submitted may come before the holders' copies, and a
+        call that cannot start costs its task an interruption."""
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + INPUT_FETCH_S
+        while True:
+            holders = node.ledger.holders.get(digest, set()) | {view.submitted[1]}
+            holders.discard(node.node_id)
+            if await node.transfer.fetch_blob(digest, sorted(holders), suspects=True):
+                return True
+            if node.stopping or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(INPUT_FETCH_RETRY_S)
 
     def stop(self, stop: Stop) -> None:
         """Carry out a Stop: the attempt ends (after SIGTERM and the kill grace, if asked)."""

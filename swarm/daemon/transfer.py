@@ -82,13 +82,17 @@ class ResultTransfer:
                 if last:
                     return
 
-    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
-        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
+    async def fetch_blob(self, digest: str, holders: list[str], suspects: bool = False) -> bool:
+        """Copy a blob here from one of `holders`, verified; True if it is held here now.
+        Holders not alive are skipped (`suspects`: only those dead or gone)."""
         if self.store.has(digest):
             return True
+        reachable = {gossip.MemberState.ALIVE}
+        if suspects:
+            reachable.add(gossip.MemberState.SUSPECT)
         for node in holders:
             member = self.member(node)
-            if member is None or member.state is not gossip.MemberState.ALIVE:
+            if member is None or member.state not in reachable:
                 continue
             if node != self.node_id and await self._fetch_from(member, digest):
                 return True
