@@ -517,6 +517,8 @@ def _outcome_of(store: BlobStore, ended: EndedTask) -> Any:
     if ended["state"] == State.FAILED and outcome != Outcome.FAILED:
         why = "evicted" if ended["evicted"] else outcome
         raise CallLostError(why, f"call {task[:12]} {_LOST_TEXT.get(why, why)}: {reason}")
+    if ended["inline"]:
+        return _value(ended["inline"], node)
     if ended["value"] is None:
         raise SwarmError(f"call {task[:12]} {ended['state']} but left no value: {reason}")
     # Read whole, as the worker held it: bounded by its size (a read's bound is allocated).
@@ -603,28 +605,25 @@ def _submission_order(view: TaskView) -> tuple[int, int, str]:
 
 
 def _stored_value(store: BlobStore, view: TaskView) -> Any:
-    from swarm.daemon.transfer import result_attempt
+    """A call's value (or the exception it raises) from the ledger and the blobs held here."""
+    from swarm.daemon.transfer import outcome_attempt
 
-    attempt = result_attempt(view)
+    attempt = outcome_attempt(view)
+    result = None if attempt is None else attempt.result
     ended: EndedTask = {
         "task_id": view.task_id,
         "state": str(view.state),
-        "outcome": "" if attempt is None else str(attempt.result.outcome),
-        "reason": "" if attempt is None else attempt.result.reason,
+        "outcome": "" if result is None else str(result.outcome),
+        "reason": "" if result is None else result.reason,
         "node": "" if attempt is None else attempt.version.origin,
-        "exit_code": None if attempt is None else attempt.result.exit_code,
-        "evicted": bool(attempt is not None and attempt.result.evicted),
+        "exit_code": None if result is None else result.exit_code,
+        "evicted": bool(result is not None and result.evicted),
         "value": None,
+        "inline": b"" if result is None else result.value,
     }
-    last = view.ordered_attempts()
-    if attempt is None and last:
-        result = last[-1].result
-        ended["outcome"], ended["reason"] = str(result.outcome), result.reason
-        ended["evicted"] = result.evicted
-    if attempt is not None and attempt.result.digest is not None:
+    if result is not None and result.digest is not None:
         with contextlib.suppress(SwarmError, OSError):  # not held here: said as no value
-            data = store.read_bytes(attempt.result.digest, max_bytes=MANIFEST_BYTES_MAX)
-            ended["value"] = parse_manifest(data).files.get(pycall.VALUE_FILE)
-    if ended["value"] is not None and not store.has(ended["value"]):
-        ended["value"] = None
+            data = store.read_bytes(result.digest, max_bytes=MANIFEST_BYTES_MAX)
+            value = parse_manifest(data).files.get(pycall.VALUE_FILE)
+            ended["value"] = value if value is not None and store.has(value) else None
     return _outcome_of(store, ended)

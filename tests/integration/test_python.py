@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from swarm import pycall
+
 from .conftest import REPO, Cli, Daemon, Swarm, export_rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -79,6 +81,9 @@ FITS = """
         except Oops as exc:
             seen["raised"] = [type(exc).__name__, str(exc), "\\n".join(getattr(exc, "__notes__", []))]
         seen["kwargs"] = ex.submit(divmod, 17, 5).result(timeout=60)
+        # A large value, and a call that prints, keep their outcome in blobs, not the ledger.
+        seen["big"] = len(ex.submit(lambda n: "x" * n, 100_000).result(timeout=60))
+        seen["printed"] = ex.submit(print, "hello from a call").result(timeout=60)
         seen["mode"] = "serial" if ex.serial else "swarm"
     print(json.dumps(seen))
 """
@@ -96,11 +101,12 @@ def test_a_script_maps_submits_and_raises_on_a_node_it_starts_and_serially_alike
     assert on_swarm["as_completed"] == [y * 10 for y in range(6)]
     assert on_swarm["waited"] == [6, 0]
     assert on_swarm["kwargs"] == [3, 2]
+    assert on_swarm["big"] == 100_000 and on_swarm["printed"] is None
     kind, text, notes = on_swarm["raised"]
     assert (kind, text) == ("Oops", "bad 3")
     assert "the call raised this on node" in notes and "in boom" in notes  # remote traceback
     assert on_swarm["mode"] == "swarm" and serial["mode"] == "serial"
-    for key in ("map", "chunks", "as_completed", "waited", "kwargs"):
+    for key in ("map", "chunks", "as_completed", "waited", "kwargs", "big", "printed"):
         assert serial[key] == on_swarm[key], key
     assert serial["raised"][:2] == on_swarm["raised"][:2]
     assert not (tmp_path / "unused").exists()  # serial mode starts no node
@@ -109,7 +115,20 @@ def test_a_script_maps_submits_and_raises_on_a_node_it_starts_and_serially_alike
     cli = Cli(home=home, cwd=tmp_path)
     rows = [r for r in export_rows(cli) if r["job"] == "fits"]
     assert {r["command"] for r in rows} >= {"python: __main__.square", "python: __main__.boom"}
-    assert len(rows) == 25 + 3 + 6 + 1 + 1  # the chunks of 4: three calls
+    assert len(rows) == 25 + 3 + 6 + 1 + 1 + 2  # the chunks of 4: three calls
+
+    # `swarm results` writes each call's outcome file, whether it came in the ledger or a blob.
+    out = tmp_path / "out"
+    cli.ok("results", "fits", "--out", str(out))
+    outcomes = {}
+    for task in out.iterdir():
+        returned, value = pycall.read_outcome((task / pycall.VALUE_FILE).read_bytes())
+        outcomes[task.name] = (returned, value, (task / "stdout").read_text())
+    assert sorted(v for r, v, _ in outcomes.values() if r and isinstance(v, int)) == sorted(
+        [x * x for x in range(25)] + [y * 10 for y in range(6)]
+    )
+    assert (True, None, "hello from a call\n") in outcomes.values()
+    assert any(r and v == "x" * 100_000 for r, v, _ in outcomes.values())
 
     # Results later, from another process: in submission order; the call that raised, raised.
     later = script(
