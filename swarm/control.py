@@ -309,8 +309,9 @@ class EndedTask(TypedDict):
     exit_code: int | None
     evicted: bool  # the last attempt was evicted under memory pressure
     # The blob of a Python call's outcome (pycall.VALUE_FILE), held on this node; None if the
-    # task left none (a command, or a call that never ran to its end).
+    # task left none (a command, or a call that never ran to its end), or has it `inline`.
     value: str | None
+    inline: bytes  # a call's outcome carried in its RESULT record (b"" if none)
 
 
 class WatchReply(TypedDict):

@@ -174,5 +174,9 @@ class Chunk:
         self.fn = fn
         self.swarm_name = name
 
-    def __call__(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
-        return [self.fn(*args) for args in chunk]
+    def __call__(self, chunk: list[tuple[Any, ...]]) -> ChunkValues:
+        return ChunkValues(self.fn(*args) for args in chunk)
+
+
+class ChunkValues(list[Any]):
+    """A chunk's values: `swarm.results` puts them in its list one by one."""

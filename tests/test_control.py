@@ -103,7 +103,7 @@ class FakeNode:
     async def ended(self, task: str) -> control.EndedTask:
         return {
             "task_id": task, "state": "done", "outcome": "ok", "reason": "", "node": NODE_ID,
-            "exit_code": 0, "evicted": False, "value": None,
+            "exit_code": 0, "evicted": False, "value": None, "inline": b"",
         }  # fmt: skip
 
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:

@@ -22,6 +22,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +355,7 @@ BODIES: tuple[Body, ...] = (
     ClaimRecord("t" * 64, 2, 12346, released=False, stolen=True),
     HeartbeatRecord(77),
     _result(),
+    replace(_result(), digest=None, value=b"\x80\x05a call's outcome"),
     ReplicaRecord(DIGEST),
     CancelRecord("sweep"),
     CancelRecord("sweep", "t" * 64, 12347),

@@ -209,3 +209,15 @@ def test_a_result_signed_before_evictions_existed_still_checks() -> None:
     evicted = me.sign_result(replace(result(), outcome=Outcome.INTERRUPTED, evicted=True))
     assert identity.check_result(me.node_id, db.decode(db.encode(evicted)))
     assert not identity.check_result(me.node_id, replace(evicted, evicted=False))
+
+
+def test_a_calls_outcome_in_its_result_is_signed_with_it() -> None:
+    me = Identity.generate()
+    for evicted in (False, True):
+        body = me.sign_result(
+            replace(result(), digest=None, value=b"\x80\x05outcome", evicted=evicted)
+        )
+        stored = db.decode(db.encode(body))
+        assert stored == body
+        assert identity.check_result(me.node_id, stored)
+        assert not identity.check_result(me.node_id, replace(body, value=b"\x80\x05forged"))

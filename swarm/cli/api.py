@@ -61,7 +61,6 @@ from swarm.errors import SwarmError, UserError
 WATCH_WAIT_MS = 1_000  # a watch's long poll, while nothing new is queued
 SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
-VALUE_BYTES_MAX = 1 << 40  # a call's value is read into memory: it was in the worker's
 
 
 class CallLostError(SwarmError):
@@ -518,9 +517,13 @@ def _outcome_of(store: BlobStore, ended: EndedTask) -> Any:
     if ended["state"] == State.FAILED and outcome != Outcome.FAILED:
         why = "evicted" if ended["evicted"] else outcome
         raise CallLostError(why, f"call {task[:12]} {_LOST_TEXT.get(why, why)}: {reason}")
+    if ended["inline"]:
+        return _value(ended["inline"], node)
     if ended["value"] is None:
         raise SwarmError(f"call {task[:12]} {ended['state']} but left no value: {reason}")
-    data = store.read_bytes(ended["value"], max_bytes=VALUE_BYTES_MAX)
+    # Read whole, as the worker held it: bounded by its size (a read's bound is allocated).
+    size = store.path(ended["value"]).stat().st_size
+    data = store.read_bytes(ended["value"], max_bytes=size)
     return _value(data, node)
 
 
@@ -555,9 +558,10 @@ def _value(data: bytes, node: str) -> Any:
 def results(
     job: str, *, errors: str = "raise", home: str | os.PathLike[str] | None = None
 ) -> list[Any]:
-    """The values of a job's calls in the order they were submitted, read from this machine's
-    node (which fetches those held elsewhere), after the script that made them has exited.
-    A call that raised raises here (`errors="return"`: its exception is put in the list)."""
+    """The values of a job's calls in the order they were submitted (one per distinct call; a
+    chunk of `map` gives its calls' values), read from this machine's node (which fetches those
+    held elsewhere), after the script that made them has exited. A call that raised raises here
+    (`errors="return"`: its exception is put in the list)."""
     if errors not in ("raise", "return"):
         raise ValueError('errors must be "raise" or "return"')
     from swarm.cli.results import fetch_results, load_ledger
@@ -580,11 +584,16 @@ def results(
     out: list[Any] = []
     for view in sorted(views, key=_submission_order):
         try:
-            out.append(_stored_value(store, view))
+            value = _stored_value(store, view)
         except Exception as exc:
             if errors == "raise":
                 raise
-            out.append(exc)
+            out.append(exc)  # a chunk (map's chunksize) that raised is one exception
+            continue
+        if isinstance(value, pycall.ChunkValues):
+            out.extend(value)
+        else:
+            out.append(value)
     return out
 
 
@@ -596,28 +605,25 @@ def _submission_order(view: TaskView) -> tuple[int, int, str]:
 
 
 def _stored_value(store: BlobStore, view: TaskView) -> Any:
-    from swarm.daemon.transfer import result_attempt
+    """A call's value (or the exception it raises) from the ledger and the blobs held here."""
+    from swarm.daemon.transfer import outcome_attempt
 
-    attempt = result_attempt(view)
+    attempt = outcome_attempt(view)
+    result = None if attempt is None else attempt.result
     ended: EndedTask = {
         "task_id": view.task_id,
         "state": str(view.state),
-        "outcome": "" if attempt is None else str(attempt.result.outcome),
-        "reason": "" if attempt is None else attempt.result.reason,
+        "outcome": "" if result is None else str(result.outcome),
+        "reason": "" if result is None else result.reason,
         "node": "" if attempt is None else attempt.version.origin,
-        "exit_code": None if attempt is None else attempt.result.exit_code,
-        "evicted": bool(attempt is not None and attempt.result.evicted),
+        "exit_code": None if result is None else result.exit_code,
+        "evicted": bool(result is not None and result.evicted),
         "value": None,
+        "inline": b"" if result is None else result.value,
     }
-    last = view.ordered_attempts()
-    if attempt is None and last:
-        result = last[-1].result
-        ended["outcome"], ended["reason"] = str(result.outcome), result.reason
-        ended["evicted"] = result.evicted
-    if attempt is not None and attempt.result.digest is not None:
+    if result is not None and result.digest is not None:
         with contextlib.suppress(SwarmError, OSError):  # not held here: said as no value
-            data = store.read_bytes(attempt.result.digest, max_bytes=MANIFEST_BYTES_MAX)
-            ended["value"] = parse_manifest(data).files.get(pycall.VALUE_FILE)
-    if ended["value"] is not None and not store.has(ended["value"]):
-        ended["value"] = None
+            data = store.read_bytes(result.digest, max_bytes=MANIFEST_BYTES_MAX)
+            value = parse_manifest(data).files.get(pycall.VALUE_FILE)
+            ended["value"] = value if value is not None and store.has(value) else None
     return _outcome_of(store, ended)

@@ -16,6 +16,7 @@ Reads the ledger, never changes it; the only writes are to the caller's stream a
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from swarm.core.manifest import MANIFEST_BYTES_MAX, NAME_BYTES_MAX, Manifest, pa
 from swarm.core.spec import TaskSpec
 from swarm.daemon.store import BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError, UserInputError
+from swarm.pycall import VALUE_FILE
 
 TASK_COLUMNS: tuple[str, ...] = (
     "task_id",
@@ -267,7 +269,7 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
         if view.spec is None:
             continue
         attempt = _results_attempt(view)
-        if attempt is None or attempt.result.digest is None:
+        if attempt is None or (attempt.result.digest is None and not attempt.result.value):
             continue  # nothing ran to completion yet: nothing to export, nothing missing
         name = view.name
         if not _safe_dir_name(name):
@@ -283,7 +285,12 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
             )
             continue
         seen_names[name] = view.task_id
-        if _write_task(store, attempt.result.digest, name, root / name, done, manifests):
+        digest = attempt.result.digest
+        if digest is None:
+            written = _write_inline(attempt.result.value, name, root / name, done)
+        else:
+            written = _write_task(store, digest, name, root / name, done, manifests)
+        if written:
             done.tasks_written += 1
     return done
 
@@ -292,8 +299,25 @@ def _results_attempt(view: TaskView) -> Attempt | None:
     ok = view.ok_attempt()
     if ok is not None:
         return ok
-    with_digest = [a for a in view.ordered_attempts() if a.result.digest is not None]
-    return with_digest[-1] if with_digest else None
+    with_result = [a for a in view.ordered_attempts() if a.result.digest or a.result.value]
+    return with_result[-1] if with_result else None
+
+
+def _write_inline(value: bytes, name: str, task_dir: Path, done: ResultsWritten) -> bool:
+    """A Python call whose outcome is in its RESULT record: it printed nothing, so its files
+    are empty stdout and stderr and its value file."""
+    if task_dir.is_symlink():
+        done.missing.append(f"{name}: {task_dir} is a symlink, to {task_dir.resolve()}")
+        return False
+    task_dir.mkdir(parents=True, exist_ok=True)
+    for rel, data in ((STREAMS[0], b""), (STREAMS[1], b""), (VALUE_FILE, value)):
+        tmp = task_dir / f".{rel}.tmp"
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "xb") as out:  # exclusive: never through a link someone put there
+            out.write(data)
+        os.replace(tmp, task_dir / rel)
+        done.files_written += 1
+    return True
 
 
 def _safe_dir_name(name: str) -> bool:

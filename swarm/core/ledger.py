@@ -123,6 +123,10 @@ class ResultRecord:
     reason: str = ""
     proof: bytes = b""  # the executing node's signature (identity.py); empty only in the simulator
     evicted: bool = False  # interrupted by its node to free memory (an eviction, not a node loss)
+    # A Python call's outcome (pycall), when it is small and the call printed nothing: carried
+    # in the record, so that it needs no blob, no fsync of its own and no copies (every node
+    # has the ledger). `digest` is then None.
+    value: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,9 +580,9 @@ def body_to_plain(body: Body) -> list[Any]:
                 body.node_capacity.to_wire(),
                 body.reason,
                 body.proof,
-                # Only when set: a result written without it keeps the layout (and so the
-                # signature) it had before the field existed.
-                *([True] if body.evicted else []),
+                # Only when set: a result written without them keeps the layout (and so the
+                # signature) it had before the fields existed.
+                *([body.evicted, body.value] if body.value else [True] if body.evicted else []),
             ]
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
@@ -628,6 +632,7 @@ def body_from_plain(raw: Any) -> Body:
                     reason=_s(f[12]),
                     proof=_b(f[13]),
                     evicted=len(f) > 14 and bool(f[14]),  # absent from records of before it
+                    value=_b(f[15]) if len(f) > 15 else b"",
                 )
             case Kind.REPLICA:
                 return ReplicaRecord(_s(f[0]))

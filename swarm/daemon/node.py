@@ -415,6 +415,7 @@ class Node:
             self.runner.interrupt_all(self._stop_reason)
             while self.attempts or self.core.slots:
                 await asyncio.sleep(0.01)
+            await self.runner.close()  # the warm workers end
             self._halted = True  # the writer closes: the core's timer fires no more
             if self._timer is not None:
                 self._timer.cancel()

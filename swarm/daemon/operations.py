@@ -20,7 +20,7 @@ from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.daemon.config import parse_addr
 from swarm.daemon.net import GossipNet
-from swarm.daemon.transfer import Copied, result_attempt
+from swarm.daemon.transfer import Copied, outcome_attempt
 from swarm.daemon.watches import Watch
 from swarm.errors import SwarmError
 from swarm.pycall import VALUE_FILE
@@ -177,25 +177,25 @@ class Operations:
         self.node.watches.close(watch)
 
     async def ended(self, task_id: str) -> EndedTask:
-        """How a watched task ended; a Python call's outcome blob is made held here first
-        (copied from the node that holds it), so that the client can read it."""
+        """How a watched task ended. A Python call's outcome is in its RESULT record, or in a
+        blob that is made held here first (copied from the node that holds it), so that the
+        client can read it."""
         view = self.node.ledger.tasks[task_id]
-        attempt = result_attempt(view)
-        ordered = view.ordered_attempts()
-        last = attempt or (ordered[-1] if ordered else None)
+        attempt = outcome_attempt(view)
+        result = None if attempt is None else attempt.result
         value = None
-        if attempt is not None and view.spec is not None and view.spec.call is not None:
+        if attempt is not None and attempt.result.digest and view.spec and view.spec.call:
             value = await self._value_of(attempt)
-        result = None if last is None else last.result
         return {
             "task_id": task_id,
             "state": str(view.state),
             "outcome": "" if result is None else str(result.outcome),
             "reason": "" if result is None else result.reason,
-            "node": "" if last is None else last.version.origin,
+            "node": "" if attempt is None else attempt.version.origin,
             "exit_code": None if result is None else result.exit_code,
             "evicted": bool(result is not None and result.evicted),
             "value": value,
+            "inline": b"" if result is None else result.value,
         }
 
     async def _value_of(self, attempt: Attempt) -> str | None:

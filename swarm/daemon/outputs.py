@@ -16,6 +16,9 @@ Most short tasks print nothing. Their manifest is always the same blob, so it is
 its digest kept: such a task costs two stats and no thread. Everything else touches the task's
 files and so runs in a thread, never on the event loop.
 
+A Python call that printed nothing and returned (or raised) something small is the exception:
+its outcome goes in its RESULT record itself (`inline_value`), and it stores no blob at all.
+
 `result_record` turns what the executor reported into the RESULT record; what to do when it
 cannot be written (wait, or hand the task back) is the node's decision.
 """
@@ -30,6 +33,11 @@ from swarm.core.manifest import manifest_bytes
 from swarm.core.spec import Resources
 from swarm.daemon.executor import Finished, Launch
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
+from swarm.pycall import VALUE_FILE
+
+# A Python call's outcome up to this size goes in its RESULT record (ledger.ResultRecord.value),
+# not in blobs: most values are a few numbers, and a blob costs two fsyncs and copies to peers.
+INLINE_VALUE_BYTES_MAX = 2048
 
 
 class OutputStore:
@@ -66,15 +74,28 @@ class OutputStore:
         return self.store.put_bytes(manifest_bytes(stored["stdout"], stored["stderr"], files))
 
 
+def inline_value(finished: Finished) -> bytes:
+    """A Python call's outcome, when it can travel in its RESULT record (pycall.VALUE_FILE is
+    all it left, and small); else b"". Blocking: it reads the files' sizes and the value."""
+    if set(finished.outputs) != {VALUE_FILE} or _size(finished.stdout) or _size(finished.stderr):
+        return b""
+    path = finished.outputs[VALUE_FILE]
+    if _size(path) > INLINE_VALUE_BYTES_MAX:
+        return b""
+    with open(path, "rb") as value:
+        return value.read(INLINE_VALUE_BYTES_MAX + 1)[: INLINE_VALUE_BYTES_MAX + 1]
+
+
 def result_record(
     launch: Launch,
     finished: Finished,
     digest: str | None,
     reason: str,
     node_capacity: Resources,
+    value: bytes = b"",
 ) -> ResultRecord:
     """The RESULT of an attempt that ran: what the executor measured, and its result's digest
-    (None: no result, say when it is handed back unstored)."""
+    (None: no result, say when it is handed back unstored; or its `value` inline)."""
     return ResultRecord(
         task_id=launch.task_id,
         epoch=launch.epoch,
@@ -90,6 +111,7 @@ def result_record(
         node_capacity=node_capacity,
         reason=reason,
         evicted=finished.evicted,
+        value=value,
     )
 
 

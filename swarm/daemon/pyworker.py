@@ -13,8 +13,8 @@ recycling bounds. Then each frame is one call (`Call`), answered by one frame (`
 call the worker points fds 0, 1 and 2 at /dev/null and the attempt's stdout and stderr files,
 enters the attempt's cwd and environment (so the processes the call starts carry the attempt's
 tags), loads the function (cached by digest) and the arguments, runs the call, and writes its
-outcome (`pycall.returned` or `pycall.raised`) to the value file: a temp name, fsynced,
-renamed. Then it puts back its fds, cwd, environment and `sys.stdout`/`sys.stderr`, kills what
+outcome (`pycall.returned` or `pycall.raised`) to the value file: a temp name, renamed (the
+node makes it durable where it keeps it). Then it puts back its fds, cwd, environment and `sys.stdout`/`sys.stderr`, kills what
 the call left in its process group, and replies with the outcome, the call's CPU time and peak
 memory, and whether it exits now.
 
@@ -387,14 +387,14 @@ def _restore_env(saved: dict[bytes, bytes]) -> None:
 
 
 def _write_value(path: str, outcome: bytes) -> bool:
-    """Write the outcome as the value file: a temp name, fsynced, renamed. False if it could
-    not be (the attempt's dir is gone, the disk is full)."""
+    """Write the outcome as the value file: a temp name, renamed, so that it is whole or absent.
+    Not fsynced: it is made durable where it is kept, in the RESULT record or the blob store.
+    False if it could not be (the attempt's dir is gone, the disk is full)."""
     temp = f"{path}.tmp"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
             write_all(fd, outcome)
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)

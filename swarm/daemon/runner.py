@@ -3,7 +3,9 @@ attempt from its process to its record.
 
 Theory of operation
 -------------------
-A Start takes a run dir and spawns the process at once (executor.py); when the core asks, the
+A Start takes a run dir and spawns the process at once (executor.py), or, for a Python call,
+hands the call to a warm worker (workers.py) once its input blobs are held here (fetched from the
+nodes that hold them, or written out of the spec when they travel inline); when the core asks, the
 attempt's claim is written meanwhile, and the attempt's result is written only after it. When
 the process is gone the core hears of it (its CPUs, memory and GPUs are free for the next task),
 then the attempt's files go into the blob store (outputs.py) and its RESULT (with a REPLICA) is
@@ -17,25 +19,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from swarm.core.attempts import closing_result
 from swarm.core.effects import Start, Stop, Time
-from swarm.core.ledger import Body, Ledger, Outcome, ReplicaRecord, Version
+from swarm.core.ledger import Body, Ledger, Outcome, ReplicaRecord, TaskView, Version
 from swarm.core.node import NodeCore
 from swarm.core.spec import TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.executor import AnyAttempt, Attempt, Finished, Launch
-from swarm.daemon.outputs import OutputStore, result_record
+from swarm.daemon.outputs import OutputStore, inline_value, result_record
 from swarm.daemon.rundirs import RunDirs
+from swarm.daemon.store import BlobStore
+from swarm.daemon.transfer import ResultTransfer
+from swarm.daemon.workers import CallBlobs, WorkerPool
 from swarm.errors import StorageFullError, SwarmError
 from swarm.statedir import StateDir
 
 log = logging.getLogger("swarm.daemon.runner")
+
+INPUT_FETCH_S = 10.0  # how long a call's inputs are looked for before its attempt gives up
+INPUT_FETCH_RETRY_S = 0.5
 
 
 class Host(Protocol):
@@ -46,6 +57,8 @@ class Host(Protocol):
     core: NodeCore
     state: StateDir
     config: NodeConfig
+    store: BlobStore
+    transfer: ResultTransfer
 
     @property
     def stopping(self) -> bool: ...
@@ -70,6 +83,19 @@ class AttemptRunner:
         self.own_rss_kb = own_rss_kb
         self.attempts: dict[str, AnyAttempt] = {}  # running, or being recorded
         self._tg: asyncio.TaskGroup | None = None
+        self._pool: WorkerPool | None = None  # made at the first Python call
+
+    @property
+    def pool(self) -> WorkerPool:
+        if self._pool is None:
+            cpus = max(1, math.ceil(self.node.core.capacity.cpus))
+            self._pool = WorkerPool(self.base_env, self.node.node_id, idle_max=cpus)
+        return self._pool
+
+    async def close(self) -> None:
+        """The node stops: its warm workers end (after the attempts were interrupted)."""
+        if self._pool is not None:
+            await self._pool.close()
 
     def serve(self, tg: asyncio.TaskGroup) -> None:
         """Attempts run in the node's task group from now on."""
@@ -103,7 +129,11 @@ class AttemptRunner:
             gpu_ids=start.gpu_ids,
         )
         try:
-            attempt = Attempt(launch, self.base_env, self.own_rss_kb())
+            attempt: AnyAttempt
+            if spec.call is not None:
+                attempt = self.pool.attempt(launch, partial(self._call_inputs, view, launch))
+            else:
+                attempt = Attempt(launch, self.base_env, self.own_rss_kb())
         except OSError as exc:  # the attempt's files could not be made
             why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
             node.core.start_failed(node.now(), start.task_id, why)
@@ -112,6 +142,37 @@ class AttemptRunner:
         self.attempts[start.task_id] = attempt
         claimed = self._tg.create_task(self._write_claim(start)) if start.write_claim else None
         self._tg.create_task(self._follow(attempt, launch, claimed))
+
+    async def _call_inputs(self, view: TaskView, launch: Launch) -> CallBlobs | str:
+        """A Python call's function and arguments, held here: fetched from the nodes that said
+        they hold them (and the node that submitted the call). The arguments may travel in the
+        spec instead (the worker takes them from there). A reason, when a blob could not be had."""
+        call = launch.spec.call
+        assert call is not None
+        node = self.node
+        paths: dict[str, Path] = {}
+        for what, digest in (("function", call.fn), ("arguments", call.args)):
+            if not digest:
+                continue
+            if not await self._fetch_input(view, digest):
+                return f"its {what} (blob {digest[:12]}) could not be had from any holder"
+            paths[what] = node.store.path(digest)
+        return CallBlobs(fn=paths["function"], args=paths.get("arguments"))
+
+    async def _fetch_input(self, view: TaskView, digest: str) -> bool:
+        """One input blob held here: tried on its holders (a suspect one too) for a while, since
+        a call claimed just after it was submitted may come before the holders' copies, and a
+        call that cannot start costs its task an interruption."""
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + INPUT_FETCH_S
+        while True:
+            holders = node.ledger.holders.get(digest, set()) | {view.submitted[1]}
+            holders.discard(node.node_id)
+            if await node.transfer.fetch_blob(digest, sorted(holders), suspects=True):
+                return True
+            if node.stopping or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(INPUT_FETCH_RETRY_S)
 
     def stop(self, stop: Stop) -> None:
         """Carry out a Stop: the attempt ends (after SIGTERM and the kill grace, if asked)."""
@@ -214,7 +275,10 @@ class AttemptRunner:
         reason = finished.reason
         if finished.discarded:
             node.tell(node.core.storage_full, str(node.state.root), reason)
-        while digest is None and not finished.discarded:  # discarded: a full disk, no files
+        value = b""
+        if launch.spec.call is not None and not finished.discarded:
+            value = await asyncio.to_thread(inline_value, finished)  # then no blob is stored
+        while digest is None and not value and not finished.discarded:  # discarded: no files
             try:
                 digest, new_manifest = await self.outputs.put(finished, stored)
             except StorageFullError as exc:
@@ -229,7 +293,7 @@ class AttemptRunner:
                 reason = f"cannot store its outputs: {exc}"
                 break
         capacity = node.core.capacity
-        bodies: list[Body] = [result_record(launch, finished, digest, reason, capacity)]
+        bodies: list[Body] = [result_record(launch, finished, digest, reason, capacity, value)]
         if digest is not None and (
             new_manifest or node.node_id not in node.ledger.holders.get(digest, ())
         ):

@@ -82,13 +82,17 @@ class ResultTransfer:
                 if last:
                     return
 
-    async def fetch_blob(self, digest: str, holders: list[str]) -> bool:
-        """Copy a blob here from one of `holders`, verified; True if it is held here now."""
+    async def fetch_blob(self, digest: str, holders: list[str], suspects: bool = False) -> bool:
+        """Copy a blob here from one of `holders`, verified; True if it is held here now.
+        Holders not alive are skipped (`suspects`: only those dead or gone)."""
         if self.store.has(digest):
             return True
+        reachable = {gossip.MemberState.ALIVE}
+        if suspects:
+            reachable.add(gossip.MemberState.SUSPECT)
         for node in holders:
             member = self.member(node)
-            if member is None or member.state is not gossip.MemberState.ALIVE:
+            if member is None or member.state not in reachable:
                 continue
             if node != self.node_id and await self._fetch_from(member, digest):
                 return True
@@ -147,8 +151,20 @@ class ResultTransfer:
 
 def result_attempt(view: TaskView) -> Attempt | None:
     """The attempt whose result a user fetches: the task's credited one, else its latest with a
-    result (a failed task's output tells why it failed)."""
+    result (a failed task's output tells why it failed). None if that result has no blobs (a
+    Python call's outcome in its record: there is nothing to copy)."""
     attempt = view.ok_attempt() or next(
         (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
     )
     return None if attempt is None or attempt.result.digest is None else attempt
+
+
+def outcome_attempt(view: TaskView) -> Attempt | None:
+    """The attempt that says how a task ended: its credited one, else its latest with a result
+    (blobs, or a call's outcome in its record), else its latest (None if it never ran)."""
+    ordered = view.ordered_attempts()
+    return (
+        view.ok_attempt()
+        or next((a for a in reversed(ordered) if a.result.digest or a.result.value), None)
+        or (ordered[-1] if ordered else None)
+    )
