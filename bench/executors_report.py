@@ -118,9 +118,7 @@ def cold_table(res: Results, families: list[str], labels: dict[str, str]) -> Tab
 
 
 def memory_table(res: Results, families: list[str], labels: dict[str, str]) -> Table:
-    grid = table(
-        "peak memory of the whole tree: summed RSS, sampled every 50 ms", ["MB", "min–max"]
-    )
+    grid = table("peak memory: summed RSS of the tree, every 50 ms", ["MB", "min–max"])
     for family in families:
         if family in res.unavailable:
             grid.add_row(labels[family], "not available", "")
