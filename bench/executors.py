@@ -346,7 +346,9 @@ class Bench:
         finally:
             left = sweep_orphans(self.servers)
             if left:
-                say(f"  (stopped what the run left behind: {', '.join(left)})")
+                say(
+                    f"  ({FAMILY_LABELS[family]} left processes behind; stopped: {', '.join(left)})"
+                )
             shutil.rmtree(scratch, ignore_errors=True)
 
     def throughput(self, variant: Variant, run: int) -> None:
