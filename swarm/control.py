@@ -89,8 +89,9 @@ class SubmitRequest(TypedDict):
 
     op: Literal["submit"]
     job: JobName
-    # Tasks of the submission already in the ledger and failed are queued again (a script that
-    # calls the same functions again re-runs those that raised, and reuses the rest).
+    # Tasks of the submission already in the ledger that failed or were cancelled are queued
+    # again (a script that makes the same calls again re-runs those that raised or that a cancel
+    # stopped, and reuses the rest).
     rerun_failed: NotRequired[
         Annotated[
             bool | None, Want(_or_null(lambda v: isinstance(v, bool)), "true or false, or null")

@@ -363,6 +363,7 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
             st.integers(0, 3),
             st.integers(0, 3),
             st.integers(0, 3),
+            st.integers(0, 6),  # a revival, against the cancels' stamps
         ),
     )
     for _ in range(draw(st.integers(0, 25))):
@@ -491,6 +492,26 @@ def test_cancelling_a_job_leaves_its_failed_tasks_failed_and_retryable() -> None
     assert ledger.tasks["t2"].state is State.CANCELLED
     a(RetryRecord("t1", failures=2, interruptions=0))
     assert ledger.tasks["t1"].state is State.CANCELLED  # re-queued into a cancelled job: no run
+
+
+def test_a_revival_lifts_the_cancels_before_it_and_a_later_cancel_wins_again() -> None:
+    ledger, a, b = fresh()  # t1 submitted at stamp 10
+    a(TaskRecord("t2", "job", "two", SPEC, stamp=11))
+    a(CancelRecord("job", "t1", stamp=20))
+    a(CancelRecord("job", None, stamp=21))
+    assert ledger.tasks["t1"].state is State.CANCELLED
+    b(RetryRecord("t1", 0, 0, 0, revived=30))  # a script run again
+    assert ledger.tasks["t1"].state is State.PENDING
+    assert ledger.tasks["t2"].state is State.CANCELLED  # not revived: still in the job cancel
+    a(CancelRecord("job", "t1", stamp=40))
+    assert ledger.tasks["t1"].state is State.CANCELLED
+
+
+def test_a_revival_encodes_after_the_evictions_and_round_trips() -> None:
+    revive = RetryRecord("t1", 1, 2, 0, revived=99)
+    assert body_to_plain(revive) == [Kind.RETRY, "t1", 1, 2, 0, 99]
+    assert body_from_plain(body_to_plain(revive)) == revive
+    assert stamp_of(revive) == 99 and stamp_of(RetryRecord("t1", 1, 2)) is None
 
 
 def test_a_job_cancel_does_not_reach_tasks_added_after_it() -> None:

@@ -145,6 +145,10 @@ def run_pool(
 
 
 def outcome_of(finished: Finished) -> tuple[bool, Any]:
+    """The call's outcome: in the reply when small and it printed nothing, else its file."""
+    if finished.inline_value:
+        assert pycall.VALUE_FILE not in finished.outputs
+        return pycall.read_outcome(finished.inline_value)
     return pycall.read_outcome(finished.outputs[pycall.VALUE_FILE].read_bytes())
 
 
@@ -304,12 +308,25 @@ def sleep_with_child(seconds: float) -> None:
 
 def test_a_call_returns_its_value_in_the_value_file(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
-        finished = await h.run(double, 21)
+        finished = await h.run(double, "x" * 5000)  # too big to come in the reply
         assert (finished.outcome, finished.exit_code, finished.reason) == (Outcome.OK, 0, "")
-        assert value_of(finished) == 42
-        assert finished.outputs_movable
+        assert value_of(finished) == "x" * 10000
+        assert finished.outputs_movable and not finished.inline_value
         assert finished.outputs[pycall.VALUE_FILE].parent == finished.stdout.parent
         assert finished.max_rss_kb > 1024  # a Python process's peak, from the worker
+
+    run_pool(tmp_path, body)
+
+
+def test_a_small_outcome_of_a_silent_call_comes_in_the_reply_with_no_file(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        quiet = await h.run(double, 21)
+        assert value_of(quiet) == 42 and quiet.inline_value and quiet.outputs == {}
+        assert not (quiet.stdout.parent / pycall.VALUE_FILE).exists()
+        talkative = await h.run(chatty, "hi")  # it printed: its outcome goes with its files
+        assert not talkative.inline_value and pycall.VALUE_FILE in talkative.outputs
 
     run_pool(tmp_path, body)
 

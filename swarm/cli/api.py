@@ -478,7 +478,10 @@ class _Backend:
     async def _settle_task(self, ended: EndedTask) -> None:
         task = ended["task_id"]
         try:
-            value = await asyncio.to_thread(_outcome_of, self.store, ended)
+            if ended["inline"] or ended["value"] is None:  # no file to read: not worth a thread
+                value = _outcome_of(self.store, ended)
+            else:
+                value = await asyncio.to_thread(_outcome_of, self.store, ended)
         except BaseException as exc:
             self._resolve(task, error=exc)
             return

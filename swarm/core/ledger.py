@@ -147,12 +147,14 @@ class CancelRecord:
 @dataclass(frozen=True, slots=True)
 class RetryRecord:
     """Re-queue a failed task: failures, interruptions and evictions up to these counts are
-    forgiven."""
+    forgiven. `revived`, when set (an HLC stamp), also lifts the cancels of the task (and of its
+    job) stamped before it: a script run again runs the calls that a cancel stopped."""
 
     task_id: str
     failures: int
     interruptions: int
     evictions: int = 0
+    revived: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,8 @@ def stamp_of(body: Body) -> int | None:
     """The HLC stamp a record carries, if its kind has one."""
     if isinstance(body, TaskRecord | ClaimRecord | CancelRecord | DrainRecord):
         return body.stamp
+    if isinstance(body, RetryRecord) and body.revived:
+        return body.revived
     return None
 
 
@@ -238,7 +242,11 @@ class TaskView:
     forgiven_failures: int = 0
     forgiven_interruptions: int = 0
     forgiven_evictions: int = 0
-    cancelled: bool = False
+    # A cancel of this task (the latest one's stamp), and a revival of it (the latest RETRY
+    # that revives it): the later of the two says whether it is cancelled. A script run again
+    # revives the calls a cancel stopped; a cancel after that cancels them again.
+    cancelled_at: int = -1
+    revived_at: int = -1
     lost: set[tuple[int, str]] = field(default_factory=set)  # attempts whose result is gone
     state: State | None = None  # cached derive_state(); None while the spec is unknown
 
@@ -346,7 +354,7 @@ def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     )
     if exhausted and view.active_claim() is None:
         return State.FAILED
-    if view.cancelled or job_cancelled:
+    if view.cancelled_at > view.revived_at or job_cancelled:
         return State.CANCELLED
     if view.active_claim() is not None:
         return State.RUNNING
@@ -435,6 +443,7 @@ class Ledger:
                 view.forgiven_failures = max(view.forgiven_failures, body.failures)
                 view.forgiven_interruptions = max(view.forgiven_interruptions, body.interruptions)
                 view.forgiven_evictions = max(view.forgiven_evictions, body.evictions)
+                view.revived_at = max(view.revived_at, body.revived)
                 return self._refresh(view)
         raise AssertionError(f"unknown record body {body!r}")
 
@@ -455,7 +464,7 @@ class Ledger:
     def _apply_cancel(self, body: CancelRecord) -> list[StateChanged]:
         if body.task_id is not None:
             view = self._view(body.task_id)
-            view.cancelled = True
+            view.cancelled_at = max(view.cancelled_at, body.stamp)
             return self._refresh(view)
         if body.stamp <= self.cancelled_jobs.get(body.job, -1):
             return []
@@ -473,7 +482,8 @@ class Ledger:
 
     def _refresh(self, view: TaskView) -> list[StateChanged]:
         old = view.state
-        job_cancelled = view.submitted[0] <= self.cancelled_jobs.get(view.job, -1)
+        job_cancel = self.cancelled_jobs.get(view.job, -1)
+        job_cancelled = view.submitted[0] <= job_cancel and job_cancel > view.revived_at
         new = derive_state(view, job_cancelled)
         if new == old:
             return []
@@ -518,7 +528,8 @@ class Ledger:
                     v.forgiven_failures,
                     v.forgiven_interruptions,
                     v.forgiven_evictions,
-                    v.cancelled,
+                    v.cancelled_at,
+                    v.revived_at,
                     tuple(sorted(v.lost)),
                 )
                 for v in self.tasks.values()
@@ -589,8 +600,15 @@ def body_to_plain(body: Body) -> list[Any]:
         case CancelRecord():
             return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
-            evictions = [body.evictions] if body.evictions else []  # as for `evicted` above
-            return [Kind.RETRY, body.task_id, body.failures, body.interruptions, *evictions]
+            # Only when set, as `evicted` above.
+            tail = (
+                [body.evictions, body.revived]
+                if body.revived
+                else [body.evictions]
+                if body.evictions
+                else []
+            )
+            return [Kind.RETRY, body.task_id, body.failures, body.interruptions, *tail]
         case DrainRecord():
             return [Kind.DRAIN, body.node, body.stamp, body.grace_s]
         case LostRecord():
@@ -639,7 +657,10 @@ def body_from_plain(raw: Any) -> Body:
             case Kind.CANCEL:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
-                return RetryRecord(_s(f[0]), _i(f[1]), _i(f[2]), _i(f[3]) if len(f) > 3 else 0)
+                evictions = _i(f[3]) if len(f) > 3 else 0
+                return RetryRecord(
+                    _s(f[0]), _i(f[1]), _i(f[2]), evictions, _i(f[4]) if len(f) > 4 else 0
+                )
             case Kind.LOST:
                 return LostRecord(_s(f[0]), _i(f[1]), _s(f[2]))
             case Kind.DRAIN:

@@ -81,14 +81,19 @@ def retries(ledger: Ledger, job: str) -> list[RetryRecord]:
     return reruns(ledger, (v.task_id for v in ledger.job_tasks(job)))
 
 
-def reruns(ledger: Ledger, task_ids: Iterable[str]) -> list[RetryRecord]:
-    """A RETRY record for each of these tasks that failed (its counts so far are forgiven)."""
+def reruns(ledger: Ledger, task_ids: Iterable[str], revive_at: int = 0) -> list[RetryRecord]:
+    """A RETRY record for each of these tasks that failed (its counts so far are forgiven) and,
+    given a stamp to `revive_at`, for each that was cancelled (its cancels are lifted)."""
     records = []
     for task in task_ids:
         v = ledger.tasks.get(task)
-        if v is not None and v.state is State.FAILED:
-            failures = v.count(Outcome.FAILED, Outcome.TIMEOUT)
-            records.append(RetryRecord(task, failures, v.interruptions(), v.evictions()))
+        if v is None or v.state not in (State.FAILED, State.CANCELLED):
+            continue
+        if v.state is State.CANCELLED and not revive_at:
+            continue
+        failures = v.count(Outcome.FAILED, Outcome.TIMEOUT)
+        revived = revive_at if v.state is State.CANCELLED else 0
+        records.append(RetryRecord(task, failures, v.interruptions(), v.evictions(), revived))
     return records
 
 

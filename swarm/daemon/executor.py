@@ -82,6 +82,8 @@ class Finished:
     evicted: bool = False  # stopped by its node to free memory
     # Its files were thrown away to give a full disk its space back: record it with no result.
     discarded: bool = False
+    # A Python call's small outcome, for its RESULT record (then it has no files to store).
+    inline_value: bytes = b""
 
 
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:

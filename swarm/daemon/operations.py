@@ -78,14 +78,14 @@ class Operations:
         self, job: str, tasks: list[CheckedTask], rerun_failed: bool = False
     ) -> int:
         """Add a submission's tasks in one commit (requests.submission); how many were new.
-        `rerun_failed`: those already in the ledger that failed are queued again with them."""
+        `rerun_failed`: those already in the ledger that failed or were cancelled are queued
+        again with them."""
         node = self.node
-        records: list[Body] = list(
-            requests.submission(node.ledger, job, tasks, node.core.clock.now(node.now().wall_ms))
-        )
+        stamp = node.core.clock.now(node.now().wall_ms)
+        records: list[Body] = list(requests.submission(node.ledger, job, tasks, stamp))
         added = len(records)
         if rerun_failed:
-            records.extend(requests.reruns(node.ledger, (t.task_id for t in tasks)))
+            records.extend(requests.reruns(node.ledger, (t.task_id for t in tasks), stamp))
         if records:
             await node.append(records)
         return added

@@ -17,7 +17,8 @@ its digest kept: such a task costs two stats and no thread. Everything else touc
 files and so runs in a thread, never on the event loop.
 
 A Python call that printed nothing and returned (or raised) something small is the exception:
-its outcome goes in its RESULT record itself (`inline_value`), and it stores no blob at all.
+its worker hands its outcome over in its reply (`Finished.inline_value`), which goes in its
+RESULT record itself, and it stores no blob at all.
 
 `result_record` turns what the executor reported into the RESULT record; what to do when it
 cannot be written (wait, or hand the task back) is the node's decision.
@@ -33,11 +34,6 @@ from swarm.core.manifest import manifest_bytes
 from swarm.core.spec import Resources
 from swarm.daemon.executor import Finished, Launch
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
-from swarm.pycall import VALUE_FILE
-
-# A Python call's outcome up to this size goes in its RESULT record (ledger.ResultRecord.value),
-# not in blobs: most values are a few numbers, and a blob costs two fsyncs and copies to peers.
-INLINE_VALUE_BYTES_MAX = 2048
 
 
 class OutputStore:
@@ -72,18 +68,6 @@ class OutputStore:
                 stored[key] = EMPTY_DIGEST if empty else self.store.put_file(path, move=movable)[0]
         files = {rel: stored[f"file:{rel}"] for rel in finished.outputs}
         return self.store.put_bytes(manifest_bytes(stored["stdout"], stored["stderr"], files))
-
-
-def inline_value(finished: Finished) -> bytes:
-    """A Python call's outcome, when it can travel in its RESULT record (pycall.VALUE_FILE is
-    all it left, and small); else b"". Blocking: it reads the files' sizes and the value."""
-    if set(finished.outputs) != {VALUE_FILE} or _size(finished.stdout) or _size(finished.stderr):
-        return b""
-    path = finished.outputs[VALUE_FILE]
-    if _size(path) > INLINE_VALUE_BYTES_MAX:
-        return b""
-    with open(path, "rb") as value:
-        return value.read(INLINE_VALUE_BYTES_MAX + 1)[: INLINE_VALUE_BYTES_MAX + 1]
 
 
 def result_record(

@@ -148,6 +148,9 @@ class Reply:
     cpu_s: float  # user + system seconds of the call and the children it reaped
     max_rss_kb: int  # peak resident memory during the call
     recycle: bool  # the worker exits now
+    # The outcome itself, when it is small and the call printed nothing (then no value file
+    # was written): it goes in the RESULT record (pycall.INLINE_OUTCOME_BYTES_MAX).
+    inline: bytes = b""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -157,6 +160,7 @@ class Reply:
             "cpu_s": self.cpu_s,
             "max_rss_kb": self.max_rss_kb,
             "recycle": self.recycle,
+            "inline": self.inline,
         }
 
     @staticmethod
@@ -171,7 +175,14 @@ class Reply:
             float(raw["cpu_s"]),
             int(raw["max_rss_kb"]),
             bool(raw["recycle"]),
+            _inline_of(raw.get("inline", b"")),
         )
+
+
+def _inline_of(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > pycall.INLINE_OUTCOME_BYTES_MAX:
+        raise ValueError("an inline outcome must be bytes, and small")
+    return value
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -249,7 +260,10 @@ class Worker:
         except Exception as exc:  # its files, cwd or environment could not be entered
             failure = _cannot_enter(call, exc)
             kind, reason, outcome = RAISED, _summary(failure), pycall.raised(failure)
-        value_written = _write_value(call.value, outcome)
+        inline = b""
+        if len(outcome) <= pycall.INLINE_OUTCOME_BYTES_MAX and _empty(call.stdout, call.stderr):
+            inline = outcome  # in the reply, for the RESULT record: no file at all
+        value_written = not inline and _write_value(call.value, outcome)
         self.last_pid = _kill_leftovers(self.last_pid)
         after_self = resource.getrusage(resource.RUSAGE_SELF)
         after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -258,10 +272,10 @@ class Worker:
         max_rss_kb = _peak_rss_kb() if self.peak_resettable else after_self.ru_maxrss
         if after_children.ru_maxrss > before_children.ru_maxrss:  # a child of this call's peak
             max_rss_kb = max(max_rss_kb, after_children.ru_maxrss)
-        if not value_written and kind == RETURNED:
+        if not (value_written or inline) and kind == RETURNED:
             kind, reason = RAISED, f"cannot write its value to {call.value}"
         recycle = self.calls >= self.hello.calls_max or _rss_bytes() > self.hello.rss_max_bytes
-        return Reply(kind, reason, value_written, max(cpu_s, 0.0), max_rss_kb, recycle)
+        return Reply(kind, reason, value_written, max(cpu_s, 0.0), max_rss_kb, recycle, inline)
 
     def _outcome(self, call: Call) -> tuple[str, str, bytes]:
         """(kind, one-line reason, the outcome's bytes) of running the call."""
@@ -384,6 +398,14 @@ def _restore_env(saved: dict[bytes, bytes]) -> None:
     for key, value in saved.items():
         if env.get(key) != value:
             env[key] = value
+
+
+def _empty(*paths: str) -> bool:
+    """Whether these files (the call's stdout and stderr) are empty."""
+    try:
+        return not any(os.stat(path).st_size for path in paths)
+    except OSError:
+        return False
 
 
 def _write_value(path: str, outcome: bytes) -> bool:

@@ -35,7 +35,7 @@ from swarm.core.storage import STORAGE_RETRY_S
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.executor import AnyAttempt, Attempt, Finished, Launch
-from swarm.daemon.outputs import OutputStore, inline_value, result_record
+from swarm.daemon.outputs import OutputStore, result_record
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.store import BlobStore
 from swarm.daemon.transfer import ResultTransfer
@@ -275,9 +275,7 @@ class AttemptRunner:
         reason = finished.reason
         if finished.discarded:
             node.tell(node.core.storage_full, str(node.state.root), reason)
-        value = b""
-        if launch.spec.call is not None and not finished.discarded:
-            value = await asyncio.to_thread(inline_value, finished)  # then no blob is stored
+        value = finished.inline_value  # a call's small outcome: then no blob is stored
         while digest is None and not value and not finished.discarded:  # discarded: no files
             try:
                 digest, new_manifest = await self.outputs.put(finished, stored)

@@ -466,7 +466,8 @@ class PyAttempt:
         wall_s = time.monotonic() - self._t0
         outputs = {}
         # As a command's outputs: kept unless the call was interrupted (it runs again).
-        if reply is not None and reply.value_written and outcome is not Outcome.INTERRUPTED:
+        kept = reply is not None and outcome is not Outcome.INTERRUPTED
+        if kept and reply is not None and reply.value_written:
             outputs[VALUE_FILE] = self.value
         return Finished(
             outcome=outcome,
@@ -482,6 +483,7 @@ class PyAttempt:
             outputs_movable=True,
             reason=reason,
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
+            inline_value=reply.inline if kept and reply is not None else b"",
         )
 
 

@@ -348,3 +348,38 @@ def test_options_carry_a_calls_needs_and_a_timeout_loses_it_for_a_swarm_reason(
     rows = {r["command"]: r for r in export_rows(cli) if r["job"] == "options"}
     assert rows["python: builtins.pow"]["cpus"] == "2"
     assert rows["python: time.sleep"]["state"] == "failed"
+
+
+def test_a_map_that_raised_and_cancelled_the_rest_runs_whole_when_the_script_runs_again(
+    tmp_path: Path,
+) -> None:
+    """Executor.map cancels the calls after one that raises; run again, the script reruns the
+    one that raised and the cancelled ones, and reuses the rest."""
+    flag = tmp_path / "failed-once"
+    path = script(
+        tmp_path / "flaky.py",
+        f"""
+        import json, time
+        from pathlib import Path
+        from swarm import SwarmExecutor
+
+        def flaky(x):
+            if x == 0 and not Path({str(flag)!r}).exists():
+                Path({str(flag)!r}).write_text("")
+                raise RuntimeError("once")
+            time.sleep(0.2)
+            return x
+
+        with SwarmExecutor(job="flaky") as ex:
+            try:
+                print(json.dumps(list(ex.map(flaky, range(8)))))
+            except RuntimeError as exc:
+                print(json.dumps(str(exc)))
+        """,
+    )
+    home = tmp_path / "home"
+    assert last_json(run_script(path, home)) == "once"
+    cli = Cli(home=home, cwd=tmp_path)
+    assert cli.job("flaky")["cancelled"] >= 1  # the calls map cancelled
+    assert last_json(run_script(path, home)) == list(range(8))
+    assert cli.job("flaky")["done"] == 8
