@@ -201,6 +201,17 @@ def report(
             out.print(f"  {line}")
     out.print(
         "÷ columns: per run (paired), then the median (and min–max); higher is better for swarm."
+        "\n  Ray has no chunksize: at chunksize 100, ÷ Ray sets swarm's chunks against its one"
+        " task per call."
+    )
+    out.print(
+        "cold start: spawn → result is timed from the parent, 'inside' from the child's first"
+        " line;\n  'whole process' runs to its exit (shutdown included). Redis and the swarm"
+        " daemon were already up."
+    )
+    out.print(
+        "memory: summed RSS counts a page shared by processes once per process (forked"
+        " workers, libraries)."
     )
     out.print(
         "swarm (embedded) is the node SwarmExecutor starts in its own process, with the node's"
