@@ -29,6 +29,7 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -97,6 +98,17 @@ def ray_session(args: argparse.Namespace) -> Iterator[Session]:
         ray.shutdown()
 
 
+def watch_worker(worker: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+    """A Celery worker that dies leaves its calls queued and `get` waiting for its whole
+    timeout: end this run at once instead, with the worker's exit in the log."""
+    code = worker.wait()
+    if not stopping.is_set():
+        print(
+            f"the Celery worker exited ({code}) before the run ended", file=sys.stderr, flush=True
+        )
+        os._exit(3)
+
+
 @contextlib.contextmanager
 def celery_session(args: argparse.Namespace) -> Iterator[Session]:
     import bench_celery  # the app the bench wrote; it reads BENCH_REDIS_URL
@@ -109,6 +121,8 @@ def celery_session(args: argparse.Namespace) -> Iterator[Session]:
          "-P", "prefork", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
          "--without-heartbeat", "-n", f"bench{os.getpid()}@localhost"],
     )  # fmt: skip
+    stopping = threading.Event()
+    threading.Thread(target=watch_worker, args=(worker, stopping), daemon=True).start()
     try:
 
         def run(xs: list[int], chunksize: int) -> list[int]:
@@ -117,6 +131,7 @@ def celery_session(args: argparse.Namespace) -> Iterator[Session]:
 
         yield run
     finally:
+        stopping.set()
         worker.send_signal(signal.SIGTERM)  # a warm shutdown: its pool processes end with it
         try:
             worker.wait(timeout=CELERY_STOP_S)
