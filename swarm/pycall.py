@@ -25,10 +25,6 @@ from types import ModuleType
 from typing import Any
 
 VALUE_FILE = "value.pickle"  # the result file of a Python call: its outcome
-# A call that printed nothing and whose outcome is at most this big has it carried in its RESULT
-# record (ledger.ResultRecord.value), not in blobs: most values are a few numbers, and a blob
-# costs a file, two fsyncs and copies to peers.
-INLINE_OUTCOME_BYTES_MAX = 2048
 PICKLE_PROTOCOL = 5
 _RETURNED = "returned"
 _RAISED = "raised"
