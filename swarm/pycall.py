@@ -25,10 +25,6 @@ from types import ModuleType
 from typing import Any
 
 VALUE_FILE = "value.pickle"  # the result file of a Python call: its outcome
-# A call that printed nothing and whose outcome is at most this big has it carried in its RESULT
-# record (ledger.ResultRecord.value), not in blobs: most values are a few numbers, and a blob
-# costs a file, two fsyncs and copies to peers.
-INLINE_OUTCOME_BYTES_MAX = 2048
 PICKLE_PROTOCOL = 5
 _RETURNED = "returned"
 _RAISED = "raised"
@@ -53,11 +49,26 @@ def dumps_call(fn: Any) -> bytes:
     module, since the nodes do not have that file."""
     import cloudpickle  # imported on use: reading outcomes does not need it
 
-    module = sys.modules.get(getattr(fn.fn if isinstance(fn, Chunk) else fn, "__module__", ""))
-    if module is not None and users_own(module):
-        cloudpickle.register_pickle_by_value(module)
+    _send_users_modules_by_value(cloudpickle)
     data: bytes = cloudpickle.dumps(fn, protocol=PICKLE_PROTOCOL)
     return data
+
+
+_looked_at: set[str] = set()  # modules already judged (users_own)
+
+
+def _send_users_modules_by_value(cloudpickle: ModuleType) -> None:
+    """Every module of the user's own that is imported goes by value: the function called, and
+    the helpers it calls (a function of `__main__` that calls one of a file beside the script).
+    Each module is judged once; the look is redone only when modules were imported since."""
+    if len(_looked_at) >= len(sys.modules):
+        return
+    for name, module in list(sys.modules.items()):
+        if name in _looked_at:
+            continue
+        _looked_at.add(name)
+        if isinstance(module, ModuleType) and users_own(module):
+            cloudpickle.register_pickle_by_value(module)
 
 
 def users_own(module: ModuleType) -> bool:
@@ -75,6 +86,8 @@ def users_own(module: ModuleType) -> bool:
         roots.add(Path(sys.argv[0]).resolve().parent)
     pythons = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     if any(where.is_relative_to(p) for p in pythons):
+        return False
+    if {"site-packages", "dist-packages"} & set(where.parts):  # installed: `pip install --user`
         return False
     return any(where.is_relative_to(root) for root in roots)
 

@@ -100,7 +100,7 @@ class FakeNode:
     def unwatch(self, watch: Watch) -> None:
         self.calls.append(("unwatch",))
 
-    async def ended(self, task: str) -> control.EndedTask:
+    async def ended(self, task: str) -> control.EndedTask | None:
         return {
             "task_id": task, "state": "done", "outcome": "ok", "reason": "", "node": NODE_ID,
             "exit_code": 0, "evicted": False, "value": None, "inline": b"",

@@ -734,7 +734,7 @@ def test_processes_a_call_leaves_behind_are_killed(tmp_path: Path, pids_to_kill:
 def test_the_worker_imports_little() -> None:
     # Its start-up is on the path of every worker's first call: no event loop, no daemon, no
     # rich or cryptography (swarm/__init__.py must not import them eagerly either).
-    heavy = ("asyncio", "rich", "cryptography", "aiosqlite", "swarm.daemon.node", "swarm.api")
+    heavy = ("asyncio", "rich", "cryptography", "aiosqlite", "swarm.daemon.node", "swarm.cli.api")
     code = (
         "import sys, swarm.daemon.pyworker, cloudpickle; "
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"

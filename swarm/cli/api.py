@@ -58,7 +58,7 @@ from swarm.core.units import parse_size
 from swarm.daemon.store import BlobStore
 from swarm.errors import SwarmError, UserError
 
-WATCH_WAIT_MS = 1_000  # a watch's long poll, while nothing new is queued
+WATCH_WAIT_MS = 50  # a watch's long poll, while nothing new is queued: calls queued meanwhile wait
 SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
 
@@ -296,6 +296,8 @@ def _run_inline(
     future.set_running_or_notify_cancel()
     try:
         future.set_result(fn(*args, **kwargs))
+    except KeyboardInterrupt:  # the user's, at the keyboard: it stops the script
+        raise
     except BaseException as exc:  # as a worker does: the call's exception is its outcome
         future.set_exception(exc)
     return future
@@ -337,6 +339,8 @@ class _Backend:
         with self._lock:
             if self.error is not None:
                 raise SwarmError(f"the executor's node stopped: {self.error}")
+            if self._closing:
+                raise RuntimeError("cannot schedule new calls after shutdown")
             self._queued.append((call, future))
         self._poke()
         return future
@@ -411,6 +415,7 @@ class _Backend:
         self._ready.set_result(None)
         try:
             while True:
+                self._wake.clear()  # before the look: what comes after it wakes the next one
                 with self._lock:
                     batch, self._queued = (
                         self._queued[:SUBMIT_BATCH_MAX],
@@ -419,19 +424,18 @@ class _Backend:
                     cancels, self._cancels = self._cancels, []
                     more = bool(self._queued)
                     closing = self._closing
+                    waiting = bool(self._futures)
                 for task in cancels:
                     await self._cancel(client, task)
                 added = await self._send(client, batch) if batch else []
-                if not self._futures and not more:
+                if not added and not waiting and not more:
                     if closing:
                         return
-                    self._wake.clear()
                     await self._wake.wait()
                     continue
-                wait_ms = 0 if more or cancels else WATCH_WAIT_MS
-                if self._wake.is_set():
-                    wait_ms = 0
-                self._wake.clear()
+                # A short poll while calls are queued or cancelled meanwhile; else a long one,
+                # which new calls wait behind for at most WATCH_WAIT_MS.
+                wait_ms = 0 if more or cancels or self._wake.is_set() else WATCH_WAIT_MS
                 reply = await client.watch(added, wait_ms)
                 for ended in reply["ended"]:
                     await self._settle_task(ended)
@@ -457,19 +461,26 @@ class _Backend:
             ]
             if tasks:
                 await client.submit(self.job, [tasks], rerun_failed=True)
-        except SwarmError as exc:
+        except SwarmError as exc:  # refused: these calls fail, the next may go
             for _, future in live:
                 _settle(future, error=exc)
             return []
+        except BaseException as exc:  # the connection broke: these calls fail, then the rest
+            lost = SwarmError(f"the executor lost its node: {type(exc).__name__}: {exc}")
+            for _, future in live:
+                _settle(future, error=lost)
+            raise
         new = []
-        for call, future in live:
-            if call.task_id not in self._futures:
-                new.append(call.task_id)
-            self._futures.setdefault(call.task_id, []).append(future)
+        with self._lock:
+            for call, future in live:
+                if call.task_id not in self._futures:
+                    new.append(call.task_id)
+                self._futures.setdefault(call.task_id, []).append(future)
         return new
 
     async def _cancel(self, client: Client, task: str) -> None:
-        futures = self._futures.get(task)
+        with self._lock:
+            futures = list(self._futures.get(task, ())) or None
         if futures is None or not all(f.cancelled() for f in futures):
             return  # not sent yet (it will not be), or another future still wants it
         with contextlib.suppress(SwarmError):
@@ -488,7 +499,9 @@ class _Backend:
         self._resolve(task, value=value)
 
     def _resolve(self, task: str, value: Any = None, error: BaseException | None = None) -> None:
-        for future in self._futures.pop(task, []):
+        with self._lock:
+            futures = self._futures.pop(task, [])
+        for future in futures:
             _settle(future, value, error)
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -572,7 +585,10 @@ def results(
     state = statedir.resolve(os.fspath(home) if home else None)
     if not state.exists():
         raise UserError(f"no swarm state in {state.root}")
-    fetch_results(state, job)
+    # On a thread of its own: it runs an event loop, and the caller may be inside one (Jupyter).
+    fetching = threading.Thread(target=fetch_results, args=(state, job), name="swarm-results")
+    fetching.start()
+    fetching.join()
     ledger = load_ledger(state).ledger
     views = [v for v in ledger.job_tasks(job) if v.spec is not None and v.spec.call is not None]
     if not views:

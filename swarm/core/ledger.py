@@ -650,7 +650,7 @@ def body_from_plain(raw: Any) -> Body:
                     reason=_s(f[12]),
                     proof=_b(f[13]),
                     evicted=len(f) > 14 and bool(f[14]),  # absent from records of before it
-                    value=_b(f[15]) if len(f) > 15 else b"",
+                    value=_value(f[15]) if len(f) > 15 else b"",
                 )
             case Kind.REPLICA:
                 return ReplicaRecord(_s(f[0]))
@@ -681,6 +681,14 @@ def _b(value: Any) -> bytes:
     if not isinstance(value, bytes):
         raise TypeError(f"expected bytes, got {type(value).__name__}")
     return value
+
+
+def _value(value: Any) -> bytes:
+    """A call's outcome in its RESULT: small, or the record is refused (every node keeps it)."""
+    data = _b(value)
+    if len(data) > specs.INLINE_OUTCOME_BYTES_MAX:
+        raise ValueError(f"an inline outcome of {len(data)} bytes is over the bound")
+    return data
 
 
 def _f(value: Any) -> float:

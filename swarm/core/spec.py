@@ -8,6 +8,7 @@ across machines and Python versions. Pure: no I/O.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -112,7 +113,13 @@ def _is_digest(value: Any) -> bool:
 
 
 def _is_base64(value: Any) -> bool:
-    return isinstance(value, str) and value != "" and _BASE64_RE.fullmatch(value) is not None
+    if not (isinstance(value, str) and value != "" and _BASE64_RE.fullmatch(value)):
+        return False
+    try:
+        base64.b64decode(value, validate=True)  # its padding too
+    except ValueError:
+        return False
+    return True
 
 
 _DIGEST_CHARS = frozenset("0123456789abcdef")
@@ -123,6 +130,10 @@ CALL_NAME_MAX = 512
 # announce and fetch); bigger ones are blobs. Base64 makes 4 characters of every 3 bytes.
 INLINE_ARGS_BYTES_MAX = 3 * 1024
 INLINE_ARGS_CHARS_MAX = 4 * INLINE_ARGS_BYTES_MAX // 3 + 4
+# A call that printed nothing and whose outcome is at most this big has it carried in its RESULT
+# record (ledger.ResultRecord.value), not in blobs: most values are a few numbers, and a blob
+# costs a file, two fsyncs and copies to peers. A peer's RESULT with a bigger one is refused.
+INLINE_OUTCOME_BYTES_MAX = 2048
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol
@@ -74,6 +75,9 @@ log = logging.getLogger("swarm.daemon.control_server")
 SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for a single stream
 BLOB_BYTES_MAX = 16 << 30  # one put blob (it goes to a file, not to memory)
 WATCH_ADD_MAX = 1_000_000  # tasks added to a watch by one request
+# Tasks in one watch reply: each carries at most a small outcome (spec.INLINE_OUTCOME_BYTES_MAX),
+# so a reply stays far below control.FRAME_BYTES_MAX.
+WATCH_REPLY_TASKS_MAX = 10_000
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 
 
@@ -114,7 +118,7 @@ class NodeControl(Protocol):
     async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]: ...
     def watch(self, watch: Watch, task_ids: list[str]) -> list[str]: ...
     def unwatch(self, watch: Watch) -> None: ...
-    async def ended(self, task_id: str) -> EndedTask: ...
+    async def ended(self, task_id: str) -> EndedTask | None: ...
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]: ...
     async def retry(self, job: str) -> int: ...
     async def fetch_results(self, job: str) -> dict[str, int]: ...
@@ -253,8 +257,15 @@ async def _watch(call: Call, request: WatchRequest) -> WatchReply:
     if len(add) > WATCH_ADD_MAX:
         raise UserError(f"more than {WATCH_ADD_MAX:,} tasks added to a watch at once")
     unknown = call.node.watch(watch, add)
-    await watch.wait(min(request.get("wait_ms") or 0, STATUS_WAIT_MS_MAX) / 1000)
-    ended = [await call.node.ended(task) for task in watch.take()]
+    wait_s = min(request.get("wait_ms") or 0, STATUS_WAIT_MS_MAX) / 1000
+    await watch.wait(wait_s, time.monotonic())
+    ended = []
+    for task in watch.take(time.monotonic(), WATCH_REPLY_TASKS_MAX):
+        row = await call.node.ended(task)
+        if row is None:  # it runs again, or its outcome is not here yet
+            watch.look_again(task, time.monotonic())
+        else:
+            ended.append(row)
     return {"ok": True, "ended": ended, "unknown": unknown}
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from swarm.control import EndedTask
 from swarm.core import requests, snapshot
-from swarm.core.ledger import Attempt, Body, ReplicaRecord
+from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State
 from swarm.core.manifest import parse_manifest
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
@@ -176,16 +176,21 @@ class Operations:
     def unwatch(self, watch: Watch) -> None:
         self.node.watches.close(watch)
 
-    async def ended(self, task_id: str) -> EndedTask:
+    async def ended(self, task_id: str) -> EndedTask | None:
         """How a watched task ended. A Python call's outcome is in its RESULT record, or in a
         blob that is made held here first (copied from the node that holds it), so that the
-        client can read it."""
+        client can read it. None if it is not to be told yet: it runs again, or its outcome
+        could not be had (look again later)."""
         view = self.node.ledger.tasks[task_id]
+        if view.state not in TERMINAL_STATES:
+            return None
         attempt = outcome_attempt(view)
         result = None if attempt is None else attempt.result
         value = None
         if attempt is not None and attempt.result.digest and view.spec and view.spec.call:
             value = await self._value_of(attempt)
+            if value is None and view.state is State.DONE:
+                return None
         return {
             "task_id": task_id,
             "state": str(view.state),

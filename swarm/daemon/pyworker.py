@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 
 from swarm import pycall
+from swarm.core.spec import INLINE_OUTCOME_BYTES_MAX
 
 LENGTH = struct.Struct(">I")  # the frame header of swarm/framing.py (which imports asyncio)
 FRAME_BYTES_MAX = 4 << 20  # a call's frame is paths and an environment: this is plenty
@@ -149,7 +150,7 @@ class Reply:
     max_rss_kb: int  # peak resident memory during the call
     recycle: bool  # the worker exits now
     # The outcome itself, when it is small and the call printed nothing (then no value file
-    # was written): it goes in the RESULT record (pycall.INLINE_OUTCOME_BYTES_MAX).
+    # was written): it goes in the RESULT record (spec.INLINE_OUTCOME_BYTES_MAX).
     inline: bytes = b""
 
     def to_wire(self) -> dict[str, Any]:
@@ -180,7 +181,7 @@ class Reply:
 
 
 def _inline_of(value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) > pycall.INLINE_OUTCOME_BYTES_MAX:
+    if not isinstance(value, bytes) or len(value) > INLINE_OUTCOME_BYTES_MAX:
         raise ValueError("an inline outcome must be bytes, and small")
     return value
 
@@ -261,7 +262,7 @@ class Worker:
             failure = _cannot_enter(call, exc)
             kind, reason, outcome = RAISED, _summary(failure), pycall.raised(failure)
         inline = b""
-        if len(outcome) <= pycall.INLINE_OUTCOME_BYTES_MAX and _empty(call.stdout, call.stderr):
+        if len(outcome) <= INLINE_OUTCOME_BYTES_MAX and _empty(call.stdout, call.stderr):
             inline = outcome  # in the reply, for the RESULT record: no file at all
         value_written = not inline and _write_value(call.value, outcome)
         self.last_pid = _kill_leftovers(self.last_pid)
@@ -434,12 +435,16 @@ def _summary(exc: BaseException) -> str:
     return pycall.Raised(type_name, _first_line(exc), "", b"").summary()
 
 
+REASON_CHARS_MAX = 1000  # of a reason's one line: the whole text is in the outcome
+
+
 def _first_line(exc: BaseException) -> str:
     try:
         text = str(exc)
     except Exception:  # a __str__ that raises
         return ""
-    return text.splitlines()[0] if text else ""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= REASON_CHARS_MAX else line[: REASON_CHARS_MAX - 1] + "…"
 
 
 def _cpu_s(usage: resource.struct_rusage) -> float:

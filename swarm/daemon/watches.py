@@ -6,7 +6,9 @@ A connection's `Watch` holds the tasks it watches and those of them that ended s
 reply. `Watches` indexes every open watch by task, and hears each state change the node applies
 (`changed`, fed with what `NodeCore.apply` returns), so a task that ends costs one dict lookup,
 however many tasks are watched. A task already ended when it is added goes straight to `ended`.
-A task is reported once: should it be retried and end again, nobody watches it any more.
+A task is reported once it has ended and its outcome can be had: one that runs again meanwhile
+(its result lost with its holders), or whose outcome could not be copied here yet, is looked at
+again a little later, as long as the connection lives.
 """
 
 from __future__ import annotations
@@ -17,29 +19,46 @@ from collections.abc import Iterable
 
 from swarm.core.ledger import TERMINAL_STATES, Ledger, StateChanged
 
+LOOK_AGAIN_S = 1.0
+
 
 class Watch:
     def __init__(self) -> None:
         self.ended: list[str] = []  # watched tasks that ended since the last reply
         self.closed = False
         self._event = asyncio.Event()
+        # Ended tasks not yet reported: ended again since (a lost result re-queued it), or whose
+        # outcome could not be had yet; looked at again after LOOK_AGAIN_S (task -> when).
+        self._later: dict[str, float] = {}
 
     def saw_end(self, task_id: str) -> None:
         self.ended.append(task_id)
         self._event.set()
 
-    async def wait(self, timeout_s: float) -> None:
-        """Return once a watched task has ended (at once if one has), or after `timeout_s`."""
+    def look_again(self, task_id: str, now: float) -> None:
+        self._later[task_id] = now + LOOK_AGAIN_S
+
+    async def wait(self, timeout_s: float, now: float) -> None:
+        """Return once a watched task has ended (at once if one has), or after `timeout_s`
+        (sooner when a task is due to be looked at again)."""
+        if self._later:
+            timeout_s = min(timeout_s, min(self._later.values()) - now)
         if self.ended or timeout_s <= 0:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._event.wait()
 
-    def take(self) -> list[str]:
-        ended, self.ended = self.ended, []
-        self._event.clear()
-        return ended
+    def take(self, now: float, count_max: int) -> list[str]:
+        """Up to `count_max` of the tasks to report now (the rest wait for the next reply)."""
+        due = [t for t, at in self._later.items() if at <= now]
+        for task in due:
+            del self._later[task]
+        ready = self.ended + due
+        taken, self.ended = ready[:count_max], ready[count_max:]
+        if not self.ended:
+            self._event.clear()
+        return taken
 
 
 class Watches:

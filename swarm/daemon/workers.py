@@ -120,11 +120,22 @@ class _Worker:
         return exited is None
 
     async def call(self, call: Call) -> Reply | None:
-        """Run one call; None if the worker died (or its channel broke) before it replied."""
+        """Run one call; None if the worker died (or its channel broke) before it replied. Its
+        exit is watched as well as its channel: a process the call forked holds the channel
+        open after the worker's death (the OOM killer's, say)."""
         try:
             self.writer.write(encode(call.to_wire()))
             await self.writer.drain()
-            body = await read_frame_body(self.reader, WORKER_REPLY_BYTES_MAX)
+            reading = asyncio.ensure_future(read_frame_body(self.reader, WORKER_REPLY_BYTES_MAX))
+            exited = asyncio.ensure_future(self.proc.wait())
+            try:
+                await asyncio.wait((reading, exited), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exited.cancel()
+            if not reading.done():  # it died with no reply: its channel may never close
+                reading.cancel()
+                return None
+            body = reading.result()
             if body is None:
                 return None
             return Reply.from_wire(_unpack_map(body))
@@ -385,6 +396,7 @@ class PyAttempt:
             return self._ended(self._stop_outcome or Outcome.INTERRUPTED, None, self._stop_reason)
         if isinstance(blobs, str):
             return self._ended(Outcome.INTERRUPTED, None, blobs)
+        call = self._call(blobs)  # before a worker is taken: nothing may fail between the two
         try:
             worker = await self.pool._checkout(self._env.get("CUDA_VISIBLE_DEVICES"))
         except (OSError, WorkerPoolClosed) as exc:
@@ -397,7 +409,7 @@ class PyAttempt:
         # Its strays were forked after now: only younger processes are read for them.
         since_pid = procs.last_pid()
         try:
-            reply = await worker.call(self._call(blobs))
+            reply = await worker.call(call)
         finally:
             self._worker = None  # the worker may run another attempt's call from now on
         finished = await self._close_call(worker, reply)

@@ -171,17 +171,21 @@ def test_a_call_that_cannot_be_loaded_names_the_node_its_python_and_the_module(
         from mine import thrice
         from swarm import SwarmExecutor
 
+        def via_main(x):
+            return thrice(x) + 1  # a helper beside the script, called from __main__
+
         with SwarmExecutor(job="lib") as ex:
+            helped = ex.submit(via_main, 4).result(timeout=60)  # first: nothing sent it before
             mine = ex.submit(thrice, 4).result(timeout=60)  # beside the script: sent by value
             try:
                 ex.submit(twice, 4).result(timeout=60)
             except ModuleNotFoundError as exc:
-                print(json.dumps([mine, str(exc)]))
+                print(json.dumps([helped, mine, str(exc)]))
         """,
     )
     (project / "mine.py").write_text("def thrice(x):\n    return 3 * x\n")
-    mine, text = last_json(run_script(path, cli.home, env={"PYTHONPATH": f"{REPO}:{lib}"}))
-    assert mine == 12
+    helped, mine, text = last_json(run_script(path, cli.home, env={"PYTHONPATH": f"{REPO}:{lib}"}))
+    assert (helped, mine) == (13, 12)
     node = json.loads(cli.ok("members", "--json").stdout)["members"][0]["id"]
     assert f"node {node[:8]}" in text and "Python 3." in text and "fancylib" in text, text
 
