@@ -3,7 +3,7 @@ that its worker writes as the call's one result file (`VALUE_FILE`).
 
 Theory of operation
 -------------------
-The client (swarm/api.py) pickles the function and `(args, kwargs)` with cloudpickle, each into
+The client (swarm/cli/api.py) pickles the function and `(args, kwargs)` with cloudpickle, each into
 one blob named by its sha256 (`PyCall.fn`, `PyCall.args` in the task's spec). A warm worker
 (swarm/daemon/pyworker.py) loads both, runs the call, and writes its outcome with `returned` or
 `raised`; the outcome travels and is replicated as any result file does, and `read_outcome`

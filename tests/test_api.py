@@ -164,3 +164,16 @@ def test_a_users_own_module_is_one_beside_the_script_not_an_installed_one(
     assert pycall.users_own(mine_here)
     assert not pycall.users_own(pytest)  # installed
     assert not pycall.users_own(api)  # swarm itself: on every node
+
+
+def test_a_worker_count_is_taken_and_ignored_and_a_number_is_no_job() -> None:
+    with SwarmExecutor(job="drop-in", serial=True, max_workers=4) as ex:
+        assert ex.submit(square, 3).result() == 9
+    with pytest.raises(TypeError, match="no worker count"):
+        SwarmExecutor(2, serial=True)  # type: ignore[arg-type]
+
+
+def test_the_api_is_listed_in_the_package() -> None:
+    import swarm
+
+    assert {"SwarmExecutor", "results", "CallLostError", "RemoteCallError"} <= set(dir(swarm))

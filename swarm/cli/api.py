@@ -116,7 +116,9 @@ class SwarmFuture(concurrent.futures.Future[Any]):
 class SwarmExecutor(concurrent.futures.Executor):
     """Runs calls on the swarm. `job` defaults to the script's file name; `home` is the state
     dir of the node to use (else $SWARM_HOME, else the default); `serial` runs every call
-    inline (also SWARM_SERIAL=1)."""
+    inline (also SWARM_SERIAL=1); `max_workers` is accepted and ignored (the swarm's slots
+    decide). A future stays pending until its call ends (`running()` is never true), and
+    `cancel()` stops its call even while it runs."""
 
     def __init__(
         self,
@@ -124,7 +126,16 @@ class SwarmExecutor(concurrent.futures.Executor):
         *,
         home: str | os.PathLike[str] | None = None,
         serial: bool | None = None,
+        max_workers: int | None = None,
     ) -> None:
+        # `max_workers` is taken and not used, so that code written for ProcessPoolExecutor
+        # runs as it is: the slots of the swarm's nodes say how many calls run at once.
+        del max_workers
+        if job is not None and not isinstance(job, str):
+            raise TypeError(
+                f"job must be a job name (a str), not {type(job).__name__}: SwarmExecutor takes "
+                "no worker count (the swarm's slots decide how many calls run at once)"
+            )
         self.job = job if job is not None else default_job()
         problem = name_problem(self.job)
         if problem is not None:
