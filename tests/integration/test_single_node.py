@@ -46,6 +46,9 @@ def test_run_hello_on_an_embedded_node(cli: Cli, tmp_path: Path) -> None:
     assert sorted(r["name"] for r in rows) == ["argv", "busy", "file", "hello", "stderr"]
     assert {r["state"] for r in rows} == {"done"}
     assert all(r["exit_code"] == "0" and r["outcome"] == "ok" for r in rows)
+    # A task is not charged the node's memory (which the kernel counts as a child's floor),
+    # even when it starts before the node's first memory sample.
+    assert all(float(r["max_rss_mb"]) < 20 for r in rows), [r["max_rss_mb"] for r in rows]
     # The embedded node has gone: the socket is removed, the ledger stays readable.
     assert not statedir.StateDir(cli.home).socket_path.exists()
 
