@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from swarm import CallLostError, RemoteCallError, SwarmExecutor, pycall
-from swarm.cli import api
+from swarm.cli import api, outcomes
 from swarm.control import EndedTask
 from swarm.core.spec import INLINE_ARGS_BYTES_MAX, TaskSpec
 from swarm.daemon.store import BlobStore
@@ -105,16 +105,16 @@ def ended(**fields: Any) -> EndedTask:
 
 def test_an_outcome_gives_the_value_or_raises_the_calls_own_exception(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
-    assert api._outcome_of(store, ended(inline=pycall.returned([1, 2]))) == [1, 2]
+    assert outcomes.outcome_of(store, ended(inline=pycall.returned([1, 2]))) == [1, 2]
     digest, _ = store.put_bytes(pycall.returned("in a blob"))
-    assert api._outcome_of(store, ended(value=digest)) == "in a blob"
+    assert outcomes.outcome_of(store, ended(value=digest)) == "in a blob"
     try:
         1 / 0  # noqa: B018
     except ZeroDivisionError as exc:
         raised = pycall.raised(exc)
     failed = ended(state="failed", outcome="failed", inline=raised)
     with pytest.raises(ZeroDivisionError) as caught:
-        api._outcome_of(store, failed)
+        outcomes.outcome_of(store, failed)
     notes = "\n".join(caught.value.__notes__)
     assert "the call raised this on node cdcdcdcd" in notes and "1 / 0" in notes
 
@@ -125,7 +125,7 @@ def test_an_exception_that_cannot_be_unpickled_arrives_as_a_remote_call_error(
     store = BlobStore(tmp_path / "blobs")
     failed = ended(state="failed", outcome="failed", inline=pycall.raised(Grumpy("a", "b")))
     with pytest.raises(RemoteCallError) as caught:
-        api._outcome_of(store, failed)
+        outcomes.outcome_of(store, failed)
     assert caught.value.type_name.endswith("Grumpy") and caught.value.text == "a/b"
 
 
@@ -142,7 +142,7 @@ def test_a_call_lost_for_a_swarm_reason_says_which(
     tmp_path: Path, fields: dict[str, Any], why: str
 ) -> None:
     with pytest.raises(CallLostError) as caught:
-        api._outcome_of(BlobStore(tmp_path / "blobs"), ended(**fields))
+        outcomes.outcome_of(BlobStore(tmp_path / "blobs"), ended(**fields))
     assert caught.value.why == why
 
 

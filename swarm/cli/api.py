@@ -20,7 +20,8 @@ ended (`watch`, a long poll), and settles their futures from the outcome blobs, 
 node's blob store on this machine.
 
 `serial=True` (or SWARM_SERIAL=1) runs each call in the caller's thread at `submit`, with no node:
-the same values and exceptions, for debugging.
+the same values and exceptions, for debugging. What an outcome means to the caller, and
+`results(job)`, are in outcomes.py.
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from swarm import control, pycall, statedir
+from swarm.cli.outcomes import (  # re-exported: the API of `swarm`
+    CallLostError,
+    RemoteCallError,
+    outcome_of,
+    results,
+)
 from swarm.control import Client, EndedTask
-from swarm.core.ledger import TERMINAL_STATES, Outcome, State, TaskView
-from swarm.core.manifest import MANIFEST_BYTES_MAX, parse_manifest
 from swarm.core.spec import (
     DEFAULT_MEMORY_BYTES,
     INLINE_ARGS_BYTES_MAX,
@@ -58,27 +63,11 @@ from swarm.core.units import parse_size
 from swarm.daemon.store import BlobStore
 from swarm.errors import SwarmError, UserError
 
+__all__ = ["CallLostError", "RemoteCallError", "SwarmExecutor", "SwarmFuture", "results"]
+
 WATCH_WAIT_MS = 50  # a watch's long poll, while nothing new is queued: calls queued meanwhile wait
 SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
-
-
-class CallLostError(SwarmError):
-    """A call that ended for a swarm reason, not by raising: `why` is cancelled, timeout,
-    interrupted (its nodes died more often than the cap) or evicted (under memory pressure)."""
-
-    def __init__(self, why: str, text: str) -> None:
-        super().__init__(text)
-        self.why = why
-
-
-class RemoteCallError(SwarmError):
-    """A call raised an exception that cannot be unpickled here (its module is missing, say):
-    its type's name, its text and the remote traceback."""
-
-    def __init__(self, type_name: str, text: str, traceback: str, node: str) -> None:
-        super().__init__(f"{type_name}: {text} (on node {node[:8]})")
-        self.type_name, self.text, self.traceback, self.node = type_name, text, traceback, node
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,9 +490,9 @@ class _Backend:
         task = ended["task_id"]
         try:
             if ended["inline"] or ended["value"] is None:  # no file to read: not worth a thread
-                value = _outcome_of(self.store, ended)
+                value = outcome_of(self.store, ended)
             else:
-                value = await asyncio.to_thread(_outcome_of, self.store, ended)
+                value = await asyncio.to_thread(outcome_of, self.store, ended)
         except BaseException as exc:
             self._resolve(task, error=exc)
             return
@@ -533,127 +522,3 @@ def _settle(future: SwarmFuture, value: Any = None, error: BaseException | None 
             future.set_exception(error)
         else:
             future.set_result(value)
-
-
-def _outcome_of(store: BlobStore, ended: EndedTask) -> Any:
-    """A call's value, or the exception it must raise, from how its task ended."""
-    task = ended["task_id"]
-    outcome, reason, node = ended["outcome"], ended["reason"], ended["node"]
-    if ended["state"] == State.CANCELLED:
-        raise CallLostError("cancelled", f"call {task[:12]} was cancelled")
-    if ended["state"] == State.FAILED and outcome != Outcome.FAILED:
-        why = "evicted" if ended["evicted"] else outcome
-        raise CallLostError(why, f"call {task[:12]} {_LOST_TEXT.get(why, why)}: {reason}")
-    if ended["inline"]:
-        return _value(ended["inline"], node)
-    if ended["value"] is None:
-        raise SwarmError(f"call {task[:12]} {ended['state']} but left no value: {reason}")
-    # Read whole, as the worker held it: bounded by its size (a read's bound is allocated).
-    size = store.path(ended["value"]).stat().st_size
-    data = store.read_bytes(ended["value"], max_bytes=size)
-    return _value(data, node)
-
-
-_LOST_TEXT = {
-    "timeout": "timed out",
-    "interrupted": "was interrupted more often than the cap (its nodes died or lost leases)",
-    "evicted": "was evicted under memory pressure more often than the cap",
-}
-
-
-def _value(data: bytes, node: str) -> Any:
-    try:
-        returned, what = pycall.read_outcome(data)
-    except pycall.OutcomeError as exc:
-        raise SwarmError(str(exc)) from exc
-    if returned:
-        return what
-    raised: pycall.Raised = what
-    error = raised.exception()
-    if error is None:
-        raise RemoteCallError(raised.type_name, raised.text, raised.traceback, node)
-    error.add_note(f"\n--- the call raised this on node {node[:8]} ---\n{raised.traceback}")
-    with contextlib.suppress(AttributeError, TypeError):  # an exception with __slots__
-        setattr(error, "swarm_node", node)  # noqa: B010
-        setattr(error, "swarm_traceback", raised.traceback)  # noqa: B010
-    raise error
-
-
-# -- results later -------------------------------------------------------------------------------
-
-
-def results(
-    job: str, *, errors: str = "raise", home: str | os.PathLike[str] | None = None
-) -> list[Any]:
-    """The values of a job's calls in the order they were submitted (one per distinct call; a
-    chunk of `map` gives its calls' values), read from this machine's node (which fetches those
-    held elsewhere), after the script that made them has exited. A call that raised raises here
-    (`errors="return"`: its exception is put in the list)."""
-    if errors not in ("raise", "return"):
-        raise ValueError('errors must be "raise" or "return"')
-    from swarm.cli.results import fetch_results, load_ledger
-
-    state = statedir.resolve(os.fspath(home) if home else None)
-    if not state.exists():
-        raise UserError(f"no swarm state in {state.root}")
-    # On a thread of its own: it runs an event loop, and the caller may be inside one (Jupyter).
-    fetching = threading.Thread(target=fetch_results, args=(state, job), name="swarm-results")
-    fetching.start()
-    fetching.join()
-    ledger = load_ledger(state).ledger
-    views = [v for v in ledger.job_tasks(job) if v.spec is not None and v.spec.call is not None]
-    if not views:
-        raise UserError(f"no Python calls in job {job!r} in {state.root}")
-    waiting = [v for v in views if v.state not in TERMINAL_STATES]
-    if waiting:
-        raise SwarmError(
-            f"{len(waiting):,} of the {len(views):,} calls of job {job!r} have not finished "
-            "(see swarm status)"
-        )
-    store = BlobStore(state.blobs)
-    out: list[Any] = []
-    for view in sorted(views, key=_submission_order):
-        try:
-            value = _stored_value(store, view)
-        except Exception as exc:
-            if errors == "raise":
-                raise
-            out.append(exc)  # a chunk (map's chunksize) that raised is one exception
-            continue
-        if isinstance(value, pycall.ChunkValues):
-            out.extend(value)
-        else:
-            out.append(value)
-    return out
-
-
-def _submission_order(view: TaskView) -> tuple[int, int, str]:
-    """Submissions in stamp order; within one, the calls' order (their names' index)."""
-    parts = view.name.rsplit("-", 2)
-    index = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
-    return view.submitted[0], index, view.name
-
-
-def _stored_value(store: BlobStore, view: TaskView) -> Any:
-    """A call's value (or the exception it raises) from the ledger and the blobs held here."""
-    from swarm.daemon.transfer import outcome_attempt
-
-    attempt = outcome_attempt(view)
-    result = None if attempt is None else attempt.result
-    ended: EndedTask = {
-        "task_id": view.task_id,
-        "state": str(view.state),
-        "outcome": "" if result is None else str(result.outcome),
-        "reason": "" if result is None else result.reason,
-        "node": "" if attempt is None else attempt.version.origin,
-        "exit_code": None if result is None else result.exit_code,
-        "evicted": bool(result is not None and result.evicted),
-        "value": None,
-        "inline": b"" if result is None else result.value,
-    }
-    if result is not None and result.digest is not None:
-        with contextlib.suppress(SwarmError, OSError):  # not held here: said as no value
-            data = store.read_bytes(result.digest, max_bytes=MANIFEST_BYTES_MAX)
-            value = parse_manifest(data).files.get(pycall.VALUE_FILE)
-            ended["value"] = value if value is not None and store.has(value) else None
-    return _outcome_of(store, ended)
