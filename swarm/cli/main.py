@@ -66,10 +66,32 @@ def report(exc: BaseException) -> int:
     return 3 if isinstance(exc, NotRunningError) else 1
 
 
+class VersionAction(argparse.Action):
+    """`swarm --version`: the installed distribution's version, read only when asked (the
+    metadata lookup would slow every command's start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import importlib.metadata
+        import platform
+
+        try:
+            version = importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            version = "(not installed: run from a source tree)"
+        print(f"swarm {version} (Python {platform.python_version()})")
+        parser.exit()
+
+
+DISTRIBUTION = "swarm-compute"  # the name pyproject.toml gives the package
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarm",
         description="Share batch work across machines with no master.",
+    )
+    parser.add_argument(
+        "--version", action=VersionAction, help="print swarm's version and exit", nargs=0
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
