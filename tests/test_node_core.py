@@ -5,6 +5,7 @@ about (a Write versioned and applied, a claim's outcome reported) and checks wha
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -451,3 +452,43 @@ def test_a_drain_waits_while_it_alone_holds_the_inputs_of_calls_not_ended() -> N
     assert not of(Leave, h.tick(at(1.5)))
     h.record(at(1.6), "b", ReplicaRecord(fn))  # b copied it
     assert of(Leave, h.tick(at(2.0)))
+
+
+def failing_run(h: Harness, now: float, outcome: Outcome = Outcome.FAILED) -> int:
+    """Claim t1 and record its attempt ending with `outcome` at `now`; returns its epoch."""
+    effects = h.tick(at(now))
+    if not of(Start, effects):  # a later attempt starts once its claim is written
+        (claim,) = of(Write, effects)
+        assert isinstance(claim, Write)
+        h.write(at(now), claim)
+        effects = h.effects()
+    (start,) = of(Start, effects)
+    assert isinstance(start, Start)
+    if start.write_claim:
+        h.record(at(now), "a", start.claim)
+        h.core.claim_written(at(now), "t1", True, "")
+    ended = replace(result("t1", start.claim.epoch), outcome=outcome, exit_code=1)
+    h.core.attempt_ended(at(now), "t1")
+    h.record(at(now), "a", ended)
+    h.core.attempt_closed(at(now), "t1")
+    h.effects()
+    return start.claim.epoch
+
+
+def claims(effects: list[Effect]) -> list[ClaimRecord]:
+    """The claims among effects: those written first, and those of attempts started at once."""
+    found = [b for w in of(Write, effects) for b in w.bodies if isinstance(b, ClaimRecord)]  # type: ignore[attr-defined]
+    return found + [s.claim for s in of(Start, effects)]  # type: ignore[attr-defined]
+
+
+def test_a_failed_task_waits_its_retry_backoff_doubling_and_an_interrupted_one_does_not() -> None:
+    h = alone("t1")
+    failing_run(h, 0.0)
+    assert not claims(h.tick(at(0.9)))  # 1 s after the first failure: not claimed yet
+    failing_run(h, 1.0)
+    assert not claims(h.tick(at(2.9)))  # 2 s after the second
+    assert claims(h.tick(at(3.0)))  # claimed again (its claim first: not a first attempt)
+
+    quick = alone("t1")
+    failing_run(quick, 0.0, Outcome.INTERRUPTED)
+    assert claims(quick.tick(at(0.01)))  # its node stopped it: no failure, no wait

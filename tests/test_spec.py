@@ -22,6 +22,8 @@ GOOD = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
         (replace(GOOD, need=Resources(1.0, 0)), "memory"),
         (replace(GOOD, need=Resources(1.0, 1 << 20, -1)), "gpus"),
         (replace(GOOD, retries=-1), "retries"),
+        (replace(GOOD, retry_backoff_s=-1.0), "retry_backoff"),
+        (replace(GOOD, retry_backoff_s=1e9), "retry_backoff"),
         (replace(GOOD, timeout_s=0.0), "timeout"),
         (replace(GOOD, cwd="relative"), "cwd"),
         (replace(GOOD, env=(("A=B", "x"),)), "env"),
@@ -104,3 +106,12 @@ def test_a_call_is_neither_a_command_nor_has_outputs() -> None:
         check(replace(CALL_SPEC, cmd="true"))
     with pytest.raises(SpecError, match="declares no outputs"):
         check(replace(CALL_SPEC, outputs=("*.txt",)))
+
+
+def test_a_retry_waits_its_backoff_doubled_per_failure_and_capped() -> None:
+    assert [GOOD.retry_wait_s(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert GOOD.retry_wait_s(200) == 600.0
+    assert replace(GOOD, retry_backoff_s=0.0).retry_wait_s(3) == 0.0
+    slow = replace(GOOD, retry_backoff_s=30.0)
+    assert TaskSpec.from_wire(slow.to_wire()) == slow
+    assert "retry_backoff" not in GOOD.to_wire()  # the default leaves ids as they were

@@ -21,6 +21,8 @@ from swarm.core.spec import (
     DEFAULT_MEMORY_BYTES,
     DEFAULT_PRIORITY,
     DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF_S,
+    RETRY_BACKOFF_MAX_S,
     LabelValue,
     Resources,
     TaskSpec,
@@ -34,7 +36,7 @@ from swarm.errors import SizeError, SpecError, TaskFileError
 
 KEYS = (
     "cmd", "argv", "name", "cpus", "memory", "gpus", "priority", "timeout", "retries",
-    "env", "cwd", "requires", "outputs",
+    "retry_backoff", "env", "cwd", "requires", "outputs",
 )  # fmt: skip
 CPUS_MAX = 4096.0
 RETRIES_MAX = 1000
@@ -162,6 +164,7 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
         priority=_count("priority", obj.get("priority", DEFAULT_PRIORITY), -(2**31), 2**31 - 1),
         timeout_s=_timeout(obj["timeout"]) if obj.get("timeout") is not None else None,
         retries=_count("retries", obj.get("retries", DEFAULT_RETRIES), 0, RETRIES_MAX),
+        retry_backoff_s=_backoff(obj.get("retry_backoff", DEFAULT_RETRY_BACKOFF_S)),
         env=_env(obj.get("env", {})),
         cwd=_cwd(obj["cwd"], base_dir) if obj.get("cwd") is not None else None,
         requires=_requires(obj.get("requires", {})),
@@ -285,6 +288,13 @@ def _timeout(value: Any) -> float:
     seconds = _number("timeout", value)
     if not (seconds > 0 and math.isfinite(seconds)):
         raise _Bad("timeout", f"must be a number of seconds above 0, got {value}")
+    return seconds
+
+
+def _backoff(value: Any) -> float:
+    seconds = _number("retry_backoff", value)
+    if not 0 <= seconds <= RETRY_BACKOFF_MAX_S:
+        raise _Bad("retry_backoff", f"must be 0 to {RETRY_BACKOFF_MAX_S:g} seconds, got {value}")
     return seconds
 
 

@@ -60,6 +60,7 @@ from swarm.core.ledger import (
     ResultRecord,
     State,
     StateChanged,
+    TaskView,
     Version,
     stamp_of,
 )
@@ -455,6 +456,8 @@ class NodeCore:
     def _on_state_changed(self, t: Time, change: StateChanged) -> None:
         view = self.ledger.tasks[change.task_id]
         if change.new is State.PENDING:
+            if change.old is State.RUNNING:
+                self._back_off(t, view)
             self.sched.enqueue(view, t.mono)
             self._wake = True
             if change.old is None and self.networked:  # a new task: a call's inputs are held
@@ -467,6 +470,20 @@ class NodeCore:
             slot = self.slots.get(change.task_id)
             if slot is not None and slot.phase is Phase.RUNNING:
                 self._emit(Stop(change.task_id, Outcome.INTERRUPTED, "cancelled"))
+
+    def _back_off(self, t: Time, view: TaskView) -> None:
+        """A task pending again after a failed attempt waits its retry backoff (spec), on each
+        node's own clock, before anyone claims it: a task that fails at once is not run again
+        at once. One pending again for another reason (its node died) is not held."""
+        last = view.ordered_attempts()[-1:] if view.attempts else []
+        if view.spec is None or not last:
+            return
+        if last[0].result.outcome not in (Outcome.FAILED, Outcome.TIMEOUT):
+            return
+        failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
+        wait_s = view.spec.retry_wait_s(failures)
+        if wait_s > 0:
+            self.sched.hold(view.task_id, t.mono + wait_s)
 
     def _check_claim(self, task: str) -> None:
         """Another node claimed a task we run: if its claim wins, ours stops."""

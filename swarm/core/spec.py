@@ -24,6 +24,10 @@ DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_GPUS = 0
 DEFAULT_PRIORITY = 0
 DEFAULT_RETRIES = 2
+# A failed attempt's retry waits this long, doubled at each further failure, up to
+# RETRY_BACKOFF_MAX_S: a task that fails at once is not run three times in a second.
+DEFAULT_RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 600.0
 
 # A required label's value: one value, or a tuple of values of which any may match.
 LabelValue = str | int | float | bool | tuple[str | int | float | bool, ...]
@@ -151,6 +155,13 @@ class TaskSpec:
     requires: tuple[tuple[str, LabelValue], ...] = ()
     outputs: tuple[str, ...] = ()
     call: PyCall | None = None
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+
+    def retry_wait_s(self, failures: int) -> float:
+        """How long a retry waits after the `failures`th failure (exponential, capped)."""
+        if failures < 1 or self.retry_backoff_s <= 0:
+            return 0.0
+        return min(self.retry_backoff_s * 2.0 ** min(failures - 1, 30), RETRY_BACKOFF_MAX_S)
 
     def command_text(self) -> str:
         """The command as one line, for tables and CSV (a Python call: its function's name)."""
@@ -188,6 +199,8 @@ class TaskSpec:
             out["outputs"] = list(self.outputs)
         if self.call is not None:
             out["call"] = self.call.to_wire()
+        if self.retry_backoff_s != DEFAULT_RETRY_BACKOFF_S:
+            out["retry_backoff"] = self.retry_backoff_s
         return out
 
     @staticmethod
@@ -233,6 +246,9 @@ class TaskSpec:
             requires=normalize_requires(requires),
             outputs=tuple(outputs),
             call=PyCall.from_wire(raw["call"]) if "call" in raw else None,
+            retry_backoff_s=_num(
+                raw.get("retry_backoff", DEFAULT_RETRY_BACKOFF_S), "retry_backoff"
+            ),
         )
         check(spec)
         return spec
@@ -240,7 +256,7 @@ class TaskSpec:
 
 _WIRE_KEYS = frozenset(
     {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
-     "requires", "outputs", "call"}
+     "requires", "outputs", "call", "retry_backoff"}
 )  # fmt: skip
 CPUS_MAX = 4096.0
 MEMORY_BYTES_MAX = 2**63 - 1
@@ -342,6 +358,8 @@ def check(spec: TaskSpec) -> None:
         raise SpecError("timeout", "must be a number of seconds above 0")
     if not 0 <= spec.retries <= RETRIES_MAX:
         raise SpecError("retries", f"must be between 0 and {RETRIES_MAX}")
+    if not 0 <= spec.retry_backoff_s <= RETRY_BACKOFF_MAX_S:
+        raise SpecError("retry_backoff", f"must be between 0 and {RETRY_BACKOFF_MAX_S:g} seconds")
     for key, value in spec.env:
         if not (_is_str(key) and key and "=" not in key and _is_str(value)):
             raise SpecError("env", f"{key!r} is not a valid variable and string value")
