@@ -200,14 +200,15 @@ def _jobs_table(jobs: list[dict[str, Any]], *, compact: bool = False) -> Table:
     for job in jobs:
         total = _int(job, "total")
         failed = _int(job, "failed")
-        # Failed and cancelled tasks are finished too: the bar shows how much is left to run.
+        # Failed and cancelled tasks are finished too: the bar shows how much is left to run,
+        # and the percentage how much was done (the failed and cancelled have columns).
         finished = _int(job, "done") + failed + _int(job, "cancelled")
         bar = [] if compact else [_progress_bar(finished, total, failed)]
         table.add_row(
             Text(str(job.get("job", "?")), style="bold"),
             *bar,
             Text(f"{format_count(_int(job, 'done'))}/{format_count(total)}"),
-            Text(_percent(finished, total)),
+            Text(_percent(_int(job, "done"), total)),
             Text(format_count(_int(job, "running"))),
             Text(format_count(_int(job, "pending"))),
             Text(format_count(failed), style="bold red" if failed else ""),
