@@ -7,6 +7,7 @@ nothing. Identical lines collapse into one task (ids are content hashes).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ KEYS = (
     "retry_backoff", "env", "cwd", "requires", "outputs",
 )  # fmt: skip
 CPUS_MAX = 4096.0
+LINES_HINT = "; a file of shell commands, one per line, is read with --lines"
 RETRIES_MAX = 1000
 PROBLEMS_MAX = 1000  # stop collecting after this many; the file is rejected anyway
 
@@ -129,7 +131,8 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise _Bad("json", f"not valid JSON: {exc.msg} (column {exc.colno})") from exc
+        hint = "" if text.lstrip()[:1] in ("{", "[", '"') else LINES_HINT
+        raise _Bad("json", f"not valid JSON: {exc.msg} (column {exc.colno}){hint}") from exc
     except RecursionError as exc:
         raise _Bad("json", "nested too deeply") from exc
     except ValueError as exc:  # e.g. an integer literal of thousands of digits
@@ -149,7 +152,9 @@ def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:
             raise _Bad(key, "holds a lone surrogate escape (\\udXXX), which is not text")
     unknown = sorted(set(obj) - set(KEYS))
     if unknown:
-        raise _Bad(unknown[0], f"unknown key (known keys: {', '.join(KEYS)})")
+        close = difflib.get_close_matches(str(unknown[0]).lower(), KEYS, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise _Bad(unknown[0], f"unknown key ({hint}known keys: {', '.join(KEYS)})")
     has_cmd, has_argv = "cmd" in obj, "argv" in obj
     if has_cmd == has_argv:
         raise _Bad("cmd", "exactly one of 'cmd' and 'argv' is required")
