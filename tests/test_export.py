@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 
 from swarm.cli.export import (
     ATTEMPT_COLUMNS,
+    NODE_COLUMNS,
     TASK_COLUMNS,
+    _number,
+    write,
     write_csv,
     write_results,
 )
@@ -571,3 +574,36 @@ def test_unusable_names_are_reported(store: BlobStore, tmp_path: Path) -> None:
     assert written.missing[2].startswith(f"same: task {second[:12]}")
     assert (out / "same" / "stdout").read_bytes() == b"x\n"  # the first task's, not overwritten
     assert not (tmp_path / "deep" / "up").exists()
+
+
+# -- JSON Lines, and a row per node ----------------------------------------------------------
+
+
+def test_json_lines_hold_the_csvs_rows_in_its_column_order(
+    world: tuple[Swarm, dict[str, str]],
+) -> None:
+    sw, _ = world
+    for what, columns in (("tasks", TASK_COLUMNS), ("attempts", ATTEMPT_COLUMNS)):
+        as_csv, as_json = io.StringIO(newline=""), io.StringIO()
+        n_csv = write(sw.ledger, as_csv, what=what)
+        n_json = write(sw.ledger, as_json, what=what, fmt="jsonl")
+        objects = [json.loads(line) for line in as_json.getvalue().splitlines()]
+        assert n_csv == n_json == len(objects)
+        assert all(list(o) == list(columns) for o in objects)
+        assert objects == read_csv(as_csv.getvalue())[1]
+
+
+def test_a_row_per_node_sums_what_each_node_ran(world: tuple[Swarm, dict[str, str]]) -> None:
+    sw, _ = world
+    out = io.StringIO(newline="")
+    assert write(sw.ledger, out, what="nodes") == 2  # node-c holds a claim, but ran nothing yet
+    header, rows = read_csv(out.getvalue())
+    assert header == list(NODE_COLUMNS)
+    by_node = {r["node"]: r for r in rows}
+    a, b = by_node["node-a"], by_node["node-b"]
+    assert (a["attempts"], a["ok"], a["failed"], a["interrupted"]) == ("5", "1", "4", "0")
+    assert (b["attempts"], b["ok"]) == ("1", "1")
+    assert a["wall_s"] == "7.500" and b["wall_s"] == "1.500"
+    assert a["node_cpus"] == _number(NODE_CAP.cpus)
+    only_beta = io.StringIO(newline="")
+    assert write(sw.ledger, only_beta, what="nodes", job="beta") == 1

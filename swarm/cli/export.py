@@ -16,8 +16,9 @@ Reads the ledger, never changes it; the only writes are to the caller's stream a
 from __future__ import annotations
 
 import csv
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,12 @@ ATTEMPT_COLUMNS: tuple[str, ...] = (
     "reason",
 )
 
+NODE_COLUMNS: tuple[str, ...] = (
+    "node", "attempts", "ok", "failed", "timeout", "interrupted", "wall_s", "cpu_s",
+    "node_cpus", "node_memory_mb", "node_gpus", "last_ended",
+)  # fmt: skip
+_NODE_COUNTS = ("attempts", "ok", "failed", "timeout", "interrupted", "wall_s", "cpu_s")
+
 RUNNING = "running"  # the outcome shown for an attempt still in progress
 STREAMS = ("stdout", "stderr")  # file names the streams take in a task's output dir
 JOBS_LISTED_MAX = 10  # known jobs named in the error for an unknown one
@@ -94,31 +101,98 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # -- CSV -------------------------------------------------------------------------------------
 
 
+WHATS = ("tasks", "attempts", "nodes")
+FORMATS = ("csv", "jsonl")
+
+
 def write_csv(
     ledger: Ledger, out: TextIO, *, job: str | None = None, attempts: bool = False
 ) -> int:
-    """Write the tasks (or, with attempts=True, their attempts) as CSV; return the data rows.
+    """Write the tasks (or, with attempts=True, their attempts) as CSV; return the data rows."""
+    return write(ledger, out, what="attempts" if attempts else "tasks", job=job)
+
+
+def write(
+    ledger: Ledger, out: TextIO, *, what: str = "tasks", fmt: str = "csv", job: str | None = None
+) -> int:
+    """Write a table of the ledger (`what`: a row per task, per attempt, or per node that ran
+    something) as CSV or JSON Lines (one object per row, the same keys); return the data rows.
 
     `out` should be opened with newline="" (as the csv module asks), so that newlines inside a
     quoted command are written as they are. Jobs are sorted by name, tasks keep the order their
     job first saw them. UserInputError if `job` is given and unknown.
     """
-    jobs = [_known_job(ledger, job)] if job is not None else sorted(ledger.jobs)
-    columns = ATTEMPT_COLUMNS if attempts else TASK_COLUMNS
+    columns, rows = _table(ledger, what, job)
+    if fmt == "jsonl":
+        count = 0
+        for row in rows:  # the CSV's cells, as text, in its column order
+            out.write(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n")
+            count += 1
+        return count
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise")
     writer.writeheader()
-    rows = 0
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def _table(
+    ledger: Ledger, what: str, job: str | None
+) -> tuple[tuple[str, ...], Iterator[dict[str, str]]]:
+    jobs = [_known_job(ledger, job)] if job is not None else sorted(ledger.jobs)
+    if what == "nodes":
+        return NODE_COLUMNS, iter(_node_rows(ledger, jobs))
+    if what == "attempts":
+        return ATTEMPT_COLUMNS, _rows(ledger, jobs, attempts=True)
+    return TASK_COLUMNS, _rows(ledger, jobs, attempts=False)
+
+
+def _rows(ledger: Ledger, jobs: list[str], attempts: bool) -> Iterator[dict[str, str]]:
     for name in jobs:
         for view in ledger.job_tasks(name):
             if view.spec is None:
                 continue  # its TASK record has not arrived: nothing to describe it by
-            task_rows = (
-                _attempt_rows(view, view.spec)
-                if attempts
-                else [_task_row(view, view.spec, ledger.holders)]
-            )
-            writer.writerows(task_rows)
-            rows += len(task_rows)
+            if attempts:
+                yield from _attempt_rows(view, view.spec)
+            else:
+                yield _task_row(view, view.spec, ledger.holders)
+
+
+def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:
+    """A row per node that ran an attempt of these jobs: what it ran, how it went, the time it
+    took, and its resources (as its latest result gives them), so machines can be compared."""
+    nodes: dict[str, dict[str, float]] = {}
+    shapes: dict[str, tuple[int, Attempt]] = {}
+    for name in jobs:
+        for view in ledger.job_tasks(name):
+            for attempt in view.attempts.values():
+                r = attempt.result
+                node = attempt.version.origin
+                counts = nodes.setdefault(node, dict.fromkeys(_NODE_COUNTS, 0.0))
+                counts["attempts"] += 1
+                counts[str(r.outcome)] += 1
+                counts["wall_s"] += r.wall_s
+                counts["cpu_s"] += r.cpu_s
+                if node not in shapes or shapes[node][0] < r.ended_ms:
+                    shapes[node] = (r.ended_ms, attempt)
+    rows = []
+    for node in sorted(nodes):
+        counts, latest = nodes[node], shapes[node][1].result
+        rows.append(
+            {
+                "node": node,
+                "attempts": str(int(counts["attempts"])),
+                **{o: str(int(counts[o])) for o in ("ok", "failed", "timeout", "interrupted")},
+                "wall_s": f"{counts['wall_s']:.3f}",
+                "cpu_s": f"{counts['cpu_s']:.3f}",
+                "node_cpus": _number(latest.node_capacity.cpus),
+                "node_memory_mb": _mib(latest.node_capacity.memory_bytes),
+                "node_gpus": str(latest.node_capacity.gpus),
+                "last_ended": _iso_ms(latest.ended_ms),
+            }
+        )
     return rows
 
 

@@ -200,10 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write into")
     p.set_defaults(func=cmd_results)
 
-    p = add("export", "the ledger as CSV")
+    p = add("export", "the ledger as CSV or JSON Lines: a row per task, attempt or node")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.add_argument("--job", help="only this job")
-    p.add_argument("--attempts", action="store_true", help="a row per attempt, not per task")
+    p.add_argument(
+        "--what",
+        choices=("tasks", "attempts", "nodes"),
+        help="a row per task (the default), per attempt, or per node that ran an attempt",
+    )
+    p.add_argument("--attempts", action="store_true", help="the same as --what attempts")
+    p.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="CSV (default) or JSON Lines"
+    )
     p.set_defaults(func=cmd_export)
 
     p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")

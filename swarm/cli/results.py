@@ -80,13 +80,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"
         )
+    if args.what and args.attempts and args.what != "attempts":
+        raise UserInputError(f"--attempts and --what {args.what} ask for different rows")
+    what = args.what or ("attempts" if args.attempts else "tasks")
     if args.output:
         target = Path(args.output)
         tmp = target.with_name(target.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            rows = export.write_csv(ledger, handle, job=args.job, attempts=args.attempts)
+            rows = export.write(ledger, handle, what=what, fmt=args.format, job=args.job)
         tmp.replace(target)
         err.print(f"{rows:,} rows written to {target}")
     else:
-        export.write_csv(ledger, sys.stdout, job=args.job, attempts=args.attempts)
+        export.write(ledger, sys.stdout, what=what, fmt=args.format, job=args.job)
     return 0
