@@ -27,6 +27,7 @@ STOP_WAIT_S = 30.0  # `stop` waits this long for the daemon to record its attemp
 def node_config(args: argparse.Namespace) -> NodeConfig:
     labels = dict(parse_label(text) for text in args.label)
     memory = units.parse_size(args.memory, field="--memory") if args.memory else None
+    warn_beyond_machine(args.cpus, args.memory, memory)
     memfree = units.parse_size(args.memfree, field="--memfree") if args.memfree else None
     if memfree is not None and not args.overcommit:
         raise UserInputError("--memfree works with --overcommit; add it, or leave --memfree out")
@@ -58,6 +59,34 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         memfree_bytes=memfree,
         clock_skew_ms=args.clock_skew_ms,
     )
+
+
+def warn_beyond_machine(cpus: float | None, memory_text: str | None, memory: int | None) -> None:
+    """Say so when --cpus or --memory offers more than this machine has (tasks claimed on the
+    strength of it would be starved or killed), or when a --memory without a unit reads as MiB."""
+    from swarm.daemon import resources  # the probes: only a node's start needs them
+
+    if memory_text is not None and memory_text.strip().replace(".", "", 1).isdigit():
+        err.print(
+            f"[yellow]note:[/] --memory {memory_text} is {memory_text} MiB (a bare number is "
+            f"MiB); write {memory_text}G for GiB",
+            soft_wrap=True,
+        )
+    machine_cpus = resources.probe_cpus()
+    if cpus is not None and cpus > machine_cpus:
+        err.print(
+            f"[yellow]warning:[/] --cpus {cpus:g} is more than the {machine_cpus:g} CPUs this "
+            "machine gives this process: tasks will share them",
+            soft_wrap=True,
+        )
+    machine_memory = resources.probe_memory_bytes()
+    if memory is not None and memory > machine_memory:
+        err.print(
+            f"[yellow]warning:[/] --memory {memory_text} is more than the "
+            f"{units.format_bytes(machine_memory)} this machine gives this process: tasks "
+            "admitted on it may be killed for lack of memory",
+            soft_wrap=True,
+        )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
