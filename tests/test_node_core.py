@@ -492,3 +492,10 @@ def test_a_failed_task_waits_its_retry_backoff_doubling_and_an_interrupted_one_d
     quick = alone("t1")
     failing_run(quick, 0.0, Outcome.INTERRUPTED)
     assert claims(quick.tick(at(0.01)))  # its node stopped it: no failure, no wait
+
+
+def test_a_node_that_takes_no_work_claims_nothing_and_says_so() -> None:
+    h = alone("t1")
+    h.core.config = CoreConfig(takes_work=False)
+    assert not claims(h.tick(at(0.0)))
+    assert h.core.not_claiming == "it takes no work (started with --no-work)"

@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = add("start", "run this node's daemon in the foreground", node_opts)
+    p.add_argument(
+        "--no-work",
+        action="store_true",
+        help="hold the ledger and results and take submissions, but run no task (a submit host)",
+    )
     p.set_defaults(func=cmd_start)
 
     p = add("submit", "validate every line of FILE, then add its tasks", task_opts)

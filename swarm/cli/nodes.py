@@ -58,6 +58,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         overcommit=args.overcommit,
         memfree_bytes=memfree,
         clock_skew_ms=args.clock_skew_ms,
+        takes_work=not getattr(args, "no_work", False),  # `swarm run` has no --no-work
     )
 
 

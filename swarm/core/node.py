@@ -86,6 +86,7 @@ class CoreConfig:
     claim_stagger_s: float = 1.0  # see policy.py
     claim_settle_s: float = 0.05  # a thief waits this long after its claim before it starts
     claim_batch_max: int = 256  # claims made in one pass
+    takes_work: bool = True  # False: a node that claims nothing (swarm start --no-work)
 
 
 class NodeCore:
@@ -567,6 +568,8 @@ class NodeCore:
         when to look again (inf: an input wakes it: the end of a drain, a disk check)."""
         if self.stopping or self.draining:
             return ("stopping" if self.stopping else "draining"), float("inf")
+        if not self.config.takes_work:
+            return "it takes no work (started with --no-work)", float("inf")
         why = self._may_claim(t)
         if why:
             return why, t.mono + ISOLATED_RECHECK_S

@@ -95,6 +95,9 @@ class NodeConfig:
     # For tests only (`swarm start --profile test --clock-skew-ms`): added to this node's wall
     # clock, so that a cluster on one machine can have a node whose clock runs ahead or behind.
     clock_skew_ms: int = 0
+    # False (`swarm start --no-work`): a member that holds the ledger and results, and takes
+    # submissions, but offers no resources and claims nothing (a submit host).
+    takes_work: bool = True
 
 
 def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

@@ -50,6 +50,7 @@ from swarm.core.ledger import (
     Version,
 )
 from swarm.core.node import CoreConfig, NodeCore
+from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
 from swarm.daemon import db, net, peers, resources
 from swarm.daemon.config import NodeConfig
@@ -96,6 +97,8 @@ class Node:
         self.state = state
         self.config = config
         self.capacity = resources.probe(config.cpus, config.memory_bytes, config.gpus)
+        if not config.takes_work:  # it offers nothing: no peer ranks a task for it
+            self.capacity = Resources(0.0, 0, 0)
         self.labels: dict[str, str | int | float] = {
             **resources.builtin_labels(self.capacity),
             **config.labels,
@@ -157,6 +160,7 @@ class Node:
             claim_stagger_s=self.config.claim_stagger_s,
             claim_settle_s=self.config.claim_settle_s,
             claim_batch_max=self.config.claim_batch_max,
+            takes_work=self.config.takes_work,
         )
         networked = self.config.bind is not None
         return NodeCore(

@@ -98,6 +98,22 @@ def test_a_job_submitted_on_one_node_is_seen_and_finished_on_all(swarm: Swarm) -
     assert runners <= set(ids)
 
 
+def test_a_submit_host_started_with_no_work_holds_the_ledger_and_runs_nothing(
+    swarm: Swarm,
+) -> None:
+    swarm.start(0, extra=("--no-work",))
+    swarm.start(1, join=0, cpus=2)
+    ids = [swarm.node_id(i) for i in range(2)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    host = swarm.nodes[0][0]
+    assert swarm.own_row(0)["not_claiming"] == "it takes no work (started with --no-work)"
+    assert swarm.own_row(0)["capacity"]["cpus"] == 0
+    tasks = write_tasks(host.cwd / "hosted.jsonl", [{"cmd": f"echo {i}"} for i in range(6)])
+    host.ok("submit", str(tasks))
+    wait_for("the job to be done", lambda: host.job("hosted")["done"] == 6)
+    assert {r["node"] for r in export_rows(host)} == {ids[1]}  # every task ran on the worker
+
+
 def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
     swarm.start(0)
     cli1, daemon1 = swarm.start(1, join=0)
