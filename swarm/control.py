@@ -236,6 +236,22 @@ class JoinReply(TypedDict):
     problems: list[str]  # one sentence per seed that did not answer; none once one has
 
 
+class WhyRequest(TypedDict):
+    """Why a task is not running: `target` is JOB/NAME or a prefix of its id."""
+
+    op: Literal["why"]
+    target: Annotated[str, Want(_is_text, "JOB/NAME or a task id prefix (a string)")]
+
+
+class WhyReply(TypedDict):
+    ok: Literal[True]
+    task_id: str
+    job: str
+    name: str
+    state: str
+    reasons: list[str]  # the most telling first
+
+
 class ShutdownRequest(TypedDict):
     op: Literal["shutdown"]
 
@@ -330,7 +346,7 @@ class ErrorReply(TypedDict):
 Reply = (
     PingReply | SubmitReply | StatusReply | CancelReply | RetryReply | MembersReply
     | FetchResultsReply | ReloadKeysReply | JoinReply | ShutdownReply | DrainReply
-    | PutBlobReply | WatchReply
+    | PutBlobReply | WatchReply | WhyReply
 )  # fmt: skip
 
 Req = TypeVar("Req", bound=Mapping[str, Any])
@@ -370,9 +386,10 @@ SHUTDOWN: Contract[ShutdownRequest, ShutdownReply] = Contract(ShutdownRequest, S
 DRAIN: Contract[DrainRequest, DrainReply] = Contract(DrainRequest, DrainReply)
 PUT_BLOB: Contract[PutBlobRequest, PutBlobReply] = Contract(PutBlobRequest, PutBlobReply)
 WATCH: Contract[WatchRequest, WatchReply] = Contract(WatchRequest, WatchReply)
+WHY: Contract[WhyRequest, WhyReply] = Contract(WhyRequest, WhyReply)
 CONTRACTS: tuple[Contract[Any, Any], ...] = (
     PING, SUBMIT, STATUS, CANCEL, RETRY, MEMBERS, FETCH_RESULTS, RELOAD_KEYS, JOIN, SHUTDOWN, DRAIN,
-    PUT_BLOB, WATCH,
+    PUT_BLOB, WATCH, WHY,
 )  # fmt: skip
 
 
@@ -545,6 +562,9 @@ class Client:
             await self.send(BlobFrame(data=bytes(view[at : at + BLOB_FRAME_BYTES])))
         await self.send(BlobFrame(end=True))
         return checked_reply(PUT_BLOB, await self.reply())
+
+    async def why(self, target: str) -> WhyReply:
+        return await self.ask(WHY, WhyRequest(op="why", target=target))
 
     async def watch(self, add: list[str], wait_ms: int | None = None) -> WatchReply:
         return await self.ask(WATCH, WatchRequest(op="watch", add=add, wait_ms=wait_ms))

@@ -100,6 +100,13 @@ class FakeNode:
     def unwatch(self, watch: Watch) -> None:
         self.calls.append(("unwatch",))
 
+    def why(self, target: str) -> control.WhyReply:
+        self.calls.append(("why", target))
+        return {
+            "ok": True, "task_id": TASK["task_id"], "job": JOB, "name": "1", "state": "pending",
+            "reasons": ["it waits for a free slot"],
+        }  # fmt: skip
+
     async def ended(self, task: str) -> control.EndedTask | None:
         return {
             "task_id": task, "state": "done", "outcome": "ok", "reason": "", "node": NODE_ID,
@@ -156,6 +163,7 @@ GOOD: dict[str, tuple[Ask, tuple[Any, ...] | None]] = {
         lambda c: c.watch([TASK["task_id"], "nope"], 100),
         ("watch", [TASK["task_id"], "nope"]),
     ),
+    "why": (lambda c: c.why(f"{JOB}/1"), ("why", f"{JOB}/1")),
 }
 
 # op -> (a request with a bad field, what the error must say); an op with no fields has none.
@@ -168,6 +176,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "join": ({"op": "join", "peers": []}, "'peers' must be a non-empty list of HOST:PORT"),
     "drain": ({"op": "drain", "grace_s": -1}, "'grace_s' must be a number of seconds, 0 or more"),
     "watch": ({"op": "watch", "add": "abc"}, "'add' must be a list of task ids"),
+    "why": ({"op": "why", "target": 7}, "'target' must be JOB/NAME or a task id prefix"),
 }
 UNKNOWN: list[tuple[dict[str, Any], str]] = [
     ({"op": "launch"}, "unknown request 'launch'"),
@@ -423,6 +432,7 @@ SENT_BY_THE_CLI: list[dict[str, Any]] = [
     {"op": "drain", "node": "ab12", "grace_s": 2.5},
     {"op": "submit", "job": "sweep", "rerun_failed": True},
     {"op": "put_blob"},
+    {"op": "why", "target": "sweep/seed-3"},
     {"op": "watch", "add": ["ab" * 32], "wait_ms": 1000},
     {"op": "watch", "add": None, "wait_ms": None},
 ]

@@ -270,6 +270,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda client: client.why(args.target))
+    out.print(
+        f"{reply['job']}/{reply['name']} ({reply['task_id'][:12]}): {reply['state']}",
+        markup=False,
+        highlight=False,
+    )
+    for reason in reply["reasons"]:
+        out.print(f"  - {reason}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     reply = _call(args, lambda client: client.retry(args.job))
     out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from swarm.cli.common import err
-from swarm.cli.jobs import cmd_cancel, cmd_retry, cmd_run, cmd_submit
+from swarm.cli.jobs import cmd_cancel, cmd_retry, cmd_run, cmd_submit, cmd_why
 from swarm.cli.live import cmd_status
 from swarm.cli.nodes import cmd_drain, cmd_init, cmd_join, cmd_key, cmd_members, cmd_start, cmd_stop
 from swarm.cli.results import cmd_export, cmd_results
@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")
     p.add_argument("target", metavar="JOB|TASK")
     p.set_defaults(func=cmd_cancel)
+
+    p = add("why", "say why a task is not running (or where it runs, or how it ended)")
+    p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
+    p.set_defaults(func=cmd_why)
 
     p = add("retry", "re-queue the failed tasks of a job")
     p.add_argument("job", help="the job whose failed tasks to run again")

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 
-from swarm.core import gossip
+from swarm.core import gossip, why
 from swarm.core.attempts import Phase, Slot, Slots, closing_result, stale_claims
 from swarm.core.clock import HybridClock, StampIntake
 from swarm.core.drain import Drain
@@ -66,7 +66,7 @@ from swarm.core.ledger import (
 )
 from swarm.core.members import Members
 from swarm.core.pressure import Guard, eviction_reason
-from swarm.core.scheduler import Scheduler
+from swarm.core.scheduler import Peer, Scheduler
 from swarm.core.spec import Resources, TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S, Storage
 from swarm.core.sync import LedgerSync
@@ -432,6 +432,14 @@ class NodeCore:
         return self.sched.queue.infeasible(
             self.capacity, self.labels, lambda task: self.is_pending(task, now)
         )
+
+    def why_not_running(self, task_id: str, now: float) -> list[str]:
+        """Why a task is not running, as this node sees it (core/why.py)."""
+        peers = self.members.peers()
+        if peers is None:  # a node alone: itself
+            peers = [Peer(self.me, self.capacity, dict(self.labels))]
+        swarm = why.Swarm(self.me, peers, self.sched.holds, self.sched.leases, self.not_claiming)
+        return why.explain(self.ledger.tasks[task_id], swarm, now)
 
     def peer_could_run(self, spec: TaskSpec) -> bool:
         """Whether a live member other than this node could run a task of this shape."""

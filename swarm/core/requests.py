@@ -19,6 +19,7 @@ from swarm.core.ledger import (
     RetryRecord,
     State,
     TaskRecord,
+    TaskView,
 )
 from swarm.core.spec import TaskSpec
 from swarm.errors import UserError
@@ -72,6 +73,27 @@ def cancellation(
         )
     view = ledger.tasks[matches[0]]
     return "task", view.task_id, CancelRecord(view.job, view.task_id, stamp)
+
+
+def find_task(ledger: Ledger, target: str) -> TaskView:
+    """The task `target` names: JOB/NAME, or a unique prefix of its id (6+ characters).
+    UserError saying what it could be, if none or several."""
+    job, sep, name = target.partition("/")
+    if sep and job in ledger.jobs:
+        named = [v for v in ledger.job_tasks(job) if v.name == name]
+        if len(named) == 1:
+            return named[0]
+        if not named:
+            raise UserError(f"job {job!r} has no task named {name!r}")
+    matches = [t for t in ledger.tasks if t.startswith(target)] if len(target) >= 6 else []
+    if len(matches) == 1:
+        return ledger.tasks[matches[0]]
+    if len(matches) > 1:
+        raise UserError(f"{target!r} is the start of {len(matches)} task ids: give more of it")
+    raise UserError(
+        f"no task {target!r}: name one as JOB/NAME, or by a prefix of its id ({TASK_PREFIX_MIN}+ "
+        "characters; see swarm export)"
+    )
 
 
 def retries(ledger: Ledger, job: str) -> list[RetryRecord]:

@@ -62,6 +62,8 @@ from swarm.control import (
     SubmittedTask,
     WatchReply,
     WatchRequest,
+    WhyReply,
+    WhyRequest,
 )
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
@@ -118,6 +120,7 @@ class NodeControl(Protocol):
     async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]: ...
     def watch(self, watch: Watch, task_ids: list[str]) -> list[str]: ...
     def unwatch(self, watch: Watch) -> None: ...
+    def why(self, target: str) -> WhyReply: ...
     async def ended(self, task_id: str) -> EndedTask | None: ...
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]: ...
     async def retry(self, job: str) -> int: ...
@@ -249,6 +252,10 @@ async def _put_blob(call: Call, request: PutBlobRequest) -> PutBlobReply:
     return {"ok": True, "digest": digest, "size": size}
 
 
+async def _why(call: Call, request: WhyRequest) -> WhyReply:
+    return call.node.why(request["target"])
+
+
 async def _watch(call: Call, request: WatchRequest) -> WatchReply:
     if call.session.watch is None:
         call.session.watch = Watch()
@@ -341,6 +348,7 @@ OPERATIONS: dict[str, Operation[Any, Any]] = {
         Operation(control.DRAIN, _drain),
         Operation(control.PUT_BLOB, _put_blob, streamed=True),
         Operation(control.WATCH, _watch),
+        Operation(control.WHY, _why),
     )
 }
 # The protocol's contracts and this table are one set: an op with no handler would be refused as

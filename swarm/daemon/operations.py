@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
-from swarm.control import EndedTask
+from swarm.control import EndedTask, WhyReply
 from swarm.core import requests, snapshot
 from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State
 from swarm.core.manifest import parse_manifest
@@ -167,6 +167,21 @@ class Operations:
         node = self.node
         if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
             await node.append([ReplicaRecord(copied.digest)])
+
+    def why(self, target: str) -> WhyReply:
+        """Why the task `target` names is not running (core/why.py)."""
+        node = self.node
+        view = requests.find_task(node.ledger, target)
+        reasons = node.core.why_not_running(view.task_id, time.monotonic())
+        state = "" if view.state is None else str(view.state)
+        return {
+            "ok": True,
+            "task_id": view.task_id,
+            "job": view.job,
+            "name": view.name,
+            "state": state,
+            "reasons": reasons,
+        }
 
     # -- Python clients: watching calls end -------------------------------------------------
 

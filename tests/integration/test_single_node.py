@@ -8,6 +8,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from swarm import control, statedir
 from swarm.errors import ControlError
 
-from .conftest import REPO, Cli, Daemon, export_rows, write_tasks
+from .conftest import REPO, Cli, Daemon, export_rows, wait_for, write_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -343,3 +344,30 @@ def test_status_of_a_paused_daemon_is_read_from_disk(
         assert "did not answer" in shown.stderr and "p" in shown.stdout
     finally:
         node.proc.send_signal(signal.SIGCONT)
+
+
+def test_why_says_what_a_task_waits_for(cli: Cli, daemon: Callable[..., Daemon]) -> None:
+    """A task that needs a label no node has, one that waits its retry backoff after failing,
+    and one that runs; and the retried one runs again only once its backoff is over."""
+    daemon("--cpus", "1", "--label", "zone=us")
+    tasks = write_tasks(
+        cli.cwd / "waits.jsonl",
+        [
+            {"name": "eu", "cmd": "true", "requires": {"zone": "eu"}},
+            {"name": "flaky", "cmd": "exit 3", "retries": 1, "retry_backoff": 4},
+        ],
+    )
+    cli.ok("submit", str(tasks))
+    why_eu = cli.ok("why", "waits/eu").stdout
+    assert "it requires zone=eu: no live node matches (the nodes have zone=us)" in why_eu
+    wait_for("flaky to fail once", lambda: "retry backoff" in cli.ok("why", "waits/flaky").stdout)
+    wait_for("flaky to fail for good", lambda: cli.job("waits")["failed"] == 1, timeout=30)
+    first, second = sorted(
+        (r for r in export_rows(cli, "--attempts") if r["name"] == "flaky"),
+        key=lambda r: r["started"],
+    )
+    gap = datetime.fromisoformat(second["started"]) - datetime.fromisoformat(first["ended"])
+    assert gap.total_seconds() >= 3.9, gap  # the retry waited its backoff, by the ledger's times
+    assert "swarm retry waits" in cli.ok("why", "waits/flaky").stdout
+    refused = cli("why", "waits/nope")
+    assert refused.returncode != 0 and "has no task named 'nope'" in refused.stderr
