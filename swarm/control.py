@@ -252,6 +252,31 @@ class WhyReply(TypedDict):
     reasons: list[str]  # the most telling first
 
 
+class LogsRequest(TypedDict):
+    """The output of a task's latest attempt (or its `attempt`th), made held on this node."""
+
+    op: Literal["logs"]
+    target: Annotated[str, Want(_is_text, "JOB/NAME or a task id prefix (a string)")]
+    attempt: NotRequired[
+        Annotated[int | None, Want(_or_null(_is_whole), "an attempt number, or null")]
+    ]
+
+
+class LogsReply(TypedDict):
+    ok: Literal[True]
+    task_id: str
+    job: str
+    name: str
+    state: str
+    attempt: int  # the attempt shown (0: none has ended yet)
+    node: str  # the node that ran it ("" if none)
+    outcome: str  # "" while it runs, or if none ran
+    stdout: str | None  # blobs held on this node now; None: none, or no holder could give it
+    stderr: str | None
+    running_on: str  # the node a running attempt is on ("" if none runs)
+    run_dir: str | None  # a running attempt's dir, when it runs on this node (its files grow)
+
+
 class ShutdownRequest(TypedDict):
     op: Literal["shutdown"]
 
@@ -346,7 +371,7 @@ class ErrorReply(TypedDict):
 Reply = (
     PingReply | SubmitReply | StatusReply | CancelReply | RetryReply | MembersReply
     | FetchResultsReply | ReloadKeysReply | JoinReply | ShutdownReply | DrainReply
-    | PutBlobReply | WatchReply | WhyReply
+    | PutBlobReply | WatchReply | WhyReply | LogsReply
 )  # fmt: skip
 
 Req = TypeVar("Req", bound=Mapping[str, Any])
@@ -387,9 +412,10 @@ DRAIN: Contract[DrainRequest, DrainReply] = Contract(DrainRequest, DrainReply)
 PUT_BLOB: Contract[PutBlobRequest, PutBlobReply] = Contract(PutBlobRequest, PutBlobReply)
 WATCH: Contract[WatchRequest, WatchReply] = Contract(WatchRequest, WatchReply)
 WHY: Contract[WhyRequest, WhyReply] = Contract(WhyRequest, WhyReply)
+LOGS: Contract[LogsRequest, LogsReply] = Contract(LogsRequest, LogsReply)
 CONTRACTS: tuple[Contract[Any, Any], ...] = (
     PING, SUBMIT, STATUS, CANCEL, RETRY, MEMBERS, FETCH_RESULTS, RELOAD_KEYS, JOIN, SHUTDOWN, DRAIN,
-    PUT_BLOB, WATCH, WHY,
+    PUT_BLOB, WATCH, WHY, LOGS,
 )  # fmt: skip
 
 
@@ -562,6 +588,9 @@ class Client:
             await self.send(BlobFrame(data=bytes(view[at : at + BLOB_FRAME_BYTES])))
         await self.send(BlobFrame(end=True))
         return checked_reply(PUT_BLOB, await self.reply())
+
+    async def logs(self, target: str, attempt: int | None = None) -> LogsReply:
+        return await self.ask(LOGS, LogsRequest(op="logs", target=target, attempt=attempt))
 
     async def why(self, target: str) -> WhyReply:
         return await self.ask(WHY, WhyRequest(op="why", target=target))

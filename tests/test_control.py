@@ -100,6 +100,14 @@ class FakeNode:
     def unwatch(self, watch: Watch) -> None:
         self.calls.append(("unwatch",))
 
+    async def logs(self, target: str, number: int | None) -> control.LogsReply:
+        self.calls.append(("logs", target, number))
+        return {
+            "ok": True, "task_id": TASK["task_id"], "job": JOB, "name": "1", "state": "done",
+            "attempt": 1, "node": NODE_ID, "outcome": "ok", "stdout": None, "stderr": None,
+            "running_on": "", "run_dir": None,
+        }  # fmt: skip
+
     def why(self, target: str) -> control.WhyReply:
         self.calls.append(("why", target))
         return {
@@ -163,6 +171,7 @@ GOOD: dict[str, tuple[Ask, tuple[Any, ...] | None]] = {
         lambda c: c.watch([TASK["task_id"], "nope"], 100),
         ("watch", [TASK["task_id"], "nope"]),
     ),
+    "logs": (lambda c: c.logs(f"{JOB}/1", 2), ("logs", f"{JOB}/1", 2)),
     "why": (lambda c: c.why(f"{JOB}/1"), ("why", f"{JOB}/1")),
 }
 
@@ -177,6 +186,10 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "drain": ({"op": "drain", "grace_s": -1}, "'grace_s' must be a number of seconds, 0 or more"),
     "watch": ({"op": "watch", "add": "abc"}, "'add' must be a list of task ids"),
     "why": ({"op": "why", "target": 7}, "'target' must be JOB/NAME or a task id prefix"),
+    "logs": (
+        {"op": "logs", "target": "j/n", "attempt": "2"},
+        "'attempt' must be an attempt number",
+    ),
 }
 UNKNOWN: list[tuple[dict[str, Any], str]] = [
     ({"op": "launch"}, "unknown request 'launch'"),
@@ -433,6 +446,7 @@ SENT_BY_THE_CLI: list[dict[str, Any]] = [
     {"op": "submit", "job": "sweep", "rerun_failed": True},
     {"op": "put_blob"},
     {"op": "why", "target": "sweep/seed-3"},
+    {"op": "logs", "target": "sweep/seed-3", "attempt": None},
     {"op": "watch", "add": ["ab" * 32], "wait_ms": 1000},
     {"op": "watch", "add": None, "wait_ms": None},
 ]

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -25,7 +26,7 @@ from swarm.core.policy import why_infeasible
 from swarm.core.spec import Resources, name_problem
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
-from swarm.daemon.store import BlobStore
+from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.errors import SwarmError, UserInputError
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
@@ -268,6 +269,85 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     reply = _call(args, lambda client: client.cancel(args.target))
     out.print(f"cancelled {reply['cancelled']} {reply['target']}")
     return 0
+
+
+FOLLOW_POLL_S = 0.25  # how often `logs --follow` looks at a running attempt's files
+FOLLOW_CHUNK_BYTES = 1 << 16
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The stdout and stderr of a task's latest attempt (to this command's stdout and stderr);
+    --follow: while an attempt runs on this node, its files as they grow, then its end."""
+    state = statedir.resolve(args.data_dir)
+    reply = _call(args, lambda client: client.logs(args.target, args.attempt))
+    shown = {"stdout": 0, "stderr": 0}  # bytes of each already printed (by --follow)
+    if args.follow and reply["running_on"]:
+        reply, shown = _follow(args, reply)
+    where = f"attempt {reply['attempt']} on node {reply['node'][:8]}: {reply['outcome']}"
+    if not reply["attempt"]:
+        where = "no attempt has ended yet"
+    running = f"; it runs now on node {reply['running_on'][:8]}" if reply["running_on"] else ""
+    err.print(f"{reply['job']}/{reply['name']}: {where}{running}", markup=False, highlight=False)
+    store = BlobStore(state.blobs)
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        digest = reply["stdout"] if name == "stdout" else reply["stderr"]
+        if digest is None:
+            if reply["attempt"]:
+                err.print(f"(its {name} could not be had from any node)")
+            continue
+        _print_blob(store, digest, stream, shown[name])
+    return 0
+
+
+def _print_blob(store: BlobStore, digest: str, stream: TextIO, skip: int = 0) -> None:
+    """A held blob's bytes past `skip` to `stream`, once it is verified (a corrupt one is said,
+    not shown)."""
+    if digest == EMPTY_DIGEST:
+        return
+    if not store.verify(digest):
+        raise SwarmError(f"the blob {digest[:12]} held here is corrupt; it was set aside")
+    stream.flush()
+    with open(store.path(digest), "rb") as blob:
+        blob.seek(skip)
+        while chunk := blob.read(FOLLOW_CHUNK_BYTES):
+            stream.buffer.write(chunk)
+    stream.buffer.flush()
+
+
+def _follow(
+    args: argparse.Namespace, reply: control.LogsReply
+) -> tuple[control.LogsReply, dict[str, int]]:
+    """Print a running attempt's output as it grows (when it runs here), until it ends; then
+    the reply for the ended attempt, and how much of each stream was printed already."""
+    run_dir = reply["run_dir"]
+    if run_dir is None:
+        err.print(
+            f"it runs on node {reply['running_on'][:8]}: its output comes when it ends",
+            markup=False,
+        )
+    offsets = {"stdout": 0, "stderr": 0}
+    while True:
+        if run_dir is not None:
+            for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                offsets[name] += _copy_new(Path(run_dir) / name, offsets[name], stream)
+        time.sleep(FOLLOW_POLL_S)
+        now = _call(args, lambda client: client.logs(args.target, None))
+        if not now["running_on"]:
+            return now, offsets  # the rest of its output is in its result
+
+
+def _copy_new(path: Path, offset: int, stream: TextIO) -> int:
+    """Copy what `path` gained past `offset` to `stream`; how many bytes."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(FOLLOW_CHUNK_BYTES * 16)
+    except OSError:
+        return 0
+    stream.flush()
+    stream.buffer.write(data)
+    stream.buffer.flush()
+    return len(data)
 
 
 def cmd_why(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from swarm.cli.common import err
-from swarm.cli.jobs import cmd_cancel, cmd_retry, cmd_run, cmd_submit, cmd_why
+from swarm.cli.jobs import cmd_cancel, cmd_logs, cmd_retry, cmd_run, cmd_submit, cmd_why
 from swarm.cli.live import cmd_status
 from swarm.cli.nodes import cmd_drain, cmd_init, cmd_join, cmd_key, cmd_members, cmd_start, cmd_stop
 from swarm.cli.results import cmd_export, cmd_results
@@ -222,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")
     p.add_argument("target", metavar="JOB|TASK")
     p.set_defaults(func=cmd_cancel)
+
+    p = add("logs", "print the stdout and stderr of a task's latest attempt, from any node")
+    p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
+    p.add_argument("--attempt", type=int, help="this attempt (1, 2, ...), not the latest")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="while it runs, its output as it grows"
+    )
+    p.set_defaults(func=cmd_logs)
 
     p = add("why", "say why a task is not running (or where it runs, or how it ended)")
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")

@@ -40,6 +40,8 @@ from swarm.control import (
     FetchResultsRequest,
     JoinReply,
     JoinRequest,
+    LogsReply,
+    LogsRequest,
     MembersReply,
     MembersRequest,
     NetStats,
@@ -121,6 +123,7 @@ class NodeControl(Protocol):
     def watch(self, watch: Watch, task_ids: list[str]) -> list[str]: ...
     def unwatch(self, watch: Watch) -> None: ...
     def why(self, target: str) -> WhyReply: ...
+    async def logs(self, target: str, number: int | None) -> LogsReply: ...
     async def ended(self, task_id: str) -> EndedTask | None: ...
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]: ...
     async def retry(self, job: str) -> int: ...
@@ -252,6 +255,10 @@ async def _put_blob(call: Call, request: PutBlobRequest) -> PutBlobReply:
     return {"ok": True, "digest": digest, "size": size}
 
 
+async def _logs(call: Call, request: LogsRequest) -> LogsReply:
+    return await call.node.logs(request["target"], request.get("attempt"))
+
+
 async def _why(call: Call, request: WhyRequest) -> WhyReply:
     return call.node.why(request["target"])
 
@@ -349,6 +356,7 @@ OPERATIONS: dict[str, Operation[Any, Any]] = {
         Operation(control.PUT_BLOB, _put_blob, streamed=True),
         Operation(control.WATCH, _watch),
         Operation(control.WHY, _why),
+        Operation(control.LOGS, _logs),
     )
 }
 # The protocol's contracts and this table are one set: an op with no handler would be refused as

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
-from swarm.control import EndedTask, WhyReply
+from swarm.control import EndedTask, LogsReply, WhyReply
 from swarm.core import requests, snapshot
 from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State
 from swarm.core.manifest import parse_manifest
@@ -20,9 +20,10 @@ from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.daemon.config import parse_addr
 from swarm.daemon.net import GossipNet
+from swarm.daemon.store import EMPTY_DIGEST
 from swarm.daemon.transfer import Copied, outcome_attempt
 from swarm.daemon.watches import Watch
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, UserError
 from swarm.pycall import VALUE_FILE
 
 if TYPE_CHECKING:
@@ -181,6 +182,48 @@ class Operations:
             "name": view.name,
             "state": state,
             "reasons": reasons,
+        }
+
+    async def logs(self, target: str, number: int | None) -> LogsReply:
+        """A task's latest ended attempt (or its `number`th) with its stdout and stderr made
+        held here (copied from a holder), and where a running attempt of it runs."""
+        node = self.node
+        view = requests.find_task(node.ledger, target)
+        ended = [a for a in view.ordered_attempts() if a.result.digest or a.result.value]
+        if number is not None:
+            ended = [a for a in ended if a.result.attempt == number]
+            if not ended:
+                raise UserError(f"{view.job}/{view.name} has no ended attempt {number}")
+        shown = ended[-1] if ended else None
+        stdout = stderr = None
+        if shown is not None and shown.result.value and not shown.result.digest:
+            stdout = stderr = EMPTY_DIGEST  # a call that printed nothing
+        elif shown is not None:
+            with contextlib.suppress(SwarmError, OSError):
+                copied = await node.transfer.copy_result(shown)
+                await self._say_held(copied)
+                digest = shown.result.digest
+                assert digest is not None
+                manifest = parse_manifest(await asyncio.to_thread(node.store.read_bytes, digest))
+                held = node.store.has
+                stdout = manifest.stdout if held(manifest.stdout) else None
+                stderr = manifest.stderr if held(manifest.stderr) else None
+        claim = view.active_claim()
+        running_on = "" if claim is None else claim[1]
+        attempt = node.attempts.get(view.task_id) if running_on == node.node_id else None
+        return {
+            "ok": True,
+            "task_id": view.task_id,
+            "job": view.job,
+            "name": view.name,
+            "state": "" if view.state is None else str(view.state),
+            "attempt": 0 if shown is None else shown.result.attempt,
+            "node": "" if shown is None else shown.version.origin,
+            "outcome": "" if shown is None else str(shown.result.outcome),
+            "stdout": stdout,
+            "stderr": stderr,
+            "running_on": running_on,
+            "run_dir": None if attempt is None else str(attempt.launch.run_dir),
         }
 
     # -- Python clients: watching calls end -------------------------------------------------

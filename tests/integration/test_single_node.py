@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,7 +18,7 @@ import pytest
 from swarm import control, statedir
 from swarm.errors import ControlError
 
-from .conftest import REPO, Cli, Daemon, export_rows, wait_for, write_tasks
+from .conftest import REPO, Cli, Daemon, export_rows, swarm_cmd, wait_for, write_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -371,3 +373,48 @@ def test_why_says_what_a_task_waits_for(cli: Cli, daemon: Callable[..., Daemon])
     assert "swarm retry waits" in cli.ok("why", "waits/flaky").stdout
     refused = cli("why", "waits/nope")
     assert refused.returncode != 0 and "has no task named 'nope'" in refused.stderr
+
+
+def test_logs_follow_a_running_attempt_then_show_each_attempt(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    daemon("--cpus", "1")
+    gate = cli.cwd / "go"
+    tasks = write_tasks(
+        cli.cwd / "talk.jsonl",
+        [
+            {
+                "name": "chat",
+                "cmd": f"echo one; echo oops >&2; while [ ! -e {gate} ]; do sleep 0.05; done; echo two",
+            },
+            {"name": "bad", "cmd": "echo no >&2; exit 3", "retries": 1, "retry_backoff": 0},
+        ],
+    )
+    cli.ok("submit", str(tasks))
+    wait_for("chat to run", lambda: cli.job("talk")["running"] == 1)
+    follower = subprocess.Popen(
+        swarm_cmd("logs", "talk/chat", "--follow"),
+        cwd=cli.cwd,
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 30)
+        assert ready, "--follow printed nothing of the running attempt"
+        first = follower.stdout.readline()  # printed while it runs: the gate is still shut
+        gate.write_text("")
+        rest, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert first + rest == "one\ntwo\n", (first, rest, err)  # each line once
+    assert "oops" in err and "talk/chat: attempt 1" in err
+    wait_for("bad to fail twice", lambda: cli.job("talk")["failed"] == 1)
+    latest = cli.ok("logs", "talk/bad")
+    assert "attempt 2 on node" in latest.stderr and latest.stderr.rstrip().endswith("no")
+    first = cli.ok("logs", "talk/bad", "--attempt", "1")
+    assert "attempt 1 on node" in first.stderr
+    missing = cli("logs", "talk/bad", "--attempt", "9")
+    assert missing.returncode != 0 and "no ended attempt 9" in missing.stderr

@@ -112,6 +112,9 @@ def test_a_submit_host_started_with_no_work_holds_the_ledger_and_runs_nothing(
     host.ok("submit", str(tasks))
     wait_for("the job to be done", lambda: host.job("hosted")["done"] == 6)
     assert {r["node"] for r in export_rows(host)} == {ids[1]}  # every task ran on the worker
+    # Its output is printed on the submit host, fetched from the node that holds it.
+    shown = host.ok("logs", "hosted/3")
+    assert shown.stdout == "2\n" and f"attempt 1 on node {ids[1][:8]}: ok" in shown.stderr
 
 
 def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
