@@ -503,3 +503,15 @@ def test_no_left_out_line_when_everything_was_read() -> None:
     snapshot["refused_tasks"] = 0
     text = text_of(snapshot)
     assert "could not be read" not in text and "refused" not in text
+
+
+def test_nodes_gone_long_ago_fold_into_a_count() -> None:
+    live = node("a1b2c3d4e5")
+    recent = node("deadbeef01", state="dead")
+    recent["last_change_s"] = 30.0
+    old = node("0ldd0ne999", state="left")
+    old["last_change_s"] = 3600.0
+    out = text_of({"generated_ms": 0, "nodes": [live, recent, old], "jobs": [], "running": []})
+    assert "a1b2c3d4" in out and "deadbeef" in out  # a node dead for 30 s is still listed
+    assert "0ldd0ne9" not in out
+    assert "and 1 node dead or gone for over 10 minutes" in out

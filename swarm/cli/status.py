@@ -80,7 +80,12 @@ def render(
         infeasible_count = len(infeasible)
 
     parts: list[RenderableType] = [_header(nodes, jobs), Text()]
-    parts += [_nodes_table(nodes), Text()] if nodes else [_note("no live nodes"), Text()]
+    # Nodes gone a while fold into one line: a swarm of preemptible VMs leaves many behind.
+    shown = [n for n in nodes if not _gone_long(n)]
+    folded = len(nodes) - len(shown)
+    parts += [_nodes_table(shown), Text()] if shown else [_note("no live nodes"), Text()]
+    if folded:
+        parts[-1:-1] = [_note(f"and {_plural(folded, 'node')} dead or gone for over 10 minutes")]
     if jobs:
         parts += [_jobs_table(jobs, compact=width < COMPACT_WIDTH), Text()]
     else:
@@ -138,6 +143,13 @@ def _overall_eta(jobs: Iterable[dict[str, Any]]) -> float | None:
             return None
         longest = eta if longest is None else max(longest, eta)
     return longest
+
+
+GONE_FOLD_S = 600.0  # a node dead or left this long is only counted, not listed
+
+
+def _gone_long(node: Mapping[str, Any]) -> bool:
+    return not _is_alive(node) and (_opt_float(node.get("last_change_s")) or 0.0) > GONE_FOLD_S
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
