@@ -130,6 +130,8 @@ class SubmitReply(TypedDict):
     job: str
     added: int  # tasks new to the ledger
     existing: int  # tasks it held already
+    # Why some tasks fit no live member now (the reason -> how many tasks): they wait for one.
+    unfit: NotRequired[dict[str, int]]
 
 
 class StatusRequest(TypedDict):

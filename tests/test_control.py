@@ -108,6 +108,9 @@ class FakeNode:
             "running_on": "", "run_dir": None,
         }  # fmt: skip
 
+    def unfit(self, specs: list[TaskSpec]) -> dict[str, int]:
+        return {}
+
     def why(self, target: str) -> control.WhyReply:
         self.calls.append(("why", target))
         return {

@@ -499,3 +499,14 @@ def test_a_node_that_takes_no_work_claims_nothing_and_says_so() -> None:
     h.core.config = CoreConfig(takes_work=False)
     assert not claims(h.tick(at(0.0)))
     assert h.core.not_claiming == "it takes no work (started with --no-work)"
+
+
+def test_a_submission_hears_which_tasks_fit_no_live_node_and_why() -> None:
+    h = alone()
+    big = TaskSpec("true", None, Resources(64.0, 1 << 20))
+    eu = TaskSpec("true", None, Resources(1.0, 1 << 20), requires=(("zone", "eu"),))
+    said = h.core.unfit([big, big, eu, SPEC])
+    assert said == {
+        "it needs 64 CPUs, and the most a live node offers is 2": 2,
+        "it requires zone=eu: no live node matches (no node has zone)": 1,
+    }

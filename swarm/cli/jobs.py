@@ -78,6 +78,17 @@ def _wire_task(task: taskfile.NewTask) -> control.SubmittedTask:
     }
 
 
+def warn_unfit(reply: control.SubmitReply) -> None:
+    """Say at once which of the submitted tasks no live node can run now, and why."""
+    for reason, count in (reply.get("unfit") or {}).items():
+        err.print(
+            f"[yellow]warning:[/] {plural(count, 'task')} fit no live node now: ",
+            end="",
+            soft_wrap=True,
+        )
+        err.print(f"{reason} (swarm why JOB/NAME tells more)", markup=False, soft_wrap=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     job, tasks = read_task_file(args)
@@ -144,6 +155,7 @@ async def _submit_and_watch(
             f"job [bold]{job}[/]: {plural(len(tasks), 'task')} "
             f"({reply['added']:,} new, {reply['existing']:,} already in the ledger)"
         )
+        warn_unfit(reply)
         return await watch_job(client, job, embedded)
     finally:
         await client.close()
@@ -251,6 +263,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 f"{plural(reply['added'], 'task')} added, "
                 f"{reply['existing']:,} already in the ledger"
             )
+            warn_unfit(reply)
             if not args.wait:
                 return 0
             started = time.monotonic()

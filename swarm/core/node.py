@@ -435,11 +435,31 @@ class NodeCore:
 
     def why_not_running(self, task_id: str, now: float) -> list[str]:
         """Why a task is not running, as this node sees it (core/why.py)."""
-        peers = self.members.peers()
-        if peers is None:  # a node alone: itself
-            peers = [Peer(self.me, self.capacity, dict(self.labels))]
+        peers = self._live_peers()
         swarm = why.Swarm(self.me, peers, self.sched.holds, self.sched.leases, self.not_claiming)
         return why.explain(self.ledger.tasks[task_id], swarm, now)
+
+    def unfit(self, specs: Iterable[TaskSpec]) -> dict[str, int]:
+        """For tasks no live member could run now: each reason, with how many tasks it holds
+        back (a submission is warned at once, not left pending for good unnoticed)."""
+        peers = self._live_peers()
+        said: dict[str, int] = {}
+        known: dict[tuple[object, object], str] = {}
+        for spec in specs:
+            shape = (spec.need, spec.requires)
+            if shape not in known:
+                known[shape] = why.unmet_need(spec, peers)
+            if known[shape]:
+                said[known[shape]] = said.get(known[shape], 0) + 1
+        return said
+
+    def _live_peers(self) -> list[Peer]:
+        """The live members as gossip describes them, this node among them (also before its
+        membership has told it of itself)."""
+        peers = list(self.members.peers() or [])
+        if not any(p.node == self.me for p in peers):
+            peers.append(Peer(self.me, self.capacity, dict(self.labels), self.draining))
+        return peers
 
     def peer_could_run(self, spec: TaskSpec) -> bool:
         """Whether a live member other than this node could run a task of this shape."""

@@ -18,6 +18,7 @@ from swarm.core.lease import Leases
 from swarm.core.ledger import Outcome, State, TaskView
 from swarm.core.policy import labels_match
 from swarm.core.scheduler import Peer
+from swarm.core.spec import TaskSpec
 from swarm.core.units import format_bytes, format_duration
 
 
@@ -81,7 +82,7 @@ def _pending(
     spec = view.spec
     assert spec is not None
     said: list[str] = []
-    unmet = _unmet(view, swarm.peers)
+    unmet = unmet_need(spec, swarm.peers)
     if unmet:
         said.append(unmet)
     held_until = swarm.holds.get(view.task_id, 0.0)
@@ -96,7 +97,7 @@ def _pending(
     if swarm.not_claiming:
         said.append(f"this node claims no new task: {swarm.not_claiming}")
     if not said:
-        fits = sum(1 for p in swarm.peers if _fits(view, p))
+        fits = sum(1 for p in swarm.peers if _fits(spec, p))
         said.append(
             f"it waits for a free slot: {fits} live node{'s' if fits != 1 else ''} can run it, "
             "and the tasks of higher priority, or queued before it, go first"
@@ -104,9 +105,7 @@ def _pending(
     return said
 
 
-def _fits(view: TaskView, peer: Peer) -> bool:
-    spec = view.spec
-    assert spec is not None
+def _fits(spec: TaskSpec, peer: Peer) -> bool:
     return (
         not peer.draining
         and spec.need.fits_in(peer.capacity)
@@ -114,13 +113,11 @@ def _fits(view: TaskView, peer: Peer) -> bool:
     )
 
 
-def _unmet(view: TaskView, peers: list[Peer]) -> str:
-    """The first requirement no live node meets, said with what the nearest node offers; ""
-    if some node can run it."""
-    spec = view.spec
-    assert spec is not None
+def unmet_need(spec: TaskSpec, peers: list[Peer]) -> str:
+    """The first requirement of a task no live node meets, said with what the nearest node
+    offers; "" if some node can run it. (`swarm submit` warns with it too.)"""
     working = [p for p in peers if not p.draining]
-    if any(_fits(view, p) for p in working):
+    if any(_fits(spec, p) for p in working):
         return ""
     if not working:
         return "no live node takes work: every member is draining, gone, or started --no-work"

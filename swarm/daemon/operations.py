@@ -18,6 +18,7 @@ from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, Sta
 from swarm.core.manifest import parse_manifest
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
+from swarm.core.spec import TaskSpec
 from swarm.daemon.config import parse_addr
 from swarm.daemon.net import GossipNet
 from swarm.daemon.store import EMPTY_DIGEST
@@ -168,6 +169,9 @@ class Operations:
         node = self.node
         if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
             await node.append([ReplicaRecord(copied.digest)])
+
+    def unfit(self, specs: list[TaskSpec]) -> dict[str, int]:
+        return self.node.core.unfit(specs)
 
     def why(self, target: str) -> WhyReply:
         """Why the task `target` names is not running (core/why.py)."""

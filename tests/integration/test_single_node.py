@@ -359,7 +359,8 @@ def test_why_says_what_a_task_waits_for(cli: Cli, daemon: Callable[..., Daemon])
             {"name": "flaky", "cmd": "exit 3", "retries": 1, "retry_backoff": 4},
         ],
     )
-    cli.ok("submit", str(tasks))
+    submitted = cli.ok("submit", str(tasks))
+    assert "warning: 1 task fit no live node now: it requires zone=eu" in submitted.stderr
     why_eu = cli.ok("why", "waits/eu").stdout
     assert "it requires zone=eu: no live node matches (the nodes have zone=us)" in why_eu
     wait_for("flaky to fail once", lambda: "retry backoff" in cli.ok("why", "waits/flaky").stdout)
