@@ -20,6 +20,7 @@ from swarm.cli.common import err
 from swarm.cli.jobs import cmd_cancel, cmd_logs, cmd_retry, cmd_run, cmd_submit, cmd_why
 from swarm.cli.live import cmd_status
 from swarm.cli.nodes import cmd_drain, cmd_init, cmd_join, cmd_key, cmd_members, cmd_start, cmd_stop
+from swarm.cli.preempt import cmd_preemption_watch
 from swarm.cli.results import cmd_export, cmd_results
 from swarm.daemon import db
 from swarm.daemon.config import DEFAULT_PORT, LAN, PROFILES, TEST
@@ -222,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")
     p.add_argument("target", metavar="JOB|TASK")
     p.set_defaults(func=cmd_cancel)
+
+    p = add(
+        "preemption-watch",
+        "drain this node when its cloud gives notice that the VM is to be preempted",
+    )
+    p.add_argument("--cloud", choices=("gce", "aws"), required=True, help="where the VM runs")
+    p.add_argument("--metadata-url", help="the notice's address (default: the cloud's own)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default: 5)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        help="seconds the drain lets tasks finish (default: 25 on gce, 100 on aws)",
+    )
+    p.set_defaults(func=cmd_preemption_watch)
 
     p = add("logs", "print the stdout and stderr of a task's latest attempt, from any node")
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
