@@ -60,6 +60,11 @@ class StateDir:
         return self.root / "swarm.key"
 
     @property
+    def peers_path(self) -> Path:
+        """The members this node last saw alive, HOST:PORT a line: it rejoins through them."""
+        return self.root / "peers"
+
+    @property
     def keys_dir(self) -> Path:
         """Installed swarm keys that are not (or not yet) in use: `<key id>.key` each."""
         return self.root / "keys"

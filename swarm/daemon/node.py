@@ -133,6 +133,7 @@ class Node:
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
         self._side_tasks: set[asyncio.Task[None]] = set()  # copies, disk checks
+        self._remembered: frozenset[tuple[str, int]] = frozenset()  # members kept in the state dir
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
@@ -467,8 +468,13 @@ class Node:
         await self.replicator.open_reader(self.state.db_path)
         loops = await self._listen(tg, bind)
         loops.append(tg.create_task(self.replicator.sync_loop()))
-        if self.config.join:
-            seeds, retry_s = list(self.config.join), self.config.gossip.reconnect_interval_s
+        seeds = list(self.config.join)
+        if not seeds:  # a restart with no --join: through the members it saw last time
+            seeds = [s for s in peers.remembered(self.state) if s != bind]
+            if seeds:
+                log.info("rejoining through %d member(s) seen before the restart", len(seeds))
+        if seeds:
+            retry_s = self.config.gossip.reconnect_interval_s
             joining = peers.join_until_answered(
                 self.membership, self.net, seeds, retry_s, lambda: self.stopping
             )
@@ -512,6 +518,15 @@ class Node:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
         if self.membership is not None:
             self.tell(self.core.members_changed, events, self.membership.members)
+            self._remember_members()
+
+    def _remember_members(self) -> None:
+        """Keep the live members' addresses in the state dir when they change (peers.remember)."""
+        assert self.membership is not None
+        alive = frozenset(m.addr for m in self.membership.live_members() if m.node != self.node_id)
+        if alive and alive != self._remembered and self._tg is not None:
+            self._remembered = alive
+            self._side_task(asyncio.to_thread(peers.remember, self.state, list(alive)))
 
     async def _leave_swarm(self) -> None:
         if self.membership is not None and self.net is not None:

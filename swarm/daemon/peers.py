@@ -25,6 +25,33 @@ RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
 Seed = tuple[str, int]
+PEERS_REMEMBERED_MAX = 64  # members kept in the state dir to rejoin through after a restart
+
+
+def remember(state: StateDir, seeds: list[Seed]) -> None:
+    """Keep the members seen alive, so that a restarted node rejoins with no --join: written to
+    a temp file and renamed, so a crash leaves the old list or the new. Blocking (small)."""
+    text = "".join(f"{host}:{port}\n" for host, port in sorted(seeds)[:PEERS_REMEMBERED_MAX])
+    tmp = state.peers_path.with_name("peers.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(state.peers_path)
+    except OSError as exc:  # a full disk, say: the next change tries again
+        log.debug("could not keep the members seen: %s", exc)
+
+
+def remembered(state: StateDir) -> list[Seed]:
+    """The members this node last saw alive ([] if none, or the file is unreadable)."""
+    try:
+        lines = state.peers_path.read_text().splitlines()[:PEERS_REMEMBERED_MAX]
+    except (OSError, UnicodeDecodeError):
+        return []
+    seeds = []
+    for line in lines:
+        host, sep, port = line.strip().rpartition(":")
+        if sep and host and port.isdigit() and 0 < int(port) < 65536:
+            seeds.append((host, int(port)))
+    return seeds
 
 
 def join(membership: gossip.Membership | None, net: GossipNet | None, seeds: list[Seed]) -> None:

@@ -139,6 +139,24 @@ def test_a_restarted_node_rejoins_and_catches_up(swarm: Swarm) -> None:
     )
 
 
+def test_a_node_restarted_without_join_rejoins_through_the_members_it_saw(swarm: Swarm) -> None:
+    swarm.start(0)
+    cli1, daemon1 = swarm.start(1, join=0)
+    ids = [swarm.node_id(i) for i in range(2)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    port0 = swarm.nodes[0][2]
+    peers_file = cli1.home / "peers"
+    wait_for("node 1 to keep node 0's address", lambda: peers_file.exists())
+    assert peers_file.read_text() == f"127.0.0.1:{port0}\n"
+    daemon1.stop()
+    wait_for("node 1 to have left", lambda: swarm.states(0)[ids[1]] == "left")
+    i = daemon1.args.index("--join")
+    again = Daemon(cli1, daemon1.args[:i] + daemon1.args[i + 2 :]).start()  # no --join
+    swarm.nodes.append((cli1, again, 0))  # stopped with the others
+    wait_for("it to be alive again", lambda: swarm.states(0)[ids[1]] == "alive")
+    assert "rejoining through 1 member(s)" in again.log.read_text()
+
+
 def test_junk_truncated_flipped_replayed_and_oversized_packets_are_dropped(swarm: Swarm) -> None:
     from swarm.core import wire
 
