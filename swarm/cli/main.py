@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="interrupt what still runs after this long (its tasks then run elsewhere)",
     )
-    p.add_argument("--wait", action="store_true", help="return when this node has stopped")
+    p.add_argument("--wait", action="store_true", help="return when the node has left (stopped)")
     p.set_defaults(func=cmd_drain)
 
     p = add(

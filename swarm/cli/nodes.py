@@ -214,12 +214,25 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 1
 
 
+DRAIN_POLL_S = 0.5  # how often `drain NODE --wait` asks whether the node has left
+
+
+def _member_state(args: argparse.Namespace, node: str) -> str:
+    members = _call(args, lambda client: client.members())["members"]
+    return next((str(m["state"]) for m in members if m["id"] == node), "left")
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     reply = _call(args, lambda client: client.drain(args.node or "", args.grace))
     node = reply["node"]
     if reply["running"] is None:
         out.print(f"asked node {node[:8]} to drain; it leaves the swarm when its tasks end")
+        if not args.wait:
+            return 0
+        while _member_state(args, node) not in ("left", "dead"):  # as this node hears of it
+            time.sleep(DRAIN_POLL_S)
+        out.print(f"drained: node {node[:8]} has left the swarm")
         return 0
     out.print(
         f"draining this node ({node[:8]}): {plural(reply['running'], 'attempt')} to "

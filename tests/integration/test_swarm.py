@@ -393,8 +393,10 @@ def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
     attempts = [r for r in export_rows(cli0, "--attempts") if r["name"] in held]
     # What it was running when told to drain, it finished: no interruption, no second run.
     assert attempts and all(r["outcome"] == "ok" and r["node"] == ids[2] for r in attempts)
-    # Remote: drain node 1 from node 0, by a prefix of its id; it has nothing to run, so it goes.
-    cli0.ok("drain", ids[1][:10])
+    # Remote: drain node 1 from node 0, by a prefix of its id; it has nothing to run, so it
+    # goes, and --wait returns once node 0 has seen it leave.
+    waited = cli0.ok("drain", ids[1][:10], "--wait")
+    assert f"drained: node {ids[1][:8]} has left the swarm" in waited.stdout
     wait_for("node 1 to be seen as left", lambda: swarm.states(0)[ids[1]] == "left")
 
 
