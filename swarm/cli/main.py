@@ -67,6 +67,39 @@ def report(exc: BaseException) -> int:
     return 3 if isinstance(exc, NotRunningError) else 1
 
 
+# Each subcommand's --help ends with examples (a line each, for copy and paste).
+EXAMPLES = {
+    "run": "  swarm run examples/hello.jsonl\n  swarm run cmds.txt --lines --cpus 4 --out results/",
+    "init": "  swarm init\n  swarm init --key-file swarm.key    # join an existing swarm's key",
+    "start": (
+        "  swarm start --cpus 8 --memory 30G --label zone=eu\n"
+        "  swarm start --bind 10.0.0.6:7946 --join 10.0.0.5:7946\n"
+        "  swarm start --no-work    # a submit host: holds the ledger, runs nothing"
+    ),
+    "submit": "  swarm submit tasks.jsonl\n  swarm submit cmds.txt --lines --job sweep --wait",
+    "status": "  swarm status\n  swarm status --once --json | jq .jobs",
+    "results": "  swarm results sweep --out results/",
+    "export": (
+        "  swarm export -o ledger.csv\n  swarm export --what attempts --job sweep\n"
+        "  swarm export --what nodes --format jsonl"
+    ),
+    "cancel": "  swarm cancel sweep\n  swarm cancel 3fa2c1",
+    "retry": "  swarm retry sweep",
+    "logs": "  swarm logs sweep/seed-3\n  swarm logs sweep/seed-3 --attempt 1\n  swarm logs 3fa2c1 -f",
+    "why": "  swarm why sweep/seed-3\n  swarm why 3fa2c1",
+    "stop": "  swarm stop",
+    "leave": "  swarm leave",
+    "drain": "  swarm drain --wait\n  swarm drain 3fa2c1d0 --grace 60 --wait",
+    "join": "  swarm join 10.0.0.5:7946 --bind 10.0.0.6:7946",
+    "members": "  swarm members\n  swarm members --json",
+    "key": (
+        "  swarm key new next.key && swarm key install next.key    # on every node\n"
+        "  swarm key use ID && swarm key remove OLD_ID"
+    ),
+    "preemption-watch": "  swarm preemption-watch --cloud gce\n  swarm preemption-watch --cloud aws --grace 90",
+}
+
+
 class VersionAction(argparse.Action):
     """`swarm --version`: the installed distribution's version, read only when asked (the
     metadata lookup would slow every command's start)."""
@@ -169,8 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, help_text: str, *parents: argparse.ArgumentParser
     ) -> argparse.ArgumentParser:
+        examples = EXAMPLES.get(name)
         return sub.add_parser(
-            name, help=help_text, description=help_text, parents=[common, *parents]
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common, *parents],
+            epilog=None if examples is None else "examples:\n" + examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     p = add(
