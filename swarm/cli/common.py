@@ -17,8 +17,8 @@ from swarm.errors import ControlError
 
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
 Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def plural(count: int, word: str) -> str:
