@@ -515,3 +515,20 @@ def test_nodes_gone_long_ago_fold_into_a_count() -> None:
     assert "a1b2c3d4" in out and "deadbeef" in out  # a node dead for 30 s is still listed
     assert "0ldd0ne9" not in out
     assert "and 1 node dead or gone for over 10 minutes" in out
+
+
+def test_the_latest_failures_show_with_their_exit_and_last_stderr_line() -> None:
+    failure = {
+        "task_id": "t9", "job": "sweep", "name": "seed-3", "node": "a1b2c3d4e5", "outcome": "failed",
+        "exit_code": 2, "reason": "exit 2", "ended_ms": 0, "digest": None,
+        "stderr_tail": "ValueError: bad seed",
+    }  # fmt: skip
+    timed_out = {**failure, "name": "seed-4", "outcome": "timeout", "exit_code": None,
+                 "reason": "timed out after 5s", "stderr_tail": ""}  # fmt: skip
+    out = text_of({"generated_ms": 0, "nodes": [], "jobs": [], "running": [],
+                   "failures": [failure, timed_out]})  # fmt: skip
+    assert "Latest failures" in out
+    row = next(line for line in out.splitlines() if "sweep/seed-3" in line)
+    assert "a1b2c3d4" in row and " 2 " in row and "ValueError: bad seed" in row
+    row = next(line for line in out.splitlines() if "sweep/seed-4" in line)
+    assert "timeout" in row and "timed out after 5s" in row  # no stderr: its reason

@@ -18,6 +18,8 @@ from swarm.control import Client
 from swarm.core import snapshot
 from swarm.core.spec import NO_RESOURCES
 from swarm.daemon import db, resources
+from swarm.daemon.failures import fill_stderr_tails
+from swarm.daemon.store import BlobStore
 from swarm.errors import NotRunningError, UserInputError
 
 STATUS_REFRESH_S = 1.0  # the live view asks for a new snapshot this often
@@ -87,4 +89,6 @@ def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> snapsh
         "running": 0,
     }
     left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
-    return snapshot.build(loaded.ledger, wall_ms(), [node], jobs, left_out=left_out)
+    built = snapshot.build(loaded.ledger, wall_ms(), [node], jobs, left_out=left_out)
+    fill_stderr_tails(built.get("failures", []), BlobStore(state.blobs))
+    return built

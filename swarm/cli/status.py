@@ -95,6 +95,9 @@ def render(
     if running_total:
         rows = max(1, min(running_rows_max, RUNNING_SHOWN_MAX))
         parts += [_running_table(running, running_total, now_ms, rows), Text()]
+    failures = _dicts(snapshot.get("failures"))
+    if failures:
+        parts += [_failures_table(failures), Text()]
     if infeasible_count:
         parts.append(_infeasible_line(infeasible_count))
     parts += _left_out_lines(snapshot)
@@ -227,6 +230,26 @@ def _jobs_table(jobs: list[dict[str, Any]], *, compact: bool = False) -> Table:
             *([Text(format_count(_int(job, "cancelled")))] if show_cancelled else []),
             Text(format_rate(_float(job, "rate_per_s"))),
             Text(format_duration(_opt_float(job.get("eta_s")))),
+        )
+    return table
+
+
+def _failures_table(failures: list[dict[str, Any]]) -> Table:
+    """The latest failed attempts: which, where, how, and the last line of their stderr."""
+    table = _table("Latest failures")
+    table.add_column("job/task", overflow="fold")
+    table.add_column("node", no_wrap=True)
+    table.add_column("exit", justify="right", no_wrap=True)
+    table.add_column("last line of stderr (or why)", overflow="fold")
+    for failure in failures:
+        code = failure.get("exit_code")
+        exit_text = "timeout" if failure.get("outcome") == "timeout" else str(code or "")
+        said = str(failure.get("stderr_tail") or failure.get("reason") or "")
+        table.add_row(
+            Text(f"{failure.get('job', '?')}/{failure.get('name', '?')}"),
+            Text(_short(failure.get("node"))),
+            Text(exit_text, style="red"),
+            Text(said),
         )
     return table
 

@@ -38,6 +38,7 @@ INTERRUPTION_CAP = 5
 # task that needs more memory than any node has left would otherwise be stopped and re-run forever.
 EVICTION_CAP = 5
 FINISH_SAMPLES_MAX = 4096  # per job: recent finish times kept for rates and ETAs
+FAILURES_KEPT_MAX = 256  # failed attempts kept, newest, for the status view
 
 
 class Kind(enum.IntEnum):
@@ -383,6 +384,9 @@ class Ledger:
         self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
         self.running: set[str] = set()  # ids of tasks whose state is running
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
+        # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
+        # what `swarm status` lists under its latest failures.
+        self.failures: deque[tuple[str, tuple[int, str]]] = deque(maxlen=FAILURES_KEPT_MAX)
         self.records_applied = 0
         self.drains: dict[str, int] = {}  # node -> stamp of the latest drain asked of it
         # origin -> highest HLC stamp of its records: a restarted node's clock starts above its
@@ -421,6 +425,8 @@ class Ledger:
                 held = view.attempts.get(slot)
                 if held is None or held.version < version:
                     view.attempts[slot] = Attempt(version, body)
+                    if held is None and body.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
+                        self.failures.append((body.task_id, slot))
                 return self._refresh(view)
             case HeartbeatRecord():
                 if body.counter > self.heartbeats.get(version.origin, -1):

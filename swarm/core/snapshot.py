@@ -67,6 +67,21 @@ class RunningRow(TypedDict):
     started_ms: int
 
 
+class FailureRow(TypedDict):
+    """A recent failed (or timed-out) attempt, for the status view."""
+
+    task_id: str
+    job: str
+    name: str
+    node: str
+    outcome: str  # failed, or timeout
+    exit_code: int | None
+    reason: str
+    ended_ms: int
+    digest: str | None  # its result (stdout, stderr), if it left one
+    stderr_tail: str  # the last line of its stderr, when its blob is held where this was made
+
+
 class Snapshot(TypedDict):
     generated_ms: int
     nodes: list[NodeRow]
@@ -77,12 +92,14 @@ class Snapshot(TypedDict):
     unreadable_records: int  # ledger rows that did not decode: their tasks are not shown
     unreadable_reason: str  # why the first of them could not be read ("" if none)
     refused_tasks: int  # TASK records that do not hash to their id: not applied
+    failures: NotRequired[list[FailureRow]]  # the latest failed attempts, newest first
     refused_reason: str  # the first of them, and why
 
 
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200
 INFEASIBLE_LISTED_MAX = 100  # ids listed; the count says how many there are in all
+FAILURES_LISTED_MAX = 5  # the latest failed attempts the status view lists
 REASON_CHARS_MAX = 300  # of the one reason shown for the records left out of the ledger
 
 
@@ -197,7 +214,37 @@ def build(
         "unreadable_reason": left_out.unreadable_reason if left_out else "",
         "refused_tasks": left_out.refused if left_out else 0,
         "refused_reason": left_out.refused_reason if left_out else "",
+        "failures": failure_rows(ledger, jobs),
     }
+
+
+def failure_rows(ledger: Ledger, jobs: list[str] | None) -> list[FailureRow]:
+    """The latest failed attempts of these jobs (all if None), newest first; their stderr's
+    last line is left for whoever holds the blobs to fill in (`stderr_tail`)."""
+    rows: list[FailureRow] = []
+    for task_id, slot in reversed(ledger.failures):
+        view = ledger.tasks.get(task_id)
+        attempt = None if view is None else view.attempts.get(slot)
+        if view is None or attempt is None or (jobs is not None and view.job not in jobs):
+            continue
+        r = attempt.result
+        rows.append(
+            {
+                "task_id": task_id,
+                "job": view.job,
+                "name": view.name,
+                "node": attempt.version.origin,
+                "outcome": str(r.outcome),
+                "exit_code": r.exit_code,
+                "reason": r.reason,
+                "ended_ms": r.ended_ms,
+                "digest": r.digest,
+                "stderr_tail": "",
+            }
+        )
+        if len(rows) == FAILURES_LISTED_MAX:
+            break
+    return rows
 
 
 def member_rows(

@@ -20,6 +20,7 @@ from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec
 from swarm.daemon.config import parse_addr
+from swarm.daemon.failures import fill_stderr_tails
 from swarm.daemon.net import GossipNet
 from swarm.daemon.store import EMPTY_DIGEST
 from swarm.daemon.transfer import Copied, outcome_attempt
@@ -326,4 +327,6 @@ class Operations:
         if jobs is not None:
             infeasible = [t for t in infeasible if node.ledger.tasks[t].job in jobs]
         now_ms = node.now().wall_ms
-        return snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)
+        built = snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)
+        fill_stderr_tails(built.get("failures", []), node.store)  # a few small reads
+        return built

@@ -79,6 +79,10 @@ def test_run_exits_1_when_a_task_fails_and_keeps_its_stderr(cli: Cli, tmp_path: 
     assert (tmp_path / "out/bad/stderr").read_text() == "broken\n"
     attempts = [r for r in export_rows(cli, "--attempts") if r["name"] == "bad"]
     assert [(r["outcome"], r["exit_code"]) for r in attempts] == [("failed", "3")] * 2
+    # The status view lists the failures, with the last line of their stderr.
+    status = cli.ok("status", "--once").stdout
+    failures = status[status.index("Latest failures") :]
+    assert "mixed/bad" in failures and "broken" in failures, status
 
 
 def test_run_stops_when_the_rest_can_never_run_here(cli: Cli, tmp_path: Path) -> None:
