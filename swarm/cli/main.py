@@ -74,7 +74,8 @@ EXAMPLES = {
     "start": (
         "  swarm start --cpus 8 --memory 30G --label zone=eu\n"
         "  swarm start --bind 10.0.0.6:7946 --join 10.0.0.5:7946\n"
-        "  swarm start --no-work    # a submit host: holds the ledger, runs nothing"
+        "  swarm start --no-work    # a submit host: holds the ledger, runs nothing\n"
+        "  swarm start --http 127.0.0.1:8080    # the dashboard at http://127.0.0.1:8080/"
     ),
     "submit": "  swarm submit tasks.jsonl\n  swarm submit cmds.txt --lines --job sweep --wait",
     "status": "  swarm status\n  swarm status --once --json | jq .jobs",
@@ -227,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-work",
         action="store_true",
         help="hold the ledger and results and take submissions, but run no task (a submit host)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the read-only HTTP API, metrics and dashboard there (no authentication)",
     )
     p.set_defaults(func=cmd_start)
 

@@ -59,7 +59,11 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         memfree_bytes=memfree,
         clock_skew_ms=args.clock_skew_ms,
         takes_work=not getattr(args, "no_work", False),  # `swarm run` has no --no-work
+        http=parse_addr(args.http, default_port=HTTP_PORT) if getattr(args, "http", None) else None,
     )
+
+
+HTTP_PORT = 8080  # `--http HOST` alone
 
 
 def warn_beyond_machine(cpus: float | None, memory_text: str | None, memory: int | None) -> None:

@@ -109,6 +109,7 @@ class Scheduler:
     # stagger counts from then, so that a re-rank (members come and go) does not start the
     # wait over. task -> (epoch, monotonic time).
     since: dict[str, tuple[int, float]] = field(default_factory=dict)
+    lease_expiries: int = 0  # running tasks queued for takeover after their holder's lease lapsed
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
     _rerank: _Rerank | None = None  # a re-rank under way
 
@@ -237,6 +238,7 @@ class Scheduler:
             self.orphans[task] = held
             if queued.get(task) != held:  # not yet queued for this holder's lapse
                 self.enqueue(view, now, takeover=held[1])
+                self.lease_expiries += 1
                 found = True
         return found
 

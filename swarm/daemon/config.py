@@ -98,6 +98,8 @@ class NodeConfig:
     # False (`swarm start --no-work`): a member that holds the ledger and results, and takes
     # submissions, but offers no resources and claims nothing (a submit host).
     takes_work: bool = True
+    # `swarm start --http HOST:PORT`: the read-only HTTP API and dashboard (http.py); None: off.
+    http: tuple[str, int] | None = None
 
 
 def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

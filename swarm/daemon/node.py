@@ -387,9 +387,10 @@ class Node:
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
+            ops = Operations(self)
             try:
                 server = await asyncio.start_unix_server(
-                    ControlServer(Operations(self), self._clients).handle,
+                    ControlServer(ops, self._clients).handle,
                     path=self.state.socket_path,
                     limit=FRAME_BYTES_MAX,
                 )
@@ -398,6 +399,12 @@ class Node:
             loops = [tg.create_task(self._memory_loop())]
             if self.config.bind is not None:
                 loops += await self._start_gossip(tg, self.config.bind)
+            http = None
+            if self.config.http is not None:
+                from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
+
+                http = HttpApi(self, ops)
+                await http.start(*self.config.http)
             self._own_rss_kb = resources.own_peak_rss_kb()  # after loading: close to its peak
             self._ready.set()
             log.info(
@@ -413,6 +420,8 @@ class Node:
             log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
             await self._leave_swarm()
             server.close()
+            if http is not None:
+                await http.stop()
             for client in list(self._clients):
                 client.close()
             for loop_task in [*loops, *self._side_tasks]:

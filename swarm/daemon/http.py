@@ -1,0 +1,173 @@
+"""The HTTP API (`swarm start --http HOST:PORT`): read-only views of this node's replica of the
+swarm, for dashboards, scripts and Prometheus.
+
+Theory of operation: an aiohttp server in the daemon's own event loop and TaskGroup, so it reads
+the node's state directly and stops with it. Every route only reads: nothing here writes a
+record, and there is no authentication (binding anything but loopback is warned about). The
+routes answer from what the control operations already compute (`Operations`), so the JSON is the
+same as `swarm status --json`, `swarm export --format jsonl` and `swarm logs` give:
+
+    GET /                               the dashboard (one page, dashboard.html)
+    GET /status                         the status snapshot (application/json)
+    GET /history                        tasks finished over time, for the dashboard's plot
+    GET /jobs/<job>                     its tasks: state, command, and each attempt's node and times
+    GET /jobs/<job>/<task>/stdout       a task's latest attempt's output (text/plain)
+    GET /jobs/<job>/<task>/stderr
+    GET /metrics                        Prometheus text format (metrics.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from importlib import resources as package_files
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from swarm.core.ledger import State, TaskView
+from swarm.daemon.metrics import registry_for
+from swarm.daemon.store import EMPTY_DIGEST
+from swarm.errors import SwarmError, UserError
+
+if TYPE_CHECKING:
+    from swarm.daemon.node import Node
+    from swarm.daemon.operations import Operations
+
+log = logging.getLogger("swarm.daemon.http")
+
+HISTORY_POINTS_MAX = 200  # of GET /history
+OUTPUT_BYTES_MAX = 64 << 20  # a task's stdout or stderr served whole; bigger is cut, and said
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class HttpApi:
+    def __init__(self, node: Node, ops: Operations) -> None:
+        self.node = node
+        self.ops = ops
+        self.registry = registry_for(node)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/", self.dashboard),
+                web.get("/status", self.status),
+                web.get("/history", self.history),
+                web.get("/metrics", self.metrics),
+                web.get("/jobs/{job}", self.job),
+                web.get("/jobs/{job}/{task}/{stream:stdout|stderr}", self.output),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Serve on host:port (ConfigError-like SwarmError if it cannot bind)."""
+        if not is_loopback(host):
+            log.warning(
+                "the HTTP API on %s:%d has no authentication: anyone who reaches it can read "
+                "the swarm's tasks and their output",
+                host,
+                port,
+            )
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise SwarmError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from exc
+        log.info("HTTP API on http://%s:%d/", host, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        page = package_files.files("swarm.daemon").joinpath("dashboard.html").read_text()
+        return web.Response(text=page, content_type="text/html")
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ops.snapshot())
+
+    async def history(self, request: web.Request) -> web.Response:
+        """Tasks finished (done or failed) over time, as [wall ms, how many by then] points:
+        the dashboard's plot starts from it. From the ledger's recent finish times (each job
+        keeps its latest few thousand), at most HISTORY_POINTS_MAX points."""
+        ledger = self.node.ledger
+        ends = sorted(ms for samples in ledger.finished_ms.values() for ms in samples)
+        finished = sum(
+            counts.get(State.DONE, 0) + counts.get(State.FAILED, 0)
+            for counts in ledger.job_counts.values()
+        )
+        base = finished - len(ends)  # finished before the oldest end kept
+        step = max(1, len(ends) // HISTORY_POINTS_MAX)
+        points = [[ms, base + i + 1] for i, ms in enumerate(ends) if (i + 1) % step == 0]
+        if ends and points[-1][0] != ends[-1]:
+            points.append([ends[-1], finished])
+        return web.json_response(points)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def job(self, request: web.Request) -> web.Response:
+        job = request.match_info["job"]
+        ledger = self.node.ledger
+        if job not in ledger.jobs:
+            raise web.HTTPNotFound(text=f"no job {job!r}\n")
+        return web.json_response([task_row(v) for v in ledger.job_tasks(job) if v.spec])
+
+    async def output(self, request: web.Request) -> web.StreamResponse:
+        job, task, stream = (request.match_info[k] for k in ("job", "task", "stream"))
+        try:
+            reply = await self.ops.logs(f"{job}/{task}", None)
+        except UserError as exc:
+            raise web.HTTPNotFound(text=f"{exc}\n") from exc
+        digest = reply["stdout"] if stream == "stdout" else reply["stderr"]
+        if digest is None:
+            raise web.HTTPNotFound(text=f"no {stream} of {job}/{task} is held here yet\n")
+        if digest == EMPTY_DIGEST:
+            return web.Response(text="", content_type="text/plain")
+        store = self.node.store
+        try:
+            data = await asyncio.to_thread(store.read_bytes, digest, max_bytes=OUTPUT_BYTES_MAX)
+        except (SwarmError, ValueError, OSError) as exc:
+            raise web.HTTPServiceUnavailable(text=f"cannot serve its {stream}: {exc}\n") from exc
+        return web.Response(body=data, content_type="text/plain", charset="utf-8")
+
+
+def task_row(view: TaskView) -> dict[str, object]:
+    """A task as GET /jobs/<job> gives it: its state, and each attempt with node and times."""
+    attempts = [
+        {
+            "attempt": a.result.attempt,
+            "epoch": a.result.epoch,
+            "node": a.version.origin,
+            "outcome": str(a.result.outcome),
+            "exit_code": a.result.exit_code,
+            "started_ms": a.result.started_ms,
+            "ended_ms": a.result.ended_ms,
+            "wall_s": a.result.wall_s,
+            "reason": a.result.reason,
+        }
+        for a in view.ordered_attempts()
+    ]
+    claim = view.active_claim()
+    return {
+        "task_id": view.task_id,
+        "name": view.name,
+        "state": "" if view.state is None else str(view.state),
+        "command": view.spec.command_text() if view.spec else "",
+        "running_on": "" if claim is None else claim[1],
+        "attempts": attempts,
+    }
