@@ -597,3 +597,21 @@ def test_a_task_record_must_hash_to_its_id() -> None:
     ):
         problem = task_record_problem(bad)
         assert problem is not None and "does not hash to its id" in problem
+
+
+def test_attempt_stats_count_each_attempt_once_as_it_arrives() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    a(result("t1", 1, Outcome.FAILED))
+    a(ClaimRecord("t1", 2, stamp=2))
+    ok = result("t1", 2, Outcome.OK)
+    a(ok)
+    ledger.apply(Version("node-a", 1, 4), ok)  # the same record again: counted once
+    b(ClaimRecord("t1", 2, stamp=3))
+    b(result("t1", 2, Outcome.OK))  # a second run to the end: a duplicate
+    b(ClaimRecord("t1", 3, stamp=4))
+    b(result("t1", 3, Outcome.INTERRUPTED, evicted=True))
+    stats = ledger.stats
+    assert stats.outcomes == {Outcome.FAILED: 1, Outcome.OK: 2, Outcome.INTERRUPTED: 1}
+    assert (stats.duplicates, stats.evictions) == (1, 1)
+    assert sum(stats.run_counts) == 2

@@ -362,6 +362,36 @@ def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     return State.FAILED if exhausted else State.PENDING
 
 
+# Run time buckets (seconds) of the attempts that ended ok: from a spawn's cost to a day.
+RUN_TIME_BUCKETS_S = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+
+
+@dataclass(slots=True)
+class AttemptStats:
+    """Counts over every attempt the ledger holds, kept as they arrive (O(1) each), so that a
+    metrics scrape reads them instead of walking a million tasks."""
+
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    evictions: int = 0
+    duplicates: int = 0  # attempts that ended ok for a task that had one already
+    run_counts: list[int] = field(default_factory=lambda: [0] * (len(RUN_TIME_BUCKETS_S) + 1))
+    run_sum_s: float = 0.0
+
+    def count(self, result: ResultRecord, view: TaskView) -> None:
+        """A new attempt's result, before it joins the task's `view`."""
+        self.outcomes[result.outcome] += 1
+        self.evictions += result.evicted
+        if result.outcome is Outcome.OK:
+            if any(a.result.outcome is Outcome.OK for a in view.attempts.values()):
+                self.duplicates += 1
+            bucket = next(
+                (i for i, b in enumerate(RUN_TIME_BUCKETS_S) if result.wall_s <= b),
+                len(RUN_TIME_BUCKETS_S),
+            )
+            self.run_counts[bucket] += 1
+            self.run_sum_s += result.wall_s
+
+
 @dataclass(frozen=True, slots=True)
 class StateChanged:
     """A task's derived state moved (None = not yet known) as a record was applied."""
@@ -387,6 +417,7 @@ class Ledger:
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
         self.failures: deque[tuple[str, tuple[int, str]]] = deque(maxlen=FAILURES_KEPT_MAX)
+        self.stats = AttemptStats()  # counted as results arrive: what the metrics show
         self.records_applied = 0
         self.drains: dict[str, int] = {}  # node -> stamp of the latest drain asked of it
         # origin -> highest HLC stamp of its records: a restarted node's clock starts above its
@@ -424,9 +455,11 @@ class Ledger:
                 slot = (body.epoch, version.origin)
                 held = view.attempts.get(slot)
                 if held is None or held.version < version:
+                    if held is None:
+                        self.stats.count(body, view)  # before it joins: a duplicate is told
+                        if body.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
+                            self.failures.append((body.task_id, slot))
                     view.attempts[slot] = Attempt(version, body)
-                    if held is None and body.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
-                        self.failures.append((body.task_id, slot))
                 return self._refresh(view)
             case HeartbeatRecord():
                 if body.counter > self.heartbeats.get(version.origin, -1):

@@ -117,7 +117,7 @@ class HttpApi:
         return web.json_response(points)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self.registry)
+        body = generate_latest(self.registry)  # on the loop: it reads the node's state
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def job(self, request: web.Request) -> web.Response:

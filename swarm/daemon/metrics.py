@@ -1,12 +1,13 @@
 """The node's metrics in the Prometheus text format (`GET /metrics` of the HTTP API).
 
 Theory of operation: nothing is counted twice. A scrape reads the figures where they already
-are: the ledger (tasks by job and state, attempts by outcome, evictions, duplicate runs, run
-times), the membership (members by state), the scheduler (lease expiries seen by this node) and
-the transport (gossip bytes, packets dropped by reason). prometheus_client formats them (a
-custom collector, so no figure is kept in two places). The ledger's figures are the swarm's, as
-this node's replica has them; the transport's and the scheduler's are this node's own. A scrape
-walks every attempt once: a per-task cost that issue 13's incremental counts would remove.
+are: the ledger (tasks by job and state, and its AttemptStats: attempts by outcome, evictions,
+duplicate runs, run times, counted as results arrive), the membership (members by state), the
+scheduler (lease expiries seen by this node) and the transport (gossip bytes, packets dropped by
+reason). prometheus_client formats them (a custom collector, so no figure is kept in two
+places). The ledger's figures are the swarm's, as this node's replica has them; the
+transport's and the scheduler's are this node's own. A scrape costs O(jobs + members), and runs
+on the event loop: the node's state is never read from another thread.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from swarm.core.ledger import Outcome, State
+from swarm.core.ledger import RUN_TIME_BUCKETS_S, Outcome, State
 
 if TYPE_CHECKING:
     from swarm.daemon.node import Node
-
-# Run time buckets (seconds): from a spawn's cost to a day-long simulation.
-RUN_TIME_BUCKETS_S = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
 
 class NodeCollector(Collector):
@@ -54,37 +52,29 @@ class NodeCollector(Collector):
             members.add_metric([member_state], count)
         yield members
 
-        outcomes: Counter[str] = Counter()
-        evictions = duplicates = 0
-        runs: list[float] = []
-        for view in ledger.tasks.values():
-            ok = 0
-            for attempt in view.attempts.values():
-                result = attempt.result
-                outcomes[str(result.outcome)] += 1
-                evictions += result.evicted
-                if result.outcome is Outcome.OK:
-                    ok += 1
-                    runs.append(result.wall_s)
-            duplicates += max(ok - 1, 0)
+        stats = ledger.stats
         attempts = CounterMetricFamily(
             "swarm_attempts", "Attempts that ended, by outcome", labels=["outcome"]
         )
         for outcome in Outcome:
-            attempts.add_metric([str(outcome)], outcomes.get(str(outcome), 0))
+            attempts.add_metric([str(outcome)], stats.outcomes.get(outcome, 0))
         yield attempts
         yield CounterMetricFamily(
-            "swarm_duplicate_attempts", "Tasks run to the end more than once", value=duplicates
+            "swarm_duplicate_attempts",
+            "Attempts that ended ok for a task that had one already",
+            value=stats.duplicates,
         )
         yield CounterMetricFamily(
-            "swarm_evictions", "Attempts stopped to free memory (--overcommit)", value=evictions
+            "swarm_evictions",
+            "Attempts stopped to free memory (--overcommit)",
+            value=stats.evictions,
         )
         yield CounterMetricFamily(
             "swarm_lease_expiries",
             "Running tasks this node saw orphaned by a lapsed lease",
             value=node.core.sched.lease_expiries,
         )
-        yield _run_time(runs)
+        yield _run_time(stats.run_counts, stats.run_sum_s)
 
         gossip = CounterMetricFamily(
             "swarm_gossip_bytes", "Sealed bytes of gossip and sync", labels=["direction"]
@@ -109,24 +99,18 @@ class NodeCollector(Collector):
         yield dropped
 
 
-def _run_time(runs: list[float]) -> HistogramMetricFamily:
-    """The run times of the attempts that ended ok, as a histogram."""
-    counts = [0] * len(RUN_TIME_BUCKETS_S)
-    for wall_s in runs:
-        for i, bound in enumerate(RUN_TIME_BUCKETS_S):
-            if wall_s <= bound:
-                counts[i] += 1
-                break
+def _run_time(counts: list[int], sum_s: float) -> HistogramMetricFamily:
+    """The run times of the attempts that ended ok (`counts`: per bucket, the last over all)."""
     cumulative, buckets = 0, []
-    for bound, count in zip(RUN_TIME_BUCKETS_S, counts, strict=True):
+    for bound, count in zip(RUN_TIME_BUCKETS_S, counts, strict=False):
         cumulative += count
         buckets.append((repr(bound), cumulative))
-    buckets.append(("+Inf", len(runs)))
+    buckets.append(("+Inf", sum(counts)))
     return HistogramMetricFamily(
         "swarm_task_run_seconds",
         "Run time of the attempts that ended ok",
         buckets=buckets,
-        sum_value=sum(runs),
+        sum_value=sum_s,
     )
 
 
