@@ -10,7 +10,7 @@ same as `swarm status --json`, `swarm export --format jsonl` and `swarm logs` gi
     GET /                               the dashboard (one page, dashboard.html)
     GET /status                         the status snapshot (application/json)
     GET /history                        tasks finished over time, for the dashboard's plot
-    GET /jobs/<job>                     its tasks: state, command, and each attempt's node and times
+    GET /jobs/<job>?offset=&limit=      its tasks (a page): state, command, each attempt's node, times
     GET /jobs/<job>/<task>/stdout       a task's latest attempt's output (text/plain)
     GET /jobs/<job>/<task>/stderr
     GET /metrics                        Prometheus text format (metrics.py)
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("swarm.daemon.http")
 
 HISTORY_POINTS_MAX = 200  # of GET /history
+JOB_PAGE_MAX = 10_000  # tasks in one reply of GET /jobs/JOB
 OUTPUT_BYTES_MAX = 64 << 20  # a task's stdout or stderr served whole; bigger is cut, and said
 
 
@@ -121,11 +122,21 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def job(self, request: web.Request) -> web.Response:
+        """A page of the job's tasks (`?offset=N&limit=M`, at most JOB_PAGE_MAX): a job of a
+        million tasks is not built into one reply on the event loop."""
         job = request.match_info["job"]
         ledger = self.node.ledger
         if job not in ledger.jobs:
             raise web.HTTPNotFound(text=f"no job {job!r}\n")
-        return web.json_response([task_row(v) for v in ledger.job_tasks(job) if v.spec])
+        try:
+            offset = max(0, int(request.query.get("offset", "0")))
+            limit = min(JOB_PAGE_MAX, max(0, int(request.query.get("limit", str(JOB_PAGE_MAX)))))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text="offset and limit must be whole numbers\n") from exc
+        ids = ledger.jobs[job]
+        page = [ledger.tasks[t] for t in ids[offset : offset + limit]]
+        tasks = [task_row(v) for v in page if v.spec is not None]
+        return web.json_response({"job": job, "total": len(ids), "offset": offset, "tasks": tasks})
 
     async def output(self, request: web.Request) -> web.StreamResponse:
         job, task, stream = (request.match_info[k] for k in ("job", "task", "stream"))

@@ -62,7 +62,12 @@ def test_status_jobs_and_output_are_served_read_only(served: str, cli: Cli) -> N
     assert status["failures"][0]["name"] == "broken"
     assert status["failures"][0]["stderr_tail"] == "it broke"
     code, _, body = get(f"{served}/jobs/web")
-    tasks = {t["name"]: t for t in json.loads(body)}
+    page = json.loads(body)
+    assert (page["total"], page["offset"]) == (2, 0)
+    tasks = {t["name"]: t for t in page["tasks"]}
+    second = json.loads(get(f"{served}/jobs/web?offset=1&limit=5")[2])
+    assert [t["name"] for t in second["tasks"]] == [list(tasks)[1]]
+    assert get(f"{served}/jobs/web?limit=x")[0] == 400
     assert tasks["hello"]["state"] == "done" and tasks["broken"]["state"] == "failed"
     assert tasks["broken"]["attempts"][0]["exit_code"] == 4
     assert get(f"{served}/jobs/web/hello/stdout")[2] == b"hi there\n"
