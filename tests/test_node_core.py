@@ -510,3 +510,18 @@ def test_a_submission_hears_which_tasks_fit_no_live_node_and_why() -> None:
         "it needs 64 CPUs, and the most a live node offers is 2": 2,
         "it requires zone=eu: no live node matches (no node has zone)": 1,
     }
+
+
+def test_a_peers_failure_holds_the_task_here_too_once_per_failure() -> None:
+    """The failed attempt ran on b: a (which had it queued from before) waits out the backoff
+    as well; a claim of b released later does not start the wait over."""
+    h = in_swarm("a", ["a", "b"], "t1")
+    h.record(at(0.0), "b", ClaimRecord("t1", 1, EPOCH_MS << 16))
+    failed = replace(result("t1", 1), outcome=Outcome.FAILED, exit_code=1)
+    h.record(at(0.1), "b", failed)  # pending again: held until 1.1 (retry_backoff 1 s)
+    assert not claims(h.tick(at(0.2)))
+    assert h.core.sched.holds == {"t1": pytest.approx(1.1)}
+    h.record(at(0.5), "b", ClaimRecord("t1", 2, (EPOCH_MS + 500) << 16))
+    h.record(at(0.6), "b", ClaimRecord("t1", 2, (EPOCH_MS + 500) << 16, released=True))
+    assert h.core.sched.holds == {"t1": pytest.approx(1.1)}  # not held again
+    assert claims(h.tick(at(1.2)) + h.tick(at(2.5)))  # the hold is over: claimed (after a stagger)

@@ -51,6 +51,7 @@ from swarm.core.holding import Holding
 from swarm.core.ledger import (
     EVICTION_CAP,
     INTERRUPTION_CAP,
+    TERMINAL_STATES,
     Body,
     ClaimRecord,
     DrainRecord,
@@ -129,6 +130,9 @@ class NodeCore:
         self._effects: list[Effect] = []
         self._wake = False  # claim at the next tick
         self.not_claiming = "starting"  # why the last claim pass claimed nothing new ("": it could)
+        # task -> the failed attempt (epoch, node) its retry backoff was last held for; dropped
+        # when the task ends.
+        self._backed_off: dict[str, tuple[int, str]] = {}
         self._wake_at = float("inf")
         self.storage = Storage()
         self._beat = ledger.heartbeats.get(me, 0)
@@ -487,12 +491,17 @@ class NodeCore:
         if change.new is State.PENDING:
             if change.old is State.RUNNING:
                 self._back_off(t, view)
+            elif change.old in (State.FAILED, State.CANCELLED):  # retried or revived by hand
+                self.sched.release_hold(view.task_id)
             self.sched.enqueue(view, t.mono)
             self._wake = True
             if change.old is None and self.networked:  # a new task: a call's inputs are held
                 self.holding.want_inputs([view], t.mono)
             return
         self.sched.since.pop(change.task_id, None)  # claimed or ended: it waits no more
+        if change.new in TERMINAL_STATES:
+            self._backed_off.pop(change.task_id, None)
+            self.sched.release_hold(change.task_id)
         if change.new is State.DONE and self.networked:
             self.holding.want([view], t.mono)
         elif change.new is State.CANCELLED:
@@ -509,6 +518,10 @@ class NodeCore:
             return
         if last[0].result.outcome not in (Outcome.FAILED, Outcome.TIMEOUT):
             return
+        failed = (last[0].result.epoch, last[0].version.origin)
+        if self._backed_off.get(view.task_id) == failed:
+            return  # pending again for another reason (a claim released): held once per failure
+        self._backed_off[view.task_id] = failed
         failures = view.count(Outcome.FAILED, Outcome.TIMEOUT) - view.forgiven_failures
         wait_s = view.spec.retry_wait_s(failures)
         if wait_s > 0:

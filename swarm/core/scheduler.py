@@ -199,6 +199,10 @@ class Scheduler:
         """Leave `task` to the others until `until` (monotonic): queued, it waits till then."""
         self.holds[task] = max(self.holds.get(task, until), until)
 
+    def release_hold(self, task: str) -> None:
+        """Forget a hold: the task was retried or revived by hand, or has ended."""
+        self.holds.pop(task, None)
+
     def _held_until(self, task: str, now: float) -> float:
         until = self.holds.get(task, 0.0)
         if until and until <= now:
@@ -221,6 +225,8 @@ class Scheduler:
         view = self.ledger.tasks.get(task)
         if view is None or task in busy:
             return False
+        if self._held_until(task, now) > now:
+            return False  # an older queue entry of it, from before the hold: the hold's comes later
         if view.state is State.PENDING:
             return True
         return view.state is State.RUNNING and self.holder_expired(view, now)
