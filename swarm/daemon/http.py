@@ -11,7 +11,7 @@ same as `swarm status --json`, `swarm export --format jsonl` and `swarm logs` gi
     GET /status                         the status snapshot (application/json)
     GET /history                        tasks finished over time, for the dashboard's plot
     GET /jobs/<job>?offset=&limit=      its tasks (a page): state, command, each attempt's node, times
-    GET /jobs/<job>/<task>/stdout       a task's latest attempt's output (text/plain)
+    GET /jobs/<job>/<task>/stdout       a task's latest attempt's output, if held here (text/plain)
     GET /jobs/<job>/<task>/stderr
     GET /metrics                        Prometheus text format (metrics.py)
 """
@@ -40,7 +40,6 @@ log = logging.getLogger("swarm.daemon.http")
 
 HISTORY_POINTS_MAX = 200  # of GET /history
 JOB_PAGE_MAX = 10_000  # tasks in one reply of GET /jobs/JOB
-OUTPUT_BYTES_MAX = 64 << 20  # a task's stdout or stderr served whole; bigger is cut, and said
 
 
 def is_loopback(host: str) -> bool:
@@ -140,21 +139,22 @@ class HttpApi:
 
     async def output(self, request: web.Request) -> web.StreamResponse:
         job, task, stream = (request.match_info[k] for k in ("job", "task", "stream"))
-        try:
-            reply = await self.ops.logs(f"{job}/{task}", None)
+        try:  # only what this node holds: a read-only route fetches nothing from peers
+            reply = await self.ops.logs(f"{job}/{task}", None, fetch=False)
         except UserError as exc:
             raise web.HTTPNotFound(text=f"{exc}\n") from exc
         digest = reply["stdout"] if stream == "stdout" else reply["stderr"]
         if digest is None:
-            raise web.HTTPNotFound(text=f"no {stream} of {job}/{task} is held here yet\n")
+            where = f" (it ran on node {reply['node'][:8]})" if reply["node"] else ""
+            text = f"no {stream} of {job}/{task} is held on this node{where}\n"
+            raise web.HTTPNotFound(text=text)
         if digest == EMPTY_DIGEST:
             return web.Response(text="", content_type="text/plain")
         store = self.node.store
-        try:
-            data = await asyncio.to_thread(store.read_bytes, digest, max_bytes=OUTPUT_BYTES_MAX)
-        except (SwarmError, ValueError, OSError) as exc:
-            raise web.HTTPServiceUnavailable(text=f"cannot serve its {stream}: {exc}\n") from exc
-        return web.Response(body=data, content_type="text/plain", charset="utf-8")
+        # Verified first (a thread hashes it), then sent from the file: any size, little memory.
+        if not await asyncio.to_thread(store.verify, digest):
+            raise web.HTTPServiceUnavailable(text=f"its {stream} held here is corrupt\n")
+        return web.FileResponse(store.path(digest), headers={"Content-Type": "text/plain"})
 
 
 def task_row(view: TaskView) -> dict[str, object]:

@@ -189,9 +189,10 @@ class Operations:
             "reasons": reasons,
         }
 
-    async def logs(self, target: str, number: int | None) -> LogsReply:
+    async def logs(self, target: str, number: int | None, fetch: bool = True) -> LogsReply:
         """A task's latest ended attempt (or its `number`th) with its stdout and stderr made
-        held here (copied from a holder), and where a running attempt of it runs."""
+        held here (`fetch`: those two blobs and the manifest copied from a holder, no more),
+        and where a running attempt of it runs."""
         node = self.node
         view = requests.find_task(node.ledger, target)
         ended = [a for a in view.ordered_attempts() if a.result.digest or a.result.value]
@@ -205,14 +206,7 @@ class Operations:
             stdout = stderr = EMPTY_DIGEST  # a call that printed nothing
         elif shown is not None:
             with contextlib.suppress(SwarmError, OSError):
-                copied = await node.transfer.copy_result(shown)
-                await self._say_held(copied)
-                digest = shown.result.digest
-                assert digest is not None
-                manifest = parse_manifest(await asyncio.to_thread(node.store.read_bytes, digest))
-                held = node.store.has
-                stdout = manifest.stdout if held(manifest.stdout) else None
-                stderr = manifest.stderr if held(manifest.stderr) else None
+                stdout, stderr = await self._streams_of(shown, fetch)
         claim = view.active_claim()
         running_on = "" if claim is None else claim[1]
         attempt = node.attempts.get(view.task_id) if running_on == node.node_id else None
@@ -265,6 +259,25 @@ class Operations:
             "value": value,
             "inline": b"" if result is None else result.value,
         }
+
+    async def _streams_of(self, attempt: Attempt, fetch: bool) -> tuple[str | None, str | None]:
+        """The digests of an attempt's stdout and stderr if held here (fetched first, with its
+        manifest, from its holders when `fetch`); None for one that is not."""
+        node = self.node
+        digest = attempt.result.digest
+        assert digest is not None
+        holders = node.ledger.holders.get(digest, set()) | {attempt.version.origin}
+        ordered = sorted(holders - {node.node_id})
+        if fetch and not await node.transfer.fetch_blob(digest, ordered):
+            return None, None
+        if not node.store.has(digest):
+            return None, None
+        manifest = parse_manifest(await asyncio.to_thread(node.store.read_bytes, digest))
+        found: list[str | None] = []
+        for part in (manifest.stdout, manifest.stderr):
+            held = node.store.has(part) or (fetch and await node.transfer.fetch_blob(part, ordered))
+            found.append(part if held else None)
+        return found[0], found[1]
 
     async def _value_of(self, attempt: Attempt) -> str | None:
         """The digest of a call's outcome blob, held here; None if it cannot be had."""
