@@ -81,7 +81,14 @@ def test_a_task_that_fits_waits_for_a_slot_or_its_hold_or_for_this_node() -> Non
     (said,) = explain(after_eviction, swarm(holds={"t1": 70.0}), now=10.0)
     assert said == "it is held back for 1m 00s after an eviction under memory pressure"
     cut_off = explain(view_of(spec()), swarm(not_claiming="catching up with the swarm first"), 0.0)
-    assert cut_off == ["this node claims no new task: catching up with the swarm first"]
+    assert cut_off[0] == "this node claims no new task: catching up with the swarm first"
+    assert cut_off[1].startswith("it waits for a free slot: 2 live nodes")  # the swarm's answer too
+
+
+def test_a_submit_host_alone_says_no_live_node_takes_work() -> None:
+    host = Peer(ME, Resources(0.0, 0, 0), {})  # started --no-work
+    reasons = explain(view_of(spec()), swarm(peers=[host], not_claiming="it takes no work"), 0.0)
+    assert reasons[0].startswith("no live node takes work")
 
 
 def test_a_running_task_says_where_and_whether_its_holder_went_silent() -> None:

@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=float,
-        help="seconds the drain lets tasks finish (default: 25 on gce, 100 on aws)",
+        help="seconds the drain lets tasks finish (default: 15 on gce, 100 on aws)",
     )
     p.set_defaults(func=cmd_preemption_watch)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from swarm import statedir
 from swarm.cli.common import _call, err, out
+from swarm.errors import UserInputError
 
 METADATA_TIMEOUT_S = 2.0  # one request to the metadata service
 # The metadata service is reached directly, never through a proxy the environment names.
@@ -36,7 +37,8 @@ class Cloud:
 
 
 CLOUDS = {
-    "gce": Cloud("http://metadata.google.internal/computeMetadata/v1/instance/preempted", 25.0),
+    # The metadata server's address, not its name: no DNS lookup (unbounded) stands in the way.
+    "gce": Cloud("http://169.254.169.254/computeMetadata/v1/instance/preempted", 15.0),
     "aws": Cloud("http://169.254.169.254/latest/meta-data/spot/instance-action", 100.0),
 }
 AWS_TOKEN_PATH = "/latest/api/token"
@@ -81,6 +83,10 @@ def _aws_token(url: str) -> str:
 
 
 def cmd_preemption_watch(args: argparse.Namespace) -> int:
+    if not args.interval > 0:
+        raise UserInputError(
+            f"--interval must be a number of seconds above 0, got {args.interval:g}"
+        )
     cloud = CLOUDS[args.cloud]
     url = args.metadata_url or cloud.url
     grace = cloud.grace_s if args.grace is None else args.grace

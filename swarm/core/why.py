@@ -96,7 +96,7 @@ def _pending(
             said.append(f"it is left to other nodes for {left} more")
     if swarm.not_claiming:
         said.append(f"this node claims no new task: {swarm.not_claiming}")
-    if not said:
+    if not unmet and held_until <= now:
         fits = sum(1 for p in swarm.peers if _fits(spec, p))
         said.append(
             f"it waits for a free slot: {fits} live node{'s' if fits != 1 else ''} can run it, "
@@ -116,7 +116,8 @@ def _fits(spec: TaskSpec, peer: Peer) -> bool:
 def unmet_need(spec: TaskSpec, peers: list[Peer]) -> str:
     """The first requirement of a task no live node meets, said with what the nearest node
     offers; "" if some node can run it. (`swarm submit` warns with it too.)"""
-    working = [p for p in peers if not p.draining]
+    # Draining members, and those that offer nothing (started --no-work), take no task.
+    working = [p for p in peers if not p.draining and p.capacity.cpus > 0]
     if any(_fits(spec, p) for p in working):
         return ""
     if not working:

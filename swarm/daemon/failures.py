@@ -30,4 +30,10 @@ def fill_stderr_tails(rows: list[FailureRow], store: BlobStore) -> None:
                 stderr.seek(max(0, size - TAIL_BYTES))
                 tail = stderr.read(TAIL_BYTES).decode("utf-8", "replace")
             lines = [line for line in tail.splitlines() if line.strip()]
-            row["stderr_tail"] = lines[-1][:LINE_CHARS_MAX] if lines else ""
+            row["stderr_tail"] = _printable(lines[-1])[:LINE_CHARS_MAX] if lines else ""
+
+
+def _printable(line: str) -> str:
+    """A task's line with its control characters (escape sequences above all) left out: it is
+    shown in an operator's terminal and page, and must not drive them."""
+    return "".join(c for c in line if c.isprintable() or c == "\t")

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from swarm.core.gossip import MemberState
 from swarm.core.ledger import RUN_TIME_BUCKETS_S, Outcome, State
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ class NodeCollector(Collector):
         )
         if node.membership is None:
             seen["alive"] = 1  # a node alone: itself
-        for member_state, count in sorted(seen.items()):
-            members.add_metric([member_state], count)
+        for member_state in MemberState:  # every state, 0 included: a series never vanishes
+            members.add_metric([str(member_state)], seen.get(str(member_state), 0))
         yield members
 
         stats = ledger.stats

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,24 +27,28 @@ LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the socke
 
 Seed = tuple[str, int]
 PEERS_REMEMBERED_MAX = 64  # members kept in the state dir to rejoin through after a restart
+PEERS_FILE_BYTES_MAX = 64 * 300  # of that file, read: its lines are short
 
 
 def remember(state: StateDir, seeds: list[Seed]) -> None:
     """Keep the members seen alive, so that a restarted node rejoins with no --join: written to
     a temp file and renamed, so a crash leaves the old list or the new. Blocking (small)."""
     text = "".join(f"{host}:{port}\n" for host, port in sorted(seeds)[:PEERS_REMEMBERED_MAX])
-    tmp = state.peers_path.with_name("peers.tmp")
+    # A temp file of its own: two writes under way at once (members changing fast) never mix.
+    tmp = state.peers_path.with_name(f"peers.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(text)
         tmp.replace(state.peers_path)
     except OSError as exc:  # a full disk, say: the next change tries again
         log.debug("could not keep the members seen: %s", exc)
+        tmp.unlink(missing_ok=True)
 
 
 def remembered(state: StateDir) -> list[Seed]:
     """The members this node last saw alive ([] if none, or the file is unreadable)."""
     try:
-        lines = state.peers_path.read_text().splitlines()[:PEERS_REMEMBERED_MAX]
+        with open(state.peers_path, encoding="utf-8") as kept:
+            lines = kept.read(PEERS_FILE_BYTES_MAX).splitlines()[:PEERS_REMEMBERED_MAX]
     except (OSError, UnicodeDecodeError):
         return []
     seeds = []
