@@ -276,6 +276,7 @@ class LogsReply(TypedDict):
     stdout: str | None  # blobs held on this node now; None: none, or no holder could give it
     stderr: str | None
     running_on: str  # the node a running attempt is on ("" if none runs)
+    running_attempt: int  # which attempt that is (0: none runs, or not known here yet)
     run_dir: str | None  # a running attempt's dir, when it runs on this node (its files grow)
 
 

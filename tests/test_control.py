@@ -105,7 +105,7 @@ class FakeNode:
         return {
             "ok": True, "task_id": TASK["task_id"], "job": JOB, "name": "1", "state": "done",
             "attempt": 1, "node": NODE_ID, "outcome": "ok", "stdout": None, "stderr": None,
-            "running_on": "", "run_dir": None,
+            "running_on": "", "running_attempt": 0, "run_dir": None,
         }  # fmt: skip
 
     def unfit(self, specs: list[TaskSpec]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from swarm.core.spec import Resources, name_problem
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
-from swarm.errors import SwarmError, UserInputError
+from swarm.errors import SwarmError, UserError, UserInputError
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
@@ -290,18 +290,24 @@ FOLLOW_CHUNK_BYTES = 1 << 16
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """The stdout and stderr of a task's latest attempt (to this command's stdout and stderr);
-    --follow: while an attempt runs on this node, its files as they grow, then its end."""
-    state = statedir.resolve(args.data_dir)
+    --follow: each attempt that runs, its output as it grows (when it runs on this node), then
+    the rest of it once it ends, until the task runs no more."""
+    store = BlobStore(statedir.resolve(args.data_dir).blobs)
     reply = _call(args, lambda client: client.logs(args.target, args.attempt))
-    shown = {"stdout": 0, "stderr": 0}  # bytes of each already printed (by --follow)
     if args.follow and reply["running_on"]:
-        reply, shown = _follow(args, reply)
+        _follow(args, reply, store)
+        return 0
+    _print_attempt(reply, store, {"stdout": 0, "stderr": 0})
+    return 0
+
+
+def _print_attempt(reply: control.LogsReply, store: BlobStore, shown: dict[str, int]) -> None:
+    """An ended attempt's header (on stderr) and output, less the bytes of it `shown` already."""
     where = f"attempt {reply['attempt']} on node {reply['node'][:8]}: {reply['outcome']}"
     if not reply["attempt"]:
         where = "no attempt has ended yet"
     running = f"; it runs now on node {reply['running_on'][:8]}" if reply["running_on"] else ""
     err.print(f"{reply['job']}/{reply['name']}: {where}{running}", markup=False, highlight=False)
-    store = BlobStore(state.blobs)
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         digest = reply["stdout"] if name == "stdout" else reply["stderr"]
         if digest is None:
@@ -309,7 +315,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 err.print(f"(its {name} could not be had from any node)")
             continue
         _print_blob(store, digest, stream, shown[name])
-    return 0
 
 
 def _print_blob(store: BlobStore, digest: str, stream: TextIO, skip: int = 0) -> None:
@@ -327,26 +332,39 @@ def _print_blob(store: BlobStore, digest: str, stream: TextIO, skip: int = 0) ->
     stream.buffer.flush()
 
 
-def _follow(
-    args: argparse.Namespace, reply: control.LogsReply
-) -> tuple[control.LogsReply, dict[str, int]]:
-    """Print a running attempt's output as it grows (when it runs here), until it ends; then
-    the reply for the ended attempt, and how much of each stream was printed already."""
-    run_dir = reply["run_dir"]
-    if run_dir is None:
-        err.print(
-            f"it runs on node {reply['running_on'][:8]}: its output comes when it ends",
-            markup=False,
-        )
-    offsets = {"stdout": 0, "stderr": 0}
-    while True:
-        if run_dir is not None:
-            for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-                offsets[name] += _copy_new(Path(run_dir) / name, offsets[name], stream)
-        time.sleep(FOLLOW_POLL_S)
-        now = _call(args, lambda client: client.logs(args.target, None))
-        if not now["running_on"]:
-            return now, offsets  # the rest of its output is in its result
+def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore) -> None:
+    """Follow each attempt of the task while it runs: its files as they grow (when it runs on
+    this node), then, once it ends, the rest of its output from its result (or, if it ended
+    with none, that it did); then the next attempt, until the task runs no more."""
+    while reply["running_on"]:
+        number, run_dir = reply["running_attempt"], reply["run_dir"]
+        if run_dir is None:
+            err.print(
+                f"attempt {number} runs on node {reply['running_on'][:8]}: its output comes "
+                "when it ends",
+                markup=False,
+            )
+        shown = {"stdout": 0, "stderr": 0}
+        while True:
+            if run_dir is not None:
+                for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                    shown[name] += _copy_new(Path(run_dir) / name, shown[name], stream)
+            time.sleep(FOLLOW_POLL_S)
+            now = _call(args, lambda client: client.logs(args.target, None))
+            if not now["running_on"] or now["running_attempt"] != number:
+                break  # the followed attempt has ended
+        try:
+            ended = _ended_attempt(args, number)
+        except UserError:  # it ended with no result (its node stopped or died): nothing more
+            err.print(f"attempt {number} ended with no output recorded", markup=False)
+        else:
+            ended["running_on"] = ""
+            _print_attempt(ended, store, shown)
+        reply = now
+
+
+def _ended_attempt(args: argparse.Namespace, number: int) -> control.LogsReply:
+    return _call(args, lambda client: client.logs(args.target, number))
 
 
 def _copy_new(path: Path, offset: int, stream: TextIO) -> int:

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Literal
 
 from swarm.control import EndedTask, LogsReply, WhyReply
 from swarm.core import requests, snapshot
-from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State
+from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State, TaskView
 from swarm.core.manifest import parse_manifest
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec
 from swarm.daemon.config import parse_addr
+from swarm.daemon.executor import AnyAttempt
 from swarm.daemon.failures import fill_stderr_tails
 from swarm.daemon.net import GossipNet
 from swarm.daemon.store import EMPTY_DIGEST
@@ -222,6 +223,7 @@ class Operations:
             "stdout": stdout,
             "stderr": stderr,
             "running_on": running_on,
+            "running_attempt": _running_attempt(view, attempt),
             "run_dir": None if attempt is None else str(attempt.launch.run_dir),
         }
 
@@ -343,3 +345,11 @@ class Operations:
         built = snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)
         fill_stderr_tails(built.get("failures", []), node.store)  # a few small reads
         return built
+
+
+def _running_attempt(view: TaskView, here: AnyAttempt | None) -> int:
+    """The number of the attempt a running task is on: this node's, or (run elsewhere) one more
+    than the attempts it has records of (0 if it runs not)."""
+    if here is not None:
+        return here.launch.attempt
+    return len(view.attempts) + 1 if view.active_claim() is not None else 0

@@ -423,3 +423,19 @@ def test_logs_follow_a_running_attempt_then_show_each_attempt(
     assert "attempt 1 on node" in first.stderr
     missing = cli("logs", "talk/bad", "--attempt", "9")
     assert missing.returncode != 0 and "no ended attempt 9" in missing.stderr
+
+
+def test_logs_follow_each_attempt_of_a_retried_task_whole_and_apart(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    daemon("--cpus", "1")
+    script = 'n=$SWARM_ATTEMPT; echo "attempt-$n-a"; sleep 1; echo "attempt-$n-b"; exit 1'
+    tasks = write_tasks(
+        cli.cwd / "again.jsonl",
+        [{"name": "twice", "cmd": script, "retries": 1, "retry_backoff": 0}],
+    )
+    cli.ok("submit", str(tasks))
+    wait_for("it to run", lambda: cli.job("again")["running"] == 1)
+    followed = cli.ok("logs", "again/twice", "--follow")
+    assert followed.stdout == "attempt-1-a\nattempt-1-b\nattempt-2-a\nattempt-2-b\n", followed
+    assert "attempt 1 on node" in followed.stderr and "attempt 2 on node" in followed.stderr
