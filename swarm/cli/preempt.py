@@ -26,6 +26,7 @@ from swarm.cli.common import _call, err, out
 from swarm.errors import UserInputError
 
 METADATA_TIMEOUT_S = 2.0  # one request to the metadata service
+REFUSED_SAID_EVERY_S = 60.0
 # The metadata service is reached directly, never through a proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -62,9 +63,23 @@ def notice(cloud: str, url: str) -> str | None:
             action = json.loads(reply.read(4096) or b"{}")
         return f"spot {action.get('action', 'stop')} at {action.get('time', 'soon')}"
     except urllib.error.HTTPError as exc:
-        return "" if exc.code == 404 else None  # AWS: 404 until a stop is planned
+        if exc.code == 404:
+            return ""  # AWS: 404 until a stop is planned
+        raise Refused(
+            f"HTTP {exc.code} from {url}" + (AWS_REFUSED if cloud == "aws" else "")
+        ) from exc
     except (OSError, ValueError, AttributeError):
         return None
+
+
+class Refused(Exception):
+    """The metadata service answers, but will not tell: the watcher is blind until it does."""
+
+
+AWS_REFUSED = (
+    " (an instance that requires IMDSv2 refuses a request without a session token: is the"
+    " token request blocked, say by its hop limit in a container?)"
+)
 
 
 def _aws_token(url: str) -> str:
@@ -92,8 +107,15 @@ def cmd_preemption_watch(args: argparse.Namespace) -> int:
     grace = cloud.grace_s if args.grace is None else args.grace
     out.print(f"watching {url} for a preemption notice every {args.interval:g}s")
     said_unreachable = False
+    said_refused_at = -REFUSED_SAID_EVERY_S
     while True:
-        said = notice(args.cloud, url)
+        try:
+            said = notice(args.cloud, url)
+        except Refused as exc:  # said again every minute: a watcher that cannot see is no watcher
+            if time.monotonic() - said_refused_at >= REFUSED_SAID_EVERY_S:
+                err.print(f"swarm: the metadata service refuses: {exc}", markup=False)
+                said_refused_at = time.monotonic()
+            said = None
         if said:
             break
         if said is None and not said_unreachable:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 
-from swarm.core.manifest import MANIFEST_BYTES_MAX, parse_manifest
+from swarm.core.manifest import parse_manifest
 from swarm.core.snapshot import FailureRow
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.errors import SwarmError
 
 TAIL_BYTES = 4096  # of a stderr read for its last line
 LINE_CHARS_MAX = 200  # of that line, shown
+MANIFEST_READ_BYTES_MAX = 64 << 10  # a result's manifest read for it (they are small)
 
 
 def fill_stderr_tails(rows: list[FailureRow], store: BlobStore) -> None:
@@ -22,7 +23,9 @@ def fill_stderr_tails(rows: list[FailureRow], store: BlobStore) -> None:
         if digest is None:
             continue
         with contextlib.suppress(SwarmError, OSError, ValueError):
-            manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX))
+            if store.size(digest) > MANIFEST_READ_BYTES_MAX:
+                continue  # a result of many files: not worth a big read for one line
+            manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_READ_BYTES_MAX))
             if manifest.stderr == EMPTY_DIGEST or not store.has(manifest.stderr):
                 continue
             with open(store.path(manifest.stderr), "rb") as stderr:

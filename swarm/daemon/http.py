@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from importlib import resources as package_files
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("swarm.daemon.http")
 
 HISTORY_POINTS_MAX = 200  # of GET /history
+STATUS_CACHE_S = 1.0  # GET /status answers from a snapshot at most this old
 JOB_PAGE_MAX = 10_000  # tasks in one reply of GET /jobs/JOB
 
 
@@ -66,6 +68,7 @@ class HttpApi:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._snapshot: tuple[float, object] | None = None  # (made at, its JSON body)
 
     async def start(self, host: str, port: int) -> None:
         """Serve on host:port (ConfigError-like SwarmError if it cannot bind)."""
@@ -97,7 +100,12 @@ class HttpApi:
         return web.Response(text=page, content_type="text/html")
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.ops.snapshot())
+        """The status snapshot, made at most once a second however many pages poll it (one
+        costs O(tasks) on the event loop)."""
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] >= STATUS_CACHE_S:
+            self._snapshot = (now, web.json_response(self.ops.snapshot()).body)
+        return web.Response(body=self._snapshot[1], content_type="application/json")
 
     async def history(self, request: web.Request) -> web.Response:
         """Tasks finished (done or failed) over time, as [wall ms, how many by then] points:

@@ -22,6 +22,7 @@ class Metadata(http.server.BaseHTTPRequestHandler):
     that comes when the test says so."""
 
     notice: ClassVar[threading.Event] = threading.Event()
+    no_tokens: ClassVar[threading.Event] = threading.Event()  # the token request is refused
     asked: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
 
     def do_GET(self) -> None:
@@ -43,7 +44,10 @@ class Metadata(http.server.BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self.asked.append(("PUT", self.path, dict(self.headers)))
-        self._send(200, b"tok" if self.path == "/latest/api/token" else b"")
+        if self.no_tokens.is_set():
+            self._send(403, b"")
+        else:
+            self._send(200, b"tok" if self.path == "/latest/api/token" else b"")
 
     def _send(self, code: int, body: bytes) -> None:
         self.send_response(code)
@@ -58,6 +62,7 @@ class Metadata(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def metadata() -> Iterator[str]:
     Metadata.notice.clear()
+    Metadata.no_tokens.clear()
     Metadata.asked.clear()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -108,3 +113,25 @@ def test_a_notice_drains_the_node_which_leaves_and_stops(
     assert attempt["outcome"] == "interrupted"  # the grace ran out: it runs again elsewhere
     if cloud == "aws":
         assert any(method == "PUT" for method, _, _ in Metadata.asked)  # IMDSv2's token
+
+
+def test_a_service_that_refuses_is_said_to_and_the_watch_goes_on(cli: Cli, metadata: str) -> None:
+    """An IMDSv2-only instance whose token request fails: the watcher says why it is blind."""
+    Metadata.no_tokens.set()
+    path = "/latest/meta-data/spot/instance-action"
+    command = ["preemption-watch", "--cloud", "aws", "--metadata-url", metadata + path]
+    watcher = subprocess.Popen(
+        swarm_cmd(*command, "--interval", "0.1"),
+        cwd=cli.cwd,
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("a few looks", lambda: sum(m == "GET" for m, _, _ in Metadata.asked) >= 3)
+        assert watcher.poll() is None  # it watches on
+    finally:
+        watcher.kill()
+        _, said = watcher.communicate(timeout=30)
+    assert "the metadata service refuses: HTTP 401" in said and "IMDSv2" in said, said
