@@ -168,7 +168,11 @@ def test_sigstop_a_holder_for_twice_the_lease_then_sigcont(chaos: Chaos) -> None
     credited = {r["name"]: r["node"] for r in export_rows(chaos.cli(observer))}
     assert all(credited[name] != chaos.ids[victim] for name in held)
     crash = [r for r in export_rows(chaos.cli(observer), "--attempts") if r["name"] == "crash"]
-    assert [r["outcome"] for r in crash] == ["failed"] * 3
+    # Its 3 attempts (retries 2) failed, and it failed for good. One of them may have been run
+    # twice: started on the frozen node, taken over, and recorded by both when it woke.
+    outcomes = [r["outcome"] for r in crash]
+    assert set(outcomes) == {"failed"} and 3 <= len(outcomes) <= 4, crash
+    assert {r["name"]: r["state"] for r in export_rows(chaos.cli(observer))}["crash"] == "failed"
     (task,) = [r for r in export_rows(chaos.cli(observer)) if r["name"] == "crash"]
     assert task["state"] == "failed"
 
