@@ -525,3 +525,16 @@ def test_a_peers_failure_holds_the_task_here_too_once_per_failure() -> None:
     h.record(at(0.6), "b", ClaimRecord("t1", 2, (EPOCH_MS + 500) << 16, released=True))
     assert h.core.sched.holds == {"t1": pytest.approx(1.1)}  # not held again
     assert claims(h.tick(at(1.2)) + h.tick(at(2.5)))  # the hold is over: claimed (after a stagger)
+
+
+def test_a_restarted_node_waits_a_failed_tasks_backoff_again() -> None:
+    ledger = Ledger()
+    ledger.apply(Version("sub", 1, 1), task("t1"))
+    ledger.apply(Version("a", 1, 1), ClaimRecord("t1", 1, EPOCH_MS << 16))
+    failed = replace(result("t1", 1), outcome=Outcome.FAILED, exit_code=1)
+    ledger.apply(Version("a", 1, 2), failed)  # it failed in the last life: pending, retries left
+    core = NodeCore("a", ledger, CONFIG, CAPACITY, {}, networked=False, sync=sync())
+    h = Harness(core)
+    core.start(at(50.0))
+    assert not claims(h.tick(at(50.5)))  # its backoff (1 s) counts from the start
+    assert claims(h.tick(at(51.0)))

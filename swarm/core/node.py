@@ -155,6 +155,8 @@ class NodeCore:
         self._next_lease_check = t.mono + self._lease_check_every()
         for view in self.ledger.tasks.values():
             if view.state is State.PENDING:
+                if view.attempts:  # pending after a failure: its backoff, waited again from now
+                    self._back_off(t, view)
                 self.sched.enqueue(view, t.mono)
         self._release_stale_claims(t, list(orphaned))
         self._wake = True
