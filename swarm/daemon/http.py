@@ -117,11 +117,13 @@ class HttpApi:
             counts.get(State.DONE, 0) + counts.get(State.FAILED, 0)
             for counts in ledger.job_counts.values()
         )
-        base = finished - len(ends)  # finished before the oldest end kept
-        step = max(1, len(ends) // HISTORY_POINTS_MAX)
+        # Finished before the oldest end kept. (A task that failed, was retried and then done
+        # has two ends: counted by ends, the line may end a little above `finished`.)
+        base = max(0, finished - len(ends))
+        step = -(-len(ends) // HISTORY_POINTS_MAX) or 1  # ceil: at most HISTORY_POINTS_MAX
         points = [[ms, base + i + 1] for i, ms in enumerate(ends) if (i + 1) % step == 0]
-        if ends and points[-1][0] != ends[-1]:
-            points.append([ends[-1], finished])
+        if ends and (not points or points[-1][0] != ends[-1]):
+            points.append([ends[-1], base + len(ends)])
         return web.json_response(points)
 
     async def metrics(self, request: web.Request) -> web.Response:
