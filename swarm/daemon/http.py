@@ -3,9 +3,10 @@ swarm, for dashboards, scripts and Prometheus.
 
 Theory of operation: an aiohttp server in the daemon's own event loop and TaskGroup, so it reads
 the node's state directly and stops with it. Every route only reads: nothing here writes a
-record, and there is no authentication (binding anything but loopback is warned about). The
-routes answer from what the control operations already compute (`Operations`), so the JSON is the
-same as `swarm status --json`, `swarm export --format jsonl` and `swarm logs` give:
+record or fetches from a peer, and there is no authentication (binding anything but loopback is
+warned about). The routes answer from what the control operations already compute (`Operations`):
+`/status` is `swarm status --json`'s document, and a task's output what `swarm logs` shows (only
+if this node holds it):
 
     GET /                               the dashboard (one page, dashboard.html)
     GET /status                         the status snapshot (application/json)
