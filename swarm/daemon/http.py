@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources as package_files
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("swarm.daemon.http")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 HISTORY_POINTS_MAX = 200  # of GET /history
 STATUS_CACHE_S = 1.0  # GET /status answers from a snapshot at most this old
+REQUESTS_AT_ONCE_MAX = 16  # being served; beyond, a request is answered 503 at once
 JOB_PAGE_MAX = 10_000  # tasks in one reply of GET /jobs/JOB
 
 
@@ -57,7 +61,8 @@ class HttpApi:
         self.node = node
         self.ops = ops
         self.registry = registry_for(node)
-        self.app = web.Application()
+        self._busy = asyncio.Semaphore(REQUESTS_AT_ONCE_MAX)
+        self.app = web.Application(middlewares=[self._bounded])
         self.app.add_routes(
             [
                 web.get("/", self.dashboard),
@@ -93,6 +98,15 @@ class HttpApi:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _bounded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most REQUESTS_AT_ONCE_MAX requests are served at once; more are told to come back
+        (503): whoever reaches the port cannot pile work on the daemon's loop."""
+        if self._busy.locked():
+            raise web.HTTPServiceUnavailable(text="busy: try again\n", headers={"Retry-After": "1"})
+        async with self._busy:
+            return await handler(request)
 
     # -- routes ---------------------------------------------------------------------------------
 
