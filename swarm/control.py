@@ -25,6 +25,7 @@ from typing import Annotated, Any, Generic, Literal, NotRequired, Required, Type
 import msgpack
 
 from swarm import framing
+from swarm.core.ledger import TaskView
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.wire import unpack
 from swarm.errors import ControlError, NotRunningError, shown
@@ -357,6 +358,25 @@ class EndedTask(TypedDict):
     # task left none (a command, or a call that never ran to its end), or has it `inline`.
     value: str | None
     inline: bytes  # a call's outcome carried in its RESULT record (b"" if none)
+
+
+def ended_task(view: TaskView, value: str | None = None) -> EndedTask:
+    """How a task ended, as a watch reports it (and `swarm.results` reads it from the ledger):
+    from the attempt that says so (TaskView.outcome_attempt); `value`: its outcome blob, held
+    where the reader is."""
+    attempt = view.outcome_attempt()
+    result = None if attempt is None else attempt.result
+    return {
+        "task_id": view.task_id,
+        "state": str(view.state),
+        "outcome": "" if result is None else str(result.outcome),
+        "reason": "" if result is None else result.reason,
+        "node": "" if attempt is None else attempt.version.origin,
+        "exit_code": None if result is None else result.exit_code,
+        "evicted": bool(result is not None and result.evicted),
+        "value": value,
+        "inline": b"" if result is None else result.value,
+    }
 
 
 class WatchReply(TypedDict):

@@ -69,7 +69,7 @@ class FakeNode:
     async def wait_for_change(self, seen: int, timeout_s: float) -> None:
         self.calls.append(("wait_for_change", seen, timeout_s))
 
-    def snapshot(self, jobs: list[str] | None = None) -> snapshot.Snapshot:
+    async def snapshot(self, jobs: list[str] | None = None) -> snapshot.Snapshot:
         self.calls.append(("snapshot", jobs))
         return snapshot.build(Ledger(), 1_000, self.members(), jobs)
 

@@ -342,7 +342,7 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
     for view in ledger.job_tasks(job):
         if view.spec is None:
             continue
-        attempt = _results_attempt(view)
+        attempt = view.outcome_attempt()
         if attempt is None or (attempt.result.digest is None and not attempt.result.value):
             continue  # nothing ran to completion yet: nothing to export, nothing missing
         name = view.name
@@ -367,14 +367,6 @@ def write_results(ledger: Ledger, store: BlobStore, job: str, out_dir: Path) -> 
         if written:
             done.tasks_written += 1
     return done
-
-
-def _results_attempt(view: TaskView) -> Attempt | None:
-    ok = view.ok_attempt()
-    if ok is not None:
-        return ok
-    with_result = [a for a in view.ordered_attempts() if a.result.digest or a.result.value]
-    return with_result[-1] if with_result else None
 
 
 def _write_inline(value: bytes, name: str, task_dir: Path, done: ResultsWritten) -> bool:

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from swarm import pycall, statedir
-from swarm.control import EndedTask
+from swarm.control import EndedTask, ended_task
 from swarm.core.ledger import TERMINAL_STATES, Outcome, State, TaskView
 from swarm.core.manifest import MANIFEST_BYTES_MAX, parse_manifest
 from swarm.daemon.store import BlobStore
@@ -141,24 +141,12 @@ def _submission_order(view: TaskView) -> tuple[int, int, str]:
 
 def _stored_value(store: BlobStore, view: TaskView) -> Any:
     """A call's value (or the exception it raises) from the ledger and the blobs held here."""
-    from swarm.daemon.transfer import outcome_attempt
-
-    attempt = outcome_attempt(view)
-    result = None if attempt is None else attempt.result
-    ended: EndedTask = {
-        "task_id": view.task_id,
-        "state": str(view.state),
-        "outcome": "" if result is None else str(result.outcome),
-        "reason": "" if result is None else result.reason,
-        "node": "" if attempt is None else attempt.version.origin,
-        "exit_code": None if result is None else result.exit_code,
-        "evicted": bool(result is not None and result.evicted),
-        "value": None,
-        "inline": b"" if result is None else result.value,
-    }
-    if result is not None and result.digest is not None:
+    ended = ended_task(view)
+    attempt = view.outcome_attempt()
+    digest = None if attempt is None else attempt.result.digest
+    if digest is not None:
         with contextlib.suppress(SwarmError, OSError):  # not held here: said as no value
-            data = store.read_bytes(result.digest, max_bytes=MANIFEST_BYTES_MAX)
+            data = store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX)
             value = parse_manifest(data).files.get(pycall.VALUE_FILE)
             ended["value"] = value if value is not None and store.has(value) else None
     return outcome_of(store, ended)

@@ -296,6 +296,17 @@ class TaskView:
 
         return min(oks, key=lambda a: self.claim_order((a.result.epoch, a.version.origin)))
 
+    def outcome_attempt(self) -> Attempt | None:
+        """The attempt that says how the task ended: its credited one, else its latest with a
+        result (blobs, or a call's outcome in its record), else its latest (None if it never
+        ran)."""
+        ordered = self.ordered_attempts()
+        return (
+            self.ok_attempt()
+            or next((a for a in reversed(ordered) if a.result.digest or a.result.value), None)
+            or (ordered[-1] if ordered else None)
+        )
+
     def count(self, *outcomes: Outcome) -> int:
         return sum(1 for a in self.attempts.values() if a.result.outcome in outcomes)
 

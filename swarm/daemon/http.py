@@ -119,7 +119,7 @@ class HttpApi:
         costs O(tasks) on the event loop)."""
         now = time.monotonic()
         if self._snapshot is None or now - self._snapshot[0] >= STATUS_CACHE_S:
-            self._snapshot = (now, web.json_response(self.ops.snapshot()).body)
+            self._snapshot = (now, web.json_response(await self.ops.snapshot()).body)
         return web.Response(body=self._snapshot[1], content_type="application/json")
 
     async def history(self, request: web.Request) -> web.Response:

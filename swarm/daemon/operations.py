@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
-from swarm.control import EndedTask, LogsReply, WhyReply
+from swarm.control import EndedTask, LogsReply, WhyReply, ended_task
 from swarm.core import requests, snapshot
 from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State, TaskView
 from swarm.core.manifest import parse_manifest
@@ -24,7 +24,7 @@ from swarm.daemon.executor import AnyAttempt
 from swarm.daemon.failures import fill_stderr_tails
 from swarm.daemon.net import GossipNet
 from swarm.daemon.store import EMPTY_DIGEST
-from swarm.daemon.transfer import Copied, outcome_attempt
+from swarm.daemon.transfer import Copied
 from swarm.daemon.watches import Watch
 from swarm.errors import SwarmError, UserError
 from swarm.pycall import VALUE_FILE
@@ -243,24 +243,13 @@ class Operations:
         view = self.node.ledger.tasks[task_id]
         if view.state not in TERMINAL_STATES:
             return None
-        attempt = outcome_attempt(view)
-        result = None if attempt is None else attempt.result
+        attempt = view.outcome_attempt()
         value = None
         if attempt is not None and attempt.result.digest and view.spec and view.spec.call:
             value = await self._value_of(attempt)
             if value is None and view.state is State.DONE:
                 return None
-        return {
-            "task_id": task_id,
-            "state": str(view.state),
-            "outcome": "" if result is None else str(result.outcome),
-            "reason": "" if result is None else result.reason,
-            "node": "" if attempt is None else attempt.version.origin,
-            "exit_code": None if result is None else result.exit_code,
-            "evicted": bool(result is not None and result.evicted),
-            "value": value,
-            "inline": b"" if result is None else result.value,
-        }
+        return ended_task(view, value)
 
     async def _streams_of(self, attempt: Attempt, fetch: bool) -> tuple[str | None, str | None]:
         """The digests of an attempt's stdout and stderr if held here (fetched first, with its
@@ -336,14 +325,15 @@ class Operations:
         members = node.membership.members.values()
         return snapshot.member_rows(node.ledger, members, self.node_info(), time.monotonic())
 
-    def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
+    async def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
         node = self.node
         infeasible = node.core.infeasible(time.monotonic())
         if jobs is not None:
             infeasible = [t for t in infeasible if node.ledger.tasks[t].job in jobs]
         now_ms = node.now().wall_ms
         built = snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)
-        fill_stderr_tails(built.get("failures", []), node.store)  # a few small reads
+        # The failures' stderr lines are read from the task's files: in a thread, off the loop.
+        await asyncio.to_thread(fill_stderr_tails, built.get("failures", []), node.store)
         return built
 
 

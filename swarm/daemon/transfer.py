@@ -157,14 +157,3 @@ def result_attempt(view: TaskView) -> Attempt | None:
         (a for a in reversed(view.ordered_attempts()) if a.result.digest), None
     )
     return None if attempt is None or attempt.result.digest is None else attempt
-
-
-def outcome_attempt(view: TaskView) -> Attempt | None:
-    """The attempt that says how a task ended: its credited one, else its latest with a result
-    (blobs, or a call's outcome in its record), else its latest (None if it never ran)."""
-    ordered = view.ordered_attempts()
-    return (
-        view.ok_attempt()
-        or next((a for a in reversed(ordered) if a.result.digest or a.result.value), None)
-        or (ordered[-1] if ordered else None)
-    )
