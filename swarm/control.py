@@ -20,7 +20,17 @@ import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, Literal, NotRequired, Required, TypedDict, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    NotRequired,
+    Protocol,
+    Required,
+    TypedDict,
+    TypeVar,
+)
 
 import msgpack
 
@@ -385,6 +395,57 @@ class WatchReply(TypedDict):
     unknown: list[str]  # added ids that name no task of this node's ledger
 
 
+def _is_version(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(_is_whole(n) and n >= 0 for n in value[1:])
+    )
+
+
+class RecordsRequest(TypedDict):
+    """A page of the node's ledger, its records as its file holds them, in version order from
+    just past `after`: what a client with no ledger of its own reads to export or write results."""
+
+    op: Literal["records"]
+    after: NotRequired[
+        Annotated[
+            list[Any] | None,
+            Want(_or_null(_is_version), "a version [origin, generation, seq], or null"),
+        ]
+    ]
+
+
+class RecordsReply(TypedDict):
+    ok: Literal[True]
+    records: list[list[Any]]  # [origin, generation, seq, body] each, the body as stored
+    done: bool  # the page reached the end of the ledger
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class ReadBlobRequest(TypedDict):
+    """A piece of a blob this node holds (a result's manifest or file), from `offset`."""
+
+    op: Literal["read_blob"]
+    digest: Annotated[str, Want(_is_digest, "a blob's sha256 (64 lowercase hex characters)")]
+    offset: NotRequired[
+        Annotated[int | None, Want(_or_null(lambda v: _is_whole(v) and v >= 0), "0 or more")]
+    ]
+
+
+class ReadBlobReply(TypedDict):
+    ok: Literal[True]
+    data: bytes  # at most BLOB_FRAME_BYTES, from the offset
+    size: int  # the whole blob's
+
+
 class ErrorReply(TypedDict):
     ok: Literal[False]
     error: str
@@ -394,7 +455,7 @@ class ErrorReply(TypedDict):
 Reply = (
     PingReply | SubmitReply | StatusReply | CancelReply | RetryReply | MembersReply
     | FetchResultsReply | ReloadKeysReply | JoinReply | ShutdownReply | DrainReply
-    | PutBlobReply | WatchReply | WhyReply | LogsReply
+    | PutBlobReply | WatchReply | WhyReply | LogsReply | RecordsReply | ReadBlobReply
 )  # fmt: skip
 
 Req = TypeVar("Req", bound=Mapping[str, Any])
@@ -436,9 +497,11 @@ PUT_BLOB: Contract[PutBlobRequest, PutBlobReply] = Contract(PutBlobRequest, PutB
 WATCH: Contract[WatchRequest, WatchReply] = Contract(WatchRequest, WatchReply)
 WHY: Contract[WhyRequest, WhyReply] = Contract(WhyRequest, WhyReply)
 LOGS: Contract[LogsRequest, LogsReply] = Contract(LogsRequest, LogsReply)
+RECORDS: Contract[RecordsRequest, RecordsReply] = Contract(RecordsRequest, RecordsReply)
+READ_BLOB: Contract[ReadBlobRequest, ReadBlobReply] = Contract(ReadBlobRequest, ReadBlobReply)
 CONTRACTS: tuple[Contract[Any, Any], ...] = (
     PING, SUBMIT, STATUS, CANCEL, RETRY, MEMBERS, FETCH_RESULTS, RELOAD_KEYS, JOIN, SHUTDOWN, DRAIN,
-    PUT_BLOB, WATCH, WHY, LOGS,
+    PUT_BLOB, WATCH, WHY, LOGS, RECORDS, READ_BLOB,
 )  # fmt: skip
 
 
@@ -517,27 +580,71 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         body = await framing.read_frame_body(reader, FRAME_BYTES_MAX)
     except (framing.FrameTooLarge, framing.FrameCut) as exc:
         raise ControlError(str(exc)) from exc
-    if body is None:
-        return None
+    return None if body is None else decode_body(body)
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A frame's message, from its msgpack body. ControlError if it is not a map."""
     message = unpack(body, ControlError, "frame")
     if not isinstance(message, dict):
         raise ControlError("a frame must be a map")
     return message
 
 
-def encode_frame(message: Mapping[str, Any]) -> bytes:
+def encode_body(message: Mapping[str, Any]) -> bytes:
     body: bytes = msgpack.packb(message, use_bin_type=True)
     if len(body) > FRAME_BYTES_MAX:
         raise ControlError(f"frame of {len(body)} bytes is over the {FRAME_BYTES_MAX} byte limit")
-    return framing.frame(body)
+    return body
 
 
-class Client:
-    """One connection to the local daemon."""
+def encode_frame(message: Mapping[str, Any]) -> bytes:
+    return framing.frame(encode_body(message))
+
+
+class Channel(Protocol):
+    """Where a connection's frames go: the local socket (StreamChannel), or a stream to a node's
+    peer port with every frame sealed by the swarm key (swarm/remote.py on the client's side,
+    daemon/net.py on the node's). The protocol above is the same on both."""
+
+    async def read(self) -> dict[str, Any] | None:
+        """The next frame, or None when the other side closed the connection."""
+
+    async def write(self, message: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class StreamChannel:
+    """The local socket's frames: a length, then the msgpack map."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+
+    async def read(self) -> dict[str, Any] | None:
+        return await read_frame(self._reader)
+
+    async def write(self, message: Mapping[str, Any]) -> None:
+        self._writer.write(encode_frame(message))
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+class Client:
+    """One connection to a daemon: the local one (`connect`), or another machine's over the
+    sealed channel (swarm/remote.py)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
 
     @classmethod
     async def connect(cls, state: StateDir) -> Client:
@@ -556,7 +663,7 @@ class Client:
                 f"start one with `swarm start --data-dir {state.root}`, "
                 "or use `swarm run FILE`, which starts one for the run"
             ) from exc
-        return cls(reader, writer)
+        return cls(StreamChannel(reader, writer))
 
     # -- the typed calls, one per operation ---------------------------------------------------
 
@@ -621,6 +728,14 @@ class Client:
     async def watch(self, add: list[str], wait_ms: int | None = None) -> WatchReply:
         return await self.ask(WATCH, WatchRequest(op="watch", add=add, wait_ms=wait_ms))
 
+    async def records(self, after: list[Any] | None) -> RecordsReply:
+        return await self.ask(RECORDS, RecordsRequest(op="records", after=after))
+
+    async def read_blob(self, digest: str, offset: int) -> ReadBlobReply:
+        return await self.ask(
+            READ_BLOB, ReadBlobRequest(op="read_blob", digest=digest, offset=offset)
+        )
+
     async def drain(self, node: str | None, grace_s: float | None = None) -> DrainReply:
         request = DrainRequest(op="drain", node=node)
         if grace_s is not None:
@@ -640,11 +755,10 @@ class Client:
         return await self.reply()
 
     async def send(self, message: Mapping[str, Any]) -> None:
-        self._writer.write(encode_frame(message))
-        await self._writer.drain()
+        await self._channel.write(message)
 
     async def reply(self) -> dict[str, Any]:
-        message = await read_frame(self._reader)
+        message = await self._channel.read()
         if message is None:
             raise ControlError("the daemon closed the connection")
         if not message.get("ok"):
@@ -652,9 +766,8 @@ class Client:
         return message
 
     async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        self._channel.close()
+        await self._channel.wait_closed()
 
 
 def checked_reply(contract: Contract[Any, Rep], message: dict[str, Any]) -> Rep:

@@ -20,12 +20,13 @@ from swarm.control import (
     REQUEST_FIELDS,
     Client,
     Contract,
+    StreamChannel,
     checked_reply,
     request_problem,
     submit_frame_problem,
 )
 from swarm.core import snapshot
-from swarm.core.ledger import Ledger
+from swarm.core.ledger import Ledger, Version
 from swarm.core.requests import CheckedTask
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.daemon.control_server import OPERATIONS, ControlServer
@@ -111,6 +112,16 @@ class FakeNode:
     def unfit(self, specs: list[TaskSpec]) -> dict[str, int]:
         return {}
 
+    async def read_records(
+        self, after: Version | None, rows_max: int, bytes_max: int
+    ) -> tuple[list[list[Any]], bool]:
+        self.calls.append(("read_records", after))
+        return [[NODE_ID, 1, 1, b"body"]], True
+
+    async def read_blob(self, digest: str, offset: int, size_max: int) -> tuple[bytes, int]:
+        self.calls.append(("read_blob", digest, offset))
+        return b"data", 10
+
     def why(self, target: str) -> control.WhyReply:
         self.calls.append(("why", target))
         return {
@@ -176,6 +187,11 @@ GOOD: dict[str, tuple[Ask, tuple[Any, ...] | None]] = {
     ),
     "logs": (lambda c: c.logs(f"{JOB}/1", 2), ("logs", f"{JOB}/1", 2)),
     "why": (lambda c: c.why(f"{JOB}/1"), ("why", f"{JOB}/1")),
+    "records": (
+        lambda c: c.records([NODE_ID, 1, 5]),
+        ("read_records", Version(NODE_ID, 1, 5)),
+    ),
+    "read_blob": (lambda c: c.read_blob("ab" * 32, 6), ("read_blob", "ab" * 32, 6)),
 }
 
 # op -> (a request with a bad field, what the error must say); an op with no fields has none.
@@ -189,6 +205,8 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "drain": ({"op": "drain", "grace_s": -1}, "'grace_s' must be a number of seconds, 0 or more"),
     "watch": ({"op": "watch", "add": "abc"}, "'add' must be a list of task ids"),
     "why": ({"op": "why", "target": 7}, "'target' must be JOB/NAME or a task id prefix"),
+    "records": ({"op": "records", "after": ["x", 1]}, "'after' must be a version"),
+    "read_blob": ({"op": "read_blob", "digest": "../etc"}, "'digest' must be a blob's sha256"),
     "logs": (
         {"op": "logs", "target": "j/n", "attempt": "2"},
         "'attempt' must be an attempt number",
@@ -207,7 +225,7 @@ async def _connected(node: FakeNode) -> tuple[Client, asyncio.Task[None]]:
     server_reader, server_writer = await asyncio.open_unix_connection(sock=theirs)
     serving = asyncio.create_task(ControlServer(node, set()).handle(server_reader, server_writer))
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    return Client(reader, writer), serving
+    return Client(StreamChannel(reader, writer)), serving
 
 
 def _run_with_client(node: FakeNode, body: Callable[[Client], Awaitable[Any]]) -> Any:
@@ -452,6 +470,9 @@ SENT_BY_THE_CLI: list[dict[str, Any]] = [
     {"op": "logs", "target": "sweep/seed-3", "attempt": None},
     {"op": "watch", "add": ["ab" * 32], "wait_ms": 1000},
     {"op": "watch", "add": None, "wait_ms": None},
+    {"op": "records", "after": None},
+    {"op": "records", "after": ["ab" * 16, 3, 1_000_000]},
+    {"op": "read_blob", "digest": "ab" * 32, "offset": 4 << 20},
 ]
 
 

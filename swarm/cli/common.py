@@ -1,10 +1,12 @@
-"""What the commands share: the two consoles, counting words, the time, and one call to the
-local daemon."""
+"""What the commands share: the two consoles, counting words, the time, and the connection to
+the daemon: the local one, or with `--peer HOST:PORT` (or SWARM_PEER) another machine's, over
+the sealed channel (swarm/remote.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,6 +18,7 @@ from swarm.control import Client
 from swarm.errors import ControlError
 
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
+PEER_ENV = "SWARM_PEER"  # HOST:PORT of the node that commands reach when no --peer is given
 Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -29,18 +32,36 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _call(args: argparse.Namespace, ask: Callable[[Client], Awaitable[Reply]]) -> Reply:
-    """One request to the local daemon (`ask` makes it, with the client), and its typed reply."""
+def peer_of(args: argparse.Namespace) -> str | None:
+    """The other machine's node this command reaches (--peer, else $SWARM_PEER), for a command
+    that takes --peer; None: the local daemon."""
+    if not hasattr(args, "peer"):
+        return None
+    return args.peer or os.environ.get(PEER_ENV) or None
+
+
+async def connect(args: argparse.Namespace) -> Client:
+    """A client of the daemon this command speaks to: the local one, or the --peer."""
     state = statedir.resolve(args.data_dir)
+    peer = peer_of(args)
+    if peer is None:
+        return await Client.connect(state)
+    from swarm import remote  # only a remote client needs the sealing
+
+    return await remote.connect(peer, state)
+
+
+def _call(args: argparse.Namespace, ask: Callable[[Client], Awaitable[Reply]]) -> Reply:
+    """One request to the daemon (`ask` makes it, with the client), and its typed reply."""
+    where = peer_of(args) or f"the daemon for {statedir.resolve(args.data_dir).root}"
 
     async def call() -> Reply:
-        client = await Client.connect(state)
+        client = await connect(args)
         try:
             return await asyncio.wait_for(ask(client), CALL_ANSWER_S)
         except TimeoutError:
             raise ControlError(
-                f"the daemon for {state.root} did not answer within {CALL_ANSWER_S:g}s "
-                "(is it paused, or overloaded?)"
+                f"{where} did not answer within {CALL_ANSWER_S:g}s (is it paused, or overloaded?)"
             ) from None
         finally:
             await client.close()

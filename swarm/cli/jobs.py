@@ -15,8 +15,8 @@ from typing import TextIO
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from swarm import control, statedir
-from swarm.cli import export, taskfile
-from swarm.cli.common import _call, err, out, plural, wall_ms
+from swarm.cli import export, remote_reads, taskfile
+from swarm.cli.common import _call, connect, err, out, peer_of, plural, wall_ms
 from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
 from swarm.control import Client
@@ -251,11 +251,10 @@ def finish_run(
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    state = statedir.resolve(args.data_dir)
     job, tasks = read_task_file(args)
 
     async def submit() -> int:
-        client = await Client.connect(state)
+        client = await connect(args)
         try:
             reply = await send_tasks(client, job, tasks)
             out.print(job)
@@ -293,7 +292,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     --follow: each attempt that runs, its output as it grows (when it runs on this node), then
     the rest of it once it ends, until the task runs no more."""
     store = BlobStore(statedir.resolve(args.data_dir).blobs)
-    reply = _call(args, lambda client: client.logs(args.target, args.attempt))
+    reply = _logs(args, store, args.attempt)
     if args.follow and reply["running_on"]:
         _follow(args, reply, store)
         return 0
@@ -350,11 +349,11 @@ def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore
                 for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
                     shown[name] += _copy_new(Path(run_dir) / name, shown[name], stream)
             time.sleep(FOLLOW_POLL_S)
-            now = _call(args, lambda client: client.logs(args.target, None))
+            now = _logs(args, store, None, fetch=False)
             if not now["running_on"] or now["running_attempt"] != number:
                 break  # the followed attempt has ended
         try:
-            ended = _ended_attempt(args, number)
+            ended = _logs(args, store, number)
         except UserError:  # it ended with no result (its node stopped or died): nothing more
             err.print(f"attempt {number} ended with no output recorded", markup=False)
         else:
@@ -363,8 +362,24 @@ def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore
         reply = now
 
 
-def _ended_attempt(args: argparse.Namespace, number: int) -> control.LogsReply:
-    return _call(args, lambda client: client.logs(args.target, number))
+def _logs(
+    args: argparse.Namespace, store: BlobStore, number: int | None, fetch: bool = True
+) -> control.LogsReply:
+    """The node's `logs` reply. From another machine's node (--peer), its stdout and stderr
+    blobs are copied into `store` too (unless not `fetch`), and a running attempt's dir, which
+    is on that machine, is not followed: its output comes when it ends."""
+    if peer_of(args) is None:
+        return _call(args, lambda client: client.logs(args.target, number))
+
+    async def ask(client: Client) -> control.LogsReply:
+        reply = await client.logs(args.target, number)
+        reply["run_dir"] = None
+        for digest in (reply["stdout"], reply["stderr"]):
+            if fetch and digest is not None:
+                await remote_reads.copy_blob(client, digest, store)
+        return reply
+
+    return _call(args, ask)
 
 
 def _copy_new(path: Path, offset: int, stream: TextIO) -> int:

@@ -13,14 +13,13 @@ from rich.live import Live
 
 from swarm import statedir
 from swarm.cli import status
-from swarm.cli.common import err, out, wall_ms
-from swarm.control import Client
+from swarm.cli.common import connect, err, out, peer_of, wall_ms
 from swarm.core import snapshot
 from swarm.core.spec import NO_RESOURCES
 from swarm.daemon import db, resources
 from swarm.daemon.failures import fill_stderr_tails
 from swarm.daemon.store import BlobStore
-from swarm.errors import NotRunningError, UserInputError
+from swarm.errors import ControlError, NotRunningError, UserInputError
 
 STATUS_REFRESH_S = 1.0  # the live view asks for a new snapshot this often
 STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
@@ -29,16 +28,23 @@ STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read f
 def cmd_status(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     jobs = args.job
+    peer = peer_of(args)
 
     async def fetch() -> snapshot.Snapshot:
         try:
-            client = await Client.connect(state)
+            client = await connect(args)
         except NotRunningError:
+            if peer is not None:
+                raise  # another machine's node: there is no ledger file here to read instead
             return offline_snapshot(state, jobs)
         try:
             reply = await asyncio.wait_for(client.status(jobs=jobs), STATUS_ANSWER_S)
             return reply["snapshot"]
         except TimeoutError:
+            if peer is not None:
+                raise ControlError(
+                    f"{peer} did not answer within {STATUS_ANSWER_S:g}s (paused or overloaded?)"
+                ) from None
             err.print(
                 f"swarm: the daemon did not answer within {STATUS_ANSWER_S:g}s (paused or "
                 "overloaded?); showing its ledger as last written"

@@ -78,7 +78,8 @@ EXAMPLES = {
         "  swarm start --http 127.0.0.1:8080    # the dashboard at http://127.0.0.1:8080/"
     ),
     "submit": "  swarm submit tasks.jsonl\n  swarm submit cmds.txt --lines --job sweep --wait",
-    "status": "  swarm status\n  swarm status --once --json | jq .jobs",
+    "status": "  swarm status\n  swarm status --once --json | jq .jobs\n"
+    "  swarm status --peer 10.0.0.5:7946    # another machine's node, with the swarm key here",
     "results": "  swarm results sweep --out results/",
     "export": (
         "  swarm export -o ledger.csv\n  swarm export --what attempts --job sweep\n"
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's state dir (default: $SWARM_HOME, else $XDG_DATA_HOME/swarm)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    client_opts = argparse.ArgumentParser(add_help=False)
+    client_opts.add_argument(
+        "--peer",
+        metavar="HOST:PORT",
+        help="the node of another machine to ask, over the sealed channel (default: "
+        "$SWARM_PEER, else this machine's daemon); needs the swarm key in the data dir",
+    )
     node_opts = argparse.ArgumentParser(add_help=False)
     node_opts.add_argument("--cpus", type=float, help="CPUs to offer (default: all this may use)")
     node_opts.add_argument("--memory", help="memory to offer, like 8G (default: all)")
@@ -236,22 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_start)
 
-    p = add("submit", "validate every line of FILE, then add its tasks", task_opts)
+    p = add("submit", "validate every line of FILE, then add its tasks", task_opts, client_opts)
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
     p.set_defaults(func=cmd_submit)
 
-    p = add("status", "show nodes, jobs and running tasks (live until Ctrl-C)")
+    p = add("status", "show nodes, jobs and running tasks (live until Ctrl-C)", client_opts)
     p.add_argument("--once", action="store_true", help="print once and exit")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.add_argument("--job", action="append", help="only this job (repeatable)")
     p.set_defaults(func=cmd_status)
 
-    p = add("results", "write each task's stdout, stderr and output files to --out DIR")
+    p = add(
+        "results", "write each task's stdout, stderr and output files to --out DIR", client_opts
+    )
     p.add_argument("job", help="the job whose results to write")
     p.add_argument("--out", required=True, help="directory to write into")
     p.set_defaults(func=cmd_results)
 
-    p = add("export", "the ledger as CSV or JSON Lines: a row per task, attempt or node")
+    p = add(
+        "export", "the ledger as CSV or JSON Lines: a row per task, attempt or node", client_opts
+    )
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.add_argument("--job", help="only this job")
     p.add_argument(
@@ -265,7 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = add("cancel", "cancel a job, or one task by its id (a 6+ character prefix will do)")
+    p = add(
+        "cancel",
+        "cancel a job, or one task by its id (a 6+ character prefix will do)",
+        client_opts,
+    )
     p.add_argument("target", metavar="JOB|TASK")
     p.set_defaults(func=cmd_cancel)
 
@@ -283,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_preemption_watch)
 
-    p = add("logs", "print the stdout and stderr of a task's latest attempt, from any node")
+    p = add(
+        "logs", "print the stdout and stderr of a task's latest attempt, from any node", client_opts
+    )
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
     p.add_argument("--attempt", type=int, help="this attempt (1, 2, ...), not the latest")
     p.add_argument(
@@ -291,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_logs)
 
-    p = add("why", "say why a task is not running (or where it runs, or how it ended)")
+    p = add("why", "say why a task is not running (or where it runs, or how it ended)", client_opts)
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
     p.set_defaults(func=cmd_why)
 
-    p = add("retry", "re-queue the failed tasks of a job")
+    p = add("retry", "re-queue the failed tasks of a job", client_opts)
     p.add_argument("job", help="the job whose failed tasks to run again")
     p.set_defaults(func=cmd_retry)
 
@@ -308,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "drain",
         "finish the running tasks, claim nothing new, then leave and stop (a preemption notice)",
+        client_opts,
     )
     p.add_argument("node", nargs="?", help="a member's id or its prefix (default: this node)")
     p.add_argument(
@@ -333,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arg", nargs="?", metavar="FILE|ID", help="a key file, or a key id")
     p.set_defaults(func=cmd_key)
 
-    p = add("members", "list the swarm's members as this node sees them")
+    p = add("members", "list the swarm's members as this node sees them", client_opts)
     p.add_argument("--json", action="store_true", help="print them as JSON")
     p.set_defaults(func=cmd_members)
     return parser

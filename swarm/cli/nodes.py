@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.table import Table
 
 from swarm import control, statedir
-from swarm.cli.common import _call, err, out, plural
+from swarm.cli.common import _call, err, out, peer_of, plural
 from swarm.core import units, wire
 from swarm.daemon.config import DEFAULT_PORT, PROFILES, NodeConfig, parse_addr, parse_label
-from swarm.errors import UserInputError
+from swarm.errors import SwarmError, UserInputError
 
 STOP_WAIT_S = 30.0  # `stop` waits this long for the daemon to record its attempts and exit
 
@@ -228,6 +228,11 @@ def _member_state(args: argparse.Namespace, node: str) -> str:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
+    peer = peer_of(args)
+    if peer is not None and not args.node:
+        raise UserInputError(
+            f"with --peer, name the node to drain (an id prefix: see `swarm members --peer {peer}`)"
+        )
     reply = _call(args, lambda client: client.drain(args.node or "", args.grace))
     node = reply["node"]
     if reply["running"] is None:
@@ -238,13 +243,23 @@ def cmd_drain(args: argparse.Namespace) -> int:
             time.sleep(DRAIN_POLL_S)
         out.print(f"drained: node {node[:8]} has left the swarm")
         return 0
+    which = f"node {node[:8]} (at {peer})" if peer else f"this node ({node[:8]})"
     out.print(
-        f"draining this node ({node[:8]}): {plural(reply['running'], 'attempt')} to "
+        f"draining {which}: {plural(reply['running'], 'attempt')} to "
         "finish, nothing new is claimed, then it leaves the swarm and stops"
     )
     if not args.wait:
         return 0
-    while statedir.lock_held(state):  # the daemon exits once drained
+    # The daemon exits once drained: its lock is free, or (another machine's) it stops answering.
+    while _answers(args) if peer else statedir.lock_held(state):
         time.sleep(0.2)
     out.print("drained: the daemon has stopped")
     return 0
+
+
+def _answers(args: argparse.Namespace) -> bool:
+    try:
+        _call(args, lambda client: client.ping())
+    except (SwarmError, OSError):
+        return False
+    return True

@@ -1,19 +1,22 @@
 """Getting results out: `swarm results` (fetched by the daemon from the nodes that hold them, then
 written under a directory) and `swarm export` (the ledger as CSV); both read the node's ledger
-file and blob store, so they work with no daemon running."""
+file and blob store, so they work with no daemon running. With `--peer`, on a machine with no
+node, they read the ledger and the blobs from that node instead (cli/remote_reads.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
 from swarm import statedir
-from swarm.cli import export
-from swarm.cli.common import err, plural
+from swarm.cli import export, remote_reads
+from swarm.cli.common import connect, err, peer_of, plural
 from swarm.control import Client
 from swarm.core import snapshot
+from swarm.core.ledger import Ledger
 from swarm.daemon import db
 from swarm.daemon.store import BlobStore
 from swarm.errors import ControlError, NotRunningError, UserInputError
@@ -42,6 +45,12 @@ def fetch_results(state: statedir.StateDir, job: str) -> None:
 def load_ledger(state: statedir.StateDir) -> db.Loaded:
     """The node's ledger as its file holds it, saying on stderr what of the file is left out."""
     loaded = db.load_ledger(state.db_path)
+    say_left_out(loaded)
+    return loaded
+
+
+def say_left_out(loaded: db.Loaded) -> None:
+    """Say on stderr which rows of a ledger were left out, and why."""
     left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
     if left_out.unreadable:
         err.print(
@@ -59,23 +68,57 @@ def load_ledger(state: statedir.StateDir) -> db.Loaded:
             highlight=False,
             soft_wrap=True,
         )
-    return loaded
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    fetch_results(state, args.job)
-    ledger = load_ledger(state).ledger
-    written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
+    store = BlobStore(state.blobs)
+    if peer_of(args) is None:
+        fetch_results(state, args.job)
+        ledger = load_ledger(state).ledger
+    else:
+        ledger = asyncio.run(_results_from_peer(args, store))
+    written = export.write_results(ledger, store, args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
         err.print(f"  [yellow]missing:[/] {problem}")
     return 1 if written.missing else 0
 
 
+async def _results_from_peer(args: argparse.Namespace, store: BlobStore) -> Ledger:
+    """The peer's ledger, and the job's result blobs copied into `store` (this machine's), once
+    the peer has fetched them from the nodes that hold them."""
+    client = await connect(args)
+    try:
+        with contextlib.suppress(ControlError):  # an unknown job: writing the results says so
+            reply = await client.fetch_results(args.job)
+            if reply["fetched"]:
+                err.print(f"{peer_of(args)} fetched {reply['fetched']:,} result files from others")
+        loaded = await remote_reads.load_ledger(client)
+        say_left_out(loaded)
+        if args.job in loaded.ledger.jobs:
+            await remote_reads.copy_results(client, loaded.ledger, args.job, store)
+        return loaded.ledger
+    finally:
+        await client.close()
+
+
+async def _ledger_from_peer(args: argparse.Namespace) -> Ledger:
+    client = await connect(args)
+    try:
+        loaded = await remote_reads.load_ledger(client)
+    finally:
+        await client.close()
+    say_left_out(loaded)
+    return loaded.ledger
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    ledger = load_ledger(state).ledger
+    if peer_of(args) is None:
+        ledger = load_ledger(state).ledger
+    else:
+        ledger = asyncio.run(_ledger_from_peer(args))
     if args.job and args.job not in ledger.jobs:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"

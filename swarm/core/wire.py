@@ -590,12 +590,17 @@ def _watermarks(raw: Any) -> Watermarks:
 
 
 def decode_any(body: bytes) -> StreamMessage:
-    """A membership packet, a ledger or blob message, or a Hello, told apart by their first item."""
+    """A membership packet, a ledger or blob message, a Hello or a control frame, told apart by
+    their first item."""
     raw = unpack(body, BadPacket, "body")
     if isinstance(raw, list) and raw and raw[0] == "H":
         if len(raw) != 2 or not isinstance(raw[1], bytes) or len(raw[1]) != CHALLENGE_BYTES:
             raise BadPacket("malformed hello")
         return Hello(raw[1])
+    if isinstance(raw, list) and raw and raw[0] == "K":
+        if len(raw) != 2 or not isinstance(raw[1], bytes):
+            raise BadPacket("malformed control frame")
+        return ControlFrame(raw[1])
     if isinstance(raw, list) and raw and raw[0] in ("F", "C"):
         try:
             return _blob_message_from_plain(raw)
@@ -667,4 +672,16 @@ def hello_to_plain(hello: Hello) -> list[Any]:
     return ["H", hello.challenge]
 
 
-StreamMessage = gossip.Packet | LedgerMessage | FetchRequest | BlobChunk | Hello
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """One frame of the control protocol (swarm/control.py, a msgpack map, as it is on the local
+    socket) from or to a remote client, on a stream its Hello opened."""
+
+    body: bytes
+
+
+def control_frame_to_plain(frame: ControlFrame) -> list[Any]:
+    return ["K", frame.body]
+
+
+StreamMessage = gossip.Packet | LedgerMessage | FetchRequest | BlobChunk | Hello | ControlFrame

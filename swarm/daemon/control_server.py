@@ -49,6 +49,10 @@ from swarm.control import (
     PingRequest,
     PutBlobReply,
     PutBlobRequest,
+    ReadBlobReply,
+    ReadBlobRequest,
+    RecordsReply,
+    RecordsRequest,
     ReloadKeysReply,
     ReloadKeysRequest,
     Rep,
@@ -67,6 +71,7 @@ from swarm.control import (
     WhyReply,
     WhyRequest,
 )
+from swarm.core.ledger import Version
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
@@ -83,6 +88,8 @@ WATCH_ADD_MAX = 1_000_000  # tasks added to a watch by one request
 # so a reply stays far below control.FRAME_BYTES_MAX.
 WATCH_REPLY_TASKS_MAX = 10_000
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
+RECORDS_PAGE_ROWS = 10_000  # ledger records in one `records` reply
+RECORDS_PAGE_BYTES = 4 << 20  # and about this many bytes of them
 
 
 class NodeControl(Protocol):
@@ -135,6 +142,10 @@ class NodeControl(Protocol):
     async def drain_request(
         self, node_prefix: str | None, grace_s: float | None
     ) -> tuple[str, int | None]: ...
+    async def read_records(
+        self, after: Version | None, rows_max: int, bytes_max: int
+    ) -> tuple[list[list[Any]], bool]: ...
+    async def read_blob(self, digest: str, offset: int, size_max: int) -> tuple[bytes, int]: ...
 
 
 @dataclass(slots=True)
@@ -149,7 +160,7 @@ class Call:
     """What a handler has: the node, and the connection (a submission reads its stream on it)."""
 
     node: NodeControl
-    reader: asyncio.StreamReader
+    channel: control.Channel
     session: Session
 
 
@@ -164,43 +175,45 @@ class Operation(Generic[Req, Rep]):
 
 
 class ControlServer:
-    """Serves the control socket's connections for one node. `clients` is the node's set of open
-    connections, which it closes when it stops, so that none outlives it."""
+    """Serves the control connections of one node: the local socket's, and remote clients' on its
+    peer port (daemon/net.py). `clients` is the node's set of open connections, which it closes
+    when it stops, so that none outlives it."""
 
-    def __init__(self, node: NodeControl, clients: set[asyncio.StreamWriter]) -> None:
+    def __init__(self, node: NodeControl, clients: set[control.Channel]) -> None:
         self._node = node
         self._clients = clients
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection until the client closes it (`asyncio.start_unix_server`'s
-        callback)."""
-        self._clients.add(writer)
+        """Serve one connection to the local socket (`asyncio.start_unix_server`'s callback)."""
+        await self.serve(control.StreamChannel(reader, writer))
+
+    async def serve(self, channel: control.Channel) -> None:
+        """Serve one connection until the client closes it."""
+        self._clients.add(channel)
         session = Session()
         try:
-            while (request := await control.read_frame(reader)) is not None:
-                reply = await self._answer(request, reader, session)
-                writer.write(control.encode_frame(reply))
-                await writer.drain()
+            while (request := await channel.read()) is not None:
+                reply = await self._answer(request, channel, session)
+                await channel.write(reply)
         except ControlError as exc:
             # The stream cannot be read on (a frame that is not a map, or not msgpack, or too
             # big): say why before closing, so the client is not left with a bare EOF.
             log.debug("control connection dropped: %s", exc)
             with contextlib.suppress(ConnectionError, ControlError):
-                writer.write(control.encode_frame(control.ErrorReply(ok=False, error=str(exc))))
-                await writer.drain()
+                await channel.write(control.ErrorReply(ok=False, error=str(exc)))
         except ConnectionError as exc:
             log.debug("control connection dropped: %s", exc)
         finally:
-            self._clients.discard(writer)
-            writer.close()
+            self._clients.discard(channel)
+            channel.close()
             if session.watch is not None:
                 self._node.unwatch(session.watch)
 
     async def _answer(
-        self, request: dict[str, Any], reader: asyncio.StreamReader, session: Session
+        self, request: dict[str, Any], channel: control.Channel, session: Session
     ) -> control.Reply | control.ErrorReply:
         try:
-            return await serve(Call(self._node, reader, session), request)
+            return await serve(Call(self._node, channel, session), request)
         except UserError as exc:
             return control.ErrorReply(ok=False, error=str(exc))
         except SwarmError as exc:
@@ -214,7 +227,7 @@ async def serve(call: Call, request: dict[str, Any]) -> control.Reply:
     problem = control.request_problem(request)
     if problem is not None:
         if operation is not None and operation.streamed:
-            await _skip_stream(call.reader)  # the reply must come after the whole stream
+            await _skip_stream(call.channel)  # the reply must come after the whole stream
         raise UserError(problem)
     assert operation is not None  # request_problem knows every op of the table
     reply: control.Reply = await operation.handler(call, request)
@@ -232,7 +245,7 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
     """Read the submission's stream to its end, then add its tasks in one commit, or none if
     anything in it is wrong."""
     job = request["job"]
-    incoming = await _read_stream(call.reader)
+    incoming = await _read_stream(call.channel)
     name = name_problem(job)
     if name is not None:
         raise UserError(f"job name {job!r} {name}")
@@ -250,7 +263,7 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
 async def _put_blob(call: Call, request: PutBlobRequest) -> PutBlobReply:
     """Store the blob streamed after the request. Its stream is read to the end frame whatever
     happens, so that the reply stays in step."""
-    stream = BlobStream(call.reader)
+    stream = BlobStream(call.channel)
     try:
         digest, size = await call.node.put_blob(stream.chunks())
     finally:
@@ -344,6 +357,21 @@ async def _drain(call: Call, request: DrainRequest) -> DrainReply:
     return {"ok": True, "node": node, "running": running}
 
 
+async def _records(call: Call, request: RecordsRequest) -> RecordsReply:
+    after = request.get("after")
+    records, done = await call.node.read_records(
+        None if after is None else Version(*after), RECORDS_PAGE_ROWS, RECORDS_PAGE_BYTES
+    )
+    return {"ok": True, "records": records, "done": done}
+
+
+async def _read_blob(call: Call, request: ReadBlobRequest) -> ReadBlobReply:
+    data, size = await call.node.read_blob(
+        request["digest"], request.get("offset") or 0, control.BLOB_FRAME_BYTES
+    )
+    return {"ok": True, "data": data, "size": size}
+
+
 OPERATIONS: dict[str, Operation[Any, Any]] = {
     row.contract.op: row
     for row in (
@@ -362,6 +390,8 @@ OPERATIONS: dict[str, Operation[Any, Any]] = {
         Operation(control.WATCH, _watch),
         Operation(control.WHY, _why),
         Operation(control.LOGS, _logs),
+        Operation(control.RECORDS, _records),
+        Operation(control.READ_BLOB, _read_blob),
     )
 }
 # The protocol's contracts and this table are one set: an op with no handler would be refused as
@@ -372,13 +402,13 @@ assert set(OPERATIONS) == set(control.REQUEST_FIELDS), "every contract needs its
 # -- what the handlers use --------------------------------------------------------------------------
 
 
-async def _read_stream(reader: asyncio.StreamReader) -> list[SubmittedTask]:
+async def _read_stream(channel: control.Channel) -> list[SubmittedTask]:
     """A submission's tasks, its stream read to the end frame. UserError (after the end frame)
     if a frame is malformed; past SUBMIT_TASKS_MAX tasks, the rest is read and not kept."""
     incoming: list[SubmittedTask] = []
     problem: str | None = None
     while True:
-        frame = await _next_frame(reader)
+        frame = await _next_frame(channel)
         problem = problem or control.submit_frame_problem(frame)
         if frame.get("end"):
             break
@@ -393,15 +423,15 @@ class BlobStream:
     """A put blob's frames, read as chunks of bytes; `problem` says what was wrong with them
     (read to the end frame all the same)."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
+    def __init__(self, channel: control.Channel) -> None:
+        self.channel = channel
         self.problem: str | None = None
         self.size = 0
         self._ended = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while not self._ended:
-            frame = await _next_frame(self.reader)
+            frame = await _next_frame(self.channel)
             self._ended = bool(frame.get("end"))
             self.problem = self.problem or control.blob_frame_problem(frame)
             data = frame.get("data") or b""
@@ -417,17 +447,17 @@ class BlobStream:
         """Read what is left of the stream, keeping nothing."""
         if not self._ended:
             self._ended = True
-            await _skip_stream(self.reader)
+            await _skip_stream(self.channel)
 
 
-async def _skip_stream(reader: asyncio.StreamReader) -> None:
+async def _skip_stream(channel: control.Channel) -> None:
     """Read a refused submission's frames to its end frame, keeping nothing."""
-    while not (await _next_frame(reader)).get("end"):
+    while not (await _next_frame(channel)).get("end"):
         pass
 
 
-async def _next_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
-    frame = await control.read_frame(reader)
+async def _next_frame(channel: control.Channel) -> dict[str, Any]:
+    frame = await channel.read()
     if frame is None:
         raise ControlError("the client went away mid-submission; nothing was added")
     return frame

@@ -22,9 +22,10 @@ import errno
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -326,13 +327,46 @@ def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
     with _read_only(path) as conn:
         cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
         while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
-            for origin, generation, seq, blob in chunk:
-                version = Version(origin, generation, seq)
-                try:
-                    yield Row(_checked_version(version), decode(blob))
-                except BadRecordError as exc:
-                    if bad is not None:
-                        bad.append(f"{shown(version)}: {exc}")
+            yield from rows_of(chunk, bad)
+
+
+def rows_of(stored: Iterable[Sequence[Any]], bad: list[str] | None = None) -> Iterator[Row]:
+    """Records as stored, (origin, generation, seq, body) each, decoded; undecodable ones are
+    skipped and described in `bad`."""
+    for origin, generation, seq, blob in stored:
+        version = Version(origin, generation, seq)
+        try:
+            yield Row(_checked_version(version), decode(blob))
+        except BadRecordError as exc:
+            if bad is not None:
+                bad.append(f"{shown(version)}: {exc}")
+
+
+def read_page(
+    path: Path, after: Version | None, rows_max: int, bytes_max: int
+) -> tuple[list[list[Any]], bool]:
+    """Stored records in version order from just past `after`, as (origin, generation, seq,
+    body), at most `rows_max` of them and about `bytes_max` of bodies; and whether the page
+    reached the last record. Rows whose version a hand edit has mistyped are left out, so that
+    the last row of a page is always a version to go on from."""
+    where = (
+        "typeof(origin) = 'text' AND typeof(generation) = typeof(seq) AND typeof(seq) = 'integer'"
+    )
+    query = f"SELECT origin, generation, seq, body FROM records WHERE {where}"
+    params: tuple[Any, ...] = ()
+    if after is not None:
+        query += " AND (origin, generation, seq) > (?, ?, ?)"
+        params = (after.origin, after.generation, after.seq)
+    query += " ORDER BY origin, generation, seq LIMIT ?"
+    page: list[list[Any]] = []
+    size = 0
+    with _read_only(path) as conn:
+        for origin, generation, seq, body in conn.execute(query, (*params, rows_max + 1)):
+            if len(page) == rows_max or (page and size + len(body) > bytes_max):
+                return page, False
+            page.append([origin, generation, seq, body if isinstance(body, bytes) else b""])
+            size += len(page[-1][3])
+    return page, True
 
 
 def _checked_version(version: Version) -> Version:
@@ -361,8 +395,22 @@ class Loaded:
 def load_ledger(path: Path) -> Loaded:
     """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
     described in the answer."""
-    loaded = Loaded(Ledger(), [], [], set())
-    for row in iter_rows(path, loaded.unreadable):
+    unreadable: list[str] = []
+    return load_rows(iter_rows(path, unreadable), unreadable)
+
+
+def load_rows(rows: Iterable[Row], unreadable: list[str]) -> Loaded:
+    """A ledger of `rows` (from a file, or pages of another node's): TASK records that do not
+    hash to their id are left out, and described in the answer, as `unreadable` describes the
+    rows that did not decode."""
+    loaded = Loaded(Ledger(), unreadable, [], set())
+    add_rows(loaded, rows)
+    return loaded
+
+
+def add_rows(loaded: Loaded, rows: Iterable[Row]) -> None:
+    """Apply more rows to a loaded ledger, as load_rows does."""
+    for row in rows:
         if isinstance(row.body, TaskRecord):
             problem = task_record_problem(row.body)
             if problem is not None:
@@ -370,7 +418,6 @@ def load_ledger(path: Path) -> Loaded:
                 loaded.refused_versions.add(row.version)
                 continue
         loaded.ledger.apply(row.version, row.body)
-    return loaded
 
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:

@@ -26,11 +26,11 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from swarm import statedir
+from swarm import control, statedir
 from swarm.control import FRAME_BYTES_MAX
 from swarm.core import gossip, identity, pressure, snapshot, wire
 from swarm.core.effects import (
@@ -128,7 +128,7 @@ class Node:
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
         self.watches = Watches()  # the tasks Python clients wait on (control op `watch`)
         self._tg: asyncio.TaskGroup | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
+        self._clients: set[control.Channel] = set()  # control connections, local and remote
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
@@ -388,9 +388,10 @@ class Node:
                 self.state.socket_path.unlink()
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
             ops = Operations(self)
+            control_server = ControlServer(ops, self._clients)
             try:
                 server = await asyncio.start_unix_server(
-                    ControlServer(ops, self._clients).handle,
+                    control_server.handle,
                     path=self.state.socket_path,
                     limit=FRAME_BYTES_MAX,
                 )
@@ -398,7 +399,7 @@ class Node:
                 os.umask(old_umask)
             loops = [tg.create_task(self._memory_loop())]
             if self.config.bind is not None:
-                loops += await self._start_gossip(tg, self.config.bind)
+                loops += await self._start_gossip(tg, self.config.bind, control_server.serve)
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
@@ -439,8 +440,12 @@ class Node:
     # -- membership -------------------------------------------------------------------------
 
     async def _start_gossip(
-        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
+        self,
+        tg: asyncio.TaskGroup,
+        bind: tuple[str, int],
+        serve_control: Callable[[control.Channel], Awaitable[None]],
     ) -> list[asyncio.Task[None]]:
+        """Membership and replication on `bind`, where remote clients are served too."""
         ring = self.ring
         self.reload_keys()
         sender = bytes.fromhex(self.node_id)
@@ -471,6 +476,7 @@ class Node:
             self.replicator.taker,
             lambda: dict(self.ledger.high_seq),
             self.transfer.serve_blob,
+            serve_control,
         )
         self.tell(self.core.members_changed, [], self.membership.members)
         self.replicator.serve(tg, self.net)

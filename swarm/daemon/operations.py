@@ -10,15 +10,24 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from swarm.control import EndedTask, LogsReply, WhyReply, ended_task
 from swarm.core import requests, snapshot
-from swarm.core.ledger import TERMINAL_STATES, Attempt, Body, ReplicaRecord, State, TaskView
+from swarm.core.ledger import (
+    TERMINAL_STATES,
+    Attempt,
+    Body,
+    ReplicaRecord,
+    State,
+    TaskView,
+    Version,
+)
 from swarm.core.manifest import parse_manifest
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec
+from swarm.daemon import db
 from swarm.daemon.config import parse_addr
 from swarm.daemon.executor import AnyAttempt
 from swarm.daemon.failures import fill_stderr_tails
@@ -171,6 +180,27 @@ class Operations:
         node = self.node
         if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
             await node.append([ReplicaRecord(copied.digest)])
+
+    async def read_records(
+        self, after: Version | None, rows_max: int, bytes_max: int
+    ) -> tuple[list[list[Any]], bool]:
+        """A page of the ledger file (read in a thread: it is a query of up to `rows_max`)."""
+        path = self.node.state.db_path
+        return await asyncio.to_thread(db.read_page, path, after, rows_max, bytes_max)
+
+    async def read_blob(self, digest: str, offset: int, size_max: int) -> tuple[bytes, int]:
+        """Up to `size_max` bytes of a held blob from `offset`, and its size; the reader checks
+        the whole against its digest."""
+
+        def read() -> tuple[bytes, int]:
+            try:
+                with open(self.node.store.path(digest), "rb") as blob:
+                    blob.seek(offset)
+                    return blob.read(size_max), os.fstat(blob.fileno()).st_size
+            except FileNotFoundError:
+                raise UserError(f"blob {digest[:12]} is not held on this node") from None
+
+        return await asyncio.to_thread(read)
 
     def unfit(self, specs: list[TaskSpec]) -> dict[str, int]:
         return self.node.core.unfit(specs)

@@ -1,0 +1,128 @@
+"""Clients from anywhere: a machine with no daemon, holding only the swarm key, submits, watches,
+reads results, logs and exports, cancels, retries and drains through a node's peer port
+(`--peer` or SWARM_PEER), over the sealed channel; many such clients at once."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Cli, Swarm, swarm_cmd, wait_for, write_tasks
+
+pytestmark = pytest.mark.integration
+
+
+def client_of(swarm: Swarm, tmp_path: Path, node: int = 1) -> tuple[Cli, str]:
+    """A machine with the swarm key and no daemon, and the peer (HOST:PORT) it asks."""
+    work = tmp_path / "client-work"
+    work.mkdir()
+    client = Cli(home=tmp_path / "client-home", cwd=work)
+    client.ok("init", "--key-file", str(swarm.nodes[0][0].home / "swarm.key"))
+    return client, f"127.0.0.1:{swarm.nodes[node][2]}"
+
+
+def test_a_machine_with_no_daemon_submits_watches_and_reads_everything_back(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    swarm.form(2)
+    client, peer = client_of(swarm, tmp_path)
+    tasks = write_tasks(
+        client.cwd / "far.jsonl",
+        [
+            {"name": f"ok{i}", "cmd": f"echo out {i}; echo {i} > result.txt", "outputs": ["*.txt"]}
+            for i in range(6)
+        ]
+        + [{"name": "bad", "cmd": "echo broke here >&2; exit 5", "retries": 0}],
+    )
+    done = client("submit", str(tasks), "--wait", "--peer", peer)
+    assert done.returncode == 1, done.stderr  # one task fails, as meant
+    assert "6 done, 1 failed" in done.stderr
+    assert not client.ok("export").stdout.splitlines()[1:]  # this machine's ledger: empty
+
+    status = json.loads(client.ok("status", "--json", "--peer", peer).stdout)
+    row = next(r for r in status["jobs"] if r["job"] == "far")
+    assert (row["done"], row["failed"]) == (6, 1)
+    assert len(status["nodes"]) == 2
+
+    out = client.cwd / "results"
+    written = client("results", "far", "--out", str(out), "--peer", peer)
+    assert written.returncode == 0, written.stderr
+    for i in range(6):  # whichever node ran each, its files came over
+        assert (out / f"ok{i}" / "stdout").read_text() == f"out {i}\n"
+        assert (out / f"ok{i}" / "result.txt").read_text() == f"{i}\n"
+    assert (out / "bad" / "stderr").read_text() == "broke here\n"
+
+    rows = list(csv.DictReader(io.StringIO(client.ok("export", "--peer", peer).stdout)))
+    assert sorted(r["name"] for r in rows) == sorted([f"ok{i}" for i in range(6)] + ["bad"])
+    lines = client.ok("export", "--format", "jsonl", "--what", "attempts", "--peer", peer).stdout
+    assert len(lines.splitlines()) == 7
+
+    logs = client("logs", "far/bad", "--peer", peer)
+    assert logs.returncode == 0 and "broke here" in logs.stderr
+    assert "exit 5" in client.ok("why", "far/bad", "--peer", peer).stdout
+    assert "1 failed tasks of far re-queued" in client.ok("retry", "far", "--peer", peer).stdout
+
+
+def test_swarm_peer_in_the_environment_and_many_clients_at_once(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    swarm.form(2)
+    client, peer = client_of(swarm, tmp_path, node=0)
+    env = {**client.env(), "SWARM_PEER": peer}
+    tasks = write_tasks(client.cwd / "slow.jsonl", [{"name": "s", "cmd": "sleep 30"}])
+    submitted = subprocess.run(
+        swarm_cmd("submit", str(tasks)), env=env, cwd=client.cwd, capture_output=True, text=True
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    askers = [
+        subprocess.Popen(
+            swarm_cmd("status", "--json"),
+            env=env,
+            cwd=client.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for asker in askers:
+        stdout, stderr = asker.communicate(timeout=60)
+        assert asker.returncode == 0, stderr
+        assert [j["job"] for j in json.loads(stdout)["jobs"]] == ["slow"]
+    cancelled = subprocess.run(
+        swarm_cmd("cancel", "slow"), env=env, cwd=client.cwd, capture_output=True, text=True
+    )
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_for("the cancel to reach node 1", lambda: swarm.nodes[1][0].job("slow")["cancelled"] == 1)
+
+
+def test_a_client_with_another_key_is_refused_and_the_node_serves_on(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    swarm.form(1)
+    peer = f"127.0.0.1:{swarm.nodes[0][2]}"
+    stranger = Cli(home=tmp_path / "stranger", cwd=tmp_path)
+    stranger.ok("init")  # a swarm key of its own
+    refused = stranger("status", "--json", "--peer", peer)
+    assert refused.returncode != 0
+    assert "closed the connection before answering" in refused.stderr
+    client, peer = client_of(swarm, tmp_path, node=0)
+    assert json.loads(client.ok("status", "--json", "--peer", peer).stdout)["nodes"]
+
+
+def test_a_node_is_drained_from_a_machine_with_no_daemon(swarm: Swarm, tmp_path: Path) -> None:
+    ids = swarm.form(2)
+    client, peer = client_of(swarm, tmp_path, node=0)
+    needs_node = client("drain", "--peer", peer)
+    assert needs_node.returncode != 0 and "name the node to drain" in needs_node.stderr
+    drained = client("drain", ids[1][:8], "--wait", "--peer", peer)
+    assert drained.returncode == 0, drained.stderr
+    assert f"node {ids[1][:8]} has left the swarm" in drained.stdout
+    members: dict[str, Any] = json.loads(client.ok("members", "--json", "--peer", peer).stdout)
+    assert {m["id"]: m["state"] for m in members["members"]}[ids[1]] == "left"
