@@ -107,6 +107,15 @@ def resolve(flag: str | None) -> StateDir:
     return StateDir(Path(xdg) / "swarm")
 
 
+PEER_ENV = "SWARM_PEER"  # HOST:PORT of another machine's node, for clients with no daemon here
+
+
+def resolve_peer(flag: str | None) -> str | None:
+    """--peer, else $SWARM_PEER: the node of another machine that a client asks (swarm/remote.py);
+    None: this machine's daemon."""
+    return flag or os.environ.get(PEER_ENV) or None
+
+
 def init(state: StateDir, key_file: Path | None = None) -> bool:
     """Create the state dir if needed. Returns True if it was created now."""
     if state.exists():

@@ -12,7 +12,9 @@ stored once.
 
 The executor talks to the daemon of its state dir (`home`, else $SWARM_HOME, else the default)
 over the control socket, or, when none runs there, to a node it starts in its own process for as
-long as it lives (as `swarm run` does). That talk happens on a thread of its own with an asyncio
+long as it lives (as `swarm run` does). Given `peer` (or $SWARM_PEER), it talks to that node of
+another machine instead, over the sealed channel (swarm/remote.py), with the swarm key of its
+state dir, and copies the outcome blobs it reads from there. That talk happens on a thread of its own with an asyncio
 loop (`_Backend`): `submit` pickles in the caller's thread, queues the call and returns its
 future at once; the backend's one loop sends what is queued (blobs first, then the tasks in one
 submission), then asks the node, on the same connection, which of the tasks it watches have
@@ -104,7 +106,8 @@ class SwarmFuture(concurrent.futures.Future[Any]):
 
 class SwarmExecutor(concurrent.futures.Executor):
     """Runs calls on the swarm. `job` defaults to the script's file name; `home` is the state
-    dir of the node to use (else $SWARM_HOME, else the default); `serial` runs every call
+    dir of the node to use (else $SWARM_HOME, else the default); `peer` (HOST:PORT, else
+    $SWARM_PEER) is another machine's node to use instead, with `home`'s swarm key; `serial` runs every call
     inline (also SWARM_SERIAL=1); `max_workers` is accepted and ignored (the swarm's slots
     decide). A future stays pending until its call ends (`running()` is never true), and
     `cancel()` stops its call even while it runs."""
@@ -114,6 +117,7 @@ class SwarmExecutor(concurrent.futures.Executor):
         job: str | None = None,
         *,
         home: str | os.PathLike[str] | None = None,
+        peer: str | None = None,
         serial: bool | None = None,
         max_workers: int | None = None,
     ) -> None:
@@ -136,7 +140,8 @@ class SwarmExecutor(concurrent.futures.Executor):
         self._backend: _Backend | None = None
         self._shared = _Shared()
         if not serial:
-            self._backend = _Backend(statedir.resolve(os.fspath(home) if home else None), self.job)
+            state = statedir.resolve(os.fspath(home) if home else None)
+            self._backend = _Backend(state, self.job, statedir.resolve_peer(peer))
             self._backend.start()
         self._view = False
 
@@ -313,8 +318,9 @@ def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[
 
 
 class _Backend:
-    def __init__(self, state: statedir.StateDir, job: str) -> None:
+    def __init__(self, state: statedir.StateDir, job: str, peer: str | None) -> None:
         self.state = state
+        self.peer = peer  # another machine's node (HOST:PORT); None: this machine's
         self.store = BlobStore(state.blobs)
         self.job = job
         self._lock = threading.Lock()
@@ -383,7 +389,7 @@ class _Backend:
             self._done.set_result(None)
 
     async def _main(self) -> None:
-        if await control.is_running(self.state):
+        if self.peer is not None or await control.is_running(self.state):
             await self._serve()
             return
         from swarm.daemon.config import NodeConfig  # only an embedded node needs the daemon
@@ -411,7 +417,12 @@ class _Backend:
             raise failure
 
     async def _serve(self) -> None:
-        client = await Client.connect(self.state)
+        if self.peer is None:
+            client = await Client.connect(self.state)
+        else:
+            from swarm import remote  # only a remote client needs the sealing
+
+            client = await remote.connect(self.peer, self.state)
         self._ready.set_result(None)
         try:
             while True:
@@ -438,7 +449,7 @@ class _Backend:
                 wait_ms = 0 if more or cancels or self._wake.is_set() else WATCH_WAIT_MS
                 reply = await client.watch(added, wait_ms)
                 for ended in reply["ended"]:
-                    await self._settle_task(ended)
+                    await self._settle_task(client, ended)
                 for task in reply["unknown"]:  # not in the ledger: the submission was refused
                     self._resolve(task, error=SwarmError(f"the node does not know task {task}"))
         finally:
@@ -486,9 +497,13 @@ class _Backend:
         with contextlib.suppress(SwarmError):
             await client.cancel(task)
 
-    async def _settle_task(self, ended: EndedTask) -> None:
+    async def _settle_task(self, client: Client, ended: EndedTask) -> None:
         task = ended["task_id"]
         try:
+            if self.peer is not None and ended["value"] is not None:
+                from swarm.cli.remote_reads import copy_blob  # only a remote client reads so
+
+                await copy_blob(client, ended["value"], self.store)
             if ended["inline"] or ended["value"] is None:  # no file to read: not worth a thread
                 value = outcome_of(self.store, ended)
             else:

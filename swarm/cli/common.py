@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,7 +17,6 @@ from swarm.control import Client
 from swarm.errors import ControlError
 
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
-PEER_ENV = "SWARM_PEER"  # HOST:PORT of the node that commands reach when no --peer is given
 Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -35,9 +33,7 @@ def wall_ms() -> int:
 def peer_of(args: argparse.Namespace) -> str | None:
     """The other machine's node this command reaches (--peer, else $SWARM_PEER), for a command
     that takes --peer; None: the local daemon."""
-    if not hasattr(args, "peer"):
-        return None
-    return args.peer or os.environ.get(PEER_ENV) or None
+    return statedir.resolve_peer(args.remote_peer) if hasattr(args, "remote_peer") else None
 
 
 async def connect(args: argparse.Namespace) -> Client:

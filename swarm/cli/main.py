@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts = argparse.ArgumentParser(add_help=False)
     client_opts.add_argument(
         "--peer",
+        dest="remote_peer",  # not `peer`: `swarm join PEER` has a positional of that name
         metavar="HOST:PORT",
         help="the node of another machine to ask, over the sealed channel (default: "
         "$SWARM_PEER, else this machine's daemon); needs the swarm key in the data dir",

@@ -9,14 +9,15 @@ or a blob) is said by the node in an `EndedTask` (the control protocol's `watch`
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
-import threading
 from typing import Any
 
 from swarm import pycall, statedir
 from swarm.control import EndedTask, ended_task
-from swarm.core.ledger import TERMINAL_STATES, Outcome, State, TaskView
+from swarm.core.ledger import TERMINAL_STATES, Ledger, Outcome, State, TaskView
 from swarm.core.manifest import MANIFEST_BYTES_MAX, parse_manifest
 from swarm.daemon.store import BlobStore
 from swarm.errors import SwarmError, UserError
@@ -88,24 +89,23 @@ def _value(data: bytes, node: str) -> Any:
 
 
 def results(
-    job: str, *, errors: str = "raise", home: str | os.PathLike[str] | None = None
+    job: str,
+    *,
+    errors: str = "raise",
+    home: str | os.PathLike[str] | None = None,
+    peer: str | None = None,
 ) -> list[Any]:
     """The values of a job's calls in the order they were submitted (one per distinct call; a
     chunk of `map` gives its calls' values), read from this machine's node (which fetches those
-    held elsewhere), after the script that made them has exited. A call that raised raises here
-    (`errors="return"`: its exception is put in the list)."""
+    held elsewhere), or from `peer` (HOST:PORT, else $SWARM_PEER: another machine's node, with
+    `home`'s swarm key), after the script that made them has exited. A call that raised raises
+    here (`errors="return"`: its exception is put in the list)."""
     if errors not in ("raise", "return"):
         raise ValueError('errors must be "raise" or "return"')
-    from swarm.cli.results import fetch_results, load_ledger
-
     state = statedir.resolve(os.fspath(home) if home else None)
     if not state.exists():
         raise UserError(f"no swarm state in {state.root}")
-    # On a thread of its own: it runs an event loop, and the caller may be inside one (Jupyter).
-    fetching = threading.Thread(target=fetch_results, args=(state, job), name="swarm-results")
-    fetching.start()
-    fetching.join()
-    ledger = load_ledger(state).ledger
+    ledger = _ledger_for_results(state, job, statedir.resolve_peer(peer))
     views = [v for v in ledger.job_tasks(job) if v.spec is not None and v.spec.call is not None]
     if not views:
         raise UserError(f"no Python calls in job {job!r} in {state.root}")
@@ -130,6 +130,23 @@ def results(
         else:
             out.append(value)
     return out
+
+
+def _ledger_for_results(state: statedir.StateDir, job: str, peer: str | None) -> Ledger:
+    """The ledger, once the job's result blobs are held on this machine: fetched by its node from
+    the nodes that hold them, or copied here from the peer."""
+    from swarm.cli.results import fetch_results, load_ledger, results_from_peer
+
+    def read() -> Ledger | None:
+        if peer is None:
+            fetch_results(state, job)
+            return None
+        return asyncio.run(results_from_peer(peer, state, job))
+
+    # On a thread of its own: it runs an event loop, and the caller may be inside one (Jupyter).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarm-results") as thread:
+        ledger = thread.submit(read).result()
+    return ledger if ledger is not None else load_ledger(state).ledger
 
 
 def _submission_order(view: TaskView) -> tuple[int, int, str]:

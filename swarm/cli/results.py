@@ -72,32 +72,34 @@ def say_left_out(loaded: db.Loaded) -> None:
 
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    store = BlobStore(state.blobs)
-    if peer_of(args) is None:
+    peer = peer_of(args)
+    if peer is None:
         fetch_results(state, args.job)
         ledger = load_ledger(state).ledger
     else:
-        ledger = asyncio.run(_results_from_peer(args, store))
-    written = export.write_results(ledger, store, args.job, Path(args.out))
+        ledger = asyncio.run(results_from_peer(peer, state, args.job))
+    written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
         err.print(f"  [yellow]missing:[/] {problem}")
     return 1 if written.missing else 0
 
 
-async def _results_from_peer(args: argparse.Namespace, store: BlobStore) -> Ledger:
-    """The peer's ledger, and the job's result blobs copied into `store` (this machine's), once
-    the peer has fetched them from the nodes that hold them."""
-    client = await connect(args)
+async def results_from_peer(peer: str, state: statedir.StateDir, job: str) -> Ledger:
+    """The peer's ledger, and the job's result blobs copied into this machine's store, once the
+    peer has fetched them from the nodes that hold them."""
+    from swarm import remote
+
+    client = await remote.connect(peer, state)
     try:
         with contextlib.suppress(ControlError):  # an unknown job: writing the results says so
-            reply = await client.fetch_results(args.job)
+            reply = await client.fetch_results(job)
             if reply["fetched"]:
-                err.print(f"{peer_of(args)} fetched {reply['fetched']:,} result files from others")
+                err.print(f"{peer} fetched {reply['fetched']:,} result files from other nodes")
         loaded = await remote_reads.load_ledger(client)
         say_left_out(loaded)
-        if args.job in loaded.ledger.jobs:
-            await remote_reads.copy_results(client, loaded.ledger, args.job, store)
+        if job in loaded.ledger.jobs:
+            await remote_reads.copy_results(client, loaded.ledger, job, BlobStore(state.blobs))
         return loaded.ledger
     finally:
         await client.close()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .conftest import Cli, Swarm, swarm_cmd, wait_for, write_tasks
+from .test_python import last_json, run_script, script
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +127,53 @@ def test_a_node_is_drained_from_a_machine_with_no_daemon(swarm: Swarm, tmp_path:
     assert f"node {ids[1][:8]} has left the swarm" in drained.stdout
     members: dict[str, Any] = json.loads(client.ok("members", "--json", "--peer", peer).stdout)
     assert {m["id"]: m["state"] for m in members["members"]}[ids[1]] == "left"
+
+
+def test_a_python_script_on_a_machine_with_no_daemon_maps_through_a_peer(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """SwarmExecutor and swarm.results with SWARM_PEER: values small enough for the ledger and
+    values that travel as blobs, from whichever node ran them, and an exception with its type."""
+    swarm.form(2)
+    client, peer = client_of(swarm, tmp_path, node=1)
+    mapped = script(
+        client.cwd / "far.py",
+        """
+        import json
+        from swarm import SwarmExecutor
+
+        def big(i):
+            return [i] * 5_000  # pickles to more than fits in a RESULT record
+
+        def check(i):
+            if i == 3:
+                raise KeyError(i)
+            return i * i
+
+        with SwarmExecutor(job="far") as ex:
+            sizes = [len(v) for v in ex.map(big, range(4))]
+            caught = ""
+            try:
+                list(ex.map(check, range(5)))
+            except KeyError as exc:
+                caught = repr(exc)
+        print(json.dumps({"sizes": sizes, "caught": caught}))
+        """,
+    )
+    env = {"SWARM_PEER": peer}
+    seen = last_json(run_script(mapped, client.home, env=env))
+    assert seen == {"sizes": [5_000] * 4, "caught": "KeyError(3)"}
+    later = script(
+        client.cwd / "later.py",
+        """
+        import json
+        import swarm
+
+        values = swarm.results("far", errors="return")
+        print(json.dumps([len(v) if isinstance(v, list) else repr(v) for v in values]))
+        """,
+    )
+    values = last_json(run_script(later, client.home, env=env))
+    # The call after the one that raised was cancelled by map, or had ended already.
+    assert values[:8] == [5_000, 5_000, 5_000, 5_000, "0", "1", "4", "KeyError(3)"]
+    assert len(values) == 9
