@@ -132,13 +132,16 @@ class HttpApi:
             counts.get(State.DONE, 0) + counts.get(State.FAILED, 0)
             for counts in ledger.job_counts.values()
         )
-        # Finished before the oldest end kept. (A task that failed, was retried and then done
-        # has two ends: counted by ends, the line may end a little above `finished`.)
+        # Finished before the oldest end kept. A task that failed, was retried and then done
+        # has two ends: counted by ends, the line would end above `finished`, so it is capped
+        # there (the plot's last point is then the true count).
         base = max(0, finished - len(ends))
         step = -(-len(ends) // HISTORY_POINTS_MAX) or 1  # ceil: at most HISTORY_POINTS_MAX
-        points = [[ms, base + i + 1] for i, ms in enumerate(ends) if (i + 1) % step == 0]
+        points = [
+            [ms, min(finished, base + i + 1)] for i, ms in enumerate(ends) if (i + 1) % step == 0
+        ]
         if ends and (not points or points[-1][0] != ends[-1]):
-            points.append([ends[-1], base + len(ends)])
+            points.append([ends[-1], min(finished, base + len(ends))])
         return web.json_response(points)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -83,6 +83,22 @@ def test_status_jobs_and_output_are_served_read_only(served: str, cli: Cli) -> N
         assert refused.value.code == 405  # read-only
 
 
+def test_the_history_of_a_task_that_failed_then_passed_counts_it_once(
+    cli: Cli, daemon: Any
+) -> None:
+    port = free_port()
+    daemon("--cpus", "1", "--http", f"127.0.0.1:{port}")
+    marker = cli.cwd / "failed-once"  # each attempt runs in a dir of its own: a path outside
+    flaky = f"test -f {marker} && echo second || {{ touch {marker}; exit 1; }}"
+    tasks = write_tasks(cli.cwd / "flaky.jsonl", [{"name": "flaky", "cmd": flaky, "retries": 0}])
+    assert cli("submit", str(tasks), "--wait").returncode == 1  # it failed, for good
+    cli.ok("retry", "flaky")
+    cli.wait_for("the retried task to pass", lambda: cli.job("flaky")["done"] == 1)
+    points = json.loads(get(f"http://127.0.0.1:{port}/history")[2])
+    assert len(points) == 2  # its two ends: the failure, then the success
+    assert [count for _, count in points] == [1, 1]  # one task finished, not two
+
+
 def test_metrics_are_in_the_prometheus_text_format(served: str) -> None:
     code, kind, body = get(f"{served}/metrics")
     assert code == 200 and kind.startswith("text/plain")
