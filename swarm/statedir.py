@@ -22,14 +22,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from swarm.core import wire
-from swarm.core.identity import Identity
-from swarm.daemon import db
 from swarm.errors import ConfigError, UserInputError
+
+if TYPE_CHECKING:
+    from swarm.core.identity import Identity
+
+# The keys' and the ledger's modules (cryptography, SQLite) are imported where a key is made or
+# read, or a ledger created: every command resolves its state dir, and most never do either, so
+# importing them here would slow every command's start.
 
 SWARM_KEY_BYTES = 32
 SOCKET_PATH_BYTES_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
@@ -127,6 +129,11 @@ def init(state: StateDir, key_file: Path | None = None) -> bool:
         os.chmod(state.root, 0o700)
     except OSError as exc:
         raise ConfigError(f"cannot create the state dir {state.root}: {exc.strerror}") from exc
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarm.daemon import db
+
     if not state.identity_path.exists():
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
@@ -145,6 +152,11 @@ def init(state: StateDir, key_file: Path | None = None) -> bool:
 
 
 def load_identity(state: StateDir) -> Identity:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarm.core.identity import Identity
+
     try:
         key = serialization.load_pem_private_key(state.identity_path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -212,16 +224,20 @@ def use_key(state: StateDir, key_id: str) -> bytes:
     path = state.keys_dir / f"{key_id}.key"
     if not path.exists():
         raise ConfigError(f"no installed key {key_id}: install it first (swarm key install FILE)")
+    from swarm.core.wire import key_id as id_of
+
     new = read_swarm_key(path)
     old = read_swarm_key(state.swarm_key_path)
-    install_key(state, old, wire.key_id(old).hex())
+    install_key(state, old, id_of(old).hex())
     _write_private(state.swarm_key_path, new.hex().encode() + b"\n")
     path.unlink()
     return new
 
 
 def remove_key(state: StateDir, key_id: str) -> None:
-    if wire.key_id(read_swarm_key(state.swarm_key_path)).hex() == key_id:
+    from swarm.core.wire import key_id as id_of
+
+    if id_of(read_swarm_key(state.swarm_key_path)).hex() == key_id:
         raise ConfigError(f"key {key_id} is in use: use another one first (swarm key use ID)")
     path = state.keys_dir / f"{key_id}.key"
     if not path.exists():

@@ -5,16 +5,17 @@ the sealed channel (swarm/remote.py)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 
 from swarm import statedir
-from swarm.control import Client
 from swarm.errors import ControlError
+
+if TYPE_CHECKING:
+    from swarm.control import Client
 
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
 Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
@@ -38,6 +39,8 @@ def peer_of(args: argparse.Namespace) -> str | None:
 
 async def connect(args: argparse.Namespace) -> Client:
     """A client of the daemon this command speaks to: the local one, or the --peer."""
+    from swarm.control import Client  # not at the top: `swarm --help` needs none of it
+
     state = statedir.resolve(args.data_dir)
     peer = peer_of(args)
     if peer is None:
@@ -49,6 +52,8 @@ async def connect(args: argparse.Namespace) -> Client:
 
 def _call(args: argparse.Namespace, ask: Callable[[Client], Awaitable[Reply]]) -> Reply:
     """One request to the daemon (`ask` makes it, with the client), and its typed reply."""
+    import asyncio  # not at the top: `swarm --help` needs no event loop
+
     where = peer_of(args) or f"the daemon for {statedir.resolve(args.data_dir).root}"
 
     async def call() -> Reply:
