@@ -18,7 +18,7 @@ import functools
 import math
 import os
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import (
     Annotated,
@@ -395,12 +395,17 @@ class WatchReply(TypedDict):
     unknown: list[str]  # added ids that name no task of this node's ledger
 
 
+def _is_counter(value: Any) -> bool:
+    """A whole number SQLite and a file offset take: from 0 below 2**63."""
+    return _is_whole(value) and 0 <= value < 1 << 63
+
+
 def _is_version(value: Any) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 3
         and isinstance(value[0], str)
-        and all(_is_whole(n) and n >= 0 for n in value[1:])
+        and all(_is_counter(n) for n in value[1:])
     )
 
 
@@ -436,7 +441,7 @@ class ReadBlobRequest(TypedDict):
     op: Literal["read_blob"]
     digest: Annotated[str, Want(_is_digest, "a blob's sha256 (64 lowercase hex characters)")]
     offset: NotRequired[
-        Annotated[int | None, Want(_or_null(lambda v: _is_whole(v) and v >= 0), "0 or more")]
+        Annotated[int | None, Want(_or_null(_is_counter), "a whole number from 0 below 2**63")]
     ]
 
 
@@ -570,6 +575,7 @@ def _fields_problem(message: Mapping[str, Any], fields: dict[str, Want], what: s
 
 FRAME_BYTES_MAX = 64 << 20
 SUBMIT_CHUNK_TASKS = 5_000
+SUBMIT_FRAME_BYTES = 4 << 20  # a submission's frame, at most (a remote node takes up to 8 MiB)
 BLOB_FRAME_BYTES = 4 << 20  # a put blob's frames
 CONNECT_TIMEOUT_S = 2.0
 
@@ -679,7 +685,8 @@ class Client:
             request["rerun_failed"] = True
         await self.send(request)
         for tasks in chunks:
-            await self.send(SubmitFrame(tasks=tasks))
+            for part in _fitting(tasks):
+                await self.send(SubmitFrame(tasks=part))
         await self.send(SubmitFrame(end=True))
         return checked_reply(SUBMIT, await self.reply())
 
@@ -768,6 +775,18 @@ class Client:
     async def close(self) -> None:
         self._channel.close()
         await self._channel.wait_closed()
+
+
+def _fitting(tasks: list[SubmittedTask]) -> Iterator[list[SubmittedTask]]:
+    """`tasks` in parts whose frames stay within SUBMIT_FRAME_BYTES (halving a part that does
+    not): a remote node takes frames no larger than a peer's."""
+    size = len(msgpack.packb(tasks, use_bin_type=True))
+    if size <= SUBMIT_FRAME_BYTES or len(tasks) == 1:
+        yield tasks
+        return
+    half = len(tasks) // 2
+    yield from _fitting(tasks[:half])
+    yield from _fitting(tasks[half:])
 
 
 def checked_reply(contract: Contract[Any, Rep], message: dict[str, Any]) -> Rep:

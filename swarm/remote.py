@@ -57,8 +57,16 @@ async def connect(peer: str, state: statedir.StateDir) -> Client:
     channel = SealedClientChannel(
         f"{host}:{port}", reader, writer, sealer, wire.Opener(ring, sender)
     )
-    await channel.send(wire.hello_to_plain(wire.Hello(challenge)))
-    return Client(channel)
+    client = Client(channel)
+    try:
+        await channel.send(wire.hello_to_plain(wire.Hello(challenge)))
+        # At once: the node learns this is a client (whose streams it counts apart from its
+        # peers'), and a wrong key or a node with no room is said here, not at the first use.
+        await client.ping()
+    except BaseException:
+        await client.close()
+        raise
+    return client
 
 
 class SealedClientChannel:

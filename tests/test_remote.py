@@ -6,30 +6,40 @@ tests/integration/test_remote_clients.py."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import msgpack
 import pytest
 
 from swarm import control, remote, statedir
+from swarm.cli import remote_reads
+from swarm.control import Client
 from swarm.core import wire
-from swarm.daemon import net
+from swarm.daemon import clients, net
+from swarm.daemon.clients import RemoteClients
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.net import GossipNet
-from swarm.errors import ControlError
+from swarm.daemon.store import BlobStore
+from swarm.errors import ControlError, SwarmError
 
 from .test_control import JOB, TASK, FakeNode
 from .test_net_sync import KEY, Side, know, serving
+
+T = TypeVar("T")
 
 
 class Served:
     """A node's transport whose remote clients reach a control server (or none)."""
 
-    def __init__(self, serve_clients: bool = True) -> None:
-        self.node = FakeNode()
+    def __init__(self, serve_clients: bool = True, node: FakeNode | None = None) -> None:
+        self.node = node or FakeNode()
         self.clients: set[control.Channel] = set()
         self.side = Side("b", {("b" * 32, 1, 1): b"b1"}, GossipNet)
         if serve_clients:
-            self.side.net.serve_control = ControlServer(self.node, self.clients).serve
+            self.side.net.clients = RemoteClients(ControlServer(self.node, self.clients).serve)
         self.peer = f"127.0.0.1:{self.side.net.bind[1]}"
 
 
@@ -47,40 +57,44 @@ def state(tmp_path: Path) -> statedir.StateDir:
     return key_dir(tmp_path)
 
 
-def test_a_remote_client_is_served_as_the_local_socket_is(state: statedir.StateDir) -> None:
-    served = Served()
-
-    async def go() -> None:
+def with_client(
+    served: Served, state: statedir.StateDir, body: Callable[[Client], Awaitable[T]]
+) -> T:
+    async def go() -> T:
         async with serving(served.side):
             client = await remote.connect(served.peer, state)
             try:
-                assert (await client.ping())["node_id"] == served.node.node_id
-                submitted = await client.submit(JOB, [[TASK]])
-                assert submitted["added"] == 1
-                blob = await client.put_blob(b"x" * (5 << 20))  # frames over the peers' bound
-                assert blob["size"] == 5 << 20
-                assert (await client.why(f"{JOB}/1"))["reasons"]
+                return await body(client)
             finally:
                 await client.close()
 
-    asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_remote_client_is_served_as_the_local_socket_is(state: statedir.StateDir) -> None:
+    served = Served()
+
+    async def body(client: Client) -> None:
+        assert (await client.ping())["node_id"] == served.node.node_id
+        assert (await client.submit(JOB, [[TASK]]))["added"] == 1
+        assert (await client.put_blob(b"x" * (9 << 20)))["size"] == 9 << 20  # in 4 MiB frames
+        assert (await client.why(f"{JOB}/1"))["reasons"]
+
+    with_client(served, state, body)
     assert ("add_tasks", JOB, [TASK["task_id"]]) in served.node.calls
     assert ("why", f"{JOB}/1") in served.node.calls
     assert not served.clients  # the connection ended with the client
+    assert served.side.net.clients.connected == 0
 
 
-def test_a_client_with_another_key_is_told_so_and_served_nothing(tmp_path: Path) -> None:
+def test_a_client_with_another_key_is_told_so_at_once_and_served_nothing(tmp_path: Path) -> None:
     served = Served()
     stranger = key_dir(tmp_path, bytes(32))
 
     async def go() -> None:
         async with serving(served.side):
-            client = await remote.connect(served.peer, stranger)
-            try:
-                with pytest.raises(ControlError, match="closed the connection before answering"):
-                    await client.ping()
-            finally:
-                await client.close()
+            with pytest.raises(ControlError, match="closed the connection before answering"):
+                await remote.connect(served.peer, stranger)
 
     asyncio.run(go())
     assert served.node.calls == []
@@ -95,52 +109,39 @@ def test_a_client_with_no_swarm_key_is_told_where_to_put_one(tmp_path: Path) -> 
 def test_a_frame_that_is_not_a_control_frame_ends_the_connection(
     state: statedir.StateDir,
 ) -> None:
-    served = Served()
+    async def body(client: Client) -> dict[str, Any] | None:
+        channel = client._channel
+        assert isinstance(channel, remote.SealedClientChannel)
+        await channel.send(wire.ledger_message_to_plain(wire.SyncRequest({})))
+        return await channel.read()
 
-    async def go() -> dict[str, object] | None:
-        async with serving(served.side):
-            client = await remote.connect(served.peer, state)
-            channel = client._channel
-            assert isinstance(channel, remote.SealedClientChannel)
-            try:
-                await client.ping()
-                await channel.send(wire.ledger_message_to_plain(wire.SyncRequest({})))
-                said = await channel.read()
-                return said
-            finally:
-                await client.close()
-
-    said = asyncio.run(go())
+    said = with_client(Served(), state, body)
     assert said is not None and said["ok"] is False and "control frame" in str(said["error"])
 
 
 def test_remote_clients_never_leave_peers_without_a_stream(
     state: statedir.StateDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Clients that stay connected are counted apart from the peers' streams, and bounded."""
+    """Clients that stay connected are counted apart from the peers' streams, and bounded; one
+    over the bound is told so when it connects."""
     monkeypatch.setattr(net, "STREAMS_MAX", 2)
-    monkeypatch.setattr(net, "CONTROL_STREAMS_MAX", 4)
+    monkeypatch.setattr(clients, "CONTROL_STREAMS_MAX", 4)
     served = Served()
     asker = Side("a", {}, GossipNet)
     know(asker, served.side)
 
     async def go() -> str:
         async with serving(asker, served.side):
-            clients = []
+            held = []
             try:
                 for _ in range(4):
-                    clients.append(await remote.connect(served.peer, state))
-                    await clients[-1].ping()  # served, and kept open
+                    held.append(await remote.connect(served.peer, state))  # and kept open
                 await asker.net.pull(served.side.net.bind, wire.SyncRequest(asker.digest()))
-                one_more = await remote.connect(served.peer, state)
-                try:
-                    with pytest.raises(ControlError) as refused:
-                        await one_more.ping()
-                    return str(refused.value)
-                finally:
-                    await one_more.close()
+                with pytest.raises(ControlError) as refused:
+                    await remote.connect(served.peer, state)
+                return str(refused.value)
             finally:
-                for client in clients:
+                for client in held:
                     await client.close()
 
     refused = asyncio.run(go())
@@ -153,12 +154,8 @@ def test_a_node_that_serves_no_clients_says_so(state: statedir.StateDir) -> None
 
     async def go() -> None:
         async with serving(served.side):
-            client = await remote.connect(served.peer, state)
-            try:
-                with pytest.raises(ControlError, match="serves no remote clients"):
-                    await client.ping()
-            finally:
-                await client.close()
+            with pytest.raises(ControlError, match="serves no remote clients"):
+                await remote.connect(served.peer, state)
 
     asyncio.run(go())
 
@@ -168,27 +165,115 @@ def test_a_replayed_control_frame_is_dropped(state: statedir.StateDir) -> None:
     and nothing is done twice."""
     served = Served()
 
-    async def go() -> None:
-        async with serving(served.side):
-            client = await remote.connect(served.peer, state)
-            channel = client._channel
-            assert isinstance(channel, remote.SealedClientChannel)
-            sent: list[bytes] = []
-            write = channel._writer.write
+    async def body(client: Client) -> None:
+        channel = client._channel
+        assert isinstance(channel, remote.SealedClientChannel)
+        sent: list[bytes] = []
+        write = channel._writer.write
 
-            def keep(data: bytes) -> None:
-                sent.append(data)
-                write(data)
+        def keep(data: bytes) -> None:
+            sent.append(data)
+            write(data)
 
-            channel._writer.write = keep  # type: ignore[method-assign]
-            try:
-                await client.cancel(JOB)
-                write(sent[-1])  # the cancel's frame, played again
-                with pytest.raises(ControlError):
-                    await client.ping()  # the stream ended at the replayed frame
-            finally:
-                await client.close()
+        channel._writer.write = keep  # type: ignore[method-assign]
+        await client.cancel(JOB)
+        write(sent[-1])  # the cancel's frame, played again
+        with pytest.raises(ControlError):
+            await client.ping()  # the stream ended at the replayed frame
 
-    asyncio.run(go())
+    with_client(served, state, body)
     assert served.node.calls.count(("cancel", JOB)) == 1
     assert served.side.net.dropped >= 1
+
+
+def test_a_client_that_asks_nothing_for_long_is_let_go(
+    state: statedir.StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients, "IDLE_S", 0.2)
+    served = Served()
+
+    async def body(client: Client) -> str:
+        async with asyncio.timeout(5):
+            while served.side.net.clients.connected:  # let go, with its slot
+                await asyncio.sleep(0.05)
+        with pytest.raises(ControlError) as said:
+            await client.ping()
+        return str(said.value)
+
+    assert "no request for 0.2 s" in with_client(served, state, body)
+    assert not served.clients
+
+
+def test_operations_of_the_node_s_own_machine_are_not_served_remotely(
+    state: statedir.StateDir,
+) -> None:
+    served = Served()
+
+    async def body(client: Client) -> None:
+        for ask in (client.shutdown(), client.reload_keys(), client.join(["10.0.0.5:7946"])):
+            with pytest.raises(ControlError, match="not served to remote clients"):
+                await ask
+        await client.ping()  # and the connection goes on
+
+    with_client(served, state, body)
+    assert [c for c in served.node.calls if c[0] in ("stop", "reload_keys", "join_peers")] == []
+
+
+def test_numbers_past_what_sqlite_and_files_take_are_refused_by_field(
+    state: statedir.StateDir,
+) -> None:
+    async def body(client: Client) -> list[str]:
+        said = []
+        for request in (
+            {"op": "records", "after": ["a" * 32, 1, 1 << 63]},
+            {"op": "read_blob", "digest": "ab" * 32, "offset": 1 << 63},
+        ):
+            with pytest.raises(ControlError) as refused:
+                await client.call(**request)
+            said.append(str(refused.value))
+        await client.ping()
+        return said
+
+    said = with_client(Served(), state, body)
+    assert "'after' must be a version" in said[0]
+    assert "'offset' must be a whole number from 0 below 2**63" in said[1]
+
+
+class Blobs(FakeNode):
+    """A node that holds the given blobs."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        super().__init__()
+        self.blobs = blobs
+
+    async def read_blob(self, digest: str, offset: int, size_max: int) -> tuple[bytes, int]:
+        data = self.blobs[digest]
+        return data[offset : offset + 3], len(data)  # small pieces: several round trips
+
+
+def test_a_blob_is_copied_whole_and_checked(state: statedir.StateDir, tmp_path: Path) -> None:
+    good = b"the outcome of a call"
+    digest = hashlib.sha256(good).hexdigest()
+    liar = "ab" * 32  # the node gives other content under this digest
+    served = Served(node=Blobs({digest: good, liar: b"not what was named"}))
+    store = BlobStore(tmp_path / "blobs")
+
+    async def body(client: Client) -> str:
+        await remote_reads.copy_blob(client, digest, store)
+        with pytest.raises(SwarmError) as refused:
+            await remote_reads.copy_blob(client, liar, store)
+        return str(refused.value)
+
+    assert "came with other content" in with_client(served, state, body)
+    assert store.read_bytes(digest) == good
+    assert not store.has(liar)
+    assert [p.name for p in store.root.rglob("*") if p.is_file()] == [digest]  # nothing else
+
+
+def test_a_submission_s_frames_stay_within_what_a_remote_node_takes() -> None:
+    big = {**TASK, "spec": {**TASK["spec"], "env": {"PAYLOAD": "x" * 300_000}}}
+    parts = list(control._fitting([big] * 40))  # about 12 MB in all
+    assert sum(len(p) for p in parts) == 40
+    assert all(
+        len(msgpack.packb(p, use_bin_type=True)) <= control.SUBMIT_FRAME_BYTES for p in parts
+    )

@@ -69,6 +69,7 @@ __all__ = ["CallLostError", "RemoteCallError", "SwarmExecutor", "SwarmFuture", "
 
 WATCH_WAIT_MS = 50  # a watch's long poll, while nothing new is queued: calls queued meanwhile wait
 SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
+REMOTE_PING_S = 60.0  # an idle executor pings another machine's node this often
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
 
 
@@ -442,7 +443,7 @@ class _Backend:
                 if not added and not waiting and not more:
                     if closing:
                         return
-                    await self._wake.wait()
+                    await self._idle(client)
                     continue
                 # A short poll while calls are queued or cancelled meanwhile; else a long one,
                 # which new calls wait behind for at most WATCH_WAIT_MS.
@@ -454,6 +455,18 @@ class _Backend:
                     self._resolve(task, error=SwarmError(f"the node does not know task {task}"))
         finally:
             await client.close()
+
+    async def _idle(self, client: Client) -> None:
+        """Wait for calls; to another machine's node, say every REMOTE_PING_S that this client
+        is still here (the node lets a silent one go)."""
+        if self.peer is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REMOTE_PING_S):
+                await self._wake.wait()
+                return
+        await client.ping()
 
     async def _send(self, client: Client, batch: list[tuple[_Call, SwarmFuture]]) -> list[str]:
         """Send a batch: the blobs the node may lack, then its tasks as one submission. Returns

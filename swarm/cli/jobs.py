@@ -27,7 +27,7 @@ from swarm.core.spec import Resources, name_problem
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
-from swarm.errors import SwarmError, UserError, UserInputError
+from swarm.errors import ControlError, SwarmError, UserInputError
 
 POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
@@ -354,7 +354,7 @@ def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore
                 break  # the followed attempt has ended
         try:
             ended = _logs(args, store, number)
-        except UserError:  # it ended with no result (its node stopped or died): nothing more
+        except ControlError:  # it ended with no result (its node stopped or died): nothing more
             err.print(f"attempt {number} ended with no output recorded", markup=False)
         else:
             ended["running_on"] = ""

@@ -14,6 +14,7 @@ from rich.live import Live
 from swarm import statedir
 from swarm.cli import status
 from swarm.cli.common import connect, err, out, peer_of, wall_ms
+from swarm.control import Client
 from swarm.core import snapshot
 from swarm.core.spec import NO_RESOURCES
 from swarm.daemon import db, resources
@@ -30,17 +31,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     jobs = args.job
     peer = peer_of(args)
 
-    async def fetch() -> snapshot.Snapshot:
+    async def fetch(held: list[Client]) -> snapshot.Snapshot:
+        """A snapshot, asked on the connection in `held` (made if there is none, dropped when it
+        fails); from the ledger file if no daemon runs here or it does not answer."""
+        if not held:
+            try:
+                held.append(await connect(args))
+            except NotRunningError:
+                if peer is not None:
+                    raise  # another machine's node: there is no ledger file here to read
+                return offline_snapshot(state, jobs)
         try:
-            client = await connect(args)
-        except NotRunningError:
-            if peer is not None:
-                raise  # another machine's node: there is no ledger file here to read instead
-            return offline_snapshot(state, jobs)
-        try:
-            reply = await asyncio.wait_for(client.status(jobs=jobs), STATUS_ANSWER_S)
+            reply = await asyncio.wait_for(held[0].status(jobs=jobs), STATUS_ANSWER_S)
             return reply["snapshot"]
         except TimeoutError:
+            await _drop(held)
             if peer is not None:
                 raise ControlError(
                     f"{peer} did not answer within {STATUS_ANSWER_S:g}s (paused or overloaded?)"
@@ -50,10 +55,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "overloaded?); showing its ledger as last written"
             )
             return offline_snapshot(state, jobs)
-        finally:
-            await client.close()
+        except BaseException:
+            await _drop(held)
+            raise
 
-    first = asyncio.run(fetch())
+    async def once() -> snapshot.Snapshot:
+        held: list[Client] = []
+        try:
+            return await fetch(held)
+        finally:
+            await _drop(held)
+
+    first = asyncio.run(once())
     missing = sorted(set(jobs or []) - {row["job"] for row in first["jobs"]})
     if missing:
         raise UserInputError(f"no job {', '.join(map(repr, missing))} on this node")
@@ -70,14 +83,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
     async def live() -> None:
-        with Live(view(first), console=out, auto_refresh=False) as screen:
-            while True:
-                await asyncio.sleep(STATUS_REFRESH_S)
-                screen.update(view(await fetch()), refresh=True)
+        held: list[Client] = []  # one connection for the whole view, made again if it fails
+        try:
+            with Live(view(first), console=out, auto_refresh=False) as screen:
+                while True:
+                    await asyncio.sleep(STATUS_REFRESH_S)
+                    screen.update(view(await fetch(held)), refresh=True)
+        finally:
+            await _drop(held)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(live())
     return 0
+
+
+async def _drop(held: list[Client]) -> None:
+    """Close the connection `held` holds, if any."""
+    while held:
+        with contextlib.suppress(OSError, ControlError):
+            await held.pop().close()
 
 
 def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> snapshot.Snapshot:

@@ -19,7 +19,7 @@ from swarm import control, statedir
 from swarm.cli.common import _call, err, out, peer_of, plural
 from swarm.core import units, wire
 from swarm.daemon.config import DEFAULT_PORT, PROFILES, NodeConfig, parse_addr, parse_label
-from swarm.errors import SwarmError, UserInputError
+from swarm.errors import NotRunningError, SwarmError, UserInputError
 
 STOP_WAIT_S = 30.0  # `stop` waits this long for the daemon to record its attempts and exit
 
@@ -258,8 +258,12 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def _answers(args: argparse.Namespace) -> bool:
+    """Whether the node still takes connections (any other trouble, a busy node say, is not
+    its stop)."""
     try:
         _call(args, lambda client: client.ping())
-    except (SwarmError, OSError):
+    except NotRunningError:
         return False
+    except (SwarmError, OSError):
+        pass
     return True

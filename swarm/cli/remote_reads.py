@@ -7,6 +7,7 @@ own ledger file and blob store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from typing import Any
 
@@ -32,27 +33,32 @@ async def load_ledger(client: Client) -> db.Loaded:
 
 
 async def copy_blob(client: Client, digest: str, store: BlobStore) -> None:
-    """Copy a blob the node holds into `store`, unless it is there already; SwarmError if what
-    came does not hash to `digest` (nothing of it is kept then)."""
+    """Copy a blob the node holds into `store`, unless it is there already. SwarmError if what
+    comes is not the blob (another size on the way, or another hash): nothing of it is kept."""
     if digest == EMPTY_DIGEST or store.has(digest):
         return
     tmp = store.new_temp_path()
+    hashed = hashlib.sha256()
     try:
         with open(tmp, "wb") as out:
             offset, size = 0, None
             while size is None or offset < size:
                 piece = await client.read_blob(digest, offset)
-                size = piece["size"]
-                if not piece["data"] and offset < size:
+                size = piece["size"] if size is None else size
+                data = piece["data"]
+                if piece["size"] != size or offset + len(data) > size:
+                    raise SwarmError(f"blob {digest[:12]} changed size while it was read")
+                if not data and offset < size:
                     raise SwarmError(f"blob {digest[:12]} ended early at byte {offset:,}")
-                out.write(piece["data"])
-                offset += len(piece["data"])
-        got, _ = store.put_file(tmp, move=True)
+                out.write(data)
+                hashed.update(data)
+                offset += len(data)
+        if hashed.hexdigest() != digest:
+            raise SwarmError(f"blob {digest[:12]} came with other content")
+        store.put_file(tmp, move=True)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    if got != digest:
-        raise SwarmError(f"blob {digest[:12]} came with other content ({got[:12]})")
 
 
 async def copy_results(client: Client, ledger: Ledger, job: str, store: BlobStore) -> None:

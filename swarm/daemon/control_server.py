@@ -150,8 +150,10 @@ class NodeControl(Protocol):
 
 @dataclass(slots=True)
 class Session:
-    """What one connection keeps between its requests: the tasks it watches, once it does."""
+    """What one connection keeps between its requests: the operations it may ask for (None:
+    every one), and the tasks it watches, once it does."""
 
+    ops: frozenset[str] | None = None
     watch: Watch | None = None
 
 
@@ -187,10 +189,11 @@ class ControlServer:
         """Serve one connection to the local socket (`asyncio.start_unix_server`'s callback)."""
         await self.serve(control.StreamChannel(reader, writer))
 
-    async def serve(self, channel: control.Channel) -> None:
-        """Serve one connection until the client closes it."""
+    async def serve(self, channel: control.Channel, ops: frozenset[str] | None = None) -> None:
+        """Serve one connection until the client closes it; `ops`: the only operations served
+        on it (None: every one)."""
         self._clients.add(channel)
-        session = Session()
+        session = Session(ops)
         try:
             while (request := await channel.read()) is not None:
                 reply = await self._answer(request, channel, session)
@@ -221,10 +224,13 @@ class ControlServer:
 
 
 async def serve(call: Call, request: dict[str, Any]) -> control.Reply:
-    """The reply to one request, by its row of the table. UserError if the request is malformed."""
+    """The reply to one request, by its row of the table. UserError if the request is malformed,
+    or not served on this connection."""
     op = request.get("op")
     operation = OPERATIONS.get(op) if isinstance(op, str) else None
     problem = control.request_problem(request)
+    if problem is None and call.session.ops is not None and op not in call.session.ops:
+        problem = f"{op!r} is not served to remote clients: ask the node's own machine"
     if problem is not None:
         if operation is not None and operation.streamed:
             await _skip_stream(call.channel)  # the reply must come after the whole stream

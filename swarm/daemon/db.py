@@ -347,10 +347,11 @@ def read_page(
 ) -> tuple[list[list[Any]], bool]:
     """Stored records in version order from just past `after`, as (origin, generation, seq,
     body), at most `rows_max` of them and about `bytes_max` of bodies; and whether the page
-    reached the last record. Rows whose version a hand edit has mistyped are left out, so that
-    the last row of a page is always a version to go on from."""
+    reached the last record. Rows whose version a hand edit has mistyped or made negative are
+    left out, so that the last row of a page is always a version to go on from."""
     where = (
-        "typeof(origin) = 'text' AND typeof(generation) = typeof(seq) AND typeof(seq) = 'integer'"
+        "typeof(origin) = 'text' AND typeof(generation) = 'integer' AND typeof(seq) = 'integer'"
+        " AND generation >= 0 AND seq >= 0"
     )
     query = f"SELECT origin, generation, seq, body FROM records WHERE {where}"
     params: tuple[Any, ...] = ()

@@ -13,9 +13,8 @@ captured traffic) can take its memory, its descriptors or its ledger. The core i
 driven by a receive loop and one re-armed timer; after each input its outbox is flushed.
 
 A stream whose first frame after its Hello is a control frame is a remote client's (`swarm
-status --peer`, say): it is served by the control server, as the local socket is, for as long
-as the client keeps it open, with every frame sealed. Such streams are counted apart from the
-peers' (at most CONTROL_STREAMS_MAX), so clients never crowd out replication.
+status --peer`, say), handed to daemon/clients.py once that frame has come: from then on it is
+counted apart from the peers' streams, so clients never crowd out replication.
 """
 
 from __future__ import annotations
@@ -26,15 +25,15 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncio_dgram
 
-from swarm import control, framing
+from swarm import framing
 from swarm.core import gossip, wire
+from swarm.daemon.clients import RemoteClients, SealedChannel
 from swarm.errors import ControlError
 
 log = logging.getLogger("swarm.daemon.net")
@@ -56,9 +55,6 @@ NODE_INDEX_EVERY_S = 1.0  # an address no member has is looked for again at most
 HELLO_TIMEOUT_S = 2.0
 STREAMS_UNPROVEN_MAX = 32
 STREAMS_MAX = 64
-CONTROL_STREAMS_MAX = 256  # remote clients' connections served at once
-# A sealed control frame: the control protocol's own bound, and the envelope around it.
-CONTROL_FRAME_BYTES_MAX = control.FRAME_BYTES_MAX + 1024
 
 
 class GossipNet:
@@ -74,12 +70,12 @@ class GossipNet:
         take_sync: Callable[[wire.Watermarks], Callable[[wire.SyncBatch], Awaitable[None]]],
         digest: Callable[[], wire.Watermarks],
         serve_blob: Callable[[wire.FetchRequest], AsyncIterator[wire.BlobChunk]],
-        serve_control: Callable[[control.Channel], Awaitable[None]] | None = None,
+        clients: RemoteClients | None = None,
     ) -> None:
         """`serve_sync(request)`: the frames that answer a peer's digest; `take_sync(digest)`:
         a taker for the frames of an answer to that digest of ours (one per answer);
-        `digest()`: ours, now; `serve_control(channel)`: serve a remote client's connection
-        until it ends (None: remote clients are refused)."""
+        `digest()`: ours, now; `clients`: who serves remote clients' connections (None:
+        they are refused)."""
         self.membership = membership
         self.bind = bind
         self.sealer = sealer
@@ -90,7 +86,7 @@ class GossipNet:
         self.take_sync = take_sync
         self.digest = digest
         self.serve_blob = serve_blob
-        self.serve_control = serve_control
+        self.clients = clients or RemoteClients(None)
         self.dropped = 0  # packets that failed to open or decode
         self.sent = 0
         self.received = 0
@@ -102,7 +98,6 @@ class GossipNet:
         self._push_pulls = 0
         self._unproven: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
         self._streams = 0  # streams that showed the key, being served
-        self._control_streams = 0  # of those, remote clients' connections
         self._nodes_by_addr: dict[gossip.Addr, str] = {}  # addr -> member id, as last indexed
         self._nodes_indexed_at = -NODE_INDEX_EVERY_S
         self.streams_refused = 0
@@ -355,24 +350,20 @@ class GossipNet:
             stream.writer.close()
 
     async def _serve_control(self, stream: _Stream, first: wire.ControlFrame) -> None:
-        channel = SealedChannel(self, stream, first)
-        if self.serve_control is None or self._control_streams >= CONTROL_STREAMS_MAX:
-            self.streams_refused += 1
-            why = (
-                "this node serves no remote clients"
-                if self.serve_control is None
-                else f"this node already serves {CONTROL_STREAMS_MAX} remote clients; try again"
-            )
-            await channel.write(control.ErrorReply(ok=False, error=why))
-            return
-        # Counted apart from the peers' streams: clients that stay connected (a live status, a
-        # Python script's watch) must never leave replication without a stream.
+        channel = SealedChannel(
+            first,
+            lambda size_max: self._read_frame(stream, size_max),
+            lambda plain: self._write_frame(stream, plain),
+            stream.writer,
+        )
+        # Counted apart from the peers' streams from now on: clients that stay connected (a
+        # live status, a Python script's watch) never leave replication without a stream.
         self._streams -= 1
-        self._control_streams += 1
         try:
-            await self.serve_control(channel)
+            await self.clients.serve(channel)
+        except ControlError:
+            self.streams_refused += 1
         finally:
-            self._control_streams -= 1
             self._streams += 1
 
     async def _answer_push_pull(self, packet: gossip.Packet, stream: _Stream) -> None:
@@ -471,40 +462,6 @@ class GossipNet:
             self.dropped += 1
             log.debug("dropped a packet: %s", exc)
             return None
-
-
-class SealedChannel:
-    """A remote client's control connection, the node's side: control frames (msgpack maps, as
-    on the local socket) sealed for the client alone, each as a wire.ControlFrame."""
-
-    def __init__(self, net: GossipNet, stream: _Stream, first: wire.ControlFrame) -> None:
-        self._net = net
-        self._stream = stream
-        self._first: wire.ControlFrame | None = first
-
-    async def read(self) -> dict[str, Any] | None:
-        frame: wire.StreamMessage | None
-        if self._first is not None:
-            frame, self._first = self._first, None
-        else:
-            try:
-                frame = await self._net._read_frame(self._stream, CONTROL_FRAME_BYTES_MAX)
-            except asyncio.IncompleteReadError:
-                return None  # the client closed the connection
-        if not isinstance(frame, wire.ControlFrame):
-            raise ControlError("a frame that is not a sealed control frame")
-        return control.decode_body(frame.body)
-
-    async def write(self, message: Mapping[str, Any]) -> None:
-        frame = wire.ControlFrame(control.encode_body(message))
-        await self._net._write_frame(self._stream, wire.control_frame_to_plain(frame))
-
-    def close(self) -> None:
-        self._stream.writer.close()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(OSError):
-            await self._stream.writer.wait_closed()
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ import os
 import random
 import resource
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
 from swarm.daemon import db, net, peers, resources
+from swarm.daemon.clients import RemoteClients
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.control_server import ControlServer
 from swarm.daemon.executor import (
@@ -399,7 +400,9 @@ class Node:
                 os.umask(old_umask)
             loops = [tg.create_task(self._memory_loop())]
             if self.config.bind is not None:
-                loops += await self._start_gossip(tg, self.config.bind, control_server.serve)
+                loops += await self._start_gossip(
+                    tg, self.config.bind, RemoteClients(control_server.serve)
+                )
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
@@ -443,7 +446,7 @@ class Node:
         self,
         tg: asyncio.TaskGroup,
         bind: tuple[str, int],
-        serve_control: Callable[[control.Channel], Awaitable[None]],
+        clients: RemoteClients,
     ) -> list[asyncio.Task[None]]:
         """Membership and replication on `bind`, where remote clients are served too."""
         ring = self.ring
@@ -476,7 +479,7 @@ class Node:
             self.replicator.taker,
             lambda: dict(self.ledger.high_seq),
             self.transfer.serve_blob,
-            serve_control,
+            clients,
         )
         self.tell(self.core.members_changed, [], self.membership.members)
         self.replicator.serve(tg, self.net)

@@ -127,6 +127,11 @@ def test_a_node_is_drained_from_a_machine_with_no_daemon(swarm: Swarm, tmp_path:
     assert f"node {ids[1][:8]} has left the swarm" in drained.stdout
     members: dict[str, Any] = json.loads(client.ok("members", "--json", "--peer", peer).stdout)
     assert {m["id"]: m["state"] for m in members["members"]}[ids[1]] == "left"
+    itself = client("drain", ids[0][:8], "--wait", "--peer", peer)  # the node it asks
+    assert itself.returncode == 0, itself.stderr
+    assert "drained: the daemon has stopped" in itself.stdout
+    assert swarm.nodes[0][1].proc is not None and swarm.nodes[0][1].proc.wait(timeout=30) == 0
+    assert client("status", "--once", "--peer", peer).returncode == 3  # nobody answers there
 
 
 def test_a_python_script_on_a_machine_with_no_daemon_maps_through_a_peer(
