@@ -9,8 +9,9 @@ import math
 
 import pytest
 
-from swarm.core import node as node_core
+from swarm.core import claiming
 from swarm.core.attempts import Slot
+from swarm.core.claiming import Claimer
 from swarm.core.clock import StampIntake
 from swarm.core.effects import Start, Time
 from swarm.core.holding import Holding
@@ -100,11 +101,11 @@ def test_the_checks_catch_a_thief_that_does_not_settle(monkeypatch: pytest.Monke
     """A stolen claim starts only if it still wins after its settle: a thief that started
     anyway would run on under a claim its own ledger says lost."""
 
-    def start_anyway(self: NodeCore, t: Time, task: str, slot: Slot) -> None:
+    def start_anyway(self: Claimer, t: Time, task: str, slot: Slot) -> None:
         self.slots.start(slot, t.mono)
         self._emit(Start(task, slot.claim, slot.attempt, slot.gpu_ids, write_claim=False))
 
-    monkeypatch.setattr(NodeCore, "_settled", start_anyway)
+    monkeypatch.setattr(Claimer, "_settled", start_anyway)
     with pytest.raises(InvariantBroken, match="says lost"):
         for seed in range(5):
             scenario_work(seed, "partition")
@@ -134,7 +135,7 @@ def test_a_node_restarted_at_once_closes_the_claims_of_its_last_life(seed: int) 
 def test_the_checks_catch_a_restart_that_leaves_its_old_claims_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(node_core, "stale_claims", lambda *args: ([], []))
+    monkeypatch.setattr(claiming, "stale_claims", lambda *args: ([], []))
     with pytest.raises(InvariantBroken, match="did not all end"):
         restarted_at_once(0)
 

@@ -11,12 +11,10 @@ write records, start or stop an attempt, copy a result, leave. So one timer driv
 the simulator runs the very decisions the daemon does, on a virtual clock.
 
 A task the ledger shows pending is queued by the scheduler's rules (scheduler.py: rendezvous
-order, stagger, holds). The claim pass takes what fits the free capacity while the node is in
-touch with the swarm (scheduler.isolation). A task's first attempt starts while its claim is
-written; a stolen task, or one tried before, starts only once its claim is on disk, and a stolen
-one only after a settle if its claim still wins (else the claim is released). Each attempt holds
-a `Slot` until the adapter says it is closed (recorded); its resources are free again as soon as
-its process is gone. A claim of another node that beats ours stops our attempt; so does a cancel.
+order, stagger, holds). The claim pass and the way of each claim to the close of its attempt (the
+settle of a stolen claim, the release of one that lost, the claims a restart closes, a claim of
+another node that beats ours) are the `Claimer`'s (claiming.py), a part this core owns and feeds;
+the core stops an attempt its task's cancel reaches, and frees its slot when its process is gone.
 
 Members' heartbeats and deaths feed the leases; every so often the leases are judged, and the
 tasks of a node whose lease expired are queued for takeover. When the members change, every
@@ -28,11 +26,12 @@ hand-off follow the members too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 from swarm.core import gossip, why
-from swarm.core.attempts import Phase, Slot, Slots, closing_result, stale_claims
+from swarm.core.attempts import Phase, Slots
+from swarm.core.claiming import Claimer
 from swarm.core.clock import HybridClock, StampIntake
 from swarm.core.drain import Drain
 from swarm.core.effects import (
@@ -42,7 +41,6 @@ from swarm.core.effects import (
     Leave,
     Level,
     Log,
-    Start,
     Stop,
     Time,
     Write,
@@ -50,7 +48,6 @@ from swarm.core.effects import (
 from swarm.core.holding import Holding
 from swarm.core.ledger import (
     EVICTION_CAP,
-    INTERRUPTION_CAP,
     TERMINAL_STATES,
     Body,
     ClaimRecord,
@@ -74,7 +71,6 @@ from swarm.core.sync import LedgerSync
 
 RERANK_DEBOUNCE_S = 0.5  # membership changes within this long cause one re-rank
 RERANK_SLICE = 2_000  # tasks re-ranked in one tick
-ISOLATED_RECHECK_S = 0.5  # a node that may not claim looks again this often
 RELEASE_DEBOUNCE_S = 0.1  # our own old claims coming back from peers: closed once they settle
 
 
@@ -105,7 +101,6 @@ class NodeCore:
     ) -> None:
         self.me = me
         self.ledger = ledger
-        self.config = config
         self.capacity = capacity
         self.labels = dict(labels)
         self.networked = networked
@@ -125,16 +120,18 @@ class NodeCore:
         self.members = Members(me, networked)
         self.holding = Holding(me, ledger)
         self.drain_state = Drain()
-        self.stopping = False
         self.stamps = StampIntake(self.clock)  # peers' stamps, into our clock
         self._effects: list[Effect] = []
-        self._wake = False  # claim at the next tick
-        self.not_claiming = "starting"  # why the last claim pass claimed nothing new ("": it could)
         # task -> the failed attempt (epoch, node) its retry backoff was last held for; dropped
         # when the task ends.
         self._backed_off: dict[str, tuple[int, str]] = {}
-        self._wake_at = float("inf")
         self.storage = Storage()
+        # The claim pass and the way of each claim to the close of its attempt (claiming.py).
+        self.claims = Claimer(
+            me, ledger, config, capacity, self.labels,
+            sched=self.sched, slots=self.slots, clock=self.clock, members=self.members,
+            storage=self.storage, drain=self.drain_state, guard=guard, emit=self._emit,
+        )  # fmt: skip
         self._beat = ledger.heartbeats.get(me, 0)
         self._beat_in_flight = False  # one heartbeat write at a time: a slow disk queues none
         self._last_beat: Version | None = None
@@ -158,8 +155,8 @@ class NodeCore:
                 if view.attempts:  # pending after a failure: its backoff, waited again from now
                     self._back_off(t, view)
                 self.sched.enqueue(view, t.mono)
-        self._release_stale_claims(t, list(orphaned))
-        self._wake = True
+        self.claims.release_stale(t, list(orphaned))
+        self.claims.wake = True
 
     def apply(
         self, t: Time, rows: Iterable[tuple[Version, Body]], remote: bool
@@ -192,7 +189,7 @@ class NodeCore:
                 if isinstance(body, HeartbeatRecord):
                     self._last_beat = version
                 elif isinstance(body, ClaimRecord) and not body.released:
-                    self._check_claim(body.task_id)  # a peer's may have been here before it
+                    self.claims.check_lost(body.task_id)  # a peer's may have been here before it
                 continue
             if isinstance(body, HeartbeatRecord):
                 self.sched.leases.heartbeat(
@@ -206,7 +203,7 @@ class NodeCore:
                         self._release_due = t.mono + RELEASE_DEBOUNCE_S
                 else:
                     self.sched.leases.seen(version.origin, t.mono)
-                    self._check_claim(body.task_id)
+                    self.claims.check_lost(body.task_id)
         return changes
 
     def members_changed(
@@ -236,7 +233,7 @@ class NodeCore:
         """The last frame of a sync answer was taken: we are in touch with the swarm."""
         self.members.synced = True
         self.members.heard_at = t.mono
-        self._wake = True
+        self.claims.wake = True
 
     def written(self, t: Time, write: Write, ok: bool, why: str = "") -> None:
         """The outcome of a Write effect (the adapter reports every one)."""
@@ -247,40 +244,11 @@ class NodeCore:
 
     def claim_written(self, t: Time, task: str, ok: bool, why: str = "") -> None:
         """The outcome of a Write with `claim_of=task`, or of a Start's claim."""
-        slot = self.slots.get(task)
-        if slot is None:
-            return
-        if not ok:
-            self.pause_claims(t, why)
-            if slot.phase is Phase.RUNNING:
-                self._emit(Stop(task, Outcome.INTERRUPTED, "claim not written", grace=False))
-            else:
-                self._close(t, task)
-            return
-        if slot.phase is Phase.RELEASING:
-            self._close(t, task)
-        elif slot.phase is Phase.CLAIMING:
-            slot.claim_on_disk = True
-            if slot.claim.stolen:
-                slot.phase = Phase.SETTLING
-                slot.settle_at = t.mono + self.config.claim_settle_s
-            else:
-                self._settled(t, task, slot)
-        elif slot.phase in (Phase.RUNNING, Phase.ENDED):
-            slot.claim_on_disk = True
-            if slot.phase is Phase.RUNNING and self.ledger.tasks[task].state is State.CANCELLED:
-                self._emit(Stop(task, Outcome.INTERRUPTED, "cancelled"))
+        self.claims.written(t, task, ok, why)
 
     def start_failed(self, t: Time, task: str, why: str) -> None:
         """The adapter could not start an attempt (its run dir could not be made)."""
-        self.pause_claims(t, why)
-        slot = self.slots.get(task)
-        if slot is None:
-            return
-        if slot.claim_on_disk:
-            self._release(slot, task)
-        else:
-            self._close(t, task)
+        self.claims.start_failed(t, task, why)
 
     def attempt_ended(self, t: Time, task: str) -> None:
         """An attempt's process is gone: its resources are free for the next task while it is
@@ -288,20 +256,18 @@ class NodeCore:
         slot = self.slots.get(task)
         if slot is not None:
             slot.phase = Phase.ENDED
-            self._free(slot)
+            self.claims.free(slot)
         if self.guard is not None and self.guard.ended(task, t.mono):
             self.sched.hold(task, t.mono + self.config.lease_ttl_s)
 
     def attempt_closed(self, t: Time, task: str) -> None:
         """An attempt is over (recorded, or given up): its slot goes."""
         self.attempt_ended(t, task)
-        self._close(t, task)
+        self.claims.close(t, task)
 
     def pause_claims(self, t: Time, why: str, for_s: float = STORAGE_RETRY_S) -> None:
         """A write failed (a full or failing disk): claim nothing for a while."""
-        if why:
-            self._log(Level.ERROR, f"not claiming new tasks for {for_s:.0f}s: {why}")
-        self.storage.pause(t.mono, for_s)
+        self.claims.pause(t, why, for_s)
 
     def storage_full(self, t: Time, where: str, why: str) -> None:
         """An attempt ended on a full state disk: claim nothing until it has room."""
@@ -312,7 +278,7 @@ class NodeCore:
     def disk_checked(self, t: Time, has_room: bool, where: str) -> None:
         if self.storage.checked(t.mono, has_room):
             self._log(Level.INFO, f"the disk of {where} has room again: claiming tasks")
-            self._wake = True
+            self.claims.wake = True
 
     def handed_back(self, t: Time, task: str) -> None:
         """A result this node could not store was recorded as interrupted for a peer to run:
@@ -332,7 +298,7 @@ class NodeCore:
         if available is not None:
             self.guard.available = available
         self._evict_if_short(t)
-        self._wake = True  # memory may have been freed: admit by the new figures
+        self.claims.wake = True  # memory may have been freed: admit by the new figures
 
     def drain(self, t: Time, grace_s: float | None) -> None:
         """Finish what runs, claim nothing new, then leave the swarm and stop (drain.py)."""
@@ -350,13 +316,30 @@ class NodeCore:
         return self.drain_state.active
 
     @property
+    def config(self) -> CoreConfig:
+        return self.claims.config  # one copy: a new config reaches the claim pass too
+
+    @config.setter
+    def config(self, config: CoreConfig) -> None:
+        self.claims.config = config
+
+    @property
     def used(self) -> Resources:
         return self.slots.used
+
+    @property
+    def stopping(self) -> bool:
+        return self.claims.stopping
+
+    @property
+    def not_claiming(self) -> str:
+        """Why the last claim pass claimed nothing new ("": it could)."""
+        return self.claims.not_claiming
 
     def stop(self) -> None:
         """The node stops: it starts nothing more, and releases the claims it has not acted on
         yet (at their settle, or once written)."""
-        self.stopping = True
+        self.claims.stopping = True
 
     def copied(self, t: Time, digest: str, complete: bool) -> None:
         """The outcome of a CopyResult."""
@@ -372,9 +355,9 @@ class NodeCore:
         settles = list(self.slots.settle_times())
         if self.drain_state.left:  # gone: only claims still settling are to be released
             return min(settles, default=None)
-        if self._wake or self.sched.reranking:
+        if self.claims.wake or self.sched.reranking:
             return -1.0
-        due = [self._wake_at, self._next_beat, self._next_lease_check]
+        due = [self.claims.wake_at, self._next_beat, self._next_lease_check]
         due += [d for d in (self._rerank_due, self._release_due) if d is not None]
         due += settles
         others = (
@@ -389,7 +372,7 @@ class NodeCore:
         """Do what is due at `t`."""
         now = t.mono
         if self.drain_state.left:
-            self._settle_due(t)  # (they release: the node stops)
+            self.claims.settle_due(t)  # (they release: the node stops)
             return
         if now >= self._next_beat:
             self._heartbeat(t)
@@ -401,27 +384,21 @@ class NodeCore:
             self._rerank_due = None
             self._begin_rerank(t)
         if self.sched.reranking and self.sched.rerank_slice(t.mono, RERANK_SLICE):
-            self._wake = True
+            self.claims.wake = True
         if self._release_due is not None and now >= self._release_due:
             self._release_due = None
-            self._release_stale_claims(t, [])
-        self._settle_due(t)
+            self.claims.release_stale(t, [])
+        self.claims.settle_due(t)
         if self.storage.check_now(now):
             self._emit(CheckDisk())
-        if self._wake or now >= self._wake_at:
-            self._claim_pass(t)
+        if self.claims.wake or now >= self.claims.wake_at:
+            self.claims.claim_pass(t)
         if not self.stopping:  # no copy is started as the node goes
             for effect in self.holding.tick(now, self._replica_targets):
                 self._emit(effect)
         sole = partial(self.holding.sole_holdings, self.members.live_peers())
         if self.drain_state.step(now, bool(self.slots), sole):
             self._emit(Leave("the node was drained"))
-
-    def _settle_due(self, t: Time) -> None:
-        for task, slot in self.slots.items():
-            if slot.settle_at is not None and t.mono >= slot.settle_at:
-                slot.settle_at = None
-                self._settled(t, task, slot)
 
     def take_effects(self) -> list[Effect]:
         effects, self._effects = self._effects, []
@@ -496,7 +473,7 @@ class NodeCore:
             elif change.old in (State.FAILED, State.CANCELLED):  # retried or revived by hand
                 self.sched.release_hold(view.task_id)
             self.sched.enqueue(view, t.mono)
-            self._wake = True
+            self.claims.wake = True
             if change.old is None and self.networked:  # a new task: a call's inputs are held
                 self.holding.want_inputs([view], t.mono)
             return
@@ -529,15 +506,6 @@ class NodeCore:
         if wait_s > 0:
             self.sched.hold(view.task_id, t.mono + wait_s)
 
-    def _check_claim(self, task: str) -> None:
-        """Another node claimed a task we run: if its claim wins, ours stops."""
-        slot = self.slots.get(task)
-        if slot is None or slot.phase is not Phase.RUNNING:
-            return
-        winner = self.sched.lost_to(task, slot.claim.epoch)
-        if winner is not None:
-            self._emit(Stop(task, Outcome.INTERRUPTED, f"lost its claim to {winner[1][:8]}"))
-
     def _heartbeat(self, t: Time) -> None:
         self._next_beat = t.mono + self.config.heartbeat_interval_s
         if self._beat_in_flight:
@@ -546,23 +514,6 @@ class NodeCore:
         self._beat += 1
         body = HeartbeatRecord(self._beat)
         self._emit(Write((body,), "heartbeat", replaces=self._last_beat))
-
-    def _release_stale_claims(self, t: Time, orphaned: list[tuple[str, int]]) -> None:
-        """Close the claims this node held when it last stopped (attempts.stale_claims)."""
-        claims, results = stale_claims(
-            self.ledger,
-            self.me,
-            self.slots,
-            orphaned,
-            lambda: self.clock.now(t.wall_ms),
-            t.wall_ms,
-            self.capacity,
-        )
-        if results:
-            cut_off = f"{len(results)} attempt(s) were cut off when the node stopped; re-queued"
-            self._log(Level.WARNING, cut_off)
-        if claims or results:
-            self._emit(Write((*claims, *results), "the claims of attempts cut off by a stop"))
 
     # -- queueing and re-ranking ------------------------------------------------------------
 
@@ -588,119 +539,9 @@ class NodeCore:
         """Queue the running tasks of nodes whose lease expired (a stopped heartbeat expires
         no event); a member that stopped (or went back to) heartbeating changes the ranks."""
         if self.sched.requeue_orphans(t.mono):
-            self._wake = True
+            self.claims.wake = True
         if self.sched.note_stalled(t.mono):
             self.rerank_soon(t)
-
-    # -- claiming ---------------------------------------------------------------------------
-
-    def _may_claim(self, t: Time) -> str:
-        """Why this node may not claim now ("" if it may: it is in touch with the swarm);
-        logs the change when it stops or starts claiming."""
-        others = any(origin != self.me for origin, _ in self.ledger.high_seq)
-        was = self.members.isolated
-        why, news = self.members.isolation(t.mono, others, self.config.lease_ttl_s)
-        if news:
-            self._log(Level.WARNING, f"not claiming new tasks: {why}")
-        elif was and why is None:
-            self._log(Level.INFO, "claiming new tasks again: in touch with the swarm")
-        return why or ""
-
-    def _why_not_claiming(self, t: Time) -> tuple[str, float]:
-        """Why this node claims nothing new now ("" if it may), as `swarm status` shows it, and
-        when to look again (inf: an input wakes it: the end of a drain, a disk check)."""
-        if self.stopping or self.draining:
-            return ("stopping" if self.stopping else "draining"), float("inf")
-        if not self.config.takes_work:
-            return "it takes no work (started with --no-work)", float("inf")
-        why = self._may_claim(t)
-        if why:
-            return why, t.mono + ISOLATED_RECHECK_S
-        if self.storage.full:
-            return "its disk is full", float("inf")
-        if t.mono < self.storage.paused_until:
-            return "a ledger write failed: pausing", self.storage.paused_until
-        return "", float("inf")
-
-    def _claim_pass(self, t: Time) -> None:
-        self._wake = False
-        self.not_claiming, self._wake_at = self._why_not_claiming(t)
-        if self.not_claiming:
-            return
-        free = self.capacity - self.used
-        if self.guard is not None:  # memory goes by what the attempts are measured to use
-            free = replace(free, memory_bytes=self.guard.headroom(self.slots.memory_in_use(t.mono)))
-        limit = self.config.claim_batch_max
-        picks = self.sched.pick(self.slots, free, self.labels, limit, t.mono)
-        ready = self.sched.queue.next_ready()
-        self._wake_at = float("inf") if ready is None else ready
-        for task in picks:
-            self._claim(t, task)
-        if len(picks) == limit:
-            self._wake = True  # the batch was full: more may fit
-
-    def _claim(self, t: Time, task: str) -> None:
-        view = self.ledger.tasks[task]
-        spec = view.spec
-        assert spec is not None
-        claim = self.sched.new_claim(view, self.clock.now(t.wall_ms))
-        number = len(view.attempts) + 1
-        slot = self.slots.take(task, claim, number, spec.need, t.mono)
-        if view.state is State.RUNNING and self.sched.takeover_exhausts(view):
-            # Close the task without running it: our claim, and an interruption over the cap.
-            reason = (
-                f"interrupted more than {INTERRUPTION_CAP} times: the nodes running it died or "
-                "lost their leases"
-            )
-            self._log(Level.WARNING, f"{view.name}: {reason}")
-            result = closing_result(
-                self.capacity, t.wall_ms, task, claim.epoch, number, Outcome.INTERRUPTED,
-                t.wall_ms, reason,
-            )  # fmt: skip
-            slot.phase = Phase.RELEASING
-            closed = Write(
-                (claim, result), "the claim and result of a task closed unrun", claim_of=task
-            )
-            self._emit(closed)
-            return
-        # A first attempt starts while its claim is written (a short task should not wait for
-        # an fsync). A stolen task, or one tried before (it may be what killed its last
-        # node), starts only once its claim is on disk.
-        if claim.stolen or view.claims:
-            self._emit(Write((claim,), "a claim", claim_of=task))
-            return
-        self.slots.start(slot, t.mono)
-        self._emit(Start(task, claim, number, slot.gpu_ids, write_claim=True))
-
-    def _settled(self, t: Time, task: str, slot: Slot) -> None:
-        """A claim on disk (after its settle, if stolen): start if it still wins, else release
-        it (the preferred node, or another thief, reached for the task at the same moment)."""
-        view = self.ledger.tasks[task]
-        wins = view.winning_claim() == (slot.claim.epoch, self.me)
-        if wins and view.state is State.RUNNING and not self.stopping:
-            self.slots.start(slot, t.mono)
-            self._emit(Start(task, slot.claim, slot.attempt, slot.gpu_ids, write_claim=False))
-        else:
-            self._release(slot, task)
-
-    def _release(self, slot: Slot, task: str) -> None:
-        slot.phase = Phase.RELEASING
-        released = replace(slot.claim, released=True)
-        self._emit(Write((released,), "the release of a claim", claim_of=task))
-
-    def _free(self, slot: Slot) -> None:
-        if self.slots.free(slot):
-            self._wake = True
-
-    def _close(self, t: Time, task: str) -> None:
-        if self.slots.pop(task) is None:
-            return
-        view = self.ledger.tasks.get(task)
-        if view is not None and view.state is State.PENDING:
-            # Its claim never made it to disk (or it ended without a result): it was taken off
-            # the queue when chosen, so it must go back on, or it would wait forever.
-            self.sched.enqueue(view, t.mono, at_once=True)
-        self._wake = True
 
     # -- memory -----------------------------------------------------------------------------
 
