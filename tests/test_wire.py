@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm.core import gossip, wire
+from swarm.core import envelope, gossip, wire
 from swarm.core.wire import (
     DATAGRAM_BYTES_MAX,
     HEADER_BYTES,
@@ -156,7 +156,7 @@ def test_forged_sender_ids_cost_no_memory() -> None:
     # The key id is on the wire for anyone to copy; the sender id is whatever the forger says.
     opener = Opener(KeyRing.of(KEY), ME)
     for i in range(500):
-        header = wire._HEADER.pack(wire.VERSION, 0, key_id(KEY), os.urandom(16), BOOT, i + 1)
+        header = envelope._HEADER.pack(wire.VERSION, 0, key_id(KEY), os.urandom(16), BOOT, i + 1)
         with pytest.raises(BadPacket):
             opener.open(header + os.urandom(64))
     assert len(opener._keys) == 0 and len(opener._windows) == 0
