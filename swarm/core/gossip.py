@@ -18,6 +18,10 @@ Invariants: a member's incarnation never decreases; only the member itself raise
 rumour older (lower incarnation) than what is known changes nothing; a dead or left member comes
 back only with a higher incarnation.
 
+The probe cycle and the local health multiplier are the `Prober`'s (probing.py), a part the
+membership owns; the messages, events and timeout math are swim.py's. This module keeps the
+member table, the rumours and suspicions that change it, dissemination and push-pull.
+
 Pure (sans-IO, as aioquic): every entry point takes `now` (seconds, monotonic); randomness comes
 from the injected `random.Random`; packets to send and events pile up in `outbox` and `events` for
 the adapter to take.
@@ -29,6 +33,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from swarm.core.probing import Prober
 from swarm.core.swim import (
     Ack,
     Addr,
@@ -156,25 +161,6 @@ class Member:
 
 
 @dataclass(slots=True)
-class _Probe:
-    target: str
-    started: float
-    deadline: float  # the direct timeout, then the end of the interval
-    indirect: bool = False
-    nacks_expected: int = 0
-    nacks: int = 0
-
-
-@dataclass(slots=True)
-class _Relay:
-    """An indirect ping we make for someone else: ack or nack them by `deadline`."""
-
-    requester: Addr
-    requester_seq: int
-    deadline: float
-
-
-@dataclass(slots=True)
 class _Suspicion:
     incarnation: int
     started: float
@@ -224,14 +210,17 @@ class Membership:
         }
         self.outbox: list[tuple[Addr, Packet]] = []
         self.events: list[Event] = []
-        self.awareness = 0
         self.leaving = False
-        self._seq = 0
-        self._probes: dict[int, _Probe] = {}
-        self._relays: dict[int, _Relay] = {}
+        # The probe cycle and the local health (probing.py): it sends through this membership,
+        # and suspects through it.
+        self.prober = Prober(
+            node, addr, config, rng,
+            nodes=lambda: list(self.members), present=self._present,
+            helpers=lambda count: self._random_members(count, live=True),
+            send=self._send, suspect=self._on_suspect,
+        )  # fmt: skip
         self._suspicions: dict[str, _Suspicion] = {}
         self._broadcasts: dict[str, _Broadcast] = {}
-        self._probe_order: list[str] = []
         self._next_probe = now
         self._next_gossip = now
         self._next_push_pull = now + config.push_pull_interval_s
@@ -243,6 +232,11 @@ class Membership:
     @property
     def me(self) -> Member:
         return self.members[self.node]
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health multiplier (0: healthy): probe timeouts scale with it."""
+        return self.prober.awareness
 
     def live_members(self) -> list[Member]:
         return [m for m in self.members.values() if m.state not in GONE]
@@ -262,8 +256,7 @@ class Membership:
 
     def next_deadline(self) -> float:
         times = [self._next_probe, self._next_gossip, self._next_push_pull, self._next_reconnect]
-        times += [p.deadline for p in self._probes.values()]
-        times += [r.deadline for r in self._relays.values()]
+        times += self.prober.deadlines()
         times += [s.deadline() for s in self._suspicions.values()]
         return min(times)
 
@@ -313,15 +306,13 @@ class Membership:
             self._on_rumour(now, rumour)
         match packet.message:
             case Ping():
-                self._on_ping(packet.message)
+                self.prober.on_ping(packet.message)
             case IndirectPing():
-                self._on_indirect_ping(now, packet.message)
+                self.prober.on_indirect_ping(now, packet.message)
             case Ack():
-                self._on_ack(now, packet.message)
+                self.prober.on_ack(packet.message)
             case Nack():
-                probe = self._probes.get(packet.message.seq)
-                if probe is not None:
-                    probe.nacks += 1
+                self.prober.on_nack(packet.message)
             case PushPull():
                 self._on_push_pull(now, packet.message)
             case Gossip():
@@ -329,20 +320,14 @@ class Membership:
 
     def tick(self, now: float) -> None:
         """Run every timer that is due."""
-        for seq, probe in list(self._probes.items()):
-            if probe.deadline <= now:
-                self._probe_timed_out(now, seq, probe)
-        for seq, relay in list(self._relays.items()):
-            if relay.deadline <= now:
-                del self._relays[seq]
-                self._send(relay.requester, Nack(relay.requester_seq, self.node))
+        self.prober.tick(now)
         for node, suspicion in list(self._suspicions.items()):
             if suspicion.deadline() <= now:
                 del self._suspicions[node]
                 self._on_dead(now, Dead(node, suspicion.incarnation, self.node))
         if now >= self._next_probe:
             self._next_probe = now + self.config.probe_interval_s * (self.awareness + 1)
-            self._probe_next(now)
+            self.prober.probe_next(now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.config.gossip_interval_s
             self._gossip(now)
@@ -353,71 +338,6 @@ class Membership:
             self._next_reconnect = now + self.config.reconnect_interval_s
             dead = [m for m in self.members.values() if m.state is MemberState.DEAD]
             self._push_pull_with(self.rng.sample(dead, 1) if dead else [])
-
-    # -- probing -----------------------------------------------------------------------------
-
-    def _probe_next(self, now: float) -> None:
-        for _ in range(2):  # at most one refill of the order per tick
-            while self._probe_order:
-                target = self.members.get(self._probe_order.pop())
-                if target is not None and target.node != self.node and target.state not in GONE:
-                    self._probe(now, target)
-                    return
-            self._probe_order = [n for n in self.members if n != self.node]
-            self.rng.shuffle(self._probe_order)
-
-    def _probe(self, now: float, target: Member) -> None:
-        self._seq += 1
-        timeout = self.config.probe_timeout_s * (self.awareness + 1)
-        self._probes[self._seq] = _Probe(target.node, now, now + timeout)
-        self._send(target.addr, Ping(self._seq, target.node, self.node, self.me.addr), target)
-
-    def _probe_timed_out(self, now: float, seq: int, probe: _Probe) -> None:
-        target = self.members.get(probe.target)
-        if target is None or target.state in GONE:
-            del self._probes[seq]
-            return
-        if not probe.indirect:
-            helpers = [
-                m
-                for m in self._random_members(self.config.indirect_checks, live=True)
-                if m.node != probe.target
-            ]
-            probe.indirect = True
-            probe.nacks_expected = len(helpers)
-            probe.deadline = probe.started + self.config.probe_interval_s * (self.awareness + 1)
-            for helper in helpers:
-                message = IndirectPing(seq, target.node, target.addr, self.node, self.me.addr)
-                self._send(helper.addr, message)
-            return
-        del self._probes[seq]
-        # Lifeguard: missed nacks mean *we* may be the slow one; so does no helper at all.
-        missed = probe.nacks_expected - probe.nacks if probe.nacks_expected else 1
-        self._adjust_awareness(missed)
-        self._on_suspect(now, Suspect(target.node, target.incarnation, self.node))
-
-    def _on_ping(self, ping: Ping) -> None:
-        if ping.target == self.node:  # a ping for an earlier owner of this address is ignored
-            self._send(ping.sender_addr, Ack(ping.seq, self.node))
-
-    def _on_indirect_ping(self, now: float, request: IndirectPing) -> None:
-        self._seq += 1
-        deadline = now + self.config.probe_timeout_s * (self.awareness + 1)
-        self._relays[self._seq] = _Relay(request.sender_addr, request.seq, deadline)
-        ping = Ping(self._seq, request.target, self.node, self.me.addr)
-        self._send(request.target_addr, ping)
-
-    def _on_ack(self, now: float, ack: Ack) -> None:
-        relay = self._relays.pop(ack.seq, None)
-        if relay is not None:
-            self._send(relay.requester, Ack(relay.requester_seq, self.node))
-            return
-        probe = self._probes.pop(ack.seq, None)
-        if probe is not None:
-            self._adjust_awareness(-1)
-
-    def _adjust_awareness(self, delta: int) -> None:
-        self.awareness = min(max(self.awareness + delta, 0), self.config.awareness_max - 1)
 
     # -- rumours -----------------------------------------------------------------------------
 
@@ -488,7 +408,7 @@ class Membership:
         if suspect.node == self.node:
             if not self.leaving:
                 self._refute(suspect.incarnation)
-                self._adjust_awareness(1)  # others cannot hear us well: we may be the problem
+                self.prober.adjust_awareness(1)  # others cannot hear us well: we may be the problem
             return
         if member.state is MemberState.SUSPECT:
             suspicion = self._suspicions.get(suspect.node)
@@ -630,6 +550,11 @@ class Membership:
             self._send(member.addr, Gossip())
             if not self._broadcasts:
                 return
+
+    def _present(self, node: str) -> Member | None:
+        """The member of that name, unless it is unknown, dead or gone."""
+        member = self.members.get(node)
+        return None if member is None or member.state in GONE else member
 
     def _random_members(self, count: int, live: bool) -> list[Member]:
         pool = [
