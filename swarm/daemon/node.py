@@ -5,10 +5,12 @@ Theory of operation
 The decisions are the NodeCore's (swarm/core/node.py). This module wires the rooms that do the
 I/O (records.py, runner.py, replicator.py, peers.py, transfer.py, memory.py, control_server.py),
 gives the core its inputs with the time (`tell`), carries out the effects it returns
-(`_carry_out`), and runs the one timer at its next deadline. One `asyncio.TaskGroup` holds
-everything the node runs: the ledger writer (group commit), the memory sampler, the transport's
-loops, and a task per running attempt, copy or write; the control socket's connections are
-tracked and closed at shutdown, so nothing outlives `run()`.
+(`_carry_out`), and runs the one timer at its next deadline. Its place in the swarm (membership
+and the gossip net started, joins, members remembered, the leave) is the gossiper's
+(gossiper.py). One `asyncio.TaskGroup` holds everything the node runs: the ledger writer (group
+commit), the memory sampler, the transport's loops, and a task per running attempt, copy or
+write; the control socket's connections are tracked and closed at shutdown, so nothing outlives
+`run()`.
 
 Every change the node makes is a record: it gets the next version, is committed by the writer,
 and only then applied, by the core, to the in-memory ledger. On start the node kills orphans of
@@ -27,7 +29,6 @@ import random
 import resource
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from swarm import control, statedir
@@ -61,6 +62,7 @@ from swarm.daemon.executor import (
     AnyAttempt,
     free_bytes,
 )
+from swarm.daemon.gossiper import Gossiper
 from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.operations import Operations
@@ -134,7 +136,6 @@ class Node:
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
         self._side_tasks: set[asyncio.Task[None]] = set()  # copies, disk checks
-        self._remembered: frozenset[tuple[str, int]] = frozenset()  # members kept in the state dir
         self.node_id = ""
         self.identity: identity.Identity  # loaded in run(), with the ledger it must match
         self.transfer: ResultTransfer  # made in run(), with the ledger whose holders it reads
@@ -144,7 +145,8 @@ class Node:
         self.ring = wire.KeyRing()
         self.left_out = snapshot.LeftOut()  # rows of the ledger file not loaded, and why
         self.replicator = Replicator(self, self.rng)
-        self.net: net.GossipNet | None = None
+        self.net: net.GossipNet | None = None  # made, with the membership, by the gossiper
+        self.gossiper = Gossiper(self)  # the membership room: start, join, members, leave
         self.generation = 0
         self.log = RecordLog()  # versions, signs and commits this node's records
 
@@ -226,14 +228,11 @@ class Node:
             case Stop():
                 self.runner.stop(effect)
             case CopyResult():
-                self._side_task(self._copy(effect))
+                self.side_task(self._copy(effect))
             case CheckDisk():
-                self._side_task(self._check_disk())
+                self.side_task(self._check_disk())
             case Announce():
-                if self.membership is not None:
-                    self.membership.update_meta(time.monotonic(), self._meta())
-                    if self.net is not None:
-                        self.net.poke()
+                self.gossiper.announce()
             case Leave():
                 self._stop_reason = effect.reason
                 self.stop()
@@ -241,7 +240,7 @@ class Node:
                 log.log(int(effect.level), "%s", effect.text)
         return None
 
-    def _side_task(self, work: Coroutine[Any, Any, None]) -> None:
+    def side_task(self, work: Coroutine[Any, Any, None]) -> None:
         """A task the node stops (cancels) when it stops, as it does its loops."""
         assert self._tg is not None
         task = self._tg.create_task(work)
@@ -340,7 +339,7 @@ class Node:
                 log.warning("refused a task record of the ledger file: %s", problem)
             self.core = self._new_core(self.node_id, self.core.guard, self.core.sync)
             self.transfer = ResultTransfer(
-                self.store, self.ledger, self.node_id, self._member, self._fetch
+                self.store, self.ledger, self.node_id, self.gossiper.member, self.gossiper.fetch
             )
             seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self.log.open(self.node_id, self.generation, seq, self.identity)
@@ -400,7 +399,7 @@ class Node:
                 os.umask(old_umask)
             loops = [tg.create_task(self._memory_loop())]
             if self.config.bind is not None:
-                loops += await self._start_gossip(
+                loops += await self.gossiper.start(
                     tg, self.config.bind, RemoteClients(control_server.serve)
                 )
             http = None
@@ -422,7 +421,7 @@ class Node:
             await self._stop.wait()
             self.core.stop()
             log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
-            await self._leave_swarm()
+            await self.gossiper.leave()
             server.close()
             if http is not None:
                 await http.stop()
@@ -440,77 +439,6 @@ class Node:
             writer.close()
             await writer_task
 
-    # -- membership -------------------------------------------------------------------------
-
-    async def _start_gossip(
-        self,
-        tg: asyncio.TaskGroup,
-        bind: tuple[str, int],
-        clients: RemoteClients,
-    ) -> list[asyncio.Task[None]]:
-        """Membership and replication on `bind`, where remote clients are served too."""
-        ring = self.ring
-        self.reload_keys()
-        sender = bytes.fromhex(self.node_id)
-        # Nonces never repeat, whatever the clock does: each run seals under a key of its own
-        # (the random boot id). The counter starts at the clock so that peers' replay windows,
-        # which remember our last run's counters, take this run's envelopes.
-        sealer = wire.Sealer(
-            sender, ring, counter=time.time_ns() // 1000, boot=os.urandom(wire.BOOT_BYTES)
-        )
-        self.membership = gossip.Membership(
-            self.node_id,
-            bind,
-            self._meta(),
-            self.config.gossip,
-            random.Random(),
-            time.monotonic(),
-            sign=self.identity.sign_alive,
-            check=identity.check_alive,
-        )
-        self.net = net.GossipNet(
-            self.membership,
-            bind,
-            sealer,
-            wire.Opener(ring, sender),
-            self._on_members,
-            self.replicator.on_push,
-            self.replicator.answer,
-            self.replicator.taker,
-            lambda: dict(self.ledger.high_seq),
-            self.transfer.serve_blob,
-            clients,
-        )
-        self.tell(self.core.members_changed, [], self.membership.members)
-        self.replicator.serve(tg, self.net)
-        await self.replicator.open_reader(self.state.db_path)
-        loops = await self._listen(tg, bind)
-        loops.append(tg.create_task(self.replicator.sync_loop()))
-        seeds = list(self.config.join)
-        if not seeds:  # a restart with no --join: through the members it saw last time
-            seeds = [s for s in peers.remembered(self.state) if s != bind]
-            if seeds:
-                log.info("rejoining through %d member(s) seen before the restart", len(seeds))
-        if seeds:
-            retry_s = self.config.gossip.reconnect_interval_s
-            joining = peers.join_until_answered(
-                self.membership, self.net, seeds, retry_s, lambda: self.stopping
-            )
-            loops.append(tg.create_task(joining))
-        log.info("gossip on %s:%d", *bind)
-        return loops
-
-    async def _listen(
-        self, tg: asyncio.TaskGroup, bind: tuple[str, int]
-    ) -> list[asyncio.Task[None]]:
-        """Bind the gossip sockets; if they cannot be, the node stops at once, saying why."""
-        assert self.net is not None
-        try:
-            return await peers.listen(self.net, tg, bind)
-        except ConfigError:
-            await self.replicator.close_reader()  # its thread would keep the process alive
-            raise
-
     def reload_keys(self) -> str:
         """Make the key ring what the state dir says (peers.reload_key_ring)."""
         return peers.reload_key_ring(self.ring, self.state)
@@ -518,38 +446,8 @@ class Node:
     async def await_seeds(self, seeds: list[tuple[str, int]]) -> list[str]:
         return await peers.await_seeds(seeds, lambda: self.membership, lambda: self.stopping)
 
-    def _meta(self) -> dict[str, Any]:
-        """What other members learn of this node with its Alive rumour."""
-        meta: dict[str, Any] = {
-            "capacity": snapshot.resources_dict(self.capacity),
-            "labels": dict(self.labels),
-        }
-        if self.core.draining:
-            meta["draining"] = True
-        return meta
-
     def join(self, seeds: list[tuple[str, int]]) -> None:
         peers.join(self.membership, self.net, seeds)
-
-    def _on_members(self, events: list[gossip.Event]) -> None:
-        for event in events:
-            log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
-        if self.membership is not None:
-            self.tell(self.core.members_changed, events, self.membership.members)
-            self._remember_members()
-
-    def _remember_members(self) -> None:
-        """Keep the live members' addresses in the state dir when they change (peers.remember)."""
-        assert self.membership is not None
-        alive = frozenset(m.addr for m in self.membership.live_members() if m.node != self.node_id)
-        if alive and alive != self._remembered and self._tg is not None:
-            self._remembered = alive
-            self._side_task(asyncio.to_thread(peers.remember, self.state, list(alive)))
-
-    async def _leave_swarm(self) -> None:
-        if self.membership is not None and self.net is not None:
-            await peers.leave(self.membership, self.net, self.config.gossip.gossip_interval_s)
-            await self.replicator.close_reader()
 
     # -- writing records --------------------------------------------------------------------
 
@@ -573,17 +471,6 @@ class Node:
             self.changes += 1
             self.progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self.progress = asyncio.Event()
-
-    # -- the transfer's lookups ---------------------------------------------------------------
-
-    def _member(self, node: str) -> gossip.Member | None:
-        """A member as membership sees it (for the transfer); None before the net is up."""
-        return None if self.membership is None else self.membership.members.get(node)
-
-    async def _fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
-        """The transfer's way to a peer's blob: the gossip net's TCP fetch."""
-        assert self.net is not None  # a member is known only once the net is up
-        return await self.net.fetch(addr, digest, into)
 
     def drain(self, grace_s: float | None) -> None:
         """Finish what runs, claim nothing new, then leave the swarm and stop (core.drain)."""
