@@ -51,7 +51,7 @@ from swarm.core.ledger import Outcome
 from swarm.daemon import procs
 from swarm.daemon.executor import KILL_GRACE_S, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
-from swarm.daemon.pyworker import RETURNED, Call, Hello, Reply, encode
+from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
 from swarm.daemon.rundirs import open_own
 from swarm.errors import SwarmError
 from swarm.framing import FrameCut, FrameTooLarge, read_frame_body
