@@ -6,10 +6,11 @@ Theory of operation
 local socket (swarm/control.py), to a node's peer port. The connection opens as a node's does:
 the node sends a fresh challenge, and the client answers with a Hello sealed by the swarm key.
 Every control frame then travels as a wire.ControlFrame in a sealed envelope, so whoever lacks
-the key can neither read nor forge nor replay one (daemon/net.py says why an unaddressed frame
-on such a stream is safe). The client seals as a sender of its own, a random id drawn for each
-connection; the node seals its replies for that id alone. The swarm key comes from this
-machine's state dir: `swarm init --key-file swarm.key` puts it there.
+the key can neither read nor forge nor replay one. The client seals as a sender of its own, a
+random id drawn for each connection, with the envelope's CLIENT flag (core/envelope.py): the
+node opens such envelopes only on the stream they came on (daemon/net.py), and seals its
+replies for that id alone. The swarm key comes from this machine's state dir: `swarm init
+--key-file swarm.key` puts it there.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def connect(peer: str, state: statedir.StateDir) -> Client:
     ring = wire.KeyRing()
     reload_key_ring(ring, state)
     sender = os.urandom(wire.SENDER_BYTES)
-    sealer = wire.Sealer(sender, ring, counter=0, boot=os.urandom(wire.BOOT_BYTES))
+    sealer = wire.Sealer(sender, ring, counter=0, boot=os.urandom(wire.BOOT_BYTES), client=True)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             reader, writer = await asyncio.open_connection(host, port)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncio_dgram
 import msgpack
 import pytest
 
@@ -277,3 +278,49 @@ def test_a_submission_s_frames_stay_within_what_a_remote_node_takes() -> None:
     assert all(
         len(msgpack.packb(p, use_bin_type=True)) <= control.SUBMIT_FRAME_BYTES for p in parts
     )
+
+
+def test_a_client_s_envelopes_played_off_their_stream_leave_nothing_behind(
+    state: statedir.StateDir,
+) -> None:
+    """Captured from one client connection and played as datagrams to another node, or on
+    another stream: the node refuses them before it keeps a replay window or a key for their
+    sender, so clients never crowd the nodes' senders out of its table."""
+    served = Served()
+    other = Side("c", {}, GossipNet)
+
+    async def go() -> tuple[int, bytes]:
+        async with serving(served.side, other):
+            sent: list[bytes] = []
+            real_open = asyncio.open_connection
+
+            async def tapped(host: str, port: int) -> Any:
+                reader, writer = await real_open(host, port)
+                write = writer.write
+                writer.write = lambda data: (sent.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+                return reader, writer
+
+            remote.asyncio.open_connection = tapped  # type: ignore[attr-defined]
+            try:
+                client = await remote.connect(served.peer, state)  # a Hello, then a ping
+                await client.close()
+            finally:
+                remote.asyncio.open_connection = real_open  # type: ignore[attr-defined]
+            udp = await asyncio_dgram.connect(other.net.bind)
+            for frame in sent:
+                await udp.send(frame[4:])  # the envelope, without its length
+            udp.close()
+            reader, writer = await asyncio.open_connection(*other.net.bind)
+            await reader.readexactly(wire.CHALLENGE_BYTES)  # a new challenge, answered by nobody
+            for frame in sent:
+                writer.write(frame)
+            answer = await asyncio.wait_for(reader.read(1 << 16), 2.0)
+            writer.close()
+            async with asyncio.timeout(2):
+                while other.net.dropped < len(sent):  # each datagram refused
+                    await asyncio.sleep(0.01)
+            return len(other.net.opener._windows), answer
+
+    windows, answer = asyncio.run(go())
+    assert windows == 0  # nothing kept of the client's sender on the node it never spoke to
+    assert answer == b""  # the replayed stream: closed, not one frame answered

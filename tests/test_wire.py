@@ -53,6 +53,23 @@ def test_the_body_is_not_readable_on_the_wire() -> None:
     assert secret not in sealer.seal(secret)
 
 
+def test_a_client_s_envelopes_open_only_with_a_stream_s_own_opener() -> None:
+    """A node's opener refuses a remote client's envelope before keeping a window or a key for
+    its sender (clients come and go by the thousand); a stream's client opener takes clients'
+    envelopes and nothing else."""
+    client = Sealer(ALICE, KeyRing.of(KEY), 0, BOOT, client=True)
+    nodes = Opener(KeyRing.of(KEY), ME)
+    for to in (None, ME):
+        with pytest.raises(BadPacket, match="client's envelope off its stream"):
+            nodes.open(client.seal(b"ping", to))
+    assert nodes._windows == {} and nodes._keys._cache == {}
+    stream = Opener(KeyRing.of(KEY), ME, senders_max=1, clients=True)
+    assert stream.open(client.seal(b"ping")).body == b"ping"
+    with pytest.raises(BadPacket, match="not a client's"):
+        stream.open(Sealer(BOB, KeyRing.of(KEY), 0, BOOT).seal(b"gossip", ME))
+    assert envelope.from_client(client.seal(b"x")) and not envelope.from_client(b"\x02")
+
+
 def test_a_wrong_key_is_dropped() -> None:
     packet = Sealer(ALICE, KeyRing.of(OTHER_KEY), 0, BOOT).seal(b"x")
     with pytest.raises(BadPacket, match="not in the ring"):

@@ -14,7 +14,12 @@ counter grows with every envelope sealed in a run, so a nonce is never used twic
 whatever the clocks do. The recipient's id is authenticated too, so an envelope captured on its
 way to one node is refused by every other, and a node refuses its own envelopes sent back to it.
 Only membership traffic to an address whose node is not yet known (a join) goes unaddressed; the
-caller decides what it accepts unaddressed. The receiver keeps a sliding replay window per
+caller decides what it accepts unaddressed. A remote client (swarm/remote.py: a user's command,
+not a node) seals with the CLIENT flag, under a sender id it draws for each connection: a node's
+own opener refuses such envelopes before it keeps anything of them, and opens them only with an
+opener of the one stream they came on (`Opener(..., clients=True)`), which is gone with it. So
+clients, however many come and go, never take the replay windows that the nodes' senders keep,
+and a client's envelope played anywhere but on its stream costs a node one refusal. The receiver keeps a sliding replay window per
 sender: an envelope whose counter it has already accepted, or which is older than the window, is
 dropped. Everything that fails (short, truncated, bit-flipped, unknown key, misaddressed,
 replayed, oversized) raises `BadPacket` and never reaches the protocol cores; the caller counts
@@ -48,6 +53,7 @@ VERSION = 2
 SENDER_BYTES = 16
 BOOT_BYTES = 8
 ADDRESSED = 0x01  # flags: the recipient's id is bound into the seal
+CLIENT = 0x02  # flags: from a remote client, opened only by its stream's own opener
 KEY_BYTES = 32
 TAG_BYTES = 16
 _HEADER = struct.Struct(">BB4s16s8sQ")
@@ -145,19 +151,22 @@ class Sealer:
     any counter used before (peers' replay windows drop what is below); nonces never repeat
     under one key whatever it starts at, since the key is this run's own."""
 
-    def __init__(self, sender: bytes, ring: KeyRing, counter: int, boot: bytes) -> None:
+    def __init__(
+        self, sender: bytes, ring: KeyRing, counter: int, boot: bytes, client: bool = False
+    ) -> None:
         assert len(sender) == SENDER_BYTES and len(boot) == BOOT_BYTES
         self.sender = sender
         self.boot = boot
         self.ring = ring
         self.counter = counter
+        self._client = CLIENT if client else 0  # a remote client's sealer (see the module doc)
         self._keys = _SenderKeys()
 
     def seal(self, body: bytes, to: bytes | None = None) -> bytes:
         """An envelope for the node whose id is `to` alone, or for whoever listens (None)."""
         self.counter += 1
         key = self.ring.keys[self.ring.in_use]
-        flags = 0 if to is None else ADDRESSED
+        flags = (0 if to is None else ADDRESSED) | self._client
         header = _HEADER.pack(
             VERSION, flags, self.ring.in_use, self.sender, self.boot, self.counter
         )
@@ -203,12 +212,17 @@ class Opened:
 
 
 class Opener:
-    """Opens envelopes for node `me` from any other sender, with a replay window per sender."""
+    """Opens envelopes for node `me` from any other sender, with a replay window per sender.
+    `clients`: this opener is one stream's, and opens a remote client's envelopes (CLIENT) and
+    nothing else; otherwise it opens nodes' envelopes and refuses clients'."""
 
-    def __init__(self, ring: KeyRing, me: bytes, senders_max: int = SENDERS_MAX) -> None:
+    def __init__(
+        self, ring: KeyRing, me: bytes, senders_max: int = SENDERS_MAX, clients: bool = False
+    ) -> None:
         assert len(me) == SENDER_BYTES
         self.ring = ring
         self.me = me
+        self.clients = clients
         self._windows: dict[bytes, _Window] = {}
         self._keys = _SenderKeys()
         self._senders_max = senders_max
@@ -222,8 +236,13 @@ class Opener:
         version, flags, kid, sender, boot, counter = _HEADER.unpack_from(packet)
         if version != VERSION:
             raise BadPacket(f"unknown envelope version {version}")
-        if flags & ~ADDRESSED:
+        if flags & ~(ADDRESSED | CLIENT):
             raise BadPacket(f"unknown envelope flags {flags:#x}")
+        if bool(flags & CLIENT) != self.clients:
+            # Before anything of it is kept: clients' envelopes never reach the nodes' windows.
+            raise BadPacket(
+                "a client's envelope off its stream" if flags & CLIENT else "not a client's"
+            )
         if sender == self.me:
             raise BadPacket("our own envelope, sent back to us")
         key = self.ring.keys.get(kid)
@@ -248,3 +267,8 @@ class Opener:
             window = self._windows[sender] = _Window()
         window.accept(counter)
         return Opened(sender, body, bool(flags & ADDRESSED))
+
+
+def from_client(packet: bytes) -> bool:
+    """Whether an envelope says it is a remote client's (authenticated only when opened)."""
+    return len(packet) >= HEADER_BYTES and bool(packet[1] & CLIENT)

@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncio_dgram
 
 from swarm import framing
-from swarm.core import gossip, wire
+from swarm.core import envelope, gossip, wire
 from swarm.daemon.clients import RemoteClients, SealedChannel
 from swarm.errors import ControlError
 
@@ -398,7 +398,7 @@ class GossipNet:
             raise asyncio.IncompleteReadError(b"", framing.LENGTH.size)
         self.received += 1
         self.bytes_received += len(data) + framing.LENGTH.size
-        opened = self._open(data, size_max)
+        opened = self._open(data, size_max, stream)
         if opened is None:
             return None
         if stream.peer is None:
@@ -445,17 +445,32 @@ class GossipNet:
                 return bytes.fromhex(member.node)
         return None
 
-    def _open(self, data: bytes, size_max: int) -> tuple[bytes, wire.StreamMessage] | None:
-        """The sender and message of an envelope, or None (counted). Unaddressed, only
-        membership traffic is taken (what a node sends before it knows who listens), and a
-        remote client's control frames, which come only on a stream whose Hello answered this
-        stream's challenge and only from that Hello's sender (_read_frame): so one captured
-        elsewhere cannot be played here."""
+    def _open(
+        self, data: bytes, size_max: int, stream: _Stream | None = None
+    ) -> tuple[bytes, wire.StreamMessage] | None:
+        """The sender and message of an envelope, or None (counted).
+
+        A node's envelopes are opened by the node's opener: unaddressed, only membership
+        traffic is taken (what a node sends before it knows who listens). A remote client's
+        (envelope.CLIENT) are opened only on a stream that began with one, by that stream's own
+        opener, and only a Hello and control frames: so clients never take the nodes' replay
+        windows, and one of their envelopes played on another stream, or as a datagram, is
+        refused before anything of it is kept."""
         try:
-            opened = self.opener.open(data, size_max)
+            first = stream is not None and stream.opener is None and stream.peer is None
+            if stream is not None and first and envelope.from_client(data):
+                stream.opener = wire.Opener(
+                    self.opener.ring, self.opener.me, senders_max=1, clients=True
+                )
+            opener = self.opener if stream is None or stream.opener is None else stream.opener
+            opened = opener.open(data, size_max)
             message = wire.decode_any(opened.body)
-            unaddressed_ok = gossip.Packet | wire.Hello | wire.ControlFrame
-            if not opened.addressed and not isinstance(message, unaddressed_ok):
+            if opener.clients:
+                if not isinstance(message, wire.Hello | wire.ControlFrame):
+                    raise wire.BadPacket("a client's envelope that is not a control frame")
+            elif isinstance(message, wire.ControlFrame):
+                raise wire.BadPacket("a control frame not sealed by a client")
+            elif not opened.addressed and not isinstance(message, gossip.Packet | wire.Hello):
                 raise wire.BadPacket("a ledger or blob message not sealed for this node")
             return opened.sender, message
         except wire.BadPacket as exc:
@@ -469,6 +484,7 @@ class _Stream:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     peer: bytes | None  # its node's id, once known: what we send is sealed for it alone
+    opener: wire.Opener | None = None  # a remote client's stream's own (see _open)
 
 
 def _liveness(member: gossip.Member) -> tuple[bool, float]:
