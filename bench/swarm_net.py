@@ -63,7 +63,7 @@ def ask(home: Path, op: str, **fields: Any) -> dict[str, Any]:
     """One request to a node's daemon over its control socket, from this process: polling
     through the CLI would start an interpreter per poll, and its CPU would slow what we measure
     on a 2-core machine."""
-    from swarm.control import Client
+    from swarm.connection import Client
     from swarm.statedir import StateDir
 
     async def call() -> dict[str, Any]:

@@ -21,14 +21,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from swarm import control, framing, statedir
-from swarm.control import Client
+from swarm import connection, framing, statedir
+from swarm.connection import Client
 from swarm.core import wire
 from swarm.errors import ConfigError, ControlError, NotRunningError
 
 CONNECT_TIMEOUT_S = 5.0
 # A sealed control frame: the control protocol's own bound, and the envelope around it.
-FRAME_BYTES_MAX = control.FRAME_BYTES_MAX + 1024
+FRAME_BYTES_MAX = connection.FRAME_BYTES_MAX + 1024
 
 
 async def connect(peer: str, state: statedir.StateDir) -> Client:
@@ -111,7 +111,7 @@ class SealedClientChannel:
             self._node = opened.sender
         elif opened.sender != self._node:
             raise ControlError(f"a reply from {self._peer} came from another node")
-        return control.decode_body(frame.body)
+        return connection.decode_body(frame.body)
 
     def _refused(self) -> ControlError:
         """The node closes a stream whose Hello does not open, before any reply: another key."""
@@ -121,7 +121,7 @@ class SealedClientChannel:
         )
 
     async def write(self, message: Mapping[str, Any]) -> None:
-        frame = wire.ControlFrame(control.encode_body(message))
+        frame = wire.ControlFrame(connection.encode_body(message))
         await self.send(wire.control_frame_to_plain(frame))
 
     async def send(self, plain: list[Any]) -> None:

@@ -16,12 +16,10 @@ from typing import Any, Literal, NotRequired, Required
 import pytest
 
 from swarm import control
+from swarm.connection import Client, StreamChannel, checked_reply
 from swarm.control import (
     REQUEST_FIELDS,
-    Client,
     Contract,
-    StreamChannel,
-    checked_reply,
     request_problem,
     submit_frame_problem,
 )

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from swarm import control
+from swarm import connection, control
 from swarm.cli.taskfile import NewTask, parse_jsonl, parse_lines
 from swarm.core import gossip, identity, wire
 from swarm.core.ledger import (
@@ -534,7 +534,7 @@ REQUESTS: tuple[dict[str, Any], ...] = (
     {"end": True},
 )
 REQUEST_IDS = [str(r.get("op", next(iter(r)))) for r in REQUESTS]
-CONTROL_FRAMES = tuple(control.encode_frame(r) for r in REQUESTS)
+CONTROL_FRAMES = tuple(connection.encode_frame(r) for r in REQUESTS)
 SUBMISSION = b"".join(CONTROL_FRAMES[-3:])
 
 
@@ -542,12 +542,12 @@ def _read_all_frames(data: bytes) -> list[dict[str, Any]]:
     """Every frame `read_frame` takes from a stream of `data`, to its end or its error."""
 
     async def go() -> list[dict[str, Any]]:
-        reader = asyncio.StreamReader(limit=control.FRAME_BYTES_MAX)
+        reader = asyncio.StreamReader(limit=connection.FRAME_BYTES_MAX)
         reader.feed_data(data)
         reader.feed_eof()
         frames = []
         try:
-            while (frame := await control.read_frame(reader)) is not None:
+            while (frame := await connection.read_frame(reader)) is not None:
                 frames.append(frame)
         except ControlError:
             pass

@@ -15,9 +15,9 @@ import asyncio_dgram
 import msgpack
 import pytest
 
-from swarm import control, remote, statedir
+from swarm import connection, remote, statedir
 from swarm.cli import remote_reads
-from swarm.control import Client
+from swarm.connection import Client
 from swarm.core import wire
 from swarm.daemon import clients, net
 from swarm.daemon.clients import RemoteClients
@@ -37,7 +37,7 @@ class Served:
 
     def __init__(self, serve_clients: bool = True, node: FakeNode | None = None) -> None:
         self.node = node or FakeNode()
-        self.clients: set[control.Channel] = set()
+        self.clients: set[connection.Channel] = set()
         self.side = Side("b", {("b" * 32, 1, 1): b"b1"}, GossipNet)
         if serve_clients:
             self.side.net.clients = RemoteClients(ControlServer(self.node, self.clients).serve)
@@ -273,10 +273,10 @@ def test_a_blob_is_copied_whole_and_checked(state: statedir.StateDir, tmp_path: 
 
 def test_a_submission_s_frames_stay_within_what_a_remote_node_takes() -> None:
     big = {**TASK, "spec": {**TASK["spec"], "env": {"PAYLOAD": "x" * 300_000}}}
-    parts = list(control._fitting([big] * 40))  # about 12 MB in all
+    parts = list(connection._fitting([big] * 40))  # about 12 MB in all
     assert sum(len(p) for p in parts) == 40
     assert all(
-        len(msgpack.packb(p, use_bin_type=True)) <= control.SUBMIT_FRAME_BYTES for p in parts
+        len(msgpack.packb(p, use_bin_type=True)) <= connection.SUBMIT_FRAME_BYTES for p in parts
     )
 
 

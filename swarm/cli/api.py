@@ -42,14 +42,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from swarm import control, pycall, statedir
+from swarm import connection, control, pycall, statedir
 from swarm.cli.outcomes import (  # re-exported: the API of `swarm`
     CallLostError,
     RemoteCallError,
     outcome_of,
     results,
 )
-from swarm.control import Client, EndedTask
+from swarm.connection import Client
+from swarm.control import EndedTask
 from swarm.core.spec import (
     DEFAULT_MEMORY_BYTES,
     INLINE_ARGS_BYTES_MAX,
@@ -68,7 +69,7 @@ from swarm.errors import SwarmError, UserError
 __all__ = ["CallLostError", "RemoteCallError", "SwarmExecutor", "SwarmFuture", "results"]
 
 WATCH_WAIT_MS = 50  # a watch's long poll, while nothing new is queued: calls queued meanwhile wait
-SUBMIT_BATCH_MAX = control.SUBMIT_CHUNK_TASKS  # calls sent in one submission
+SUBMIT_BATCH_MAX = connection.SUBMIT_CHUNK_TASKS  # calls sent in one submission
 REMOTE_PING_S = 60.0  # an idle executor pings another machine's node this often
 CALL_RETRIES = 0  # a call that raises is not run again unless its options say so
 
@@ -390,7 +391,7 @@ class _Backend:
             self._done.set_result(None)
 
     async def _main(self) -> None:
-        if self.peer is not None or await control.is_running(self.state):
+        if self.peer is not None or await connection.is_running(self.state):
             await self._serve()
             return
         from swarm.daemon.config import NodeConfig  # only an embedded node needs the daemon

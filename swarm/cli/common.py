@@ -15,7 +15,7 @@ from swarm import statedir
 from swarm.errors import ControlError
 
 if TYPE_CHECKING:
-    from swarm.control import Client
+    from swarm.connection import Client
 
 CALL_ANSWER_S = 30.0  # a command gives up on a daemon that does not answer in this long
 Reply = TypeVar("Reply")  # of a control request (swarm/control.py)
@@ -39,7 +39,7 @@ def peer_of(args: argparse.Namespace) -> str | None:
 
 async def connect(args: argparse.Namespace) -> Client:
     """A client of the daemon this command speaks to: the local one, or the --peer."""
-    from swarm.control import Client  # not at the top: `swarm --help` needs none of it
+    from swarm.connection import Client  # not at the top: `swarm --help` needs none of it
 
     state = statedir.resolve(args.data_dir)
     peer = peer_of(args)

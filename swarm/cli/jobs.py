@@ -14,12 +14,12 @@ from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from swarm import control, statedir
+from swarm import connection, control, statedir
 from swarm.cli import export, remote_reads, taskfile
 from swarm.cli.common import _call, connect, err, out, peer_of, plural, wall_ms
 from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
-from swarm.control import Client
+from swarm.connection import Client
 from swarm.core import snapshot, units
 from swarm.core.ledger import State
 from swarm.core.policy import why_infeasible
@@ -62,7 +62,7 @@ def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask
 async def send_tasks(
     client: Client, job: str, tasks: list[taskfile.NewTask]
 ) -> control.SubmitReply:
-    chunk = control.SUBMIT_CHUNK_TASKS
+    chunk = connection.SUBMIT_CHUNK_TASKS
     return await client.submit(
         job, ([_wire_task(t) for t in tasks[i : i + chunk]] for i in range(0, len(tasks), chunk))
     )
@@ -108,7 +108,7 @@ Watched = tuple[snapshot.Snapshot | None, int]
 async def _run(
     state: statedir.StateDir, config: NodeConfig, job: str, tasks: list[taskfile.NewTask]
 ) -> Watched:
-    if await control.is_running(state):
+    if await connection.is_running(state):
         err.print(f"using the running node of {state.root}")
         return await _submit_and_watch(state, job, tasks, embedded=False)
     from swarm.daemon.node import Node  # only an embedded node needs the daemon: import it late

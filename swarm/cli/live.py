@@ -14,7 +14,7 @@ from rich.live import Live
 from swarm import statedir
 from swarm.cli import status
 from swarm.cli.common import connect, err, out, peer_of, wall_ms
-from swarm.control import Client
+from swarm.connection import Client
 from swarm.core import snapshot
 from swarm.core.spec import NO_RESOURCES
 from swarm.daemon import db, resources

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from swarm import control, statedir
+from swarm import connection, statedir
 from swarm.cli.common import _call, err, out, peer_of, plural
 from swarm.core import units, wire
 from swarm.daemon.config import DEFAULT_PORT, PROFILES, NodeConfig, parse_addr, parse_label
@@ -131,7 +131,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     """Join through the running daemon; with none running, start one in the foreground, joined."""
     state = statedir.resolve(args.data_dir)
-    if asyncio.run(control.is_running(state)):
+    if asyncio.run(connection.is_running(state)):
         reply = _call(args, lambda client: client.join(list(args.peer)))
         if args.bind is not None or args.profile != "lan":
             err.print("swarm: the daemon was already running: --bind and --profile are its own")
@@ -169,7 +169,7 @@ def cmd_key(args: argparse.Namespace) -> int:
         statedir.use_key(state, args.arg or "")
     elif args.action == "remove":
         statedir.remove_key(state, args.arg or "")
-    if args.action != "list" and asyncio.run(control.is_running(state)):
+    if args.action != "list" and asyncio.run(connection.is_running(state)):
         _call(args, lambda client: client.reload_keys())
     in_use, others = statedir.key_ring_files(state)
     out.print(f"in use:    {wire.key_id(in_use).hex()}")
@@ -204,7 +204,7 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    if not asyncio.run(control.is_running(state)):
+    if not asyncio.run(connection.is_running(state)):
         out.print(f"no swarm daemon is running for {state.root}")
         return 0
     _call(args, lambda client: client.shutdown())

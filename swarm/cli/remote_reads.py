@@ -11,7 +11,7 @@ import hashlib
 import os
 from typing import Any
 
-from swarm.control import Client
+from swarm.connection import Client
 from swarm.core.ledger import Ledger
 from swarm.core.manifest import MANIFEST_BYTES_MAX, parse_manifest
 from swarm.daemon import db

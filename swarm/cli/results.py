@@ -14,7 +14,7 @@ from pathlib import Path
 from swarm import statedir
 from swarm.cli import export, remote_reads
 from swarm.cli.common import connect, err, peer_of, plural
-from swarm.control import Client
+from swarm.connection import Client
 from swarm.core import snapshot
 from swarm.core.ledger import Ledger
 from swarm.daemon import db

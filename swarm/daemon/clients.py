@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from swarm import control
+from swarm import connection, control
 from swarm.core import wire
 from swarm.errors import ControlError
 
@@ -54,7 +54,7 @@ class RemoteClients:
     server's (control_server.ControlServer.serve); None refuses every client."""
 
     def __init__(
-        self, serve: Callable[[control.Channel, frozenset[str] | None], Awaitable[None]] | None
+        self, serve: Callable[[connection.Channel, frozenset[str] | None], Awaitable[None]] | None
     ) -> None:
         self._serve = serve
         self.connected = 0
@@ -119,11 +119,11 @@ class SealedChannel:
         if self.turns is not None and not self._holding:
             await self.turns.acquire()
             self._holding = True
-        return control.decode_body(frame.body)
+        return connection.decode_body(frame.body)
 
     async def write(self, message: Mapping[str, Any]) -> None:
         self.release()
-        frame = wire.ControlFrame(control.encode_body(message))
+        frame = wire.ControlFrame(connection.encode_body(message))
         try:
             async with asyncio.timeout(WRITE_S):
                 await self._write_frame(wire.control_frame_to_plain(frame))

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol
 
-from swarm import control
+from swarm import connection, control
 from swarm.control import (
     CancelReply,
     CancelRequest,
@@ -85,7 +85,7 @@ SUBMIT_TASKS_MAX = 10_000_000  # one submission; bounds the daemon's memory for 
 BLOB_BYTES_MAX = 16 << 30  # one put blob (it goes to a file, not to memory)
 WATCH_ADD_MAX = 1_000_000  # tasks added to a watch by one request
 # Tasks in one watch reply: each carries at most a small outcome (spec.INLINE_OUTCOME_BYTES_MAX),
-# so a reply stays far below control.FRAME_BYTES_MAX.
+# so a reply stays far below connection.FRAME_BYTES_MAX.
 WATCH_REPLY_TASKS_MAX = 10_000
 STATUS_WAIT_MS_MAX = 10_000  # longest a status long poll may wait for a change
 RECORDS_PAGE_ROWS = 10_000  # ledger records in one `records` reply
@@ -162,7 +162,7 @@ class Call:
     """What a handler has: the node, and the connection (a submission reads its stream on it)."""
 
     node: NodeControl
-    channel: control.Channel
+    channel: connection.Channel
     session: Session
 
 
@@ -181,15 +181,15 @@ class ControlServer:
     peer port (daemon/net.py). `clients` is the node's set of open connections, which it closes
     when it stops, so that none outlives it."""
 
-    def __init__(self, node: NodeControl, clients: set[control.Channel]) -> None:
+    def __init__(self, node: NodeControl, clients: set[connection.Channel]) -> None:
         self._node = node
         self._clients = clients
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection to the local socket (`asyncio.start_unix_server`'s callback)."""
-        await self.serve(control.StreamChannel(reader, writer))
+        await self.serve(connection.StreamChannel(reader, writer))
 
-    async def serve(self, channel: control.Channel, ops: frozenset[str] | None = None) -> None:
+    async def serve(self, channel: connection.Channel, ops: frozenset[str] | None = None) -> None:
         """Serve one connection until the client closes it; `ops`: the only operations served
         on it (None: every one)."""
         self._clients.add(channel)
@@ -213,7 +213,7 @@ class ControlServer:
                 self._node.unwatch(session.watch)
 
     async def _answer(
-        self, request: dict[str, Any], channel: control.Channel, session: Session
+        self, request: dict[str, Any], channel: connection.Channel, session: Session
     ) -> control.Reply | control.ErrorReply:
         try:
             return await serve(Call(self._node, channel, session), request)
@@ -373,7 +373,7 @@ async def _records(call: Call, request: RecordsRequest) -> RecordsReply:
 
 async def _read_blob(call: Call, request: ReadBlobRequest) -> ReadBlobReply:
     data, size = await call.node.read_blob(
-        request["digest"], request.get("offset") or 0, control.BLOB_FRAME_BYTES
+        request["digest"], request.get("offset") or 0, connection.BLOB_FRAME_BYTES
     )
     return {"ok": True, "data": data, "size": size}
 
@@ -408,7 +408,7 @@ assert set(OPERATIONS) == set(control.REQUEST_FIELDS), "every contract needs its
 # -- what the handlers use --------------------------------------------------------------------------
 
 
-async def _read_stream(channel: control.Channel) -> list[SubmittedTask]:
+async def _read_stream(channel: connection.Channel) -> list[SubmittedTask]:
     """A submission's tasks, its stream read to the end frame. UserError (after the end frame)
     if a frame is malformed; past SUBMIT_TASKS_MAX tasks, the rest is read and not kept."""
     incoming: list[SubmittedTask] = []
@@ -429,7 +429,7 @@ class BlobStream:
     """A put blob's frames, read as chunks of bytes; `problem` says what was wrong with them
     (read to the end frame all the same)."""
 
-    def __init__(self, channel: control.Channel) -> None:
+    def __init__(self, channel: connection.Channel) -> None:
         self.channel = channel
         self.problem: str | None = None
         self.size = 0
@@ -456,13 +456,13 @@ class BlobStream:
             await _skip_stream(self.channel)
 
 
-async def _skip_stream(channel: control.Channel) -> None:
+async def _skip_stream(channel: connection.Channel) -> None:
     """Read a refused submission's frames to its end frame, keeping nothing."""
     while not (await _next_frame(channel)).get("end"):
         pass
 
 
-async def _next_frame(channel: control.Channel) -> dict[str, Any]:
+async def _next_frame(channel: connection.Channel) -> dict[str, Any]:
     frame = await channel.read()
     if frame is None:
         raise ControlError("the client went away mid-submission; nothing was added")

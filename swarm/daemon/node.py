@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from swarm import control, statedir
-from swarm.control import FRAME_BYTES_MAX
+from swarm import connection, statedir
+from swarm.connection import FRAME_BYTES_MAX
 from swarm.core import gossip, identity, pressure, snapshot, wire
 from swarm.core.effects import (
     Announce,
@@ -131,7 +131,7 @@ class Node:
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
         self.watches = Watches()  # the tasks Python clients wait on (control op `watch`)
         self._tg: asyncio.TaskGroup | None = None
-        self._clients: set[control.Channel] = set()  # control connections, local and remote
+        self._clients: set[connection.Channel] = set()  # control connections, local and remote
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from swarm import control, statedir
+from swarm import connection, statedir
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
@@ -95,7 +95,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited early:\n{self.log.read_text()}")
-            if asyncio.run(control.is_running(state)):
+            if asyncio.run(connection.is_running(state)):
                 return self
             time.sleep(0.05)
         raise AssertionError(f"daemon did not start:\n{self.log.read_text()}")

@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from swarm import control, statedir
+from swarm import connection, control, statedir
 from swarm.control import NetStats
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.errors import ControlError
@@ -76,7 +76,7 @@ def test_every_malformed_request_is_answered_naming_its_field(
     state = statedir.StateDir(cli.home)
 
     async def ask() -> list[str]:
-        client = await control.Client.connect(state)
+        client = await connection.Client.connect(state)
         answers = []
         try:
             for request, _ in BAD_REQUESTS:
@@ -116,7 +116,7 @@ def test_a_frame_that_is_not_a_map_is_answered_before_the_connection_closes(
         body = msgpack.packb(["op", "status"])
         writer.write(struct.pack(">I", len(body)) + body)
         await writer.drain()
-        reply = await control.read_frame(reader)
+        reply = await connection.read_frame(reader)
         writer.close()
         assert reply is not None
         return reply
@@ -142,7 +142,7 @@ def test_a_real_daemon_answers_every_op_with_a_reply_of_its_type(
     }
 
     async def ask() -> list[tuple[str, Any]]:
-        client = await control.Client.connect(state)
+        client = await connection.Client.connect(state)
         try:
             submitted = await client.submit("typed", [[task]])
             replies = [("submit", submitted), ("ping", await client.ping())]

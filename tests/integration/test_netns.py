@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from swarm import control, statedir
+from swarm import connection, statedir
 
 from .conftest import START_TIMEOUT_S
 from .conftest import wait_for as wait_until
@@ -114,7 +114,7 @@ class NetSwarm:
 
     def _started(self, i: int) -> Callable[[], bool]:
         proc, state = self.procs[i], statedir.StateDir(self.homes[i])
-        return lambda: proc.poll() is not None or asyncio.run(control.is_running(state))
+        return lambda: proc.poll() is not None or asyncio.run(connection.is_running(state))
 
     def states(self, i: int) -> dict[str, str]:
         reply: dict[str, Any] = json.loads(self.cli(i, "members", "--json"))

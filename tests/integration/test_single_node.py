@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm import control, statedir
+from swarm import connection, statedir
 from swarm.errors import ControlError
 
 from .conftest import REPO, Cli, Daemon, export_rows, swarm_cmd, wait_for, write_tasks
@@ -317,7 +317,7 @@ def test_a_malformed_submission_on_the_socket_is_refused_and_the_daemon_lives(
     state = statedir.StateDir(cli.home)
 
     async def submit() -> str:
-        client = await control.Client.connect(state)
+        client = await connection.Client.connect(state)
         try:
             await client.send({"op": "submit", "job": job})
             await client.send({"tasks": [{"task_id": "0" * 64, "name": "n", "spec": spec}]})
