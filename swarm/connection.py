@@ -79,7 +79,7 @@ from swarm.control import (
     WhyReply,
     WhyRequest,
 )
-from swarm.core.wire import unpack
+from swarm.core.decoding import unpack
 from swarm.errors import ControlError, NotRunningError
 from swarm.statedir import StateDir
 

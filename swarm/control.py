@@ -20,6 +20,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import (
+    TYPE_CHECKING,
     Annotated,
     Any,
     Generic,
@@ -30,9 +31,11 @@ from typing import (
     TypeVar,
 )
 
-from swarm.core.ledger import TaskView
-from swarm.core.snapshot import NodeRow, Snapshot
+from swarm.core.snapshot_rows import NodeRow, Snapshot
 from swarm.errors import shown
+
+if TYPE_CHECKING:
+    from swarm.core.ledger import TaskView
 
 # -- the contracts ---------------------------------------------------------------------------
 # Every request and reply is a TypedDict, so mypy checks the fields on both sides. A request's

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+from typing import TYPE_CHECKING
 
 from rich.console import RenderableType
 from rich.live import Live
@@ -14,13 +15,11 @@ from rich.live import Live
 from swarm import statedir
 from swarm.cli import status
 from swarm.cli.common import connect, err, out, peer_of, wall_ms
-from swarm.connection import Client
-from swarm.core import snapshot
-from swarm.core.spec import NO_RESOURCES
-from swarm.daemon import db, resources
-from swarm.daemon.failures import fill_stderr_tails
-from swarm.daemon.store import BlobStore
 from swarm.errors import ControlError, NotRunningError, UserInputError
+
+if TYPE_CHECKING:
+    from swarm.connection import Client
+    from swarm.core import snapshot
 
 STATUS_REFRESH_S = 1.0  # the live view asks for a new snapshot this often
 STATUS_ANSWER_S = 5.0  # a daemon slower than this to report (paused?) is read from disk instead
@@ -106,6 +105,13 @@ async def _drop(held: list[Client]) -> None:
 
 def offline_snapshot(state: statedir.StateDir, jobs: list[str] | None) -> snapshot.Snapshot:
     """The snapshot of a node whose daemon is not running, read from its ledger file."""
+    # Here, not at the top: a status asked of a running daemon needs none of them.
+    from swarm.core import snapshot
+    from swarm.core.spec import NO_RESOURCES
+    from swarm.daemon import db, resources
+    from swarm.daemon.failures import fill_stderr_tails
+    from swarm.daemon.store import BlobStore
+
     loaded = db.load_ledger(state.db_path)
     meta = db.read_meta(state.db_path)
     node: snapshot.NodeRow = {

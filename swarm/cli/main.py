@@ -11,19 +11,14 @@ share is in `common`. Only a command that starts a node imports the daemon.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from swarm.cli.common import err
-from swarm.cli.jobs import cmd_cancel, cmd_logs, cmd_retry, cmd_run, cmd_submit, cmd_why
-from swarm.cli.live import cmd_status
-from swarm.cli.nodes import cmd_drain, cmd_init, cmd_join, cmd_key, cmd_members, cmd_start, cmd_stop
-from swarm.cli.preempt import cmd_preemption_watch
-from swarm.cli.results import cmd_export, cmd_results
-from swarm.daemon import db
-from swarm.daemon.config import DEFAULT_PORT, LAN, PROFILES, TEST
+from swarm.daemon.config import DEFAULT_PORT, LAN, PROFILES, SYNC_MODES, TEST
 from swarm.errors import NotRunningError, SwarmError, UserInputError
 
 
@@ -121,6 +116,20 @@ class VersionAction(argparse.Action):
 DISTRIBUTION = "swarm-compute"  # the name pyproject.toml gives the package
 
 
+class Command:
+    """A subcommand's function, imported when it runs: `swarm --help` (and each command) loads
+    only its own module, not every command's."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module = importlib.import_module(f"swarm.cli.{self.module}")
+        code: int = getattr(module, self.name)(args)
+        return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarm",
@@ -197,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node_opts.add_argument(
         "--sync",
-        choices=db.SYNC_MODES,
+        choices=SYNC_MODES,
         default="full",
         help="ledger durability: full survives power loss, normal only process death",
     )
@@ -226,11 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", "run every task of FILE to completion, then write the results", task_opts, node_opts
     )
     p.add_argument("--out", help="results dir (default: swarm-out/JOB)")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=Command("jobs", "cmd_run"))
 
     p = add("init", "create this node's state dir (identity key, swarm key)")
     p.add_argument("--key-file", type=Path, help="adopt this swarm key instead of making one")
-    p.set_defaults(func=cmd_init)
+    p.set_defaults(func=Command("nodes", "cmd_init"))
 
     p = add("start", "run this node's daemon in the foreground", node_opts)
     p.add_argument(
@@ -243,24 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the read-only HTTP API, metrics and dashboard there (no authentication)",
     )
-    p.set_defaults(func=cmd_start)
+    p.set_defaults(func=Command("nodes", "cmd_start"))
 
     p = add("submit", "validate every line of FILE, then add its tasks", task_opts, client_opts)
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=Command("jobs", "cmd_submit"))
 
     p = add("status", "show nodes, jobs and running tasks (live until Ctrl-C)", client_opts)
     p.add_argument("--once", action="store_true", help="print once and exit")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON and exit")
     p.add_argument("--job", action="append", help="only this job (repeatable)")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=Command("live", "cmd_status"))
 
     p = add(
         "results", "write each task's stdout, stderr and output files to --out DIR", client_opts
     )
     p.add_argument("job", help="the job whose results to write")
     p.add_argument("--out", required=True, help="directory to write into")
-    p.set_defaults(func=cmd_results)
+    p.set_defaults(func=Command("results", "cmd_results"))
 
     p = add(
         "export", "the ledger as CSV or JSON Lines: a row per task, attempt or node", client_opts
@@ -276,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", choices=("csv", "jsonl"), default="csv", help="CSV (default) or JSON Lines"
     )
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=Command("results", "cmd_export"))
 
     p = add(
         "cancel",
@@ -284,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         client_opts,
     )
     p.add_argument("target", metavar="JOB|TASK")
-    p.set_defaults(func=cmd_cancel)
+    p.set_defaults(func=Command("jobs", "cmd_cancel"))
 
     p = add(
         "preemption-watch",
@@ -298,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds the drain lets tasks finish (default: 15 on gce, 100 on aws)",
     )
-    p.set_defaults(func=cmd_preemption_watch)
+    p.set_defaults(func=Command("preempt", "cmd_preemption_watch"))
 
     p = add(
         "logs", "print the stdout and stderr of a task's latest attempt, from any node", client_opts
@@ -308,21 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-f", "--follow", action="store_true", help="while it runs, its output as it grows"
     )
-    p.set_defaults(func=cmd_logs)
+    p.set_defaults(func=Command("jobs", "cmd_logs"))
 
     p = add("why", "say why a task is not running (or where it runs, or how it ended)", client_opts)
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
-    p.set_defaults(func=cmd_why)
+    p.set_defaults(func=Command("jobs", "cmd_why"))
 
     p = add("retry", "re-queue the failed tasks of a job", client_opts)
     p.add_argument("job", help="the job whose failed tasks to run again")
-    p.set_defaults(func=cmd_retry)
+    p.set_defaults(func=Command("jobs", "cmd_retry"))
 
     p = add("stop", "stop the local daemon (running attempts are interrupted and re-queued)")
-    p.set_defaults(func=cmd_stop)
+    p.set_defaults(func=Command("nodes", "cmd_stop"))
 
     p = add("leave", "leave the swarm now and stop (other members see it as left, not dead)")
-    p.set_defaults(func=cmd_stop)
+    p.set_defaults(func=Command("nodes", "cmd_stop"))
 
     p = add(
         "drain",
@@ -337,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="interrupt what still runs after this long (its tasks then run elsewhere)",
     )
     p.add_argument("--wait", action="store_true", help="return when the node has left (stopped)")
-    p.set_defaults(func=cmd_drain)
+    p.set_defaults(func=Command("nodes", "cmd_drain"))
 
     p = add(
         "join",
@@ -346,16 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
         node_opts,
     )
     p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
-    p.set_defaults(func=cmd_join)
+    p.set_defaults(func=Command("nodes", "cmd_join"))
 
     p = add("key", "rotate the swarm key: new FILE, install FILE, use ID, remove ID, list")
     p.add_argument("action", choices=("new", "install", "use", "remove", "list"))
     p.add_argument("arg", nargs="?", metavar="FILE|ID", help="a key file, or a key id")
-    p.set_defaults(func=cmd_key)
+    p.set_defaults(func=Command("nodes", "cmd_key"))
 
     p = add("members", "list the swarm's members as this node sees them", client_opts)
     p.add_argument("--json", action="store_true", help="print them as JSON")
-    p.set_defaults(func=cmd_members)
+    p.set_defaults(func=Command("nodes", "cmd_members"))
     return parser
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -28,7 +28,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from swarm.core.snapshot import Snapshot
+if TYPE_CHECKING:
+    from swarm.core.snapshot import Snapshot
 from swarm.core.units import format_bytes, format_count, format_duration, format_rate
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 
 from swarm.core import gossip
+from swarm.core.decoding import unpack
 from swarm.core.envelope import (
     ADDRESSED,
     BOOT_BYTES,
@@ -44,7 +45,6 @@ from swarm.core.envelope import (
     Sealer,
     key_id,
 )
-from swarm.errors import SwarmError
 
 # The envelope's names are re-exported: a transport reads the envelope and its messages here.
 __all__ = [
@@ -112,20 +112,6 @@ def encode(message: list[Any]) -> bytes:
     """A message body: a msgpack list whose first item is the message type."""
     packed: bytes = msgpack.packb(message, use_bin_type=True)
     return packed
-
-
-def unpack(data: bytes, error: type[SwarmError], what: str) -> Any:
-    """msgpack-decode bytes from outside (peer, disk, socket); anything wrong raises `error`."""
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (
-        ValueError,  # msgpack's own errors derive from it
-        TypeError,  # an unhashable map key
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise error(f"undecodable {what}: {exc}") from exc
 
 
 def decode(body: bytes) -> list[Any]:

@@ -1,6 +1,6 @@
 """How a node is configured: its profiles, its addresses and its labels, defined once.
 
-Theory of operation: a *profile* is one named set of timers, for gossip (`gossip.Config`) and for
+Theory of operation: a *profile* is one named set of timers, for gossip (`GossipConfig`) and for
 the work a node does (heartbeat, lease, claim stagger and settle), that belong together: a lease
 must outlive a few missed heartbeats, and a claim's stagger and settle must stay short beside the
 lease. `lan` is memberlist's LAN timing and the daemon's default; `test` runs everything several
@@ -20,11 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from swarm.core import gossip
-from swarm.daemon.executor import KILL_GRACE_S
+from swarm.core.gossip_config import Config as GossipConfig
 from swarm.errors import ConfigError, UserInputError
 
+# Light on purpose: every command reads these to build its parser, so this module imports no more
+# than the gossip timers' dataclass.
 DEFAULT_PORT = 7946  # UDP and TCP, as a node's address is written when the port is left out
+KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
+SYNC_MODES = ("full", "normal")  # SQLite's synchronous modes a ledger may use (db.py)
 
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -36,7 +39,7 @@ _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
 class Profile:
     """The timers of one way of running a swarm (see the module docstring)."""
 
-    gossip: gossip.Config
+    gossip: GossipConfig
     heartbeat_interval_s: float  # how often a node renews all of its leases in one record
     lease_ttl_s: float  # another node's claims expire when its heartbeat stops this long
     claim_stagger_s: float  # the next-ranked node waits this long per rank before claiming
@@ -46,7 +49,7 @@ class Profile:
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
         "lan": Profile(
-            gossip=gossip.Config.lan(),
+            gossip=GossipConfig.lan(),
             heartbeat_interval_s=1.0,
             lease_ttl_s=10.0,
             claim_stagger_s=1.0,
@@ -54,7 +57,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         ),
         # Leases shorten as gossip does: a dead node's tasks move in about two seconds.
         "test": Profile(
-            gossip=gossip.Config.test(),
+            gossip=GossipConfig.test(),
             heartbeat_interval_s=0.25,
             lease_ttl_s=2.0,
             claim_stagger_s=0.1,
@@ -75,7 +78,7 @@ class NodeConfig:
     sync: str = "full"  # SQLite synchronous mode; see db.py
     bind: tuple[str, int] | None = None  # the gossip address; None: a single node, no network
     join: tuple[tuple[str, int], ...] = ()  # members to join at start
-    gossip: gossip.Config = LAN.gossip
+    gossip: GossipConfig = LAN.gossip
     heartbeat_interval_s: float = LAN.heartbeat_interval_s
     # Another node's claims expire when its heartbeat has not advanced for this long (or at once
     # when membership declares it dead); see lease.py.

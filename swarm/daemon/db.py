@@ -46,6 +46,7 @@ from swarm.core.sync import (
     plan_slice,
 )
 from swarm.core.wire import RECORD_BODY_BYTES_MAX
+from swarm.daemon.config import SYNC_MODES
 from swarm.errors import (
     BadRecordError,
     CorruptLedgerError,
@@ -69,7 +70,6 @@ CREATE TABLE IF NOT EXISTS records (
 """
 BATCH_ROWS_MAX = 20_000  # rows in one transaction; a bigger burst is split over several
 READ_CHUNK_ROWS = 50_000
-SYNC_MODES = ("full", "normal")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,13 @@ from typing import Protocol
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
+from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
 
 log = logging.getLogger("swarm.daemon.executor")
 
-KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of a timed-out or cancelled attempt
 MTIME_SLACK_NS = 10_000_000  # 10 ms
 SHELL = "/bin/sh"
 # The state disk counts as full below this many free bytes: a task's write failed there, or soon

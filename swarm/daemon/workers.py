@@ -49,7 +49,8 @@ from pathlib import Path
 import swarm
 from swarm.core.ledger import Outcome
 from swarm.daemon import procs
-from swarm.daemon.executor import KILL_GRACE_S, Finished, Launch, attempt_env, attempt_tags
+from swarm.daemon.config import KILL_GRACE_S
+from swarm.daemon.executor import Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
 from swarm.daemon.rundirs import open_own
