@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ async def connect(peer: str, state: statedir.StateDir) -> Client:
     if not state.swarm_key_path.exists():
         raise ConfigError(
             f"no swarm key in {state.root}: to reach another machine's node, put its swarm key "
-            "here with `swarm init --key-file swarm.key`"
+            f"here with `swarm init --data-dir {state.root} --key-file swarm.key`"
         )
     ring = wire.KeyRing()
     reload_key_ring(ring, state)
@@ -50,10 +51,15 @@ async def connect(peer: str, state: statedir.StateDir) -> Client:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             reader, writer = await asyncio.open_connection(host, port)
             challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
+    except socket.gaierror as exc:
+        raise NotRunningError(f"{host} does not resolve ({exc.strerror})") from exc
     except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        why = f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else exc
+        if isinstance(exc, asyncio.IncompleteReadError):
+            why = "it closed the connection without a challenge: is that a swarm node's port?"
         raise NotRunningError(
-            f"no swarm node answers at {host}:{port} ({exc or type(exc).__name__}): is one "
-            "started there with --bind, and this port open to this machine?"
+            f"no swarm node answers at {host}:{port} ({why}): is one started there with "
+            "--bind, and this port open to this machine?"
         ) from exc
     channel = SealedClientChannel(
         f"{host}:{port}", reader, writer, sealer, wire.Opener(ring, sender)

@@ -32,6 +32,7 @@ from swarm.core.ledger import (
     body_to_plain,
     stamp_of,
 )
+from swarm.core.snapshot import failure_rows
 from swarm.core.spec import Resources, TaskSpec
 from swarm.daemon import db
 from swarm.errors import BadRecordError
@@ -615,3 +616,13 @@ def test_attempt_stats_count_each_attempt_once_as_it_arrives() -> None:
     assert stats.outcomes == {Outcome.FAILED: 1, Outcome.OK: 2, Outcome.INTERRUPTED: 1}
     assert (stats.duplicates, stats.evictions) == (1, 1)
     assert sum(stats.run_counts) == 2
+
+
+def test_the_status_lists_a_task_that_failed_twice_once_with_its_latest_failure() -> None:
+    ledger, a, _ = fresh()  # retries=1: two failed attempts allowed in all
+    a(ClaimRecord("t1", 1, stamp=20))
+    a(result("t1", 1, Outcome.FAILED))
+    a(ClaimRecord("t1", 2, stamp=30))
+    a(result("t1", 2, Outcome.TIMEOUT))
+    rows = failure_rows(ledger, None)
+    assert [(r["task_id"], r["outcome"]) for r in rows] == [("t1", "timeout")]

@@ -81,7 +81,9 @@ def test_a_task_that_fits_waits_for_a_slot_or_its_hold_or_for_this_node() -> Non
     (said,) = explain(after_eviction, swarm(holds={"t1": 70.0}), now=10.0)
     assert said == "it is held back for 1m 00s after an eviction under memory pressure"
     cut_off = explain(view_of(spec()), swarm(not_claiming="catching up with the swarm first"), 0.0)
-    assert cut_off[0] == "this node claims no new task: catching up with the swarm first"
+    assert cut_off[0] == (
+        f"node {ME[:8]}, the node asked, claims no new task: catching up with the swarm first"
+    )
     assert cut_off[1].startswith("it waits for a free slot: 2 live nodes")  # the swarm's answer too
 
 

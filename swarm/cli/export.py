@@ -85,6 +85,16 @@ NODE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 _NODE_COUNTS = ("attempts", "ok", "failed", "timeout", "interrupted", "wall_s", "cpu_s")
 
+# Columns that are numbers: JSON Lines gives them as numbers (and an empty cell as null), where
+# CSV has only text.
+_WHOLE_COLUMNS = frozenset(
+    {"attempts", "attempt", "epoch", "exit_code", "gpus", "priority", "replicas", "ok", "failed",
+     "timeout", "interrupted", "node_gpus"}
+)  # fmt: skip
+_REAL_COLUMNS = frozenset(
+    {"wall_s", "cpu_s", "max_rss_mb", "cpus", "memory_mb", "node_cpus", "node_memory_mb"}
+)
+
 RUNNING = "running"  # the outcome shown for an attempt still in progress
 STREAMS = ("stdout", "stderr")  # file names the streams take in a task's output dir
 JOBS_LISTED_MAX = 10  # known jobs named in the error for an unknown one
@@ -125,8 +135,9 @@ def write(
     columns, rows = _table(ledger, what, job)
     if fmt == "jsonl":
         count = 0
-        for row in rows:  # the CSV's cells, as text, in its column order
-            out.write(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n")
+        for row in rows:  # the CSV's cells in its column order, numbers as numbers
+            out.write(json.dumps({c: _typed(c, row[c]) for c in columns}, ensure_ascii=False))
+            out.write("\n")
             count += 1
         return count
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise")
@@ -136,6 +147,15 @@ def write(
         writer.writerow(row)
         count += 1
     return count
+
+
+def _typed(column: str, cell: str) -> str | int | float | None:
+    """A cell as JSON gives it: a number column's as a number, or null when empty."""
+    if column in _WHOLE_COLUMNS or column in _REAL_COLUMNS:
+        if not cell:
+            return None
+        return int(cell) if column in _WHOLE_COLUMNS else float(cell)
+    return cell
 
 
 def _table(

@@ -410,5 +410,5 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     reply = _call(args, lambda client: client.retry(args.job))
-    out.print(f"{reply['requeued']:,} failed tasks of {reply['job']} re-queued")
+    out.print(f"{plural(reply['requeued'], 'failed task')} of {reply['job']} re-queued")
     return 0

@@ -210,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         help="ledger durability: full survives power loss, normal only process death",
     )
+    daemon_opts = argparse.ArgumentParser(add_help=False)  # a daemon's own, not `swarm run`'s
+    daemon_opts.add_argument(
+        "--no-work",
+        action="store_true",
+        help="hold the ledger and results and take submissions, but run no task (a submit host)",
+    )
+    daemon_opts.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the read-only HTTP API, metrics and dashboard there (no authentication)",
+    )
     task_opts = argparse.ArgumentParser(add_help=False)
     task_opts.add_argument("file", help="a JSON Lines task file, or - for stdin")
     task_opts.add_argument("--job", help="job name (default: the file's name without extension)")
@@ -241,17 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", type=Path, help="adopt this swarm key instead of making one")
     p.set_defaults(func=Command("nodes", "cmd_init"))
 
-    p = add("start", "run this node's daemon in the foreground", node_opts)
-    p.add_argument(
-        "--no-work",
-        action="store_true",
-        help="hold the ledger and results and take submissions, but run no task (a submit host)",
-    )
-    p.add_argument(
-        "--http",
-        metavar="HOST:PORT",
-        help="serve the read-only HTTP API, metrics and dashboard there (no authentication)",
-    )
+    p = add("start", "run this node's daemon in the foreground", node_opts, daemon_opts)
     p.set_defaults(func=Command("nodes", "cmd_start"))
 
     p = add("submit", "validate every line of FILE, then add its tasks", task_opts, client_opts)
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "join the swarm at PEER: with no daemon running, start one joined to it (in the "
         "foreground, with the node options); else tell the running daemon to join",
         node_opts,
+        daemon_opts,
     )
     p.add_argument("peer", nargs="+", metavar="PEER", help="a member's HOST:PORT")
     p.set_defaults(func=Command("nodes", "cmd_join"))

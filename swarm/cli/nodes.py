@@ -107,6 +107,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     out.print(
         f"  swarm init --key-file swarm.key && swarm join THIS_HOST:{DEFAULT_PORT} --bind ITS_HOST:{DEFAULT_PORT}"
     )
+    out.print("or, on a machine that only submits and watches (with the key, and no daemon):")
+    out.print(f"  export SWARM_PEER=A_NODE:{DEFAULT_PORT}; swarm status")
     return 0
 
 

@@ -103,9 +103,10 @@ def results(
     if errors not in ("raise", "return"):
         raise ValueError('errors must be "raise" or "return"')
     state = statedir.resolve(os.fspath(home) if home else None)
-    if not state.exists():
+    peer = statedir.resolve_peer(peer)
+    if not state.exists() and peer is None:
         raise UserError(f"no swarm state in {state.root}")
-    ledger = _ledger_for_results(state, job, statedir.resolve_peer(peer))
+    ledger = _ledger_for_results(state, job, peer)
     views = [v for v in ledger.job_tasks(job) if v.spec is not None and v.spec.call is not None]
     if not views:
         raise UserError(f"no Python calls in job {job!r} in {state.root}")

@@ -95,7 +95,9 @@ async def results_from_peer(peer: str, state: statedir.StateDir, job: str) -> Le
         with contextlib.suppress(ControlError):  # an unknown job: writing the results says so
             reply = await client.fetch_results(job)
             if reply["fetched"]:
-                err.print(f"{peer} fetched {reply['fetched']:,} result files from other nodes")
+                err.print(
+                    f"the node at {peer} fetched {reply['fetched']:,} result files from others"
+                )
         loaded = await remote_reads.load_ledger(client)
         say_left_out(loaded)
         if job in loaded.ledger.jobs:

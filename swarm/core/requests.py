@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from swarm.core.ledger import (
+    TERMINAL_STATES,
     CancelRecord,
     DrainRecord,
     Ledger,
@@ -72,6 +73,11 @@ def cancellation(
             f"characters); jobs: {', '.join(sorted(ledger.jobs)[:10]) or 'none'}"
         )
     view = ledger.tasks[matches[0]]
+    if view.state in TERMINAL_STATES:
+        raise UserError(
+            f"task {view.job}/{view.name} ({view.task_id[:12]}) has ended ({view.state}): "
+            "there is nothing to cancel"
+        )
     return "task", view.task_id, CancelRecord(view.job, view.task_id, stamp)
 
 

@@ -156,14 +156,18 @@ def build(
 
 
 def failure_rows(ledger: Ledger, jobs: list[str] | None) -> list[FailureRow]:
-    """The latest failed attempts of these jobs (all if None), newest first; their stderr's
-    last line is left for whoever holds the blobs to fill in (`stderr_tail`)."""
+    """The latest failed attempts of these jobs (all if None), newest first, one per task; their
+    stderr's last line is left for whoever holds the blobs to fill in (`stderr_tail`)."""
     rows: list[FailureRow] = []
+    listed: set[str] = set()
     for task_id, slot in reversed(ledger.failures):
         view = ledger.tasks.get(task_id)
         attempt = None if view is None else view.attempts.get(slot)
         if view is None or attempt is None or (jobs is not None and view.job not in jobs):
             continue
+        if task_id in listed:
+            continue  # a task that failed again: its latest failure is listed
+        listed.add(task_id)
         r = attempt.result
         rows.append(
             {

@@ -60,7 +60,7 @@ def _running(view: TaskView, swarm: Swarm, now: float) -> list[str]:
         return ["it is running"]
     epoch, node = claim
     if node == swarm.me:
-        return [f"it runs on this node (epoch {epoch})"]
+        return [f"it runs on node {node[:8]}, the node asked (epoch {epoch})"]
     if swarm.leases.expired(node, now):
         return [
             f"its claim is held by node {node[:8]}, which went silent: its lease has run out, "
@@ -95,7 +95,9 @@ def _pending(
         else:
             said.append(f"it is left to other nodes for {left} more")
     if swarm.not_claiming:
-        said.append(f"this node claims no new task: {swarm.not_claiming}")
+        said.append(
+            f"node {swarm.me[:8]}, the node asked, claims no new task: {swarm.not_claiming}"
+        )
     if not unmet and held_until <= now:
         fits = sum(1 for p in swarm.peers if _fits(spec, p))
         said.append(

@@ -114,6 +114,8 @@ def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
         port = int(port_text)
     except ValueError:
         port = -1
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address, written [::1]:7946
     if not host or not 0 < port < 65536:
         raise UserInputError(f"{text!r} is not HOST:PORT")
     return host, port

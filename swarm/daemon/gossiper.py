@@ -18,6 +18,7 @@ replicator, the control operations, the metrics) find them there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -37,6 +38,8 @@ from swarm.daemon.replicator import Replicator
 from swarm.daemon.transfer import ResultTransfer
 from swarm.errors import ConfigError
 from swarm.statedir import StateDir
+
+LEAVE_SYNC_S = 5.0  # the last exchange with a peer before a node leaves
 
 log = logging.getLogger("swarm.daemon.node")  # the node's own log: these lines are the node's
 
@@ -175,8 +178,21 @@ class Gossiper:
     async def leave(self) -> None:
         node = self.node
         if node.membership is not None and node.net is not None:
+            await self._hand_over_records(node.membership)
             await peers.leave(node.membership, node.net, node.config.gossip.gossip_interval_s)
             await node.replicator.close_reader()
+
+    async def _hand_over_records(self, membership: gossip.Membership) -> None:
+        """Before going, one anti-entropy exchange with a live member (for at most LEAVE_SYNC_S):
+        what this node wrote last, the attempts its stop or drain interrupted, is then held by
+        another node even if this one never comes back. Pushes may have been lost; this is
+        answered."""
+        others = [m for m in membership.live_members() if m.node != self.node.node_id]
+        if not others:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LEAVE_SYNC_S):
+                await self.node.replicator.pull(random.choice(others))
 
     # -- the transfer's lookups ---------------------------------------------------------------
 

@@ -100,6 +100,7 @@ class GossipNet:
         self._streams = 0  # streams that showed the key, being served
         self._nodes_by_addr: dict[gossip.Addr, str] = {}  # addr -> member id, as last indexed
         self._nodes_indexed_at = -NODE_INDEX_EVERY_S
+        self._nodes_indexed_count = 0  # members there were when the index was made
         self.streams_refused = 0
         self._tg: asyncio.TaskGroup | None = None
         self._udp: asyncio_dgram.aio.DatagramServer | None = None
@@ -430,10 +431,18 @@ class GossipNet:
         member = None if node is None else self.membership.members.get(node)
         if member is not None and member.addr == addr and member.state not in gossip.GONE:
             return bytes.fromhex(member.node)
-        # Unknown, moved, or gone: look again, at most so often for an address nobody has.
+        # Unknown, moved, or gone: look again, at most so often for an address nobody has,
+        # unless members came since (a node just started or restarted meets its peers then,
+        # and its first requests to them must be sealed for them, or they are refused).
         now = time.monotonic()
-        if node is not None or now - self._nodes_indexed_at >= NODE_INDEX_EVERY_S:
+        members = len(self.membership.members)
+        if (
+            node is not None
+            or members != self._nodes_indexed_count
+            or now - self._nodes_indexed_at >= NODE_INDEX_EVERY_S
+        ):
             self._nodes_indexed_at = now
+            self._nodes_indexed_count = members
             self._nodes_by_addr = {
                 m.addr: m.node
                 for m in sorted(self.membership.members.values(), key=_liveness)

@@ -421,17 +421,18 @@ class Node:
             await self._stop.wait()
             self.core.stop()
             log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
-            await self.gossiper.leave()
             server.close()
             if http is not None:
                 await http.stop()
             for client in list(self._clients):
                 client.close()
-            for loop_task in [*loops, *self._side_tasks]:
-                loop_task.cancel()
             self.runner.interrupt_all(self._stop_reason)
             while self.attempts or self.core.slots:
                 await asyncio.sleep(0.01)
+            # Then leave: the records of the attempts just interrupted go to a peer first.
+            await self.gossiper.leave()
+            for loop_task in [*loops, *self._side_tasks]:
+                loop_task.cancel()
             await self.runner.close()  # the warm workers end
             self._halted = True  # the writer closes: the core's timer fires no more
             if self._timer is not None:

@@ -67,7 +67,7 @@ def test_a_machine_with_no_daemon_submits_watches_and_reads_everything_back(
     logs = client("logs", "far/bad", "--peer", peer)
     assert logs.returncode == 0 and "broke here" in logs.stderr
     assert "exit 5" in client.ok("why", "far/bad", "--peer", peer).stdout
-    assert "1 failed tasks of far re-queued" in client.ok("retry", "far", "--peer", peer).stdout
+    assert "1 failed task of far re-queued" in client.ok("retry", "far", "--peer", peer).stdout
 
 
 def test_swarm_peer_in_the_environment_and_many_clients_at_once(

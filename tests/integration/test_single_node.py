@@ -230,7 +230,7 @@ def test_cancel_stops_a_running_job_and_retry_requeues_failures(
     flaky = write_tasks(cli.cwd / "flaky.jsonl", [{"cmd": f"test -e {marker}", "retries": 0}])
     assert cli("submit", str(flaky), "--wait").returncode == 1
     marker.touch()
-    assert "1 failed tasks of flaky re-queued" in cli.ok("retry", "flaky").stdout
+    assert "1 failed task of flaky re-queued" in cli.ok("retry", "flaky").stdout
     cli.wait_for("the retried task to succeed", lambda: cli.job("flaky")["done"] == 1)
 
 

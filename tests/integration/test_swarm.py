@@ -400,6 +400,31 @@ def test_a_drained_node_finishes_its_tasks_then_leaves(swarm: Swarm) -> None:
     wait_for("node 1 to be seen as left", lambda: swarm.states(0)[ids[1]] == "left")
 
 
+def test_a_node_that_leaves_hands_over_the_attempts_it_interrupted(swarm: Swarm) -> None:
+    """Drained with a short grace, a node interrupts what still runs; the records of those
+    attempts reach a peer before it goes, so they are not lost if it never comes back."""
+    swarm.start(0)
+    cli1, _ = swarm.start(1, join=0, cpus=2, extra=("--label", "only=here"))
+    ids = [swarm.node_id(0), swarm.node_id(1)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    tasks = write_tasks(
+        cli0.cwd / "pinned.jsonl",
+        [{"name": f"p{i}", "cmd": "sleep 60", "requires": {"only": "here"}} for i in range(2)],
+    )
+    cli0.ok("submit", str(tasks))
+    wait_for("node 1 to run both", lambda: running_by_node(cli0).get(ids[1], 0) == 2)
+    cli1.ok("drain", "--grace", "0.5", "--wait")
+    daemon1 = swarm.nodes[1][1]
+    assert daemon1.proc is not None and daemon1.proc.wait(timeout=10) == 0
+    interrupted = [
+        r
+        for r in export_rows(cli0, "--attempts")
+        if r["node"] == ids[1] and r["outcome"] == "interrupted"
+    ]
+    assert sorted(r["name"] for r in interrupted) == ["p0", "p1"]  # on node 0, node 1 gone
+
+
 HEARTBEATS = 4  # a second of them, at the test profile's 0.25 s
 
 
