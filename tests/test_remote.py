@@ -103,7 +103,7 @@ def test_a_client_with_another_key_is_told_so_at_once_and_served_nothing(tmp_pat
 
 
 def test_a_client_with_no_swarm_key_is_told_where_to_put_one(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="swarm init --data-dir .*empty --key-file"):
+    with pytest.raises(Exception, match=r"swarm init --data-dir .*empty --key-file"):
         asyncio.run(remote.connect("127.0.0.1:1", statedir.StateDir(tmp_path / "empty")))
 
 
