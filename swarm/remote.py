@@ -16,14 +16,13 @@ replies for that id alone. The swarm key comes from this machine's state dir: `s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 from swarm import connection, framing, statedir
-from swarm.connection import Client
+from swarm.connection import Client, StreamChannel
 from swarm.core import wire
 from swarm.errors import ConfigError, ControlError, NotRunningError
 
@@ -76,9 +75,9 @@ async def connect(peer: str, state: statedir.StateDir) -> Client:
     return client
 
 
-class SealedClientChannel:
-    """The client's side of a sealed control connection (daemon/net.py's SealedChannel is the
-    node's)."""
+class SealedClientChannel(StreamChannel):
+    """The client's side of a sealed control connection (daemon/clients.py's SealedChannel is
+    the node's): a stream channel whose frames are sealed envelopes."""
 
     def __init__(
         self,
@@ -88,9 +87,8 @@ class SealedClientChannel:
         sealer: wire.Sealer,
         opener: wire.Opener,
     ) -> None:
+        super().__init__(reader, writer)
         self._peer = peer
-        self._reader = reader
-        self._writer = writer
         self._sealer = sealer
         self._opener = opener
         self._node: bytes | None = None  # the node's id, once a reply has said who it is
@@ -135,10 +133,3 @@ class SealedClientChannel:
         data = self._sealer.seal(wire.encode(plain), self._node)
         self._writer.write(framing.frame(data))
         await self._writer.drain()
-
-    def close(self) -> None:
-        self._writer.close()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
