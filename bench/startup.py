@@ -39,7 +39,9 @@ ONE_LINER = (
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, timeout=60)
+    # Run from the package copy's parent: `python -m` puts the working dir first on sys.path,
+    # and from a checkout it would import the checkout, not the copy.
+    done = subprocess.run(argv, env=env, cwd=env["PYTHONPATH"], capture_output=True, timeout=60)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr.decode()}")
@@ -72,12 +74,20 @@ def main() -> None:
         tasks = work / "one.jsonl"
         tasks.write_text('{"cmd": "echo hi"}\n')
         swarm = [sys.executable, "-m", "swarm"]
+        daemon_env = envs[True]
         daemon = subprocess.Popen(
-            [*swarm, "start"], env=envs[True], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*swarm, "start"],
+            env=daemon_env,
+            cwd=daemon_env["PYTHONPATH"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while subprocess.run(
-            [*swarm, "status", "--once"], env=envs[True], capture_output=True
+            [*swarm, "status", "--once"],
+            env=daemon_env,
+            cwd=daemon_env["PYTHONPATH"],
+            capture_output=True,
         ).returncode:
             if time.monotonic() > deadline:
                 raise SystemExit("the daemon did not start")
