@@ -19,6 +19,7 @@ from swarm import connection, remote, statedir
 from swarm.cli import remote_reads
 from swarm.connection import Client
 from swarm.core import wire
+from swarm.core.ledger import Version
 from swarm.daemon import clients, net
 from swarm.daemon.clients import RemoteClients
 from swarm.daemon.control_server import ControlServer
@@ -324,3 +325,46 @@ def test_a_client_s_envelopes_played_off_their_stream_leave_nothing_behind(
     windows, answer = asyncio.run(go())
     assert windows == 0  # nothing kept of the client's sender on the node it never spoke to
     assert answer == b""  # the replayed stream: closed, not one frame answered
+
+
+class Gated(FakeNode):
+    """A node whose ledger pages wait for a gate: a request that reads files, held open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = 0  # requests inside read_records
+
+    async def read_records(
+        self, after: Version | None, rows_max: int, bytes_max: int
+    ) -> tuple[list[list[Any]], bool]:
+        self.entered += 1
+        await self.gate.wait()
+        return [], True
+
+
+def test_requests_that_read_files_take_turns_and_long_polls_take_none(
+    state: statedir.StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients, "REQUESTS_AT_ONCE", 1)
+    node = Gated()
+    served = Served(node=node)
+
+    async def go() -> tuple[int, int]:
+        async with serving(served.side):
+            a, b, c = [await remote.connect(served.peer, state) for _ in range(3)]
+            try:
+                first = asyncio.create_task(a.records(None))  # holds the one turn, at the gate
+                await asyncio.sleep(0.1)
+                second = asyncio.create_task(b.records(None))  # waits for the turn
+                await asyncio.sleep(0.1)
+                await asyncio.wait_for(c.watch([], 50), 2)  # a long poll: served meanwhile
+                inside_while_held = node.entered
+                node.gate.set()
+                await asyncio.wait_for(asyncio.gather(first, second), 5)
+                return inside_while_held, node.entered
+            finally:
+                for client in (a, b, c):
+                    await client.close()
+
+    assert asyncio.run(go()) == (1, 2)  # the second read waited for the first's turn

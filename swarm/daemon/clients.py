@@ -10,8 +10,9 @@ this far; what a key holder's client may cost the node is bounded here:
 - at most CONTROL_STREAMS_MAX connections at once, counted apart from the peers' streams, so
   clients never leave replication without one (the net moves a client's stream out of the
   peers' count once its first control frame has come);
-- at most REQUESTS_AT_ONCE of their requests served at once (the rest wait their turn), each
-  frame no larger than a peer's (wire.FRAME_BYTES_MAX);
+- at most REQUESTS_AT_ONCE of their requests that read or write files (HEAVY_OPS: pages of
+  the ledger, pieces of blobs, submissions) served at once, the rest waiting their turn (long
+  polls only wait, and take none); each frame no larger than a peer's (wire.FRAME_BYTES_MAX);
 - a client that asks nothing for IDLE_S, or does not take a reply within WRITE_S, is let go, so
   a laptop that slept or lost its route frees its slot;
 - only REMOTE_OPS are served: stopping the node, joining it elsewhere or reloading its keys are
@@ -33,7 +34,8 @@ from swarm.errors import ControlError
 log = logging.getLogger("swarm.daemon.clients")
 
 CONTROL_STREAMS_MAX = 256  # remote clients' connections served at once
-REQUESTS_AT_ONCE = 8  # remote clients' requests being served at once; more wait
+REQUESTS_AT_ONCE = 8  # remote clients' requests of HEAVY_OPS served at once; more wait
+HEAVY_OPS = frozenset({"records", "read_blob", "put_blob", "submit", "fetch_results", "logs"})
 FRAME_BYTES_MAX = wire.FRAME_BYTES_MAX  # one frame from a client: no more than a peer's
 IDLE_S = 600.0  # a client that sends no request for this long is let go
 WRITE_S = 60.0  # a reply the client does not take within this long ends its connection
@@ -84,7 +86,7 @@ class RemoteClients:
 class SealedChannel:
     """A remote client's control connection, the node's side: control frames (msgpack maps, as
     on the local socket) sealed for the client alone, each as a wire.ControlFrame. A request
-    holds one of the clients' turns from its first frame to its reply."""
+    of HEAVY_OPS holds one of the clients' turns from its first frame to its reply."""
 
     def __init__(
         self,
@@ -106,7 +108,7 @@ class SealedChannel:
             frame, self._first = self._first, None
         else:
             try:
-                async with asyncio.timeout(None if self._holding else IDLE_S):
+                async with asyncio.timeout(IDLE_S):  # mid-stream too: a dead laptop holds no turn
                     frame = await self._read_frame(FRAME_BYTES_MAX)
             except asyncio.IncompleteReadError:
                 return None  # the client closed the connection
@@ -116,10 +118,11 @@ class SealedChannel:
                 ) from None
         if not isinstance(frame, wire.ControlFrame):
             raise ControlError("a frame that is not a sealed control frame")
-        if self.turns is not None and not self._holding:
+        message = connection.decode_body(frame.body)
+        if self.turns is not None and not self._holding and message.get("op") in HEAVY_OPS:
             await self.turns.acquire()
             self._holding = True
-        return connection.decode_body(frame.body)
+        return message
 
     async def write(self, message: Mapping[str, Any]) -> None:
         self.release()
