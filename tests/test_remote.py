@@ -327,6 +327,13 @@ def test_a_client_s_envelopes_played_off_their_stream_leave_nothing_behind(
     assert answer == b""  # the replayed stream: closed, not one frame answered
 
 
+async def until(check: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Wait for `check` to hold, for at most `within_s`."""
+    async with asyncio.timeout(within_s):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
 class Gated(FakeNode):
     """A node whose ledger pages wait for a gate: a request that reads files, held open."""
 
@@ -354,10 +361,11 @@ def test_requests_that_read_files_take_turns_and_long_polls_take_none(
         async with serving(served.side):
             a, b, c = [await remote.connect(served.peer, state) for _ in range(3)]
             try:
+                turns = served.side.net.clients.turns
                 first = asyncio.create_task(a.records(None))  # holds the one turn, at the gate
-                await asyncio.sleep(0.1)
+                await until(lambda: node.entered == 1)
                 second = asyncio.create_task(b.records(None))  # waits for the turn
-                await asyncio.sleep(0.1)
+                await until(lambda: turns.waiting == 1)
                 await asyncio.wait_for(c.watch([], 50), 2)  # a long poll: served meanwhile
                 inside_while_held = node.entered
                 node.gate.set()

@@ -136,13 +136,13 @@ def results(
 def _ledger_for_results(state: statedir.StateDir, job: str, peer: str | None) -> Ledger:
     """The ledger, once the job's result blobs are held on this machine: fetched by its node from
     the nodes that hold them, or copied here from the peer."""
-    from swarm.cli.results import fetch_results, load_ledger, results_from_peer
+    from swarm.cli.results import fetch_results, ledger_from_peer, load_ledger
 
     def read() -> Ledger | None:
         if peer is None:
             fetch_results(state, job)
             return None
-        return asyncio.run(results_from_peer(peer, state, job))
+        return asyncio.run(ledger_from_peer(peer, state, job))
 
     # On a thread of its own: it runs an event loop, and the caller may be inside one (Jupyter).
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarm-results") as thread:

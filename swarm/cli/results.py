@@ -13,7 +13,7 @@ from pathlib import Path
 
 from swarm import statedir
 from swarm.cli import export, remote_reads
-from swarm.cli.common import connect, err, peer_of, plural
+from swarm.cli.common import err, peer_of, plural
 from swarm.connection import Client
 from swarm.core import snapshot
 from swarm.core.ledger import Ledger
@@ -77,7 +77,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         fetch_results(state, args.job)
         ledger = load_ledger(state).ledger
     else:
-        ledger = asyncio.run(results_from_peer(peer, state, args.job))
+        ledger = asyncio.run(ledger_from_peer(peer, state, args.job))
     written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
@@ -85,44 +85,35 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 1 if written.missing else 0
 
 
-async def results_from_peer(peer: str, state: statedir.StateDir, job: str) -> Ledger:
-    """The peer's ledger, and the job's result blobs copied into this machine's store, once the
-    peer has fetched them from the nodes that hold them."""
+async def ledger_from_peer(peer: str, state: statedir.StateDir, job: str | None = None) -> Ledger:
+    """The peer's ledger, read in pages. With `job`: the job's result blobs are copied into this
+    machine's store too, once the peer has fetched them from the nodes that hold them."""
     from swarm import remote
 
     client = await remote.connect(peer, state)
     try:
-        with contextlib.suppress(ControlError):  # an unknown job: writing the results says so
-            reply = await client.fetch_results(job)
-            if reply["fetched"]:
-                err.print(
-                    f"the node at {peer} fetched {reply['fetched']:,} result files from others"
-                )
+        if job is not None:
+            with contextlib.suppress(ControlError):  # an unknown job: writing results says so
+                reply = await client.fetch_results(job)
+                if reply["fetched"]:
+                    err.print(
+                        f"the node at {peer} fetched {reply['fetched']:,} result files from others"
+                    )
         loaded = await remote_reads.load_ledger(client)
         say_left_out(loaded)
-        if job in loaded.ledger.jobs:
+        if job is not None and job in loaded.ledger.jobs:
             await remote_reads.copy_results(client, loaded.ledger, job, BlobStore(state.blobs))
         return loaded.ledger
     finally:
         await client.close()
 
 
-async def _ledger_from_peer(args: argparse.Namespace) -> Ledger:
-    client = await connect(args)
-    try:
-        loaded = await remote_reads.load_ledger(client)
-    finally:
-        await client.close()
-    say_left_out(loaded)
-    return loaded.ledger
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
-    if peer_of(args) is None:
-        ledger = load_ledger(state).ledger
-    else:
-        ledger = asyncio.run(_ledger_from_peer(args))
+    peer = peer_of(args)
+    ledger = (
+        load_ledger(state).ledger if peer is None else asyncio.run(ledger_from_peer(peer, state))
+    )
     if args.job and args.job not in ledger.jobs:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"

@@ -51,6 +51,24 @@ ReadFrame = Callable[[int], Awaitable[wire.StreamMessage | None]]
 WriteFrame = Callable[[list[Any]], Awaitable[None]]
 
 
+class Turns:
+    """Turns for the requests of HEAVY_OPS: at most `count` served at once, the others waiting."""
+
+    def __init__(self, count: int) -> None:
+        self._free = asyncio.Semaphore(count)
+        self.waiting = 0  # requests waiting for a turn now
+
+    async def take(self) -> None:
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+
+    def give(self) -> None:
+        self._free.release()
+
+
 class RemoteClients:
     """The node's remote clients: their count and their turns. `serve` is the control
     server's (control_server.ControlServer.serve); None refuses every client."""
@@ -60,7 +78,7 @@ class RemoteClients:
     ) -> None:
         self._serve = serve
         self.connected = 0
-        self._turns = asyncio.Semaphore(REQUESTS_AT_ONCE)
+        self.turns = Turns(REQUESTS_AT_ONCE)
 
     async def serve(self, channel: SealedChannel) -> None:
         """Serve one client's connection to its end (or refuse it, saying why)."""
@@ -73,7 +91,6 @@ class RemoteClients:
             await channel.write(control.ErrorReply(ok=False, error=why))
             raise ControlError(why)
         self.connected += 1
-        channel.turns = self._turns
         try:
             await self._serve(channel, REMOTE_OPS)
         except Exception:  # one client's connection: logged, never the node's stream loop
@@ -94,12 +111,13 @@ class SealedChannel:
         read_frame: ReadFrame,
         write_frame: WriteFrame,
         writer: asyncio.StreamWriter,
+        turns: Turns,
     ) -> None:
         self._first: wire.ControlFrame | None = first
         self._read_frame = read_frame
         self._write_frame = write_frame
         self._writer = writer
-        self.turns: asyncio.Semaphore | None = None
+        self._turns = turns
         self._holding = False
 
     async def read(self) -> dict[str, Any] | None:
@@ -119,8 +137,8 @@ class SealedChannel:
         if not isinstance(frame, wire.ControlFrame):
             raise ControlError("a frame that is not a sealed control frame")
         message = connection.decode_body(frame.body)
-        if self.turns is not None and not self._holding and message.get("op") in HEAVY_OPS:
-            await self.turns.acquire()
+        if not self._holding and message.get("op") in HEAVY_OPS:
+            await self._turns.take()
             self._holding = True
         return message
 
@@ -135,8 +153,8 @@ class SealedChannel:
 
     def release(self) -> None:
         """Give back the turn a request holds (its reply is being written, or it ended)."""
-        if self._holding and self.turns is not None:
-            self.turns.release()
+        if self._holding:
+            self._turns.give()
         self._holding = False
 
     def close(self) -> None:

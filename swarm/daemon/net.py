@@ -356,6 +356,7 @@ class GossipNet:
             lambda size_max: self._read_frame(stream, size_max),
             lambda plain: self._write_frame(stream, plain),
             stream.writer,
+            self.clients.turns,
         )
         # Counted apart from the peers' streams from now on: clients that stay connected (a
         # live status, a Python script's watch) never leave replication without a stream.
@@ -466,12 +467,11 @@ class GossipNet:
         windows, and one of their envelopes played on another stream, or as a datagram, is
         refused before anything of it is kept."""
         try:
-            first = stream is not None and stream.opener is None and stream.peer is None
-            if stream is not None and first and envelope.from_client(data):
-                stream.opener = wire.Opener(
-                    self.opener.ring, self.opener.me, senders_max=1, clients=True
-                )
-            opener = self.opener if stream is None or stream.opener is None else stream.opener
+            opener = self.opener
+            if stream is not None:
+                if stream.opener is None and stream.peer is None and envelope.from_client(data):
+                    stream.opener = wire.Opener(opener.ring, opener.me, senders_max=1, clients=True)
+                opener = stream.opener or opener
             opened = opener.open(data, size_max)
             message = wire.decode_any(opened.body)
             if opener.clients:

@@ -36,20 +36,36 @@ class Cli:
     home: Path
     cwd: Path
 
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "SWARM_HOME": str(self.home), "COLUMNS": "120"}
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**os.environ, "SWARM_HOME": str(self.home), "COLUMNS": "120", **(extra or {})}
 
     def __call__(
-        self, *args: str, input: bytes | None = None, timeout: float = WAIT_TIMEOUT_S
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = WAIT_TIMEOUT_S,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """A swarm command run to its end; `env`: variables to set for it."""
         return subprocess.run(
             swarm_cmd(*args),
             cwd=self.cwd,
-            env=self.env(),
+            env=self.env(env),
             input=input.decode() if input is not None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
+        )
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A swarm command left running, its output piped as text; `env`: variables to set."""
+        return subprocess.Popen(
+            swarm_cmd(*args),
+            cwd=self.cwd,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def ok(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
 
-from .conftest import Cli, Daemon, export_rows, swarm_cmd, wait_for, write_tasks
+from .conftest import Cli, Daemon, export_rows, wait_for, write_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +90,7 @@ def test_a_notice_drains_the_node_which_leaves_and_stops(
     command = ["preemption-watch", "--cloud", cloud, "--metadata-url", metadata + path]
     # A proxy in the environment is not used for the metadata service (this one refuses all).
     no_proxy = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    watcher = subprocess.Popen(
-        swarm_cmd(*command, "--interval", "0.1", "--grace", "0.5"),
-        cwd=cli.cwd,
-        env={**cli.env(), **no_proxy},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = cli.spawn(*command, "--interval", "0.1", "--grace", "0.5", env=no_proxy)
     try:
         wait_for("the watcher to look", lambda: len(Metadata.asked) >= 2)
         assert watcher.poll() is None  # no notice yet: it watches on
@@ -120,14 +112,7 @@ def test_a_service_that_refuses_is_said_to_and_the_watch_goes_on(cli: Cli, metad
     Metadata.no_tokens.set()
     path = "/latest/meta-data/spot/instance-action"
     command = ["preemption-watch", "--cloud", "aws", "--metadata-url", metadata + path]
-    watcher = subprocess.Popen(
-        swarm_cmd(*command, "--interval", "0.1"),
-        cwd=cli.cwd,
-        env=cli.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = cli.spawn(*command, "--interval", "0.1")
     try:
         wait_for("a few looks", lambda: sum(m == "GET" for m, _, _ in Metadata.asked) >= 3)
         assert watcher.poll() is None  # it watches on

@@ -42,6 +42,18 @@ def run_script(
     return done
 
 
+def start_script(path: Path, home: Path) -> subprocess.Popen[str]:
+    """A script left running (in its own dir, as run_script runs one), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, str(path)],
+        cwd=path.parent,
+        env={**os.environ, "SWARM_HOME": str(home), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def last_json(done: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -241,14 +253,7 @@ def test_a_worker_killed_mid_call_costs_an_interruption_and_the_call_still_retur
             print(json.dumps(ex.submit(patient, 41).result(timeout=90)))
         """,
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(path)],
-        cwd=tmp_path,
-        env={**os.environ, "SWARM_HOME": str(cli.home), "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script(path, cli.home)
     try:
         wait_for("the call to start", pid_file.exists)
         wait_for("the pid to be written", lambda: pid_file.read_text().strip().isdigit())
@@ -284,14 +289,7 @@ def test_three_daemons_share_a_map_and_lose_one_node_mid_map(swarm: Swarm, tmp_p
         """,
     )
     submitter = swarm.nodes[0][0]
-    proc = subprocess.Popen(
-        [sys.executable, str(path)],
-        cwd=tmp_path,
-        env={**os.environ, "SWARM_HOME": str(submitter.home), "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script(path, submitter.home)
     try:
         # Once node 2 runs calls, kill it: its calls are taken over, and every result arrives.
         wait_for(

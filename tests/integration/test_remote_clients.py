@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Cli, Swarm, swarm_cmd, wait_for, write_tasks
+from .conftest import Cli, Swarm, wait_for, write_tasks
 from .test_python import last_json, run_script, script
 
 pytestmark = pytest.mark.integration
@@ -75,30 +74,16 @@ def test_swarm_peer_in_the_environment_and_many_clients_at_once(
 ) -> None:
     swarm.form(2)
     client, peer = client_of(swarm, tmp_path, node=0)
-    env = {**client.env(), "SWARM_PEER": peer}
+    env = {"SWARM_PEER": peer}
     tasks = write_tasks(client.cwd / "slow.jsonl", [{"name": "s", "cmd": "sleep 30"}])
-    submitted = subprocess.run(
-        swarm_cmd("submit", str(tasks)), env=env, cwd=client.cwd, capture_output=True, text=True
-    )
+    submitted = client("submit", str(tasks), env=env)
     assert submitted.returncode == 0, submitted.stderr
-    askers = [
-        subprocess.Popen(
-            swarm_cmd("status", "--json"),
-            env=env,
-            cwd=client.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(8)
-    ]
+    askers = [client.spawn("status", "--json", env=env) for _ in range(8)]
     for asker in askers:
         stdout, stderr = asker.communicate(timeout=60)
         assert asker.returncode == 0, stderr
         assert [j["job"] for j in json.loads(stdout)["jobs"]] == ["slow"]
-    cancelled = subprocess.run(
-        swarm_cmd("cancel", "slow"), env=env, cwd=client.cwd, capture_output=True, text=True
-    )
+    cancelled = client("cancel", "slow", env=env)
     assert cancelled.returncode == 0, cancelled.stderr
     wait_for("the cancel to reach node 1", lambda: swarm.nodes[1][0].job("slow")["cancelled"] == 1)
 

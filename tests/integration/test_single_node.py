@@ -7,7 +7,6 @@ import os
 import select
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,7 +17,7 @@ import pytest
 from swarm import connection, statedir
 from swarm.errors import ControlError
 
-from .conftest import REPO, Cli, Daemon, export_rows, swarm_cmd, wait_for, write_tasks
+from .conftest import REPO, Cli, Daemon, export_rows, wait_for, write_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -397,14 +396,7 @@ def test_logs_follow_a_running_attempt_then_show_each_attempt(
     )
     cli.ok("submit", str(tasks))
     wait_for("chat to run", lambda: cli.job("talk")["running"] == 1)
-    follower = subprocess.Popen(
-        swarm_cmd("logs", "talk/chat", "--follow"),
-        cwd=cli.cwd,
-        env=cli.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    follower = cli.spawn("logs", "talk/chat", "--follow")
     try:
         assert follower.stdout is not None
         ready, _, _ = select.select([follower.stdout], [], [], 30)
