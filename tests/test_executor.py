@@ -13,11 +13,13 @@ which reaps them on its own schedule, so a zombie there is a dead process, not a
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import glob
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,11 +34,12 @@ import pytest
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import executor, outputs_walk, procs
+from swarm.daemon import executor, outputs_walk, procs, spawn
 from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
 from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
 from swarm.daemon.rundirs import RunDirs
+from swarm.daemon.spawn import Process
 from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
@@ -142,7 +145,24 @@ def cleanup(attempt: Attempt | None) -> None:
         os.killpg(attempt.proc.pid, signal.SIGKILL)
     if attempt.proc.returncode is None:
         with contextlib.suppress(ChildProcessError):
-            attempt.proc.wait(timeout=5)
+            os.waitpid(attempt.proc.pid, 0)
+
+
+def reap(proc: Process, timeout: float = 5.0) -> int:
+    """Wait for our child to exit and reap it: its exit code (negative: the signal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode
+        time.sleep(0.01)
+    raise AssertionError(f"process {proc.pid} did not exit in {timeout} s")
+
+
+def still_running(pid: int) -> bool:
+    """Whether our child `pid` has not exited yet (it is not reaped by asking)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
 def run_attempt(
@@ -478,7 +498,7 @@ def test_max_rss_falls_back_to_sampled_peak_below_inherited(tmp_path: Path) -> N
 
     async def during(attempt: Attempt) -> None:
         await await_file_text(attempt.stdout, b"ready")
-        assert attempt.proc is not None and attempt.proc.poll() is None  # still running
+        assert attempt.proc is not None and still_running(attempt.proc.pid)
         attempt.peak_rss_kb = 4242
 
     _, f = run_attempt(launch, during, inherited_rss_kb=10**12)
@@ -802,7 +822,7 @@ def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: P
         assert wait_group_gone(pgid) == []
         assert not launch.run_dir.exists()
         assert list(run_root.iterdir()) == []
-        assert attempt.proc.wait(timeout=5) == -signal.SIGKILL
+        assert reap(attempt.proc) == -signal.SIGKILL
     finally:
         cleanup(attempt)
 
@@ -814,7 +834,7 @@ def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -
     try:
         assert attempt.proc is not None
         pgid = attempt.proc.pid
-        assert attempt.proc.wait(timeout=5) == 0  # the leader exited and is reaped
+        assert reap(attempt.proc) == 0  # the leader exited and is reaped
         assert len(live_group_members(pgid)) == 1  # its background sleep still runs
         assert len(kill_orphans(run_root, "node-under-test")) == 1
         assert wait_group_gone(pgid) == []
@@ -1130,3 +1150,80 @@ def test_a_recycled_run_dir_is_clean_even_when_stdout_was_moved_away(tmp_path: P
     again = pool.take()
     assert again == first
     assert list((again / "work").iterdir()) == []
+
+
+# -- how the process is started (spawn.py) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["cmd", "argv"])
+def test_a_task_inherits_no_descriptor_of_the_node(tmp_path: Path, how: str) -> None:
+    """Only stdin, stdout and stderr reach the task: nothing the node holds open (its ledger,
+    sockets, pidfds, the other attempts' files)."""
+    listing = "import os; print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))"
+    if how == "cmd":
+        launch = make_launch(tmp_path, f"exec {PY} -c {shlex.quote(listing)}")
+    else:
+        launch = make_launch(tmp_path, argv=[PY, "-c", listing])
+    # As if the node had inherited an open descriptor from whoever started it.
+    held = os.open(tmp_path, os.O_RDONLY)
+    os.set_inheritable(held, True)
+    spawn._sealed = False  # the node's first spawn, as far as the seal is concerned
+    try:
+        _, f = run_attempt(launch)
+    finally:
+        os.close(held)
+    assert f.outcome is Outcome.OK, f.stderr.read_bytes()
+    fds = ast.literal_eval(f.stdout.read_text())
+    assert fds[:3] == [0, 1, 2] and len(fds) <= 4  # the 4th: the listing's own, if any
+
+
+def test_a_shell_task_gets_sigpipe_at_its_default(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE; a task must not inherit that, or a writer into a closed pipe
+    loops on EPIPE errors instead of ending quietly."""
+    _, f = run_attempt(make_launch(tmp_path, "yes | head -n 1"))
+    assert f.outcome is Outcome.OK
+    assert f.stdout.read_bytes() == b"y\n"
+    assert f.stderr.read_bytes() == b""
+
+
+def test_a_shell_task_keeps_its_zero_and_runs_in_a_dir_with_an_awkward_name(tmp_path: Path) -> None:
+    wd = tmp_path / "it's a\n$(dir) `x`"
+    wd.mkdir()
+    _, f = run_attempt(make_launch(tmp_path, 'echo "$0"; pwd -P', cwd=str(wd)))
+    assert f.outcome is Outcome.OK
+    assert f.stdout.read_text() == f"/bin/sh\n{os.path.realpath(wd)}\n"
+
+
+def test_a_cwd_that_is_a_file_is_failed_127(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _, f = run_attempt(make_launch(tmp_path, "true", cwd=str(afile)))
+    assert f.outcome is Outcome.FAILED and f.exit_code == 127
+    assert "Not a directory" in f.reason
+
+
+def test_no_young_process_when_every_pid_since_went_to_our_leaders(tmp_path: Path) -> None:
+    """The cheap answer: pids 4001..4003 went to attempts this node started, so nothing the
+    attempt led by 4000 forked can be alive, whatever /proc lists; a pid in between that went
+    elsewhere sends the question to the listing."""
+    (tmp_path / "loadavg").write_text("0 0 0 1/9 4003\n")
+    (tmp_path / "4002").mkdir()  # listed, and its group unreadable: it may be a stray
+    ours = procs.Leaders()
+    for pid in (4000, 4001, 4002, 4003):
+        ours.add(pid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procs, "leaders", ours)
+        assert procs._any_young(tmp_path, 4000) is False
+        ours = procs.Leaders()
+        for pid in (4000, 4001, 4003):
+            ours.add(pid)
+        patch.setattr(procs, "leaders", ours)
+        assert procs._any_young(tmp_path, 4000) is True
+
+
+def test_leaders_forget_the_oldest() -> None:
+    ours = procs.Leaders(remembered_max=2)
+    for pid in (10, 11, 12):
+        ours.add(pid)
+    assert ours.took_all(10, 12) is True
+    assert ours.took_all(9, 12) is False  # 10 is forgotten

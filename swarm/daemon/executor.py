@@ -25,7 +25,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,13 +35,19 @@ from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
 from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
-from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
+from swarm.daemon.procs import (
+    NODE_TAG,
+    kill_attempt_strays,
+    kill_group,
+    leaders,
+    live_groups,
+)
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
+from swarm.daemon.spawn import SHELL, Process, spawn
 
 log = logging.getLogger("swarm.daemon.executor")
 
 MTIME_SLACK_NS = 10_000_000  # 10 ms
-SHELL = "/bin/sh"
 # The state disk counts as full below this many free bytes: a task's write failed there, or soon
 # would, and the node's own ledger writes need a little room.
 DISK_FULL_FREE_BYTES = 1 << 20
@@ -153,11 +158,12 @@ class Attempt:
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
+        cmd = None if launch.spec.argv else launch.spec.cmd or ""
         # Coarse filesystem timestamps may round down: allow a file stamped just before the start.
         self._started_ns = time.time_ns() - MTIME_SLACK_NS
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self.spawn_error = ""
         self._strays_left = False  # its leader has exited; processes outside its group may not
         env = attempt_env(launch, base_env)
@@ -170,16 +176,9 @@ class Attempt:
                 self.stderr: file_identity(os.fstat(err.fileno())),
             }
             try:
-                self.proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=self.cwd,
-                    env=env,
-                    start_new_session=True,
-                )
+                self.proc = spawn(cmd, argv, env, self.cwd, out, err)
                 live_groups.add(self.proc.pid)
+                leaders.add(self.proc.pid)
             except OSError as exc:
                 # The program or the cwd is missing or not executable: a failed attempt, like a
                 # shell's exit 127, with the reason where the user looks first.
@@ -402,7 +401,7 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
     return total
 
 
-async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+async def _wait_exit(proc: Process) -> tuple[int, resource.struct_rusage]:
     """Wait for the process to exit without blocking the loop, and reap it with its rusage."""
     loop = asyncio.get_running_loop()
     pidfd = os.pidfd_open(proc.pid)

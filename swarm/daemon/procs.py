@@ -14,9 +14,11 @@ process group with setsid (`kill_strays`); only one that also cleared its enviro
 Reading a process's environment is the task's to slow down (thousands of processes with big
 environments) or to block (the read takes the process's memory map lock, which a process stuck in
 a page fault on a file it serves itself holds), so the reads run in a thread of their own
-(`task_threads`), bounded in processes and time; the loop only checks, in a listing of /proc,
-whether any process is young enough to be one of them, which for a task that leaves nothing
-behind is all it does (`kill_attempt_strays`).
+(`task_threads`), bounded in processes and time; the loop only checks whether any process is
+young enough to be one of them, which for a task that leaves nothing behind is all it does
+(`kill_attempt_strays`). Most often every pid handed out since the attempt started went to the
+node's own next attempts (`leaders`), and one read of the last pid says so; else a listing of
+/proc tells.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -52,9 +55,40 @@ STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all r
 STRAY_SCAN_GRACE_S = 1.0
 
 
+# Our own recent attempt leaders whose pids are remembered: when every pid handed out since an
+# attempt's leader went to one of them, nothing it forked can be alive (see `_any_young`).
+LEADERS_REMEMBERED_MAX = 4_096
+
+
 # The process groups of the attempts running now (each attempt leads its own group): their
 # processes are theirs, never another attempt's strays.
 live_groups: set[int] = set()
+
+
+class Leaders:
+    """The pids of the attempt leaders this node started last, oldest forgotten first."""
+
+    def __init__(self, remembered_max: int = LEADERS_REMEMBERED_MAX) -> None:
+        self._order: deque[int] = deque()
+        self._pids: set[int] = set()
+        self._max = remembered_max
+
+    def add(self, pid: int) -> None:
+        if pid in self._pids:
+            return
+        self._order.append(pid)
+        self._pids.add(pid)
+        if len(self._order) > self._max:
+            self._pids.discard(self._order.popleft())
+
+    def took_all(self, after: int, last: int) -> bool:
+        """Whether every pid from `after` + 1 to `last` went to a leader remembered here."""
+        if last - after > len(self._pids):
+            return False
+        return all(pid in self._pids for pid in range(after + 1, last + 1))
+
+
+leaders = Leaders()
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -214,9 +248,11 @@ def _any_young(
     Cheap enough for the loop: a listing of /proc, and the group of each young process (its
     `stat`, which never waits on the process), stopping at the first that may be a stray or,
     saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX groups read."""
-    before = _last_pid(proc)
+    before = last_pid() if proc == PROC else _last_pid(proc)
     if since_pid <= 0 or before < since_pid:
         return True  # cannot tell, or pids have started again from the bottom since
+    if leaders.took_all(since_pid, before):
+        return False  # every pid since went to a leader of ours: nothing it forked is alive
     candidates = []  # young, or forked while we list or before pids last started again
     try:
         with os.scandir(proc) as entries:

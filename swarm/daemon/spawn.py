@@ -1,0 +1,117 @@
+"""Starting an attempt's process: in its own session, with its stdout and stderr on our files.
+
+Theory of operation
+-------------------
+A shell command (a task's `cmd`, the common case) starts with `os.posix_spawn`: glibc runs it
+through a vfork-style clone and execs at once, with the environment encoded in C, so the event
+loop is held for less than half as long as `subprocess.Popen` holds it (its Python-side
+preparation and error pipe). posix_spawn has no working-directory action in Python 3.11, so the
+shell itself changes to the task's dir first: the command becomes `cd -- DIR || exit 127` and, on
+the next line, the task's own text, so `$0`, the arguments and the shell are the task's as before.
+
+A task given as an argv list starts with Popen, which changes dir and searches the task's own
+PATH before it execs: no shell stands between the task and its program.
+
+Either way the child leads a new session (so its whole tree can be killed), has /dev/null as
+stdin, the signals Python ignores (SIGPIPE, SIGXFSZ) back at their defaults, and no descriptor of
+ours but the two files. posix_spawn closes nothing itself: every descriptor Python, SQLite and
+glibc open is close-on-exec, and those the process inherited from whoever started it are made so
+before its first spawn (`_seal_inherited`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shlex
+import signal
+import stat
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+SHELL = "/bin/sh"
+CWD_FAILED_EXIT = 127  # as a shell says of a command it cannot run
+# Python ignores these; a child must get them at their defaults, as Popen's restore_signals does.
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class Process(Protocol):
+    """What an attempt keeps of its process: its pid, and its exit once it was reaped."""
+
+    pid: int
+    returncode: int | None
+
+
+@dataclass(slots=True)
+class Spawned:
+    """A process started by posix_spawn; `returncode` is set by whoever reaps it."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def spawn(
+    cmd: str | None,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    out: IO[bytes],
+    err: IO[bytes],
+) -> Process:
+    """Start a shell command (`cmd`) or a program (`argv`) in `cwd`. OSError if it cannot be
+    started (the shell or program is missing, the dir is not there): nothing was started."""
+    if cmd is None:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    _check_dir(cwd)  # the shell would say so too, later and less clearly
+    _seal_inherited()
+    script = f"cd -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}\n{cmd}"
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+        (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+    ]
+    pid = os.posix_spawn(
+        SHELL,
+        [SHELL, "-c", script],
+        env,
+        file_actions=actions,
+        setsid=True,
+        setsigdef=DEFAULT_SIGNALS,
+        setsigmask=(),
+    )
+    return Spawned(pid)
+
+
+def _check_dir(path: Path) -> None:
+    """OSError, as chdir would raise it, unless `path` is a dir."""
+    if not stat.S_ISDIR(os.stat(path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+
+
+_sealed = False
+
+
+def _seal_inherited() -> None:
+    """Make close-on-exec every descriptor above stderr that this process holds (once): those
+    it inherited from its own parent (a shell's, a test runner's) would reach every task."""
+    global _sealed
+    if _sealed:
+        return
+    _sealed = True
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
