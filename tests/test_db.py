@@ -52,6 +52,41 @@ def test_writing_a_clashing_version_fails_loudly(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_batch_is_all_or_nothing_across_its_statements(tmp_path: Path) -> None:
+    """A batch longer than one INSERT may hold, or mixing our records with peers' copies and a
+    replaced heartbeat, commits whole; one whose last row clashes leaves nothing of itself."""
+    path = make(tmp_path)
+    count = db.STATEMENT_ROWS_MAX * 2 + 3
+
+    def replica(seq: int, origin: str = "me") -> db.Row:
+        return db.Row(Version(origin, 1, seq), ReplicaRecord(f"{seq:064x}"))
+
+    async def go() -> None:
+        conn, writer = await db.open_writer(path)
+        task = asyncio.create_task(writer.run())
+        beat = Version("me", 1, 1)
+        await writer.write([db.Row(beat, HeartbeatRecord(1))])
+        mixed = [replica(seq) for seq in range(2, count + 2)]
+        mixed += [db.Row(Version("me", 1, count + 2), HeartbeatRecord(2), replaces=beat)]
+        copies = [replica(seq, "peer") for seq in (1, 2)]
+        copies = [db.Row(r.version, r.body, remote=True) for r in copies]
+        await writer.write(mixed + copies + copies[:1])  # a copy that came twice is kept once
+        clashing = [replica(seq) for seq in range(count + 3, count * 2 + 3)] + [replica(2)]
+        with pytest.raises(SwarmError, match="cannot write the ledger"):
+            await writer.write(clashing)
+        writer.close()
+        await task
+        await conn.close()
+
+    asyncio.run(go())
+    with sqlite3.connect(path) as conn:
+        mine = [r[0] for r in conn.execute("SELECT seq FROM records WHERE origin = 'me'")]
+        peers = conn.execute("SELECT count(*) FROM records WHERE origin = 'peer'").fetchone()[0]
+    conn.close()
+    assert sorted(mine) == list(range(2, count + 3))  # the old heartbeat gone, no clashing row
+    assert peers == 2
+
+
 def test_a_write_after_the_writer_closed_fails_instead_of_waiting_forever(
     tmp_path: Path,
 ) -> None:

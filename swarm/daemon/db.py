@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import sqlite3
 from collections import deque
@@ -69,6 +70,9 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 """
 BATCH_ROWS_MAX = 20_000  # rows in one transaction; a bigger burst is split over several
+# Rows in one INSERT statement: 5 variables each, far below SQLite's 32,766; the few distinct
+# row counts up to it are compiled once each and cached.
+STATEMENT_ROWS_MAX = 256
 READ_CHUNK_ROWS = 50_000
 
 
@@ -98,7 +102,25 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 # A row ready for SQLite: (origin, generation, seq, kind, body), and the version it replaces.
-_Encoded = tuple[tuple[str, int, int, int, bytes], Version | None, bool]
+_Columns = tuple[str, int, int, int, bytes]
+_Encoded = tuple[_Columns, Version | None, bool]
+_DELETE = "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?"
+
+
+@functools.cache
+def _insert_sql(verb: str, count: int) -> str:
+    """One INSERT of `count` rows (SQLite caches the compiled statement by its text)."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * count)
+    return f"{verb} INTO records (origin, generation, seq, kind, body) VALUES {values}"
+
+
+def _inserts(verb: str, rows: list[_Columns]) -> list[tuple[str, list[Any]]]:
+    """The statements that insert `rows`, as few as the bound on a statement's rows allows."""
+    statements = []
+    for start in range(0, len(rows), STATEMENT_ROWS_MAX):
+        chunk = rows[start : start + STATEMENT_ROWS_MAX]
+        statements.append((_insert_sql(verb, len(chunk)), [v for row in chunk for v in row]))
+    return statements
 
 
 def _encode_row(row: Row) -> _Encoded:
@@ -188,24 +210,18 @@ class LedgerWriter:
         # hold (it came by two paths) is simply kept once.
         own = [columns for columns, _, remote in rows if not remote]
         copies = [columns for columns, _, remote in rows if remote]
-        if own:
-            await self._conn.executemany(
-                "INSERT INTO records (origin, generation, seq, kind, body) VALUES (?, ?, ?, ?, ?)",
-                own,
-            )
-        if copies:
-            await self._conn.executemany(
-                "INSERT OR IGNORE INTO records (origin, generation, seq, kind, body)"
-                " VALUES (?, ?, ?, ?, ?)",
-                copies,
-            )
+        statements = [*_inserts("INSERT", own), *_inserts("INSERT OR IGNORE", copies)]
         # A superseded record (an older heartbeat) would only grow the file: drop it by its key.
-        gone = [(v.origin, v.generation, v.seq) for _, v, _ in rows if v is not None]
-        if gone:
-            await self._conn.executemany(
-                "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?", gone
-            )
-        await self._conn.commit()
+        for _, v, _ in rows:
+            if v is not None:
+                statements.append((_DELETE, [v.origin, v.generation, v.seq]))
+        if len(statements) == 1:  # the common case: one statement is its own transaction
+            await self._conn.execute(*statements[0])
+            return
+        await self._conn.execute("BEGIN")
+        for sql, params in statements:
+            await self._conn.execute(sql, params)
+        await self._conn.execute("COMMIT")
 
     async def _truncate_wal(self) -> None:
         """Give back the space a refused write took: a rolled-back batch leaves the WAL file
@@ -229,8 +245,10 @@ class LedgerWriter:
 
 
 async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connection, LedgerWriter]:
+    """The node's one writing connection. In autocommit mode: a batch that is one statement
+    commits in one trip to SQLite's thread; a longer one opens its transaction itself."""
     assert sync in SYNC_MODES
-    conn = await aiosqlite.connect(path)
+    conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={sync.upper()}")
