@@ -21,8 +21,8 @@ from swarm.cli.export import (
     _number,
     write,
     write_csv,
-    write_results,
 )
+from swarm.cli.results_dir import write_results
 from swarm.core.clock import pack
 from swarm.core.ledger import (
     Body,

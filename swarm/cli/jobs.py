@@ -9,19 +9,21 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from swarm import connection, control, statedir
-from swarm.cli import export, remote_reads, taskfile
+from swarm.cli import remote_reads, results_dir, taskfile
 from swarm.cli.common import _call, connect, err, out, peer_of, plural, wall_ms
 from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
 from swarm.connection import Client
 from swarm.core import snapshot, units
-from swarm.core.ledger import State
+from swarm.core.ledger import TERMINAL_STATES, Ledger, State, StateChanged
 from swarm.core.policy import why_infeasible
 from swarm.core.spec import Resources, name_problem
 from swarm.daemon import db
@@ -96,40 +98,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     statedir.init(state)
     out_dir = Path(args.out) if args.out else Path("swarm-out") / job
     started = time.monotonic()
-    snap, finished_before = asyncio.run(_run(state, config, job, tasks))
+    ran = asyncio.run(_run(state, config, job, tasks, out_dir))
     elapsed = time.monotonic() - started
-    return finish_run(state, job, snap, out_dir, elapsed, finished_before)
+    return finish_run(state, job, ran, out_dir, elapsed)
 
 
-# The last snapshot (None if none was taken), and how many tasks had finished at first.
-Watched = tuple[snapshot.Snapshot | None, int]
+@dataclass
+class Ran:
+    """What `_run` saw: the last snapshot (None if none was taken) and how many tasks had
+    finished at first; on an embedded node, also its ledger as the node left it and the result
+    dirs written while the job ran (`ResultsWriter`)."""
+
+    snap: snapshot.Snapshot | None = None
+    finished_before: int = 0
+    ledger: Ledger | None = None
+    written: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 async def _run(
-    state: statedir.StateDir, config: NodeConfig, job: str, tasks: list[taskfile.NewTask]
-) -> Watched:
+    state: statedir.StateDir,
+    config: NodeConfig,
+    job: str,
+    tasks: list[taskfile.NewTask],
+    out_dir: Path,
+) -> Ran:
     if await connection.is_running(state):
         err.print(f"using the running node of {state.root}")
-        return await _submit_and_watch(state, job, tasks, embedded=False)
+        return Ran(*await _submit_and_watch(state, job, tasks, embedded=False))
     from swarm.daemon.node import Node  # only an embedded node needs the daemon: import it late
 
     node = Node(state, config)
     failure: BaseException | None = None
-    watched: Watched = (None, 0)
+    ran = Ran()
+    writer: results_dir.ResultsWriter | None = None
     async with asyncio.TaskGroup() as tg:
         node_task = tg.create_task(node.run())
         ready = tg.create_task(node.wait_ready())
         await asyncio.wait([node_task, ready], return_when=asyncio.FIRST_COMPLETED)
         if node_task.done():  # it failed to start; the TaskGroup re-raises its error
             ready.cancel()
-            return watched
+            return ran
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
+        writer = results_dir.ResultsWriter(node.store, out_dir)
+        node.change_hooks.append(_write_as_they_end(node.ledger, job, writer))
         # Errors of the watcher are kept and raised after the TaskGroup, never inside it: the
         # group would cancel the node mid-stop (attempts unrecorded) and wrap the error.
         try:
-            watched = await _submit_and_watch(state, job, tasks, embedded=True)
+            ran.snap, ran.finished_before = await _submit_and_watch(
+                state, job, tasks, embedded=True
+            )
         except (SwarmError, OSError) as exc:
             failure = exc
         finally:
@@ -138,16 +157,40 @@ async def _run(
             await asyncio.wait([node_task])  # its graceful stop: attempts recorded, claims closed
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            ran.written = await asyncio.to_thread(writer.close)
     if stopped_by_user:
         raise SwarmError("interrupted: the running attempts were stopped and re-queued")
     if failure is not None:
         raise failure
-    return watched
+    ran.ledger = node.ledger
+    return ran
+
+
+def _write_as_they_end(
+    ledger: Ledger, job: str, writer: results_dir.ResultsWriter
+) -> Callable[[list[StateChanged]], None]:
+    """A hook for the node's state changes that hands each task of `job` that ends to the
+    writer. Names the job's tasks had before this run are left to the final pass, which alone
+    knows which of two tasks of one name has its dir."""
+    names_before = {view.name for view in ledger.job_tasks(job)}
+
+    def hear(changes: list[StateChanged]) -> None:
+        for change in changes:
+            if change.new not in TERMINAL_STATES:
+                continue
+            view = ledger.tasks[change.task_id]
+            if view.job != job or view.name in names_before:
+                continue
+            attempt = view.outcome_attempt()
+            if attempt is not None and attempt.result.digest is not None:
+                writer.add(view.task_id, view.name, attempt.result.digest)
+
+    return hear
 
 
 async def _submit_and_watch(
     state: statedir.StateDir, job: str, tasks: list[taskfile.NewTask], embedded: bool
-) -> Watched:
+) -> tuple[snapshot.Snapshot | None, int]:
     client = await Client.connect(state)
     try:
         reply = await send_tasks(client, job, tasks)
@@ -210,20 +253,16 @@ def summary_line(row: snapshot.JobRow, elapsed: float, ran: int | None) -> str:
     return line
 
 
-def finish_run(
-    state: statedir.StateDir,
-    job: str,
-    snap: snapshot.Snapshot | None,
-    out_dir: Path,
-    elapsed: float,
-    finished_before: int,
-) -> int:
-    fetch_results(state, job)  # from a running daemon's swarm; an embedded node has stopped
-    ledger = db.load_ledger(state.db_path).ledger
-    written = export.write_results(ledger, BlobStore(state.blobs), job, out_dir)
+def finish_run(state: statedir.StateDir, job: str, ran: Ran, out_dir: Path, elapsed: float) -> int:
+    ledger = ran.ledger
+    if ledger is None:  # a running daemon's: from its file, with what its swarm holds
+        fetch_results(state, job)
+        ledger = db.load_ledger(state.db_path).ledger
+    store = BlobStore(state.blobs)
+    written = results_dir.write_results(ledger, store, job, out_dir, already=ran.written)
     row = snapshot.job_row(ledger, job, wall_ms())
     finished_now = row["done"] + row["failed"] + row["cancelled"]
-    err.print(summary_line(row, elapsed, ran=finished_now - finished_before))
+    err.print(summary_line(row, elapsed, ran=finished_now - ran.finished_before))
     err.print(f"results: {out_dir}/<task name>/ (stdout, stderr and output files)")
     for problem in written.missing[:FAILED_LISTED_MAX]:
         err.print(f"  [yellow]missing result:[/] {problem}")
@@ -234,6 +273,7 @@ def finish_run(
         err.print(f"  [red]failed[/] {view.name}: {why} (see {out_dir / view.name / 'stderr'})")
     if len(failed) > FAILED_LISTED_MAX:
         err.print(f"  ... and {len(failed) - FAILED_LISTED_MAX} more failed tasks")
+    snap = ran.snap
     infeasible = snap["infeasible"] if snap is not None else []
     stuck = [ledger.tasks[t] for t in infeasible if t in ledger.tasks]
     if snap is not None and stuck:

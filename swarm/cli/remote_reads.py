@@ -62,7 +62,7 @@ async def copy_blob(client: Client, digest: str, store: BlobStore) -> None:
 
 
 async def copy_results(client: Client, ledger: Ledger, job: str, store: BlobStore) -> None:
-    """Copy into `store` what writing `job`'s results reads (export.write_results): the result
+    """Copy into `store` what writing `job`'s results reads (results_dir.write_results): the result
     manifest of each task's outcome, and the files it names. A blob the node cannot give is
     left out: writing the results names it as missing."""
     for view in ledger.job_tasks(job):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from swarm import statedir
-from swarm.cli import export, remote_reads
+from swarm.cli import export, remote_reads, results_dir
 from swarm.cli.common import err, peer_of, plural
 from swarm.connection import Client
 from swarm.core import snapshot
@@ -78,7 +78,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         ledger = load_ledger(state).ledger
     else:
         ledger = asyncio.run(ledger_from_peer(peer, state, args.job))
-    written = export.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
+    written = results_dir.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
         err.print(f"  [yellow]missing:[/] {problem}")

@@ -45,11 +45,7 @@ from swarm.core.effects import (
     Time,
     Write,
 )
-from swarm.core.ledger import (
-    Body,
-    Ledger,
-    Version,
-)
+from swarm.core.ledger import Body, Ledger, StateChanged, Version
 from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
@@ -130,6 +126,9 @@ class Node:
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
         self.watches = Watches()  # the tasks Python clients wait on (control op `watch`)
+        # Called with each batch of state changes, in the loop: what hosts the node (`swarm
+        # run`'s results writer) hears of tasks as they end. Must be quick and never raise.
+        self.change_hooks: list[Callable[[list[StateChanged]], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[connection.Channel] = set()  # control connections, local and remote
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
@@ -469,6 +468,8 @@ class Node:
         self._carry_out()
         if changes:
             self.watches.changed(changes)
+            for hear in self.change_hooks:
+                hear(changes)
             self.changes += 1
             self.progress.set()  # wake the long polls, and arm a fresh event for the next ones
             self.progress = asyncio.Event()
