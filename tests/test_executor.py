@@ -1227,3 +1227,34 @@ def test_leaders_forget_the_oldest() -> None:
         ours.add(pid)
     assert ours.took_all(10, 12) is True
     assert ours.took_all(9, 12) is False  # 10 is forgotten
+
+
+def test_the_exit_is_told_once_the_process_is_reaped_before_its_files_are_looked_at(
+    tmp_path: Path,
+) -> None:
+    """`on_exit` frees the attempt's slot: it comes once, after the leader is reaped (so the
+    next task cannot be held up by this one's outputs), and before `finished()` returns."""
+    launch = make_launch(tmp_path, "echo out > r.txt", outputs=("*.txt",))
+    heard: list[tuple[bool, bool]] = []
+    holder: list[Attempt] = []
+
+    def on_exit() -> None:
+        attempt = holder[0]
+        assert attempt.proc is not None
+        try:
+            os.waitpid(attempt.proc.pid, os.WNOHANG)
+            reaped = False
+        except ChildProcessError:
+            reaped = True
+        heard.append((reaped, attempt.proc.returncode == 0))
+
+    async def main() -> Finished:
+        attempt = Attempt(launch, BASE_ENV, on_exit=on_exit)
+        holder.append(attempt)
+        finished = await attempt.finished()
+        assert len(heard) == 1  # told before finished() returned
+        return finished
+
+    f = asyncio.run(main())
+    assert f.outcome is Outcome.OK and "r.txt" in f.outputs
+    assert heard == [(True, True)]

@@ -26,7 +26,7 @@ import resource
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -137,9 +137,16 @@ class Attempt:
     """A started attempt. `finished()` waits for it; `stop()` ends it early."""
 
     def __init__(
-        self, launch: Launch, base_env: Mapping[str, str], inherited_rss_kb: int = 0
+        self,
+        launch: Launch,
+        base_env: Mapping[str, str],
+        inherited_rss_kb: int = 0,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.launch = launch
+        # Called once its process is reaped, before its files are looked at: the node may start
+        # the next task in its slot meanwhile.
+        self._on_exit = on_exit
         # Peak memory: the kernel's ru_maxrss counts the daemon's own peak for any child forked
         # from it, so below `inherited_rss_kb` only the sampled figure (`peak_rss_kb`, kept up to
         # date by the node from /proc) says anything about the task.
@@ -210,6 +217,8 @@ class Attempt:
         kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
         live_groups.discard(self.proc.pid)
         self._strays_left = True  # nor those that left its group: see _kill_strays
+        if self._on_exit is not None:
+            self._on_exit()
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
         own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > self.inherited_rss_kb else 0

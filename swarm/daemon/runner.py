@@ -83,6 +83,7 @@ class AttemptRunner:
         self.base_env = base_env
         self.own_rss_kb = own_rss_kb
         self.attempts: dict[str, AnyAttempt] = {}  # running, or being recorded
+        self._exited: set[str] = set()  # attempts whose end the core has heard of
         self._tg: asyncio.TaskGroup | None = None
         self._pool: WorkerPool | None = None  # made at the first Python call
 
@@ -139,7 +140,8 @@ class AttemptRunner:
                 inherited = max(
                     self.own_rss_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 )
-                attempt = Attempt(launch, self.base_env, inherited)
+                ended = partial(self._ended, start.task_id)
+                attempt = Attempt(launch, self.base_env, inherited, on_exit=ended)
         except OSError as exc:  # the attempt's files could not be made
             why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
             node.core.start_failed(node.now(), start.task_id, why)
@@ -218,8 +220,7 @@ class AttemptRunner:
         node, task = self.node, launch.task_id
         try:
             finished = await self._wait(attempt, launch.spec)
-            # The process is gone: the next task may start while this one is recorded.
-            node.tell(node.core.attempt_ended, task)
+            self._ended(task)  # if the attempt did not say so as its process went
             if claimed is None or await claimed:  # a result only after its claim is on disk
                 await self._record(launch, finished)
         except Exception as exc:  # a bug: contain it to this task, and say so in its record
@@ -227,8 +228,16 @@ class AttemptRunner:
             await self._give_up(attempt, launch, f"swarm error: {type(exc).__name__}: {exc}")
         finally:
             self.attempts.pop(task, None)
+            self._exited.discard(task)
             node.tell(node.core.attempt_closed, task)
             await self.run_dirs.give_back(launch.run_dir)  # last: it waits on the task's files
+
+    def _ended(self, task_id: str) -> None:
+        """The attempt's process is gone: the core frees its slot (once), and the next task may
+        start while this one's files are looked at and recorded."""
+        if task_id not in self._exited:
+            self._exited.add(task_id)
+            self.node.tell(self.node.core.attempt_ended, task_id)
 
     async def _wait(self, attempt: AnyAttempt, spec: TaskSpec) -> Finished:
         timer = None
