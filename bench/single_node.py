@@ -140,14 +140,27 @@ def run_child(argv: list[str], *, cwd: Path, timeout_s: float, stdin: Path | Non
     )
 
 
+# Scratch dirs of finished runs, removed when the bench ends (`remove_scratch_dirs`), not after
+# each run. On ext4 without a journal (this project's CI machine), the inode allocator passes
+# over inodes freed in the last 30 s, reading each one: files created soon after thousands were
+# deleted cost O(deleted) each, so removing one run's tree would slow whichever tool ran next
+# (swarm, which writes a result dir per task, far more than xargs, which writes nothing).
+_finished_scratch: list[Path] = []
+
+
 @contextlib.contextmanager
 def scratch_dir() -> Iterator[Path]:
-    """A fresh temporary dir (and so a fresh swarm data dir) for one run; removed afterwards."""
+    """A fresh temporary dir (and so a fresh swarm data dir) for one run, kept until the end."""
     path = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        _finished_scratch.append(path)
+
+
+def remove_scratch_dirs() -> None:
+    while _finished_scratch:
+        shutil.rmtree(_finished_scratch.pop(), ignore_errors=True)
 
 
 # -- the tools --------------------------------------------------------------------------------------
@@ -556,15 +569,18 @@ def main(argv: list[str] | None = None) -> int:
     loads = [load_avg()]
     parallel = find_parallel(install=not args.no_install)
     res = Results()
-    for run in range(1, runs + 1):
-        log.print(f"[bold]run {run}/{runs}[/]: throughput, {n:,} tasks")
-        bench_throughput(res, n, run, parallel)
-        log.print(f"[bold]run {run}/{runs}[/]: makespan, {MAKESPAN_TASKS} × sleep")
-        bench_makespan(res, run, parallel)
-        log.print(f"[bold]run {run}/{runs}[/]: first result and startup")
-        run_steps(
-            res, "first result and startup", [("swarm", partial(bench_startup, res, run))], run
-        )
+    try:
+        for run in range(1, runs + 1):
+            log.print(f"[bold]run {run}/{runs}[/]: throughput, {n:,} tasks")
+            bench_throughput(res, n, run, parallel)
+            log.print(f"[bold]run {run}/{runs}[/]: makespan, {MAKESPAN_TASKS} × sleep")
+            bench_makespan(res, run, parallel)
+            log.print(f"[bold]run {run}/{runs}[/]: first result and startup")
+            run_steps(
+                res, "first result and startup", [("swarm", partial(bench_startup, res, run))], run
+            )
+    finally:
+        remove_scratch_dirs()
     loads.append(load_avg())
     report(res, n, runs, parallel, time.monotonic() - started, loads)
     return 0
