@@ -96,7 +96,8 @@ def open_own(path: Path) -> IO[bytes]:
         st = os.fstat(fd)
         # Truncated only if it is our own plain file: a hard link would truncate its twin.
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            os.ftruncate(fd, 0)
+            if st.st_size:  # most often it is empty already: left so by a task that wrote nothing
+                os.ftruncate(fd, 0)
         else:
             os.close(fd)
             fd = -1
