@@ -5,10 +5,12 @@ Theory of operation
 Each attempt runs in a run dir (`rundirs`) that holds its stdout and stderr files and, unless the
 task names a `cwd`, the empty `work/` dir it runs in. The process leads its own session and
 process group, so a timeout, a cancel or a shutdown can kill the whole tree it started (`procs`).
-stdout and stderr go straight to files, never through our memory. The exit is awaited through a
-pidfd (no thread, no SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and
-peak memory from the kernel. `stop` ends an attempt early: SIGTERM to its group, SIGKILL after
-`KILL_GRACE_S`.
+stdout and stderr go straight to files, never through our memory. The process is started by the
+spawner thread (`spawn`), so the loop goes on while the child gets to its exec; a stop asked for
+before then is carried out as it starts. The exit is awaited through a pidfd (no thread, no
+SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the
+kernel; the node hears of it at once (`on_exit`), so the next task can take the slot. `stop` ends
+an attempt early: SIGTERM to its group, SIGKILL after `KILL_GRACE_S`.
 
 When it ends, the processes that left its group are killed (`procs.kill_attempt_strays`), its
 declared outputs are found by a bounded walk (`outputs_walk`), and, if the state disk is full,
@@ -37,12 +39,7 @@ from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
 from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
-from swarm.daemon.procs import (
-    NODE_TAG,
-    kill_attempt_strays,
-    kill_group,
-    live_groups,
-)
+from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
 from swarm.daemon.spawn import start
 
