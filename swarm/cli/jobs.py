@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -24,7 +24,7 @@ from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
 from swarm.connection import Client
 from swarm.core import snapshot, units
-from swarm.core.ledger import TERMINAL_STATES, Ledger, State, StateChanged
+from swarm.core.ledger import Ledger, State, StateChanged
 from swarm.core.policy import why_infeasible
 from swarm.core.spec import Resources, name_problem
 from swarm.daemon import db
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     statedir.init(state)
     out_dir = Path(args.out) if args.out else Path("swarm-out") / job
     started = time.monotonic()
-    ran = asyncio.run(_run(state, config, job, tasks, out_dir))
+    ran = asyncio.run(_run(state, config, job, tasks))
     elapsed = time.monotonic() - started
     return finish_run(state, job, ran, out_dir, elapsed)
 
@@ -107,13 +107,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 @dataclass
 class Ran:
     """What `_run` saw: the last snapshot (None if none was taken) and how many tasks had
-    finished at first; on an embedded node, also its ledger as the node left it and the result
-    dirs written while the job ran (`ResultsWriter`)."""
+    finished at first; on an embedded node, also its ledger as the node left it (the results
+    are written from it rather than from the file read anew)."""
 
     snap: snapshot.Snapshot | None = None
     finished_before: int = 0
     ledger: Ledger | None = None
-    written: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 async def _run(
@@ -121,7 +120,6 @@ async def _run(
     config: NodeConfig,
     job: str,
     tasks: list[taskfile.NewTask],
-    out_dir: Path,
 ) -> Ran:
     if await connection.is_running(state):
         err.print(f"using the running node of {state.root}")
@@ -131,7 +129,6 @@ async def _run(
     node = Node(state, config)
     failure: BaseException | None = None
     ran = Ran()
-    writer: results_dir.ResultsWriter | None = None
     async with asyncio.TaskGroup() as tg:
         node_task = tg.create_task(node.run())
         ready = tg.create_task(node.wait_ready())
@@ -142,9 +139,8 @@ async def _run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
-        writer = results_dir.ResultsWriter(node.store, out_dir)
         finished = asyncio.Event()
-        node.change_hooks.append(_as_they_end(node.ledger, job, writer, finished))
+        node.change_hooks.append(_when_finished(node.ledger, job, finished))
         # Errors of the watcher are kept and raised after the TaskGroup, never inside it: the
         # group would cancel the node mid-stop (attempts unrecorded) and wrap the error.
         try:
@@ -159,7 +155,6 @@ async def _run(
             await asyncio.wait([node_task])  # its graceful stop: attempts recorded, claims closed
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            ran.written = await asyncio.to_thread(writer.close)
     if stopped_by_user:
         raise SwarmError("interrupted: the running attempts were stopped and re-queued")
     if failure is not None:
@@ -168,27 +163,15 @@ async def _run(
     return ran
 
 
-def _as_they_end(
-    ledger: Ledger, job: str, writer: results_dir.ResultsWriter, finished: asyncio.Event
+def _when_finished(
+    ledger: Ledger, job: str, finished: asyncio.Event
 ) -> Callable[[list[StateChanged]], None]:
-    """A hook for the node's state changes that hands each task of `job` that ends to the
-    writer, and sets `finished` once none of the job is left to run (the watcher then asks for
-    its last snapshot at once). Names the job's tasks had before this run are left to the final
-    pass, which alone knows which of two tasks of one name has its dir."""
-    names_before = {view.name for view in ledger.job_tasks(job)}
+    """A hook for the node's state changes that sets `finished` once none of `job` is left to
+    run: the watcher then asks for its last snapshot at once, instead of after its pause."""
 
     def hear(changes: list[StateChanged]) -> None:
         if ledger.job_finished(job):
             finished.set()
-        for change in changes:
-            if change.new not in TERMINAL_STATES:
-                continue
-            view = ledger.tasks[change.task_id]
-            if view.job != job or view.name in names_before:
-                continue
-            attempt = view.outcome_attempt()
-            if attempt is not None and attempt.result.digest is not None:
-                writer.add(view.task_id, view.name, attempt.result.digest)
 
     return hear
 
@@ -276,7 +259,7 @@ def finish_run(state: statedir.StateDir, job: str, ran: Ran, out_dir: Path, elap
         fetch_results(state, job)
         ledger = db.load_ledger(state.db_path).ledger
     store = BlobStore(state.blobs)
-    written = results_dir.write_results(ledger, store, job, out_dir, already=ran.written)
+    written = results_dir.write_results(ledger, store, job, out_dir)
     row = snapshot.job_row(ledger, job, wall_ms())
     finished_now = row["done"] + row["failed"] + row["cancelled"]
     err.print(summary_line(row, elapsed, ran=finished_now - ran.finished_before))

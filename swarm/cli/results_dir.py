@@ -7,23 +7,18 @@ Theory of operation
 checks once more, on the final resolved path, before each write (defence in depth against
 symlinks already on disk).
 
-Creating a dir and files per task is the dearest part of a run of many short tasks on most
-filesystems (a few to hundreds of microseconds each, by the disk's mood), so `swarm run` on an
-embedded node does not leave it all to the end: a `ResultsWriter` writes each task's files from
-a few threads as the task ends, while the others run, and `write_results` then writes only what
-it did not (a task whose name an earlier submission of the job also used, a result not held yet,
-one that changed since).
+Creating a dir and two files per task is the dearest part of the end of a run of many short
+tasks: tens of microseconds each on most filesystems, and hundreds on ext4 without a journal soon
+after many files were deleted (its inode allocator reads past every inode freed in the last
+seconds). Writing them from threads while the run goes on was tried and measured no faster on 2
+cores (the work is the kernel's CPU, which the run needs too), so they are written at the end.
 
 Reads the ledger and the blob store, never changes them; the only writes are to the output dir.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import queue
-import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +28,6 @@ from swarm.core.manifest import MANIFEST_BYTES_MAX, NAME_BYTES_MAX, Manifest, pa
 from swarm.daemon.store import BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError
 from swarm.pycall import VALUE_FILE
-
-log = logging.getLogger("swarm.cli.results_dir")
-
-WRITER_THREADS = 2  # beside the run: its file system calls release the GIL, not the CPU
 
 
 @dataclass(slots=True)
@@ -53,7 +44,6 @@ def write_results(
     store: BlobStore,
     job: str,
     out_dir: Path,
-    already: Mapping[str, tuple[str, int]] | None = None,
 ) -> ResultsWritten:
     """Write each task's stdout, stderr and output files under `out_dir/<task name>/`.
 
@@ -62,8 +52,6 @@ def write_results(
     invalid manifest, or a name that cannot be laid out safely is noted in `missing` and the
     rest goes on. Every file is copied verified and atomically by `BlobStore.copy_to`.
     UserInputError if the job is unknown; other OS errors (permissions, disk full) propagate.
-    `already`: tasks whose files a `ResultsWriter` wrote meanwhile (task id -> the result digest
-    written, and how many files): the same result is not written again.
     """
     known_job(ledger, job)
     out_dir = Path(out_dir)
@@ -92,11 +80,6 @@ def write_results(
             continue
         seen_names[name] = view.task_id
         digest = attempt.result.digest
-        earlier = (already or {}).get(view.task_id)
-        if earlier is not None and digest is not None and earlier[0] == digest:
-            done.tasks_written += 1
-            done.files_written += earlier[1]
-            continue
         if digest is None:
             written = _write_inline(attempt.result.value, name, root / name, done)
         else:
@@ -190,56 +173,3 @@ def write_task(
             continue
         done.files_written += 1
     return complete
-
-
-class ResultsWriter:
-    """Writes tasks' result dirs from threads, as the tasks end, while a run goes on.
-
-    `add` (any thread, cheap) queues a task whose result is held in `store`; `close` waits for
-    the queue to drain and returns what was written whole (task id -> (digest, files)), for
-    `write_results` to skip. Anything it could not write (a blob not here yet, a problem with a
-    name or a file) it leaves alone: `write_results` writes it, or says why not. After an OS
-    error on the output dir (permissions, a full disk) it writes nothing more: the final pass
-    will meet the same error and report it."""
-
-    def __init__(self, store: BlobStore, out_dir: Path, threads: int = WRITER_THREADS) -> None:
-        self._store = store
-        self._root = Path(out_dir).resolve()
-        self._queue: queue.SimpleQueue[tuple[str, str, str] | None] = queue.SimpleQueue()
-        self._manifests: dict[str, Manifest] = {}  # shared: a dict's get and set are atomic
-        self._written: dict[str, tuple[str, int]] = {}
-        self._failed = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"results-writer-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def add(self, task_id: str, name: str, digest: str) -> None:
-        if not self._failed.is_set():
-            self._queue.put((task_id, name, digest))
-
-    def close(self) -> dict[str, tuple[str, int]]:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
-        return self._written
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            task_id, name, digest = item
-            if self._failed.is_set() or not safe_dir_name(name):
-                continue
-            done = ResultsWritten()
-            try:
-                complete = write_task(
-                    self._store, digest, name, self._root / name, done, self._manifests
-                )
-            except OSError as exc:
-                log.debug("writing the results of %s failed: %s", name, exc)
-                self._failed.set()
-                continue
-            if complete:
-                self._written[task_id] = (digest, done.files_written)

@@ -126,8 +126,8 @@ class Node:
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
         self.watches = Watches()  # the tasks Python clients wait on (control op `watch`)
-        # Called with each batch of state changes, in the loop: what hosts the node (`swarm
-        # run`'s results writer) hears of tasks as they end. Must be quick and never raise.
+        # Called with each batch of state changes, in the loop: how what hosts the node (`swarm
+        # run`) hears that its job is finished. Must be quick and never raise.
         self.change_hooks: list[Callable[[list[StateChanged]], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[connection.Channel] = set()  # control connections, local and remote
