@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import resource
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -135,13 +134,10 @@ class AttemptRunner:
             if spec.call is not None:
                 attempt = self.pool.attempt(launch, partial(self._call_inputs, view, launch))
             else:
-                # The kernel counts our peak memory as the floor of the child's: read it now,
-                # since the last sample may be older than the peak (a task would be charged it).
-                inherited = max(
-                    self.own_rss_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                )
+                # The kernel counts our peak memory as the floor of the child's: the attempt
+                # reads our peak as the child ends, with the last sample as a floor.
                 ended = partial(self._ended, start.task_id)
-                attempt = Attempt(launch, self.base_env, inherited, on_exit=ended)
+                attempt = Attempt(launch, self.base_env, self.own_rss_kb(), on_exit=ended)
         except OSError as exc:  # the attempt's files could not be made
             why = f"cannot prepare a run dir in {node.state.runs}: {exc}"
             node.core.start_failed(node.now(), start.task_id, why)
