@@ -34,11 +34,12 @@ import pytest
 
 from swarm.core.ledger import Outcome
 from swarm.core.spec import Resources, TaskSpec
-from swarm.daemon import executor, outputs_walk, procs
+from swarm.daemon import executor, outputs_walk, procs, spawn
 from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
 from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
 from swarm.daemon.rundirs import RunDirs
+from swarm.daemon.spawn import Process
 from swarm.errors import OutputLimitError
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "BASE_ONLY": "kept"}
@@ -138,7 +139,7 @@ async def await_file_text(path: Path, text: bytes, timeout: float = 5.0) -> None
 
 def cleanup(attempt: Attempt | None) -> None:
     """Kill the attempt's group and reap its leader, if a failing test left them behind."""
-    if attempt is None or attempt.pid is None or attempt.proc is None:  # pid: take it if started
+    if attempt is None or attempt.proc is None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(attempt.proc.pid, signal.SIGKILL)
@@ -147,7 +148,7 @@ def cleanup(attempt: Attempt | None) -> None:
             os.waitpid(attempt.proc.pid, 0)
 
 
-def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+def reap(proc: Process, timeout: float = 5.0) -> int:
     """Wait for our child to exit and reap it: its exit code (negative: the signal)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -497,7 +498,7 @@ def test_max_rss_falls_back_to_sampled_peak_below_inherited(tmp_path: Path) -> N
 
     async def during(attempt: Attempt) -> None:
         await await_file_text(attempt.stdout, b"ready")
-        assert attempt.pid is not None and still_running(attempt.pid)
+        assert attempt.proc is not None and still_running(attempt.proc.pid)
         attempt.peak_rss_kb = 4242
 
     _, f = run_attempt(launch, during, inherited_rss_kb=10**12)
@@ -812,7 +813,6 @@ def test_kill_orphans_kills_a_live_attempt_group_and_removes_its_dir(tmp_path: P
     run_root = tmp_path / "run"
     launch = make_launch(tmp_path, "sleep 30 & sleep 30 & echo ready; wait", run_root=run_root)
     attempt = Attempt(launch, NODE_ENV)  # as if left by a killed daemon: never awaited
-    attempt.wait_started()
     try:
         assert attempt.proc is not None
         pgid = attempt.proc.pid
@@ -831,7 +831,6 @@ def test_kill_orphans_kills_leftovers_after_the_leader_is_gone(tmp_path: Path) -
     run_root = tmp_path / "run"
     launch = make_launch(tmp_path, "sleep 30 & echo ready", run_root=run_root)
     attempt = Attempt(launch, NODE_ENV)
-    attempt.wait_started()
     try:
         assert attempt.proc is not None
         pgid = attempt.proc.pid
@@ -1168,6 +1167,7 @@ def test_a_task_inherits_no_descriptor_of_the_node(tmp_path: Path, how: str) -> 
     # As if the node had inherited an open descriptor from whoever started it.
     held = os.open(tmp_path, os.O_RDONLY)
     os.set_inheritable(held, True)
+    spawn._sealed = False  # the node's first spawn, as far as the seal is concerned
     try:
         _, f = run_attempt(launch)
     finally:
@@ -1258,27 +1258,3 @@ def test_the_exit_is_told_once_the_process_is_reaped_before_its_files_are_looked
     f = asyncio.run(main())
     assert f.outcome is Outcome.OK and "r.txt" in f.outputs
     assert heard == [(True, True)]
-
-
-def test_a_stop_before_the_process_started_is_carried_out_as_it_starts(tmp_path: Path) -> None:
-    """Processes start in the spawner thread: a stop that comes first (a cancel, the node
-    stopping) is kept, and the process is signalled the moment it exists."""
-    from swarm.daemon import spawn
-
-    launch = make_launch(tmp_path, "echo started; sleep 30")
-    gate = threading.Event()
-
-    async def main() -> tuple[Attempt, Finished]:
-        spawn.spawner.submit(gate.wait, 10)  # hold the spawner thread
-        attempt = Attempt(launch, BASE_ENV)
-        assert attempt.pid is None  # not started yet
-        attempt.stop(Outcome.INTERRUPTED, "stopped before it started", grace_s=5.0)
-        gate.set()
-        return attempt, await asyncio.wait_for(attempt.finished(), 10)
-
-    t0 = time.monotonic()
-    attempt, f = asyncio.run(main())
-    assert time.monotonic() - t0 < 5.0  # SIGTERM ended it, not the grace's SIGKILL
-    assert f.outcome is Outcome.INTERRUPTED and f.reason == "stopped before it started"
-    assert f.exit_code == -signal.SIGTERM
-    assert attempt.pid is not None and wait_group_gone(attempt.pid) == []

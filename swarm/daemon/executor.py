@@ -5,12 +5,12 @@ Theory of operation
 Each attempt runs in a run dir (`rundirs`) that holds its stdout and stderr files and, unless the
 task names a `cwd`, the empty `work/` dir it runs in. The process leads its own session and
 process group, so a timeout, a cancel or a shutdown can kill the whole tree it started (`procs`).
-stdout and stderr go straight to files, never through our memory. The process is started by the
-spawner thread (`spawn`), so the loop goes on while the child gets to its exec; a stop asked for
-before then is carried out as it starts. The exit is awaited through a pidfd (no thread, no
+stdout and stderr go straight to files, never through our memory. The process is started by
+`spawn` (posix_spawn for a shell command). The exit is awaited through a pidfd (no thread, no
 SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the
-kernel; the node hears of it at once (`on_exit`), so the next task can take the slot. `stop` ends
-an attempt early: SIGTERM to its group, SIGKILL after `KILL_GRACE_S`.
+kernel; the node hears of it at once (`on_exit`), so the next task can take the slot while this
+one's files are looked at. `stop` ends an attempt early: SIGTERM to its group, SIGKILL after
+`KILL_GRACE_S`.
 
 When it ends, the processes that left its group are killed (`procs.kill_attempt_strays`), its
 declared outputs are found by a bounded walk (`outputs_walk`), and, if the state disk is full,
@@ -27,10 +27,8 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,14 +37,13 @@ from swarm.core.ledger import Outcome
 from swarm.core.spec import TaskSpec
 from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
-from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, live_groups
+from swarm.daemon.procs import NODE_TAG, kill_attempt_strays, kill_group, leaders, live_groups
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
-from swarm.daemon.spawn import start
+from swarm.daemon.spawn import SHELL, Process, spawn
 
 log = logging.getLogger("swarm.daemon.executor")
 
 MTIME_SLACK_NS = 10_000_000  # 10 ms
-SHELL = "/bin/sh"
 # The state disk counts as full below this many free bytes: a task's write failed there, or soon
 # would, and the node's own ledger writes need a little room.
 DISK_FULL_FREE_BYTES = 1 << 20
@@ -164,61 +161,41 @@ class Attempt:
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
+        cmd = None if launch.spec.argv else launch.spec.cmd or ""
         # Coarse filesystem timestamps may round down: allow a file stamped just before the start.
         self._started_ns = time.time_ns() - MTIME_SLACK_NS
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
-        self.proc: subprocess.Popen[bytes] | None = None  # once started
+        self.proc: Process | None = None
         self.spawn_error = ""
         self._strays_left = False  # its leader has exited; processes outside its group may not
-        self._stop_grace_s = 0.0  # of a stop asked for before the process started
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
-        out, err = open_own(self.stdout), open_own(self.stderr)
-        # Which files these are: the task may replace them (with a link to a file outside, a
-        # fifo, a dir) before they are stored, and then its node must not follow.
-        self._own_files = {
-            self.stdout: file_identity(os.fstat(out.fileno())),
-            self.stderr: file_identity(os.fstat(err.fileno())),
-        }
-        self._spawn: Future[subprocess.Popen[bytes] | str] | None = start(
-            argv, env, self.cwd, out, err
-        )
-
-    def wait_started(self) -> None:
-        """Block until the process has started, or could not be (for callers off the loop)."""
-        if self._spawn is not None:
-            self._took(self._spawn.result())
-
-    def _poll_started(self) -> None:
-        """Take the process if it has started meanwhile."""
-        if self._spawn is not None and self._spawn.done():
-            self._took(self._spawn.result())
-
-    async def _started(self) -> None:
-        """Wait until the process has started (or could not be); carry out a stop asked for
-        meanwhile."""
-        if self._spawn is None:
-            return
-        self._took(await asyncio.wrap_future(self._spawn))
-        if self._stop_outcome is not None and self.proc is not None:
-            self._signal(self._stop_grace_s)
-
-    def _took(self, started: subprocess.Popen[bytes] | str) -> None:
-        if self._spawn is None:
-            return
-        self._spawn = None
-        if isinstance(started, str):
-            self.spawn_error = started
-            return
-        self.proc = started
-        live_groups.add(started.pid)
+        with open_own(self.stdout) as out, open_own(self.stderr) as err:
+            # Which files these are: the task may replace them (with a link to a file outside,
+            # a fifo, a dir) before they are stored, and then its node must not follow.
+            self._own_files = {
+                self.stdout: file_identity(os.fstat(out.fileno())),
+                self.stderr: file_identity(os.fstat(err.fileno())),
+            }
+            try:
+                self.proc = spawn(cmd, argv, env, self.cwd, out, err)
+                live_groups.add(self.proc.pid)
+                leaders.add(self.proc.pid)
+            except OSError as exc:
+                # The program or the cwd is missing or not executable: a failed attempt, like a
+                # shell's exit 127, with the reason where the user looks first.
+                self.spawn_error = f"cannot start {argv[0]!r} in {self.cwd}: {exc.strerror}"
+                err.write(f"swarm: {self.spawn_error}\n".encode())
 
     @property
     def pid(self) -> int | None:
-        """Its leader's pid; None before it has started, or if it could not be."""
-        self._poll_started()
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def exited(self) -> bool:
+        """The process has ended (or never started)."""
+        return self.proc is None or self.proc.returncode is not None
 
     @property
     def started_at(self) -> float:
@@ -226,7 +203,6 @@ class Attempt:
         return self._t0
 
     async def finished(self) -> Finished:
-        await self._started()
         if self.proc is None:
             wall_s = time.monotonic() - self._t0
             return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
@@ -241,9 +217,8 @@ class Attempt:
             self._on_exit()
         code = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
-        # The child was started from another thread while the node went on, so its floor is
-        # the node's peak as of its exec, which may be above what was read before: the node's
-        # peak now bounds it.
+        # The child's floor is the node's peak as of the child's exec; the node's peak now
+        # bounds it (the figure given at the start is the last sample, which may be older).
         inherited = max(self.inherited_rss_kb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         own_rss_kb = usage.ru_maxrss if usage.ru_maxrss > inherited else 0
         if self._stop_outcome is not None:
@@ -258,7 +233,6 @@ class Attempt:
 
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
-        await self._started()
         if self.proc is not None and self.proc.returncode is None:
             await _wait_exit(self.proc)
             kill_group(self.proc.pid, signal.SIGKILL)
@@ -267,26 +241,12 @@ class Attempt:
             await self._kill_strays()
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
-        """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s` (once it has
-        started, if it has not yet)."""
-        if self._stop_outcome is not None:
-            return  # already stopping
-        self._poll_started()
-        if self._spawn is not None:  # not started yet: carried out as it starts
-            self._stop_outcome, self._stop_reason, self._stop_grace_s = outcome, reason, grace_s
-            return
-        if self.proc is None or self.proc.returncode is not None:
-            return  # could not start, or already reaped (its pid may be reused)
+        """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
+        if self.proc is None or self.proc.returncode is not None or self._stop_outcome is not None:
+            return  # not started, already reaped (its pid may be reused), or already stopping
         self._stop_outcome, self._stop_reason = outcome, reason
-        self._signal(grace_s)
-
-    def _signal(self, grace_s: float) -> None:
-        """SIGTERM to its group now, SIGKILL after `grace_s`."""
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            return
+        kill_group(self.proc.pid, signal.SIGTERM)
         pid = self.proc.pid
-        kill_group(pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         self._kill_timer = loop.call_later(grace_s, kill_group, pid, signal.SIGKILL)
 
@@ -449,7 +409,7 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
     return total
 
 
-async def _wait_exit(proc: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+async def _wait_exit(proc: Process) -> tuple[int, resource.struct_rusage]:
     """Wait for the process to exit without blocking the loop, and reap it with its rusage."""
     loop = asyncio.get_running_loop()
     pidfd = os.pidfd_open(proc.pid)

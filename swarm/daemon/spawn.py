@@ -1,65 +1,117 @@
-"""Starting an attempt's process off the event loop, in a thread of its own.
+"""Starting an attempt's process: in its own session, with its stdout and stderr on our files.
 
 Theory of operation
 -------------------
-`subprocess.Popen` starts a child with vfork: the calling thread is held until the child has
-exec'd, which on a busy machine means until the child got a CPU (milliseconds, with every core
-taken by tasks). CPython lets go of the GIL meanwhile, so the holding costs the loop nothing if
-the call is made from another thread; `os.posix_spawn` keeps the GIL and would hold everything.
-So every attempt's process is started by `start`, in the one `spawner` thread: the loop hands it
-the argv, environment, dir and the two open files, and goes on; the attempt awaits the outcome
-before it waits for the process (`executor.Attempt`).
+A shell command (a task's `cmd`, the common case) starts with `os.posix_spawn`: glibc runs it
+through a vfork-style clone and execs at once, with the environment encoded in C, so the event
+loop is held for less than half as long as `subprocess.Popen` holds it (its Python-side
+preparation and error pipe). posix_spawn has no working-directory action in Python 3.11, so the
+shell itself changes to the task's dir first: the command becomes `cd -- DIR || exit 127` and, on
+the next line, the task's own text, so `$0`, the arguments and the shell are the task's as before.
 
-The child leads a new session (so its whole tree can be killed), has /dev/null as stdin, the
-signals Python ignores back at their defaults, and no descriptor of ours but its stdout and
-stderr (Popen closes the others in the child).
+A task given as an argv list starts with Popen, which changes dir and searches the task's own
+PATH before it execs: no shell stands between the task and its program.
+
+Either way the child leads a new session (so its whole tree can be killed), has /dev/null as
+stdin, the signals Python ignores (SIGPIPE, SIGXFSZ) back at their defaults, and no descriptor of
+ours but the two files. posix_spawn closes nothing itself: every descriptor Python, SQLite and
+glibc open is close-on-exec, and those the process inherited from whoever started it are made so
+before its first spawn (`_seal_inherited`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shlex
+import signal
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
-from swarm.daemon.procs import leaders
-
-# One thread: starts are quick once the thread has the GIL, and one at a time keeps them in
-# the order the node asked for them.
-spawner = ThreadPoolExecutor(1, thread_name_prefix="swarm-spawn")
-
-
-def start(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, out: IO[bytes], err: IO[bytes]
-) -> Future[subprocess.Popen[bytes] | str]:
-    """Start `argv` in `cwd` from the spawner thread, which then closes `out` and `err` (ours:
-    the child has its own copies). The future holds the process, or why it could not be
-    started (also written to `err`, where the user looks first)."""
-    return spawner.submit(_start, list(argv), dict(env), cwd, out, err)
+SHELL = "/bin/sh"
+CWD_FAILED_EXIT = 127  # as a shell says of a command it cannot run
+# Python ignores these; a child must get them at their defaults, as Popen's restore_signals does.
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _start(
-    argv: list[str], env: dict[str, str], cwd: Path, out: IO[bytes], err: IO[bytes]
-) -> subprocess.Popen[bytes] | str:
-    with out, err:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            # The program or the dir is missing or not executable: a failed attempt, like a
-            # shell's exit 127.
-            why = f"cannot start {argv[0]!r} in {cwd}: {exc.strerror}"
-            err.write(f"swarm: {why}\n".encode())
-            return why
-    # Known as ours at once, before the loop takes it: an attempt ending meanwhile need not
-    # read /proc to tell that this young process is not one of its strays.
-    leaders.add(proc.pid)
-    return proc
+class Process(Protocol):
+    """What an attempt keeps of its process: its pid, and its exit once it was reaped."""
+
+    pid: int
+    returncode: int | None
+
+
+@dataclass(slots=True)
+class Spawned:
+    """A process started by posix_spawn; `returncode` is set by whoever reaps it."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def spawn(
+    cmd: str | None,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    out: IO[bytes],
+    err: IO[bytes],
+) -> Process:
+    """Start a shell command (`cmd`) or a program (`argv`) in `cwd`. OSError if it cannot be
+    started (the shell or program is missing, the dir is not there): nothing was started."""
+    if cmd is None:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    _check_dir(cwd)  # the shell would say so too, later and less clearly
+    _seal_inherited()
+    script = f"cd -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}\n{cmd}"
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+        (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+    ]
+    pid = os.posix_spawn(
+        SHELL,
+        [SHELL, "-c", script],
+        env,
+        file_actions=actions,
+        setsid=True,
+        setsigdef=DEFAULT_SIGNALS,
+        setsigmask=(),
+    )
+    return Spawned(pid)
+
+
+def _check_dir(path: Path) -> None:
+    """OSError, as chdir would raise it, unless `path` is a dir."""
+    if not stat.S_ISDIR(os.stat(path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+
+
+_sealed = False
+
+
+def _seal_inherited() -> None:
+    """Make close-on-exec every descriptor above stderr that this process holds (once): those
+    it inherited from its own parent (a shell's, a test runner's) would reach every task."""
+    global _sealed
+    if _sealed:
+        return
+    _sealed = True
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
