@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import resource
 import shutil
@@ -48,6 +49,7 @@ MTIME_SLACK_NS = 10_000_000  # 10 ms
 # would, and the node's own ledger writes need a little room.
 DISK_FULL_FREE_BYTES = 1 << 20
 TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
+FREE_RECENT_S = 0.5  # a reading of the free space this fresh serves an attempt's start
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ class Finished:
     discarded: bool = False
     # A Python call's small outcome, for its RESULT record (then it has no files to store).
     inline_value: bytes = b""
+    # The sizes of stdout and stderr as the attempt ended (None: the store looks).
+    stream_bytes: tuple[int, int] | None = None
 
 
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
@@ -156,8 +160,9 @@ class Attempt:
         self.stdout = launch.run_dir / "stdout"
         self.stderr = launch.run_dir / "stderr"
         # What the state disk had free when it began, to tell at the end whether the attempt's
-        # own output filled it (one statvfs of our own dir, not of the task's files).
-        self._free_at_start = free_bytes(launch.run_dir)
+        # own output filled it (a statvfs of our own dir, not of the task's files, or the last
+        # attempt's reading when it is recent).
+        self._free_at_start = free_space.recent(launch.run_dir)
         scratch = launch.spec.cwd is None
         self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
@@ -171,22 +176,31 @@ class Attempt:
         self._strays_left = False  # its leader has exited; processes outside its group may not
         env = attempt_env(launch, base_env)
         self._tags = attempt_tags(env)
-        with open_own(self.stdout) as out, open_own(self.stderr) as err:
+        out, out_st = open_own(self.stdout)
+        try:
+            err, err_st = open_own(self.stderr)
+        except OSError:
+            os.close(out)
+            raise
+        try:
             # Which files these are: the task may replace them (with a link to a file outside,
             # a fifo, a dir) before they are stored, and then its node must not follow.
             self._own_files = {
-                self.stdout: file_identity(os.fstat(out.fileno())),
-                self.stderr: file_identity(os.fstat(err.fileno())),
+                self.stdout: file_identity(out_st),
+                self.stderr: file_identity(err_st),
             }
             try:
-                self.proc = spawn(cmd, argv, env, self.cwd, out, err)
+                self.proc = spawn(cmd, argv, env, self.cwd, out, err, cwd_known=scratch)
                 live_groups.add(self.proc.pid)
                 leaders.add(self.proc.pid)
             except OSError as exc:
                 # The program or the cwd is missing or not executable: a failed attempt, like a
                 # shell's exit 127, with the reason where the user looks first.
                 self.spawn_error = f"cannot start {argv[0]!r} in {self.cwd}: {exc.strerror}"
-                err.write(f"swarm: {self.spawn_error}\n".encode())
+                os.write(err, f"swarm: {self.spawn_error}\n".encode())
+        finally:
+            os.close(out)
+            os.close(err)
 
     @property
     def pid(self) -> int | None:
@@ -277,11 +291,11 @@ class Attempt:
         # enough to be a stray, on /proc): done here, since a thread hop just before the next
         # task's fork was measured to slow it by ~1 ms.
         await self._kill_strays()
-        replaced = self._replaced_files()
+        replaced, stream_bytes = self._replaced_files()
         if replaced:
             await asyncio.to_thread(remove_all, replaced)  # a tree, maybe: not on the loop
         judged = None
-        if free_bytes(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks its files: thread
+        if free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks files: thread
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
         if judged is not None:
@@ -301,21 +315,28 @@ class Attempt:
             reason=reason,
             evicted=self.evicted and outcome is Outcome.INTERRUPTED,
             discarded=discarded,
+            stream_bytes=stream_bytes,
         )
 
-    def _replaced_files(self) -> list[Path]:
+    def _replaced_files(self) -> tuple[list[Path], tuple[int, int]]:
         """Our stdout and stderr names, where the task put something else in their place (a
-        link to a file outside, a fifo, a dir): that is neither stored nor followed."""
+        link to a file outside, a fifo, a dir): that is neither stored nor followed. And the
+        sizes of our own two files (0 for one gone or replaced), for the store."""
         replaced = []
+        sizes = []
         for path, identity in self._own_files.items():
             try:
-                if file_identity(os.lstat(path)) == identity:
-                    continue
+                st = os.lstat(path)
             except FileNotFoundError:
+                sizes.append(0)
+                continue
+            if file_identity(st) == identity:
+                sizes.append(st.st_size)
                 continue
             log.warning("%s was replaced by its task; it is not stored", path)
             replaced.append(path)
-        return replaced
+            sizes.append(0)
+        return replaced, (sizes[0], sizes[1])
 
     async def _kill_strays(self) -> None:
         """Kill the processes of this attempt that left its process group, once its leader has
@@ -377,6 +398,29 @@ class Attempt:
         """The attempt's output files (see `collect_attempt_outputs`); or none and the reason
         they were not taken."""
         return await collect_attempt_outputs(self.cwd, self.launch.spec.outputs, self._started_ns)
+
+
+class FreeSpace:
+    """The state disk's free bytes, read as each attempt ends; an attempt that starts soon after
+    takes that reading rather than one of its own."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+        self._read_at = -math.inf
+        self._bytes = 0
+
+    def recent(self, run_dir: Path) -> int:
+        if run_dir.parent == self._root and time.monotonic() - self._read_at < FREE_RECENT_S:
+            return self._bytes
+        return self.now(run_dir)
+
+    def now(self, run_dir: Path) -> int:
+        self._bytes = free_bytes(run_dir)
+        self._root, self._read_at = run_dir.parent, time.monotonic()
+        return self._bytes
+
+
+free_space = FreeSpace()
 
 
 def free_bytes(path: Path) -> int:

@@ -48,7 +48,10 @@ class OutputStore:
         the manifest is new here. `stored` remembers what a previous try already moved (and is
         filled in as this one goes). StorageFullError on a full disk; OSError if a file cannot
         be read (say, removed under us)."""
-        out_size, err_size = _size(finished.stdout), _size(finished.stderr)
+        if finished.stream_bytes is not None:  # as the executor saw them at the end
+            out_size, err_size = finished.stream_bytes
+        else:
+            out_size, err_size = _size(finished.stdout), _size(finished.stderr)
         if not (finished.outputs or out_size or err_size or stored):
             if self._silent_manifest is None:
                 digest, new = self.store.put_bytes(manifest_bytes(EMPTY_DIGEST, EMPTY_DIGEST, {}))

@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO
 
 
 class RunDirs:
@@ -84,10 +83,11 @@ def _empty_work(run_dir: Path) -> bool:
     return True
 
 
-def open_own(path: Path) -> IO[bytes]:
-    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated. What
-    an earlier task may have left under that name (a symlink, a fifo) is never followed or
-    opened: it is removed, and a new file made."""
+def open_own(path: Path) -> tuple[int, os.stat_result]:
+    """Open our stdout or stderr file in a (maybe recycled) run dir for writing, truncated: its
+    descriptor (the caller closes it) and what it is. What an earlier task may have left under
+    that name (a symlink, a fifo) is never followed or opened: it is removed, and a new file
+    made."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = -1
     with contextlib.suppress(OSError):  # a symlink (ELOOP), a fifo with no reader (ENXIO), ...
@@ -98,14 +98,16 @@ def open_own(path: Path) -> IO[bytes]:
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             if st.st_size:  # most often it is empty already: left so by a task that wrote nothing
                 os.ftruncate(fd, 0)
-        else:
-            os.close(fd)
-            fd = -1
-    if fd < 0:  # not ours to reuse: made anew
-        _remove(path)
-        fd = os.open(path, flags | os.O_EXCL, 0o644)
+            return _blocking(fd), st
+        os.close(fd)
+    _remove(path)  # not ours to reuse: made anew
+    fd = os.open(path, flags | os.O_EXCL, 0o644)
+    return _blocking(fd), os.fstat(fd)
+
+
+def _blocking(fd: int) -> int:
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "wb")
+    return fd
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, bool]:

@@ -31,7 +31,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 SHELL = "/bin/sh"
 CWD_FAILED_EXIT = 127  # as a shell says of a command it cannot run
@@ -59,11 +59,15 @@ def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
     cwd: Path,
-    out: IO[bytes],
-    err: IO[bytes],
+    out: int,
+    err: int,
+    *,
+    cwd_known: bool = False,
 ) -> Process:
-    """Start a shell command (`cmd`) or a program (`argv`) in `cwd`. OSError if it cannot be
-    started (the shell or program is missing, the dir is not there): nothing was started."""
+    """Start a shell command (`cmd`) or a program (`argv`) in `cwd`, with the descriptors `out`
+    and `err` as its stdout and stderr. OSError if it cannot be started (the shell or program
+    is missing, the dir is not there): nothing was started. `cwd_known`: the dir is the node's
+    own, known to be there (a run dir's `work/`), so it is not looked at first."""
     if cmd is None:
         return subprocess.Popen(
             list(argv),
@@ -74,13 +78,14 @@ def spawn(
             env=env,
             start_new_session=True,
         )
-    _check_dir(cwd)  # the shell would say so too, later and less clearly
+    if not cwd_known:
+        _check_dir(cwd)  # the shell would say so too, later and less clearly
     _seal_inherited()
     script = f"cd -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}\n{cmd}"
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-        (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        (os.POSIX_SPAWN_DUP2, out, 1),
+        (os.POSIX_SPAWN_DUP2, err, 2),
     ]
     pid = os.posix_spawn(
         SHELL,

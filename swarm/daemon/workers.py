@@ -344,7 +344,7 @@ class PyAttempt:
         if launch.spec.cwd is None:
             self.cwd.mkdir(exist_ok=True)
         for path in (self.stdout, self.stderr):
-            open_own(path).close()  # made (or emptied) here, never through what a task left
+            os.close(open_own(path)[0])  # made (or emptied) here, never through what a task left
         with contextlib.suppress(FileNotFoundError):
             self.value.unlink()  # an earlier attempt's, in a recycled run dir
         self._env = attempt_env(launch, pool.base_env)
