@@ -50,7 +50,7 @@ from swarm.core.ledger_records import (
     stamp_of,
     task_record_problem,
 )
-from swarm.core.spec import TaskSpec
+from swarm.core.spec import LabelValue, Resources, TaskSpec
 
 # The record names are re-exported: most code reads records and their views from one place.
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "ReplicaRecord",
     "ResultRecord",
     "RetryRecord",
+    "Shape",
     "State",
     "StateChanged",
     "TaskRecord",
@@ -96,6 +97,9 @@ INTERRUPTION_CAP = 5
 EVICTION_CAP = 5
 FINISH_SAMPLES_MAX = 4096  # per job: recent finish times kept for rates and ETAs
 FAILURES_KEPT_MAX = 256  # failed attempts kept, newest, for the status view
+
+# What a task needs and the labels it requires: tasks of one shape fit the same nodes.
+Shape = tuple[Resources, tuple[tuple[str, LabelValue], ...]]
 
 
 class State(enum.StrEnum):
@@ -319,6 +323,9 @@ class Ledger:
         self.holders: dict[str, set[str]] = {}  # blob digest -> nodes holding it
         self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
         self.running: set[str] = set()  # ids of tasks whose state is running
+        # shape -> job -> its pending tasks of that shape, kept as states change: what fits
+        # no node is counted from these, never by walking a million pending tasks.
+        self.pending_shapes: dict[Shape, Counter[str]] = {}
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
@@ -438,6 +445,8 @@ class Ledger:
             counts[old] -= 1
         if new is not None:
             counts[new] += 1
+        if old is State.PENDING or new is State.PENDING:
+            self._count_pending(view, 1 if new is State.PENDING else -1)
         if new is State.RUNNING:
             self.running.add(view.task_id)
         else:
@@ -447,6 +456,16 @@ class Ledger:
             samples = self.finished_ms.setdefault(view.job, deque(maxlen=FINISH_SAMPLES_MAX))
             samples.append(ended)
         return [StateChanged(view.task_id, old, new)]
+
+    def _count_pending(self, view: TaskView, delta: int) -> None:
+        assert view.spec is not None  # a task with a state has its spec
+        shape = (view.spec.need, view.spec.requires)
+        jobs = self.pending_shapes.setdefault(shape, Counter())
+        jobs[view.job] += delta
+        if jobs[view.job] <= 0:
+            del jobs[view.job]
+            if not jobs:
+                del self.pending_shapes[shape]
 
     # -- reading -----------------------------------------------------------------------------
 
