@@ -659,3 +659,16 @@ def test_the_status_lists_a_task_that_failed_twice_once_with_its_latest_failure(
     a(result("t1", 2, Outcome.TIMEOUT))
     rows = failure_rows(ledger, None)
     assert [(r["task_id"], r["outcome"]) for r in rows] == [("t1", "timeout")]
+
+
+def test_a_first_claim_result_or_loss_gives_that_task_maps_of_its_own() -> None:
+    ledger, a, _ = fresh("t1")
+    a(TaskRecord("t2", "job", "two", SPEC, stamp=10))
+    a(ClaimRecord("t1", 1, 20, False))
+    a(result("t1", 1, Outcome.FAILED))
+    a(LostRecord("t1", 1, "node-a"))
+    t1, t2 = ledger.tasks["t1"], ledger.tasks["t2"]
+    assert list(t1.claims) == [(1, "node-a")] and list(t1.attempts) == [(1, "node-a")]
+    assert t1.lost == {(1, "node-a")}
+    assert (dict(t2.claims), dict(t2.attempts), t2.lost) == ({}, {}, frozenset())
+    assert t2.state is State.PENDING

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from swarm.core.ledger_records import (
@@ -128,6 +130,10 @@ class Attempt:
     result: ResultRecord
 
 
+_NO_CLAIMS: Mapping[tuple[int, str], ClaimInfo] = MappingProxyType({})
+_NO_ATTEMPTS: Mapping[tuple[int, str], Attempt] = MappingProxyType({})
+
+
 @dataclass(slots=True)
 class TaskView:
     """Everything known about one task: the join of all records that name it."""
@@ -137,8 +143,10 @@ class TaskView:
     name: str = ""
     spec: TaskSpec | None = None  # None until the TASK record arrives (others may come first)
     submitted: tuple[int, str] = (0, "")  # (stamp, origin) of the TASK record kept
-    claims: dict[tuple[int, str], ClaimInfo] = field(default_factory=dict)
-    attempts: dict[tuple[int, str], Attempt] = field(default_factory=dict)
+    # Shared empty maps until a first claim or result: most of a million tasks wait unclaimed,
+    # and two empty dicts each would cost 128 bytes a task. Only the ledger writes them.
+    claims: Mapping[tuple[int, str], ClaimInfo] = field(default_factory=lambda: _NO_CLAIMS)
+    attempts: Mapping[tuple[int, str], Attempt] = field(default_factory=lambda: _NO_ATTEMPTS)
     forgiven_failures: int = 0
     forgiven_interruptions: int = 0
     forgiven_evictions: int = 0
@@ -147,7 +155,7 @@ class TaskView:
     # revives the calls a cancel stopped; a cancel after that cancels them again.
     cancelled_at: int = -1
     revived_at: int = -1
-    lost: set[tuple[int, str]] = field(default_factory=set)  # attempts whose result is gone
+    lost: frozenset[tuple[int, str]] = frozenset()  # attempts whose result is gone
     state: State | None = None  # cached derive_state(); None while the spec is unknown
 
     def next_epoch(self) -> int:
@@ -249,10 +257,28 @@ class TaskView:
         )
 
 
+def _own_claims(view: TaskView) -> dict[tuple[int, str], ClaimInfo]:
+    """The view's claims, as a dict of its own to add to (not the shared empty map)."""
+    if not isinstance(view.claims, dict):
+        view.claims = {}
+    return view.claims
+
+
+def _own_attempts(view: TaskView) -> dict[tuple[int, str], Attempt]:
+    if not isinstance(view.attempts, dict):
+        view.attempts = {}
+    return view.attempts
+
+
 def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     """The task's state as a pure function of its records."""
     if view.spec is None:
         return None
+    if not view.claims and not view.attempts:
+        # Never claimed (a million waiting tasks): nothing ran, failed or was interrupted, and
+        # forgiven counts only lower those, so the rules below come down to this.
+        cancelled = view.cancelled_at > view.revived_at or job_cancelled
+        return State.CANCELLED if cancelled else State.PENDING
     if view.ok_attempt() is not None:
         return State.DONE
     # A cancel stops what is still to run; a task that already failed stays failed (and can be
@@ -326,6 +352,7 @@ class Ledger:
         # shape -> job -> its pending tasks of that shape, kept as states change: what fits
         # no node is counted from these, never by walking a million pending tasks.
         self.pending_shapes: dict[Shape, Counter[str]] = {}
+        self._names: dict[str, str] = {}  # each job and origin name, shared (_shared)
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
@@ -355,7 +382,7 @@ class Ledger:
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:
-                    view.claims[(body.epoch, version.origin)] = ClaimInfo(
+                    _own_claims(view)[(body.epoch, version.origin)] = ClaimInfo(
                         body.stamp, body.released, body.stolen
                     )
                 else:
@@ -372,7 +399,7 @@ class Ledger:
                         self.stats.count(body, view)  # before it joins: a duplicate is told
                         if body.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
                             self.failures.append((body.task_id, slot))
-                    view.attempts[slot] = Attempt(version, body)
+                    _own_attempts(view)[slot] = Attempt(version, body)
                 return self._refresh(view)
             case HeartbeatRecord():
                 if body.counter > self.heartbeats.get(version.origin, -1):
@@ -388,7 +415,7 @@ class Ledger:
                 return []
             case LostRecord():
                 view = self._view(body.task_id)
-                view.lost.add((body.epoch, body.node))
+                view.lost = view.lost | {(body.epoch, body.node)}
                 return self._refresh(view)
             case RetryRecord():
                 view = self._view(body.task_id)
@@ -403,15 +430,17 @@ class Ledger:
         view = self._view(body.task_id)
         submitted = (body.stamp, version.origin)
         if view.spec is None or submitted < view.submitted:
+            job = self._shared(body.job)
             if view.spec is None:
-                self.jobs.setdefault(body.job, []).append(body.task_id)
-            view.job, view.name, view.spec, view.submitted = (
-                body.job,
-                body.name,
-                body.spec,
-                submitted,
-            )
+                self.jobs.setdefault(job, []).append(body.task_id)
+            view.job, view.name, view.spec = job, body.name, body.spec
+            view.submitted = (body.stamp, self._shared(version.origin))
         return self._refresh(view)
+
+    def _shared(self, text: str) -> str:
+        """One string object for each job and node name, not one per task record that names
+        it (a decoded record brings copies of its own)."""
+        return self._names.setdefault(text, text)
 
     def _apply_cancel(self, body: CancelRecord) -> list[StateChanged]:
         if body.task_id is not None:
@@ -440,7 +469,9 @@ class Ledger:
         if new == old:
             return []
         view.state = new
-        counts = self.job_counts.setdefault(view.job, Counter())
+        counts = self.job_counts.get(view.job)
+        if counts is None:  # (not setdefault: a Counter made for every record costs more)
+            counts = self.job_counts[view.job] = Counter()
         if old is not None:
             counts[old] -= 1
         if new is not None:
@@ -460,7 +491,9 @@ class Ledger:
     def _count_pending(self, view: TaskView, delta: int) -> None:
         assert view.spec is not None  # a task with a state has its spec
         shape = (view.spec.need, view.spec.requires)
-        jobs = self.pending_shapes.setdefault(shape, Counter())
+        jobs = self.pending_shapes.get(shape)
+        if jobs is None:
+            jobs = self.pending_shapes[shape] = Counter()
         jobs[view.job] += delta
         if jobs[view.job] <= 0:
             del jobs[view.job]

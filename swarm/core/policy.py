@@ -126,6 +126,8 @@ class Infeasible:
 
     counts: dict[str, int]  # job -> its pending tasks that fit no node like this one
     listed: list[str]  # at most INFEASIBLE_LISTED_MAX of them
+
+
 _Entry = tuple[int, int, int, str]  # (-priority, rank, stamp or -stamp, task id)
 
 
