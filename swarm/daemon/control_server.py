@@ -75,6 +75,7 @@ from swarm.core.ledger import Version
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
+from swarm.daemon import heap
 from swarm.daemon.net import GossipNet
 from swarm.daemon.watches import Watch
 from swarm.errors import ControlError, SwarmError, UserError
@@ -257,9 +258,11 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
         raise UserError(f"job name {job!r} {name}")
     if len(incoming) > SUBMIT_TASKS_MAX:
         raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
-    tasks = [checked_task(job, raw) for raw in incoming]
-    added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
-    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(incoming) - added}
+    with heap.bulk():  # a large submission's specs and views live as long as the node
+        tasks = [checked_task(job, raw) for raw in incoming]
+        del incoming  # (the client's form: its memory is used again for the records)
+        added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
+    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(tasks) - added}
     unfit = call.node.unfit([t.spec for t in tasks])
     if unfit:
         reply["unfit"] = unfit
