@@ -249,18 +249,11 @@ async def _ping(call: Call, request: PingRequest) -> PingReply:
 
 
 async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
-    """Read the submission's stream to its end, then add its tasks in one commit, or none if
-    anything in it is wrong."""
+    """Read the submission's stream to its end, checking each frame's tasks as it comes, then
+    add them in one commit, or none if anything in it is wrong."""
     job = request["job"]
-    incoming = await _read_stream(call.channel)
-    name = name_problem(job)
-    if name is not None:
-        raise UserError(f"job name {job!r} {name}")
-    if len(incoming) > SUBMIT_TASKS_MAX:
-        raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
-    with heap.bulk():  # a large submission's specs and views live as long as the node
-        tasks = [checked_task(job, raw) for raw in incoming]
-        del incoming  # (the client's form: its memory is used again for the records)
+    tasks = await _read_tasks(call.channel, job)
+    with heap.bulk():  # a large submission's records and views live as long as the node
         added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
     reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(tasks) - added}
     unfit = call.node.unfit([t.spec for t in tasks])
@@ -411,21 +404,35 @@ assert set(OPERATIONS) == set(control.REQUEST_FIELDS), "every contract needs its
 # -- what the handlers use --------------------------------------------------------------------------
 
 
-async def _read_stream(channel: connection.Channel) -> list[SubmittedTask]:
-    """A submission's tasks, its stream read to the end frame. UserError (after the end frame)
-    if a frame is malformed; past SUBMIT_TASKS_MAX tasks, the rest is read and not kept."""
-    incoming: list[SubmittedTask] = []
+async def _read_tasks(channel: connection.Channel, job: str) -> list[CheckedTask]:
+    """A submission's tasks, its stream read to the end frame, each frame's checked as it
+    comes (so a million tasks are never held twice, as the client sent them and as checked).
+    UserError, raised after the end frame so that the reply is in step: a malformed frame, a
+    bad job name, more than SUBMIT_TASKS_MAX tasks, or the first bad task."""
+    tasks: list[CheckedTask] = []
     problem: str | None = None
+    bad_task: UserError | None = None
     while True:
         frame = await _next_frame(channel)
         problem = problem or control.submit_frame_problem(frame)
         if frame.get("end"):
             break
-        if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
-            incoming.extend(frame.get("tasks") or [])
-    if problem is not None:  # raised after the stream is read, so the reply is in step
+        if problem is None and bad_task is None and len(tasks) <= SUBMIT_TASKS_MAX:
+            try:
+                with heap.bulk():  # what is checked lives on as the node's records
+                    tasks.extend(checked_task(job, raw) for raw in frame.get("tasks") or [])
+            except UserError as exc:
+                bad_task = exc  # the rest is read, and not checked
+    if problem is not None:
         raise UserError(problem)
-    return incoming
+    name = name_problem(job)
+    if name is not None:
+        raise UserError(f"job name {job!r} {name}")
+    if len(tasks) > SUBMIT_TASKS_MAX:
+        raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
+    if bad_task is not None:
+        raise bad_task
+    return tasks
 
 
 class BlobStream:

@@ -7,7 +7,9 @@ collections come again and again, each longer than the last: a third of a load's
 them. So bulk work runs with the collector paused, and then everything alive is moved to the
 permanent generation (`gc.freeze`), which no collection scans again. Frozen objects are still
 freed when their last reference goes; only a reference cycle among them would outlive its use,
-and the ledger's objects form none. Process-wide, as the collector is: pauses nest.
+so a collection runs just before each freeze (short: all but the objects made since the last
+freeze are frozen already), and the ledger's objects form none. Process-wide, as the collector
+is: pauses nest.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def bulk() -> Iterator[None]:
     finally:
         _Pauses.count -= 1
         if _Pauses.count == 0:
+            # What is not frozen yet is only what was made since the last freeze, so this
+            # collection is short; it frees the cycles among that, which freezing would keep.
+            gc.collect()
             gc.freeze()
             if _Pauses.was_enabled:
                 gc.enable()
