@@ -159,7 +159,9 @@ class TaskView:
     state: State | None = None  # cached derive_state(); None while the spec is unknown
 
     def next_epoch(self) -> int:
-        highest = max((epoch for epoch, _ in self.claims), default=0)
+        if not self.claims:
+            return 1
+        highest = max(epoch for epoch, _ in self.claims)
         return highest + 1
 
     def claim_order(self, key: tuple[int, str]) -> tuple[int, bool, int, str]:
@@ -432,7 +434,10 @@ class Ledger:
         if view.spec is None or submitted < view.submitted:
             job = self._shared(body.job)
             if view.spec is None:
-                self.jobs.setdefault(job, []).append(body.task_id)
+                tasks = self.jobs.get(job)
+                if tasks is None:  # (not setdefault: it would make a list for every task)
+                    tasks = self.jobs[job] = []
+                tasks.append(body.task_id)
             view.job, view.name, view.spec = job, body.name, body.spec
             view.submitted = (body.stamp, self._shared(version.origin))
         return self._refresh(view)
