@@ -466,11 +466,31 @@ class Ledger:
             view = self.tasks[task_id] = TaskView(task_id)
         return view
 
+    def _job_cancelled(self, view: TaskView) -> bool:
+        """Whether a cancel of the task's job reaches it (one after it was submitted, and not
+        lifted by a revival of it since)."""
+        job_cancel = self.cancelled_jobs.get(view.job, -1)
+        return view.submitted[0] <= job_cancel and job_cancel > view.revived_at
+
+    def take_task(self, version: Version, body: TaskRecord) -> TaskView:
+        """The task's view with this TASK record joined to what the ledger holds of it, taken
+        out of the ledger: a table read one task at a time (a streamed export) holds the task
+        at hand, not a million. The ledger's counts are not kept by it."""
+        view = self.tasks.pop(body.task_id, None) or TaskView(body.task_id)
+        submitted = (body.stamp, version.origin)
+        if view.spec is None or submitted < view.submitted:
+            view.job, view.name, view.spec, view.submitted = (
+                body.job,
+                body.name,
+                body.spec,
+                submitted,
+            )
+        view.state = derive_state(view, self._job_cancelled(view))
+        return view
+
     def _refresh(self, view: TaskView) -> list[StateChanged]:
         old = view.state
-        job_cancel = self.cancelled_jobs.get(view.job, -1)
-        job_cancelled = view.submitted[0] <= job_cancel and job_cancel > view.revived_at
-        new = derive_state(view, job_cancelled)
+        new = derive_state(view, self._job_cancelled(view))
         if new == old:
             return []
         view.state = new
