@@ -447,10 +447,11 @@ def tasks_stored_twice(path: Path) -> set[str]:
         return {
             str(task)
             for (task,) in conn.execute(
-                "SELECT swarm_task(body) AS t FROM records WHERE kind = ? AND t IS NOT NULL"
+                "SELECT swarm_task(body) AS t FROM records WHERE kind = ?"
                 " GROUP BY t HAVING count(*) > 1",
                 (int(Kind.TASK),),
             )
+            if task is not None
         }
 
 
