@@ -30,3 +30,10 @@ def test_bulk_leaves_a_collector_that_was_off_off() -> None:
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_bulk_of_a_few_items_leaves_the_collector_alone() -> None:
+    frozen = gc.get_freeze_count()
+    with heap.bulk(heap.BULK_ITEMS_MIN - 1):
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen

@@ -253,7 +253,7 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
     add them in one commit, or none if anything in it is wrong."""
     job = request["job"]
     tasks = await _read_tasks(call.channel, job)
-    with heap.bulk():  # a large submission's records and views live as long as the node
+    with heap.bulk(len(tasks)):  # a large submission's views live as long as the node
         added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
     reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(tasks) - added}
     unfit = call.node.unfit([t.spec for t in tasks])
@@ -418,9 +418,10 @@ async def _read_tasks(channel: connection.Channel, job: str) -> list[CheckedTask
         if frame.get("end"):
             break
         if problem is None and bad_task is None and len(tasks) <= SUBMIT_TASKS_MAX:
+            raws = frame.get("tasks") or []
             try:
-                with heap.bulk():  # what is checked lives on as the node's records
-                    tasks.extend(checked_task(job, raw) for raw in frame.get("tasks") or [])
+                with heap.bulk(len(raws)):  # what is checked lives on as the node's records
+                    tasks.extend(checked_task(job, raw) for raw in raws)
             except UserError as exc:
                 bad_task = exc  # the rest is read, and not checked
     if problem is not None:

@@ -27,9 +27,19 @@ class _Pauses:
     was_enabled = True
 
 
+# Below this many items (tasks, records) the work runs with the collector as it is: a
+# collection and a freeze would cost more than they save, and each freeze also keeps whatever
+# reference cycles are alive at that moment (a connection's, say) for good once they die.
+BULK_ITEMS_MIN = 2_000
+
+
 @contextlib.contextmanager
-def bulk() -> Iterator[None]:
-    """Pause the collector while many long-lived objects are made; then freeze what is alive."""
+def bulk(items: int = BULK_ITEMS_MIN) -> Iterator[None]:
+    """Pause the collector while `items` long-lived things are made; then freeze what is
+    alive. Nothing is done for fewer than BULK_ITEMS_MIN."""
+    if items < BULK_ITEMS_MIN:
+        yield
+        return
     if _Pauses.count == 0:
         _Pauses.was_enabled = gc.isenabled()
         gc.disable()
