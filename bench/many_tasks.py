@@ -18,6 +18,7 @@ daemon is stopped and the temporary dir removed whatever happens.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the restart probe asks the daemon with this checkout's client
 STEP_TIMEOUT_S = 900.0  # any one command; 1,000,000 tasks took 171 s to submit at the baseline
 READY_POLL_S = 0.05  # how often the restart probe pings the daemon
 MIB = 1 << 20
@@ -84,14 +86,14 @@ def timed_peak(argv: list[str], env: dict[str, str], stdout: Path) -> tuple[floa
     return wall, usage.ru_maxrss
 
 
-# Whether the daemon answers on its control socket: `swarm status --once` itself cannot tell,
-# since with no daemon answering it reads the ledger file (a million tasks: seconds of CPU
-# that would compete with the daemon starting).
-PING = (
-    "import asyncio, sys\n"
-    "from swarm import connection, statedir\n"
-    "sys.exit(0 if asyncio.run(connection.is_running(statedir.resolve(None))) else 1)"
-)
+def answers(home: str) -> bool:
+    """Whether the daemon answers a ping on its control socket. Asked from this process: a
+    probe process every 50 ms would take a core from the daemon starting; and `swarm status
+    --once` cannot tell, since with no daemon answering it reads the ledger file itself (a
+    million tasks: seconds of CPU)."""
+    from swarm import connection, statedir  # this checkout's (on sys.path below)
+
+    return asyncio.run(connection.is_running(statedir.resolve(home)))
 
 
 def start_daemon(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], float]:
@@ -107,7 +109,7 @@ def start_daemon(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + STEP_TIMEOUT_S
-    while subprocess.run([sys.executable, "-c", PING], env=env, cwd=REPO).returncode != 0:
+    while not answers(env["SWARM_HOME"]):
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited ({daemon.returncode}); see {log}")
         if time.monotonic() > deadline:
