@@ -425,6 +425,22 @@ def test_a_task_whose_id_is_not_its_content_adds_nothing() -> None:
     assert not [c for c in node.calls if c[0] == "add_tasks"]
 
 
+def test_a_bad_task_in_an_early_frame_adds_nothing_and_the_rest_is_read_in_step() -> None:
+    """Frames are checked as they come; a bad task is told after the end frame, and the tasks of
+    the frames before and after it are not added."""
+    node = FakeNode()
+    bad = {**TASK, "task_id": "0" * 64, "name": "2"}
+
+    async def ask(client: Client) -> tuple[str, Any]:
+        with pytest.raises(ControlError) as refused:
+            await client.submit(JOB, [[TASK], [bad], [TASK], [TASK]])
+        return str(refused.value), await client.ping()
+
+    answer, pong = _run_with_client(node, ask)
+    assert "its id does not match its content" in answer and pong["ok"] is True
+    assert not [c for c in node.calls if c[0] == "add_tasks"]
+
+
 def test_a_node_error_is_answered_with_its_sentence() -> None:
     class Refusing(FakeNode):
         async def retry(self, job: str) -> int:

@@ -425,6 +425,39 @@ def test_job_counts_match_a_recount(records: list[tuple[Version, Body]]) -> None
     assert ledger.running == {t for t, v in ledger.tasks.items() if v.state is State.RUNNING}
 
 
+BIG = replace(SPEC, need=Resources(8.0, 512 << 20), requires=(("zone", "eu"),))
+
+
+def two_jobs_two_shapes(records: list[tuple[Version, Body]]) -> list[tuple[Version, Body]]:
+    """The same records, their tasks spread over two jobs and two shapes (a task's job and spec
+    follow from its id, as the hash makes them)."""
+    out: list[tuple[Version, Body]] = []
+    for version, body in records:
+        if isinstance(body, TaskRecord) and TASKS.index(body.task_id) % 2:
+            body = replace(body, job="other", spec=BIG)
+        out.append((version, body))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets(), st.randoms(use_true_random=False))
+def test_pending_counts_per_shape_match_a_walk_whatever_the_order(
+    records: list[tuple[Version, Body]], rng: random.Random
+) -> None:
+    """What the status counts of tasks that fit no node: kept as records apply (from any
+    origin), the same after a replay in another order (a restart, a peer's catch-up)."""
+    records = two_jobs_two_shapes(records)
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    for ledger in (replay(records), replay(shuffled), replay(records + shuffled)):
+        walked: dict[object, dict[str, int]] = {}
+        for view in ledger.tasks.values():
+            if view.state is State.PENDING and view.spec is not None:
+                jobs = walked.setdefault((view.spec.need, view.spec.requires), {})
+                jobs[view.job] = jobs.get(view.job, 0) + 1
+        assert {shape: dict(jobs) for shape, jobs in ledger.pending_shapes.items()} == walked
+
+
 # -- encoding --------------------------------------------------------------------------------
 
 
@@ -626,3 +659,16 @@ def test_the_status_lists_a_task_that_failed_twice_once_with_its_latest_failure(
     a(result("t1", 2, Outcome.TIMEOUT))
     rows = failure_rows(ledger, None)
     assert [(r["task_id"], r["outcome"]) for r in rows] == [("t1", "timeout")]
+
+
+def test_a_first_claim_result_or_loss_gives_that_task_maps_of_its_own() -> None:
+    ledger, a, _ = fresh("t1")
+    a(TaskRecord("t2", "job", "two", SPEC, stamp=10))
+    a(ClaimRecord("t1", 1, 20, False))
+    a(result("t1", 1, Outcome.FAILED))
+    a(LostRecord("t1", 1, "node-a"))
+    t1, t2 = ledger.tasks["t1"], ledger.tasks["t2"]
+    assert list(t1.claims) == [(1, "node-a")] and list(t1.attempts) == [(1, "node-a")]
+    assert t1.lost == {(1, "node-a")}
+    assert (dict(t2.claims), dict(t2.attempts), t2.lost) == ({}, {}, frozenset())
+    assert t2.state is State.PENDING

@@ -24,6 +24,7 @@ from swarm.core.effects import (
 )
 from swarm.core.ledger import (
     Body,
+    CancelRecord,
     ClaimRecord,
     Ledger,
     LostRecord,
@@ -538,3 +539,20 @@ def test_a_restarted_node_waits_a_failed_tasks_backoff_again() -> None:
     core.start(at(50.0))
     assert not claims(h.tick(at(50.5)))  # its backoff (1 s) counts from the start
     assert claims(h.tick(at(51.0)))
+
+
+def test_tasks_that_fit_no_node_are_counted_per_job_and_a_few_listed() -> None:
+    big = replace(SPEC, need=Resources(8.0, 1 << 20))
+    h = alone("small")
+    h.record(at(1), "sub", *(TaskRecord(f"b{n}", "huge", f"b{n}", big, 1) for n in range(150)))
+    h.record(at(1), "sub", TaskRecord("b-other", "other", "b", big, 1))
+    found = h.core.infeasible(1.0)
+    assert found.counts == {"huge": 150, "other": 1}
+    assert len(found.listed) == 100 and set(found.listed) <= {
+        "b-other",
+        *(f"b{n}" for n in range(150)),
+    }
+    only = h.core.infeasible(1.0, {"other"})
+    assert (only.counts, only.listed) == ({"other": 1}, ["b-other"])
+    h.record(at(2), "sub", CancelRecord("huge", None, 5))  # no longer pending: not counted
+    assert h.core.infeasible(2.0).counts == {"other": 1}

@@ -495,3 +495,13 @@ def test_rendezvous_top_is_stable_and_moves_only_what_a_leaver_held() -> None:
         else:
             assert set(top) - {"n0"} < set(after)
     assert sorted(rendezvous_top("k", ["a", "b"], 3)) == ["a", "b"]  # fewer nodes than R: all
+
+
+def test_infeasible_lists_a_bounded_number_the_first_in_queue_order() -> None:
+    # 300 tasks too big for the node, priorities 0..299: the ten of highest priority are listed
+    # (sorted by id), and a stale entry (no longer pending) is passed over.
+    q = queue_of(*((f"t{n:03}", spec(cpus=16, priority=n), n) for n in range(300)))
+    pending = pending_in(f"t{n:03}" for n in range(300) if n != 299)
+    assert q.infeasible(box(cpus=8), {}, pending, listed_max=10) == [
+        f"t{n:03}" for n in range(289, 299)
+    ]

@@ -115,3 +115,40 @@ def test_a_retry_waits_its_backoff_doubled_per_failure_and_capped() -> None:
     slow = replace(GOOD, retry_backoff_s=30.0)
     assert TaskSpec.from_wire(slow.to_wire()) == slow
     assert "retry_backoff" not in GOOD.to_wire()  # the default leaves ids as they were
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"cmd": "echo 1", "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "echo 1", "cpus": 2, "memory": 1 << 20},
+        {"cmd": "", "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "a\x00b", "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "true", "cpus": 0.0, "memory": 1 << 20},
+        {"cmd": "true", "cpus": float("nan"), "memory": 1 << 20},
+        {"cmd": "true", "cpus": 1.0, "memory": 0},
+        {"cmd": "true", "cpus": True, "memory": 1 << 20},
+        {"cmd": "true", "memory": 1 << 20},
+        {"cmd": 5, "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "x" * (ARG_BYTES_MAX + 1), "cpus": 1.0, "memory": 1 << 20},
+    ],
+)
+def test_a_plain_command_spec_is_checked_as_strictly_as_any_other(raw: dict[str, Any]) -> None:
+    """The short way for a spec of a command and its needs gives the same spec, or the same
+    error, as the whole way (taken here because a default is spelled out)."""
+    whole = {**raw, "gpus": 0}
+    try:
+        expected: TaskSpec | str = TaskSpec.from_wire(whole)
+    except SpecError as exc:
+        expected = str(exc)
+    try:
+        got: TaskSpec | str = TaskSpec.from_wire(raw)
+    except SpecError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_specs_of_one_need_share_one_resources_object() -> None:
+    a = TaskSpec.from_wire({"cmd": "echo a", "cpus": 1.0, "memory": 1 << 20})
+    b = TaskSpec.from_wire({"cmd": "echo b", "cpus": 1, "memory": 1 << 20, "gpus": 0})
+    assert a.need is b.need and a.need == Resources(1.0, 1 << 20)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
@@ -123,6 +123,13 @@ def write(
     job first saw them. UserInputError if `job` is given and unknown.
     """
     columns, rows = _table(ledger, what, job)
+    return write_rows(columns, rows, out, fmt)
+
+
+def write_rows(
+    columns: tuple[str, ...], rows: Iterable[dict[str, str]], out: TextIO, fmt: str
+) -> int:
+    """Write rows as they come, as CSV (with its header) or JSON Lines; return how many."""
     if fmt == "jsonl":
         count = 0
         for row in rows:  # the CSV's cells in its column order, numbers as numbers
@@ -160,14 +167,21 @@ def _table(
 
 
 def _rows(ledger: Ledger, jobs: list[str], attempts: bool) -> Iterator[dict[str, str]]:
-    for name in jobs:
-        for view in ledger.job_tasks(name):
-            if view.spec is None:
-                continue  # its TASK record has not arrived: nothing to describe it by
-            if attempts:
-                yield from _attempt_rows(view, view.spec)
-            else:
-                yield _task_row(view, view.spec, ledger.holders)
+    views = (view for name in jobs for view in ledger.job_tasks(name))
+    return rows_of_views(views, ledger.holders, attempts)
+
+
+def rows_of_views(
+    views: Iterable[TaskView], holders: Mapping[str, set[str]], attempts: bool
+) -> Iterator[dict[str, str]]:
+    """The rows of these tasks, a row per task or (`attempts`) per attempt."""
+    for view in views:
+        if view.spec is None:
+            continue  # its TASK record has not arrived: nothing to describe it by
+        if attempts:
+            yield from _attempt_rows(view, view.spec)
+        else:
+            yield _task_row(view, view.spec, holders)
 
 
 def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:

@@ -111,6 +111,11 @@ async def ledger_from_peer(peer: str, state: statedir.StateDir, job: str | None 
 def cmd_export(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     peer = peer_of(args)
+    if args.what and args.attempts and args.what != "attempts":
+        raise UserInputError(f"--attempts and --what {args.what} ask for different rows")
+    what = args.what or ("attempts" if args.attempts else "tasks")
+    if peer is None and what != "nodes":  # this machine's file: rows written as they are read
+        return _export_streamed(args, state.db_path, what)
     ledger = (
         load_ledger(state).ledger if peer is None else asyncio.run(ledger_from_peer(peer, state))
     )
@@ -118,9 +123,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserInputError(
             f"no job {args.job!r}; jobs: {', '.join(sorted(ledger.jobs)) or 'none'}"
         )
-    if args.what and args.attempts and args.what != "attempts":
-        raise UserInputError(f"--attempts and --what {args.what} ask for different rows")
-    what = args.what or ("attempts" if args.attempts else "tasks")
     if args.output:
         target = Path(args.output)
         tmp = target.with_name(target.name + ".tmp")
@@ -130,4 +132,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         err.print(f"{rows:,} rows written to {target}")
     else:
         export.write(ledger, sys.stdout, what=what, fmt=args.format, job=args.job)
+    return 0
+
+
+def _export_streamed(args: argparse.Namespace, db_path: Path, what: str) -> int:
+    """`swarm export` of the local ledger file, streamed (export_stream.py)."""
+    from swarm.cli import export_stream
+
+    export_stream.check_job(db_path, args.job)  # before a file is made
+    if not args.output:
+        _, left_out = export_stream.write(
+            db_path, sys.stdout, what=what, fmt=args.format, job=args.job
+        )
+        say_left_out(left_out)
+        return 0
+    target = Path(args.output)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        rows, left_out = export_stream.write(
+            db_path, handle, what=what, fmt=args.format, job=args.job
+        )
+    tmp.replace(target)
+    say_left_out(left_out)
+    err.print(f"{rows:,} rows written to {target}")
     return 0

@@ -178,6 +178,8 @@ def stale_claims(
             unwritten.setdefault(task, {})[epoch] = claim.stamp
     results: list[ResultRecord] = []
     for view in ledger.tasks.values():
+        if not view.claims and view.task_id not in unwritten:
+            continue  # never claimed (most of a million waiting tasks): nothing to close
         ours = {
             epoch: info.stamp
             for (epoch, node), info in view.claims.items()

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from swarm.core.ledger_records import (
@@ -50,7 +52,7 @@ from swarm.core.ledger_records import (
     stamp_of,
     task_record_problem,
 )
-from swarm.core.spec import TaskSpec
+from swarm.core.spec import LabelValue, Resources, TaskSpec
 
 # The record names are re-exported: most code reads records and their views from one place.
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "ReplicaRecord",
     "ResultRecord",
     "RetryRecord",
+    "Shape",
     "State",
     "StateChanged",
     "TaskRecord",
@@ -96,6 +99,9 @@ INTERRUPTION_CAP = 5
 EVICTION_CAP = 5
 FINISH_SAMPLES_MAX = 4096  # per job: recent finish times kept for rates and ETAs
 FAILURES_KEPT_MAX = 256  # failed attempts kept, newest, for the status view
+
+# What a task needs and the labels it requires: tasks of one shape fit the same nodes.
+Shape = tuple[Resources, tuple[tuple[str, LabelValue], ...]]
 
 
 class State(enum.StrEnum):
@@ -124,6 +130,10 @@ class Attempt:
     result: ResultRecord
 
 
+_NO_CLAIMS: Mapping[tuple[int, str], ClaimInfo] = MappingProxyType({})
+_NO_ATTEMPTS: Mapping[tuple[int, str], Attempt] = MappingProxyType({})
+
+
 @dataclass(slots=True)
 class TaskView:
     """Everything known about one task: the join of all records that name it."""
@@ -133,8 +143,10 @@ class TaskView:
     name: str = ""
     spec: TaskSpec | None = None  # None until the TASK record arrives (others may come first)
     submitted: tuple[int, str] = (0, "")  # (stamp, origin) of the TASK record kept
-    claims: dict[tuple[int, str], ClaimInfo] = field(default_factory=dict)
-    attempts: dict[tuple[int, str], Attempt] = field(default_factory=dict)
+    # Shared empty maps until a first claim or result: most of a million tasks wait unclaimed,
+    # and two empty dicts each would cost 128 bytes a task. Only the ledger writes them.
+    claims: Mapping[tuple[int, str], ClaimInfo] = field(default_factory=lambda: _NO_CLAIMS)
+    attempts: Mapping[tuple[int, str], Attempt] = field(default_factory=lambda: _NO_ATTEMPTS)
     forgiven_failures: int = 0
     forgiven_interruptions: int = 0
     forgiven_evictions: int = 0
@@ -143,11 +155,13 @@ class TaskView:
     # revives the calls a cancel stopped; a cancel after that cancels them again.
     cancelled_at: int = -1
     revived_at: int = -1
-    lost: set[tuple[int, str]] = field(default_factory=set)  # attempts whose result is gone
+    lost: frozenset[tuple[int, str]] = frozenset()  # attempts whose result is gone
     state: State | None = None  # cached derive_state(); None while the spec is unknown
 
     def next_epoch(self) -> int:
-        highest = max((epoch for epoch, _ in self.claims), default=0)
+        if not self.claims:
+            return 1
+        highest = max(epoch for epoch, _ in self.claims)
         return highest + 1
 
     def claim_order(self, key: tuple[int, str]) -> tuple[int, bool, int, str]:
@@ -245,10 +259,28 @@ class TaskView:
         )
 
 
+def _own_claims(view: TaskView) -> dict[tuple[int, str], ClaimInfo]:
+    """The view's claims, as a dict of its own to add to (not the shared empty map)."""
+    if not isinstance(view.claims, dict):
+        view.claims = {}
+    return view.claims
+
+
+def _own_attempts(view: TaskView) -> dict[tuple[int, str], Attempt]:
+    if not isinstance(view.attempts, dict):
+        view.attempts = {}
+    return view.attempts
+
+
 def derive_state(view: TaskView, job_cancelled: bool) -> State | None:
     """The task's state as a pure function of its records."""
     if view.spec is None:
         return None
+    if not view.claims and not view.attempts:
+        # Never claimed (a million waiting tasks): nothing ran, failed or was interrupted, and
+        # forgiven counts only lower those, so the rules below come down to this.
+        cancelled = view.cancelled_at > view.revived_at or job_cancelled
+        return State.CANCELLED if cancelled else State.PENDING
     if view.ok_attempt() is not None:
         return State.DONE
     # A cancel stops what is still to run; a task that already failed stays failed (and can be
@@ -319,6 +351,10 @@ class Ledger:
         self.holders: dict[str, set[str]] = {}  # blob digest -> nodes holding it
         self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
         self.running: set[str] = set()  # ids of tasks whose state is running
+        # shape -> job -> its pending tasks of that shape, kept as states change: what fits
+        # no node is counted from these, never by walking a million pending tasks.
+        self.pending_shapes: dict[Shape, Counter[str]] = {}
+        self._names: dict[str, str] = {}  # each job and origin name, shared (_shared)
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
@@ -348,7 +384,7 @@ class Ledger:
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
                 if info is None:
-                    view.claims[(body.epoch, version.origin)] = ClaimInfo(
+                    _own_claims(view)[(body.epoch, version.origin)] = ClaimInfo(
                         body.stamp, body.released, body.stolen
                     )
                 else:
@@ -365,7 +401,7 @@ class Ledger:
                         self.stats.count(body, view)  # before it joins: a duplicate is told
                         if body.outcome in (Outcome.FAILED, Outcome.TIMEOUT):
                             self.failures.append((body.task_id, slot))
-                    view.attempts[slot] = Attempt(version, body)
+                    _own_attempts(view)[slot] = Attempt(version, body)
                 return self._refresh(view)
             case HeartbeatRecord():
                 if body.counter > self.heartbeats.get(version.origin, -1):
@@ -381,7 +417,7 @@ class Ledger:
                 return []
             case LostRecord():
                 view = self._view(body.task_id)
-                view.lost.add((body.epoch, body.node))
+                view.lost = view.lost | {(body.epoch, body.node)}
                 return self._refresh(view)
             case RetryRecord():
                 view = self._view(body.task_id)
@@ -396,15 +432,20 @@ class Ledger:
         view = self._view(body.task_id)
         submitted = (body.stamp, version.origin)
         if view.spec is None or submitted < view.submitted:
+            job = self._shared(body.job)
             if view.spec is None:
-                self.jobs.setdefault(body.job, []).append(body.task_id)
-            view.job, view.name, view.spec, view.submitted = (
-                body.job,
-                body.name,
-                body.spec,
-                submitted,
-            )
+                tasks = self.jobs.get(job)
+                if tasks is None:  # (not setdefault: it would make a list for every task)
+                    tasks = self.jobs[job] = []
+                tasks.append(body.task_id)
+            view.job, view.name, view.spec = job, body.name, body.spec
+            view.submitted = (body.stamp, self._shared(version.origin))
         return self._refresh(view)
+
+    def _shared(self, text: str) -> str:
+        """One string object for each job and node name, not one per task record that names
+        it (a decoded record brings copies of its own)."""
+        return self._names.setdefault(text, text)
 
     def _apply_cancel(self, body: CancelRecord) -> list[StateChanged]:
         if body.task_id is not None:
@@ -425,19 +466,43 @@ class Ledger:
             view = self.tasks[task_id] = TaskView(task_id)
         return view
 
+    def _job_cancelled(self, view: TaskView) -> bool:
+        """Whether a cancel of the task's job reaches it (one after it was submitted, and not
+        lifted by a revival of it since)."""
+        job_cancel = self.cancelled_jobs.get(view.job, -1)
+        return view.submitted[0] <= job_cancel and job_cancel > view.revived_at
+
+    def take_task(self, version: Version, body: TaskRecord) -> TaskView:
+        """The task's view with this TASK record joined to what the ledger holds of it, taken
+        out of the ledger: a table read one task at a time (a streamed export) holds the task
+        at hand, not a million. The ledger's counts are not kept by it."""
+        view = self.tasks.pop(body.task_id, None) or TaskView(body.task_id)
+        submitted = (body.stamp, version.origin)
+        if view.spec is None or submitted < view.submitted:
+            view.job, view.name, view.spec, view.submitted = (
+                body.job,
+                body.name,
+                body.spec,
+                submitted,
+            )
+        view.state = derive_state(view, self._job_cancelled(view))
+        return view
+
     def _refresh(self, view: TaskView) -> list[StateChanged]:
         old = view.state
-        job_cancel = self.cancelled_jobs.get(view.job, -1)
-        job_cancelled = view.submitted[0] <= job_cancel and job_cancel > view.revived_at
-        new = derive_state(view, job_cancelled)
+        new = derive_state(view, self._job_cancelled(view))
         if new == old:
             return []
         view.state = new
-        counts = self.job_counts.setdefault(view.job, Counter())
+        counts = self.job_counts.get(view.job)
+        if counts is None:  # (not setdefault: a Counter made for every record costs more)
+            counts = self.job_counts[view.job] = Counter()
         if old is not None:
             counts[old] -= 1
         if new is not None:
             counts[new] += 1
+        if old is State.PENDING or new is State.PENDING:
+            self._count_pending(view, 1 if new is State.PENDING else -1)
         if new is State.RUNNING:
             self.running.add(view.task_id)
         else:
@@ -447,6 +512,18 @@ class Ledger:
             samples = self.finished_ms.setdefault(view.job, deque(maxlen=FINISH_SAMPLES_MAX))
             samples.append(ended)
         return [StateChanged(view.task_id, old, new)]
+
+    def _count_pending(self, view: TaskView, delta: int) -> None:
+        assert view.spec is not None  # a task with a state has its spec
+        shape = (view.spec.need, view.spec.requires)
+        jobs = self.pending_shapes.get(shape)
+        if jobs is None:
+            jobs = self.pending_shapes[shape] = Counter()
+        jobs[view.job] += delta
+        if jobs[view.job] <= 0:
+            del jobs[view.job]
+            if not jobs:
+                del self.pending_shapes[shape]
 
     # -- reading -----------------------------------------------------------------------------
 

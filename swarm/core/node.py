@@ -25,7 +25,7 @@ hand-off follow the members too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -63,6 +63,7 @@ from swarm.core.ledger import (
     stamp_of,
 )
 from swarm.core.members import Members
+from swarm.core.policy import Infeasible, infeasible_counts
 from swarm.core.pressure import Guard, eviction_reason
 from swarm.core.scheduler import Peer, Scheduler
 from swarm.core.spec import Resources, TaskSpec
@@ -410,11 +411,21 @@ class NodeCore:
         """Whether this node may claim the task: pending, or held by a node whose lease expired."""
         return self.sched.claimable(task, self.slots, now)
 
-    def infeasible(self, now: float) -> list[str]:
-        """Pending tasks this node could never run, even when idle."""
-        return self.sched.queue.infeasible(
-            self.capacity, self.labels, lambda task: self.is_pending(task, now)
-        )
+    def infeasible(self, now: float, jobs: Container[str] | None = None) -> Infeasible:
+        """Pending tasks (of `jobs`, or all) this node could never run, even when idle: counted
+        per job as records apply, and the first few of them listed."""
+        counts = infeasible_counts(self.ledger.pending_shapes, self.capacity, self.labels)
+        if jobs is not None:
+            counts = {job: n for job, n in counts.items() if job in jobs}
+        if not counts:
+            return Infeasible({}, [])  # nothing to look for in the queue
+
+        def listed(task: str) -> bool:
+            return self.is_pending(task, now) and (
+                jobs is None or self.ledger.tasks[task].job in jobs
+            )
+
+        return Infeasible(counts, self.sched.queue.infeasible(self.capacity, self.labels, listed))
 
     def why_not_running(self, task_id: str, now: float) -> list[str]:
         """Why a task is not running, as this node sees it (core/why.py)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from swarm.core.spec import LabelValue, Resources, TaskSpec
@@ -113,6 +113,21 @@ def _score(task_id: str, node: str, weight: float) -> float:
 
 
 ShapeKey = tuple[Resources, Requires]
+
+# How many infeasible tasks a status lists (its count says how many there are in all), and how
+# many queue entries it may look at to find them (some are stale, or of other jobs).
+INFEASIBLE_LISTED_MAX = 100
+INFEASIBLE_VISITS_MAX = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """Pending tasks this node could never run: how many of each job, and a few of them."""
+
+    counts: dict[str, int]  # job -> its pending tasks that fit no node like this one
+    listed: list[str]  # at most INFEASIBLE_LISTED_MAX of them
+
+
 _Entry = tuple[int, int, int, str]  # (-priority, rank, stamp or -stamp, task id)
 
 
@@ -184,15 +199,53 @@ class PendingQueue:
         return chosen
 
     def infeasible(
-        self, capacity: Resources, labels: Labels, is_pending: Callable[[str], bool]
+        self,
+        capacity: Resources,
+        labels: Labels,
+        is_pending: Callable[[str], bool],
+        listed_max: int = INFEASIBLE_LISTED_MAX,
     ) -> list[str]:
-        """Pending tasks this node could never run, even when idle (too big, or labels differ)."""
-        out: list[str] = []
-        for (need, requires), heap in self.groups.items():
-            if need.fits_in(capacity) and labels_match(requires, labels):
-                continue
-            out.extend(entry[3] for entry in heap if is_pending(entry[3]))
-        return sorted(set(out))
+        """The first `listed_max` pending tasks (in queue order, then sorted by id) that this
+        node could never run, even when idle (too big, or labels differ). Bounded: at most
+        INFEASIBLE_VISITS_MAX queue entries are looked at, however many tasks wait."""
+        heaps = [
+            heap
+            for (need, requires), heap in self.groups.items()
+            if not (need.fits_in(capacity) and labels_match(requires, labels))
+        ]
+        found: set[str] = set()
+        for visits, entry in enumerate(heapq.merge(*map(_in_order, heaps))):
+            if len(found) == listed_max or visits == INFEASIBLE_VISITS_MAX:
+                break
+            if entry[3] not in found and is_pending(entry[3]):
+                found.add(entry[3])
+        return sorted(found)
+
+
+def _in_order(heap: list[_Entry]) -> Iterator[_Entry]:
+    """A heap's entries, smallest first, without popping them: a frontier of the children of
+    what was yielded, so the first k cost O(k log k) whatever the heap's size."""
+    frontier = [(heap[0], 0)] if heap else []
+    while frontier:
+        entry, i = heapq.heappop(frontier)
+        yield entry
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
+
+
+def infeasible_counts(
+    pending_shapes: Mapping[ShapeKey, Mapping[str, int]], capacity: Resources, labels: Labels
+) -> dict[str, int]:
+    """job -> its pending tasks of shapes this node could never run (from the ledger's counts
+    of pending tasks per shape, so no task is walked)."""
+    counts: dict[str, int] = {}
+    for (need, requires), jobs in pending_shapes.items():
+        if need.fits_in(capacity) and labels_match(requires, labels):
+            continue
+        for job, count in jobs.items():
+            counts[job] = counts.get(job, 0) + count
+    return counts
 
 
 def why_infeasible(spec: TaskSpec, capacity: Resources, labels: Labels) -> str:

@@ -112,6 +112,7 @@ class Scheduler:
     lease_expiries: int = 0  # running tasks queued for takeover after their holder's lease lapsed
     _candidates: dict[Shape, list[tuple[str, float]]] = field(default_factory=dict)
     _rerank: _Rerank | None = None  # a re-rank under way
+    _last_spell: tuple[int, float] = (0, 0.0)  # the `since` entry made last, to share
 
     def __post_init__(self) -> None:
         self.leases = Leases(self.me, self.lease_ttl_s)
@@ -178,7 +179,10 @@ class Scheduler:
         epoch = view.next_epoch()
         spell = self.since.get(view.task_id)
         if spell is None or spell[0] != epoch:
-            spell = self.since[view.task_id] = (epoch, now)
+            spell = self._last_spell
+            if spell != (epoch, now):  # tasks queued together share one (a million, at a start)
+                spell = self._last_spell = (epoch, now)
+            self.since[view.task_id] = spell
         ready_at = spell[1] + rank * self.claim_stagger_s if rank else 0.0
         ready_at = max(ready_at, self._held_until(view.task_id, now))
         for queue in [into] if into is not None else [self.queue, *self._rebuilding()]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from swarm.core import gossip
 from swarm.core.ledger import Ledger, State
+from swarm.core.policy import INFEASIBLE_LISTED_MAX, Infeasible
 from swarm.core.snapshot_rows import (
     FailureRow,
     JobRow,
@@ -35,7 +36,6 @@ __all__ = [  # the rows are the snapshot's: its readers name them here
 
 RATE_WINDOW_MS = 60_000
 RUNNING_LISTED_MAX = 200
-INFEASIBLE_LISTED_MAX = 100  # ids listed; the count says how many there are in all
 FAILURES_LISTED_MAX = 5  # the latest failed attempts the status view lists
 REASON_CHARS_MAX = 300  # of the one reason shown for the records left out of the ledger
 
@@ -110,7 +110,7 @@ def build(
     now_ms: int,
     nodes: list[NodeRow],
     jobs: list[str] | None = None,
-    infeasible: list[str] | None = None,
+    infeasible: Infeasible | None = None,
     left_out: LeftOut | None = None,
 ) -> Snapshot:
     names = jobs if jobs is not None else sorted(ledger.job_counts)
@@ -132,10 +132,7 @@ def build(
                 "started_ms": view.claims[claim].stamp >> 16,
             }
         )
-    stuck: dict[str, int] = {}
-    for task_id in infeasible or []:
-        job = ledger.tasks[task_id].job
-        stuck[job] = stuck.get(job, 0) + 1
+    stuck = infeasible.counts if infeasible is not None else {}
     return {
         "generated_ms": now_ms,
         "nodes": nodes,
@@ -145,8 +142,8 @@ def build(
             if job in ledger.job_counts
         ],
         "running": running,
-        "infeasible": (infeasible or [])[:INFEASIBLE_LISTED_MAX],
-        "infeasible_count": len(infeasible or []),
+        "infeasible": infeasible.listed[:INFEASIBLE_LISTED_MAX] if infeasible else [],
+        "infeasible_count": sum(stuck.values()),
         "unreadable_records": left_out.unreadable if left_out else 0,
         "unreadable_reason": left_out.unreadable_reason if left_out else "",
         "refused_tasks": left_out.refused if left_out else 0,

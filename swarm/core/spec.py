@@ -9,6 +9,7 @@ across machines and Python versions. Pure: no I/O.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -71,6 +72,14 @@ class Resources:
 
 
 NO_RESOURCES = Resources(0.0, 0, 0)
+SHARED_SHAPES_MAX = 4096  # distinct needs kept for sharing; a million tasks have a few
+
+
+@functools.lru_cache(maxsize=SHARED_SHAPES_MAX)
+def shared_resources(cpus: float, memory_bytes: int, gpus: int) -> Resources:
+    """One Resources object for each need that many specs share (they are immutable): a
+    million tasks of one size hold one, not a million."""
+    return Resources(cpus, memory_bytes, gpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +219,16 @@ class TaskSpec:
         ValueError) naming the field."""
         if not isinstance(raw, dict):
             raise SpecError("spec", "must be a map")
+        if raw.keys() <= _PLAIN_KEYS and "cmd" in raw:  # most tasks: a command and defaults
+            spec = TaskSpec(
+                raw["cmd"],
+                None,
+                shared_resources(
+                    _num(raw.get("cpus"), "cpus"), _whole(raw.get("memory"), "memory"), 0
+                ),
+            )
+            check(spec)  # every rule still holds: the fields left out are the defaults
+            return spec
         unknown = set(raw) - _WIRE_KEYS
         if unknown:  # sorted as text: keys of mixed types do not compare
             raise SpecError("spec", f"unknown keys {sorted(map(repr, unknown))}")
@@ -233,7 +252,7 @@ class TaskSpec:
         spec = TaskSpec(
             cmd=raw.get("cmd"),
             argv=tuple(argv) if argv is not None else None,
-            need=Resources(
+            need=shared_resources(
                 _num(raw.get("cpus"), "cpus"),
                 _whole(raw.get("memory"), "memory"),
                 _whole(raw.get("gpus", 0), "gpus"),
@@ -254,6 +273,7 @@ class TaskSpec:
         return spec
 
 
+_PLAIN_KEYS = frozenset({"cmd", "cpus", "memory"})
 _WIRE_KEYS = frozenset(
     {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
      "requires", "outputs", "call", "retry_backoff"}

@@ -75,6 +75,7 @@ from swarm.core.ledger import Version
 from swarm.core.requests import CheckedTask
 from swarm.core.snapshot import NodeRow, Snapshot
 from swarm.core.spec import TaskSpec, name_problem, task_id
+from swarm.daemon import heap
 from swarm.daemon.net import GossipNet
 from swarm.daemon.watches import Watch
 from swarm.errors import ControlError, SwarmError, UserError
@@ -248,18 +249,13 @@ async def _ping(call: Call, request: PingRequest) -> PingReply:
 
 
 async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
-    """Read the submission's stream to its end, then add its tasks in one commit, or none if
-    anything in it is wrong."""
+    """Read the submission's stream to its end, checking each frame's tasks as it comes, then
+    add them in one commit, or none if anything in it is wrong."""
     job = request["job"]
-    incoming = await _read_stream(call.channel)
-    name = name_problem(job)
-    if name is not None:
-        raise UserError(f"job name {job!r} {name}")
-    if len(incoming) > SUBMIT_TASKS_MAX:
-        raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
-    tasks = [checked_task(job, raw) for raw in incoming]
-    added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
-    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(incoming) - added}
+    tasks = await _read_tasks(call.channel, job)
+    with heap.bulk(len(tasks)):  # a large submission's views live as long as the node
+        added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
+    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(tasks) - added}
     unfit = call.node.unfit([t.spec for t in tasks])
     if unfit:
         reply["unfit"] = unfit
@@ -408,21 +404,36 @@ assert set(OPERATIONS) == set(control.REQUEST_FIELDS), "every contract needs its
 # -- what the handlers use --------------------------------------------------------------------------
 
 
-async def _read_stream(channel: connection.Channel) -> list[SubmittedTask]:
-    """A submission's tasks, its stream read to the end frame. UserError (after the end frame)
-    if a frame is malformed; past SUBMIT_TASKS_MAX tasks, the rest is read and not kept."""
-    incoming: list[SubmittedTask] = []
+async def _read_tasks(channel: connection.Channel, job: str) -> list[CheckedTask]:
+    """A submission's tasks, its stream read to the end frame, each frame's checked as it
+    comes (so a million tasks are never held twice, as the client sent them and as checked).
+    UserError, raised after the end frame so that the reply is in step: a malformed frame, a
+    bad job name, more than SUBMIT_TASKS_MAX tasks, or the first bad task."""
+    tasks: list[CheckedTask] = []
     problem: str | None = None
+    bad_task: UserError | None = None
     while True:
         frame = await _next_frame(channel)
         problem = problem or control.submit_frame_problem(frame)
         if frame.get("end"):
             break
-        if problem is None and len(incoming) <= SUBMIT_TASKS_MAX:
-            incoming.extend(frame.get("tasks") or [])
-    if problem is not None:  # raised after the stream is read, so the reply is in step
+        if problem is None and bad_task is None and len(tasks) <= SUBMIT_TASKS_MAX:
+            raws = frame.get("tasks") or []
+            try:
+                with heap.bulk(len(raws)):  # what is checked lives on as the node's records
+                    tasks.extend(checked_task(job, raw) for raw in raws)
+            except UserError as exc:
+                bad_task = exc  # the rest is read, and not checked
+    if problem is not None:
         raise UserError(problem)
-    return incoming
+    name = name_problem(job)
+    if name is not None:
+        raise UserError(f"job name {job!r} {name}")
+    if len(tasks) > SUBMIT_TASKS_MAX:
+        raise UserError(f"more than {SUBMIT_TASKS_MAX:,} tasks in one submission")
+    if bad_task is not None:
+        raise bad_task
+    return tasks
 
 
 class BlobStream:

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiosqlite
 
+from swarm.core import decoding
 from swarm.core.ledger import (
     KIND_OF,
     Body,
@@ -388,6 +389,103 @@ def read_page(
     return page, True
 
 
+# -- a table read one task at a time (a streamed export) --------------------------------------
+
+
+def _task_field(blob: Any, index: int) -> str | None:
+    """A field of a TASK record's stored body (1: its id, 2: its job), for SQLite to sort and
+    group by; None for anything else (SQLite must never see an exception from it)."""
+    try:
+        raw = decoding.unpack(blob, BadRecordError, "record body")
+    except BadRecordError:
+        return None
+    if isinstance(raw, list) and len(raw) > index and raw[0] == Kind.TASK:
+        value = raw[index]
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _task_reader(path: Path) -> _read_only:
+    reader = _read_only(path)
+    reader.conn.create_function("swarm_task", 1, lambda b: _task_field(b, 1), deterministic=True)
+    reader.conn.create_function("swarm_job", 1, lambda b: _task_field(b, 2), deterministic=True)
+    return reader
+
+
+def rows_but_tasks(path: Path, bad: list[str]) -> Iterator[Row]:
+    """Every stored record but the TASK records: claims, results, copies, cancels..."""
+    with _read_only(path) as conn:
+        cursor = conn.execute(
+            "SELECT origin, generation, seq, body FROM records WHERE kind != ?", (int(Kind.TASK),)
+        )
+        while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
+            yield from rows_of(chunk, bad)
+
+
+def task_rows(
+    path: Path, job: str | None, bad: list[str], page_rows: int = READ_CHUNK_ROWS
+) -> Iterator[Row]:
+    """The TASK records (of `job`, or all) by job name, each job's in the order stored: the
+    order of an export. SQLite sorts them, in its own temporary store, so a million are never
+    held here: they are read a page of `page_rows` at a time."""
+    where, params = "kind = ?", (int(Kind.TASK),) + (() if job is None else (job,))
+    if job is not None:
+        where += " AND swarm_job(body) = ?"
+    with _task_reader(path) as conn:
+        cursor = conn.execute(
+            f"SELECT origin, generation, seq, body FROM records WHERE {where}"
+            " ORDER BY swarm_job(body), origin, generation, seq",
+            params,
+        )
+        while chunk := cursor.fetchmany(page_rows):
+            yield from rows_of(chunk, bad)
+
+
+def tasks_stored_twice(path: Path) -> set[str]:
+    """The ids of tasks with more than one TASK record (submitted by two nodes): few."""
+    with _task_reader(path) as conn:
+        return {
+            str(task)
+            for (task,) in conn.execute(
+                "SELECT swarm_task(body) AS t FROM records WHERE kind = ?"
+                " GROUP BY t HAVING count(*) > 1",
+                (int(Kind.TASK),),
+            )
+            if task is not None
+        }
+
+
+def task_rows_of(path: Path, tasks: Collection[str], bad: list[str]) -> Iterator[Row]:
+    """Every TASK record of these tasks."""
+    with _task_reader(path) as conn:
+        conn.create_function("swarm_wanted", 1, lambda b: _task_field(b, 1) in tasks)
+        cursor = conn.execute(
+            "SELECT origin, generation, seq, body FROM records WHERE kind = ? AND swarm_wanted(body)",
+            (int(Kind.TASK),),
+        )
+        yield from rows_of(cursor.fetchall(), bad)
+
+
+def job_names(path: Path) -> list[str]:
+    """The jobs the stored TASK records name, sorted."""
+    with _task_reader(path) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT swarm_job(body) AS j FROM records WHERE kind = ? AND j IS NOT NULL"
+            " ORDER BY j",
+            (int(Kind.TASK),),
+        )
+        return [str(job) for (job,) in rows]
+
+
+def has_job(path: Path, job: str) -> bool:
+    with _task_reader(path) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM records WHERE kind = ? AND swarm_job(body) = ? LIMIT 1",
+            (int(Kind.TASK), job),
+        ).fetchone()
+    return found is not None
+
+
 def _checked_version(version: Version) -> Version:
     """SQLite keeps whatever type a value had, whatever its column says: a row written by
     hand may have text for a seq, which the ledger could not compare with the others."""
@@ -458,12 +556,12 @@ class _read_only:
         if not path.exists():
             raise SwarmError(f"no ledger at {path}: run `swarm init` or `swarm start` first")
         self._path = path
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
     def __enter__(self) -> sqlite3.Connection:
-        return self._conn
+        return self.conn
 
     def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
-        self._conn.close()
+        self.conn.close()
         if isinstance(exc, sqlite3.Error):
             raise ledger_error(self._path, exc) from exc

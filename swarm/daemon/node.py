@@ -49,7 +49,7 @@ from swarm.core.ledger import Body, Ledger, StateChanged, Version
 from swarm.core.node import CoreConfig, NodeCore
 from swarm.core.spec import Resources
 from swarm.core.sync import LedgerSync
-from swarm.daemon import db, net, peers, resources
+from swarm.daemon import db, heap, net, peers, resources
 from swarm.daemon.clients import RemoteClients
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.control_server import ControlServer
@@ -324,7 +324,8 @@ class Node:
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
                 )
             await asyncio.to_thread(self.store.sweep_temp)  # partial blobs of a past life
-            loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
+            with heap.bulk():  # a million tasks load without the collector scanning them
+                loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
             self.core.sync.refused_tasks = len(loaded.refused)
@@ -375,7 +376,8 @@ class Node:
             writer_task = tg.create_task(writer.run())
             # The core starts: it queues the pending tasks, and closes the claims of attempts
             # our last life left (written before anything else happens).
-            self.core.start(self.now(), self._orphaned)
+            with heap.bulk():  # it queues every pending task: long-lived, frozen after
+                self.core.start(self.now(), self._orphaned)
             self._orphaned = []
             for write in self._carry_out():
                 if not await write:  # (the log says why) a supervisor may start it again

@@ -357,9 +357,7 @@ class Operations:
 
     async def snapshot(self, jobs: list[str] | None = None) -> Snapshot:
         node = self.node
-        infeasible = node.core.infeasible(time.monotonic())
-        if jobs is not None:
-            infeasible = [t for t in infeasible if node.ledger.tasks[t].job in jobs]
+        infeasible = node.core.infeasible(time.monotonic(), None if jobs is None else set(jobs))
         now_ms = node.now().wall_ms
         built = snapshot.build(node.ledger, now_ms, self.members(), jobs, infeasible, node.left_out)
         # The failures' stderr lines are read from the task's files: in a thread, off the loop.
