@@ -1262,3 +1262,27 @@ def test_the_exit_is_told_once_the_process_is_reaped_before_its_files_are_looked
     f = asyncio.run(main())
     assert f.outcome is Outcome.OK and "r.txt" in f.outputs
     assert heard == [(True, True)]
+
+
+def test_the_slot_is_freed_only_once_the_strays_are_killed(tmp_path: Path) -> None:
+    """`on_exit` lets the next task take this one's CPUs, memory and GPUs: a process the task
+    left running outside its group (a setsid daemon still holding a GPU) must be killed by
+    then, not after the next task has started beside it."""
+    escape = "setsid sh -c 'echo $$ > s.tmp; mv s.tmp stray.pid; exec sleep 300' &"
+    launch = make_launch(tmp_path, f"{escape} while [ ! -s stray.pid ]; do sleep 0.01; done")
+    stray_pid = launch.run_dir / "work" / "stray.pid"
+    alive_at_exit: list[bool] = []
+
+    def on_exit() -> None:
+        alive_at_exit.append(not pid_gone(int(stray_pid.read_text()), timeout=2.0))
+
+    async def main() -> Finished:
+        return await Attempt(launch, NODE_ENV, on_exit=on_exit).finished()
+
+    try:
+        f = asyncio.run(main())
+        assert f.outcome is Outcome.OK
+        assert alive_at_exit == [False], "the next task could start beside this one's stray"
+    finally:
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            os.kill(int(stray_pid.read_text()), signal.SIGKILL)
