@@ -8,9 +8,9 @@ process group, so a timeout, a cancel or a shutdown can kill the whole tree it s
 stdout and stderr go straight to files, never through our memory. The process is started by
 `spawn` (posix_spawn for a shell command). The exit is awaited through a pidfd (no thread, no
 SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the
-kernel; the node hears of it at once (`on_exit`), so the next task can take the slot while this
-one's files are looked at. `stop` ends an attempt early: SIGTERM to its group, SIGKILL after
-`KILL_GRACE_S`.
+kernel; the node hears of it once the processes that left its group are killed too (`on_exit`),
+so the next task can take the slot while this one's files are looked at. `stop` ends an attempt
+early: SIGTERM to its group, SIGKILL after `KILL_GRACE_S`.
 
 When it ends, the processes that left its group are killed (`procs.kill_attempt_strays`), its
 declared outputs are found by a bounded walk (`outputs_walk`), and, if the state disk is full,
@@ -144,8 +144,8 @@ class Attempt:
         on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.launch = launch
-        # Called once its process is reaped, before its files are looked at: the node may start
-        # the next task in its slot meanwhile.
+        # Called once its process is reaped and its strays killed, before its files are looked
+        # at: the node may start the next task in its slot meanwhile.
         self._on_exit = on_exit
         # Peak memory: the kernel's ru_maxrss counts the daemon's own peak for any child forked
         # from it, so below `inherited_rss_kb` only the sampled figure (`peak_rss_kb`, kept up to
@@ -227,6 +227,9 @@ class Attempt:
         kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
         live_groups.discard(self.proc.pid)
         self._strays_left = True  # nor those that left its group: see _kill_strays
+        # Before its slot is freed: a stray (a setsid daemon on its GPU) must not run beside the
+        # next task. Most often one read of the last pid says there is none.
+        await self._kill_strays()
         if self._on_exit is not None:
             self._on_exit()
         code = os.waitstatus_to_exitcode(status)
