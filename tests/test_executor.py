@@ -1286,3 +1286,17 @@ def test_the_slot_is_freed_only_once_the_strays_are_killed(tmp_path: Path) -> No
     finally:
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):
             os.kill(int(stray_pid.read_text()), signal.SIGKILL)
+
+
+def test_a_leader_pid_from_before_pids_started_again_is_no_proof(tmp_path: Path) -> None:
+    """Pids start again from the bottom (every 32,768 on many machines): a remembered leader
+    of the last round says nothing of who holds its pid now. The attempt led by 500 forked a
+    stray that got 501, the pid of one of our leaders of the round before: it may be alive."""
+    (tmp_path / "loadavg").write_text("0 0 0 1/9 501\n")
+    (tmp_path / "501").mkdir()  # listed, and its group unreadable: it may be a stray
+    ours = procs.Leaders()
+    for pid in (501, 32_000, 32_767, 300, 500):  # 501 before pids started again, 500 after
+        ours.add(pid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procs, "leaders", ours)
+        assert procs._any_young(tmp_path, 500) is True
