@@ -66,26 +66,32 @@ live_groups: set[int] = set()
 
 
 class Leaders:
-    """The pids of the attempt leaders this node started last, oldest forgotten first."""
+    """The pids of the attempt leaders this node started last, oldest forgotten first, each
+    with the order it was started in: pids start again from the bottom, so a pid counts as a
+    leader's only if that leader started after the attempt asked about."""
 
     def __init__(self, remembered_max: int = LEADERS_REMEMBERED_MAX) -> None:
-        self._order: deque[int] = deque()
-        self._pids: set[int] = set()
+        self._order: deque[tuple[int, int]] = deque()  # (pid, rank), oldest first
+        self._rank: dict[int, int] = {}  # pid -> how many leaders had started, it included
+        self._started = 0
         self._max = remembered_max
 
     def add(self, pid: int) -> None:
-        if pid in self._pids:
-            return
-        self._order.append(pid)
-        self._pids.add(pid)
+        self._started += 1
+        self._rank[pid] = self._started  # a pid handed out again: its new leader counts
+        self._order.append((pid, self._started))
         if len(self._order) > self._max:
-            self._pids.discard(self._order.popleft())
+            old, rank = self._order.popleft()
+            if self._rank.get(old) == rank:
+                del self._rank[old]
 
     def took_all(self, after: int, last: int) -> bool:
-        """Whether every pid from `after` + 1 to `last` went to a leader remembered here."""
-        if last - after > len(self._pids):
+        """Whether every pid from `after` + 1 to `last` went to a leader remembered here that
+        started after `after` did (any remembered one, if `after` is not remembered)."""
+        if last - after > len(self._rank):
             return False
-        return all(pid in self._pids for pid in range(after + 1, last + 1))
+        since = self._rank.get(after, 0)
+        return all(self._rank.get(pid, 0) > since for pid in range(after + 1, last + 1))
 
 
 leaders = Leaders()
