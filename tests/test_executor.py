@@ -1300,3 +1300,22 @@ def test_a_leader_pid_from_before_pids_started_again_is_no_proof(tmp_path: Path)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(procs, "leaders", ours)
         assert procs._any_young(tmp_path, 500) is True
+
+
+def test_a_shell_task_reads_as_the_shell_would_run_it_there(tmp_path: Path) -> None:
+    """The dir change in front of a shell task is invisible: the shell's messages name the
+    task's own line numbers, and the task runs where chdir() would have put it (a cwd that
+    goes up out of a symlinked dir goes up from the dir the link leads to)."""
+    target = tmp_path / "real" / "sub"
+    target.mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "link").symlink_to(target)
+    wd = f"{tmp_path}/x/link/.."
+    cmd = "pwd -P; swarm-no-such-command-xyz; echo line2 >&2"
+    _, f = run_attempt(make_launch(tmp_path, cmd, cwd=wd))
+    direct = subprocess.run(
+        [spawn.SHELL, "-c", cmd], cwd=wd, capture_output=True, env=BASE_ENV, check=True
+    )
+    assert f.outcome is Outcome.OK
+    assert f.stdout.read_bytes() == direct.stdout == f"{tmp_path / 'real'}\n".encode()
+    assert f.stderr.read_bytes() == direct.stderr
