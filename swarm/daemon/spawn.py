@@ -10,8 +10,8 @@ child's exec, as vfork does; starting from a thread of its own, where Popen lets
 meanwhile, was measured too, and cost the node half as much CPU again in GIL hand-overs.
 
 posix_spawn has no working-directory action in Python 3.11, so the shell itself changes to the
-task's dir first: the command becomes `cd -- DIR || exit 127` and, on the next line, the task's
-own text, so `$0`, the arguments and the shell are the task's as before.
+task's dir first: the command becomes `cd -P -- DIR || exit 127; ` and, on the same line, the
+task's own text, so `$0`, the arguments, the shell and its line numbers are the task's as before.
 
 A task given as an argv list starts with Popen, which changes dir and searches the task's own
 PATH before it execs: no shell stands between the task and its program.
@@ -85,7 +85,9 @@ def spawn(
     if not cwd_known:
         _check_dir(cwd)  # the shell would say so too, later and less clearly
     _seal_inherited()
-    script = f"cd -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}\n{cmd}"
+    # On the task's first line, so that the shell's messages give the task's own line numbers;
+    # -P: the dir chdir() would give (a logical cd would take `link/..` to the link's own dir).
+    script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {cmd}"
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out, 1),
