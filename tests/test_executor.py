@@ -1319,3 +1319,14 @@ def test_a_shell_task_reads_as_the_shell_would_run_it_there(tmp_path: Path) -> N
     assert f.outcome is Outcome.OK
     assert f.stdout.read_bytes() == direct.stdout == f"{tmp_path / 'real'}\n".encode()
     assert f.stderr.read_bytes() == direct.stderr
+
+
+@pytest.mark.parametrize("given", [None, "/given dir"])
+def test_a_shell_task_gets_oldpwd_only_from_its_environment(
+    tmp_path: Path, given: str | None
+) -> None:
+    """The dir change in front of a shell task leaves no OLDPWD (the node's own dir) behind."""
+    env = {"OLDPWD": given} if given is not None else None
+    _, f = run_attempt(make_launch(tmp_path, 'echo "${OLDPWD-unset}"', env=env))
+    assert f.outcome is Outcome.OK
+    assert f.stdout.read_text() == f"{given or 'unset'}\n"
