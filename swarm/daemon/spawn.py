@@ -10,8 +10,9 @@ child's exec, as vfork does; starting from a thread of its own, where Popen lets
 meanwhile, was measured too, and cost the node half as much CPU again in GIL hand-overs.
 
 posix_spawn has no working-directory action in Python 3.11, so the shell itself changes to the
-task's dir first: the command becomes `cd -P -- DIR || exit 127; ` and, on the same line, the
-task's own text, so `$0`, the arguments, the shell and its line numbers are the task's as before.
+task's dir first: the command becomes `cd -P -- DIR || exit 127; ` (and OLDPWD put back as the
+task's environment had it) and, on the same line, the task's own text, so `$0`, the arguments,
+the shell, its line numbers and the environment are the task's as before.
 
 A task given as an argv list starts with Popen, which changes dir and searches the task's own
 PATH before it execs: no shell stands between the task and its program.
@@ -87,7 +88,10 @@ def spawn(
     _seal_inherited()
     # On the task's first line, so that the shell's messages give the task's own line numbers;
     # -P: the dir chdir() would give (a logical cd would take `link/..` to the link's own dir).
-    script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {cmd}"
+    # cd sets OLDPWD to our own dir: the task gets what its environment said instead.
+    given = env.get("OLDPWD")
+    oldpwd = "unset OLDPWD" if given is None else f"OLDPWD={shlex.quote(given)}"
+    script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {oldpwd}; {cmd}"
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out, 1),
