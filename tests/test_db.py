@@ -87,6 +87,46 @@ def test_a_batch_is_all_or_nothing_across_its_statements(tmp_path: Path) -> None
     assert peers == 2
 
 
+def test_a_batch_is_committed_when_it_says_so_even_after_a_rollback_failed(
+    tmp_path: Path,
+) -> None:
+    """A write that returns is on disk: when a failed batch's rollback failed too (its
+    transaction left open), the next batch must not slip into that transaction uncommitted."""
+    path = make(tmp_path)
+
+    def replica(seq: int) -> db.Row:
+        return db.Row(Version("me", 1, seq), ReplicaRecord(f"{seq:064x}"))
+
+    async def go() -> None:
+        conn, writer = await db.open_writer(path)
+        task = asyncio.create_task(writer.run())
+        await writer.write([replica(1)])
+        real_rollback = conn.rollback
+        failed: list[bool] = []
+
+        async def rollback_fails_once() -> None:
+            if not failed:
+                failed.append(True)
+                raise sqlite3.OperationalError("disk I/O error")
+            await real_rollback()
+
+        conn.rollback = rollback_fails_once  # type: ignore[method-assign]
+        clashing = [replica(seq) for seq in range(2, db.STATEMENT_ROWS_MAX + 3)] + [replica(1)]
+        with pytest.raises(SwarmError, match="cannot write the ledger"):
+            await writer.write(clashing)  # two INSERTs: an explicit transaction
+        assert failed
+        await writer.write([replica(1_000)])  # one INSERT
+        with sqlite3.connect(path) as other:
+            seqs = [r[0] for r in other.execute("SELECT seq FROM records ORDER BY seq")]
+        other.close()
+        assert seqs == [1, 1_000]
+        writer.close()
+        await task
+        await conn.close()
+
+    asyncio.run(go())
+
+
 def test_a_write_after_the_writer_closed_fails_instead_of_waiting_forever(
     tmp_path: Path,
 ) -> None:
