@@ -207,6 +207,10 @@ class LedgerWriter:
                 future.set_result(None)
 
     async def _commit(self, rows: list[_Encoded]) -> None:
+        if self._conn.in_transaction:
+            # A failed batch whose rollback failed too left its transaction open: a statement
+            # run now would join it, uncommitted. Roll it back first, or fail this batch too.
+            await self._conn.rollback()
         # A clash of one of our own records is a bug, never ignored; a peer's record we already
         # hold (it came by two paths) is simply kept once.
         own = [columns for columns, _, remote in rows if not remote]
@@ -240,7 +244,8 @@ class LedgerWriter:
             log.warning("could not truncate the WAL of %s after a full disk: busy", self._path)
 
     async def _rollback(self) -> None:
-        # If even this fails the connection is unusable; the next write fails again, and says so.
+        # If even this fails, the next batch tries again before it writes (see `_commit`), and
+        # fails too, saying so, as long as it cannot.
         with contextlib.suppress(sqlite3.Error):
             await self._conn.rollback()
 
