@@ -1330,3 +1330,18 @@ def test_a_shell_task_gets_oldpwd_only_from_its_environment(
     _, f = run_attempt(make_launch(tmp_path, 'echo "${OLDPWD-unset}"', env=env))
     assert f.outcome is Outcome.OK
     assert f.stdout.read_text() == f"{given or 'unset'}\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root enters any dir")
+def test_a_cwd_the_node_cannot_enter_is_failed_127_with_the_reason(tmp_path: Path) -> None:
+    """As under Popen's chdir(): the attempt fails with `Permission denied` in its reason and
+    swarm's own line in its stderr, not the shell's `can't cd` and a bare `exit 127`."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o600)  # a dir, but not searchable
+    try:
+        _, f = run_attempt(make_launch(tmp_path, "true", cwd=str(locked)))
+    finally:
+        locked.chmod(0o700)
+    assert f.outcome is Outcome.FAILED and f.exit_code == 127
+    assert "Permission denied" in f.reason and str(locked) in f.reason
+    assert f.stderr.read_bytes().startswith(b"swarm: ")
