@@ -110,9 +110,11 @@ def spawn(
 
 
 def _check_dir(path: Path) -> None:
-    """OSError, as chdir would raise it, unless `path` is a dir."""
+    """OSError, as chdir would raise it, unless `path` is a dir we may enter."""
     if not stat.S_ISDIR(os.stat(path).st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 _sealed = False
