@@ -1345,3 +1345,26 @@ def test_a_cwd_the_node_cannot_enter_is_failed_127_with_the_reason(tmp_path: Pat
     assert f.outcome is Outcome.FAILED and f.exit_code == 127
     assert "Permission denied" in f.reason and str(locked) in f.reason
     assert f.stderr.read_bytes().startswith(b"swarm: ")
+
+
+def test_an_attempt_is_not_blamed_for_a_full_disk_by_a_reading_taken_before_space_came_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last attempt ended on a full disk and its files were thrown away, which gave the
+    disk its room back; the next one starts at once, prints a line, ends well while another
+    fills the disk: it keeps its files (the node waits for space), as it would had it read
+    the free space itself, rather than being failed for filling a disk that had no room."""
+    disk = {"free": 4096}
+    monkeypatch.setattr(executor, "free_bytes", lambda _: disk["free"])
+    root = tmp_path / "run"
+    _, first = run_attempt(make_launch(tmp_path, "echo x > big.bin; exit 1", run_root=root))
+    assert first.discarded  # the disk was full as it ended: its files were thrown away ...
+    disk["free"] = 10 << 30  # ... and the disk has room again
+
+    async def another_fills_the_disk(attempt: Attempt) -> None:
+        disk["free"] = 4096
+
+    launch = make_launch(tmp_path, "echo hello", run_root=root)
+    _, f = run_attempt(launch, another_fills_the_disk)
+    assert (f.outcome, f.discarded, f.reason) == (Outcome.OK, False, "")
+    assert f.stdout.read_bytes() == b"hello\n"
