@@ -301,6 +301,8 @@ class Attempt:
         if free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks files: thread
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
+        if replaced or discarded:  # space given back: the reading would blame the next start
+            free_space.forget()
         if judged is not None:
             (outcome, reason), outputs = judged, {}
         return Finished(
@@ -421,6 +423,11 @@ class FreeSpace:
         self._bytes = free_bytes(run_dir)
         self._root, self._read_at = run_dir.parent, time.monotonic()
         return self._bytes
+
+    def forget(self) -> None:
+        """Files were thrown away: the last reading may be below what the next start has, and
+        a start that took it could be blamed for filling the disk (`_judge_full_disk`)."""
+        self._read_at = -math.inf
 
 
 free_space = FreeSpace()
