@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from swarm.core.ledger import Outcome
-from swarm.core.spec import Resources, TaskSpec
+from swarm.core.spec import ARG_BYTES_MAX, Resources, TaskSpec, check
 from swarm.daemon import executor, outputs_walk, procs, spawn
 from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
@@ -1368,3 +1368,13 @@ def test_an_attempt_is_not_blamed_for_a_full_disk_by_a_reading_taken_before_spac
     _, f = run_attempt(launch, another_fills_the_disk)
     assert (f.outcome, f.discarded, f.reason) == (Outcome.OK, False, "")
     assert f.stdout.read_bytes() == b"hello\n"
+
+
+def test_a_shell_command_as_long_as_a_task_may_give_still_runs(tmp_path: Path) -> None:
+    """The spec takes a `cmd` up to the kernel's limit for one argument: what the node puts in
+    front of it (the dir change) must not push it over, and fail a task that ran before."""
+    cmd = "echo ok; : " + "x" * (ARG_BYTES_MAX - len("echo ok; : "))
+    check(TaskSpec(cmd=cmd, argv=None, need=Resources(1.0, 1 << 26, 0)))  # a valid task
+    _, f = run_attempt(make_launch(tmp_path, cmd, cwd=str(tmp_path)))
+    assert f.outcome is Outcome.OK, f.reason
+    assert f.stdout.read_bytes() == b"ok\n"
