@@ -12,7 +12,8 @@ meanwhile, was measured too, and cost the node half as much CPU again in GIL han
 posix_spawn has no working-directory action in Python 3.11, so the shell itself changes to the
 task's dir first: the command becomes `cd -P -- DIR || exit 127; ` (and OLDPWD put back as the
 task's environment had it) and, on the same line, the task's own text, so `$0`, the arguments,
-the shell, its line numbers and the environment are the task's as before.
+the shell, its line numbers and the environment are the task's as before. A command so long
+that this would take it past the kernel's limit for one argument starts with Popen instead.
 
 A task given as an argv list starts with Popen, which changes dir and searches the task's own
 PATH before it execs: no shell stands between the task and its program.
@@ -37,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from swarm.core.spec import ARG_BYTES_MAX
 
 SHELL = "/bin/sh"
 CWD_FAILED_EXIT = 127  # as a shell says of a command it cannot run
@@ -74,15 +77,7 @@ def spawn(
     is missing, the dir is not there): nothing was started. `cwd_known`: the dir is the node's
     own, known to be there (a run dir's `work/`), so it is not looked at first."""
     if cmd is None:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        return _popen(argv, env, cwd, out, err)
     if not cwd_known:
         _check_dir(cwd)  # the shell would say so too, later and less clearly
     _seal_inherited()
@@ -92,6 +87,8 @@ def spawn(
     given = env.get("OLDPWD")
     oldpwd = "unset OLDPWD" if given is None else f"OLDPWD={shlex.quote(given)}"
     script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {oldpwd}; {cmd}"
+    if len(os.fsencode(script)) > ARG_BYTES_MAX:  # a cmd near the limit the spec allows:
+        return _popen(argv, env, cwd, out, err)  # no room for the cd, so chdir() it is
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out, 1),
@@ -107,6 +104,18 @@ def spawn(
         setsigmask=(),
     )
     return Spawned(pid)
+
+
+def _popen(argv: Sequence[str], env: Mapping[str, str], cwd: Path, out: int, err: int) -> Process:
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _check_dir(path: Path) -> None:
