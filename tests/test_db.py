@@ -127,6 +127,28 @@ def test_a_batch_is_committed_when_it_says_so_even_after_a_rollback_failed(
     asyncio.run(go())
 
 
+def test_a_big_batch_fits_the_variables_an_older_sqlite_allows(tmp_path: Path) -> None:
+    """SQLite before 3.32 (Ubuntu 20.04 ships 3.31, RHEL 8 3.26) allows 999 variables in one
+    statement, not 32,766: a batch of a few hundred rows must still commit there."""
+    path = make(tmp_path)
+
+    async def go() -> None:
+        conn, writer = await db.open_writer(path)
+        await conn._execute(conn._conn.setlimit, sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        task = asyncio.create_task(writer.run())
+        await writer.write(
+            [db.Row(Version("me", 1, s), ReplicaRecord(f"{s:064x}")) for s in range(1, 301)]
+        )
+        writer.close()
+        await task
+        await conn.close()
+
+    asyncio.run(go())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 300
+    conn.close()
+
+
 def test_a_write_after_the_writer_closed_fails_instead_of_waiting_forever(
     tmp_path: Path,
 ) -> None:
