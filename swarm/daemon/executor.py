@@ -49,7 +49,8 @@ MTIME_SLACK_NS = 10_000_000  # 10 ms
 # would, and the node's own ledger writes need a little room.
 DISK_FULL_FREE_BYTES = 1 << 20
 TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
-FREE_RECENT_S = 0.5  # a reading of the free space this fresh serves an attempt's start
+FREE_RECENT_S = 0.5  # a reading of the free space this fresh serves an attempt's start ...
+FREE_REUSED_MIN_BYTES = 1 << 30  # ... if it is at least this much (below: read anew)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,8 +302,6 @@ class Attempt:
         if free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks files: thread
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
-        if replaced or discarded:  # space given back: the reading would blame the next start
-            free_space.forget()
         if judged is not None:
             (outcome, reason), outputs = judged, {}
         return Finished(
@@ -407,7 +406,10 @@ class Attempt:
 
 class FreeSpace:
     """The state disk's free bytes, read as each attempt ends; an attempt that starts soon after
-    takes that reading rather than one of its own."""
+    takes that reading rather than one of its own, unless it is low. A low reading may be from
+    before space came back (files thrown away, a run dir emptied), and taken at a start it
+    would blame that attempt for a disk it did not fill (`_judge_full_disk`); a high one cannot
+    be off by an attempt's worth that matters."""
 
     def __init__(self) -> None:
         self._root: Path | None = None
@@ -415,7 +417,8 @@ class FreeSpace:
         self._bytes = 0
 
     def recent(self, run_dir: Path) -> int:
-        if run_dir.parent == self._root and time.monotonic() - self._read_at < FREE_RECENT_S:
+        fresh = time.monotonic() - self._read_at < FREE_RECENT_S
+        if run_dir.parent == self._root and fresh and self._bytes >= FREE_REUSED_MIN_BYTES:
             return self._bytes
         return self.now(run_dir)
 
@@ -423,11 +426,6 @@ class FreeSpace:
         self._bytes = free_bytes(run_dir)
         self._root, self._read_at = run_dir.parent, time.monotonic()
         return self._bytes
-
-    def forget(self) -> None:
-        """Files were thrown away: the last reading may be below what the next start has, and
-        a start that took it could be blamed for filling the disk (`_judge_full_disk`)."""
-        self._read_at = -math.inf
 
 
 free_space = FreeSpace()
