@@ -18,15 +18,15 @@ from swarm.core.ledger import (
     ClaimRecord,
     Outcome,
     ReplicaRecord,
-    ResultRecord,
     TaskRecord,
 )
 from swarm.core.spec import Resources, TaskSpec, task_id
 from swarm.daemon import db
 from swarm.errors import UserInputError
 
+from .test_ledger import result
+
 T0 = 1_714_564_800_000
-CAP = Resources(8.0, 16 << 30, 0)
 
 
 class File:
@@ -52,24 +52,6 @@ class File:
         task = task_id(job, spec, name)
         self.put(origin, TaskRecord(task, job, shown, spec, pack(T0 + n, 0)))
         return task
-
-
-def result(task: str, epoch: int, outcome: Outcome) -> ResultRecord:
-    return ResultRecord(
-        task_id=task,
-        epoch=epoch,
-        attempt=epoch,
-        outcome=outcome,
-        exit_code=0 if outcome is Outcome.OK else 1,
-        started_ms=T0,
-        ended_ms=T0 + 1500,
-        wall_s=1.5,
-        cpu_s=1.25,
-        max_rss_kb=2048,
-        digest="ab" * 32,
-        node_capacity=CAP,
-        reason="",
-    )
 
 
 @pytest.fixture(name="ledger_file")

@@ -82,7 +82,6 @@ class AttemptRunner:
         self.base_env = base_env
         self.own_rss_kb = own_rss_kb
         self.attempts: dict[str, AnyAttempt] = {}  # running, or being recorded
-        self._exited: set[str] = set()  # attempts whose end the core has heard of
         self._tg: asyncio.TaskGroup | None = None
         self._pool: WorkerPool | None = None  # made at the first Python call
 
@@ -224,16 +223,14 @@ class AttemptRunner:
             await self._give_up(attempt, launch, f"swarm error: {type(exc).__name__}: {exc}")
         finally:
             self.attempts.pop(task, None)
-            self._exited.discard(task)
             node.tell(node.core.attempt_closed, task)
             await self.run_dirs.give_back(launch.run_dir)  # last: it waits on the task's files
 
     def _ended(self, task_id: str) -> None:
-        """The attempt's process is gone: the core frees its slot (once), and the next task may
-        start while this one's files are looked at and recorded."""
-        if task_id not in self._exited:
-            self._exited.add(task_id)
-            self.node.tell(self.node.core.attempt_ended, task_id)
+        """The attempt's process is gone: the core frees its slot (hearing it twice changes
+        nothing), and the next task may start while this one's files are looked at and
+        recorded."""
+        self.node.tell(self.node.core.attempt_ended, task_id)
 
     async def _wait(self, attempt: AnyAttempt, spec: TaskSpec) -> Finished:
         timer = None
