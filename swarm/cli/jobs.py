@@ -32,7 +32,8 @@ from swarm.daemon.config import NodeConfig
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
 from swarm.errors import ControlError, SwarmError, UserInputError
 
-POLL_MIN_S = 0.05  # `run` and `submit --wait` ask for progress at most this often ...
+# `run` and `submit --wait` ask for progress at most as often as the bar redraws (10 Hz) ...
+POLL_MIN_S = 0.1
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
 FAILED_LISTED_MAX = 10  # failed, missing or unrunnable tasks named one by one after a run
 
