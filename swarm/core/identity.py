@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from swarm.core import gossip
-from swarm.core.ledger import ResultRecord, body_to_plain
+from swarm.core.ledger import ResultRecord, result_to_plain
 
 PUBLIC_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -88,7 +88,7 @@ def alive_message(alive: gossip.Alive) -> bytes:
 
 
 def result_message(origin: str, body: ResultRecord) -> bytes:
-    return _canonical([_RESULT_TAG, origin, body_to_plain(replace(body, proof=b""))])
+    return _canonical([_RESULT_TAG, origin, result_to_plain(body, b"")])
 
 
 def _canonical(value: Any) -> bytes:
@@ -98,6 +98,11 @@ def _canonical(value: Any) -> bytes:
 def _sorted(value: Any) -> Any:
     """Maps as key-sorted pair lists, and whole floats as ints (2.0 and 2 compare equal, and a
     decoder may turn one into the other), so equal content always encodes to equal bytes."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bytes or kind is bool or value is None:
+        return value  # the leaves most values are made of, with no isinstance() chain
+    if kind is list:
+        return [_sorted(item) for item in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, dict):

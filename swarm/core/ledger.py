@@ -49,6 +49,7 @@ from swarm.core.ledger_records import (
     Version,
     body_from_plain,
     body_to_plain,
+    result_to_plain,
     stamp_of,
     task_record_problem,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "body_from_plain",
     "body_to_plain",
     "derive_state",
+    "result_to_plain",
     "stamp_of",
     "task_record_problem",
 ]

@@ -217,26 +217,7 @@ def body_to_plain(body: Body) -> list[Any]:
         case HeartbeatRecord():
             return [Kind.HEARTBEAT, body.counter]
         case ResultRecord():
-            return [
-                Kind.RESULT,
-                body.task_id,
-                body.epoch,
-                body.attempt,
-                str(body.outcome),
-                body.exit_code,
-                body.started_ms,
-                body.ended_ms,
-                body.wall_s,
-                body.cpu_s,
-                body.max_rss_kb,
-                body.digest,
-                body.node_capacity.to_wire(),
-                body.reason,
-                body.proof,
-                # Only when set: a result written without them keeps the layout (and so the
-                # signature) it had before the fields existed.
-                *([body.evicted, body.value] if body.value else [True] if body.evicted else []),
-            ]
+            return result_to_plain(body, body.proof)
         case ReplicaRecord():
             return [Kind.REPLICA, body.digest]
         case CancelRecord():
@@ -256,6 +237,31 @@ def body_to_plain(body: Body) -> list[Any]:
         case LostRecord():
             return [Kind.LOST, body.task_id, body.epoch, body.node]
     raise AssertionError(f"unknown record body {body!r}")
+
+
+def result_to_plain(body: ResultRecord, proof: bytes) -> list[Any]:
+    """A RESULT body as body_to_plain gives it, with `proof` in place of its own (a signature is
+    made and checked over the body with an empty proof)."""
+    return [
+        Kind.RESULT,
+        body.task_id,
+        body.epoch,
+        body.attempt,
+        str(body.outcome),
+        body.exit_code,
+        body.started_ms,
+        body.ended_ms,
+        body.wall_s,
+        body.cpu_s,
+        body.max_rss_kb,
+        body.digest,
+        body.node_capacity.to_wire(),
+        body.reason,
+        proof,
+        # Only when set: a result written without them keeps the layout (and so the
+        # signature) it had before the fields existed.
+        *([body.evicted, body.value] if body.value else [True] if body.evicted else []),
+    ]
 
 
 def body_from_plain(raw: Any) -> Body:
