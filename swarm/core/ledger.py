@@ -429,7 +429,9 @@ class Ledger:
         raise AssertionError(f"unknown record body {body!r}")
 
     def _apply_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
-        view = self._view(body.task_id)
+        view = self.tasks.get(body.task_id)
+        if view is None:
+            return self._add_task(version, body)
         submitted = (body.stamp, version.origin)
         if view.spec is None or submitted < view.submitted:
             job = self._shared(body.job)
@@ -441,6 +443,28 @@ class Ledger:
             view.job, view.name, view.spec = job, body.name, body.spec
             view.submitted = (body.stamp, self._shared(version.origin))
         return self._refresh(view)
+
+    def _add_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
+        """A task first heard of by its TASK record (each of a million, as a ledger loads): made
+        whole at once. With no claim, result or cancel of its own yet, derive_state comes down
+        to whether a cancel of its job reaches it."""
+        job = self._shared(body.job)
+        view = TaskView(body.task_id, job, body.name, body.spec)
+        view.submitted = (body.stamp, self._shared(version.origin))
+        self.tasks[body.task_id] = view
+        tasks = self.jobs.get(job)
+        if tasks is None:  # (not setdefault: it would make a list for every task)
+            tasks = self.jobs[job] = []
+        tasks.append(body.task_id)
+        new = State.CANCELLED if self._job_cancelled(view) else State.PENDING
+        view.state = new
+        counts = self.job_counts.get(job)
+        if counts is None:
+            counts = self.job_counts[job] = Counter()
+        counts[new] += 1
+        if new is State.PENDING:
+            self._count_pending(view, 1)
+        return [StateChanged(view.task_id, None, new)]
 
     def _shared(self, text: str) -> str:
         """One string object for each job and node name, not one per task record that names
