@@ -329,8 +329,9 @@ class Node:
                 )
             await asyncio.to_thread(self.store.sweep_temp)  # partial blobs of a past life
             # A million tasks load without the collector scanning them; a small ledger loads
-            # as it is (a collection and a freeze would only delay the node's start).
-            with heap.bulk(_records_estimate(self.state.db_path)):
+            # as it is (a collection and a freeze would only delay the node's start). A load
+            # makes no reference cycles, bad rows included: what it made is frozen as it is.
+            with heap.bulk(_records_estimate(self.state.db_path), cycle_free=True):
                 loaded = await asyncio.to_thread(db.load_ledger, self.state.db_path)
             self.ledger = loaded.ledger
             self.left_out = snapshot.LeftOut.of(loaded.unreadable, loaded.refused)
