@@ -60,6 +60,15 @@ def test_work_that_makes_no_cycles_is_frozen_with_no_collection() -> None:
         gc.collect()
 
 
+def test_garbage_from_before_a_cycle_free_block_is_collected_not_frozen() -> None:
+    cycle = weakref.ref(_Cyclic())
+    try:
+        with heap.bulk(cycle_free=True):
+            assert cycle() is None
+    finally:
+        gc.unfreeze()
+
+
 def test_a_block_that_may_make_cycles_inside_a_cycle_free_one_has_them_collected() -> None:
     try:
         with heap.bulk(cycle_free=True), heap.bulk():

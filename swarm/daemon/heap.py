@@ -10,8 +10,9 @@ freed when their last reference goes; only a reference cycle among them would ou
 so a collection runs just before each freeze (short: all but the objects made since the last
 freeze are frozen already), and the ledger's objects form none. Work known to make no cycles
 (a ledger loaded at a start: three million objects, a collection of them that takes a second
-and frees nothing) says so, and is frozen with no collection. Process-wide, as the collector
-is: pauses nest, and a collection is left out only when no block under way made cycles.
+and frees nothing) says so: the collection then runs before it instead, over what is young
+then (little), and what it made is frozen as it is. Process-wide, as the collector is: pauses
+nest, and the collection after is left out only when no block of the pause may make cycles.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ BULK_ITEMS_MIN = 2_000
 def bulk(items: int = BULK_ITEMS_MIN, cycle_free: bool = False) -> Iterator[None]:
     """Pause the collector while `items` long-lived things are made; then freeze what is
     alive. Nothing is done for fewer than BULK_ITEMS_MIN. `cycle_free`: the work makes no
-    reference cycles, so the freeze needs no collection before it (one left over would be
-    kept for good)."""
+    reference cycles (one it made would be kept for good), so the garbage that a freeze must
+    not keep is only what was there before it: collected first, while it is small."""
     if items < BULK_ITEMS_MIN:
         yield
         return
@@ -49,6 +50,8 @@ def bulk(items: int = BULK_ITEMS_MIN, cycle_free: bool = False) -> Iterator[None
         _Pauses.was_enabled = gc.isenabled()
         _Pauses.cycle_free = True
         gc.disable()
+        if cycle_free:
+            gc.collect()
     _Pauses.cycle_free = _Pauses.cycle_free and cycle_free
     _Pauses.count += 1
     try:
