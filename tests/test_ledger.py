@@ -458,6 +458,27 @@ def test_pending_counts_per_shape_match_a_walk_whatever_the_order(
         assert {shape: dict(jobs) for shape, jobs in ledger.pending_shapes.items()} == walked
 
 
+@settings(max_examples=200, deadline=None)
+@given(record_sets(), st.randoms(use_true_random=False))
+def test_a_load_derives_what_applying_each_record_derives(
+    records: list[tuple[Version, Body]], rng: random.Random
+) -> None:
+    """Ledger.load (a restart) adds a new task's TASK record without apply(): the same states,
+    counts, pending shapes, watermarks and stamps as apply() of each record, in any order."""
+    records = two_jobs_two_shapes(records)
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    applied = replay(shuffled)
+    loaded = Ledger()
+    loaded.load(shuffled)
+    assert loaded.fingerprint() == applied.fingerprint()
+    assert loaded.job_counts == applied.job_counts
+    assert loaded.pending_shapes == applied.pending_shapes
+    assert loaded.jobs == applied.jobs and loaded.running == applied.running
+    assert loaded.max_stamps == applied.max_stamps
+    assert loaded.records_applied == applied.records_applied == len(shuffled)
+
+
 # -- encoding --------------------------------------------------------------------------------
 
 

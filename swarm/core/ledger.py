@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -368,19 +368,25 @@ class Ledger:
 
     # -- applying records --------------------------------------------------------------------
 
+    def load(self, records: Iterable[tuple[Version, Body]]) -> None:
+        """apply() each record, with no list of what changed: a ledger read back at a start,
+        from whose states (not changes) the node starts. A TASK record of a task not yet
+        heard of, each of a million pending tasks, is added with no call to apply()."""
+        for version, body in records:
+            if type(body) is TaskRecord and body.task_id not in self.tasks:
+                self._seen(version, body.stamp)
+                self._add_task(version, body)
+            else:
+                self.apply(version, body)
+
     def apply(self, version: Version, body: Body) -> list[StateChanged]:
         """Fold one record in. Returns the tasks whose derived state changed."""
-        self.records_applied += 1
-        key = (version.origin, version.generation)
-        if version.seq > self.high_seq.get(key, 0):
-            self.high_seq[key] = version.seq
-        if type(body) is TaskRecord:  # most records by far: no dispatch (a million load at a start)
-            if body.stamp > self.max_stamps.get(version.origin, -1):
-                self.max_stamps[version.origin] = body.stamp
+        if type(body) is TaskRecord:  # most records by far: no dispatch
+            self._seen(version, body.stamp)
+            if body.task_id not in self.tasks:
+                return [StateChanged(body.task_id, None, self._add_task(version, body))]
             return self._apply_task(version, body)
-        stamp = stamp_of(body)
-        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
-            self.max_stamps[version.origin] = stamp
+        self._seen(version, stamp_of(body))
         match body:
             case TaskRecord():
                 return self._apply_task(version, body)
@@ -432,10 +438,17 @@ class Ledger:
                 return self._refresh(view)
         raise AssertionError(f"unknown record body {body!r}")
 
+    def _seen(self, version: Version, stamp: int | None) -> None:
+        """A record is applied: its origin's highest seq and HLC stamp so far."""
+        self.records_applied += 1
+        key = (version.origin, version.generation)
+        if version.seq > self.high_seq.get(key, 0):
+            self.high_seq[key] = version.seq
+        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
+            self.max_stamps[version.origin] = stamp
+
     def _apply_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
-        view = self.tasks.get(body.task_id)
-        if view is None:
-            return self._add_task(version, body)
+        view = self.tasks[body.task_id]
         submitted = (body.stamp, version.origin)
         if view.spec is None or submitted < view.submitted:
             job = self._shared(body.job)
@@ -448,10 +461,10 @@ class Ledger:
             view.submitted = (body.stamp, self._shared(version.origin))
         return self._refresh(view)
 
-    def _add_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
+    def _add_task(self, version: Version, body: TaskRecord) -> State:
         """A task first heard of by its TASK record (each of a million, as a ledger loads): made
-        whole at once. With no claim, result or cancel of its own yet, derive_state comes down
-        to whether a cancel of its job reaches it."""
+        whole at once; its state. With no claim, result or cancel of its own yet, derive_state
+        comes down to whether a cancel of its job reaches it."""
         job = self._shared(body.job)
         view = TaskView(body.task_id, job, body.name, body.spec)
         view.submitted = (body.stamp, self._shared(version.origin))
@@ -468,7 +481,7 @@ class Ledger:
         counts[new] += 1
         if new is State.PENDING:
             self._count_pending(view, 1)
-        return [StateChanged(view.task_id, None, new)]
+        return new
 
     def _shared(self, text: str) -> str:
         """One string object for each job and node name, not one per task record that names

@@ -555,7 +555,13 @@ def add_rows(loaded: Loaded, rows: Iterable[Row]) -> None:
 
 
 def _add_records(loaded: Loaded, records: Iterable[tuple[Version, Body]]) -> None:
-    apply = loaded.ledger.apply
+    loaded.ledger.load(_trusted(loaded, records))
+
+
+def _trusted(
+    loaded: Loaded, records: Iterable[tuple[Version, Body]]
+) -> Iterator[tuple[Version, Body]]:
+    """The records but the TASK records that do not hash to their id: those are described."""
     for version, body in records:
         if isinstance(body, TaskRecord):
             problem = task_record_problem(body)
@@ -563,7 +569,7 @@ def _add_records(loaded: Loaded, records: Iterable[tuple[Version, Body]]) -> Non
                 loaded.refused.append(f"{version}: {problem}")
                 loaded.refused_versions.add(version)
                 continue
-        apply(version, body)
+        yield version, body
 
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:
