@@ -526,18 +526,30 @@ def load_ledger(path: Path) -> Loaded:
     with _read_only(path) as conn:
         cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
         while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
-            _add_records(loaded, _records_of(chunk, loaded.unreadable))
+            loaded.ledger.load(_stored_records(chunk, loaded))
     return loaded
 
 
-def _records_of(stored: Iterable[Sequence[Any]], bad: list[str]) -> Iterator[tuple[Version, Body]]:
-    """rows_of() as (version, body) pairs: a million Row objects less to make at a start."""
+def _stored_records(
+    stored: Iterable[Sequence[Any]], loaded: Loaded
+) -> Iterator[tuple[Version, Body]]:
+    """Stored rows, (origin, generation, seq, body) each, as the (version, body) pairs the
+    ledger loads (a million at a start: no Row each), as rows_of() and _trusted() would leave
+    and describe them, in one pass."""
     for origin, generation, seq, blob in stored:
         version = Version(origin, generation, seq)
         try:
-            yield _checked_version(version), decode(blob)
+            _checked_version(version)
+            body = decode(blob)
         except BadRecordError as exc:
-            bad.append(f"{shown(version)}: {exc}")
+            loaded.unreadable.append(f"{shown(version)}: {exc}")
+            continue
+        if type(body) is TaskRecord:
+            problem = task_record_problem(body)
+            if problem is not None:
+                _refuse(loaded, version, problem)
+                continue
+        yield version, body
 
 
 def load_rows(rows: Iterable[Row], unreadable: list[str]) -> Loaded:
@@ -566,10 +578,14 @@ def _trusted(
         if isinstance(body, TaskRecord):
             problem = task_record_problem(body)
             if problem is not None:
-                loaded.refused.append(f"{version}: {problem}")
-                loaded.refused_versions.add(version)
+                _refuse(loaded, version, problem)
                 continue
         yield version, body
+
+
+def _refuse(loaded: Loaded, version: Version, problem: str) -> None:
+    loaded.refused.append(f"{version}: {problem}")
+    loaded.refused_versions.add(version)
 
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:
