@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from json.encoder import encode_basestring as _json_str
 from typing import Any
 
@@ -230,7 +230,7 @@ class TaskSpec:
             cmd = _check_cmd(raw["cmd"])
             _check_need(need)
             _check_arg_size("cmd", cmd)
-            return TaskSpec(cmd, None, need)
+            return _command_spec(cmd, need)
         unknown = set(raw) - _WIRE_KEYS
         if unknown:  # sorted as text: keys of mixed types do not compare
             raise SpecError("spec", f"unknown keys {sorted(map(repr, unknown))}")
@@ -276,6 +276,33 @@ class TaskSpec:
 
 
 _PLAIN_KEYS = frozenset({"cmd", "cpus", "memory"})
+
+# Every field of a TaskSpec with its default, and how to set it on a new one past the frozen
+# dataclass's __setattr__: a command spec made this way costs half of TaskSpec(cmd, None,
+# need), whose __init__ calls object.__setattr__ once a field (a million are made at a start).
+_SPEC_DEFAULTS = tuple(
+    (getattr(TaskSpec, f.name).__set__, f.default)
+    for f in fields(TaskSpec)
+    if f.default is not MISSING
+)
+# The fields with no default; a field added with a default_factory would have to be set here.
+assert [f.name for f in fields(TaskSpec) if f.default is MISSING] == ["cmd", "argv", "need"]
+_SET_CMD, _SET_ARGV, _SET_NEED = (
+    getattr(TaskSpec, name).__set__ for name in ("cmd", "argv", "need")
+)
+
+
+def _command_spec(cmd: str, need: Resources) -> TaskSpec:
+    """TaskSpec(cmd, None, need): a command, its need, and every other field at its default."""
+    spec = object.__new__(TaskSpec)
+    _SET_CMD(spec, cmd)
+    _SET_ARGV(spec, None)
+    _SET_NEED(spec, need)
+    for set_field, default in _SPEC_DEFAULTS:
+        set_field(spec, default)
+    return spec
+
+
 _WIRE_KEYS = frozenset(
     {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
      "requires", "outputs", "call", "retry_backoff"}
