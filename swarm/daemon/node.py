@@ -89,6 +89,10 @@ FDS_WANTED = 65_536  # the soft descriptor limit the daemon raises itself to, if
 # CLAIM and RESULT of a shell task): how many records a file holds, told before it is read.
 RECORD_BYTES_TYPICAL = 200
 LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file logged at start
+# Committed rows applied in one go: a million committed together (a submission) are applied a
+# slice at a time, so that their (version, body) pairs and the changes they make are not all
+# held at once (a tenth of the daemon's peak, at a million).
+APPLY_SLICE_ROWS = 10_000
 
 
 def wall_ms() -> int:
@@ -471,8 +475,10 @@ class Node:
 
     def apply_rows(self, rows: list[db.Row]) -> None:
         """Records stored: the core applies them (and acts on what changed)."""
-        if not rows:
-            return
+        for start in range(0, len(rows), APPLY_SLICE_ROWS):
+            self._apply_slice(rows[start : start + APPLY_SLICE_ROWS])
+
+    def _apply_slice(self, rows: list[db.Row]) -> None:
         pairs = [(row.version, row.body) for row in rows]
         changes = self.core.apply(self.now(), pairs, remote=rows[0].remote)
         self._carry_out()
