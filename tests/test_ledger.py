@@ -309,6 +309,21 @@ def test_the_earliest_submission_names_the_task() -> None:
     assert ledger.jobs["job"] == ["t"]
 
 
+def test_the_tasks_of_one_submission_share_their_stamp_and_origin_pair() -> None:
+    """A million tasks submitted together hold one (stamp, origin) pair, not a million; a task
+    submitted apart has its own, and the earliest submission still names a task."""
+    ledger = Ledger()
+    sub, other = Writer(ledger, "a"), Writer(ledger, "b")
+    for task in ("t1", "t2", "t3"):
+        sub(TaskRecord(task, "job", task, SPEC, stamp=10))
+    other(TaskRecord("t4", "job", "t4", SPEC, stamp=10))
+    other(TaskRecord("t2", "job", "early", SPEC, stamp=5))
+    views = ledger.tasks
+    assert views["t1"].submitted is views["t3"].submitted == (10, "a")
+    assert views["t4"].submitted == (10, "b") and views["t2"].submitted == (5, "b")
+    assert views["t2"].name == "early"
+
+
 def test_heartbeat_and_replica_records() -> None:
     ledger, a, b = fresh()
     a(HeartbeatRecord(3))

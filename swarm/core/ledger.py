@@ -355,6 +355,7 @@ class Ledger:
         # no node is counted from these, never by walking a million pending tasks.
         self.pending_shapes: dict[Shape, Counter[str]] = {}
         self._names: dict[str, str] = {}  # each job and origin name, shared (_shared)
+        self._last_submitted: tuple[int, str] = (-1, "")  # shared by the next (_submitted)
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
@@ -458,7 +459,7 @@ class Ledger:
                     tasks = self.jobs[job] = []
                 tasks.append(body.task_id)
             view.job, view.name, view.spec = job, body.name, body.spec
-            view.submitted = (body.stamp, self._shared(version.origin))
+            view.submitted = self._submitted(body.stamp, version.origin)
         return self._refresh(view)
 
     def _add_task(self, version: Version, body: TaskRecord) -> State:
@@ -467,7 +468,7 @@ class Ledger:
         comes down to whether a cancel of its job reaches it."""
         job = self._shared(body.job)
         view = TaskView(body.task_id, job, body.name, body.spec)
-        view.submitted = (body.stamp, self._shared(version.origin))
+        view.submitted = self._submitted(body.stamp, version.origin)
         self.tasks[body.task_id] = view
         tasks = self.jobs.get(job)
         if tasks is None:  # (not setdefault: it would make a list for every task)
@@ -482,6 +483,15 @@ class Ledger:
         if new is State.PENDING:
             self._count_pending(view, 1)
         return new
+
+    def _submitted(self, stamp: int, origin: str) -> tuple[int, str]:
+        """A view's (stamp, origin) of submission: the one of the task before it when equal,
+        as it is for every task of a submission (a million share one pair, not a million)."""
+        last = self._last_submitted
+        if last[0] == stamp and last[1] == origin:
+            return last
+        self._last_submitted = last = (stamp, self._shared(origin))
+        return last
 
     def _shared(self, text: str) -> str:
         """One string object for each job and node name, not one per task record that names
