@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -137,11 +138,16 @@ def write_rows(
             out.write("\n")
             count += 1
         return count
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise")
-    writer.writeheader()
+    # csv.writer of the cells picked in one C call: csv.DictWriter spent a third of a
+    # million-row export checking and ordering each row's keys in Python.
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    cells = operator.itemgetter(*columns)
     count = 0
     for row in rows:
-        writer.writerow(row)
+        if len(row) != len(columns):  # a key too many (one missing is a KeyError)
+            raise ValueError(f"a row of {sorted(row)} for the columns {columns}")
+        writer.writerow(cells(row))
         count += 1
     return count
 
