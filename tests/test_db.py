@@ -296,6 +296,34 @@ def test_a_task_record_edited_on_disk_is_refused_on_load(tmp_path: Path) -> None
     assert loaded.unreadable == []
 
 
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"cmd": "echo", "cpus": 0.0, "memory": 1 << 20}, "cpus"),
+        ({"cmd": "a\x00b", "cpus": 1.0, "memory": 1 << 20}, "cmd"),
+        ({"cmd": "  ", "cpus": 1.0, "memory": 1 << 20}, "cmd"),
+        ({"cmd": "echo", "cpus": 1.0, "memory": -1}, "memory"),
+        ({"cmd": "x" * (128 * 1024), "cpus": 1.0, "memory": 1 << 20}, "cmd"),
+    ],
+)
+def test_a_stored_command_spec_that_breaks_a_rule_is_left_out_and_described(
+    tmp_path: Path, spec: dict[str, Any], field: str
+) -> None:
+    """A command spec takes the short way when it is read (spec.from_wire): one edited on disk
+    to break a rule is still left out of the load, and the row described naming the field."""
+    path = make(tmp_path)
+    good = _task("j", "echo good", "a")
+    _store(path, [(Version("me", 1, 1), good)])
+    with sqlite3.connect(path) as conn:
+        body = msgpack.packb([int(Kind.TASK), "f" * 64, "j", "b", spec, 1])
+        conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)", ("me", 1, 2, 1, body))
+    conn.close()
+    loaded = db.load_ledger(path)
+    assert set(loaded.ledger.tasks) == {good.task_id}
+    assert len(loaded.unreadable) == 1 and field in loaded.unreadable[0]
+    assert loaded.unreadable[0].startswith("Version(origin='me', generation=1, seq=2)")
+
+
 def test_a_load_makes_no_reference_cycles_whatever_rows_it_meets(tmp_path: Path) -> None:
     """The daemon freezes what a load made with no collection first (heap.bulk's cycle_free):
     a load that left cycles, of good rows or of rows it leaves out, would leak them."""
