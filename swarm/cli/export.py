@@ -227,8 +227,9 @@ def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:
 
 
 def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -> dict[str, str]:
-    ordered = view.ordered_attempts()
-    shown = view.ok_attempt() or (ordered[-1] if ordered else None)
+    # Never claimed (most of a million waiting tasks): no attempt to show, no claim under way.
+    ordered = view.ordered_attempts() if view.attempts else []
+    shown = (view.ok_attempt() or (ordered[-1] if ordered else None)) if ordered else None
     replicas = ""
     if shown is not None and shown.result.digest is not None:
         # The nodes that hold its result: the one that ran it, and those that copied it.
@@ -246,7 +247,7 @@ def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -
         "priority": str(spec.priority),
         "replicas": replicas,
     }
-    claim = view.active_claim()
+    claim = view.active_claim() if view.claims else None
     if claim is not None:
         # Running: the columns describe the attempt under way (who holds it, since when), not
         # an earlier one that ended.
