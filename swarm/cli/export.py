@@ -142,6 +142,7 @@ def write_rows(
     # million-row export checking and ordering each row's keys in Python.
     writer = csv.writer(out)
     writer.writerow(columns)
+    assert len(columns) > 1  # (itemgetter of one column gives the cell, not a tuple of it)
     cells = operator.itemgetter(*columns)
     count = 0
     for row in rows:
