@@ -374,7 +374,7 @@ class Ledger:
         from whose states (not changes) the node starts. A TASK record of a task not yet
         heard of, each of a million pending tasks, is added with no call to apply()."""
         for version, body in records:
-            if type(body) is TaskRecord and body.task_id not in self.tasks:
+            if isinstance(body, TaskRecord) and body.task_id not in self.tasks:
                 self._seen(version, body.stamp)
                 self._add_task(version, body)
             else:
@@ -382,15 +382,13 @@ class Ledger:
 
     def apply(self, version: Version, body: Body) -> list[StateChanged]:
         """Fold one record in. Returns the tasks whose derived state changed."""
-        if type(body) is TaskRecord:  # most records by far: no dispatch
+        if isinstance(body, TaskRecord):  # most records by far: before the match below
             self._seen(version, body.stamp)
             if body.task_id not in self.tasks:
                 return [StateChanged(body.task_id, None, self._add_task(version, body))]
             return self._apply_task(version, body)
         self._seen(version, stamp_of(body))
         match body:
-            case TaskRecord():
-                return self._apply_task(version, body)
             case ClaimRecord():
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
