@@ -309,6 +309,21 @@ def test_the_earliest_submission_names_the_task() -> None:
     assert ledger.jobs["job"] == ["t"]
 
 
+def test_the_tasks_of_one_submission_share_their_stamp_and_origin_pair() -> None:
+    """A million tasks submitted together hold one (stamp, origin) pair, not a million; a task
+    submitted apart has its own, and the earliest submission still names a task."""
+    ledger = Ledger()
+    sub, other = Writer(ledger, "a"), Writer(ledger, "b")
+    for task in ("t1", "t2", "t3"):
+        sub(TaskRecord(task, "job", task, SPEC, stamp=10))
+    other(TaskRecord("t4", "job", "t4", SPEC, stamp=10))
+    other(TaskRecord("t2", "job", "early", SPEC, stamp=5))
+    views = ledger.tasks
+    assert views["t1"].submitted is views["t3"].submitted == (10, "a")
+    assert views["t4"].submitted == (10, "b") and views["t2"].submitted == (5, "b")
+    assert views["t2"].name == "early"
+
+
 def test_heartbeat_and_replica_records() -> None:
     ledger, a, b = fresh()
     a(HeartbeatRecord(3))
@@ -456,6 +471,27 @@ def test_pending_counts_per_shape_match_a_walk_whatever_the_order(
                 jobs = walked.setdefault((view.spec.need, view.spec.requires), {})
                 jobs[view.job] = jobs.get(view.job, 0) + 1
         assert {shape: dict(jobs) for shape, jobs in ledger.pending_shapes.items()} == walked
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets(), st.randoms(use_true_random=False))
+def test_a_load_derives_what_applying_each_record_derives(
+    records: list[tuple[Version, Body]], rng: random.Random
+) -> None:
+    """Ledger.load (a restart) adds a new task's TASK record without apply(): the same states,
+    counts, pending shapes, watermarks and stamps as apply() of each record, in any order."""
+    records = two_jobs_two_shapes(records)
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    applied = replay(shuffled)
+    loaded = Ledger()
+    loaded.load(shuffled)
+    assert loaded.fingerprint() == applied.fingerprint()
+    assert loaded.job_counts == applied.job_counts
+    assert loaded.pending_shapes == applied.pending_shapes
+    assert loaded.jobs == applied.jobs and loaded.running == applied.running
+    assert loaded.max_stamps == applied.max_stamps
+    assert loaded.records_applied == applied.records_applied == len(shuffled)
 
 
 # -- encoding --------------------------------------------------------------------------------

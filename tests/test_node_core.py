@@ -4,6 +4,7 @@ about (a Write versioned and applied, a claim's outcome reported) and checks wha
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import replace
 
@@ -238,6 +239,28 @@ def test_a_restart_closes_the_claims_of_its_last_life_and_writes_those_never_wri
         ("t2", 1, Outcome.INTERRUPTED, "the node stopped while it ran"),
     }
     assert bodies.index(claims[0]) < min(bodies.index(r) for r in results)  # claim first
+
+
+def test_a_start_makes_no_reference_cycles() -> None:
+    """The daemon freezes what a start made with no collection after it (heap.bulk's
+    cycle_free): queued tasks, a failed one backing off, stale claims closed. A cycle made
+    there would be kept for good."""
+    ledger = Ledger()
+    for seq, name in enumerate(["t1", "t2", "t3", "t4"], start=1):
+        ledger.apply(Version("sub", 1, seq), task(name))
+    ledger.apply(Version("a", 1, 1), ClaimRecord("t1", 1, EPOCH_MS << 16))
+    ledger.apply(Version("a", 1, 2), ClaimRecord("t3", 1, EPOCH_MS << 16))
+    failed = replace(result("t3", 1), outcome=Outcome.FAILED, exit_code=1)
+    ledger.apply(Version("a", 1, 3), failed)
+    core = NodeCore("a", ledger, CONFIG, CAPACITY, {}, networked=False, sync=sync())
+    gc.collect()
+    gc.disable()
+    try:
+        core.start(at(100), orphaned=[("t2", 1)])
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert of(Write, core.take_effects())  # the stale claims were closed
 
 
 def test_a_drain_leaves_once_its_attempts_ended_and_no_result_is_held_here_alone() -> None:

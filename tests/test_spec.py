@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from swarm.core.spec import ARG_BYTES_MAX, PyCall, Resources, TaskSpec, check, task_id
+from swarm.core.spec import (
+    ARG_BYTES_MAX,
+    PyCall,
+    Resources,
+    TaskSpec,
+    check,
+    shared_resources,
+    task_id,
+)
 from swarm.errors import SpecError, UserError
 
 GOOD = TaskSpec(cmd="true", argv=None, need=Resources(1.0, 1 << 20))
@@ -131,6 +143,11 @@ def test_a_retry_waits_its_backoff_doubled_per_failure_and_capped() -> None:
         {"cmd": "true", "memory": 1 << 20},
         {"cmd": 5, "cpus": 1.0, "memory": 1 << 20},
         {"cmd": "x" * (ARG_BYTES_MAX + 1), "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "é" * (ARG_BYTES_MAX // 2 + 1), "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": " \t ", "cpus": 1.0, "memory": 1 << 20},
+        {"cmd": "true", "cpus": 5000.0, "memory": 1 << 20},
+        {"cmd": "true", "cpus": 1.0, "memory": 1 << 63},
+        {"cmd": "true", "cpus": 1.0, "memory": 1.5},
     ],
 )
 def test_a_plain_command_spec_is_checked_as_strictly_as_any_other(raw: dict[str, Any]) -> None:
@@ -152,3 +169,58 @@ def test_specs_of_one_need_share_one_resources_object() -> None:
     a = TaskSpec.from_wire({"cmd": "echo a", "cpus": 1.0, "memory": 1 << 20})
     b = TaskSpec.from_wire({"cmd": "echo b", "cpus": 1, "memory": 1 << 20, "gpus": 0})
     assert a.need is b.need and a.need == Resources(1.0, 1 << 20)
+
+
+def _task_id_by_json(job: str, spec: TaskSpec, explicit_name: str | None) -> str:
+    """The task id as its contract defines it: sha256 of json.dumps of the job and the spec."""
+    body: dict[str, Any] = {"job": job, "spec": spec.to_wire()}
+    if explicit_name is not None:
+        body["name"] = explicit_name
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_texts = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, database=None)
+@given(
+    _texts,
+    _texts,
+    st.floats(min_value=1e-9, max_value=4096.0),
+    st.integers(min_value=1, max_value=2**63 - 1),
+    st.none() | _texts,
+)
+def test_the_id_of_a_command_spec_is_the_hash_of_its_json(
+    job: str, cmd: str, cpus: float, memory: int, name: str | None
+) -> None:
+    """A spec of a command and its need has its id text written out directly, not by
+    json.dumps: the id must be the same, for every string json escapes and every number."""
+    spec = TaskSpec(cmd, None, shared_resources(cpus, memory, 0))
+    assert task_id(job, spec, name) == _task_id_by_json(job, spec, name)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TaskSpec("echo", None, Resources(1.0, 1 << 20, 1)),
+        TaskSpec("echo", None, Resources(2, 1 << 20)),
+        TaskSpec(None, ("echo", "a"), Resources(1.0, 1 << 20)),
+        TaskSpec("echo", None, Resources(1.0, 1 << 20), priority=3),
+    ],
+)
+def test_the_id_of_any_other_spec_is_the_hash_of_its_json(spec: TaskSpec) -> None:
+    assert task_id("j", spec, "n") == _task_id_by_json("j", spec, "n")
+    assert task_id("j", spec, None) == _task_id_by_json("j", spec, None)
+
+
+def test_a_command_spec_read_from_a_record_is_the_spec_the_dataclass_makes() -> None:
+    """A command spec is made past the dataclass's __init__ (at half its cost): every field
+    is set, to the same values, and it hashes and compares as one made the usual way."""
+    need = Resources(2.0, 1 << 30)
+    read = TaskSpec.from_wire({"cmd": "echo hi", "cpus": 2.0, "memory": 1 << 30})
+    made = TaskSpec("echo hi", None, need)
+    assert type(read) is TaskSpec
+    assert read == made and hash(read) == hash(made) and repr(read) == repr(made)
+    with pytest.raises(AttributeError):
+        read.cmd = "rm -rf ~"  # type: ignore[misc]  # still frozen

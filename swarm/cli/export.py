@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -137,11 +138,17 @@ def write_rows(
             out.write("\n")
             count += 1
         return count
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise")
-    writer.writeheader()
+    # csv.writer of the cells picked in one C call: csv.DictWriter spent a third of a
+    # million-row export checking and ordering each row's keys in Python.
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    assert len(columns) > 1  # (itemgetter of one column gives the cell, not a tuple of it)
+    cells = operator.itemgetter(*columns)
     count = 0
     for row in rows:
-        writer.writerow(row)
+        if len(row) != len(columns):  # a key too many (one missing is a KeyError)
+            raise ValueError(f"a row of {sorted(row)} for the columns {columns}")
+        writer.writerow(cells(row))
         count += 1
     return count
 
@@ -221,8 +228,9 @@ def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:
 
 
 def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -> dict[str, str]:
-    ordered = view.ordered_attempts()
-    shown = view.ok_attempt() or (ordered[-1] if ordered else None)
+    # Never claimed (most of a million waiting tasks): no attempt to show, no claim under way.
+    ordered = view.ordered_attempts() if view.attempts else []
+    shown = (view.ok_attempt() or (ordered[-1] if ordered else None)) if ordered else None
     replicas = ""
     if shown is not None and shown.result.digest is not None:
         # The nodes that hold its result: the one that ran it, and those that copied it.
@@ -240,7 +248,7 @@ def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -
         "priority": str(spec.priority),
         "replicas": replicas,
     }
-    claim = view.active_claim()
+    claim = view.active_claim() if view.claims else None
     if claim is not None:
         # Running: the columns describe the attempt under way (who holds it, since when), not
         # an earlier one that ended.

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -357,6 +357,7 @@ class Ledger:
         # no node is counted from these, never by walking a million pending tasks.
         self.pending_shapes: dict[Shape, Counter[str]] = {}
         self._names: dict[str, str] = {}  # each job and origin name, shared (_shared)
+        self._last_submitted: tuple[int, str] = (-1, "")  # shared by the next (_submitted)
         self.finished_ms: dict[str, deque[int]] = {}  # job -> end times of recently finished tasks
         # The latest failed or timed-out attempts (task id, the attempt's key), newest last:
         # what `swarm status` lists under its latest failures.
@@ -370,18 +371,26 @@ class Ledger:
 
     # -- applying records --------------------------------------------------------------------
 
+    def load(self, records: Iterable[tuple[Version, Body]]) -> None:
+        """apply() each record, with no list of what changed: a ledger read back at a start,
+        from whose states (not changes) the node starts. A TASK record of a task not yet
+        heard of, each of a million pending tasks, is added with no call to apply()."""
+        for version, body in records:
+            if isinstance(body, TaskRecord) and body.task_id not in self.tasks:
+                self._seen(version, body.stamp)
+                self._add_task(version, body)
+            else:
+                self.apply(version, body)
+
     def apply(self, version: Version, body: Body) -> list[StateChanged]:
         """Fold one record in. Returns the tasks whose derived state changed."""
-        self.records_applied += 1
-        key = (version.origin, version.generation)
-        if version.seq > self.high_seq.get(key, 0):
-            self.high_seq[key] = version.seq
-        stamp = stamp_of(body)
-        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
-            self.max_stamps[version.origin] = stamp
+        if isinstance(body, TaskRecord):  # most records by far: before the match below
+            self._seen(version, body.stamp)
+            if body.task_id not in self.tasks:
+                return [StateChanged(body.task_id, None, self._add_task(version, body))]
+            return self._apply_task(version, body)
+        self._seen(version, stamp_of(body))
         match body:
-            case TaskRecord():
-                return self._apply_task(version, body)
             case ClaimRecord():
                 view = self._view(body.task_id)
                 info = view.claims.get((body.epoch, version.origin))
@@ -430,8 +439,17 @@ class Ledger:
                 return self._refresh(view)
         raise AssertionError(f"unknown record body {body!r}")
 
+    def _seen(self, version: Version, stamp: int | None) -> None:
+        """A record is applied: its origin's highest seq and HLC stamp so far."""
+        self.records_applied += 1
+        key = (version.origin, version.generation)
+        if version.seq > self.high_seq.get(key, 0):
+            self.high_seq[key] = version.seq
+        if stamp is not None and stamp > self.max_stamps.get(version.origin, -1):
+            self.max_stamps[version.origin] = stamp
+
     def _apply_task(self, version: Version, body: TaskRecord) -> list[StateChanged]:
-        view = self._view(body.task_id)
+        view = self.tasks[body.task_id]
         submitted = (body.stamp, version.origin)
         if view.spec is None or submitted < view.submitted:
             job = self._shared(body.job)
@@ -441,8 +459,39 @@ class Ledger:
                     tasks = self.jobs[job] = []
                 tasks.append(body.task_id)
             view.job, view.name, view.spec = job, body.name, body.spec
-            view.submitted = (body.stamp, self._shared(version.origin))
+            view.submitted = self._submitted(body.stamp, version.origin)
         return self._refresh(view)
+
+    def _add_task(self, version: Version, body: TaskRecord) -> State:
+        """A task first heard of by its TASK record (each of a million, as a ledger loads): made
+        whole at once; its state. With no claim, result or cancel of its own yet, derive_state
+        comes down to whether a cancel of its job reaches it."""
+        job = self._shared(body.job)
+        view = TaskView(body.task_id, job, body.name, body.spec)
+        view.submitted = self._submitted(body.stamp, version.origin)
+        self.tasks[body.task_id] = view
+        tasks = self.jobs.get(job)
+        if tasks is None:  # (not setdefault: it would make a list for every task)
+            tasks = self.jobs[job] = []
+        tasks.append(body.task_id)
+        new = State.CANCELLED if self._job_cancelled(view) else State.PENDING
+        view.state = new
+        counts = self.job_counts.get(job)
+        if counts is None:
+            counts = self.job_counts[job] = Counter()
+        counts[new] += 1
+        if new is State.PENDING:
+            self._count_pending(view, 1)
+        return new
+
+    def _submitted(self, stamp: int, origin: str) -> tuple[int, str]:
+        """A view's (stamp, origin) of submission: the one of the task before it when equal,
+        as it is for every task of a submission (a million share one pair, not a million)."""
+        last = self._last_submitted
+        if last[0] == stamp and last[1] == origin:
+            return last
+        self._last_submitted = last = (stamp, self._shared(origin))
+        return last
 
     def _shared(self, text: str) -> str:
         """One string object for each job and node name, not one per task record that names

@@ -155,7 +155,10 @@ class PendingQueue:
         if ready_at > 0:
             heapq.heappush(self.waiting, (ready_at, entry, shape))
         else:
-            heapq.heappush(self.groups.setdefault(shape, []), entry)
+            group = self.groups.get(shape)
+            if group is None:  # (not setdefault: it would make a list for every task)
+                group = self.groups[shape] = []
+            heapq.heappush(group, entry)
 
     def next_ready(self) -> float | None:
         """When the next waiting task becomes ready for this node (None: none waits)."""

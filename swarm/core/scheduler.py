@@ -173,27 +173,27 @@ class Scheduler:
         after a stagger per member ahead of us; never while it is held. A takeover (from the
         node `takeover`, whose lease expired) is ranked without that node, and goes ahead of the
         pending tasks of its priority and rank: it was started before any of them."""
-        if view.spec is None:
+        spec, task = view.spec, view.task_id
+        if spec is None:
             return
-        rank = 0 if at_once else self.rank(view.task_id, view.spec, without=takeover)
+        rank = 0 if at_once else self.rank(task, spec, without=takeover)
         epoch = view.next_epoch()
-        spell = self.since.get(view.task_id)
+        spell = self.since.get(task)
         if spell is None or spell[0] != epoch:
             spell = self._last_spell
             if spell != (epoch, now):  # tasks queued together share one (a million, at a start)
                 spell = self._last_spell = (epoch, now)
-            self.since[view.task_id] = spell
+            self.since[task] = spell
         ready_at = spell[1] + rank * self.claim_stagger_s if rank else 0.0
-        ready_at = max(ready_at, self._held_until(view.task_id, now))
-        for queue in [into] if into is not None else [self.queue, *self._rebuilding()]:
-            queue.push(
-                view.task_id,
-                view.spec,
-                view.submitted[0],
-                rank,
-                ready_at,
-                first=takeover is not None,
-            )
+        if self.holds:  # (none, mostly: a million are queued at a start)
+            ready_at = max(ready_at, self._held_until(task, now))
+        first = takeover is not None
+        if into is not None:
+            into.push(task, spec, view.submitted[0], rank, ready_at, first)
+            return
+        self.queue.push(task, spec, view.submitted[0], rank, ready_at, first)
+        for queue in self._rebuilding():
+            queue.push(task, spec, view.submitted[0], rank, ready_at, first)
 
     def _rebuilding(self) -> list[PendingQueue]:
         job = self._rerank

@@ -14,7 +14,8 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
+from json.encoder import encode_basestring as _json_str
 from typing import Any
 
 from swarm.errors import SpecError
@@ -220,15 +221,16 @@ class TaskSpec:
         if not isinstance(raw, dict):
             raise SpecError("spec", "must be a map")
         if raw.keys() <= _PLAIN_KEYS and "cmd" in raw:  # most tasks: a command and defaults
-            spec = TaskSpec(
-                raw["cmd"],
-                None,
-                shared_resources(
-                    _num(raw.get("cpus"), "cpus"), _whole(raw.get("memory"), "memory"), 0
-                ),
+            need = shared_resources(
+                _num(raw.get("cpus"), "cpus"), _whole(raw.get("memory"), "memory"), 0
             )
-            check(spec)  # every rule still holds: the fields left out are the defaults
-            return spec
+            # The rules of check() that a command and its need can break, in its order: the
+            # fields left out are the defaults, which keep the others (a million specs are
+            # read at a start).
+            cmd = _check_cmd(raw["cmd"])
+            _check_need(need)
+            _check_arg_size("cmd", cmd)
+            return _command_spec(cmd, need)
         unknown = set(raw) - _WIRE_KEYS
         if unknown:  # sorted as text: keys of mixed types do not compare
             raise SpecError("spec", f"unknown keys {sorted(map(repr, unknown))}")
@@ -274,6 +276,33 @@ class TaskSpec:
 
 
 _PLAIN_KEYS = frozenset({"cmd", "cpus", "memory"})
+
+# Every field of a TaskSpec with its default, and how to set it on a new one past the frozen
+# dataclass's __setattr__: a command spec made this way costs half of TaskSpec(cmd, None,
+# need), whose __init__ calls object.__setattr__ once a field (a million are made at a start).
+_SPEC_DEFAULTS = tuple(
+    (getattr(TaskSpec, f.name).__set__, f.default)
+    for f in fields(TaskSpec)
+    if f.default is not MISSING
+)
+# The fields with no default; a field added with a default_factory would have to be set here.
+assert [f.name for f in fields(TaskSpec) if f.default is MISSING] == ["cmd", "argv", "need"]
+_SET_CMD, _SET_ARGV, _SET_NEED = (
+    getattr(TaskSpec, name).__set__ for name in ("cmd", "argv", "need")
+)
+
+
+def _command_spec(cmd: str, need: Resources) -> TaskSpec:
+    """TaskSpec(cmd, None, need): a command, its need, and every other field at its default."""
+    spec = object.__new__(TaskSpec)
+    _SET_CMD(spec, cmd)
+    _SET_ARGV(spec, None)
+    _SET_NEED(spec, need)
+    for set_field, default in _SPEC_DEFAULTS:
+        set_field(spec, default)
+    return spec
+
+
 _WIRE_KEYS = frozenset(
     {"cmd", "argv", "cpus", "memory", "gpus", "priority", "timeout", "retries", "env", "cwd",
      "requires", "outputs", "call", "retry_backoff"}
@@ -359,19 +388,13 @@ def check(spec: TaskSpec) -> None:
         raise SpecError("cmd", "exactly one of cmd and argv")
     if spec.call is not None and spec.outputs:
         raise SpecError("outputs", "a Python call returns its value: it declares no outputs")
-    if spec.cmd is not None and not (_is_str(spec.cmd) and spec.cmd.strip()):
-        raise SpecError("cmd", "must be a non-empty string without NUL")
+    if spec.cmd is not None:
+        _check_cmd(spec.cmd)
     if spec.argv is not None and not (
         spec.argv and all(_is_str(a) for a in spec.argv) and spec.argv[0]
     ):
         raise SpecError("argv", "must be a non-empty list of strings without NUL")
-    need = spec.need
-    if not (0 < need.cpus <= CPUS_MAX and math.isfinite(need.cpus)):
-        raise SpecError("cpus", f"must be above 0 and at most {CPUS_MAX:g}")
-    if not 0 < need.memory_bytes <= MEMORY_BYTES_MAX:
-        raise SpecError("memory", "must be above 0 and fit in 63 bits")
-    if not 0 <= need.gpus <= GPUS_MAX:
-        raise SpecError("gpus", f"must be between 0 and {GPUS_MAX}")
+    _check_need(spec.need)
     if not -PRIORITY_ABS_MAX <= spec.priority < PRIORITY_ABS_MAX:
         raise SpecError("priority", "out of range")
     if spec.timeout_s is not None and not (spec.timeout_s > 0 and math.isfinite(spec.timeout_s)):
@@ -401,8 +424,36 @@ def check(spec: TaskSpec) -> None:
     _check_size(spec)
 
 
+def _check_cmd(cmd: Any) -> str:
+    if not (_is_str(cmd) and cmd.strip()):
+        raise SpecError("cmd", "must be a non-empty string without NUL")
+    return str(cmd)
+
+
+def _check_need(need: Resources) -> None:
+    if not (0 < need.cpus <= CPUS_MAX and math.isfinite(need.cpus)):
+        raise SpecError("cpus", f"must be above 0 and at most {CPUS_MAX:g}")
+    if not 0 < need.memory_bytes <= MEMORY_BYTES_MAX:
+        raise SpecError("memory", "must be above 0 and fit in 63 bits")
+    if not 0 <= need.gpus <= GPUS_MAX:
+        raise SpecError("gpus", f"must be between 0 and {GPUS_MAX}")
+
+
 def _utf8_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_arg_size(field: str, arg: str) -> int:
+    """The bytes of one argument, which exec takes only up to the kernel's limit. (A spec of one
+    argument within it is also within SPEC_BYTES_MAX.)"""
+    size = _utf8_bytes(arg)
+    if size > ARG_BYTES_MAX:
+        raise SpecError(
+            field,
+            f"an argument of {size} bytes is over the kernel's limit of "
+            f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads",
+        )
+    return size
 
 
 def _check_size(spec: TaskSpec) -> None:
@@ -411,14 +462,7 @@ def _check_size(spec: TaskSpec) -> None:
     field = "cmd" if spec.cmd is not None else "argv"
     sizes = {field: 0, "env": 0, "cwd": 0, "requires": 0, "outputs": 0}
     for arg in args:
-        size = _utf8_bytes(arg)
-        if size > ARG_BYTES_MAX:
-            raise SpecError(
-                field,
-                f"an argument of {size} bytes is over the kernel's limit of "
-                f"{ARG_BYTES_MAX} bytes for one argument; put large inputs in a file the task reads",
-            )
-        sizes[field] += size + ITEM_OVERHEAD_BYTES
+        sizes[field] += _check_arg_size(field, arg) + ITEM_OVERHEAD_BYTES
     for key, value in spec.env:
         size = _utf8_bytes(key) + 1 + _utf8_bytes(value)
         if size > ARG_BYTES_MAX:
@@ -487,11 +531,37 @@ def task_id(job: str, spec: TaskSpec, explicit_name: str | None) -> str:
     A defaulted name (the line number) is left out, so identical lines in one job are one task and a
     re-submitted file whose lines moved adds nothing.
     """
-    body = {"job": job, "spec": spec.to_wire()}
-    if explicit_name is not None:
-        body["name"] = explicit_name
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    wire = spec.to_wire()
+    canonical = _plain_canonical(job, wire, explicit_name)
+    if canonical is None:
+        body = {"job": job, "spec": wire}
+        if explicit_name is not None:
+            body["name"] = explicit_name
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _plain_canonical(job: str, wire: dict[str, Any], explicit_name: str | None) -> str | None:
+    """The text json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) makes of
+    the id's body when the spec is a command and its need (most tasks), written out directly at
+    a third of its cost; None for any other spec. The keys are in sorted order, strings are
+    escaped by json's own function and numbers written by their types' repr, as json does."""
+    cmd, cpus, memory = wire.get("cmd"), wire.get("cpus"), wire.get("memory")
+    if not (
+        len(wire) == len(_PLAIN_KEYS)
+        and type(cmd) is str
+        and type(cpus) is float
+        and math.isfinite(cpus)
+        and type(memory) is int
+        and type(job) is str
+    ):
+        return None
+    spec = f'"spec":{{"cmd":{_json_str(cmd)},"cpus":{cpus!r},"memory":{memory!r}}}}}'
+    if explicit_name is None:
+        return f'{{"job":{_json_str(job)},{spec}'
+    if type(explicit_name) is not str:
+        return None
+    return f'{{"job":{_json_str(job)},"name":{_json_str(explicit_name)},{spec}'
 
 
 _SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")

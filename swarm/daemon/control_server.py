@@ -126,7 +126,10 @@ class NodeControl(Protocol):
     def has_job(self, job: str) -> bool: ...
     async def add_tasks(
         self, job: str, tasks: list[CheckedTask], rerun_failed: bool = False
-    ) -> int: ...
+    ) -> int:
+        """Add a submission's tasks; how many were new. It empties `tasks` once their records
+        are made (a million checked tasks are not held while their records are added)."""
+
     async def put_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]: ...
     def watch(self, watch: Watch, task_ids: list[str]) -> list[str]: ...
     def unwatch(self, watch: Watch) -> None: ...
@@ -253,10 +256,11 @@ async def _submit(call: Call, request: SubmitRequest) -> SubmitReply:
     add them in one commit, or none if anything in it is wrong."""
     job = request["job"]
     tasks = await _read_tasks(call.channel, job)
-    with heap.bulk(len(tasks)):  # a large submission's views live as long as the node
+    count = len(tasks)
+    unfit = call.node.unfit([t.spec for t in tasks])  # before add_tasks, which empties `tasks`
+    with heap.bulk(count):  # a large submission's views live as long as the node
         added = await call.node.add_tasks(job, tasks, bool(request.get("rerun_failed")))
-    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": len(tasks) - added}
-    unfit = call.node.unfit([t.spec for t in tasks])
+    reply: SubmitReply = {"ok": True, "job": job, "added": added, "existing": count - added}
     if unfit:
         reply["unfit"] = unfit
     return reply

@@ -496,8 +496,12 @@ def _checked_version(version: Version) -> Version:
     """SQLite keeps whatever type a value had, whatever its column says: a row written by
     hand may have text for a seq, which the ledger could not compare with the others."""
     origin, generation, seq = version.origin, version.generation, version.seq
-    if not isinstance(origin, str) or not all(
-        isinstance(n, int) and n >= 0 for n in (generation, seq)
+    if not (
+        isinstance(origin, str)
+        and isinstance(generation, int)
+        and generation >= 0
+        and isinstance(seq, int)
+        and seq >= 0
     ):
         raise BadRecordError("its version is not a node id and two counters")
     return version
@@ -518,8 +522,34 @@ class Loaded:
 def load_ledger(path: Path) -> Loaded:
     """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
     described in the answer."""
-    unreadable: list[str] = []
-    return load_rows(iter_rows(path, unreadable), unreadable)
+    loaded = Loaded(Ledger(), [], [], set())
+    with _read_only(path) as conn:
+        cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
+        while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
+            loaded.ledger.load(_stored_records(chunk, loaded))
+    return loaded
+
+
+def _stored_records(
+    stored: Iterable[Sequence[Any]], loaded: Loaded
+) -> Iterator[tuple[Version, Body]]:
+    """Stored rows, (origin, generation, seq, body) each, as the (version, body) pairs the
+    ledger loads (a million at a start: no Row each), as rows_of() and _trusted() would leave
+    and describe them, in one pass."""
+    for origin, generation, seq, blob in stored:
+        version = Version(origin, generation, seq)
+        try:
+            _checked_version(version)
+            body = decode(blob)
+        except BadRecordError as exc:
+            loaded.unreadable.append(f"{shown(version)}: {exc}")
+            continue
+        if type(body) is TaskRecord:
+            problem = task_record_problem(body)
+            if problem is not None:
+                _refuse(loaded, version, problem)
+                continue
+        yield version, body
 
 
 def load_rows(rows: Iterable[Row], unreadable: list[str]) -> Loaded:
@@ -533,14 +563,29 @@ def load_rows(rows: Iterable[Row], unreadable: list[str]) -> Loaded:
 
 def add_rows(loaded: Loaded, rows: Iterable[Row]) -> None:
     """Apply more rows to a loaded ledger, as load_rows does."""
-    for row in rows:
-        if isinstance(row.body, TaskRecord):
-            problem = task_record_problem(row.body)
+    _add_records(loaded, ((row.version, row.body) for row in rows))
+
+
+def _add_records(loaded: Loaded, records: Iterable[tuple[Version, Body]]) -> None:
+    loaded.ledger.load(_trusted(loaded, records))
+
+
+def _trusted(
+    loaded: Loaded, records: Iterable[tuple[Version, Body]]
+) -> Iterator[tuple[Version, Body]]:
+    """The records but the TASK records that do not hash to their id: those are described."""
+    for version, body in records:
+        if isinstance(body, TaskRecord):
+            problem = task_record_problem(body)
             if problem is not None:
-                loaded.refused.append(f"{row.version}: {problem}")
-                loaded.refused_versions.add(row.version)
+                _refuse(loaded, version, problem)
                 continue
-        loaded.ledger.apply(row.version, row.body)
+        yield version, body
+
+
+def _refuse(loaded: Loaded, version: Version, problem: str) -> None:
+    loaded.refused.append(f"{version}: {problem}")
+    loaded.refused_versions.add(version)
 
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:

@@ -92,13 +92,16 @@ class Operations:
     ) -> int:
         """Add a submission's tasks in one commit (requests.submission); how many were new.
         `rerun_failed`: those already in the ledger that failed or were cancelled are queued
-        again with them."""
+        again with them. `tasks` is emptied once their records are made: the checked tasks of
+        a million would otherwise be held, unused, while their records are committed and
+        applied (the daemon's peak)."""
         node = self.node
         stamp = node.core.clock.now(node.now().wall_ms)
         records: list[Body] = list(requests.submission(node.ledger, job, tasks, stamp))
         added = len(records)
         if rerun_failed:
             records.extend(requests.reruns(node.ledger, (t.task_id for t in tasks), stamp))
+        tasks.clear()
         if records:
             await node.append(records)
         return added

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from swarm import connection, statedir
+from swarm.daemon.node import APPLY_SLICE_ROWS
 from swarm.errors import ControlError
 
 from .conftest import REPO, Cli, Daemon, export_rows, wait_for, write_tasks
@@ -181,6 +182,24 @@ def test_submit_status_results_export_with_a_daemon(
     csv_file = tmp_path / "ledger.csv"
     cli.ok("export", "-o", str(csv_file))
     assert csv_file.read_text().startswith("task_id,job,name,state,attempts,node,")
+
+
+def test_a_submission_of_more_tasks_than_a_slice_is_applied_whole_and_survives_a_restart(
+    cli: Cli, daemon: Callable[..., Daemon]
+) -> None:
+    """The daemon applies a committed submission a slice of rows at a time (APPLY_SLICE_ROWS)
+    and lets the checked tasks go once their records are made: every task is still added,
+    counted, and there after a restart."""
+    count = APPLY_SLICE_ROWS * 2 + 7
+    node = daemon("--no-work", "--cpus", "2")
+    tasks = write_tasks(cli.cwd / "many.jsonl", [{"cmd": f"echo {i}"} for i in range(count)])
+    assert f"{count:,} tasks added" in cli.ok("submit", str(tasks)).stderr
+    job = cli.job("many")
+    assert (job["total"], job["pending"]) == (count, count)
+    node.stop()
+    node.start()
+    assert f"0 tasks added, {count:,} already in the ledger" in cli.ok("submit", str(tasks)).stderr
+    assert cli.job("many")["pending"] == count
 
 
 def test_priority_decides_the_order_on_a_busy_node(cli: Cli, daemon: Callable[..., Daemon]) -> None:
