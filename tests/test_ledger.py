@@ -30,6 +30,7 @@ from swarm.core.ledger import (
     Version,
     body_from_plain,
     body_to_plain,
+    derive_state,
     stamp_of,
 )
 from swarm.core.snapshot import failure_rows
@@ -492,6 +493,31 @@ def test_a_load_derives_what_applying_each_record_derives(
     assert loaded.jobs == applied.jobs and loaded.running == applied.running
     assert loaded.max_stamps == applied.max_stamps
     assert loaded.records_applied == applied.records_applied == len(shuffled)
+
+
+@settings(max_examples=200, deadline=None)
+@given(record_sets(), st.randoms(use_true_random=False))
+def test_a_load_keeps_each_task_in_the_state_its_records_derive(
+    records: list[tuple[Version, Body]], rng: random.Random
+) -> None:
+    """Ledger.load and apply() both add a task first heard of by its TASK record with no
+    derive_state(): each task's kept state, its job's counts and the running set must still be
+    what derive_state() gives of its records (not only what the other way keeps)."""
+    records = two_jobs_two_shapes(records)
+    rng.shuffle(records)
+    loaded, applied = Ledger(), replay(records)
+    loaded.load(records)
+    for ledger in (loaded, applied):
+        recount: dict[str, dict[State, int]] = {}
+        for view in ledger.tasks.values():
+            assert view.state == derive_state(view, ledger._job_cancelled(view))
+            if view.state is not None:
+                job = recount.setdefault(view.job, {})
+                job[view.state] = job.get(view.state, 0) + 1
+        kept = {j: {s: n for s, n in c.items() if n} for j, c in ledger.job_counts.items()}
+        assert {j: c for j, c in kept.items() if c} == recount
+        running = {t for t, v in ledger.tasks.items() if v.state is State.RUNNING}
+        assert ledger.running == running
 
 
 # -- encoding --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from swarm.core.spec import (
@@ -224,3 +224,34 @@ def test_a_command_spec_read_from_a_record_is_the_spec_the_dataclass_makes() -> 
     assert read == made and hash(read) == hash(made) and repr(read) == repr(made)
     with pytest.raises(AttributeError):
         read.cmd = "rm -rf ~"  # type: ignore[misc]  # still frozen
+
+
+_numbers = (
+    st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats()
+    | st.sampled_from([True, False, None, "1", -0.0, 5e-324, 4096.0, 2**63 - 1, 2**63])
+)
+
+
+@settings(max_examples=500, database=None)
+@given(
+    st.text() | st.sampled_from(["", " \t", "a\x00b", "é" * (ARG_BYTES_MAX // 2 + 1)]) | _numbers,
+    st.none() | _numbers,
+    st.none() | _numbers,
+)
+@example(cmd=None, cpus=1.0, memory=1 << 20)  # a command of null: "exactly one of cmd and argv"
+def test_any_plain_command_spec_is_read_as_the_whole_way_reads_it(
+    cmd: Any, cpus: Any, memory: Any
+) -> None:
+    """The short way (a command and its need, checked by the rules those can break) gives
+    the same spec, or the same error, as the whole way, for any values."""
+    raw = {"cmd": cmd} | ({} if cpus is None else {"cpus": cpus})
+    raw |= {} if memory is None else {"memory": memory}
+
+    def read(raw: dict[str, Any]) -> TaskSpec | str:
+        try:
+            return TaskSpec.from_wire(raw)
+        except SpecError as exc:
+            return str(exc)
+
+    assert read(raw) == read({**raw, "gpus": 0})

@@ -220,7 +220,9 @@ class TaskSpec:
         ValueError) naming the field."""
         if not isinstance(raw, dict):
             raise SpecError("spec", "must be a map")
-        if raw.keys() <= _PLAIN_KEYS and "cmd" in raw:  # most tasks: a command and defaults
+        # Most tasks: a command and defaults. (A null command goes the whole way, whose error
+        # for it is that exactly one of cmd and argv is set.)
+        if raw.keys() <= _PLAIN_KEYS and raw.get("cmd") is not None:
             need = shared_resources(
                 _num(raw.get("cpus"), "cpus"), _whole(raw.get("memory"), "memory"), 0
             )
