@@ -21,6 +21,7 @@ from swarm.cli.export import (
     _number,
     write,
     write_csv,
+    write_rows,
 )
 from swarm.cli.results_dir import write_results
 from swarm.core.clock import pack
@@ -619,3 +620,11 @@ def test_a_row_per_node_sums_what_each_node_ran(world: tuple[Swarm, dict[str, st
     assert a["node_cpus"] == _number(NODE_CAP.cpus)
     only_beta = io.StringIO(newline="")
     assert write(sw.ledger, only_beta, what="nodes", job="beta") == 1
+
+
+@pytest.mark.parametrize("columns", [("only",), ("one", "two")])
+def test_rows_are_written_cell_by_cell_whatever_the_columns(columns: tuple[str, ...]) -> None:
+    out = io.StringIO()
+    rows = [{c: f"{c} text, quoted" for c in columns}]
+    assert write_rows(columns, rows, out, "csv") == 1
+    assert list(csv.reader(io.StringIO(out.getvalue()))) == [list(columns), list(rows[0].values())]

@@ -142,8 +142,9 @@ def write_rows(
     # million-row export checking and ordering each row's keys in Python.
     writer = csv.writer(out)
     writer.writerow(columns)
-    assert len(columns) > 1  # (itemgetter of one column gives the cell, not a tuple of it)
-    cells = operator.itemgetter(*columns)
+    pick = operator.itemgetter(*columns)
+    # itemgetter of one column gives the cell itself, which csv would split into characters.
+    cells = pick if len(columns) > 1 else lambda row: (pick(row),)
     count = 0
     for row in rows:
         if len(row) != len(columns):  # a key too many (one missing is a KeyError)
