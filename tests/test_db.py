@@ -54,11 +54,12 @@ def test_writing_a_clashing_version_fails_loudly(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_a_batch_is_all_or_nothing_across_its_statements(tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [db.STATEMENT_ROWS_MAX * 2 + 3, db.ENCODED_AHEAD_ROWS_MAX + 7])
+def test_a_batch_is_all_or_nothing_across_its_statements(tmp_path: Path, count: int) -> None:
     """A batch longer than one INSERT may hold, or mixing our records with peers' copies and a
-    replaced heartbeat, commits whole; one whose last row clashes leaves nothing of itself."""
+    replaced heartbeat, commits whole; one whose last row clashes leaves nothing of itself. So
+    does a write long enough to be encoded as it commits."""
     path = make(tmp_path)
-    count = db.STATEMENT_ROWS_MAX * 2 + 3
 
     def replica(seq: int, origin: str = "me") -> db.Row:
         return db.Row(Version(origin, 1, seq), ReplicaRecord(f"{seq:064x}"))
@@ -210,6 +211,38 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_writer(tmp_path: Path) -
 
     asyncio.run(go())
     assert db.load_ledger(path).ledger.heartbeats == {"me": 1}
+
+
+def test_a_long_write_with_a_record_that_cannot_be_encoded_fails_only_itself(
+    tmp_path: Path,
+) -> None:
+    """A write encoded as it commits finds its bad record after its first statements ran:
+    nothing of it is kept, and the writes queued with it commit."""
+    path = make(tmp_path)
+    count = db.ENCODED_AHEAD_ROWS_MAX * 2
+
+    def beat(seq: int, counter: int = 1) -> db.Row:
+        return db.Row(Version("me", 1, seq), HeartbeatRecord(counter))
+
+    async def go() -> None:
+        conn, writer = await db.open_writer(path)
+        task = asyncio.create_task(writer.run())
+        long = [beat(seq) for seq in range(1, count)] + [beat(count, 2**70)]  # too big to encode
+        results = await asyncio.gather(
+            writer.write(long), writer.write([beat(count + 1, 5)]), return_exceptions=True
+        )
+        assert isinstance(results[0], SwarmError) and "cannot encode" in str(results[0])
+        assert results[1] is None
+        await writer.write([beat(seq) for seq in range(count + 2, count * 2 + 2)])  # long, good
+        writer.close()
+        await task
+        await conn.close()
+
+    asyncio.run(go())
+    with sqlite3.connect(path) as conn:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM records ORDER BY seq")]
+    conn.close()
+    assert seqs == list(range(count + 1, count * 2 + 2))
 
 
 def every_slice(path: Path, limit: int, **options: Any) -> list[RowSlice]:

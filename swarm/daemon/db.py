@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 """
 BATCH_ROWS_MAX = 20_000  # rows in one transaction; a bigger burst is split over several
+# A write of more rows (a big submission, a peer's backlog) is encoded a statement at a time as
+# it commits, in a transaction of its own: a million records never wait all encoded at once.
+ENCODED_AHEAD_ROWS_MAX = 2_000
 # Rows in one INSERT statement: 5 variables each, within the 999 SQLite allowed before 3.32
 # (Ubuntu 20.04 and RHEL 8 still ship such); the few distinct row counts up to it are compiled
 # once each and cached.
@@ -106,6 +109,19 @@ def _is_disk_full(exc: BaseException) -> bool:
 # A row ready for SQLite: (origin, generation, seq, kind, body), and the version it replaces.
 _Columns = tuple[str, int, int, int, bytes]
 _Encoded = tuple[_Columns, Version | None, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unencoded:
+    """A write too long to encode ahead (ENCODED_AHEAD_ROWS_MAX): encoded as it commits."""
+
+    rows: Sequence[Row]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+_Pending = list[_Encoded] | _Unencoded  # a write waiting in the queue
 _DELETE = "DELETE FROM records WHERE origin = ? AND generation = ? AND seq = ?"
 
 
@@ -116,13 +132,31 @@ def _insert_sql(verb: str, count: int) -> str:
     return f"{verb} INTO records (origin, generation, seq, kind, body) VALUES {values}"
 
 
-def _inserts(verb: str, rows: list[_Columns]) -> list[tuple[str, list[Any]]]:
-    """The statements that insert `rows`, as few as the bound on a statement's rows allows."""
-    statements = []
-    for start in range(0, len(rows), STATEMENT_ROWS_MAX):
-        chunk = rows[start : start + STATEMENT_ROWS_MAX]
-        statements.append((_insert_sql(verb, len(chunk)), [v for row in chunk for v in row]))
-    return statements
+_Statement = tuple[str, list[Any]]
+
+
+def _inserts(verb: str, rows: Iterable[_Columns]) -> Iterator[_Statement]:
+    """The statements that insert `rows`, as few as the bound on a statement's rows allows,
+    each made as it is asked for."""
+    chunk: list[_Columns] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == STATEMENT_ROWS_MAX:
+            yield _insert_sql(verb, len(chunk)), [v for columns in chunk for v in columns]
+            chunk = []
+    if chunk:
+        yield _insert_sql(verb, len(chunk)), [v for columns in chunk for v in columns]
+
+
+def _statements(rows: list[_Encoded]) -> Iterator[_Statement]:
+    """What writes `rows`: our own records (a clash is a bug, never ignored), then peers'
+    copies (one we already hold came by two paths: kept once), then the deletes of the records
+    they supersede (an older heartbeat would only grow the file)."""
+    yield from _inserts("INSERT", (columns for columns, _, remote in rows if not remote))
+    yield from _inserts("INSERT OR IGNORE", (columns for columns, _, remote in rows if remote))
+    for _, v, _ in rows:
+        if v is not None:
+            yield _DELETE, [v.origin, v.generation, v.seq]
 
 
 def _encode_row(row: Row) -> _Encoded:
@@ -139,7 +173,7 @@ class LedgerWriter:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
-        self._queue: deque[tuple[list[_Encoded], asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[_Pending, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self.commits = 0
@@ -149,15 +183,20 @@ class LedgerWriter:
         """Return once `rows` are committed; raise StorageFullError on a full disk.
 
         Rows are encoded here, before they join a batch: a record that cannot be encoded fails
-        its own writer only, never the others committed with it."""
+        its own writer only, never the others committed with it. A write of more than
+        ENCODED_AHEAD_ROWS_MAX rows is committed alone, and encoded as it commits."""
         if self._closing:  # nothing would ever commit it
             raise SwarmError("the ledger is closed: the node is stopping")
-        try:
-            encoded = [_encode_row(r) for r in rows]
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise SwarmError(f"cannot encode a ledger record: {exc}") from exc
+        pending: _Pending
+        if len(rows) > ENCODED_AHEAD_ROWS_MAX:
+            pending = _Unencoded(rows)
+        else:
+            try:
+                pending = [_encode_row(r) for r in rows]
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise SwarmError(f"cannot encode a ledger record: {exc}") from exc
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((encoded, future))
+        self._queue.append((pending, future))
         self._wake.set()
         await future
 
@@ -176,51 +215,56 @@ class LedgerWriter:
         self._wake.set()
 
     async def _commit_batch(self) -> None:
-        batch: list[tuple[list[_Encoded], asyncio.Future[None]]] = []
+        batch: list[tuple[_Pending, asyncio.Future[None]]] = []
         count = 0
-        while self._queue and (not batch or count + len(self._queue[0][0]) <= BATCH_ROWS_MAX):
+        while self._queue and (not batch or self._joins(batch[0][0], count)):
             item = self._queue.popleft()
             batch.append(item)
             count += len(item[0])
-        rows = [r for item in batch for r in item[0]]
+        first = batch[0][0]
+        error: SwarmError
         try:
-            await self._commit(rows)
+            if isinstance(first, _Unencoded):  # alone in its batch (see _joins)
+                await self._commit_unencoded(first.rows)
+            else:
+                await self._commit([r for item in batch for r in cast(list[_Encoded], item[0])])
         except (sqlite3.Error, OSError) as exc:
             await self._rollback()
             full = _is_disk_full(exc)
             if full:
                 await self._truncate_wal()
-            error: SwarmError = (
+            error = (
                 StorageFullError(
                     f"disk full: cannot write the ledger {self._path}; nothing of it was kept"
                 )
                 if full
                 else SwarmError(f"cannot write the ledger {self._path}: {exc}")
             )
+        except (ValueError, TypeError, OverflowError) as exc:  # only a write encoded as it commits
+            await self._rollback()
+            error = SwarmError(f"cannot encode a ledger record: {exc}")
+        else:
+            self.commits += 1
+            self.rows_written += count
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_result(None)
             return
-        self.commits += 1
-        self.rows_written += len(rows)
         for _, future in batch:
             if not future.done():
-                future.set_result(None)
+                future.set_exception(error)
+
+    def _joins(self, first: _Pending, count: int) -> bool:
+        """Whether the next write joins a batch of `count` rows that began with `first`: within
+        the bound, and a write encoded as it commits never shares its batch."""
+        if isinstance(first, _Unencoded):
+            return False
+        pending = self._queue[0][0]
+        return not isinstance(pending, _Unencoded) and count + len(pending) <= BATCH_ROWS_MAX
 
     async def _commit(self, rows: list[_Encoded]) -> None:
-        if self._conn.in_transaction:
-            # A failed batch whose rollback failed too left its transaction open: a statement
-            # run now would join it, uncommitted. Roll it back first, or fail this batch too.
-            await self._conn.rollback()
-        # A clash of one of our own records is a bug, never ignored; a peer's record we already
-        # hold (it came by two paths) is simply kept once.
-        own = [columns for columns, _, remote in rows if not remote]
-        copies = [columns for columns, _, remote in rows if remote]
-        statements = [*_inserts("INSERT", own), *_inserts("INSERT OR IGNORE", copies)]
-        # A superseded record (an older heartbeat) would only grow the file: drop it by its key.
-        for _, v, _ in rows:
-            if v is not None:
-                statements.append((_DELETE, [v.origin, v.generation, v.seq]))
+        await self._no_open_transaction()
+        statements = list(_statements(rows))
         if len(statements) == 1:  # the common case: one statement is its own transaction
             await self._conn.execute(*statements[0])
             return
@@ -228,6 +272,22 @@ class LedgerWriter:
         for sql, params in statements:
             await self._conn.execute(sql, params)
         await self._conn.execute("COMMIT")
+
+    async def _commit_unencoded(self, rows: Sequence[Row]) -> None:
+        """One transaction, its rows encoded ENCODED_AHEAD_ROWS_MAX at a time as it goes."""
+        await self._no_open_transaction()
+        await self._conn.execute("BEGIN")
+        for start in range(0, len(rows), ENCODED_AHEAD_ROWS_MAX):
+            part = [_encode_row(r) for r in rows[start : start + ENCODED_AHEAD_ROWS_MAX]]
+            for sql, params in _statements(part):
+                await self._conn.execute(sql, params)
+        await self._conn.execute("COMMIT")
+
+    async def _no_open_transaction(self) -> None:
+        if self._conn.in_transaction:
+            # A failed batch whose rollback failed too left its transaction open: a statement
+            # run now would join it, uncommitted. Roll it back first, or fail this batch too.
+            await self._conn.rollback()
 
     async def _truncate_wal(self) -> None:
         """Give back the space a refused write took: a rolled-back batch leaves the WAL file
