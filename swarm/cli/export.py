@@ -231,7 +231,7 @@ def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:
 def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -> dict[str, str]:
     # Never claimed (most of a million waiting tasks): no attempt to show, no claim under way.
     ordered = view.ordered_attempts() if view.attempts else []
-    shown = (view.ok_attempt() or (ordered[-1] if ordered else None)) if ordered else None
+    shown = (view.ok_attempt() or ordered[-1]) if ordered else None
     replicas = ""
     if shown is not None and shown.result.digest is not None:
         # The nodes that hold its result: the one that ran it, and those that copied it.

@@ -454,10 +454,7 @@ class Ledger:
         if view.spec is None or submitted < view.submitted:
             job = self._shared(body.job)
             if view.spec is None:
-                tasks = self.jobs.get(job)
-                if tasks is None:  # (not setdefault: it would make a list for every task)
-                    tasks = self.jobs[job] = []
-                tasks.append(body.task_id)
+                self._add_to_job(job, body.task_id)
             view.job, view.name, view.spec = job, body.name, body.spec
             view.submitted = self._submitted(body.stamp, version.origin)
         return self._refresh(view)
@@ -470,10 +467,7 @@ class Ledger:
         view = TaskView(body.task_id, job, body.name, body.spec)
         view.submitted = self._submitted(body.stamp, version.origin)
         self.tasks[body.task_id] = view
-        tasks = self.jobs.get(job)
-        if tasks is None:  # (not setdefault: it would make a list for every task)
-            tasks = self.jobs[job] = []
-        tasks.append(body.task_id)
+        self._add_to_job(job, body.task_id)
         new = State.CANCELLED if self._job_cancelled(view) else State.PENDING
         view.state = new
         counts = self.job_counts.get(job)
@@ -483,6 +477,12 @@ class Ledger:
         if new is State.PENDING:
             self._count_pending(view, 1)
         return new
+
+    def _add_to_job(self, job: str, task_id: str) -> None:
+        tasks = self.jobs.get(job)
+        if tasks is None:  # (not setdefault: it would make a list for every task)
+            tasks = self.jobs[job] = []
+        tasks.append(task_id)
 
     def _submitted(self, stamp: int, origin: str) -> tuple[int, str]:
         """A view's (stamp, origin) of submission: the one of the task before it when equal,

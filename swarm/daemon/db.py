@@ -409,10 +409,16 @@ def read_meta(path: Path) -> dict[str, int | str]:
 
 def iter_rows(path: Path, bad: list[str] | None = None) -> Iterator[Row]:
     """Every stored record. Undecodable rows are skipped and described in `bad`."""
+    for chunk in _stored_chunks(path):
+        yield from rows_of(chunk, bad)
+
+
+def _stored_chunks(path: Path) -> Iterator[list[Any]]:
+    """Every stored row, (origin, generation, seq, body), READ_CHUNK_ROWS at a time."""
     with _read_only(path) as conn:
         cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
         while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
-            yield from rows_of(chunk, bad)
+            yield chunk
 
 
 def rows_of(stored: Iterable[Sequence[Any]], bad: list[str] | None = None) -> Iterator[Row]:
@@ -583,10 +589,8 @@ def load_ledger(path: Path) -> Loaded:
     """The ledger as stored in `path`; rows that cannot be read or trusted are left out, and
     described in the answer."""
     loaded = Loaded(Ledger(), [], [], set())
-    with _read_only(path) as conn:
-        cursor = conn.execute("SELECT origin, generation, seq, body FROM records")
-        while chunk := cursor.fetchmany(READ_CHUNK_ROWS):
-            loaded.ledger.load(_stored_records(chunk, loaded))
+    for chunk in _stored_chunks(path):
+        loaded.ledger.load(_stored_records(chunk, loaded))
     return loaded
 
 
