@@ -1072,6 +1072,64 @@ def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path)
     assert procs._any_young(tmp_path, 4000) is True
 
 
+def _fake_stat(proc: Path, pid: int, ppid: int, group: int) -> None:
+    (proc / str(pid)).mkdir()
+    (proc / str(pid) / "stat").write_text(f"{pid} (sh) S {ppid} {group} {group} 0 -1 ...\n")
+
+
+@pytest.mark.parametrize(
+    ("family", "young"),
+    [
+        ({4500: (300, 4500)}, False),  # forked by an old process that is none of ours
+        ({4500: (100, 4500)}, True),  # forked by the node (or adopted by a reaper of its own)
+        ({4500: (1, 4500)}, True),  # adopted by init: an orphan, maybe ours
+        ({4500: (4400, 4500), 4400: (300, 4400)}, False),  # its young parent's parent is not ours
+        ({4500: (4400, 4500), 4400: (100, 4400)}, True),  # its young parent is the node's child
+        ({4500: (4400, 4500)}, True),  # its young parent went as we looked: adopted, by us maybe
+    ],
+    ids=["foreign", "node's", "init's", "foreign-grandparent", "kin-grandparent", "parent-gone"],
+)
+def test_young_processes_that_other_programs_forked_are_no_strays(
+    tmp_path: Path, family: dict[int, tuple[int, int]], young: bool
+) -> None:
+    """On a machine where other programs fork (other nodes, cron, a shell), a young process
+    whose ancestry leaves the node's kin (itself, its ancestors, init, the live groups) at an
+    old process was forked by someone else: no scan reads its environment. Without `kin` any
+    young process may be a stray, as before."""
+    (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
+    for pid, (ppid, group) in family.items():
+        _fake_stat(tmp_path, pid, ppid, group)
+    assert procs._any_young(tmp_path, 4000, kin={1, 100}) is young
+    assert procs._any_young(tmp_path, 4000) is True
+
+
+def test_a_young_process_of_an_unrelated_program_is_told_apart_inline() -> None:
+    """With the real /proc: a child that a program older than the attempt forked is no stray of
+    it, and a child the node forked (in a session of its own, as a stray leaves) may be."""
+    code = (
+        "import subprocess, sys; sys.stdin.readline(); "
+        "print(subprocess.Popen(['sleep', '60']).pid, flush=True); sys.stdin.readline()"
+    )
+    # Started before the attempt: old, and none of the node's kin.
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as forker:
+        assert forker.stdin is not None and forker.stdout is not None
+        leader = subprocess.Popen(["true"])  # the attempt's leader: the pids after it are young
+        leader.wait()
+        forker.stdin.write(b"go\n")
+        forker.stdin.flush()
+        theirs = int(forker.stdout.readline())
+        try:
+            assert procs._any_young(procs.PROC, leader.pid, kin=procs._kin()) is False
+            with subprocess.Popen(["sleep", "60"], start_new_session=True) as ours:
+                assert procs._any_young(procs.PROC, leader.pid, kin=procs._kin()) is True
+                ours.kill()
+        finally:
+            os.kill(theirs, signal.SIGKILL)
+            forker.kill()
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"

@@ -18,7 +18,9 @@ a page fault on a file it serves itself holds), so the reads run in a thread of 
 young enough to be one of them, which for a task that leaves nothing behind is all it does
 (`kill_attempt_strays`). Most often every pid handed out since the attempt started went to the
 node's own next attempts (`leaders`), and one read of the last pid says so; else a listing of
-/proc tells.
+/proc tells, with the `stat` of each young process: one of another running attempt's group is
+not a stray, nor one that a process none of ours forked (another node's task on the same
+machine, a cron job), told by its ancestry (`_may_be_stray`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside 
 # /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
 # be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
 PROC_ENTRIES_INLINE_MAX = 2_048
-# Young processes whose group is read on the loop, to tell other attempts' processes (most young
-# ones, on a busy node) from strays; with more, the scan goes to a thread.
+# The `stat`s of young processes (and of their young ancestors) read on the loop, to tell other
+# attempts' processes and other programs' (most young ones, on a busy machine) from strays; with
+# more, the scan goes to a thread.
 GROUPS_READ_INLINE_MAX = 64
 STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
 STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
@@ -179,7 +182,7 @@ async def kill_attempt_strays(tags: frozenset[bytes], since_pid: int, task_id: s
     listing of /proc, in memory: done here) there is nothing to read; else their environments
     are read in a thread, bounded in processes and time, and an attempt whose scan is stuck ends
     without it."""
-    if not _any_young(PROC, since_pid, groups_skipped=live_groups):
+    if not _any_young(PROC, since_pid, groups_skipped=live_groups, kin=_kin()):
         return
     stop = threading.Event()
     scan = task_threads.run(
@@ -248,12 +251,14 @@ def _any_young(
     since_pid: int,
     entries_max: int = PROC_ENTRIES_INLINE_MAX,
     groups_skipped: Collection[int] = (),
+    kin: Collection[int] | None = None,
 ) -> bool:
     """Whether a process may have been forked since `since_pid` was, outside `groups_skipped`
-    (the groups of attempts running now: their processes are theirs, not this one's strays).
-    Cheap enough for the loop: a listing of /proc, and the group of each young process (its
-    `stat`, which never waits on the process), stopping at the first that may be a stray or,
-    saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX groups read."""
+    (the groups of attempts running now: their processes are theirs, not this one's strays),
+    and, given `kin` (see `_kin`), not forked by a process that is none of ours. Cheap enough
+    for the loop: a listing of /proc, and the `stat` of each young process and of its young
+    ancestors (a `stat` never waits on the process), stopping at the first that may be a stray
+    or, saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX stats read."""
     before = last_pid() if proc == PROC else _last_pid(proc)
     if since_pid <= 0 or before < since_pid:
         return True  # cannot tell, or pids have started again from the bottom since
@@ -273,19 +278,87 @@ def _any_young(
     candidates = [pid for pid in candidates if young(pid)]
     if len(candidates) > GROUPS_READ_INLINE_MAX:
         return True
-    groups = (_group_of(proc, pid) for pid in candidates)
-    return any(group is not None and group not in groups_skipped for group in groups)
+    reads = [GROUPS_READ_INLINE_MAX]  # the stats left to read, over all candidates
+    return any(_may_be_stray(proc, pid, young, groups_skipped, kin, reads) for pid in candidates)
 
 
-def _group_of(proc: Path, pid: int) -> int | None:
-    """The process group of `pid`; None once it is gone (a gone process is no stray), -1 if it
-    cannot be read (then it may be one)."""
+def _may_be_stray(
+    proc: Path,
+    pid: int,
+    young: Callable[[int], bool],
+    groups_skipped: Collection[int],
+    kin: Collection[int] | None,
+    reads: list[int],
+) -> bool:
+    """Whether the young process `pid` may be a stray of the attempt: alive, outside the groups
+    skipped and, given `kin`, not the descendant of an old process that is none of ours.
+
+    A stray's ancestors are its attempt's processes, all young, up to the attempt's leader and
+    the node (or, for a Python call, its warm worker, whose group is live); one orphaned is
+    adopted by a reaper, which is the nearest ancestor marked as a child subreaper, or init:
+    one of the node's own ancestors. So a young process with an old ancestor outside `kin`
+    (which holds all of those) was forked by someone else: another node's task on the same
+    machine, a cron job, a shell's command. Its environment is not read. `reads` counts down
+    the stats this check may still read; at none, any process may be one."""
+    stat = _stat_of(proc, pid, reads)
+    if stat is None:
+        return False  # gone: no stray
+    ppid, group = stat
+    if group in groups_skipped:
+        return False
+    if kin is None or ppid < 0:
+        return True
+    while ppid not in kin:
+        if not young(ppid):
+            return False  # forked by an old process that is not ours
+        parent = _stat_of(proc, ppid, reads)
+        if parent is None or parent[0] < 0:
+            return True  # gone as we looked: its child was adopted meanwhile, maybe by us
+        ppid = parent[0]
+    return True
+
+
+def _stat_of(proc: Path, pid: int, reads: list[int]) -> tuple[int, int] | None:
+    """The parent and the process group of `pid`; None once it is gone (a gone process is no
+    stray), (-1, -1) if it cannot be read or `reads` is spent (then it may be one). Read with
+    plain system calls: a few are made at the end of every attempt, on the loop."""
+    if reads[0] <= 0:
+        return -1, -1
+    reads[0] -= 1
+    path = f"{proc}/{pid}"
     try:
-        stat_line = (proc / str(pid) / "stat").read_bytes()
+        fd = os.open(f"{path}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat_line = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        return int(stat_line[stat_line.rindex(b")") + 2 :].split()[2])
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 3)
+        return int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
-        return None if not (proc / str(pid)).exists() else -1
+        return None if not os.path.exists(path) else (-1, -1)
+
+
+def _kin(proc: Path = PROC) -> frozenset[int]:
+    """The processes that may be the parent of one of this node's strays, apart from young
+    ones: the node itself, its warm Python workers and attempt leaders (the live groups), init,
+    and the node's own ancestors (one of which may be a subreaper that adopts its orphans).
+    The ancestors are read again whenever this process's parent changes."""
+    global _ancestors
+    ppid = os.getppid()
+    if _ancestors[0] != ppid:
+        chain = [ppid]
+        while chain[-1] > 1 and len(chain) < ANCESTORS_MAX:
+            stat = _stat_of(proc, chain[-1], [1])
+            if stat is None or stat[0] < 0:
+                break
+            chain.append(stat[0])
+        _ancestors = (ppid, frozenset(chain))
+    return frozenset((os.getpid(), 1, *_ancestors[1], *live_groups))
+
+
+ANCESTORS_MAX = 64  # the node's ancestors remembered as kin (a chain is rarely 10 long)
+_ancestors: tuple[int, frozenset[int]] = (-1, frozenset())
 
 
 def _young_pids(proc: Path, since_pid: int) -> Callable[[int], bool]:
