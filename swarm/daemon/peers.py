@@ -22,6 +22,9 @@ log = logging.getLogger("swarm.daemon.peers")
 
 JOIN_ANSWER_S = 5.0  # a join that no seed has answered in this long is reported (and retried)
 JOIN_POLL_S = 0.1  # how often a join looks for the seed among the members meanwhile
+# A join no seed answered is sent again after this long, then after twice as long each time (up
+# to the gossip's reconnect interval): a connection refused costs the seed nothing.
+JOIN_RETRY_FIRST_S = 0.25
 RESOLVE_WAIT_S = 5.0  # longest wait for a seed's name to resolve
 LEAVE_SPREAD_S = 0.5  # at most this long for a leave to go out before the sockets close
 
@@ -70,17 +73,22 @@ async def join_until_answered(
     membership: gossip.Membership,
     net: GossipNet,
     seeds: list[Seed],
-    retry_s: float,
+    retry_max_s: float,
     stopping: Callable[[], bool],
 ) -> None:
     """Join through the seeds, again and again until some member is known: a seed may be
-    starting at the same moment, or be briefly unreachable. What is wrong with a join that no
-    seed answers is logged meanwhile (the joining goes on)."""
+    starting at the same moment (nodes started together), or be briefly unreachable. The
+    first retries come soon, the wait doubling up to `retry_max_s` (the gossip's reconnect
+    interval, 10 s on LAN timers), so that nodes started together form a swarm in about a
+    second. What is wrong with a join that no seed answers is logged meanwhile (the joining
+    goes on)."""
     told = asyncio.create_task(_tell_join(seeds, membership, stopping))
+    retry_s = min(JOIN_RETRY_FIRST_S, retry_max_s)
     try:
         while len(membership.members) <= 1:
             join(membership, net, seeds)
             await asyncio.sleep(retry_s)
+            retry_s = min(2 * retry_s, retry_max_s)
     finally:
         told.cancel()
 

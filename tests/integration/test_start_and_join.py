@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,10 @@ from .conftest import Cli, Daemon, Swarm, free_port, swarm_cmd, wait_for
 pytestmark = pytest.mark.integration
 
 EXIT_WAIT_S = 20.0  # far longer than it takes; a hang would fail here, not block the suite
+# A joiner refused at first retries within 4 s of its start (0.25, 0.5, 1, 2 s later), then
+# every 4 s, 8 s, 10 s: it meets a seed started 1.5 s after it within a few seconds (at the
+# LAN reconnect interval, it would wait till 10 s after its own start).
+JOINED_WITHIN_S = 6.0
 
 
 @pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM], ids=["udp", "tcp"])
@@ -61,6 +68,36 @@ def test_start_with_a_join_that_reaches_nobody_says_so(
     )
     wait_for(f"the log to say {expected!r}", _log_says(node, expected), timeout=30)
     assert node.proc is not None and node.proc.poll() is None  # it keeps trying
+
+
+def test_nodes_started_before_their_seed_join_it_within_seconds(tmp_path: Path) -> None:
+    """Nodes started together (a fleet booting, the seed restarting): a joiner whose first
+    join found nothing listening tries again soon, not only at the LAN timers' 10 s reconnect
+    interval, so it is in the swarm seconds after its seed starts."""
+    seed_cli = Cli(home=tmp_path / "seed", cwd=tmp_path)
+    seed_cli.ok("init")
+    joiner_cli = Cli(home=tmp_path / "joiner", cwd=tmp_path)
+    joiner_cli.ok("init", "--key-file", str(seed_cli.home / "swarm.key"))
+    port = free_port()
+    # LAN timers (the default profile), the seed not yet started: its first join is refused.
+    joiner = Daemon(joiner_cli, ("--bind", f"127.0.0.1:{free_port()}", "--join",
+                                 f"127.0.0.1:{port}")).start()  # fmt: skip
+    seed = None
+    try:
+        time.sleep(1.5)  # past the first retries
+        seed = Daemon(seed_cli, ("--bind", f"127.0.0.1:{port}")).start()
+        started = time.monotonic()
+
+        def joined() -> bool:
+            listed = json.loads(joiner_cli.ok("members", "--json").stdout)["members"]
+            return sum(m["state"] == "alive" for m in listed) == 2
+
+        wait_for("the joiner to see its seed", joined, timeout=30)
+        assert time.monotonic() - started < JOINED_WITHIN_S
+    finally:
+        joiner.stop()
+        if seed is not None:
+            seed.stop()
 
 
 def test_a_join_with_another_swarm_key_says_no_answer(swarm: Swarm) -> None:
