@@ -333,6 +333,12 @@ class NodeCore:
         return self.claims.stopping
 
     @property
+    def caught_up_once(self) -> bool:
+        """Whether an exchange with a peer has brought us up to date since this life began:
+        until then, a node of a swarm claims nothing (scheduler.isolation)."""
+        return self.members.synced
+
+    @property
     def not_claiming(self) -> str:
         """Why the last claim pass claimed nothing new ("": it could)."""
         return self.claims.not_claiming

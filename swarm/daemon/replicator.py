@@ -37,6 +37,9 @@ from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.daemon.replicator")
 
+# Until a pull has caught this node up once (it claims nothing before), one is tried this often.
+SYNC_FIRST_EVERY_S = 0.05
+
 
 class Host(Protocol):
     """What the replicator needs of its node."""
@@ -166,11 +169,15 @@ class Replicator:
     # -- anti-entropy -------------------------------------------------------------------
 
     async def sync_loop(self) -> None:
-        """Now and then, pull what a random member has and we lack."""
+        """Now and then, pull what a random member has and we lack; soon after the first peer
+        is met, until one such exchange has caught us up (a node claims nothing before: a
+        swarm formed a moment ago takes the first job at once, not a sync interval later)."""
         membership = self.node.membership
         assert membership is not None
+        every_s = self.node.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS
         while True:
-            await asyncio.sleep(self.node.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS)
+            caught_up = self.node.core.caught_up_once
+            await asyncio.sleep(every_s if caught_up else min(every_s, SYNC_FIRST_EVERY_S))
             peers = [m for m in membership.live_members() if m.node != self.node.node_id]
             if peers:
                 await self.pull(self.rng.choice(peers))

@@ -1,0 +1,70 @@
+"""The anti-entropy loop's pace (replicator.sync_loop): soon after a peer is met until a pull
+has caught the node up once (it claims nothing before), then at the gossip's sync interval."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from types import SimpleNamespace
+from typing import Any
+
+from swarm.core import gossip
+from swarm.core.gossip_config import Config
+from swarm.daemon.replicator import SYNC_FIRST_EVERY_S, Replicator
+
+INTERVAL_S = 10.0  # the sync interval given: far longer than the test runs
+
+
+class _Host(SimpleNamespace):
+    """What sync_loop reads of its node: the timers, the members, and whether it caught up."""
+
+
+def _replicator(peers: int) -> tuple[Replicator, _Host, list[str]]:
+    me = "a" * 64
+    members = [SimpleNamespace(node=me)] + [SimpleNamespace(node=f"{i:064x}") for i in range(peers)]
+    membership = SimpleNamespace(live_members=lambda: members)
+    host = _Host(
+        node_id=me,
+        membership=membership,
+        config=SimpleNamespace(gossip=Config(gossip_interval_s=INTERVAL_S / 5)),
+        core=SimpleNamespace(caught_up_once=False),
+    )
+    replicator = Replicator(host, random.Random(1))
+    pulled: list[str] = []
+
+    async def pull(peer: gossip.Member, done: Any = None) -> None:
+        pulled.append(peer.node)
+
+    replicator.pull = pull  # type: ignore[method-assign]
+    return replicator, host, pulled
+
+
+def test_a_node_not_yet_caught_up_pulls_soon_and_then_at_the_interval() -> None:
+    async def main() -> tuple[int, int]:
+        replicator, host, pulled = _replicator(peers=2)
+        loop = asyncio.create_task(replicator.sync_loop())
+        try:
+            await asyncio.sleep(SYNC_FIRST_EVERY_S * 6)
+            early = len(pulled)
+            host.core.caught_up_once = True  # the pull's answer caught it up
+            await asyncio.sleep(SYNC_FIRST_EVERY_S * 2)  # the loop's last short wait ends
+            settled = len(pulled)
+            await asyncio.sleep(SYNC_FIRST_EVERY_S * 6)
+            return early, len(pulled) - settled
+        finally:
+            loop.cancel()
+
+    early, later = asyncio.run(main())
+    assert early >= 2  # not one interval (10 s) before the first
+    assert later == 0  # caught up: the next one comes at the interval
+
+
+def test_a_node_with_no_peer_pulls_from_nobody() -> None:
+    async def main() -> list[str]:
+        replicator, _, pulled = _replicator(peers=0)
+        loop = asyncio.create_task(replicator.sync_loop())
+        await asyncio.sleep(SYNC_FIRST_EVERY_S * 4)
+        loop.cancel()
+        return pulled
+
+    assert asyncio.run(main()) == []
