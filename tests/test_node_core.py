@@ -143,6 +143,24 @@ def test_a_claim_that_could_not_be_written_stops_its_attempt_and_pauses_claims()
     assert of(Start, h.tick(at(STORAGE_RETRY_S + 0.1)))
 
 
+def test_a_task_submitted_just_after_a_member_joined_is_ranked_with_it() -> None:
+    """The re-rank of the tasks already queued waits a moment (a burst of joins is one), but a
+    task queued meanwhile is ranked among the members as they are: a node that met its peers
+    a moment ago must not take every new task as if it were alone (each would run it)."""
+    names = [f"t{i}" for i in range(40)]
+    theirs = [n for n in names if rendezvous_rank(n, "a", [("a", 2.0), ("b", 2.0)]) > 0]
+    assert theirs  # some of them rank b first
+    h = Harness(NodeCore("a", Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
+    h.core.start(at(0))
+    h.core.members_changed(at(0), [], {"a": member("a")})
+    h.core.caught_up(at(0))
+    h.core.members_changed(at(1.0), [gossip.MemberJoined("b")], {n: member(n) for n in "ab"})
+    h.record(at(1.01), "sub", *(task(n) for n in names))  # before the re-rank is due
+    h.core.config = CoreConfig(claim_batch_max=len(names))
+    started = {e.task_id for e in of(Start, h.tick(at(1.02))) if isinstance(e, Start)}
+    assert started and not started & set(theirs)  # b's wait their stagger first
+
+
 def test_a_node_says_why_it_claims_nothing_and_when_it_claims_again() -> None:
     h = Harness(NodeCore("b", Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
     h.core.start(at(0))

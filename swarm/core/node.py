@@ -223,6 +223,10 @@ class NodeCore:
                     self.sched.leases.revived(event.member, t.mono)
             rerank = rerank or not isinstance(event, gossip.MemberSuspected)
         if rerank:
+            # Tasks queued from now on are ranked among the members as they are (a job submitted
+            # just after a swarm formed would otherwise be ranked by each node as if it were
+            # alone, and run on several); those already queued are ranked afresh a little later.
+            self._set_members()
             self.rerank_soon(t)
 
     def rerank_soon(self, t: Time) -> None:
