@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -1072,35 +1073,56 @@ def test_young_processes_of_other_running_attempts_are_no_strays(tmp_path: Path)
     assert procs._any_young(tmp_path, 4000) is True
 
 
-def _fake_stat(proc: Path, pid: int, ppid: int, group: int) -> None:
+def _fake_stat(proc: Path, pid: int, ppid: int, group: int, started: int) -> None:
     (proc / str(pid)).mkdir()
-    (proc / str(pid) / "stat").write_text(f"{pid} (sh) S {ppid} {group} {group} 0 -1 ...\n")
+    later = " ".join(["0"] * 16)  # tty_nr .. itrealvalue, then starttime
+    (proc / str(pid) / "stat").write_text(f"{pid} (s h) S {ppid} {group} {later} {started} 0\n")
+
+
+TICK = 1_000  # the attempt began at this tick since boot; an ancestor below it is older
 
 
 @pytest.mark.parametrize(
     ("family", "young"),
     [
-        ({4500: (300, 4500)}, False),  # forked by an old process that is none of ours
-        ({4500: (100, 4500)}, True),  # forked by the node (or adopted by a reaper of its own)
-        ({4500: (1, 4500)}, True),  # adopted by init: an orphan, maybe ours
-        ({4500: (4400, 4500), 4400: (300, 4400)}, False),  # its young parent's parent is not ours
-        ({4500: (4400, 4500), 4400: (100, 4400)}, True),  # its young parent is the node's child
-        ({4500: (4400, 4500)}, True),  # its young parent went as we looked: adopted, by us maybe
+        ({4500: (300, 4500, TICK), 300: (1, 300, 10)}, False),  # an older program forked it
+        ({4500: (100, 4500, TICK)}, True),  # forked by the node (or adopted by its reaper)
+        ({4500: (1, 4500, TICK)}, True),  # adopted by init: an orphan, maybe ours
+        (  # its parent is young; the parent's parent is an older program
+            {4500: (4400, 4500, TICK), 4400: (300, 4400, TICK), 300: (1, 300, 10)},
+            False,
+        ),
+        ({4500: (4400, 4500, TICK), 4400: (100, 4400, TICK)}, True),  # a child of the node's
+        ({4500: (4400, 4500, TICK)}, True),  # its parent went as we looked: adopted, by us maybe
+        ({4500: (300, 4500, TICK), 300: (1, 300, TICK)}, True),  # 300 began as it did: maybe
+        # 3000's pid is below the attempt's leader, but it began after it (pids started again
+        # from the bottom meanwhile): it may be the attempt's, and so may its child.
+        ({4500: (3000, 4500, TICK), 3000: (1, 3000, TICK + 5)}, True),
     ],
-    ids=["foreign", "node's", "init's", "foreign-grandparent", "kin-grandparent", "parent-gone"],
+    ids=[
+        "foreign",
+        "node's",
+        "init's",
+        "foreign-grandparent",
+        "kin-grandparent",
+        "parent-gone",
+        "same-tick",
+        "pid-wrapped",
+    ],
 )
 def test_young_processes_that_other_programs_forked_are_no_strays(
-    tmp_path: Path, family: dict[int, tuple[int, int]], young: bool
+    tmp_path: Path, family: dict[int, tuple[int, int, int]], young: bool
 ) -> None:
     """On a machine where other programs fork (other nodes, cron, a shell), a young process
-    whose ancestry leaves the node's kin (itself, its ancestors, init, the live groups) at an
-    old process was forked by someone else: no scan reads its environment. Without `kin` any
-    young process may be a stray, as before."""
+    with an ancestor outside the node's kin (itself, its ancestors, init, the live groups)
+    that began before the attempt was forked by someone else: no scan reads its environment.
+    Without `kin`, or the attempt's start, any young process may be a stray, as before."""
     (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
-    for pid, (ppid, group) in family.items():
-        _fake_stat(tmp_path, pid, ppid, group)
-    assert procs._any_young(tmp_path, 4000, kin={1, 100}) is young
-    assert procs._any_young(tmp_path, 4000) is True
+    for pid, (ppid, group, started) in family.items():
+        _fake_stat(tmp_path, pid, ppid, group, started)
+    assert procs._any_young(tmp_path, 4000, kin={1, 100}, since_tick=TICK) is young
+    assert procs._any_young(tmp_path, 4000, kin={1, 100}) is True
+    assert procs._any_young(tmp_path, 4000, since_tick=TICK) is True
 
 
 def test_a_young_process_of_an_unrelated_program_is_told_apart_inline() -> None:
@@ -1115,15 +1137,19 @@ def test_a_young_process_of_an_unrelated_program_is_told_apart_inline() -> None:
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as forker:
         assert forker.stdin is not None and forker.stdout is not None
+        time.sleep(0.05)  # the forker began a tick or more before the attempt
+        tick = procs.boot_tick()
         leader = subprocess.Popen(["true"])  # the attempt's leader: the pids after it are young
         leader.wait()
         forker.stdin.write(b"go\n")
         forker.stdin.flush()
         theirs = int(forker.stdout.readline())
+        kin = procs._kin()
+        assert kin is not None
         try:
-            assert procs._any_young(procs.PROC, leader.pid, kin=procs._kin()) is False
+            assert procs._any_young(procs.PROC, leader.pid, kin=kin, since_tick=tick) is False
             with subprocess.Popen(["sleep", "60"], start_new_session=True) as ours:
-                assert procs._any_young(procs.PROC, leader.pid, kin=procs._kin()) is True
+                assert procs._any_young(procs.PROC, leader.pid, kin=kin, since_tick=tick) is True
                 ours.kill()
         finally:
             os.kill(theirs, signal.SIGKILL)
@@ -1485,3 +1511,104 @@ def test_an_attempt_is_not_blamed_for_a_full_disk_by_a_reading_taken_before_a_ru
     launch = make_launch(tmp_path, "head -c 2000000 /dev/zero", run_root=root)
     _, f = run_attempt(launch, another_fills_the_disk)
     assert (f.outcome, f.discarded, f.reason) == (Outcome.OK, False, "")
+
+
+# -- strays in another pid namespace, and strays whose first thread exited ----------------------
+
+
+@pytest.fixture
+def old_pid_namespace() -> Iterator[int]:
+    """A pid namespace made before the attempt (a container, a sandbox): the pid, as /proc
+    shows it, of its init, which is old and none of the node's kin."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs util-linux unshare and nsenter")
+    holder = subprocess.Popen(["unshare", "-Urpf", "--kill-child", "sleep", "300"])
+    try:
+        deadline = time.monotonic() + 5.0
+        children = ""
+        while not children and time.monotonic() < deadline and holder.poll() is None:
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text()
+            time.sleep(0.01)
+        if not children.split():
+            pytest.skip("cannot make a user and pid namespace here")
+        yield int(children.split()[0])
+    finally:
+        holder.kill()
+        holder.wait(timeout=5)
+
+
+def test_a_stray_that_entered_an_older_pid_namespace_dies_before_the_slot_is_freed(
+    tmp_path: Path, old_pid_namespace: int
+) -> None:
+    """A task that enters an existing pid namespace (nsenter, firejail --join, lxc-attach) and
+    leaves a setsid daemon there: when its parent in that namespace exits, the kernel hands it
+    to the namespace's init, an old process outside the node's kin, though it carries the
+    attempt's tags. The inline check must not call it another program's."""
+    init = old_pid_namespace
+    # /proc is the node's: /proc/self/stat gives the stray's pid as the node sees it.
+    inner = "read p r < /proc/self/stat; echo $p > s.tmp; mv s.tmp stray.pid; exec sleep 300"
+    escape = (
+        f"nsenter -t {init} -U -p --preserve-credentials -- "
+        f"sh -c {shlex.quote(f'setsid sh -c {shlex.quote(inner)} &')}; "
+    )
+    launch = make_launch(tmp_path, f"{escape} while [ ! -s stray.pid ]; do sleep 0.01; done")
+    stray_pid = launch.run_dir / "work" / "stray.pid"
+    seen: list[tuple[bool, int]] = []
+
+    def on_exit() -> None:
+        pid = int(stray_pid.read_text())
+        fields = proc_stat(pid)
+        seen.append((not pid_gone(pid, timeout=2.0), int(fields[1]) if fields else 0))
+
+    async def main() -> Finished:
+        return await Attempt(launch, NODE_ENV, on_exit=on_exit).finished()
+
+    try:
+        f = asyncio.run(main())
+        assert f.outcome is Outcome.OK, f.reason
+        assert seen and seen[0][1] in (0, init)  # adopted by the namespace's init, as said
+        assert seen[0][0] is False, "the stray in the older pid namespace outlived its attempt"
+    finally:
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            os.kill(int(stray_pid.read_text()), signal.SIGKILL)
+
+
+def test_a_stray_whose_main_thread_exited_dies_before_the_slot_is_freed(tmp_path: Path) -> None:
+    """A stray whose first thread ended (pthread_exit) while another runs: /proc shows its
+    leader as a zombie, and its environ can no longer be read (ESRCH), so the tags are not
+    seen. `pid_gone` would call it gone: look at its threads instead."""
+    code = (
+        "import ctypes, os, threading, time; "
+        "open('s.tmp', 'w').write(str(os.getpid())); os.rename('s.tmp', 'stray.pid'); "
+        "threading.Thread(target=time.sleep, args=(300,)).start(); "
+        "ctypes.CDLL(None).pthread_exit(None)"
+    )
+    escape = f"setsid {shlex.quote(PY)} -c {shlex.quote(code)} &"
+    launch = make_launch(
+        tmp_path, f"{escape} while [ ! -s stray.pid ]; do sleep 0.01; done; sleep 0.3"
+    )
+    stray_pid = launch.run_dir / "work" / "stray.pid"
+    threads_at_exit: list[int] = []
+
+    def on_exit() -> None:
+        pid = int(stray_pid.read_text())
+        time.sleep(0.5)  # a SIGKILL sent before now has ended every thread
+        # Its zombie first thread stays listed until init reaps it: the live ones count.
+        live = 0
+        for task in glob.glob(f"/proc/{pid}/task/*"):
+            with contextlib.suppress(OSError):
+                stat_line = Path(task, "stat").read_text()
+                live += stat_line[stat_line.rindex(")") + 2] not in "ZX"
+        threads_at_exit.append(live)
+
+    async def main() -> Finished:
+        return await Attempt(launch, NODE_ENV, on_exit=on_exit).finished()
+
+    try:
+        f = asyncio.run(main())
+        assert f.outcome is Outcome.OK, f.reason
+        assert threads_at_exit == [0], "a thread of the stray outlived its attempt"
+    finally:
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            os.kill(int(stray_pid.read_text()), signal.SIGKILL)

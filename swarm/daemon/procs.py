@@ -20,7 +20,7 @@ young enough to be one of them, which for a task that leaves nothing behind is a
 node's own next attempts (`leaders`), and one read of the last pid says so; else a listing of
 /proc tells, with the `stat` of each young process: one of another running attempt's group is
 not a stray, nor one that a process none of ours forked (another node's task on the same
-machine, a cron job), told by its ancestry (`_may_be_stray`).
+machine, a cron job), told by its ancestry (`_Look.may_be_stray`).
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside 
 # /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
 # be one of its strays, before it leaves the question to the scan's thread (about 1 us each).
 PROC_ENTRIES_INLINE_MAX = 2_048
-# The `stat`s of young processes (and of their young ancestors) read on the loop, to tell other
+# The `stat`s of young processes (and of their ancestors) read on the loop, to tell other
 # attempts' processes and other programs' (most young ones, on a busy machine) from strays; with
 # more, the scan goes to a thread.
-GROUPS_READ_INLINE_MAX = 64
+STATS_READ_INLINE_MAX = 64
 STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
 STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
 # Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
@@ -176,13 +176,17 @@ def kill_strays(
     return killed
 
 
-async def kill_attempt_strays(tags: frozenset[bytes], since_pid: int, task_id: str) -> None:
-    """Kill the processes of an attempt (led by `since_pid`, carrying `tags`) that left its
-    process group. They were all forked after its leader, so when no process is younger (a
-    listing of /proc, in memory: done here) there is nothing to read; else their environments
-    are read in a thread, bounded in processes and time, and an attempt whose scan is stuck ends
-    without it."""
-    if not _any_young(PROC, since_pid, groups_skipped=live_groups, kin=_kin()):
+async def kill_attempt_strays(
+    tags: frozenset[bytes], since_pid: int, task_id: str, since_tick: int = -1
+) -> None:
+    """Kill the processes of an attempt (led by `since_pid`, begun at `since_tick`: see
+    `boot_tick`; -1 if not known, carrying `tags`) that left its process group. They were all
+    forked after its leader, so when no process is younger (a listing of /proc, in memory: done
+    here) there is nothing to read; else their environments are read in a thread, bounded in
+    processes and time, and an attempt whose scan is stuck ends without it."""
+    kin = _kin() if since_tick >= 0 else None
+    young = _any_young(PROC, since_pid, groups_skipped=live_groups, kin=kin, since_tick=since_tick)
+    if not young:
         return
     stop = threading.Event()
     scan = task_threads.run(
@@ -241,9 +245,20 @@ def _pids_with(
 
 def _read_environ(proc_pid: Path) -> bytes:
     """A process's environment (the kernel bounds it, with the argument list). Blocking, for as
-    long as the process holds its memory map lock (stuck in a page fault): never on the loop."""
-    with open(proc_pid / "environ", "rb") as f:
-        return f.read()
+    long as the process holds its memory map lock (stuck in a page fault): never on the loop.
+    One whose first thread exited while others run (pthread_exit) is read through one of
+    those: its own entry no longer has a memory map to read."""
+    try:
+        with open(proc_pid / "environ", "rb") as f:
+            return f.read()
+    except ProcessLookupError:
+        for thread in os.listdir(proc_pid / "task"):
+            with (
+                contextlib.suppress(ProcessLookupError),
+                open(proc_pid / "task" / thread / "environ", "rb") as f,
+            ):
+                return f.read()
+        raise
 
 
 def _any_young(
@@ -252,13 +267,15 @@ def _any_young(
     entries_max: int = PROC_ENTRIES_INLINE_MAX,
     groups_skipped: Collection[int] = (),
     kin: Collection[int] | None = None,
+    since_tick: int = -1,
 ) -> bool:
     """Whether a process may have been forked since `since_pid` was, outside `groups_skipped`
     (the groups of attempts running now: their processes are theirs, not this one's strays),
-    and, given `kin` (see `_kin`), not forked by a process that is none of ours. Cheap enough
-    for the loop: a listing of /proc, and the `stat` of each young process and of its young
-    ancestors (a `stat` never waits on the process), stopping at the first that may be a stray
-    or, saying maybe, after `entries_max` entries or GROUPS_READ_INLINE_MAX stats read."""
+    and, given `kin` (see `_kin`) and the attempt's start (`since_tick`), not forked by a
+    process that is none of ours. Cheap enough for the loop: a listing of /proc, and the `stat`
+    of each young process and of its ancestors up to one older than the attempt (a `stat` never
+    waits on the process), stopping at the first that may be a stray or, saying maybe, after
+    `entries_max` entries or STATS_READ_INLINE_MAX stats read."""
     before = last_pid() if proc == PROC else _last_pid(proc)
     if since_pid <= 0 or before < since_pid:
         return True  # cannot tell, or pids have started again from the bottom since
@@ -276,55 +293,75 @@ def _any_young(
         return True
     young = _young_pids(proc, since_pid)
     candidates = [pid for pid in candidates if young(pid)]
-    if len(candidates) > GROUPS_READ_INLINE_MAX:
+    if len(candidates) > STATS_READ_INLINE_MAX:
         return True
-    reads = [GROUPS_READ_INLINE_MAX]  # the stats left to read, over all candidates
-    return any(_may_be_stray(proc, pid, young, groups_skipped, kin, reads) for pid in candidates)
+    look = _Look(proc, groups_skipped, kin if since_tick >= 0 else None, since_tick)
+    return any(look.may_be_stray(pid) for pid in candidates)
 
 
-def _may_be_stray(
-    proc: Path,
-    pid: int,
-    young: Callable[[int], bool],
-    groups_skipped: Collection[int],
-    kin: Collection[int] | None,
-    reads: list[int],
-) -> bool:
-    """Whether the young process `pid` may be a stray of the attempt: alive, outside the groups
-    skipped and, given `kin`, not the descendant of an old process that is none of ours.
+class _Look:
+    """One check's reads of /proc (see `may_be_stray`), bounded, each process's `stat` read at
+    most once (the few other programs that fork are the parents of many young processes)."""
 
-    A stray's ancestors are its attempt's processes, all young, up to the attempt's leader and
-    the node (or, for a Python call, its warm worker, whose group is live); one orphaned is
-    adopted by a reaper, which is the nearest ancestor marked as a child subreaper, or init:
-    one of the node's own ancestors. So a young process with an old ancestor outside `kin`
-    (which holds all of those) was forked by someone else: another node's task on the same
-    machine, a cron job, a shell's command. Its environment is not read. `reads` counts down
-    the stats this check may still read; at none, any process may be one."""
-    stat = _stat_of(proc, pid, reads)
-    if stat is None:
-        return False  # gone: no stray
-    ppid, group = stat
-    if group in groups_skipped:
-        return False
-    if kin is None or ppid < 0:
+    def __init__(
+        self, proc: Path, groups_skipped: Collection[int], kin: Collection[int] | None, tick: int
+    ) -> None:
+        self.proc, self.groups_skipped, self.kin, self.tick = proc, groups_skipped, kin, tick
+        self.reads_left = STATS_READ_INLINE_MAX
+        self._stats: dict[int, _Stat | None] = {}
+
+    def may_be_stray(self, pid: int) -> bool:
+        """Whether the young process `pid` may be a stray of the attempt: alive, outside the
+        groups skipped and, given `kin`, not the descendant of a process that is none of ours
+        and began before the attempt did.
+
+        A stray's ancestors are its attempt's processes, all begun since it, up to the attempt's
+        leader and the node (or, for a Python call, its warm worker, whose group is live); one
+        orphaned is adopted by a reaper: the nearest ancestor marked as a child subreaper, or
+        init: one of the node's own ancestors, unless it is in another pid namespace (the task
+        entered one that was there before it), whose init adopts it. So a young process with an
+        ancestor outside `kin` that began before the attempt, in the node's pid namespace, was
+        forked by someone else: another node's task on the same machine, a cron job, a shell's
+        command. Its environment is not read."""
+        stat = self._stat(pid, start=False)
+        if stat is None:
+            return False  # gone: no stray
+        parent, group, _ = stat
+        if group in self.groups_skipped:
+            return False
+        kin = self.kin
+        if kin is None or parent < 0:
+            return True
+        while parent not in kin:
+            up = self._stat(parent, start=True)
+            if up is None or up[0] < 0:
+                return True  # gone as we looked (its child adopted meanwhile), or unreadable
+            if 0 <= up[2] < self.tick:  # began before the attempt: none of its processes
+                return _in_another_pid_namespace(self.proc, parent, up[2])
+            parent = up[0]
         return True
-    while ppid not in kin:
-        if not young(ppid):
-            return False  # forked by an old process that is not ours
-        parent = _stat_of(proc, ppid, reads)
-        if parent is None or parent[0] < 0:
-            return True  # gone as we looked: its child was adopted meanwhile, maybe by us
-        ppid = parent[0]
-    return True
+
+    def _stat(self, pid: int, start: bool) -> _Stat | None:
+        known = self._stats.get(pid, _UNREAD)
+        if known is not _UNREAD and (known is None or known[2] >= 0 or not start):
+            return known
+        if self.reads_left <= 0:
+            return _UNREAD
+        self.reads_left -= 1
+        self._stats[pid] = found = _stat_of(self.proc, pid, start)
+        return found
 
 
-def _stat_of(proc: Path, pid: int, reads: list[int]) -> tuple[int, int] | None:
-    """The parent and the process group of `pid`; None once it is gone (a gone process is no
-    stray), (-1, -1) if it cannot be read or `reads` is spent (then it may be one). Read with
-    plain system calls: a few are made at the end of every attempt, on the loop."""
-    if reads[0] <= 0:
-        return -1, -1
-    reads[0] -= 1
+# What a process's `stat` says of it: (parent, group, start in ticks since boot; -1 not read).
+# (-1, -1, -1): it could not be read (then it may be a stray).
+_Stat = tuple[int, int, int]
+_UNREAD: _Stat = (-1, -1, -1)
+
+
+def _stat_of(proc: Path, pid: int, start: bool = False) -> _Stat | None:
+    """The parent, group and (if `start`) start of `pid`; None once it is gone (a gone
+    process is no stray), `_UNREAD` if it cannot be read. Read with plain system calls: a few
+    are made at the end of every attempt, on the loop."""
     path = f"{proc}/{pid}"
     try:
         fd = os.open(f"{path}/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -332,32 +369,73 @@ def _stat_of(proc: Path, pid: int, reads: list[int]) -> tuple[int, int] | None:
             stat_line = os.read(fd, 4096)
         finally:
             os.close(fd)
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 3)
-        return int(fields[1]), int(fields[2])
+        # "pid (comm) state ppid pgrp ... starttime ...": comm may hold spaces and parentheses.
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 20 if start else 3)
+        started = int(fields[19]) if start and len(fields) > 19 else -1
+        return int(fields[1]), int(fields[2]), started
     except (OSError, ValueError, IndexError):
-        return None if not os.path.exists(path) else (-1, -1)
+        return None if not os.path.exists(path) else _UNREAD
 
 
-def _kin(proc: Path = PROC) -> frozenset[int]:
-    """The processes that may be the parent of one of this node's strays, apart from young
-    ones: the node itself, its warm Python workers and attempt leaders (the live groups), init,
-    and the node's own ancestors (one of which may be a subreaper that adopts its orphans).
-    The ancestors are read again whenever this process's parent changes."""
+def boot_tick() -> int:
+    """Now, in the clock ticks since boot that /proc gives a process's start in: a process whose
+    start is below the tick read before an attempt began began before it."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_TICK
+
+
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _in_another_pid_namespace(proc: Path, pid: int, started: int) -> bool:
+    """Whether the process `pid` (begun at tick `started`) is in a pid namespace other than the
+    node's (an init there adopts the orphans of that namespace). Remembered for the process: the
+    few programs that fork on a machine are asked about at every attempt's end. False if it
+    cannot be read: a process not ours to look at (the scan could not read the environment of
+    its children either), or one gone."""
+    global _own_ns
+    known = _other_ns.get((pid, started))
+    if known is not None:
+        return known
+    try:
+        if _own_ns is None:
+            _own_ns = os.readlink(f"{PROC}/self/ns/pid")
+        other = os.readlink(f"{proc}/{pid}/ns/pid") != _own_ns
+    except OSError:
+        return False
+    if len(_other_ns) >= OTHER_NS_REMEMBERED_MAX:
+        _other_ns.clear()
+    _other_ns[(pid, started)] = other
+    return other
+
+
+OTHER_NS_REMEMBERED_MAX = 1_024  # processes whose pid namespace is remembered (then forgotten)
+_other_ns: dict[tuple[int, int], bool] = {}  # (pid, start tick) -> in another pid namespace
+_own_ns: str | None = None
+
+
+def _kin() -> frozenset[int] | None:
+    """The processes that may be the parent of one of this node's strays, apart from those
+    begun since its attempt: the node itself, its warm Python workers and attempt leaders (the
+    live groups), init, and the node's own ancestors (one of which may be a subreaper that
+    adopts its orphans). The ancestors are read again whenever this process's parent changes;
+    None (any young process may be a stray) if they cannot all be read (`hidepid`)."""
     global _ancestors
     ppid = os.getppid()
     if _ancestors[0] != ppid:
-        chain = [ppid]
-        while chain[-1] > 1 and len(chain) < ANCESTORS_MAX:
-            stat = _stat_of(proc, chain[-1], [1])
+        chain: list[int] | None = [ppid]
+        while chain is not None and chain[-1] > 1 and len(chain) < ANCESTORS_MAX:
+            stat = _stat_of(PROC, chain[-1])
             if stat is None or stat[0] < 0:
-                break
-            chain.append(stat[0])
+                chain = None  # gone (read again next time) or hidden
+            else:
+                chain.append(stat[0])
+        if chain is None or chain[-1] > 1:
+            return None
         _ancestors = (ppid, frozenset(chain))
     return frozenset((os.getpid(), 1, *_ancestors[1], *live_groups))
 
 
-ANCESTORS_MAX = 64  # the node's ancestors remembered as kin (a chain is rarely 10 long)
+ANCESTORS_MAX = 64  # the node's ancestors looked up as kin (a chain is rarely 10 long)
 _ancestors: tuple[int, frozenset[int]] = (-1, frozenset())
 
 
