@@ -68,3 +68,60 @@ def test_a_node_with_no_peer_pulls_from_nobody() -> None:
         return pulled
 
     assert asyncio.run(main()) == []
+
+
+# -- when no pull catches the node up, and when it is alone ------------------------------------
+
+
+def test_a_node_whose_pulls_never_catch_it_up_does_not_pull_twenty_times_a_second() -> None:
+    """Members are live over UDP but every pull fails at once (TCP refused by a firewall that
+    lets only 7946/udp through, a peer whose streams are full): `caught_up_once` never turns,
+    and the pulls come ever less often, the wait doubling up to the sync interval."""
+
+    async def main() -> int:
+        replicator, _, pulled = _replicator(peers=2)  # the stub pull never catches us up
+        loop = asyncio.create_task(replicator.sync_loop())
+        await asyncio.sleep(1.0)
+        loop.cancel()
+        return len(pulled)
+
+    assert asyncio.run(main()) <= 5
+
+
+def test_a_lone_node_does_not_wake_twenty_times_a_second() -> None:
+    """A node of a swarm of one (or whose peers all left) never catches up with anyone: its
+    sync loop waits for a member to be met (or the sync interval), not a timer."""
+
+    async def main() -> int:
+        replicator, host, _ = _replicator(peers=0)
+        looks = [0]
+        members = host.membership.live_members
+
+        def counted() -> Any:
+            looks[0] += 1
+            return members()
+
+        host.membership.live_members = counted
+        loop = asyncio.create_task(replicator.sync_loop())
+        await asyncio.sleep(1.0)
+        loop.cancel()
+        return looks[0]
+
+    assert asyncio.run(main()) <= 2
+
+
+def test_a_lone_node_pulls_from_the_first_peer_it_meets_at_once() -> None:
+    async def main() -> float:
+        replicator, host, pulled = _replicator(peers=0)
+        loop = asyncio.create_task(replicator.sync_loop())
+        await asyncio.sleep(0.2)
+        members = host.membership.live_members()
+        members.append(SimpleNamespace(node="b" * 64))  # met: membership says so
+        met = asyncio.get_running_loop().time()
+        replicator.members_changed()
+        while not pulled:
+            await asyncio.sleep(0.005)
+        loop.cancel()
+        return asyncio.get_running_loop().time() - met
+
+    assert asyncio.run(main()) < 1.0  # the sync interval here is 10 s

@@ -165,6 +165,7 @@ class Gossiper:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
         if node.membership is not None:
             node.tell(node.core.members_changed, events, node.membership.members)
+            node.replicator.members_changed()
             self._remember_members(node.membership)
 
     def _remember_members(self, membership: gossip.Membership) -> None:

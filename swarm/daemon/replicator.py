@@ -15,6 +15,7 @@ frames read a slice at a time from the ledger file. A record is applied only aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
@@ -37,7 +38,8 @@ from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.daemon.replicator")
 
-# Until a pull has caught this node up once (it claims nothing before), one is tried this often.
+# Until a pull has caught this node up once (it claims nothing before), the wait before the next,
+# at first: it doubles with each pull, up to the sync interval.
 SYNC_FIRST_EVERY_S = 0.05
 
 
@@ -65,6 +67,7 @@ class Replicator:
         self._tg: asyncio.TaskGroup | None = None
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
         self._taking_pushes = False
+        self._met = asyncio.Event()  # set when membership changes (see sync_loop)
 
     def serve(self, tg: asyncio.TaskGroup, gossip_net: GossipNet) -> None:
         self._tg, self.net = tg, gossip_net
@@ -169,18 +172,34 @@ class Replicator:
     # -- anti-entropy -------------------------------------------------------------------
 
     async def sync_loop(self) -> None:
-        """Now and then, pull what a random member has and we lack; soon after the first peer
-        is met, until one such exchange has caught us up (a node claims nothing before: a
-        swarm formed a moment ago takes the first job at once, not a sync interval later)."""
+        """Now and then, pull what a random member has and we lack. Until a pull has caught us
+        up once (a node claims nothing before), the first comes as soon as a peer is met and
+        the next ones soon after, the wait doubling up to the sync interval: a swarm formed a
+        moment ago takes the first job at once, and a peer that never answers in full (its
+        TCP port filtered) is asked no more often than any other in the end."""
         membership = self.node.membership
         assert membership is not None
         every_s = self.node.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS
+        soon_s = SYNC_FIRST_EVERY_S
         while True:
-            caught_up = self.node.core.caught_up_once
-            await asyncio.sleep(every_s if caught_up else min(every_s, SYNC_FIRST_EVERY_S))
+            peers = [m for m in membership.live_members() if m.node != self.node.node_id]
+            if self.node.core.caught_up_once:
+                await asyncio.sleep(every_s)
+            elif not peers:  # alone so far: a member met wakes the loop
+                self._met.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._met.wait(), every_s)
+                continue
+            else:
+                await asyncio.sleep(min(soon_s, every_s))
+                soon_s *= 2
             peers = [m for m in membership.live_members() if m.node != self.node.node_id]
             if peers:
                 await self.pull(self.rng.choice(peers))
+
+    def members_changed(self) -> None:
+        """Membership said something: a node that met its first peer pulls from it at once."""
+        self._met.set()
 
     async def pull(self, peer: gossip.Member, done: Callable[[str], None] | None = None) -> None:
         """One anti-entropy exchange: what `peer` holds past our digest."""
