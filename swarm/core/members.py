@@ -17,6 +17,7 @@ class Members:
         self.synced = False  # caught up with a peer since this life started
         self.heard_at = -1e9  # when a peer's records last reached us (monotonic)
         self._said_isolated = False
+        self._peers: dict[tuple[str, int], Peer | None] = {}  # by (node, incarnation): see peers
 
     def isolation(
         self, now: float, others_in_ledger: bool, ttl_s: float
@@ -38,11 +39,20 @@ class Members:
         return self._said_isolated
 
     def peers(self) -> list[Peer] | None:
-        """The live members as the scheduler ranks them (None: a node alone)."""
+        """The live members as the scheduler ranks them (None: a node alone). Each member's
+        meta is read once per incarnation (it changes only with a new one): the scheduler is
+        told at every change of membership, a thousand members at a time in a large swarm."""
         if not self.networked:
             return None
-        found = (peer_from_meta(m.node, m.meta) for m in self._live())
-        return [p for p in found if p is not None]
+        known, self._peers = self._peers, {}
+        found = []
+        for m in self._live():
+            key = (m.node, m.incarnation)
+            peer = known[key] if key in known else peer_from_meta(m.node, m.meta)
+            self._peers[key] = peer
+            if peer is not None:
+                found.append(peer)
+        return found
 
     def others_left(self) -> list[bool]:
         """For each other member, whether it left for good (scheduler.isolation)."""
