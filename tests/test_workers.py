@@ -777,3 +777,28 @@ def test_kill_orphans_records_a_worker_mid_call_as_its_attempt(tmp_path: Path) -
         )
 
     run_pool(tmp_path, body)
+
+
+# -- a call's fork that left the worker's group and never exec'd ---------------------------------
+
+
+def fork_into_a_session_of_its_own() -> int:
+    """What a library that daemonizes does, in one fork: the child never execs, so /proc shows
+    the environment the worker started with, which names no attempt."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        time.sleep(60)
+        os._exit(0)
+    return pid
+
+
+def test_a_call_stray_that_never_execs_dies_before_the_slot_is_freed(
+    tmp_path: Path, pids_to_kill: list[int]
+) -> None:
+    async def body(h: Harness) -> None:
+        stray = value_of(await h.run(fork_into_a_session_of_its_own))
+        pids_to_kill.append(stray)
+        await wait_until(lambda: gone(stray), "the forked child that left the group is killed", 2.0)
+
+    run_pool(tmp_path, body)

@@ -357,9 +357,12 @@ def _kill_leftovers(since_pid: int) -> int:
 
 
 def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
-    """The processes of the worker's group (the worker leads it), but itself, among those
-    forked after `since_pid` up to `last_pid` (pids rise to a maximum, then start again from
-    the bottom); all of them when either is unknown."""
+    """The processes of the worker's group (the worker leads it), but itself, and its own
+    children that left it (a call's fork that went into a session of its own and never
+    exec'd: its environment, the worker's, names no attempt for `kill_attempt_strays` to find;
+    the worker forks nothing of its own), among those forked after `since_pid` up to
+    `last_pid` (pids rise to a maximum, then start again from the bottom); all of them when
+    either is unknown."""
     members = []
     for name in os.listdir(PROC):
         if not name.isdigit() or int(name) == me or not _young(int(name), since_pid, last_pid):
@@ -371,7 +374,7 @@ def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
             continue  # gone meanwhile
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
         fields = stat_line[stat_line.rindex(b")") + 2 :].split()
-        if int(fields[2]) == me and fields[0] not in (b"Z", b"X"):
+        if me in (int(fields[1]), int(fields[2])) and fields[0] not in (b"Z", b"X"):
             members.append(int(name))
     return members
 
