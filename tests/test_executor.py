@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import glob
 import json
+import multiprocessing
 import os
 import resource
 import shlex
@@ -1612,3 +1613,84 @@ def test_a_stray_whose_main_thread_exited_dies_before_the_slot_is_freed(tmp_path
     finally:
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):
             os.kill(int(stray_pid.read_text()), signal.SIGKILL)
+
+
+# -- a loop in the ancestry, and a whole turn of pids during an attempt -----------------------------
+
+
+def _look_at(proc: str) -> None:
+    procs._any_young(Path(proc), 4000, kin={1, 100}, since_tick=TICK)
+
+
+def test_an_ancestry_cycle_does_not_hang_the_loop(tmp_path: Path) -> None:
+    """Two young processes each the other's parent as read (pids handed out again between the
+    reads): the walk up their ancestors, which remembers what it read, stops after
+    ANCESTRY_STEPS_MAX steps (saying maybe) instead of going round for ever on the loop."""
+    (tmp_path / "loadavg").write_text("0 0 0 1/9 5000\n")
+    _fake_stat(tmp_path, 4500, 4400, 4500, TICK)
+    _fake_stat(tmp_path, 4400, 4500, 4400, TICK)
+    check = multiprocessing.get_context("fork").Process(target=_look_at, args=(str(tmp_path),))
+    check.start()
+    check.join(5.0)
+    hung = check.is_alive()
+    if hung:
+        check.kill()
+        check.join()
+    assert not hung, "the ancestry walk loops for ever on a cycle"
+
+
+_IN_NAMESPACE = r"""
+import asyncio, os, sys, tempfile, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], "tests")]
+from test_executor import NODE_ENV, make_launch, pid_gone
+from swarm.daemon.executor import Attempt
+
+with open("/proc/sys/kernel/pid_max", "w") as f:
+    f.write("1000")  # this namespace's own (Linux 6.14+): pids wrap from 999 to 300
+while int(open("/proc/loadavg").read().split()[-1]) < 700:
+    os.waitpid(os.spawnv(os.P_NOWAIT, "/bin/true", ["true"]), 0)
+# The attempt's leader ($$) gets a pid near 700. It burns pids until they start again from
+# the bottom, leaves a setsid daemon there (its pid below the leader's), then burns pids until
+# the last one handed out is above the leader's again: one full turn of the pids.
+cmd = (
+    "L=$$; "
+    "while :; do /bin/true & p=$!; wait $p; [ $p -lt $L ] && break; done; "
+    "setsid sleep 300 & echo $! > stray.pid; "
+    "while :; do /bin/true & p=$!; wait $p; [ $p -gt $L ] && break; done"
+)
+tmp = Path(tempfile.mkdtemp())
+launch = make_launch(tmp, cmd)
+
+async def main():
+    attempt = Attempt(launch, NODE_ENV)
+    f = await attempt.finished()
+    return attempt.proc.pid, f
+
+leader, f = asyncio.run(main())
+stray = int((launch.run_dir / "work" / "stray.pid").read_text())
+gone = pid_gone(stray, timeout=2.0)
+print(f"leader {leader} stray {stray} outcome {f.outcome} stray gone {gone}", flush=True)
+sys.exit(0 if gone else 3)
+"""
+
+
+def test_a_stray_forked_after_the_pids_turned_over_dies_before_the_slot_is_freed() -> None:
+    """An attempt that runs while the machine hands out a whole turn of pids (pid_max 32768 on
+    many machines: a long task on a busy build host) leaves a setsid daemon whose pid is below
+    its leader's, and ends once the last pid is above the leader's again: by pid, the daemon
+    looks older than the attempt. The machine's forks since the attempt began say a turn may
+    have happened, and the scan reads every process. Shown in a pid namespace of its own whose
+    pid_max is 1,000 (per namespace since Linux 6.14), run as root."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and util-linux unshare")
+    root = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run(
+        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", _IN_NAMESPACE, root],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    if "Permission denied" in run.stderr or "Invalid argument" in run.stderr:
+        pytest.skip(f"cannot set a pid namespace's pid_max here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]

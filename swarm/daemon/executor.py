@@ -40,7 +40,7 @@ from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import (
     NODE_TAG,
-    boot_tick,
+    began,
     kill_attempt_strays,
     kill_group,
     leaders,
@@ -179,7 +179,7 @@ class Attempt:
         self._started_ns = time.time_ns() - MTIME_SLACK_NS
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
-        self._started_tick = boot_tick()  # before the spawn: what began before it is not its
+        self._began = began()  # before the spawn: what began before it is not its
         self.proc: Process | None = None
         self.spawn_error = ""
         self._strays_left = False  # its leader has exited; processes outside its group may not
@@ -356,9 +356,7 @@ class Attempt:
         if not self._strays_left or self.proc is None:
             return
         self._strays_left = False
-        await kill_attempt_strays(
-            self._tags, self.proc.pid, self.launch.task_id, self._started_tick
-        )
+        await kill_attempt_strays(self._tags, self.proc.pid, self.launch.task_id, self._began)
 
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]

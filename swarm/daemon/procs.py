@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import NamedTuple
 
 from swarm.daemon.task_threads import task_threads
 
@@ -51,6 +53,7 @@ PROC_ENTRIES_INLINE_MAX = 2_048
 # attempts' processes and other programs' (most young ones, on a busy machine) from strays; with
 # more, the scan goes to a thread.
 STATS_READ_INLINE_MAX = 64
+ANCESTRY_STEPS_MAX = 32  # ancestors looked at for one young process, read or remembered
 STRAY_PIDS_MAX = 4_096  # environments read per scan of /proc for an attempt's strays
 STRAY_SCAN_S = 2.0  # longest the scans for one attempt's strays may take, all rounds together
 # Beyond the scans' own deadline, how long the attempt waits for one stuck in a read (of a
@@ -176,18 +179,39 @@ def kill_strays(
     return killed
 
 
+class Began(NamedTuple):
+    """When an attempt began, as its end's look for strays needs it (`began`, read before its
+    process is spawned or its call is sent): the tick since boot (`boot_tick`) and the
+    machine's forks so far (`forks_so_far`); -1 where unknown."""
+
+    tick: int = -1
+    forks: int = -1
+
+
+UNKNOWN_START = Began()
+
+
+def began() -> Began:
+    return Began(boot_tick(), forks_so_far(FORKS_STALE_S))
+
+
 async def kill_attempt_strays(
-    tags: frozenset[bytes], since_pid: int, task_id: str, since_tick: int = -1
+    tags: frozenset[bytes], since_pid: int, task_id: str, start: Began = UNKNOWN_START
 ) -> None:
-    """Kill the processes of an attempt (led by `since_pid`, begun at `since_tick`: see
-    `boot_tick`; -1 if not known, carrying `tags`) that left its process group. They were all
-    forked after its leader, so when no process is younger (a listing of /proc, in memory: done
-    here) there is nothing to read; else their environments are read in a thread, bounded in
-    processes and time, and an attempt whose scan is stuck ends without it."""
-    kin = _kin() if since_tick >= 0 else None
-    young = _any_young(PROC, since_pid, groups_skipped=live_groups, kin=kin, since_tick=since_tick)
-    if not young:
-        return
+    """Kill the processes of an attempt (led by `since_pid`, begun at `start`, carrying `tags`)
+    that left its process group. They were all forked after its leader, so when no process is
+    younger (a listing of /proc, in memory: done here) there is nothing to read; else their
+    environments are read in a thread, bounded in processes and time, and an attempt whose scan
+    is stuck ends without it. If the machine may have handed out a whole turn of pids since the
+    attempt began (a long task on a busy machine), a pid says nothing of a process's age: the
+    scan reads every process."""
+    if pids_may_have_turned(start.forks):
+        since_pid = 0  # every process may be young
+    else:
+        kin = _kin() if start.tick >= 0 else None
+        groups = live_groups
+        if not _any_young(PROC, since_pid, groups_skipped=groups, kin=kin, since_tick=start.tick):
+            return
     stop = threading.Event()
     scan = task_threads.run(
         kill_strays,
@@ -250,15 +274,20 @@ def _read_environ(proc_pid: Path) -> bytes:
     those: its own entry no longer has a memory map to read."""
     try:
         with open(proc_pid / "environ", "rb") as f:
-            return f.read()
-    except ProcessLookupError:
-        for thread in os.listdir(proc_pid / "task"):
-            with (
-                contextlib.suppress(ProcessLookupError),
-                open(proc_pid / "task" / thread / "environ", "rb") as f,
-            ):
-                return f.read()
-        raise
+            environ = f.read()
+    except ProcessLookupError:  # (older kernels read nothing instead)
+        environ = b""
+    if environ:
+        return environ
+    for thread in os.listdir(proc_pid / "task"):
+        with (
+            contextlib.suppress(ProcessLookupError),
+            open(proc_pid / "task" / thread / "environ", "rb") as f,
+        ):
+            environ = f.read()
+        if environ:
+            return environ
+    return environ
 
 
 def _any_young(
@@ -332,14 +361,16 @@ class _Look:
         kin = self.kin
         if kin is None or parent < 0:
             return True
-        while parent not in kin:
+        for _ in range(ANCESTRY_STEPS_MAX):
+            if parent in kin:
+                return True
             up = self._stat(parent, start=True)
             if up is None or up[0] < 0:
                 return True  # gone as we looked (its child adopted meanwhile), or unreadable
             if 0 <= up[2] < self.tick:  # began before the attempt: none of its processes
                 return _in_another_pid_namespace(self.proc, parent, up[2])
             parent = up[0]
-        return True
+        return True  # a chain this long (or a loop, pids handed out again as we read): maybe
 
     def _stat(self, pid: int, start: bool) -> _Stat | None:
         known = self._stats.get(pid, _UNREAD)
@@ -384,6 +415,43 @@ def boot_tick() -> int:
 
 
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+# How old a reading of the machine's forks may be: at an attempt's start (older only makes the
+# count since then larger: a turn of pids is suspected sooner), and at its end (a turn of pids
+# in that long would take millions of forks a second).
+FORKS_STALE_S = 5.0
+FORKS_FRESH_S = 0.1
+RESERVED_PIDS = 300  # pids start again from here, not from 1 (the kernel's RESERVED_PIDS)
+
+
+def forks_so_far(max_age_s: float) -> int:
+    """The processes and threads forked on this machine since boot (`processes` in /proc/stat:
+    each took a pid), as read at most `max_age_s` ago; -1 if it cannot be read."""
+    global _forks
+    now = time.monotonic()
+    if now - _forks[0] >= max_age_s:
+        count, pid_max = -1, _forks[2]
+        with contextlib.suppress(OSError, ValueError):
+            with open(PROC / "stat", "rb") as f:
+                data = f.read()
+            at = data.index(b"\nprocesses ") + len(b"\nprocesses ")
+            count = int(data[at : data.index(b"\n", at)])
+            pid_max = int((PROC / "sys" / "kernel" / "pid_max").read_text())
+        _forks = (now, count, pid_max)
+    return _forks[1]
+
+
+_forks: tuple[float, int, int] = (-math.inf, -1, 1 << 22)  # (read at, forks, pid_max)
+
+
+def pids_may_have_turned(forks_at_start: int) -> bool:
+    """Whether enough pids were handed out since `forks_at_start` (`forks_so_far` then) for
+    them to have started again from the bottom and come back round: then a young process may
+    have any pid."""
+    now = forks_so_far(FORKS_FRESH_S)
+    if forks_at_start < 0 or now < 0:
+        return False
+    return now - forks_at_start >= max(1, _forks[2] - RESERVED_PIDS)
 
 
 def _in_another_pid_namespace(proc: Path, pid: int, started: int) -> bool:

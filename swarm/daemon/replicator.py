@@ -185,7 +185,8 @@ class Replicator:
             peers = [m for m in membership.live_members() if m.node != self.node.node_id]
             if self.node.core.caught_up_once:
                 await asyncio.sleep(every_s)
-            elif not peers:  # alone so far: a member met wakes the loop
+            elif not peers:  # alone so far: a member met wakes the loop, and is asked soon
+                soon_s = SYNC_FIRST_EVERY_S
                 self._met.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._met.wait(), every_s)

@@ -408,7 +408,7 @@ class PyAttempt:
             return self._ended(self._stop_outcome, None, self._stop_reason)
         self._worker = worker
         # Its strays were forked after now: only younger processes are read for them.
-        since_pid, since_tick = procs.last_pid(), procs.boot_tick()
+        since_pid, start = procs.last_pid(), procs.began()
         try:
             reply = await worker.call(call)
         finally:
@@ -418,7 +418,7 @@ class PyAttempt:
         # calls; a look for strays lists /proc).
         if since_pid <= 0 or procs.last_pid() != since_pid:
             since_pid = since_pid if since_pid > 0 else worker.pid
-            await kill_attempt_strays(self._tags, since_pid, self.launch.task_id, since_tick)
+            await kill_attempt_strays(self._tags, since_pid, self.launch.task_id, start)
         return finished
 
     async def _prepare(self, prepare: Prepare) -> CallBlobs | str | None:
