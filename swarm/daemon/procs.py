@@ -122,11 +122,13 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
             continue
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        except OSError:
             continue  # gone meanwhile, or not ours to read
         if tag in environ:
-            pgid = int(fields[2])
+            stat = _stat_of(proc, int(entry.name))
+            if stat is None or stat[1] < 0:
+                continue  # gone meanwhile, or not ours to read
+            pgid = stat[1]
             task_id, epoch = _attempt_of(environ)
             if groups.get(pgid) is None:  # the first process of the group that names a task
                 groups[pgid] = (task_id, epoch) if task_id else None
