@@ -8,7 +8,9 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
-from swarm.core import gossip
+import pytest
+
+from swarm.core import gossip, wire
 from swarm.core.gossip_config import Config
 from swarm.daemon.replicator import SYNC_FIRST_EVERY_S, Replicator
 
@@ -125,3 +127,18 @@ def test_a_lone_node_pulls_from_the_first_peer_it_meets_at_once() -> None:
         return asyncio.get_running_loop().time() - met
 
     assert asyncio.run(main()) < 1.0  # the sync interval here is 10 s
+
+
+def test_an_exchange_after_the_leave_closed_the_reader_ends_as_one_cut_off() -> None:
+    """The sync loop runs until the node's loops are cancelled, after its leave closed the
+    ledger's reader: an exchange begun meanwhile, which answers the peer last, ends with the
+    ValueError that the pull and the stream's server take as a cut-off exchange (an assert
+    there stopped a draining node with exit 1)."""
+
+    async def main() -> None:
+        replicator, _, _ = _replicator(peers=1)
+        async for _ in replicator.answer(wire.SyncRequest({})):
+            pass
+
+    with pytest.raises(ValueError, match="leaving"):
+        asyncio.run(main())

@@ -236,13 +236,16 @@ class Replicator:
 
     async def answer(self, request: wire.SyncRequest) -> AsyncIterator[wire.SyncBatch]:
         """What we hold past the peer's digest, in bounded frames (LedgerSync plans them; the
-        slices are read here)."""
-        assert self.reader is not None
+        slices are read here). ValueError once the node's leave has closed the ledger's reader:
+        an exchange the sync loop began meanwhile ends there, as one cut off does."""
+        reader = self.reader
+        if reader is None:
+            raise ValueError("the node is leaving: its ledger is no longer read for peers")
         sync, ledger = self.node.core.sync, self.node.ledger
         plan = sync.answer(ledger.high_seq, request.digest, db.SYNC_ROWS_MAX)
         while (ask := plan.next_ask()) is not None:
             part = await db.rows_after(
-                self.reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
+                reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
             )
             batch = plan.took(part)
             self._say()
