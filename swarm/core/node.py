@@ -264,6 +264,10 @@ class NodeCore:
             self.claims.free(slot)
         if self.guard is not None and self.guard.ended(task, t.mono):
             self.sched.hold(task, t.mono + self.config.lease_ttl_s)
+        if self.claims.wake and not self.sched.reranking and not self.drain_state.left:
+            # The next task starts now, ahead of the ended one's recording, not at the tick
+            # the next turn of the loop would bring (after what else that turn runs).
+            self.claims.claim_pass(t)
 
     def attempt_closed(self, t: Time, task: str) -> None:
         """An attempt is over (recorded, or given up): its slot goes."""
