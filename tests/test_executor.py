@@ -1157,6 +1157,35 @@ def test_a_young_process_of_an_unrelated_program_is_told_apart_inline() -> None:
             forker.kill()
 
 
+def test_the_real_proc_is_listed_from_a_pid_on_and_a_plain_dir_whole(tmp_path: Path) -> None:
+    """The listing at an attempt's end begins at the attempt's pid on the real /proc (the
+    machine's older processes are passed over, not read), and lists the same young pids as a
+    whole listing would; a dir that is not laid out so is listed whole."""
+    with (
+        subprocess.Popen(["sleep", "60"]) as first,
+        subprocess.Popen(["sleep", "60"]) as second,
+    ):
+        try:
+            whole = sorted(int(n) for n in os.listdir(procs.PROC) if n.isdigit())
+            from_first = procs._pids_from(procs.PROC, first.pid, procs.PROC_ENTRIES_INLINE_MAX)
+            assert procs._seeks[procs.PROC] is True
+            assert from_first is not None and first.pid in from_first and second.pid in from_first
+            # Those of a whole listing from the first pid on (bar any that ended meanwhile).
+            young = [pid for pid in whole if pid >= first.pid]
+            assert set(from_first) >= {pid for pid in young if os.path.exists(f"/proc/{pid}")}
+            assert min(from_first) == first.pid
+            # Only the young ones were passed over: bounded by them, not by the machine's.
+            assert procs._pids_from(procs.PROC, first.pid, len(from_first)) == from_first
+        finally:
+            first.kill()
+            second.kill()
+    for name in ("1", "4000", "4100", "self", "stat"):
+        (tmp_path / name).mkdir()
+    assert sorted(procs._pids_from(tmp_path, 4000, 10) or []) == [4000, 4100]
+    assert procs._seeks[tmp_path] is False
+    assert procs._pids_from(tmp_path, 4000, 4) is None  # five entries passed over
+
+
 def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "true", env={NODE_TAG: "forged"})
     assert attempt_env(launch, NODE_ENV)[NODE_TAG] == "node-under-test"

@@ -312,15 +312,9 @@ def _any_young(
         return True  # cannot tell, or pids have started again from the bottom since
     if leaders.took_all(since_pid, before):
         return False  # every pid since went to a leader of ours: nothing it forked is alive
-    candidates = []  # young, or forked while we list or before pids last started again
-    try:
-        with os.scandir(proc) as entries:
-            for seen, entry in enumerate(entries):
-                if seen >= entries_max:
-                    return True
-                if entry.name.isdigit() and int(entry.name) >= since_pid:
-                    candidates.append(int(entry.name))
-    except OSError:
+    # Young, or forked while we list or before pids last started again.
+    candidates = _pids_from(proc, since_pid, entries_max)
+    if candidates is None:
         return True
     young = _young_pids(proc, since_pid)
     candidates = [pid for pid in candidates if young(pid)]
@@ -328,6 +322,62 @@ def _any_young(
         return True
     look = _Look(proc, groups_skipped, kin if since_tick >= 0 else None, since_tick)
     return any(look.may_be_stray(pid) for pid in candidates)
+
+
+def _pids_from(proc: Path, since_pid: int, entries_max: int) -> list[int] | None:
+    """The pids `proc` lists from `since_pid` up; None if it cannot be listed or more than
+    `entries_max` entries were passed over. The real /proc is read from `since_pid` on (see
+    `_seeks_by_pid`): a machine's hundreds of older processes are not listed at every
+    attempt's end."""
+    try:
+        fd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if _seeks_by_pid(proc, fd):
+            os.lseek(fd, since_pid + PROC_PID_POS, os.SEEK_SET)
+        else:
+            os.lseek(fd, 0, os.SEEK_SET)
+        pids = []
+        with os.scandir(fd) as entries:  # (a copy of fd, at its position)
+            for seen, entry in enumerate(entries):
+                if seen >= entries_max:
+                    return None
+                if entry.name.isdigit() and int(entry.name) >= since_pid:
+                    pids.append(int(entry.name))
+        return pids
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+# Linux lists /proc's processes by pid, the one with pid P at directory position P + 258 (the
+# entries before them: fs/proc/base.c, TGID_OFFSET), so a listing may begin at a pid.
+PROC_PID_POS = 258
+_seeks: dict[Path, bool] = {}
+
+
+def _seeks_by_pid(proc: Path, fd: int) -> bool:
+    """Whether `proc` (open as `fd`) lists from a pid when its position is set to it: tried once
+    on our own pid, which must then come first, and on the pid after it, which must not. Not so
+    (a kernel that lays /proc out otherwise, or a plain dir): listed whole."""
+    known = _seeks.get(proc)
+    if known is None:
+        own = os.getpid()
+
+        def first_from(pid: int) -> str | None:
+            os.lseek(fd, pid + PROC_PID_POS, os.SEEK_SET)
+            with os.scandir(fd) as entries:
+                return next((entry.name for entry in entries), None)
+
+        try:
+            after = first_from(own + 1)
+            known = first_from(own) == str(own) and (after is None or int(after) > own)
+        except (OSError, ValueError):
+            known = False
+        _seeks[proc] = known
+    return known
 
 
 class _Look:
