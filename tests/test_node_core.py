@@ -597,3 +597,45 @@ def test_tasks_that_fit_no_node_are_counted_per_job_and_a_few_listed() -> None:
     assert (only.counts, only.listed) == ({"other": 1}, ["b-other"])
     h.record(at(2), "sub", CancelRecord("huge", None, 5))  # no longer pending: not counted
     assert h.core.infeasible(2.0).counts == {"other": 1}
+
+
+ONE_SLOT = Resources(1.0, 1 << 30)
+
+
+def _ran_first(h: Harness) -> Start:
+    """The first task started and its claim on disk; the effects taken."""
+    (first,) = of(Start, h.tick(at(0.1)))
+    assert isinstance(first, Start)
+    h.record(at(0.1), h.core.me, first.claim)
+    h.core.claim_written(at(0.1), first.task_id, True)
+    h.effects()
+    return first
+
+
+def test_a_node_alone_starts_its_next_task_as_the_slot_frees() -> None:
+    """In the same input that freed the slot, ahead of the ended attempt's recording: not at
+    the tick the adapter's next turn brings."""
+    h = Harness(NodeCore("a", Ledger(), CONFIG, ONE_SLOT, {}, networked=False, sync=sync()))
+    h.record(at(0), "sub", task("t1"), task("t2"))
+    h.core.start(at(0))
+    first = _ran_first(h)
+    h.core.attempt_ended(at(0.2), first.task_id)
+    (then,) = of(Start, h.effects())
+    assert isinstance(then, Start) and then.task_id != first.task_id
+
+
+def test_a_node_of_a_swarm_starts_its_next_task_at_its_tick() -> None:
+    """After the records its peers sent meanwhile, which the adapter takes first."""
+    h = Harness(NodeCore("a", Ledger(), CONFIG, ONE_SLOT, {}, networked=True, sync=sync()))
+    h.core.start(at(0))
+    h.core.members_changed(at(0), [], {n: member(n) for n in ("a", "b")})
+    h.core.caught_up(at(0))
+    weights = [("a", 2.0), ("b", 2.0)]
+    ours = [n for n in (f"t{i}" for i in range(64)) if rendezvous_rank(n, "a", weights) == 0]
+    h.record(at(0), "sub", *(task(n) for n in ours[:2]))
+    h.effects()
+    first = _ran_first(h)
+    h.core.attempt_ended(at(0.2), first.task_id)
+    assert of(Start, h.effects()) == []
+    (then,) = of(Start, h.tick(at(0.2)))
+    assert isinstance(then, Start) and then.task_id == ours[1] != first.task_id
