@@ -35,6 +35,8 @@ from swarm_net import ask, free_port, stop_daemons, swarm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from swarm.daemon.config import LAN
+from swarm.daemon.procs import kill_orphans
+from swarm.statedir import StateDir
 from tests.integration.netns import PORT, Hosts, why_not
 
 NODES = 5
@@ -295,6 +297,7 @@ def takeover(profile: str) -> None:
         names = set(holders[victim_id])
         killed = time.monotonic()
         s.procs[victim].send_signal(signal.SIGKILL)
+        s.procs[victim].wait()
         moved: float | None = None
         while time.monotonic() - killed < 120:
             rows = {r["name"]: r for r in s.rows(0)}
@@ -305,6 +308,8 @@ def takeover(profile: str) -> None:
         shown = f"{moved:.1f} s" if moved is not None else "not within 120 s"
         print(f"  SIGKILL of a node holding {len(names)} tasks -> all running elsewhere, "
               f"{profile} timers: {shown}")  # fmt: skip
+        # The killed node's `sleep 600`s run on as orphans: what its next start would do.
+        kill_orphans(StateDir(s.homes[victim]).runs, victim_id)
     finally:
         s.close()
         shutil.rmtree(root, ignore_errors=True)
