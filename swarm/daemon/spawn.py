@@ -116,15 +116,90 @@ def spawn(
 # expand, quote, redirect or take as a separator), the first naming no builtin or keyword (of
 # dash, bash or busybox ash) and assigning nothing.
 _PLAIN_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?:[ \t]+[A-Za-z0-9_@%+=:,./-]+)*")
-_BUILTINS_AND_KEYWORDS = """
-    . : [ [[ alias bg bind break builtin caller case cd chdir command compgen complete compopt
-    continue coproc declare dirs disown do done echo elif else enable esac eval exec exit export
-    false fc fg fi for function getopts hash help history if in jobs kill let local logout
-    mapfile popd printf pushd pwd read readarray readonly return select set shift shopt source
-    suspend test then time times trap true type typeset ulimit umask unalias unset until wait
-    while
-"""
-SHELL_WORDS = frozenset(_BUILTINS_AND_KEYWORDS.split())
+SHELL_WORDS = frozenset(
+    [
+        ".",
+        ":",
+        "[",
+        "[[",
+        "alias",
+        "bg",
+        "bind",
+        "break",
+        "builtin",
+        "caller",
+        "case",
+        "cd",
+        "chdir",
+        "command",
+        "compgen",
+        "complete",
+        "compopt",
+        "continue",
+        "declare",
+        "dirs",
+        "disown",
+        "do",
+        "done",
+        "echo",
+        "elif",
+        "else",
+        "enable",
+        "esac",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "false",
+        "coproc",
+        "fc",
+        "fg",
+        "fi",
+        "for",
+        "function",
+        "getopts",
+        "hash",
+        "help",
+        "history",
+        "if",
+        "in",
+        "jobs",
+        "kill",
+        "let",
+        "local",
+        "logout",
+        "mapfile",
+        "popd",
+        "printf",
+        "pushd",
+        "pwd",
+        "read",
+        "readarray",
+        "readonly",
+        "return",
+        "select",
+        "set",
+        "shift",
+        "shopt",
+        "source",
+        "suspend",
+        "test",
+        "then",
+        "time",
+        "times",
+        "trap",
+        "true",
+        "type",
+        "typeset",
+        "ulimit",
+        "umask",
+        "unalias",
+        "unset",
+        "until",
+        "wait",
+        "while",
+    ]
+)
 
 
 def plain_command(cmd: str) -> bool:
