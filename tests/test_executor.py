@@ -1295,69 +1295,6 @@ def test_a_task_inherits_no_descriptor_of_the_node(tmp_path: Path, how: str) -> 
     assert fds[:3] == [0, 1, 2] and len(fds) <= 4  # the 4th: the listing's own, if any
 
 
-@pytest.mark.parametrize(
-    ("cmd", "plain"),
-    [
-        ("sleep 0.05", True),
-        ("  python3 train.py --lr=0.1 --out ./a,b:c@d%e+f  ", True),
-        ("./run.sh\targ", True),
-        ("true", False),  # builtins and keywords stay the shell's
-        ("echo hi", False),
-        ("while x", False),
-        ("A=1 prog", False),  # an assignment
-        ("prog $HOME", False),  # expansions, quotes, globs, separators, redirections
-        ("prog 'a b'", False),
-        ("ls *.txt", False),
-        ("a; b", False),
-        ("a\nb", False),
-        ("a > out", False),
-        ("~/prog", False),
-        ("prog # note", False),
-        ("", False),
-    ],
-)
-def test_a_plain_command_is_told_from_one_the_shell_must_run(cmd: str, plain: bool) -> None:
-    assert spawn.plain_command(cmd) is plain
-
-
-@pytest.mark.parametrize(("cmd", "leader"), [("sleep 30", "sleep"), ("sleep 30; true", "sh")])
-def test_a_plain_command_takes_the_shells_place(tmp_path: Path, cmd: str, leader: str) -> None:
-    """One call of a program found on the task's PATH is exec'd by the shell (no child of its
-    own to wait for): the attempt's process is the program, and a signal that kills it is named
-    as such; any other command runs under the shell as before."""
-
-    async def kill_it(attempt: Attempt) -> None:
-        assert attempt.pid is not None
-        comm = Path(f"/proc/{attempt.pid}/comm")
-        for _ in range(200):  # until the shell has exec'd what it will
-            if comm.read_text().strip() == leader:
-                break
-            await asyncio.sleep(0.01)
-        assert comm.read_text().strip() == leader
-        os.kill(attempt.pid, signal.SIGKILL)
-
-    _, f = run_attempt(make_launch(tmp_path, cmd), during=kill_it)
-    assert f.outcome is Outcome.FAILED
-    assert f.reason == "killed by SIGKILL"
-
-
-@pytest.mark.parametrize("program", ["swarm-no-such-program-xyz", "./no-x-bit"])
-def test_a_plain_command_that_cannot_run_gets_the_shells_own_message(
-    tmp_path: Path, program: str
-) -> None:
-    """A program the shell would not find, or could not run, is not exec'd: the task's stderr
-    and exit are those of `sh -c` itself, not a message naming exec."""
-    wd = tmp_path / "wd"
-    wd.mkdir()
-    (wd / "no-x-bit").write_text("#!/bin/sh\n")
-    cmd = f"{program} arg"
-    _, f = run_attempt(make_launch(tmp_path, cmd, cwd=str(wd)))
-    direct = subprocess.run([spawn.SHELL, "-c", cmd], cwd=wd, capture_output=True, env=BASE_ENV)
-    assert f.outcome is Outcome.FAILED and f.exit_code == direct.returncode != 0
-    assert f.stderr.read_bytes() == direct.stderr
-    assert b"exec:" not in f.stderr.read_bytes()
-
-
 def test_a_shell_task_gets_sigpipe_at_its_default(tmp_path: Path) -> None:
     """Python ignores SIGPIPE; a task must not inherit that, or a writer into a closed pipe
     loops on EPIPE errors instead of ending quietly."""

@@ -14,10 +14,6 @@ task's dir first: the command becomes `cd -P -- DIR || exit 127; ` (and OLDPWD p
 task's environment had it) and, on the same line, the task's own text, so `$0`, the arguments,
 the shell, its line numbers and the environment are the task's as before. A command so long
 that this would take it past the kernel's limit for one argument starts with Popen instead.
-A command that is one call of a program found on the task's PATH (`plain_command`) is given to
-the shell's `exec`, as bash itself does with such a `-c` command: the program takes the shell's
-place rather than being forked and waited for, one process and about a millisecond fewer per
-task (dash forks even for a lone command).
 
 A task given as an argv list starts with Popen, which changes dir and searches the task's own
 PATH before it execs: no shell stands between the task and its program.
@@ -34,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shlex
 import signal
 import stat
@@ -91,8 +86,7 @@ def spawn(
     # cd sets OLDPWD to our own dir: the task gets what its environment said instead.
     given = env.get("OLDPWD")
     oldpwd = "unset OLDPWD" if given is None else f"OLDPWD={shlex.quote(given)}"
-    run = f"exec {cmd}" if plain_command(cmd) and _runnable(cmd.split()[0], env, cwd) else cmd
-    script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {oldpwd}; {run}"
+    script = f"cd -P -- {shlex.quote(str(cwd))} || exit {CWD_FAILED_EXIT}; {oldpwd}; {cmd}"
     if len(os.fsencode(script)) > ARG_BYTES_MAX:  # a cmd near the limit the spec allows:
         return _popen(argv, env, cwd, out, err)  # no room for the cd, so chdir() it is
     actions = [
@@ -110,127 +104,6 @@ def spawn(
         setsigmask=(),
     )
     return Spawned(pid)
-
-
-# A command that is one call of a program: words of these characters (nothing the shell would
-# expand, quote, redirect or take as a separator), the first naming no builtin or keyword (of
-# dash, bash or busybox ash) and assigning nothing.
-_PLAIN_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?:[ \t]+[A-Za-z0-9_@%+=:,./-]+)*")
-SHELL_WORDS = frozenset(
-    [
-        ".",
-        ":",
-        "[",
-        "[[",
-        "alias",
-        "bg",
-        "bind",
-        "break",
-        "builtin",
-        "caller",
-        "case",
-        "cd",
-        "chdir",
-        "command",
-        "compgen",
-        "complete",
-        "compopt",
-        "continue",
-        "declare",
-        "dirs",
-        "disown",
-        "do",
-        "done",
-        "echo",
-        "elif",
-        "else",
-        "enable",
-        "esac",
-        "eval",
-        "exec",
-        "exit",
-        "export",
-        "false",
-        "coproc",
-        "fc",
-        "fg",
-        "fi",
-        "for",
-        "function",
-        "getopts",
-        "hash",
-        "help",
-        "history",
-        "if",
-        "in",
-        "jobs",
-        "kill",
-        "let",
-        "local",
-        "logout",
-        "mapfile",
-        "popd",
-        "printf",
-        "pushd",
-        "pwd",
-        "read",
-        "readarray",
-        "readonly",
-        "return",
-        "select",
-        "set",
-        "shift",
-        "shopt",
-        "source",
-        "suspend",
-        "test",
-        "then",
-        "time",
-        "times",
-        "trap",
-        "true",
-        "type",
-        "typeset",
-        "ulimit",
-        "umask",
-        "unalias",
-        "unset",
-        "until",
-        "wait",
-        "while",
-    ]
-)
-
-
-def plain_command(cmd: str) -> bool:
-    """Whether `cmd` is one call of a program, which the shell may exec in its own place (as
-    bash does with such a `-c` command) rather than fork a child for and wait: a process, and
-    about a millisecond of a small task, fewer. Its outcome is the program's own (a signal that
-    kills it is named, where a waiting shell would say exit 128+n)."""
-    if not _PLAIN_WORDS.fullmatch(cmd.strip(" \t")):
-        return False
-    first = cmd.split(None, 1)[0]
-    return first not in SHELL_WORDS and "=" not in first
-
-
-def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:
-    """Whether the shell would find `program` (in the task's PATH, or as a path from its dir)
-    as an executable file: only then is it exec'd, so that a missing one gets the shell's own
-    message (exec's would name exec). False when that cannot be told (a relative or no PATH)."""
-    if "/" in program:
-        if not cwd.is_absolute():
-            return False
-        candidates = [cwd / program]
-    else:
-        dirs = env.get("PATH", "").split(":")
-        if not all(d.startswith("/") for d in dirs):
-            return False
-        candidates = [Path(d, program) for d in dirs]
-    for path in candidates:
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.stat(path).st_mode):
-                return os.access(path, os.X_OK)
-    return False
 
 
 def _popen(argv: Sequence[str], env: Mapping[str, str], cwd: Path, out: int, err: int) -> Process:
