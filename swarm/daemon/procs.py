@@ -374,7 +374,9 @@ def _seeks_by_pid(proc: Path, fd: int) -> bool:
         try:
             after = first_from(own + 1)
             known = first_from(own) == str(own) and (after is None or int(after) > own)
-        except (OSError, ValueError):
+        except OSError:  # (out of descriptors, say): listed whole this time, tried again next
+            return False
+        except ValueError:
             known = False
         _seeks[proc] = known
     return known
