@@ -463,6 +463,77 @@ def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
     assert wait_group_gone(attempt.pid) == []
 
 
+CLEANUP = """#!/bin/sh
+trap 'sleep 0.3; echo cleaned up > cleaned; exit 0' TERM
+echo ready > ready
+sleep 30 &
+wait
+"""
+
+
+def test_a_stopped_shell_tasks_program_gets_the_grace_to_clean_up(tmp_path: Path) -> None:
+    """The shell that runs a `cmd` dies at SIGTERM at once; the program it started (here one
+    that traps SIGTERM to write a checkpoint) still gets the grace before the SIGKILL, as it
+    would started alone, and the attempt ends when its group is gone, not at the grace's end."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "cleanup.sh").write_text(CLEANUP)
+    (wd / "cleanup.sh").chmod(0o755)
+    launch = make_launch(tmp_path, "./cleanup.sh", cwd=str(wd))
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(wd / "ready", b"ready")
+        attempt.stop(Outcome.TIMEOUT, "timed out", grace_s=30.0)
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    assert (wd / "cleaned").read_text() == "cleaned up\n"
+    assert time.monotonic() - t0 < 15.0  # its group was seen gone, well before the grace
+    assert f.outcome is Outcome.TIMEOUT
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_a_stopped_shell_tasks_program_that_ignores_sigterm_is_killed_at_the_grace(
+    tmp_path: Path,
+) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    launch = make_launch(tmp_path, f"{PY} -c {shlex.quote(code)}")
+    members: list[int] = []
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        assert attempt.pid is not None
+        members.extend(live_group_members(attempt.pid))
+        attempt.stop(Outcome.TIMEOUT, "timed out", grace_s=0.5)
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    assert time.monotonic() - t0 >= 0.5
+    assert f.outcome is Outcome.TIMEOUT
+    assert attempt.pid is not None and len(members) >= 2  # the shell and the program
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_a_group_of_zombies_alone_is_no_live_group() -> None:
+    """A zombie stays in its group (and answers a signal) until its parent reaps it: a group
+    whose processes all exited is over, however late the reaping."""
+    child = subprocess.Popen(["sleep", "60"], process_group=0)
+    try:
+        assert procs.group_lives(child.pid) is True
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(child.pid, 0)  # the zombie, unreaped, still answers for its group
+        assert procs.group_lives(child.pid) is False
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.group_lives(child.pid) is False
+
+
 def test_background_leftovers_are_killed_when_the_leader_exits(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "sleep 30 & echo done")
     t0 = time.monotonic()
