@@ -41,7 +41,6 @@ from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import (
     NODE_TAG,
     began,
-    group_lives,
     kill_attempt_strays,
     kill_group,
     leaders,
@@ -233,10 +232,6 @@ class Attempt:
         status, usage = await _wait_exit(self.proc)
         wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
-            # Stopped with a grace: the shell leading the group dies at SIGTERM, while the
-            # program it started may be cleaning up (a checkpoint, say). The rest of the group
-            # gets what is left of the grace, as a program started alone would.
-            await _group_gone(self.proc.pid, self._kill_timer.when())
             self._kill_timer.cancel()
         kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
         live_groups.discard(self.proc.pid)
@@ -474,18 +469,6 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
     return total
-
-
-GROUP_POLL_S = 0.05  # how often a stopped attempt's group is looked at during its grace
-
-
-async def _group_gone(pgid: int, until: float) -> None:
-    """Wait until the process group `pgid` has no live process left, or the loop's clock
-    reaches `until`. Its leader was reaped: the number stays the group's (the kernel hands out
-    no pid that a group still uses) until its last process is gone."""
-    loop = asyncio.get_running_loop()
-    while loop.time() < until and group_lives(pgid):
-        await asyncio.sleep(min(GROUP_POLL_S, max(0.0, until - loop.time())))
 
 
 async def _wait_exit(proc: Process) -> tuple[int, resource.struct_rusage]:

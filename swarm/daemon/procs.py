@@ -382,34 +382,6 @@ def _seeks_by_pid(proc: Path, fd: int) -> bool:
     return known
 
 
-def group_lives(pgid: int, proc: Path = PROC) -> bool:
-    """Whether the process group `pgid` (whose leader was reaped) has a process that is not a
-    zombie: a zombie stays in its group, and answers a signal, until its parent reaps it, and an
-    orphan's new parent (init, in a container often a slow one) may take seconds. Its members
-    were forked after its leader, so /proc is listed from there (whole, if pids have started
-    again from the bottom since). True when that cannot be told."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    last = last_pid() if proc == PROC else _last_pid(proc)
-    pids = _pids_from(proc, pgid if 0 <= pgid <= last else 0, PROC_ENTRIES_INLINE_MAX)
-    if pids is None and pgid > last:  # the whole listing was too long: from the group on
-        pids = _pids_from(proc, pgid, PROC_ENTRIES_INLINE_MAX)
-    if pids is None:
-        return True
-    for pid in pids:
-        try:
-            with open(f"{proc}/{pid}/stat", "rb") as f:
-                line = f.read()
-            state, _parent, group = line[line.rindex(b")") + 2 :].split(None, 3)[:3]
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if int(group) == pgid and state != b"Z":
-            return True
-    return False
-
-
 class _Look:
     """One check's reads of /proc (see `may_be_stray`), bounded, each process's `stat` read at
     most once (the few other programs that fork are the parents of many young processes)."""
