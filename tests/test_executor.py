@@ -463,6 +463,34 @@ def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
     assert wait_group_gone(attempt.pid) == []
 
 
+CLEANUP = """#!/bin/sh
+trap 'sleep 0.3; echo cleaned up > cleaned; exit 0' TERM
+echo ready > ready
+sleep 30 &
+wait
+"""
+
+
+def test_a_cmd_that_execs_its_program_gives_it_the_grace_to_clean_up(tmp_path: Path) -> None:
+    """As the README says: the grace goes to the group's leader, so a `cmd` that starts its
+    program with `exec` lets it write its checkpoint on SIGTERM before the SIGKILL."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "cleanup.sh").write_text(CLEANUP)
+    (wd / "cleanup.sh").chmod(0o755)
+    launch = make_launch(tmp_path, "exec ./cleanup.sh", cwd=str(wd))
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(wd / "ready", b"ready")
+        attempt.stop(Outcome.TIMEOUT, "timed out", grace_s=30.0)
+
+    attempt, f = run_attempt(launch, during)
+    assert (wd / "cleaned").read_text() == "cleaned up\n"
+    assert f.outcome is Outcome.TIMEOUT
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
 def test_background_leftovers_are_killed_when_the_leader_exits(tmp_path: Path) -> None:
     launch = make_launch(tmp_path, "sleep 30 & echo done")
     t0 = time.monotonic()
@@ -1174,8 +1202,12 @@ def test_the_real_proc_is_listed_from_a_pid_on_and_a_plain_dir_whole(tmp_path: P
             # Those of a whole listing from the first pid on (bar any that ended meanwhile).
             young = [pid for pid in whole if pid >= first.pid]
             assert set(from_first) >= {pid for pid in young if os.path.exists(f"/proc/{pid}")}
-            # The machine's older processes (init, this test's own) were passed over.
             assert 1 in whole and min(from_first) == first.pid
+            # Only the young entries were passed over, not /proc's many others (its files, the
+            # older processes): a whole listing would go past this bound (a few forks' margin).
+            bound = len(young) + 8
+            assert len(os.listdir(procs.PROC)) > bound
+            assert procs._pids_from(procs.PROC, first.pid, bound) is not None
         finally:
             first.kill()
             second.kill()

@@ -270,11 +270,11 @@ class NodeCore:
             and not self.sched.reranking
             and not self.drain_state.left
         ):
-            # A node alone starts its next task now, ahead of the ended one's recording, not at
-            # the tick the next turn of the loop brings (which, during a re-rank, first ranks a
-            # slice of the queue afresh: then the tick's pass it is). A node of a swarm waits for that turn:
-            # the records its peers sent meanwhile are taken first (claiming at once, on a view
-            # a turn older, was measured to run tasks twice near a job's end: 2 in 1,000).
+            # A node alone starts its next task now, ahead of the ended one's recording, not
+            # at the tick the next turn of the loop brings (which, during a re-rank, first
+            # ranks a slice of the queue afresh: then the tick's pass it is). A node of a swarm
+            # waits for that turn, which first takes the records its peers sent meanwhile: a
+            # claim on a view a turn older is likelier to meet a peer's claim of the same task.
             self.claims.claim_pass(t)
 
     def _alone(self) -> bool:
