@@ -415,11 +415,10 @@ class Attempt:
 class FreeSpace:
     """The state disk's free bytes, read as each attempt ends; an attempt that starts within
     FREE_RECENT_S of a reading (on a node alone, the next one starts as the last one's process
-    ends, before that attempt's own reading) takes it rather than one of its own, unless it
-    is low. A low reading may be from
-    before space came back (files thrown away, a run dir emptied), and taken at a start it
-    would blame that attempt for a disk it did not fill (`_judge_full_disk`); a high one cannot
-    be off by an attempt's worth that matters."""
+    ends, before that attempt's own reading) takes it rather than one of its own, unless it is
+    low. A low reading may be from before space came back (files thrown away, a run dir
+    emptied), and taken at a start it would blame that attempt for a disk it did not fill
+    (`_judge_full_disk`); a high one cannot be off by an attempt's worth that matters."""
 
     def __init__(self) -> None:
         self._root: Path | None = None
