@@ -1675,13 +1675,20 @@ def test_a_stray_whose_main_thread_exited_dies_before_the_slot_is_freed(tmp_path
 
     def on_exit() -> None:
         pid = int(stray_pid.read_text())
-        time.sleep(0.5)  # a SIGKILL sent before now has ended every thread
-        # Its zombie first thread stays listed until init reaps it: the live ones count.
-        live = 0
-        for task in glob.glob(f"/proc/{pid}/task/*"):
-            with contextlib.suppress(OSError):
-                stat_line = Path(task, "stat").read_text()
-                live += stat_line[stat_line.rindex(")") + 2] not in "ZX"
+
+        def live_threads() -> int:
+            # Its zombie first thread stays listed until init reaps it: the live ones count.
+            live = 0
+            for task in glob.glob(f"/proc/{pid}/task/*"):
+                with contextlib.suppress(OSError):
+                    stat_line = Path(task, "stat").read_text()
+                    live += stat_line[stat_line.rindex(")") + 2] not in "ZX"
+            return live
+
+        # A SIGKILL sent before now ends every thread within moments; none sent, none ends.
+        deadline = time.monotonic() + 5.0
+        while (live := live_threads()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         threads_at_exit.append(live)
 
     async def main() -> Finished:

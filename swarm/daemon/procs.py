@@ -307,7 +307,7 @@ def _any_young(
     of each young process and of its ancestors up to one older than the attempt (a `stat` never
     waits on the process), stopping at the first that may be a stray or, saying maybe, after
     `entries_max` entries or STATS_READ_INLINE_MAX stats read."""
-    before = last_pid() if proc == PROC else _last_pid(proc)
+    before = _last_pid(proc)
     if since_pid <= 0 or before < since_pid:
         return True  # cannot tell, or pids have started again from the bottom since
     if leaders.took_all(since_pid, before):
@@ -595,7 +595,10 @@ _loadavg_fd = -1
 
 
 def _last_pid(proc: Path) -> int:
-    """The last pid handed out, or -1 if that cannot be read."""
+    """The last pid handed out as `proc` (the real /proc, or a test's) says, or -1 if that
+    cannot be read."""
+    if proc == PROC:
+        return last_pid()  # from the descriptor kept open
     try:
         return int((proc / "loadavg").read_text().split()[-1])
     except (OSError, ValueError, IndexError):

@@ -181,11 +181,12 @@ class Replicator:
         assert membership is not None
         every_s = self.node.config.gossip.gossip_interval_s * SYNC_EVERY_GOSSIPS
         soon_s = SYNC_FIRST_EVERY_S
+        me = self.node.node_id
         while True:
-            peers = [m for m in membership.live_members() if m.node != self.node.node_id]
             if self.node.core.caught_up_once:
                 await asyncio.sleep(every_s)
-            elif not peers:  # alone so far: a member met wakes the loop, and is asked soon
+            elif all(m.node == me for m in membership.live_members()):
+                # Alone so far: a member met wakes the loop, and is asked soon.
                 soon_s = SYNC_FIRST_EVERY_S
                 self._met.clear()
                 with contextlib.suppress(TimeoutError):
@@ -194,7 +195,7 @@ class Replicator:
             else:
                 await asyncio.sleep(min(soon_s, every_s))
                 soon_s *= 2
-            peers = [m for m in membership.live_members() if m.node != self.node.node_id]
+            peers = [m for m in membership.live_members() if m.node != me]
             if peers:
                 await self.pull(self.rng.choice(peers))
 
