@@ -41,7 +41,7 @@ from swarm.core.spec import ARG_BYTES_MAX, Resources, TaskSpec, check
 from swarm.daemon import executor, outputs_walk, procs, spawn
 from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
-from swarm.daemon.procs import NODE_TAG, kill_orphans, kill_strays
+from swarm.daemon.procs import NODE_TAG, began, group_members, kill_orphans, kill_strays
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.spawn import Process
 from swarm.errors import OutputLimitError
@@ -471,24 +471,75 @@ wait
 """
 
 
-def test_a_cmd_that_execs_its_program_gives_it_the_grace_to_clean_up(tmp_path: Path) -> None:
-    """As the README says: the grace goes to the group's leader, so a `cmd` that starts its
-    program with `exec` lets it write its checkpoint on SIGTERM before the SIGKILL."""
+@pytest.mark.parametrize("cmd", ["./cleanup.sh", "./cleanup.sh; echo after", "exec ./cleanup.sh"])
+def test_a_stopped_cmds_program_has_the_grace_to_clean_up(tmp_path: Path, cmd: str) -> None:
+    """A `cmd`'s shell dies at SIGTERM at once (unless it `exec`s its program); the program,
+    which traps SIGTERM to write its checkpoint, still has the grace to do so before the
+    SIGKILL, and the attempt ends as it does, not at the grace's end."""
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "cleanup.sh").write_text(CLEANUP)
     (wd / "cleanup.sh").chmod(0o755)
-    launch = make_launch(tmp_path, "exec ./cleanup.sh", cwd=str(wd))
+    launch = make_launch(tmp_path, cmd, cwd=str(wd))
+    stopped_at: list[float] = []
 
     async def during(attempt: Attempt) -> None:
         await await_file_text(wd / "ready", b"ready")
+        stopped_at.append(time.monotonic())
         attempt.stop(Outcome.TIMEOUT, "timed out", grace_s=30.0)
 
     attempt, f = run_attempt(launch, during)
     assert (wd / "cleaned").read_text() == "cleaned up\n"
     assert f.outcome is Outcome.TIMEOUT
+    # It ended after the program's cleanup (0.3 s), and well before the grace's end.
+    assert 0.3 <= attempt.started_at + f.wall_s - stopped_at[0] < 20
     assert attempt.pid is not None
     assert wait_group_gone(attempt.pid) == []
+
+
+def test_the_rest_of_a_stopped_group_is_killed_when_the_grace_runs_out(tmp_path: Path) -> None:
+    """The shell dies at SIGTERM; the subshell it forked ignores it: SIGKILL at the grace's
+    end, the leader's pid not reaped until then (so the SIGKILL reaches this group only)."""
+    launch = make_launch(tmp_path, '(trap "" TERM; sleep 30) & echo ready; wait')
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(attempt.stdout, b"ready")
+        await asyncio.sleep(0.05)  # the subshell's trap is set
+        attempt.stop(Outcome.TIMEOUT, "timeout", grace_s=0.5)
+
+    t0 = time.monotonic()
+    attempt, f = run_attempt(launch, during)
+    assert 0.5 <= time.monotonic() - t0 < 10
+    assert f.outcome is Outcome.TIMEOUT
+    assert f.exit_code == -signal.SIGTERM  # the shell's: the program's is not the node's to see
+    assert attempt.pid is not None
+    assert wait_group_gone(attempt.pid) == []
+
+
+def test_group_members_are_the_live_processes_of_the_group(tmp_path: Path) -> None:
+    """What a stopped attempt's grace waits on: the group's live processes, read from /proc."""
+    start = began()
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & sleep 30 & echo ready; wait"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        members = group_members(proc.pid, proc.pid, start)
+        assert members is not None and len(members) == 2
+        assert sorted(members) == sorted(p for p in live_group_members(proc.pid) if p != proc.pid)
+        assert group_members(proc.pid, proc.pid, start, members_max=1) is None  # too many to watch
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()  # reaped: the leader's pid names no group now
+        assert wait_group_gone(proc.pid) == []
+        assert group_members(proc.pid, proc.pid, start) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_background_leftovers_are_killed_when_the_leader_exits(tmp_path: Path) -> None:

@@ -296,6 +296,25 @@ def hold_memory(mib: int, seconds: float) -> None:
     time.sleep(seconds)
 
 
+def checkpoint_when_stopped(path: str) -> None:
+    try:
+        print("started", flush=True)
+        time.sleep(30)
+    except SystemExit:
+        Path(path).write_text("saved")
+        raise
+
+
+TRAPS_SIGTERM = (
+    "trap 'sleep 0.3; echo cleaned up > cleaned; exit 0' TERM; echo ready > ready; sleep 30 & wait"
+)
+
+
+def start_a_program_that_cleans_up(cwd: str) -> None:
+    subprocess.Popen(["sh", "-c", TRAPS_SIGTERM], cwd=cwd)
+    time.sleep(30)
+
+
 def sleep_with_child(seconds: float) -> None:
     subprocess.Popen(["sleep", "60"])
     print("started", flush=True)
@@ -618,6 +637,40 @@ def test_a_call_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -
         finished = await attempt.finished()
         assert (finished.outcome, finished.reason) == (Outcome.INTERRUPTED, "memory is short")
         assert finished.evicted
+
+    run_pool(tmp_path, body)
+
+
+def test_a_stopped_call_sees_system_exit_and_may_write_a_checkpoint(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+
+    async def body(h: Harness) -> None:
+        attempt = h.start(checkpoint_when_stopped, str(saved))
+        await wait_until(file_has(attempt.stdout, b"started"), "the call started")
+        attempt.stop(Outcome.INTERRUPTED, "cancelled", grace_s=30.0)
+        finished = await attempt.finished()
+        assert (finished.outcome, finished.reason) == (Outcome.INTERRUPTED, "cancelled")
+        assert finished.wall_s < 20  # as its function ended, not at the grace's end
+        assert saved.read_text() == "saved"
+
+    run_pool(tmp_path, body)
+
+
+def test_the_program_a_stopped_call_started_has_the_grace_to_clean_up(tmp_path: Path) -> None:
+    """The call's subprocess gets SIGTERM with it; the call ends at once (SystemExit), and
+    the node waits, within the grace, for the program's cleanup before the SIGKILL."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+
+    async def body(h: Harness) -> None:
+        attempt = h.start(start_a_program_that_cleans_up, str(wd))
+        await wait_until(file_has(wd / "ready", b"ready"), "the program started")
+        stopped_at = time.monotonic()
+        attempt.stop(Outcome.TIMEOUT, "timed out after 1s", grace_s=30.0)
+        finished = await attempt.finished()
+        assert finished.outcome is Outcome.TIMEOUT
+        assert (wd / "cleaned").read_text() == "cleaned up\n"
+        assert 0.3 <= time.monotonic() - stopped_at < 20
 
     run_pool(tmp_path, body)
 

@@ -41,10 +41,12 @@ from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import (
     NODE_TAG,
     began,
+    group_members,
     kill_attempt_strays,
     kill_group,
     leaders,
     live_groups,
+    members_gone,
 )
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
 from swarm.daemon.spawn import SHELL, Process, spawn
@@ -165,6 +167,7 @@ class Attempt:
         self._stop_outcome: Outcome | None = None
         self._stop_reason = ""
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._kill_at: float | None = None  # when the kill timer fires, on the loop's clock
         self.stdout = launch.run_dir / "stdout"
         self.stderr = launch.run_dir / "stderr"
         # What the state disk had free when it began, to tell at the end whether the attempt's
@@ -229,7 +232,9 @@ class Attempt:
         if self.proc is None:
             wall_s = time.monotonic() - self._t0
             return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
-        status, usage = await _wait_exit(self.proc)
+        await _exited(self.proc)
+        await self._grace_for_group()
+        status, usage = _reap(self.proc)
         wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
             self._kill_timer.cancel()
@@ -260,7 +265,10 @@ class Attempt:
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
-            await _wait_exit(self.proc)
+            await _exited(self.proc)
+            _reap(self.proc)
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
             kill_group(self.proc.pid, signal.SIGKILL)
             live_groups.discard(self.proc.pid)
             self._strays_left = True
@@ -274,7 +282,25 @@ class Attempt:
         kill_group(self.proc.pid, signal.SIGTERM)
         pid = self.proc.pid
         loop = asyncio.get_running_loop()
+        # Safe until the leader is reaped: its pid names this group until then (`finished`).
         self._kill_timer = loop.call_later(grace_s, kill_group, pid, signal.SIGKILL)
+        self._kill_at = loop.time() + grace_s
+
+    async def _grace_for_group(self) -> None:
+        """A stopped attempt whose leader ended within the grace (a `cmd`'s shell dies at
+        SIGTERM at once, its program may trap it): the rest of its group has what is left of
+        the grace to end, before the SIGKILL. The leader is not reaped meanwhile, so its pid
+        still names this group, and no other (a zombie's pid is not handed out again)."""
+        if self._kill_at is None or self.proc is None:
+            return
+        left_s = self._kill_at - asyncio.get_running_loop().time()
+        if left_s <= 0:
+            return
+        pgid = self.proc.pid
+        members = await asyncio.to_thread(group_members, pgid, pgid, self._began)
+        if members != []:
+            left_s = self._kill_at - asyncio.get_running_loop().time()
+            await members_gone(pgid, members, left_s)
 
     def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """Stop the attempt to free memory: interrupted, and marked as an eviction."""
@@ -470,8 +496,8 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
     return total
 
 
-async def _wait_exit(proc: Process) -> tuple[int, resource.struct_rusage]:
-    """Wait for the process to exit without blocking the loop, and reap it with its rusage."""
+async def _exited(proc: Process) -> None:
+    """Wait for the process to exit without blocking the loop, leaving it to `_reap`."""
     loop = asyncio.get_running_loop()
     pidfd = os.pidfd_open(proc.pid)
     try:
@@ -488,6 +514,10 @@ async def _wait_exit(proc: Process) -> tuple[int, resource.struct_rusage]:
             loop.remove_reader(pidfd)
     finally:
         os.close(pidfd)
+
+
+def _reap(proc: Process) -> tuple[int, resource.struct_rusage]:
+    """Reap the exited process, with its rusage. Until then its pid is not handed out again."""
     _, status, usage = os.wait4(proc.pid, 0)
     # We reaped it ourselves: tell Popen, so it never waits on a pid that may be reused.
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -269,6 +269,97 @@ def _pids_with(
     return pids
 
 
+# A stopped attempt whose leader ended first (a `cmd`'s shell dies at SIGTERM at once) gives the
+# rest of its group what is left of the grace: at most this many of its processes are each
+# watched by a pidfd (with more, the whole grace is waited), found among at most this many
+# /proc entries.
+GROUP_MEMBERS_MAX = 256
+GROUP_ENTRIES_MAX = 65_536
+
+
+def group_members(
+    pgid: int,
+    since_pid: int,
+    start: Began,
+    proc: Path = PROC,
+    members_max: int = GROUP_MEMBERS_MAX,
+) -> list[int] | None:
+    """The live processes of the process group `pgid` but its leader, zombies left out; None if
+    that cannot be told (/proc unreadable, more than GROUP_ENTRIES_MAX entries, more than
+    `members_max` members). Those wanted were all forked after `since_pid` was, at or after
+    `start`, so /proc is listed from that pid on, unless pids may have started again from the
+    bottom since. Blocking (a `stat` per process listed): a thread's."""
+    last = _last_pid(proc)
+    since = 0 if last < since_pid or pids_may_have_turned(start.forks) else since_pid
+    pids = _pids_from(proc, since, GROUP_ENTRIES_MAX)
+    if pids is None:
+        return None
+    members = []
+    for pid in pids:
+        if pid != pgid and _group_if_alive(proc, pid) == pgid:
+            members.append(pid)
+            if len(members) > members_max:
+                return None
+    return members
+
+
+def _group_if_alive(proc: Path, pid: int) -> int | None:
+    """The process group of `pid`; None if it is gone, a zombie or unreadable."""
+    try:
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat_line = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        state, _, group = stat_line[stat_line.rindex(b")") + 2 :].split(None, 3)[:3]
+        return None if state in (b"Z", b"X") else int(group)
+    except (OSError, ValueError):
+        return None
+
+
+async def members_gone(pgid: int, members: Collection[int] | None, timeout_s: float) -> None:
+    """Wait, up to `timeout_s`, until each of `members` of the group `pgid` has exited (None:
+    the whole time). Each is watched by a pidfd, once it is seen to be in the group still after
+    the pidfd is opened: its pid may have gone to another process since it was listed."""
+    if members is None:
+        await asyncio.sleep(timeout_s)
+        return
+    loop = asyncio.get_running_loop()
+    all_gone = loop.create_future()
+    watched: set[int] = set()
+
+    def gone(fd: int) -> None:
+        loop.remove_reader(fd)
+        watched.discard(fd)
+        if not watched and not all_gone.done():
+            all_gone.set_result(None)
+
+    opened = []
+    try:
+        for pid in members:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone already
+            opened.append(fd)
+            try:
+                if os.getpgid(pid) != pgid:
+                    continue
+            except OSError:
+                continue
+            watched.add(fd)
+            loop.add_reader(fd, gone, fd)
+        if watched:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_gone, timeout_s)
+    finally:
+        for fd in opened:
+            if fd in watched:
+                loop.remove_reader(fd)
+            os.close(fd)
+
+
 def _read_environ(proc_pid: Path) -> bytes:
     """A process's environment (the kernel bounds it, with the argument list). Blocking, for as
     long as the process holds its memory map lock (stuck in a page fault): never on the loop.

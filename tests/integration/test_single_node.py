@@ -230,6 +230,32 @@ def test_timeout_kills_the_task_and_counts_as_a_failed_attempt(
     assert (row["outcome"], row["reason"]) == ("timeout", "timed out after 0.5s")
 
 
+def test_a_timed_out_programs_sigterm_handler_has_the_grace_to_save(
+    cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A `cmd` whose program (not the shell) traps SIGTERM: at the timeout the shell dies at
+    once, and the program still writes its checkpoint before the SIGKILL."""
+    daemon()
+    ckpt = tmp_path / "ckpt"
+    train = (
+        "import signal, sys, time\n"
+        "def save(*_):\n"
+        "    time.sleep(0.3)\n"
+        f"    open({str(ckpt)!r}, 'w').write('saved')\n"
+        "    sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, save)\n"
+        "print('training', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    (tmp_path / "train.py").write_text(train)
+    cmd = f"python3 {tmp_path / 'train.py'}"
+    tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": cmd, "timeout": 2, "retries": 0}])
+    assert cli("submit", str(tasks), "--wait").returncode == 1
+    assert ckpt.read_text() == "saved"
+    (row,) = export_rows(cli, "--attempts")
+    assert (row["outcome"], row["reason"]) == ("timeout", "timed out after 2s")
+
+
 def test_cancel_stops_a_running_job_and_retry_requeues_failures(
     cli: Cli, daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
