@@ -41,12 +41,11 @@ from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import (
     NODE_TAG,
     began,
-    group_members,
+    group_ended,
     kill_attempt_strays,
     kill_group,
     leaders,
     live_groups,
-    members_gone,
 )
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
 from swarm.daemon.spawn import SHELL, Process, spawn
@@ -291,16 +290,8 @@ class Attempt:
         SIGTERM at once, its program may trap it): the rest of its group has what is left of
         the grace to end, before the SIGKILL. The leader is not reaped meanwhile, so its pid
         still names this group, and no other (a zombie's pid is not handed out again)."""
-        if self._kill_at is None or self.proc is None:
-            return
-        left_s = self._kill_at - asyncio.get_running_loop().time()
-        if left_s <= 0:
-            return
-        pgid = self.proc.pid
-        members = await asyncio.to_thread(group_members, pgid, pgid, self._began)
-        if members != []:
-            left_s = self._kill_at - asyncio.get_running_loop().time()
-            await members_gone(pgid, members, left_s)
+        if self._kill_at is not None and self.proc is not None:
+            await group_ended(self.proc.pid, self.proc.pid, self._began, self._kill_at)
 
     def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """Stop the attempt to free memory: interrupted, and marked as an eviction."""

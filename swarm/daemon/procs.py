@@ -270,11 +270,38 @@ def _pids_with(
 
 
 # A stopped attempt whose leader ended first (a `cmd`'s shell dies at SIGTERM at once) gives the
-# rest of its group what is left of the grace: at most this many of its processes are each
-# watched by a pidfd (with more, the whole grace is waited), found among at most this many
-# /proc entries.
-GROUP_MEMBERS_MAX = 256
+# rest of its group what is left of the grace (`group_ended`): it lists the group's processes
+# from /proc (among at most GROUP_ENTRIES_MAX entries), watches at most GROUP_WATCHED_MAX of them
+# by pidfds, and lists again once those are gone (or, when it cannot watch, after
+# GROUP_RELIST_S), never more often than that.
+GROUP_WATCHED_MAX = 256
 GROUP_ENTRIES_MAX = 65_536
+GROUP_RELIST_S = 0.05
+
+
+async def group_ended(pgid: int, since_pid: int, start: Began, deadline: float) -> None:
+    """Wait until the process group `pgid` has no live process but its leader, or until
+    `deadline` (on the loop's clock). Its processes were all forked after `since_pid`, at or
+    after `start`. The caller keeps the group's number from being handed out again meanwhile
+    (its leader unreaped, or alive)."""
+    loop = asyncio.get_running_loop()
+    warned = False
+    while (left_s := deadline - loop.time()) > 0:
+        round_ends = loop.time() + GROUP_RELIST_S
+        listing = asyncio.to_thread(group_members, pgid, since_pid, start)
+        try:
+            members = await asyncio.wait_for(listing, left_s)
+        except TimeoutError:
+            return  # the listing is stuck behind other work: the grace ends without it
+        if members == []:
+            return
+        if members is not None:
+            failed = await _watch_until_gone(pgid, members, deadline - loop.time())
+            if failed is not None and not warned:
+                warned = True  # (then it polls, at each round)
+                log.warning("cannot watch the processes of group %d: %s", pgid, failed)
+        # List again: for those forked since, those beyond the first ones, or after a failure.
+        await asyncio.sleep(max(0.0, min(round_ends, deadline) - loop.time()))
 
 
 def group_members(
@@ -282,13 +309,13 @@ def group_members(
     since_pid: int,
     start: Began,
     proc: Path = PROC,
-    members_max: int = GROUP_MEMBERS_MAX,
+    members_max: int = GROUP_WATCHED_MAX,
 ) -> list[int] | None:
-    """The live processes of the process group `pgid` but its leader, zombies left out; None if
-    that cannot be told (/proc unreadable, more than GROUP_ENTRIES_MAX entries, more than
-    `members_max` members). Those wanted were all forked after `since_pid` was, at or after
-    `start`, so /proc is listed from that pid on, unless pids may have started again from the
-    bottom since. Blocking (a `stat` per process listed): a thread's."""
+    """Up to `members_max` live processes of the process group `pgid` but its leader, zombies
+    left out; None if that cannot be told (/proc unreadable, more than GROUP_ENTRIES_MAX
+    entries). Those wanted were all forked after `since_pid` was, at or after `start`, so
+    /proc is listed from that pid on, unless pids may have started again from the bottom
+    since. Blocking (a `stat` per process listed): a thread's."""
     last = _last_pid(proc)
     since = 0 if last < since_pid or pids_may_have_turned(start.forks) else since_pid
     pids = _pids_from(proc, since, GROUP_ENTRIES_MAX)
@@ -298,8 +325,8 @@ def group_members(
     for pid in pids:
         if pid != pgid and _group_if_alive(proc, pid) == pgid:
             members.append(pid)
-            if len(members) > members_max:
-                return None
+            if len(members) >= members_max:
+                break
     return members
 
 
@@ -318,13 +345,13 @@ def _group_if_alive(proc: Path, pid: int) -> int | None:
         return None
 
 
-async def members_gone(pgid: int, members: Collection[int] | None, timeout_s: float) -> None:
-    """Wait, up to `timeout_s`, until each of `members` of the group `pgid` has exited (None:
-    the whole time). Each is watched by a pidfd, once it is seen to be in the group still after
-    the pidfd is opened: its pid may have gone to another process since it was listed."""
-    if members is None:
-        await asyncio.sleep(timeout_s)
-        return
+async def _watch_until_gone(
+    pgid: int, members: Collection[int], timeout_s: float
+) -> OSError | None:
+    """Wait, up to `timeout_s`, until each of `members` of the group `pgid` has exited; the
+    error if one could not be watched (out of descriptors, say), at once. Each is watched by a pidfd, once it
+    is seen to be in the group still after the pidfd is opened: its pid may have gone to
+    another process since it was listed."""
     loop = asyncio.get_running_loop()
     all_gone = loop.create_future()
     watched: set[int] = set()
@@ -340,19 +367,22 @@ async def members_gone(pgid: int, members: Collection[int] | None, timeout_s: fl
         for pid in members:
             try:
                 fd = os.pidfd_open(pid)
-            except OSError:
+            except ProcessLookupError:
                 continue  # gone already
+            except OSError as exc:
+                return exc
             opened.append(fd)
             try:
                 if os.getpgid(pid) != pgid:
                     continue
-            except OSError:
+            except ProcessLookupError:
                 continue
             watched.add(fd)
             loop.add_reader(fd, gone, fd)
         if watched:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_gone, timeout_s)
+        return None
     finally:
         for fd in opened:
             if fd in watched:

@@ -19,10 +19,6 @@ node makes it durable where it keeps it). Then it puts back its fds, cwd, enviro
 the call left in its process group, and replies with the outcome, the call's CPU time and peak
 memory, and whether it exits now.
 
-A call stopped by its node (SIGTERM to the worker's group, SIGKILL after a grace) sees SIGTERM
-as `SystemExit` raised in its function (`Stop`), so its `finally` blocks run; the worker then
-replies and leaves the rest of its group to the node, which gives it the rest of the grace.
-
 Whatever the call raises, `SystemExit` and `KeyboardInterrupt` included, is its outcome; only
 the process ending (`os._exit`, a segfault, a signal) ends the worker mid-call, which the pool
 sees as its channel closing. It exits after `calls_max` calls, or when its resident memory is
@@ -86,7 +82,6 @@ class Worker:
         # The last pid handed out when the worker last looked for leftovers: any process in its
         # group is younger (the older ones were killed then).
         self.last_pid = _last_pid()
-        self.stop = Stop()
 
     def run(self, call: Call) -> Reply:
         """Run one call with its files, cwd and environment, and put the worker's back."""
@@ -105,8 +100,7 @@ class Worker:
         if len(outcome) <= INLINE_OUTCOME_BYTES_MAX and _empty(call.stdout, call.stderr):
             inline = outcome  # in the reply, for the RESULT record: no file at all
         value_written = not inline and _write_value(call.value, outcome)
-        if not self.stop.heard:  # stopped: what is left has the rest of the grace (the node's)
-            self.last_pid = _kill_leftovers(self.last_pid)
+        self.last_pid = _kill_leftovers(self.last_pid)
         after_self = resource.getrusage(resource.RUSAGE_SELF)
         after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = _cpu_s(after_self) - _cpu_s(before_self)
@@ -117,9 +111,6 @@ class Worker:
         if not (value_written or inline) and kind == RETURNED:
             kind, reason = RAISED, f"cannot write its value to {call.value}"
         recycle = self.calls >= self.hello.calls_max or _rss_bytes() > self.hello.rss_max_bytes
-        # A stopped call's worker is the node's to end, at the grace's end: until then its pid
-        # names its group, whose processes the node may still have to kill.
-        recycle = recycle and not self.stop.heard
         return Reply(kind, reason, value_written, max(cpu_s, 0.0), max_rss_kb, recycle, inline)
 
     def _outcome(self, call: Call) -> tuple[str, str, bytes]:
@@ -130,8 +121,7 @@ class Worker:
             failure = self._cannot_load(exc)
             return UNLOADABLE, _summary(failure), pycall.raised(failure)
         try:
-            with self.stop.raising():
-                value = fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except BaseException as exc:  # SystemExit too is the call's outcome
             return RAISED, _summary(exc), pycall.raised(exc, _user_traceback(exc))
         try:
@@ -176,45 +166,6 @@ class Worker:
         return failure
 
 
-class Stop:
-    """What SIGTERM does to the worker (its node stops a call with it, sent to the whole group,
-    then SIGKILL after a grace). While the call's function runs, it raises SystemExit there,
-    once, so that the call's `finally` and `with` blocks run (a checkpoint, say); a function
-    that sets its own SIGTERM handler has it instead, until it returns. Later in a call, it is
-    noted: the worker replies, leaves the call's other processes to the node (they have the
-    rest of the grace) and waits to be killed. Between calls, it ends the worker, as it ends
-    any process."""
-
-    def __init__(self) -> None:
-        self.heard = False
-        self._raise = False
-        signal.signal(signal.SIGTERM, self._heard)
-
-    @contextlib.contextmanager
-    def raising(self) -> Any:
-        self._raise = True
-        try:
-            yield
-        finally:
-            self._raise = False
-            signal.signal(signal.SIGTERM, self._heard)  # the call may have set its own
-
-    def idle(self) -> None:
-        """Between calls: SIGTERM ends the worker, unless the last call was stopped."""
-        if not self.heard:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def busy(self) -> None:
-        """A call begins."""
-        self.heard = False
-        signal.signal(signal.SIGTERM, self._heard)
-
-    def _heard(self, signum: int, frame: object) -> None:
-        first, self.heard = not self.heard, True
-        if first and self._raise:
-            raise SystemExit("stopped: SIGTERM")
-
-
 def _user_traceback(exc: BaseException) -> str:
     """The traceback of what the call raised, from the call's own frame on (not this one)."""
     tb = exc.__traceback__
@@ -245,6 +196,9 @@ def _call_context(call: Call, devnull: int, home: str) -> Any:
         os.environ.update(call.env)
         yield
     finally:
+        # A handler the call set for SIGTERM (a checkpoint when stopped) is its own: the next
+        # call, maybe another task's, has the default (the worker ends at once).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _flush(sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
         sys.stdout, sys.stderr, sys.stdin = saved_streams
         for fd, saved in zip((0, 1, 2), saved_fds, strict=True):
@@ -466,11 +420,9 @@ def serve(fd: int) -> None:
         os.environ["PYTHONPATH"] = hello.pythonpath
     worker = Worker(hello)
     while True:
-        worker.stop.idle()
         raw = read_frame(fd)
         if raw is None:
             return
-        worker.stop.busy()
         reply = worker.run(Call.from_wire(raw))
         try:
             write_all(fd, encode(reply.to_wire()))

@@ -51,7 +51,7 @@ from swarm.core.ledger import Outcome
 from swarm.daemon import procs
 from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.executor import Finished, Launch, attempt_env, attempt_tags
-from swarm.daemon.procs import Began, kill_attempt_strays, kill_group, live_groups
+from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
 from swarm.daemon.rundirs import open_own
 from swarm.errors import SwarmError
@@ -354,7 +354,6 @@ class PyAttempt:
         self._stop_reason = ""
         self._stopped = asyncio.Event()
         self._kill_timer: asyncio.TimerHandle | None = None
-        self._kill_at: float | None = None  # when the kill timer fires, on the loop's clock
         self.task = asyncio.get_running_loop().create_task(self._run(prepare))
 
     @property
@@ -389,22 +388,6 @@ class PyAttempt:
         kill_group(worker.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         self._kill_timer = loop.call_later(grace_s, kill_group, worker.pid, signal.SIGKILL)
-        self._kill_at = loop.time() + grace_s
-
-    async def _grace_for_group(self, worker: _Worker, since_pid: int, start: Began) -> None:
-        """A stopped call that replied (its function saw SystemExit): the processes it started
-        have what is left of the grace to end, before the SIGKILL. Its worker waits to be
-        killed meanwhile (it does not exit by itself after a stopped call), so its pid names
-        this group, and no other."""
-        if self._kill_at is None:
-            return
-        left_s = self._kill_at - asyncio.get_running_loop().time()
-        if left_s <= 0:
-            return
-        members = await asyncio.to_thread(procs.group_members, worker.pid, since_pid, start)
-        if members != []:
-            left_s = self._kill_at - asyncio.get_running_loop().time()
-            await procs.members_gone(worker.pid, members, left_s)
 
     # -- the call, on its task -----------------------------------------------------------------
 
@@ -430,7 +413,7 @@ class PyAttempt:
             reply = await worker.call(call)
         finally:
             self._worker = None  # the worker may run another attempt's call from now on
-        finished = await self._close_call(worker, reply, since_pid, start)
+        finished = await self._close_call(worker, reply)
         # No pid handed out since the call began: it forked nothing, and left no stray (most
         # calls; a look for strays lists /proc).
         if since_pid <= 0 or procs.last_pid() != since_pid:
@@ -471,12 +454,8 @@ class PyAttempt:
             python=call.python,
         )
 
-    async def _close_call(
-        self, worker: _Worker, reply: Reply | None, since_pid: int, start: Began
-    ) -> Finished:
+    async def _close_call(self, worker: _Worker, reply: Reply | None) -> Finished:
         """The call's `Finished`; the worker goes back to the pool if it can run another."""
-        if reply is not None and self._stop_outcome is not None:
-            await self._grace_for_group(worker, since_pid, start)
         if reply is None or self._stop_outcome is not None:
             worker.kill()  # died, broke its channel, or stopped: never reused
             code = await worker.ended()

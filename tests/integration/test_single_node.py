@@ -248,7 +248,7 @@ def test_a_timed_out_programs_sigterm_handler_has_the_grace_to_save(
         "time.sleep(30)\n"
     )
     (tmp_path / "train.py").write_text(train)
-    cmd = f"python3 {tmp_path / 'train.py'}"
+    cmd = f"python3 {tmp_path / 'train.py'}; echo the shell waits for it"
     tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": cmd, "timeout": 2, "retries": 0}])
     assert cli("submit", str(tasks), "--wait").returncode == 1
     assert ckpt.read_text() == "saved"
