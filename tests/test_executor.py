@@ -463,10 +463,11 @@ def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
     assert wait_group_gone(attempt.pid) == []
 
 
+# "ready" once the sleep has exec'd: a dash child keeps the shell's handler until it execs, and
+# a TERM landing before then would be lost (the sleep then runs to the SIGKILL).
 CLEANUP = """#!/bin/sh
 trap 'sleep 0.3; echo cleaned up > cleaned; exit 0' TERM
-echo ready > ready
-sleep 30 &
+sh -c 'echo ready > ready; exec sleep 30' &
 wait
 """
 
@@ -523,9 +524,18 @@ def test_the_grace_waits_for_processes_forked_during_it_and_beyond_those_watched
     with two watched at a time, the group is listed again until none is left, well before
     the grace's end."""
     monkeypatch.setattr(procs, "GROUP_WATCHED_MAX", 2)
+    listed: list[int] = []
+    group_members = procs.group_members
+
+    def counted(*args: Any) -> list[int] | None:
+        found = group_members(*args)
+        listed.append(-1 if found is None else len(found))
+        return found
+
+    monkeypatch.setattr(procs, "group_members", counted)
     wd = tmp_path / "wd"
     wd.mkdir()
-    late = "trap '(sleep 0.3; echo done > late.$1) & exit 0' TERM; echo ready > ready.$1; wait"
+    late = "trap 'sleep 0.1; (sleep 0.3; echo done > late.$1) & exit 0' TERM; echo ready > ready.$1; wait"
     (wd / "leaves_one.sh").write_text(f"sleep 30 & {late}\n")
     launch = make_launch(
         tmp_path, "for i in 1 2 3 4; do sh ./leaves_one.sh $i & done; wait", cwd=str(wd)
@@ -541,9 +551,24 @@ def test_the_grace_waits_for_processes_forked_during_it_and_beyond_those_watched
     attempt, f = run_attempt(launch, during)
     assert 0.3 <= time.monotonic() - stopped_at[0] < 20
     assert sorted(p.name for p in wd.glob("late.*")) == [f"late.{i}" for i in range(1, 5)]
+    assert max(listed) == 2 and len(listed) >= 3  # two at a time, listed again
     assert f.outcome is Outcome.TIMEOUT
     assert attempt.pid is not None
     assert wait_group_gone(attempt.pid) == []
+
+
+def test_a_process_whose_first_thread_exited_is_alive_to_the_grace(tmp_path: Path) -> None:
+    """/proc shows it as a zombie while its other threads run (one that saves, say)."""
+    proc = tmp_path / "proc"
+    for pid, state, threads in ((300, "Z", 2), (301, "Z", 1), (302, "S", 1)):
+        (proc / str(pid)).mkdir(parents=True)
+        rest = " ".join(["0"] * 14 + [str(threads)] + ["0"] * 30)
+        (proc / str(pid) / "stat").write_text(f"{pid} (a (b)) {state} 1 300 {rest}\n")
+    (proc / "loadavg").write_text("0.0 0.0 0.0 1/100 302\n")
+    assert group_members(300, 299, began(), proc) == [302]  # the leader itself left out
+    assert group_members(299, 299, began(), proc) == []
+    (proc / "300" / "stat").write_text(f"300 (x) Z 1 299 {' '.join(['0'] * 14 + ['2'])}\n")
+    assert group_members(299, 299, began(), proc) == [300]
 
 
 def test_group_members_are_the_live_processes_of_the_group(tmp_path: Path) -> None:

@@ -233,11 +233,13 @@ class Attempt:
             return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
         await _exited(self.proc)
         await self._grace_for_group()
-        status, usage = _reap(self.proc)
-        wall_s = time.monotonic() - self._t0
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        kill_group(self.proc.pid, signal.SIGKILL)  # leftovers of the tree must not outlive it
+        # Leftovers of the tree must not outlive it; killed while the unreaped leader still
+        # holds the group's number, so that the kill reaches this group only.
+        kill_group(self.proc.pid, signal.SIGKILL)
+        status, usage = _reap(self.proc)
+        wall_s = time.monotonic() - self._t0
         live_groups.discard(self.proc.pid)
         self._strays_left = True  # nor those that left its group: see _kill_strays
         # Before its slot is freed: a stray (a setsid daemon on its GPU) must not run beside the
@@ -265,10 +267,10 @@ class Attempt:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _exited(self.proc)
-            _reap(self.proc)
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
             kill_group(self.proc.pid, signal.SIGKILL)
+            _reap(self.proc)
             live_groups.discard(self.proc.pid)
             self._strays_left = True
             await self._kill_strays()

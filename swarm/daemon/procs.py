@@ -272,11 +272,15 @@ def _pids_with(
 # A stopped attempt whose leader ended first (a `cmd`'s shell dies at SIGTERM at once) gives the
 # rest of its group what is left of the grace (`group_ended`): it lists the group's processes
 # from /proc (among at most GROUP_ENTRIES_MAX entries), watches at most GROUP_WATCHED_MAX of them
-# by pidfds, and lists again once those are gone (or, when it cannot watch, after
-# GROUP_RELIST_S), never more often than that.
+# by pidfds (and the node's stopped attempts at most PIDFDS_WATCHED_MAX together), and lists
+# again once those are gone, or when it cannot watch: at first after GROUP_RELIST_S, then after
+# twice as long each round, up to GROUP_RELIST_MAX_S.
 GROUP_WATCHED_MAX = 256
+PIDFDS_WATCHED_MAX = 1_024
 GROUP_ENTRIES_MAX = 65_536
 GROUP_RELIST_S = 0.05
+GROUP_RELIST_MAX_S = 0.4
+_pidfds_watched = 0  # by all the stopped attempts now
 
 
 async def group_ended(pgid: int, since_pid: int, start: Began, deadline: float) -> None:
@@ -286,9 +290,11 @@ async def group_ended(pgid: int, since_pid: int, start: Began, deadline: float) 
     (its leader unreaped, or alive)."""
     loop = asyncio.get_running_loop()
     warned = False
+    relist_s = GROUP_RELIST_S
     while (left_s := deadline - loop.time()) > 0:
-        round_ends = loop.time() + GROUP_RELIST_S
-        listing = asyncio.to_thread(group_members, pgid, since_pid, start)
+        round_ends = loop.time() + relist_s
+        relist_s = min(2 * relist_s, GROUP_RELIST_MAX_S)
+        listing = asyncio.to_thread(group_members, pgid, since_pid, start, PROC, GROUP_WATCHED_MAX)
         try:
             members = await asyncio.wait_for(listing, left_s)
         except TimeoutError:
@@ -331,17 +337,19 @@ def group_members(
 
 
 def _group_if_alive(proc: Path, pid: int) -> int | None:
-    """The process group of `pid`; None if it is gone, a zombie or unreadable."""
+    """The process group of `pid`; None if it is gone, a zombie or unreadable. One whose first
+    thread has exited shows as a zombie while its other threads run: alive."""
     try:
         fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
         try:
             stat_line = os.read(fd, 4096)
         finally:
             os.close(fd)
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        state, _, group = stat_line[stat_line.rindex(b")") + 2 :].split(None, 3)[:3]
-        return None if state in (b"Z", b"X") else int(group)
-    except (OSError, ValueError):
+        # "pid (comm) state ppid pgrp ... num_threads ...": comm may hold spaces and parentheses.
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 18)
+        state, group, threads = fields[0], int(fields[2]), int(fields[17])
+        return None if state == b"X" or (state == b"Z" and threads <= 1) else group
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -352,6 +360,7 @@ async def _watch_until_gone(
     error if one could not be watched (out of descriptors, say), at once. Each is watched by a pidfd, once it
     is seen to be in the group still after the pidfd is opened: its pid may have gone to
     another process since it was listed."""
+    global _pidfds_watched
     loop = asyncio.get_running_loop()
     all_gone = loop.create_future()
     watched: set[int] = set()
@@ -362,9 +371,11 @@ async def _watch_until_gone(
         if not watched and not all_gone.done():
             all_gone.set_result(None)
 
-    opened = []
+    opened: list[int] = []
     try:
         for pid in members:
+            if _pidfds_watched >= PIDFDS_WATCHED_MAX:
+                break  # the others: at the next listing
             try:
                 fd = os.pidfd_open(pid)
             except ProcessLookupError:
@@ -372,6 +383,7 @@ async def _watch_until_gone(
             except OSError as exc:
                 return exc
             opened.append(fd)
+            _pidfds_watched += 1
             try:
                 if os.getpgid(pid) != pgid:
                     continue
@@ -388,6 +400,7 @@ async def _watch_until_gone(
             if fd in watched:
                 loop.remove_reader(fd)
             os.close(fd)
+        _pidfds_watched -= len(opened)
 
 
 def _read_environ(proc_pid: Path) -> bytes:

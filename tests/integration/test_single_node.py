@@ -249,11 +249,12 @@ def test_a_timed_out_programs_sigterm_handler_has_the_grace_to_save(
     )
     (tmp_path / "train.py").write_text(train)
     cmd = f"python3 {tmp_path / 'train.py'}; echo the shell waits for it"
-    tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": cmd, "timeout": 2, "retries": 0}])
+    # 4 s: time for Python to start and set its handler, even on a loaded machine.
+    tasks = write_tasks(cli.cwd / "t.jsonl", [{"cmd": cmd, "timeout": 4, "retries": 0}])
     assert cli("submit", str(tasks), "--wait").returncode == 1
     assert ckpt.read_text() == "saved"
     (row,) = export_rows(cli, "--attempts")
-    assert (row["outcome"], row["reason"]) == ("timeout", "timed out after 2s")
+    assert (row["outcome"], row["reason"]) == ("timeout", "timed out after 4s")
 
 
 def test_cancel_stops_a_running_job_and_retry_requeues_failures(

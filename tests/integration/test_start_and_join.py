@@ -122,14 +122,14 @@ def test_join_through_a_running_daemon_says_what_is_wrong(swarm: Swarm) -> None:
     swarm.start(0)
     cli1, _ = swarm.start(1, key_from=None)
     nobody = free_port()
-    done = cli1("join", f"127.0.0.1:{nobody}", "no-such-host.invalid:7946")
+    # With the wrong key, a live node is as silent as a port where nothing listens. (One join
+    # for all three: each silent one costs the join's 5 s wait.)
+    port0 = swarm.nodes[0][2]
+    done = cli1("join", f"127.0.0.1:{nobody}", "no-such-host.invalid:7946", f"127.0.0.1:{port0}")
     assert done.returncode == 1, done.stderr
     assert "no-such-host.invalid:7946 does not resolve (" in done.stderr
-    assert f"no answer from 127.0.0.1:{nobody} after 5 s" in done.stderr
-    # With the wrong key, the same: nothing answers.
-    port0 = swarm.nodes[0][2]
-    done = cli1("join", f"127.0.0.1:{port0}")
-    assert done.returncode == 1 and f"no answer from 127.0.0.1:{port0}" in done.stderr
+    silent = f"127.0.0.1:{nobody}, 127.0.0.1:{port0}"
+    assert f"no answer from {silent} after 5 s" in done.stderr
     # A node with this swarm's key answers, and the join says so.
     cli2, _ = swarm.start(2, key_from=0)
     done = cli2("join", f"127.0.0.1:{port0}")
