@@ -97,6 +97,10 @@ class Daemon:
     log: Path = field(default=Path("/dev/null"))
 
     def start(self) -> Daemon:
+        return self.launch().ready()
+
+    def launch(self) -> Daemon:
+        """Start the daemon's process, not waiting for it to listen (see `ready`)."""
         self.log = self.cli.cwd.parent / f"daemon-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -106,6 +110,11 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        return self
+
+    def ready(self) -> Daemon:
+        """Wait until the launched daemon answers on its control socket."""
+        assert self.proc is not None
         state = statedir.StateDir(self.cli.home)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -209,6 +218,7 @@ class Swarm:
         cpus: int = 1,
         home: Path | None = None,
         extra: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> tuple[Cli, Daemon]:
         work = self.tmp_path / f"work{i}"
         work.mkdir(exist_ok=True)
@@ -219,16 +229,22 @@ class Swarm:
         args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", str(cpus)]
         if join is not None:
             args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
-        daemon = Daemon(cli, (*args, *extra)).start()
+        daemon = Daemon(cli, (*args, *extra)).launch()
+        if wait:
+            daemon.ready()
         self.nodes.append((cli, daemon, port))
         return cli, daemon
 
     def form(self, count: int, cpus: int = 1, homes: dict[int, Path] | None = None) -> list[str]:
         """Start `count` nodes, each joined to the first (node i's state dir in `homes[i]` if
-        given); wait until the last sees them all alive. Returns their ids."""
-        for i in range(count):
-            self.start(i, join=0 if i else None, cpus=cpus, home=(homes or {}).get(i))
-        ids = [self.node_id(i) for i in range(count)]
+        given); wait until the last sees them all alive. Returns their ids. The first starts
+        alone (the others take its swarm key), then the others all at once, as a fleet would."""
+        self.start(0, cpus=cpus, home=(homes or {}).get(0))
+        for i in range(1, count):
+            self.start(i, join=0, cpus=cpus, home=(homes or {}).get(i), wait=False)
+        for _, daemon, _ in self.nodes[1:count]:
+            daemon.ready()
+        ids = [statedir.node_id(statedir.StateDir(cli.home)) for cli, _, _ in self.nodes[:count]]
         wait_for(
             f"all {count} to see each other",
             lambda: self.states(count - 1) == dict.fromkeys(ids, "alive"),
