@@ -340,13 +340,7 @@ def _group_if_alive(proc: Path, pid: int) -> int | None:
     """The process group of `pid`; None if it is gone, a zombie or unreadable. One whose first
     thread has exited shows as a zombie while its other threads run: alive."""
     try:
-        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            stat_line = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        # "pid (comm) state ppid pgrp ... num_threads ...": comm may hold spaces and parentheses.
-        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 18)
+        fields = _stat_fields(proc, pid, 18)  # (state ppid pgrp ... num_threads ...)
         state, group, threads = fields[0], int(fields[2]), int(fields[17])
         return None if state == b"X" or (state == b"Z" and threads <= 1) else group
     except (OSError, ValueError, IndexError):
@@ -583,17 +577,23 @@ def _stat_of(proc: Path, pid: int, start: bool = False) -> _Stat | None:
     are made at the end of every attempt, on the loop."""
     path = f"{proc}/{pid}"
     try:
-        fd = os.open(f"{path}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            stat_line = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        # "pid (comm) state ppid pgrp ... starttime ...": comm may hold spaces and parentheses.
-        fields = stat_line[stat_line.rindex(b")") + 2 :].split(None, 20 if start else 3)
+        fields = _stat_fields(proc, pid, 20 if start else 3)  # (state ppid pgrp ... starttime)
         started = int(fields[19]) if start and len(fields) > 19 else -1
         return int(fields[1]), int(fields[2]), started
     except (OSError, ValueError, IndexError):
         return None if not os.path.exists(path) else _UNREAD
+
+
+def _stat_fields(proc: Path, pid: int, splits: int) -> list[bytes]:
+    """The fields of `pid`'s stat after its name, the state first, split `splits` times;
+    OSError or ValueError if it cannot be read."""
+    fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stat_line = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    return stat_line[stat_line.rindex(b")") + 2 :].split(None, splits)
 
 
 def boot_tick() -> int:
