@@ -19,6 +19,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import multiprocessing
 import os
 import resource
@@ -463,8 +464,8 @@ def test_stop_sigkills_a_task_that_ignores_sigterm(tmp_path: Path) -> None:
     assert wait_group_gone(attempt.pid) == []
 
 
-# "ready" once the sleep has exec'd: a dash child keeps the shell's handler until it execs, and
-# a TERM landing before then would be lost (the sleep then runs to the SIGKILL).
+# "ready" once the child `sh -c` has exec'd: until then a dash child keeps the trapping shell's
+# handler, and a TERM landing then would be lost (the sleep would run on to the SIGKILL).
 CLEANUP = """#!/bin/sh
 trap 'sleep 0.3; echo cleaned up > cleaned; exit 0' TERM
 sh -c 'echo ready > ready; exec sleep 30' &
@@ -496,6 +497,32 @@ def test_a_stopped_cmds_program_has_the_grace_to_clean_up(tmp_path: Path, cmd: s
     assert 0.3 <= attempt.started_at + f.wall_s - stopped_at[0] < 20
     assert attempt.pid is not None
     assert wait_group_gone(attempt.pid) == []
+
+
+def test_a_stopped_group_that_cannot_be_watched_is_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No pidfd to spare (the node watches its most already): the group is listed again, ever
+    less often, until its program has cleaned up; said once in the log."""
+    monkeypatch.setattr(procs, "PIDFDS_WATCHED_MAX", 0)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "cleanup.sh").write_text(CLEANUP)
+    launch = make_launch(tmp_path, "sh ./cleanup.sh; echo after", cwd=str(wd))
+    stopped_at: list[float] = []
+
+    async def during(attempt: Attempt) -> None:
+        await await_file_text(wd / "ready", b"ready")
+        stopped_at.append(time.monotonic())
+        attempt.stop(Outcome.TIMEOUT, "timed out", grace_s=30.0)
+
+    with caplog.at_level(logging.WARNING, logger="swarm.daemon.procs"):
+        _, f = run_attempt(launch, during)
+    assert (wd / "cleaned").read_text() == "cleaned up\n"
+    assert 0.3 <= time.monotonic() - stopped_at[0] < 20
+    assert f.outcome is Outcome.TIMEOUT
+    said = [r.getMessage() for r in caplog.records if "cannot watch" in r.getMessage()]
+    assert len(said) == 1 and "the node watches 0 processes already" in said[0], said
 
 
 def test_the_rest_of_a_stopped_group_is_killed_when_the_grace_runs_out(tmp_path: Path) -> None:

@@ -850,32 +850,3 @@ def test_a_call_stray_that_never_execs_dies_before_the_slot_is_freed(
         await wait_until(lambda: gone(stray), "the forked child that left the group is killed", 2.0)
 
     run_pool(tmp_path, body)
-
-
-def daemonize_by_a_double_fork() -> int:
-    """What python-daemon's DaemonContext does: fork, setsid, fork again, the first child
-    exits; the grandchild, which never execs, is an orphan with the worker's environment."""
-    read, write = os.pipe()
-    if os.fork() == 0:
-        os.setsid()
-        grandchild = os.fork()
-        if grandchild == 0:
-            os.close(write)  # else the call's read waits for it
-            time.sleep(60)
-            os._exit(0)
-        os.write(write, str(grandchild).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        return int(f.read())
-
-
-def test_a_call_that_daemonizes_by_a_double_fork_leaves_nothing_behind(
-    tmp_path: Path, pids_to_kill: list[int]
-) -> None:
-    async def body(h: Harness) -> None:
-        orphan = value_of(await h.run(daemonize_by_a_double_fork))
-        pids_to_kill.append(orphan)
-        await wait_until(lambda: gone(orphan), "the double-forked orphan is killed", 2.0)
-
-    run_pool(tmp_path, body)

@@ -273,8 +273,8 @@ def _pids_with(
 # rest of its group what is left of the grace (`group_ended`): it lists the group's processes
 # from /proc (among at most GROUP_ENTRIES_MAX entries), watches at most GROUP_WATCHED_MAX of them
 # by pidfds (and the node's stopped attempts at most PIDFDS_WATCHED_MAX together), and lists
-# again once those are gone, or when it cannot watch: at first after GROUP_RELIST_S, then after
-# twice as long each round, up to GROUP_RELIST_MAX_S.
+# again once those are gone, at most every GROUP_RELIST_S; when it cannot watch, it polls, at
+# first after GROUP_RELIST_S, then after twice as long each round, up to GROUP_RELIST_MAX_S.
 GROUP_WATCHED_MAX = 256
 PIDFDS_WATCHED_MAX = 1_024
 GROUP_ENTRIES_MAX = 65_536
@@ -290,10 +290,9 @@ async def group_ended(pgid: int, since_pid: int, start: Began, deadline: float) 
     (its leader unreaped, or alive)."""
     loop = asyncio.get_running_loop()
     warned = False
-    relist_s = GROUP_RELIST_S
+    polls = 0  # rounds in a row that watched nothing: they back off
     while (left_s := deadline - loop.time()) > 0:
-        round_ends = loop.time() + relist_s
-        relist_s = min(2 * relist_s, GROUP_RELIST_MAX_S)
+        round_ends = loop.time() + min(GROUP_RELIST_S * 2**polls, GROUP_RELIST_MAX_S)
         listing = asyncio.to_thread(group_members, pgid, since_pid, start, PROC, GROUP_WATCHED_MAX)
         try:
             members = await asyncio.wait_for(listing, left_s)
@@ -301,11 +300,13 @@ async def group_ended(pgid: int, since_pid: int, start: Began, deadline: float) 
             return  # the listing is stuck behind other work: the grace ends without it
         if members == []:
             return
+        failed = None
         if members is not None:
             failed = await _watch_until_gone(pgid, members, deadline - loop.time())
-            if failed is not None and not warned:
-                warned = True  # (then it polls, at each round)
-                log.warning("cannot watch the processes of group %d: %s", pgid, failed)
+        polls = min(polls + 1, 8) if members is None or failed is not None else 0
+        if failed is not None and not warned:
+            warned = True  # (then it polls, at each round)
+            log.warning("cannot watch the processes of group %d: %s", pgid, failed)
         # List again: for those forked since, those beyond the first ones, or after a failure.
         await asyncio.sleep(max(0.0, min(round_ends, deadline) - loop.time()))
 
@@ -368,8 +369,10 @@ async def _watch_until_gone(
     opened: list[int] = []
     try:
         for pid in members:
-            if _pidfds_watched >= PIDFDS_WATCHED_MAX:
-                break  # the others: at the next listing
+            if _pidfds_watched >= PIDFDS_WATCHED_MAX:  # the others: at the next listing
+                if not opened:
+                    return OSError(f"the node watches {PIDFDS_WATCHED_MAX} processes already")
+                break
             try:
                 fd = os.pidfd_open(pid)
             except ProcessLookupError:

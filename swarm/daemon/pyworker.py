@@ -363,8 +363,7 @@ def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
     """The processes of the worker's group (the worker leads it), but itself, and its own
     children that left it (a call's fork that went into a session of its own and never
     exec'd: its environment, the worker's, names no attempt for `kill_attempt_strays` to find;
-    the worker forks nothing of its own, and orphans of a call's processes are its children
-    too, see `_adopt_orphans`), among those forked after `since_pid` up to
+    the worker forks nothing of its own), among those forked after `since_pid` up to
     `last_pid` (pids rise to a maximum, then start again from the bottom); all of them when
     either is unknown."""
     members = []
@@ -433,24 +432,6 @@ def serve(fd: int) -> None:
             return
 
 
-PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
-
-
-def _adopt_orphans() -> None:
-    """Make the worker its calls' reaper: a process a call forked whose parent exits (a double
-    fork, as a library that daemonizes does) is the worker's child then, not init's, and so is
-    found and killed with what the call left behind (`_group_members`). Its environment, if it
-    never execs, is the worker's, which names no attempt: the node's look for strays would not
-    know it. Where prctl cannot be had, orphans go to init as before."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m swarm.daemon.pyworker FD", file=sys.stderr)
@@ -459,7 +440,6 @@ def main(argv: list[str]) -> int:
     faulthandler.enable()
     fd = int(argv[1])
     os.set_inheritable(fd, False)  # a call's subprocess holding it would hide our death
-    _adopt_orphans()
     serve(fd)
     _flush(sys.stdout, sys.stderr)
     # Not sys.exit: that would wait for any thread a call left running, for ever maybe.

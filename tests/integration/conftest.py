@@ -226,6 +226,8 @@ class Swarm:
         if key_from is not None and self.nodes:
             cli.ok("init", "--key-file", str(self.nodes[key_from][0].home / "swarm.key"))
         port = free_port()
+        while port in {taken for _, _, taken in self.nodes}:  # one launched, not yet bound
+            port = free_port()
         args = ["--bind", f"127.0.0.1:{port}", "--profile", "test", "--cpus", str(cpus)]
         if join is not None:
             args += ["--join", f"127.0.0.1:{self.nodes[join][2]}"]
