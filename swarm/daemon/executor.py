@@ -10,7 +10,9 @@ stdout and stderr go straight to files, never through our memory. The process is
 SIGCHLD handler), and reaped with wait4() to get the attempt's CPU time and peak memory from the
 kernel; the node hears of it once the processes that left its group are killed too (`on_exit`),
 so the next task can take the slot while this one's files are looked at. `stop` ends an attempt
-early: SIGTERM to its group, SIGKILL after `KILL_GRACE_S`.
+early: SIGTERM to its group, SIGKILL after `KILL_GRACE_S`; a leader that ends sooner (a shell)
+is reaped only once the rest of its group has ended or been killed (`procs.group_ended`), so
+that its pid names no other group meanwhile.
 
 When it ends, the processes that left its group are killed (`procs.kill_attempt_strays`), its
 declared outputs are found by a bounded walk (`outputs_walk`), and, if the state disk is full,

@@ -21,6 +21,11 @@ node's own next attempts (`leaders`), and one read of the last pid says so; else
 /proc tells, with the `stat` of each young process: one of another running attempt's group is
 not a stray, nor one that a process none of ours forked (another node's task on the same
 machine, a cron job), told by its ancestry (`_Look.may_be_stray`).
+
+A stopped attempt whose leader ends within the grace (a `cmd`'s shell dies at SIGTERM at once,
+its program may trap it) gives the rest of its group what is left of the grace: `group_ended`
+lists the group's live processes (in a thread) and watches them by pidfds until they are gone,
+while the attempt keeps its leader unreaped so that the group's number names no other group.
 """
 
 from __future__ import annotations
@@ -351,10 +356,10 @@ def _group_if_alive(proc: Path, pid: int) -> int | None:
 async def _watch_until_gone(
     pgid: int, members: Collection[int], timeout_s: float
 ) -> OSError | None:
-    """Wait, up to `timeout_s`, until each of `members` of the group `pgid` has exited; the
-    error if one could not be watched (out of descriptors, say), at once. Each is watched by a pidfd, once it
-    is seen to be in the group still after the pidfd is opened: its pid may have gone to
-    another process since it was listed."""
+    """Wait, up to `timeout_s`, until each of `members` of the group `pgid` has exited; at once
+    the error, if one could not be watched (out of descriptors, say). Each is watched by a
+    pidfd, once it is seen to be in the group still after the pidfd is opened: its pid may have
+    gone to another process since it was listed."""
     global _pidfds_watched
     loop = asyncio.get_running_loop()
     all_gone = loop.create_future()
