@@ -235,15 +235,8 @@ class Attempt:
             return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
         await _exited(self.proc)
         await self._grace_for_group()
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        # Leftovers of the tree must not outlive it; killed while the unreaped leader still
-        # holds the group's number, so that the kill reaches this group only.
-        kill_group(self.proc.pid, signal.SIGKILL)
-        status, usage = _reap(self.proc)
+        status, usage = self._end_group(self.proc)
         wall_s = time.monotonic() - self._t0
-        live_groups.discard(self.proc.pid)
-        self._strays_left = True  # nor those that left its group: see _kill_strays
         # Before its slot is freed: a stray (a setsid daemon on its GPU) must not run beside the
         # next task. Most often one read of the last pid says there is none.
         await self._kill_strays()
@@ -269,13 +262,21 @@ class Attempt:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
             await _exited(self.proc)
-            if self._kill_timer is not None:
-                self._kill_timer.cancel()
-            kill_group(self.proc.pid, signal.SIGKILL)
-            _reap(self.proc)
-            live_groups.discard(self.proc.pid)
-            self._strays_left = True
+            self._end_group(self.proc)
             await self._kill_strays()
+
+    def _end_group(self, proc: Process) -> tuple[int, resource.struct_rusage]:
+        """The exited leader's group ends: what is left of it is killed (the leftovers of the
+        tree must not outlive it) while the unreaped leader still holds the group's number, so
+        that the kill reaches this group only; then the leader is reaped. Those that left the
+        group are looked for next (`_kill_strays`)."""
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        kill_group(proc.pid, signal.SIGKILL)
+        reaped = _reap(proc)
+        live_groups.discard(proc.pid)
+        self._strays_left = True
+        return reaped
 
     def stop(self, outcome: Outcome, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """End the attempt: SIGTERM to its process group, SIGKILL after `grace_s`."""
