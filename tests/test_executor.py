@@ -243,6 +243,22 @@ def test_ok_captures_raw_bytes(tmp_path: Path) -> None:
     assert attempt.proc is not None and attempt.proc.returncode == 0  # Popen told it was reaped
 
 
+def test_with_no_pidfd_to_spare_the_exit_is_polled_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node out of descriptors cannot watch its child by a pidfd: it asks for the exit now
+    and then instead (without reaping, as the pidfd does), and says so."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(spawn, "_said_polling", False)
+    _, f = run_attempt(make_launch(tmp_path, "sleep 0.2; exit 3"))
+    assert (f.outcome, f.exit_code, f.reason) == (Outcome.FAILED, 3, "exit 3")
+    assert "polling for its exit" in caplog.text
+
+
 def test_wall_time_is_how_long_the_task_ran(tmp_path: Path) -> None:
     t0 = time.monotonic()
     _, f = run_attempt(make_launch(tmp_path, "sleep 0.3"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import os
 import platform
@@ -30,6 +31,7 @@ import pytest
 from swarm import pycall
 from swarm.core.ledger import Outcome
 from swarm.core.spec import PyCall, Resources, TaskSpec
+from swarm.daemon import procs
 from swarm.daemon.executor import Finished, Launch
 from swarm.daemon.memory import MemorySampler
 from swarm.daemon.procs import NODE_TAG, kill_orphans
@@ -635,6 +637,70 @@ def test_a_call_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -
         finished = await attempt.finished()
         assert (finished.outcome, finished.reason) == (Outcome.INTERRUPTED, "memory is short")
         assert finished.evicted
+
+    run_pool(tmp_path, body)
+
+
+def test_a_workers_group_is_killed_before_the_worker_is_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until its reap, an exited worker's zombie keeps its pid, and so its group's number, from
+    being handed out again: a SIGKILL to the group then reaches that group and no other. Every
+    SIGKILL the pool sends a worker's group (one that died mid-call, one stopped, one retired
+    at the pool's close) finds the worker not yet reaped, and the stopped call's armed SIGKILL
+    does not fire after its grace, once the worker is gone."""
+    kills: list[tuple[int, bool]] = []
+    real_kill_group = procs.kill_group
+
+    def spy(pgid: int, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL:
+            try:  # not reaping it
+                os.waitid(os.P_PID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                reaped = False
+            except ChildProcessError:  # reaped already: that pid may name any group now
+                reaped = True
+            kills.append((pgid, reaped))
+        real_kill_group(pgid, sig)
+
+    monkeypatch.setattr("swarm.daemon.workers.kill_group", spy)
+
+    async def body(h: Harness) -> None:
+        died = await h.run(None, 5, fn_bytes=pycall.dumps_call(os._exit))
+        assert died.reason == "its worker died (exit 5)"
+        attempt = h.start(sleep_after_saying, "started", 30.0)
+        await wait_until(file_has(attempt.stdout, b"started"), "the call started")
+        attempt.stop(Outcome.TIMEOUT, "timed out after 1s", grace_s=0.3)
+        finished = await attempt.finished()
+        assert finished.outcome is Outcome.TIMEOUT
+        await asyncio.sleep(0.6)  # past the grace: a SIGKILL still armed would fire now
+        assert value_of(await h.run(double, 1)) == 2  # its worker is idle until the close
+
+    run_pool(tmp_path, body)
+    assert len({pgid for pgid, _ in kills}) == 3, kills  # the three workers, each killed
+    assert [reaped for _, reaped in kills] == [False] * len(kills), kills
+
+
+def test_a_call_ends_well_when_no_pidfd_can_watch_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors, a worker's exit is polled for: its call still returns its value,
+    and is not taken for a dead worker's."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+
+    async def body(h: Harness) -> None:
+        finished = await h.run(sleep_after_saying, "started", 0.3)
+        assert (finished.outcome, finished.reason) == (Outcome.OK, "")
+        attempt = h.start(sleep_after_saying, "started", 30.0)
+        await wait_until(file_has(attempt.stdout, b"started"), "the call started")
+        pid = attempt.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # its death is still seen, by the polls
+        finished = await attempt.finished()
+        assert finished.reason == "its worker died (SIGKILL)"
 
     run_pool(tmp_path, body)
 

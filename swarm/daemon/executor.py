@@ -50,7 +50,7 @@ from swarm.daemon.procs import (
     live_groups,
 )
 from swarm.daemon.rundirs import file_identity, open_own, remove_all
-from swarm.daemon.spawn import SHELL, Process, spawn
+from swarm.daemon.spawn import SHELL, Process, reap_child, spawn, wait_exited
 
 log = logging.getLogger("swarm.daemon.executor")
 
@@ -233,7 +233,7 @@ class Attempt:
         if self.proc is None:
             wall_s = time.monotonic() - self._t0
             return await self._result(Outcome.FAILED, 127, 0.0, 0, self.spawn_error, wall_s)
-        await _exited(self.proc)
+        await wait_exited(self.proc)
         await self._grace_for_group()
         status, usage = self._end_group(self.proc)
         wall_s = time.monotonic() - self._t0
@@ -261,7 +261,7 @@ class Attempt:
     async def reap(self) -> None:
         """Wait for the process to exit and reap it, collecting nothing (for error paths)."""
         if self.proc is not None and self.proc.returncode is None:
-            await _exited(self.proc)
+            await wait_exited(self.proc)
             self._end_group(self.proc)
             await self._kill_strays()
 
@@ -273,7 +273,7 @@ class Attempt:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         kill_group(proc.pid, signal.SIGKILL)
-        reaped = _reap(proc)
+        reaped = reap_child(proc)
         live_groups.discard(proc.pid)
         self._strays_left = True
         return reaped
@@ -490,34 +490,6 @@ def _tree_bytes(root: Path, entries_max: int = TREE_ENTRIES_MAX) -> int:
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
     return total
-
-
-async def _exited(proc: Process) -> None:
-    """Wait for the process to exit without blocking the loop, leaving it to `_reap`."""
-    loop = asyncio.get_running_loop()
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-    finally:
-        os.close(pidfd)
-
-
-def _reap(proc: Process) -> tuple[int, resource.struct_rusage]:
-    """Reap the exited process, with its rusage. Until then its pid is not handed out again."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    # We reaped it ourselves: tell Popen, so it never waits on a pid that may be reused.
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return status, usage
 
 
 def _signal_name(number: int) -> str:

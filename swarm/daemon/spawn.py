@@ -27,9 +27,12 @@ before its first spawn (`_seal_inherited`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import logging
 import os
+import resource
 import shlex
 import signal
 import stat
@@ -41,14 +44,19 @@ from typing import Protocol
 
 from swarm.core.spec import ARG_BYTES_MAX
 
+log = logging.getLogger("swarm.daemon.spawn")
+
 SHELL = "/bin/sh"
+# With no pidfd to watch a child by, its exit is asked for this often (doubling to the most).
+EXIT_POLL_FIRST_S = 0.01
+EXIT_POLL_MAX_S = 0.4
 CWD_FAILED_EXIT = 127  # as a shell says of a command it cannot run
 # Python ignores these; a child must get them at their defaults, as Popen's restore_signals does.
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class Process(Protocol):
-    """What an attempt keeps of its process: its pid, and its exit once it was reaped."""
+    """What we keep of a process we started: its pid, and its exit once it was reaped."""
 
     pid: int
     returncode: int | None
@@ -118,6 +126,56 @@ def _popen(argv: Sequence[str], env: Mapping[str, str], cwd: Path, out: int, err
     )
 
 
+async def wait_exited(proc: Process) -> None:
+    """Wait for our child to exit without blocking the loop, and without reaping it: until
+    `reap_child`, its zombie keeps its pid (and so its group's number) from being handed out
+    again, so a signal to that group can reach no one else. Watched by a pidfd; polled if no
+    pidfd can be had (the node out of descriptors)."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise  # reaped already, or not our child: a bug, not a shortage
+        await _poll_exited(proc.pid, exc)
+        return
+    try:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def _poll_exited(pid: int, why: OSError) -> None:
+    """Wait for our child `pid` to exit by asking the kernel now and then, without reaping it."""
+    global _said_polling
+    if not _said_polling:
+        _said_polling = True
+        log.warning("cannot watch process %d by a pidfd (%s): polling for its exit", pid, why)
+    pause = EXIT_POLL_FIRST_S
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, EXIT_POLL_MAX_S)
+
+
+def reap_child(proc: Process) -> tuple[int, resource.struct_rusage]:
+    """Reap our exited child: its wait status and rusage. Its pid may be handed out again from
+    now on."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    # We reaped it ourselves: tell Popen, so it never waits on a pid that may be reused.
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, usage
+
+
 def _check_dir(path: Path) -> None:
     """OSError, as chdir would raise it, unless `path` is a dir we may enter."""
     if not stat.S_ISDIR(os.stat(path).st_mode):
@@ -127,6 +185,7 @@ def _check_dir(path: Path) -> None:
 
 
 _sealed = False
+_said_polling = False  # the fallback to polling for exits is said once
 
 
 def _seal_inherited() -> None:

@@ -22,7 +22,12 @@ task no retry, and the next call gets a new worker. `stop` and `evict` end a cal
 command: SIGTERM to the worker's group, SIGKILL after the grace; a stopped call's worker is never
 reused. The worker recycles itself after a number of calls, or when its memory grows past a
 bound; whatever a call left in the worker's group is killed by the worker, and what left the
-group (setsid) by `kill_attempt_strays`, as for a command.
+group (setsid) by `kill_attempt_strays`, as for a command. A worker that ended has its group
+killed before it is reaped, as a command's leader does (executor.py): until the reap, its zombie
+keeps its pid, and so the group's number, from being handed out again, and neither that kill
+nor a stopped call's armed SIGKILL can reach another group. So the pool spawns and reaps its
+workers itself (`Popen`, a pidfd, `spawn.reap_child`), not through asyncio's child watcher, which
+reaps a child the moment it exits.
 
 A worker runs only calls that see the same GPUs (`CUDA_VISIBLE_DEVICES`) as its first did: a
 library that has initialised CUDA keeps the devices it saw then. The spec's `env` reaches the
@@ -54,6 +59,7 @@ from swarm.daemon.executor import Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
 from swarm.daemon.rundirs import open_own
+from swarm.daemon.spawn import reap_child, wait_exited
 from swarm.errors import SwarmError
 from swarm.framing import FrameCut, FrameTooLarge, read_frame_body
 from swarm.pycall import VALUE_FILE
@@ -95,7 +101,7 @@ class _Worker:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: subprocess.Popen[bytes],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -106,12 +112,13 @@ class _Worker:
         # The GPUs its calls may see (CUDA_VISIBLE_DEVICES, None: not set), fixed by its first
         # call: a library that has initialised CUDA keeps the devices it saw then.
         self.devices: str | None = None
+        self._ending: asyncio.Future[int] | None = None  # `ended()`, once asked
+        self._kill_timer: asyncio.TimerHandle | None = None  # a stopped call's SIGKILL
 
     @property
     def alive(self) -> bool:
-        """Not known to have exited. Asked of the kernel too (without reaping it): the child
-        watcher hears of an exit a moment later, and an idle worker killed meanwhile must not
-        take a call, which would count as interrupted."""
+        """Not known to have exited. Asked of the kernel (without reaping it): a worker killed
+        while idle must not take a call, which would count as interrupted."""
         if self.proc.returncode is not None or self.writer.is_closing():
             return False
         try:
@@ -128,9 +135,14 @@ class _Worker:
             self.writer.write(encode(call.to_wire()))
             await self.writer.drain()
             reading = asyncio.ensure_future(read_frame_body(self.reader, WORKER_REPLY_BYTES_MAX))
-            exited = asyncio.ensure_future(self.proc.wait())
+            exited = asyncio.ensure_future(wait_exited(self.proc))
             try:
                 await asyncio.wait((reading, exited), return_when=asyncio.FIRST_COMPLETED)
+                failed = exited.exception() if exited.done() else None
+                if failed is not None and not reading.done():
+                    # Its exit could not be watched (a bug): its channel alone tells, as before.
+                    log.error("cannot watch Python worker %d for its exit: %s", self.pid, failed)
+                    await reading
             finally:
                 exited.cancel()
             if not reading.done():  # it died with no reply: its channel may never close
@@ -143,6 +155,15 @@ class _Worker:
         except (OSError, FrameCut, FrameTooLarge, ValueError, KeyError, TypeError):
             return None
 
+    def terminate(self, grace_s: float) -> None:
+        """SIGTERM to the worker's group, SIGKILL after `grace_s`, a timer `ended()` cancels
+        before the worker is reaped (its pid may name another group from then on)."""
+        kill_group(self.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_timer = loop.call_later(grace_s, kill_group, self.pid, signal.SIGKILL)
+
     def kill(self) -> None:
         """SIGKILL to the worker's whole group: it is not used again."""
         kill_group(self.pid, signal.SIGKILL)
@@ -150,20 +171,31 @@ class _Worker:
 
     async def ended(self) -> int:
         """Wait for the worker to exit (after `kill`, or once its channel is closed), killing it
-        if it takes over WORKER_EXIT_WAIT_S; its return code. Its group is killed too: nothing
-        of a call may outlive its worker."""
+        if it takes over WORKER_EXIT_WAIT_S; its return code. Its group is killed too, while
+        the exited worker is not yet reaped: nothing of a call may outlive its worker, and the
+        kill must reach no other group. Asked twice, it reaps once."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end())
+        return await asyncio.shield(self._ending)
+
+    async def _end(self) -> int:
+        exited = asyncio.ensure_future(wait_exited(self.proc))
         try:
-            code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), WORKER_EXIT_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(exited), WORKER_EXIT_WAIT_S)
         except TimeoutError:
             log.warning(
                 "Python worker %d did not exit in %g s: killed", self.pid, WORKER_EXIT_WAIT_S
             )
             kill_group(self.pid, signal.SIGKILL)
-            code = await self.proc.wait()
+            await exited
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
         kill_group(self.pid, signal.SIGKILL)
+        reap_child(self.proc)
         live_groups.discard(self.pid)
         self.writer.close()
-        return code
+        assert self.proc.returncode is not None  # set by the reap
+        return self.proc.returncode
 
 
 def _unpack_map(body: bytes) -> dict[str, object]:
@@ -251,11 +283,9 @@ class WorkerPool:
     async def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "swarm.daemon.pyworker",
-                str(theirs.fileno()),
+            # Started and reaped by us, not by asyncio's child watcher (see the module's doc).
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "swarm.daemon.pyworker", str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=None,  # the daemon's: a worker that cannot start says why there
@@ -275,6 +305,7 @@ class WorkerPool:
             ours.close()
             kill_group(proc.pid, signal.SIGKILL)
             live_groups.discard(proc.pid)
+            reap_child(proc)  # SIGKILLed: it exits at once
             raise
         worker = _Worker(proc, reader, writer)
         self._workers.add(worker)
@@ -353,7 +384,6 @@ class PyAttempt:
         self._stop_outcome: Outcome | None = None
         self._stop_reason = ""
         self._stopped = asyncio.Event()
-        self._kill_timer: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self._run(prepare))
 
     @property
@@ -376,18 +406,13 @@ class PyAttempt:
         self._stop_outcome, self._stop_reason = outcome, reason
         self._stopped.set()
         if self._worker is not None:
-            self._signal_worker(self._worker, grace_s)
+            self._worker.terminate(grace_s)
 
     def evict(self, reason: str, grace_s: float = KILL_GRACE_S) -> None:
         """Stop the call to free memory: interrupted, and marked as an eviction."""
         if self._stop_outcome is None:
             self.evicted = True
         self.stop(Outcome.INTERRUPTED, reason, grace_s)
-
-    def _signal_worker(self, worker: _Worker, grace_s: float) -> None:
-        kill_group(worker.pid, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        self._kill_timer = loop.call_later(grace_s, kill_group, worker.pid, signal.SIGKILL)
 
     # -- the call, on its task -----------------------------------------------------------------
 
@@ -460,8 +485,6 @@ class PyAttempt:
             worker.kill()  # died, broke its channel, or stopped: never reused
             code = await worker.ended()
             self.pool._workers.discard(worker)
-            if self._kill_timer is not None:
-                self._kill_timer.cancel()
             if self._stop_outcome is not None:
                 return self._ended(self._stop_outcome, None, self._stop_reason, reply)
             return self._ended(Outcome.INTERRUPTED, None, f"its worker died ({_exit_text(code)})")
