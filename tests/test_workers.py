@@ -641,6 +641,47 @@ def test_a_call_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -
     run_pool(tmp_path, body)
 
 
+SPIN_THEN_SAY = """
+import sys, time
+started = time.process_time()
+while time.process_time() - started < 0.3:
+    pass
+open(sys.argv[1], "w").close()
+while True:
+    pass
+"""
+
+
+def leave_a_busy_child(flag: str) -> int:
+    """Start a child that spins on the CPU, and return once it has spun 0.3 s of it (it says so
+    by making `flag`), leaving it spinning."""
+    child = subprocess.Popen([sys.executable, "-c", SPIN_THEN_SAY, flag])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return child.pid
+
+
+def test_the_cpu_of_a_child_a_call_left_counts_for_that_call_not_the_next(
+    tmp_path: Path,
+) -> None:
+    """The worker kills what a call left and waits for it to die before it answers: the CPU
+    time of that leftover (a spinning child) is the call's, never the next call's on the same
+    worker."""
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            flag = tmp_path / f"spun{i}"
+            first = await h.run(leave_a_busy_child, str(flag))
+            assert first.outcome is Outcome.OK and flag.exists()
+            assert gone(value_of(first))
+            second = await h.run(double, 1)
+            assert first.cpu_s >= 0.3, (first.cpu_s, second.cpu_s)
+            assert second.cpu_s < 0.15, (first.cpu_s, second.cpu_s)
+
+    run_pool(tmp_path, body)
+
+
 def test_a_workers_group_is_killed_before_the_worker_is_reaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

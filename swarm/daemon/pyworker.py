@@ -15,9 +15,10 @@ call the worker points fds 0, 1 and 2 at /dev/null and the attempt's stdout and 
 enters the attempt's cwd and environment (so the processes the call starts carry the attempt's
 tags), loads the function (cached by digest) and the arguments, runs the call, and writes its
 outcome (`pycall.returned` or `pycall.raised`) to the value file: a temp name, renamed (the
-node makes it durable where it keeps it). Then it puts back its fds, cwd, environment and `sys.stdout`/`sys.stderr`, kills what
-the call left in its process group, and replies with the outcome, the call's CPU time and peak
-memory, and whether it exits now.
+node makes it durable where it keeps it). Then it puts back its fds, cwd, environment and
+`sys.stdout`/`sys.stderr`, kills what the call left in its process group (and waits for its own
+children among those to die, so that their CPU time is this call's, not the next one's), and
+replies with the outcome, the call's CPU time and peak memory, and whether it exits now.
 
 Whatever the call raises, `SystemExit` and `KeyboardInterrupt` included, is its outcome; only
 the process ending (`os._exit`, a segfault, a signal) ends the worker mid-call, which the pool
@@ -39,8 +40,10 @@ import os
 import pickle
 import platform
 import resource
+import select
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +64,7 @@ from swarm.daemon.pyworker_channel import (
 
 FUNCTIONS_CACHED_MAX = 16  # loaded functions kept by digest (the same one comes 10,000 times)
 LEFTOVER_ROUNDS_MAX = 5  # passes over /proc for processes a call left in the worker's group
+KILLED_EXIT_WAIT_S = 1.0  # the longest the worker waits for the children it killed to die
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 PROC = "/proc"
 
@@ -340,10 +344,12 @@ def _last_pid() -> int:
 def _kill_leftovers(since_pid: int) -> int:
     """Kill the processes a call left in the worker's process group (a pool it left open, a
     subprocess in the background), so that the next call starts clean, and reap the worker's
-    children that have ended; returns the last pid handed out as it looked. Only processes
-    forked since `since_pid` was handed out are looked at; when no pid has been handed out
-    since (the call started no process, nor did anyone else), there is nothing to look for."""
+    children once they are dead (their CPU time is the call's: reaped later, it would count
+    for the next call); returns the last pid handed out as it looked. Only processes forked
+    since `since_pid` was handed out are looked at; when no pid has been handed out since (the
+    call started no process, nor did anyone else), there is nothing to look for."""
     me = os.getpid()
+    killed: list[int] = []
     for _ in range(LEFTOVER_ROUNDS_MAX):
         now = _last_pid()
         if since_pid >= 0 and now == since_pid:
@@ -352,11 +358,30 @@ def _kill_leftovers(since_pid: int) -> int:
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
         since_pid = now  # one killed may have forked meanwhile: those are younger still
         if not found:
             break
+    _await_dying_children(killed, KILLED_EXIT_WAIT_S)
     _reap_children()
     return since_pid
+
+
+def _await_dying_children(pids: list[int], timeout_s: float) -> None:
+    """Wait, `timeout_s` at most in all, for those of `pids` that are the worker's own children
+    to exit (not reaping them): a SIGKILLed process takes a moment to die."""
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                continue  # dead already
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # not our child (a grandchild: its CPU never comes here), or no pidfd
+            continue
+        try:
+            select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(pidfd)
 
 
 def _group_members(me: int, since_pid: int, last_pid: int) -> list[int]:
@@ -391,8 +416,8 @@ def _young(pid: int, since_pid: int, last_pid: int) -> bool:
 
 
 def _reap_children() -> None:
-    """Reap the worker's children that have ended, never waiting: one just killed may still be
-    dying (then the next call reaps it, and its CPU time counts there)."""
+    """Reap the worker's children that have ended, never waiting: one still dying after the
+    wait (a process stuck in the kernel) is reaped by a later call, and its CPU counts there."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
