@@ -682,24 +682,6 @@ def test_the_cpu_of_a_child_a_call_left_counts_for_that_call_not_the_next(
     run_pool(tmp_path, body)
 
 
-def test_close_ends_the_worker_of_a_call_whose_task_was_cancelled(tmp_path: Path) -> None:
-    """A call's task cancelled mid-call (as a loop torn down after a crash cancels it) leaves
-    its worker with no attempt to end it: the pool's close ends it all the same."""
-    pids: list[int] = []
-
-    async def body(h: Harness) -> None:
-        attempt = h.start(sleep_after_saying, "started", 30.0)
-        await wait_until(file_has(attempt.stdout, b"started"), "the call started")
-        assert attempt.pid is not None
-        pids.append(attempt.pid)
-        attempt.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await attempt.task
-
-    run_pool(tmp_path, body)  # closes the pool
-    assert gone(pids[0])
-
-
 def test_a_workers_group_is_killed_before_the_worker_is_reaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -259,11 +259,6 @@ class WorkerPool:
         idle, self._idle = self._idle, []
         for worker in idle:
             self._retire(worker)
-        # A worker whose attempt's task was cancelled mid-call (a loop torn down after a crash)
-        # was never given back nor ended: its channel is still open, and nothing else ends it.
-        for worker in [w for w in self._workers if not w.writer.is_closing()]:
-            worker.kill()
-            self._retire(worker)
         while self._retiring:
             await asyncio.gather(*self._retiring)
 
