@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import pytest
 from swarm import pycall
 from swarm.core.ledger import Outcome
 from swarm.core.spec import PyCall, Resources, TaskSpec
-from swarm.daemon import procs
+from swarm.daemon import procs, pyworker
 from swarm.daemon.executor import Finished, Launch
 from swarm.daemon.memory import MemorySampler
 from swarm.daemon.procs import NODE_TAG, kill_orphans
@@ -682,6 +683,31 @@ def test_the_cpu_of_a_child_a_call_left_counts_for_that_call_not_the_next(
     run_pool(tmp_path, body)
 
 
+def test_a_killed_leftover_is_waited_for_past_descriptor_1024() -> None:
+    """The worker waits for a leftover it killed to die however many descriptors it holds (a
+    call's pool of connections, say): its pidfd may be numbered past 1024."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("this machine allows a process fewer than 2,048 descriptors")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held: list[int] = []
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        child.kill()
+        pyworker._await_dying_children([child.pid], 5.0)
+        # Dead and not reaped: the worker's reap that follows gets its CPU time.
+        assert os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    finally:
+        for fd in held:
+            os.close(fd)
+        child.kill()
+        child.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_workers_group_is_killed_before_the_worker_is_reaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -773,6 +799,28 @@ def test_a_sigterm_handler_a_call_set_is_gone_for_the_next_call(tmp_path: Path) 
         (pid, default_first), (same_pid, default_then) = value_of(first), value_of(second)
         assert pid == same_pid  # one worker ran both
         assert default_first and default_then
+
+    run_pool(tmp_path, body)
+
+
+def ignore_sigchld_and_block_sigusr1() -> int:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    return os.getpid()
+
+
+def a_childs_exit_code_and_the_blocked_signals() -> tuple[int, int, list[int]]:
+    code = subprocess.run(["false"]).returncode
+    return os.getpid(), code, sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+def test_signal_handlers_and_mask_a_call_set_are_gone_for_the_next_call(tmp_path: Path) -> None:
+    """SIGCHLD ignored by one call would make the exit code of every later call's child 0 (the
+    kernel reaps them): the worker puts its own handlers and signal mask back after each."""
+
+    async def body(h: Harness) -> None:
+        worker = value_of(await h.run(ignore_sigchld_and_block_sigusr1))
+        assert value_of(await h.run(a_childs_exit_code_and_the_blocked_signals)) == (worker, 1, [])
 
     run_pool(tmp_path, body)
 
