@@ -708,6 +708,30 @@ def test_a_killed_leftover_is_waited_for_past_descriptor_1024() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_call_whose_task_is_cancelled_leaves_no_read_of_its_worker_behind(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        attempt = h.start(sleep_after_saying, "started", 30.0)
+        await wait_until(file_has(attempt.stdout, b"started"), "the call started")
+        pid = attempt.pid
+        assert pid is not None
+        attempt.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempt.task
+        await asyncio.sleep(0)  # the cancelled reads run their last step
+        reads = [t for t in asyncio.all_tasks() if "read_frame_body" in repr(t.get_coro())]
+        assert reads == []
+        os.kill(pid, signal.SIGKILL)  # the worker no attempt will end (the pool's close won't)
+        await wait_until(lambda: gone(pid), "the worker is dead")
+        for worker in list(h.pool._workers):
+            if worker.pid == pid:
+                await worker.ended()
+                h.pool._workers.discard(worker)
+
+    run_pool(tmp_path, body)
+
+
 def test_a_workers_group_is_killed_before_the_worker_is_reaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

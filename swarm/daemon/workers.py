@@ -143,6 +143,9 @@ class _Worker:
                     # Its exit could not be watched (a bug): its channel alone tells, as before.
                     log.error("cannot watch Python worker %d for its exit: %s", self.pid, failed)
                     await reading
+            except asyncio.CancelledError:
+                reading.cancel()  # no read of its channel is left behind
+                raise
             finally:
                 exited.cancel()
             if not reading.done():  # it died with no reply: its channel may never close
