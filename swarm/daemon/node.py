@@ -93,6 +93,7 @@ LOAD_PROBLEMS_LOGGED_MAX = 20  # unreadable or refused rows of the ledger file l
 # slice at a time, so that their (version, body) pairs and the changes they make are not all
 # held at once (a tenth of the daemon's peak, at a million).
 APPLY_SLICE_ROWS = 10_000
+WORKERS_CLOSE_S = 30.0  # the longest the Python workers may take to end as the node exits
 
 
 def wall_ms() -> int:
@@ -360,6 +361,9 @@ class Node:
         finally:
             # Also when a loop failed with a bug: a node that cannot serve exits (for its
             # supervisor to start it again), and nothing left open keeps the process alive.
+            # Its Python calls are stopped and its warm workers end (done already after a
+            # graceful stop): an embedded node's process may live on after it failed.
+            await self._close_workers()
             if self.net is not None:
                 self.net.close()
             await self.replicator.close_reader()
@@ -371,6 +375,14 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _close_workers(self) -> None:
+        """The worker pool's close, on the way out whatever happened; bounded, and never raising
+        over the error that brought the node down."""
+        try:
+            await asyncio.wait_for(self.runner.close(), WORKERS_CLOSE_S)
+        except Exception:
+            log.exception("closing the Python workers failed")
 
     @property
     def stopping(self) -> bool:

@@ -6,6 +6,7 @@ CLI as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -387,3 +388,57 @@ def test_a_map_that_raised_and_cancelled_the_rest_runs_whole_when_the_script_run
     assert cli.job("flaky")["cancelled"] >= 1  # the calls map cancelled
     assert last_json(run_script(path, home)) == list(range(8))
     assert cli.job("flaky")["done"] == 8
+
+
+NODE_FAILS_MID_CALL = """
+import asyncio, json, os, sys, time
+from pathlib import Path
+from swarm import SwarmExecutor
+from swarm.daemon import node
+
+PID_FILE = Path(__file__).resolve().parent / "worker.pid"  # the call runs in a dir of its own
+
+async def broken(self):  # a bug in one of the node's loops, once the call runs
+    while not PID_FILE.exists():
+        await asyncio.sleep(0.05)
+    raise RuntimeError("a loop broke")
+
+node.Node._memory_loop = broken
+
+def long_call():
+    PID_FILE.with_suffix(".tmp").write_text(str(os.getpid()))
+    os.rename(PID_FILE.with_suffix(".tmp"), PID_FILE)
+    time.sleep(60)
+
+def gone(pid):
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped
+        return True
+
+ex = SwarmExecutor(job="fails")
+ex.submit(long_call)
+deadline = time.monotonic() + 30
+while not PID_FILE.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+pid = int(PID_FILE.read_text())
+while not gone(pid) and time.monotonic() < deadline + 15:
+    time.sleep(0.05)
+print(json.dumps({"worker_gone": gone(pid)}), flush=True)
+os._exit(0)  # the executor's node is gone: nothing to shut down
+"""
+
+
+def test_an_embedded_node_that_fails_ends_its_python_workers(tmp_path: Path) -> None:
+    """A node whose own code fails ends its running calls and warm workers on the way out: an
+    embedded node's process may live on after it (a notebook), and its workers with it."""
+    script = tmp_path / "fails.py"
+    script.write_text(NODE_FAILS_MID_CALL)
+    done = run_script(script, tmp_path / "home")
+    try:
+        assert json.loads(done.stdout.splitlines()[-1]) == {"worker_gone": True}, done.stderr
+    finally:
+        pid_file = tmp_path / "worker.pid"
+        if pid_file.exists():  # the worker left over (a failure): not left running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
