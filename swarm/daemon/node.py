@@ -362,16 +362,25 @@ class Node:
             # Also when a loop failed with a bug: a node that cannot serve exits (for its
             # supervisor to start it again), and nothing left open keeps the process alive.
             # Its Python calls are stopped and its warm workers end (done already after a
-            # graceful stop): an embedded node's process may live on after it failed.
-            await self._close_workers()
-            if self.net is not None:
-                self.net.close()
-            await self.replicator.close_reader()
-            if conn is not None:
-                await conn.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.state.socket_path.unlink()
-            lock.release()
+            # graceful stop): an embedded node's process may live on after it failed. Its
+            # commands' processes are left to the next start's kill_orphans, as ever. Halted
+            # first: the core's timer must start nothing meanwhile.
+            self._halted = True
+            if self._timer is not None:
+                self._timer.cancel()
+            try:
+                await self._close_workers()
+            finally:  # (cancelled again meanwhile, the lock and the socket are let go all the same)
+                if self.net is not None:
+                    self.net.close()
+                try:
+                    await self.replicator.close_reader()
+                    if conn is not None:
+                        await conn.close()
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.state.socket_path.unlink()
+                    lock.release()
 
     def stop(self) -> None:
         self._stop.set()
