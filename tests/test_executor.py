@@ -369,6 +369,10 @@ def test_explicit_cwd_is_used(tmp_path: Path) -> None:
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "input.txt").write_text("hello\n")
+    # Left there earlier (an hour ago): not an output. Written just now, it would be one when
+    # within the 10 ms slack for coarse timestamps, and then not on a loaded machine.
+    an_hour_ago = time.time() - 3600
+    os.utime(wd / "input.txt", (an_hour_ago, an_hour_ago))
     launch = make_launch(
         tmp_path, "pwd -P; cat input.txt; echo r > result.txt", cwd=str(wd), outputs=("*.txt",)
     )
@@ -377,7 +381,7 @@ def test_explicit_cwd_is_used(tmp_path: Path) -> None:
     assert attempt.cwd == wd
     assert f.stdout.read_bytes().decode().splitlines() == [os.path.realpath(wd), "hello"]
     assert list((launch.run_dir / "work").iterdir()) == []  # the scratch dir is unused
-    assert f.outputs == {"input.txt": wd / "input.txt", "result.txt": wd / "result.txt"}
+    assert f.outputs == {"result.txt": wd / "result.txt"}  # never a file left there earlier
     assert f.outputs_movable is False  # the user's own files: to be copied, never moved
 
 
