@@ -162,9 +162,15 @@ async def _poll_exited(pid: int, why: OSError) -> None:
         _said_polling = True
         log.warning("cannot watch process %d by a pidfd (%s): polling for its exit", pid, why)
     pause = EXIT_POLL_FIRST_S
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+    while not has_exited(pid):
         await asyncio.sleep(pause)
         pause = min(pause * 2, EXIT_POLL_MAX_S)
+
+
+def has_exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, asked without reaping it. ChildProcessError if it is
+    not our child, or was reaped already."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def reap_child(proc: Process) -> tuple[int, resource.struct_rusage]:

@@ -59,7 +59,7 @@ from swarm.daemon.executor import Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
 from swarm.daemon.rundirs import open_own
-from swarm.daemon.spawn import reap_child, wait_exited
+from swarm.daemon.spawn import has_exited, reap_child, wait_exited
 from swarm.errors import SwarmError
 from swarm.framing import FrameCut, FrameTooLarge, read_frame_body
 from swarm.pycall import VALUE_FILE
@@ -122,10 +122,9 @@ class _Worker:
         if self.proc.returncode is not None or self.writer.is_closing():
             return False
         try:
-            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return not has_exited(self.pid)
         except ChildProcessError:  # reaped already
             return False
-        return exited is None
 
     async def call(self, call: Call) -> Reply | None:
         """Run one call; None if the worker died (or its channel broke) before it replied. Its
