@@ -35,6 +35,9 @@ from swarm.errors import ControlError, SwarmError, UserInputError
 # `run` and `submit --wait` ask for progress at most as often as the bar redraws (10 Hz) ...
 POLL_MIN_S = 0.1
 POLL_WAIT_MS = 500  # ... and otherwise as soon as a task's state changes (a long poll)
+# ... or, where the node is in this process and says when the job ends (`finished`), 4 times a
+# second: each answer builds a snapshot on the loop that runs the tasks.
+POLL_EMBEDDED_MIN_S = 0.25
 FAILED_LISTED_MAX = 10  # failed, missing or unrunnable tasks named one by one after a run
 
 
@@ -212,6 +215,7 @@ async def watch_job(
         TimeElapsedColumn(),
         console=err,
         transient=False,
+        auto_refresh=False,  # drawn as each answer comes: no thread of its own taking the GIL
     )
     with progress:
         bar = progress.add_task(job, total=None, detail="")
@@ -227,13 +231,16 @@ async def watch_job(
                 if finished_at_start is None:
                     finished_at_start = ended
                 detail = f"{row['running']} running, {row['failed']} failed"
-                progress.update(bar, completed=ended, total=row["total"], detail=detail)
+                progress.update(
+                    bar, completed=ended, total=row["total"], detail=detail, refresh=True
+                )
                 if row["pending"] + row["running"] == 0:
                     return snap, finished_at_start
                 stuck = snap["infeasible_count"]
                 if embedded and row["running"] == 0 and stuck >= row["pending"]:
                     return snap, finished_at_start
-            pause = max(0.0, POLL_MIN_S - (time.monotonic() - asked))
+            least = POLL_MIN_S if finished is None else POLL_EMBEDDED_MIN_S
+            pause = max(0.0, least - (time.monotonic() - asked))
             if finished is None:
                 await asyncio.sleep(pause)
             else:

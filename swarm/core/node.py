@@ -379,21 +379,26 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When `tick` is next due (monotonic seconds; at once if in the past)."""
-        settles = list(self.slots.settle_times())
         if self.drain_state.left:  # gone: only claims still settling are to be released
-            return min(settles, default=None)
+            return min(self.slots.settle_times(), default=None)
         if self.claims.wake or self.sched.reranking:
             return -1.0
-        due = [self.claims.wake_at, self._next_beat, self._next_lease_check]
-        due += [d for d in (self._rerank_due, self._release_due) if d is not None]
-        due += settles
-        others = (
+        # Asked after every input the node gives the core: a running minimum, no lists.
+        due = min(self.claims.wake_at, self._next_beat, self._next_lease_check)
+        maybe = (
+            self._rerank_due,
+            self._release_due,
             None if self.stopping else self.holding.next_deadline(),
             self.drain_state.next_deadline(),
             self.storage.next_deadline(),
         )
-        due += [d for d in others if d is not None]
-        return min(due)
+        for at in maybe:
+            if at is not None and at < due:
+                due = at
+        for at in self.slots.settle_times():
+            if at < due:
+                due = at
+        return due
 
     def tick(self, t: Time) -> None:
         """Do what is due at `t`."""

@@ -33,10 +33,12 @@ import errno
 import logging
 import os
 import resource
+import select
 import shlex
 import signal
 import stat
 import subprocess
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,20 +141,56 @@ async def wait_exited(proc: Process) -> None:
             raise  # reaped already, or not our child: a bug, not a shortage
         await _poll_exited(proc.pid, exc)
         return
+    exits = _exit_watch(loop)
     try:
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
+        await exits.exited(pidfd)
     finally:
+        exits.forget(pidfd)
         os.close(pidfd)
+
+
+class _ExitWatch:
+    """The pidfds a loop waits on, in one epoll of their own that the loop watches: an exit
+    costs an epoll_ctl and a dict entry here, where the loop's own add_reader and remove_reader
+    cost two epoll_ctl calls and its selector's bookkeeping, at every task's end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # (No reference to the loop: the loop is the key it is kept under, weakly.)
+        self._epoll = select.epoll()  # close-on-exec, as Python makes every descriptor
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def exited(self, pidfd: int) -> asyncio.Future[None]:
+        """Done once the process behind `pidfd` has exited (at once if it has)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._epoll.register(pidfd, select.EPOLLIN | select.EPOLLONESHOT)
+        self._waiting[pidfd] = future
+        return future
+
+    def forget(self, pidfd: int) -> None:
+        """Before `pidfd` is closed: one still waited on (a cancelled wait) is taken out."""
+        if self._waiting.pop(pidfd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(pidfd)
+
+    def _ready(self) -> None:
+        for pidfd, _ in self._epoll.poll(0):
+            future = self._waiting.pop(pidfd, None)  # one-shot: it reports no more
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+def _exit_watch(loop: asyncio.AbstractEventLoop) -> _ExitWatch:
+    watch = _exit_watches.get(loop)
+    if watch is None:
+        watch = _exit_watches[loop] = _ExitWatch(loop)
+    return watch
+
+
+# One per loop (tests run many): dropped, and its epoll closed, with its loop.
+_exit_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExitWatch] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _poll_exited(pid: int, why: OSError) -> None:
