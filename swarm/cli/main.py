@@ -42,13 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except BaseExceptionGroup as group:
-        # asyncio.TaskGroup wraps what its tasks raised; show the first of ours plainly.
-        ours = [e for e in group.exceptions if isinstance(e, SwarmError | OSError)]
-        if not ours:
+        # asyncio.TaskGroup wraps what its tasks raised (an embedded node's group inside the
+        # command's): show the first of ours plainly.
+        ours, _ = group.split((SwarmError, OSError))
+        if ours is None:
             raise
-        return report(ours[0])
+        return report(_first_leaf(ours))
     except (SwarmError, OSError) as exc:
         return report(exc)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def report(exc: BaseException) -> int:

@@ -159,12 +159,15 @@ def fitting(copies: tuple[wire.RecordCopy, ...]) -> list[wire.RecordsPush]:
 
 @dataclass(frozen=True, slots=True)
 class SliceAsk:
-    """A slice of stored records the answer needs next: past `after`, at most `limit` of them."""
+    """A slice of stored records the answer needs next: past `after`, at most `limit` of them,
+    none past `upto` (the ledger's high seq as the answer began: a record still being written
+    may be in the file already, and is not served before it is written)."""
 
     key: Key
     after: int
     limit: int
     withheld: frozenset[int]
+    upto: int
 
 
 class LedgerSync:
@@ -421,9 +424,9 @@ class SyncAnswer:
                 return None
             key, after = self._todo.pop()
             self._current = (key, after, self.high_seq[key])
-        key, after, _ = self._current
+        key, after, high = self._current
         limit = min(self.frame_rows_max, self.budget)
-        return SliceAsk(key, after, limit, self.sync.withheld.get(key, frozenset()))
+        return SliceAsk(key, after, limit, self.sync.withheld.get(key, frozenset()), high)
 
     def took(self, part: RowSlice) -> wire.SyncBatch | None:
         assert self._current is not None, "took() without next_ask()"

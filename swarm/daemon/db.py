@@ -8,7 +8,10 @@ to the in-memory ledger only after its commit returns: what the node acts on is 
 
 Durability: WAL with synchronous=FULL by default (a commit survives power loss). `--sync normal`
 keeps WAL's guarantee against process death (SIGKILL) and never corrupts the file, but the last
-commits may be lost to a power cut; the tasks they recorded then run again.
+commits may be lost to a power cut; the tasks they recorded then run again. A small batch (a
+claim, a result) is committed on the loop's own thread and its WAL synced by a helper process
+before it counts as written, with the same guarantee (inline_commits.py); a big one goes through
+aiosqlite's thread.
 
 Readers (the CLI's `status --once`, `export`, `results`) open the same file read-only while the
 daemon writes; WAL lets them.
@@ -49,6 +52,12 @@ from swarm.core.sync import (
 )
 from swarm.core.wire import RECORD_BODY_BYTES_MAX
 from swarm.daemon.config import SYNC_MODES
+from swarm.daemon.inline_commits import (
+    INLINE_BYTES_MAX,
+    INLINE_ROWS_MAX,
+    InlineCommits,
+    LedgerSyncError,
+)
 from swarm.errors import (
     BadRecordError,
     CorruptLedgerError,
@@ -170,9 +179,15 @@ def _encode_row(row: Row) -> _Encoded:
 class LedgerWriter:
     """Group commit: many writers, one committing loop. Owned by the node's TaskGroup."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, sync: str = "full") -> None:
         self._conn = conn
         self._path = path
+        self._durable = sync == "full"
+        # Small batches are committed on the loop's own thread (inline_commits.py); opened at
+        # the first, and None from then on if it could not be.
+        self._inline: InlineCommits | None = None
+        self._inline_tried = False
+        self._checkpoint_due = False
         self._queue: deque[tuple[_Pending, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -202,13 +217,18 @@ class LedgerWriter:
 
     async def run(self) -> None:
         """Commit until `close()` is called and the queue is empty."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                await self._commit_batch()
-            if self._closing:
-                return
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    await self._commit_batch()
+                if self._closing:
+                    return
+        finally:
+            if self._inline is not None:
+                self._inline.close()
+                self._inline = None
 
     def close(self) -> None:
         self._closing = True
@@ -243,12 +263,23 @@ class LedgerWriter:
         except (ValueError, TypeError, OverflowError) as exc:  # only a write encoded as it commits
             await self._rollback()
             error = SwarmError(f"cannot encode a ledger record: {exc}")
+        except LedgerSyncError as exc:  # committed, maybe not on disk: the node stops
+            self._closing = True
+            waiting = batch + list(self._queue)  # those queued meanwhile are never committed
+            self._queue.clear()
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
         else:
             self.commits += 1
             self.rows_written += count
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
+            if self._checkpoint_due:  # after its writers are told: they need not wait for it
+                self._checkpoint_due = False
+                await self._checkpoint()
             return
         for _, future in batch:
             if not future.done():
@@ -264,6 +295,20 @@ class LedgerWriter:
 
     async def _commit(self, rows: list[_Encoded]) -> None:
         await self._no_open_transaction()
+        size = sum(len(columns[4]) for columns, _, _ in rows)
+        inline = await self._inline_for(len(rows), size)
+        if inline is not None:
+            inline.commit(list(_statements(rows)), size)
+            if inline.sync is not None:
+                try:
+                    await inline.sync()  # as durable as synchronous=FULL, before it counts
+                except (OSError, RuntimeError) as exc:  # (RuntimeError: no thread to be had)
+                    raise LedgerSyncError(
+                        f"cannot sync the ledger {self._path} to disk ({exc}); the node stops, "
+                        "and its next start reads the ledger back as the disk has it"
+                    ) from exc
+            self._checkpoint_due = inline.checkpoint_due()
+            return
         statements = list(_statements(rows))
         if len(statements) == 1:  # the common case: one statement is its own transaction
             await self._conn.execute(*statements[0])
@@ -272,6 +317,30 @@ class LedgerWriter:
         for sql, params in statements:
             await self._conn.execute(sql, params)
         await self._conn.execute("COMMIT")
+
+    async def _inline_for(self, rows: int, size: int) -> InlineCommits | None:
+        """The loop's own connection, for a batch small enough to commit on the loop."""
+        if rows > INLINE_ROWS_MAX or size > INLINE_BYTES_MAX:
+            return None
+        if not self._inline_tried:
+            self._inline_tried = True
+            try:
+                self._inline = await InlineCommits.open(self._path, self._durable)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("committing every batch through SQLite's thread: %s", exc)
+        return self._inline
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL's pages into the ledger file (the loop's connection never does: see
+        inline_commits.py). Passive: it waits on no one, and a failure only leaves the WAL
+        longer until the next."""
+        try:
+            if self._inline is not None:
+                self._inline.bytes_since_checkpoint = 0
+            cursor = await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            await cursor.close()
+        except sqlite3.Error as exc:
+            log.warning("could not checkpoint the WAL of %s: %s", self._path, exc)
 
     async def _commit_unencoded(self, rows: Sequence[Row]) -> None:
         """One transaction, its rows encoded ENCODED_AHEAD_ROWS_MAX at a time as it goes."""
@@ -305,6 +374,8 @@ class LedgerWriter:
             log.warning("could not truncate the WAL of %s after a full disk: busy", self._path)
 
     async def _rollback(self) -> None:
+        if self._inline is not None:
+            self._inline.rollback()
         # If even this fails, the next batch tries again before it writes (see `_commit`), and
         # fails too, saying so, as long as it cannot.
         with contextlib.suppress(sqlite3.Error):
@@ -324,7 +395,7 @@ async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connect
     except sqlite3.Error as exc:
         await conn.close()
         raise ledger_error(path, exc) from exc
-    return conn, LedgerWriter(conn, path)
+    return conn, LedgerWriter(conn, path, sync)
 
 
 def create(path: Path, meta: dict[str, int | str]) -> None:
@@ -360,14 +431,17 @@ async def rows_after(
     limit: int,
     bytes_max: int = SYNC_FRAME_BYTES_MAX,
     withheld: Collection[int] = frozenset(),
+    upto: int | None = None,
 ) -> RowSlice:
     """The stored records of (origin, generation) past `after`: at most `limit` of them and
-    `bytes_max` bytes of bodies (one record at least), passing over the seqs in `withheld`.
-    The sizes are read first, so a body that is not sent is never loaded."""
+    `bytes_max` bytes of bodies (one record at least), passing over the seqs in `withheld`, none
+    past `upto` (committed but perhaps not yet synced: see inline_commits.py). The sizes are
+    read first, so a body that is not sent is never loaded."""
+    cap = (1 << 63) - 1 if upto is None else upto
     cursor = await conn.execute(
         "SELECT seq, length(body) FROM records WHERE origin = ? AND generation = ? AND seq > ?"
-        " ORDER BY seq LIMIT ?",
-        (origin, generation, after, limit),
+        " AND seq <= ? ORDER BY seq LIMIT ?",
+        (origin, generation, after, cap, limit),
     )
     sizes = await cursor.fetchall()
     await cursor.close()

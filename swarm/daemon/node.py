@@ -140,6 +140,7 @@ class Node:
         self.change_hooks: list[Callable[[list[StateChanged]], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._clients: set[connection.Channel] = set()  # control connections, local and remote
+        self._server: asyncio.AbstractServer | None = None  # the control socket's
         self._timer: asyncio.TimerHandle | None = None  # the core's next deadline
         self._carrying = False  # carrying out the core's effects (inputs meanwhile queue theirs)
         self._halted = False
@@ -371,6 +372,10 @@ class Node:
             try:
                 await self._close_workers()
             finally:  # (cancelled again meanwhile, the lock and the socket are let go all the same)
+                if self._server is not None:  # (closed already after a graceful stop)
+                    self._server.close()
+                for client in list(self._clients):  # a client waiting on a reply hears EOF
+                    client.close()
                 if self.net is not None:
                     self.net.close()
                 try:
@@ -431,6 +436,7 @@ class Node:
                 )
             finally:
                 os.umask(old_umask)
+            self._server = server
             loops = [tg.create_task(self._memory_loop())]
             if self.config.bind is not None:
                 loops += await self.gossiper.start(

@@ -246,7 +246,7 @@ class Replicator:
         plan = sync.answer(ledger.high_seq, request.digest, db.SYNC_ROWS_MAX)
         while (ask := plan.next_ask()) is not None:
             part = await db.rows_after(
-                reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld
+                reader, *ask.key, ask.after, ask.limit, withheld=ask.withheld, upto=ask.upto
             )
             batch = plan.took(part)
             self._say()

@@ -190,7 +190,7 @@ class Replica:
     def _slice(self, ask: SliceAsk) -> RowSlice:
         """The held records past `ask.after`, as db.rows_after reads them from the database."""
         held = self.raw.get(ask.key, {})
-        seqs = sorted(s for s in held if s > ask.after)[: ask.limit]
+        seqs = sorted(s for s in held if ask.after < s <= ask.upto)[: ask.limit]
         last, oversized, passed = plan_slice(
             ((s, len(held[s])) for s in seqs), ask.after, SYNC_FRAME_BYTES_MAX, ask.withheld
         )
