@@ -43,6 +43,12 @@ while os.read(asks, 1):
 """
 
 
+@pytest.fixture(autouse=True)
+def helper_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper starts at the first sync here (a node waits for HELPER_AFTER_SYNCS)."""
+    monkeypatch.setattr(inline_commits, "HELPER_AFTER_SYNCS", 1)
+
+
 def make(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     db.create(path, {"node_id": "me", "generation": 1})
@@ -253,3 +259,25 @@ def test_a_run_whose_ledger_cannot_be_synced_stops_saying_why(
     assert code == 1
     assert "swarm: cannot sync the ledger" in err
     assert "Traceback" not in err
+
+
+def test_a_short_run_never_starts_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few syncs (a one-task run) are done from a thread: starting a Python process for them
+    would cost a short run more than it saves. It starts at the HELPER_AFTER_SYNCS-th."""
+    monkeypatch.setattr(inline_commits, "HELPER_AFTER_SYNCS", 5)
+    path = make(tmp_path)
+
+    async def body(writer: db.LedgerWriter) -> None:
+        for seq in range(1, 5):
+            await writer.write([replica(seq)])
+        inline = writer._inline
+        assert inline is not None and inline.sync is not None
+        assert inline.sync._helper is None
+        await writer.write([replica(5)])
+        assert inline.sync._helper is not None
+        await helper_up(writer)
+
+    asyncio.run(with_writer(path, body))
+    assert stored_seqs(path) == [1, 2, 3, 4, 5]

@@ -14,8 +14,9 @@ to the WAL file in tens of microseconds. What synchronous=FULL adds to that is a
 the WAL after the commit, and `WalSync` does it before the batch counts as written: the frames of
 a transaction whose commit frame is on disk are replayed after a power cut. The fdatasync is done
 by a small helper process asked through a pipe, so that no thread of ours needs the GIL to wait
-on the disk (a thread for it was measured to give back most of the gain). Until the helper says
-it is up, and if it ever dies, the fdatasync runs in a thread instead: slower, as durable.
+on the disk (a thread for it was measured to give back most of the gain). The helper is started
+at the HELPER_AFTER_SYNCS-th sync (a short run never needs it); until it says it is up, and if
+it ever dies, the fdatasync runs in a thread instead: slower, as durable.
 
 Unlike FULL, a commit is visible to readers of the file before its sync returns. The node acts
 on a record only once it is written: records are applied, gossiped and served to peers (up to
@@ -54,6 +55,9 @@ INLINE_BYTES_MAX = 256 * 1024  # ... and bytes of records (big specs would hold 
 CHECKPOINT_EVERY_COMMITS = 500  # inline commits between two passive checkpoints ...
 CHECKPOINT_EVERY_BYTES = 16 * 1024 * 1024  # ... or bytes committed inline, whichever first
 BUSY_TIMEOUT_MS = 200  # another connection's write lock is waited for this long, at most
+# Syncs done from a thread before the helper is started: a short run (one task is a handful of
+# syncs) never pays for starting a Python process it would hardly use.
+HELPER_AFTER_SYNCS = 16
 
 # The helper: a byte in asks for an fdatasync of the WAL; a byte out says it is done ("." ok,
 # "!" failed, with the errno as text up to the newline). It says "+" once it is up, and exits
@@ -151,6 +155,7 @@ class WalSync:
         self._pending: asyncio.Future[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._given_up = False
+        self._syncs = 0
 
     @classmethod
     async def open(cls, wal: Path) -> WalSync:
@@ -164,13 +169,14 @@ class WalSync:
         except BaseException:
             os.close(fd)
             raise
-        sync = cls(wal, fd)
-        sync._start_helper()
-        return sync
+        return cls(wal, fd)
 
     async def __call__(self) -> None:
         """Return once everything committed to the WAL so far is on disk; OSError if the
         fdatasync fails."""
+        self._syncs += 1
+        if self._syncs == HELPER_AFTER_SYNCS and not self._given_up:
+            self._start_helper()  # up for a later sync: this one, as those before, from a thread
         if self._helper is not None and self._up:
             answer = await self._ask()
             if answer is not None:
