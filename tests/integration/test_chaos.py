@@ -110,7 +110,10 @@ def echo_tasks(prefix: str, count: int, sleep_s: float) -> tuple[list[dict[str, 
 
 
 def test_sigkill_the_busiest_node_then_restart_it_with_its_state_dir(chaos: Chaos) -> None:
-    tasks, expected = echo_tasks("k", 20, 1.5)
+    # Long enough that none of the tasks seen running on the victim ends before the kill, which
+    # comes a second or so after they are seen (one that ended and was recorded, but not yet
+    # gossiped, would rightly read `ok` on the restarted node).
+    tasks, expected = echo_tasks("k", 20, 3.0)
     chaos.submit("kill", tasks)
     victim, observer, held = chaos.busiest("kill", at_least=8)
     chaos.swarm.nodes[victim][1].kill(signal.SIGKILL)
