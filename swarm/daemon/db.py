@@ -326,7 +326,7 @@ class LedgerWriter:
             self._inline_tried = True
             try:
                 self._inline = await InlineCommits.open(self._path, self._durable)
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, RuntimeError) as exc:  # (Runtime: no thread)
                 log.warning("committing every batch through SQLite's thread: %s", exc)
         return self._inline
 
@@ -339,7 +339,7 @@ class LedgerWriter:
                 self._inline.bytes_since_checkpoint = 0
             cursor = await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             await cursor.close()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # (ValueError: aiosqlite's, closed)
             log.warning("could not checkpoint the WAL of %s: %s", self._path, exc)
 
     async def _commit_unencoded(self, rows: Sequence[Row]) -> None:
