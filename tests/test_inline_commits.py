@@ -219,6 +219,14 @@ def test_the_helper_ends_with_the_writer(tmp_path: Path) -> None:
         pids.append(sync._helper.pid)
 
     asyncio.run(with_writer(path, body))
+    # Killed as the writer closed, and reaped (off the loop, if it was slow to die): gone.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pids[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
     with pytest.raises(ProcessLookupError):  # ended and reaped
         os.kill(pids[0], 0)
 

@@ -295,10 +295,11 @@ class LedgerWriter:
 
     async def _commit(self, rows: list[_Encoded]) -> None:
         await self._no_open_transaction()
+        statements = list(_statements(rows))
         size = sum(len(columns[4]) for columns, _, _ in rows)
         inline = await self._inline_for(len(rows), size)
         if inline is not None:
-            inline.commit(list(_statements(rows)), size)
+            inline.commit(statements, size)
             if inline.sync is not None:
                 try:
                     await inline.sync()  # as durable as synchronous=FULL, before it counts
@@ -309,7 +310,6 @@ class LedgerWriter:
                     ) from exc
             self._checkpoint_due = inline.checkpoint_due()
             return
-        statements = list(_statements(rows))
         if len(statements) == 1:  # the common case: one statement is its own transaction
             await self._conn.execute(*statements[0])
             return
