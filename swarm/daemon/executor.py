@@ -49,7 +49,7 @@ from swarm.daemon.procs import (
     leaders,
     live_groups,
 )
-from swarm.daemon.rundirs import file_identity, open_own, remove_all
+from swarm.daemon.rundirs import file_identity, open_own, remove_all, run_dir_paths
 from swarm.daemon.spawn import SHELL, Process, reap_child, spawn, wait_exited
 
 log = logging.getLogger("swarm.daemon.executor")
@@ -169,14 +169,15 @@ class Attempt:
         self._stop_reason = ""
         self._kill_timer: asyncio.TimerHandle | None = None
         self._kill_at: float | None = None  # when the kill timer fires, on the loop's clock
-        self.stdout = launch.run_dir / "stdout"
-        self.stderr = launch.run_dir / "stderr"
+        paths = run_dir_paths(launch.run_dir)
+        self.stdout = paths.stdout
+        self.stderr = paths.stderr
         # What the state disk had free when it began, to tell at the end whether the attempt's
         # own output filled it (a statvfs of our own dir, not of the task's files, or the last
         # attempt's reading when it is recent).
         self._free_at_start = free_space.recent(launch.run_dir)
         scratch = launch.spec.cwd is None
-        self.cwd = launch.run_dir / "work" if scratch else Path(launch.spec.cwd or "")
+        self.cwd = paths.work if scratch else Path(launch.spec.cwd or "")
         argv = list(launch.spec.argv) if launch.spec.argv else [SHELL, "-c", launch.spec.cmd or ""]
         cmd = None if launch.spec.argv else launch.spec.cmd or ""
         # Coarse filesystem timestamps may round down: allow a file stamped just before the start.
@@ -449,13 +450,14 @@ class FreeSpace:
 
     def recent(self, run_dir: Path) -> int:
         fresh = time.monotonic() - self._read_at < FREE_RECENT_S
-        if run_dir.parent == self._root and fresh and self._bytes >= FREE_REUSED_MIN_BYTES:
+        parent = run_dir_paths(run_dir).parent
+        if parent == self._root and fresh and self._bytes >= FREE_REUSED_MIN_BYTES:
             return self._bytes
         return self.now(run_dir)
 
     def now(self, run_dir: Path) -> int:
         self._bytes = free_bytes(run_dir)
-        self._root, self._read_at = run_dir.parent, time.monotonic()
+        self._root, self._read_at = run_dir_paths(run_dir).parent, time.monotonic()
         return self._bytes
 
 
