@@ -21,7 +21,8 @@ Each round, in this order:
     synchronous=NORMAL, each followed by an fdatasync of the WAL;
   - the results dir of `swarm run`: a dir and two empty files per task.
 - `swarm run --cpus 2` of the same N tasks: the CPU its own process spent per task (start-up and
-  the results dir included; its tasks not).
+  the results dir included; its tasks not, nor its sync helper, which makes the fdatasyncs that
+  the floor's durable records count).
 
 The floor is the sum of those parts: a daemon that did nothing else (no scheduling, no gossip,
 no event loop of its own beyond the bare runner's) would still pay it. Where the floor exceeds
