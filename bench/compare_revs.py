@@ -10,7 +10,8 @@ every run reads bytecode (the machine may set PYTHONDONTWRITEBYTECODE). A round 
 --cpus 2` of N tasks of `true` once from each commit, on a fresh `--data-dir`, in an order that
 alternates round by round. Shown per commit: the rate the run prints (the node's start and the
 results dir left out), and the CPU the `swarm run` process spent per task (its threads, not its
-tasks; read from /proc until it exits), as the median and every round's figure.
+tasks; its rusage as it exits, read as spawn_paths.py reads it), as the median and every
+round's figure.
 
 Why rounds: on a shared 2-core machine one run of the same commit varies by 20% or more from the
 next, so a few percent shows only as a median over rounds run side by side. Nothing is deleted
@@ -29,12 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import spawn_paths  # a sibling bench, not a package
+
 ROOT = Path(__file__).resolve().parent.parent
-RATE = re.compile(r"\(([\d,.]+) tasks/s\)")
+CPU = re.compile(r"cpu_s=([\d.]+)")  # what spawn_paths.SWARM_RUN says as the run exits
 RUN_TIMEOUT_S = 600
 
 
@@ -48,43 +50,25 @@ def checkout(rev: str, into: Path) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "swarm")], check=True)
 
 
-def own_cpu_s(pid: int, last: list[float], done: threading.Event) -> None:
-    """The CPU the process has spent (all its threads, not its reaped children), read until it
-    exits: the last reading is within a few tens of milliseconds of its end."""
-    tick = os.sysconf("SC_CLK_TCK")
-    while not done.is_set():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            last[0] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.02)
-
-
 def one_run(tree: Path, extra: list[str], tasks_file: Path, data: Path) -> tuple[float, float]:
     """(tasks/s as the run printed it, own CPU seconds)."""
     env = dict(os.environ, PYTHONPATH=str(tree), HOME=str(data.parent))
-    argv = [sys.executable, "-m", "swarm", "run", str(tasks_file), "--cpus", "2"]
+    argv = [sys.executable, "-c", spawn_paths.SWARM_RUN, "run", str(tasks_file), "--cpus", "2"]
     argv += ["--data-dir", str(data), "--out", f"{data}-out", *extra]
-    proc = subprocess.Popen(
-        argv, env=env, cwd=data.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    done = subprocess.run(
+        argv,
+        env=env,
+        cwd=data.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=RUN_TIMEOUT_S,
     )
-    last, done = [0.0], threading.Event()
-    watcher = threading.Thread(target=own_cpu_s, args=(proc.pid, last, done))
-    watcher.start()
-    try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        done.set()
-        watcher.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode(errors="replace")
-    found = RATE.search(text)
-    if proc.returncode != 0 or found is None:
-        raise SystemExit(f"swarm run failed ({proc.returncode}):\n{text[-2000:]}")
-    return float(found.group(1).replace(",", "")), last[0]
+    text = done.stdout.decode(errors="replace")
+    found = spawn_paths.OWN_RATE.search(text)
+    cpu = CPU.search(text)
+    if done.returncode != 0 or found is None or cpu is None:
+        raise SystemExit(f"swarm run failed ({done.returncode}):\n{text[-2000:]}")
+    return float(found.group(1).replace(",", "")), float(cpu.group(1))
 
 
 def main() -> None:

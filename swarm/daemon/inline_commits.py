@@ -46,6 +46,7 @@ import sys
 import threading
 from pathlib import Path
 
+from swarm.daemon.store import fsync_dir
 from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.daemon.inline_commits")
@@ -187,29 +188,14 @@ class WalSync:
         await asyncio.to_thread(os.fdatasync, self._fd)
 
     def _start_helper(self) -> None:
+        ends: list[int] = []
         try:
             asks_r, asks_w = os.pipe()
-        except OSError as exc:
-            self._give_up(f"cannot start it: {exc}")
-            return
-        try:
+            ends += (asks_r, asks_w)
             answers_r, answers_w = os.pipe()
-        except OSError as exc:
-            os.close(asks_r)
-            os.close(asks_w)
-            self._give_up(f"cannot start it: {exc}")
-            return
-        argv = [
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            _HELPER,
-            str(self._fd),
-            str(asks_r),
-            str(answers_w),
-        ]
-        try:
+            ends += (answers_r, answers_w)
+            argv = [sys.executable, "-I", "-S", "-c", _HELPER]
+            argv += [str(self._fd), str(asks_r), str(answers_w)]
             self._helper = subprocess.Popen(
                 argv,
                 pass_fds=(self._fd, asks_r, answers_w),
@@ -217,13 +203,12 @@ class WalSync:
                 start_new_session=True,  # a ^C to the node's group is the node's to handle
             )
         except OSError as exc:
-            os.close(asks_w)
-            os.close(answers_r)
+            for fd in ends:
+                os.close(fd)
             self._give_up(f"cannot start it: {exc}")
             return
-        finally:
-            os.close(asks_r)  # the helper's ends
-            os.close(answers_w)
+        os.close(asks_r)  # the helper's ends
+        os.close(answers_w)
         self._asks, self._answers = asks_w, answers_r
         os.set_blocking(answers_r, False)
         self._loop = asyncio.get_running_loop()
@@ -307,8 +292,4 @@ class WalSync:
 
 def _sync_file_and_dir(fd: int, directory: Path) -> None:
     os.fdatasync(fd)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(directory)

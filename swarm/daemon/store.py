@@ -71,7 +71,7 @@ def _chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # A rename is durable only once the directory holding the new name is fsynced.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -182,7 +182,7 @@ class BlobStore:
                 if e.errno == errno.EXDEV:
                     return None
                 raise
-            _fsync_dir(fan)
+            fsync_dir(fan)
         return digest, True
 
     def _spill(self, chunks: Iterator[bytes]) -> tuple[Path, str, int]:
@@ -215,7 +215,7 @@ class BlobStore:
                 fan = self._fanout(digest)
                 # os.replace: if another writer got there first, we overwrite identical content.
                 os.replace(tmp, fan / digest)
-                _fsync_dir(fan)
+                fsync_dir(fan)
         except BaseException:
             _unlink_quiet(tmp)
             raise
@@ -239,7 +239,7 @@ class BlobStore:
             os.mkdir(fan, _DIR_MODE)
         # Also when it already existed: a concurrent creator may not have fsynced root yet, and
         # our blob would vanish with the directory. Once per directory per process is cheap.
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._durable_fanouts.add(name)
         return fan
 
@@ -328,7 +328,7 @@ class BlobStore:
                     _unlink_quiet(tmp)
                     raise
                 if durable:
-                    _fsync_dir(dest.parent)
+                    fsync_dir(dest.parent)
 
     def size(self, digest: str) -> int:
         """The size in bytes of a held blob (not verified)."""
@@ -377,7 +377,7 @@ class BlobStore:
                 note = "the name now holds another file, left in place"
             else:
                 os.rename(path, target)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
                 note = f"moved to {target}"
         except FileNotFoundError:
             note = "already moved away by another reader"

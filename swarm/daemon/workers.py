@@ -58,7 +58,7 @@ from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.executor import Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.procs import kill_attempt_strays, kill_group, live_groups
 from swarm.daemon.pyworker_channel import RETURNED, Call, Hello, Reply, encode
-from swarm.daemon.rundirs import open_own
+from swarm.daemon.rundirs import open_own, run_dir_paths
 from swarm.daemon.spawn import has_exited, reap_child, wait_exited
 from swarm.errors import SwarmError
 from swarm.framing import FrameCut, FrameTooLarge, read_frame_body
@@ -370,10 +370,11 @@ class PyAttempt:
         self.spawn_error = ""
         self.started_ms = time.time_ns() // 1_000_000
         self._t0 = time.monotonic()
-        self.stdout = launch.run_dir / "stdout"
-        self.stderr = launch.run_dir / "stderr"
+        paths = run_dir_paths(launch.run_dir)
+        self.stdout = paths.stdout
+        self.stderr = paths.stderr
         self.value = launch.run_dir / VALUE_FILE
-        self.cwd = launch.run_dir / "work" if launch.spec.cwd is None else Path(launch.spec.cwd)
+        self.cwd = paths.work if launch.spec.cwd is None else Path(launch.spec.cwd)
         if launch.spec.cwd is None:
             self.cwd.mkdir(exist_ok=True)
         for path in (self.stdout, self.stderr):
