@@ -7,6 +7,7 @@ the id); relative `cwd` resolves against the file's directory.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm.cli.taskfile import PROBLEMS_MAX, NewTask, parse_jsonl, parse_lines
+from swarm.cli.taskfile import LINE_BYTES_MAX, PROBLEMS_MAX, NewTask, parse_jsonl, parse_lines, read
 from swarm.core.spec import (
     DEFAULT_CPUS,
     DEFAULT_GPUS,
@@ -649,6 +650,85 @@ def test_blank_lines_inserted_keep_ids() -> None:
 def test_identical_lines_collapse_into_one_task() -> None:
     tasks = parse({"cmd": "a"}, {"cmd": "b"}, {"cmd": "a"}, {"cmd": "a"})
     assert [(t.spec.cmd, t.line, t.name) for t in tasks] == [("a", 1, "1"), ("b", 2, "2")]
+
+
+def test_the_lines_left_out_as_repeats_are_counted() -> None:
+    data = jsonl({"cmd": "a"}, {"cmd": "b"}, {"cmd": "a"}, {"cmd": "a", "cpus": 1}, {"cmd": "c"})
+    parsed = read(io.BytesIO(data), SRC, JOB, BASE)
+    assert [t.spec.cmd for t in parsed.tasks] == ["a", "b", "c"]
+    assert parsed.repeats == 2
+    lines = read(io.BytesIO(b"echo x\necho x\necho y\n"), SRC, JOB, lines=True)
+    assert (len(lines.tasks), lines.repeats) == (2, 1)
+    assert read(io.BytesIO(jsonl({"cmd": "a"})), SRC, JOB, BASE).repeats == 0
+
+
+class Endless(io.RawIOBase):
+    """An endless stream of one byte (/dev/zero, or a binary with no line end), counting what
+    is read of it."""
+
+    def __init__(self, byte: bytes) -> None:
+        self.byte = byte
+        self.taken = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = len(buffer) // len(self.byte) * len(self.byte)
+        buffer[:size] = self.byte * (size // len(self.byte))
+        self.taken += size
+        return size
+
+
+@pytest.mark.parametrize("lines_mode", [False, True])
+def test_an_endless_line_stops_the_reading_and_names_its_line(lines_mode: bool) -> None:
+    endless = Endless(b"\x00")
+    head = io.BytesIO(jsonl({"cmd": "a"}) if not lines_mode else b"echo a\n")
+    stream = io.BufferedReader(_Chain(head, endless))
+    with pytest.raises(TaskFileError) as info:
+        read(stream, SRC, JOB, BASE, lines=lines_mode)
+    assert info.value.problems == [
+        f"{SRC}:2: the line is longer than 4 MiB, more than any task can be (at most 256 KiB of "
+        "text): stopped reading there"
+    ]
+    assert endless.taken < 2 * LINE_BYTES_MAX  # refused at the bound, not read whole
+
+
+class _Chain(io.RawIOBase):
+    """Two binary streams, one after the other."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = list(streams)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.streams:
+            data = self.streams[0].read(len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+            self.streams.pop(0)
+        return 0
+
+
+def test_a_line_of_exactly_the_bound_is_read_as_a_line() -> None:
+    # The bound is on the line, not on the line and its end: such a line is judged as any other.
+    data = b"x" * LINE_BYTES_MAX + b"\n" + b"y" * LINE_BYTES_MAX
+    found = problems_of(data, lines_mode=True)
+    assert len(found) == 2 and all("longer than 4 MiB" not in f for f in found), found
+    assert [f.split(": ")[0] for f in found] == [f"{SRC}:1", f"{SRC}:2"]
+
+
+def test_random_bytes_are_refused_after_the_problems_bound_not_read_whole() -> None:
+    endless = Endless(b"\xff\n")
+    stream = io.BufferedReader(endless)
+    with pytest.raises(TaskFileError) as info:
+        read(stream, SRC, JOB, BASE)
+    assert len(info.value.problems) == PROBLEMS_MAX
+    assert info.value.problems[-1] == f"{SRC}: stopped reading after {PROBLEMS_MAX - 1} problems"
+    assert endless.taken < 1 << 20
 
 
 def test_lines_meaning_the_same_collapse() -> None:

@@ -44,26 +44,36 @@ FAILED_LISTED_MAX = 10  # failed, missing or unrunnable tasks named one by one a
 def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask]]:
     """Validate the whole file before anything is sent: a bad line adds nothing."""
     if args.file == "-":
-        data, source, base_dir, default_job = (
-            sys.stdin.buffer.read(),
-            "<stdin>",
-            Path.cwd(),
-            "stdin",
-        )
+        source, base_dir, default_job = "<stdin>", Path.cwd(), "stdin"
     else:
         path = Path(args.file)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UserInputError(f"cannot read {path}: {exc.strerror}") from exc
         source, base_dir, default_job = str(path), path.resolve().parent, path.stem
     job = args.job or default_job
     problem = name_problem(job)
     if problem is not None:
         raise UserInputError(f"job name {job!r} {problem}")
-    if args.lines:
-        return job, taskfile.parse_lines(data, source, job)
-    return job, taskfile.parse_jsonl(data, source, job, base_dir)
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(path, "rb"))
+            parsed = taskfile.read(stream, source, job, base_dir, lines=args.lines)
+    except OSError as exc:
+        raise UserInputError(f"cannot read {source}: {exc.strerror}") from exc
+    if parsed.repeats:
+        # Content-named tasks make a re-submitted file add nothing; a user who meant the same
+        # command twice (GNU parallel and xargs run every line) is told, and how to get it.
+        differ = (
+            "make the lines differ (`CMD # 2`)" if args.lines else 'give each a different "name"'
+        )
+        said = (
+            "1 line repeats an earlier line and adds no task of its own"
+            if parsed.repeats == 1
+            else f"{parsed.repeats:,} lines repeat earlier lines and add no task of their own"
+        )
+        err.print(
+            f"{source}: {said} (a task is named by its content): to run a command more than "
+            f"once, {differ}"
+        )
+    return job, parsed.tasks
 
 
 async def send_tasks(

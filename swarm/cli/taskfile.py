@@ -2,19 +2,24 @@
 
 Every line is checked before anything is returned; all problems are collected, each naming the file,
 the line and the field, and raised together as one TaskFileError, so a file with any bad line adds
-nothing. Identical lines collapse into one task (ids are content hashes).
+nothing. Identical lines collapse into one task (ids are content hashes); how many did is told.
+
+The file is read a line at a time and each line is bounded (`LINE_BYTES_MAX`), so a file that
+is not a task file (/dev/zero, /dev/urandom, a binary piped in) is refused as soon as it shows,
+never read whole into memory.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from swarm.core.spec import (
     DEFAULT_CPUS,
@@ -24,6 +29,7 @@ from swarm.core.spec import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF_S,
     RETRY_BACKOFF_MAX_S,
+    SPEC_BYTES_MAX,
     LabelValue,
     Resources,
     TaskSpec,
@@ -43,6 +49,10 @@ CPUS_MAX = 4096.0
 LINES_HINT = "; a file of shell commands, one per line, is read with --lines"
 RETRIES_MAX = 1000
 PROBLEMS_MAX = 1000  # stop collecting after this many; the file is rejected anyway
+# A task's text is at most SPEC_BYTES_MAX; JSON's escapes (six bytes for one, at most) make its
+# line longer than that, never this long. A longer line stops the reading: it is no task file.
+LINE_BYTES_MAX = 16 * SPEC_BYTES_MAX
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, as some editors write
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,12 @@ class NewTask:
     spec: TaskSpec
     line: int
     explicit_name: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    tasks: list[NewTask]
+    repeats: int  # lines left out because an earlier line is the same task
 
 
 class _Bad(Exception):
@@ -65,66 +81,102 @@ class _Bad(Exception):
 
 def parse_jsonl(data: bytes, source: str, job: str, base_dir: Path) -> list[NewTask]:
     """Parse JSON Lines. Relative `cwd` values are taken relative to `base_dir` (the file's dir)."""
-    return _parse(data, source, job, lambda text: _spec_from_json(text, base_dir))
+    return read(io.BytesIO(data), source, job, base_dir).tasks
 
 
 def parse_lines(data: bytes, source: str, job: str) -> list[NewTask]:
     """Parse a plain file of one shell command per line, as GNU parallel and xargs read them."""
+    return read(io.BytesIO(data), source, job, lines=True).tasks
 
-    def one(text: str) -> tuple[TaskSpec, str | None]:
-        if "\x00" in text:
-            raise _Bad("cmd", "contains a NUL byte")
-        spec = TaskSpec(cmd=text, argv=None, need=Resources(DEFAULT_CPUS, DEFAULT_MEMORY_BYTES))
-        return _checked(spec), None
 
-    return _parse(data, source, job, one)
+def read(
+    stream: BinaryIO, source: str, job: str, base_dir: Path = Path(), *, lines: bool = False
+) -> ParsedFile:
+    """The tasks of a task file read from `stream`: JSON Lines, or with `lines` one shell command
+    per line. TaskFileError with every problem found, each naming its line."""
+    if lines:
+        return _parse(stream, source, job, _command_line)
+    return _parse(stream, source, job, lambda text: _spec_from_json(text, base_dir))
+
+
+def _command_line(text: str) -> tuple[TaskSpec, str | None]:
+    if "\x00" in text:
+        raise _Bad("cmd", "contains a NUL byte")
+    spec = TaskSpec(cmd=text, argv=None, need=Resources(DEFAULT_CPUS, DEFAULT_MEMORY_BYTES))
+    return _checked(spec), None
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of `stream`, without their ends; _LineTooLong at one over LINE_BYTES_MAX,
+    before more of it is read."""
+    first = True
+    while True:
+        raw = stream.readline(LINE_BYTES_MAX + 1)
+        if not raw:
+            return
+        if len(raw) > LINE_BYTES_MAX and raw[-1:] != b"\n":
+            raise _LineTooLong
+        if first:
+            raw, first = raw.removeprefix(BOM), False
+        yield raw.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _parse(
-    data: bytes, source: str, job: str, make: Callable[[str], tuple[TaskSpec, str | None]]
-) -> list[NewTask]:
+    stream: BinaryIO, source: str, job: str, make: Callable[[str], tuple[TaskSpec, str | None]]
+) -> ParsedFile:
     problems: list[str] = []
     tasks: dict[str, NewTask] = {}
     names: dict[str, NewTask] = {}
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors write
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if len(problems) >= PROBLEMS_MAX - 1:
-            problems.append(f"{source}: stopped reading after {PROBLEMS_MAX - 1} problems")
-            break
-        raw = raw.removesuffix(b"\r")
-        if not raw.strip():
-            continue
-        where = f"{source}:{number}"
-        try:
-            text = raw.decode("utf-8")
-            spec, explicit_name = make(text)
-            tid = task_id(job, spec, explicit_name)
-        except UnicodeDecodeError as exc:
-            problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
-            continue
-        except UnicodeEncodeError:
-            problems.append(f"{where}: json: a string holds a lone surrogate escape (\\udXXX)")
-            continue
-        except _Bad as bad:
-            problems.append(f"{where}: {bad.field}: {bad.message}")
-            continue
-        if tid in tasks:
-            continue  # an identical line: one task
-        name = explicit_name if explicit_name is not None else str(number)
-        task = NewTask(tid, name, spec, number, explicit_name is not None)
-        clash = names.get(task.name)
-        if clash is not None:
-            problems.append(
-                f"{where}: name: {task.name!r} is already the name of line {clash.line}, "
-                "a different task"
-            )
-            continue
-        tasks[tid] = names[task.name] = task
+    repeats = 0
+    number = 0
+    try:
+        for number, raw in enumerate(_lines(stream), start=1):
+            if len(problems) >= PROBLEMS_MAX - 1:
+                problems.append(f"{source}: stopped reading after {PROBLEMS_MAX - 1} problems")
+                break
+            if not raw.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                text = raw.decode("utf-8")
+                spec, explicit_name = make(text)
+                tid = task_id(job, spec, explicit_name)
+            except UnicodeDecodeError as exc:
+                problems.append(f"{where}: not valid UTF-8 (byte {exc.start})")
+                continue
+            except UnicodeEncodeError:
+                problems.append(f"{where}: json: a string holds a lone surrogate escape (\\udXXX)")
+                continue
+            except _Bad as bad:
+                problems.append(f"{where}: {bad.field}: {bad.message}")
+                continue
+            if tid in tasks:
+                repeats += 1  # an identical line: one task
+                continue
+            name = explicit_name if explicit_name is not None else str(number)
+            task = NewTask(tid, name, spec, number, explicit_name is not None)
+            clash = names.get(task.name)
+            if clash is not None:
+                problems.append(
+                    f"{where}: name: {task.name!r} is already the name of line {clash.line}, "
+                    "a different task"
+                )
+                continue
+            tasks[tid] = names[task.name] = task
+    except _LineTooLong:
+        problems.append(
+            f"{source}:{number + 1}: the line is longer than {LINE_BYTES_MAX >> 20} MiB, more than "
+            f"any task can be (at most {SPEC_BYTES_MAX >> 10} KiB of text): stopped reading there"
+        )
     if problems:
         raise TaskFileError(problems)
     if not tasks:
         raise TaskFileError([f"{source}: no tasks (the file is empty)"])
-    return list(tasks.values())
+    return ParsedFile(list(tasks.values()), repeats)
 
 
 def _spec_from_json(text: str, base_dir: Path) -> tuple[TaskSpec, str | None]:

@@ -344,6 +344,22 @@ def test_lines_mode_and_stdin(cli: Cli, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "o")) == ["1", "3"]  # the blank line is no task
 
 
+def test_repeated_lines_are_told_and_a_file_of_no_lines_is_refused_unread(
+    cli: Cli, tmp_path: Path
+) -> None:
+    listed = tmp_path / "twice.txt"
+    listed.write_text("echo x\necho x\necho y\n")
+    done = cli("run", "--lines", str(listed), "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    assert f"{listed}: 1 line repeats an earlier line and adds no task of its own" in done.stderr
+    assert "make the lines differ" in done.stderr
+    assert sorted(os.listdir(tmp_path / "o")) == ["1", "3"]
+    # /dev/zero has no line end: refused at the line bound (read whole, it would fill memory).
+    zero = cli("submit", "/dev/zero", timeout=60)
+    assert zero.returncode == 2
+    assert "/dev/zero:1: the line is longer than 4 MiB" in zero.stderr, zero.stderr
+
+
 @pytest.mark.parametrize(
     ("job", "spec"),
     [
