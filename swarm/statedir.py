@@ -171,10 +171,16 @@ def node_id(state: StateDir) -> str:
     return load_identity(state).node_id
 
 
+KEY_FILE_BYTES_MAX = 4096  # 64 hex characters and some white space; read no more (/dev/zero)
+
+
 def read_swarm_key(path: Path) -> bytes:
     try:
-        text = path.read_text().strip()
-        key = bytes.fromhex(text)
+        with open(path, "rb") as f:
+            data = f.read(KEY_FILE_BYTES_MAX + 1)
+        if len(data) > KEY_FILE_BYTES_MAX:
+            raise ValueError(f"more than {KEY_FILE_BYTES_MAX} bytes")
+        key = bytes.fromhex(data.decode().strip())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a swarm key (64 hex characters): {exc}") from exc
     if len(key) != SWARM_KEY_BYTES:

@@ -1,0 +1,25 @@
+"""Tests of swarm.statedir: reading what a user hands the state dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarm import statedir
+from swarm.errors import ConfigError
+
+
+def test_a_swarm_key_file_is_read_bounded_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "swarm.key"
+    good.write_text("ab" * statedir.SWARM_KEY_BYTES + "\n")
+    assert statedir.read_swarm_key(good) == bytes.fromhex("ab" * statedir.SWARM_KEY_BYTES)
+    short = tmp_path / "short.key"
+    short.write_text("abcd")
+    with pytest.raises(ConfigError, match="a swarm key is 32 bytes, found 2"):
+        statedir.read_swarm_key(short)
+    # /dev/zero never ends: it is refused after a few KiB, not read into memory until it fills.
+    with pytest.raises(ConfigError, match=r"/dev/zero: not a swarm key .*more than 4096 bytes"):
+        statedir.read_swarm_key(Path("/dev/zero"))
+    with pytest.raises(ConfigError, match="not a swarm key"):
+        statedir.read_swarm_key(tmp_path / "missing.key")
