@@ -8,8 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import secrets
+import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from swarm import statedir
 from swarm.cli import export, remote_reads, results_dir
@@ -125,10 +130,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.output:
         target = Path(args.output)
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with export_file(target) as handle:
             rows = export.write(ledger, handle, what=what, fmt=args.format, job=args.job)
-        tmp.replace(target)
         err.print(f"{rows:,} rows written to {target}")
     else:
         export.write(ledger, sys.stdout, what=what, fmt=args.format, job=args.job)
@@ -147,12 +150,48 @@ def _export_streamed(args: argparse.Namespace, db_path: Path, what: str) -> int:
         say_left_out(left_out)
         return 0
     target = Path(args.output)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with export_file(target) as handle:
         rows, left_out = export_stream.write(
             db_path, handle, what=what, fmt=args.format, job=args.job
         )
-    tmp.replace(target)
     say_left_out(left_out)
     err.print(f"{rows:,} rows written to {target}")
     return 0
+
+
+@contextlib.contextmanager
+def export_file(target: Path) -> Iterator[TextIO]:
+    """The file `swarm export -o` writes, put at `target` as a shell's redirection would: a
+    regular file (or none yet) gets the export whole or not at all (written beside it under a
+    name of its own, then renamed over it), through a symlink at the file the link names; a fifo,
+    a device or any other file that is not a regular one is written in place, never replaced.
+    UserInputError naming `target` if it cannot be written (a full disk, say)."""
+    real = Path(os.path.realpath(target))
+    tmp = real.with_name(f".{real.name[:32]}.{secrets.token_hex(8)}.tmp")
+    try:
+        try:
+            st_mode = os.stat(real).st_mode
+            mode: int | None = stat.S_IMODE(st_mode)
+            in_place = not stat.S_ISREG(st_mode)
+        except FileNotFoundError:
+            mode, in_place = None, False
+        if in_place:
+            with open(real, "w", newline="", encoding="utf-8") as handle:
+                yield handle
+            return
+        # O_EXCL under a random name: never a file someone left there, nor another export's.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "w", newline="", encoding="utf-8") as handle:
+                yield handle
+            if mode is not None:  # the file replaced keeps its permissions
+                os.chmod(tmp, mode)
+            os.replace(tmp, real)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.filename not in (None, str(real), str(tmp)):
+            raise  # not the export's file: a read of the ledger, say
+        raise UserInputError(f"cannot write {target}: {exc.strerror}") from exc
