@@ -912,11 +912,21 @@ def test_an_attempt_past_the_file_bound_fails_with_the_reason(tmp_path: Path) ->
     ("cmd", "free_at_start", "outcome", "reason"),
     [
         ("head -c 300000 /dev/zero; exit 1", 4 << 20, Outcome.INTERRUPTED, "filled up while"),
-        ("head -c 300000 /dev/zero; exit 1", 1 << 20, Outcome.FAILED, "is larger than the free"),
-        ("head -c 300000 /dev/zero", 1 << 20, Outcome.FAILED, "is larger than the free"),
+        ("head -c 1200000 /dev/zero; exit 1", 2 << 20, Outcome.FAILED, "filled the disk"),
+        ("head -c 1200000 /dev/zero", 2 << 20, Outcome.FAILED, "filled the disk"),
         ("head -c 300000 /dev/zero", 4 << 20, Outcome.OK, ""),
+        # A few KiB on a disk already at the line: the task did not fill it.
+        ("head -c 6000 /dev/zero", (1 << 20) + (8 << 10), Outcome.OK, ""),
+        ("head -c 6000 /dev/zero; exit 1", (1 << 20) + (8 << 10), Outcome.INTERRUPTED, "while"),
     ],
-    ids=["failed-as-it-filled", "failed-filling-it", "ok-filling-it", "ok-on-a-full-disk"],
+    ids=[
+        "failed-as-it-filled",
+        "failed-filling-it",
+        "ok-filling-it",
+        "ok-on-a-full-disk",
+        "ok-small-at-the-line",
+        "failed-small-at-the-line",
+    ],
 )
 def test_an_attempt_ending_on_a_full_disk(
     tmp_path: Path,
@@ -937,6 +947,19 @@ def test_an_attempt_ending_on_a_full_disk(
     assert f.discarded is not kept
     assert f.stdout.exists() is kept
     assert (launch.run_dir / "work" / "scratch.bin").exists() is kept
+    if "filled the disk" in reason:
+        assert f.reason.startswith("its output (1.1 MiB) filled the disk holding ")
+        assert f.reason.endswith(" (2 MiB free when it started)")
+
+
+def test_a_task_that_removes_its_own_run_dir_is_recorded_as_it_ended(tmp_path: Path) -> None:
+    # The free space is read of the runs' dir, and the attempt's files are found gone: it is
+    # neither judged a full disk nor failed by swarm (it was: "swarm error: FileNotFoundError").
+    launch = make_launch(tmp_path, 'echo gone; rm -rf "$(dirname "$PWD")"; exit 3')
+    _, f = run_attempt(launch)
+    assert (f.outcome, f.exit_code, f.reason) == (Outcome.FAILED, 3, "exit 3")
+    assert not f.discarded
+    assert not launch.run_dir.exists()
 
 
 @pytest.mark.parametrize(

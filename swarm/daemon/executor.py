@@ -386,19 +386,22 @@ class Attempt:
     ) -> tuple[Outcome, str] | None:
         """If the state disk is full as the attempt ends, and the attempt failed or its own
         output filled it, throw its files away (blocking: run it in a thread) and return the
-        outcome and reason to record instead; None otherwise. An attempt that ended well
-        keeps its files: its node waits for space to store them. One that failed while the
-        disk filled up under it is `interrupted`, which costs the task no retry."""
-        free = free_bytes(self.launch.run_dir)
+        outcome and reason to record instead; None otherwise. Its output filled the disk when
+        it took all the room there was above the line, and is at least as large as that line:
+        a few KiB written on a disk already at the line did not fill it, and an attempt that
+        ended well and did not fill it keeps its files (its node waits for space to store
+        them). One that failed while the disk filled up under it is `interrupted`, which costs
+        the task no retry."""
+        where = self.launch.run_dir.parent
+        free = free_bytes(where)
         if free >= DISK_FULL_FREE_BYTES:
             return None
         own = self._own_bytes(outputs)
-        where = self.launch.run_dir.parent
-        if own and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
+        if own >= DISK_FULL_FREE_BYTES and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
             judged = (
                 Outcome.FAILED,
-                f"its output ({bytes_text(own)}) is larger than the free space on {where} "
-                f"({bytes_text(self._free_at_start)} when it started)",
+                f"its output ({bytes_text(own)}) filled the disk holding {where} "
+                f"({bytes_text(self._free_at_start)} free when it started)",
             )
         elif outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
             cause = f"the disk holding {where} filled up while it ran"
@@ -409,9 +412,13 @@ class Attempt:
         return judged
 
     def _own_bytes(self, outputs: dict[str, Path]) -> int:
-        """The bytes this attempt's files take on the state disk."""
+        """The bytes this attempt's files take on the state disk (none left: its task removed
+        its own run dir)."""
         scratch = self.launch.spec.cwd is None
-        dev = os.stat(self.launch.run_dir).st_dev
+        try:
+            dev = os.stat(self.launch.run_dir).st_dev
+        except FileNotFoundError:
+            return 0
         total = _tree_bytes(self.cwd) if scratch else 0  # scratch: all of work/ is the attempt's
         for path in (self.stdout, self.stderr, *(() if scratch else outputs.values())):
             with contextlib.suppress(OSError):
@@ -456,8 +463,10 @@ class FreeSpace:
         return self.now(run_dir)
 
     def now(self, run_dir: Path) -> int:
-        self._bytes = free_bytes(run_dir)
-        self._root, self._read_at = run_dir_paths(run_dir).parent, time.monotonic()
+        # Of the runs' dir, not the attempt's own: its task may have removed that.
+        root = run_dir_paths(run_dir).parent
+        self._bytes = free_bytes(root)
+        self._root, self._read_at = root, time.monotonic()
         return self._bytes
 
 

@@ -103,7 +103,7 @@ def test_a_task_whose_stdout_fills_the_disk_fails_and_gives_the_space_back(
         (row,) = export_rows(cli, "--attempts", "--job", "flood")
         assert row["outcome"] == "failed"
         assert row["reason"].startswith("its output (")
-        assert f"is larger than the free space on {cli.home / 'run'}" in row["reason"]
+        assert f"filled the disk holding {cli.home / 'run'}" in row["reason"]
         # Its partial output is gone, and the node runs the next job.
         assert _free(small_disk) > free_before - (512 << 10)
         small = write_tasks(work / "small.jsonl", [{"name": "s", "cmd": "echo small"}])
