@@ -80,3 +80,40 @@ def test_the_result_record_carries_what_the_executor_measured(tmp_path: Path) ->
     assert record.max_rss_kb == finished.max_rss_kb
     assert (record.digest, record.reason, record.node_capacity) == ("ab" * 32, "why", capacity)
     assert not record.evicted and record.proof == b""
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            "touch \"$(printf 'a\\377b')\"",
+            "its output file b'a\\xffb' has a name that is not valid UTF-8, which a result "
+            "cannot name",
+        ),
+        (
+            "echo FILE > stdout",
+            "its output file 'stdout' would take the place of its stdout in its results: give "
+            "it another name",
+        ),
+        (
+            "mkdir stderr; echo x > stderr/x",
+            "its output file 'stderr/x' would take the place of its stderr in its results: give "
+            "it another name",
+        ),
+    ],
+    ids=["not-utf-8", "stdout", "under-stderr"],
+)
+def test_an_output_no_result_could_give_back_fails_the_attempt_and_its_streams_are_kept(
+    tmp_path: Path, make: str, reason: str
+) -> None:
+    # Stored, a name that is not UTF-8 made the whole result unreadable (its stdout too), and
+    # one named as a stream could never be written out by `swarm results`.
+    launch = make_launch(tmp_path, f"echo hello; {make}", outputs=("*", "*/*"))
+    _, finished = run_attempt(launch)
+    assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, 0)
+    assert finished.reason == reason
+    assert finished.outputs == {}
+    store = BlobStore(tmp_path / "blobs")
+    manifest = parse_manifest(store.read_bytes(put(OutputStore(store), finished, {})[0]))
+    assert store.read_bytes(manifest.stdout) == b"hello\n"
+    assert manifest.files == {}

@@ -87,7 +87,6 @@ _REAL_COLUMNS = frozenset(
 )
 
 RUNNING = "running"  # the outcome shown for an attempt still in progress
-STREAMS = ("stdout", "stderr")  # file names the streams take in a task's output dir
 JOBS_LISTED_MAX = 10  # known jobs named in the error for an unknown one
 
 _MIB = 1024 * 1024

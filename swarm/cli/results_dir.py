@@ -22,9 +22,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarm.cli.export import STREAMS, known_job
+from swarm.cli.export import known_job
 from swarm.core.ledger import Ledger
-from swarm.core.manifest import MANIFEST_BYTES_MAX, NAME_BYTES_MAX, Manifest, parse_manifest
+from swarm.core.manifest import (
+    MANIFEST_BYTES_MAX,
+    NAME_BYTES_MAX,
+    STREAMS,
+    Manifest,
+    parse_manifest,
+)
 from swarm.daemon.store import BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError
 from swarm.pycall import VALUE_FILE

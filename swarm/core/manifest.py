@@ -26,6 +26,7 @@ from swarm.errors import CorruptBlobError
 
 MANIFEST_BYTES_MAX = 64 << 20  # a manifest bigger than this is refused, not read into memory
 NAME_BYTES_MAX = 255  # NAME_MAX of Linux and macOS: a longer path component cannot be created
+STREAMS = ("stdout", "stderr")  # file names the streams take in a task's results dir
 
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_KEYS = frozenset({"stdout", "stderr", "files"})

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm.core.manifest import STREAMS
 from swarm.daemon.task_threads import task_threads
 from swarm.errors import OutputLimitError
 
@@ -112,6 +113,7 @@ def collect_outputs(
                 # HTCondor takes back only new or changed files), not a file an earlier run left.
                 if st.st_mtime_ns < not_before_ns:
                     continue
+                _check_output_name(rel)
                 found[rel] = cwd / rel
                 total_bytes += st.st_size
                 if len(found) > files_max:
@@ -121,6 +123,24 @@ def collect_outputs(
                         f"its outputs add up to more than {bytes_text(bytes_max)}"
                     )
     return found
+
+
+def _check_output_name(rel: str) -> None:
+    """OutputLimitError if a found output could never be had back: a result names its files in
+    UTF-8 (a name that is not would make the whole result unreadable, its stdout too), and a
+    task's results dir holds its stdout and stderr files under those names."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputLimitError(
+            f"its output file {os.fsencode(rel)!r} has a name that is not valid UTF-8, "
+            "which a result cannot name"
+        ) from None
+    if rel.split("/")[0] in STREAMS:
+        raise OutputLimitError(
+            f"its output file {rel!r} would take the place of its {rel.split('/')[0]} in its "
+            "results: give it another name"
+        )
 
 
 def _glob_parts(pattern: str) -> tuple[str, ...]:
