@@ -24,3 +24,18 @@ def test_every_subcommand_shows_an_example_in_its_help() -> None:
     assert set(commands) == set(EXAMPLES), set(commands) ^ set(EXAMPLES)
     for name, sub in commands.items():
         assert f"examples:\n  swarm {name}" in sub.format_help(), name
+
+
+def test_an_attempt_number_out_of_range_is_refused_by_the_parser() -> None:
+    # Past 2**64 it reached the wire's packer, whose OverflowError came out as a traceback.
+    for number in ("0", "-5", "99999999999999999999", "two"):
+        done = subprocess.run(
+            [sys.executable, "-m", "swarm", "logs", "job/t", "--attempt", number],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert f"argument --attempt: not an attempt number from 1 to 2,147,483,647: {number!r}" in (
+            done.stderr
+        ), done.stderr

@@ -401,6 +401,20 @@ def test_a_record_the_node_refused_itself_is_passed_over_not_served(tmp_path: Pa
     assert [p.last for p in parts] == [3, 6]
 
 
+def test_a_ledger_that_is_a_directory_is_one_sentence_saying_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.mkdir()  # SQLite's own word for it is "disk I/O error", raised as the file is opened
+    for read in (db.load_ledger, db.read_meta):
+        with pytest.raises(CorruptLedgerError, match=r"ledger\.db is not a file .*: move it aside"):
+            read(path)
+
+    async def start() -> None:
+        await db.open_writer(path)
+
+    with pytest.raises(CorruptLedgerError, match="is not a file"):
+        asyncio.run(start())
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_corrupt_ledger_file_is_one_sentence_saying_what_to_do(
     tmp_path: Path, damage: str

@@ -320,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "logs", "print the stdout and stderr of a task's latest attempt, from any node", client_opts
     )
     p.add_argument("target", metavar="JOB/NAME|TASK", help="a task: JOB/NAME, or an id prefix")
-    p.add_argument("--attempt", type=int, help="this attempt (1, 2, ...), not the latest")
+    p.add_argument(
+        "--attempt", type=_attempt_number, help="this attempt (1, 2, ...), not the latest"
+    )
     p.add_argument(
         "-f", "--follow", action="store_true", help="while it runs, its output as it grows"
     )
@@ -383,6 +385,21 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value < 86_400:
         raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds: {text!r}")
+    return value
+
+
+ATTEMPT_NUMBER_MAX = 2**31 - 1  # far past any retries allowed, and within what the wire carries
+
+
+def _attempt_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= ATTEMPT_NUMBER_MAX:
+        raise argparse.ArgumentTypeError(
+            f"not an attempt number from 1 to {ATTEMPT_NUMBER_MAX:,}: {text!r}"
+        )
     return value
 
 

@@ -142,7 +142,9 @@ def _export_streamed(args: argparse.Namespace, db_path: Path, what: str) -> int:
     """`swarm export` of the local ledger file, streamed (export_stream.py)."""
     from swarm.cli import export_stream
 
-    export_stream.check_job(db_path, args.job)  # before a file is made
+    # Before a file is made, or a line written: a ledger that cannot be read is said alone.
+    db.read_meta(db_path)
+    export_stream.check_job(db_path, args.job)
     if not args.output:
         _, left_out = export_stream.write(
             db_path, sys.stdout, what=what, fmt=args.format, job=args.job

@@ -386,7 +386,10 @@ async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connect
     """The node's one writing connection. In autocommit mode: a batch that is one statement
     commits in one trip to SQLite's thread; a longer one opens its transaction itself."""
     assert sync in SYNC_MODES
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ledger_error(path, exc) from exc
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={sync.upper()}")
@@ -728,6 +731,11 @@ def _refuse(loaded: Loaded, version: Version, problem: str) -> None:
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> SwarmError:
     """One sentence for a ledger file SQLite cannot read, saying what to do about it."""
+    if path.exists() and not path.is_file():
+        return CorruptLedgerError(
+            f"the ledger {path} is not a file (a directory, say): move it aside and start the "
+            "node again; it starts empty and catches up from its peers"
+        )
     corrupt = not isinstance(exc, sqlite3.OperationalError) or "no such table" in str(exc)
     if not corrupt:
         return SwarmError(f"cannot read the ledger {path}: {exc}")
@@ -745,7 +753,10 @@ class _read_only:
         if not path.exists():
             raise SwarmError(f"no ledger at {path}: run `swarm init` or `swarm start` first")
         self._path = path
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise ledger_error(path, exc) from exc
 
     def __enter__(self) -> sqlite3.Connection:
         return self.conn
