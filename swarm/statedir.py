@@ -124,6 +124,15 @@ def init(state: StateDir, key_file: Path | None = None) -> bool:
         if key_file is not None:
             _adopt_key(state, key_file)
         return False
+    if state.db_path.exists() and not os.path.lexists(state.identity_path):
+        # A new key would not be the one the ledger's records were signed with: say so before
+        # anything is written, rather than make a key the start then refuses.
+        raise ConfigError(
+            f"the identity key {state.identity_path} is missing, and the ledger "
+            f"{state.db_path} belongs to the node whose key it was: put the key back (it cannot "
+            "be made again), or move the ledger aside (with its -wal and -shm files) to start "
+            "this dir as a new node"
+        )
     try:
         state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state.root, 0o700)

@@ -23,3 +23,22 @@ def test_a_swarm_key_file_is_read_bounded_and_checked(tmp_path: Path) -> None:
         statedir.read_swarm_key(Path("/dev/zero"))
     with pytest.raises(ConfigError, match="not a swarm key"):
         statedir.read_swarm_key(tmp_path / "missing.key")
+
+
+def test_a_ledger_whose_identity_key_is_gone_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    state = statedir.StateDir(tmp_path / "home")
+    assert statedir.init(state)
+    node = statedir.node_id(state)
+    state.identity_path.unlink()
+    before = sorted(p.name for p in state.root.iterdir())
+    with pytest.raises(ConfigError, match=r"identity\.key is missing, and the ledger .* put the"):
+        statedir.init(state)
+    # No new key was made (the start then refused it as not the ledger's node's key).
+    assert sorted(p.name for p in state.root.iterdir()) == before
+    # A dir whose ledger went too is a new node's, with a new key.
+    for path in state.root.glob("ledger.db*"):
+        path.unlink()
+    assert statedir.init(state)
+    assert statedir.node_id(state) != node
