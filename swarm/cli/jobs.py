@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from swarm import connection, control, statedir
 from swarm.cli import remote_reads, results_dir, taskfile
-from swarm.cli.common import _call, connect, err, out, peer_of, plural, wall_ms
+from swarm.cli.common import CALL_ANSWER_S, _call, connect, err, out, peer_of, plural, wall_ms
 from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
 from swarm.connection import Client
@@ -80,6 +80,15 @@ async def send_tasks(
     client: Client, job: str, tasks: list[taskfile.NewTask]
 ) -> control.SubmitReply:
     chunk = connection.SUBMIT_CHUNK_TASKS
+    # A daemon that does not answer (stopped, say) is found out before anything is sent: a
+    # submit given up on after its tasks went would add them once the daemon came back.
+    try:
+        await asyncio.wait_for(client.ping(), CALL_ANSWER_S)
+    except TimeoutError:
+        raise ControlError(
+            f"the daemon did not answer within {CALL_ANSWER_S:g}s (is it paused, or "
+            "overloaded?); nothing was submitted"
+        ) from None
     return await client.submit(
         job, ([_wire_task(t) for t in tasks[i : i + chunk]] for i in range(0, len(tasks), chunk))
     )
