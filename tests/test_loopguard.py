@@ -4,6 +4,8 @@ disk with the same traceback thousands of times a second."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from typing import Any
 
 import pytest
@@ -49,3 +51,27 @@ def test_the_handler_is_what_a_real_loop_calls() -> None:
         return seen
 
     assert len(asyncio.run(go()).logged) == 1
+
+
+def test_a_logger_s_records_are_held_to_the_same_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(loopguard.time, "monotonic", lambda: now[0])
+    limited = loopguard.RateLimited()
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise ValueError("bad request line")
+        except ValueError:
+            info = sys.exc_info()
+        return logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, message, None, info)
+
+    passed = [limited.filter(record("Error handling request")) for _ in range(500)]
+    assert passed.count(True) == 1
+    assert limited.filter(record("another kind"))
+    now[0] += LOOP_REPORT_EVERY_S
+    later = record("Error handling request")
+    assert limited.filter(later)
+    assert later.getMessage() == (
+        f"Error handling request (499 more like it in the last {LOOP_REPORT_EVERY_S:g} s, "
+        "not logged)"
+    )

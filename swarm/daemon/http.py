@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from swarm.core.ledger import State, TaskView
+from swarm.daemon.loopguard import RateLimited
 from swarm.daemon.metrics import registry_for
 from swarm.daemon.store import EMPTY_DIGEST
 from swarm.errors import SwarmError, UserError
@@ -47,6 +48,14 @@ HISTORY_POINTS_MAX = 200  # of GET /history
 STATUS_CACHE_S = 1.0  # GET /status answers from a snapshot at most this old
 REQUESTS_AT_ONCE_MAX = 16  # being served; beyond, a request is answered 503 at once
 JOB_PAGE_MAX = 10_000  # tasks in one reply of GET /jobs/JOB
+
+
+def _limit_server_log() -> None:
+    """aiohttp logs a traceback for each request it cannot parse: held to one of each kind per
+    period, so a stranger who reaches the port cannot fill the node's log and disk."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RateLimited) for f in server_log.filters):
+        server_log.addFilter(RateLimited())
 
 
 def is_loopback(host: str) -> bool:
@@ -86,6 +95,7 @@ class HttpApi:
                 port,
             )
         self._runner = web.AppRunner(self.app, access_log=None)
+        _limit_server_log()
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -139,6 +140,20 @@ def test_the_dashboard_renders_in_headless_chromium(served: str, tmp_path: Path)
         timeout=90,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_requests_it_cannot_parse_do_not_fill_the_log(cli: Cli, daemon: Any) -> None:
+    # aiohttp logs an 11-line traceback for each: 500 of them were 5,500 lines in 0.3 s.
+    port = free_port()
+    node = daemon("--cpus", "1", "--http", f"127.0.0.1:{port}")
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /\x00 HTTP/1.1\r\n\r\n")
+            assert conn.recv(64).split(b" ")[1] == b"400"
+    assert get(f"http://127.0.0.1:{port}/status")[0] == 200
+    log = node.log.read_text()
+    assert 1 <= log.count("Error handling request") <= 2, log[-3000:]
+    assert len(log.splitlines()) < 60, log[-3000:]
 
 
 def test_only_loopback_counts_as_private() -> None:
