@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from swarm.cli import status
 from swarm.core.spec import Resources
 from swarm.core.units import parse_size
 from swarm.daemon import resources
-from swarm.daemon.config import parse_label
+from swarm.daemon.config import BUILTIN_LABELS, parse_label
 from swarm.daemon.resources import (
     available_memory_bytes,
     builtin_labels,
@@ -479,6 +480,18 @@ def test_parse_label_bad(text: str) -> None:
         parse_label(text)
     assert repr(text) in str(caught.value)
     assert str(caught.value).startswith("--label ")
+
+
+@pytest.mark.parametrize("key", sorted(BUILTIN_LABELS))
+def test_a_label_every_node_has_cannot_be_set(key: str) -> None:
+    # `--label cpus=99` made a node's `cpus` label say 99: a task requiring cpus>=64 matched it.
+    with pytest.raises(ConfigError, match=f"{key} is a label every node has"):
+        parse_label(f"{key}=99")
+
+
+def test_the_built_in_labels_are_those_a_node_is_given_and_status_leaves_out() -> None:
+    assert set(resources.builtin_labels(Resources(2.0, 1 << 30, 0))) == BUILTIN_LABELS
+    assert status.BUILTIN_LABELS == BUILTIN_LABELS
 
 
 def test_module_exports() -> None:

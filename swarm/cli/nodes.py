@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import secrets
 import signal
@@ -27,10 +28,15 @@ STOP_WAIT_S = 30.0  # `stop` waits this long for the daemon to record its attemp
 def node_config(args: argparse.Namespace) -> NodeConfig:
     labels = dict(parse_label(text) for text in args.label)
     memory = units.parse_size(args.memory, field="--memory") if args.memory else None
-    warn_beyond_machine(args.cpus, args.memory, memory)
+    warn_beyond_machine(args.cpus, args.memory, memory, args.gpus)
     memfree = units.parse_size(args.memfree, field="--memfree") if args.memfree else None
     if memfree is not None and not args.overcommit:
         raise UserInputError("--memfree works with --overcommit; add it, or leave --memfree out")
+    if memfree is not None and memory is not None and memfree >= memory:
+        raise UserInputError(
+            f"--memfree {args.memfree} is not less than --memory {args.memory}: no task could "
+            "ever start"
+        )
     joins = tuple(parse_addr(peer) for peer in args.join)
     bind = parse_addr(args.bind) if args.bind else None
     if joins and bind is None:
@@ -66,9 +72,13 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 HTTP_PORT = 8080  # `--http HOST` alone
 
 
-def warn_beyond_machine(cpus: float | None, memory_text: str | None, memory: int | None) -> None:
-    """Say so when --cpus or --memory offers more than this machine has (tasks claimed on the
-    strength of it would be starved or killed), or when a --memory without a unit reads as MiB."""
+def warn_beyond_machine(
+    cpus: float | None, memory_text: str | None, memory: int | None, gpus: int | None = None
+) -> None:
+    """Say so when --cpus, --memory or --gpus offers more than this machine has (tasks claimed
+    on the strength of it would be starved, killed or given devices that are not there), or
+    when a --memory without a unit reads as MiB. (A value no node may have at all, -1 or inf,
+    is refused as the node starts, with no warning first.)"""
     from swarm.daemon import resources  # the probes: only a node's start needs them
 
     if memory_text is not None and memory_text.strip().replace(".", "", 1).isdigit():
@@ -78,7 +88,7 @@ def warn_beyond_machine(cpus: float | None, memory_text: str | None, memory: int
             soft_wrap=True,
         )
     machine_cpus = resources.probe_cpus()
-    if cpus is not None and cpus > machine_cpus:
+    if cpus is not None and machine_cpus < cpus < math.inf:
         err.print(
             f"[yellow]warning:[/] --cpus {cpus:g} is more than the {machine_cpus:g} CPUs this "
             "machine gives this process: tasks will share them",
@@ -90,6 +100,13 @@ def warn_beyond_machine(cpus: float | None, memory_text: str | None, memory: int
             f"[yellow]warning:[/] --memory {memory_text} is more than the "
             f"{units.format_bytes(machine_memory)} this machine gives this process: tasks "
             "admitted on it may be killed for lack of memory",
+            soft_wrap=True,
+        )
+    machine_gpus = resources.probe_gpus()
+    if gpus is not None and gpus > machine_gpus:
+        err.print(
+            f"[yellow]warning:[/] --gpus {gpus} is more than the {machine_gpus} GPUs found on "
+            "this machine: tasks given the others will find no device",
             soft_wrap=True,
         )
 

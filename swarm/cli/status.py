@@ -45,6 +45,7 @@ SHORT_ID_LEN = 8
 
 # Labels every node gets from `resources.builtin_labels`: their values already have their own
 # columns, so repeating them in the labels column would only crowd out the user's own labels.
+# The same set as daemon/config.py's (a test checks), not imported: status loads no daemon module.
 BUILTIN_LABELS = frozenset({"cpus", "memory_gb", "gpus", "arch", "hostname"})
 
 # Node states that mean "not taking work". Anything else (alive, suspect, draining, ...) counts as
