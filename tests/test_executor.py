@@ -952,6 +952,36 @@ def test_an_attempt_ending_on_a_full_disk(
         assert f.reason.endswith(" (2 MiB free when it started)")
 
 
+@pytest.mark.parametrize(
+    ("cmd", "outcome", "reason"),
+    [
+        ("echo out; exit 1", Outcome.INTERRUPTED, "filled up while it ran (exit 1)"),
+        ("echo out", Outcome.OK, ""),
+    ],
+    ids=["failed", "ok"],
+)
+def test_an_attempt_that_ran_while_the_disk_was_seen_full_is_judged_so_after_space_came_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: str, outcome: Outcome, reason: str
+) -> None:
+    # Another attempt ended first, found the disk full and threw its files away: by this one's
+    # end there is room again, yet it ran out of it (it was recorded as an ordinary failure,
+    # its truncated files stored, and the disk filled up again with them).
+    frees = iter([4 << 20, 4096])  # at its start; then the other attempt's end, while it runs
+    monkeypatch.setattr(executor, "free_bytes", lambda _: next(frees, 4 << 20))
+    launch = make_launch(tmp_path, cmd)
+
+    async def another_attempt_ends(attempt: Attempt) -> None:
+        assert executor.free_space.now(launch.run_dir) == 4096
+
+    _, f = run_attempt(launch, during=another_attempt_ends)
+    assert (f.outcome, f.reason) == (
+        outcome,
+        reason and f"the disk holding {tmp_path / 'run'} {reason}",
+    )
+    assert f.discarded is (outcome is not Outcome.OK)
+    assert f.stdout.exists() is (outcome is Outcome.OK)
+
+
 def test_a_task_that_removes_its_own_run_dir_is_recorded_as_it_ended(tmp_path: Path) -> None:
     # The free space is read of the runs' dir, and the attempt's files are found gone: it is
     # neither judged a full disk nor failed by swarm (it was: "swarm error: FileNotFoundError").

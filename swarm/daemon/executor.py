@@ -330,7 +330,10 @@ class Attempt:
         if replaced:
             await asyncio.to_thread(remove_all, replaced)  # a tree, maybe: not on the loop
         judged = None
-        if free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES:  # walks files: thread
+        # Full now, or seen full since it started: another attempt that ended first may have
+        # thrown its files away and given the space back before this one was looked at.
+        full_now = free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES
+        if full_now or (outcome is not Outcome.OK and free_space.low_since(self._t0)):
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
         if judged is not None:
@@ -384,17 +387,19 @@ class Attempt:
     def _judge_full_disk(
         self, outcome: Outcome, reason: str, outputs: dict[str, Path]
     ) -> tuple[Outcome, str] | None:
-        """If the state disk is full as the attempt ends, and the attempt failed or its own
-        output filled it, throw its files away (blocking: run it in a thread) and return the
-        outcome and reason to record instead; None otherwise. Its output filled the disk when
+        """If the state disk is full as the attempt ends (or was seen full while it ran, and it
+        failed), and the attempt failed or its own output filled it, throw its files away
+        (blocking: run it in a thread) and return the outcome and reason to record instead;
+        None otherwise. Its output filled the disk when
         it took all the room there was above the line, and is at least as large as that line:
         a few KiB written on a disk already at the line did not fill it, and an attempt that
         ended well and did not fill it keeps its files (its node waits for space to store
         them). One that failed while the disk filled up under it is `interrupted`, which costs
         the task no retry."""
         where = self.launch.run_dir.parent
-        free = free_bytes(where)
-        if free >= DISK_FULL_FREE_BYTES:
+        if free_bytes(where) >= DISK_FULL_FREE_BYTES and (
+            outcome is Outcome.OK or not free_space.low_since(self._t0)
+        ):
             return None
         own = self._own_bytes(outputs)
         if own >= DISK_FULL_FREE_BYTES and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
@@ -454,6 +459,7 @@ class FreeSpace:
         self._root: Path | None = None
         self._read_at = -math.inf
         self._bytes = 0
+        self._low_at = -math.inf  # when a reading was last below DISK_FULL_FREE_BYTES
 
     def recent(self, run_dir: Path) -> int:
         fresh = time.monotonic() - self._read_at < FREE_RECENT_S
@@ -467,7 +473,13 @@ class FreeSpace:
         root = run_dir_paths(run_dir).parent
         self._bytes = free_bytes(root)
         self._root, self._read_at = root, time.monotonic()
+        if self._bytes < DISK_FULL_FREE_BYTES:
+            self._low_at = self._read_at
         return self._bytes
+
+    def low_since(self, since: float) -> bool:
+        """The state disk was read as full at `since` (monotonic seconds) or later."""
+        return self._low_at >= since
 
 
 free_space = FreeSpace()
