@@ -265,7 +265,12 @@ class DaemonLock:
 
     def __init__(self, state: StateDir) -> None:
         self.path = state.root / "daemon.lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a read-only disk, say: nothing could be recorded there
+            raise ConfigError(
+                f"cannot open the state dir's lock {self.path}: {exc.strerror}"
+            ) from exc
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

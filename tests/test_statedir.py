@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from swarm import statedir
+from swarm.daemon.store import BlobStore
 from swarm.errors import ConfigError
 
 
@@ -42,3 +43,15 @@ def test_a_ledger_whose_identity_key_is_gone_is_refused_before_anything_is_writt
         path.unlink()
     assert statedir.init(state)
     assert statedir.node_id(state) != node
+
+
+def test_a_lock_that_cannot_be_opened_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "home").write_text("a file where the state dir should be\n")
+    with pytest.raises(ConfigError, match=r"cannot open the state dir's lock .*: Not a directory"):
+        statedir.DaemonLock(statedir.StateDir(tmp_path / "home"))
+
+
+def test_a_blob_store_that_is_a_file_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "blobs").write_text("not a dir\n")
+    with pytest.raises(ConfigError, match=r"blob store's .*blobs is not a directory: move it"):
+        BlobStore(tmp_path / "blobs")

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from swarm.errors import CorruptBlobError, MissingBlobError, StorageFullError
+from swarm.errors import ConfigError, CorruptBlobError, MissingBlobError, StorageFullError
 
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 # Streaming reads and copies go in pieces of this size, so memory use does not grow with blobs.
@@ -94,7 +94,14 @@ class BlobStore:
         self._tmp = self.root / "tmp"
         self._quarantine = self.root / "quarantine"
         for d in (self.root, self._tmp, self._quarantine):
-            d.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            try:
+                d.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            except FileExistsError:  # exist_ok takes only a dir
+                raise ConfigError(
+                    f"the blob store's {d} is not a directory: move it aside"
+                ) from None
+            except OSError as exc:
+                raise ConfigError(f"cannot make the blob store's {d}: {exc.strerror}") from exc
         # Fan-out directories whose entry in root this process has made durable (see _fanout).
         self._durable_fanouts: set[str] = set()
 
