@@ -124,7 +124,7 @@ def init(state: StateDir, key_file: Path | None = None) -> bool:
         if key_file is not None:
             _adopt_key(state, key_file)
         return False
-    if state.db_path.exists() and not os.path.lexists(state.identity_path):
+    if state.db_path.exists() and not state.identity_path.exists():
         # A new key would not be the one the ledger's records were signed with: say so before
         # anything is written, rather than make a key the start then refuses.
         raise ConfigError(

@@ -982,6 +982,22 @@ def test_an_attempt_that_ran_while_the_disk_was_seen_full_is_judged_so_after_spa
     assert f.stdout.exists() is (outcome is Outcome.OK)
 
 
+def test_a_failure_long_after_a_moment_of_full_disk_is_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frees = iter([4 << 20, 4096])
+    monkeypatch.setattr(executor, "free_bytes", lambda _: next(frees, 4 << 20))
+    monkeypatch.setattr(executor, "FULL_SEEN_RECENT_S", 0.2)
+    launch = make_launch(tmp_path, "sleep 0.5; echo its own >&2; exit 1")
+
+    async def disk_full_a_moment(attempt: Attempt) -> None:
+        assert executor.free_space.now(launch.run_dir) == 4096
+
+    _, f = run_attempt(launch, during=disk_full_a_moment)
+    assert (f.outcome, f.reason, f.discarded) == (Outcome.FAILED, "exit 1", False)
+    assert f.stderr.read_text() == "its own\n"
+
+
 def test_a_task_that_removes_its_own_run_dir_is_recorded_as_it_ended(tmp_path: Path) -> None:
     # The free space is read of the runs' dir, and the attempt's files are found gone: it is
     # neither judged a full disk nor failed by swarm (it was: "swarm error: FileNotFoundError").

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from swarm.errors import UserInputError
 def test_a_regular_file_is_replaced_whole_and_keeps_its_mode(tmp_path: Path) -> None:
     target = tmp_path / "ledger.csv"
     target.write_text("old\n")
-    target.chmod(0o640)
+    target.chmod(0o640 | stat.S_ISUID)  # a set-id bit is not carried over to new contents
     (tmp_path / "ledger.csv.tmp").write_text("a user's own file\n")  # not ours to touch
     with export_file(target) as handle:
         handle.write("new\n")
@@ -46,6 +48,29 @@ def test_a_symlink_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
         handle.write("new\n")
     assert link.is_symlink()
     assert (tmp_path / "real.csv").read_text() == "new\n"
+
+
+def test_a_link_to_nothing_is_replaced_by_the_file_not_followed(tmp_path: Path) -> None:
+    link = tmp_path / "ledger.csv"
+    link.symlink_to(tmp_path / "elsewhere" / "made.csv")
+    with export_file(link) as handle:
+        handle.write("rows\n")
+    assert not link.is_symlink() and link.read_text() == "rows\n"
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_dev_stdout_into_a_pipe_is_written_in_place() -> None:
+    # realpath of /dev/stdout into a pipe names no file ("pipe:[N]"): the kernel's open does.
+    code = (
+        "from pathlib import Path\n"
+        "from swarm.cli.results import export_file\n"
+        "with export_file(Path('/dev/stdout')) as handle:\n"
+        "    handle.write('rows\\n')\n"
+    )
+    done = subprocess.run(
+        f'{sys.executable} -c "{code}" | cat', shell=True, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "rows\n", "")
 
 
 def test_a_fifo_is_written_in_place(tmp_path: Path) -> None:

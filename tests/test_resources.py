@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from swarm.cli import status
+from swarm.core.labels import BUILTIN_LABELS
 from swarm.core.spec import Resources
 from swarm.core.units import parse_size
 from swarm.daemon import resources
-from swarm.daemon.config import BUILTIN_LABELS, parse_label
+from swarm.daemon.config import parse_label
 from swarm.daemon.resources import (
     available_memory_bytes,
     builtin_labels,
@@ -489,9 +489,8 @@ def test_a_label_every_node_has_cannot_be_set(key: str) -> None:
         parse_label(f"{key}=99")
 
 
-def test_the_built_in_labels_are_those_a_node_is_given_and_status_leaves_out() -> None:
+def test_the_built_in_labels_are_those_a_node_is_given() -> None:
     assert set(resources.builtin_labels(Resources(2.0, 1 << 30, 0))) == BUILTIN_LABELS
-    assert status.BUILTIN_LABELS == BUILTIN_LABELS
 
 
 def test_module_exports() -> None:

@@ -38,6 +38,12 @@ def test_a_ledger_whose_identity_key_is_gone_is_refused_before_anything_is_writt
         statedir.init(state)
     # No new key was made (the start then refused it as not the ledger's node's key).
     assert sorted(p.name for p in state.root.iterdir()) == before
+    # A link to a key that is gone is no key either (a new one was written over the link).
+    state.identity_path.symlink_to(tmp_path / "gone.key")
+    with pytest.raises(ConfigError, match=r"identity\.key is missing"):
+        statedir.init(state)
+    assert state.identity_path.is_symlink()
+    state.identity_path.unlink()
     # A dir whose ledger went too is a new node's, with a new key.
     for path in state.root.glob("ledger.db*"):
         path.unlink()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from swarm import statedir
-from swarm.cli import jobs, taskfile
+from swarm.cli import common, jobs, taskfile
 from swarm.connection import Client
 from swarm.errors import ControlError
 
@@ -18,7 +18,7 @@ def test_a_daemon_that_does_not_answer_is_sent_no_task(
 ) -> None:
     # A stopped daemon's socket still takes connections (the kernel's backlog). The submission
     # waited on it for ever, and a submit killed meanwhile had its tasks added once it woke.
-    monkeypatch.setattr(jobs, "CALL_ANSWER_S", 0.3)
+    monkeypatch.setattr(common, "CALL_ANSWER_S", 0.3)
     state = statedir.StateDir(tmp_path)
     received = bytearray()
     tasks = taskfile.parse_lines(b"echo one\n", "t.txt", "t")
@@ -38,12 +38,15 @@ def test_a_daemon_that_does_not_answer_is_sent_no_task(
         async with server:
             client = await Client.connect(state)
             try:
-                await jobs.send_tasks(client, "t", tasks)
+                await jobs.send_tasks(client, "t", tasks, "the daemon for here")
             finally:
                 await client.close()
                 await asyncio.wait_for(held.wait(), 10)
 
-    with pytest.raises(ControlError, match=r"did not answer within 0\.3s .*nothing was submitted"):
+    with pytest.raises(
+        ControlError,
+        match=r"^the daemon for here did not answer within 0\.3s .*; nothing was submitted$",
+    ):
         asyncio.run(submit())
     assert b"ping" in received
     assert b"submit" not in received and b"echo one" not in received

@@ -714,11 +714,16 @@ class _Chain(io.RawIOBase):
 
 
 def test_a_line_of_exactly_the_bound_is_read_as_a_line() -> None:
-    # The bound is on the line, not on the line and its end: such a line is judged as any other.
-    data = b"x" * LINE_BYTES_MAX + b"\n" + b"y" * LINE_BYTES_MAX
+    # The bound is on the line, not on its end or a BOM: such a line is judged as any other.
+    bound = b"x" * LINE_BYTES_MAX
+    data = b"\xef\xbb\xbf" + bound + b"\r\n" + bound + b"\n" + bound
     found = problems_of(data, lines_mode=True)
-    assert len(found) == 2 and all("longer than 4 MiB" not in f for f in found), found
-    assert [f.split(": ")[0] for f in found] == [f"{SRC}:1", f"{SRC}:2"]
+    assert len(found) == 3 and all("longer than 4 MiB" not in f for f in found), found
+    assert [f.split(": ")[0] for f in found] == [f"{SRC}:1", f"{SRC}:2", f"{SRC}:3"]
+    assert problems_of(bound + b"x\n", lines_mode=True) == [
+        f"{SRC}:1: the line is longer than 4 MiB, more than any task can be (at most 256 KiB of "
+        "text): stopped reading there"
+    ]
 
 
 def test_random_bytes_are_refused_after_the_problems_bound_not_read_whole() -> None:

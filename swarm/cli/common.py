@@ -50,20 +50,33 @@ async def connect(args: argparse.Namespace) -> Client:
     return await remote.connect(peer, state)
 
 
+def where_asked(args: argparse.Namespace) -> str:
+    """The daemon this command asks, as its messages name it."""
+    return peer_of(args) or f"the daemon for {statedir.resolve(args.data_dir).root}"
+
+
+async def answered(asking: Awaitable[Reply], where: str, then: str = "") -> Reply:
+    """The answer to a request, or ControlError if `where` gives none within CALL_ANSWER_S
+    (a stopped daemon's socket still takes connections); `then` ends its message."""
+    import asyncio  # not at the top: `swarm --help` needs no event loop
+
+    try:
+        return await asyncio.wait_for(asking, CALL_ANSWER_S)
+    except TimeoutError:
+        raise ControlError(
+            f"{where} did not answer within {CALL_ANSWER_S:g}s (is it paused, or overloaded?)"
+            + then
+        ) from None
+
+
 def _call(args: argparse.Namespace, ask: Callable[[Client], Awaitable[Reply]]) -> Reply:
     """One request to the daemon (`ask` makes it, with the client), and its typed reply."""
     import asyncio  # not at the top: `swarm --help` needs no event loop
 
-    where = peer_of(args) or f"the daemon for {statedir.resolve(args.data_dir).root}"
-
     async def call() -> Reply:
         client = await connect(args)
         try:
-            return await asyncio.wait_for(ask(client), CALL_ANSWER_S)
-        except TimeoutError:
-            raise ControlError(
-                f"{where} did not answer within {CALL_ANSWER_S:g}s (is it paused, or overloaded?)"
-            ) from None
+            return await answered(ask(client), where_asked(args))
         finally:
             await client.close()
 

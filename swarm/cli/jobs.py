@@ -19,7 +19,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from swarm import connection, control, statedir
 from swarm.cli import remote_reads, results_dir, taskfile
-from swarm.cli.common import CALL_ANSWER_S, _call, connect, err, out, peer_of, plural, wall_ms
+from swarm.cli.common import (
+    _call,
+    answered,
+    connect,
+    err,
+    out,
+    peer_of,
+    plural,
+    wall_ms,
+    where_asked,
+)
 from swarm.cli.nodes import node_config
 from swarm.cli.results import fetch_results
 from swarm.connection import Client
@@ -71,24 +81,19 @@ def read_task_file(args: argparse.Namespace) -> tuple[str, list[taskfile.NewTask
         )
         err.print(
             f"{source}: {said} (a task is named by its content): to run a command more than "
-            f"once, {differ}"
+            f"once, {differ}",
+            markup=False,
         )
     return job, parsed.tasks
 
 
 async def send_tasks(
-    client: Client, job: str, tasks: list[taskfile.NewTask]
+    client: Client, job: str, tasks: list[taskfile.NewTask], where: str
 ) -> control.SubmitReply:
+    # A daemon that does not answer is found out before anything is sent: a submit given up
+    # on (or killed) after its tasks went would have them added once the daemon came back.
+    await answered(client.ping(), where, "; nothing was submitted")
     chunk = connection.SUBMIT_CHUNK_TASKS
-    # A daemon that does not answer (stopped, say) is found out before anything is sent: a
-    # submit given up on after its tasks went would add them once the daemon came back.
-    try:
-        await asyncio.wait_for(client.ping(), CALL_ANSWER_S)
-    except TimeoutError:
-        raise ControlError(
-            f"the daemon did not answer within {CALL_ANSWER_S:g}s (is it paused, or "
-            "overloaded?); nothing was submitted"
-        ) from None
     return await client.submit(
         job, ([_wire_task(t) for t in tasks[i : i + chunk]] for i in range(0, len(tasks), chunk))
     )
@@ -208,7 +213,7 @@ async def _submit_and_watch(
 ) -> tuple[snapshot.Snapshot | None, int]:
     client = await Client.connect(state)
     try:
-        reply = await send_tasks(client, job, tasks)
+        reply = await send_tasks(client, job, tasks, f"the daemon for {state.root}")
         err.print(
             f"job [bold]{job}[/]: {plural(len(tasks), 'task')} "
             f"({reply['added']:,} new, {reply['existing']:,} already in the ledger)"
@@ -323,7 +328,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     async def submit() -> int:
         client = await connect(args)
         try:
-            reply = await send_tasks(client, job, tasks)
+            reply = await send_tasks(client, job, tasks, where_asked(args))
             out.print(job)
             err.print(
                 f"{plural(reply['added'], 'task')} added, "

@@ -163,37 +163,48 @@ def _export_streamed(args: argparse.Namespace, db_path: Path, what: str) -> int:
 
 @contextlib.contextmanager
 def export_file(target: Path) -> Iterator[TextIO]:
-    """The file `swarm export -o` writes, put at `target` as a shell's redirection would: a
-    regular file (or none yet) gets the export whole or not at all (written beside it under a
-    name of its own, then renamed over it), through a symlink at the file the link names; a fifo,
-    a device or any other file that is not a regular one is written in place, never replaced.
+    """The file `swarm export -o` writes at `target`. The kernel opens the path, as a shell's
+    redirection does, so a symlink is followed only where its protections allow (a link that
+    another user left in /tmp is refused), and what it opens decides the rest:
+    - a fifo, a device or anything else not a regular file is written in place (/dev/stdout
+      into a pipe, a fifo's reader);
+    - a regular file gets the export whole or not at all: written beside it under a random
+      name, then renamed over it, with its permission bits (not set-id ones);
+    - nothing there yet (or a link to nothing) is made at `target` in the same way.
     UserInputError naming `target` if it cannot be written (a full disk, say)."""
-    real = Path(os.path.realpath(target))
-    tmp = real.with_name(f".{real.name[:32]}.{secrets.token_hex(8)}.tmp")
+    place, tmp = Path(target), None
     try:
+        mode: int | None = None
         try:
-            st_mode = os.stat(real).st_mode
-            mode: int | None = stat.S_IMODE(st_mode)
-            in_place = not stat.S_ISREG(st_mode)
+            fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            mode, in_place = None, False
-        if in_place:
-            with open(real, "w", newline="", encoding="utf-8") as handle:
-                yield handle
-            return
+            pass  # made at `target`
+        else:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                with open(fd, "w", newline="", encoding="utf-8") as handle:
+                    yield handle
+                return
+            os.close(fd)
+            place = Path(os.path.realpath(target))
+            now = os.stat(place)
+            if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+                raise UserInputError(f"cannot write {target}: it changed as it was opened")
+            mode = stat.S_IMODE(opened.st_mode) & 0o777
         # O_EXCL under a random name: never a file someone left there, nor another export's.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        tmp = place.with_name(f".{place.name[:32]}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             with open(fd, "w", newline="", encoding="utf-8") as handle:
                 yield handle
-            if mode is not None:  # the file replaced keeps its permissions
+            if mode is not None:
                 os.chmod(tmp, mode)
-            os.replace(tmp, real)
+            os.replace(tmp, place)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     except OSError as exc:
-        if exc.filename not in (None, str(real), str(tmp)):
+        if exc.filename not in (None, str(target), str(place), str(tmp)):
             raise  # not the export's file: a read of the ledger, say
         raise UserInputError(f"cannot write {target}: {exc.strerror}") from exc

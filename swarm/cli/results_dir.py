@@ -30,6 +30,7 @@ from swarm.core.manifest import (
     STREAMS,
     Manifest,
     parse_manifest,
+    stream_clash,
 )
 from swarm.daemon.store import BlobStore
 from swarm.errors import CorruptBlobError, MissingBlobError
@@ -156,7 +157,7 @@ def write_task(
     wanted = list(zip(STREAMS, (manifest.stdout, manifest.stderr), strict=True))
     complete = True
     for rel, file_digest in sorted(manifest.files.items()):
-        if rel.split("/")[0] in STREAMS:
+        if stream_clash(rel) is not None:
             done.missing.append(f"{name}: output file {rel!r} clashes with the stdout/stderr files")
             complete = False
             continue

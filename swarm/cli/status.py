@@ -30,6 +30,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from swarm.core.snapshot import Snapshot
+from swarm.core.labels import BUILTIN_LABELS
 from swarm.core.units import format_bytes, format_count, format_duration, format_rate
 
 __all__ = [
@@ -43,10 +44,6 @@ PROGRESS_BAR_WIDTH = 16
 COMPACT_WIDTH = 110  # below this many columns the Jobs table has no progress bar
 SHORT_ID_LEN = 8
 
-# Labels every node gets from `resources.builtin_labels`: their values already have their own
-# columns, so repeating them in the labels column would only crowd out the user's own labels.
-# The same set as daemon/config.py's (a test checks), not imported: status loads no daemon module.
-BUILTIN_LABELS = frozenset({"cpus", "memory_gb", "gpus", "arch", "hostname"})
 
 # Node states that mean "not taking work". Anything else (alive, suspect, draining, ...) counts as
 # alive, so a state added later shows up as alive rather than silently vanishing from the count.

@@ -111,18 +111,20 @@ class _LineTooLong(Exception):
 
 
 def _lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The lines of `stream`, without their ends; _LineTooLong at one over LINE_BYTES_MAX,
-    before more of it is read."""
+    """The lines of `stream`, without their ends (nor the first one's BOM); _LineTooLong at one
+    over LINE_BYTES_MAX, before more of it is read."""
     first = True
     while True:
-        raw = stream.readline(LINE_BYTES_MAX + 1)
+        # A few bytes past the bound: room for a BOM and a CRLF around a line at it.
+        raw = stream.readline(LINE_BYTES_MAX + len(BOM) + 2)
         if not raw:
             return
-        if len(raw) > LINE_BYTES_MAX and raw[-1:] != b"\n":
-            raise _LineTooLong
         if first:
             raw, first = raw.removeprefix(BOM), False
-        yield raw.removesuffix(b"\n").removesuffix(b"\r")
+        line = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if len(line) > LINE_BYTES_MAX:
+            raise _LineTooLong
+        yield line
 
 
 def _parse(

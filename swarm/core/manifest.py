@@ -123,3 +123,10 @@ def _check_relative_path(path: Any) -> None:
         raise CorruptBlobError(
             f"manifest file path has a component over {NAME_BYTES_MAX} bytes: {path!r:.100}"
         )
+
+
+def stream_clash(rel: str) -> str | None:
+    """The stream (stdout or stderr) whose place in a task's results dir an output file at
+    `rel` would take, or None."""
+    top = rel.split("/")[0]
+    return top if top in STREAMS else None

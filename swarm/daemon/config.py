@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from swarm.core.gossip_config import Config as GossipConfig
+from swarm.core.labels import BUILTIN_LABELS
 from swarm.errors import ConfigError, UserInputError
 
 # Light on purpose: every command reads these to build its parser, so this module imports no more
@@ -121,11 +122,6 @@ def parse_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     return host, port
 
 
-# The labels every node has (`resources.builtin_labels`), which a --label may not set: a task
-# requiring `cpus>=8` must meet a node that has 8, not one that says so.
-BUILTIN_LABELS = frozenset({"cpus", "memory_gb", "gpus", "arch", "hostname"})
-
-
 def parse_label(text: str) -> tuple[str, str | int | float]:
     """Parse a `--label key=value` flag; a value that reads as a number becomes one."""
     key, sep, raw = text.partition("=")
@@ -133,7 +129,7 @@ def parse_label(text: str) -> tuple[str, str | int | float]:
     raw = raw.strip()
     if not sep or not key or not raw:
         raise ConfigError(f"--label {text!r}: expected key=value, e.g. --label zone=eu-1")
-    if key in BUILTIN_LABELS:
+    if key in BUILTIN_LABELS:  # a task requiring cpus>=8 must meet a node that has 8
         raise ConfigError(
             f"--label {text!r}: {key} is a label every node has, from what it is "
             f"({', '.join(sorted(BUILTIN_LABELS))}); choose another key"

@@ -61,6 +61,9 @@ DISK_FULL_FREE_BYTES = 1 << 20
 TREE_ENTRIES_MAX = 100_000  # entries counted when sizing a full disk's scratch dir
 FREE_RECENT_S = 0.5  # a reading of the free space this fresh serves an attempt's start ...
 FREE_REUSED_MIN_BYTES = 1 << 30  # ... if it is at least this much (below: read anew)
+# An attempt that failed within this long after the disk was read as full (at another
+# attempt's start or end) is judged as one that ended on a full disk, though there is room now.
+FULL_SEEN_RECENT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +336,7 @@ class Attempt:
         # Full now, or seen full since it started: another attempt that ended first may have
         # thrown its files away and given the space back before this one was looked at.
         full_now = free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES
-        if full_now or (outcome is not Outcome.OK and free_space.low_since(self._t0)):
+        if full_now or (outcome is not Outcome.OK and self._seen_full()):
             judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
         discarded = judged is not None
         if judged is not None:
@@ -398,7 +401,7 @@ class Attempt:
         the task no retry."""
         where = self.launch.run_dir.parent
         if free_bytes(where) >= DISK_FULL_FREE_BYTES and (
-            outcome is Outcome.OK or not free_space.low_since(self._t0)
+            outcome is Outcome.OK or not self._seen_full()
         ):
             return None
         own = self._own_bytes(outputs)
@@ -415,6 +418,11 @@ class Attempt:
             return None
         self._discard_files()
         return judged
+
+    def _seen_full(self) -> bool:
+        """The state disk was read as full while this attempt ran, lately: a failure long
+        after a moment of full disk is its own (and keeps its retry count and files)."""
+        return free_space.low_since(max(self._t0, time.monotonic() - FULL_SEEN_RECENT_S))
 
     def _own_bytes(self, outputs: dict[str, Path]) -> int:
         """The bytes this attempt's files take on the state disk (none left: its task removed

@@ -107,9 +107,9 @@ class Node:
         self.capacity = resources.probe(config.cpus, config.memory_bytes, config.gpus)
         if not config.takes_work:  # it offers nothing: no peer ranks a task for it
             self.capacity = Resources(0.0, 0, 0)
-        self.labels: dict[str, str | int | float] = {
-            **resources.builtin_labels(self.capacity),
+        self.labels: dict[str, str | int | float] = {  # the built-in ones are what it is
             **config.labels,
+            **resources.builtin_labels(self.capacity),
         }
         self.store = BlobStore(state.blobs)
         self.outputs = OutputStore(self.store)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from swarm.core.manifest import STREAMS
+from swarm.core.manifest import stream_clash
 from swarm.daemon.task_threads import task_threads
 from swarm.errors import OutputLimitError
 
@@ -136,10 +136,11 @@ def _check_output_name(rel: str) -> None:
             f"its output file {os.fsencode(rel)!r} has a name that is not valid UTF-8, "
             "which a result cannot name"
         ) from None
-    if rel.split("/")[0] in STREAMS:
+    stream = stream_clash(rel)
+    if stream is not None:
         raise OutputLimitError(
-            f"its output file {rel!r} would take the place of its {rel.split('/')[0]} in its "
-            "results: give it another name"
+            f"its output file {rel!r} would take the place of its {stream} in its results: give "
+            "it another name"
         )
 
 

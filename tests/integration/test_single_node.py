@@ -347,9 +347,9 @@ def test_lines_mode_and_stdin(cli: Cli, tmp_path: Path) -> None:
 def test_repeated_lines_are_told_and_a_file_of_no_lines_is_refused_unread(
     cli: Cli, tmp_path: Path
 ) -> None:
-    listed = tmp_path / "twice.txt"
+    listed = tmp_path / "twice[gpu].txt"  # printed as it is, not read as markup
     listed.write_text("echo x\necho x\necho y\n")
-    done = cli("run", "--lines", str(listed), "--out", str(tmp_path / "o"))
+    done = cli("run", "--lines", str(listed), "--job", "twice", "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr
     assert f"{listed}: 1 line repeats an earlier line and adds no task of its own" in done.stderr
     assert "make the lines differ" in done.stderr
