@@ -386,10 +386,13 @@ async def open_writer(path: Path, sync: str = "full") -> tuple[aiosqlite.Connect
     """The node's one writing connection. In autocommit mode: a batch that is one statement
     commits in one trip to SQLite's thread; a longer one opens its transaction itself."""
     assert sync in SYNC_MODES
+    # Opened once here first: when aiosqlite's own open fails, its thread answers the stop it
+    # then asks for on a loop that may be closed by then (a thread's unhandled error).
     try:
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        sqlite3.connect(path).close()
     except sqlite3.Error as exc:
         raise ledger_error(path, exc) from exc
+    conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={sync.upper()}")
