@@ -177,3 +177,21 @@ def test_the_api_is_listed_in_the_package() -> None:
     import swarm
 
     assert {"SwarmExecutor", "results", "CallLostError", "RemoteCallError"} <= set(dir(swarm))
+
+
+def test_inside_a_task_calls_run_serially_unless_a_node_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SWARM_SERIAL", raising=False)
+    monkeypatch.delenv("SWARM_TASK_ID", raising=False)
+    assert not api._serial_by_default(None, None)  # a script of its own: on the swarm
+    monkeypatch.setenv("SWARM_TASK_ID", "ab" * 32)  # inside a task
+    assert api._serial_by_default(None, None)
+    assert SwarmExecutor(job="inner").serial
+    assert not api._serial_by_default("/srv/home", None)
+    assert not api._serial_by_default(None, "10.0.0.5:7946")
+    monkeypatch.setenv("SWARM_SERIAL", "0")
+    assert not api._serial_by_default(None, None)
+    monkeypatch.setenv("SWARM_SERIAL", "1")
+    monkeypatch.delenv("SWARM_TASK_ID")
+    assert api._serial_by_default(None, None)

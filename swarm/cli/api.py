@@ -106,6 +106,17 @@ class SwarmFuture(concurrent.futures.Future[Any]):
         return cancelled
 
 
+def _serial_by_default(home: object, peer: object) -> bool:
+    """SWARM_SERIAL=1 says serial, SWARM_SERIAL=0 not. Unset: serial inside a task of the swarm
+    (SWARM_TASK_ID is set, and no node is named), where a map's calls would wait for slots that
+    their caller holds (all of them, in the end: a deadlock), or, with no SWARM_HOME there, go to
+    a node of their own that the swarm never sees."""
+    flag = os.environ.get("SWARM_SERIAL", "")
+    if flag:
+        return flag != "0"
+    return "SWARM_TASK_ID" in os.environ and home is None and peer is None
+
+
 class SwarmExecutor(concurrent.futures.Executor):
     """Runs calls on the swarm. `job` defaults to the script's file name; `home` is the state
     dir of the node to use (else $SWARM_HOME, else the default); `peer` (HOST:PORT, else
@@ -136,7 +147,7 @@ class SwarmExecutor(concurrent.futures.Executor):
         if problem is not None:
             raise UserError(f"job name {self.job!r} {problem}")
         if serial is None:
-            serial = os.environ.get("SWARM_SERIAL", "") not in ("", "0")
+            serial = _serial_by_default(home, peer)
         self.serial = serial
         self._options = Options()
         self._backend: _Backend | None = None

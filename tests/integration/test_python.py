@@ -231,6 +231,37 @@ def test_cancel_stops_the_call_in_the_swarm(cli: Cli, daemon: Any, tmp_path: Pat
     assert row["outcome"] == "interrupted" and "cancel" in row["reason"]
 
 
+def test_a_map_inside_a_call_runs_in_that_call_and_cannot_wait_on_its_own_slots(
+    cli: Cli, daemon: Any, tmp_path: Path
+) -> None:
+    # With SWARM_HOME in the daemon's environment, the inner calls went to the same node and
+    # waited for the slots their outer calls held: a deadlock on a node of 2 slots.
+    daemon("--cpus", "2")  # its tasks see its SWARM_HOME
+    path = script(
+        tmp_path / "nested.py",
+        """
+        import json, os
+        from swarm import SwarmExecutor
+
+        def inner(x):
+            return x * x
+
+        def outer(n):
+            with SwarmExecutor(job="inner") as ex:
+                return [sum(ex.map(inner, range(n))), ex.serial, os.environ["SWARM_TASK_ID"][:6]]
+
+        with SwarmExecutor(job="outer") as ex:
+            print(json.dumps(list(ex.map(outer, [3, 4, 5, 6]))))
+        """,
+    )
+    done = last_json(run_script(path, cli.home))
+    assert [(total, serial) for total, serial, _ in done] == [
+        (5, True), (14, True), (30, True), (55, True)
+    ]  # fmt: skip
+    assert len({task for _, _, task in done}) == 4  # each ran in an outer call's own task
+    assert {row["job"] for row in export_rows(cli)} == {"outer"}  # no inner job on any node
+
+
 def test_a_worker_killed_mid_call_costs_an_interruption_and_the_call_still_returns(
     cli: Cli, daemon: Any, tmp_path: Path
 ) -> None:
