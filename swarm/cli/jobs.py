@@ -368,24 +368,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.follow and reply["running_on"]:
         _follow(args, reply, store)
         return 0
-    _print_attempt(reply, store, {"stdout": 0, "stderr": 0})
-    return 0
+    return 0 if _print_attempt(reply, store, {"stdout": 0, "stderr": 0}) else 1
 
 
-def _print_attempt(reply: control.LogsReply, store: BlobStore, shown: dict[str, int]) -> None:
-    """An ended attempt's header (on stderr) and output, less the bytes of it `shown` already."""
+def _print_attempt(reply: control.LogsReply, store: BlobStore, shown: dict[str, int]) -> bool:
+    """An ended attempt's header (on stderr) and output, less the bytes of it `shown` already;
+    False if a stream of it could not be had (the command then fails, as for a corrupt one)."""
     where = f"attempt {reply['attempt']} on node {reply['node'][:8]}: {reply['outcome']}"
     if not reply["attempt"]:
         where = "no attempt has ended yet"
     running = f"; it runs now on node {reply['running_on'][:8]}" if reply["running_on"] else ""
     err.print(f"{reply['job']}/{reply['name']}: {where}{running}", markup=False, highlight=False)
+    whole = True
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         digest = reply["stdout"] if name == "stdout" else reply["stderr"]
         if digest is None:
             if reply["attempt"]:
                 err.print(f"(its {name} could not be had from any node)")
+                whole = False
             continue
         _print_blob(store, digest, stream, shown[name])
+    return whole
 
 
 def _print_blob(store: BlobStore, digest: str, stream: TextIO, skip: int = 0) -> None:

@@ -78,12 +78,21 @@ def say_left_out(loaded: db.Loaded) -> None:
 def cmd_results(args: argparse.Namespace) -> int:
     state = statedir.resolve(args.data_dir)
     peer = peer_of(args)
-    if peer is None:
-        fetch_results(state, args.job)
-        ledger = load_ledger(state).ledger
-    else:
-        ledger = asyncio.run(ledger_from_peer(peer, state, args.job))
-    written = results_dir.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
+
+    def fetch_and_write() -> results_dir.ResultsWritten:
+        if peer is None:
+            fetch_results(state, args.job)
+            ledger = load_ledger(state).ledger
+        else:
+            ledger = asyncio.run(ledger_from_peer(peer, state, args.job))
+        return results_dir.write_results(ledger, BlobStore(state.blobs), args.job, Path(args.out))
+
+    written = fetch_and_write()
+    if written.corrupt:
+        # The copies found corrupt here were set aside as they were read: the nodes that hold
+        # good ones are asked again (a blob missing here is what a fetch looks for).
+        err.print(f"{plural(written.corrupt, 'result file')} held here found corrupt: fetched anew")
+        written = fetch_and_write()
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:
         err.print(f"  [yellow]missing:[/] {problem}")

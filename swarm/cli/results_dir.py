@@ -44,6 +44,7 @@ class ResultsWritten:
     tasks_written: int = 0  # tasks all of whose files were written
     files_written: int = 0  # files written, stdout and stderr included
     missing: list[str] = field(default_factory=list)
+    corrupt: int = 0  # blobs found corrupt here (and set aside): a good copy may be fetched
 
 
 def write_results(
@@ -140,6 +141,7 @@ def write_task(
         try:
             manifest = parse_manifest(store.read_bytes(digest, max_bytes=MANIFEST_BYTES_MAX))
         except (MissingBlobError, CorruptBlobError) as exc:
+            done.corrupt += isinstance(exc, CorruptBlobError)
             done.missing.append(f"{name}: manifest {digest[:12]}: {exc}")
             return False
         except ValueError as exc:
@@ -175,6 +177,7 @@ def write_task(
         try:
             store.copy_to(file_digest, dest, make_parents=nested)
         except (MissingBlobError, CorruptBlobError) as exc:
+            done.corrupt += isinstance(exc, CorruptBlobError)
             done.missing.append(f"{name}: {rel} ({file_digest[:12]}): {exc}")
             complete = False
             continue

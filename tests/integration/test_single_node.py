@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import select
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from swarm import connection, statedir
 from swarm.daemon.node import APPLY_SLICE_ROWS
+from swarm.daemon.store import BlobStore
 from swarm.errors import ControlError
 
 from .conftest import REPO, Cli, Daemon, export_rows, wait_for, write_tasks
@@ -478,6 +480,11 @@ def test_logs_follow_a_running_attempt_then_show_each_attempt(
     assert "attempt 1 on node" in first.stderr
     missing = cli("logs", "talk/bad", "--attempt", "9")
     assert missing.returncode != 0 and "no ended attempt 9" in missing.stderr
+    # Its stderr held nowhere (the only copy gone): said, and the command fails (it gave 0).
+    BlobStore(cli.home / "blobs").path(hashlib.sha256(b"no\n").hexdigest()).unlink()
+    lost = cli("logs", "talk/bad")
+    assert lost.returncode == 1, lost.stderr
+    assert "(its stderr could not be had from any node)" in lost.stderr
 
 
 def test_logs_follow_each_attempt_of_a_retried_task_whole_and_apart(

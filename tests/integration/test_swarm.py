@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import signal
 import socket
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from swarm.daemon.store import BlobStore
 
 from .conftest import (
     Cli,
@@ -209,6 +212,14 @@ def test_results_are_fetched_from_the_node_that_ran_the_tasks(swarm: Swarm, tmp_
         assert (out / f"r{i}/stdout").read_text() == f"ran on b {i}\n"
         assert (out / f"r{i}/f.txt").read_text() == f"out{i}\n"
     assert {r["node"] for r in export_rows(cli0)} == {ids[1]}
+    # A copy held here that went bad is set aside as it is read, and fetched anew at once
+    # from the node that holds a good one (the first `results` failed, the second passed).
+    held = BlobStore(cli0.home / "blobs").path(hashlib.sha256(b"ran on b 0\n").hexdigest())
+    held.chmod(0o644)
+    held.write_bytes(b"ran on X 0\n")
+    again = cli0.ok("results", "remote", "--out", str(tmp_path / "again"))
+    assert "1 result file held here found corrupt: fetched anew" in again.stderr
+    assert (tmp_path / "again/r0/stdout").read_text() == "ran on b 0\n"
 
 
 def test_key_rotation_across_a_running_swarm_keeps_it_together(
