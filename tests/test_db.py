@@ -6,7 +6,6 @@ import asyncio
 import gc
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -422,7 +421,9 @@ def test_a_ledger_that_is_a_directory_is_one_sentence_saying_what_to_do(
     for _ in range(200):
         with pytest.raises(CorruptLedgerError, match="is not a file"):
             asyncio.run(start())
-    time.sleep(0.2)
+    for thread in threading.enumerate():  # each one's error, if any, is in by its end
+        if "_connection_worker_thread" in thread.name:
+            thread.join(timeout=10)
     assert thread_errors == []
 
 

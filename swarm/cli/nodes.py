@@ -102,7 +102,7 @@ def warn_beyond_machine(
             "admitted on it may be killed for lack of memory",
             soft_wrap=True,
         )
-    machine_gpus = resources.probe_gpus()
+    machine_gpus = resources.probe_gpus() if gpus is not None else 0
     if gpus is not None and gpus > machine_gpus:
         err.print(
             f"[yellow]warning:[/] --gpus {gpus} is more than the {machine_gpus} GPUs found on "

@@ -336,8 +336,11 @@ class Attempt:
         # Full now, or seen full since it started: another attempt that ended first may have
         # thrown its files away and given the space back before this one was looked at.
         full_now = free_space.now(self.launch.run_dir) < DISK_FULL_FREE_BYTES
-        if full_now or (outcome is not Outcome.OK and self._seen_full()):
-            judged = await asyncio.to_thread(self._judge_full_disk, outcome, reason, outputs)
+        seen_full = outcome is not Outcome.OK and self._seen_full()
+        if full_now or seen_full:
+            judged = await asyncio.to_thread(
+                self._judge_full_disk, outcome, reason, outputs, seen_full
+            )
         discarded = judged is not None
         if judged is not None:
             (outcome, reason), outputs = judged, {}
@@ -388,21 +391,19 @@ class Attempt:
         await kill_attempt_strays(self._tags, self.proc.pid, self.launch.task_id, self._began)
 
     def _judge_full_disk(
-        self, outcome: Outcome, reason: str, outputs: dict[str, Path]
+        self, outcome: Outcome, reason: str, outputs: dict[str, Path], seen_full: bool
     ) -> tuple[Outcome, str] | None:
-        """If the state disk is full as the attempt ends (or was seen full while it ran, and it
-        failed), and the attempt failed or its own output filled it, throw its files away
-        (blocking: run it in a thread) and return the outcome and reason to record instead;
-        None otherwise. Its output filled the disk when
-        it took all the room there was above the line, and is at least as large as that line:
+        """If the state disk is full as the attempt ends (or, `seen_full`, it failed within
+        FULL_SEEN_RECENT_S of the disk being read as full), and the attempt failed or its own
+        output filled it, throw its files away (blocking: run it in a thread) and return the
+        outcome and reason to record instead; None otherwise. Its output filled the disk when
+        it took all the room there was above the line and is at least as large as that line:
         a few KiB written on a disk already at the line did not fill it, and an attempt that
         ended well and did not fill it keeps its files (its node waits for space to store
         them). One that failed while the disk filled up under it is `interrupted`, which costs
         the task no retry."""
         where = self.launch.run_dir.parent
-        if free_bytes(where) >= DISK_FULL_FREE_BYTES and (
-            outcome is Outcome.OK or not self._seen_full()
-        ):
+        if free_bytes(where) >= DISK_FULL_FREE_BYTES and not seen_full:
             return None
         own = self._own_bytes(outputs)
         if own >= DISK_FULL_FREE_BYTES and own + DISK_FULL_FREE_BYTES >= self._free_at_start:
