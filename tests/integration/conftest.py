@@ -187,6 +187,20 @@ def export_rows(cli: Cli, *args: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(cli.ok("export", *args).stdout)))
 
 
+def drained_attempts(cli: Cli, node: str, held: set[str]) -> list[dict[str, str]]:
+    """The attempts `node` made of the tasks in `held` (it ran them when told to drain), as
+    `cli`'s node records them, less those that lost a claim race: when slots free on several
+    nodes at once, a thief and a task's preferred node may both start it, and the loser's
+    attempt stops; that is no part of a drain."""
+    return [
+        r
+        for r in export_rows(cli, "--attempts")
+        if r["name"] in held
+        and r["node"] == node
+        and not r["reason"].startswith("lost its claim to")
+    ]
+
+
 # -- several daemons on 127.0.0.1 --------------------------------------------------------------
 
 
