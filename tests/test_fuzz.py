@@ -357,6 +357,7 @@ BODIES: tuple[Body, ...] = (
     _result(),
     replace(_result(), digest=None, value=b"\x80\x05a call's outcome"),
     ReplicaRecord(DIGEST),
+    ReplicaRecord(DIGEST, dropped=True, round=2),
     CancelRecord("sweep"),
     CancelRecord("sweep", "t" * 64, 12347),
     RetryRecord("t" * 64, 2, 1, 1),
@@ -394,6 +395,7 @@ PLAINS: tuple[Any, ...] = (
     *(wire.packet_to_plain(p) for p in PACKETS),
     *(wire.ledger_message_to_plain(m) for m in LEDGER_MESSAGES),
     wire.blob_message_to_plain(wire.FetchRequest(DIGEST)),
+    wire.blob_message_to_plain(wire.FetchRequest(DIGEST, "cd" * 32)),
     wire.blob_message_to_plain(wire.BlobChunk(b"chunk of a blob", last=True)),
     wire.blob_message_to_plain(wire.BlobChunk(b"", last=True, missing=True)),
     wire.hello_to_plain(wire.Hello(bytes(16))),
@@ -401,7 +403,7 @@ PLAINS: tuple[Any, ...] = (
 PLAIN_IDS = [
     *(type(p.message).__name__ for p in PACKETS),
     *(type(m).__name__ for m in LEDGER_MESSAGES),
-    "FetchRequest", "BlobChunk", "BlobChunk-missing", "Hello",
+    "FetchRequest", "FetchRequest-task", "BlobChunk", "BlobChunk-missing", "Hello",
 ]  # fmt: skip
 BODIES_ON_THE_WIRE = tuple(wire.encode(p) for p in PLAINS)
 DATAGRAM_BODY, _ = wire.encode_datagram(PACKETS[0])
@@ -493,6 +495,7 @@ def test_the_real_messages_decode_as_they_were() -> None:
     assert [wire.decode_any(b) for b in BODIES_ON_THE_WIRE[len(PACKETS) :]] == [
         *LEDGER_MESSAGES,
         wire.FetchRequest(DIGEST),
+        wire.FetchRequest(DIGEST, "cd" * 32),
         wire.BlobChunk(b"chunk of a blob", last=True),
         wire.BlobChunk(b"", last=True, missing=True),
         wire.Hello(bytes(16)),

@@ -335,6 +335,40 @@ def test_heartbeat_and_replica_records() -> None:
     assert ledger.holders["cd" * 32] == {"node-a", "node-b"}
 
 
+def test_a_dropped_copy_is_no_longer_held_until_held_again_in_a_later_round() -> None:
+    ledger, a, b = fresh()
+    a(ClaimRecord("t1", 1, stamp=1))
+    a(result("t1", 1, Outcome.OK))
+    a(ledger.replica_record("ab" * 32, "node-a"))
+    b(ledger.replica_record("ab" * 32, "node-b"))
+    attempt = ledger.tasks["t1"].ok_attempt()
+    assert attempt is not None and ledger.result_holders(attempt) == {"node-a", "node-b"}
+    drop = ledger.replica_record("ab" * 32, "node-a", dropped=True)
+    assert drop == ReplicaRecord("ab" * 32, dropped=True, round=0)
+    a(drop)
+    # The node that ran it no longer counts either: its copy was found damaged.
+    assert ledger.result_holders(attempt) == {"node-b"}
+    again = ledger.replica_record("ab" * 32, "node-a")
+    assert again == ReplicaRecord("ab" * 32, round=1)
+    a(again)
+    assert ledger.result_holders(attempt) == {"node-a", "node-b"}
+    a(ReplicaRecord("ab" * 32))  # a stale first hold, arriving late, changes nothing
+    a(drop)
+    assert ledger.result_holders(attempt) == {"node-a", "node-b"}
+    for body in (drop, again, ReplicaRecord("ab" * 32)):
+        assert db.decode(db.encode(body)) == body
+
+
+def test_an_old_replica_record_reads_as_a_first_hold() -> None:
+    from swarm.core.ledger import body_from_plain
+
+    assert body_from_plain([5, "ab" * 32]) == ReplicaRecord("ab" * 32)
+    assert body_from_plain([5, "ab" * 32, True, 3]) == ReplicaRecord("ab" * 32, True, 3)
+    for bad in ([5, "ab" * 32, True], [5, "ab" * 32, True, -1], [5, "ab" * 32, True, 2**31]):
+        with pytest.raises(BadRecordError):
+            body_from_plain(bad)
+
+
 # -- merge properties ------------------------------------------------------------------------
 
 TASKS = ["t0", "t1", "t2"]
@@ -368,6 +402,9 @@ def record_sets(draw: st.DrawFn) -> list[tuple[Version, Body]]:
         ),
         st.builds(HeartbeatRecord, st.integers(0, 5)),
         st.builds(ReplicaRecord, st.sampled_from(["aa" * 32, "bb" * 32])),
+        st.builds(  # a copy dropped, or held again, in some round
+            ReplicaRecord, st.sampled_from(["aa" * 32, "bb" * 32]), st.booleans(), st.integers(0, 2)
+        ),
         st.builds(
             CancelRecord,
             st.just("job"),

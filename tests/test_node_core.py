@@ -343,6 +343,47 @@ def test_a_result_whose_holder_died_is_copied_by_a_chosen_node_or_declared_lost(
     assert h.core.ledger.tasks["t2"].state is State.PENDING  # runs again
 
 
+def test_a_result_whose_every_copy_is_damaged_is_dropped_by_each_holder_then_lost() -> None:
+    """Holders that find their copies damaged drop out; once none is left, the first chosen
+    node finds the result lost (though every holder is alive), and the task runs again."""
+    nodes = ["a", "b", "c"]
+    h = in_swarm("c", nodes, "t1")
+    digest = digest_first_for("c", nodes)
+    h.record(at(1), "a", ClaimRecord("t1", 1, 1), result("t1", 1, digest), ReplicaRecord(digest))
+    h.record(at(1), "b", ReplicaRecord(digest))
+    h.record(at(1), "c", ReplicaRecord(digest))
+    attempt = h.core.ledger.tasks["t1"].ok_attempt()
+    assert attempt is not None and h.core.ledger.result_holders(attempt) == set(nodes)
+
+    h.core.damaged(at(2), "t1")
+    (drop,) = of(Write, h.effects())
+    assert isinstance(drop, Write) and drop.bodies == (ReplicaRecord(digest, dropped=True),)
+    h.write(at(2), drop)
+    assert h.core.ledger.result_holders(attempt) == {"a", "b"}
+
+    def copy_fails(now: float) -> list[Effect]:
+        """Ticks until a copy is asked for (a retry waits 2 s), which fails; what that brings."""
+        for _ in range(40):
+            (copy,) = of(CopyResult, h.tick(at(now))) or (None,)
+            if copy is not None:
+                assert isinstance(copy, CopyResult) and copy.digest == digest
+                h.core.copied(at(now), digest, complete=False)
+                return h.effects()
+            now += 0.1
+        raise AssertionError("no copy asked for")
+
+    assert not of(Write, copy_fails(2.1))  # a and b may still hold good copies: try later
+    h.record(at(3), "a", ReplicaRecord(digest, dropped=True))  # theirs were damaged too
+    h.record(at(3), "b", ReplicaRecord(digest, dropped=True))
+    assert h.core.ledger.result_holders(attempt) == set()
+    (lost,) = of(Write, copy_fails(4.5))
+    assert isinstance(lost, Write) and lost.bodies == (LostRecord("t1", 1, "a"),)
+    h.write(at(5), lost)
+    assert h.core.ledger.tasks["t1"].state is State.PENDING  # runs again
+    h.core.damaged(at(6), "t1")  # said again (a late reader): nothing more to drop
+    assert not of(Write, h.effects())
+
+
 def test_a_rerank_goes_a_slice_at_a_time_and_the_node_keeps_its_heartbeat(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -291,7 +291,7 @@ def test_quarantine_spares_a_file_replaced_meanwhile(store: BlobStore) -> None:
     with open(path, "rb") as reading:
         path.unlink()
         store.put_bytes(b"abc")
-        err = store._quarantine_blob(digest, os.fstat(reading.fileno()))
+        err = store.quarantine(digest, os.fstat(reading.fileno()))
     assert "left in place" in str(err)
     assert store.read_bytes(digest) == b"abc"
     assert quarantined(store) == []

@@ -45,6 +45,7 @@ class Peers:
         self.stores: dict[gossip.Addr, BlobStore] = {}
         self.fetched: list[tuple[gossip.Addr, str]] = []
         self.tamper = False  # the peer sends other bytes than the blob's
+        self.damaged: list[tuple[gossip.Addr, str]] = []  # (peer, task) it found damaged
 
     def add(self, node: str, store: BlobStore, state: gossip.MemberState) -> None:
         self.members[node] = gossip.Member(node, ADDRS[node], 1, state, {}, 0.0)
@@ -53,11 +54,18 @@ class Peers:
     def member(self, node: str) -> gossip.Member | None:
         return self.members.get(node)
 
-    async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+    async def fetch(self, addr: gossip.Addr, digest: str, into: Path, task: str | None) -> bool:
         self.fetched.append((addr, digest))
-        peer = ResultTransfer(self.stores[addr], Ledger(), "peer", self.member, self.fetch)
+        peer = ResultTransfer(
+            self.stores[addr],
+            Ledger(),
+            "peer",
+            self.member,
+            self.fetch,
+            lambda task: self.damaged.append((addr, task)),
+        )
         with open(into, "wb") as out:
-            async for chunk in peer.serve_blob(wire.FetchRequest(digest)):
+            async for chunk in peer.serve_blob(wire.FetchRequest(digest, task)):
                 if chunk.missing:
                     return False
                 out.write(b"not it" if self.tamper else chunk.data)
@@ -151,6 +159,38 @@ def test_a_blob_not_held_is_answered_missing_and_the_empty_one_is_always_held(
     assert run(lambda: served(store, EMPTY_DIGEST)) == [wire.BlobChunk(b"", True)]
 
 
+def corrupt(store: BlobStore, digest: str) -> None:
+    """Bit rot: the blob's file holds other bytes of the same size."""
+    path = store.path(digest)
+    data = path.read_bytes()
+    path.chmod(0o644)
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+
+
+def test_a_corrupt_blob_is_not_served_but_set_aside_and_its_task_reported(
+    tmp_path: Path,
+) -> None:
+    store = BlobStore(tmp_path)
+    data = b"x" * (wire.BLOB_CHUNK_BYTES + 10)
+    digest, _ = store.put_bytes(data)
+    corrupt(store, digest)
+    damaged: list[str] = []
+    transfer = ResultTransfer(store, Ledger(), HERE, lambda _: None, Peers().fetch, damaged.append)
+
+    async def serve(task: str | None) -> list[wire.BlobChunk]:
+        return [c async for c in transfer.serve_blob(wire.FetchRequest(digest, task))]
+
+    chunks = run(lambda: serve("t1"))
+    assert chunks[-1] == wire.BlobChunk(b"", True, missing=True)  # the fetcher drops it all
+    assert not store.has(digest) and len(list((tmp_path / "quarantine").iterdir())) == 1
+    assert damaged == ["t1"]
+    # Asked again, it is not held: said missing, and the task named is reported again (the
+    # node's core decides whether it was a holder of that task's result).
+    assert run(lambda: serve("t1")) == [wire.BlobChunk(b"", True, missing=True)]
+    assert run(lambda: serve(None)) == [wire.BlobChunk(b"", True, missing=True)]
+    assert damaged == ["t1", "t1"]
+
+
 # -- copying a result ------------------------------------------------------------------------
 
 
@@ -208,6 +248,21 @@ def test_a_blob_that_does_not_match_its_digest_is_dropped(tmp_path: Path) -> Non
     assert not swarm.here_store.has(wrong)
     assert not swarm.here_store.has(swarm.digest)
     assert list((swarm.here_store.root / "tmp").iterdir()) == []  # no temp file left
+
+
+def test_a_holder_that_cannot_make_its_copy_whole_reports_it_damaged(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path)
+    damaged: list[str] = []
+    swarm.here.damaged = damaged.append
+    run(lambda: swarm.here.copy_result(swarm.attempt()))
+    assert damaged == []  # not a holder yet: an incomplete copy is no damage
+    swarm.write(HERE, ReplicaRecord(swarm.digest))
+    swarm.here_store.path(swarm.stdout).unlink()  # gone here...
+    corrupt(swarm.holder_store, swarm.stdout)  # ...and rotten at the only other holder
+    copied = run(lambda: swarm.here.copy_result(swarm.attempt()))
+    assert copied == Copied(swarm.digest, fetched=0, missing=1)
+    assert damaged == ["t1"]
+    assert swarm.peers.damaged == [(ADDRS[HOLDER], "t1")]  # the holder found out as it served
 
 
 def test_a_part_no_holder_has_is_counted_missing_and_the_rest_is_copied(tmp_path: Path) -> None:

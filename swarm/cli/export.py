@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
@@ -175,13 +175,14 @@ def _table(
 
 def _rows(ledger: Ledger, jobs: list[str], attempts: bool) -> Iterator[dict[str, str]]:
     views = (view for name in jobs for view in ledger.job_tasks(name))
-    return rows_of_views(views, ledger.holders, attempts)
+    return rows_of_views(views, ledger.result_holders, attempts)
 
 
 def rows_of_views(
-    views: Iterable[TaskView], holders: Mapping[str, set[str]], attempts: bool
+    views: Iterable[TaskView], holders: Callable[[Attempt], set[str]], attempts: bool
 ) -> Iterator[dict[str, str]]:
-    """The rows of these tasks, a row per task or (`attempts`) per attempt."""
+    """The rows of these tasks, a row per task or (`attempts`) per attempt. `holders`: the
+    nodes that hold an attempt's result (Ledger.result_holders)."""
     for view in views:
         if view.spec is None:
             continue  # its TASK record has not arrived: nothing to describe it by
@@ -227,14 +228,16 @@ def _node_rows(ledger: Ledger, jobs: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _task_row(view: TaskView, spec: TaskSpec, holders: Mapping[str, set[str]]) -> dict[str, str]:
+def _task_row(
+    view: TaskView, spec: TaskSpec, holders: Callable[[Attempt], set[str]]
+) -> dict[str, str]:
     # Never claimed (most of a million waiting tasks): no attempt to show, no claim under way.
     ordered = view.ordered_attempts() if view.attempts else []
     shown = (view.ok_attempt() or ordered[-1]) if ordered else None
     replicas = ""
     if shown is not None and shown.result.digest is not None:
         # The nodes that hold its result: the one that ran it, and those that copied it.
-        replicas = str(len(holders.get(shown.result.digest, set()) | {shown.version.origin}))
+        replicas = str(len(holders(shown)))
     row = {
         "task_id": view.task_id,
         "job": view.job,

@@ -44,7 +44,7 @@ def write(
     left_out = db.Loaded(Ledger(), [], [], set())
     views = _views(path, job, left_out, page_rows)
     columns = export.ATTEMPT_COLUMNS if what == "attempts" else export.TASK_COLUMNS
-    rows = export.rows_of_views(views, left_out.ledger.holders, attempts=what == "attempts")
+    rows = export.rows_of_views(views, left_out.ledger.result_holders, what == "attempts")
     return export.write_rows(columns, rows, out, fmt), left_out
 
 

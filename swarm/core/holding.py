@@ -8,7 +8,10 @@ set moves with them); after a short debounce it goes through the queue, and for 
 should hold and does not, asks its adapter to copy it here (one copy at a time). A copy that
 comes back whole is announced with a REPLICA record; one that no holder could give is tried again
 later, unless every node known to hold it is dead or gone: then the first chosen node records the
-result as lost, and the task runs again. A drained node leaves only once no result is held by it
+result as lost, and the task runs again. A node that finds its copy damaged (corrupt, or part of it
+gone) and cannot mend it from another holder says so (`damaged`) with a dropped REPLICA, and looks
+at the result again: so when every copy turns out bad, the holders drop out one by one, none is
+left, and the result is lost like one whose holders died. A drained node leaves only once no result is held by it
 alone (`sole_holdings`).
 
 The inputs of a Python call that has not ended (its pickled function and arguments, spec.PyCall)
@@ -64,6 +67,7 @@ class Holding:
         self._batch: list[tuple[str, Source]] = []  # being gone through
         self._retry: dict[str, Source] = {}
         self._copying: tuple[str, Source] | None = None
+        self.dropping: dict[str, TaskView] = {}  # digest -> its task, while its drop is written
 
     def want(self, views: Iterable[TaskView], now: float) -> None:
         """Queue the credited results of these (done) tasks for a look."""
@@ -104,7 +108,7 @@ class Holding:
             self._batch.reverse()  # popped from the end: in the order queued
         for _ in range(min(SCAN_SLICE, len(self._batch))):
             digest, source = self._batch.pop()
-            if digest == EMPTY_DIGEST or self.me in self.ledger.holders.get(digest, ()):
+            if digest == EMPTY_DIGEST or self.me in self._holders(digest, source):
                 continue
             if self.me not in targets(digest):
                 continue
@@ -134,11 +138,11 @@ class Holding:
             # Looked at once more later: should the record not be written (a full disk), the
             # copy is made and announced again.
             self._retry[digest] = attempt
-            return [Write((ReplicaRecord(digest),), "a replica record")]
+            return [Write((self.ledger.replica_record(digest, self.me),), "a replica record")]
         if isinstance(attempt, str):
             self._retry[digest] = attempt  # an input is never declared lost: see the top
             return []
-        others = (holders | {attempt.version.origin}) - {self.me}
+        others = self.ledger.result_holders(attempt) - {self.me}
         if all_gone(others) and targets(digest)[0] == self.me:
             # Every node that held it is dead or gone: the task must run again.
             task = attempt.result.task_id
@@ -147,6 +151,36 @@ class Holding:
             return [Log(Level.WARNING, text), Write((lost,), "a lost-result record")]
         self._retry[digest] = attempt  # a holder may come back: try later
         return []
+
+    def damaged(self, view: TaskView, now: float) -> list[Effect]:
+        """This node found its copy of the task's credited result damaged (corrupt, or a part
+        gone): if it is a holder, it says it no longer is; then it looks at the result again,
+        to copy it whole from another holder, or find it lost."""
+        attempt = view.ok_attempt()
+        digest = None if attempt is None else attempt.result.digest
+        if attempt is None or digest is None or digest == EMPTY_DIGEST:
+            return []
+        if self.me not in self.ledger.result_holders(attempt):
+            self.want([view], now)
+            return []
+        self.dropping[digest] = view  # looked at again once the drop is applied (`written`)
+        text = f"the copy of the result of {view.task_id} held here is damaged; dropped"
+        drop = self.ledger.replica_record(digest, self.me, dropped=True)
+        return [Log(Level.WARNING, text), Write((drop,), "a dropped replica record")]
+
+    def written(self, bodies: Iterable[object], now: float) -> None:
+        """A Write went through (or failed): the results whose drop it carried are looked at
+        again, now that the ledger no longer counts this node among their holders."""
+        for body in bodies:
+            if isinstance(body, ReplicaRecord) and body.dropped:
+                view = self.dropping.pop(body.digest, None)
+                if view is not None:
+                    self.want([view], now)
+
+    def _holders(self, digest: str, source: Source) -> set[str]:
+        if isinstance(source, str):  # a call's input
+            return self.ledger.holders.get(digest, set())
+        return self.ledger.result_holders(source)
 
     def sole_holdings(self, live_peers: int) -> int:
         """How many done tasks' results only this node holds (with live peers to take them)."""
@@ -161,7 +195,6 @@ class Holding:
             attempt = task.ok_attempt() if task.state is State.DONE else None
             if attempt is None or attempt.result.digest in (None, EMPTY_DIGEST):
                 continue
-            holders = self.ledger.holders.get(attempt.result.digest, set())
-            if (holders | {attempt.version.origin}) <= {self.me}:
+            if self.ledger.result_holders(attempt) <= {self.me}:
                 count += 1
         return count

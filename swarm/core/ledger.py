@@ -351,6 +351,9 @@ class Ledger:
         self.cancelled_jobs: dict[str, int] = {}  # job -> stamp of its latest cancel
         self.heartbeats: dict[str, int] = {}
         self.holders: dict[str, set[str]] = {}  # blob digest -> nodes holding it
+        # blob digest -> node -> the (round, dropped) of its replica records that says
+        # (ReplicaRecord), for the few pairs where that is not (0, False): a copy was dropped.
+        self.replica_rounds: dict[str, dict[str, tuple[int, bool]]] = {}
         self.high_seq: dict[tuple[str, int], int] = {}  # (origin, generation) -> highest seq seen
         self.running: set[str] = set()  # ids of tasks whose state is running
         # shape -> job -> its pending tasks of that shape, kept as states change: what fits
@@ -419,7 +422,7 @@ class Ledger:
                     self.heartbeats[version.origin] = body.counter
                 return []
             case ReplicaRecord():
-                self.holders.setdefault(body.digest, set()).add(version.origin)
+                self._apply_replica(version, body)
                 return []
             case CancelRecord():
                 return self._apply_cancel(body)
@@ -438,6 +441,59 @@ class Ledger:
                 view.revived_at = max(view.revived_at, body.revived)
                 return self._refresh(view)
         raise AssertionError(f"unknown record body {body!r}")
+
+    def _apply_replica(self, version: Version, body: ReplicaRecord) -> None:
+        """A node holds a digest by the replica record of its highest (round, dropped): the
+        same whatever order its records arrive in."""
+        node, digest, key = version.origin, body.digest, body.key()
+        rounds = self.replica_rounds.get(digest)
+        now = self._replica_key(digest, node)
+        if now is not None and key <= now:
+            return
+        if key == (0, False):  # a first hold, as nearly all are: the holders set says it
+            self.holders.setdefault(digest, set()).add(node)
+            return
+        if rounds is None:
+            rounds = self.replica_rounds[digest] = {}
+        rounds[node] = key
+        if body.dropped:
+            held = self.holders.get(digest)
+            if held is not None:
+                held.discard(node)
+                if not held:
+                    del self.holders[digest]
+        else:
+            self.holders.setdefault(digest, set()).add(node)
+
+    def _replica_key(self, digest: str, node: str) -> tuple[int, bool] | None:
+        """The (round, dropped) that says whether `node` holds `digest`; None: no record yet."""
+        key = self.replica_rounds.get(digest, {}).get(node)
+        if key is None and node in self.holders.get(digest, ()):
+            return (0, False)
+        return key
+
+    def replica_record(self, digest: str, node: str, dropped: bool = False) -> ReplicaRecord:
+        """The replica record `node` writes to say it holds `digest` (or, `dropped`, that it no
+        longer does), of the round that makes it count over its records so far."""
+        key = self._replica_key(digest, node)
+        if key is None:
+            return ReplicaRecord(digest, dropped)
+        round_, was_dropped = key
+        return ReplicaRecord(digest, dropped, round_ + 1 if was_dropped else round_)
+
+    def result_holders(self, attempt: Attempt) -> set[str]:
+        """The nodes that hold an attempt's result: those that said so with a REPLICA, and the
+        node that ran it unless it dropped the digest (its copy found damaged) and has not
+        held it again since."""
+        digest = attempt.result.digest
+        if digest is None:
+            return set()
+        holders = set(self.holders.get(digest, ()))
+        origin = attempt.version.origin
+        key = self.replica_rounds.get(digest, {}).get(origin)
+        if key is None or not key[1]:
+            holders.add(origin)
+        return holders
 
     def _seen(self, version: Version, stamp: int | None) -> None:
         """A record is applied: its origin's highest seq and HLC stamp so far."""
@@ -609,9 +665,13 @@ class Ledger:
             )
         )
         holders = tuple(sorted((d, tuple(sorted(h))) for d, h in self.holders.items()))
+        rounds = tuple(
+            sorted((d, tuple(sorted(n.items()))) for d, n in self.replica_rounds.items())
+        )
         return (
             tasks,
             holders,
+            rounds,
             tuple(sorted(self.heartbeats.items())),
             tuple(sorted(self.cancelled_jobs.items())),
             tuple(sorted(self.high_seq.items())),

@@ -106,7 +106,18 @@ class ResultRecord:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaRecord:
+    """Its origin holds the whole result (or call input) `digest`; or, `dropped`, no longer
+    does (its copy was found damaged). A node's holding of a digest goes in rounds: a hold of
+    round r, then perhaps its drop (round r), then a hold of round r+1 once it has a good copy
+    again. Of a node's replica records of a digest, the one of the highest (round, dropped)
+    says, whatever the order they arrive in."""
+
     digest: str
+    dropped: bool = False
+    round: int = 0
+
+    def key(self) -> tuple[int, bool]:
+        return (self.round, self.dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +234,8 @@ def body_to_plain(body: Body) -> list[Any]:
         case ResultRecord():
             return result_to_plain(body, body.proof)
         case ReplicaRecord():
-            return [Kind.REPLICA, body.digest]
+            tail = [body.dropped, body.round] if body.dropped or body.round else []  # when set
+            return [Kind.REPLICA, body.digest, *tail]
         case CancelRecord():
             return [Kind.CANCEL, body.job, body.task_id, body.stamp]
         case RetryRecord():
@@ -305,7 +317,9 @@ def body_from_plain(raw: Any) -> Body:
                     value=_value(f[15]) if len(f) > 15 else b"",
                 )
             case Kind.REPLICA:
-                return ReplicaRecord(_s(f[0]))
+                if len(f) == 1:
+                    return ReplicaRecord(_s(f[0]))
+                return ReplicaRecord(_s(f[0]), bool(f[1]), _count(f[2]))
             case Kind.CANCEL:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:
@@ -354,3 +368,10 @@ def _i(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _count(value: Any) -> int:
+    """A round: a whole number from 0, bounded (a record is compared by it, never counted to)."""
+    if not 0 <= _i(value) < 2**31:
+        raise ValueError(f"a round is from 0 to 2**31-1, not {value}")
+    return _i(value)

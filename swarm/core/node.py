@@ -246,6 +246,8 @@ class NodeCore:
             self.claim_written(t, write.claim_of, ok, why)
         elif any(isinstance(body, HeartbeatRecord) for body in write.bodies):
             self._beat_in_flight = False
+        elif self.holding.dropping:  # (rare: a copy of a result found damaged here)
+            self.holding.written(write.bodies, t.mono)
 
     def claim_written(self, t: Time, task: str, ok: bool, why: str = "") -> None:
         """The outcome of a Write with `claim_of=task`, or of a Start's claim."""
@@ -374,6 +376,14 @@ class NodeCore:
             digest, complete, self._replica_targets, self.members.all_gone
         ):
             self._emit(effect)
+
+    def damaged(self, t: Time, task: str) -> None:
+        """The copy of the task's result held here was found damaged (corrupt, or part of it
+        gone), and no other holder could mend it."""
+        view = self.ledger.tasks.get(task)
+        if view is not None:
+            for effect in self.holding.damaged(view, t.mono):
+                self._emit(effect)
 
     # -- the timer --------------------------------------------------------------------------
 

@@ -265,6 +265,14 @@ def _type(value: Any) -> int:
     return value
 
 
+def _hex64(value: Any) -> str:
+    """A digest (or task id): 64 hex characters, lowercased."""
+    # A full match: int(value, 16) also took "0x" and spaces around the digits.
+    if not isinstance(value, str) or _DIGEST.fullmatch(value) is None:
+        raise ValueError("a digest is 64 hex characters")
+    return value.lower()
+
+
 def _arity(fields: Any, count: int) -> None:
     if not isinstance(fields, list) or len(fields) != count:
         raise ValueError(f"expected {count} fields")
@@ -459,6 +467,9 @@ _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 @dataclass(frozen=True, slots=True)
 class FetchRequest:
     digest: str
+    # The task whose credited result the blob is (or is part of), if the fetcher knows it: a
+    # holder that finds its copy corrupt as it serves it can then drop the result (holding.py).
+    task: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,18 +481,16 @@ class BlobChunk:
 
 def blob_message_to_plain(message: FetchRequest | BlobChunk) -> list[Any]:
     if isinstance(message, FetchRequest):
-        return ["F", message.digest]
+        return ["F", message.digest, *([message.task] if message.task else [])]
     return ["C", message.data, message.last, message.missing]
 
 
 def _blob_message_from_plain(raw: list[Any]) -> FetchRequest | BlobChunk:
     if raw[0] == "F":
-        _arity(raw[1:], 1)
-        digest = raw[1]
-        # A full match: int(digest, 16) also took "0x" and spaces around the digits.
-        if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
-            raise ValueError("a digest is 64 hex characters")
-        return FetchRequest(digest.lower())
+        if len(raw) != 3:
+            _arity(raw[1:], 1)
+        task = _hex64(raw[2]) if len(raw) == 3 else None
+        return FetchRequest(_hex64(raw[1]), task)
     _arity(raw[1:], 3)
     if not isinstance(raw[1], bytes) or len(raw[1]) > BLOB_CHUNK_BYTES:
         raise ValueError("a chunk is bounded bytes")

@@ -202,8 +202,8 @@ class Gossiper:
         membership = self.node.membership
         return None if membership is None else membership.members.get(node_id)
 
-    async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
+    async def fetch(self, addr: gossip.Addr, digest: str, into: Path, task: str | None) -> bool:
         """The transfer's way to a peer's blob: the gossip net's TCP fetch."""
         gossip_net = self.node.net
         assert gossip_net is not None  # a member is known only once the net is up
-        return await gossip_net.fetch(addr, digest, into)
+        return await gossip_net.fetch(addr, digest, into, task)

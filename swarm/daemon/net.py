@@ -243,14 +243,17 @@ class GossipNet:
         async for batch in self.serve_sync(request):
             await self._write_frame(stream, wire.ledger_message_to_plain(batch))
 
-    async def fetch(self, addr: gossip.Addr, digest: str, into: Path) -> bool:
-        """Copy a blob from a peer into the file `into`; False if the peer does not hold it.
-        The caller verifies the content against its digest."""
+    async def fetch(
+        self, addr: gossip.Addr, digest: str, into: Path, task: str | None = None
+    ) -> bool:
+        """Copy a blob from a peer into the file `into`; False if the peer does not hold it
+        (or found its copy corrupt). The caller verifies the content against its digest.
+        `task`: the task whose result the blob is part of, if known (wire.FetchRequest)."""
         async with asyncio.timeout(FETCH_TIMEOUT_S):
             stream = await self._connect(addr)
             try:
                 await self._write_frame(
-                    stream, wire.blob_message_to_plain(wire.FetchRequest(digest))
+                    stream, wire.blob_message_to_plain(wire.FetchRequest(digest, task))
                 )
                 with open(into, "wb") as out:
                     for _ in range(FETCH_FRAMES_MAX):

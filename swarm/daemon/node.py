@@ -352,7 +352,12 @@ class Node:
                 log.warning("refused a task record of the ledger file: %s", problem)
             self.core = self._new_core(self.node_id, self.core.guard, self.core.sync)
             self.transfer = ResultTransfer(
-                self.store, self.ledger, self.node_id, self.gossiper.member, self.gossiper.fetch
+                self.store,
+                self.ledger,
+                self.node_id,
+                self.gossiper.member,
+                self.gossiper.fetch,
+                lambda task: self.tell(self.core.damaged, task),
             )
             seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self.log.open(self.node_id, self.generation, seq, self.identity)

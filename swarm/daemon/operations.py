@@ -18,7 +18,6 @@ from swarm.core.ledger import (
     TERMINAL_STATES,
     Attempt,
     Body,
-    ReplicaRecord,
     State,
     TaskView,
     Version,
@@ -35,7 +34,7 @@ from swarm.daemon.net import GossipNet
 from swarm.daemon.store import EMPTY_DIGEST
 from swarm.daemon.transfer import Copied
 from swarm.daemon.watches import Watch
-from swarm.errors import SwarmError, UserError
+from swarm.errors import CorruptBlobError, SwarmError, UserError
 from swarm.pycall import VALUE_FILE
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ class Operations:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         if node.node_id not in node.ledger.holders.get(digest, ()):
-            await node.append([ReplicaRecord(digest)])
+            await node.append([node.ledger.replica_record(digest, node.node_id)])
         return digest, size
 
     async def cancel(self, target: str) -> tuple[Literal["job", "task"], str]:
@@ -182,7 +181,7 @@ class Operations:
         """Once all of a result is held here, say so with a REPLICA record (once)."""
         node = self.node
         if copied.complete and node.node_id not in node.ledger.holders.get(copied.digest, ()):
-            await node.append([ReplicaRecord(copied.digest)])
+            await node.append([node.ledger.replica_record(copied.digest, node.node_id)])
 
     async def read_records(
         self, after: Version | None, rows_max: int, bytes_max: int
@@ -290,16 +289,29 @@ class Operations:
         node = self.node
         digest = attempt.result.digest
         assert digest is not None
-        holders = node.ledger.holders.get(digest, set()) | {attempt.version.origin}
-        ordered = sorted(holders - {node.node_id})
-        if fetch and not await node.transfer.fetch_blob(digest, ordered):
+        found = await self._held_streams(attempt, digest, fetch)
+        if fetch and None in found:
+            node.transfer.check_held(attempt)
+        return found
+
+    async def _held_streams(
+        self, attempt: Attempt, digest: str, fetch: bool
+    ) -> tuple[str | None, str | None]:
+        node, task = self.node, attempt.result.task_id
+        ordered = sorted(node.ledger.result_holders(attempt) - {node.node_id})
+        if fetch and not await node.transfer.fetch_blob(digest, ordered, task=task):
             return None, None
         if not node.store.has(digest):
             return None, None
-        manifest = parse_manifest(await asyncio.to_thread(node.store.read_bytes, digest))
+        try:
+            manifest = parse_manifest(await asyncio.to_thread(node.store.read_bytes, digest))
+        except CorruptBlobError:  # (set aside as it was read)
+            return None, None
         found: list[str | None] = []
         for part in (manifest.stdout, manifest.stderr):
-            held = node.store.has(part) or (fetch and await node.transfer.fetch_blob(part, ordered))
+            held = node.store.has(part) or (
+                fetch and await node.transfer.fetch_blob(part, ordered, task=task)
+            )
             found.append(part if held else None)
         return found[0], found[1]
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from swarm.core.attempts import closing_result
 from swarm.core.effects import Start, Stop, Time
-from swarm.core.ledger import Body, Ledger, Outcome, ReplicaRecord, TaskView, Version
+from swarm.core.ledger import Body, Ledger, Outcome, TaskView, Version
 from swarm.core.node import NodeCore
 from swarm.core.spec import TaskSpec
 from swarm.core.storage import STORAGE_RETRY_S
@@ -303,7 +303,7 @@ class AttemptRunner:
         if digest is not None and (
             new_manifest or node.node_id not in node.ledger.holders.get(digest, ())
         ):
-            bodies.append(ReplicaRecord(digest))
+            bodies.append(node.ledger.replica_record(digest, node.node_id))
         while True:
             try:
                 await node.append(bodies)

@@ -280,7 +280,7 @@ class BlobStore:
         if len(data) > max_bytes:
             raise ValueError(f"blob {digest} is more than max_bytes={max_bytes} bytes")
         if hashlib.sha256(data).hexdigest() != digest:
-            raise self._quarantine_blob(digest, st)
+            raise self.quarantine(digest, st)
         return data
 
     def copy_to(
@@ -329,7 +329,7 @@ class BlobStore:
                             os.fsync(out.fileno())
                     if h.hexdigest() != digest:
                         assert src is not None  # the empty blob is not read from disk
-                        raise self._quarantine_blob(digest, os.fstat(src.fileno()))
+                        raise self.quarantine(digest, os.fstat(src.fileno()))
                     os.replace(tmp, dest)
                 except BaseException:
                     _unlink_quiet(tmp)
@@ -360,7 +360,7 @@ class BlobStore:
             st = os.fstat(f.fileno())
         if h.hexdigest() == digest:
             return True
-        self._quarantine_blob(digest, st)
+        self.quarantine(digest, st)
         return False
 
     def _open_blob(self, digest: str) -> IO[bytes]:
@@ -372,8 +372,9 @@ class BlobStore:
     def _missing(self, digest: str) -> MissingBlobError:
         return MissingBlobError(f"blob {digest} is not held in {self.root}")
 
-    def _quarantine_blob(self, digest: str, read: os.stat_result) -> CorruptBlobError:
-        """Move the corrupt blob we read (`read` is its fstat) aside; return the error."""
+    def quarantine(self, digest: str, read: os.stat_result) -> CorruptBlobError:
+        """Move the corrupt blob we read (`read` is its fstat) aside; return the error (a reader
+        that hashed it in its own way, as a peer's fetch is served, calls this too)."""
         path = self.path(digest)
         target = self._quarantine / f"{digest}.{time.time_ns()}.{uuid.uuid4().hex[:8]}"
         # Only move the file we actually read: a writer may have just replaced it with a good

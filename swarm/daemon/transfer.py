@@ -6,13 +6,16 @@ A result is a manifest blob naming the blobs of its stdout, stderr and output fi
 the node's `BlobStore` under their sha256. A peer asks for one blob at a time over the gossip
 net's TCP streams (`net.fetch`); `serve_blob` answers with the blob in chunks, or says it is
 missing. Nothing that arrives is trusted: a fetched blob goes to a temp file, is stored under the
-digest of what was actually received, and is kept only if that is the digest asked for.
+digest of what was actually received, and is kept only if that is the digest asked for. What is
+served is hashed as it is read: a copy found corrupt is set aside, the peer is told it is missing,
+and the result it is part of is reported damaged (`damaged`, with the task the peer named).
 
 `copy_result` makes a whole result held here (its manifest, then every blob it names), trying
 its holders in a fixed order and skipping any that is not alive. It only moves bytes: it returns
 what it fetched and what no holder could give, and the node decides what to record (a REPLICA
 once all of it is here) and what to try again. A blob already held costs one stat, so copying a
-result twice is cheap and harmless.
+result twice is cheap and harmless. A result this node is a holder of, yet could not make whole
+(a copy read corrupt and set aside, say, and no other holder with a good one) is reported damaged.
 
 Blob reads and writes go to a thread; the event loop only moves chunks.
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +35,17 @@ from swarm.core import gossip, wire
 from swarm.core.ledger import Attempt, Ledger, TaskView
 from swarm.core.manifest import parse_manifest
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
-from swarm.errors import SwarmError
+from swarm.errors import CorruptBlobError, SwarmError
 
 log = logging.getLogger("swarm.daemon.transfer")
 
 # Looks up a member by node id (None: not known, or no network); gives its address and state.
 MemberLookup = Callable[[str], gossip.Member | None]
 # Copies the blob `digest` from the peer at `addr` into the file `into`; False if it lacks it.
-Fetch = Callable[[gossip.Addr, str, Path], Awaitable[bool]]
+# The last argument names the task whose result the blob is part of (None: not a result's).
+Fetch = Callable[[gossip.Addr, str, Path, str | None], Awaitable[bool]]
+# Told the task whose credited result's copy here was found damaged (holding.py drops it).
+Damaged = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,33 +66,56 @@ class ResultTransfer:
     """Serves this node's blobs to peers and copies results here from their holders."""
 
     def __init__(
-        self, store: BlobStore, ledger: Ledger, node_id: str, member: MemberLookup, fetch: Fetch
+        self,
+        store: BlobStore,
+        ledger: Ledger,
+        node_id: str,
+        member: MemberLookup,
+        fetch: Fetch,
+        damaged: Damaged = lambda task: None,
     ) -> None:
         self.store = store
         self.ledger = ledger  # read for its holders: who said, with a REPLICA, it holds a blob
         self.node_id = node_id
         self.member = member
         self.fetch = fetch
+        self.damaged = damaged
 
     async def serve_blob(self, request: wire.FetchRequest) -> AsyncIterator[wire.BlobChunk]:
-        """A blob we hold, in chunks (the fetcher verifies it against its digest)."""
+        """A blob we hold, in chunks, hashed as they are read: a copy that turns out corrupt
+        ends with a missing chunk (the fetcher drops what it got) and is set aside."""
         if request.digest == EMPTY_DIGEST:
             yield wire.BlobChunk(b"", True)
             return
         if not self.store.has(request.digest):
+            if request.task is not None:
+                self.damaged(request.task)  # if this node holds the task's result, it lacks a part
             yield wire.BlobChunk(b"", True, missing=True)
             return
+        read = hashlib.sha256()
         with open(self.store.path(request.digest), "rb") as blob:
             while True:
                 data = await asyncio.to_thread(blob.read, wire.BLOB_CHUNK_BYTES)
+                read.update(data)
                 last = len(data) < wire.BLOB_CHUNK_BYTES
+                if last and read.hexdigest() != request.digest:
+                    stat = os.fstat(blob.fileno())
+                    error = await asyncio.to_thread(self.store.quarantine, request.digest, stat)
+                    log.warning("a blob asked for by a peer is corrupt here: %s", error)
+                    if request.task is not None:
+                        self.damaged(request.task)
+                    yield wire.BlobChunk(b"", True, missing=True)
+                    return
                 yield wire.BlobChunk(data, last)
                 if last:
                     return
 
-    async def fetch_blob(self, digest: str, holders: list[str], suspects: bool = False) -> bool:
+    async def fetch_blob(
+        self, digest: str, holders: list[str], suspects: bool = False, task: str | None = None
+    ) -> bool:
         """Copy a blob here from one of `holders`, verified; True if it is held here now.
-        Holders not alive are skipped (`suspects`: only those dead or gone)."""
+        Holders not alive are skipped (`suspects`: only those dead or gone). `task`: the task
+        whose result the blob is part of, named to the holders (serve_blob)."""
         if self.store.has(digest):
             return True
         reachable = {gossip.MemberState.ALIVE}
@@ -94,15 +125,15 @@ class ResultTransfer:
             member = self.member(node)
             if member is None or member.state not in reachable:
                 continue
-            if node != self.node_id and await self._fetch_from(member, digest):
+            if node != self.node_id and await self._fetch_from(member, digest, task):
                 return True
         return False
 
-    async def _fetch_from(self, member: gossip.Member, digest: str) -> bool:
+    async def _fetch_from(self, member: gossip.Member, digest: str, task: str | None) -> bool:
         """One holder's copy of the blob, kept only if it is what was asked for."""
         into = self.store.new_temp_path()
         try:
-            if await self.fetch(member.addr, digest, into):
+            if await self.fetch(member.addr, digest, into, task):
                 got, _ = await asyncio.to_thread(self.store.put_file, into, move=True)
                 if got == digest:
                     return True
@@ -125,21 +156,36 @@ class ResultTransfer:
         and verified from its holders (those the ledger knows, and the attempt's own node)."""
         digest = attempt.result.digest
         assert digest is not None
-        holders = sorted(self.ledger.holders.get(digest, set()) | {attempt.version.origin})
-        holders = [h for h in holders if h != self.node_id]
+        copied = await self._copy_result(attempt, digest)
+        if not copied.complete:
+            self.check_held(attempt)
+        return copied
+
+    async def _copy_result(self, attempt: Attempt, digest: str) -> Copied:
+        task = attempt.result.task_id
+        holders = sorted(self.ledger.result_holders(attempt) - {self.node_id})
         had = self.store.has(digest)
-        if not await self.fetch_blob(digest, holders):
+        if not await self.fetch_blob(digest, holders, task=task):
             return Copied(digest, 0, 1)
         fetched = 0 if had else 1
         missing = 0
-        manifest = parse_manifest(await asyncio.to_thread(self.store.read_bytes, digest))
+        try:
+            manifest = parse_manifest(await asyncio.to_thread(self.store.read_bytes, digest))
+        except CorruptBlobError:  # (set aside as it was read)
+            return Copied(digest, 0, 1)
         for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
             had_part = self.store.has(part)
-            if await self.fetch_blob(part, holders):
+            if await self.fetch_blob(part, holders, task=task):
                 fetched += 0 if had_part else 1
             else:
                 missing += 1
         return Copied(digest, fetched, missing)
+
+    def check_held(self, attempt: Attempt) -> None:
+        """A result that could not be made whole here: if this node is one of its holders, its
+        copy is damaged (holding.py drops it, and the task may run again)."""
+        if self.node_id in self.ledger.result_holders(attempt):
+            self.damaged(attempt.result.task_id)
 
     async def fetch_results(self, job: str) -> AsyncGenerator[Copied, None]:
         """Copy here the result of each of the job's tasks that has one, one after another."""

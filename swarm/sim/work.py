@@ -45,7 +45,6 @@ from swarm.core.ledger import (
     Body,
     ClaimRecord,
     Outcome,
-    ReplicaRecord,
     ResultRecord,
     State,
     StateChanged,
@@ -329,9 +328,12 @@ class WorkSim:
                 self.sim.crash(w.index)
                 self.gone.add(w.index)
             case CopyResult():  # copied at once if a node that holds it can be reached
-                held = w.core.ledger.holders.get(effect.digest, set())
-                origin = effect.source if effect.attempt is None else effect.attempt.version.origin
-                holders = (held | {origin}) - {w.node}
+                ledger = w.core.ledger
+                if effect.attempt is None:  # a call's input
+                    holders = ledger.holders.get(effect.digest, set()) | {effect.source}
+                else:
+                    holders = ledger.result_holders(effect.attempt)
+                holders.discard(w.node)
                 w.core.copied(t, effect.digest, any(self._reachable(w, h) for h in holders))
             case Log():
                 pass
@@ -347,8 +349,7 @@ class WorkSim:
             attempt = view.ok_attempt() if view.state is State.DONE else None
             if attempt is None or attempt.result.digest is None:
                 continue
-            holders = w.core.ledger.holders.get(attempt.result.digest, set())
-            if holders | {attempt.version.origin} <= {w.node}:
+            if w.core.ledger.result_holders(attempt) <= {w.node}:
                 alone.append(view.task_id)
         return alone
 
@@ -410,7 +411,8 @@ class WorkSim:
             digest,
             CAPACITY,
         )
-        self._write(w, (body,) if digest is None else (body, ReplicaRecord(digest)))
+        held = None if digest is None else w.core.ledger.replica_record(digest, w.node)
+        self._write(w, (body,) if held is None else (body, held))
         w.core.attempt_closed(self._time(w), task)
         self._carry_out(w)
 
@@ -479,8 +481,7 @@ class WorkSim:
             attempt = ledger.tasks[name].ok_attempt()
             if attempt is None or attempt.result.digest is None:
                 continue
-            held = ledger.holders.get(attempt.result.digest, set()) | {attempt.version.origin}
-            if len(held & nodes) < want:
+            if len(ledger.result_holders(attempt) & nodes) < want:
                 return False
         return True
 

@@ -524,6 +524,40 @@ def test_results_are_replicated_to_three_nodes_and_again_when_a_holder_dies(
         assert (out / f"t{i}" / "stdout").read_text() == f"result {i}\n"
 
 
+def test_a_result_whose_every_copy_rotted_is_found_lost_and_runs_again(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """Bit rot on every holder: each finds its copy corrupt (read here, or as it serves a peer)
+    and drops it; with no good copy left, the result is lost, and the task runs again."""
+    from swarm.core.manifest import parse_manifest
+
+    swarm.form(3)
+    cli0 = swarm.nodes[0][0]
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "rot.jsonl", [{"name": "r", "cmd": "echo kept"}])))
+    wait_for("its result to be held by all 3", lambda: export_rows(cli0)[0]["replicas"] == "3")
+    (row,) = export_rows(cli0)
+    stores = [BlobStore(cli.home / "blobs") for cli, _, _ in swarm.nodes]
+    stdout = parse_manifest(stores[0].read_bytes(row["digest"])).stdout
+    for store in stores:
+        path = store.path(stdout)
+        path.write_bytes(b"KEPT\n")  # the same size, other bytes
+
+    first = cli0("results", "rot", "--out", str(tmp_path / "first"))
+    assert first.returncode == 1, first.stderr
+    assert "found corrupt: fetched anew" in first.stderr and "missing:" in first.stderr
+
+    def ran_again() -> bool:
+        attempts = export_rows(cli0, "--attempts")
+        return len(attempts) == 2 and export_rows(cli0)[0]["state"] == "done"
+
+    wait_for("the task to run again", ran_again, timeout=60)
+    out = tmp_path / "out"
+    cli0.ok("results", "rot", "--out", str(out))
+    assert (out / "r" / "stdout").read_text() == "kept\n"
+    for cli, daemon, _ in swarm.nodes:
+        assert "held here is damaged; dropped" in daemon.log.read_text(), cli.home
+
+
 def test_a_job_too_large_for_one_frame_still_reaches_every_node_and_later_jobs_follow(
     swarm: Swarm,
 ) -> None:
