@@ -189,6 +189,41 @@ def test_a_restarted_sender_with_a_higher_counter_is_heard() -> None:
     assert opener.open(again.seal(b"after restart")).body == b"after restart"
 
 
+def test_a_second_run_of_a_sender_does_not_silence_the_first() -> None:
+    """Two processes with one identity (a copied state dir): the later one's counters start
+    higher, yet the first's are still heard, each run against its own window."""
+    first, opener = pair(counter=100)
+    copy = Sealer(ALICE, KeyRing.of(KEY), counter=10**12, boot=b"\2" * 8)
+    assert opener.open(first.seal(b"first")).body == b"first"
+    assert opener.open(copy.seal(b"copy")).body == b"copy"
+    old = first.seal(b"first again")
+    assert opener.open(old).body == b"first again"
+    with pytest.raises(BadPacket, match="replayed"):
+        opener.open(old)
+
+
+def test_a_run_not_heard_before_below_the_sender_s_counters_is_an_earlier_life() -> None:
+    _, opener = pair()
+    opener.open(Sealer(ALICE, KeyRing.of(KEY), 10**12, b"\2" * 8).seal(b"now"))
+    earlier = Sealer(ALICE, KeyRing.of(KEY), 100, b"\1" * 8)  # captured before the restart
+    with pytest.raises(BadPacket, match="earlier run"):
+        opener.open(earlier.seal(b"then"))
+
+
+def test_only_the_last_runs_of_a_sender_keep_their_windows() -> None:
+    opener = Opener(KeyRing.of(KEY), ME)
+    runs = [
+        Sealer(ALICE, KeyRing.of(KEY), 10**9 * (i + 1), bytes([i]) * 8)
+        for i in range(envelope.BOOTS_KEPT + 1)
+    ]
+    for run in runs:
+        opener.open(run.seal(b"hello"))
+    assert len(opener._windows[ALICE].boots) == envelope.BOOTS_KEPT
+    with pytest.raises(BadPacket, match="earlier run"):
+        opener.open(runs[0].seal(b"forgotten"))  # its window went: below the top, refused
+    assert opener.open(runs[1].seal(b"kept")).body == b"kept"
+
+
 def test_key_rotation_loses_no_packet_once_each_step_has_spread() -> None:
     sender_ring, receiver_ring = KeyRing.of(KEY), KeyRing.of(KEY)
     sealer, opener = Sealer(ALICE, sender_ring, 0, BOOT), Opener(receiver_ring, ME)
@@ -364,7 +399,7 @@ def test_a_sender_back_after_a_long_time_costs_one_small_window() -> None:
     opener.open(sealer.seal(b"before"))
     sealer.counter += 86_400 * 10**6
     assert opener.open(sealer.seal(b"a day later")).body == b"a day later"
-    window = opener._windows[ALICE]
+    window = opener._windows[ALICE].boots[BOOT]
     assert window.seen.bit_length() <= REPLAY_WINDOW
     with pytest.raises(BadPacket):
         opener.open(sealer.seal(b"x")[:-1])  # still a working window

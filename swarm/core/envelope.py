@@ -20,8 +20,12 @@ own opener refuses such envelopes before it keeps anything of them, and opens th
 opener of the one stream they came on (`Opener(..., clients=True)`), which is gone with it. So
 clients, however many come and go, never take the replay windows that the nodes' senders keep,
 and a client's envelope played anywhere but on its stream costs a node one refusal. The receiver keeps a sliding replay window per
-sender: an envelope whose counter it has already accepted, or which is older than the window, is
-dropped. Everything that fails (short, truncated, bit-flipped, unknown key, misaddressed,
+run (boot) of each sender: an envelope whose counter it has already accepted, or which is older
+than its run's window, is dropped; a run not yet heard is taken only if its counter is above every
+counter taken from the sender, so an earlier life of it, its windows forgotten, is not heard
+again. The runs heard last keep their windows (`BOOTS_KEPT`): were a second process to run with a
+node's identity (a copy of its state dir), the first is still heard, and the two are found out at
+the membership and ledger levels, instead of the newer silencing the older. Everything that fails (short, truncated, bit-flipped, unknown key, misaddressed,
 replayed, oversized) raises `BadPacket` and never reaches the protocol cores; the caller counts
 and drops it.
 
@@ -66,6 +70,9 @@ KEYS_MAX = 4
 # first heard is forgotten first. About 2.5 KiB each: 4,096 is 10 MiB, and a bigger swarm only
 # derives keys again.
 SENDERS_MAX = 4096
+# Runs of one sender whose windows are kept: its current one, and the last few (a restart, or a
+# second process with its identity); the oldest is forgotten first.
+BOOTS_KEPT = 4
 
 
 class BadPacket(RemoteError):
@@ -204,6 +211,15 @@ class _Window:
             self.seen |= 1 << (self.top - counter)
 
 
+@dataclass(slots=True)
+class _Sender:
+    """The runs of one sender heard lately, each with its window, oldest first; and the highest
+    counter taken from any of them (a run not heard yet must start above it)."""
+
+    top: int = 0
+    boots: dict[bytes, _Window] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Opened:
     sender: bytes
@@ -223,7 +239,7 @@ class Opener:
         self.ring = ring
         self.me = me
         self.clients = clients
-        self._windows: dict[bytes, _Window] = {}
+        self._windows: dict[bytes, _Sender] = {}
         self._keys = _SenderKeys()
         self._senders_max = senders_max
 
@@ -248,9 +264,13 @@ class Opener:
         key = self.ring.keys.get(kid)
         if key is None:
             raise BadPacket(f"sealed with a key not in the ring ({kid.hex()})")
-        window = self._windows.get(sender)
-        if window is not None and not window.check(counter):
-            raise BadPacket(f"replayed or too old (counter {counter})")
+        known = self._windows.get(sender)
+        window = None if known is None else known.boots.get(boot)
+        if window is not None:
+            if not window.check(counter):
+                raise BadPacket(f"replayed or too old (counter {counter})")
+        elif known is not None and counter <= known.top:
+            raise BadPacket(f"from an earlier run of its sender (counter {counter})")
         header = packet[:HEADER_BYTES]
         aad = header + self.me if flags & ADDRESSED else header
         aead = self._keys.get(key, sender, boot)
@@ -261,11 +281,16 @@ class Opener:
         # Only an authentic envelope may move the window or be remembered, or forgeries could
         # push the window forward, or fill memory with made-up senders.
         self._keys.keep(key, sender, boot, aead)
-        if window is None:
+        if known is None:
             if len(self._windows) >= self._senders_max:
                 self._windows.pop(next(iter(self._windows)))
-            window = self._windows[sender] = _Window()
+            known = self._windows[sender] = _Sender()
+        if window is None:
+            if len(known.boots) >= BOOTS_KEPT:
+                known.boots.pop(next(iter(known.boots)))
+            window = known.boots[boot] = _Window()
         window.accept(counter)
+        known.top = max(known.top, counter)
         return Opened(sender, body, bool(flags & ADDRESSED))
 
 
