@@ -364,7 +364,13 @@ def test_an_old_replica_record_reads_as_a_first_hold() -> None:
 
     assert body_from_plain([5, "ab" * 32]) == ReplicaRecord("ab" * 32)
     assert body_from_plain([5, "ab" * 32, True, 3]) == ReplicaRecord("ab" * 32, True, 3)
-    for bad in ([5, "ab" * 32, True], [5, "ab" * 32, True, -1], [5, "ab" * 32, True, 2**31]):
+    for bad in (
+        [5, "ab" * 32, True],
+        [5, "ab" * 32, True, -1],
+        [5, "ab" * 32, True, 2**31],
+        [5, "ab" * 32, 1, 3],  # not a bool
+        [5, "ab" * 32, False, 0],  # a first hold has one form only
+    ):
         with pytest.raises(BadRecordError):
             body_from_plain(bad)
 

@@ -355,7 +355,9 @@ def test_a_result_whose_every_copy_is_damaged_is_dropped_by_each_holder_then_los
     attempt = h.core.ledger.tasks["t1"].ok_attempt()
     assert attempt is not None and h.core.ledger.result_holders(attempt) == set(nodes)
 
-    h.core.damaged(at(2), "t1")
+    h.core.damaged(at(2), "t1", "ff" * 32)  # an earlier attempt's result: not the credited one
+    assert not h.effects()
+    h.core.damaged(at(2), "t1", digest)
     (drop,) = of(Write, h.effects())
     assert isinstance(drop, Write) and drop.bodies == (ReplicaRecord(digest, dropped=True),)
     h.write(at(2), drop)
@@ -380,8 +382,30 @@ def test_a_result_whose_every_copy_is_damaged_is_dropped_by_each_holder_then_los
     assert isinstance(lost, Write) and lost.bodies == (LostRecord("t1", 1, "a"),)
     h.write(at(5), lost)
     assert h.core.ledger.tasks["t1"].state is State.PENDING  # runs again
-    h.core.damaged(at(6), "t1")  # said again (a late reader): nothing more to drop
+    h.core.damaged(at(6), "t1", digest)  # said again (a late reader): nothing more to drop
     assert not of(Write, h.effects())
+
+
+def test_a_node_that_dropped_a_damaged_copy_copies_it_again_and_holds_it_a_round_later() -> None:
+    nodes = ["a", "b", "c"]
+    h = in_swarm("c", nodes, "t1")
+    digest = digest_first_for("c", nodes)
+    h.record(at(1), "a", ClaimRecord("t1", 1, 1), result("t1", 1, digest), ReplicaRecord(digest))
+    h.record(at(1), "c", ReplicaRecord(digest))
+    h.core.damaged(at(2), "t1", digest)
+    (drop,) = of(Write, h.effects())
+    assert isinstance(drop, Write)
+    h.write(at(2), drop)
+    now = 2.0
+    while not of(CopyResult, h.tick(at(now))):
+        now += 0.1
+        assert now < 5, "no copy asked for"
+    h.core.copied(at(now), digest, complete=True)  # a good copy, from a
+    (hold,) = of(Write, h.effects())
+    assert isinstance(hold, Write) and hold.bodies == (ReplicaRecord(digest, round=1),)
+    h.write(at(now), hold)
+    attempt = h.core.ledger.tasks["t1"].ok_attempt()
+    assert attempt is not None and h.core.ledger.result_holders(attempt) == {"a", "c"}
 
 
 def test_a_rerank_goes_a_slice_at_a_time_and_the_node_keeps_its_heartbeat(

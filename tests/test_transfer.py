@@ -45,7 +45,8 @@ class Peers:
         self.stores: dict[gossip.Addr, BlobStore] = {}
         self.fetched: list[tuple[gossip.Addr, str]] = []
         self.tamper = False  # the peer sends other bytes than the blob's
-        self.damaged: list[tuple[gossip.Addr, str]] = []  # (peer, task) it found damaged
+        self.damaged: list[tuple[gossip.Addr, str, str]] = []  # (peer, task, result) found damaged
+        self.ledgers: dict[gossip.Addr, Ledger] = {}  # what each peer's ledger says (else empty)
 
     def add(self, node: str, store: BlobStore, state: gossip.MemberState) -> None:
         self.members[node] = gossip.Member(node, ADDRS[node], 1, state, {}, 0.0)
@@ -58,11 +59,11 @@ class Peers:
         self.fetched.append((addr, digest))
         peer = ResultTransfer(
             self.stores[addr],
-            Ledger(),
-            "peer",
+            self.ledgers.get(addr, Ledger()),
+            next(node for node, a in ADDRS.items() if a == addr),
             self.member,
             self.fetch,
-            lambda task: self.damaged.append((addr, task)),
+            lambda task, result: self.damaged.append((addr, task, result)),
         )
         with open(into, "wb") as out:
             async for chunk in peer.serve_blob(wire.FetchRequest(digest, task)):
@@ -167,28 +168,79 @@ def corrupt(store: BlobStore, digest: str) -> None:
     path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
 
 
-def test_a_corrupt_blob_is_not_served_but_set_aside_and_its_task_reported(
-    tmp_path: Path,
-) -> None:
+def test_a_corrupt_blob_is_not_served_but_set_aside(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     data = b"x" * (wire.BLOB_CHUNK_BYTES + 10)
     digest, _ = store.put_bytes(data)
     corrupt(store, digest)
-    damaged: list[str] = []
-    transfer = ResultTransfer(store, Ledger(), HERE, lambda _: None, Peers().fetch, damaged.append)
-
-    async def serve(task: str | None) -> list[wire.BlobChunk]:
-        return [c async for c in transfer.serve_blob(wire.FetchRequest(digest, task))]
-
-    chunks = run(lambda: serve("t1"))
+    chunks = run(lambda: served(store, digest))
     assert chunks[-1] == wire.BlobChunk(b"", True, missing=True)  # the fetcher drops it all
     assert not store.has(digest) and len(list((tmp_path / "quarantine").iterdir())) == 1
-    assert damaged == ["t1"]
-    # Asked again, it is not held: said missing, and the task named is reported again (the
-    # node's core decides whether it was a holder of that task's result).
-    assert run(lambda: serve("t1")) == [wire.BlobChunk(b"", True, missing=True)]
-    assert run(lambda: serve(None)) == [wire.BlobChunk(b"", True, missing=True)]
-    assert damaged == ["t1", "t1"]
+
+
+def test_a_holder_reports_damage_only_of_the_credited_result_it_holds(tmp_path: Path) -> None:
+    """A request naming a task makes the server look at its own copy: damage is reported only
+    if the blob asked for is the task's credited result or a part of it, this node holds that
+    result, and it is not whole here. A request is never taken on trust."""
+    swarm = Swarm(tmp_path)
+    damaged: list[tuple[str, str]] = []
+    holder = ResultTransfer(
+        swarm.holder_store,
+        swarm.ledger,
+        HOLDER,
+        lambda _: None,
+        Peers().fetch,
+        lambda task, result: damaged.append((task, result)),
+    )
+
+    def ask(digest: str, task: str | None = "t1") -> list[wire.BlobChunk]:
+        async def serve() -> list[wire.BlobChunk]:
+            return [c async for c in holder.serve_blob(wire.FetchRequest(digest, task))]
+
+        return run(serve)
+
+    unknown = "ee" * 32
+    assert ask(unknown) == [wire.BlobChunk(b"", True, missing=True)]
+    assert ask(unknown, "t2") == [wire.BlobChunk(b"", True, missing=True)]  # never ran
+    assert damaged == []  # not a part of the result: nothing of ours is damaged
+    corrupt(swarm.holder_store, swarm.file)
+    assert ask(swarm.stdout)[-1].data == b"hello\n"  # a good part is served, as ever
+    assert ask(swarm.file)[-1].missing
+    assert damaged == [("t1", swarm.digest)]
+    assert not swarm.holder_store.has(swarm.file)  # set aside
+    assert ask(swarm.file)[-1].missing  # asked again: gone here, still damaged
+    assert damaged == [("t1", swarm.digest)] * 2
+    # A node that is no holder of the result (it never ran it, nor copied it) reports nothing.
+    other = ResultTransfer(
+        swarm.here_store,
+        swarm.ledger,
+        HERE,
+        lambda _: None,
+        Peers().fetch,
+        lambda task, result: damaged.append((task, result)),
+    )
+    run(lambda: other.report("t1", swarm.file))
+    assert damaged == [("t1", swarm.digest)] * 2
+
+
+def test_a_damaged_result_is_checked_through_so_no_rotten_part_stays(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path)
+    damaged: list[tuple[str, str]] = []
+    holder = ResultTransfer(
+        swarm.holder_store,
+        swarm.ledger,
+        HOLDER,
+        lambda _: None,
+        Peers().fetch,
+        lambda task, result: damaged.append((task, result)),
+    )
+    corrupt(swarm.holder_store, swarm.stdout)
+    corrupt(swarm.holder_store, swarm.file)
+    swarm.holder_store.path(swarm.stdout).unlink()  # one found gone...
+    run(lambda: holder.report("t1", swarm.stdout))
+    assert damaged == [("t1", swarm.digest)]
+    assert not swarm.holder_store.has(swarm.file)  # ...and the other rotten one set aside too
+    assert swarm.holder_store.has(swarm.digest)  # the manifest was whole: kept
 
 
 # -- copying a result ------------------------------------------------------------------------
@@ -252,17 +304,22 @@ def test_a_blob_that_does_not_match_its_digest_is_dropped(tmp_path: Path) -> Non
 
 def test_a_holder_that_cannot_make_its_copy_whole_reports_it_damaged(tmp_path: Path) -> None:
     swarm = Swarm(tmp_path)
-    damaged: list[str] = []
-    swarm.here.damaged = damaged.append
+    damaged: list[tuple[str, str]] = []
+    swarm.here.damaged = lambda task, result: damaged.append((task, result))
+    swarm.holder_store.path(swarm.file).unlink()
     run(lambda: swarm.here.copy_result(swarm.attempt()))
-    assert damaged == []  # not a holder yet: an incomplete copy is no damage
+    assert damaged == []  # not a holder: an incomplete copy is no damage of ours
+    swarm.holder_store.put_bytes(b"1,2,3\n")
+    assert run(lambda: swarm.here.copy_result(swarm.attempt())).complete
     swarm.write(HERE, ReplicaRecord(swarm.digest))
+    swarm.peers.ledgers[ADDRS[HOLDER]] = swarm.ledger
     swarm.here_store.path(swarm.stdout).unlink()  # gone here...
     corrupt(swarm.holder_store, swarm.stdout)  # ...and rotten at the only other holder
     copied = run(lambda: swarm.here.copy_result(swarm.attempt()))
     assert copied == Copied(swarm.digest, fetched=0, missing=1)
-    assert damaged == ["t1"]
-    assert swarm.peers.damaged == [(ADDRS[HOLDER], "t1")]  # the holder found out as it served
+    assert damaged == [("t1", swarm.digest)]
+    # The holder found out as it served it.
+    assert swarm.peers.damaged == [(ADDRS[HOLDER], "t1", swarm.digest)]
 
 
 def test_a_part_no_holder_has_is_counted_missing_and_the_rest_is_copied(tmp_path: Path) -> None:

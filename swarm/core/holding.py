@@ -152,13 +152,13 @@ class Holding:
         self._retry[digest] = attempt  # a holder may come back: try later
         return []
 
-    def damaged(self, view: TaskView, now: float) -> list[Effect]:
-        """This node found its copy of the task's credited result damaged (corrupt, or a part
-        gone): if it is a holder, it says it no longer is; then it looks at the result again,
-        to copy it whole from another holder, or find it lost."""
+    def damaged(self, view: TaskView, digest: str, now: float) -> list[Effect]:
+        """This node found its copy of the result `digest` damaged (corrupt, or a part gone):
+        if that is the task's credited result and this node a holder, it says it no longer is;
+        then it looks at the result again, to copy it whole from another holder, or find it
+        lost. (The result of an earlier attempt, damaged, changes nothing.)"""
         attempt = view.ok_attempt()
-        digest = None if attempt is None else attempt.result.digest
-        if attempt is None or digest is None or digest == EMPTY_DIGEST:
+        if attempt is None or attempt.result.digest != digest or digest == EMPTY_DIGEST:
             return []
         if self.me not in self.ledger.result_holders(attempt):
             self.want([view], now)
@@ -170,7 +170,9 @@ class Holding:
 
     def written(self, bodies: Iterable[object], now: float) -> None:
         """A Write went through (or failed): the results whose drop it carried are looked at
-        again, now that the ledger no longer counts this node among their holders."""
+        again, now that the ledger no longer counts this node among their holders. (A drop
+        that could not be written, the disk full, leaves the node a holder: the next read of
+        the damaged copy finds it again, since what was corrupt was set aside.)"""
         for body in bodies:
             if isinstance(body, ReplicaRecord) and body.dropped:
                 view = self.dropping.pop(body.digest, None)

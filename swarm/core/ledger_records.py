@@ -319,7 +319,9 @@ def body_from_plain(raw: Any) -> Body:
             case Kind.REPLICA:
                 if len(f) == 1:
                     return ReplicaRecord(_s(f[0]))
-                return ReplicaRecord(_s(f[0]), bool(f[1]), _count(f[2]))
+                if not isinstance(f[1], bool) or (f[1], f[2]) == (False, 0):
+                    raise ValueError("a replica's long form is for a drop or a later round")
+                return ReplicaRecord(_s(f[0]), f[1], _count(f[2]))
             case Kind.CANCEL:
                 return CancelRecord(_s(f[0]), None if f[1] is None else _s(f[1]), _i(f[2]))
             case Kind.RETRY:

@@ -377,12 +377,12 @@ class NodeCore:
         ):
             self._emit(effect)
 
-    def damaged(self, t: Time, task: str) -> None:
-        """The copy of the task's result held here was found damaged (corrupt, or part of it
-        gone), and no other holder could mend it."""
+    def damaged(self, t: Time, task: str, digest: str) -> None:
+        """The copy of the result `digest` of the task, held here, was found damaged (corrupt,
+        or part of it gone)."""
         view = self.ledger.tasks.get(task)
         if view is not None:
-            for effect in self.holding.damaged(view, t.mono):
+            for effect in self.holding.damaged(view, digest, t.mono):
                 self._emit(effect)
 
     # -- the timer --------------------------------------------------------------------------

@@ -191,7 +191,7 @@ class HttpApi:
         store = self.node.store
         # Verified first (a thread hashes it), then sent from the file: any size, little memory.
         if not await asyncio.to_thread(store.verify, digest):
-            self.node.tell(self.node.core.damaged, reply["task_id"])  # set aside: fetched anew
+            await self.node.transfer.report(reply["task_id"], digest)  # set aside: fetched anew
             raise web.HTTPServiceUnavailable(text=f"its {stream} held here is corrupt\n")
         return web.FileResponse(store.path(digest), headers={"Content-Type": "text/plain"})
 

@@ -357,7 +357,7 @@ class Node:
                 self.node_id,
                 self.gossiper.member,
                 self.gossiper.fetch,
-                lambda task: self.tell(self.core.damaged, task),
+                lambda task, digest: self.tell(self.core.damaged, task, digest),
             )
             seq = db.highest_seq(self.state.db_path, self.node_id, self.generation)
             self.log.open(self.node_id, self.generation, seq, self.identity)

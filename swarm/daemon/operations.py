@@ -291,7 +291,7 @@ class Operations:
         assert digest is not None
         found = await self._held_streams(attempt, digest, fetch)
         if fetch and None in found:
-            node.transfer.check_held(attempt)
+            await node.transfer.report(attempt.result.task_id, digest)
         return found
 
     async def _held_streams(

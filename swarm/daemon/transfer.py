@@ -35,7 +35,7 @@ from swarm.core import gossip, wire
 from swarm.core.ledger import Attempt, Ledger, TaskView
 from swarm.core.manifest import parse_manifest
 from swarm.daemon.store import EMPTY_DIGEST, BlobStore
-from swarm.errors import CorruptBlobError, SwarmError
+from swarm.errors import CorruptBlobError, MissingBlobError, SwarmError
 
 log = logging.getLogger("swarm.daemon.transfer")
 
@@ -44,8 +44,9 @@ MemberLookup = Callable[[str], gossip.Member | None]
 # Copies the blob `digest` from the peer at `addr` into the file `into`; False if it lacks it.
 # The last argument names the task whose result the blob is part of (None: not a result's).
 Fetch = Callable[[gossip.Addr, str, Path, str | None], Awaitable[bool]]
-# Told the task whose credited result's copy here was found damaged (holding.py drops it).
-Damaged = Callable[[str], None]
+# Told a task, and its credited result (a manifest digest) whose copy here was found damaged:
+# holding.py drops it.
+Damaged = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class ResultTransfer:
         node_id: str,
         member: MemberLookup,
         fetch: Fetch,
-        damaged: Damaged = lambda task: None,
+        damaged: Damaged = lambda task, digest: None,
     ) -> None:
         self.store = store
         self.ledger = ledger  # read for its holders: who said, with a REPLICA, it holds a blob
@@ -89,7 +90,7 @@ class ResultTransfer:
             return
         if not self.store.has(request.digest):
             if request.task is not None:
-                self.damaged(request.task)  # if this node holds the task's result, it lacks a part
+                await self.report(request.task, request.digest)  # a part gone from a result?
             yield wire.BlobChunk(b"", True, missing=True)
             return
         read = hashlib.sha256()
@@ -103,7 +104,7 @@ class ResultTransfer:
                     error = await asyncio.to_thread(self.store.quarantine, request.digest, stat)
                     log.warning("a blob asked for by a peer is corrupt here: %s", error)
                     if request.task is not None:
-                        self.damaged(request.task)
+                        await self.report(request.task, request.digest)
                     yield wire.BlobChunk(b"", True, missing=True)
                     return
                 yield wire.BlobChunk(data, last)
@@ -158,7 +159,7 @@ class ResultTransfer:
         assert digest is not None
         copied = await self._copy_result(attempt, digest)
         if not copied.complete:
-            self.check_held(attempt)
+            await self.report(attempt.result.task_id, digest)
         return copied
 
     async def _copy_result(self, attempt: Attempt, digest: str) -> Copied:
@@ -181,11 +182,39 @@ class ResultTransfer:
                 missing += 1
         return Copied(digest, fetched, missing)
 
-    def check_held(self, attempt: Attempt) -> None:
-        """A result that could not be made whole here: if this node is one of its holders, its
-        copy is damaged (holding.py drops it, and the task may run again)."""
-        if self.node_id in self.ledger.result_holders(attempt):
-            self.damaged(attempt.result.task_id)
+    async def report(self, task: str, missing: str) -> None:
+        """The blob `missing` is not whole here (gone, or just set aside as corrupt): if it is
+        the task's credited result, or a part of it, and this node holds that result, the
+        result is checked through, and reported damaged if it is. Only what this node finds
+        counts, never what a peer's request suggests."""
+        view = self.ledger.tasks.get(task)
+        attempt = None if view is None else view.ok_attempt()
+        if attempt is None or attempt.result.digest is None:
+            return
+        if self.node_id not in self.ledger.result_holders(attempt):
+            return
+        result = attempt.result.digest
+        if await asyncio.to_thread(self._damaged, result, missing):
+            self.damaged(task, result)
+
+    def _damaged(self, result: str, missing: str) -> bool:
+        """Whether the result `result` held here is damaged, if `missing` is it or one of its
+        parts. Then every part is verified, so that what else is rotten is set aside now (a
+        rerun making the same blob would otherwise keep the rotten copy of it)."""
+        try:
+            manifest = parse_manifest(self.store.read_bytes(result))
+        except (MissingBlobError, CorruptBlobError):
+            return True  # the manifest itself: gone, or rotten (set aside as it was read)
+        parts = (manifest.stdout, manifest.stderr, *manifest.files.values())
+        if missing not in (result, *parts):
+            return False
+        damaged = False
+        for part in parts:
+            try:
+                damaged = not self.store.verify(part) or damaged
+            except MissingBlobError:
+                damaged = True
+        return damaged
 
     async def fetch_results(self, job: str) -> AsyncGenerator[Copied, None]:
         """Copy here the result of each of the job's tasks that has one, one after another."""

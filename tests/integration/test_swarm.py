@@ -551,9 +551,12 @@ def test_a_result_whose_every_copy_rotted_is_found_lost_and_runs_again(
         return len(attempts) == 2 and export_rows(cli0)[0]["state"] == "done"
 
     wait_for("the task to run again", ran_again, timeout=60)
+    # The rerun makes the same digest: each node holds it again (a round later), once only.
+    wait_for("its new result to be held by all 3", lambda: export_rows(cli0)[0]["replicas"] == "3")
     out = tmp_path / "out"
     cli0.ok("results", "rot", "--out", str(out))
     assert (out / "r" / "stdout").read_text() == "kept\n"
+    assert len(export_rows(cli0, "--attempts")) == 2  # not lost a second time
     for cli, daemon, _ in swarm.nodes:
         assert "held here is damaged; dropped" in daemon.log.read_text(), cli.home
 
