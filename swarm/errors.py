@@ -47,6 +47,12 @@ class ConfigError(UserError):
     """A flag, environment variable or state directory is unusable."""
 
 
+class IdentityClashError(ConfigError):
+    """Another process writes records in this node's name (its state dir was copied), or this
+    node's ledger was restored from an older copy: the daemon stops rather than write over
+    them."""
+
+
 class SizeError(ConfigError):
     """A size that is not one (a flag's such as `--memory`, or a task's `memory`): `field` names
     where it was given, `problem` says what is wrong with it."""

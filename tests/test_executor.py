@@ -42,7 +42,15 @@ from swarm.core.spec import ARG_BYTES_MAX, Resources, TaskSpec, check
 from swarm.daemon import executor, outputs_walk, procs, spawn
 from swarm.daemon.executor import Attempt, Finished, Launch, attempt_env, attempt_tags
 from swarm.daemon.outputs_walk import OUTPUT_FILES_MAX, collect_outputs
-from swarm.daemon.procs import NODE_TAG, began, group_members, kill_orphans, kill_strays
+from swarm.daemon.procs import (
+    NODE_DIR_TAG,
+    NODE_TAG,
+    began,
+    group_members,
+    kill_orphans,
+    kill_strays,
+    run_dir_tag,
+)
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.spawn import Process
 from swarm.errors import OutputLimitError
@@ -1470,14 +1478,21 @@ def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
     [
         {"PATH": BASE_ENV["PATH"]},  # untagged: not an attempt at all
         {"PATH": BASE_ENV["PATH"], NODE_TAG: "another-node"},  # another node's attempt
+        # The same node's id, another daemon's run dir (a copy of its state dir, started here)
+        {"PATH": BASE_ENV["PATH"], NODE_TAG: "node-under-test", NODE_DIR_TAG: "/elsewhere/run"},
     ],
-    ids=["untagged", "other-node"],
+    ids=["untagged", "other-node", "other-dir"],
 )
 def test_kill_orphans_spares_processes_not_of_this_node(
     tmp_path: Path, sleeper: Callable[..., subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
     p = sleeper(env)
-    tags = {NODE_TAG: "node-under-test", "SWARM_TASK_ID": "t-mine", "SWARM_EPOCH": "3"}
+    tags = {
+        NODE_TAG: "node-under-test",
+        NODE_DIR_TAG: run_dir_tag(tmp_path / "run"),
+        "SWARM_TASK_ID": "t-mine",
+        "SWARM_EPOCH": "3",
+    }
     mine = sleeper({"PATH": BASE_ENV["PATH"], **tags})
     # Popen returns once exec has begun; the kernel shows the new environment a moment later.
     for proc in (p, mine):

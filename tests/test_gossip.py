@@ -12,6 +12,7 @@ from swarm.core.gossip import (
     Config,
     Dead,
     Gossip,
+    IdentityClash,
     MemberJoined,
     Membership,
     MemberState,
@@ -105,6 +106,22 @@ def test_a_suspicion_of_oneself_is_refuted_with_a_higher_incarnation() -> None:
     assert a.awareness == 1  # being suspected says something about our own health
     a.receive(1.1, Packet(Ping(1, "a", "b", B)))
     assert Alive("a", 2, A, {}) in a.outbox[-1][1].rumours
+
+
+def test_a_second_live_process_with_our_identity_is_told_once_it_keeps_outbidding_us() -> None:
+    a = Membership("a", A, {"life": "2"}, Config.test(), random.Random(0), now=0.0)
+    # Our last life's rumours going round after a restart: refuted, never a clash.
+    for now in range(10):
+        a.receive(now, Packet(Gossip(), (Alive("a", 7, B, {"life": "1"}),)))
+    a.receive(10, Packet(Gossip(), (Alive("a", 9, B, {}),)))  # a life that does not say
+    assert a.me.incarnation == 10 and a.outbids == 1
+    # A live process answers each of our refutations with a higher incarnation of its own.
+    clashes = []
+    for now in range(11, 25):
+        a.receive(now, Packet(Gossip(), (Alive("a", a.me.incarnation + 1, B, {"life": "3"}),)))
+        clashes += [e for e in a.events if isinstance(e, IdentityClash)]
+        a.events.clear()
+    assert clashes == [IdentityClash("a", B, "3")]  # told once
 
 
 def test_old_rumours_change_nothing() -> None:

@@ -42,6 +42,7 @@ from swarm.core.swim import (
     Dead,
     Event,
     Gossip,
+    IdentityClash,
     IndirectPing,
     MemberDied,
     MemberJoined,
@@ -72,6 +73,7 @@ __all__ = [
     "Dead",
     "Event",
     "Gossip",
+    "IdentityClash",
     "IndirectPing",
     "Member",
     "MemberDied",
@@ -100,6 +102,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 INCARNATION_MAX = 2**62  # far beyond any real count; the wire allows up to 2**63
+# Alives of another life of ours outranking ours before it is taken for a second live process
+# with our identity (IdentityClash): a restart meets one or two of its last life's, at most.
+CLASH_OUTBIDS = 5
 
 
 class MemberState(enum.StrEnum):
@@ -169,6 +174,7 @@ class Membership:
         self._sign = sign
         self._check = check
         self.forged = 0  # Alive rumours whose signature did not check: ignored
+        self.outbids = 0  # Alives of another life of ours that outranked ours (_outbid_by)
         self.config = config
         self.rng = rng
         self.members: dict[str, Member] = {
@@ -324,6 +330,7 @@ class Membership:
                 if self._check is not None and not self._check(alive):
                     self.forged += 1  # not even our own earlier word: nothing to outrank
                     return
+                self._outbid_by(alive)
                 self._refute(alive.incarnation)  # an older life of ours speaks: outrank it
             return
         member = self.members.get(alive.node)
@@ -439,6 +446,18 @@ class Membership:
         """Spread our current Alive again, unless it is still being spread."""
         if self.node not in self._broadcasts:
             self._announce()
+
+    def _outbid_by(self, alive: Alive) -> None:
+        """An Alive of ours from another life (its meta's "life") outranks ours. Rumours of an
+        earlier life of ours stop once we have refuted the highest of them (they can only go
+        round, never rise); a live process with our identity outbids each refutation in turn,
+        and after CLASH_OUTBIDS of them is reported (once) as an IdentityClash."""
+        life = alive.meta.get("life")
+        if life is None or life == self.me.meta.get("life"):
+            return
+        self.outbids += 1
+        if self.outbids == CLASH_OUTBIDS:
+            self.events.append(IdentityClash(self.node, alive.addr, str(life)))
 
     def _refute(self, incarnation: int) -> None:
         if incarnation >= INCARNATION_MAX:

@@ -84,6 +84,15 @@ class Intake:
                 yield key, seq
 
 
+def ours_ahead(me: Key, written: int, theirs: Mapping[Key, int]) -> int | None:
+    """The seq to which a peer's watermarks say it holds records of our own life `me`, when that
+    is past the last record we wrote (`written`); None if it is not. Only another process
+    writing in our name (a copy of our state dir), or a ledger of ours restored from an older
+    copy, makes records of ours we never wrote."""
+    seq = theirs.get(me, 0)
+    return seq if seq > written else None
+
+
 def behind(ours: Mapping[Key, int], theirs: Mapping[Key, int]) -> Iterable[tuple[Key, int]]:
     """For a peer's digest: each (origin, generation) we hold past it, with the seq it has."""
     for key, high in ours.items():

@@ -127,7 +127,25 @@ class MemberLeft:
     member: str
 
 
-Event = MemberJoined | MemberSuspected | MemberRecovered | MemberUpdated | MemberDied | MemberLeft
+@dataclass(frozen=True, slots=True)
+class IdentityClash:
+    """Another live process speaks as this node (`member` is our own id): its Alive, from
+    `addr`, kept outbidding our refutations. `life` is the other's (Alive meta "life")."""
+
+    member: str
+    addr: Addr
+    life: str
+
+
+Event = (
+    MemberJoined
+    | MemberSuspected
+    | MemberRecovered
+    | MemberUpdated
+    | MemberDied
+    | MemberLeft
+    | IdentityClash
+)
 
 
 # -- the math (table-tested, as memberlist's util.go) -----------------------------------------

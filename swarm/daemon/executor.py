@@ -41,6 +41,7 @@ from swarm.core.spec import TaskSpec
 from swarm.daemon.config import KILL_GRACE_S
 from swarm.daemon.outputs_walk import bytes_text, collect_attempt_outputs
 from swarm.daemon.procs import (
+    NODE_DIR_TAG,
     NODE_TAG,
     began,
     group_ended,
@@ -108,8 +109,9 @@ class Finished:
 def attempt_env(launch: Launch, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(launch.spec.env)
-    if NODE_TAG in base:
-        env[NODE_TAG] = base[NODE_TAG]  # the task's own env must not hide it from kill_orphans
+    for tag in (NODE_TAG, NODE_DIR_TAG):
+        if tag in base:
+            env[tag] = base[tag]  # the task's own env must not hide it from kill_orphans
     env.update(
         SWARM_TASK_ID=launch.task_id,
         SWARM_TASK_NAME=launch.name,

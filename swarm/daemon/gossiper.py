@@ -65,6 +65,7 @@ class Host(Protocol):
     def stopping(self) -> bool: ...
     def tell(self, method: Callable[..., object], *args: Any) -> None: ...
     def side_task(self, work: Coroutine[Any, Any, None]) -> None: ...
+    def clash(self, why: str) -> None: ...
     def reload_keys(self) -> str: ...
 
 
@@ -72,6 +73,9 @@ class Gossiper:
     def __init__(self, node: Host) -> None:
         self.node = node
         self._remembered: frozenset[tuple[str, int]] = frozenset()  # members kept in the state dir
+        # This run of the daemon, in its Alive meta: when it started, and its boot id. Of two
+        # processes found speaking as one node (IdentityClash), the later life stops.
+        self.life = ""
 
     async def start(
         self, tg: asyncio.TaskGroup, bind: tuple[str, int], clients: RemoteClients
@@ -85,9 +89,9 @@ class Gossiper:
         # Nonces never repeat, whatever the clock does: each run seals under a key of its own
         # (the random boot id). The counter starts at the clock so that peers' replay windows,
         # which remember our last run's counters, take this run's envelopes.
-        sealer = wire.Sealer(
-            sender, ring, counter=time.time_ns() // 1000, boot=os.urandom(wire.BOOT_BYTES)
-        )
+        boot = os.urandom(wire.BOOT_BYTES)
+        sealer = wire.Sealer(sender, ring, counter=time.time_ns() // 1000, boot=boot)
+        self.life = f"{time.time_ns() // 10**6:014d}.{boot.hex()}"
         membership = node.membership = gossip.Membership(
             node.node_id,
             bind,
@@ -146,6 +150,7 @@ class Gossiper:
         meta: dict[str, Any] = {
             "capacity": snapshot.resources_dict(node.capacity),
             "labels": dict(node.labels),
+            "life": self.life,
         }
         if node.core.draining:
             meta["draining"] = True
@@ -161,12 +166,33 @@ class Gossiper:
 
     def _on_members(self, events: list[gossip.Event]) -> None:
         node = self.node
+        for clash in [e for e in events if isinstance(e, gossip.IdentityClash)]:
+            self._clash(clash)
+        events = [e for e in events if not isinstance(e, gossip.IdentityClash)]
         for event in events:
             log.info("member %s: %s", event.member[:8], type(event).__name__.removeprefix("Member"))
         if node.membership is not None:
             node.tell(node.core.members_changed, events, node.membership.members)
             node.replicator.members_changed()
             self._remember_members(node.membership)
+
+    def _clash(self, clash: gossip.IdentityClash) -> None:
+        """Another live process speaks as this node: the later of the two lives stops."""
+        node = self.node
+        where = f"{clash.addr[0]}:{clash.addr[1]}"
+        if clash.life > self.life:
+            log.error(
+                "another daemon runs as this node (%s) at %s, started after this one (a copy of "
+                "this node's state dir?): it is to stop, and this one goes on",
+                node.node_id[:8],
+                where,
+            )
+            return
+        node.clash(
+            f"another daemon runs as this node ({node.node_id[:8]}) at {where}, started before "
+            "this one: this state dir is a copy of a running node's. Stopped. To make this "
+            "machine a node of its own, give it a state dir of its own (swarm init)"
+        )
 
     def _remember_members(self, membership: gossip.Membership) -> None:
         """Keep the live members' addresses in the state dir when they change (peers.remember)."""

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import resource
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -64,7 +65,13 @@ from swarm.daemon.loopguard import LoopReports
 from swarm.daemon.memory import MEMORY_SAMPLE_S, MemorySampler
 from swarm.daemon.operations import Operations
 from swarm.daemon.outputs import OutputStore
-from swarm.daemon.procs import NODE_TAG, kill_orphans
+from swarm.daemon.procs import (
+    NODE_DIR_TAG,
+    NODE_TAG,
+    kill_group,
+    kill_orphans,
+    run_dir_tag,
+)
 from swarm.daemon.records import RecordLog
 from swarm.daemon.replicator import Replicator
 from swarm.daemon.rundirs import RunDirs
@@ -74,6 +81,7 @@ from swarm.daemon.transfer import ResultTransfer
 from swarm.daemon.watches import Watches
 from swarm.errors import (
     ConfigError,
+    IdentityClashError,
     StorageFullError,
     SwarmError,
 )
@@ -131,6 +139,7 @@ class Node:
         )
         self.started_ms = self._wall_ms()
         self._stop = asyncio.Event()
+        self._fatal: SwarmError | None = None  # why the node stops at once (`clash`)
         self._ready = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
@@ -326,6 +335,7 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
+            self._base_env[NODE_DIR_TAG] = run_dir_tag(self.state.runs)
             _raise_fd_limit()
             asyncio.get_running_loop().set_exception_handler(LoopReports())
             self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
@@ -394,6 +404,15 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def clash(self, why: str) -> None:
+        """Stop at once with `why` as the error: another process writes records in this node's
+        name (replicator.py). No attempt is recorded and no leave is said, since both would be
+        written in that name; the processes of its attempts are killed."""
+        if self._fatal is None:
+            log.error("%s", why)
+            self._fatal = IdentityClashError(why)
+            self._stop.set()
 
     async def _close_workers(self) -> None:
         """The worker pool's close, on the way out whatever happened; bounded, and never raising
@@ -464,6 +483,11 @@ class Node:
                 self.state.root,
             )
             await self._stop.wait()
+            if self._fatal is not None:
+                for attempt in self.attempts.values():
+                    if attempt.pid is not None:
+                        kill_group(attempt.pid, signal.SIGKILL)
+                raise self._fatal
             self.core.stop()
             log.info("stopping: interrupting %d running attempt(s)", len(self.attempts))
             server.close()

@@ -26,14 +26,16 @@ from typing import Protocol
 
 import aiosqlite
 
+from swarm import statedir
 from swarm.core import gossip, wire
 from swarm.core.ledger import Ledger
 from swarm.core.node import NodeCore
-from swarm.core.replication import Intake
+from swarm.core.replication import Intake, ours_ahead
 from swarm.core.sync import SPREAD_WIDE, SYNC_EVERY_GOSSIPS
 from swarm.daemon import db
 from swarm.daemon.config import NodeConfig
 from swarm.daemon.net import GossipNet
+from swarm.daemon.records import RecordLog
 from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.daemon.replicator")
@@ -53,9 +55,12 @@ class Host(Protocol):
     core: NodeCore
     writer: db.LedgerWriter | None
     membership: gossip.Membership | None
+    log: RecordLog  # what this node has written: its last seq
+    state: statedir.StateDir
 
     def tell(self, method: Callable[..., object], *args: object) -> None: ...
     def apply_rows(self, rows: list[db.Row]) -> None: ...
+    def clash(self, why: str) -> None: ...
 
 
 class Replicator:
@@ -138,6 +143,25 @@ class Replicator:
         for member in sync.pushed(ordered, intake, ledger.high_seq, time.monotonic(), members):
             assert self._tg is not None  # pushes are taken only while serving
             self._tg.create_task(self.pull(member, done=sync.pull_done))
+
+    def _clashes(self, watermarks: wire.Watermarks) -> bool:
+        """Whether a peer's watermarks hold records of this node's life that it never wrote:
+        then the node stops (Node.clash) before it writes a record that clashes with them."""
+        node = self.node
+        seq = ours_ahead((node.node_id, node.generation), node.log.seq, watermarks)
+        if seq is None:
+            return False
+        node.clash(
+            f"a peer holds records of this node ({node.node_id[:8]}, generation "
+            f"{node.generation}) up to #{seq}, past the last one written here (#{node.log.seq}): "
+            "another daemon runs with this node's identity (its state dir was copied), or this "
+            "ledger was restored from an older copy. Stopped, so as not to write records that "
+            "clash with those. To make this machine a node of its own, give it a state dir of "
+            f"its own (swarm init); to bring this node back, move {node.state.db_path} aside "
+            "with its -wal and -shm files: it starts a new life and takes its records back "
+            "from its peers"
+        )
+        return True
 
     def _intake(self, asked: wire.Watermarks | None) -> Intake:
         node = self.node
@@ -230,7 +254,7 @@ class Replicator:
 
         async def take(batch: wire.SyncBatch) -> None:
             await self._take_records(batch.records, intake, batch.upto if batch.done else {})
-            if batch.done:
+            if batch.done and not self._clashes(batch.upto):
                 self.node.tell(self.node.core.caught_up)
 
         return take
@@ -242,6 +266,8 @@ class Replicator:
         reader = self.reader
         if reader is None:
             raise ValueError("the node is leaving: its ledger is no longer read for peers")
+        if self._clashes(request.digest):
+            raise ValueError("another process writes in this node's name: it stops")
         sync, ledger = self.node.core.sync, self.node.ledger
         plan = sync.answer(ledger.high_seq, request.digest, db.SYNC_ROWS_MAX)
         while (ask := plan.next_ask()) is not None:

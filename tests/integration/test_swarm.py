@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -559,6 +560,61 @@ def test_a_result_whose_every_copy_rotted_is_found_lost_and_runs_again(
     assert len(export_rows(cli0, "--attempts")) == 2  # not lost a second time
     for cli, daemon, _ in swarm.nodes:
         assert "held here is damaged; dropped" in daemon.log.read_text(), cli.home
+
+
+def test_a_copy_of_a_running_node_s_state_dir_stops_and_leaves_the_node_be(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """A daemon started from a copy of a running node's state dir finds, at its first sync,
+    records of its own that it never wrote, and stops with an error that says so. The node it
+    was copied from is still heard by its peers (its replay windows were not taken over), and
+    still runs what only it may run."""
+    swarm.start(0)
+    cli1, _ = swarm.start(1, join=0, extra=("--label", "only=one"))
+    ids = [swarm.node_id(0), swarm.node_id(1)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        cli1.home, copy, ignore=shutil.ignore_patterns("control.sock", "ledger.db*", "run")
+    )
+    source, dest = sqlite3.connect(cli1.home / "ledger.db"), sqlite3.connect(copy / "ledger.db")
+    with contextlib.closing(source), contextlib.closing(dest):
+        source.backup(dest)  # as the running node had it (its WAL too)
+    _, copied = _newest_record(copy, ids[1])
+    wait_for(
+        "node 1 to write on past the copy", lambda: _newest_record(cli1.home, ids[1])[1] > copied
+    )
+    _, twin = swarm.start(2, join=0, key_from=None, home=copy, wait=False)
+    assert twin.proc is not None and twin.proc.wait(timeout=60) == 2  # a usage error
+    said = twin.log.read_text()
+    assert "another daemon runs with this node's identity" in said, said
+    cli0 = swarm.nodes[0][0]
+    pinned = [{"name": "p", "cmd": "echo here", "requires": {"only": "one"}}]
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "pinned.jsonl", pinned)))
+    wait_for("node 0 to hear node 1 ran it", lambda: cli0.job("pinned")["done"] == 1)
+    wait_for("node 0 to see node 1 alive", lambda: swarm.states(0)[ids[1]] == "alive")
+
+
+def test_a_second_process_with_a_node_s_identity_and_a_fresh_ledger_stops(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """A copy of a node's identity alone (its ledger left behind, so a new life of the node's
+    ledger) has no records of its own to find at a peer: the two processes outbid each
+    other's Alive instead, and the one started later stops."""
+    swarm.start(0)
+    cli1, _ = swarm.start(1, join=0)
+    ids = [swarm.node_id(0), swarm.node_id(1)]
+    wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    twin_home = tmp_path / "twin"
+    twin_home.mkdir(mode=0o700)
+    for name in ("identity.key", "swarm.key"):
+        shutil.copy2(cli1.home / name, twin_home / name)
+    _, twin = swarm.start(2, join=0, key_from=None, home=twin_home, wait=False)
+    assert twin.proc is not None and twin.proc.wait(timeout=60) == 2
+    said = twin.log.read_text()
+    assert "another daemon runs as this node" in said and "started before this one" in said, said
+    wait_for("node 0 to see node 1 alive", lambda: swarm.states(0)[ids[1]] == "alive")
+    assert swarm.nodes[1][1].proc is not None and swarm.nodes[1][1].proc.poll() is None
 
 
 def test_a_job_too_large_for_one_frame_still_reaches_every_node_and_later_jobs_follow(
