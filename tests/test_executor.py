@@ -49,7 +49,6 @@ from swarm.daemon.procs import (
     group_members,
     kill_orphans,
     kill_strays,
-    run_dir_tag,
 )
 from swarm.daemon.rundirs import RunDirs
 from swarm.daemon.spawn import Process
@@ -1479,7 +1478,7 @@ def test_the_node_tag_survives_a_task_env_that_sets_it(tmp_path: Path) -> None:
         {"PATH": BASE_ENV["PATH"]},  # untagged: not an attempt at all
         {"PATH": BASE_ENV["PATH"], NODE_TAG: "another-node"},  # another node's attempt
         # The same node's id, another daemon's run dir (a copy of its state dir, started here)
-        {"PATH": BASE_ENV["PATH"], NODE_TAG: "node-under-test", NODE_DIR_TAG: "/elsewhere/run"},
+        {"PATH": BASE_ENV["PATH"], NODE_TAG: "node-under-test", NODE_DIR_TAG: "9:99"},
     ],
     ids=["untagged", "other-node", "other-dir"],
 )
@@ -1489,7 +1488,7 @@ def test_kill_orphans_spares_processes_not_of_this_node(
     p = sleeper(env)
     tags = {
         NODE_TAG: "node-under-test",
-        NODE_DIR_TAG: run_dir_tag(tmp_path / "run"),
+        NODE_DIR_TAG: "8:88",
         "SWARM_TASK_ID": "t-mine",
         "SWARM_EPOCH": "3",
     }
@@ -1497,11 +1496,26 @@ def test_kill_orphans_spares_processes_not_of_this_node(
     # Popen returns once exec has begun; the kernel shows the new environment a moment later.
     for proc in (p, mine):
         wait_for_file_text(Path(f"/proc/{proc.pid}/cmdline"), b"sleep\x0030")
-    assert kill_orphans(tmp_path / "run", "node-under-test") == [("t-mine", 3)]
+    assert kill_orphans(tmp_path / "run", "node-under-test", "8:88") == [("t-mine", 3)]
     # Killed in the same pass: once this node's attempt is gone, the other was spared.
     assert pid_gone(mine.pid)
     assert p.poll() is None
     assert live_group_members(p.pid) == [p.pid]
+
+
+def test_a_state_dir_s_tag_follows_it_when_moved_not_when_copied(tmp_path: Path) -> None:
+    from swarm.daemon.procs import node_dir_tag
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "identity.key").write_text("key")
+    tag = node_dir_tag(home / "identity.key")
+    (tmp_path / "link").symlink_to(home)
+    assert node_dir_tag(tmp_path / "link" / "identity.key") == tag
+    home.rename(tmp_path / "moved")
+    assert node_dir_tag(tmp_path / "moved" / "identity.key") == tag
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    assert node_dir_tag(tmp_path / "copy" / "identity.key") != tag
 
 
 def test_kill_orphans_removes_leftover_run_dirs(tmp_path: Path) -> None:

@@ -224,6 +224,17 @@ def test_only_the_last_runs_of_a_sender_keep_their_windows() -> None:
     assert opener.open(runs[1].seal(b"kept")).body == b"kept"
 
 
+def test_a_run_that_keeps_talking_keeps_its_window_while_another_restarts_again() -> None:
+    """A copy of a node's state dir that a supervisor restarts again and again: each run of it
+    is new, and the original, heard all along, is never the one forgotten."""
+    first, opener = pair(counter=100)
+    opener.open(first.seal(b"first"))
+    for i in range(3 * envelope.BOOTS_KEPT):
+        copy = Sealer(ALICE, KeyRing.of(KEY), 10**9 * (i + 1), bytes([i + 1]) * 8)
+        opener.open(copy.seal(b"copy"))
+        assert opener.open(first.seal(b"first")).body == b"first"
+
+
 def test_key_rotation_loses_no_packet_once_each_step_has_spread() -> None:
     sender_ring, receiver_ring = KeyRing.of(KEY), KeyRing.of(KEY)
     sealer, opener = Sealer(ALICE, sender_ring, 0, BOOT), Opener(receiver_ring, ME)

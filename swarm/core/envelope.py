@@ -71,7 +71,8 @@ KEYS_MAX = 4
 # derives keys again.
 SENDERS_MAX = 4096
 # Runs of one sender whose windows are kept: its current one, and the last few (a restart, or a
-# second process with its identity); the oldest is forgotten first.
+# second process with its identity); the one heard least lately is forgotten first, so a run
+# that keeps talking keeps its window however often another restarts.
 BOOTS_KEPT = 4
 
 
@@ -213,8 +214,9 @@ class _Window:
 
 @dataclass(slots=True)
 class _Sender:
-    """The runs of one sender heard lately, each with its window, oldest first; and the highest
-    counter taken from any of them (a run not heard yet must start above it)."""
+    """The runs of one sender heard lately, each with its window, the one heard least lately
+    first; and the highest counter taken from any of them (a run not heard yet must start
+    above it)."""
 
     top: int = 0
     boots: dict[bytes, _Window] = field(default_factory=dict)
@@ -288,7 +290,10 @@ class Opener:
         if window is None:
             if len(known.boots) >= BOOTS_KEPT:
                 known.boots.pop(next(iter(known.boots)))
-            window = known.boots[boot] = _Window()
+            window = _Window()
+        else:
+            del known.boots[boot]
+        known.boots[boot] = window  # (last: heard most lately)
         window.accept(counter)
         known.top = max(known.top, counter)
         return Opened(sender, body, bool(flags & ADDRESSED))

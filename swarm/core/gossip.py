@@ -330,8 +330,8 @@ class Membership:
                 if self._check is not None and not self._check(alive):
                     self.forged += 1  # not even our own earlier word: nothing to outrank
                     return
-                self._outbid_by(alive)
                 self._refute(alive.incarnation)  # an older life of ours speaks: outrank it
+                self._outbid_by(alive)
             return
         member = self.members.get(alive.node)
         if member is not None and alive.incarnation <= member.incarnation:
@@ -448,16 +448,22 @@ class Membership:
             self._announce()
 
     def _outbid_by(self, alive: Alive) -> None:
-        """An Alive of ours from another life (its meta's "life") outranks ours. Rumours of an
-        earlier life of ours stop once we have refuted the highest of them (they can only go
-        round, never rise); a live process with our identity outbids each refutation in turn,
-        and after CLASH_OUTBIDS of them is reported (once) as an IdentityClash."""
+        """An Alive of ours from another life (its meta's "life") outranked ours (refuted
+        already). A live process
+        with our identity outbids each of our refutations in turn, and after CLASH_OUTBIDS of
+        them is reported (once) as an IdentityClash. Rumours of an earlier life of ours cannot
+        do that: the daemon starts each life's incarnation at its clock (in ms), above any
+        incarnation an earlier life reached, so they never outrank us (unless the clock
+        stepped back over the restart: then a few, each once). Our refutation is also pushed
+        to a member at once (a push-pull), so that the members who heard the other last do
+        not keep our id pointed at its address."""
         life = alive.meta.get("life")
         if life is None or life == self.me.meta.get("life"):
             return
         self.outbids += 1
         if self.outbids == CLASH_OUTBIDS:
             self.events.append(IdentityClash(self.node, alive.addr, str(life)))
+        self._push_pull_with(self._random_members(1, live=True))
 
     def _refute(self, incarnation: int) -> None:
         if incarnation >= INCARNATION_MAX:

@@ -66,6 +66,10 @@ class Host(Protocol):
     def tell(self, method: Callable[..., object], *args: Any) -> None: ...
     def side_task(self, work: Coroutine[Any, Any, None]) -> None: ...
     def clash(self, why: str) -> None: ...
+    def may_write(self) -> None: ...
+
+    @property
+    def writable(self) -> bool: ...
     def reload_keys(self) -> str: ...
 
 
@@ -99,6 +103,8 @@ class Gossiper:
             node.config.gossip,
             random.Random(),
             time.monotonic(),
+            # Each life starts above any incarnation an earlier one reached (gossip._outbid_by).
+            incarnation=time.time_ns() // 10**6,
             sign=node.identity.sign_alive,
             check=identity.check_alive,
         )
@@ -125,7 +131,10 @@ class Gossiper:
             seeds = [s for s in peers.remembered(node.state) if s != bind]
             if seeds:
                 log.info("rejoining through %d member(s) seen before the restart", len(seeds))
-        if seeds:
+        if not seeds:
+            node.may_write()  # the first node of a swarm: nobody to ask
+        else:
+            loops.append(tg.create_task(self._write_anyway(node.config.lease_ttl_s)))
             retry_s = node.config.gossip.reconnect_interval_s
             joining = peers.join_until_answered(
                 membership, gossip_net, seeds, retry_s, lambda: node.stopping
@@ -175,6 +184,19 @@ class Gossiper:
             node.tell(node.core.members_changed, events, node.membership.members)
             node.replicator.members_changed()
             self._remember_members(node.membership)
+
+    async def _write_anyway(self, after_s: float) -> None:
+        """A node whose peers give no sync answer for a lease (all down, or cut off) writes in
+        its name all the same (its claims cut off by the last stop closed, its heartbeats),
+        unchecked: a process writing in the same name is found when the peers answer."""
+        await asyncio.sleep(after_s)
+        if not self.node.writable:
+            log.warning(
+                "no peer answered a sync in %gs: writing in this node's name without having "
+                "checked that no other process does",
+                after_s,
+            )
+            self.node.may_write()
 
     def _clash(self, clash: gossip.IdentityClash) -> None:
         """Another live process speaks as this node: the later of the two lives stops."""

@@ -70,7 +70,7 @@ from swarm.daemon.procs import (
     NODE_TAG,
     kill_group,
     kill_orphans,
-    run_dir_tag,
+    node_dir_tag,
 )
 from swarm.daemon.records import RecordLog
 from swarm.daemon.replicator import Replicator
@@ -140,6 +140,11 @@ class Node:
         self.started_ms = self._wall_ms()
         self._stop = asyncio.Event()
         self._fatal: SwarmError | None = None  # why the node stops at once (`clash`)
+        # A node of a swarm writes nothing in its name until a peer's sync has shown that no
+        # other process writes in it (replicator._clashes), or no peer answered for a lease
+        # (may_write); `_unwritable` says why the writes waiting meanwhile were refused.
+        self._writable = asyncio.Event()
+        self._unwritable: str | None = None
         self._ready = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
         self.changes = 0  # how many times it was set: a client's "changes" says what it saw
@@ -335,10 +340,13 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
-            self._base_env[NODE_DIR_TAG] = run_dir_tag(self.state.runs)
+            dir_tag = node_dir_tag(self.state.identity_path)
+            self._base_env[NODE_DIR_TAG] = dir_tag
             _raise_fd_limit()
             asyncio.get_running_loop().set_exception_handler(LoopReports())
-            self._orphaned = await asyncio.to_thread(kill_orphans, self.state.runs, self.node_id)
+            self._orphaned = await asyncio.to_thread(
+                kill_orphans, self.state.runs, self.node_id, dir_tag
+            )
             if self._orphaned:
                 log.warning(
                     "killed %d attempt(s) left running by a previous daemon", len(self._orphaned)
@@ -412,7 +420,32 @@ class Node:
         if self._fatal is None:
             log.error("%s", why)
             self._fatal = IdentityClashError(why)
+            self._refuse_writes(why)
             self._stop.set()
+
+    async def _closed_stale(self, writes: list[asyncio.Task[bool]]) -> None:
+        """The writes that close the claims of attempts the last stop cut off went through; if
+        not (the log says why), the node stops: a supervisor may start it again. (Refused
+        because the node stopped first, they are closed at its next start.)"""
+        for write in writes:
+            if not await write and self._unwritable is None:
+                raise StorageFullError(
+                    "the claims of attempts cut off by the last stop could not be closed"
+                )
+
+    def may_write(self) -> None:
+        """Writing in this node's name is safe from now on (see `_writable`)."""
+        self._writable.set()
+
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
+    def _refuse_writes(self, why: str) -> None:
+        """The writes still waiting to be safe fail, with `why`, and so do those to come."""
+        if not self._writable.is_set():
+            self._unwritable = why
+            self._writable.set()
 
     async def _close_workers(self) -> None:
         """The worker pool's close, on the way out whatever happened; bounded, and never raising
@@ -441,11 +474,13 @@ class Node:
             with heap.bulk(len(self.ledger.tasks), cycle_free=True):
                 self.core.start(self.now(), self._orphaned)
             self._orphaned = []
-            for write in self._carry_out():
-                if not await write:  # (the log says why) a supervisor may start it again
-                    raise StorageFullError(
-                        "the claims of attempts cut off by the last stop could not be closed"
-                    )
+            if self.config.bind is None:
+                self.may_write()  # a node of no swarm: nobody else writes in its name
+            # Written before anything else the node writes: a node of a swarm, once a peer's
+            # sync has shown it safe (after its gossip starts, below).
+            start_writes = self._carry_out()
+            if self._writable.is_set():
+                await self._closed_stale(start_writes)
             self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
@@ -466,6 +501,8 @@ class Node:
                 loops += await self.gossiper.start(
                     tg, self.config.bind, RemoteClients(control_server.serve)
                 )
+                if not self._writable.is_set():
+                    loops.append(tg.create_task(self._closed_stale(start_writes)))
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
@@ -483,6 +520,7 @@ class Node:
                 self.state.root,
             )
             await self._stop.wait()
+            self._refuse_writes("the node stopped before a peer's sync showed it safe to write")
             if self._fatal is not None:
                 for attempt in self.attempts.values():
                     if attempt.pid is not None:
@@ -523,7 +561,11 @@ class Node:
 
     async def append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
         """Commit records (records.py), then apply them, then gossip them. StorageFullError:
-        nothing applied."""
+        nothing applied. Waits, first, until writing in this node's name is safe (`_writable`)."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if self._unwritable is not None:
+            raise SwarmError(f"not written: {self._unwritable}")
         rows = await self.log.commit(bodies, replaces)
         self.apply_rows(rows)
         self.replicator.spread(rows)

@@ -50,8 +50,9 @@ log = logging.getLogger("swarm.daemon.procs")
 
 PROC = Path("/proc")
 NODE_TAG = "SWARM_NODE"  # set in every attempt's environment to the id of the node that runs it
-# ...and this to the node's run dir: a daemon started from a copy of a running node's state dir
-# on the same machine (it stops at its first sync) must not kill the other's attempts as orphans.
+# ...and this to its state dir's own tag (node_dir_tag): a daemon started from a copy of a running
+# node's state dir on the same machine (it stops at its first sync) must not kill the other's
+# attempts as orphans.
 NODE_DIR_TAG = "SWARM_NODE_DIR"
 STRAY_ROUNDS_MAX = 5  # scans of /proc for an ended attempt's processes outside its group
 # /proc entries the loop lists, at an attempt's end, to tell whether any process is young enough to
@@ -116,22 +117,28 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def run_dir_tag(run_root: Path) -> str:
-    """The NODE_DIR_TAG value of a node's run dir: the same however the state dir was named."""
-    return str(run_root.resolve())
+def node_dir_tag(identity_key: Path) -> str:
+    """The NODE_DIR_TAG of a state dir: its identity key file's device and inode, the same
+    however the dir is named or moved (a rename, a symlink, a new mount point), and another
+    for a copy of it."""
+    st = identity_key.stat()
+    return f"{st.st_dev}:{st.st_ino}"
 
 
-def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> list[tuple[str, int]]:
+def kill_orphans(
+    run_root: Path, node_id: str, dir_tag: str = "", proc: Path = Path("/proc")
+) -> list[tuple[str, int]]:
     """Kill the process groups of attempts a previous daemon of this node left running (found by
     their SWARM_NODE tag), and remove the run dirs. Returns the (task id, epoch) of each group
     killed, so that the node can record those attempts even if their claims never reached its
     ledger (the daemon may have died before it wrote them). A group none of whose processes
     names a task (an idle warm Python worker: workers.py) is killed and not recorded; a worker's
     group in the middle of a call is recorded as the call's attempt, which its children name.
-    A process tagged with another run dir (NODE_DIR_TAG) is another daemon's, and spared."""
+    A process tagged with another state dir (NODE_DIR_TAG, other than `dir_tag`) is another
+    daemon's, and spared."""
     tag = f"{NODE_TAG}={node_id}".encode()
     dir_prefix = f"{NODE_DIR_TAG}=".encode()
-    dir_tag = dir_prefix + os.fsencode(run_dir_tag(run_root))
+    ours = dir_prefix + dir_tag.encode()
     groups: dict[int, tuple[str, int] | None] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -140,7 +147,7 @@ def kill_orphans(run_root: Path, node_id: str, proc: Path = Path("/proc")) -> li
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile, or not ours to read
-        if tag in environ and not any(e.startswith(dir_prefix) and e != dir_tag for e in environ):
+        if tag in environ and not any(e.startswith(dir_prefix) and e != ours for e in environ):
             stat = _stat_of(proc, int(entry.name))
             if stat is None or stat[1] < 0:
                 continue  # gone meanwhile, or not ours to read

@@ -61,6 +61,7 @@ class Host(Protocol):
     def tell(self, method: Callable[..., object], *args: object) -> None: ...
     def apply_rows(self, rows: list[db.Row]) -> None: ...
     def clash(self, why: str) -> None: ...
+    def may_write(self) -> None: ...
 
 
 class Replicator:
@@ -255,6 +256,7 @@ class Replicator:
         async def take(batch: wire.SyncBatch) -> None:
             await self._take_records(batch.records, intake, batch.upto if batch.done else {})
             if batch.done and not self._clashes(batch.upto):
+                self.node.may_write()
                 self.node.tell(self.node.core.caught_up)
 
         return take

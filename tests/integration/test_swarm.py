@@ -565,34 +565,41 @@ def test_a_result_whose_every_copy_rotted_is_found_lost_and_runs_again(
 def test_a_copy_of_a_running_node_s_state_dir_stops_and_leaves_the_node_be(
     swarm: Swarm, tmp_path: Path
 ) -> None:
-    """A daemon started from a copy of a running node's state dir finds, at its first sync,
-    records of its own that it never wrote, and stops with an error that says so. The node it
-    was copied from is still heard by its peers (its replay windows were not taken over), and
-    still runs what only it may run."""
+    """A daemon started from a copy of a running node's state dir, on the same machine, at
+    once: it finds at its first sync records of its own that it never wrote, and stops with an
+    error that says so, having written nothing in the node's name (it would have closed, as
+    its own, the claim the node holds). The node goes on: heard at its own address, its
+    attempt neither killed nor interrupted, and it still runs what only it may run."""
     swarm.start(0)
     cli1, _ = swarm.start(1, join=0, extra=("--label", "only=one"))
     ids = [swarm.node_id(0), swarm.node_id(1)]
     wait_for("both to see each other", lambda: swarm.states(0) == dict.fromkeys(ids, "alive"))
+    cli0 = swarm.nodes[0][0]
+    pinned = [{"name": "long", "cmd": "sleep 4; echo done", "requires": {"only": "one"}}]
+    cli0.ok("submit", str(write_tasks(cli0.cwd / "pinned.jsonl", pinned)))
+    wait_for("node 1 to run it", lambda: running_by_node(cli0).get(ids[1], 0) == 1)
     copy = tmp_path / "copy"
     shutil.copytree(
         cli1.home, copy, ignore=shutil.ignore_patterns("control.sock", "ledger.db*", "run")
     )
     source, dest = sqlite3.connect(cli1.home / "ledger.db"), sqlite3.connect(copy / "ledger.db")
     with contextlib.closing(source), contextlib.closing(dest):
-        source.backup(dest)  # as the running node had it (its WAL too)
-    _, copied = _newest_record(copy, ids[1])
-    wait_for(
-        "node 1 to write on past the copy", lambda: _newest_record(cli1.home, ids[1])[1] > copied
-    )
+        source.backup(dest)  # as the running node had it (its WAL too), its claim in it
     _, twin = swarm.start(2, join=0, key_from=None, home=copy, wait=False)
     assert twin.proc is not None and twin.proc.wait(timeout=60) == 2  # a usage error
     said = twin.log.read_text()
     assert "another daemon runs with this node's identity" in said, said
-    cli0 = swarm.nodes[0][0]
-    pinned = [{"name": "p", "cmd": "echo here", "requires": {"only": "one"}}]
-    cli0.ok("submit", str(write_tasks(cli0.cwd / "pinned.jsonl", pinned)))
-    wait_for("node 0 to hear node 1 ran it", lambda: cli0.job("pinned")["done"] == 1)
-    wait_for("node 0 to see node 1 alive", lambda: swarm.states(0)[ids[1]] == "alive")
+    wait_for("the task to be done", lambda: cli0.job("pinned")["done"] == 1)
+    (attempt,) = export_rows(cli0, "--attempts")
+    assert (attempt["node"], attempt["outcome"]) == (ids[1], "ok")
+    assert export_rows(swarm.nodes[1][0], "--attempts") == [attempt]
+    wait_for("node 0 to see node 1 alive at its own address", lambda: _heard_at_home(swarm, 0, 1))
+
+
+def _heard_at_home(swarm: Swarm, observer: int, node: int) -> bool:
+    """Whether `observer` sees `node` alive at node's own address (not a copy's)."""
+    (row,) = [m for m in swarm.members(observer)["members"] if m["id"] == swarm.node_id(node)]
+    return bool(row["state"] == "alive" and row["address"].endswith(f":{swarm.nodes[node][2]}"))
 
 
 def test_a_second_process_with_a_node_s_identity_and_a_fresh_ledger_stops(
@@ -613,8 +620,20 @@ def test_a_second_process_with_a_node_s_identity_and_a_fresh_ledger_stops(
     assert twin.proc is not None and twin.proc.wait(timeout=60) == 2
     said = twin.log.read_text()
     assert "another daemon runs as this node" in said and "started before this one" in said, said
-    wait_for("node 0 to see node 1 alive", lambda: swarm.states(0)[ids[1]] == "alive")
+    wait_for("node 0 to see node 1 alive at its own address", lambda: _heard_at_home(swarm, 0, 1))
     assert swarm.nodes[1][1].proc is not None and swarm.nodes[1][1].proc.poll() is None
+
+
+def test_a_node_whose_peers_give_no_sync_answer_writes_only_after_a_lease(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """Joined to a peer that never answers, a node writes nothing in its name for a lease (it
+    could be a copy of a node that runs elsewhere), then writes unchecked, and says so."""
+    cli, daemon = swarm.start(0, extra=("--join", f"127.0.0.1:{free_port()}"))
+    tasks = write_tasks(cli.cwd / "t.jsonl", [{"name": "t", "cmd": "echo hi"}])
+    cli.ok("submit", str(tasks))  # taken when the node may write
+    assert "without having checked" in daemon.log.read_text()
+    wait_for("the task to be done", lambda: cli.job("t")["done"] == 1)
 
 
 def test_a_job_too_large_for_one_frame_still_reaches_every_node_and_later_jobs_follow(
