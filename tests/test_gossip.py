@@ -124,6 +124,17 @@ def test_a_second_live_process_with_our_identity_is_told_once_it_keeps_outbiddin
     assert clashes == [IdentityClash("a", B, "3")]  # told once
 
 
+def test_a_refutation_of_another_life_is_pushed_to_a_member_at_once() -> None:
+    """So that members who heard the other process last do not keep our id at its address."""
+    a = Membership("a", A, {"life": "2"}, Config.test(), random.Random(0), now=0.0)
+    c = ("10.0.0.3", 7946)
+    a.receive(0, Packet(Gossip(), (Alive("c", 1, c, {}),)))
+    a.outbox.clear()
+    a.receive(1, Packet(Gossip(), (Alive("a", 5, B, {"life": "1"}),)))
+    ((to, packet),) = [(to, p) for to, p in a.outbox if isinstance(p.message, PushPull)]
+    assert to == c and Alive("a", 6, A, {"life": "2"}) in packet.message.states
+
+
 def test_old_rumours_change_nothing() -> None:
     a = core()
     a.receive(0.0, Packet(Gossip(), (Alive("b", 5, B, {}),)))
