@@ -178,20 +178,22 @@ def test_a_corrupt_blob_is_not_served_but_set_aside(tmp_path: Path) -> None:
     assert not store.has(digest) and len(list((tmp_path / "quarantine").iterdir())) == 1
 
 
+def reporting(
+    store: BlobStore, ledger: Ledger, node: str, damaged: list[tuple[str, str]]
+) -> ResultTransfer:
+    """A node's transfer, with no peers, whose damage reports go to `damaged`."""
+    return ResultTransfer(
+        store, ledger, node, lambda _: None, Peers().fetch, lambda t, r: damaged.append((t, r))
+    )
+
+
 def test_a_holder_reports_damage_only_of_the_credited_result_it_holds(tmp_path: Path) -> None:
     """A request naming a task makes the server look at its own copy: damage is reported only
     if the blob asked for is the task's credited result or a part of it, this node holds that
     result, and it is not whole here. A request is never taken on trust."""
     swarm = Swarm(tmp_path)
     damaged: list[tuple[str, str]] = []
-    holder = ResultTransfer(
-        swarm.holder_store,
-        swarm.ledger,
-        HOLDER,
-        lambda _: None,
-        Peers().fetch,
-        lambda task, result: damaged.append((task, result)),
-    )
+    holder = reporting(swarm.holder_store, swarm.ledger, HOLDER, damaged)
 
     def ask(digest: str, task: str | None = "t1") -> list[wire.BlobChunk]:
         async def serve() -> list[wire.BlobChunk]:
@@ -211,14 +213,7 @@ def test_a_holder_reports_damage_only_of_the_credited_result_it_holds(tmp_path: 
     assert ask(swarm.file)[-1].missing  # asked again: gone here, still damaged
     assert damaged == [("t1", swarm.digest)] * 2
     # A node that is no holder of the result (it never ran it, nor copied it) reports nothing.
-    other = ResultTransfer(
-        swarm.here_store,
-        swarm.ledger,
-        HERE,
-        lambda _: None,
-        Peers().fetch,
-        lambda task, result: damaged.append((task, result)),
-    )
+    other = reporting(swarm.here_store, swarm.ledger, HERE, damaged)
     run(lambda: other.report("t1", swarm.file))
     assert damaged == [("t1", swarm.digest)] * 2
 
@@ -226,14 +221,7 @@ def test_a_holder_reports_damage_only_of_the_credited_result_it_holds(tmp_path: 
 def test_a_damaged_result_is_checked_through_so_no_rotten_part_stays(tmp_path: Path) -> None:
     swarm = Swarm(tmp_path)
     damaged: list[tuple[str, str]] = []
-    holder = ResultTransfer(
-        swarm.holder_store,
-        swarm.ledger,
-        HOLDER,
-        lambda _: None,
-        Peers().fetch,
-        lambda task, result: damaged.append((task, result)),
-    )
+    holder = reporting(swarm.holder_store, swarm.ledger, HOLDER, damaged)
     corrupt(swarm.holder_store, swarm.stdout)
     corrupt(swarm.holder_store, swarm.file)
     swarm.holder_store.path(swarm.stdout).unlink()  # one found gone...
