@@ -1509,13 +1509,16 @@ def test_a_state_dir_s_tag_follows_it_when_moved_not_when_copied(tmp_path: Path)
     home = tmp_path / "home"
     home.mkdir()
     (home / "identity.key").write_text("key")
-    tag = node_dir_tag(home / "identity.key")
+    tag = node_dir_tag(home)
     (tmp_path / "link").symlink_to(home)
-    assert node_dir_tag(tmp_path / "link" / "identity.key") == tag
+    assert node_dir_tag(tmp_path / "link") == tag
     home.rename(tmp_path / "moved")
-    assert node_dir_tag(tmp_path / "moved" / "identity.key") == tag
+    assert node_dir_tag(tmp_path / "moved") == tag
     shutil.copytree(tmp_path / "moved", tmp_path / "copy")
-    assert node_dir_tag(tmp_path / "copy" / "identity.key") != tag
+    assert node_dir_tag(tmp_path / "copy") != tag
+    (tmp_path / "linked").mkdir()  # its files hard-linked: still another dir
+    os.link(tmp_path / "moved" / "identity.key", tmp_path / "linked" / "identity.key")
+    assert node_dir_tag(tmp_path / "linked") != tag
 
 
 def test_kill_orphans_removes_leftover_run_dirs(tmp_path: Path) -> None:

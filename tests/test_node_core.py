@@ -130,6 +130,21 @@ def test_a_first_attempt_starts_while_its_claim_is_written() -> None:
     assert not h.effects()  # nothing more to do: it runs
 
 
+def test_a_node_claims_nothing_until_writing_in_its_name_is_safe() -> None:
+    """A node joining a swarm, before a peer's sync has shown that no other process writes in
+    its name: a claim's attempt would start while its claim waits to be written."""
+    h = Harness(NodeCore("a", Ledger(), CONFIG, CAPACITY, {}, networked=True, sync=sync()))
+    h.core.unwritable(at(0))
+    h.record(at(0), "a", task("t1"))  # submitted here: no other node's record yet
+    h.core.start(at(0))
+    h.core.members_changed(at(0), [], {"a": member("a")})  # no peer known: a swarm of one
+    assert not of(Start, h.tick(at(0.1)))
+    assert "checking with a peer" in h.core.not_claiming
+    h.core.may_write(at(0.2))
+    (start,) = of(Start, h.tick(at(0.2)))
+    assert isinstance(start, Start) and start.task_id == "t1"
+
+
 def test_a_claim_that_could_not_be_written_stops_its_attempt_and_pauses_claims() -> None:
     h = alone("t1", "t2")
     h.core.config = CoreConfig(claim_batch_max=1)  # one claim per pass

@@ -264,4 +264,5 @@ class Claimer:
             cut_off = f"{len(results)} attempt(s) were cut off when the node stopped; re-queued"
             self._log(Level.WARNING, cut_off)
         if claims or results:
-            self._emit(Write((*claims, *results), "the claims of attempts cut off by a stop"))
+            what = "the claims of attempts cut off by a stop"
+            self._emit(Write((*claims, *results), what, first=True))

@@ -33,12 +33,14 @@ class Level(enum.IntEnum):
 class Write:
     """Version, commit and apply these records (then gossip them). `claim_of`: the task whose
     claim (or claim release) this is; the adapter reports the outcome with `claim_written`.
-    `what` names the records for a log line should the write fail."""
+    `what` names the records for a log line should the write fail. `first`: to be written
+    before any other record of this life (the close of the claims its last stop cut off)."""
 
     bodies: tuple[Body, ...]
     what: str
     replaces: Version | None = None
     claim_of: str | None = None
+    first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

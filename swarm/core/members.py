@@ -15,6 +15,9 @@ class Members:
         self.networked = networked  # False: a node of no swarm (no gossip address)
         self.known: Mapping[str, gossip.Member] = {}  # every member membership knows, by node
         self.synced = False  # caught up with a peer since this life started
+        # Whether writing in this node's name is safe (NodeCore.may_write): until then it claims
+        # nothing, for a claim's attempt starts while its claim is written.
+        self.writable = True
         self.heard_at = -1e9  # when a peer's records last reached us (monotonic)
         self._said_isolated = False
         self._peers: dict[tuple[str, int], Peer | None] = {}  # by (node, incarnation): see peers
@@ -26,8 +29,10 @@ class Members:
         that is news to say (said once, until it may claim again)."""
         if not self.networked:
             return None, False
-        why = isolation(
-            self.others_left(), others_in_ledger, self.synced, now - self.heard_at, ttl_s
+        why = (
+            isolation(self.others_left(), others_in_ledger, self.synced, now - self.heard_at, ttl_s)
+            if self.writable
+            else "checking with a peer that no other process writes in this node's name"
         )
         news = why is not None and not self._said_isolated
         self._said_isolated = why is not None

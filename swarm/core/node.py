@@ -234,6 +234,16 @@ class NodeCore:
         if self._rerank_due is None:  # (one under way now is followed by this one)
             self._rerank_due = t.mono + RERANK_DEBOUNCE_S
 
+    def unwritable(self, t: Time) -> None:
+        """Writing in this node's name is not safe yet (a node joining a swarm, until a peer's
+        sync has shown that no other process writes in it): claim nothing till `may_write`."""
+        self.members.writable = False
+
+    def may_write(self, t: Time) -> None:
+        """Writing in this node's name is safe from now on."""
+        self.members.writable = True
+        self.claims.wake = True
+
     def caught_up(self, t: Time) -> None:
         """The last frame of a sync answer was taken: we are in touch with the swarm."""
         self.members.synced = True

@@ -73,6 +73,12 @@ class Host(Protocol):
     def reload_keys(self) -> str: ...
 
 
+# A node joining a swarm that no peer has answered a sync in this long (or in a lease, if
+# shorter) writes in its name unchecked (Gossiper._write_anyway); a client's call waits 30 s.
+UNCHECKED_WRITE_AFTER_S = 10.0
+SYNC_QUIET_S = 1.0  # ...unless a sync answer's frames came in this recently: it waits for its end
+
+
 class Gossiper:
     def __init__(self, node: Host) -> None:
         self.node = node
@@ -134,7 +140,8 @@ class Gossiper:
         if not seeds:
             node.may_write()  # the first node of a swarm: nobody to ask
         else:
-            loops.append(tg.create_task(self._write_anyway(node.config.lease_ttl_s)))
+            wait_s = min(node.config.lease_ttl_s, UNCHECKED_WRITE_AFTER_S)
+            loops.append(tg.create_task(self._write_anyway(wait_s)))
             retry_s = node.config.gossip.reconnect_interval_s
             joining = peers.join_until_answered(
                 membership, gossip_net, seeds, retry_s, lambda: node.stopping
@@ -188,8 +195,12 @@ class Gossiper:
     async def _write_anyway(self, after_s: float) -> None:
         """A node whose peers give no sync answer for a lease (all down, or cut off) writes in
         its name all the same (its claims cut off by the last stop closed, its heartbeats),
-        unchecked: a process writing in the same name is found when the peers answer."""
+        unchecked: a process writing in the same name is found when the peers answer. Not
+        while a sync answer is still coming in: its end is the check."""
         await asyncio.sleep(after_s)
+        replicator = self.node.replicator
+        while not self.node.writable and replicator.taken_since(SYNC_QUIET_S):
+            await asyncio.sleep(SYNC_QUIET_S)
         if not self.node.writable:
             log.warning(
                 "no peer answered a sync in %gs: writing in this node's name without having "

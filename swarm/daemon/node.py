@@ -142,8 +142,11 @@ class Node:
         self._fatal: SwarmError | None = None  # why the node stops at once (`clash`)
         # A node of a swarm writes nothing in its name until a peer's sync has shown that no
         # other process writes in it (replicator._clashes), or no peer answered for a lease
-        # (may_write); `_unwritable` says why the writes waiting meanwhile were refused.
+        # (may_write); `_unwritable` says why the writes waiting meanwhile were refused. Then the
+        # close of the claims its last stop cut off goes first (`first` writes), and every
+        # other write once that is done (`_opened`).
         self._writable = asyncio.Event()
+        self._opened = asyncio.Event()
         self._unwritable: str | None = None
         self._ready = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) whenever a task's state changes
@@ -296,7 +299,7 @@ class Node:
         """Carry out a Write: commit, apply, gossip; its outcome goes back to the core."""
         ok, why = True, ""
         try:
-            await self.append(list(effect.bodies), effect.replaces)
+            await self.append(list(effect.bodies), effect.replaces, first=effect.first)
         except Exception as exc:  # runs in the node's TaskGroup: must never raise
             if not isinstance(exc, SwarmError):
                 log.exception("writing %s failed inside swarm", effect.what)
@@ -340,7 +343,7 @@ class Node:
                     "that this ledger belongs to"
                 )
             self._base_env[NODE_TAG] = self.node_id
-            dir_tag = node_dir_tag(self.state.identity_path)
+            dir_tag = node_dir_tag(self.state.root)
             self._base_env[NODE_DIR_TAG] = dir_tag
             _raise_fd_limit()
             asyncio.get_running_loop().set_exception_handler(LoopReports())
@@ -424,18 +427,23 @@ class Node:
             self._stop.set()
 
     async def _closed_stale(self, writes: list[asyncio.Task[bool]]) -> None:
-        """The writes that close the claims of attempts the last stop cut off went through; if
-        not (the log says why), the node stops: a supervisor may start it again. (Refused
-        because the node stopped first, they are closed at its next start.)"""
+        """Once the writes that close the claims of attempts the last stop cut off went
+        through, every other write may go; if they failed (the log says why), the node stops:
+        a supervisor may start it again. (Refused because the node stopped first, they are
+        closed at its next start.)"""
+        await self._writable.wait()  # (theirs too: there may be none)
         for write in writes:
             if not await write and self._unwritable is None:
                 raise StorageFullError(
                     "the claims of attempts cut off by the last stop could not be closed"
                 )
+        self._opened.set()
 
     def may_write(self) -> None:
         """Writing in this node's name is safe from now on (see `_writable`)."""
-        self._writable.set()
+        if not self._writable.is_set():
+            self._writable.set()
+            self.tell(self.core.may_write)
 
     @property
     def writable(self) -> bool:
@@ -443,9 +451,10 @@ class Node:
 
     def _refuse_writes(self, why: str) -> None:
         """The writes still waiting to be safe fail, with `why`, and so do those to come."""
-        if not self._writable.is_set():
+        if not self._opened.is_set():
             self._unwritable = why
             self._writable.set()
+            self._opened.set()
 
     async def _close_workers(self) -> None:
         """The worker pool's close, on the way out whatever happened; bounded, and never raising
@@ -471,16 +480,18 @@ class Node:
             # The core starts: it queues the pending tasks, and closes the claims of attempts
             # our last life left (written before anything else happens). It makes no
             # reference cycles (tested), so what it made is frozen with no collection after.
+            if self.config.bind is not None:
+                self.core.unwritable(self.now())  # claims nothing until may_write
             with heap.bulk(len(self.ledger.tasks), cycle_free=True):
                 self.core.start(self.now(), self._orphaned)
             self._orphaned = []
             if self.config.bind is None:
-                self.may_write()  # a node of no swarm: nobody else writes in its name
+                self._writable.set()  # a node of no swarm: nobody else writes in its name
             # Written before anything else the node writes: a node of a swarm, once a peer's
             # sync has shown it safe (after its gossip starts, below).
-            start_writes = self._carry_out()
+            closed = self._closed_stale(self._carry_out())
             if self._writable.is_set():
-                await self._closed_stale(start_writes)
+                await closed
             self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
@@ -501,8 +512,7 @@ class Node:
                 loops += await self.gossiper.start(
                     tg, self.config.bind, RemoteClients(control_server.serve)
                 )
-                if not self._writable.is_set():
-                    loops.append(tg.create_task(self._closed_stale(start_writes)))
+                loops.append(tg.create_task(closed))
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
@@ -559,11 +569,15 @@ class Node:
 
     # -- writing records --------------------------------------------------------------------
 
-    async def append(self, bodies: list[Body], replaces: Version | None = None) -> list[db.Row]:
+    async def append(
+        self, bodies: list[Body], replaces: Version | None = None, first: bool = False
+    ) -> list[db.Row]:
         """Commit records (records.py), then apply them, then gossip them. StorageFullError:
-        nothing applied. Waits, first, until writing in this node's name is safe (`_writable`)."""
-        if not self._writable.is_set():
-            await self._writable.wait()
+        nothing applied. Waits, first, until writing in this node's name is safe (`_writable`;
+        `first`: a record to be written before any other of this life)."""
+        gate = self._writable if first else self._opened
+        if not gate.is_set():
+            await gate.wait()
         if self._unwritable is not None:
             raise SwarmError(f"not written: {self._unwritable}")
         rows = await self.log.commit(bodies, replaces)

@@ -117,11 +117,11 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def node_dir_tag(identity_key: Path) -> str:
-    """The NODE_DIR_TAG of a state dir: its identity key file's device and inode, the same
-    however the dir is named or moved (a rename, a symlink, a new mount point), and another
-    for a copy of it."""
-    st = identity_key.stat()
+def node_dir_tag(state_root: Path) -> str:
+    """The NODE_DIR_TAG of a state dir: its device and inode, the same however the dir is
+    named (a rename, a symlink to it), and another for a copy (a directory cannot be hard
+    linked, as a key file could be)."""
+    st = state_root.stat()
     return f"{st.st_dev}:{st.st_ino}"
 
 

@@ -74,6 +74,7 @@ class Replicator:
         self._outgoing: list[db.Row] = []  # our fresh records, pushed at the end of this turn
         self._taking_pushes = False
         self._met = asyncio.Event()  # set when membership changes (see sync_loop)
+        self._frame_at = -1e9  # when a frame of a sync answer last came in (monotonic)
 
     def serve(self, tg: asyncio.TaskGroup, gossip_net: GossipNet) -> None:
         self._tg, self.net = tg, gossip_net
@@ -144,6 +145,10 @@ class Replicator:
         for member in sync.pushed(ordered, intake, ledger.high_seq, time.monotonic(), members):
             assert self._tg is not None  # pushes are taken only while serving
             self._tg.create_task(self.pull(member, done=sync.pull_done))
+
+    def taken_since(self, seconds: float) -> bool:
+        """Whether a frame of a sync answer came in within the last `seconds`."""
+        return time.monotonic() - self._frame_at < seconds
 
     def _clashes(self, watermarks: wire.Watermarks) -> bool:
         """Whether a peer's watermarks hold records of this node's life that it never wrote:
@@ -254,6 +259,7 @@ class Replicator:
         intake = self._intake(digest)
 
         async def take(batch: wire.SyncBatch) -> None:
+            self._frame_at = time.monotonic()
             await self._take_records(batch.records, intake, batch.upto if batch.done else {})
             if batch.done and not self._clashes(batch.upto):
                 self.node.may_write()
