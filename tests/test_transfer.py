@@ -310,6 +310,19 @@ def test_a_holder_that_cannot_make_its_copy_whole_reports_it_damaged(tmp_path: P
     assert swarm.peers.damaged == [(ADDRS[HOLDER], "t1", swarm.digest)]
 
 
+def test_a_manifest_found_corrupt_here_is_fetched_anew_from_a_holder(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path)
+    damaged: list[tuple[str, str]] = []
+    swarm.here.damaged = lambda task, result: damaged.append((task, result))
+    assert run(lambda: swarm.here.copy_result(swarm.attempt())).complete
+    swarm.write(HERE, ReplicaRecord(swarm.digest))
+    corrupt(swarm.here_store, swarm.digest)
+    copied = run(lambda: swarm.here.copy_result(swarm.attempt()))
+    assert copied == Copied(swarm.digest, fetched=1, missing=0)
+    assert swarm.here_store.read_bytes(swarm.digest)  # whole again, and it verifies
+    assert damaged == []  # mended: no damage to report
+
+
 def test_a_part_no_holder_has_is_counted_missing_and_the_rest_is_copied(tmp_path: Path) -> None:
     swarm = Swarm(tmp_path)
     swarm.holder_store.path(swarm.file).unlink()

@@ -91,7 +91,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     if written.corrupt:
         # The copies found corrupt here were set aside as they were read: the nodes that hold
         # good ones are asked again (a blob missing here is what a fetch looks for).
-        err.print(f"{plural(written.corrupt, 'result file')} held here found corrupt: fetched anew")
+        err.print(
+            f"{plural(written.corrupt, 'result file')} held here found corrupt: set aside, and "
+            "asked again of the nodes that hold them"
+        )
         written = fetch_and_write()
     err.print(f"{written.tasks_written:,} tasks, {written.files_written:,} files in {args.out}")
     for problem in written.missing:

@@ -103,8 +103,9 @@ if TYPE_CHECKING:
 
 INCARNATION_MAX = 2**62  # far beyond any real count; the wire allows up to 2**63
 # Alives of another life of ours outranking ours before it is taken for a second live process
-# with our identity (IdentityClash): a restart meets one or two of its last life's, at most.
-CLASH_OUTBIDS = 5
+# with our identity (IdentityClash). An earlier life's never do (each life's first incarnation is
+# its clock in ms), unless the clock stepped back over a restart: then one or two, at most.
+CLASH_OUTBIDS = 3
 
 
 class MemberState(enum.StrEnum):

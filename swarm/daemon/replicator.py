@@ -162,10 +162,12 @@ class Replicator:
             f"{node.generation}) up to #{seq}, past the last one written here (#{node.log.seq}): "
             "another daemon runs with this node's identity (its state dir was copied), or this "
             "ledger was restored from an older copy. Stopped, so as not to write records that "
-            "clash with those. To make this machine a node of its own, give it a state dir of "
-            f"its own (swarm init); to bring this node back, move {node.state.db_path} aside "
-            "with its -wal and -shm files: it starts a new life and takes its records back "
-            "from its peers"
+            "clash with those. If this state dir is a copy of a running node's, give this "
+            "machine a state dir of its own (swarm init --data-dir DIR): a copy cannot run as "
+            "that node, with or without its ledger. If no other daemon runs as this node (its "
+            f"ledger was restored, or lost its last records in a power cut), move "
+            f"{node.state.db_path} aside with its -wal and -shm files: the node starts a new "
+            "life and takes its records back from its peers"
         )
         return True
 

@@ -165,15 +165,20 @@ class ResultTransfer:
     async def _copy_result(self, attempt: Attempt, digest: str) -> Copied:
         task = attempt.result.task_id
         holders = sorted(self.ledger.result_holders(attempt) - {self.node_id})
-        had = self.store.has(digest)
-        if not await self.fetch_blob(digest, holders, task=task):
-            return Copied(digest, 0, 1)
-        fetched = 0 if had else 1
-        missing = 0
-        try:
-            manifest = parse_manifest(await asyncio.to_thread(self.store.read_bytes, digest))
-        except CorruptBlobError:  # (set aside as it was read)
-            return Copied(digest, 0, 1)
+        fetched = missing = 0
+        manifest = None
+        for _ in range(2):  # a copy here found corrupt is set aside as it is read: fetch anew
+            had = self.store.has(digest)
+            if not await self.fetch_blob(digest, holders, task=task):
+                return Copied(digest, fetched, 1)
+            fetched += 0 if had else 1
+            try:
+                manifest = parse_manifest(await asyncio.to_thread(self.store.read_bytes, digest))
+                break
+            except CorruptBlobError:
+                continue
+        if manifest is None:
+            return Copied(digest, fetched, 1)
         for part in (manifest.stdout, manifest.stderr, *manifest.files.values()):
             had_part = self.store.has(part)
             if await self.fetch_blob(part, holders, task=task):

@@ -220,7 +220,7 @@ def test_results_are_fetched_from_the_node_that_ran_the_tasks(swarm: Swarm, tmp_
     held.chmod(0o644)
     held.write_bytes(b"ran on X 0\n")
     again = cli0.ok("results", "remote", "--out", str(tmp_path / "again"))
-    assert "1 result file held here found corrupt: fetched anew" in again.stderr
+    assert "1 result file held here found corrupt: set aside" in again.stderr
     assert (tmp_path / "again/r0/stdout").read_text() == "ran on b 0\n"
 
 
@@ -545,7 +545,7 @@ def test_a_result_whose_every_copy_rotted_is_found_lost_and_runs_again(
 
     first = cli0("results", "rot", "--out", str(tmp_path / "first"))
     assert first.returncode == 1, first.stderr
-    assert "found corrupt: fetched anew" in first.stderr and "missing:" in first.stderr
+    assert "found corrupt: set aside" in first.stderr and "missing:" in first.stderr
 
     def ran_again() -> bool:
         attempts = export_rows(cli0, "--attempts")
