@@ -409,7 +409,8 @@ def _print_blob(store: BlobStore, digest: str, stream: TextIO, skip: int = 0) ->
 def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore) -> None:
     """Follow each attempt of the task while it runs: its files as they grow (when it runs on
     this node), then, once it ends, the rest of its output from its result (or, if it ended
-    with none, that it did); then the next attempt, until the task runs no more."""
+    with none, that it did); then the next attempt, until the task has ended for good (done,
+    failed or cancelled: a task waiting for its retry is waited for)."""
     while reply["running_on"]:
         number, run_dir = reply["running_attempt"], reply["run_dir"]
         if run_dir is None:
@@ -435,6 +436,18 @@ def _follow(args: argparse.Namespace, reply: control.LogsReply, store: BlobStore
             ended["running_on"] = ""
             _print_attempt(ended, store, shown)
         reply = now
+        while not reply["running_on"] and reply["state"] in ("pending", "running"):
+            time.sleep(FOLLOW_POLL_S)  # between two attempts: the next one is still to come
+            reply = _logs(args, store, None, fetch=False)
+        # Attempts that began and ended between two looks: from their results.
+        latest = reply["running_attempt"] - 1 if reply["running_on"] else reply["attempt"]
+        for missed in range(number + 1, latest + 1):
+            try:
+                ended = _logs(args, store, missed)
+            except ControlError:
+                continue  # it ended with no result
+            ended["running_on"] = ""
+            _print_attempt(ended, store, {"stdout": 0, "stderr": 0})
 
 
 def _logs(

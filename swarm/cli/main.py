@@ -324,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attempt", type=_attempt_number, help="this attempt (1, 2, ...), not the latest"
     )
     p.add_argument(
-        "-f", "--follow", action="store_true", help="while it runs, its output as it grows"
+        "-f",
+        "--follow",
+        action="store_true",
+        help="each attempt's output as it grows, until the task has ended for good",
     )
     p.set_defaults(func=Command("jobs", "cmd_logs"))
 

@@ -132,14 +132,10 @@ class Gossiper:
         await node.replicator.open_reader(node.state.db_path)
         loops = await self._listen(tg, gossip_net, bind)
         loops.append(tg.create_task(node.replicator.sync_loop()))
-        seeds = list(node.config.join)
-        if not seeds:  # a restart with no --join: through the members it saw last time
-            seeds = [s for s in peers.remembered(node.state) if s != bind]
-            if seeds:
-                log.info("rejoining through %d member(s) seen before the restart", len(seeds))
-        if not seeds:
-            node.may_write()  # the first node of a swarm: nobody to ask
-        else:
+        seeds = self.seeds(bind)
+        if seeds and not node.config.join:
+            log.info("rejoining through %d member(s) seen before the restart", len(seeds))
+        if seeds:  # (a node with none may write already: Node._serve)
             wait_s = min(node.config.lease_ttl_s, UNCHECKED_WRITE_AFTER_S)
             loops.append(tg.create_task(self._write_anyway(wait_s)))
             retry_s = node.config.gossip.reconnect_interval_s
@@ -191,6 +187,14 @@ class Gossiper:
             node.tell(node.core.members_changed, events, node.membership.members)
             node.replicator.members_changed()
             self._remember_members(node.membership)
+
+    def seeds(self, bind: tuple[str, int]) -> list[tuple[str, int]]:
+        """The members to join through: --join's, else (a restart with no --join) those it saw
+        last time; none for the first node of a swarm."""
+        node = self.node
+        if node.config.join:
+            return list(node.config.join)
+        return [s for s in peers.remembered(node.state) if s != bind]
 
     async def _write_anyway(self, after_s: float) -> None:
         """A node whose peers give no sync answer for a lease (all down, or cut off) writes in

@@ -480,18 +480,23 @@ class Node:
             # The core starts: it queues the pending tasks, and closes the claims of attempts
             # our last life left (written before anything else happens). It makes no
             # reference cycles (tested), so what it made is frozen with no collection after.
-            if self.config.bind is not None:
-                self.core.unwritable(self.now())  # claims nothing until may_write
+            # A node joining a swarm writes and claims nothing until a peer's sync has shown
+            # that no other process writes in its name (may_write); a node of no swarm, or
+            # its first, has nobody to ask.
+            if self.config.bind is not None and self.gossiper.seeds(self.config.bind):
+                self.core.unwritable(self.now())
+            else:
+                self._writable.set()
             with heap.bulk(len(self.ledger.tasks), cycle_free=True):
                 self.core.start(self.now(), self._orphaned)
             self._orphaned = []
-            if self.config.bind is None:
-                self._writable.set()  # a node of no swarm: nobody else writes in its name
             # Written before anything else the node writes: a node of a swarm, once a peer's
             # sync has shown it safe (after its gossip starts, below).
-            closed = self._closed_stale(self._carry_out())
+            closing: Coroutine[Any, Any, None] | None = None
             if self._writable.is_set():
-                await closed
+                await self._closed_stale(self._carry_out())
+            else:
+                closing = self._closed_stale(self._carry_out())
             self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
@@ -512,7 +517,8 @@ class Node:
                 loops += await self.gossiper.start(
                     tg, self.config.bind, RemoteClients(control_server.serve)
                 )
-                loops.append(tg.create_task(closed))
+                if closing is not None:
+                    loops.append(tg.create_task(closing))
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it

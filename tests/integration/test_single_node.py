@@ -491,13 +491,24 @@ def test_logs_follow_each_attempt_of_a_retried_task_whole_and_apart(
     cli: Cli, daemon: Callable[..., Daemon]
 ) -> None:
     daemon("--cpus", "1")
-    script = 'n=$SWARM_ATTEMPT; echo "attempt-$n-a"; sleep 1; echo "attempt-$n-b"; exit 1'
+    gate = cli.cwd / "gate"  # each attempt ends once it exists: the first, once it is followed
+    script = (
+        f'n=$SWARM_ATTEMPT; echo "attempt-$n-a"; while [ ! -e {gate} ]; do sleep 0.05; done; '
+        'echo "attempt-$n-b"; exit 1'
+    )
     tasks = write_tasks(
         cli.cwd / "again.jsonl",
         [{"name": "twice", "cmd": script, "retries": 1, "retry_backoff": 0}],
     )
     cli.ok("submit", str(tasks))
     wait_for("it to run", lambda: cli.job("again")["running"] == 1)
-    followed = cli.ok("logs", "again/twice", "--follow")
-    assert followed.stdout == "attempt-1-a\nattempt-1-b\nattempt-2-a\nattempt-2-b\n", followed
-    assert "attempt 1 on node" in followed.stderr and "attempt 2 on node" in followed.stderr
+    follower = cli.spawn("logs", "again/twice", "--follow")
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        gate.write_text("")
+        rest, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert first + rest == "attempt-1-a\nattempt-1-b\nattempt-2-a\nattempt-2-b\n", (rest, err)
+    assert "attempt 1 on node" in err and "attempt 2 on node" in err
