@@ -497,12 +497,21 @@ class Node:
                 await self._closed_stale(self._carry_out())
             else:
                 closing = self._closed_stale(self._carry_out())
+            ops = Operations(self)
+            control_server = ControlServer(ops, self._clients)
+            loops = [tg.create_task(self._memory_loop())]
+            if self.config.bind is not None:
+                # Before the control socket: a command that finds the node answering finds its
+                # gossip sockets bound too.
+                loops += await self.gossiper.start(
+                    tg, self.config.bind, RemoteClients(control_server.serve)
+                )
+                if closing is not None:
+                    loops.append(tg.create_task(closing))
             self.state.prepare_socket_dir()
             with contextlib.suppress(FileNotFoundError):
                 self.state.socket_path.unlink()
             old_umask = os.umask(0o177)  # the socket is born 0600: owner only
-            ops = Operations(self)
-            control_server = ControlServer(ops, self._clients)
             try:
                 server = await asyncio.start_unix_server(
                     control_server.handle,
@@ -512,13 +521,6 @@ class Node:
             finally:
                 os.umask(old_umask)
             self._server = server
-            loops = [tg.create_task(self._memory_loop())]
-            if self.config.bind is not None:
-                loops += await self.gossiper.start(
-                    tg, self.config.bind, RemoteClients(control_server.serve)
-                )
-                if closing is not None:
-                    loops.append(tg.create_task(closing))
             http = None
             if self.config.http is not None:
                 from swarm.daemon.http import HttpApi  # only a node that serves HTTP needs it
